@@ -1,0 +1,53 @@
+# The two commands a new user needs: `make demo` and `make test`. Everything else is optional.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export PGTZ := UTC
+export DAGSTER_HOME ?= $(CURDIR)
+DEMO_USERS ?= 1000
+DEMO_DIR := demo_data
+DEMO_PROVIDERS := RATES_PROVIDER=file RATES_FILE=$(DEMO_DIR)/rates.json \
+	PRICES_PROVIDER=file PRICES_FILE=$(DEMO_DIR)/prices.csv
+
+.PHONY: venv demo test test-server lint ui bench clean db-stop
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+## make demo: embedded PostgreSQL, migrations, 1,000 demo users, tonight's scoring, a summary.
+demo: venv
+	$(BIN)/scoring-pipeline migrate
+	$(BIN)/scoring-pipeline demo-data --users $(DEMO_USERS) --out $(DEMO_DIR)
+	$(DEMO_PROVIDERS) $(BIN)/scoring-pipeline score --refresh --date $$(date -u +%F)
+
+## make test: the whole suite on the embedded PostgreSQL (no server needed).
+test: venv
+	$(BIN)/pytest
+
+## make test-server: the PostgreSQL-backed tests again, on a server (SCORING_TEST_DATABASE_URL).
+test-server: venv
+	$(BIN)/pytest -m db
+
+lint: venv
+	$(BIN)/ruff check scoring_pipeline scoring_pipeline_tests migrations
+	$(BIN)/ruff format --check scoring_pipeline scoring_pipeline_tests migrations
+	$(BIN)/mypy scoring_pipeline
+
+## make ui: the Dagster UI and daemon on http://127.0.0.1:3000 over the same database.
+ui: venv
+	export DATABASE_URL=$${DATABASE_URL:-$$($(BIN)/scoring-pipeline db-url)}; \
+	export DAGSTER_PG_URL=$${DAGSTER_PG_URL:-$$($(BIN)/scoring-pipeline db-url --dagster)}; \
+	$(BIN)/scoring-pipeline migrate && \
+	$(BIN)/dagster dev -h 127.0.0.1 -p 3000 -w workspace.yaml
+
+db-stop: venv
+	$(BIN)/scoring-pipeline db-stop
+
+clean:
+	rm -rf $(DEMO_DIR) storage history logs schedules .pytest_cache .mypy_cache .ruff_cache

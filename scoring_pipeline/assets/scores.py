@@ -1,0 +1,69 @@
+"""The `scores` asset: one partition per (score date × batch of users)."""
+
+import datetime as dt
+
+import dagster as dg
+
+from scoring_pipeline import job_runs, snapshots
+from scoring_pipeline import tables as t
+from scoring_pipeline.assets.active_users import active_users
+from scoring_pipeline.assets.exchange_rates import exchange_rates
+from scoring_pipeline.assets.prices import prices
+from scoring_pipeline.batch_scoring import BatchOutput, score_batch
+from scoring_pipeline.errors import SnapshotUnavailableError
+from scoring_pipeline.partitions import (
+    BATCH_DIMENSION,
+    DATE_DIMENSION,
+    scores_partitions,
+)
+from scoring_pipeline.resources import DatabaseResource, ScoringSettingsResource
+
+
+@dg.asset(
+    partitions_def=scores_partitions,
+    # Each batch partition depends on its date's snapshots (the date dimension is inferred).
+    deps=[active_users, exchange_rates, prices],
+    io_manager_key="scores_io_manager",
+    group_name="scoring",
+    kinds={"postgres"},
+)
+def scores(
+    context: dg.AssetExecutionContext,
+    database: DatabaseResource,
+    settings: ScoringSettingsResource,
+) -> BatchOutput:
+    """Scores of one batch of users for the score date, from the date's frozen snapshots."""
+    keys = context.partition_key.keys_by_dimension
+    score_date = dt.date.fromisoformat(keys[DATE_DIMENSION])
+    batch = keys[BATCH_DIMENSION]
+    with database.engine().begin() as conn:
+        members = snapshots.load_membership(conn, score_date).members
+        if any(b == batch for _, b in members):
+            for table, what in (
+                (t.exchange_rate_snapshots, "exchange-rate"),
+                (t.price_snapshots, "price"),
+            ):
+                if not snapshots.has_snapshot(conn, table, score_date):
+                    raise SnapshotUnavailableError(
+                        f"no {what} snapshot for {score_date}: materialise the date's "
+                        "snapshots (the overnight_snapshots_job) before its batches"
+                    )
+        correlation_id = job_runs.ensure_job_run(
+            conn, score_date, market_group=settings.market_group
+        )
+    with database.engine().connect() as conn:
+        output = score_batch(
+            conn, score_date=score_date, batch=batch, job_correlation_id=correlation_id
+        )
+    for user in output.failed:
+        error = user.error or {}
+        context.log.error(
+            f"user {user.user_id} failed at stage {user.stage}: "
+            f"{error.get('type')}: {error.get('message')}"
+        )
+    context.log.info(
+        f"batch {batch} of {score_date}: {len(output.succeeded)} users scored, "
+        f"{len(output.failed)} failed, {len(output.users_skipped)} skipped, "
+        f"{output.assets_scored} assets in {output.duration_ms} ms"
+    )
+    return output

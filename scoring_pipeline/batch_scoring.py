@@ -1,0 +1,401 @@
+"""Scoring of one batch partition: load the date's frozen inputs, score each user, build events.
+
+One user's failure (invalid criteria, a missing rate, anything unexpected) is recorded with its
+stage and never stops the batch. Nothing here writes: the scores IO manager persists the result.
+"""
+
+import datetime as dt
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from scoring_pipeline.criteria import CONVERTED_METRICS, CriteriaSet, parse_criteria
+from scoring_pipeline.errors import UserCalculationError
+from scoring_pipeline.scoring import AssetScore, InstrumentData, score_criteria_set
+from scoring_pipeline.snapshots import RateRow, load_prices, load_rates
+from scoring_pipeline.tables import FUNDAMENTAL_COLUMNS
+
+# Which raw fundamentals each metric reads: INPUTS_CAPTURED keeps exactly those.
+METRIC_FIELDS: dict[str, tuple[str, ...]] = {
+    "price": (),
+    "pe_ratio": ("eps",),
+    "pb_ratio": ("book_value_per_share",),
+    "dividend_yield": ("dividends_per_share",),
+    "market_cap": ("shares_outstanding",),
+    **{name: (name,) for name in FUNDAMENTAL_COLUMNS},
+}
+
+
+def plain(value: Decimal | None) -> str | None:
+    """A Decimal as plain text (no exponent), None kept."""
+    return None if value is None else format(value, "f")
+
+
+@dataclass(slots=True)
+class UserOutcome:
+    user_id: str
+    correlation_id: str
+    events: list[tuple[str, dict[str, Any]]]
+    scores: list[AssetScore] = field(default_factory=list)
+    error: dict[str, str] | None = None
+    stage: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+@dataclass(slots=True)
+class BatchOutput:
+    """Everything one batch partition produced, ready for the IO manager."""
+
+    score_date: dt.date
+    batch_key: str
+    job_correlation_id: str
+    calculated_at: dt.datetime
+    users: list[UserOutcome]
+    users_skipped: list[str]
+    duration_ms: int = 0
+
+    @property
+    def succeeded(self) -> list[UserOutcome]:
+        return [u for u in self.users if u.ok]
+
+    @property
+    def failed(self) -> list[UserOutcome]:
+        return [u for u in self.users if not u.ok]
+
+    @property
+    def assets_scored(self) -> int:
+        return sum(len(u.scores) for u in self.succeeded)
+
+
+@dataclass(frozen=True, slots=True)
+class UserRow:
+    user_id: str
+    base_currency: str
+
+
+@dataclass(frozen=True, slots=True)
+class CriteriaRow:
+    id: str
+    user_id: str
+    target_market: str
+    asset_type: str
+    version: int
+    rules_text: str
+
+
+@dataclass(slots=True)
+class BatchInputs:
+    """The date's frozen inputs restricted to what one batch needs."""
+
+    users: list[UserRow]
+    criteria: dict[str, list[CriteriaRow]]
+    universes: dict[tuple[str, str], list[InstrumentData]]
+    fundamentals_date: dict[str, dt.date]
+    prices: dict[str, Any]
+    rates: dict[str, RateRow]
+
+
+def _load_users(conn: Connection, score_date: dt.date, batch: str) -> list[UserRow]:
+    rows = conn.execute(
+        sa.text(
+            "SELECT b.user_id, u.base_currency FROM scoring_batches b "
+            "JOIN users u ON u.id = b.user_id "
+            "WHERE b.score_date = :d AND b.batch_key = :b ORDER BY b.user_id"
+        ),
+        {"d": score_date, "b": batch},
+    ).all()
+    return [UserRow(str(r.user_id), str(r.base_currency).strip().upper()) for r in rows]
+
+
+def _load_criteria(conn: Connection, user_ids: list[str]) -> dict[str, list[CriteriaRow]]:
+    """The highest active version of each (user, market, asset type) criteria set."""
+    rows = conn.execute(
+        sa.text(
+            "SELECT DISTINCT ON (user_id, target_market, asset_type) id, user_id, "
+            "target_market, asset_type, version, rules::text AS rules_text "
+            "FROM criteria_versions WHERE is_active AND user_id = ANY(CAST(:u AS uuid[])) "
+            "ORDER BY user_id, target_market, asset_type, version DESC, created_at DESC"
+        ),
+        {"u": user_ids},
+    ).all()
+    out: dict[str, list[CriteriaRow]] = defaultdict(list)
+    for r in rows:
+        out[str(r.user_id)].append(
+            CriteriaRow(
+                str(r.id), str(r.user_id), r.target_market, r.asset_type, r.version, r.rules_text
+            )
+        )
+    return out
+
+
+def _load_universes(
+    conn: Connection, score_date: dt.date, keys: Iterable[tuple[str, str]]
+) -> tuple[dict[tuple[str, str], list[InstrumentData]], dict[str, dt.date], dict[str, Any]]:
+    keys = sorted(set(keys))
+    if not keys:
+        return {}, {}, {}
+    markets = [k[0] for k in keys]
+    types = [k[1] for k in keys]
+    instruments = conn.execute(
+        sa.text(
+            "SELECT i.symbol, i.market, i.asset_type, i.currency FROM instruments i "
+            "JOIN unnest(CAST(:m AS text[]), CAST(:t AS text[])) AS k(market, asset_type) "
+            "ON k.market = i.market AND k.asset_type = i.asset_type ORDER BY i.symbol"
+        ),
+        {"m": markets, "t": types},
+    ).all()
+    symbols = [r.symbol for r in instruments]
+    columns = ", ".join(FUNDAMENTAL_COLUMNS)
+    fundamentals = conn.execute(
+        sa.text(
+            f"SELECT DISTINCT ON (symbol) symbol, data_date, {columns} "
+            "FROM instrument_fundamentals WHERE symbol = ANY(:s) AND data_date <= :d "
+            "ORDER BY symbol, data_date DESC"
+        ),
+        {"s": symbols, "d": score_date},
+    ).all()
+    by_symbol = {r.symbol: r for r in fundamentals}
+    prices = load_prices(conn, score_date, symbols)
+    universes: dict[tuple[str, str], list[InstrumentData]] = defaultdict(list)
+    dates: dict[str, dt.date] = {}
+    for r in instruments:
+        f = by_symbol.get(r.symbol)
+        values: dict[str, Decimal | None] = {}
+        if f is not None:
+            dates[r.symbol] = f.data_date
+            values = {c: getattr(f, c) for c in FUNDAMENTAL_COLUMNS if getattr(f, c) is not None}
+        price = prices.get(r.symbol)
+        universes[(r.market, r.asset_type)].append(
+            InstrumentData(
+                symbol=r.symbol,
+                currency=str(r.currency).strip().upper(),
+                close=price.close if price else None,
+                fundamentals=values,
+            )
+        )
+    return universes, dates, dict(prices)
+
+
+def load_batch_inputs(conn: Connection, score_date: dt.date, batch: str) -> BatchInputs:
+    users = _load_users(conn, score_date, batch)
+    criteria = _load_criteria(conn, [u.user_id for u in users])
+    keys = {(c.target_market, c.asset_type) for rows in criteria.values() for c in rows}
+    universes, dates, prices = _load_universes(conn, score_date, keys)
+    return BatchInputs(
+        users=users,
+        criteria=criteria,
+        universes=universes,
+        fundamentals_date=dates,
+        prices=prices,
+        rates=load_rates(conn, score_date),
+    )
+
+
+def _used_fields(sets: list[CriteriaSet]) -> list[str]:
+    names: set[str] = set()
+    for cs in sets:
+        for rule in cs.rules:
+            for metric in (rule.metric, *rule.required):
+                names.update(METRIC_FIELDS.get(metric, ()))
+    return sorted(names)
+
+
+def _needed_currencies(sets: list[CriteriaSet], inputs: BatchInputs, base: str) -> set[str]:
+    needed = {base}
+    for cs in sets:
+        if any(m in CONVERTED_METRICS for rule in cs.rules for m in (rule.metric, *rule.required)):
+            needed.update(i.currency for i in inputs.universes.get(_key(cs), []))
+    return needed
+
+
+def _key(cs: CriteriaSet) -> tuple[str, str]:
+    return (cs.target_market, cs.asset_type)
+
+
+def capture_inputs(
+    correlation_id: str, user: UserRow, sets: list[CriteriaSet], inputs: BatchInputs
+) -> dict[str, Any]:
+    """The INPUTS_CAPTURED payload: enough to recompute SCORES_COMPUTED exactly."""
+    instruments = [i for cs in sets for i in inputs.universes.get(_key(cs), [])]
+    fields = _used_fields(sets)
+    prices = []
+    for i in instruments:
+        row = inputs.prices.get(i.symbol)
+        prices.append(
+            {
+                "symbol": i.symbol,
+                "close": plain(i.close),
+                "currency": i.currency,
+                "priceDate": row.price_date.isoformat() if row and row.price_date else None,
+                "source": row.source if row else None,
+            }
+        )
+    rates = [
+        {
+            "from": "USD",
+            "to": r.quote_currency,
+            "rate": plain(r.rate),
+            "rateDate": r.rate_date.isoformat(),
+            "source": r.source,
+        }
+        for c in sorted(_needed_currencies(sets, inputs, user.base_currency))
+        if (r := inputs.rates.get(c)) is not None
+    ]
+    fundamentals: dict[str, Any] = {}
+    for i in instruments:
+        if i.symbol in inputs.fundamentals_date:
+            entry: dict[str, Any] = {"dataDate": inputs.fundamentals_date[i.symbol].isoformat()}
+            for name in fields:
+                value = i.fundamentals.get(name)
+                if value is not None:
+                    entry[name] = plain(value)
+            fundamentals[i.symbol] = entry
+    return {
+        "correlationId": correlation_id,
+        "baseCurrency": user.base_currency,
+        "criteria": [
+            {
+                "criteriaVersionId": cs.criteria_version_id,
+                "targetMarket": cs.target_market,
+                "assetType": cs.asset_type,
+                "version": cs.version,
+                "rules": cs.raw_rules,
+                "assetIds": [i.symbol for i in inputs.universes.get(_key(cs), [])],
+            }
+            for cs in sets
+        ],
+        "prices": prices,
+        "rates": rates,
+        "fundamentals": fundamentals,
+        "assetIds": [i.symbol for i in instruments],
+    }
+
+
+def results_payload(correlation_id: str, scores: list[AssetScore]) -> dict[str, Any]:
+    return {
+        "correlationId": correlation_id,
+        "results": [
+            {
+                "assetId": s.symbol,
+                "criteriaVersionId": s.criteria_version_id,
+                "score": plain(s.score),
+                "maxPossibleScore": plain(s.max_possible_score),
+                "percentage": plain(s.percentage),
+                "breakdown": s.breakdown,
+            }
+            for s in scores
+        ],
+    }
+
+
+def score_user(
+    user: UserRow,
+    inputs: BatchInputs,
+    *,
+    score_date: dt.date,
+    batch: str,
+    job_correlation_id: str,
+) -> UserOutcome:
+    """Score one user; never raises for the user's own data, it records the failure instead."""
+    started = time.perf_counter()
+    correlation_id = str(uuid.uuid4())
+    outcome = UserOutcome(user.user_id, correlation_id, events=[])
+    outcome.events.append(
+        (
+            "CALC_STARTED",
+            {
+                "correlationId": correlation_id,
+                "userId": user.user_id,
+                "timestamp": dt.datetime.now(dt.UTC).isoformat(),
+                "scoreDate": score_date.isoformat(),
+                "batchKey": batch,
+                "jobCorrelationId": job_correlation_id,
+            },
+        )
+    )
+    stage = "criteria_validation"
+    try:
+        sets = [
+            parse_criteria(
+                criteria_version_id=c.id,
+                target_market=c.target_market,
+                asset_type=c.asset_type,
+                version=c.version,
+                rules=c.rules_text,
+            )
+            for c in inputs.criteria.get(user.user_id, [])
+        ]
+        stage = "inputs_capture"
+        outcome.events.append(
+            ("INPUTS_CAPTURED", capture_inputs(correlation_id, user, sets, inputs))
+        )
+        stage = "scoring"
+        usd_rates = {c: r.rate for c, r in inputs.rates.items()}
+        for cs in sets:
+            result = score_criteria_set(
+                cs,
+                inputs.universes.get(_key(cs), []),
+                base_currency=user.base_currency,
+                usd_rates=usd_rates,
+            )
+            outcome.scores.extend(result.scores)
+        outcome.events.append(("SCORES_COMPUTED", results_payload(correlation_id, outcome.scores)))
+    except Exception as exc:  # one user's failure never stops the batch
+        if isinstance(exc, UserCalculationError):
+            stage = exc.stage
+        outcome.scores = []
+        outcome.stage = stage
+        outcome.error = {"type": type(exc).__name__, "message": str(exc)}
+        outcome.events = [e for e in outcome.events if e[0] != "SCORES_COMPUTED"]
+    duration_ms = int((time.perf_counter() - started) * 1000)
+    completed: dict[str, Any] = {
+        "correlationId": correlation_id,
+        "durationMs": duration_ms,
+        "assetCount": len(outcome.scores),
+        "status": "success" if outcome.ok else "failed",
+    }
+    if not outcome.ok:
+        completed["stage"] = outcome.stage
+        completed["error"] = outcome.error
+    outcome.events.append(("CALC_COMPLETED", completed))
+    return outcome
+
+
+def score_batch(
+    conn: Connection, *, score_date: dt.date, batch: str, job_correlation_id: str
+) -> BatchOutput:
+    started = time.perf_counter()
+    inputs = load_batch_inputs(conn, score_date, batch)
+    output = BatchOutput(
+        score_date=score_date,
+        batch_key=batch,
+        job_correlation_id=job_correlation_id,
+        calculated_at=dt.datetime.now(dt.UTC),
+        users=[],
+        users_skipped=[],
+    )
+    for user in inputs.users:
+        if not inputs.criteria.get(user.user_id):
+            output.users_skipped.append(user.user_id)  # criteria deactivated since membership
+            continue
+        output.users.append(
+            score_user(
+                user,
+                inputs,
+                score_date=score_date,
+                batch=batch,
+                job_correlation_id=job_correlation_id,
+            )
+        )
+    output.duration_ms = int((time.perf_counter() - started) * 1000)
+    return output

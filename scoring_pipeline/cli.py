@@ -1,0 +1,164 @@
+"""The `scoring-pipeline` command: migrate, demo data, a night's scoring, replay.
+
+Errors are one line on stderr and a non-zero exit status; `--debug` shows the traceback.
+"""
+
+import argparse
+import datetime as dt
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from scoring_pipeline.errors import ConfigurationError, ScoringPipelineError
+
+
+def _engine() -> Any:
+    from scoring_pipeline.db import create_engine_for, prepare_dagster_environment
+
+    return create_engine_for(prepare_dagster_environment())
+
+
+def _cmd_migrate(args: argparse.Namespace) -> int:
+    from scoring_pipeline.db import current_revision, downgrade, migrate
+
+    engine = _engine()
+    if args.downgrade:
+        downgrade(engine, args.downgrade)
+    else:
+        migrate(engine, args.revision)
+    print(f"database at revision {current_revision(engine) or 'base'}")
+    return 0
+
+
+def _cmd_db_url(args: argparse.Namespace) -> int:
+    from scoring_pipeline.db import dagster_storage_url, prepare_dagster_environment
+
+    url = prepare_dagster_environment()
+    print(dagster_storage_url(url) if args.dagster else url)
+    return 0
+
+
+def _cmd_db_stop(args: argparse.Namespace) -> int:
+    from scoring_pipeline.db import embedded_data_dir, stop_embedded_server
+
+    stopped = stop_embedded_server(embedded_data_dir())
+    print("embedded PostgreSQL stopped" if stopped else "embedded PostgreSQL was not running")
+    return 0
+
+
+def _cmd_demo_data(args: argparse.Namespace) -> int:
+    from scoring_pipeline.demo_data import generate
+
+    if args.users < 1:
+        raise ConfigurationError("--users must be at least 1")
+    started = time.perf_counter()
+    with _engine().begin() as conn:
+        counts = generate(
+            conn,
+            users=args.users,
+            seed=args.seed,
+            out_dir=Path(args.out),
+            instruments_per_market=args.instruments_per_market,
+        )
+    print(
+        f"demo data: {counts['users']} users, {counts['criteria_sets']} criteria sets, "
+        f"{counts['instruments']} instruments, {counts['holdings']} holdings "
+        f"in {time.perf_counter() - started:.1f} s; provider files in {args.out}/"
+    )
+    return 0
+
+
+def _parse_date(text: str) -> dt.date:
+    try:
+        return dt.date.fromisoformat(text)
+    except ValueError:
+        raise ConfigurationError(f"--date must be YYYY-MM-DD, got {text!r}") from None
+
+
+def _cmd_score(args: argparse.Namespace) -> int:
+    from scoring_pipeline.night import run_night
+
+    score_date = _parse_date(args.date) if args.date else dt.datetime.now(dt.UTC).date()
+    summary = run_night(score_date, refresh=args.refresh, echo=print)
+    for line in summary.lines():
+        print(line)
+    return 1 if summary.status == "failed" else 0
+
+
+def _cmd_replay(args: argparse.Namespace) -> int:
+    from scoring_pipeline.replay import replay
+
+    with _engine().connect() as conn:
+        result = replay(conn, args.correlation_id)
+    results = result.recomputed["results"]
+    print(f"calculation {result.correlation_id} (user {result.user_id}): {len(results)} results")
+    if result.reproduced:
+        print("replay reproduces SCORES_COMPUTED exactly")
+        return 0
+    for difference in result.differences[:20]:
+        print(f"  {difference}")
+    print("replay does NOT reproduce SCORES_COMPUTED")
+    return 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="scoring-pipeline", description=__doc__)
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("migrate", help="apply the Alembic migrations")
+    p.add_argument("--revision", default="head")
+    p.add_argument("--downgrade", metavar="REVISION", help="revert to REVISION (e.g. base)")
+    p.set_defaults(func=_cmd_migrate)
+
+    p = sub.add_parser("db-url", help="print the application database URL")
+    p.add_argument("--dagster", action="store_true", help="the Dagster storage URL instead")
+    p.set_defaults(func=_cmd_db_url)
+
+    p = sub.add_parser("db-stop", help="stop the embedded PostgreSQL server")
+    p.set_defaults(func=_cmd_db_stop)
+
+    p = sub.add_parser("demo-data", help="create a synthetic universe and provider files")
+    p.add_argument("--users", type=int, required=True)
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--out", default="demo_data", help="folder for rates.json and prices.csv")
+    p.add_argument("--instruments-per-market", type=int, default=100)
+    p.set_defaults(func=_cmd_demo_data)
+
+    p = sub.add_parser("score", help="run a score date's whole scoring through Dagster")
+    p.add_argument("--date", help="score date YYYY-MM-DD (default: today, UTC)")
+    p.add_argument("--refresh", action="store_true", help="re-fetch the date's snapshots")
+    p.set_defaults(func=_cmd_score)
+
+    p = sub.add_parser("replay", help="recompute a calculation from its INPUTS_CAPTURED event")
+    p.add_argument("correlation_id")
+    p.set_defaults(func=_cmd_replay)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except (ScoringPipelineError, OSError, ValueError) as exc:
+        if args.debug:
+            raise
+        print(f"scoring-pipeline: error: {_one_line(exc)}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # the database or Dagster failing: still one clear line
+        if args.debug or os.environ.get("SCORING_DEBUG"):
+            raise
+        print(f"scoring-pipeline: error: {type(exc).__name__}: {_one_line(exc)}", file=sys.stderr)
+        return 2
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())[:500]
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

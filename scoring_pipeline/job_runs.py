@@ -1,0 +1,324 @@
+"""`overnight_job_runs` bookkeeping: one row per job type, score date and market group.
+
+A scoring night is `started` when its membership is computed, and is closed once every batch of
+the date has an outcome in `scoring_batch_results`: `completed` (no failure), `partial` (some
+users or batches failed) or `failed` (nothing succeeded, or the night died before scoring).
+Re-scoring a batch updates its outcome and closes the night again, so a retried `partial` night
+becomes `completed`. Every change runs under a row lock, so concurrent batches serialise here.
+"""
+
+import datetime as dt
+import json
+import uuid
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from scoring_pipeline import tables as t
+
+SCORING = "scoring"
+CACHE_WARM = "cache_warm"
+ALL_MARKETS = "all"
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, default=str, separators=(",", ":"))
+
+
+def write_job_event(
+    conn: Connection, *, correlation_id: str, event_type: str, payload: dict[str, Any]
+) -> None:
+    conn.execute(
+        sa.text(
+            "INSERT INTO calculation_events (correlation_id, user_id, event_type, payload) "
+            "VALUES (:c, NULL, :e, CAST(:p AS jsonb))"
+        ),
+        {"c": correlation_id, "e": event_type, "p": _json(payload)},
+    )
+
+
+def _lock(conn: Connection, job_type: str, score_date: dt.date, group: str) -> sa.Row[Any] | None:
+    return conn.execute(
+        sa.select(t.overnight_job_runs)
+        .where(
+            t.overnight_job_runs.c.job_type == job_type,
+            t.overnight_job_runs.c.score_date == score_date,
+            t.overnight_job_runs.c.market_group == group,
+        )
+        .with_for_update()
+    ).first()
+
+
+def ensure_job_run(
+    conn: Connection,
+    score_date: dt.date,
+    *,
+    job_type: str = SCORING,
+    market_group: str = ALL_MARKETS,
+    restart: bool = False,
+) -> str:
+    """Create the date's job run if missing (or restart it) and return its correlation id.
+
+    Restarting sets it back to `started` and writes JOB_STARTED again: a new attempt at the night.
+    """
+    inserted = conn.execute(
+        sa.text(
+            "INSERT INTO overnight_job_runs (id, job_type, score_date, market_group, status, "
+            "started_at, correlation_id, metrics) VALUES (:id, :jt, :d, :g, 'started', now(), "
+            ":c, '{}'::jsonb) ON CONFLICT (job_type, score_date, market_group) DO NOTHING "
+            "RETURNING id"
+        ),
+        {
+            "id": str(uuid.uuid4()),
+            "jt": job_type,
+            "d": score_date,
+            "g": market_group,
+            "c": str(uuid.uuid4()),
+        },
+    ).first()
+    row = _lock(conn, job_type, score_date, market_group)
+    assert row is not None
+    if restart and inserted is None:
+        conn.execute(
+            t.overnight_job_runs.update()
+            .where(t.overnight_job_runs.c.id == row.id)
+            .values(
+                status="started",
+                started_at=sa.func.now(),
+                completed_at=None,
+                users_processed=0,
+                users_failed=0,
+                error_details=None,
+                metrics={},
+            )
+        )
+    if restart or inserted is not None:
+        write_job_event(
+            conn,
+            correlation_id=row.correlation_id,
+            event_type="JOB_STARTED",
+            payload={
+                "correlationId": row.correlation_id,
+                "jobType": job_type,
+                "scoreDate": score_date.isoformat(),
+                "marketGroup": market_group,
+                "timestamp": dt.datetime.now(dt.UTC).isoformat(),
+            },
+        )
+    return str(row.correlation_id)
+
+
+def merge_metrics(
+    conn: Connection,
+    score_date: dt.date,
+    metrics: dict[str, Any],
+    *,
+    job_type: str = SCORING,
+    market_group: str = ALL_MARKETS,
+) -> None:
+    """Merge figures (fetch timings, staleness, …) into the job run's `metrics`."""
+    conn.execute(
+        sa.text(
+            "UPDATE overnight_job_runs SET metrics = coalesce(metrics, '{}'::jsonb) || "
+            "CAST(:m AS jsonb) WHERE job_type = :jt AND score_date = :d AND market_group = :g"
+        ),
+        {"m": _json(metrics), "jt": job_type, "d": score_date, "g": market_group},
+    )
+
+
+def fail_job_run(
+    conn: Connection,
+    score_date: dt.date,
+    *,
+    stage: str,
+    error: BaseException | str,
+    job_type: str = SCORING,
+    market_group: str = ALL_MARKETS,
+) -> None:
+    """The night died before scoring (e.g. no usable snapshot): mark it `failed`."""
+    correlation_id = ensure_job_run(conn, score_date, job_type=job_type, market_group=market_group)
+    details = {
+        "stage": stage,
+        "type": type(error).__name__ if isinstance(error, BaseException) else "Error",
+        "message": str(error),
+    }
+    row = _lock(conn, job_type, score_date, market_group)
+    assert row is not None
+    # Several snapshot steps may fail in one night: keep every error, the first one on top.
+    previous = row.error_details if row.status == "failed" and row.error_details else None
+    errors = [*(previous or {}).get("errors", []), details]
+    conn.execute(
+        t.overnight_job_runs.update()
+        .where(t.overnight_job_runs.c.id == row.id)
+        .values(
+            status="failed",
+            completed_at=sa.func.now(),
+            error_details={**(previous or details), "errors": errors},
+        )
+    )
+    write_job_event(
+        conn,
+        correlation_id=correlation_id,
+        event_type="JOB_COMPLETED",
+        payload={
+            "correlationId": correlation_id,
+            "scoreDate": score_date.isoformat(),
+            "status": "failed",
+            "error": details,
+        },
+    )
+
+
+def record_missing_batches_failed(
+    conn: Connection, score_date: dt.date, errors: dict[str, str]
+) -> None:
+    """Batches whose run ended without writing an outcome (the step died) count as failed."""
+    for batch, message in errors.items():
+        members = (
+            conn.execute(
+                sa.select(t.scoring_batches.c.user_id).where(
+                    t.scoring_batches.c.score_date == score_date,
+                    t.scoring_batches.c.batch_key == batch,
+                )
+            )
+            .scalars()
+            .all()
+        )
+        failed = [
+            {
+                "userId": str(u),
+                "stage": "batch",
+                "error": {"type": "StepFailed", "message": message},
+            }
+            for u in members
+        ]
+        conn.execute(
+            sa.text(
+                "INSERT INTO scoring_batch_results (score_date, batch_key, status, users_total, "
+                "users_success, users_failed, users_skipped, assets_scored, duration_ms, "
+                "failed_users, updated_at) VALUES (:d, :b, 'failed', :n, 0, :n, 0, 0, 0, "
+                "CAST(:f AS jsonb), now()) ON CONFLICT (score_date, batch_key) DO UPDATE SET "
+                "status = 'failed', users_total = :n, users_success = 0, users_failed = :n, "
+                "users_skipped = 0, assets_scored = 0, failed_users = EXCLUDED.failed_users, "
+                "updated_at = now()"
+            ),
+            {"d": score_date, "b": batch, "n": len(members), "f": _json(failed)},
+        )
+
+
+def _aggregate(conn: Connection, score_date: dt.date) -> dict[str, Any]:
+    expected = conn.execute(
+        sa.text(
+            "SELECT count(DISTINCT batch_key) AS batches, count(*) AS users "
+            "FROM scoring_batches WHERE score_date = :d"
+        ),
+        {"d": score_date},
+    ).one()
+    done = conn.execute(
+        sa.text(
+            "SELECT count(*) AS batches, "
+            "count(*) FILTER (WHERE status <> 'success') AS batches_failed, "
+            "coalesce(sum(users_total), 0) AS users_total, "
+            "coalesce(sum(users_success), 0) AS users_success, "
+            "coalesce(sum(users_failed), 0) AS users_failed, "
+            "coalesce(sum(users_skipped), 0) AS users_skipped, "
+            "coalesce(sum(assets_scored), 0) AS assets_scored, "
+            "coalesce(sum(duration_ms), 0) AS process_users_ms "
+            "FROM scoring_batch_results r WHERE score_date = :d AND EXISTS ("
+            "SELECT 1 FROM scoring_batches b WHERE b.score_date = r.score_date "
+            "AND b.batch_key = r.batch_key)"
+        ),
+        {"d": score_date},
+    ).one()
+    return {
+        "batches_total": int(expected.batches),
+        "batches_done": int(done.batches),
+        "batches_failed": int(done.batches_failed),
+        "users_total": int(expected.users),
+        "users_success": int(done.users_success),
+        "users_failed": int(done.users_failed),
+        "users_skipped": int(done.users_skipped),
+        "assets_scored": int(done.assets_scored),
+        "process_users_ms": int(done.process_users_ms),
+    }
+
+
+def failed_users(conn: Connection, score_date: dt.date, limit: int = 100) -> list[dict[str, Any]]:
+    """The failed users of the date's batches (user id, stage, error), at most `limit`."""
+    rows = conn.execute(
+        sa.text(
+            "SELECT batch_key, failed_users FROM scoring_batch_results "
+            "WHERE score_date = :d AND jsonb_array_length(failed_users) > 0 ORDER BY batch_key"
+        ),
+        {"d": score_date},
+    ).all()
+    out: list[dict[str, Any]] = []
+    for row in rows:
+        for item in row.failed_users:
+            out.append({"batch": row.batch_key, **item})
+    return out[:limit]
+
+
+def refresh_job_run(
+    conn: Connection, score_date: dt.date, *, market_group: str = ALL_MARKETS
+) -> str | None:
+    """Update the night's counters; close it when every batch has an outcome.
+
+    Returns the new status, or None when the date has no job run yet.
+    """
+    row = _lock(conn, SCORING, score_date, market_group)
+    if row is None:
+        return None
+    figures = _aggregate(conn, score_date)
+    metrics = dict(row.metrics or {})
+    metrics.update({k: v for k, v in figures.items() if k != "batches_done"})
+    values: dict[str, Any] = {
+        "users_processed": figures["users_success"] + figures["users_failed"],
+        "users_failed": figures["users_failed"],
+    }
+    status = str(row.status)
+    if figures["batches_done"] >= figures["batches_total"]:
+        if figures["users_failed"] == 0 and figures["batches_failed"] == 0:
+            status = "completed"
+        elif figures["users_success"] == 0 and figures["users_total"] > 0:
+            status = "failed"
+        else:
+            status = "partial"
+        completed_at = dt.datetime.now(dt.UTC)
+        started_at = row.started_at
+        metrics["total_duration_ms"] = int((completed_at - started_at).total_seconds() * 1000)
+        values.update(status=status, completed_at=completed_at)
+        if status == "completed":
+            values["error_details"] = None
+        else:
+            values["error_details"] = {"failedUsers": failed_users(conn, score_date)}
+    values["metrics"] = metrics
+    conn.execute(
+        t.overnight_job_runs.update().where(t.overnight_job_runs.c.id == row.id).values(**values)
+    )
+    if "completed_at" in values:
+        write_job_event(
+            conn,
+            correlation_id=row.correlation_id,
+            event_type="JOB_COMPLETED",
+            payload={
+                "correlationId": row.correlation_id,
+                "scoreDate": score_date.isoformat(),
+                "status": status,
+                **{
+                    k: metrics.get(k)
+                    for k in (
+                        "users_total",
+                        "users_success",
+                        "users_failed",
+                        "users_skipped",
+                        "assets_scored",
+                        "batches_total",
+                        "batches_failed",
+                        "total_duration_ms",
+                    )
+                },
+            },
+        )
+    return status

@@ -1,0 +1,201 @@
+"""A score date's whole night through the Dagster definitions, launched from this process.
+
+`scoring-pipeline score` uses it: the same jobs the schedule and sensor launch (snapshots, then
+one run per batch partition), executed in-process on the configured Dagster instance so every run
+shows in the UI with its partition. Batches run one after another; a batch whose step died
+without writing an outcome is recorded as failed so the night never stays `started`.
+"""
+
+import datetime as dt
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import dagster as dg
+import sqlalchemy as sa
+
+from scoring_pipeline import job_runs, snapshots
+from scoring_pipeline import tables as t
+from scoring_pipeline.db import create_engine_for, prepare_dagster_environment
+from scoring_pipeline.partitions import scores_partition_key
+
+SNAPSHOT_ASSETS = ("active_users", "exchange_rates", "prices")
+
+
+@dataclass
+class NightSummary:
+    score_date: dt.date
+    status: str
+    users_total: int = 0
+    users_success: int = 0
+    users_failed: int = 0
+    users_skipped: int = 0
+    assets_scored: int = 0
+    batches_total: int = 0
+    batches_failed: int = 0
+    stages_ms: dict[str, int] = field(default_factory=dict)
+    duration_ms: int = 0
+    failed_users: list[dict[str, Any]] = field(default_factory=list)
+    error: str | None = None
+    run_ids: list[str] = field(default_factory=list)
+
+    def lines(self) -> list[str]:
+        out = [
+            f"score date      {self.score_date}",
+            f"job status      {self.status}",
+            f"users total     {self.users_total}",
+            f"users success   {self.users_success}",
+            f"users failed    {self.users_failed}",
+            f"users skipped   {self.users_skipped}",
+            f"assets scored   {self.assets_scored}",
+            f"batches         {self.batches_total} ({self.batches_failed} failed)",
+            f"duration        {self.duration_ms / 1000:.1f} s ("
+            + ", ".join(f"{k} {v / 1000:.1f} s" for k, v in self.stages_ms.items())
+            + ")",
+        ]
+        if self.error:
+            out.append(f"error           {self.error}")
+        for failure in self.failed_users[:20]:
+            error = failure.get("error") or {}
+            out.append(
+                f"  failed user {failure.get('userId')} (batch {failure.get('batch')}, "
+                f"stage {failure.get('stage')}): {error.get('message')}"
+            )
+        return out
+
+
+def _step_errors(result: dg.ExecuteInProcessResult) -> str:
+    messages = []
+    for event in result.all_events:
+        if event.is_step_failure and event.step_failure_data is not None:
+            messages.append(
+                event.step_failure_data.error.message.strip()
+                if event.step_failure_data.error
+                else "step failed"
+            )
+    return "; ".join(messages) or "the run failed"
+
+
+# The CLI prints its own progress and summary; Dagster's console logger keeps to warnings.
+_QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+
+
+def _snapshot_run_config(refresh: bool) -> dict[str, Any]:
+    if not refresh:
+        return dict(_QUIET)
+    return {**_QUIET, "ops": {name: {"config": {"refresh": True}} for name in SNAPSHOT_ASSETS}}
+
+
+def run_night(
+    score_date: dt.date, *, refresh: bool = False, echo: Callable[[str], None] | None = None
+) -> NightSummary:
+    """Run the snapshots then every batch of the date; return the job run's summary."""
+    from scoring_pipeline.definitions import defs
+
+    say = echo or (lambda _: None)
+    url = prepare_dagster_environment()
+    engine = create_engine_for(url)
+    definitions = defs()
+    instance = dg.DagsterInstance.get()
+    started = time.perf_counter()
+    stages: dict[str, int] = {}
+    run_ids: list[str] = []
+    date_key = score_date.isoformat()
+    tags = {"scoring/score_date": date_key, "scoring/trigger": "cli"}
+
+    say(f"freezing the inputs of {date_key} (users, rates, prices)…")
+    snapshot = definitions.resolve_job_def("overnight_snapshots_job").execute_in_process(
+        partition_key=date_key,
+        instance=instance,
+        run_config=_snapshot_run_config(refresh),
+        raise_on_error=False,
+        tags=tags,
+    )
+    run_ids.append(snapshot.run_id)
+    stages["snapshots"] = int((time.perf_counter() - started) * 1000)
+    if not snapshot.success:
+        error = _step_errors(snapshot)
+        with engine.begin() as conn:
+            row = conn.execute(
+                sa.select(t.overnight_job_runs.c.status).where(
+                    t.overnight_job_runs.c.score_date == score_date,
+                    t.overnight_job_runs.c.job_type == job_runs.SCORING,
+                )
+            ).first()
+            if row is None or row.status != "failed":
+                job_runs.fail_job_run(conn, score_date, stage="snapshots", error=error)
+        return _summary(engine, score_date, stages, started, run_ids, error=error)
+
+    with engine.connect() as conn:
+        batches = snapshots.load_membership(conn, score_date).batch_keys
+    batch_job = definitions.resolve_job_def("scoring_batch_job")
+    scoring_started = time.perf_counter()
+    for index, batch in enumerate(batches, start=1):
+        result = batch_job.execute_in_process(
+            partition_key=str(scores_partition_key(date_key, batch)),
+            instance=instance,
+            run_config=_QUIET,
+            raise_on_error=False,
+            tags=tags,
+        )
+        run_ids.append(result.run_id)
+        if not result.success:
+            _record_if_missing(engine, score_date, batch, result)
+        if index % 10 == 0 or index == len(batches):
+            say(f"scored {index}/{len(batches)} batches")
+    stages["scoring"] = int((time.perf_counter() - scoring_started) * 1000)
+    with engine.begin() as conn:
+        job_runs.refresh_job_run(conn, score_date)
+    return _summary(engine, score_date, stages, started, run_ids)
+
+
+def _record_if_missing(
+    engine: sa.Engine, score_date: dt.date, batch: str, result: dg.ExecuteInProcessResult
+) -> None:
+    with engine.begin() as conn:
+        written = conn.execute(
+            sa.select(t.scoring_batch_results.c.dagster_run_id).where(
+                t.scoring_batch_results.c.score_date == score_date,
+                t.scoring_batch_results.c.batch_key == batch,
+            )
+        ).scalar()
+        if written != result.run_id:
+            job_runs.record_missing_batches_failed(conn, score_date, {batch: _step_errors(result)})
+
+
+def _summary(
+    engine: sa.Engine,
+    score_date: dt.date,
+    stages: dict[str, int],
+    started: float,
+    run_ids: list[str],
+    error: str | None = None,
+) -> NightSummary:
+    with engine.connect() as conn:
+        row = conn.execute(
+            sa.select(t.overnight_job_runs).where(
+                t.overnight_job_runs.c.score_date == score_date,
+                t.overnight_job_runs.c.job_type == job_runs.SCORING,
+                t.overnight_job_runs.c.market_group == job_runs.ALL_MARKETS,
+            )
+        ).first()
+        failed = job_runs.failed_users(conn, score_date)
+    metrics = dict(row.metrics or {}) if row is not None else {}
+    return NightSummary(
+        score_date=score_date,
+        status=str(row.status) if row is not None else "failed",
+        users_total=int(metrics.get("users_total", 0)),
+        users_success=int(metrics.get("users_success", 0)),
+        users_failed=int(metrics.get("users_failed", 0)),
+        users_skipped=int(metrics.get("users_skipped", 0))
+        + int(metrics.get("users_skipped_no_criteria", 0)),
+        assets_scored=int(metrics.get("assets_scored", 0)),
+        batches_total=int(metrics.get("batches_total", 0)),
+        batches_failed=int(metrics.get("batches_failed", 0)),
+        stages_ms=stages,
+        duration_ms=int((time.perf_counter() - started) * 1000),
+        failed_users=failed,
+        error=error,
+        run_ids=run_ids,
+    )

@@ -1,0 +1,139 @@
+"""Frankfurter (ECB reference rates, keyless): the default rates provider.
+
+``GET {base}/latest?base=USD&symbols=EUR,GBP`` answers
+``{"amount": 1.0, "base": "USD", "date": "YYYY-MM-DD", "rates": {"EUR": 0.9, ...}}``.
+"""
+
+import logging
+from collections.abc import Mapping, Sequence
+from decimal import Decimal
+
+import pydantic
+
+from scoring_pipeline.errors import ProviderPayloadError
+from scoring_pipeline.providers.base import (
+    MAX_RATE,
+    MIN_RATE,
+    RatesProvider,
+    RatesSnapshot,
+    amount_problem,
+    as_decimal,
+    describe_validation_error,
+    load_json,
+    normalise_currency,
+    parse_iso_date,
+    requested_currencies,
+    select_rates,
+    shorten,
+)
+from scoring_pipeline.providers.http import HttpSettings, ProviderHttpClient, call_redacted
+
+logger = logging.getLogger("scoring_pipeline.providers")
+
+DEFAULT_BASE_URL = "https://api.frankfurter.dev/v1"
+
+
+def _fail(message: str, source: str) -> ProviderPayloadError:
+    return ProviderPayloadError(message, provider=source)
+
+
+def _parse_rates(raw: object, source: str) -> dict[str, Decimal]:
+    if not isinstance(raw, Mapping):
+        raise _fail(f"'rates' is not an object but {type(raw).__name__}", source)
+    rates: dict[str, Decimal] = {}
+    for key, value in raw.items():
+        currency = normalise_currency(key)
+        if currency is None:
+            raise _fail(f"invalid currency code {shorten(key)} in 'rates'", source)
+        rate = as_decimal(value)
+        if rate is None:
+            raise _fail(f"rate for {currency} is not a number: {shorten(value)}", source)
+        problem = amount_problem(rate, minimum=MIN_RATE, maximum=MAX_RATE)
+        if problem is not None:
+            raise _fail(f"rate for {currency} {problem}", source)
+        if rates.setdefault(currency, rate) != rate:
+            raise _fail(f"two different rates for {currency}", source)
+    if rates.setdefault("USD", Decimal(1)) != 1:
+        raise _fail(f"the rate for USD must be 1 with base USD, got {rates['USD']}", source)
+    return rates
+
+
+def parse_frankfurter_payload(
+    payload: bytes | str | Mapping[str, object], *, source: str = "frankfurter"
+) -> RatesSnapshot:
+    """Validate a ``latest`` answer (raw bytes or decoded JSON) into a snapshot of all its rates.
+
+    The base must be USD, ``amount`` (when present) 1, ``date`` a ``YYYY-MM-DD`` date, and every
+    rate a finite number within the bounds of ``base``. Anything else raises
+    ProviderPayloadError naming ``source`` and the field or currency at fault.
+    """
+    data = payload if isinstance(payload, Mapping) else load_json(payload, provider=source)
+    if not isinstance(data, Mapping):
+        raise _fail(f"expected a JSON object, got {type(data).__name__}", source)
+    base = data.get("base")
+    if not isinstance(base, str) or base.upper() != "USD":
+        raise _fail(f"base currency is {shorten(base)}, expected 'USD'", source)
+    if "amount" in data and as_decimal(data["amount"]) != 1:
+        raise _fail(f"amount is {shorten(data['amount'])}, expected 1", source)
+    rate_date = parse_iso_date(data.get("date"))
+    if rate_date is None:
+        raise _fail(f"date {shorten(data.get('date'))} is not a YYYY-MM-DD date", source)
+    if "rates" not in data:
+        raise _fail("no 'rates' in the answer", source)
+    rates = _parse_rates(data["rates"], source)
+    try:
+        return RatesSnapshot(rates=rates, rate_date=rate_date, source=source)
+    except pydantic.ValidationError as exc:  # unreachable after the checks above; kept as a net
+        raise _fail(describe_validation_error(exc), source) from None
+
+
+class FrankfurterRatesProvider(RatesProvider):
+    """Rates from a Frankfurter v1 API (api.frankfurter.dev or a self-hosted instance).
+
+    An API key, when given (for a gateway in front of a self-hosted instance), is sent as
+    ``Authorization: Bearer <key>``.
+    """
+
+    name = "frankfurter"
+
+    def __init__(
+        self,
+        *,
+        base_url: str = DEFAULT_BASE_URL,
+        api_key: str | None = None,
+        http_settings: HttpSettings | None = None,
+    ) -> None:
+        self._api_key = api_key or None
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._http = ProviderHttpClient(
+            provider=self.name,
+            base_url=base_url,
+            settings=http_settings or HttpSettings(),
+            headers=headers,
+            secrets=[self._api_key],
+        )
+
+    def __repr__(self) -> str:
+        return f"FrankfurterRatesProvider(base_url={self._http.redact(self._http.base_url)!r})"
+
+    def fetch_usd_rates(self, *, currencies: Sequence[str]) -> RatesSnapshot:
+        wanted, invalid = requested_currencies(currencies)
+        if invalid:
+            logger.warning(
+                "%s: ignoring invalid currency codes %s", self.name, [shorten(c) for c in invalid]
+            )
+        params = {"base": "USD"}
+        # USD is never requested (USD->USD is 1; Frankfurter refuses base == symbols); with no
+        # other currency asked for, the whole table is fetched for its date and then filtered.
+        others = [code for code in wanted if code != "USD"]
+        if others:
+            params["symbols"] = ",".join(others)
+        snapshot = call_redacted([self._api_key], lambda: self._fetch(params))
+        return select_rates(snapshot, wanted if currencies else None)
+
+    def _fetch(self, params: dict[str, str]) -> RatesSnapshot:
+        body = self._http.get_bytes("latest", params=params)
+        return parse_frankfurter_payload(body, source=self.name)
+
+    def close(self) -> None:
+        self._http.close()

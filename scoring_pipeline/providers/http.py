@@ -1,0 +1,273 @@
+"""The retrying httpx client of the HTTP providers, and the redaction of secrets.
+
+Every httpx exception is turned into one of our errors here, with a message built from the
+provider's name and a redacted URL; the httpx exception is never chained (its request holds the
+URL and headers), so no traceback can show a secret.
+"""
+
+import logging
+import math
+import re
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import TypeVar
+from urllib.parse import quote, quote_plus
+
+import httpx
+
+from scoring_pipeline.errors import (
+    ConfigurationError,
+    ProviderError,
+    ProviderPayloadError,
+    ProviderUnavailableError,
+)
+
+logger = logging.getLogger("scoring_pipeline.providers")
+_T = TypeVar("_T")
+
+REDACTED = "***"
+# Larger answers are refused rather than read into memory (a quote page of 50 symbols is ~50 kB).
+DEFAULT_MAX_RESPONSE_BYTES = 20_000_000
+_USER_AGENT = "scoring-pipeline (httpx)"
+# Query parameters whose value is redacted from any text: names that look like credentials.
+_SECRET_PARAM = re.compile(
+    r"(?i)([?&;][^=&#\s]*(?:key|token|secret|passw|sig|auth|crumb|credential|session)[^=&#\s]*=)"
+    r"[^&#\s'\"]*"
+)
+_URL_USERINFO = re.compile(r"(?i)(\b[a-z][a-z0-9+.-]*://[^/\s:@]+:)[^/\s@]+@")
+_BEARER = re.compile(r"(?i)(\bbearer\s+)[^\s'\",;]+")
+# Loggers of the HTTP stack that may print request URLs (httpx logs each request at INFO).
+_HTTP_STACK_LOGGERS = ("httpx", "httpcore")
+
+
+def redact(text: str, secrets: Iterable[str | None] = ()) -> str:
+    """Return ``text`` without the given secrets and without credential-looking URL parts.
+
+    Each secret is scrubbed literally and in its URL-encoded forms; values of query parameters
+    whose name looks like a credential (``api_key``, ``token``, ``sig``…), URL passwords and
+    bearer tokens are replaced by ``***`` even when the secret is not known.
+    """
+    for secret in sorted({s for s in secrets if s}, key=len, reverse=True):
+        for variant in (secret, quote(secret, safe=""), quote_plus(secret)):
+            text = text.replace(variant, REDACTED)
+    text = _SECRET_PARAM.sub(rf"\g<1>{REDACTED}", text)
+    text = _URL_USERINFO.sub(rf"\g<1>{REDACTED}@", text)
+    return _BEARER.sub(rf"\g<1>{REDACTED}", text)
+
+
+def call_redacted(secrets: Iterable[str | None], call: Callable[[], _T]) -> _T:
+    """Return ``call()``; a ProviderError it raises comes out with the secrets scrubbed from its
+    message (a new error of the same type, raised with no cause or context to leak through)."""
+    replacement: ProviderError | None = None
+    try:
+        return call()
+    except ProviderError as exc:
+        text = str(exc)
+        clean = redact(text, secrets)
+        if clean == text:
+            raise
+        replacement = type(exc)(clean.removeprefix(f"{exc.provider}: "), provider=exc.provider)
+    raise replacement
+
+
+@dataclass(frozen=True)
+class HttpSettings:
+    """Timeout and retry policy of the HTTP providers (see ``settings.http_settings_from_env``).
+
+    A request is tried ``1 + max_retries`` times; the wait before retry ``n`` (0-based) is
+    ``backoff_base_seconds * 2**n`` capped at ``backoff_max_seconds``, or a numeric
+    ``Retry-After`` of a 429/503 answer, capped the same way.
+    """
+
+    timeout_seconds: float = 10.0
+    max_retries: int = 3
+    backoff_base_seconds: float = 0.5
+    backoff_max_seconds: float = 30.0
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.timeout_seconds) and self.timeout_seconds > 0):
+            raise ConfigurationError(
+                f"provider timeout must be a positive number of seconds, "
+                f"got {self.timeout_seconds!r}"
+            )
+        if isinstance(self.max_retries, bool) or not 0 <= self.max_retries <= 20:
+            raise ConfigurationError(
+                f"provider max retries must be an integer from 0 to 20, got {self.max_retries!r}"
+            )
+        for label, value in (
+            ("backoff base", self.backoff_base_seconds),
+            ("backoff max", self.backoff_max_seconds),
+        ):
+            if not (math.isfinite(value) and value >= 0):
+                raise ConfigurationError(
+                    f"provider {label} must be a non-negative number of seconds, got {value!r}"
+                )
+
+    def backoff_seconds(self, retry: int, retry_after: float | None = None) -> float:
+        """The wait before retry number ``retry`` (0-based)."""
+        if retry_after is not None:
+            return min(retry_after, self.backoff_max_seconds)
+        return min(self.backoff_base_seconds * 2.0**retry, self.backoff_max_seconds)
+
+
+@dataclass(frozen=True)
+class _Failure:
+    reason: str
+    retryable: bool
+    retry_after: float | None = None
+
+
+class _RedactingLogFilter(logging.Filter):
+    """Scrubs the client's secrets from records of the HTTP stack's own loggers."""
+
+    def __init__(self, secrets: list[str]) -> None:
+        super().__init__()
+        self._secrets = secrets
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        clean = redact(message, self._secrets)
+        if clean != message:
+            record.msg, record.args = clean, None
+        return True
+
+
+def _retry_after_seconds(headers: httpx.Headers) -> float | None:
+    value = headers.get("retry-after")
+    if value is None:
+        return None
+    try:
+        seconds = float(value.strip())
+    except ValueError:
+        return None  # an HTTP-date: fall back to exponential backoff
+    return seconds if math.isfinite(seconds) and seconds >= 0 else None
+
+
+class ProviderHttpClient:
+    """A GET-only httpx client for one provider: lazy, retrying, redacting, size-limited."""
+
+    def __init__(
+        self,
+        *,
+        provider: str,
+        base_url: str,
+        settings: HttpSettings,
+        headers: Mapping[str, str] | None = None,
+        secrets: Iterable[str | None] = (),
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
+    ) -> None:
+        self.provider = provider
+        self.base_url = base_url.rstrip("/")
+        self.settings = settings
+        self._headers = {"User-Agent": _USER_AGENT, "Accept": "application/json"}
+        self._headers.update(headers or {})
+        self._secrets = [s for s in secrets if s]
+        self._max_response_bytes = max_response_bytes
+        self._client: httpx.Client | None = None
+        self._log_filter: _RedactingLogFilter | None = None
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        shown = self.redact(self.base_url)
+        return f"ProviderHttpClient(provider={self.provider!r}, base_url={shown!r})"
+
+    def redact(self, text: str) -> str:
+        """``redact`` with this client's secrets."""
+        return redact(text, self._secrets)
+
+    def close(self) -> None:
+        """Close the underlying httpx client; a later request opens a new one."""
+        with self._lock:
+            client, self._client = self._client, None
+            log_filter, self._log_filter = self._log_filter, None
+        if client is not None:
+            client.close()
+        if log_filter is not None:
+            for name in _HTTP_STACK_LOGGERS:
+                logging.getLogger(name).removeFilter(log_filter)
+
+    def get_bytes(self, path: str, *, params: Mapping[str, str] | None = None) -> bytes:
+        """GET ``{base_url}/{path}`` and return the body of a 2xx answer, retrying as configured.
+
+        Raises ProviderUnavailableError after the last retry or on a non-retryable status, and
+        ProviderPayloadError when the body exceeds the size limit.
+        """
+        url = f"{self.base_url}/{path.lstrip('/')}"
+        shown_url = self.redact(str(httpx.URL(url, params=dict(params or {}))))
+        attempts = self.settings.max_retries + 1
+        failure = _Failure("no attempt made", retryable=False)
+        for attempt in range(attempts):
+            outcome = self._attempt(url, params)
+            if isinstance(outcome, bytes):
+                return outcome
+            failure = outcome
+            if not failure.retryable or attempt + 1 == attempts:
+                break
+            delay = self.settings.backoff_seconds(attempt, failure.retry_after)
+            logger.warning(
+                "%s",
+                self.redact(
+                    f"{self.provider}: GET {shown_url} failed ({failure.reason}), attempt "
+                    f"{attempt + 1} of {attempts}; retrying in {delay:.3f} s"
+                ),
+                extra={"provider": self.provider, "attempt": attempt + 1, "delay_seconds": delay},
+            )
+            time.sleep(delay)
+        tried = f"after {attempt + 1} attempt{'s' if attempt else ''}"
+        if not failure.retryable:
+            tried = "not retried"
+        raise ProviderUnavailableError(
+            self.redact(f"GET {shown_url} failed ({failure.reason}; {tried})"),
+            provider=self.provider,
+        )
+
+    def _http(self) -> httpx.Client:
+        with self._lock:
+            if self._client is None:
+                self._log_filter = _RedactingLogFilter(self._secrets)
+                for name in _HTTP_STACK_LOGGERS:
+                    logging.getLogger(name).addFilter(self._log_filter)
+                # Redirects are not followed: a moved API is a configuration problem, and an
+                # X-API-KEY header must not travel to another host.
+                self._client = httpx.Client(
+                    timeout=httpx.Timeout(self.settings.timeout_seconds),
+                    headers=self._headers,
+                    follow_redirects=False,
+                )
+            return self._client
+
+    def _attempt(self, url: str, params: Mapping[str, str] | None) -> bytes | _Failure:
+        failure: _Failure
+        try:
+            with self._http().stream("GET", url, params=params) as response:
+                status = response.status_code
+                if 200 <= status < 300:
+                    return self._read_limited(response)
+                if status == 429 or status >= 500:
+                    retry_after = None
+                    if status in (429, 503):
+                        retry_after = _retry_after_seconds(response.headers)
+                    return _Failure(f"HTTP {status}", retryable=True, retry_after=retry_after)
+                return _Failure(f"HTTP {status}", retryable=False)
+        except httpx.TimeoutException as exc:
+            failure = _Failure(f"timed out: {type(exc).__name__}", retryable=True)
+        except (httpx.NetworkError, httpx.RemoteProtocolError) as exc:
+            failure = _Failure(f"connection error: {type(exc).__name__}: {exc}", retryable=True)
+        except (httpx.HTTPError, httpx.InvalidURL) as exc:
+            failure = _Failure(f"{type(exc).__name__}: {exc}", retryable=False)
+        return failure
+
+    def _read_limited(self, response: httpx.Response) -> bytes:
+        chunks: list[bytes] = []
+        size = 0
+        for chunk in response.iter_bytes():
+            size += len(chunk)
+            if size > self._max_response_bytes:
+                raise ProviderPayloadError(
+                    f"response larger than {self._max_response_bytes} bytes, refused",
+                    provider=self.provider,
+                )
+            chunks.append(chunk)
+        return b"".join(chunks)

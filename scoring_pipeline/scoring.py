@@ -1,0 +1,294 @@
+"""The pure scoring engine (SPEC §4): metrics, currency conversion and rule evaluation.
+
+No Dagster, no database, no I/O, no floats. Every arithmetic operation runs in `SCORE_CONTEXT`
+(20 significant digits, ROUND_HALF_UP) in the order the specification writes it, so a replay of
+the captured inputs reproduces the stored scores digit for digit.
+"""
+
+import decimal
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass
+from decimal import ROUND_HALF_UP, Decimal
+from typing import Any
+
+from scoring_pipeline.criteria import CONVERTED_METRICS, FUNDAMENTAL_FIELDS, CriteriaSet
+from scoring_pipeline.errors import MissingRateError
+
+SCORE_CONTEXT = decimal.Context(
+    prec=28,
+    rounding=ROUND_HALF_UP,
+    Emax=999_999,
+    Emin=-999_999,
+    traps=[decimal.InvalidOperation, decimal.DivisionByZero, decimal.Overflow],
+)
+MISSING_FUNDAMENTAL = "missing_fundamental"
+_SKIPPED = {"skippedReason": MISSING_FUNDAMENTAL}
+
+_QUANTUM = Decimal("0.0001")
+_ONE = Decimal(1)
+_HUNDRED = Decimal(100)
+_ZERO = Decimal(0)
+_divide = SCORE_CONTEXT.divide
+_multiply = SCORE_CONTEXT.multiply
+
+
+@dataclass(frozen=True, slots=True)
+class InstrumentData:
+    """What one instrument contributes to scoring: its price and latest fundamentals."""
+
+    symbol: str
+    currency: str
+    close: Decimal | None
+    fundamentals: Mapping[str, Decimal | None]
+
+
+@dataclass(frozen=True, slots=True)
+class AssetScore:
+    """The score of one instrument under one criteria set."""
+
+    symbol: str
+    criteria_version_id: str
+    score: Decimal
+    max_possible_score: Decimal
+    percentage: Decimal | None
+    breakdown: list[dict[str, Any]]
+
+
+@dataclass(frozen=True, slots=True)
+class SetOutcome:
+    """The scores of a criteria set's universe and the currency conversions they used."""
+
+    scores: list[AssetScore]
+    currency_pairs: frozenset[tuple[str, str]]
+
+
+def rate_between(usd_rates: Mapping[str, Decimal], from_currency: str, to_currency: str) -> Decimal:
+    """rate(A→B) = usd_to[B] / usd_to[A] from a snapshot of USD→X rates (USD→USD is 1)."""
+    if from_currency == to_currency:
+        return _ONE
+    from_usd = usd_rates.get(from_currency, _ONE if from_currency == "USD" else None)
+    to_usd = usd_rates.get(to_currency, _ONE if to_currency == "USD" else None)
+    if from_usd is None or to_usd is None:
+        raise MissingRateError(from_currency, to_currency)
+    return _divide(to_usd, from_usd)
+
+
+def compute_metrics(
+    instrument: InstrumentData,
+    *,
+    base_currency: str,
+    usd_rates: Mapping[str, Decimal],
+    wanted: Collection[str],
+) -> dict[str, Decimal | None]:
+    """The values of the wanted metrics (and raw fundamental fields) of one instrument.
+
+    A name that is a metric gets the metric's value (so `revenue` is converted to the base
+    currency); `eps`, `book_value_per_share`, `dividends_per_share` and `shares_outstanding` get
+    the raw stored value. Asking for a converted metric of an instrument in another currency needs
+    the rate even when the value is missing: `MissingRateError` if the snapshot lacks it.
+    """
+    unknown = [name for name in wanted if name not in _KNOWN]
+    if unknown:
+        raise ValueError(f"unknown metric or fundamental field: {', '.join(sorted(unknown))}")
+    rate = None
+    if instrument.currency != base_currency and not CONVERTED_METRICS.isdisjoint(wanted):
+        rate = rate_between(usd_rates, instrument.currency, base_currency)
+    return _values(instrument, *_split(wanted), rate)
+
+
+def score_criteria_set(
+    criteria: CriteriaSet,
+    instruments: Sequence[InstrumentData],
+    *,
+    base_currency: str,
+    usd_rates: Mapping[str, Decimal],
+) -> SetOutcome:
+    """Score every instrument of a criteria set's universe, in the order given."""
+    plan = _Plan(criteria)
+    rates: dict[str, Decimal] = {}
+    pairs: set[tuple[str, str]] = set()
+    scores: list[AssetScore] = []
+    stored, derived, score = plan.stored, plan.derived, plan.score
+    for instrument in instruments:
+        currency = instrument.currency
+        rate = None
+        if plan.converts and currency != base_currency:
+            rate = rates.get(currency)
+            if rate is None:
+                rate = rates[currency] = rate_between(usd_rates, currency, base_currency)
+                pairs.add((currency, base_currency))
+        scores.append(score(instrument.symbol, _values(instrument, stored, derived, rate)))
+    return SetOutcome(scores=scores, currency_pairs=frozenset(pairs))
+
+
+_DERIVED = frozenset(
+    {"price", "pe_ratio", "pb_ratio", "dividend_yield", "market_cap", "revenue", "earnings"}
+)
+# Everything else (stored metrics and raw fundamental fields) is read as stored.
+_STORED = frozenset(FUNDAMENTAL_FIELDS) - _DERIVED
+_KNOWN = _STORED | _DERIVED
+
+
+def _values(
+    instrument: InstrumentData,
+    stored: tuple[str, ...],
+    derived: frozenset[str],
+    rate: Decimal | None,
+) -> dict[str, Decimal | None]:
+    """The named values of one instrument; `rate` is None when no conversion applies.
+
+    One straight function rather than one per metric: this runs for every instrument of a set.
+    """
+    get = instrument.fundamentals.get
+    values: dict[str, Decimal | None] = {}
+    for name in stored:
+        values[name] = get(name)
+    if not derived:
+        return values
+    price = instrument.close
+    if "price" in derived:
+        values["price"] = price
+    if "pe_ratio" in derived:
+        eps = get("eps")
+        values["pe_ratio"] = (
+            _divide(price, eps) if price is not None and eps is not None and eps > _ZERO else None
+        )
+    if "pb_ratio" in derived:
+        bvps = get("book_value_per_share")
+        values["pb_ratio"] = (
+            _divide(price, bvps)
+            if price is not None and bvps is not None and bvps > _ZERO
+            else None
+        )
+    if "dividend_yield" in derived:
+        dps = get("dividends_per_share")
+        values["dividend_yield"] = (
+            _multiply(_divide(dps, price), _HUNDRED)
+            if price is not None and dps is not None and price > _ZERO
+            else None
+        )
+    if "market_cap" in derived:
+        shares = get("shares_outstanding")
+        cap = None if price is None or shares is None else _multiply(price, shares)
+        values["market_cap"] = cap if cap is None or rate is None else _multiply(cap, rate)
+    for name in ("revenue", "earnings"):
+        if name in derived:
+            value = get(name)
+            values[name] = value if value is None or rate is None else _multiply(value, rate)
+    return values
+
+
+def _split(names: Collection[str]) -> tuple[tuple[str, ...], frozenset[str]]:
+    return tuple(name for name in names if name in _STORED), _DERIVED.intersection(names)
+
+
+def _comparison(
+    op: str, value: Decimal | None, value2: Decimal | None
+) -> Callable[[Decimal], bool] | None:
+    """A test of the metric value x against the rule's values; None for `exists`."""
+    if op == "exists":
+        return None
+    assert value is not None  # parse_criteria guarantees a value for every other operator
+    if op == "between":
+        assert value2 is not None
+        low, high = value, value2
+        return lambda x: low <= x <= high
+    # Bound comparisons of the rule's value, mirrored: `x > v` is `v < x`. No Python frame.
+    mirrored: dict[str, Callable[[Decimal], bool]] = {
+        "gt": value.__lt__,
+        "gte": value.__le__,
+        "lt": value.__gt__,
+        "lte": value.__ge__,
+        "equals": value.__eq__,
+    }
+    return mirrored[op]
+
+
+class _Plan:
+    """A criteria set compiled for fast evaluation over many instruments."""
+
+    __slots__ = (
+        "criteria_version_id",
+        "rules",
+        "stored",
+        "derived",
+        "converts",
+        "max_score",
+        "_max",
+        "_results",
+    )
+
+    def __init__(self, criteria: CriteriaSet) -> None:
+        self.criteria_version_id = criteria.criteria_version_id
+        # Per rule: id, metric, test (None for exists), points, whether the metric itself is
+        # required, and the other required names (usually none).
+        self.rules = tuple(
+            (
+                rule.id,
+                rule.metric,
+                _comparison(rule.operator, rule.value, rule.value2),
+                rule.points,
+                rule.metric in rule.required,
+                tuple(name for name in rule.required if name != rule.metric),
+            )
+            for rule in criteria.rules
+        )
+        names: dict[str, None] = {}
+        for rule in criteria.rules:
+            names[rule.metric] = None
+            names.update(dict.fromkeys(rule.required))
+        self.stored, self.derived = _split(names)
+        self.converts = not CONVERTED_METRICS.isdisjoint(names)
+        self.max_score = sum(rule.points for rule in criteria.rules if rule.points > 0)
+        self._max = _quantize(Decimal(self.max_score))
+        # Scores are small integers, so (score, percentage) repeat a lot across instruments.
+        self._results: dict[int, tuple[Decimal, Decimal | None]] = {}
+
+    def score(self, symbol: str, values: dict[str, Decimal | None]) -> AssetScore:
+        total = 0
+        breakdown: list[dict[str, Any]] = []
+        append = breakdown.append
+        for rule_id, metric, test, points, metric_required, others in self.rules:
+            x = values[metric]
+            lacking = False
+            for name in others:
+                if values[name] is None:
+                    lacking = True
+                    break
+            if x is None:
+                if lacking or metric_required or test is not None:
+                    append({"ruleId": rule_id, "matched": False, "points": 0, **_SKIPPED})
+                else:  # `exists` whose metric is missing but not required
+                    append({"ruleId": rule_id, "matched": True, "points": points})
+                    total += points
+                continue
+            text = str(x)
+            if "E" in text:  # str() may use exponent notation; format "f" never does (slower)
+                text = format(x, "f")
+            if lacking:
+                append(
+                    {"ruleId": rule_id, "matched": False, "points": 0, "actualValue": text}
+                    | _SKIPPED
+                )
+            elif test is None or test(x):
+                append({"ruleId": rule_id, "matched": True, "points": points, "actualValue": text})
+                total += points
+            else:
+                append({"ruleId": rule_id, "matched": False, "points": 0, "actualValue": text})
+        score, percentage = self._result(total)
+        # Positional arguments: building frozen dataclasses by keyword costs twice as much.
+        return AssetScore(symbol, self.criteria_version_id, score, self._max, percentage, breakdown)
+
+    def _result(self, total: int) -> tuple[Decimal, Decimal | None]:
+        cached = self._results.get(total)
+        if cached is None:
+            percentage = None
+            if self.max_score:
+                ratio = _divide(Decimal(total), Decimal(self.max_score))
+                percentage = _quantize(_multiply(ratio, _HUNDRED))
+            cached = self._results[total] = (_quantize(Decimal(total)), percentage)
+        return cached
+
+
+def _quantize(value: Decimal) -> Decimal:
+    return value.quantize(_QUANTUM, rounding=ROUND_HALF_UP, context=SCORE_CONTEXT)

@@ -1,0 +1,383 @@
+"""The frozen inputs of a score date: exchange rates, prices and batch membership.
+
+Each snapshot is written once per date (delete the date's rows, insert, one transaction) and
+read by every batch of that date. When every provider fails, the most recent earlier snapshot
+no older than `SNAPSHOT_MAX_AGE_DAYS` is copied to the date, flagged `is_stale`.
+"""
+
+import datetime as dt
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from scoring_pipeline import tables as t
+from scoring_pipeline.errors import ProviderError, SnapshotUnavailableError
+from scoring_pipeline.partitions import batch_key
+from scoring_pipeline.providers import PricesProvider, PricesResult, RatesProvider, RatesSnapshot
+
+USD = "USD"
+
+
+@dataclass(frozen=True, slots=True)
+class RateRow:
+    quote_currency: str
+    rate: Decimal
+    rate_date: dt.date
+    source: str
+    is_stale: bool
+
+
+@dataclass(frozen=True, slots=True)
+class PriceRow:
+    symbol: str
+    close: Decimal | None
+    currency: str | None
+    price_date: dt.date | None
+    source: str
+    is_stale: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Membership:
+    members: list[tuple[str, str]]  # (user_id, batch_key), deterministic order
+    users_skipped: int  # not deleted, holding assets, but no active criteria set
+
+    @property
+    def batch_keys(self) -> list[str]:
+        return sorted({b for _, b in self.members})
+
+
+def needed_currencies(conn: Connection) -> list[str]:
+    """Every currency a conversion of the night may need: base, instrument and holding ones."""
+    rows = conn.execute(
+        sa.text(
+            "SELECT base_currency FROM users WHERE deleted_at IS NULL "
+            "UNION SELECT currency FROM instruments "
+            "UNION SELECT currency FROM portfolio_assets"
+        )
+    ).scalars()
+    return sorted({str(c).strip().upper() for c in rows if c} - {USD})
+
+
+def store_rates(
+    conn: Connection, score_date: dt.date, snapshot: RatesSnapshot, *, fetched_at: dt.datetime
+) -> int:
+    conn.execute(
+        t.exchange_rate_snapshots.delete().where(
+            t.exchange_rate_snapshots.c.score_date == score_date
+        )
+    )
+    rows = [
+        {
+            "score_date": score_date,
+            "base_currency": USD,
+            "quote_currency": currency,
+            "rate": rate,
+            "rate_date": snapshot.rate_date,
+            "source": snapshot.source,
+            "fetched_at": fetched_at,
+            "is_stale": False,
+        }
+        for currency, rate in sorted(snapshot.rates.items())
+    ]
+    if rows:
+        conn.execute(t.exchange_rate_snapshots.insert(), rows)
+    return len(rows)
+
+
+def load_rates(conn: Connection, score_date: dt.date) -> dict[str, RateRow]:
+    """The date's USD→X rates by quote currency (USD→USD is always present)."""
+    table = t.exchange_rate_snapshots
+    rows = conn.execute(
+        sa.select(table).where(table.c.score_date == score_date, table.c.base_currency == USD)
+    ).all()
+    out = {
+        r.quote_currency.strip(): RateRow(
+            r.quote_currency.strip(), r.rate, r.rate_date, r.source, r.is_stale
+        )
+        for r in rows
+    }
+    if out and USD not in out:
+        any_row = next(iter(out.values()))
+        out[USD] = RateRow(USD, Decimal(1), any_row.rate_date, any_row.source, any_row.is_stale)
+    return out
+
+
+def _latest_snapshot_date(
+    conn: Connection, table: sa.Table, score_date: dt.date, max_age_days: int
+) -> dt.date | None:
+    oldest = score_date - dt.timedelta(days=max_age_days)
+    found = conn.execute(
+        sa.select(sa.func.max(table.c.score_date)).where(
+            table.c.score_date < score_date, table.c.score_date >= oldest
+        )
+    ).scalar()
+    return found
+
+
+def reuse_recent_snapshot(
+    conn: Connection, table: sa.Table, score_date: dt.date, max_age_days: int
+) -> dt.date | None:
+    """Copy the most recent earlier snapshot (≤ max_age_days old) to the date, flagged stale.
+
+    Returns the date of the snapshot reused, or None when there is none recent enough.
+    """
+    source_date = _latest_snapshot_date(conn, table, score_date, max_age_days)
+    if source_date is None:
+        return None
+    conn.execute(table.delete().where(table.c.score_date == score_date))
+    columns = [c.name for c in table.columns if c.name not in ("score_date", "is_stale")]
+    column_list = ", ".join(columns)
+    conn.execute(
+        sa.text(
+            f"INSERT INTO {table.name} (score_date, is_stale, {column_list}) "
+            f"SELECT :d, true, {column_list} FROM {table.name} WHERE score_date = :s"
+        ),
+        {"d": score_date, "s": source_date},
+    )
+    return source_date
+
+
+def compute_membership(conn: Connection, batch_size: int) -> Membership:
+    """The date's active users in deterministic batches (ordered by user id)."""
+    active = (
+        conn.execute(
+            sa.text(
+                "SELECT u.id FROM users u WHERE u.deleted_at IS NULL "
+                "AND EXISTS (SELECT 1 FROM portfolios p JOIN portfolio_assets a "
+                "  ON a.portfolio_id = p.id WHERE p.user_id = u.id AND NOT a.is_ignored) "
+                "AND EXISTS (SELECT 1 FROM criteria_versions c WHERE c.user_id = u.id "
+                "  AND c.is_active) "
+                "ORDER BY u.id"
+            )
+        )
+        .scalars()
+        .all()
+    )
+    skipped = conn.execute(
+        sa.text(
+            "SELECT count(*) FROM users u WHERE u.deleted_at IS NULL "
+            "AND EXISTS (SELECT 1 FROM portfolios p JOIN portfolio_assets a "
+            "  ON a.portfolio_id = p.id WHERE p.user_id = u.id AND NOT a.is_ignored) "
+            "AND NOT EXISTS (SELECT 1 FROM criteria_versions c WHERE c.user_id = u.id "
+            "  AND c.is_active)"
+        )
+    ).scalar_one()
+    members = [(str(uid), batch_key(i // batch_size)) for i, uid in enumerate(active)]
+    return Membership(members=members, users_skipped=int(skipped))
+
+
+def store_membership(conn: Connection, score_date: dt.date, membership: Membership) -> None:
+    """Replace the date's membership; earlier batch outcomes of the date no longer apply."""
+    conn.execute(t.scoring_batches.delete().where(t.scoring_batches.c.score_date == score_date))
+    conn.execute(
+        t.scoring_batch_results.delete().where(t.scoring_batch_results.c.score_date == score_date)
+    )
+    if membership.members:
+        conn.execute(
+            t.scoring_batches.insert(),
+            [
+                {"score_date": score_date, "user_id": u, "batch_key": b}
+                for u, b in membership.members
+            ],
+        )
+
+
+def load_membership(conn: Connection, score_date: dt.date) -> Membership:
+    rows = conn.execute(
+        sa.select(t.scoring_batches.c.user_id, t.scoring_batches.c.batch_key)
+        .where(t.scoring_batches.c.score_date == score_date)
+        .order_by(t.scoring_batches.c.user_id)
+    ).all()
+    return Membership(members=[(str(r.user_id), r.batch_key) for r in rows], users_skipped=0)
+
+
+def has_snapshot(conn: Connection, table: sa.Table, score_date: dt.date) -> bool:
+    return bool(
+        conn.execute(
+            sa.select(sa.literal(1)).where(sa.exists().where(table.c.score_date == score_date))
+        ).scalar()
+    )
+
+
+def needed_symbols(conn: Connection, score_date: dt.date) -> list[str]:
+    """Every instrument of every market targeted by the date's active users, plus held symbols."""
+    rows = conn.execute(
+        sa.text(
+            "SELECT i.symbol FROM instruments i WHERE EXISTS ("
+            "  SELECT 1 FROM criteria_versions c JOIN scoring_batches b "
+            "    ON b.user_id = c.user_id AND b.score_date = :d "
+            "  WHERE c.is_active AND c.target_market = i.market AND c.asset_type = i.asset_type) "
+            "UNION SELECT a.symbol FROM portfolio_assets a "
+            "  JOIN portfolios p ON p.id = a.portfolio_id "
+            "  JOIN scoring_batches b ON b.user_id = p.user_id AND b.score_date = :d "
+            "  WHERE NOT a.is_ignored"
+        ),
+        {"d": score_date},
+    ).scalars()
+    return sorted(set(rows))
+
+
+def store_prices(
+    conn: Connection,
+    score_date: dt.date,
+    symbols: list[str],
+    result: PricesResult,
+    *,
+    fetched_at: dt.datetime,
+) -> dict[str, int]:
+    conn.execute(t.price_snapshots.delete().where(t.price_snapshots.c.score_date == score_date))
+    rows: list[dict[str, Any]] = []
+    for symbol in symbols:
+        quote = result.quotes.get(symbol)
+        rows.append(
+            {
+                "score_date": score_date,
+                "symbol": symbol,
+                "close": quote.close if quote else None,
+                "currency": quote.currency if quote else None,
+                "price_date": quote.price_date if quote else None,
+                "source": quote.source if quote else result.source,
+                "fetched_at": fetched_at,
+                "is_stale": False,
+            }
+        )
+    if rows:
+        conn.execute(t.price_snapshots.insert(), rows)
+    priced = sum(1 for r in rows if r["close"] is not None)
+    return {"symbols": len(rows), "priced": priced, "missing": len(rows) - priced}
+
+
+def load_prices(conn: Connection, score_date: dt.date, symbols: list[str]) -> dict[str, PriceRow]:
+    table = t.price_snapshots
+    rows = conn.execute(
+        sa.select(table).where(table.c.score_date == score_date, table.c.symbol.in_(symbols))
+    ).all()
+    return {
+        r.symbol: PriceRow(
+            r.symbol,
+            r.close,
+            r.currency.strip() if r.currency else None,
+            r.price_date,
+            r.source,
+            r.is_stale,
+        )
+        for r in rows
+    }
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def _stale_or_raise(
+    conn: Connection,
+    table: sa.Table,
+    score_date: dt.date,
+    max_age_days: int,
+    error: Exception,
+    what: str,
+) -> dt.date:
+    reused = reuse_recent_snapshot(conn, table, score_date, max_age_days)
+    if reused is None:
+        raise SnapshotUnavailableError(
+            f"every {what} provider failed for {score_date} ({error}) and no {what} snapshot "
+            f"of the last {max_age_days} days exists to reuse; nothing can be scored"
+        ) from error
+    return reused
+
+
+def snapshot_rates(
+    conn: Connection,
+    score_date: dt.date,
+    provider: RatesProvider,
+    *,
+    max_age_days: int,
+    refresh: bool,
+) -> dict[str, Any]:
+    """Freeze the date's rates (fetch once; reuse an existing snapshot unless `refresh`)."""
+    table = t.exchange_rate_snapshots
+    if not refresh and has_snapshot(conn, table, score_date):
+        rates = load_rates(conn, score_date)
+        return {
+            "fetched": False,
+            "reused_existing": True,
+            "currencies": len(rates),
+            "is_stale": any(r.is_stale for r in rates.values()),
+        }
+    currencies = needed_currencies(conn)
+    try:
+        snapshot = provider.fetch_usd_rates(currencies=currencies)
+    except ProviderError as exc:
+        stale_from = _stale_or_raise(conn, table, score_date, max_age_days, exc, "rates")
+        return {
+            "fetched": False,
+            "reused_existing": False,
+            "is_stale": True,
+            "stale_from": stale_from.isoformat(),
+            "provider_error": str(exc),
+            "currencies": len(load_rates(conn, score_date)),
+        }
+    count = store_rates(conn, score_date, snapshot, fetched_at=_now())
+    missing = sorted(set(currencies) - set(snapshot.rates))
+    return {
+        "fetched": True,
+        "reused_existing": False,
+        "is_stale": False,
+        "currencies": count,
+        "source": snapshot.source,
+        "rate_date": snapshot.rate_date.isoformat(),
+        "missing_currencies": missing,
+    }
+
+
+def snapshot_prices(
+    conn: Connection,
+    score_date: dt.date,
+    provider: PricesProvider,
+    *,
+    max_age_days: int,
+    refresh: bool,
+) -> dict[str, Any]:
+    """Freeze the date's prices for every needed symbol (batched requests by the provider)."""
+    table = t.price_snapshots
+    if not refresh and has_snapshot(conn, table, score_date):
+        stale = conn.execute(
+            sa.select(sa.func.count()).where(table.c.score_date == score_date, table.c.is_stale)
+        ).scalar_one()
+        total = conn.execute(
+            sa.select(sa.func.count()).where(table.c.score_date == score_date)
+        ).scalar_one()
+        return {
+            "fetched": False,
+            "reused_existing": True,
+            "symbols": total,
+            "is_stale": bool(stale),
+        }
+    symbols = needed_symbols(conn, score_date)
+    if not symbols:
+        conn.execute(table.delete().where(table.c.score_date == score_date))
+        return {"fetched": False, "reused_existing": False, "is_stale": False, "symbols": 0}
+    try:
+        result = provider.fetch_prices(symbols=symbols)
+    except ProviderError as exc:
+        stale_from = _stale_or_raise(conn, table, score_date, max_age_days, exc, "prices")
+        return {
+            "fetched": False,
+            "reused_existing": False,
+            "is_stale": True,
+            "stale_from": stale_from.isoformat(),
+            "provider_error": str(exc),
+        }
+    counts = store_prices(conn, score_date, symbols, result, fetched_at=_now())
+    return {
+        "fetched": True,
+        "reused_existing": False,
+        "is_stale": False,
+        "source": result.source,
+        "missing_symbols": result.missing[:50],
+        **counts,
+    }

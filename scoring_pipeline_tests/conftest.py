@@ -1,0 +1,105 @@
+"""Shared fixtures: a fresh PostgreSQL database (embedded by default), migrated, and a Dagster
+instance whose storage is that same PostgreSQL database.
+
+`SCORING_TEST_DATABASE_URL` points the suite at a server instead of the embedded default; a fresh
+database is created on it for the session and dropped afterwards.
+"""
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import dagster as dg
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine, make_url
+
+from scoring_pipeline import db
+from scoring_pipeline.tables import metadata
+
+INPUT_AND_OUTPUT_TABLES = [t.name for t in reversed(metadata.sorted_tables)]
+
+
+def _server_url(tmp_root: Path) -> str:
+    url = os.environ.get("SCORING_TEST_DATABASE_URL", "").strip()
+    if url:
+        return url
+    # Stopped when the test session's process exits; its data dir is pytest's to delete.
+    return db.start_embedded_server(tmp_root / "pgdata", keep_running=False)
+
+
+class DatabaseFactory:
+    """Creates fresh databases on the test server and drops them at the end of the session."""
+
+    def __init__(self, server_url: str) -> None:
+        self.server_url = db.with_driver(server_url, db.APP_DRIVER)
+        self.admin = sa.create_engine(self.server_url, isolation_level="AUTOCOMMIT")
+        self.created: list[str] = []
+
+    def create(self) -> str:
+        name = f"scoring_test_{uuid.uuid4().hex[:10]}"
+        with self.admin.connect() as conn:
+            conn.execute(sa.text(f"CREATE DATABASE {name}"))
+        self.created.append(name)
+        return make_url(self.server_url).set(database=name).render_as_string(hide_password=False)
+
+    def drop_all(self) -> None:
+        with self.admin.connect() as conn:
+            for name in self.created:
+                conn.execute(
+                    sa.text(
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                        "WHERE datname = :n AND pid <> pg_backend_pid()"
+                    ),
+                    {"n": name},
+                )
+                conn.execute(sa.text(f"DROP DATABASE IF EXISTS {name}"))
+        self.admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def databases(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DatabaseFactory]:
+    factory = DatabaseFactory(_server_url(tmp_path_factory.mktemp("embedded", numbered=False)))
+    yield factory
+    factory.drop_all()
+
+
+@pytest.fixture(scope="session")
+def database_url(databases: DatabaseFactory) -> str:
+    """A brand-new database for this test session (migrated by the `engine` fixture)."""
+    return databases.create()
+
+
+@pytest.fixture(scope="session")
+def engine(database_url: str) -> Iterator[Engine]:
+    engine = db.create_engine_for(database_url)
+    db.migrate(engine)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def clean_db(engine: Engine) -> Engine:
+    """The migrated database with every application table emptied."""
+    with engine.begin() as conn:
+        conn.execute(sa.text(f"TRUNCATE {', '.join(INPUT_AND_OUTPUT_TABLES)} RESTART IDENTITY"))
+    return engine
+
+
+@pytest.fixture(scope="session")
+def dagster_instance(database_url: str) -> Iterator[dg.DagsterInstance]:
+    """A real Dagster instance on PostgreSQL storage (the same database, psycopg2 driver)."""
+    overrides = {
+        "storage": {"postgres": {"postgres_url": db.dagster_storage_url(database_url)}},
+    }
+    with dg.instance_for_test(overrides=overrides) as instance:
+        yield instance
+
+
+@pytest.fixture
+def app_env(database_url: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Environment of a process of the app pointed at the test database."""
+    monkeypatch.setenv("DATABASE_URL", database_url)
+    monkeypatch.setenv("PGTZ", "UTC")
+    return database_url

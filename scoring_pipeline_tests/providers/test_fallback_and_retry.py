@@ -1,0 +1,378 @@
+"""Retries, failures, fallback and secrecy over real loopback HTTP: 5xx then success, 429 with
+Retry-After, exponential backoff, 5xx forever, 4xx not retried, timeouts, refused and dropped
+connections, oversized bodies; the fallback providers (used when the primary fails, both failing);
+and API keys never present in exception messages, reprs, tracebacks or captured log records —
+even when the failing URL or the server's answer contains them."""
+
+import logging
+import time
+import traceback
+from decimal import Decimal
+
+import pytest
+
+from scoring_pipeline.errors import (
+    ProviderError,
+    ProviderPayloadError,
+    ProviderUnavailableError,
+)
+from scoring_pipeline.providers import (
+    FallbackPricesProvider,
+    FallbackRatesProvider,
+    FilePricesProvider,
+    FileRatesProvider,
+    FrankfurterRatesProvider,
+    HttpSettings,
+    ProviderHttpClient,
+    YahooPricesProvider,
+    redact,
+)
+
+LATEST = "/v1/latest"
+QUOTE = "/v7/finance/quote"
+RATES = {"amount": 1.0, "base": "USD", "date": "2026-11-27", "rates": {"EUR": 0.9}}
+SECRET = "s3cr3t-K3y/with+chars"
+
+
+def _retry_delays(caplog) -> list[float]:
+    return [
+        r.delay_seconds
+        for r in caplog.records
+        if r.name == "scoring_pipeline.providers" and hasattr(r, "delay_seconds")
+    ]
+
+
+@pytest.fixture
+def rates(loopback, fast_http):
+    with FrankfurterRatesProvider(base_url=f"{loopback.url}/v1", http_settings=fast_http) as p:
+        yield p
+
+
+def test_5xx_then_success_is_retried(loopback, reply, rates, caplog):
+    loopback.script(LATEST, reply(500), reply(502), reply(200, RATES))
+
+    snapshot = rates.fetch_usd_rates(currencies=["EUR"])
+
+    assert snapshot.rates["EUR"] == Decimal("0.9")
+    assert len(loopback.requests_to(LATEST)) == 3
+    assert _retry_delays(caplog) == [0.01, 0.02]
+    assert "HTTP 500" in caplog.records[0].getMessage()
+
+
+def test_429_honours_retry_after_capped_by_backoff_max(loopback, reply, fast_http, caplog):
+    loopback.script(
+        LATEST,
+        reply(429, headers={"Retry-After": "0.03"}),
+        reply(503, headers={"Retry-After": "120"}),
+        reply(200, RATES),
+    )
+    settings = HttpSettings(
+        timeout_seconds=2, max_retries=3, backoff_base_seconds=0.001, backoff_max_seconds=0.2
+    )
+    with FrankfurterRatesProvider(base_url=f"{loopback.url}/v1", http_settings=settings) as p:
+        started = time.monotonic()
+        p.fetch_usd_rates(currencies=["EUR"])
+        elapsed = time.monotonic() - started
+
+    assert _retry_delays(caplog) == [0.03, 0.2]
+    assert elapsed >= 0.23
+    assert len(loopback.requests_to(LATEST)) == 3
+
+
+def test_non_numeric_retry_after_falls_back_to_exponential_backoff(loopback, reply, rates, caplog):
+    loopback.script(
+        LATEST,
+        reply(429, headers={"Retry-After": "Wed, 21 Oct 2026 07:28:00 GMT"}),
+        reply(200, RATES),
+    )
+
+    rates.fetch_usd_rates(currencies=["EUR"])
+
+    assert _retry_delays(caplog) == [0.01]
+
+
+def test_backoff_doubles_up_to_the_cap_then_gives_up(loopback, reply, caplog):
+    loopback.script(LATEST, reply(503))
+    settings = HttpSettings(
+        timeout_seconds=2, max_retries=5, backoff_base_seconds=0.005, backoff_max_seconds=0.03
+    )
+    with FrankfurterRatesProvider(base_url=f"{loopback.url}/v1", http_settings=settings) as p:
+        with pytest.raises(ProviderUnavailableError) as caught:
+            p.fetch_usd_rates(currencies=["EUR"])
+
+    assert _retry_delays(caplog) == [0.005, 0.01, 0.02, 0.03, 0.03]
+    assert len(loopback.requests_to(LATEST)) == 6
+    assert "HTTP 503; after 6 attempts" in str(caught.value)
+
+
+def test_5xx_forever_is_unavailable_after_max_retries(loopback, reply, rates):
+    loopback.script(LATEST, reply(500))
+
+    with pytest.raises(ProviderUnavailableError) as caught:
+        rates.fetch_usd_rates(currencies=["EUR"])
+
+    assert len(loopback.requests_to(LATEST)) == 4  # 1 + max_retries
+    assert str(caught.value).startswith("frankfurter: GET http://127.0.0.1:")
+    assert "HTTP 500; after 4 attempts" in str(caught.value)
+
+
+@pytest.mark.parametrize("status", [400, 401, 403, 404, 422, 301])
+def test_other_4xx_and_redirects_are_not_retried(loopback, reply, rates, status):
+    loopback.script(LATEST, reply(status, headers={"Location": "http://example.invalid/"}))
+
+    with pytest.raises(ProviderUnavailableError, match=rf"HTTP {status}; not retried"):
+        rates.fetch_usd_rates(currencies=["EUR"])
+
+    assert len(loopback.requests_to(LATEST)) == 1
+
+
+def test_zero_retries_means_one_attempt(loopback, reply):
+    loopback.script(LATEST, reply(500))
+    settings = HttpSettings(max_retries=0, backoff_base_seconds=0)
+    with FrankfurterRatesProvider(base_url=f"{loopback.url}/v1", http_settings=settings) as p:
+        with pytest.raises(ProviderUnavailableError, match="after 1 attempt\\)"):
+            p.fetch_usd_rates(currencies=["EUR"])
+
+    assert len(loopback.requests_to(LATEST)) == 1
+
+
+def test_timeout_is_retried_then_unavailable(loopback, reply):
+    loopback.script(LATEST, reply(200, RATES, delay=1.0))
+    settings = HttpSettings(
+        timeout_seconds=0.2, max_retries=1, backoff_base_seconds=0.01, backoff_max_seconds=0.01
+    )
+    with FrankfurterRatesProvider(base_url=f"{loopback.url}/v1", http_settings=settings) as p:
+        started = time.monotonic()
+        with pytest.raises(ProviderUnavailableError, match="timed out: ReadTimeout") as caught:
+            p.fetch_usd_rates(currencies=["EUR"])
+        elapsed = time.monotonic() - started
+
+    assert 0.4 <= elapsed < 1.5
+    assert len(loopback.requests_to(LATEST)) == 2
+    assert caught.value.__cause__ is None and caught.value.__context__ is None
+
+
+def test_timeout_then_success(loopback, reply):
+    loopback.script(LATEST, reply(200, RATES, delay=1.0), reply(200, RATES))
+    settings = HttpSettings(timeout_seconds=0.2, max_retries=2, backoff_base_seconds=0.01)
+    with FrankfurterRatesProvider(base_url=f"{loopback.url}/v1", http_settings=settings) as p:
+        assert p.fetch_usd_rates(currencies=["EUR"]).rates["EUR"] == Decimal("0.9")
+
+
+def test_connection_refused_is_retried_then_unavailable(closed_port_url, fast_http, caplog):
+    with FrankfurterRatesProvider(base_url=closed_port_url, http_settings=fast_http) as p:
+        with pytest.raises(ProviderUnavailableError, match="connection error: ConnectError"):
+            p.fetch_usd_rates(currencies=["EUR"])
+
+    assert len(_retry_delays(caplog)) == 3
+
+
+def test_dropped_connection_is_retried(loopback, reply, rates):
+    loopback.script(LATEST, reply(disconnect=True), reply(200, RATES))
+
+    assert rates.fetch_usd_rates(currencies=["EUR"]).rates["EUR"] == Decimal("0.9")
+    assert len(loopback.requests_to(LATEST)) == 2
+
+
+def test_oversized_body_is_refused(loopback, reply, fast_http):
+    loopback.script("/big", reply(200, b"x" * 5000))
+    client = ProviderHttpClient(
+        provider="test", base_url=loopback.url, settings=fast_http, max_response_bytes=4096
+    )
+    try:
+        with pytest.raises(ProviderPayloadError, match="larger than 4096 bytes"):
+            client.get_bytes("big")
+        loopback.script("/small", reply(200, b"y" * 4096))
+        assert client.get_bytes("small") == b"y" * 4096
+    finally:
+        client.close()
+
+
+def test_client_is_reusable_after_close(loopback, reply, rates):
+    loopback.script(LATEST, reply(200, RATES))
+
+    rates.fetch_usd_rates(currencies=["EUR"])
+    rates.close()
+    rates.fetch_usd_rates(currencies=["EUR"])
+
+    assert len(loopback.requests_to(LATEST)) == 2
+
+
+# Fallback
+
+
+def test_fallback_rates_used_when_primary_is_down(loopback, reply, rates, tmp_path, caplog):
+    loopback.script(LATEST, reply(503))
+    path = tmp_path / "rates.json"
+    path.write_text('{"base":"USD","date":"2026-11-26","rates":{"EUR":0.95}}')
+    provider = FallbackRatesProvider(rates, FileRatesProvider(path=path))
+
+    snapshot = provider.fetch_usd_rates(currencies=["EUR"])
+
+    assert snapshot.source == "file"
+    assert snapshot.rates["EUR"] == Decimal("0.95")
+    assert provider.name == "frankfurter+file"
+    assert any("using fallback file" in r.getMessage() for r in caplog.records)
+
+
+def test_fallback_not_asked_when_primary_answers(loopback, reply, rates, tmp_path):
+    loopback.script(LATEST, reply(200, RATES))
+    provider = FallbackRatesProvider(rates, FileRatesProvider(path=tmp_path / "absent.json"))
+
+    assert provider.fetch_usd_rates(currencies=["EUR"]).source == "frankfurter"
+
+
+def test_fallback_used_on_a_bad_payload_too(loopback, reply, rates, tmp_path):
+    loopback.script(LATEST, reply(200, {"base": "USD", "date": "2026-11-27", "rates": {"EUR": 0}}))
+    path = tmp_path / "rates.json"
+    path.write_text('{"base":"USD","date":"2026-11-26","rates":{"EUR":0.95}}')
+
+    snapshot = FallbackRatesProvider(rates, FileRatesProvider(path=path)).fetch_usd_rates(
+        currencies=["EUR"]
+    )
+
+    assert snapshot.source == "file"
+
+
+def test_both_rates_providers_down(loopback, reply, rates, tmp_path):
+    loopback.script(LATEST, reply(500))
+    provider = FallbackRatesProvider(rates, FileRatesProvider(path=tmp_path / "absent.json"))
+
+    with pytest.raises(ProviderUnavailableError) as caught:
+        provider.fetch_usd_rates(currencies=["EUR"])
+
+    message = str(caught.value)
+    assert message.startswith("frankfurter+file: every provider failed: primary frankfurter (")
+    assert "HTTP 500" in message
+    assert "fallback file (file: cannot read" in message
+    assert "absent.json" in message
+
+
+def test_fallback_prices_used_when_primary_is_down(closed_port_url, fast_http, tmp_path):
+    path = tmp_path / "prices.csv"
+    path.write_text("symbol,close,currency,price_date\nIBM,150.5,USD,2026-11-26\n")
+    yahoo = YahooPricesProvider(base_url=closed_port_url, http_settings=fast_http)
+    with FallbackPricesProvider(yahoo, FilePricesProvider(path=path)) as provider:
+        result = provider.fetch_prices(symbols=["IBM", "MSFT"])
+
+    assert result.source == "file"
+    assert result.quotes["IBM"].source == "file"
+    assert result.missing == ["MSFT"]
+
+
+def test_both_prices_providers_down(loopback, reply, fast_http, tmp_path):
+    loopback.script(QUOTE, reply(200, b"not json"))
+    bad_csv = tmp_path / "prices.csv"
+    bad_csv.write_text("symbol,close,currency,price_date\nIBM,NaN,USD,2026-11-26\n")
+    yahoo = YahooPricesProvider(base_url=loopback.url, http_settings=fast_http)
+    with FallbackPricesProvider(yahoo, FilePricesProvider(path=bad_csv)) as provider:
+        with pytest.raises(ProviderUnavailableError) as caught:
+            provider.fetch_prices(symbols=["IBM"])
+
+    message = str(caught.value)
+    assert "primary yahoo (yahoo: malformed JSON" in message
+    assert "fallback file (file: prices file" in message
+    assert "close for IBM is NaN" in message
+
+
+def test_fallback_does_not_swallow_bugs(tmp_path):
+    class Broken(FileRatesProvider):
+        def fetch_usd_rates(self, *, currencies):
+            raise RuntimeError("bug")
+
+    provider = FallbackRatesProvider(Broken(path=tmp_path), FileRatesProvider(path=tmp_path))
+
+    with pytest.raises(RuntimeError, match="bug"):
+        provider.fetch_usd_rates(currencies=["EUR"])
+
+
+# Secrecy
+
+
+def _assert_secret_absent(error: BaseException, caplog, secret: str = SECRET) -> None:
+    texts = [str(error), repr(error), "".join(traceback.format_exception(error))]
+    texts += [r.getMessage() for r in caplog.records]
+    texts += [str(r.__dict__) for r in caplog.records]
+    for variant in (secret, "s3cr3t"):
+        for text in texts:
+            assert variant not in text
+
+
+@pytest.mark.parametrize("failure", ["5xx", "404", "timeout", "refused", "echo"])
+def test_api_key_never_leaks_even_in_the_failing_url(
+    loopback, reply, closed_port_url, caplog, failure
+):
+    caplog.set_level(logging.DEBUG)  # httpx and httpcore log request URLs at INFO/DEBUG
+    settings = HttpSettings(
+        timeout_seconds=0.2, max_retries=1, backoff_base_seconds=0.001, backoff_max_seconds=0.01
+    )
+    host = closed_port_url if failure == "refused" else loopback.url
+    # The key in the URL path (a gateway routing on it) and in a credential-looking query.
+    base_url = f"{host}/{SECRET}/v1"
+    path = f"/{SECRET}/v1/latest"
+    if failure == "5xx":
+        loopback.script(path, reply(500))
+    elif failure == "timeout":
+        loopback.script(path, reply(200, RATES, delay=1.0))
+    elif failure == "echo":
+        loopback.script(
+            path, reply(200, {"base": "USD", "date": "2026-11-27", "rates": {SECRET: 1}})
+        )
+    with FrankfurterRatesProvider(base_url=base_url, api_key=SECRET, http_settings=settings) as p:
+        with pytest.raises(ProviderError) as caught:
+            p.fetch_usd_rates(currencies=["EUR"])
+        assert SECRET not in repr(p)
+
+    assert "***" in str(caught.value)
+    _assert_secret_absent(caught.value, caplog)
+    if failure != "refused":
+        assert loopback.requests[0].headers["authorization"] == f"Bearer {SECRET}"
+
+
+def test_yahoo_key_never_leaks_from_an_error_payload(loopback, reply, fast_http, caplog):
+    caplog.set_level(logging.DEBUG)
+    loopback.script(
+        QUOTE,
+        reply(
+            200,
+            {"quoteResponse": {"result": [], "error": {"description": f"bad key {SECRET}"}}},
+        ),
+    )
+    with YahooPricesProvider(base_url=loopback.url, api_key=SECRET, http_settings=fast_http) as p:
+        with pytest.raises(ProviderPayloadError) as caught:
+            p.fetch_prices(symbols=["IBM"])
+
+    assert "quoteResponse.error" in str(caught.value)
+    _assert_secret_absent(caught.value, caplog)
+
+
+def test_key_never_leaks_through_the_fallback(closed_port_url, fast_http, tmp_path, caplog):
+    caplog.set_level(logging.DEBUG)
+    primary = FrankfurterRatesProvider(
+        base_url=f"{closed_port_url}/{SECRET}", api_key=SECRET, http_settings=fast_http
+    )
+    provider = FallbackRatesProvider(primary, FileRatesProvider(path=tmp_path / "absent.json"))
+
+    with pytest.raises(ProviderUnavailableError) as caught:
+        provider.fetch_usd_rates(currencies=["EUR"])
+    provider.close()
+
+    _assert_secret_absent(caught.value, caplog)
+    assert SECRET not in repr(provider)
+
+
+@pytest.mark.parametrize(
+    ("text", "secrets", "expected"),
+    [
+        ("GET https://h/q?apikey=abc&symbols=A,B", [], "GET https://h/q?apikey=***&symbols=A,B"),
+        ("https://h/q?s=1&api_key=abc#x", [], "https://h/q?s=1&api_key=***#x"),
+        ("https://h/q?access_token=t0k&sig=zz", [], "https://h/q?access_token=***&sig=***"),
+        ("https://user:pa55@h/path", [], "https://user:***@h/path"),
+        ("Authorization: Bearer abc.def", [], "Authorization: Bearer ***"),
+        ("key a/b+c in a%2Fb%2Bc or a%2Fb%2Bc", ["a/b+c"], "key *** in *** or ***"),
+        ("plain text", ["", None], "plain text"),
+        ("symbols=KEYS,TOKEN", [], "symbols=KEYS,TOKEN"),
+    ],
+)
+def test_redact(text, secrets, expected):
+    assert redact(text, secrets) == expected

@@ -1,0 +1,139 @@
+"""The `scoring-pipeline` command end to end, as an operator runs it (subprocesses on the test
+database): migrate, demo-data, `score --date` on ~150 users in several batches and currencies,
+four ordered events per user, `replay`, and one-line errors with a non-zero exit status."""
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from scoring_pipeline.db import PROJECT_ROOT
+
+pytestmark = [pytest.mark.db, pytest.mark.slow]
+
+DATE = "2026-11-27"
+CLI = [sys.executable, "-m", "scoring_pipeline.cli"]
+
+
+@pytest.fixture
+def cli_env(clean_db, database_url, tmp_path):
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    shutil.copy(PROJECT_ROOT / "dagster.yaml", home / "dagster.yaml")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RATES_", "PRICES_"))}
+    env.update(
+        DATABASE_URL=database_url,
+        DAGSTER_HOME=str(home),
+        PGTZ="UTC",
+        RATES_PROVIDER="file",
+        RATES_FILE=str(tmp_path / "demo" / "rates.json"),
+        PRICES_PROVIDER="file",
+        PRICES_FILE=str(tmp_path / "demo" / "prices.csv"),
+    )
+    env.pop("DAGSTER_PG_URL", None)
+    return env
+
+
+def run(env, *args, check=True):
+    proc = subprocess.run(
+        [*CLI, *args], env=env, capture_output=True, text=True, timeout=600, cwd=env["DAGSTER_HOME"]
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{args} exited {proc.returncode}: {proc.stderr[-3000:]}")
+    return proc
+
+
+def summary_value(stdout: str, label: str) -> str:
+    match = re.search(rf"^{label}\s+(.+)$", stdout, re.MULTILINE)
+    assert match, f"{label!r} not in summary:\n{stdout}"
+    return match.group(1).strip()
+
+
+def test_score_150_users_then_replay(cli_env, clean_db, tmp_path):
+    run(cli_env, "migrate")
+    out = run(
+        cli_env, "demo-data", "--users", "150", "--seed", "7", "--out", str(tmp_path / "demo")
+    ).stdout
+    assert "150 users" in out
+    proc = run(cli_env, "score", "--date", DATE)
+    stdout = proc.stdout
+    assert summary_value(stdout, "job status") == "completed"
+    with clean_db.connect() as conn:
+        active = conn.execute(
+            sa.text("SELECT count(*) FROM scoring_batches WHERE score_date = :d"), {"d": DATE}
+        ).scalar_one()
+        batches = conn.execute(
+            sa.text("SELECT count(DISTINCT batch_key) FROM scoring_batches WHERE score_date = :d"),
+            {"d": DATE},
+        ).scalar_one()
+        assets = conn.execute(
+            sa.text("SELECT count(*) FROM score_history WHERE score_date = :d"), {"d": DATE}
+        ).scalar_one()
+        currencies = conn.execute(
+            sa.text(
+                "SELECT count(DISTINCT u.base_currency) FROM users u JOIN scoring_batches b "
+                "ON b.user_id = u.id"
+            )
+        ).scalar_one()
+        events = conn.execute(
+            sa.text(
+                "SELECT user_id::text AS u, correlation_id::text AS c, event_type FROM "
+                "calculation_events WHERE user_id IS NOT NULL ORDER BY id"
+            )
+        ).all()
+    assert 140 <= active <= 150 and batches == 3 and currencies >= 3
+    assert summary_value(stdout, "users total") == str(active)
+    assert summary_value(stdout, "users success") == str(active)
+    assert summary_value(stdout, "users failed") == "0"
+    assert summary_value(stdout, "assets scored") == str(assets) and assets > 10_000
+    by_user: dict[str, list[tuple[str, str]]] = {}
+    for e in events:
+        by_user.setdefault(e.u, []).append((e.c, e.event_type))
+    assert len(by_user) == active
+    for sequence in by_user.values():
+        assert [t for _, t in sequence] == [
+            "CALC_STARTED",
+            "INPUTS_CAPTURED",
+            "SCORES_COMPUTED",
+            "CALC_COMPLETED",
+        ]
+        assert len({c for c, _ in sequence}) == 1
+    correlation_id = events[0].c
+    replay = run(cli_env, "replay", correlation_id)
+    assert "reproduces SCORES_COMPUTED exactly" in replay.stdout
+
+    # Scoring the date again reuses its frozen inputs and leaves one history row per asset.
+    again = run(cli_env, "score", "--date", DATE).stdout
+    assert summary_value(again, "job status") == "completed"
+    with clean_db.connect() as conn:
+        assert (
+            conn.execute(
+                sa.text("SELECT count(*) FROM score_history WHERE score_date = :d"), {"d": DATE}
+            ).scalar_one()
+            == assets
+        )
+
+
+def test_errors_are_one_line_with_non_zero_status(cli_env, clean_db, tmp_path):
+    run(cli_env, "migrate")
+    bad_date = run(cli_env, "score", "--date", "27/11/2026", check=False)
+    assert bad_date.returncode != 0
+    assert bad_date.stderr.strip().count("\n") == 0 and "YYYY-MM-DD" in bad_date.stderr
+    unknown = run(cli_env, "replay", "00000000-0000-4000-8000-000000000000", check=False)
+    assert unknown.returncode != 0 and "no calculation" in unknown.stderr
+    assert "Traceback" not in unknown.stderr
+
+
+def test_score_exits_non_zero_when_the_night_fails(cli_env, clean_db, tmp_path):
+    run(cli_env, "migrate")
+    run(cli_env, "demo-data", "--users", "5", "--out", str(tmp_path / "demo"))
+    Path(cli_env["RATES_FILE"]).unlink()  # the only rates provider is down, no earlier snapshot
+    proc = run(cli_env, "score", "--date", DATE, check=False)
+    assert proc.returncode == 1
+    assert summary_value(proc.stdout, "job status") == "failed"
+    assert "rates" in summary_value(proc.stdout, "error")

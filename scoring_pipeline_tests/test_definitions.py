@@ -1,0 +1,47 @@
+"""The real code location loads and validates; every asset has a description; the scores asset
+is partitioned by (score date × batch) with the shared partition objects."""
+
+import dagster as dg
+import pytest
+
+from scoring_pipeline.definitions import defs
+from scoring_pipeline.errors import ConfigurationError
+from scoring_pipeline.partitions import score_date_partitions, scores_partitions
+
+
+def test_definitions_are_loadable():
+    dg.Definitions.validate_loadable(defs())
+
+
+def test_every_asset_has_a_description_and_the_expected_partitions():
+    graph = defs().resolve_asset_graph()
+    keys = {k.to_user_string() for k in graph.get_all_asset_keys()}
+    assert keys == {"active_users", "exchange_rates", "prices", "scores"}
+    for key in graph.get_all_asset_keys():
+        node = graph.get(key)
+        assert node.description, key
+        expected = scores_partitions if key.to_user_string() == "scores" else score_date_partitions
+        assert node.partitions_def == expected
+
+
+def test_jobs_schedule_and_sensor_are_registered():
+    d = defs()
+    assert d.resolve_job_def("overnight_snapshots_job")
+    assert d.resolve_job_def("scoring_batch_job")
+    assert d.resolve_schedule_def("overnight_scoring_schedule").cron_schedule == "0 4 * * *"
+    assert d.resolve_sensor_def("scoring_batches_sensor")
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("SCORING_BATCH_SIZE", "0"),
+        ("SCORING_BATCH_SIZE", "fifty"),
+        ("SNAPSHOT_MAX_AGE_DAYS", "-1"),
+        ("OVERNIGHT_JOB_CRON", "not a cron"),
+    ],
+)
+def test_bad_settings_are_clear_errors(monkeypatch, name, value):
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigurationError, match=name):
+        defs()
