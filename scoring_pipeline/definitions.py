@@ -6,10 +6,11 @@ from scoring_pipeline.assets.active_users import active_users
 from scoring_pipeline.assets.exchange_rates import exchange_rates
 from scoring_pipeline.assets.prices import prices
 from scoring_pipeline.assets.scores import scores
+from scoring_pipeline.cache_warming import dashboard_cache_job
 from scoring_pipeline.deployment import build_resources, schedule_settings
 from scoring_pipeline.jobs import overnight_snapshots_job, scoring_batch_job
 from scoring_pipeline.schedules import build_overnight_schedule
-from scoring_pipeline.sensors import scoring_batches_sensor
+from scoring_pipeline.sensors import dashboard_cache_sensor, scoring_batches_sensor
 
 
 @dg.definitions
@@ -18,8 +19,8 @@ def defs() -> dg.Definitions:
     cron, timezone = schedule_settings()
     return dg.Definitions(
         assets=[active_users, exchange_rates, prices, scores],
-        jobs=[overnight_snapshots_job, scoring_batch_job],
+        jobs=[overnight_snapshots_job, scoring_batch_job, dashboard_cache_job],
         schedules=[build_overnight_schedule(cron, timezone)],
-        sensors=[scoring_batches_sensor],
+        sensors=[scoring_batches_sensor, dashboard_cache_sensor],
         resources=build_resources(),
     )

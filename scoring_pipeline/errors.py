@@ -6,7 +6,7 @@ Hierarchy::
     ├── ConfigurationError               bad or missing environment / settings
     ├── UserCalculationError             fails one user's calculation, never the batch
     │   ├── InvalidCriteriaError         a criteria version or one of its rules is invalid
-    │   └── MissingRateError             a currency pair needed for a conversion is not in the snapshot
+    │   └── MissingRateError             a needed currency pair is not in the snapshot
     ├── ProviderError                    a rates or prices provider could not give a usable answer
     │   ├── ProviderUnavailableError     timeouts, connection errors, 429/5xx after every retry
     │   └── ProviderPayloadError         the payload is malformed or holds invalid values

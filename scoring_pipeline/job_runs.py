@@ -201,6 +201,8 @@ def record_missing_batches_failed(
                 "CAST(:f AS jsonb), now()) ON CONFLICT (score_date, batch_key) DO UPDATE SET "
                 "status = 'failed', users_total = :n, users_success = 0, users_failed = :n, "
                 "users_skipped = 0, assets_scored = 0, failed_users = EXCLUDED.failed_users, "
+                "succeeded_users = '[]'::jsonb, "
+                "outcome_seq = nextval('scoring_batch_outcome_seq'), "
                 "updated_at = now()"
             ),
             {"d": score_date, "b": batch, "n": len(members), "f": _json(failed)},

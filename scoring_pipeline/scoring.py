@@ -15,7 +15,7 @@ from scoring_pipeline.criteria import CONVERTED_METRICS, FUNDAMENTAL_FIELDS, Cri
 from scoring_pipeline.errors import MissingRateError
 
 SCORE_CONTEXT = decimal.Context(
-    prec=28,
+    prec=20,
     rounding=ROUND_HALF_UP,
     Emax=999_999,
     Emin=-999_999,
@@ -251,10 +251,11 @@ class _Plan:
         for rule_id, metric, test, points, metric_required, others in self.rules:
             x = values[metric]
             lacking = False
-            for name in others:
-                if values[name] is None:
-                    lacking = True
-                    break
+            if others:
+                for name in others:
+                    if values[name] is None:
+                        lacking = True
+                        break
             if x is None:
                 if lacking or metric_required or test is not None:
                     append({"ruleId": rule_id, "matched": False, "points": 0, **_SKIPPED})

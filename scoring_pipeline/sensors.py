@@ -1,10 +1,13 @@
-"""Sensors: launch every batch of a date once its snapshots are frozen."""
+"""Sensors: launch every batch of a date once its snapshots are frozen; warm dashboards."""
 
 import datetime as dt
+import hashlib
 
 import dagster as dg
 
 from scoring_pipeline import snapshots
+from scoring_pipeline.cache_warming import dashboard_cache_job
+from scoring_pipeline.dashboard import pending_batches
 from scoring_pipeline.jobs import overnight_snapshots_job, scoring_batch_job
 from scoring_pipeline.partitions import scores_partition_key
 from scoring_pipeline.resources import DatabaseResource
@@ -43,3 +46,31 @@ def scoring_batches_sensor(
     if not score_date:
         return []
     return batch_run_requests(database, score_date, run.run_id)
+
+
+@dg.sensor(
+    name="dashboard_cache_sensor",
+    job=dashboard_cache_job,
+    minimum_interval_seconds=5,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+)
+def dashboard_cache_sensor(
+    context: dg.SensorEvaluationContext, database: DatabaseResource
+) -> dg.SensorResult | dg.SkipReason:
+    """As each batch lands (or is re-scored), warm its successful users' dashboards."""
+    with database.engine().connect() as conn:
+        pending = pending_batches(conn)
+    if not pending:
+        return dg.SkipReason("no newly scored batch to warm")
+    tokens = [p.token for p in pending]
+    # The run key names exactly these outcomes: a re-scored batch has a new sequence number.
+    run_key = "warm:" + hashlib.sha1("\n".join(tokens).encode()).hexdigest()
+    return dg.SensorResult(
+        run_requests=[
+            dg.RunRequest(
+                run_key=run_key,
+                run_config={"ops": {"warm_dashboard_cache": {"config": {"batches": tokens}}}},
+                tags={"scoring/batches": str(len(tokens))},
+            )
+        ]
+    )

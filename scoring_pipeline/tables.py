@@ -163,7 +163,17 @@ scoring_batch_results = sa.Table(
     sa.Column("assets_scored", sa.Integer, nullable=False),
     sa.Column("duration_ms", sa.Integer, nullable=False),
     sa.Column("failed_users", pg.JSONB, nullable=False),
+    # [{userId, correlationId}] of the users scored successfully: what cache warming reads.
+    sa.Column("succeeded_users", pg.JSONB, nullable=False, server_default="[]"),
     sa.Column("dagster_run_id", sa.Text, nullable=True),
+    # Bumped on every write; cache warming records the value it warmed (a cursor per batch).
+    sa.Column(
+        "outcome_seq",
+        sa.BigInteger,
+        nullable=False,
+        server_default=sa.text("nextval('scoring_batch_outcome_seq')"),
+    ),
+    sa.Column("warmed_seq", sa.BigInteger, nullable=True),
     sa.Column("updated_at", _TZ, nullable=False, server_default=_now()),
     sa.CheckConstraint(
         "status IN ('success', 'partial', 'failed')", name="ck_scoring_batch_results_status"

@@ -171,13 +171,16 @@ def _record_outcome(conn: Connection, output: BatchOutput, run_id: str | None) -
         sa.text(
             "INSERT INTO scoring_batch_results (score_date, batch_key, status, users_total, "
             "users_success, users_failed, users_skipped, assets_scored, duration_ms, "
-            "failed_users, dagster_run_id, updated_at) VALUES (:d, :b, :s, :t, :ok, :f, :sk, "
-            ":a, :ms, CAST(:fu AS jsonb), :r, now()) ON CONFLICT (score_date, batch_key) DO "
+            "failed_users, succeeded_users, dagster_run_id, updated_at) VALUES (:d, :b, :s, :t, "
+            ":ok, :f, :sk, :a, :ms, CAST(:fu AS jsonb), CAST(:su AS jsonb), :r, now()) "
+            "ON CONFLICT (score_date, batch_key) DO "
             "UPDATE SET status = EXCLUDED.status, users_total = EXCLUDED.users_total, "
             "users_success = EXCLUDED.users_success, users_failed = EXCLUDED.users_failed, "
             "users_skipped = EXCLUDED.users_skipped, assets_scored = EXCLUDED.assets_scored, "
             "duration_ms = EXCLUDED.duration_ms, failed_users = EXCLUDED.failed_users, "
-            "dagster_run_id = EXCLUDED.dagster_run_id, updated_at = now()"
+            "succeeded_users = EXCLUDED.succeeded_users, "
+            "dagster_run_id = EXCLUDED.dagster_run_id, updated_at = now(), "
+            "outcome_seq = nextval('scoring_batch_outcome_seq')"
         ),
         {
             "d": output.score_date,
@@ -190,6 +193,9 @@ def _record_outcome(conn: Connection, output: BatchOutput, run_id: str | None) -
             "a": output.assets_scored,
             "ms": output.duration_ms,
             "fu": dumps(failed_user_entries(output)),
+            "su": dumps(
+                [{"userId": u.user_id, "correlationId": u.correlation_id} for u in output.succeeded]
+            ),
             "r": run_id,
         },
     )

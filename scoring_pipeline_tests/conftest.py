@@ -6,6 +6,8 @@ database is created on it for the session and dropped afterwards.
 """
 
 import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,12 +23,20 @@ from scoring_pipeline.tables import metadata
 INPUT_AND_OUTPUT_TABLES = [t.name for t in reversed(metadata.sorted_tables)]
 
 
-def _server_url(tmp_root: Path) -> str:
+@pytest.fixture(scope="session")
+def server_url() -> Iterator[str]:
+    """`SCORING_TEST_DATABASE_URL`, or an embedded server private to this session."""
     url = os.environ.get("SCORING_TEST_DATABASE_URL", "").strip()
     if url:
-        return url
-    # Stopped when the test session's process exits; its data dir is pytest's to delete.
-    return db.start_embedded_server(tmp_root / "pgdata", keep_running=False)
+        yield url
+        return
+    # Not under pytest's tmp dirs: those are 0700 and the server runs as its own system user.
+    data_dir = Path(tempfile.mkdtemp(prefix="scoring-test-pg-"))
+    try:
+        yield db.start_embedded_server(data_dir, keep_running=False)
+    finally:
+        db.stop_embedded_server(data_dir)
+        shutil.rmtree(data_dir, ignore_errors=True)
 
 
 class DatabaseFactory:
@@ -59,8 +69,8 @@ class DatabaseFactory:
 
 
 @pytest.fixture(scope="session")
-def databases(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DatabaseFactory]:
-    factory = DatabaseFactory(_server_url(tmp_path_factory.mktemp("embedded", numbered=False)))
+def databases(server_url: str) -> Iterator[DatabaseFactory]:
+    factory = DatabaseFactory(server_url)
     yield factory
     factory.drop_all()
 

@@ -482,6 +482,12 @@ def test_eur_instrument_with_usd_base() -> None:
     assert outcome.currency_pairs == {("EUR", "USD")}
 
 
+def test_market_cap_is_multiplied_before_it_is_converted() -> None:
+    eur = instrument(currency="EUR", close="12.34", shares_outstanding="987654321")
+    # (12.34 × 987654321) × (1/0.92); 12.34 × (987654321 × rate) would end in ...391.
+    assert str(metric_of(eur, "market_cap")) == "13247450349.065217392"
+
+
 def test_usd_instrument_with_eur_base() -> None:
     usd = instrument(revenue="1000", earnings="-12.5", close="4", shares_outstanding="25")
     outcome = score_criteria_set(
@@ -655,7 +661,8 @@ def test_no_price_and_no_fundamentals() -> None:
     result = score_one(InstrumentData("NONE", "EUR", None, {}), *rules)
     assert all(e["skippedReason"] == "missing_fundamental" for e in result.breakdown)
     assert all("actualValue" not in e for e in result.breakdown)
-    assert (result.score, result.max_possible_score) == (0, 10 * len(METRICS))
+    assert result.score == 0
+    assert result.max_possible_score == 10 * len(METRICS)
     assert result.percentage == Decimal("0.0000")
 
 

@@ -138,6 +138,7 @@ def _snapshot_tables() -> None:
 
 
 def _output_tables() -> None:
+    op.execute("CREATE SEQUENCE scoring_batch_outcome_seq")
     op.create_table(
         "scoring_batch_results",
         sa.Column("score_date", sa.Date, primary_key=True),
@@ -150,7 +151,15 @@ def _output_tables() -> None:
         sa.Column("assets_scored", sa.Integer, nullable=False),
         sa.Column("duration_ms", sa.Integer, nullable=False),
         sa.Column("failed_users", pg.JSONB, nullable=False),
+        sa.Column("succeeded_users", pg.JSONB, nullable=False, server_default="[]"),
         sa.Column("dagster_run_id", sa.Text, nullable=True),
+        sa.Column(
+            "outcome_seq",
+            sa.BigInteger,
+            nullable=False,
+            server_default=sa.text("nextval('scoring_batch_outcome_seq')"),
+        ),
+        sa.Column("warmed_seq", sa.BigInteger, nullable=True),
         sa.Column("updated_at", TZ, nullable=False, server_default=_now()),
         sa.CheckConstraint(
             "status IN ('success', 'partial', 'failed')", name="ck_scoring_batch_results_status"
@@ -256,3 +265,4 @@ def downgrade() -> None:
         "users",
     ):
         op.drop_table(table)
+    op.execute("DROP SEQUENCE IF EXISTS scoring_batch_outcome_seq")

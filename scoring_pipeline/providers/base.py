@@ -10,9 +10,9 @@ import datetime
 import json
 import re
 from collections.abc import Mapping, Sequence
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
 from types import TracebackType
-from typing import Self
+from typing import Self, TypeGuard
 
 import pydantic
 
@@ -30,8 +30,9 @@ _ISO_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 
 
 def shorten(value: object, limit: int = 60) -> str:
-    """``repr(value)`` cut to ``limit`` characters, for echoing payload values in messages."""
-    text = repr(value)
+    """``repr(value)`` (``str`` for a Decimal) cut to ``limit`` characters, for echoing payload
+    values in messages."""
+    text = str(value) if isinstance(value, Decimal) else repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
@@ -50,7 +51,8 @@ def as_decimal(value: object) -> Decimal | None:
     if isinstance(value, bool):
         return None
     if isinstance(value, Decimal):
-        return value
+        # A signalling NaN raises on comparison; every NaN becomes the quiet one.
+        return Decimal("NaN") if value.is_nan() else value
     if isinstance(value, int):
         return Decimal(value)
     if isinstance(value, float):
@@ -65,7 +67,7 @@ def amount_problem(value: Decimal, *, minimum: Decimal, maximum: Decimal) -> str
     if value.is_infinite():
         return "is infinite"
     if value <= 0:
-        return f"must be greater than 0, got {value}"
+        return f"must be greater than 0, got {shorten(value, 40)}"
     if value > maximum:
         return f"is absurdly large (above {maximum}), got {shorten(value, 40)}"
     if value < minimum:
@@ -111,6 +113,8 @@ def load_json(body: bytes | str, *, provider: str) -> object:
             parse_constant=Decimal,
             object_pairs_hook=_unique_keys,
         )
+    except InvalidOperation:  # an exponent beyond Decimal's range, e.g. 1e99999999999999999999
+        problem = "a number beyond the representable range"
     except (ValueError, RecursionError) as exc:
         problem = f"{type(exc).__name__}: {shorten(str(exc), 120)}"
     raise ProviderPayloadError(f"malformed JSON ({problem})", provider=provider)
@@ -275,7 +279,7 @@ def describe_validation_error(exc: pydantic.ValidationError) -> str:
     return f"{where}: {message}" if where else message
 
 
-def is_valid_symbol(symbol: object) -> bool:
+def is_valid_symbol(symbol: object) -> TypeGuard[str]:
     """Whether ``symbol`` can be requested: 1 to 64 characters, no comma, space or control."""
     return isinstance(symbol, str) and 0 < len(symbol) <= 64 and _BAD_SYMBOL.search(symbol) is None
 
@@ -301,8 +305,9 @@ def merge_quote(
     ):
         raise ProviderPayloadError(
             f"{where}{': ' if where else ''}"
-            f"two different quotes for {quote.symbol}: {seen.close} {seen.currency} on "
-            f"{seen.price_date} and {quote.close} {quote.currency} on {quote.price_date}",
+            f"two different quotes for {quote.symbol}: {shorten(seen.close, 40)} {seen.currency} "
+            f"on {seen.price_date} and {shorten(quote.close, 40)} {quote.currency} on "
+            f"{quote.price_date}",
             provider=provider,
         )
 

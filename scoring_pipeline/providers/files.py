@@ -13,7 +13,7 @@ import logging
 import os
 import re
 from collections.abc import Sequence
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
 import pydantic
@@ -84,12 +84,16 @@ class FileRatesProvider(RatesProvider):
 
 
 def _parse_close(text: str, symbol: str, where: str, provider: str) -> Decimal:
-    if _PLAIN_DECIMAL.fullmatch(text) or _SPECIAL_DECIMAL.fullmatch(text):
-        close = Decimal(text)
-    else:
+    if not (_PLAIN_DECIMAL.fullmatch(text) or _SPECIAL_DECIMAL.fullmatch(text)):
         raise ProviderPayloadError(
             f"{where}: close for {symbol} is not a number: {shorten(text)}", provider=provider
         )
+    try:
+        close = Decimal("NaN") if "nan" in text.lower() else Decimal(text)
+    except InvalidOperation:  # an exponent beyond what Decimal can hold
+        raise ProviderPayloadError(
+            f"{where}: close for {symbol} is out of range: {shorten(text)}", provider=provider
+        ) from None
     problem = amount_problem(close, minimum=MIN_PRICE, maximum=MAX_PRICE)
     if problem is not None:
         raise ProviderPayloadError(f"{where}: close for {symbol} {problem}", provider=provider)

@@ -39,7 +39,15 @@ _SECRET_PARAM = re.compile(
 _URL_USERINFO = re.compile(r"(?i)(\b[a-z][a-z0-9+.-]*://[^/\s:@]+:)[^/\s@]+@")
 _BEARER = re.compile(r"(?i)(\bbearer\s+)[^\s'\",;]+")
 # Loggers of the HTTP stack that may print request URLs (httpx logs each request at INFO).
-_HTTP_STACK_LOGGERS = ("httpx", "httpcore")
+# Logger filters are not inherited by child loggers, so httpcore's are listed one by one.
+_HTTP_STACK_LOGGERS = (
+    "httpx",
+    "httpcore",
+    "httpcore.connection",
+    "httpcore.http11",
+    "httpcore.http2",
+    "httpcore.proxy",
+)
 
 
 def redact(text: str, secrets: Iterable[str | None] = ()) -> str:
@@ -145,6 +153,17 @@ def _retry_after_seconds(headers: httpx.Headers) -> float | None:
     return seconds if math.isfinite(seconds) and seconds >= 0 else None
 
 
+def _check_base_url(base_url: str, redact_text: Callable[[str], str]) -> None:
+    try:
+        url = httpx.URL(base_url)
+    except httpx.InvalidURL:
+        url = None
+    if url is None or url.scheme not in ("http", "https") or not url.host:
+        raise ConfigurationError(
+            f"provider base URL must be an http(s) URL with a host, got {redact_text(base_url)!r}"
+        )
+
+
 class ProviderHttpClient:
     """A GET-only httpx client for one provider: lazy, retrying, redacting, size-limited."""
 
@@ -160,10 +179,11 @@ class ProviderHttpClient:
     ) -> None:
         self.provider = provider
         self.base_url = base_url.rstrip("/")
+        self._secrets = [s for s in secrets if s]
+        _check_base_url(self.base_url, self.redact)
         self.settings = settings
         self._headers = {"User-Agent": _USER_AGENT, "Accept": "application/json"}
         self._headers.update(headers or {})
-        self._secrets = [s for s in secrets if s]
         self._max_response_bytes = max_response_bytes
         self._client: httpx.Client | None = None
         self._log_filter: _RedactingLogFilter | None = None

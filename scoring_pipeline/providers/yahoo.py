@@ -97,7 +97,6 @@ def _parse_item(item: object, index: int, source: str) -> PriceQuote | None:
         raise _fail(
             f"quoteResponse.result[{index}] has an invalid symbol {shorten(symbol)}", source
         )
-    assert isinstance(symbol, str)
     if item.get("regularMarketPrice") is None:
         return None
     close, currency = _close_and_currency(

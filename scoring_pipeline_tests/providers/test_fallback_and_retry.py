@@ -12,6 +12,7 @@ from decimal import Decimal
 import pytest
 
 from scoring_pipeline.errors import (
+    ConfigurationError,
     ProviderError,
     ProviderPayloadError,
     ProviderUnavailableError,
@@ -376,3 +377,16 @@ def test_key_never_leaks_through_the_fallback(closed_port_url, fast_http, tmp_pa
 )
 def test_redact(text, secrets, expected):
     assert redact(text, secrets) == expected
+
+
+@pytest.mark.parametrize("base_url", ["ftp://h/v1", "no-scheme/v1", "http://[::1/v1", "https://"])
+def test_invalid_base_url_is_a_configuration_error(base_url):
+    with pytest.raises(ConfigurationError, match="base URL must be an http"):
+        FrankfurterRatesProvider(base_url=base_url)
+
+
+def test_invalid_base_url_does_not_echo_the_key():
+    with pytest.raises(ConfigurationError) as caught:
+        YahooPricesProvider(base_url=f"ftp://h/{SECRET}", api_key=SECRET)
+
+    assert SECRET not in str(caught.value)

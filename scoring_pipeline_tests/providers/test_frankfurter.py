@@ -148,7 +148,11 @@ def test_api_key_is_sent_as_bearer_header(loopback, reply, fast_http):
             "duplicate key 'EUR'",
         ),
         (b'{"base":"USD","date":"2026-11-27","rates":{"EUR":0.9,"eur":0.8}}', "two different"),
-        (b"[" * 100_000, "malformed JSON"),
+        (b"[" * 100_000, "malformed JSON (RecursionError"),
+        (
+            b'{"base":"USD","date":"2026-11-27","rates":{"EUR":1e99999999999999999999}}',
+            "malformed JSON (a number beyond the representable range)",
+        ),
     ],
 )
 def test_malformed_or_misshapen_answers_are_refused(loopback, reply, provider, body, fragment):

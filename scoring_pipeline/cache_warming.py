@@ -1,0 +1,50 @@
+"""The dashboard cache job: warms the users of the batch outcomes a sensor hands it."""
+
+import time
+
+import dagster as dg
+
+from scoring_pipeline.dashboard import PendingBatch, refresh_cache_job_run, warm_batch
+from scoring_pipeline.resources import DatabaseResource
+
+
+class WarmCacheConfig(dg.Config):
+    """Batch outcomes to warm, as `score_date|batch_key|outcome_seq` tokens."""
+
+    batches: list[str]
+
+
+@dg.op
+def warm_dashboard_cache(
+    context: dg.OpExecutionContext, config: WarmCacheConfig, database: DatabaseResource
+) -> dg.Output[int]:
+    """Upserts `dashboard_cache` for every successfully scored user of the given batches."""
+    started = time.perf_counter()
+    warmed = 0
+    failed: list[dict[str, str]] = []
+    for token in config.batches:
+        batch = PendingBatch.from_token(token)
+        with database.engine().begin() as conn:
+            result = warm_batch(conn, batch)
+            refresh_cache_job_run(conn, batch.score_date, len(result.failed))
+        warmed += result.warmed
+        failed.extend(result.failed)
+        context.log.info(f"warmed {result.warmed} dashboards of {token}")
+    for failure in failed:
+        context.log.error(f"dashboard of user {failure['userId']} not warmed: {failure['error']}")
+    return dg.Output(
+        warmed,
+        metadata={
+            "batches": len(config.batches),
+            "users_warmed": warmed,
+            "users_failed": len(failed),
+            "failed_users": dg.MetadataValue.json(failed),
+            "duration_ms": int((time.perf_counter() - started) * 1000),
+        },
+    )
+
+
+@dg.job(executor_def=dg.in_process_executor, tags={"dagster/priority": "10"})
+def dashboard_cache_job() -> None:
+    """Warm the dashboard cache of the users of newly landed (or re-scored) batches."""
+    warm_dashboard_cache()
