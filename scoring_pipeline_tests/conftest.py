@@ -20,6 +20,8 @@ from sqlalchemy.engine import Engine, make_url
 from scoring_pipeline import db
 from scoring_pipeline.tables import metadata
 
+pytest_plugins = ["scoring_pipeline_tests.scenario"]
+
 INPUT_AND_OUTPUT_TABLES = [t.name for t in reversed(metadata.sorted_tables)]
 
 

@@ -17,95 +17,29 @@ from scoring_pipeline.assets.scores import scores
 from scoring_pipeline.deployment import build_resources
 from scoring_pipeline.partitions import scores_partition_key
 from scoring_pipeline_tests import factories as f
+from scoring_pipeline_tests.scenario import DATE, EVENT_ORDER, batch, rows, rules, snapshots
 
 pytestmark = pytest.mark.db
-
-DATE = "2026-11-27"
-EVENT_ORDER = ["CALC_STARTED", "INPUTS_CAPTURED", "SCORES_COMPUTED", "CALC_COMPLETED"]
-
-
-@pytest.fixture
-def world(clean_db, app_env, tmp_path, monkeypatch):
-    """Two markets in two currencies, four instruments, provider files; batches of 2 users."""
-    engine = clean_db
-    f.market(engine, "US_TECH")
-    f.market(engine, "EU_IND")
-    f.instrument(
-        engine,
-        "AAA",
-        market="US_TECH",
-        currency="USD",
-        eps="2",
-        roe="15",
-        shares_outstanding="1000",
-    )
-    f.instrument(engine, "BBB", market="US_TECH", currency="USD", eps="0.02", roe="5")
-    f.instrument(engine, "CCC", market="EU_IND", currency="EUR", eps="1", revenue="1000000")
-    f.instrument(engine, "DDD", market="EU_IND", currency="EUR")  # no fundamentals at all
-    env = f.provider_files(
-        tmp_path,
-        rates={"EUR": "0.5", "GBP": "0.8"},
-        prices={"AAA": ("30", "USD"), "BBB": ("0.3", "USD"), "CCC": ("10", "EUR")},
-    )
-    for key, value in {**env, "SCORING_BATCH_SIZE": "2"}.items():
-        monkeypatch.setenv(key, value)
-    return engine
-
-
-def _rules():
-    return [
-        f.rule("pe_ratio", "lt", "15", 10),
-        f.rule("roe", "gte", "10", 5),
-        f.rule("price", "exists", None, 1),
-    ]
-
-
-def _snapshots(instance, **kwargs):
-    return dg.materialize(
-        [active_users, exchange_rates, prices],
-        partition_key=DATE,
-        instance=instance,
-        resources=build_resources(),
-        **kwargs,
-    )
-
-
-def _batch(instance, batch="b0000", **kwargs):
-    return dg.materialize(
-        [scores],
-        partition_key=str(scores_partition_key(DATE, batch)),
-        instance=instance,
-        resources=build_resources(),
-        raise_on_error=False,
-        **kwargs,
-    )
-
-
-def _rows(engine, sql, **params):
-    with engine.connect() as conn:
-        return conn.execute(sa.text(sql), params).all()
 
 
 def test_snapshots_freeze_membership_rates_and_prices(world, dagster_instance):
     users = [
-        f.user(world, holdings=[("AAA", "USD")], criteria=[("US_TECH", "stock", _rules())])
+        f.user(world, holdings=[("AAA", "USD")], criteria=[("US_TECH", "stock", rules())])
         for _ in range(3)
     ]
     f.user(world, holdings=[("AAA", "USD")])  # no criteria: skipped, not active
-    f.user(world, criteria=[("US_TECH", "stock", _rules())])  # no holdings: not active
-    f.user(
-        world, holdings=[("AAA", "USD")], criteria=[("US_TECH", "stock", _rules())], deleted=True
-    )
-    result = _snapshots(dagster_instance)
+    f.user(world, criteria=[("US_TECH", "stock", rules())])  # no holdings: not active
+    f.user(world, holdings=[("AAA", "USD")], criteria=[("US_TECH", "stock", rules())], deleted=True)
+    result = snapshots(dagster_instance)
     assert result.success
-    membership = _rows(
+    membership = rows(
         world, "SELECT user_id::text, batch_key FROM scoring_batches ORDER BY user_id"
     )
     assert [m.user_id for m in membership] == sorted(users)
     assert [m.batch_key for m in membership] == ["b0000", "b0000", "b0001"]
     rates = {
         r.quote_currency: r.rate
-        for r in _rows(
+        for r in rows(
             world,
             "SELECT quote_currency, rate FROM exchange_rate_snapshots WHERE score_date = :d",
             d=DATE,
@@ -114,7 +48,7 @@ def test_snapshots_freeze_membership_rates_and_prices(world, dagster_instance):
     assert rates == {"EUR": Decimal("0.5"), "USD": Decimal("1")} or rates == {"EUR": Decimal("0.5")}
     priced = {
         r.symbol: r.close
-        for r in _rows(
+        for r in rows(
             world, "SELECT symbol, close FROM price_snapshots WHERE score_date = :d", d=DATE
         )
     }
@@ -127,13 +61,13 @@ def test_snapshots_freeze_membership_rates_and_prices(world, dagster_instance):
 
 def test_scores_events_and_job_run_for_a_whole_night(world, dagster_instance):
     users = [
-        f.user(world, holdings=[("AAA", "USD")], criteria=[("US_TECH", "stock", _rules())])
+        f.user(world, holdings=[("AAA", "USD")], criteria=[("US_TECH", "stock", rules())])
         for _ in range(3)
     ]
-    assert _snapshots(dagster_instance).success
-    for batch in ("b0000", "b0001"):
-        assert _batch(dagster_instance, batch).success
-    scores_rows = _rows(
+    assert snapshots(dagster_instance).success
+    for key in ("b0000", "b0001"):
+        assert batch(dagster_instance, key).success
+    scores_rows = rows(
         world,
         "SELECT user_id::text, symbol, score, percentage, breakdown "
         "FROM asset_scores ORDER BY user_id, symbol",
@@ -146,10 +80,10 @@ def test_scores_events_and_job_run_for_a_whole_night(world, dagster_instance):
     # BBB: 0.3 / 0.02 = 15 exactly (floats say 14.999999999999998): not matched
     assert by_symbol["BBB"].score == Decimal("1.0000")
     assert [b["matched"] for b in by_symbol["BBB"].breakdown] == [False, False, True]
-    history = _rows(world, "SELECT count(*) AS n FROM score_history WHERE score_date = :d", d=DATE)
+    history = rows(world, "SELECT count(*) AS n FROM score_history WHERE score_date = :d", d=DATE)
     assert history[0].n == 6
     for user in users:
-        events = _rows(
+        events = rows(
             world,
             "SELECT event_type, correlation_id::text AS c, payload "
             "FROM calculation_events WHERE user_id = :u ORDER BY id",
@@ -159,7 +93,7 @@ def test_scores_events_and_job_run_for_a_whole_night(world, dagster_instance):
         assert len({e.c for e in events}) == 1
         assert events[3].payload["status"] == "success" and events[3].payload["assetCount"] == 2
         assert events[0].payload["userId"] == user and events[0].payload["scoreDate"] == DATE
-    job = _rows(
+    job = rows(
         world,
         "SELECT status, users_processed, users_failed, correlation_id::text AS c, "
         "metrics FROM overnight_job_runs WHERE score_date = :d",
@@ -167,7 +101,7 @@ def test_scores_events_and_job_run_for_a_whole_night(world, dagster_instance):
     )[0]
     assert (job.status, job.users_processed, job.users_failed) == ("completed", 3, 0)
     assert job.metrics["assets_scored"] == 6 and job.metrics["batches_total"] == 2
-    job_events = _rows(
+    job_events = rows(
         world,
         "SELECT event_type FROM calculation_events WHERE user_id IS NULL "
         "AND correlation_id = CAST(:c AS uuid) ORDER BY id",
@@ -178,19 +112,19 @@ def test_scores_events_and_job_run_for_a_whole_night(world, dagster_instance):
 
 def test_rematerialising_a_batch_twice_never_duplicates_history(world, dagster_instance):
     users = [
-        f.user(world, holdings=[("AAA", "USD")], criteria=[("US_TECH", "stock", _rules())])
+        f.user(world, holdings=[("AAA", "USD")], criteria=[("US_TECH", "stock", rules())])
         for _ in range(2)
     ]
-    assert _snapshots(dagster_instance).success
+    assert snapshots(dagster_instance).success
     for _ in range(3):
-        assert _batch(dagster_instance).success
-    history = _rows(
+        assert batch(dagster_instance).success
+    history = rows(
         world, "SELECT user_id, symbol, count(*) AS n FROM score_history GROUP BY user_id, symbol"
     )
     assert len(history) == 4 and {h.n for h in history} == {1}
-    assert _rows(world, "SELECT count(*) AS n FROM asset_scores")[0].n == 4
+    assert rows(world, "SELECT count(*) AS n FROM asset_scores")[0].n == 4
     for user in users:
-        events = _rows(
+        events = rows(
             world,
             "SELECT event_type, correlation_id FROM calculation_events "
             "WHERE user_id = :u ORDER BY id",
@@ -198,14 +132,14 @@ def test_rematerialising_a_batch_twice_never_duplicates_history(world, dagster_i
         )
         assert [e.event_type for e in events] == EVENT_ORDER * 3
         assert len({e.correlation_id for e in events}) == 3
-        current = _rows(
+        current = rows(
             world, "SELECT DISTINCT correlation_id FROM asset_scores WHERE user_id = :u", u=user
         )
         assert current[0].correlation_id == events[-1].correlation_id
 
 
 def test_bad_users_fail_alone_and_the_night_is_partial(world, dagster_instance):
-    good = f.user(world, holdings=[("AAA", "USD")], criteria=[("US_TECH", "stock", _rules())])
+    good = f.user(world, holdings=[("AAA", "USD")], criteria=[("US_TECH", "stock", rules())])
     bad_rules = [f.rule("pe_ratio", "lt", "abc", 10)]
     invalid = f.user(
         world,
@@ -220,16 +154,16 @@ def test_bad_users_fail_alone_and_the_night_is_partial(world, dagster_instance):
         criteria=[("EU_IND", "stock", [f.rule("revenue", "gt", "10", 10)])],
         user_id="00000000-0000-4000-8000-000000000002",
     )
-    assert _snapshots(dagster_instance).success
+    assert snapshots(dagster_instance).success
     # both bad users sort first, so they share batch b0000; the good user is in b0001
-    first = _batch(dagster_instance, "b0000")
+    first = batch(dagster_instance, "b0000")
     assert not first.success
     failure = [e for e in first.all_events if e.is_step_failure][0]
     assert "2 of 2 users" in failure.step_failure_data.error.message  # type: ignore[union-attr]
-    assert _batch(dagster_instance, "b0001").success
+    assert batch(dagster_instance, "b0001").success
     statuses = {
         r.user_id: r
-        for r in _rows(
+        for r in rows(
             world,
             "SELECT user_id::text, event_type, payload FROM calculation_events "
             "WHERE event_type = 'CALC_COMPLETED'",
@@ -242,60 +176,60 @@ def test_bad_users_fail_alone_and_the_night_is_partial(world, dagster_instance):
     assert "JPY" in statuses[no_rate].payload["error"]["message"]
     types = [
         r.event_type
-        for r in _rows(
+        for r in rows(
             world,
             "SELECT event_type FROM calculation_events WHERE user_id = :u ORDER BY id",
             u=no_rate,
         )
     ]
     assert types == ["CALC_STARTED", "INPUTS_CAPTURED", "CALC_COMPLETED"]
-    assert not _rows(
+    assert not rows(
         world, "SELECT 1 FROM asset_scores WHERE user_id IN (:a, :b)", a=invalid, b=no_rate
     )
-    job = _rows(world, "SELECT status, users_failed, error_details FROM overnight_job_runs")[0]
+    job = rows(world, "SELECT status, users_failed, error_details FROM overnight_job_runs")[0]
     assert job.status == "partial" and job.users_failed == 2
     failed_ids = {e["userId"] for e in job.error_details["failedUsers"]}
     assert failed_ids == {invalid, no_rate}
 
 
-def test_batch_keys_without_users_materialise_with_no_rows(world, dagster_instance):
-    f.user(world, holdings=[("AAA", "USD")], criteria=[("US_TECH", "stock", _rules())])
-    assert _snapshots(dagster_instance).success
+def test_batch_keys_without_users_materialise_with_norows(world, dagster_instance):
+    f.user(world, holdings=[("AAA", "USD")], criteria=[("US_TECH", "stock", rules())])
+    assert snapshots(dagster_instance).success
     dagster_instance.add_dynamic_partitions("scoring_batches", ["b0007"])
-    result = _batch(dagster_instance, "b0007")
+    result = batch(dagster_instance, "b0007")
     assert result.success
     metadata = result.asset_materializations_for_node("scores")[0].metadata
     assert metadata["users"].value == 0
     assert (
-        _rows(world, "SELECT count(*) AS n FROM calculation_events WHERE user_id IS NOT NULL")[0].n
+        rows(world, "SELECT count(*) AS n FROM calculation_events WHERE user_id IS NOT NULL")[0].n
         == 0
     )
 
 
 def test_snapshots_are_reused_unless_refreshed(world, dagster_instance, tmp_path, monkeypatch):
-    f.user(world, holdings=[("AAA", "USD")], criteria=[("US_TECH", "stock", _rules())])
-    assert _snapshots(dagster_instance).success
+    f.user(world, holdings=[("AAA", "USD")], criteria=[("US_TECH", "stock", rules())])
+    assert snapshots(dagster_instance).success
     env = f.provider_files(
         tmp_path / "new", rates={"EUR": "0.75"}, prices={"AAA": ("99", "USD"), "BBB": ("1", "USD")}
     )
     for key, value in env.items():
         monkeypatch.setenv(key, value)
-    assert _snapshots(dagster_instance).success  # a later run of the date: frozen inputs
-    rate = _rows(world, "SELECT rate FROM exchange_rate_snapshots WHERE quote_currency = 'EUR'")
+    assert snapshots(dagster_instance).success  # a later run of the date: frozen inputs
+    rate = rows(world, "SELECT rate FROM exchange_rate_snapshots WHERE quote_currency = 'EUR'")
     assert rate[0].rate == Decimal("0.5")
     refresh = {
         "ops": {
             n: {"config": {"refresh": True}} for n in ("active_users", "exchange_rates", "prices")
         }
     }
-    assert _snapshots(dagster_instance, run_config=refresh).success
-    rate = _rows(world, "SELECT rate FROM exchange_rate_snapshots WHERE quote_currency = 'EUR'")
+    assert snapshots(dagster_instance, run_config=refresh).success
+    rate = rows(world, "SELECT rate FROM exchange_rate_snapshots WHERE quote_currency = 'EUR'")
     assert rate[0].rate == Decimal("0.75")
 
 
 def test_stale_snapshot_reused_when_every_provider_fails(world, dagster_instance, monkeypatch):
-    f.user(world, holdings=[("AAA", "USD")], criteria=[("US_TECH", "stock", _rules())])
-    assert _snapshots(dagster_instance).success  # DATE has a fresh snapshot
+    f.user(world, holdings=[("AAA", "USD")], criteria=[("US_TECH", "stock", rules())])
+    assert snapshots(dagster_instance).success  # DATE has a fresh snapshot
     monkeypatch.setenv("RATES_FILE", "/nonexistent/rates.json")
     monkeypatch.setenv("PRICES_FILE", "/nonexistent/prices.csv")
     later = (dt.date.fromisoformat(DATE) + dt.timedelta(days=1)).isoformat()
@@ -306,17 +240,17 @@ def test_stale_snapshot_reused_when_every_provider_fails(world, dagster_instance
         resources=build_resources(),
     )
     assert result.success
-    stale = _rows(
+    stale = rows(
         world, "SELECT is_stale FROM exchange_rate_snapshots WHERE score_date = :d", d=later
     )
     assert stale and all(r.is_stale for r in stale)
-    stale_prices = _rows(
+    stale_prices = rows(
         world, "SELECT is_stale FROM price_snapshots WHERE score_date = :d", d=later
     )
     assert stale_prices and all(r.is_stale for r in stale_prices)
     metadata = result.asset_materializations_for_node("exchange_rates")[0].metadata
     assert metadata["is_stale"].value is True and metadata["stale_from"].value == DATE
-    job = _rows(world, "SELECT metrics FROM overnight_job_runs WHERE score_date = :d", d=later)
+    job = rows(world, "SELECT metrics FROM overnight_job_runs WHERE score_date = :d", d=later)
     assert job[0].metrics["rates_stale"] is True
     # An earlier date has no snapshot before it: the night fails clearly, nothing is scored.
     earlier = (dt.date.fromisoformat(DATE) - dt.timedelta(days=10)).isoformat()
@@ -328,7 +262,7 @@ def test_stale_snapshot_reused_when_every_provider_fails(world, dagster_instance
         raise_on_error=False,
     )
     assert not result.success
-    job = _rows(
+    job = rows(
         world,
         "SELECT status, error_details FROM overnight_job_runs WHERE score_date = :d",
         d=earlier,

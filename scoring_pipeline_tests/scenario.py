@@ -1,0 +1,78 @@
+"""A small two-market world for the database-backed tests, and helpers to run a night in it."""
+
+import dagster as dg
+import pytest
+import sqlalchemy as sa
+
+from scoring_pipeline.assets.active_users import active_users
+from scoring_pipeline.assets.exchange_rates import exchange_rates
+from scoring_pipeline.assets.prices import prices
+from scoring_pipeline.assets.scores import scores
+from scoring_pipeline.deployment import build_resources
+from scoring_pipeline.partitions import scores_partition_key
+from scoring_pipeline_tests import factories as f
+
+DATE = "2026-11-27"
+EVENT_ORDER = ["CALC_STARTED", "INPUTS_CAPTURED", "SCORES_COMPUTED", "CALC_COMPLETED"]
+
+
+@pytest.fixture
+def world(clean_db, app_env, tmp_path, monkeypatch):
+    """Two markets in two currencies, four instruments, provider files; batches of 2 users."""
+    engine = clean_db
+    f.market(engine, "US_TECH")
+    f.market(engine, "EU_IND")
+    f.instrument(
+        engine,
+        "AAA",
+        market="US_TECH",
+        currency="USD",
+        eps="2",
+        roe="15",
+        shares_outstanding="1000",
+    )
+    f.instrument(engine, "BBB", market="US_TECH", currency="USD", eps="0.02", roe="5")
+    f.instrument(engine, "CCC", market="EU_IND", currency="EUR", eps="1", revenue="1000000")
+    f.instrument(engine, "DDD", market="EU_IND", currency="EUR")  # no fundamentals at all
+    env = f.provider_files(
+        tmp_path,
+        rates={"EUR": "0.5", "GBP": "0.8"},
+        prices={"AAA": ("30", "USD"), "BBB": ("0.3", "USD"), "CCC": ("10", "EUR")},
+    )
+    for key, value in {**env, "SCORING_BATCH_SIZE": "2"}.items():
+        monkeypatch.setenv(key, value)
+    return engine
+
+
+def rules():
+    return [
+        f.rule("pe_ratio", "lt", "15", 10),
+        f.rule("roe", "gte", "10", 5),
+        f.rule("price", "exists", None, 1),
+    ]
+
+
+def snapshots(instance, **kwargs):
+    return dg.materialize(
+        [active_users, exchange_rates, prices],
+        partition_key=DATE,
+        instance=instance,
+        resources=build_resources(),
+        **kwargs,
+    )
+
+
+def batch(instance, batch_key="b0000", **kwargs):
+    return dg.materialize(
+        [scores],
+        partition_key=str(scores_partition_key(DATE, batch_key)),
+        instance=instance,
+        resources=build_resources(),
+        raise_on_error=False,
+        **kwargs,
+    )
+
+
+def rows(engine, sql, **params):
+    with engine.connect() as conn:
+        return conn.execute(sa.text(sql), params).all()
