@@ -8,14 +8,11 @@ from decimal import Decimal
 
 import dagster as dg
 import pytest
-import sqlalchemy as sa
 
 from scoring_pipeline.assets.active_users import active_users
 from scoring_pipeline.assets.exchange_rates import exchange_rates
 from scoring_pipeline.assets.prices import prices
-from scoring_pipeline.assets.scores import scores
 from scoring_pipeline.deployment import build_resources
-from scoring_pipeline.partitions import scores_partition_key
 from scoring_pipeline_tests import factories as f
 from scoring_pipeline_tests.scenario import DATE, EVENT_ORDER, batch, rows, rules, snapshots
 
