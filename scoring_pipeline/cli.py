@@ -88,6 +88,29 @@ def _cmd_score(args: argparse.Namespace) -> int:
     return 1 if summary.status == "failed" else 0
 
 
+def _cmd_retry_failed(args: argparse.Namespace) -> int:
+    from scoring_pipeline.dagster_api import DagsterApi
+    from scoring_pipeline.job_runs import batches_to_retry
+    from scoring_pipeline.partitions import scores_partition_key
+
+    score_date = _parse_date(args.date)
+    with _engine().connect() as conn:
+        batches = batches_to_retry(conn, score_date)
+    if not batches:
+        print(f"nothing to retry: every batch of {score_date} succeeded")
+        return 0
+    partitions = [str(scores_partition_key(score_date.isoformat(), b)) for b in batches]
+    api = DagsterApi.from_env(args.url)
+    backfill_id = api.launch_scores_backfill(
+        partitions, title=f"retry failed batches of {score_date}"
+    )
+    print(
+        f"backfill {backfill_id}: re-scoring {len(partitions)} batches of {score_date}: "
+        + ", ".join(batches)
+    )
+    return 0
+
+
 def _cmd_replay(args: argparse.Namespace) -> int:
     from scoring_pipeline.replay import replay
 
@@ -132,6 +155,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--date", help="score date YYYY-MM-DD (default: today, UTC)")
     p.add_argument("--refresh", action="store_true", help="re-fetch the date's snapshots")
     p.set_defaults(func=_cmd_score)
+
+    p = sub.add_parser(
+        "retry-failed", help="backfill a date's failed batches through the running Dagster"
+    )
+    p.add_argument("--date", required=True, help="score date YYYY-MM-DD")
+    p.add_argument(
+        "--url", help="Dagster webserver (default $DAGSTER_WEBSERVER_URL or http://127.0.0.1:3000)"
+    )
+    p.set_defaults(func=_cmd_retry_failed)
 
     p = sub.add_parser("replay", help="recompute a calculation from its INPUTS_CAPTURED event")
     p.add_argument("correlation_id")

@@ -10,7 +10,12 @@ from scoring_pipeline.cache_warming import dashboard_cache_job
 from scoring_pipeline.deployment import build_resources, schedule_settings
 from scoring_pipeline.jobs import overnight_snapshots_job, scoring_batch_job
 from scoring_pipeline.schedules import build_overnight_schedule
-from scoring_pipeline.sensors import dashboard_cache_sensor, scoring_batches_sensor
+from scoring_pipeline.sensors import (
+    dashboard_cache_sensor,
+    scoring_batches_sensor,
+    scoring_run_canceled_sensor,
+    scoring_run_failure_sensor,
+)
 
 
 @dg.definitions
@@ -21,6 +26,11 @@ def defs() -> dg.Definitions:
         assets=[active_users, exchange_rates, prices, scores],
         jobs=[overnight_snapshots_job, scoring_batch_job, dashboard_cache_job],
         schedules=[build_overnight_schedule(cron, timezone)],
-        sensors=[scoring_batches_sensor, dashboard_cache_sensor],
+        sensors=[
+            scoring_batches_sensor,
+            dashboard_cache_sensor,
+            scoring_run_failure_sensor,
+            scoring_run_canceled_sensor,
+        ],
         resources=build_resources(),
     )

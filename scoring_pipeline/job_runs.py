@@ -324,3 +324,40 @@ def refresh_job_run(
             },
         )
     return status
+
+
+def close_after_batch_run_ended(
+    conn: Connection, score_date: dt.date, batch: str, run_id: str, message: str
+) -> str | None:
+    """A batch run ended without success: unless that run wrote the batch's outcome (failed
+    users), record the batch as failed, then close the night if it was the last one."""
+    written = conn.execute(
+        sa.select(t.scoring_batch_results.c.dagster_run_id).where(
+            t.scoring_batch_results.c.score_date == score_date,
+            t.scoring_batch_results.c.batch_key == batch,
+        )
+    ).scalar()
+    if written != run_id:
+        record_missing_batches_failed(conn, score_date, {batch: message})
+    return refresh_job_run(conn, score_date)
+
+
+def close_after_snapshot_run_ended(conn: Connection, score_date: dt.date, message: str) -> None:
+    """The snapshots run failed or was cancelled: a night still `started` is `failed`."""
+    row = _lock(conn, SCORING, score_date, ALL_MARKETS)
+    if row is not None and row.status == "started":
+        fail_job_run(conn, score_date, stage="snapshots", error=message)
+
+
+def batches_to_retry(conn: Connection, score_date: dt.date) -> list[str]:
+    """The date's batches whose outcome is not `success`, or that have no outcome at all."""
+    rows = conn.execute(
+        sa.text(
+            "SELECT DISTINCT b.batch_key FROM scoring_batches b "
+            "LEFT JOIN scoring_batch_results r ON r.score_date = b.score_date "
+            "AND r.batch_key = b.batch_key WHERE b.score_date = :d "
+            "AND (r.status IS NULL OR r.status <> 'success') ORDER BY b.batch_key"
+        ),
+        {"d": score_date},
+    ).scalars()
+    return list(rows)

@@ -141,27 +141,16 @@ def run_night(
         )
         run_ids.append(result.run_id)
         if not result.success:
-            _record_if_missing(engine, score_date, batch, result)
+            with engine.begin() as conn:
+                job_runs.close_after_batch_run_ended(
+                    conn, score_date, batch, result.run_id, _step_errors(result)
+                )
         if index % 10 == 0 or index == len(batches):
             say(f"scored {index}/{len(batches)} batches")
     stages["scoring"] = int((time.perf_counter() - scoring_started) * 1000)
     with engine.begin() as conn:
         job_runs.refresh_job_run(conn, score_date)
     return _summary(engine, score_date, stages, started, run_ids)
-
-
-def _record_if_missing(
-    engine: sa.Engine, score_date: dt.date, batch: str, result: dg.ExecuteInProcessResult
-) -> None:
-    with engine.begin() as conn:
-        written = conn.execute(
-            sa.select(t.scoring_batch_results.c.dagster_run_id).where(
-                t.scoring_batch_results.c.score_date == score_date,
-                t.scoring_batch_results.c.batch_key == batch,
-            )
-        ).scalar()
-        if written != result.run_id:
-            job_runs.record_missing_batches_failed(conn, score_date, {batch: _step_errors(result)})
 
 
 def _summary(

@@ -5,11 +5,11 @@ import hashlib
 
 import dagster as dg
 
-from scoring_pipeline import snapshots
+from scoring_pipeline import job_runs, snapshots
 from scoring_pipeline.cache_warming import dashboard_cache_job
 from scoring_pipeline.dashboard import pending_batches
 from scoring_pipeline.jobs import overnight_snapshots_job, scoring_batch_job
-from scoring_pipeline.partitions import scores_partition_key
+from scoring_pipeline.partitions import BATCH_DIMENSION, DATE_DIMENSION, scores_partition_key
 from scoring_pipeline.resources import DatabaseResource
 
 
@@ -74,3 +74,62 @@ def dashboard_cache_sensor(
             )
         ]
     )
+
+
+def _failure_message(context: dg.RunStatusSensorContext) -> str:
+    event = context.dagster_event
+    message = event.message if event is not None and event.message else ""
+    return f"run {context.dagster_run.run_id} {context.dagster_run.status.value}: {message}"[:2000]
+
+
+def close_night_after_run_ended(
+    context: dg.RunStatusSensorContext, database: DatabaseResource
+) -> None:
+    """Shared by the failure and cancellation sensors: keep `overnight_job_runs` truthful."""
+    run = context.dagster_run
+    tags = run.tags
+    with database.engine().begin() as conn:
+        if run.job_name == scoring_batch_job.name:
+            score_date = tags.get(f"dagster/partition/{DATE_DIMENSION}")
+            batch = tags.get(f"dagster/partition/{BATCH_DIMENSION}")
+            if score_date and batch:
+                job_runs.close_after_batch_run_ended(
+                    conn,
+                    dt.date.fromisoformat(score_date),
+                    batch,
+                    run.run_id,
+                    _failure_message(context),
+                )
+        elif run.job_name == overnight_snapshots_job.name:
+            score_date = tags.get("dagster/partition")
+            if score_date:
+                job_runs.close_after_snapshot_run_ended(
+                    conn, dt.date.fromisoformat(score_date), _failure_message(context)
+                )
+
+
+@dg.run_failure_sensor(
+    name="scoring_run_failure_sensor",
+    monitored_jobs=[overnight_snapshots_job, scoring_batch_job],
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    minimum_interval_seconds=5,
+)
+def scoring_run_failure_sensor(
+    context: dg.RunFailureSensorContext, database: DatabaseResource
+) -> None:
+    """A night's run failed (step error, killed worker): record it so the night closes."""
+    close_night_after_run_ended(context, database)
+
+
+@dg.run_status_sensor(
+    name="scoring_run_canceled_sensor",
+    run_status=dg.DagsterRunStatus.CANCELED,
+    monitored_jobs=[overnight_snapshots_job, scoring_batch_job],
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    minimum_interval_seconds=5,
+)
+def scoring_run_canceled_sensor(
+    context: dg.RunStatusSensorContext, database: DatabaseResource
+) -> None:
+    """A night's run was cancelled: record it so the night closes."""
+    close_night_after_run_ended(context, database)

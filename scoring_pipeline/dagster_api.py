@@ -1,0 +1,130 @@
+"""A small client of the running Dagster webserver's GraphQL API, for operator commands.
+
+Operators recover a night through Dagster itself (its daemon launches the runs); this client only
+asks the webserver to do what the UI would: launch a run or a partition backfill, read statuses.
+"""
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from scoring_pipeline.errors import ScoringPipelineError
+
+DEFAULT_URL = "http://127.0.0.1:3000"
+LOCATION = "scoring_pipeline"
+REPOSITORY = "__repository__"
+
+_LAUNCH_BACKFILL = """
+mutation Launch($params: LaunchBackfillParams!) {
+  launchPartitionBackfill(backfillParams: $params) {
+    __typename
+    ... on LaunchBackfillSuccess { backfillId }
+    ... on PythonError { message }
+    ... on PartitionKeysNotFoundError { message }
+    ... on InvalidSubsetError { message }
+    ... on UnauthorizedError { message }
+  }
+}
+"""
+
+_LAUNCH_RUN = """
+mutation Launch($params: ExecutionParams!) {
+  launchRun(executionParams: $params) {
+    __typename
+    ... on LaunchRunSuccess { run { runId } }
+    ... on PythonError { message }
+    ... on InvalidSubsetError { message }
+    ... on RunConfigValidationInvalid { errors { message } }
+    ... on UnauthorizedError { message }
+  }
+}
+"""
+
+_BACKFILL_STATUS = """
+query Backfill($id: String!) {
+  partitionBackfillOrError(backfillId: $id) {
+    __typename
+    ... on PartitionBackfill { id status }
+    ... on PythonError { message }
+  }
+}
+"""
+
+
+class DagsterApiError(ScoringPipelineError):
+    """The Dagster webserver could not be reached or refused the request."""
+
+
+@dataclass(frozen=True)
+class DagsterApi:
+    url: str
+
+    @classmethod
+    def from_env(cls, url: str | None = None) -> "DagsterApi":
+        return cls((url or os.environ.get("DAGSTER_WEBSERVER_URL") or DEFAULT_URL).rstrip("/"))
+
+    def query(self, document: str, variables: dict[str, Any]) -> dict[str, Any]:
+        try:
+            response = httpx.post(
+                f"{self.url}/graphql",
+                json={"query": document, "variables": variables},
+                timeout=60.0,
+            )
+        except httpx.HTTPError as exc:
+            raise DagsterApiError(
+                f"no Dagster webserver answering at {self.url} ({type(exc).__name__}); "
+                "start it with `make ui` or pass --url"
+            ) from None
+        if response.status_code != 200:
+            raise DagsterApiError(f"{self.url}/graphql answered HTTP {response.status_code}")
+        body: dict[str, Any] = response.json()
+        if body.get("errors"):
+            raise DagsterApiError(f"GraphQL error: {body['errors'][0].get('message')}")
+        data: dict[str, Any] = body["data"]
+        return data
+
+    def launch_scores_backfill(self, partition_names: list[str], *, title: str) -> str:
+        """Backfill the given `scores` partitions (asset selection + partition names)."""
+        data = self.query(
+            _LAUNCH_BACKFILL,
+            {
+                "params": {
+                    "assetSelection": [{"path": ["scores"]}],
+                    "partitionNames": partition_names,
+                    "title": title,
+                    "tags": [{"key": "scoring/trigger", "value": "retry-failed"}],
+                }
+            },
+        )["launchPartitionBackfill"]
+        if data["__typename"] != "LaunchBackfillSuccess":
+            raise DagsterApiError(f"backfill refused: {data['__typename']}: {data.get('message')}")
+        return str(data["backfillId"])
+
+    def launch_job(self, job_name: str, *, tags: dict[str, str]) -> str:
+        """Launch a run of a job (e.g. the snapshots job for a date) through the run queue."""
+        data = self.query(
+            _LAUNCH_RUN,
+            {
+                "params": {
+                    "selector": {
+                        "repositoryLocationName": LOCATION,
+                        "repositoryName": REPOSITORY,
+                        "jobName": job_name,
+                    },
+                    "executionMetadata": {
+                        "tags": [{"key": k, "value": v} for k, v in tags.items()]
+                    },
+                }
+            },
+        )["launchRun"]
+        if data["__typename"] != "LaunchRunSuccess":
+            raise DagsterApiError(f"launch refused: {data['__typename']}: {data}")
+        return str(data["run"]["runId"])
+
+    def backfill_status(self, backfill_id: str) -> str:
+        data = self.query(_BACKFILL_STATUS, {"id": backfill_id})["partitionBackfillOrError"]
+        if data["__typename"] != "PartitionBackfill":
+            raise DagsterApiError(f"backfill {backfill_id}: {data.get('message')}")
+        return str(data["status"])
