@@ -39,12 +39,10 @@ lint: venv
 	$(BIN)/ruff format --check scoring_pipeline scoring_pipeline_tests migrations
 	$(BIN)/mypy scoring_pipeline
 
-## make ui: the Dagster UI and daemon on http://127.0.0.1:3000 over the same database.
+## make ui: the Dagster UI, daemon and run workers on http://127.0.0.1:3000, same database.
 ui: venv
-	export DATABASE_URL=$${DATABASE_URL:-$$($(BIN)/scoring-pipeline db-url)}; \
-	export DAGSTER_PG_URL=$${DAGSTER_PG_URL:-$$($(BIN)/scoring-pipeline db-url --dagster)}; \
-	$(BIN)/scoring-pipeline migrate && \
-	$(BIN)/dagster dev -h 127.0.0.1 -p 3000 -w workspace.yaml
+	$(BIN)/scoring-pipeline migrate
+	$(DEMO_PROVIDERS) $(BIN)/scoring-pipeline services --port 3000
 
 db-stop: venv
 	$(BIN)/scoring-pipeline db-stop

@@ -111,6 +111,35 @@ def _cmd_retry_failed(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_services(args: argparse.Namespace) -> int:
+    from scoring_pipeline.services import running_services
+
+    with running_services(port=args.port, workers=args.workers) as services:
+        print(
+            f"Dagster UI on {services.url}; daemon and {args.workers} run workers started. "
+            "Ctrl-C stops them.",
+            flush=True,
+        )
+        try:
+            while all(services.alive().values()):
+                time.sleep(1)
+        except KeyboardInterrupt:
+            return 0
+        dead = [name for name, ok in services.alive().items() if not ok]
+        raise ScoringPipelineError(
+            f"{', '.join(dead)} stopped; see their logs under DAGSTER_HOME/service-logs"
+        )
+
+
+def _cmd_worker(args: argparse.Namespace) -> int:
+    from scoring_pipeline.db import prepare_dagster_environment
+    from scoring_pipeline.services import worker_command
+
+    prepare_dagster_environment()
+    command = worker_command(args.concurrency)
+    os.execv(command[0], command)
+
+
 def _cmd_replay(args: argparse.Namespace) -> int:
     from scoring_pipeline.replay import replay
 
@@ -155,6 +184,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--date", help="score date YYYY-MM-DD (default: today, UTC)")
     p.add_argument("--refresh", action="store_true", help="re-fetch the date's snapshots")
     p.set_defaults(func=_cmd_score)
+
+    p = sub.add_parser("services", help="Dagster UI + daemon and run workers, until Ctrl-C")
+    p.add_argument("--port", type=int, default=3000)
+    p.add_argument("--workers", type=int, default=2, help="concurrent run workers")
+    p.set_defaults(func=_cmd_services)
+
+    p = sub.add_parser("worker", help="a Celery run worker (for deployments that scale out)")
+    p.add_argument("--concurrency", type=int, default=2)
+    p.set_defaults(func=_cmd_worker)
 
     p = sub.add_parser(
         "retry-failed", help="backfill a date's failed batches through the running Dagster"

@@ -84,10 +84,17 @@ def with_driver(url: str, driver: str) -> str:
 
 
 def create_engine_for(url: str, **kwargs: object) -> Engine:
-    """An engine on the psycopg 3 driver, sessions in UTC."""
+    """An engine on the psycopg 3 driver, sessions in UTC, named after this process.
+
+    The application name carries the process id so an operator (or a test) can tell in
+    `pg_stat_activity` which worker process holds which session.
+    """
     return sa.create_engine(
         with_driver(url, APP_DRIVER),
-        connect_args={"options": "-c timezone=UTC"},
+        connect_args={
+            "options": "-c timezone=UTC",
+            "application_name": f"scoring-pipeline:{os.getpid()}",
+        },
         pool_pre_ping=True,
         **kwargs,
     )
@@ -110,6 +117,9 @@ def prepare_dagster_environment(env: dict[str, str] | None = None) -> str:
     env.setdefault("DAGSTER_PG_URL", dagster_storage_url(url))
     env.setdefault("DAGSTER_HOME", str(PROJECT_ROOT))
     env.setdefault("PGTZ", "UTC")
+    # Celery run workers: broker and results on the same PostgreSQL unless set otherwise.
+    env.setdefault("DAGSTER_CELERY_BROKER_URL", f"sqla+{env['DAGSTER_PG_URL']}")
+    env.setdefault("DAGSTER_CELERY_BACKEND_URL", f"db+{env['DAGSTER_PG_URL']}")
     return url
 
 

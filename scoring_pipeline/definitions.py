@@ -33,4 +33,7 @@ def defs() -> dg.Definitions:
             scoring_run_canceled_sensor,
         ],
         resources=build_resources(),
+        # Also for the implicit asset job of UI materialisations and backfills: steps are short,
+        # and Celery run workers are daemonic processes that may not fork step processes.
+        executor=dg.in_process_executor,
     )

@@ -24,18 +24,20 @@ class DatabaseResource(dg.ConfigurableResource):  # type: ignore[type-arg]
 
     url: str | None = None
 
-    # One engine per process and URL: runs in the same process share its pool.
-    _engines: ClassVar[dict[str, Engine]] = {}
+    # One engine per process and URL: runs in the same process share its pool; the pid in the
+    # key keeps a forked run worker from reusing its parent's connections.
+    _engines: ClassVar[dict[tuple[int, str], Engine]] = {}
 
     def resolved_url(self) -> str:
         return self.url or resolve_database_url()
 
     def engine(self) -> Engine:
         url = self.resolved_url()
-        engine = self._engines.get(url)
+        key = (os.getpid(), url)
+        engine = self._engines.get(key)
         if engine is None:
             engine = create_engine_for(url, pool_size=2, max_overflow=4)
-            self._engines[url] = engine
+            self._engines[key] = engine
         return engine
 
 

@@ -20,7 +20,7 @@ from sqlalchemy.engine import Engine, make_url
 from scoring_pipeline import db
 from scoring_pipeline.tables import metadata
 
-pytest_plugins = ["scoring_pipeline_tests.scenario"]
+pytest_plugins = ["scoring_pipeline_tests.scenario", "scoring_pipeline_tests.e2e"]
 
 INPUT_AND_OUTPUT_TABLES = [t.name for t in reversed(metadata.sorted_tables)]
 
