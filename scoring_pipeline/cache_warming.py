@@ -4,6 +4,7 @@ import time
 
 import dagster as dg
 
+from scoring_pipeline import job_runs, telemetry
 from scoring_pipeline.dashboard import PendingBatch, refresh_cache_job_run, warm_batch
 from scoring_pipeline.resources import DatabaseResource
 
@@ -24,7 +25,16 @@ def warm_dashboard_cache(
     failed: list[dict[str, str]] = []
     for token in config.batches:
         batch = PendingBatch.from_token(token)
-        with database.engine().begin() as conn:
+        with database.engine().connect() as conn:
+            traceparent = job_runs.night_traceparent(conn, batch.score_date)
+        with (
+            telemetry.step_span(
+                "cache-warm",
+                traceparent,
+                {"score_date": str(batch.score_date), "batch": batch.batch_key},
+            ),
+            database.engine().begin() as conn,
+        ):
             result = warm_batch(conn, batch)
             refresh_cache_job_run(conn, batch.score_date, len(result.failed))
         warmed += result.warmed

@@ -4,6 +4,7 @@ from typing import Any
 
 import dagster as dg
 
+from scoring_pipeline import job_runs
 from scoring_pipeline.assets.common import as_metadata
 from scoring_pipeline.batch_scoring import BatchOutput
 from scoring_pipeline.resources import DatabaseResource
@@ -18,6 +19,8 @@ class ScoresIOManager(dg.ConfigurableIOManager):
     def handle_output(self, context: dg.OutputContext, obj: BatchOutput) -> None:
         with self.database.engine().begin() as conn:
             counts = write_batch(conn, obj, run_id=context.run_id)
+        if counts["job_status"] not in (None, "started"):
+            job_runs.report_closed_night(self.database.engine(), obj.score_date)
         metadata: dict[str, Any] = {
             "users": len(obj.users) + len(obj.users_skipped),
             "users_success": len(obj.succeeded),

@@ -280,7 +280,12 @@ def refresh_job_run(
         "users_failed": figures["users_failed"],
     }
     status = str(row.status)
-    if figures["batches_done"] >= figures["batches_total"]:
+    previous = dict(row.metrics or {})
+    unchanged = row.completed_at is not None and all(
+        previous.get(k) == v for k, v in figures.items() if k != "batches_done"
+    )
+    if figures["batches_done"] >= figures["batches_total"] and not unchanged:
+        # Closing (again, when a re-scored batch changed the outcome): JOB_COMPLETED follows.
         if figures["users_failed"] == 0 and figures["batches_failed"] == 0:
             status = "completed"
         elif figures["users_success"] == 0 and figures["users_total"] > 0:
@@ -361,3 +366,91 @@ def batches_to_retry(conn: Connection, score_date: dt.date) -> list[str]:
         {"d": score_date},
     ).scalars()
     return list(rows)
+
+
+NIGHT_SPAN_FIGURES = (
+    "score_date",
+    "fetch_rates_ms",
+    "fetch_prices_ms",
+    "process_users_ms",
+    "total_duration_ms",
+    "users_total",
+    "users_success",
+    "users_failed",
+    "users_skipped",
+    "assets_scored",
+    "batches_total",
+    "batches_failed",
+)
+
+
+def night_traceparent(conn: Connection, score_date: dt.date) -> str | None:
+    """The W3C traceparent of the date's night, as recorded when it started."""
+    value = conn.execute(
+        sa.text(
+            "SELECT metrics->>'traceparent' FROM overnight_job_runs WHERE job_type = 'scoring' "
+            "AND score_date = :d AND market_group = 'all'"
+        ),
+        {"d": score_date},
+    ).scalar()
+    return str(value) if value else None
+
+
+def report_closed_night(engine: sa.Engine, score_date: dt.date) -> bool:
+    """Emit the night's `overnight-scoring-job` span once per closing (after the commit)."""
+    from scoring_pipeline import telemetry
+
+    if not telemetry.enabled():
+        return False
+    with engine.begin() as conn:
+        row = _lock(conn, SCORING, score_date, ALL_MARKETS)
+        if row is None or row.status == "started" or row.completed_at is None:
+            return False
+        metrics = dict(row.metrics or {})
+        closed = row.completed_at.isoformat()
+        if metrics.get("span_emitted_for") == closed:
+            return False
+        attributes = {k: metrics.get(k) for k in NIGHT_SPAN_FIGURES}
+        attributes.update(
+            score_date=score_date.isoformat(), job_status=row.status, market_group=row.market_group
+        )
+        for key in (
+            "users_total",
+            "users_success",
+            "users_failed",
+            "assets_scored",
+            "fetch_rates_ms",
+            "total_duration_ms",
+        ):
+            attributes.setdefault(key, 0)
+            if attributes[key] is None:
+                attributes[key] = 0
+        ok = row.status == "completed"
+        description = (
+            "every user scored"
+            if ok
+            else f"night {row.status}: {metrics.get('users_failed', 0)} users and "
+            f"{metrics.get('batches_failed', 0)} batches failed"
+            + (
+                f"; {row.error_details.get('message')}"
+                if row.error_details and row.error_details.get("message")
+                else ""
+            )
+        )
+        emitted = telemetry.emit_night_span(
+            metrics.get("traceparent"),
+            start_ns=int(row.started_at.timestamp() * 1e9),
+            end_ns=int(row.completed_at.timestamp() * 1e9),
+            attributes=attributes,
+            ok=ok,
+            description=description,
+        )
+        if emitted:
+            conn.execute(
+                sa.text(
+                    "UPDATE overnight_job_runs SET metrics = metrics || "
+                    "jsonb_build_object('span_emitted_for', CAST(:c AS text)) WHERE id = :i"
+                ),
+                {"c": closed, "i": row.id},
+            )
+        return emitted

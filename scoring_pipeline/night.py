@@ -15,7 +15,7 @@ from typing import Any
 import dagster as dg
 import sqlalchemy as sa
 
-from scoring_pipeline import job_runs, snapshots
+from scoring_pipeline import job_runs, snapshots, telemetry
 from scoring_pipeline import tables as t
 from scoring_pipeline.db import create_engine_for, prepare_dagster_environment
 from scoring_pipeline.partitions import scores_partition_key
@@ -102,7 +102,11 @@ def run_night(
     stages: dict[str, int] = {}
     run_ids: list[str] = []
     date_key = score_date.isoformat()
-    tags = {"scoring/score_date": date_key, "scoring/trigger": "cli"}
+    tags = {
+        "scoring/score_date": date_key,
+        "scoring/trigger": "cli",
+        telemetry.TRACEPARENT: telemetry.new_traceparent(),
+    }
 
     say(f"freezing the inputs of {date_key} (users, rates, prices)…")
     snapshot = definitions.resolve_job_def("overnight_snapshots_job").execute_in_process(
@@ -125,6 +129,7 @@ def run_night(
             ).first()
             if row is None or row.status != "failed":
                 job_runs.fail_job_run(conn, score_date, stage="snapshots", error=error)
+        job_runs.report_closed_night(engine, score_date)
         return _summary(engine, score_date, stages, started, run_ids, error=error)
 
     with engine.connect() as conn:
@@ -150,6 +155,7 @@ def run_night(
     stages["scoring"] = int((time.perf_counter() - scoring_started) * 1000)
     with engine.begin() as conn:
         job_runs.refresh_job_run(conn, score_date)
+    job_runs.report_closed_night(engine, score_date)
     return _summary(engine, score_date, stages, started, run_ids)
 
 

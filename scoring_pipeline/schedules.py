@@ -6,6 +6,7 @@ import dagster as dg
 
 from scoring_pipeline.errors import ConfigurationError
 from scoring_pipeline.jobs import overnight_snapshots_job
+from scoring_pipeline.telemetry import TRACEPARENT, new_traceparent
 
 
 def score_date_for_tick(scheduled: dt.datetime) -> str:
@@ -42,7 +43,11 @@ def _build(cron: str, timezone: str) -> dg.ScheduleDefinition:
         return dg.RunRequest(
             run_key=f"night-{score_date}",
             partition_key=score_date,
-            tags={"scoring/score_date": score_date, "scoring/trigger": "schedule"},
+            tags={
+                "scoring/score_date": score_date,
+                "scoring/trigger": "schedule",
+                TRACEPARENT: new_traceparent(),
+            },
         )
 
     return overnight_scoring_schedule

@@ -11,10 +11,11 @@ from scoring_pipeline.dashboard import pending_batches
 from scoring_pipeline.jobs import overnight_snapshots_job, scoring_batch_job
 from scoring_pipeline.partitions import BATCH_DIMENSION, DATE_DIMENSION, scores_partition_key
 from scoring_pipeline.resources import DatabaseResource
+from scoring_pipeline.telemetry import TRACEPARENT
 
 
 def batch_run_requests(
-    database: DatabaseResource, score_date: str, origin_run_id: str
+    database: DatabaseResource, score_date: str, origin_run_id: str, traceparent: str | None
 ) -> list[dg.RunRequest]:
     """One run request per batch of the date (its frozen membership)."""
     with database.engine().connect() as conn:
@@ -23,7 +24,11 @@ def batch_run_requests(
         dg.RunRequest(
             run_key=f"{origin_run_id}:{batch}",
             partition_key=scores_partition_key(score_date, batch),
-            tags={"scoring/score_date": score_date, "scoring/origin_run": origin_run_id},
+            tags={
+                "scoring/score_date": score_date,
+                "scoring/origin_run": origin_run_id,
+                **({TRACEPARENT: traceparent} if traceparent else {}),
+            },
         )
         for batch in keys
     ]
@@ -45,7 +50,7 @@ def scoring_batches_sensor(
     score_date = run.tags.get("dagster/partition")
     if not score_date:
         return []
-    return batch_run_requests(database, score_date, run.run_id)
+    return batch_run_requests(database, score_date, run.run_id, run.tags.get(TRACEPARENT))
 
 
 @dg.sensor(
@@ -85,32 +90,40 @@ def _failure_message(context: dg.RunStatusSensorContext) -> str:
 def close_night_after_run_ended(
     context: dg.RunStatusSensorContext, database: DatabaseResource
 ) -> None:
-    """Shared by the failure and cancellation sensors: keep `overnight_job_runs` truthful."""
+    """Shared by the failure and cancellation sensors: keep `overnight_job_runs` truthful.
+
+    Runs are told apart by their partition tags, not their job: UI materialisations and
+    backfills run the implicit asset job.
+    """
     run = context.dagster_run
     tags = run.tags
+    batch = tags.get(f"dagster/partition/{BATCH_DIMENSION}")
+    batch_date = tags.get(f"dagster/partition/{DATE_DIMENSION}")
+    snapshot_date = tags.get("dagster/partition")
+    closed: dt.date | None = None
     with database.engine().begin() as conn:
-        if run.job_name == scoring_batch_job.name:
-            score_date = tags.get(f"dagster/partition/{DATE_DIMENSION}")
-            batch = tags.get(f"dagster/partition/{BATCH_DIMENSION}")
-            if score_date and batch:
-                job_runs.close_after_batch_run_ended(
-                    conn,
-                    dt.date.fromisoformat(score_date),
-                    batch,
-                    run.run_id,
-                    _failure_message(context),
-                )
-        elif run.job_name == overnight_snapshots_job.name:
-            score_date = tags.get("dagster/partition")
-            if score_date:
-                job_runs.close_after_snapshot_run_ended(
-                    conn, dt.date.fromisoformat(score_date), _failure_message(context)
-                )
+        if batch and batch_date:
+            closed = dt.date.fromisoformat(batch_date)
+            job_runs.close_after_batch_run_ended(
+                conn, closed, batch, run.run_id, _failure_message(context)
+            )
+        elif run.job_name != dashboard_cache_job.name and _is_date(snapshot_date):
+            closed = dt.date.fromisoformat(str(snapshot_date))
+            job_runs.close_after_snapshot_run_ended(conn, closed, _failure_message(context))
+    if closed is not None:
+        job_runs.report_closed_night(database.engine(), closed)
+
+
+def _is_date(value: str | None) -> bool:
+    try:
+        dt.date.fromisoformat(value or "")
+    except ValueError:
+        return False
+    return True
 
 
 @dg.run_failure_sensor(
     name="scoring_run_failure_sensor",
-    monitored_jobs=[overnight_snapshots_job, scoring_batch_job],
     default_status=dg.DefaultSensorStatus.RUNNING,
     minimum_interval_seconds=5,
 )
@@ -124,7 +137,6 @@ def scoring_run_failure_sensor(
 @dg.run_status_sensor(
     name="scoring_run_canceled_sensor",
     run_status=dg.DagsterRunStatus.CANCELED,
-    monitored_jobs=[overnight_snapshots_job, scoring_batch_job],
     default_status=dg.DefaultSensorStatus.RUNNING,
     minimum_interval_seconds=5,
 )

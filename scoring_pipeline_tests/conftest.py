@@ -20,7 +20,13 @@ from sqlalchemy.engine import Engine, make_url
 from scoring_pipeline import db
 from scoring_pipeline.tables import metadata
 
-pytest_plugins = ["scoring_pipeline_tests.scenario", "scoring_pipeline_tests.e2e"]
+pytest_plugins = [
+    # Plugins that import another one come after it (assertion rewriting needs the order).
+    "scoring_pipeline_tests.scenario",
+    "scoring_pipeline_tests.otlp_receiver",
+    "scoring_pipeline_tests.e2e",
+    "scoring_pipeline_tests.cli_helpers",
+]
 
 INPUT_AND_OUTPUT_TABLES = [t.name for t in reversed(metadata.sorted_tables)]
 

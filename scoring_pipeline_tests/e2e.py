@@ -13,6 +13,7 @@ import pytest
 from scoring_pipeline.dagster_api import DagsterApi
 from scoring_pipeline.db import PROJECT_ROOT
 from scoring_pipeline.services import Services, running_services
+from scoring_pipeline_tests.otlp_receiver import running_receiver
 
 T = TypeVar("T")
 
@@ -104,9 +105,12 @@ def services(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Ite
         PRICES_PROVIDER="file",
         PRICES_FILE=str(files / "prices.csv"),
     )
-    with running_services(
-        port=free_port(), workers=2, env=env, log_dir=home / "service-logs"
-    ) as svc:
-        svc.env = env  # type: ignore[attr-defined]
-        svc.files = Path(files)  # type: ignore[attr-defined]
-        yield svc
+    with running_receiver() as otlp:
+        env["OTEL_EXPORTER_OTLP_ENDPOINT"] = otlp.url
+        with running_services(
+            port=free_port(), workers=2, env=env, log_dir=home / "service-logs"
+        ) as svc:
+            svc.env = env  # type: ignore[attr-defined]
+            svc.files = Path(files)  # type: ignore[attr-defined]
+            svc.otlp = otlp  # type: ignore[attr-defined]
+            yield svc

@@ -162,6 +162,34 @@ def test_bad_batch_fails_alone_then_retry_completes_the_night(services, clean_db
     assert sets[_uid(4)] == [("success", 4), ("success", 4)]  # its batch was re-scored
     assert sets[_uid(5)] == [("failed", 2), ("success", 4)]  # invalid criteria: no inputs
     assert sets[_uid(6)] == [("failed", 3), ("success", 4)]  # missing rate: inputs captured
+    _check_trace(engine, services.otlp)
+
+
+def _check_trace(engine, otlp):
+    """Spans of the night from every process (run workers, sensors) share the night's trace."""
+    traceparent = _scalar(
+        engine,
+        "SELECT metrics->>'traceparent' FROM overnight_job_runs "
+        "WHERE score_date = :d AND job_type = 'scoring'",
+    )
+    trace_id, root_id = traceparent.split("-")[1:3]
+    roots = wait_for(
+        "the night spans",
+        lambda: (
+            r
+            if len(r := [s for s in otlp.named("overnight-scoring-job") if s.trace_id == trace_id])
+            >= 2
+            else None
+        ),
+        timeout=30,
+    )
+    assert {r.span_id for r in roots} == {root_id}
+    assert [r.status_code for r in roots[:2]] == [2, 1]  # partial (ERROR), then completed (OK)
+    children = [s for s in otlp.spans if s.trace_id == trace_id and s.span_id != root_id]
+    names = [s.name for s in children]
+    assert {"active_users", "exchange_rates", "prices", "cache-warm"} <= set(names)
+    assert names.count("score-batch") == 4  # three batches, then the retried one
+    assert all(s.parent_span_id == root_id for s in children)
 
 
 def test_run_worker_killed_mid_batch_is_failed_and_a_retry_finishes(services, clean_db):

@@ -4,8 +4,13 @@ import time
 
 import dagster as dg
 
-from scoring_pipeline import job_runs, snapshots
-from scoring_pipeline.assets.common import SnapshotConfig, as_metadata, score_date_of
+from scoring_pipeline import job_runs, snapshots, telemetry
+from scoring_pipeline.assets.common import (
+    SnapshotConfig,
+    as_metadata,
+    run_traceparent,
+    score_date_of,
+)
 from scoring_pipeline.partitions import batch_partitions, score_date_partitions
 from scoring_pipeline.resources import DatabaseResource, ScoringSettingsResource
 
@@ -20,7 +25,12 @@ def active_users(
     """Active users of the score date in deterministic batches; starts the night."""
     score_date = score_date_of(context)
     started = time.perf_counter()
-    with database.engine().begin() as conn:
+    # The night's trace: from the launching run's tags, or a new one for a hand-started night.
+    traceparent = run_traceparent(context) or telemetry.new_traceparent()
+    with (
+        telemetry.step_span("active_users", traceparent, {"score_date": str(score_date)}),
+        database.engine().begin() as conn,
+    ):
         correlation_id = job_runs.ensure_job_run(
             conn, score_date, market_group=settings.market_group, restart=True
         )
@@ -36,10 +46,13 @@ def active_users(
                 "users_skipped_no_criteria": membership.users_skipped,
                 "batches_total": len(membership.batch_keys),
                 "score_date": score_date.isoformat(),
+                "traceparent": traceparent,
+                "dagster_snapshot_run_id": context.run.run_id,
             },
         )
         if not membership.members:
             job_runs.refresh_job_run(conn, score_date)  # nothing to score: the night is done
+    job_runs.report_closed_night(database.engine(), score_date)
     existing = set(context.instance.get_dynamic_partitions(batch_partitions.name or ""))
     new_keys = [k for k in membership.batch_keys if k not in existing]
     if new_keys:

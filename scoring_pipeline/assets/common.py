@@ -4,12 +4,33 @@ import datetime as dt
 from typing import Any
 
 import dagster as dg
+from sqlalchemy.engine import Engine
+
+from scoring_pipeline import job_runs
+from scoring_pipeline.telemetry import TRACEPARENT
 
 
 class SnapshotConfig(dg.Config):
     """`refresh: true` re-fetches a date that already has its snapshot (a deliberate act)."""
 
     refresh: bool = False
+
+
+def run_traceparent(context: dg.AssetExecutionContext | dg.OpExecutionContext) -> str | None:
+    """The night's trace context carried in the run's tags (schedule, sensor, CLI)."""
+    return context.run.tags.get(TRACEPARENT)
+
+
+def night_traceparent(
+    context: dg.AssetExecutionContext | dg.OpExecutionContext, engine: Engine, score_date: dt.date
+) -> str | None:
+    """The run's trace context, else the one the date's night recorded when it started (a run
+    launched by hand or by a backfill carries none)."""
+    tagged = run_traceparent(context)
+    if tagged:
+        return tagged
+    with engine.connect() as conn:
+        return job_runs.night_traceparent(conn, score_date)
 
 
 def score_date_of(context: dg.AssetExecutionContext) -> dt.date:

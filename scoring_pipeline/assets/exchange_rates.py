@@ -4,9 +4,14 @@ import time
 
 import dagster as dg
 
-from scoring_pipeline import job_runs, snapshots
+from scoring_pipeline import job_runs, snapshots, telemetry
 from scoring_pipeline.assets.active_users import active_users
-from scoring_pipeline.assets.common import SnapshotConfig, as_metadata, score_date_of
+from scoring_pipeline.assets.common import (
+    SnapshotConfig,
+    as_metadata,
+    night_traceparent,
+    score_date_of,
+)
 from scoring_pipeline.errors import SnapshotUnavailableError
 from scoring_pipeline.partitions import score_date_partitions
 from scoring_pipeline.resources import (
@@ -32,8 +37,12 @@ def exchange_rates(
     """USD→X exchange rates of the score date, fetched once from RATES_PROVIDER and frozen."""
     score_date = score_date_of(context)
     started = time.perf_counter()
+    traceparent = night_traceparent(context, database.engine(), score_date)
     try:
-        with database.engine().begin() as conn:
+        with (
+            telemetry.step_span("exchange_rates", traceparent, {"score_date": str(score_date)}),
+            database.engine().begin() as conn,
+        ):
             summary = snapshots.snapshot_rates(
                 conn,
                 score_date,
@@ -50,6 +59,7 @@ def exchange_rates(
     except SnapshotUnavailableError as exc:
         with database.engine().begin() as conn:
             job_runs.fail_job_run(conn, score_date, stage="exchange_rates", error=exc)
+        job_runs.report_closed_night(database.engine(), score_date)
         raise
     if summary["is_stale"]:
         context.log.warning(f"exchange rates for {score_date} are STALE: {summary}")

@@ -4,9 +4,10 @@ import datetime as dt
 
 import dagster as dg
 
-from scoring_pipeline import job_runs, snapshots
+from scoring_pipeline import job_runs, snapshots, telemetry
 from scoring_pipeline import tables as t
 from scoring_pipeline.assets.active_users import active_users
+from scoring_pipeline.assets.common import night_traceparent
 from scoring_pipeline.assets.exchange_rates import exchange_rates
 from scoring_pipeline.assets.prices import prices
 from scoring_pipeline.batch_scoring import BatchOutput, score_batch
@@ -51,10 +52,24 @@ def scores(
         correlation_id = job_runs.ensure_job_run(
             conn, score_date, market_group=settings.market_group
         )
-    with database.engine().connect() as conn:
+    traceparent = night_traceparent(context, database.engine(), score_date)
+    with (
+        telemetry.step_span(
+            "score-batch", traceparent, {"score_date": str(score_date), "batch": batch}
+        ) as span,
+        database.engine().connect() as conn,
+    ):
         output = score_batch(
             conn, score_date=score_date, batch=batch, job_correlation_id=correlation_id
         )
+        if span is not None:
+            span.set_attributes(
+                {
+                    "users_success": len(output.succeeded),
+                    "users_failed": len(output.failed),
+                    "assets_scored": output.assets_scored,
+                }
+            )
     for user in output.failed:
         error = user.error or {}
         context.log.error(
