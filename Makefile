@@ -34,6 +34,11 @@ test: venv
 test-server: venv
 	$(BIN)/pytest -m db
 
+## make bench: a whole night through the daemon at 1,000 and 10,000 users (BENCH_USERS to change).
+BENCH_USERS ?= 1000 10000
+bench: venv
+	for n in $(BENCH_USERS); do $(BIN)/scoring-pipeline bench --users $$n || exit 1; done
+
 lint: venv
 	$(BIN)/ruff check scoring_pipeline scoring_pipeline_tests migrations
 	$(BIN)/ruff format --check scoring_pipeline scoring_pipeline_tests migrations

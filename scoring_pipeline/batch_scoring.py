@@ -63,6 +63,7 @@ class BatchOutput:
     users: list[UserOutcome]
     users_skipped: list[str]
     duration_ms: int = 0
+    timings: dict[str, int] = field(default_factory=dict)
 
     @property
     def succeeded(self) -> list[UserOutcome]:
@@ -103,6 +104,9 @@ class BatchInputs:
     fundamentals_date: dict[str, dt.date]
     prices: dict[str, Any]
     rates: dict[str, RateRow]
+    # Time spent in the pure engine and the rule evaluations it made, for the benchmark.
+    engine_seconds: float = 0.0
+    rule_evaluations: int = 0
 
 
 def _load_users(conn: Connection, score_date: dt.date, batch: str) -> list[UserRow]:
@@ -342,12 +346,13 @@ def score_user(
         stage = "scoring"
         usd_rates = {c: r.rate for c, r in inputs.rates.items()}
         for cs in sets:
+            universe = inputs.universes.get(_key(cs), [])
+            engine_started = time.perf_counter()
             result = score_criteria_set(
-                cs,
-                inputs.universes.get(_key(cs), []),
-                base_currency=user.base_currency,
-                usd_rates=usd_rates,
+                cs, universe, base_currency=user.base_currency, usd_rates=usd_rates
             )
+            inputs.engine_seconds += time.perf_counter() - engine_started
+            inputs.rule_evaluations += len(cs.rules) * len(universe)
             outcome.scores.extend(result.scores)
         outcome.events.append(("SCORES_COMPUTED", results_payload(correlation_id, outcome.scores)))
     except Exception as exc:  # one user's failure never stops the batch
@@ -376,6 +381,7 @@ def score_batch(
 ) -> BatchOutput:
     started = time.perf_counter()
     inputs = load_batch_inputs(conn, score_date, batch)
+    loaded = time.perf_counter()
     output = BatchOutput(
         score_date=score_date,
         batch_key=batch,
@@ -398,4 +404,10 @@ def score_batch(
             )
         )
     output.duration_ms = int((time.perf_counter() - started) * 1000)
+    output.timings = {
+        "load_ms": int((loaded - started) * 1000),
+        "engine_ms": int(inputs.engine_seconds * 1000),
+        "build_ms": int((time.perf_counter() - loaded - inputs.engine_seconds) * 1000),
+        "rule_evaluations": inputs.rule_evaluations,
+    }
     return output

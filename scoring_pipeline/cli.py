@@ -140,6 +140,18 @@ def _cmd_worker(args: argparse.Namespace) -> int:
     os.execv(command[0], command)
 
 
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from scoring_pipeline.bench import run_bench, save
+
+    if args.users < 1:
+        raise ConfigurationError("--users must be at least 1")
+    report = run_bench(args.users, workers=args.workers, keep=args.keep)
+    for line in report.lines():
+        print(line)
+    print(f"saved {save(report, Path(args.out))}")
+    return 0
+
+
 def _cmd_replay(args: argparse.Namespace) -> int:
     from scoring_pipeline.replay import replay
 
@@ -202,6 +214,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--url", help="Dagster webserver (default $DAGSTER_WEBSERVER_URL or http://127.0.0.1:3000)"
     )
     p.set_defaults(func=_cmd_retry_failed)
+
+    p = sub.add_parser("bench", help="a whole night through the daemon on a fresh database")
+    p.add_argument("--users", type=int, default=1000)
+    p.add_argument("--workers", type=int, default=2, help="concurrent run workers")
+    p.add_argument("--out", default="bench_out", help="folder for the JSON report")
+    p.add_argument("--keep", action="store_true", help="keep the benchmark database")
+    p.set_defaults(func=_cmd_bench)
 
     p = sub.add_parser("replay", help="recompute a calculation from its INPUTS_CAPTURED event")
     p.add_argument("correlation_id")

@@ -1,5 +1,6 @@
 """The scores IO manager: writes a batch's scores, history, events and outcome atomically."""
 
+import time
 from typing import Any
 
 import dagster as dg
@@ -8,7 +9,7 @@ from scoring_pipeline import job_runs
 from scoring_pipeline.assets.common import as_metadata
 from scoring_pipeline.batch_scoring import BatchOutput
 from scoring_pipeline.resources import DatabaseResource
-from scoring_pipeline.writes import failed_user_entries, write_batch
+from scoring_pipeline.writes import failed_user_entries, record_write_time, write_batch
 
 
 class ScoresIOManager(dg.ConfigurableIOManager):
@@ -17,8 +18,13 @@ class ScoresIOManager(dg.ConfigurableIOManager):
     database: dg.ResourceDependency[DatabaseResource]
 
     def handle_output(self, context: dg.OutputContext, obj: BatchOutput) -> None:
+        started = time.perf_counter()
         with self.database.engine().begin() as conn:
             counts = write_batch(conn, obj, run_id=context.run_id)
+        write_ms = int((time.perf_counter() - started) * 1000)
+        if counts["batch_status"] != "empty":
+            with self.database.engine().begin() as conn:
+                record_write_time(conn, obj, write_ms)
         if counts["job_status"] not in (None, "started"):
             job_runs.report_closed_night(self.database.engine(), obj.score_date)
         metadata: dict[str, Any] = {
@@ -33,6 +39,8 @@ class ScoresIOManager(dg.ConfigurableIOManager):
             "batch_status": counts["batch_status"],
             "job_status": counts["job_status"],
             "duration_ms": obj.duration_ms,
+            "write_ms": write_ms,
+            **{k: v for k, v in obj.timings.items()},
             "job_correlation_id": obj.job_correlation_id,
         }
         if obj.failed:

@@ -166,6 +166,8 @@ scoring_batch_results = sa.Table(
     # [{userId, correlationId}] of the users scored successfully: what cache warming reads.
     sa.Column("succeeded_users", pg.JSONB, nullable=False, server_default="[]"),
     sa.Column("dagster_run_id", sa.Text, nullable=True),
+    # Where the batch's time went: load_ms, engine_ms (rule evaluation), build_ms, write_ms.
+    sa.Column("timings", pg.JSONB, nullable=False, server_default="{}"),
     # Bumped on every write; cache warming records the value it warmed (a cursor per batch).
     sa.Column(
         "outcome_seq",

@@ -171,14 +171,15 @@ def _record_outcome(conn: Connection, output: BatchOutput, run_id: str | None) -
         sa.text(
             "INSERT INTO scoring_batch_results (score_date, batch_key, status, users_total, "
             "users_success, users_failed, users_skipped, assets_scored, duration_ms, "
-            "failed_users, succeeded_users, dagster_run_id, updated_at) VALUES (:d, :b, :s, :t, "
-            ":ok, :f, :sk, :a, :ms, CAST(:fu AS jsonb), CAST(:su AS jsonb), :r, now()) "
+            "failed_users, succeeded_users, dagster_run_id, timings, updated_at) VALUES (:d, :b, "
+            ":s, :t, :ok, :f, :sk, :a, :ms, CAST(:fu AS jsonb), CAST(:su AS jsonb), :r, "
+            "CAST(:tm AS jsonb), now()) "
             "ON CONFLICT (score_date, batch_key) DO "
             "UPDATE SET status = EXCLUDED.status, users_total = EXCLUDED.users_total, "
             "users_success = EXCLUDED.users_success, users_failed = EXCLUDED.users_failed, "
             "users_skipped = EXCLUDED.users_skipped, assets_scored = EXCLUDED.assets_scored, "
             "duration_ms = EXCLUDED.duration_ms, failed_users = EXCLUDED.failed_users, "
-            "succeeded_users = EXCLUDED.succeeded_users, "
+            "succeeded_users = EXCLUDED.succeeded_users, timings = EXCLUDED.timings, "
             "dagster_run_id = EXCLUDED.dagster_run_id, updated_at = now(), "
             "outcome_seq = nextval('scoring_batch_outcome_seq')"
         ),
@@ -197,6 +198,7 @@ def _record_outcome(conn: Connection, output: BatchOutput, run_id: str | None) -
                 [{"userId": u.user_id, "correlationId": u.correlation_id} for u in output.succeeded]
             ),
             "r": run_id,
+            "tm": dumps(output.timings),
         },
     )
     return status
@@ -223,6 +225,18 @@ def write_batch(conn: Connection, output: BatchOutput, *, run_id: str | None) ->
     counts["batch_status"] = _record_outcome(conn, output, run_id)
     counts["job_status"] = refresh_job_run(conn, output.score_date)
     return counts
+
+
+def record_write_time(conn: Connection, output: BatchOutput, write_ms: int) -> None:
+    """Add the write transaction's duration (commit included) to the batch's timings."""
+    conn.execute(
+        sa.text(
+            "UPDATE scoring_batch_results SET timings = timings || "
+            "jsonb_build_object('write_ms', CAST(:w AS integer)) "
+            "WHERE score_date = :d AND batch_key = :b"
+        ),
+        {"w": write_ms, "d": output.score_date, "b": output.batch_key},
+    )
 
 
 __all__ = ["dumps", "copy_rows", "write_batch", "failed_user_entries", "plain"]

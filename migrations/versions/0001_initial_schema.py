@@ -153,6 +153,7 @@ def _output_tables() -> None:
         sa.Column("failed_users", pg.JSONB, nullable=False),
         sa.Column("succeeded_users", pg.JSONB, nullable=False, server_default="[]"),
         sa.Column("dagster_run_id", sa.Text, nullable=True),
+        sa.Column("timings", pg.JSONB, nullable=False, server_default="{}"),
         sa.Column(
             "outcome_seq",
             sa.BigInteger,

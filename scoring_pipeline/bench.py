@@ -1,0 +1,381 @@
+"""`scoring-pipeline bench`: a whole night through the real path, measured.
+
+A fresh database gets a benchmark universe (3 markets × 200 instruments in 3 currencies, ~12 rules
+per criteria set, 1–3 sets per user, 5–20 holdings); the Dagster webserver, daemon and Celery run
+workers start on a temporary DAGSTER_HOME with PostgreSQL storage; the night is launched like the
+schedule launches it, and the table printed at the end says where the time and the bytes went,
+next to a raw PostgreSQL COPY of the same output rows measured in the same run.
+"""
+
+import datetime as dt
+import io
+import json
+import os
+import shutil
+import socket
+import tempfile
+import threading
+import time
+import uuid
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine, make_url
+
+from scoring_pipeline import db
+from scoring_pipeline.dagster_api import DagsterApi
+from scoring_pipeline.demo_data import generate
+from scoring_pipeline.services import running_services
+
+OUTPUT_TABLES = (
+    "asset_scores",
+    "score_history",
+    "calculation_events",
+    "dashboard_cache",
+    "scoring_batches",
+    "scoring_batch_results",
+    "price_snapshots",
+    "exchange_rate_snapshots",
+    "overnight_job_runs",
+)
+COPY_TABLES = ("asset_scores", "score_history", "calculation_events")
+
+
+@dataclass
+class BenchReport:
+    users: int
+    figures: dict[str, Any] = field(default_factory=dict)
+    tables: dict[str, dict[str, int]] = field(default_factory=dict)
+    rss_mb: dict[str, float] = field(default_factory=dict)
+
+    def lines(self) -> list[str]:
+        f = self.figures
+        out = [
+            f"benchmark: {self.users} users, {f['batches']} batches, "
+            f"{f['assets_scored']:,} assets scored, {f['rule_evaluations']:,} rule evaluations",
+            f"{'end to end (first run start -> all batches terminal, caches warm)':<66}"
+            f"{f['end_to_end_s']:>8.1f} s",
+        ]
+        for name, seconds in f["stages_s"].items():
+            out.append(f"  {name:<64}{seconds:>8.1f} s")
+        out.append("inside the batches (summed over batches, serial-equivalent):")
+        for name, seconds in f["batch_sums_s"].items():
+            out.append(f"  {name:<64}{seconds:>8.1f} s")
+        out += [
+            f"{'scoring engine rule evaluations per second':<66}"
+            f"{f['rule_evaluations_per_s']:>10,.0f}",
+            f"{'raw COPY of the same output rows (' + ', '.join(COPY_TABLES) + ')':<66}"
+            f"{f['raw_copy_s']:>8.1f} s",
+            f"{'write stage / raw COPY':<66}{f['write_to_copy_ratio']:>8.2f} x",
+            f"{'bytes on disk per scored asset (all output tables)':<66}"
+            f"{f['bytes_per_asset']:>8.0f} B",
+            "table                        rows          bytes on disk",
+        ]
+        for table, t in self.tables.items():
+            out.append(f"  {table:<24}{t['rows']:>12,}{t['bytes']:>18,}")
+        out.append("peak RSS by process kind:")
+        for kind, mb in sorted(self.rss_mb.items()):
+            out.append(f"  {kind:<64}{mb:>8.0f} MB")
+        return out
+
+
+class RssSampler:
+    """Samples the resident memory of the services' process trees; keeps the peak per kind."""
+
+    def __init__(self, roots: list[int], interval: float = 0.2) -> None:
+        self.roots = roots
+        self.interval = interval
+        self.peaks: dict[str, float] = defaultdict(float)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    @staticmethod
+    def kind(cmdline: str) -> str:
+        if "celery" in cmdline:
+            return "celery worker (main)" if "worker -Q" in cmdline else "celery run worker"
+        for marker, name in (
+            ("dagster._daemon", "dagster daemon"),
+            ("dagster_webserver", "dagster webserver"),
+            ("code-server", "dagster code server"),
+            ("api grpc", "dagster code server"),
+            ("dagster dev", "dagster dev (supervisor)"),
+        ):
+            if marker in cmdline:
+                return name
+        return "other"
+
+    def _run(self) -> None:
+        import psutil
+
+        while not self._stop.is_set():
+            for root in self.roots:
+                try:
+                    parent = psutil.Process(root)
+                    procs = [parent, *parent.children(recursive=True)]
+                except psutil.Error:
+                    continue
+                for proc in procs:
+                    try:
+                        name = self.kind(" ".join(proc.cmdline()))
+                        rss = proc.memory_info().rss / 2**20
+                    except psutil.Error:
+                        continue
+                    self.peaks[name] = max(self.peaks[name], rss)
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> "RssSampler":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _fresh_database(server_url: str) -> tuple[str, Engine]:
+    admin = sa.create_engine(
+        db.with_driver(server_url, db.APP_DRIVER), isolation_level="AUTOCOMMIT"
+    )
+    name = f"scoring_bench_{uuid.uuid4().hex[:8]}"
+    with admin.connect() as conn:
+        conn.execute(sa.text(f"CREATE DATABASE {name}"))
+    url = make_url(db.with_driver(server_url, db.APP_DRIVER)).set(database=name)
+    return url.render_as_string(hide_password=False), admin
+
+
+def _drop_database(admin: Engine, url: str) -> None:
+    name = make_url(url).database
+    with admin.connect() as conn:
+        conn.execute(
+            sa.text(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = :n AND pid <> pg_backend_pid()"
+            ),
+            {"n": name},
+        )
+        conn.execute(sa.text(f"DROP DATABASE IF EXISTS {name}"))
+    admin.dispose()
+
+
+def _wait_night(engine: Engine, score_date: dt.date, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    query = sa.text("SELECT job_type, status FROM overnight_job_runs WHERE score_date = :d")
+    while time.monotonic() < deadline:
+        with engine.connect() as conn:
+            status = {
+                str(r.job_type): str(r.status) for r in conn.execute(query, {"d": score_date})
+            }
+        done = ("completed", "partial", "failed")
+        if status.get("scoring") in done and status.get("cache_warm") in done:
+            return
+        time.sleep(0.25)
+    raise TimeoutError(f"the night of {score_date} did not finish within {timeout:.0f} s")
+
+
+def _run_times(env: dict[str, str]) -> dict[str, list[tuple[float, float]]]:
+    """(start, end) of every finished run, by job name, from the Dagster instance."""
+    import dagster as dg
+
+    saved = dict(os.environ)
+    os.environ.update(env)
+    try:
+        with dg.DagsterInstance.get() as instance:
+            records = instance.get_run_records(limit=100_000)
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    out: dict[str, list[tuple[float, float]]] = defaultdict(list)
+    for r in records:
+        if r.start_time and r.end_time:
+            out[r.dagster_run.job_name].append((r.start_time, r.end_time))
+    return out
+
+
+def _raw_copy_seconds(engine: Engine) -> float:
+    """COPY the night's output rows into empty look-alike tables; the floor of the write."""
+    total = 0.0
+    for table in COPY_TABLES:
+        buffer = io.BytesIO()
+        with engine.connect() as conn:
+            raw = conn.connection.driver_connection
+            assert raw is not None
+            with raw.cursor() as cur, cur.copy(f"COPY {table} TO STDOUT") as copy:
+                for chunk in copy:
+                    buffer.write(chunk)
+            conn.execute(sa.text(f"CREATE TABLE bench_copy_{table} (LIKE {table} INCLUDING ALL)"))
+            conn.commit()
+        data = buffer.getvalue()
+        with engine.connect() as conn:
+            raw = conn.connection.driver_connection
+            assert raw is not None
+            started = time.perf_counter()
+            with raw.cursor() as cur, cur.copy(f"COPY bench_copy_{table} FROM STDIN") as copy:
+                for start in range(0, len(data), 1 << 20):
+                    copy.write(data[start : start + (1 << 20)])
+            conn.commit()
+            total += time.perf_counter() - started
+            conn.execute(sa.text(f"DROP TABLE bench_copy_{table}"))
+            conn.commit()
+    return total
+
+
+def _figures(
+    engine: Engine, score_date: dt.date, runs: dict[str, list[tuple[float, float]]]
+) -> dict[str, Any]:
+    snap = runs["overnight_snapshots_job"]
+    batches = runs["scoring_batch_job"]
+    warm = runs["dashboard_cache_job"]
+    first_start = min(s for s, _ in snap)
+    snap_end = max(e for _, e in snap)
+    batch_start = min(s for s, _ in batches)
+    batch_end = max(e for _, e in batches)
+    warm_end = max(e for _, e in warm)
+    with engine.connect() as conn:
+        sums = conn.execute(
+            sa.text(
+                "SELECT count(*) AS batches, sum(assets_scored) AS assets, "
+                "sum((timings->>'load_ms')::bigint) AS load_ms, "
+                "sum((timings->>'engine_ms')::bigint) AS engine_ms, "
+                "sum((timings->>'build_ms')::bigint) AS build_ms, "
+                "sum((timings->>'write_ms')::bigint) AS write_ms, "
+                "sum((timings->>'rule_evaluations')::bigint) AS evaluations "
+                "FROM scoring_batch_results WHERE score_date = :d"
+            ),
+            {"d": score_date},
+        ).one()
+    engine_s = max(float(sums.engine_ms or 0) / 1000, 1e-9)
+    return {
+        "batches": int(sums.batches),
+        "assets_scored": int(sums.assets or 0),
+        "rule_evaluations": int(sums.evaluations or 0),
+        "end_to_end_s": max(batch_end, warm_end) - first_start,
+        "stages_s": {
+            "snapshots run (users, rates, prices)": snap_end - first_start,
+            "snapshots done -> first batch run starts (sensor, queue)": batch_start - snap_end,
+            "batch runs (first start -> last end)": batch_end - batch_start,
+            "last batch -> last dashboard warm": max(0.0, warm_end - batch_end),
+        },
+        "batch_sums_s": {
+            "load inputs": float(sums.load_ms or 0) / 1000,
+            "scoring engine": float(sums.engine_ms or 0) / 1000,
+            "events and results built": float(sums.build_ms or 0) / 1000,
+            "write (COPY + upserts, commit included)": float(sums.write_ms or 0) / 1000,
+        },
+        "write_s": float(sums.write_ms or 0) / 1000,
+        "rule_evaluations_per_s": int(sums.evaluations or 0) / engine_s,
+    }
+
+
+def _tables(engine: Engine) -> dict[str, dict[str, int]]:
+    out: dict[str, dict[str, int]] = {}
+    with engine.connect() as conn:
+        for table in OUTPUT_TABLES:
+            rows = conn.execute(sa.text(f"SELECT count(*) FROM {table}")).scalar_one()
+            size = conn.execute(
+                sa.text("SELECT pg_total_relation_size(CAST(:t AS regclass))"), {"t": table}
+            ).scalar_one()
+            out[table] = {"rows": int(rows), "bytes": int(size)}
+    return out
+
+
+def run_bench(
+    users: int,
+    *,
+    workers: int = 2,
+    instruments_per_market: int = 200,
+    seed: int = 1,
+    timeout: float = 1800.0,
+    keep: bool = False,
+    echo: Any = print,
+) -> BenchReport:
+    server_url = db.resolve_database_url()
+    url, admin = _fresh_database(server_url)
+    engine = db.create_engine_for(url)
+    work = Path(tempfile.mkdtemp(prefix="scoring-bench-"))
+    score_date = dt.datetime.now(dt.UTC).date()
+    try:
+        db.migrate(engine)
+        with engine.begin() as conn:
+            counts = generate(
+                conn,
+                users=users,
+                seed=seed,
+                out_dir=work / "provider_files",
+                instruments_per_market=instruments_per_market,
+                rules_per_set=12,
+                today=score_date,
+            )
+        echo(f"universe: {counts}")
+        home = work / "dagster_home"
+        home.mkdir()
+        shutil.copy(db.PROJECT_ROOT / "dagster.yaml", home / "dagster.yaml")
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("DAGSTER_", "RATES_", "PRICES_", "DATABASE_URL"))
+        }
+        env.update(
+            DATABASE_URL=url,
+            DAGSTER_HOME=str(home),
+            PGTZ="UTC",
+            RATES_PROVIDER="file",
+            RATES_FILE=str(work / "provider_files" / "rates.json"),
+            PRICES_PROVIDER="file",
+            PRICES_FILE=str(work / "provider_files" / "prices.csv"),
+        )
+        db.prepare_dagster_environment(env)
+        with running_services(port=_free_port(), workers=workers, env=env) as services:
+            roots = [p.pid for p in services.processes.values()]
+            with RssSampler(roots) as sampler:
+                echo("services up; launching the night")
+                DagsterApi(services.url).launch_job(
+                    "overnight_snapshots_job",
+                    tags={"dagster/partition": score_date.isoformat()},
+                )
+                _wait_night(engine, score_date, timeout)
+            runs = _run_times(env)
+        report = BenchReport(users=users, rss_mb=dict(sampler.peaks))
+        report.figures = _figures(engine, score_date, runs)
+        report.tables = _tables(engine)
+        raw_copy = _raw_copy_seconds(engine)
+        total_bytes = sum(t["bytes"] for t in report.tables.values())
+        assets = max(report.figures["assets_scored"], 1)
+        report.figures.update(
+            raw_copy_s=raw_copy,
+            write_to_copy_ratio=report.figures["write_s"] / max(raw_copy, 1e-9),
+            bytes_per_asset=total_bytes / assets,
+        )
+        return report
+    finally:
+        engine.dispose()
+        if not keep:
+            _drop_database(admin, url)
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def save(report: BenchReport, directory: Path) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"bench-{report.users}.json"
+    path.write_text(
+        json.dumps(
+            {
+                "users": report.users,
+                "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+                "machine": f"{os.cpu_count()} cores",
+                "figures": report.figures,
+                "tables": report.tables,
+                "rss_mb": report.rss_mb,
+            },
+            indent=2,
+        )
+    )
+    return path
