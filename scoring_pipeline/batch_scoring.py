@@ -5,6 +5,7 @@ stage and never stops the batch. Nothing here writes: the scores IO manager pers
 """
 
 import datetime as dt
+import json
 import time
 import uuid
 from collections import defaultdict
@@ -18,7 +19,12 @@ from sqlalchemy.engine import Connection
 
 from scoring_pipeline.criteria import CONVERTED_METRICS, CriteriaSet, parse_criteria
 from scoring_pipeline.errors import UserCalculationError
-from scoring_pipeline.scoring import AssetScore, InstrumentData, score_criteria_set
+from scoring_pipeline.scoring import (
+    AssetScore,
+    InstrumentData,
+    MetricsCache,
+    score_criteria_set,
+)
 from scoring_pipeline.snapshots import RateRow, load_prices, load_rates
 from scoring_pipeline.tables import FUNDAMENTAL_COLUMNS
 
@@ -38,12 +44,18 @@ def plain(value: Decimal | None) -> str | None:
     return None if value is None else format(value, "f")
 
 
+def dumps(value: Any) -> str:
+    """Compact JSON text; Decimals and dates as strings."""
+    return json.dumps(value, separators=(",", ":"), default=str, ensure_ascii=False)
+
+
 @dataclass(slots=True)
 class UserOutcome:
     user_id: str
     correlation_id: str
-    events: list[tuple[str, dict[str, Any]]]
+    events: list[tuple[str, dict[str, Any] | str]]  # payload as a dict, or as JSON text
     scores: list[AssetScore] = field(default_factory=list)
+    breakdown_json: list[str] = field(default_factory=list)  # per score, serialised once
     error: dict[str, str] | None = None
     stage: str | None = None
 
@@ -104,6 +116,8 @@ class BatchInputs:
     fundamentals_date: dict[str, dt.date]
     prices: dict[str, Any]
     rates: dict[str, RateRow]
+    # Each instrument's metrics, computed once per conversion rate for the whole batch.
+    metrics_cache: MetricsCache = field(default_factory=dict)
     # Time spent in the pure engine and the rule evaluations it made, for the benchmark.
     engine_seconds: float = 0.0
     rule_evaluations: int = 0
@@ -285,6 +299,18 @@ def capture_inputs(
     }
 
 
+def results_json(correlation_id: str, scores: list[AssetScore], breakdowns: list[str]) -> str:
+    """SCORES_COMPUTED as JSON text, reusing each breakdown's text (equal to `results_payload`)."""
+    parts = [
+        f'{{"assetId":{dumps(s.symbol)},"criteriaVersionId":"{s.criteria_version_id}",'
+        f'"score":"{format(s.score, "f")}",'
+        f'"maxPossibleScore":"{format(s.max_possible_score, "f")}",'
+        f'"percentage":{dumps(plain(s.percentage))},"breakdown":{breakdown}}}'
+        for s, breakdown in zip(scores, breakdowns, strict=True)
+    ]
+    return f'{{"correlationId":"{correlation_id}","results":[{",".join(parts)}]}}'
+
+
 def results_payload(correlation_id: str, scores: list[AssetScore]) -> dict[str, Any]:
     return {
         "correlationId": correlation_id,
@@ -349,16 +375,27 @@ def score_user(
             universe = inputs.universes.get(_key(cs), [])
             engine_started = time.perf_counter()
             result = score_criteria_set(
-                cs, universe, base_currency=user.base_currency, usd_rates=usd_rates
+                cs,
+                universe,
+                base_currency=user.base_currency,
+                usd_rates=usd_rates,
+                metrics_cache=inputs.metrics_cache,
             )
             inputs.engine_seconds += time.perf_counter() - engine_started
             inputs.rule_evaluations += len(cs.rules) * len(universe)
             outcome.scores.extend(result.scores)
-        outcome.events.append(("SCORES_COMPUTED", results_payload(correlation_id, outcome.scores)))
+        outcome.breakdown_json = [dumps(s.breakdown) for s in outcome.scores]
+        outcome.events.append(
+            (
+                "SCORES_COMPUTED",
+                results_json(correlation_id, outcome.scores, outcome.breakdown_json),
+            )
+        )
     except Exception as exc:  # one user's failure never stops the batch
         if isinstance(exc, UserCalculationError):
             stage = exc.stage
         outcome.scores = []
+        outcome.breakdown_json = []
         outcome.stage = stage
         outcome.error = {"type": type(exc).__name__, "message": str(exc)}
         outcome.events = [e for e in outcome.events if e[0] != "SCORES_COMPUTED"]

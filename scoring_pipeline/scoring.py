@@ -96,14 +96,24 @@ def compute_metrics(
     return _values(instrument, *_split(wanted), rate)
 
 
+# Values of every metric and fundamental of an instrument, by (symbol, conversion rate or None).
+MetricsCache = dict[tuple[str, Decimal | None], dict[str, Decimal | None]]
+
+
 def score_criteria_set(
     criteria: CriteriaSet,
     instruments: Sequence[InstrumentData],
     *,
     base_currency: str,
     usd_rates: Mapping[str, Decimal],
+    metrics_cache: MetricsCache | None = None,
 ) -> SetOutcome:
-    """Score every instrument of a criteria set's universe, in the order given."""
+    """Score every instrument of a criteria set's universe, in the order given.
+
+    `metrics_cache`, shared by the calls that score the same instruments (one batch), computes
+    each instrument's metrics once per conversion rate instead of once per user and set: the
+    values are the same whoever asks, so results are identical with or without it.
+    """
     plan = _Plan(criteria)
     rates: dict[str, Decimal] = {}
     pairs: set[tuple[str, str]] = set()
@@ -117,7 +127,15 @@ def score_criteria_set(
             if rate is None:
                 rate = rates[currency] = rate_between(usd_rates, currency, base_currency)
                 pairs.add((currency, base_currency))
-        scores.append(score(instrument.symbol, _values(instrument, stored, derived, rate)))
+        if metrics_cache is None:
+            values = _values(instrument, stored, derived, rate)
+        else:
+            key = (instrument.symbol, rate)
+            cached = metrics_cache.get(key)
+            if cached is None:
+                cached = metrics_cache[key] = _values(instrument, _ALL_STORED, _DERIVED, rate)
+            values = cached
+        scores.append(score(instrument.symbol, values))
     return SetOutcome(scores=scores, currency_pairs=frozenset(pairs))
 
 
@@ -127,6 +145,7 @@ _DERIVED = frozenset(
 # Everything else (stored metrics and raw fundamental fields) is read as stored.
 _STORED = frozenset(FUNDAMENTAL_FIELDS) - _DERIVED
 _KNOWN = _STORED | _DERIVED
+_ALL_STORED = tuple(sorted(_STORED))
 
 
 def _values(

@@ -40,7 +40,7 @@ def batch_run_requests(
     monitored_jobs=[overnight_snapshots_job],
     request_job=scoring_batch_job,
     default_status=dg.DefaultSensorStatus.RUNNING,
-    minimum_interval_seconds=5,
+    minimum_interval_seconds=1,
 )
 def scoring_batches_sensor(
     context: dg.RunStatusSensorContext, database: DatabaseResource
@@ -56,7 +56,7 @@ def scoring_batches_sensor(
 @dg.sensor(
     name="dashboard_cache_sensor",
     job=dashboard_cache_job,
-    minimum_interval_seconds=5,
+    minimum_interval_seconds=1,
     default_status=dg.DefaultSensorStatus.RUNNING,
 )
 def dashboard_cache_sensor(
@@ -125,7 +125,7 @@ def _is_date(value: str | None) -> bool:
 @dg.run_failure_sensor(
     name="scoring_run_failure_sensor",
     default_status=dg.DefaultSensorStatus.RUNNING,
-    minimum_interval_seconds=5,
+    minimum_interval_seconds=1,
 )
 def scoring_run_failure_sensor(
     context: dg.RunFailureSensorContext, database: DatabaseResource
@@ -138,7 +138,7 @@ def scoring_run_failure_sensor(
     name="scoring_run_canceled_sensor",
     run_status=dg.DagsterRunStatus.CANCELED,
     default_status=dg.DefaultSensorStatus.RUNNING,
-    minimum_interval_seconds=5,
+    minimum_interval_seconds=1,
 )
 def scoring_run_canceled_sensor(
     context: dg.RunStatusSensorContext, database: DatabaseResource

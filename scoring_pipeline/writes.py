@@ -6,19 +6,16 @@ serialise instead of interleaving; history is replaced per (user, date), never d
 """
 
 import datetime as dt
-import json
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from scoring_pipeline.batch_scoring import BatchOutput, plain
+from scoring_pipeline.batch_scoring import BatchOutput, dumps, plain
 from scoring_pipeline.job_runs import refresh_job_run
-
-
-def dumps(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), default=str, ensure_ascii=False)
 
 
 def copy_rows(
@@ -35,6 +32,107 @@ def copy_rows(
     return count
 
 
+_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+
+
+def copy_field(value: Any) -> str:
+    """One field in COPY's text format (NULL is \\N; backslash, tab and newlines escaped)."""
+    if value is None:
+        return "\\N"
+    if isinstance(value, str):
+        return value.translate(_COPY_ESCAPES)
+    if isinstance(value, Decimal):
+        return format(value, "f")
+    if isinstance(value, dt.date):  # dates and datetimes
+        return value.isoformat()
+    return str(value)
+
+
+@dataclass
+class PreparedBatch:
+    """The batch's COPY text, built before the write transaction opens (no locks held)."""
+
+    scores_by_user: dict[str, list[str]]
+    history: list[str]
+    events: list[str]
+    rows: int
+
+
+def prepare_batch(output: BatchOutput) -> PreparedBatch:
+    """Serialise every row once: the breakdown JSON text serves asset_scores and the event."""
+    date = output.score_date.isoformat()
+    at = output.calculated_at.isoformat()
+    scores_by_user: dict[str, list[str]] = {}
+    history: list[str] = []
+    for user in output.succeeded:
+        lines = scores_by_user[user.user_id] = []
+        prefix = f"{user.user_id}\t"
+        suffix = f"\t{date}\t{user.correlation_id}\t{at}\n"
+        for s, breakdown in zip(user.scores, user.breakdown_json, strict=True):
+            symbol = copy_field(s.symbol)
+            score = format(s.score, "f")
+            lines.append(
+                f"{prefix}{symbol}\t{s.criteria_version_id}\t{score}\t"
+                f"{format(s.max_possible_score, 'f')}\t{copy_field(s.percentage)}\t"
+                f"{copy_field(breakdown)}{suffix}"
+            )
+            history.append(
+                f"{prefix}{symbol}\t{date}\t{s.criteria_version_id}\t{score}\t"
+                f"{user.correlation_id}\t{at}\n"
+            )
+    events = [
+        f"{u.correlation_id}\t{u.user_id}\t{event_type}\t"
+        f"{copy_field(payload if isinstance(payload, str) else dumps(payload))}\t{at}\n"
+        for u in output.users
+        for event_type, payload in u.events
+    ]
+    return PreparedBatch(scores_by_user, history, events, len(history))
+
+
+def copy_text(conn: Connection, table: str, columns: Sequence[str], lines: Iterable[str]) -> int:
+    """COPY pre-formatted text lines into `table`, in 1 MiB chunks, on the open transaction."""
+    raw = conn.connection.driver_connection
+    assert raw is not None
+    count = 0
+    chunk: list[str] = []
+    size = 0
+    with raw.cursor() as cur, cur.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as cp:
+        for line in lines:
+            chunk.append(line)
+            size += len(line)
+            count += 1
+            if size >= 1 << 20:
+                cp.write("".join(chunk).encode())
+                chunk, size = [], 0
+        if chunk:
+            cp.write("".join(chunk).encode())
+    return count
+
+
+_SCORE_COLUMNS = (
+    "user_id",
+    "symbol",
+    "criteria_version_id",
+    "score",
+    "max_possible_score",
+    "percentage",
+    "breakdown",
+    "score_date",
+    "correlation_id",
+    "calculated_at",
+)
+_HISTORY_COLUMNS = (
+    "user_id",
+    "symbol",
+    "score_date",
+    "criteria_version_id",
+    "score",
+    "correlation_id",
+    "calculated_at",
+)
+_EVENT_COLUMNS = ("correlation_id", "user_id", "event_type", "payload", "created_at")
+
+
 def _lock_batch(conn: Connection, score_date: dt.date, batch: str) -> None:
     conn.execute(
         sa.text("SELECT pg_advisory_xact_lock(hashtext('scores:' || :k))"),
@@ -42,115 +140,48 @@ def _lock_batch(conn: Connection, score_date: dt.date, batch: str) -> None:
     )
 
 
-def _replace_current_scores(conn: Connection, output: BatchOutput, users: list[str]) -> int:
+def _replace_current_scores(
+    conn: Connection, output: BatchOutput, prepared: PreparedBatch, users: list[str]
+) -> int:
     """Make these scores the users' current ones, unless a later date already scored them."""
+    newer = set(
+        conn.execute(
+            sa.text(
+                "SELECT DISTINCT user_id::text FROM asset_scores "
+                "WHERE user_id = ANY(CAST(:u AS uuid[])) AND score_date > :d"
+            ),
+            {"u": users, "d": output.score_date},
+        ).scalars()
+    )
+    current = [u for u in users if u not in newer]
+    if not current:
+        return 0
     conn.execute(
-        sa.text(
-            "CREATE TEMP TABLE _batch_scores (LIKE asset_scores INCLUDING DEFAULTS) ON COMMIT DROP"
-        )
+        sa.text("DELETE FROM asset_scores WHERE user_id = ANY(CAST(:u AS uuid[]))"),
+        {"u": current},
     )
-    columns = (
-        "user_id",
-        "symbol",
-        "criteria_version_id",
-        "score",
-        "max_possible_score",
-        "percentage",
-        "breakdown",
-        "score_date",
-        "correlation_id",
-        "calculated_at",
-    )
-    copy_rows(
+    return copy_text(
         conn,
-        "_batch_scores",
-        columns,
-        (
-            (
-                u.user_id,
-                s.symbol,
-                s.criteria_version_id,
-                s.score,
-                s.max_possible_score,
-                s.percentage,
-                dumps(s.breakdown),
-                output.score_date,
-                u.correlation_id,
-                output.calculated_at,
-            )
-            for u in output.succeeded
-            for s in u.scores
-        ),
+        "asset_scores",
+        _SCORE_COLUMNS,
+        (line for u in current for line in prepared.scores_by_user.get(u, [])),
     )
-    params = {"u": users, "d": output.score_date}
-    newer = (
-        "SELECT DISTINCT user_id FROM asset_scores "
-        "WHERE user_id = ANY(CAST(:u AS uuid[])) AND score_date > :d"
-    )
-    conn.execute(
-        sa.text(
-            "DELETE FROM asset_scores WHERE user_id = ANY(CAST(:u AS uuid[])) "
-            f"AND user_id NOT IN ({newer})"
-        ),
-        params,
-    )
-    cols = ", ".join(columns)
-    inserted = conn.execute(
-        sa.text(
-            f"INSERT INTO asset_scores ({cols}) SELECT {cols} FROM _batch_scores "
-            f"WHERE user_id NOT IN ({newer})"
-        ),
-        params,
-    )
-    return int(inserted.rowcount or 0)
 
 
-def _replace_history(conn: Connection, output: BatchOutput, users: list[str]) -> int:
+def _replace_history(
+    conn: Connection, output: BatchOutput, prepared: PreparedBatch, users: list[str]
+) -> int:
     conn.execute(
         sa.text(
             "DELETE FROM score_history WHERE score_date = :d AND user_id = ANY(CAST(:u AS uuid[]))"
         ),
         {"d": output.score_date, "u": users},
     )
-    return copy_rows(
-        conn,
-        "score_history",
-        (
-            "user_id",
-            "symbol",
-            "score_date",
-            "criteria_version_id",
-            "score",
-            "correlation_id",
-            "calculated_at",
-        ),
-        (
-            (
-                u.user_id,
-                s.symbol,
-                output.score_date,
-                s.criteria_version_id,
-                s.score,
-                u.correlation_id,
-                output.calculated_at,
-            )
-            for u in output.succeeded
-            for s in u.scores
-        ),
-    )
+    return copy_text(conn, "score_history", _HISTORY_COLUMNS, prepared.history)
 
 
-def _append_events(conn: Connection, output: BatchOutput) -> int:
-    return copy_rows(
-        conn,
-        "calculation_events",
-        ("correlation_id", "user_id", "event_type", "payload", "created_at"),
-        (
-            (u.correlation_id, u.user_id, event_type, dumps(payload), output.calculated_at)
-            for u in output.users
-            for event_type, payload in u.events
-        ),
-    )
+def _append_events(conn: Connection, prepared: PreparedBatch) -> int:
+    return copy_text(conn, "calculation_events", _EVENT_COLUMNS, prepared.events)
 
 
 def failed_user_entries(output: BatchOutput) -> list[dict[str, Any]]:
@@ -204,8 +235,15 @@ def _record_outcome(conn: Connection, output: BatchOutput, run_id: str | None) -
     return status
 
 
-def write_batch(conn: Connection, output: BatchOutput, *, run_id: str | None) -> dict[str, Any]:
+def write_batch(
+    conn: Connection,
+    output: BatchOutput,
+    *,
+    run_id: str | None,
+    prepared: PreparedBatch | None = None,
+) -> dict[str, Any]:
     """Write the batch in the caller's transaction; returns row counts and the statuses."""
+    prepared = prepared or prepare_batch(output)
     if not output.users and not output.users_skipped:
         # A batch key this date does not use (dates share batch keys): nothing to write.
         return {
@@ -219,9 +257,9 @@ def write_batch(conn: Connection, output: BatchOutput, *, run_id: str | None) ->
     users = [u.user_id for u in output.succeeded]
     counts: dict[str, Any] = {"asset_scores": 0, "score_history": 0}
     if users:
-        counts["asset_scores"] = _replace_current_scores(conn, output, users)
-        counts["score_history"] = _replace_history(conn, output, users)
-    counts["calculation_events"] = _append_events(conn, output)
+        counts["asset_scores"] = _replace_current_scores(conn, output, prepared, users)
+        counts["score_history"] = _replace_history(conn, output, prepared, users)
+    counts["calculation_events"] = _append_events(conn, prepared)
     counts["batch_status"] = _record_outcome(conn, output, run_id)
     counts["job_status"] = refresh_job_run(conn, output.score_date)
     return counts

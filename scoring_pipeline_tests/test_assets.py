@@ -8,6 +8,7 @@ from decimal import Decimal
 
 import dagster as dg
 import pytest
+import sqlalchemy as sa
 
 from scoring_pipeline.assets.active_users import active_users
 from scoring_pipeline.assets.exchange_rates import exchange_rates
@@ -265,3 +266,30 @@ def test_stale_snapshot_reused_when_every_provider_fails(world, dagster_instance
         d=earlier,
     )[0]
     assert job.status == "failed" and "no rates snapshot" in json.dumps(job.error_details)
+
+
+def test_hostile_symbols_and_names_are_stored_exactly(world, dagster_instance):
+    symbol = "Q'\"; DROP TABLE users;--\t\\N\nü€"
+    f.instrument(world, symbol, market="US_TECH", currency="USD", eps="1", roe="20")
+    with world.begin() as conn:
+        conn.execute(
+            sa.text("UPDATE instruments SET name = :n WHERE symbol = :s"),
+            {"n": "Ünïcødé \\ ; '--", "s": symbol},
+        )
+    user = f.user(world, holdings=[(symbol, "USD")], criteria=[("US_TECH", "stock", rules())])
+    assert snapshots(dagster_instance).success
+    assert batch(dagster_instance).success
+    stored = rows(
+        world, "SELECT symbol, score FROM asset_scores WHERE user_id = :u ORDER BY symbol", u=user
+    )
+    assert symbol in [r.symbol for r in stored]
+    history = rows(world, "SELECT symbol FROM score_history WHERE user_id = :u", u=user)
+    assert symbol in [r.symbol for r in history]
+    events = rows(
+        world,
+        "SELECT payload FROM calculation_events WHERE user_id = :u "
+        "AND event_type = 'SCORES_COMPUTED'",
+        u=user,
+    )
+    assert symbol in [r["assetId"] for r in events[0].payload["results"]]
+    assert rows(world, "SELECT count(*) AS n FROM users")[0].n == 1  # nothing was executed

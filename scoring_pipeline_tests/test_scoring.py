@@ -1027,6 +1027,30 @@ def test_score_criteria_set_matches_the_reference(scenario: Scenario) -> None:
 
 
 @settings(max_examples=200, deadline=None)
+@given(first=scenarios(), second=scenarios())
+def test_a_shared_metrics_cache_never_changes_results(first: Scenario, second: Scenario) -> None:
+    """One batch shares a metrics cache across users and sets: every set, scored through a cache
+    that other sets (other rules, base currencies and rates) filled first, equals the reference.
+    The instruments are the batch's, so the same for every set."""
+    cache: dict[Any, Any] = {}
+    instruments = first[1]
+    for rules, _, base, usd_rates in (first, second, first):
+        criteria_set = criteria(*rules)
+        kind, actual = _run(
+            score_criteria_set,
+            criteria_set,
+            instruments,
+            base_currency=base,
+            usd_rates=usd_rates,
+            metrics_cache=cache,
+        )
+        ref_kind, expected = _run(ref_score_set, criteria_set, instruments, base, usd_rates)
+        assert kind == ref_kind
+        if kind == "ok":
+            assert _comparable(actual) == _comparable(expected)
+
+
+@settings(max_examples=200, deadline=None)
 @given(
     inst=instruments_strategy().filter(bool).map(lambda found: found[0]),
     wanted=st.lists(st.sampled_from(sorted(METRICS | set(FUNDAMENTAL_FIELDS))), unique=True),
