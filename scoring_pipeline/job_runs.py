@@ -275,6 +275,16 @@ def refresh_job_run(
     figures = _aggregate(conn, score_date)
     metrics = dict(row.metrics or {})
     metrics.update({k: v for k, v in figures.items() if k != "batches_done"})
+    # Links from the job run to Dagster: the run that wrote each batch's latest outcome.
+    metrics["dagster_batch_run_ids"] = dict(
+        conn.execute(
+            sa.text(
+                "SELECT batch_key, dagster_run_id FROM scoring_batch_results "
+                "WHERE score_date = :d AND dagster_run_id IS NOT NULL ORDER BY batch_key"
+            ),
+            {"d": score_date},
+        ).all()
+    )
     values: dict[str, Any] = {
         "users_processed": figures["users_success"] + figures["users_failed"],
         "users_failed": figures["users_failed"],

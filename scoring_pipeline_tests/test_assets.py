@@ -99,6 +99,8 @@ def test_scores_events_and_job_run_for_a_whole_night(world, dagster_instance):
     )[0]
     assert (job.status, job.users_processed, job.users_failed) == ("completed", 3, 0)
     assert job.metrics["assets_scored"] == 6 and job.metrics["batches_total"] == 2
+    assert set(job.metrics["dagster_batch_run_ids"]) == {"b0000", "b0001"}
+    assert job.metrics["dagster_snapshot_run_id"]
     job_events = rows(
         world,
         "SELECT event_type FROM calculation_events WHERE user_id IS NULL "
