@@ -8,6 +8,7 @@ import datetime as dt
 import os
 import sys
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -228,9 +229,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _quiet_library_warnings() -> None:
+    """Operators read the summary: keep libraries' notices about their own APIs out of it."""
+    warnings.filterwarnings("ignore", module=r"dagster(\..*)?$")
+    warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if not args.debug:
+        _quiet_library_warnings()
     try:
         return int(args.func(args))
     except (ScoringPipelineError, OSError, ValueError) as exc:
