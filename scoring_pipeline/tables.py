@@ -6,6 +6,8 @@ Input tables are written by the app and only read here; output tables are writte
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql as pg
 
+from scoring_pipeline.criteria import FUNDAMENTAL_FIELDS
+
 metadata = sa.MetaData()
 
 # Scores have room for ±99999 (50 rules × 100 points) with 4 places; percentages likewise.
@@ -49,23 +51,8 @@ instruments = sa.Table(
     sa.Index("ix_instruments_market_asset_type", "market", "asset_type"),
 )
 
-FUNDAMENTAL_COLUMNS = (
-    "eps",
-    "book_value_per_share",
-    "dividends_per_share",
-    "shares_outstanding",
-    "revenue",
-    "earnings",
-    "surplus_years",
-    "roe",
-    "roa",
-    "debt_to_equity",
-    "current_ratio",
-    "gross_margin",
-    "net_margin",
-    "payout_ratio",
-    "ev_ebitda",
-)
+# The fundamentals' columns are the engine's fundamental fields (one list, in criteria.py).
+FUNDAMENTAL_COLUMNS = FUNDAMENTAL_FIELDS
 
 instrument_fundamentals = sa.Table(
     "instrument_fundamentals",

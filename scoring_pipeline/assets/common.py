@@ -1,13 +1,19 @@
 """Shared pieces of the asset modules: the snapshot config and metadata conversion."""
 
 import datetime as dt
-from typing import Any
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import dagster as dg
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 
-from scoring_pipeline import job_runs
+from scoring_pipeline import job_runs, telemetry
+from scoring_pipeline.errors import SnapshotUnavailableError
 from scoring_pipeline.telemetry import TRACEPARENT
+
+if TYPE_CHECKING:
+    from scoring_pipeline.resources import DatabaseResource
 
 
 class SnapshotConfig(dg.Config):
@@ -51,3 +57,37 @@ def as_metadata(values: dict[str, Any]) -> dict[str, dg.MetadataValue[Any]]:
         elif value is not None:
             out[key] = dg.MetadataValue.text(str(value))
     return out
+
+
+def materialize_snapshot(
+    context: dg.AssetExecutionContext,
+    database: "DatabaseResource",
+    *,
+    step: str,
+    figure: str,
+    take: Callable[[Connection], dict[str, Any]],
+) -> dg.MaterializeResult[None]:
+    """The body shared by the rates and prices assets: take the date's snapshot in one
+    transaction, record the fetch time and staleness on the night, or fail the night clearly."""
+    score_date = score_date_of(context)
+    started = time.perf_counter()
+    traceparent = night_traceparent(context, database.engine(), score_date)
+    timing = f"fetch_{figure}_ms"
+    try:
+        with (
+            telemetry.step_span(step, traceparent, {"score_date": str(score_date)}),
+            database.engine().begin() as conn,
+        ):
+            summary = take(conn)
+            summary[timing] = int((time.perf_counter() - started) * 1000)
+            job_runs.merge_metrics(
+                conn, score_date, {timing: summary[timing], f"{figure}_stale": summary["is_stale"]}
+            )
+    except SnapshotUnavailableError as exc:
+        with database.engine().begin() as conn:
+            job_runs.fail_job_run(conn, score_date, stage=step, error=exc)
+        job_runs.report_closed_night(database.engine(), score_date)
+        raise
+    if summary["is_stale"]:
+        context.log.warning(f"{step} for {score_date} are STALE: {summary}")
+    return dg.MaterializeResult(metadata=as_metadata(summary))
