@@ -44,9 +44,12 @@ def plain(value: Decimal | None) -> str | None:
     return None if value is None else format(value, "f")
 
 
+_ENCODER = json.JSONEncoder(separators=(",", ":"), default=str, ensure_ascii=False)
+
+
 def dumps(value: Any) -> str:
-    """Compact JSON text; Decimals and dates as strings."""
-    return json.dumps(value, separators=(",", ":"), default=str, ensure_ascii=False)
+    """Compact JSON text; Decimals and dates as strings (one shared encoder: no set-up per call)."""
+    return _ENCODER.encode(value)
 
 
 @dataclass(slots=True)
@@ -118,6 +121,8 @@ class BatchInputs:
     rates: dict[str, RateRow]
     # Each instrument's metrics, computed once per conversion rate for the whole batch.
     metrics_cache: MetricsCache = field(default_factory=dict)
+    # JSON text pieces of INPUTS_CAPTURED shared by the batch's users (prices, fundamentals).
+    json_pieces: dict[Any, Any] = field(default_factory=dict)
     # Time spent in the pure engine and the rule evaluations it made, for the benchmark.
     engine_seconds: float = 0.0
     rule_evaluations: int = 0
@@ -240,16 +245,12 @@ def _key(cs: CriteriaSet) -> tuple[str, str]:
     return (cs.target_market, cs.asset_type)
 
 
-def capture_inputs(
-    correlation_id: str, user: UserRow, sets: list[CriteriaSet], inputs: BatchInputs
-) -> dict[str, Any]:
-    """The INPUTS_CAPTURED payload: enough to recompute SCORES_COMPUTED exactly."""
-    instruments = [i for cs in sets for i in inputs.universes.get(_key(cs), [])]
-    fields = _used_fields(sets)
-    prices = []
-    for i in instruments:
+def _price_piece(inputs: BatchInputs, i: InstrumentData) -> str:
+    key = ("price", i.symbol)
+    piece: str | None = inputs.json_pieces.get(key)
+    if piece is None:
         row = inputs.prices.get(i.symbol)
-        prices.append(
+        piece = inputs.json_pieces[key] = dumps(
             {
                 "symbol": i.symbol,
                 "close": plain(i.close),
@@ -258,6 +259,43 @@ def capture_inputs(
                 "source": row.source if row else None,
             }
         )
+    return piece
+
+
+def _fundamental_pieces(inputs: BatchInputs, i: InstrumentData) -> tuple[str, dict[str, str]]:
+    """`"SYMBOL":{"dataDate":"…"` and, per field present, `"field":"value"` (JSON text)."""
+    key = ("fundamentals", i.symbol)
+    found: tuple[str, dict[str, str]] | None = inputs.json_pieces.get(key)
+    if found is None:
+        head = f'{dumps(i.symbol)}:{{"dataDate":"{inputs.fundamentals_date[i.symbol]}"'
+        fields = {
+            name: f'"{name}":"{plain(value)}"'
+            for name, value in i.fundamentals.items()
+            if value is not None
+        }
+        found = inputs.json_pieces[key] = (head, fields)
+    return found
+
+
+def capture_inputs_json(
+    correlation_id: str, user: UserRow, sets: list[CriteriaSet], inputs: BatchInputs
+) -> str:
+    """INPUTS_CAPTURED as JSON text: enough to recompute SCORES_COMPUTED exactly.
+
+    Built from pieces shared by the batch's users (a price entry, a fundamental value is the same
+    text whoever's calculation captures it); equal once parsed to the
+    straightforward dict in the tests' reference.
+    """
+    universes = [inputs.universes.get(_key(cs), []) for cs in sets]
+    instruments = [i for universe in universes for i in universe]
+    fields = _used_fields(sets)
+    prices = ",".join(_price_piece(inputs, i) for i in instruments)
+    fundamentals = []
+    for i in instruments:
+        if i.symbol in inputs.fundamentals_date:
+            head, pieces = _fundamental_pieces(inputs, i)
+            values = [pieces[name] for name in fields if name in pieces]
+            fundamentals.append(head + "".join("," + v for v in values) + "}")
     rates = [
         {
             "from": "USD",
@@ -269,34 +307,23 @@ def capture_inputs(
         for c in sorted(_needed_currencies(sets, inputs, user.base_currency))
         if (r := inputs.rates.get(c)) is not None
     ]
-    fundamentals: dict[str, Any] = {}
-    for i in instruments:
-        if i.symbol in inputs.fundamentals_date:
-            entry: dict[str, Any] = {"dataDate": inputs.fundamentals_date[i.symbol].isoformat()}
-            for name in fields:
-                value = i.fundamentals.get(name)
-                if value is not None:
-                    entry[name] = plain(value)
-            fundamentals[i.symbol] = entry
-    return {
-        "correlationId": correlation_id,
-        "baseCurrency": user.base_currency,
-        "criteria": [
-            {
-                "criteriaVersionId": cs.criteria_version_id,
-                "targetMarket": cs.target_market,
-                "assetType": cs.asset_type,
-                "version": cs.version,
-                "rules": cs.raw_rules,
-                "assetIds": [i.symbol for i in inputs.universes.get(_key(cs), [])],
-            }
-            for cs in sets
-        ],
-        "prices": prices,
-        "rates": rates,
-        "fundamentals": fundamentals,
-        "assetIds": [i.symbol for i in instruments],
-    }
+    criteria = [
+        {
+            "criteriaVersionId": cs.criteria_version_id,
+            "targetMarket": cs.target_market,
+            "assetType": cs.asset_type,
+            "version": cs.version,
+            "rules": cs.raw_rules,
+            "assetIds": [i.symbol for i in universe],
+        }
+        for cs, universe in zip(sets, universes, strict=True)
+    ]
+    return (
+        f'{{"correlationId":"{correlation_id}","baseCurrency":{dumps(user.base_currency)},'
+        f'"criteria":{dumps(criteria)},"prices":[{prices}],"rates":{dumps(rates)},'
+        f'"fundamentals":{{{",".join(fundamentals)}}},'
+        f'"assetIds":{dumps([i.symbol for i in instruments])}}}'
+    )
 
 
 def results_json(correlation_id: str, scores: list[AssetScore], breakdowns: list[str]) -> str:
@@ -367,7 +394,7 @@ def score_user(
         ]
         stage = "inputs_capture"
         outcome.events.append(
-            ("INPUTS_CAPTURED", capture_inputs(correlation_id, user, sets, inputs))
+            ("INPUTS_CAPTURED", capture_inputs_json(correlation_id, user, sets, inputs))
         )
         stage = "scoring"
         usd_rates = {c: r.rate for c, r in inputs.rates.items()}

@@ -25,6 +25,9 @@ from scoring_pipeline.resources import DatabaseResource, ScoringSettingsResource
     # Each batch partition depends on its date's snapshots (the date dimension is inferred).
     deps=[active_users, exchange_rates, prices],
     io_manager_key="scores_io_manager",
+    # A lost database connection (server restart, failover) retries the whole step: the write
+    # is one transaction, so a retry starts clean. Failed users are a `Failure` that is final.
+    retry_policy=dg.RetryPolicy(max_retries=3, delay=2.0, backoff=dg.Backoff.EXPONENTIAL),
     group_name="scoring",
     kinds={"postgres"},
 )

@@ -1,0 +1,436 @@
+"""Hardening of the scoring through `dg.materialize` on a real Dagster instance and PostgreSQL:
+a 50-rule criteria set, holdings that are all ignored, instruments without fundamentals, invalid
+criteria versions (rules as a JSON object, unknown operator, points 101, `between` reversed) that
+fail only their user, the same batch partition materialised by two threads at once, and a user
+re-scored after a criteria change.
+
+Every test checks the invariants of SPEC §5: each calculation has a complete event set
+(CALC_STARTED → INPUTS_CAPTURED → SCORES_COMPUTED → CALC_COMPLETED success, or a failed one that
+ends in CALC_COMPLETED failed), `score_history` holds one row per (user, symbol, date), the job
+run matches what happened, and no score comes from invalid inputs.
+"""
+
+import json
+import threading
+from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from decimal import Decimal
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from scoring_pipeline_tests import factories as f
+from scoring_pipeline_tests.scenario import DATE, EVENT_ORDER, batch, rows, rules, snapshots
+
+pytestmark = pytest.mark.db
+
+FAILED_WITH_INPUTS = ["CALC_STARTED", "INPUTS_CAPTURED", "CALC_COMPLETED"]
+FAILED_BEFORE_INPUTS = ["CALC_STARTED", "CALC_COMPLETED"]
+
+
+def event_sets(engine) -> dict[str, list[Any]]:
+    """Every user calculation's events, by correlation id, in `id` order."""
+    by_correlation: dict[str, list[Any]] = defaultdict(list)
+    for e in rows(
+        engine,
+        "SELECT id, correlation_id::text AS c, user_id::text AS u, event_type, payload "
+        "FROM calculation_events WHERE user_id IS NOT NULL ORDER BY id",
+    ):
+        by_correlation[e.c].append(e)
+    return dict(by_correlation)
+
+
+def assert_event_invariants(engine) -> dict[str, list[list[Any]]]:
+    """Each calculation is complete (success or failed), of one user, with a consistent payload;
+    returns the calculations of each user in order."""
+    by_user: dict[str, list[list[Any]]] = defaultdict(list)
+    for correlation_id, events in event_sets(engine).items():
+        types = [e.event_type for e in events]
+        assert len({e.u for e in events}) == 1, correlation_id
+        assert all(e.payload["correlationId"] == correlation_id for e in events)
+        completed = events[-1].payload
+        if completed["status"] == "success":
+            assert types == EVENT_ORDER, (correlation_id, types)
+            computed = events[2].payload["results"]
+            assert completed["assetCount"] == len(computed)
+        else:
+            assert completed["status"] == "failed", completed
+            assert types in (FAILED_WITH_INPUTS, FAILED_BEFORE_INPUTS), (correlation_id, types)
+            assert completed["error"]["type"] and completed["error"]["message"]
+            assert completed["assetCount"] == 0
+        by_user[events[0].u].append(events)
+    return dict(by_user)
+
+
+def assert_history_unique(engine) -> None:
+    duplicates = rows(
+        engine,
+        "SELECT user_id, symbol, score_date, count(*) AS n FROM score_history "
+        "GROUP BY user_id, symbol, score_date HAVING count(*) > 1",
+    )
+    assert duplicates == []
+
+
+def assert_scores_match_last_success(engine) -> None:
+    """The current scores and the history of DATE are exactly the last successful calculation's
+    SCORES_COMPUTED results, for every user."""
+    last: dict[str, list[Any]] = {}
+    for events in event_sets(engine).values():
+        if events[-1].payload["status"] == "success":
+            user = events[0].u
+            if user not in last or last[user][0].id < events[0].id:
+                last[user] = events
+    current = defaultdict(set)
+    for r in rows(
+        engine,
+        "SELECT user_id::text AS u, symbol, criteria_version_id::text AS cv, score, "
+        "correlation_id::text AS c FROM asset_scores",
+    ):
+        current[r.u].add((r.symbol, r.cv, r.score, r.c))
+    history = defaultdict(set)
+    for r in rows(
+        engine,
+        "SELECT user_id::text AS u, symbol, criteria_version_id::text AS cv, score, "
+        "correlation_id::text AS c FROM score_history WHERE score_date = :d",
+        d=DATE,
+    ):
+        history[r.u].add((r.symbol, r.cv, r.score, r.c))
+    assert set(current) == set(last) == set(history)
+    for user, events in last.items():
+        expected = {
+            (x["assetId"], x["criteriaVersionId"], Decimal(x["score"]), events[0].c)
+            for x in events[2].payload["results"]
+        }
+        assert current[user] == expected == history[user], user
+
+
+def job_run(engine):
+    return rows(
+        engine,
+        "SELECT status, users_processed, users_failed, error_details, metrics "
+        "FROM overnight_job_runs WHERE job_type = 'scoring' AND score_date = :d",
+        d=DATE,
+    )[0]
+
+
+def criteria_version_id(engine, user: str) -> str:
+    return rows(
+        engine,
+        "SELECT id::text FROM criteria_versions WHERE user_id = :u ORDER BY version DESC",
+        u=user,
+    )[0].id
+
+
+def test_a_50_rule_criteria_set_scores_every_rule(world, dagster_instance):
+    # 40 positive rules (20 × price exists, 20 × roe >= 10, +100 each) and 10 negative ones
+    # (pe_ratio < 20, -100 each): max 4,000; AAA (pe 15, roe 15) scores 4000 - 1000 = 3000 and
+    # BBB (pe 15, roe 5) 2000 - 1000 = 1000.
+    fifty = [
+        f.rule("price", "exists", None, 100) if i % 2 else f.rule("roe", "gte", "10", 100)
+        for i in range(40)
+    ] + [f.rule("pe_ratio", "lt", "20", -100) for _ in range(10)]
+    user = f.user(world, holdings=[("AAA", "USD")], criteria=[("US_TECH", "stock", fifty)])
+    assert snapshots(dagster_instance).success
+    assert batch(dagster_instance).success
+    scored = {
+        r.symbol: r
+        for r in rows(
+            world,
+            "SELECT symbol, score, max_possible_score, percentage, breakdown FROM asset_scores "
+            "WHERE user_id = :u",
+            u=user,
+        )
+    }
+    assert set(scored) == {"AAA", "BBB"}
+    aaa, bbb = scored["AAA"], scored["BBB"]
+    assert aaa.max_possible_score == bbb.max_possible_score == Decimal("4000.0000")
+    assert (aaa.score, aaa.percentage) == (Decimal("3000.0000"), Decimal("75.0000"))
+    assert (bbb.score, bbb.percentage) == (Decimal("1000.0000"), Decimal("25.0000"))
+    for r in (aaa, bbb):
+        assert [b["ruleId"] for b in r.breakdown] == [rule["id"] for rule in fifty]
+    assert sum(b["points"] for b in aaa.breakdown) == 3000
+    assert [b["matched"] for b in bbb.breakdown[:2]] == [False, True]  # roe 5 < 10; price
+    calculations = assert_event_invariants(world)
+    assert len(calculations[user]) == 1
+    captured = calculations[user][0][1].payload["criteria"][0]["rules"]
+    assert [r["id"] for r in captured] == [rule["id"] for rule in fifty]
+    assert_history_unique(world)
+    assert_scores_match_last_success(world)
+    job = job_run(world)
+    assert (job.status, job.users_processed, job.users_failed) == ("completed", 1, 0)
+    assert job.metrics["assets_scored"] == 2
+
+
+def test_a_user_whose_holdings_are_all_ignored_is_not_active(world, dagster_instance):
+    active = f.user(world, holdings=[("AAA", "USD")], criteria=[("US_TECH", "stock", rules())])
+    ignored = f.user(
+        world,
+        holdings=[("AAA", "USD"), ("BBB", "USD")],
+        criteria=[("US_TECH", "stock", rules())],
+    )
+    with world.begin() as conn:
+        conn.execute(
+            sa.text(
+                "UPDATE portfolio_assets SET is_ignored = true WHERE portfolio_id IN "
+                "(SELECT id FROM portfolios WHERE user_id = :u)"
+            ),
+            {"u": ignored},
+        )
+    result = snapshots(dagster_instance)
+    assert result.success
+    members = rows(
+        world, "SELECT user_id::text AS u FROM scoring_batches WHERE score_date = :d", d=DATE
+    )
+    assert [m.u for m in members] == [active]
+    assert result.asset_materializations_for_node("active_users")[0].metadata["users"].value == 1
+    assert batch(dagster_instance).success
+    assert rows(world, "SELECT 1 FROM calculation_events WHERE user_id = :u", u=ignored) == []
+    assert rows(world, "SELECT 1 FROM asset_scores WHERE user_id = :u", u=ignored) == []
+    assert set(assert_event_invariants(world)) == {active}
+    assert_scores_match_last_success(world)
+    job = job_run(world)
+    assert (job.status, job.users_processed, job.users_failed) == ("completed", 1, 0)
+    assert job.metrics["users_total"] == 1
+
+
+def test_instruments_without_fundamentals_score_with_missing_fundamental(
+    world, dagster_instance, tmp_path, monkeypatch
+):
+    # NOF has a price but no fundamentals row at all; DDD has neither price nor fundamentals.
+    f.instrument(world, "NOF", market="US_TECH", currency="USD")
+    env = f.provider_files(
+        tmp_path / "nof",
+        rates={"EUR": "0.5"},
+        prices={"AAA": ("30", "USD"), "BBB": ("0.3", "USD"), "NOF": ("7", "USD")},
+    )
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    us = f.user(world, holdings=[("NOF", "USD")], criteria=[("US_TECH", "stock", rules())])
+    eu_rules = [f.rule("roe", "gte", "10", 5), f.rule("price", "exists", None, 1)]
+    eu = f.user(
+        world,
+        base_currency="EUR",
+        holdings=[("CCC", "EUR")],
+        criteria=[("EU_IND", "stock", eu_rules)],
+    )
+    assert snapshots(dagster_instance).success
+    assert batch(dagster_instance).success
+    skipped = {
+        "ruleId": None,
+        "matched": False,
+        "points": 0,
+        "skippedReason": "missing_fundamental",
+    }
+    nof = rows(
+        world,
+        "SELECT score, max_possible_score, breakdown FROM asset_scores "
+        "WHERE user_id = :u AND symbol = 'NOF'",
+        u=us,
+    )[0]
+    # pe_ratio and roe need fundamentals: skipped; price exists: matched.
+    assert nof.score == Decimal("1.0000") and nof.max_possible_score == Decimal("16.0000")
+    assert [{**b, "ruleId": None} for b in nof.breakdown[:2]] == [skipped, skipped]
+    assert nof.breakdown[2]["matched"] is True and "skippedReason" not in nof.breakdown[2]
+    ddd = rows(
+        world,
+        "SELECT score, percentage, breakdown FROM asset_scores WHERE user_id = :u AND symbol = 'DDD'",
+        u=eu,
+    )[0]
+    assert ddd.score == Decimal("0.0000") and ddd.percentage == Decimal("0.0000")
+    assert [{**b, "ruleId": None} for b in ddd.breakdown] == [skipped, skipped]
+    ccc = rows(world, "SELECT score FROM asset_scores WHERE user_id = :u AND symbol = 'CCC'", u=eu)[
+        0
+    ]
+    assert ccc.score == Decimal("1.0000")  # has fundamentals (no roe) and a price
+    calculations = assert_event_invariants(world)
+    inputs = calculations[us][0][1].payload
+    assert "NOF" in inputs["assetIds"] and "NOF" not in inputs["fundamentals"]
+    assert_history_unique(world)
+    assert_scores_match_last_success(world)
+    assert job_run(world).status == "completed"
+
+
+def _rules_object() -> str:
+    return json.dumps({"rules": rules()})
+
+
+def _unknown_operator() -> list[dict[str, Any]]:
+    return [*rules(), f.rule("roe", "approximately", "10", 5)]
+
+
+def _points_101() -> list[dict[str, Any]]:
+    return [*rules(), f.rule("roe", "gte", "10", 101)]
+
+
+def _between_reversed() -> list[dict[str, Any]]:
+    return [*rules(), f.rule("roe", "between", "20", 5, value2="10")]
+
+
+@pytest.mark.parametrize(
+    "bad_rules",
+    [_rules_object, _unknown_operator, _points_101, _between_reversed],
+    ids=["rules-json-object", "unknown-operator", "points-101", "between-reversed"],
+)
+def test_invalid_criteria_fail_only_their_user(world, dagster_instance, bad_rules):
+    # Both users land in batch b0000 (batch size 2): the bad one must not stop the healthy one.
+    bad = f.user(world, holdings=[("AAA", "USD")], criteria=[("US_TECH", "stock", bad_rules())])
+    good = f.user(world, holdings=[("AAA", "USD")], criteria=[("US_TECH", "stock", rules())])
+    cvid = criteria_version_id(world, bad)
+    assert snapshots(dagster_instance).success
+    result = batch(dagster_instance)
+    assert not result.success
+    failure = [e for e in result.all_events if e.is_step_failure][0]
+    message = failure.step_failure_data.error.message  # type: ignore[union-attr]
+    assert "1 of 2 users" in message and bad in message and cvid in message
+
+    calculations = assert_event_invariants(world)
+    assert len(calculations[bad]) == len(calculations[good]) == 1
+    bad_events = calculations[bad][0]
+    # Criteria are validated before any input is captured (design notes).
+    assert [e.event_type for e in bad_events] == FAILED_BEFORE_INPUTS
+    completed = bad_events[-1].payload
+    assert completed["status"] == "failed" and completed["stage"] == "criteria_validation"
+    assert completed["error"]["type"] == "InvalidCriteriaError"
+    assert cvid in completed["error"]["message"]
+    assert calculations[good][0][-1].payload["status"] == "success"
+
+    for table in ("asset_scores", "score_history"):
+        assert rows(world, f"SELECT 1 FROM {table} WHERE user_id = :u", u=bad) == []
+        assert (
+            rows(world, f"SELECT count(*) AS n FROM {table} WHERE user_id = :u", u=good)[0].n == 2
+        )
+    assert_history_unique(world)
+    assert_scores_match_last_success(world)
+
+    outcome = rows(
+        world,
+        "SELECT status, users_success, users_failed, failed_users FROM scoring_batch_results "
+        "WHERE score_date = :d AND batch_key = 'b0000'",
+        d=DATE,
+    )[0]
+    assert (outcome.status, outcome.users_success, outcome.users_failed) == ("partial", 1, 1)
+    assert [u["userId"] for u in outcome.failed_users] == [bad]
+    job = job_run(world)
+    assert (job.status, job.users_processed, job.users_failed) == ("partial", 2, 1)
+    (entry,) = job.error_details["failedUsers"]
+    assert entry["userId"] == bad and entry["stage"] == "criteria_validation"
+    assert cvid in entry["error"]["message"]
+
+
+def test_the_same_batch_materialised_twice_at_once(world, dagster_instance, monkeypatch):
+    monkeypatch.setenv("SCORING_BATCH_SIZE", "20")
+    users = [
+        f.user(
+            world,
+            base_currency="EUR" if i % 2 else "USD",
+            holdings=[("AAA", "USD")],
+            criteria=[
+                ("US_TECH", "stock", rules()),
+                ("EU_IND", "stock", [f.rule("revenue", "gt", "100", 3)]),
+            ],
+        )
+        for i in range(12)
+    ]
+    assert snapshots(dagster_instance).success
+    rounds = 2
+    for _ in range(rounds):
+        start = threading.Barrier(2)
+
+        def materialise() -> bool:
+            start.wait(timeout=30)
+            return batch(dagster_instance).success
+
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            futures = [pool.submit(materialise) for _ in "ab"]
+            results = [future.result(timeout=120) for future in futures]
+        assert results == [True, True]
+
+    calculations = assert_event_invariants(world)
+    assert set(calculations) == set(users)
+    for user in users:
+        assert len(calculations[user]) == 2 * rounds
+        assert all(c[-1].payload["status"] == "success" for c in calculations[user])
+    # No interleaving: each calculation's four events have consecutive ids.
+    for events in event_sets(world).values():
+        ids = [e.id for e in events]
+        assert ids == list(range(ids[0], ids[0] + 4)), ids
+    assert_history_unique(world)
+    assert rows(world, "SELECT count(*) AS n FROM score_history")[0].n == len(users) * 4
+    assert rows(world, "SELECT count(*) AS n FROM asset_scores")[0].n == len(users) * 4
+    assert_scores_match_last_success(world)
+    outcomes = rows(world, "SELECT batch_key, status, users_success FROM scoring_batch_results")
+    assert [(o.batch_key, o.status, o.users_success) for o in outcomes] == [
+        ("b0000", "success", len(users))
+    ]
+    job = job_run(world)
+    assert (job.status, job.users_processed, job.users_failed) == ("completed", len(users), 0)
+    assert job.metrics["assets_scored"] == len(users) * 4
+
+
+def test_rescoring_after_a_criteria_change_uses_the_new_version(world, dagster_instance):
+    user = f.user(world, holdings=[("AAA", "USD")], criteria=[("US_TECH", "stock", rules())])
+    mate = f.user(world, holdings=[("AAA", "USD")], criteria=[("US_TECH", "stock", rules())])
+    old = criteria_version_id(world, user)
+    assert snapshots(dagster_instance).success
+    assert batch(dagster_instance).success
+    before = {
+        r.symbol: r.score
+        for r in rows(world, "SELECT symbol, score FROM asset_scores WHERE user_id = :u", u=user)
+    }
+    assert before == {"AAA": Decimal("6.0000"), "BBB": Decimal("1.0000")}
+
+    new = "00000000-0000-4000-8000-0000000000c2"
+    new_rules = [f.rule("price", "gt", "1", 50), f.rule("roe", "lt", "10", 7)]
+    with world.begin() as conn:
+        conn.execute(
+            sa.text(
+                "INSERT INTO criteria_versions (id, user_id, target_market, asset_type, name, "
+                "version, is_active, rules) VALUES (:i, :u, 'US_TECH', 'stock', 'set', 2, true, "
+                "CAST(:r AS jsonb))"
+            ),
+            {"i": new, "u": user, "r": json.dumps(new_rules)},
+        )
+    assert batch(dagster_instance).success
+
+    assert_history_unique(world)
+    assert_scores_match_last_success(world)
+    current = {
+        r.symbol: r
+        for r in rows(
+            world,
+            "SELECT symbol, criteria_version_id::text AS cv, score, max_possible_score "
+            "FROM asset_scores WHERE user_id = :u",
+            u=user,
+        )
+    }
+    assert {s: r.cv for s, r in current.items()} == {"AAA": new, "BBB": new}
+    # AAA: price 30 > 1 -> 50, roe 15 -> 0; BBB: price 0.3 -> 0, roe 5 < 10 -> 7; max 57.
+    assert {s: r.score for s, r in current.items()} == {
+        "AAA": Decimal("50.0000"),
+        "BBB": Decimal("7.0000"),
+    }
+    assert {r.max_possible_score for r in current.values()} == {Decimal("57.0000")}
+    history = rows(
+        world,
+        "SELECT symbol, criteria_version_id::text AS cv, score FROM score_history "
+        "WHERE user_id = :u AND score_date = :d ORDER BY symbol",
+        u=user,
+        d=DATE,
+    )
+    assert [(h.symbol, h.cv, h.score) for h in history] == [
+        ("AAA", new, Decimal("50.0000")),
+        ("BBB", new, Decimal("7.0000")),
+    ]
+    mate_versions = rows(
+        world,
+        "SELECT DISTINCT criteria_version_id::text AS cv FROM asset_scores WHERE user_id = :u",
+        u=mate,
+    )
+    assert [m.cv for m in mate_versions] == [criteria_version_id(world, mate)]
+    calculations = assert_event_invariants(world)
+    assert len(calculations[user]) == 2
+    versions = [c[1].payload["criteria"][0]["criteriaVersionId"] for c in calculations[user]]
+    assert versions == [old, new]
+    job = job_run(world)
+    assert (job.status, job.users_processed, job.users_failed) == ("completed", 2, 0)
