@@ -1,8 +1,9 @@
 """Hardening of the scoring through `dg.materialize` on a real Dagster instance and PostgreSQL:
 a 50-rule criteria set, holdings that are all ignored, instruments without fundamentals, invalid
 criteria versions (rules as a JSON object, unknown operator, points 101, `between` reversed) that
-fail only their user, the same batch partition materialised by two threads at once, and a user
-re-scored after a criteria change.
+fail only their user (and, on a re-score, leave the user's previous scores untouched), the same
+batch partition materialised by two processes at once, and a user re-scored after a criteria
+change.
 
 Every test checks the invariants of SPEC §5: each calculation has a complete event set
 (CALC_STARTED → INPUTS_CAPTURED → SCORES_COMPUTED → CALC_COMPLETED success, or a failed one that
@@ -11,12 +12,12 @@ run matches what happened, and no score comes from invalid inputs.
 """
 
 import json
-import threading
+import multiprocessing
 from collections import defaultdict
-from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 from typing import Any
 
+import dagster as dg
 import pytest
 import sqlalchemy as sa
 
@@ -115,11 +116,13 @@ def job_run(engine):
 
 
 def criteria_version_id(engine, user: str) -> str:
-    return rows(
-        engine,
-        "SELECT id::text FROM criteria_versions WHERE user_id = :u ORDER BY version DESC",
-        u=user,
-    )[0].id
+    return str(
+        rows(
+            engine,
+            "SELECT id::text FROM criteria_versions WHERE user_id = :u ORDER BY version DESC",
+            u=user,
+        )[0].id
+    )
 
 
 def test_a_50_rule_criteria_set_scores_every_rule(world, dagster_instance):
@@ -202,7 +205,12 @@ def test_instruments_without_fundamentals_score_with_missing_fundamental(
     env = f.provider_files(
         tmp_path / "nof",
         rates={"EUR": "0.5"},
-        prices={"AAA": ("30", "USD"), "BBB": ("0.3", "USD"), "NOF": ("7", "USD")},
+        prices={
+            "AAA": ("30", "USD"),
+            "BBB": ("0.3", "USD"),
+            "CCC": ("10", "EUR"),
+            "NOF": ("7", "USD"),
+        },
     )
     for key, value in env.items():
         monkeypatch.setenv(key, value)
@@ -234,14 +242,15 @@ def test_instruments_without_fundamentals_score_with_missing_fundamental(
     assert nof.breakdown[2]["matched"] is True and "skippedReason" not in nof.breakdown[2]
     ddd = rows(
         world,
-        "SELECT score, percentage, breakdown FROM asset_scores WHERE user_id = :u AND symbol = 'DDD'",
+        "SELECT score, percentage, breakdown FROM asset_scores "
+        "WHERE user_id = :u AND symbol = 'DDD'",
         u=eu,
     )[0]
     assert ddd.score == Decimal("0.0000") and ddd.percentage == Decimal("0.0000")
     assert [{**b, "ruleId": None} for b in ddd.breakdown] == [skipped, skipped]
-    ccc = rows(world, "SELECT score FROM asset_scores WHERE user_id = :u AND symbol = 'CCC'", u=eu)[
-        0
-    ]
+    (ccc,) = rows(
+        world, "SELECT score FROM asset_scores WHERE user_id = :u AND symbol = 'CCC'", u=eu
+    )
     assert ccc.score == Decimal("1.0000")  # has fundamentals (no roe) and a price
     calculations = assert_event_invariants(world)
     inputs = calculations[us][0][1].payload
@@ -281,7 +290,7 @@ def test_invalid_criteria_fail_only_their_user(world, dagster_instance, bad_rule
     result = batch(dagster_instance)
     assert not result.success
     failure = [e for e in result.all_events if e.is_step_failure][0]
-    message = failure.step_failure_data.error.message  # type: ignore[union-attr]
+    message = failure.step_failure_data.error.message
     assert "1 of 2 users" in message and bad in message and cvid in message
 
     calculations = assert_event_invariants(world)
@@ -318,7 +327,22 @@ def test_invalid_criteria_fail_only_their_user(world, dagster_instance, bad_rule
     assert cvid in entry["error"]["message"]
 
 
+def _materialise_batch_rounds(instance_ref: Any, start: Any, rounds: int, results: Any) -> None:
+    """In a fresh process: materialise batch b0000 `rounds` times, each round released together
+    with the other process by the barrier `start`."""
+    instance = dg.DagsterInstance.from_ref(instance_ref)
+    try:
+        for _ in range(rounds):
+            start.wait(timeout=60)
+            result = batch(instance)
+            results.put((result.run_id, result.success))
+    finally:
+        instance.dispose()
+
+
 def test_the_same_batch_materialised_twice_at_once(world, dagster_instance, monkeypatch):
+    # Two processes (as two run workers would be): two threads of one process deadlock inside
+    # Dagster's own logging setup (`logging.config.dictConfig` at run start), whatever we do.
     monkeypatch.setenv("SCORING_BATCH_SIZE", "20")
     users = [
         f.user(
@@ -334,17 +358,20 @@ def test_the_same_batch_materialised_twice_at_once(world, dagster_instance, monk
     ]
     assert snapshots(dagster_instance).success
     rounds = 2
-    for _ in range(rounds):
-        start = threading.Barrier(2)
-
-        def materialise() -> bool:
-            start.wait(timeout=30)
-            return batch(dagster_instance).success
-
-        with ThreadPoolExecutor(max_workers=2) as pool:
-            futures = [pool.submit(materialise) for _ in "ab"]
-            results = [future.result(timeout=120) for future in futures]
-        assert results == [True, True]
+    ctx = multiprocessing.get_context("spawn")
+    start, results = ctx.Barrier(2), ctx.Queue()
+    ref = dagster_instance.get_ref()  # pickled to the spawned processes
+    workers = [
+        ctx.Process(target=_materialise_batch_rounds, args=(ref, start, rounds, results))
+        for _ in range(2)
+    ]
+    for worker in workers:
+        worker.start()
+    outcomes = [results.get(timeout=120) for _ in range(2 * rounds)]
+    for worker in workers:
+        worker.join(timeout=60)
+        assert worker.exitcode == 0
+    assert [ok for _, ok in outcomes] == [True] * 2 * rounds
 
     calculations = assert_event_invariants(world)
     assert set(calculations) == set(users)
@@ -359,13 +386,59 @@ def test_the_same_batch_materialised_twice_at_once(world, dagster_instance, monk
     assert rows(world, "SELECT count(*) AS n FROM score_history")[0].n == len(users) * 4
     assert rows(world, "SELECT count(*) AS n FROM asset_scores")[0].n == len(users) * 4
     assert_scores_match_last_success(world)
-    outcomes = rows(world, "SELECT batch_key, status, users_success FROM scoring_batch_results")
-    assert [(o.batch_key, o.status, o.users_success) for o in outcomes] == [
+    outcomes_rows = rows(
+        world, "SELECT batch_key, status, users_success, dagster_run_id FROM scoring_batch_results"
+    )
+    assert [(o.batch_key, o.status, o.users_success) for o in outcomes_rows] == [
         ("b0000", "success", len(users))
     ]
+    assert outcomes_rows[0].dagster_run_id in {run_id for run_id, _ in outcomes}
     job = job_run(world)
     assert (job.status, job.users_processed, job.users_failed) == ("completed", len(users), 0)
     assert job.metrics["assets_scored"] == len(users) * 4
+
+
+def test_criteria_turned_invalid_leave_the_previous_scores_untouched(world, dagster_instance):
+    # Scored once, then the user's only criteria set is replaced by an invalid version (and a
+    # second, valid set is added): the re-score fails the user as a whole and changes no score.
+    user = f.user(world, holdings=[("AAA", "USD")], criteria=[("US_TECH", "stock", rules())])
+    assert snapshots(dagster_instance).success
+    assert batch(dagster_instance).success
+    scores_sql = (
+        "SELECT symbol, criteria_version_id, score, correlation_id, calculated_at FROM {} "
+        "WHERE user_id = :u ORDER BY symbol"
+    )
+    before = rows(world, scores_sql.format("asset_scores"), u=user)
+    history_before = rows(world, scores_sql.format("score_history"), u=user)
+    assert len(before) == len(history_before) == 2
+    invalid = "00000000-0000-4000-8000-0000000000b1"
+    with world.begin() as conn:
+        for cvid, market, version, text in (
+            (invalid, "US_TECH", 2, json.dumps(_between_reversed())),
+            ("00000000-0000-4000-8000-0000000000b2", "EU_IND", 1, json.dumps(rules())),
+        ):
+            conn.execute(
+                sa.text(
+                    "INSERT INTO criteria_versions (id, user_id, target_market, asset_type, "
+                    "name, version, is_active, rules) VALUES (:i, :u, :m, 'stock', 'set', :v, "
+                    "true, CAST(:r AS jsonb))"
+                ),
+                {"i": cvid, "u": user, "m": market, "v": version, "r": text},
+            )
+    again = batch(dagster_instance)
+    assert not again.success
+    assert rows(world, scores_sql.format("asset_scores"), u=user) == before
+    assert rows(world, scores_sql.format("score_history"), u=user) == history_before
+    calculations = assert_event_invariants(world)
+    first, second = calculations[user]
+    assert first[-1].payload["status"] == "success"
+    assert [e.event_type for e in second] == FAILED_BEFORE_INPUTS
+    assert second[-1].payload["stage"] == "criteria_validation"
+    assert invalid in second[-1].payload["error"]["message"]
+    assert_history_unique(world)
+    job = job_run(world)
+    assert (job.status, job.users_processed, job.users_failed) == ("failed", 1, 1)
+    assert [u["userId"] for u in job.error_details["failedUsers"]] == [user]
 
 
 def test_rescoring_after_a_criteria_change_uses_the_new_version(world, dagster_instance):
