@@ -16,14 +16,13 @@ import socket
 import tempfile
 import threading
 import time
-import uuid
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.engine import Engine
 
 from scoring_pipeline import db
 from scoring_pipeline.dagster_api import DagsterApi
@@ -139,31 +138,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def _fresh_database(server_url: str) -> tuple[str, Engine]:
-    admin = sa.create_engine(
-        db.with_driver(server_url, db.APP_DRIVER), isolation_level="AUTOCOMMIT"
-    )
-    name = f"scoring_bench_{uuid.uuid4().hex[:8]}"
-    with admin.connect() as conn:
-        conn.execute(sa.text(f"CREATE DATABASE {name}"))
-    url = make_url(db.with_driver(server_url, db.APP_DRIVER)).set(database=name)
-    return url.render_as_string(hide_password=False), admin
-
-
-def _drop_database(admin: Engine, url: str) -> None:
-    name = make_url(url).database
-    with admin.connect() as conn:
-        conn.execute(
-            sa.text(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                "WHERE datname = :n AND pid <> pg_backend_pid()"
-            ),
-            {"n": name},
-        )
-        conn.execute(sa.text(f"DROP DATABASE IF EXISTS {name}"))
-    admin.dispose()
 
 
 def _wait_night(engine: Engine, score_date: dt.date, timeout: float) -> None:
@@ -297,8 +271,7 @@ def run_bench(
     keep: bool = False,
     echo: Any = print,
 ) -> BenchReport:
-    server_url = db.resolve_database_url()
-    url, admin = _fresh_database(server_url)
+    url = db.create_database(db.resolve_database_url(), "scoring_bench")
     engine = db.create_engine_for(url)
     work = Path(tempfile.mkdtemp(prefix="scoring-bench-"))
     score_date = dt.datetime.now(dt.UTC).date()
@@ -358,7 +331,7 @@ def run_bench(
     finally:
         engine.dispose()
         if not keep:
-            _drop_database(admin, url)
+            db.drop_database(url)
             shutil.rmtree(work, ignore_errors=True)
 
 

@@ -123,6 +123,42 @@ def prepare_dagster_environment(env: dict[str, str] | None = None) -> str:
     return url
 
 
+def create_database(server_url: str, prefix: str) -> str:
+    """A new, empty database on the server of `server_url`; returns its URL (benchmark, tests)."""
+    import uuid
+
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    admin = sa.create_engine(with_driver(server_url, APP_DRIVER), isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f"CREATE DATABASE {name}"))
+    finally:
+        admin.dispose()
+    return (
+        make_url(with_driver(server_url, APP_DRIVER))
+        .set(database=name)
+        .render_as_string(hide_password=False)
+    )
+
+
+def drop_database(url: str) -> None:
+    """Drop the database of `url`, ending its sessions first (connecting to `postgres`)."""
+    parsed = make_url(with_driver(url, APP_DRIVER))
+    admin = sa.create_engine(parsed.set(database="postgres"), isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(
+                sa.text(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE datname = :n AND pid <> pg_backend_pid()"
+                ),
+                {"n": parsed.database},
+            )
+            conn.execute(sa.text(f"DROP DATABASE IF EXISTS {parsed.database}"))
+    finally:
+        admin.dispose()
+
+
 def _alembic_config(connection: sa.Connection) -> "object":
     from alembic.config import Config
 

@@ -8,14 +8,13 @@ database is created on it for the session and dropped afterwards.
 import os
 import shutil
 import tempfile
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import dagster as dg
 import pytest
 import sqlalchemy as sa
-from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.engine import Engine
 
 from scoring_pipeline import db
 from scoring_pipeline.tables import metadata
@@ -51,29 +50,17 @@ class DatabaseFactory:
     """Creates fresh databases on the test server and drops them at the end of the session."""
 
     def __init__(self, server_url: str) -> None:
-        self.server_url = db.with_driver(server_url, db.APP_DRIVER)
-        self.admin = sa.create_engine(self.server_url, isolation_level="AUTOCOMMIT")
+        self.server_url = server_url
         self.created: list[str] = []
 
     def create(self) -> str:
-        name = f"scoring_test_{uuid.uuid4().hex[:10]}"
-        with self.admin.connect() as conn:
-            conn.execute(sa.text(f"CREATE DATABASE {name}"))
-        self.created.append(name)
-        return make_url(self.server_url).set(database=name).render_as_string(hide_password=False)
+        url = db.create_database(self.server_url, "scoring_test")
+        self.created.append(url)
+        return url
 
     def drop_all(self) -> None:
-        with self.admin.connect() as conn:
-            for name in self.created:
-                conn.execute(
-                    sa.text(
-                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                        "WHERE datname = :n AND pid <> pg_backend_pid()"
-                    ),
-                    {"n": name},
-                )
-                conn.execute(sa.text(f"DROP DATABASE IF EXISTS {name}"))
-        self.admin.dispose()
+        for url in self.created:
+            db.drop_database(url)
 
 
 @pytest.fixture(scope="session")
