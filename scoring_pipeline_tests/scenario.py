@@ -19,7 +19,11 @@ EVENT_ORDER = ["CALC_STARTED", "INPUTS_CAPTURED", "SCORES_COMPUTED", "CALC_COMPL
 @pytest.fixture
 def world(clean_db, app_env, tmp_path, monkeypatch):
     """Two markets in two currencies, four instruments, provider files; batches of 2 users."""
-    engine = clean_db
+    return build_world(clean_db, tmp_path, monkeypatch)
+
+
+def build_world(engine, tmp_path, monkeypatch):
+    """The `world` fixture's content in an empty, migrated database (its engine returned)."""
     f.market(engine, "US_TECH")
     f.market(engine, "EU_IND")
     f.instrument(
