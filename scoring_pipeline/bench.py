@@ -12,7 +12,6 @@ import io
 import json
 import os
 import shutil
-import socket
 import tempfile
 import threading
 import time
@@ -27,7 +26,7 @@ from sqlalchemy.engine import Engine
 from scoring_pipeline import db
 from scoring_pipeline.dagster_api import DagsterApi
 from scoring_pipeline.demo_data import generate
-from scoring_pipeline.services import running_services
+from scoring_pipeline.services import free_port, private_deployment_env, running_services
 
 OUTPUT_TABLES = (
     "asset_scores",
@@ -49,6 +48,8 @@ class BenchReport:
     figures: dict[str, Any] = field(default_factory=dict)
     tables: dict[str, dict[str, int]] = field(default_factory=dict)
     rss_mb: dict[str, float] = field(default_factory=dict)
+    cpu_s: dict[str, float] = field(default_factory=dict)
+    runs: dict[str, int] = field(default_factory=dict)
 
     def lines(self) -> list[str]:
         f = self.figures
@@ -63,7 +64,15 @@ class BenchReport:
         out.append("inside the batches (summed over batches, serial-equivalent):")
         for name, seconds in f["batch_sums_s"].items():
             out.append(f"  {name:<64}{seconds:>8.1f} s")
+        work = sum(f["batch_sums_s"].values())
+        run_seconds = f["run_seconds_by_job"]
+        out.append("run time summed over runs, by job (what the run workers spent):")
+        for job, seconds in sorted(run_seconds.items()):
+            out.append(f"  {job:<64}{seconds:>8.1f} s")
+        batch_runs = max(f["batches"], 1)
+        overhead = (run_seconds.get("scoring_batch_job", 0.0) - work) / batch_runs
         out += [
+            f"{'Dagster per batch run (run time - scoring work), average':<66}{overhead:>8.2f} s",
             f"{'scoring engine rule evaluations per second':<66}"
             f"{f['rule_evaluations_per_s']:>10,.0f}",
             f"{'raw COPY of the same output rows (' + ', '.join(COPY_TABLES) + ')':<66}"
@@ -78,23 +87,34 @@ class BenchReport:
         out.append("peak RSS by process kind:")
         for kind, mb in sorted(self.rss_mb.items()):
             out.append(f"  {kind:<64}{mb:>8.0f} MB")
+        out.append("CPU time during the night by process kind:")
+        for kind, seconds in sorted(self.cpu_s.items(), key=lambda kv: -kv[1]):
+            out.append(f"  {kind:<64}{seconds:>8.1f} s")
+        out.append("runs by job:")
+        for job, count in sorted(self.runs.items()):
+            out.append(f"  {job:<64}{count:>8}")
         return out
 
 
 class RssSampler:
-    """Samples the resident memory of the services' process trees; keeps the peak per kind."""
+    """Samples the services' process trees and PostgreSQL's processes.
+
+    Keeps the peak resident memory per process kind, and the CPU time each process used while
+    sampled (the last reading per process, less its first), summed per kind.
+    """
 
     def __init__(self, roots: list[int], interval: float = 0.2) -> None:
         self.roots = roots
         self.interval = interval
         self.peaks: dict[str, float] = defaultdict(float)
+        self._cpu: dict[int, tuple[str, float, float]] = {}  # pid -> (kind, first, last)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     @staticmethod
-    def kind(cmdline: str) -> str:
-        if "celery" in cmdline:
-            return "celery worker (main)" if "worker -Q" in cmdline else "celery run worker"
+    def kind(cmdline: str, is_root: bool) -> str:
+        # Dagster's processes carry the instance config (which names Celery) on their command
+        # line, so they are told apart first. Celery's pool children share the main's command.
         for marker, name in (
             ("dagster._daemon", "dagster daemon"),
             ("dagster_webserver", "dagster webserver"),
@@ -104,25 +124,49 @@ class RssSampler:
         ):
             if marker in cmdline:
                 return name
+        if "celery" in cmdline:
+            return "celery worker (main)" if is_root else "celery run worker"
         return "other"
+
+    @property
+    def cpu_seconds(self) -> dict[str, float]:
+        out: dict[str, float] = defaultdict(float)
+        for kind, first, last in self._cpu.values():
+            out[kind] += last - first
+        return dict(out)
+
+    def _processes(self) -> "list[tuple[str, Any]]":
+        import psutil
+
+        found: list[tuple[str, Any]] = []
+        for root in self.roots:
+            try:
+                parent = psutil.Process(root)
+                found += [
+                    (self.kind(" ".join(p.cmdline()), p.pid == root), p)
+                    for p in (parent, *parent.children(recursive=True))
+                ]
+            except psutil.Error:
+                continue
+        found += [
+            ("postgres", p) for p in psutil.process_iter(["name"]) if p.info["name"] == "postgres"
+        ]
+        return found
 
     def _run(self) -> None:
         import psutil
 
         while not self._stop.is_set():
-            for root in self.roots:
+            for name, proc in self._processes():
                 try:
-                    parent = psutil.Process(root)
-                    procs = [parent, *parent.children(recursive=True)]
+                    rss = proc.memory_info().rss / 2**20
+                    times = proc.cpu_times()
                 except psutil.Error:
                     continue
-                for proc in procs:
-                    try:
-                        name = self.kind(" ".join(proc.cmdline()))
-                        rss = proc.memory_info().rss / 2**20
-                    except psutil.Error:
-                        continue
-                    self.peaks[name] = max(self.peaks[name], rss)
+                used = times.user + times.system
+                self.peaks[name] = max(self.peaks[name], rss)
+                kind, first, _ = self._cpu.get(proc.pid, (name, used, used))
+                self._cpu[proc.pid] = (kind, first, used)
             self._stop.wait(self.interval)
 
     def __enter__(self) -> "RssSampler":
@@ -132,12 +176,6 @@ class RssSampler:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _wait_night(engine: Engine, score_date: dt.date, timeout: float) -> None:
@@ -220,6 +258,7 @@ def _figures(
                 "sum((timings->>'load_ms')::bigint) AS load_ms, "
                 "sum((timings->>'engine_ms')::bigint) AS engine_ms, "
                 "sum((timings->>'build_ms')::bigint) AS build_ms, "
+                "sum((timings->>'serialize_ms')::bigint) AS serialize_ms, "
                 "sum((timings->>'write_ms')::bigint) AS write_ms, "
                 "sum((timings->>'rule_evaluations')::bigint) AS evaluations "
                 "FROM scoring_batch_results WHERE score_date = :d"
@@ -242,7 +281,13 @@ def _figures(
             "load inputs": float(sums.load_ms or 0) / 1000,
             "scoring engine": float(sums.engine_ms or 0) / 1000,
             "events and results built": float(sums.build_ms or 0) / 1000,
+            "rows serialised for COPY": float(sums.serialize_ms or 0) / 1000,
             "write (COPY + upserts, commit included)": float(sums.write_ms or 0) / 1000,
+        },
+        # Time a run worker spends on runs, by job: what the scoring itself does not explain
+        # in the batch runs is Dagster's own cost per run (start, events, resources, end).
+        "run_seconds_by_job": {
+            job: sum(end - start for start, end in times) for job, times in runs.items()
         },
         "write_s": float(sums.write_ms or 0) / 1000,
         "rule_evaluations_per_s": int(sums.evaluations or 0) / engine_s,
@@ -288,25 +333,9 @@ def run_bench(
                 today=score_date,
             )
         echo(f"universe: {counts}")
-        home = work / "dagster_home"
-        home.mkdir()
-        shutil.copy(db.PROJECT_ROOT / "dagster.yaml", home / "dagster.yaml")
-        env = {
-            k: v
-            for k, v in os.environ.items()
-            if not k.startswith(("DAGSTER_", "RATES_", "PRICES_", "DATABASE_URL"))
-        }
-        env.update(
-            DATABASE_URL=url,
-            DAGSTER_HOME=str(home),
-            PGTZ="UTC",
-            RATES_PROVIDER="file",
-            RATES_FILE=str(work / "provider_files" / "rates.json"),
-            PRICES_PROVIDER="file",
-            PRICES_FILE=str(work / "provider_files" / "prices.csv"),
-        )
+        env = private_deployment_env(url, work / "dagster_home", work / "provider_files")
         db.prepare_dagster_environment(env)
-        with running_services(port=_free_port(), workers=workers, env=env) as services:
+        with running_services(port=free_port(), workers=workers, env=env) as services:
             roots = [p.pid for p in services.processes.values()]
             with RssSampler(roots) as sampler:
                 echo("services up; launching the night")
@@ -316,7 +345,12 @@ def run_bench(
                 )
                 _wait_night(engine, score_date, timeout)
             runs = _run_times(env)
-        report = BenchReport(users=users, rss_mb=dict(sampler.peaks))
+        report = BenchReport(
+            users=users,
+            rss_mb=dict(sampler.peaks),
+            cpu_s=sampler.cpu_seconds,
+            runs={job: len(times) for job, times in runs.items()},
+        )
         report.figures = _figures(engine, score_date, runs)
         report.tables = _tables(engine)
         raw_copy = _raw_copy_seconds(engine)
@@ -347,6 +381,8 @@ def save(report: BenchReport, directory: Path) -> Path:
                 "figures": report.figures,
                 "tables": report.tables,
                 "rss_mb": report.rss_mb,
+                "cpu_s": report.cpu_s,
+                "runs": report.runs,
             },
             indent=2,
         )

@@ -112,24 +112,33 @@ def _cmd_retry_failed(args: argparse.Namespace) -> int:
     return 0
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def _cmd_services(args: argparse.Namespace) -> int:
+    import signal
+
     from scoring_pipeline.services import running_services
 
-    with running_services(port=args.port, workers=args.workers) as services:
-        print(
-            f"Dagster UI on {services.url}; daemon and {args.workers} run workers started. "
-            "Ctrl-C stops them.",
-            flush=True,
-        )
-        try:
+    # A supervisor (systemd, Kubernetes, `timeout`) stops us with SIGTERM: stop the services
+    # we started too, as Ctrl-C does, instead of leaving them running without us.
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        with running_services(port=args.port, workers=args.workers) as services:
+            print(
+                f"Dagster UI on {services.url}; daemon and {args.workers} run workers started. "
+                "Ctrl-C stops them.",
+                flush=True,
+            )
             while all(services.alive().values()):
                 time.sleep(1)
-        except KeyboardInterrupt:
-            return 0
-        dead = [name for name, ok in services.alive().items() if not ok]
-        raise ScoringPipelineError(
-            f"{', '.join(dead)} stopped; see their logs under DAGSTER_HOME/service-logs"
-        )
+            dead = [name for name, ok in services.alive().items() if not ok]
+    except KeyboardInterrupt:  # also while starting: `running_services` stops what it started
+        return 0
+    raise ScoringPipelineError(
+        f"{', '.join(dead)} stopped; see their logs under DAGSTER_HOME/service-logs"
+    )
 
 
 def _cmd_worker(args: argparse.Namespace) -> int:

@@ -6,11 +6,13 @@ benchmark, which need the real daemon launching real runs.
 
 import contextlib
 import os
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,6 +30,48 @@ class Services:
 
     def alive(self) -> dict[str, bool]:
         return {name: p.poll() is None for name, p in self.processes.items()}
+
+
+def private_deployment_env(
+    database_url: str,
+    home: Path,
+    provider_files: Path,
+    base: Mapping[str, str] | None = None,
+    **extra: str,
+) -> dict[str, str]:
+    """The environment of a deployment of its own: a fresh DAGSTER_HOME (the project's
+    dagster.yaml copied in), the given database, and the `file` rate and price providers
+    reading `provider_files`/rates.json and prices.csv. Settings of another deployment
+    inherited from `base` (Dagster's, the providers', OpenTelemetry's) are dropped.
+
+    The benchmark and the end-to-end tests run their nights in such deployments.
+    """
+    home.mkdir(parents=True, exist_ok=True)
+    shutil.copy(PROJECT_ROOT / "dagster.yaml", home / "dagster.yaml")
+    inherited = ("DAGSTER_", "RATES_", "PRICES_", "OTEL_", "DATABASE_URL")
+    env = {
+        k: v
+        for k, v in (os.environ if base is None else base).items()
+        if not k.startswith(inherited)
+    }
+    env.update(
+        DATABASE_URL=database_url,
+        DAGSTER_HOME=str(home),
+        PGTZ="UTC",
+        RATES_PROVIDER="file",
+        RATES_FILE=str(provider_files / "rates.json"),
+        PRICES_PROVIDER="file",
+        PRICES_FILE=str(provider_files / "prices.csv"),
+        **extra,
+    )
+    return env
+
+
+def free_port() -> int:
+    """A TCP port free on the loopback interface right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def _spawn(

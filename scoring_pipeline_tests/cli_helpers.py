@@ -1,34 +1,19 @@
 """Running the `scoring-pipeline` command as an operator would, on the test database."""
 
-import os
 import re
-import shutil
 import subprocess
 import sys
 
 import pytest
 
-from scoring_pipeline.db import PROJECT_ROOT
+from scoring_pipeline.services import private_deployment_env
 
 CLI = [sys.executable, "-m", "scoring_pipeline.cli"]
 
 
 @pytest.fixture
 def cli_env(clean_db, database_url, tmp_path):
-    home = tmp_path / "dagster_home"
-    home.mkdir()
-    shutil.copy(PROJECT_ROOT / "dagster.yaml", home / "dagster.yaml")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("RATES_", "PRICES_"))}
-    env.update(
-        DATABASE_URL=database_url,
-        DAGSTER_HOME=str(home),
-        PGTZ="UTC",
-        RATES_PROVIDER="file",
-        RATES_FILE=str(tmp_path / "demo" / "rates.json"),
-        PRICES_PROVIDER="file",
-        PRICES_FILE=str(tmp_path / "demo" / "prices.csv"),
-    )
-    env.pop("DAGSTER_PG_URL", None)
+    env = private_deployment_env(database_url, tmp_path / "dagster_home", tmp_path / "demo")
     return env
 
 

@@ -1,8 +1,5 @@
 """Helpers of the end-to-end tests: real Dagster services on the test database, GraphQL reads."""
 
-import os
-import shutil
-import socket
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -11,8 +8,12 @@ from typing import Any, TypeVar
 import pytest
 
 from scoring_pipeline.dagster_api import DagsterApi
-from scoring_pipeline.db import PROJECT_ROOT
-from scoring_pipeline.services import Services, running_services
+from scoring_pipeline.services import (
+    Services,
+    free_port,
+    private_deployment_env,
+    running_services,
+)
 from scoring_pipeline_tests.otlp_receiver import running_receiver
 
 T = TypeVar("T")
@@ -49,12 +50,6 @@ query Runs($job: String!, $statuses: [RunStatus!]) {
 """
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def wait_for(what: str, check: Callable[[], T | None], timeout: float = 180.0) -> T:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -88,23 +83,8 @@ def runs(api: DagsterApi, job: str, statuses: list[str] | None = None) -> list[d
 def services(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
     """The real webserver, daemon and Celery run workers on a temporary DAGSTER_HOME."""
     home = tmp_path_factory.mktemp("dagster_home")
-    shutil.copy(PROJECT_ROOT / "dagster.yaml", home / "dagster.yaml")
     files = tmp_path_factory.mktemp("provider_files")
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("DAGSTER_", "RATES_", "PRICES_", "OTEL_"))
-    }
-    env.update(
-        DATABASE_URL=database_url,
-        DAGSTER_HOME=str(home),
-        PGTZ="UTC",
-        SCORING_BATCH_SIZE="3",
-        RATES_PROVIDER="file",
-        RATES_FILE=str(files / "rates.json"),
-        PRICES_PROVIDER="file",
-        PRICES_FILE=str(files / "prices.csv"),
-    )
+    env = private_deployment_env(database_url, home, files, SCORING_BATCH_SIZE="3")
     with running_receiver() as otlp:
         env["OTEL_EXPORTER_OTLP_ENDPOINT"] = otlp.url
         with running_services(

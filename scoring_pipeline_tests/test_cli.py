@@ -2,12 +2,20 @@
 database): migrate, demo-data, `score --date` on ~150 users in several batches and currencies,
 four ordered events per user, `replay`, and one-line errors with a non-zero exit status."""
 
+import contextlib
+import os
+import signal
+import subprocess
+import time
 from pathlib import Path
 
+import httpx
+import psutil
 import pytest
 import sqlalchemy as sa
 
-from scoring_pipeline_tests.cli_helpers import run, summary_value
+from scoring_pipeline.services import free_port
+from scoring_pipeline_tests.cli_helpers import CLI, run, summary_value
 
 pytestmark = [pytest.mark.db, pytest.mark.slow]
 
@@ -97,3 +105,37 @@ def test_score_exits_non_zero_when_the_night_fails(cli_env, clean_db, tmp_path):
     assert proc.returncode == 1
     assert summary_value(proc.stdout, "job status") == "failed"
     assert "rates" in summary_value(proc.stdout, "error")
+
+
+def test_services_stop_with_everything_they_started_on_sigterm(cli_env, tmp_path):
+    # As a supervisor stops it (systemd, Kubernetes, `timeout`): no webserver, daemon, code
+    # server or run worker may outlive the command.
+    port = free_port()
+    log = tmp_path / "services.out"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [*CLI, "services", "--port", str(port), "--workers", "1"],
+            env=cli_env,
+            cwd=cli_env["DAGSTER_HOME"],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            assert proc.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, "the services did not start"
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"http://127.0.0.1:{port}/server_info", timeout=2).is_success:
+                    break
+            time.sleep(0.5)
+        started = psutil.Process(proc.pid).children(recursive=True)
+        assert len(started) >= 4  # worker main + pool, dagster dev + webserver/daemon/...
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0, log.read_text()
+        _, alive = psutil.wait_procs(started, timeout=30)
+        assert alive == [], [p.cmdline()[:4] for p in alive]
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
