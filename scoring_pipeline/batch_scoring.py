@@ -58,7 +58,6 @@ class UserOutcome:
     correlation_id: str
     events: list[tuple[str, dict[str, Any] | str]]  # payload as a dict, or as JSON text
     scores: list[AssetScore] = field(default_factory=list)
-    breakdown_json: list[str] = field(default_factory=list)  # per score, serialised once
     error: dict[str, str] | None = None
     stage: str | None = None
 
@@ -326,14 +325,14 @@ def capture_inputs_json(
     )
 
 
-def results_json(correlation_id: str, scores: list[AssetScore], breakdowns: list[str]) -> str:
+def results_json(correlation_id: str, scores: list[AssetScore]) -> str:
     """SCORES_COMPUTED as JSON text, reusing each breakdown's text (equal to `results_payload`)."""
     parts = [
         f'{{"assetId":{dumps(s.symbol)},"criteriaVersionId":"{s.criteria_version_id}",'
         f'"score":"{format(s.score, "f")}",'
         f'"maxPossibleScore":"{format(s.max_possible_score, "f")}",'
-        f'"percentage":{dumps(plain(s.percentage))},"breakdown":{breakdown}}}'
-        for s, breakdown in zip(scores, breakdowns, strict=True)
+        f'"percentage":{dumps(plain(s.percentage))},"breakdown":{s.breakdown_json}}}'
+        for s in scores
     ]
     return f'{{"correlationId":"{correlation_id}","results":[{",".join(parts)}]}}'
 
@@ -411,18 +410,11 @@ def score_user(
             inputs.engine_seconds += time.perf_counter() - engine_started
             inputs.rule_evaluations += len(cs.rules) * len(universe)
             outcome.scores.extend(result.scores)
-        outcome.breakdown_json = [dumps(s.breakdown) for s in outcome.scores]
-        outcome.events.append(
-            (
-                "SCORES_COMPUTED",
-                results_json(correlation_id, outcome.scores, outcome.breakdown_json),
-            )
-        )
+        outcome.events.append(("SCORES_COMPUTED", results_json(correlation_id, outcome.scores)))
     except Exception as exc:  # one user's failure never stops the batch
         if isinstance(exc, UserCalculationError):
             stage = exc.stage
         outcome.scores = []
-        outcome.breakdown_json = []
         outcome.stage = stage
         outcome.error = {"type": type(exc).__name__, "message": str(exc)}
         outcome.events = [e for e in outcome.events if e[0] != "SCORES_COMPUTED"]

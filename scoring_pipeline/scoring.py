@@ -6,6 +6,7 @@ the captured inputs reproduces the stored scores digit for digit.
 """
 
 import decimal
+import json
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal
@@ -22,12 +23,14 @@ SCORE_CONTEXT = decimal.Context(
     traps=[decimal.InvalidOperation, decimal.DivisionByZero, decimal.Overflow],
 )
 MISSING_FUNDAMENTAL = "missing_fundamental"
-_SKIPPED = {"skippedReason": MISSING_FUNDAMENTAL}
+# Tails of a breakdown entry's JSON text (see `_Plan`): the entry is built from cached pieces.
+_SKIPPED_TAIL = f',"skippedReason":"{MISSING_FUNDAMENTAL}"}}'
 
 _QUANTUM = Decimal("0.0001")
 _ONE = Decimal(1)
 _HUNDRED = Decimal(100)
 _ZERO = Decimal(0)
+_ENCODE = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 _divide = SCORE_CONTEXT.divide
 _multiply = SCORE_CONTEXT.multiply
 
@@ -44,14 +47,24 @@ class InstrumentData:
 
 @dataclass(frozen=True, slots=True)
 class AssetScore:
-    """The score of one instrument under one criteria set."""
+    """The score of one instrument under one criteria set.
+
+    The breakdown is kept as its compact JSON text (one entry per rule, in rule order:
+    ruleId, matched, points, then actualValue and skippedReason when not null), the form in
+    which it is stored in `asset_scores` and SCORES_COMPUTED; `breakdown` decodes it.
+    """
 
     symbol: str
     criteria_version_id: str
     score: Decimal
     max_possible_score: Decimal
     percentage: Decimal | None
-    breakdown: list[dict[str, Any]]
+    breakdown_json: str
+
+    @property
+    def breakdown(self) -> list[dict[str, Any]]:
+        decoded: list[dict[str, Any]] = json.loads(self.breakdown_json)
+        return decoded
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,8 +109,18 @@ def compute_metrics(
     return _values(instrument, *_split(wanted), rate)
 
 
-# Values of every metric and fundamental of an instrument, by (symbol, conversion rate or None).
-MetricsCache = dict[tuple[str, Decimal | None], dict[str, Decimal | None]]
+class _Metrics:
+    """An instrument's metric values at one conversion rate, and their breakdown text pieces."""
+
+    __slots__ = ("values", "texts")
+
+    def __init__(self, values: dict[str, Decimal | None]) -> None:
+        self.values = values
+        self.texts: dict[str, str] = {}  # metric -> ',"actualValue":"…"}' (filled lazily)
+
+
+# Every metric and fundamental of an instrument, by (symbol, conversion rate or None).
+MetricsCache = dict[tuple[str, Decimal | None], _Metrics]
 
 
 def score_criteria_set(
@@ -118,7 +141,9 @@ def score_criteria_set(
     rates: dict[str, Decimal] = {}
     pairs: set[tuple[str, str]] = set()
     scores: list[AssetScore] = []
-    stored, derived, score = plan.stored, plan.derived, plan.score
+    score = plan.score
+    if metrics_cache is None:
+        metrics_cache = {}
     for instrument in instruments:
         currency = instrument.currency
         rate = None
@@ -127,15 +152,13 @@ def score_criteria_set(
             if rate is None:
                 rate = rates[currency] = rate_between(usd_rates, currency, base_currency)
                 pairs.add((currency, base_currency))
-        if metrics_cache is None:
-            values = _values(instrument, stored, derived, rate)
-        else:
-            key = (instrument.symbol, rate)
-            cached = metrics_cache.get(key)
-            if cached is None:
-                cached = metrics_cache[key] = _values(instrument, _ALL_STORED, _DERIVED, rate)
-            values = cached
-        scores.append(score(instrument.symbol, values))
+        key = (instrument.symbol, rate)
+        metrics = metrics_cache.get(key)
+        if metrics is None:
+            metrics = metrics_cache[key] = _Metrics(
+                _values(instrument, _ALL_STORED, _DERIVED, rate)
+            )
+        scores.append(score(instrument.symbol, metrics))
     return SetOutcome(scores=scores, currency_pairs=frozenset(pairs))
 
 
@@ -223,51 +246,74 @@ def _comparison(
     return mirrored[op]
 
 
-class _Plan:
-    """A criteria set compiled for fast evaluation over many instruments."""
+def _value_text(x: Decimal) -> str:
+    """The breakdown's `"actualValue"` member and the entry's closing brace, for value x."""
+    text = str(x)
+    if "E" in text:  # str() may use exponent notation; format "f" never does (slower)
+        text = format(x, "f")
+    return f',"actualValue":"{text}"}}'
 
-    __slots__ = (
-        "criteria_version_id",
-        "rules",
-        "stored",
-        "derived",
-        "converts",
-        "max_score",
-        "_max",
-        "_results",
-    )
+
+class _Plan:
+    """A criteria set compiled for fast evaluation over many instruments.
+
+    Each rule's breakdown entry is assembled from JSON text pieces made once per rule (the
+    `{"ruleId":…,"matched":…,"points":…` head) and once per instrument and metric (the
+    `"actualValue"` tail), so no object is built or encoded per rule and instrument.
+    """
+
+    __slots__ = ("criteria_version_id", "rules", "converts", "max_score", "_max", "_results")
 
     def __init__(self, criteria: CriteriaSet) -> None:
         self.criteria_version_id = criteria.criteria_version_id
-        # Per rule: id, metric, test (None for exists), points, whether the metric itself is
-        # required, and the other required names (usually none).
-        self.rules = tuple(
-            (
-                rule.id,
-                rule.metric,
-                _comparison(rule.operator, rule.value, rule.value2),
-                rule.points,
-                rule.metric in rule.required,
-                tuple(name for name in rule.required if name != rule.metric),
+        # Per rule: the heads of its entry when matched and when not, its whole entry when
+        # skipped for a missing value, and when an `exists` rule matches without a value; then
+        # metric, test (None for exists), points, whether the metric itself is required, and
+        # the other required names (usually none).
+        rules = []
+        for rule in criteria.rules:
+            head = '{"ruleId":' + _ENCODE(rule.id) + ',"matched":'
+            matched, unmatched = f'{head}true,"points":{rule.points}', f'{head}false,"points":0'
+            rules.append(
+                (
+                    matched,
+                    unmatched,
+                    unmatched + _SKIPPED_TAIL,
+                    matched + "}",
+                    rule.metric,
+                    _comparison(rule.operator, rule.value, rule.value2),
+                    rule.points,
+                    rule.metric in rule.required,
+                    tuple(name for name in rule.required if name != rule.metric),
+                )
             )
-            for rule in criteria.rules
-        )
+        self.rules = tuple(rules)
         names: dict[str, None] = {}
         for rule in criteria.rules:
             names[rule.metric] = None
             names.update(dict.fromkeys(rule.required))
-        self.stored, self.derived = _split(names)
         self.converts = not CONVERTED_METRICS.isdisjoint(names)
         self.max_score = sum(rule.points for rule in criteria.rules if rule.points > 0)
         self._max = _quantize(Decimal(self.max_score))
         # Scores are small integers, so (score, percentage) repeat a lot across instruments.
         self._results: dict[int, tuple[Decimal, Decimal | None]] = {}
 
-    def score(self, symbol: str, values: dict[str, Decimal | None]) -> AssetScore:
+    def score(self, symbol: str, metrics: _Metrics) -> AssetScore:
+        values, texts = metrics.values, metrics.texts
         total = 0
-        breakdown: list[dict[str, Any]] = []
-        append = breakdown.append
-        for rule_id, metric, test, points, metric_required, others in self.rules:
+        parts: list[str] = []
+        append = parts.append
+        for (
+            matched,
+            unmatched,
+            skipped,
+            exists_without_value,
+            metric,
+            test,
+            points,
+            metric_required,
+            others,
+        ) in self.rules:
             x = values[metric]
             lacking = False
             if others:
@@ -277,25 +323,23 @@ class _Plan:
                         break
             if x is None:
                 if lacking or metric_required or test is not None:
-                    append({"ruleId": rule_id, "matched": False, "points": 0, **_SKIPPED})
+                    append(skipped)
                 else:  # `exists` whose metric is missing but not required
-                    append({"ruleId": rule_id, "matched": True, "points": points})
+                    append(exists_without_value)
                     total += points
                 continue
-            text = str(x)
-            if "E" in text:  # str() may use exponent notation; format "f" never does (slower)
-                text = format(x, "f")
+            tail = texts.get(metric)
+            if tail is None:
+                tail = texts[metric] = _value_text(x)
             if lacking:
-                append(
-                    {"ruleId": rule_id, "matched": False, "points": 0, "actualValue": text}
-                    | _SKIPPED
-                )
+                append(unmatched + tail[:-1] + _SKIPPED_TAIL)
             elif test is None or test(x):
-                append({"ruleId": rule_id, "matched": True, "points": points, "actualValue": text})
+                append(matched + tail)
                 total += points
             else:
-                append({"ruleId": rule_id, "matched": False, "points": 0, "actualValue": text})
+                append(unmatched + tail)
         score, percentage = self._result(total)
+        breakdown = "[" + ",".join(parts) + "]"
         # Positional arguments: building frozen dataclasses by keyword costs twice as much.
         return AssetScore(symbol, self.criteria_version_id, score, self._max, percentage, breakdown)
 

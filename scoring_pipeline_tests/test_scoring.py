@@ -763,7 +763,25 @@ def test_result_shape() -> None:
         ["ruleId", "matched", "points", "skippedReason"]
     ] * 2
     assert all(type(e["points"]) is int for s in outcome.scores for e in s.breakdown)
-    json.dumps([s.breakdown for s in outcome.scores])  # JSON-able as is
+    # Stored as compact JSON text: no whitespace, non-ASCII kept as is.
+    assert outcome.scores[0].breakdown_json == (
+        '[{"ruleId":"high","matched":true,"points":10,"actualValue":"20"},'
+        '{"ruleId":"any","matched":true,"points":-1,"actualValue":"20"}]'
+    )
+
+
+def test_rule_ids_are_json_escaped_in_the_breakdown_text() -> None:
+    hostile = 'quote" back\\slash\ttab \u00e9 \n'
+    outcome = score_criteria_set(
+        criteria(rule("roe", "exists", rule_id=hostile)),
+        [InstrumentData("A", "USD", Decimal("1"), {"roe": Decimal("2")})],
+        base_currency="USD",
+        usd_rates={},
+    )
+    (score,) = outcome.scores
+    assert score.breakdown == [
+        {"ruleId": hostile, "matched": True, "points": 10, "actualValue": "2"}
+    ]
 
 
 def test_scoring_no_instruments() -> None:
@@ -885,7 +903,7 @@ def ref_score_set(
                 score=Decimal(score).quantize(four, rounding=ROUND_HALF_UP),
                 max_possible_score=Decimal(maximum).quantize(four, rounding=ROUND_HALF_UP),
                 percentage=percentage,
-                breakdown=breakdown,
+                breakdown_json=json.dumps(breakdown),
             )
         )
     return SetOutcome(scores=scores, currency_pairs=frozenset(pairs))
@@ -1022,6 +1040,9 @@ def test_score_criteria_set_matches_the_reference(scenario: Scenario) -> None:
     assert kind == ref_kind
     if kind == "ok":
         assert _comparable(actual) == _comparable(expected)
+        for s in actual.scores:  # compact JSON text, exactly what json would write
+            compact = json.dumps(s.breakdown, separators=(",", ":"), ensure_ascii=False)
+            assert s.breakdown_json == compact
     else:
         assert actual == expected
 
