@@ -10,7 +10,7 @@ import json
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal
-from typing import Any
+from typing import Any, NamedTuple
 
 from scoring_pipeline.criteria import CONVERTED_METRICS, FUNDAMENTAL_FIELDS, CriteriaSet
 from scoring_pipeline.errors import MissingRateError
@@ -45,8 +45,7 @@ class InstrumentData:
     fundamentals: Mapping[str, Decimal | None]
 
 
-@dataclass(frozen=True, slots=True)
-class AssetScore:
+class AssetScore(NamedTuple):
     """The score of one instrument under one criteria set.
 
     The breakdown is kept as its compact JSON text (one entry per rule, in rule order:
@@ -109,18 +108,36 @@ def compute_metrics(
     return _values(instrument, *_split(wanted), rate)
 
 
-class _Metrics:
-    """An instrument's metric values at one conversion rate, and their breakdown text pieces."""
+class _Universe:
+    """A universe's instruments at one set of conversion rates, held as columns: per metric,
+    the values in instrument order and their breakdown text (`,"actualValue":"…"}`, or ''
+    when the value is missing). Built lazily, shared by every set that scores the universe."""
 
-    __slots__ = ("values", "texts")
+    __slots__ = ("values", "_columns", "_tails")
 
-    def __init__(self, values: dict[str, Decimal | None]) -> None:
+    def __init__(self, values: list[dict[str, Decimal | None]]) -> None:
         self.values = values
-        self.texts: dict[str, str] = {}  # metric -> ',"actualValue":"…"}' (filled lazily)
+        self._columns: dict[str, list[Decimal | None]] = {}
+        self._tails: dict[str, list[str]] = {}
+
+    def column(self, metric: str) -> list[Decimal | None]:
+        found = self._columns.get(metric)
+        if found is None:
+            found = self._columns[metric] = [v[metric] for v in self.values]
+        return found
+
+    def tails(self, metric: str) -> list[str]:
+        found = self._tails.get(metric)
+        if found is None:
+            found = self._tails[metric] = [
+                "" if x is None else _value_text(x) for x in self.column(metric)
+            ]
+        return found
 
 
-# Every metric and fundamental of an instrument, by (symbol, conversion rate or None).
-MetricsCache = dict[tuple[str, Decimal | None], _Metrics]
+# Shared by the calls that score one batch: each instrument's metrics by (symbol, conversion
+# rate or None), and each universe's columns by (symbols, rates of its currencies).
+MetricsCache = dict[Any, Any]
 
 
 def score_criteria_set(
@@ -138,12 +155,9 @@ def score_criteria_set(
     values are the same whoever asks, so results are identical with or without it.
     """
     plan = _Plan(criteria)
+    cache: MetricsCache = {} if metrics_cache is None else metrics_cache
     rates: dict[str, Decimal] = {}
-    pairs: set[tuple[str, str]] = set()
-    scores: list[AssetScore] = []
-    score = plan.score
-    if metrics_cache is None:
-        metrics_cache = {}
+    instrument_rates: list[Decimal | None] = []
     for instrument in instruments:
         currency = instrument.currency
         rate = None
@@ -151,15 +165,24 @@ def score_criteria_set(
             rate = rates.get(currency)
             if rate is None:
                 rate = rates[currency] = rate_between(usd_rates, currency, base_currency)
-                pairs.add((currency, base_currency))
-        key = (instrument.symbol, rate)
-        metrics = metrics_cache.get(key)
-        if metrics is None:
-            metrics = metrics_cache[key] = _Metrics(
-                _values(instrument, _ALL_STORED, _DERIVED, rate)
-            )
-        scores.append(score(instrument.symbol, metrics))
-    return SetOutcome(scores=scores, currency_pairs=frozenset(pairs))
+        instrument_rates.append(rate)
+    symbols = tuple(i.symbol for i in instruments)
+    key = ("universe", symbols, tuple(sorted(rates.items())))
+    universe = cache.get(key)
+    if universe is None:
+        values = []
+        for instrument, rate in zip(instruments, instrument_rates, strict=True):
+            found = cache.get((instrument.symbol, rate))
+            if found is None:
+                found = cache[(instrument.symbol, rate)] = _values(
+                    instrument, _ALL_STORED, _DERIVED, rate
+                )
+            values.append(found)
+        universe = cache[key] = _Universe(values)
+    return SetOutcome(
+        scores=plan.score_universe(symbols, universe),
+        currency_pairs=frozenset((currency, base_currency) for currency in rates),
+    )
 
 
 _DERIVED = frozenset(
@@ -255,11 +278,13 @@ def _value_text(x: Decimal) -> str:
 
 
 class _Plan:
-    """A criteria set compiled for fast evaluation over many instruments.
+    """A criteria set compiled for fast evaluation over a universe, one rule at a time.
 
-    Each rule's breakdown entry is assembled from JSON text pieces made once per rule (the
-    `{"ruleId":…,"matched":…,"points":…` head) and once per instrument and metric (the
-    `"actualValue"` tail), so no object is built or encoded per rule and instrument.
+    A breakdown entry is a head made once per rule (`{"ruleId":…,"matched":…,"points":…`, or
+    the whole entry when it has no value) followed by the universe's text for the value (see
+    `_Universe`): no object is built or encoded per rule and instrument. Heads carry the
+    separator before them (`[` for the first rule, `,` after), so an instrument's breakdown is
+    the concatenation of its heads and tails and a closing `]`.
     """
 
     __slots__ = ("criteria_version_id", "rules", "converts", "max_score", "_max", "_results")
@@ -271,8 +296,8 @@ class _Plan:
         # metric, test (None for exists), points, whether the metric itself is required, and
         # the other required names (usually none).
         rules = []
-        for rule in criteria.rules:
-            head = '{"ruleId":' + _ENCODE(rule.id) + ',"matched":'
+        for index, rule in enumerate(criteria.rules):
+            head = ("[" if index == 0 else ",") + '{"ruleId":' + _ENCODE(rule.id) + ',"matched":'
             matched, unmatched = f'{head}true,"points":{rule.points}', f'{head}false,"points":0'
             rules.append(
                 (
@@ -298,11 +323,10 @@ class _Plan:
         # Scores are small integers, so (score, percentage) repeat a lot across instruments.
         self._results: dict[int, tuple[Decimal, Decimal | None]] = {}
 
-    def score(self, symbol: str, metrics: _Metrics) -> AssetScore:
-        values, texts = metrics.values, metrics.texts
-        total = 0
-        parts: list[str] = []
-        append = parts.append
+    def score_universe(self, symbols: tuple[str, ...], universe: _Universe) -> list[AssetScore]:
+        count = len(symbols)
+        totals = [0] * count
+        pieces: list[list[str]] = []
         for (
             matched,
             unmatched,
@@ -314,34 +338,45 @@ class _Plan:
             metric_required,
             others,
         ) in self.rules:
-            x = values[metric]
-            lacking = False
-            if others:
-                for name in others:
-                    if values[name] is None:
-                        lacking = True
-                        break
-            if x is None:
-                if lacking or metric_required or test is not None:
-                    append(skipped)
-                else:  # `exists` whose metric is missing but not required
-                    append(exists_without_value)
-                    total += points
-                continue
-            tail = texts.get(metric)
-            if tail is None:
-                tail = texts[metric] = _value_text(x)
-            if lacking:
-                append(unmatched + tail[:-1] + _SKIPPED_TAIL)
-            elif test is None or test(x):
-                append(matched + tail)
-                total += points
+            column = universe.column(metric)
+            tails = universe.tails(metric)
+            if others or not metric_required:
+                heads, tails = _general_rule(
+                    (matched, unmatched, skipped, exists_without_value, test, points, others),
+                    metric_required,
+                    universe,
+                    column,
+                    tails,
+                    totals,
+                )
+            elif test is None:  # `exists` of a required metric: matched when present
+                heads = [skipped if x is None else matched for x in column]
+                if points:
+                    totals = [
+                        t if x is None else t + points for t, x in zip(totals, column, strict=True)
+                    ]
             else:
-                append(unmatched + tail)
-        score, percentage = self._result(total)
-        breakdown = "[" + ",".join(parts) + "]"
-        # Positional arguments: building frozen dataclasses by keyword costs twice as much.
-        return AssetScore(symbol, self.criteria_version_id, score, self._max, percentage, breakdown)
+                heads = [
+                    skipped if x is None else matched if test(x) else unmatched for x in column
+                ]
+                if points:  # `is`: the heads are these very strings
+                    totals = [
+                        t + points if h is matched else t
+                        for t, h in zip(totals, heads, strict=True)
+                    ]
+            pieces.append(heads)
+            pieces.append(tails)
+        if not pieces:
+            pieces.append(["["] * count)
+        pieces.append(["]"] * count)
+        cvid, maximum, results = self.criteria_version_id, self._max, self._results
+        out = []
+        for symbol, parts, total in zip(symbols, zip(*pieces, strict=True), totals, strict=True):
+            found = results.get(total)
+            score, percentage = self._result(total) if found is None else found
+            # A named tuple: built several times faster than a frozen dataclass.
+            out.append(AssetScore(symbol, cvid, score, maximum, percentage, "".join(parts)))
+        return out
 
     def _result(self, total: int) -> tuple[Decimal, Decimal | None]:
         cached = self._results.get(total)
@@ -352,6 +387,42 @@ class _Plan:
                 percentage = _quantize(_multiply(ratio, _HUNDRED))
             cached = self._results[total] = (_quantize(Decimal(total)), percentage)
         return cached
+
+
+def _general_rule(
+    rule: tuple[str, str, str, str, Callable[[Decimal], bool] | None, int, tuple[str, ...]],
+    metric_required: bool,
+    universe: _Universe,
+    column: list[Decimal | None],
+    tails: list[str],
+    totals: list[int],
+) -> tuple[list[str], list[str]]:
+    """Heads and tails of a rule with other required fields, or whose metric is not required
+    (`required_fundamentals` given): instrument by instrument. Adds its points to `totals`."""
+    matched, unmatched, skipped, exists_without_value, test, points, others = rule
+    required = [universe.column(name) for name in others]
+    heads: list[str] = []
+    out_tails: list[str] = []
+    for i, x in enumerate(column):
+        lacking = any(values[i] is None for values in required)
+        if x is None:
+            if lacking or metric_required or test is not None:
+                heads.append(skipped)
+            else:  # `exists` whose metric is missing but not required
+                heads.append(exists_without_value)
+                totals[i] += points
+            out_tails.append("")
+        elif lacking:
+            heads.append(unmatched)
+            out_tails.append(tails[i][:-1] + _SKIPPED_TAIL)
+        elif test is None or test(x):
+            heads.append(matched)
+            out_tails.append(tails[i])
+            totals[i] += points
+        else:
+            heads.append(unmatched)
+            out_tails.append(tails[i])
+    return heads, out_tails
 
 
 def _quantize(value: Decimal) -> Decimal:
