@@ -65,11 +65,15 @@ def pending_batches(conn: Connection, limit: int = 200) -> list[PendingBatch]:
 def _top_assets(conn: Connection, users: list[str], score_date: dt.date) -> dict[str, Any]:
     rows = conn.execute(
         sa.text(
-            "SELECT user_id::text AS user_id, criteria_version_id::text AS cv, symbol, score, "
-            "percentage FROM (SELECT *, row_number() OVER (PARTITION BY user_id, "
-            "criteria_version_id ORDER BY score DESC, symbol) AS rank FROM asset_scores "
-            "WHERE user_id = ANY(CAST(:u AS uuid[])) AND score_date = :d) ranked "
-            "WHERE rank <= :k ORDER BY user_id, cv, rank"
+            # One index lookup per user (LATERAL): `user_id = ANY(...)` over hundreds of users
+            # lets the planner pick a scan of the whole table, which grows all night.
+            "SELECT u.user_id::text AS user_id, r.cv, r.symbol, r.score, r.percentage "
+            "FROM unnest(CAST(:u AS uuid[])) AS u(user_id) CROSS JOIN LATERAL ("
+            "SELECT criteria_version_id::text AS cv, symbol, score, percentage, "
+            "row_number() OVER (PARTITION BY criteria_version_id "
+            "ORDER BY score DESC, symbol) AS rank "
+            "FROM asset_scores a WHERE a.user_id = u.user_id AND a.score_date = :d) r "
+            "WHERE r.rank <= :k ORDER BY 1, 2, r.rank"
         ),
         {"u": users, "d": score_date, "k": TOP_ASSETS},
     ).all()
