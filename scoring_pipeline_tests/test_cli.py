@@ -105,6 +105,13 @@ def test_score_exits_non_zero_when_the_night_fails(cli_env, clean_db, tmp_path):
     assert proc.returncode == 1
     assert summary_value(proc.stdout, "job status") == "failed"
     assert "rates" in summary_value(proc.stdout, "error")
+    with clean_db.connect() as conn:  # nothing was scored from missing inputs
+        for sql in (
+            "SELECT count(*) FROM asset_scores",
+            "SELECT count(*) FROM score_history",
+            "SELECT count(*) FROM calculation_events WHERE user_id IS NOT NULL",
+        ):
+            assert conn.execute(sa.text(sql)).scalar_one() == 0, sql
 
 
 def test_services_stop_with_everything_they_started_on_sigterm(cli_env, tmp_path):
