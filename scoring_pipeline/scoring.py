@@ -135,8 +135,8 @@ class _Universe:
         return found
 
 
-# Shared by the calls that score one batch: each instrument's metrics by (symbol, conversion
-# rate or None), and each universe's columns by (symbols, rates of its currencies).
+# Shared by the calls that score one batch: each instrument's metrics by (symbol, text of its
+# conversion rate or ""), and each universe's columns by (symbols, rates of its currencies).
 MetricsCache = dict[Any, Any]
 
 
@@ -167,16 +167,18 @@ def score_criteria_set(
                 rate = rates[currency] = rate_between(usd_rates, currency, base_currency)
         instrument_rates.append(rate)
     symbols = tuple(i.symbol for i in instruments)
-    key = ("universe", symbols, tuple(sorted(rates.items())))
+    # Rates are keyed by their text: 2 and 2.0 are equal Decimals, but a value converted with
+    # each has a different text (and the breakdown shows the text).
+    rate_texts = {currency: str(rate) for currency, rate in rates.items()}
+    key = ("universe", symbols, tuple(sorted(rate_texts.items())))
     universe = cache.get(key)
     if universe is None:
         values = []
         for instrument, rate in zip(instruments, instrument_rates, strict=True):
-            found = cache.get((instrument.symbol, rate))
+            instrument_key = (instrument.symbol, rate_texts.get(instrument.currency, ""))
+            found = cache.get(instrument_key)
             if found is None:
-                found = cache[(instrument.symbol, rate)] = _values(
-                    instrument, _ALL_STORED, _DERIVED, rate
-                )
+                found = cache[instrument_key] = _values(instrument, _ALL_STORED, _DERIVED, rate)
             values.append(found)
         universe = cache[key] = _Universe(values)
     return SetOutcome(

@@ -1099,3 +1099,21 @@ def test_rate_between_matches_the_reference(a: str, b: str, usd_rates: dict[str,
     kind, actual = _run(rate_between, usd_rates, a, b)
     expected = ("ok", Decimal(1)) if a == b else _run(ref_rate, usd_rates, a, b)
     assert (kind, str(actual)) == (expected[0], str(expected[1]))
+
+
+def test_a_shared_cache_keeps_the_text_of_equal_rates_apart() -> None:
+    # EUR->USD is 1/0.5 = 2 and EUR->CHF is 1.00/0.5 = 2.0: equal Decimals of different text, so
+    # revenue converted with each is "2000" and "2000.0"; the breakdown shows each exactly.
+    usd_rates = {"EUR": Decimal("0.5"), "CHF": Decimal("1.00")}
+    instruments = [InstrumentData("E", "EUR", Decimal("10"), {"revenue": Decimal("1000")})]
+    rules = criteria(rule("revenue", "gt", "1", rule_id="rev"))
+    cache: dict[Any, Any] = {}
+    texts = {}
+    for base in ("USD", "CHF"):
+        alone = score_criteria_set(rules, instruments, base_currency=base, usd_rates=usd_rates)
+        shared = score_criteria_set(
+            rules, instruments, base_currency=base, usd_rates=usd_rates, metrics_cache=cache
+        )
+        assert shared.scores == alone.scores
+        texts[base] = shared.scores[0].breakdown[0]["actualValue"]
+    assert texts == {"USD": "2000", "CHF": "2000.0"}
