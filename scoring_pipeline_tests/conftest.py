@@ -46,6 +46,18 @@ def server_url() -> Iterator[str]:
         shutil.rmtree(data_dir, ignore_errors=True)
 
 
+@pytest.fixture
+def private_server() -> Iterator[tuple[Path, str]]:
+    """An embedded server of one test only (to restart, or to see it start fresh): its data
+    directory and the URL of its database, whatever `SCORING_TEST_DATABASE_URL` says."""
+    data_dir = Path(tempfile.mkdtemp(prefix="scoring-private-pg-"))
+    try:
+        yield data_dir, db.start_embedded_server(data_dir, keep_running=False)
+    finally:
+        db.stop_embedded_server(data_dir)
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+
 class DatabaseFactory:
     """Creates fresh databases on the test server and drops them at the end of the session."""
 

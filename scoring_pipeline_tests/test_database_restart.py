@@ -9,14 +9,11 @@ when the server is restarted under it; the restart kills every session, the step
 """
 
 import contextlib
-import shutil
-import tempfile
 import threading
 import time
 from pathlib import Path
 
 import dagster as dg
-import pytest
 import sqlalchemy as sa
 
 from scoring_pipeline import db
@@ -34,18 +31,6 @@ WAITING_WRITE = (
     "AND application_name LIKE 'scoring-pipeline:%' AND wait_event_type = 'Lock' "
     "AND query ILIKE '%asset_scores%'"
 )
-
-
-@pytest.fixture
-def private_server():
-    """An embedded server of this test only (it is restarted), and its data directory."""
-    data_dir = Path(tempfile.mkdtemp(prefix="scoring-restart-pg-"))
-    try:
-        url = db.start_embedded_server(data_dir, keep_running=False)
-        yield data_dir, url
-    finally:
-        db.stop_embedded_server(data_dir)
-        shutil.rmtree(data_dir, ignore_errors=True)
 
 
 class RestartDuringWrite(threading.Thread):
