@@ -28,7 +28,7 @@ DAGSTER_DRIVER = "postgresql+psycopg2"
 # WAL): with PostgreSQL's defaults (128 MB of buffers, a checkpoint per 1 GB of WAL) it
 # checkpoints every few batches. A server given in DATABASE_URL is its operator's to tune.
 EMBEDDED_SETTINGS = {
-    "shared_buffers": "1GB",
+    "shared_buffers": "512MB",
     "wal_buffers": "16MB",
     "max_wal_size": "8GB",
     "checkpoint_timeout": "15min",
