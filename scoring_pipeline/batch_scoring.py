@@ -236,11 +236,11 @@ def _needed_currencies(sets: list[CriteriaSet], inputs: BatchInputs, base: str) 
     needed = {base}
     for cs in sets:
         if any(m in CONVERTED_METRICS for rule in cs.rules for m in (rule.metric, *rule.required)):
-            needed.update(i.currency for i in inputs.universes.get(_key(cs), []))
+            needed.update(i.currency for i in inputs.universes.get(universe_key(cs), []))
     return needed
 
 
-def _key(cs: CriteriaSet) -> tuple[str, str]:
+def universe_key(cs: CriteriaSet) -> tuple[str, str]:
     return (cs.target_market, cs.asset_type)
 
 
@@ -285,7 +285,7 @@ def capture_inputs_json(
     text whoever's calculation captures it); equal once parsed to the
     straightforward dict in the tests' reference.
     """
-    universes = [inputs.universes.get(_key(cs), []) for cs in sets]
+    universes = [inputs.universes.get(universe_key(cs), []) for cs in sets]
     instruments = [i for universe in universes for i in universe]
     fields = _used_fields(sets)
     prices = ",".join(_price_piece(inputs, i) for i in instruments)
@@ -398,7 +398,7 @@ def score_user(
         stage = "scoring"
         usd_rates = {c: r.rate for c, r in inputs.rates.items()}
         for cs in sets:
-            universe = inputs.universes.get(_key(cs), [])
+            universe = inputs.universes.get(universe_key(cs), [])
             engine_started = time.perf_counter()
             result = score_criteria_set(
                 cs,

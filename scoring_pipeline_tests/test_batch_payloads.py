@@ -12,7 +12,6 @@ import pytest
 from scoring_pipeline.batch_scoring import (
     BatchInputs,
     UserRow,
-    _key,
     _needed_currencies,
     _used_fields,
     capture_inputs_json,
@@ -20,6 +19,7 @@ from scoring_pipeline.batch_scoring import (
     plain,
     results_json,
     results_payload,
+    universe_key,
 )
 from scoring_pipeline.criteria import CriteriaSet, parse_criteria
 from scoring_pipeline.scoring import score_criteria_set
@@ -33,7 +33,7 @@ def reference_inputs(
     correlation_id: str, user: UserRow, sets: list[CriteriaSet], inputs: BatchInputs
 ) -> dict[str, Any]:
     """INPUTS_CAPTURED built the obvious way, as a dict (SPEC §5)."""
-    instruments = [i for cs in sets for i in inputs.universes.get(_key(cs), [])]
+    instruments = [i for cs in sets for i in inputs.universes.get(universe_key(cs), [])]
     fields = _used_fields(sets)
     prices = []
     for i in instruments:
@@ -77,7 +77,7 @@ def reference_inputs(
                 "assetType": cs.asset_type,
                 "version": cs.version,
                 "rules": cs.raw_rules,
-                "assetIds": [i.symbol for i in inputs.universes.get(_key(cs), [])],
+                "assetIds": [i.symbol for i in inputs.universes.get(universe_key(cs), [])],
             }
             for cs in sets
         ],
@@ -133,7 +133,7 @@ def test_text_payloads_equal_the_obvious_dicts(world, dagster_instance):
             for cs in sets
             for s in score_criteria_set(
                 cs,
-                inputs.universes.get(_key(cs), []),
+                inputs.universes.get(universe_key(cs), []),
                 base_currency=row.base_currency,
                 usd_rates={c: r.rate for c, r in inputs.rates.items()},
             ).scores
