@@ -323,19 +323,8 @@ def refresh_job_run(
                 "correlationId": row.correlation_id,
                 "scoreDate": score_date.isoformat(),
                 "status": status,
-                **{
-                    k: metrics.get(k)
-                    for k in (
-                        "users_total",
-                        "users_success",
-                        "users_failed",
-                        "users_skipped",
-                        "assets_scored",
-                        "batches_total",
-                        "batches_failed",
-                        "total_duration_ms",
-                    )
-                },
+                # The night's figures, as its root span reports them, in camelCase (SPEC §5).
+                **{_camel(k): metrics.get(k) for k in NIGHT_SPAN_FIGURES if k != "score_date"},
             },
         )
     return status
@@ -392,6 +381,11 @@ NIGHT_SPAN_FIGURES = (
     "batches_total",
     "batches_failed",
 )
+
+
+def _camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(part.capitalize() for part in rest)
 
 
 def night_traceparent(conn: Connection, score_date: dt.date) -> str | None:

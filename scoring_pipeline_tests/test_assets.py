@@ -103,11 +103,21 @@ def test_scores_events_and_job_run_for_a_whole_night(world, dagster_instance):
     assert job.metrics["dagster_snapshot_run_id"]
     job_events = rows(
         world,
-        "SELECT event_type FROM calculation_events WHERE user_id IS NULL "
+        "SELECT event_type, payload FROM calculation_events WHERE user_id IS NULL "
         "AND correlation_id = CAST(:c AS uuid) ORDER BY id",
         c=job.c,
     )
     assert [e.event_type for e in job_events] == ["JOB_STARTED", "JOB_COMPLETED"]
+    completed = job_events[1].payload
+    assert completed["status"] == "completed" and completed["correlationId"] == job.c
+    assert (completed["usersTotal"], completed["usersSuccess"], completed["usersFailed"]) == (
+        3,
+        3,
+        0,
+    )
+    assert completed["assetsScored"] == 6 and completed["batchesTotal"] == 2
+    assert completed["totalDurationMs"] >= 0 and "fetchRatesMs" in completed
+    assert all("_" not in key for key in completed)  # camelCase, as every payload (SPEC §5)
 
 
 def test_rematerialising_a_batch_twice_never_duplicates_history(world, dagster_instance):
