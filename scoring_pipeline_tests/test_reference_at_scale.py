@@ -1,10 +1,10 @@
 """Stored scores equal an independent implementation of SPEC §4, on a generated universe.
 
 The benchmark's data generator builds 100 users over 3 markets (100 instruments each) in 3
-currencies with 12-rule criteria sets. The night is materialised through the real assets and IO
-manager, onto PostgreSQL. Every stored `asset_scores` row is then recomputed by the test suite's literal
-reference implementation (`test_scoring.ref_score_set`) from the batch's frozen inputs, and
-compared field by field:
+currencies with 12-rule criteria sets. The night is materialised through the real assets and
+IO manager, onto PostgreSQL. Every stored `asset_scores` row is then recomputed from the
+batch's frozen inputs by the test suite's literal reference implementation
+(`test_scoring.ref_score_set`), and compared field by field:
 - the score, the max and the percentage, as text, so 10 and 10.0000 differ;
 - the whole breakdown read back from JSONB.
 """
