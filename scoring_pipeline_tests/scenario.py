@@ -56,6 +56,23 @@ def rules():
     ]
 
 
+def users_in_two_currencies(world, count):
+    """`count` users holding AAA, in USD and EUR alternately, each with a US_TECH set and an
+    EU_IND set (4 scored assets each): both conversions and two sets per user."""
+    return [
+        f.user(
+            world,
+            base_currency="EUR" if i % 2 else "USD",
+            holdings=[("AAA", "USD")],
+            criteria=[
+                ("US_TECH", "stock", rules()),
+                ("EU_IND", "stock", [f.rule("revenue", "gt", "100", 3)]),
+            ],
+        )
+        for i in range(count)
+    ]
+
+
 def snapshots(instance, **kwargs):
     return dg.materialize(
         [active_users, exchange_rates, prices],

@@ -17,8 +17,13 @@ import dagster as dg
 import sqlalchemy as sa
 
 from scoring_pipeline import db
-from scoring_pipeline_tests import factories as f
-from scoring_pipeline_tests.scenario import batch, build_world, rows, rules, snapshots
+from scoring_pipeline_tests.scenario import (
+    batch,
+    build_world,
+    rows,
+    snapshots,
+    users_in_two_currencies,
+)
 from scoring_pipeline_tests.test_hardening import (
     assert_event_invariants,
     assert_history_unique,
@@ -77,18 +82,7 @@ def test_a_database_restart_mid_batch_retries_the_step(private_server, tmp_path,
         monkeypatch.setenv("DATABASE_URL", url)
         monkeypatch.setenv("PGTZ", "UTC")
         world = build_world(engine, tmp_path, monkeypatch)
-        users = [
-            f.user(
-                world,
-                base_currency="EUR" if i % 2 else "USD",
-                holdings=[("AAA", "USD")],
-                criteria=[
-                    ("US_TECH", "stock", rules()),
-                    ("EU_IND", "stock", [f.rule("revenue", "gt", "100", 3)]),
-                ],
-            )
-            for i in range(2)  # one batch of 2
-        ]
+        users = users_in_two_currencies(world, 2)  # one batch of 2
         overrides = {"storage": {"postgres": {"postgres_url": db.dagster_storage_url(url)}}}
         with dg.instance_for_test(overrides=overrides) as instance:
             assert snapshots(instance).success

@@ -22,7 +22,15 @@ import pytest
 import sqlalchemy as sa
 
 from scoring_pipeline_tests import factories as f
-from scoring_pipeline_tests.scenario import DATE, EVENT_ORDER, batch, rows, rules, snapshots
+from scoring_pipeline_tests.scenario import (
+    DATE,
+    EVENT_ORDER,
+    batch,
+    rows,
+    rules,
+    snapshots,
+    users_in_two_currencies,
+)
 
 pytestmark = pytest.mark.db
 
@@ -344,18 +352,7 @@ def test_the_same_batch_materialised_twice_at_once(world, dagster_instance, monk
     # Two processes (as two run workers would be): two threads of one process deadlock inside
     # Dagster's own logging setup (`logging.config.dictConfig` at run start), whatever we do.
     monkeypatch.setenv("SCORING_BATCH_SIZE", "20")
-    users = [
-        f.user(
-            world,
-            base_currency="EUR" if i % 2 else "USD",
-            holdings=[("AAA", "USD")],
-            criteria=[
-                ("US_TECH", "stock", rules()),
-                ("EU_IND", "stock", [f.rule("revenue", "gt", "100", 3)]),
-            ],
-        )
-        for i in range(12)
-    ]
+    users = users_in_two_currencies(world, 12)
     assert snapshots(dagster_instance).success
     rounds = 2
     ctx = multiprocessing.get_context("spawn")
