@@ -107,6 +107,16 @@ class CriteriaRow:
     version: int
     rules_text: str
 
+    def parse(self) -> CriteriaSet:
+        """The validated criteria set; `InvalidCriteriaError` names this version and the rule."""
+        return parse_criteria(
+            criteria_version_id=self.id,
+            target_market=self.target_market,
+            asset_type=self.asset_type,
+            version=self.version,
+            rules=self.rules_text,
+        )
+
 
 @dataclass(slots=True)
 class BatchInputs:
@@ -119,12 +129,17 @@ class BatchInputs:
     prices: dict[str, Any]
     rates: dict[str, RateRow]
     # Each instrument's metrics, computed once per conversion rate for the whole batch.
-    metrics_cache: MetricsCache = field(default_factory=dict)
+    metrics_cache: MetricsCache = field(default_factory=MetricsCache)
     # JSON text pieces of INPUTS_CAPTURED shared by the batch's users (prices, fundamentals).
     json_pieces: dict[Any, Any] = field(default_factory=dict)
     # Time spent in the pure engine and the rule evaluations it made, for the benchmark.
     engine_seconds: float = 0.0
     rule_evaluations: int = 0
+
+    @property
+    def usd_rates(self) -> dict[str, Decimal]:
+        """The snapshot's USD→X rates, as the engine takes them."""
+        return {currency: r.rate for currency, r in self.rates.items()}
 
 
 def _load_users(conn: Connection, score_date: dt.date, batch: str) -> list[UserRow]:
@@ -381,22 +396,13 @@ def score_user(
     )
     stage = "criteria_validation"
     try:
-        sets = [
-            parse_criteria(
-                criteria_version_id=c.id,
-                target_market=c.target_market,
-                asset_type=c.asset_type,
-                version=c.version,
-                rules=c.rules_text,
-            )
-            for c in inputs.criteria.get(user.user_id, [])
-        ]
+        sets = [c.parse() for c in inputs.criteria.get(user.user_id, [])]
         stage = "inputs_capture"
         outcome.events.append(
             ("INPUTS_CAPTURED", capture_inputs_json(correlation_id, user, sets, inputs))
         )
         stage = "scoring"
-        usd_rates = {c: r.rate for c, r in inputs.rates.items()}
+        usd_rates = inputs.usd_rates
         for cs in sets:
             universe = inputs.universes.get(universe_key(cs), [])
             engine_started = time.perf_counter()

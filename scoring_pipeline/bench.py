@@ -304,27 +304,20 @@ def engine_alone(engine: Engine, score_date: dt.date, batch: str = "b0000") -> f
     """Rule evaluations per second of the engine on one batch's inputs, nothing else running:
     best of 5, each with a fresh batch cache (as a batch run starts)."""
     from scoring_pipeline.batch_scoring import load_batch_inputs, universe_key
-    from scoring_pipeline.criteria import parse_criteria
-    from scoring_pipeline.scoring import score_criteria_set
+    from scoring_pipeline.scoring import MetricsCache, score_criteria_set
 
     with engine.connect() as conn:
         inputs = load_batch_inputs(conn, score_date, batch)
-    usd_rates = {currency: r.rate for currency, r in inputs.rates.items()}
+    usd_rates = inputs.usd_rates
     work = []
     for user in inputs.users:
         for c in inputs.criteria.get(user.user_id, []):
-            sets = parse_criteria(
-                criteria_version_id=c.id,
-                target_market=c.target_market,
-                asset_type=c.asset_type,
-                version=c.version,
-                rules=c.rules_text,
-            )
-            work.append((sets, inputs.universes.get(universe_key(sets), []), user.base_currency))
+            cs = c.parse()
+            work.append((cs, inputs.universes.get(universe_key(cs), []), user.base_currency))
     evaluations = sum(len(cs.rules) * len(universe) for cs, universe, _ in work)
     best = float("inf")
     for _ in range(5):
-        cache: dict[Any, Any] = {}
+        cache = MetricsCache()
         started = time.perf_counter()
         for cs, universe, base in work:
             score_criteria_set(

@@ -135,9 +135,18 @@ class _Universe:
         return found
 
 
-# Shared by the calls that score one batch: each instrument's metrics by (symbol, text of its
-# conversion rate or ""), and each universe's columns by (symbols, rates of its currencies).
-MetricsCache = dict[Any, Any]
+class MetricsCache:
+    """Shared by the calls that score one batch. Rates are keyed by their text: 2 and 2.0 are
+    equal Decimals, but a value converted with each has a different text, which the breakdown
+    shows."""
+
+    __slots__ = ("instruments", "universes")
+
+    def __init__(self) -> None:
+        # An instrument's metrics by (symbol, text of its conversion rate, or "" for none).
+        self.instruments: dict[tuple[str, str], dict[str, Decimal | None]] = {}
+        # A universe's columns by (its symbols, (currency, rate text) of its conversions).
+        self.universes: dict[tuple[tuple[str, ...], tuple[tuple[str, str], ...]], _Universe] = {}
 
 
 def score_criteria_set(
@@ -155,7 +164,7 @@ def score_criteria_set(
     values are the same whoever asks, so results are identical with or without it.
     """
     plan = _Plan(criteria)
-    cache: MetricsCache = {} if metrics_cache is None else metrics_cache
+    cache = MetricsCache() if metrics_cache is None else metrics_cache
     rates: dict[str, Decimal] = {}
     instrument_rates: list[Decimal | None] = []
     for instrument in instruments:
@@ -167,20 +176,20 @@ def score_criteria_set(
                 rate = rates[currency] = rate_between(usd_rates, currency, base_currency)
         instrument_rates.append(rate)
     symbols = tuple(i.symbol for i in instruments)
-    # Rates are keyed by their text: 2 and 2.0 are equal Decimals, but a value converted with
-    # each has a different text (and the breakdown shows the text).
     rate_texts = {currency: str(rate) for currency, rate in rates.items()}
-    key = ("universe", symbols, tuple(sorted(rate_texts.items())))
-    universe = cache.get(key)
+    key = (symbols, tuple(sorted(rate_texts.items())))
+    universe = cache.universes.get(key)
     if universe is None:
         values = []
         for instrument, rate in zip(instruments, instrument_rates, strict=True):
             instrument_key = (instrument.symbol, rate_texts.get(instrument.currency, ""))
-            found = cache.get(instrument_key)
+            found = cache.instruments.get(instrument_key)
             if found is None:
-                found = cache[instrument_key] = _values(instrument, _ALL_STORED, _DERIVED, rate)
+                found = cache.instruments[instrument_key] = _values(
+                    instrument, _ALL_STORED, _DERIVED, rate
+                )
             values.append(found)
-        universe = cache[key] = _Universe(values)
+        universe = cache.universes[key] = _Universe(values)
     return SetOutcome(
         scores=plan.score_universe(symbols, universe),
         currency_pairs=frozenset((currency, base_currency) for currency in rates),

@@ -21,7 +21,7 @@ from scoring_pipeline.batch_scoring import (
     results_payload,
     universe_key,
 )
-from scoring_pipeline.criteria import CriteriaSet, parse_criteria
+from scoring_pipeline.criteria import CriteriaSet
 from scoring_pipeline.scoring import score_criteria_set
 from scoring_pipeline_tests import factories as f
 from scoring_pipeline_tests.scenario import DATE, rules, snapshots
@@ -89,16 +89,7 @@ def reference_inputs(
 
 
 def _sets(inputs: BatchInputs, user_id: str) -> list[CriteriaSet]:
-    return [
-        parse_criteria(
-            criteria_version_id=c.id,
-            target_market=c.target_market,
-            asset_type=c.asset_type,
-            version=c.version,
-            rules=c.rules_text,
-        )
-        for c in inputs.criteria[user_id]
-    ]
+    return [c.parse() for c in inputs.criteria[user_id]]
 
 
 def test_text_payloads_equal_the_obvious_dicts(world, dagster_instance):
@@ -135,7 +126,7 @@ def test_text_payloads_equal_the_obvious_dicts(world, dagster_instance):
                 cs,
                 inputs.universes.get(universe_key(cs), []),
                 base_currency=row.base_currency,
-                usd_rates={c: r.rate for c, r in inputs.rates.items()},
+                usd_rates=inputs.usd_rates,
             ).scores
         ]
         assert json.loads(results_json("c-1", scores)) == json.loads(

@@ -15,7 +15,6 @@ from collections import defaultdict
 import pytest
 
 from scoring_pipeline.batch_scoring import load_batch_inputs, universe_key
-from scoring_pipeline.criteria import parse_criteria
 from scoring_pipeline.demo_data import generate
 from scoring_pipeline_tests.scenario import DATE, batch, rows, snapshots
 from scoring_pipeline_tests.test_scoring import ref_score_set
@@ -63,16 +62,10 @@ def test_every_stored_score_equals_the_reference(
     with clean_db.connect() as conn:
         for key in keys:
             inputs = load_batch_inputs(conn, day, key)
-            usd_rates = {currency: r.rate for currency, r in inputs.rates.items()}
+            usd_rates = inputs.usd_rates
             for user in inputs.users:
                 for c in inputs.criteria.get(user.user_id, []):
-                    criteria_set = parse_criteria(
-                        criteria_version_id=c.id,
-                        target_market=c.target_market,
-                        asset_type=c.asset_type,
-                        version=c.version,
-                        rules=c.rules_text,
-                    )
+                    criteria_set = c.parse()
                     universe = inputs.universes.get(universe_key(criteria_set), [])
                     for s in ref_score_set(
                         criteria_set, universe, user.base_currency, usd_rates

@@ -31,6 +31,7 @@ from scoring_pipeline.scoring import (
     SCORE_CONTEXT,
     AssetScore,
     InstrumentData,
+    MetricsCache,
     SetOutcome,
     compute_metrics,
     rate_between,
@@ -1053,7 +1054,7 @@ def test_a_shared_metrics_cache_never_changes_results(first: Scenario, second: S
     """One batch shares a metrics cache across users and sets: every set, scored through a cache
     that other sets (other rules, base currencies and rates) filled first, equals the reference.
     The instruments are the batch's, so the same for every set."""
-    cache: dict[Any, Any] = {}
+    cache = MetricsCache()
     instruments = first[1]
     for rules, _, base, usd_rates in (first, second, first):
         criteria_set = criteria(*rules)
@@ -1107,7 +1108,7 @@ def test_a_shared_cache_keeps_the_text_of_equal_rates_apart() -> None:
     usd_rates = {"EUR": Decimal("0.5"), "CHF": Decimal("1.00")}
     instruments = [InstrumentData("E", "EUR", Decimal("10"), {"revenue": Decimal("1000")})]
     rules = criteria(rule("revenue", "gt", "1", rule_id="rev"))
-    cache: dict[Any, Any] = {}
+    cache = MetricsCache()
     texts = {}
     for base in ("USD", "CHF"):
         alone = score_criteria_set(rules, instruments, base_currency=base, usd_rates=usd_rates)
