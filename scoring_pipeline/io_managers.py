@@ -7,7 +7,7 @@ import dagster as dg
 
 from scoring_pipeline import job_runs
 from scoring_pipeline.assets.common import as_metadata
-from scoring_pipeline.batch_scoring import BatchOutput
+from scoring_pipeline.batch_scoring import BatchOutput, gc_paused
 from scoring_pipeline.resources import DatabaseResource
 from scoring_pipeline.writes import (
     failed_user_entries,
@@ -24,7 +24,8 @@ class ScoresIOManager(dg.ConfigurableIOManager):
 
     def handle_output(self, context: dg.OutputContext, obj: BatchOutput) -> None:
         started = time.perf_counter()
-        prepared = prepare_batch(obj)  # serialised before the transaction: no locks held meanwhile
+        with gc_paused():
+            prepared = prepare_batch(obj)  # serialised before the transaction: no locks held
         obj.timings["serialize_ms"] = int((time.perf_counter() - started) * 1000)
         started = time.perf_counter()
         with self.database.engine().begin() as conn:

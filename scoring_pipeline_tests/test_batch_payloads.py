@@ -108,6 +108,12 @@ def test_text_payloads_equal_the_obvious_dicts(world, dagster_instance):
                 ),
             ],
         ),
+        # A set whose universe is empty beside one that is not: no stray commas in the text.
+        f.user(
+            world,
+            holdings=[("AAA", "USD")],
+            criteria=[("US_TECH", "etf", rules()), ("US_TECH", "stock", rules())],
+        ),
     ]
     assert snapshots(dagster_instance).success
     with world.connect() as conn:
