@@ -86,6 +86,8 @@ class BenchReport:
                 for table, seconds in f["raw_copy_s_by_table"].items()
             ),
             f"{'write stage / raw COPY':<66}{f['write_to_copy_ratio']:>8.2f} x",
+            f"{'PostgreSQL connections opened during the night (all processes)':<66}"
+            f"{f['connections_opened']:>8,}",
             f"{'bytes on disk per scored asset (all output tables)':<66}"
             f"{f['bytes_per_asset']:>8.0f} B",
             "table                        rows          bytes on disk",
@@ -334,6 +336,16 @@ def engine_alone(engine: Engine, score_date: dt.date, batch: str = "b0000") -> f
     return evaluations / best if best > 0 else 0.0
 
 
+def _sessions(engine: Engine) -> int:
+    """Connections ever opened to the benchmark database (PostgreSQL counts them)."""
+    with engine.connect() as conn:
+        return int(
+            conn.execute(
+                sa.text("SELECT sessions FROM pg_stat_database WHERE datname = current_database()")
+            ).scalar_one()
+        )
+
+
 def _tables(engine: Engine) -> dict[str, dict[str, int]]:
     out: dict[str, dict[str, int]] = {}
     with engine.connect() as conn:
@@ -355,8 +367,11 @@ def run_bench(
     timeout: float = 1800.0,
     keep: bool = False,
     echo: Any = print,
+    server_url: str | None = None,
 ) -> BenchReport:
-    url = db.create_database(db.resolve_database_url(), "scoring_bench")
+    """A night of `users` generated users through the real services, in a new database on the
+    server of `server_url` (by default the one `DATABASE_URL` or the embedded default names)."""
+    url = db.create_database(server_url or db.resolve_database_url(), "scoring_bench")
     engine = db.create_engine_for(url)
     work = Path(tempfile.mkdtemp(prefix="scoring-bench-"))
     score_date = dt.datetime.now(dt.UTC).date()
@@ -379,11 +394,13 @@ def run_bench(
             roots = [p.pid for p in services.processes.values()]
             with RssSampler(roots) as sampler:
                 echo("services up; launching the night")
+                sessions_before = _sessions(engine)
                 DagsterApi(services.url).launch_job(
                     "overnight_snapshots_job",
                     tags={"dagster/partition": score_date.isoformat()},
                 )
                 _wait_night(engine, score_date, timeout)
+                sessions = _sessions(engine) - sessions_before
             runs = _run_times(env)
         report = BenchReport(
             users=users,
@@ -392,6 +409,7 @@ def run_bench(
             runs={job: len(times) for job, times in runs.items()},
         )
         report.figures = _figures(engine, score_date, runs)
+        report.figures["connections_opened"] = sessions
         report.tables = _tables(engine)
         raw_copy_by_table = _raw_copy_seconds(engine)
         raw_copy = sum(raw_copy_by_table.values())

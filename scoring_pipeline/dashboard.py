@@ -228,8 +228,18 @@ def warm_batch(conn: Connection, batch: PendingBatch) -> WarmResult:
 
 
 def refresh_cache_job_run(conn: Connection, score_date: dt.date, failed: int) -> str:
-    """Track the date's `cache_warm` job run: completed once every scored user is warm."""
-    job_runs.ensure_job_run(conn, score_date, job_type=job_runs.CACHE_WARM)
+    """Track the date's `cache_warm` job run: completed once every scored user is warm.
+
+    Like the scoring job run, it is opened with JOB_STARTED and closed with JOB_COMPLETED (again
+    if it was re-opened: warmed while a re-scored batch still waited for its warming)."""
+    correlation_id = job_runs.ensure_job_run(conn, score_date, job_type=job_runs.CACHE_WARM)
+    was_done = conn.execute(
+        sa.text(
+            "SELECT completed_at IS NOT NULL FROM overnight_job_runs WHERE job_type = 'cache_warm' "
+            "AND score_date = :d AND market_group = 'all'"
+        ),
+        {"d": score_date},
+    ).scalar_one()
     figures = conn.execute(
         sa.text(
             "SELECT coalesce(sum(users_success), 0) AS scored, "
@@ -270,4 +280,18 @@ def refresh_cache_job_run(conn: Connection, score_date: dt.date, failed: int) ->
             "m": json.dumps({"users_warm": int(warm), "users_scored": int(figures.scored)}),
         },
     )
+    if done and not was_done:
+        job_runs.write_job_event(
+            conn,
+            correlation_id=correlation_id,
+            event_type="JOB_COMPLETED",
+            payload={
+                "correlationId": correlation_id,
+                "jobType": job_runs.CACHE_WARM,
+                "scoreDate": score_date.isoformat(),
+                "status": status,
+                "usersWarm": int(warm),
+                "usersScored": int(figures.scored),
+            },
+        )
     return status

@@ -17,6 +17,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from scoring_pipeline import db
+from scoring_pipeline.dagster_storage import storage_config
 from scoring_pipeline.tables import metadata
 
 pytest_plugins = [
@@ -108,7 +109,7 @@ def clean_db(engine: Engine) -> Engine:
 def dagster_instance(database_url: str) -> Iterator[dg.DagsterInstance]:
     """A real Dagster instance on PostgreSQL storage (the same database, psycopg2 driver)."""
     overrides = {
-        "storage": {"postgres": {"postgres_url": db.dagster_storage_url(database_url)}},
+        "storage": storage_config(db.dagster_storage_url(database_url)),
     }
     with dg.instance_for_test(overrides=overrides) as instance:
         yield instance

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
 from scoring_pipeline import job_runs
@@ -46,20 +46,23 @@ SPEC_OPERATORS = "gt gte lt lte equals between exists".split()
 ASCII_DECIMAL = re.compile(r"[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)")
 
 
-def oracle_decimal(value: Any) -> Decimal | None:
-    """The exact value of a rule's value/value2 per the spec, or None when it is not one."""
+def oracle_decimal(value: Any, *, as_text: bool = True) -> Decimal | None:
+    """The exact value of a rule's value/value2 per the spec, or None when it is not one.
+
+    A non-integer number is exact in JSON text (the number as written); handed over already
+    decoded, as a Python float, it is not, and is refused."""
     if isinstance(value, bool):
         return None
     if isinstance(value, int):
         return Decimal(value)
     if isinstance(value, float):
-        return Decimal(repr(value)) if math.isfinite(value) else None
+        return Decimal(repr(value)) if as_text and math.isfinite(value) else None
     if isinstance(value, str) and ASCII_DECIMAL.fullmatch(value):
         return Decimal(value)
     return None
 
 
-def oracle_valid(rules_value: Any) -> bool:
+def oracle_valid(rules_value: Any, *, as_text: bool = True) -> bool:
     if not isinstance(rules_value, list):
         return False
     ids: set[str] = set()
@@ -75,11 +78,15 @@ def oracle_valid(rules_value: Any) -> bool:
         if rule.get("metric") not in SPEC_METRICS or rule.get("operator") not in SPEC_OPERATORS:
             return False
         if rule["operator"] != "exists":
-            low = oracle_decimal(rule.get("value")) if "value" in rule else None
+            low = oracle_decimal(rule.get("value"), as_text=as_text) if "value" in rule else None
             if low is None:
                 return False
             if rule["operator"] == "between":
-                high = oracle_decimal(rule.get("value2")) if "value2" in rule else None
+                high = (
+                    oracle_decimal(rule.get("value2"), as_text=as_text)
+                    if "value2" in rule
+                    else None
+                )
                 if high is None or low > high:
                     return False
         points = rule.get("points")
@@ -162,8 +169,13 @@ def _json_text(value: Any) -> str:
     return json.dumps(value, allow_nan=False)
 
 
+_FLOAT_VALUE = [{"id": "r", "metric": "price", "operator": "gt", "value": 0.5, "points": 1}]
+
+
 @settings(max_examples=400, deadline=None)
 @given(rule_lists, st.booleans())
+@example(_FLOAT_VALUE, False)  # a Python float: refused (found by this test)
+@example(_FLOAT_VALUE, True)  # the same number in JSON text: exact, accepted
 def test_parse_criteria_accepts_exactly_what_the_spec_allows(rules_value, as_text):
     given_rules: Any = _json_text(rules_value) if as_text else rules_value
     try:
@@ -175,15 +187,15 @@ def test_parse_criteria_accepts_exactly_what_the_spec_allows(rules_value, as_tex
             rules=given_rules,
         )
     except InvalidCriteriaError as exc:
-        assert not oracle_valid(rules_value), exc
+        assert not oracle_valid(rules_value, as_text=as_text), exc
         assert CVID in str(exc) and exc.criteria_version_id == CVID
         return
-    assert oracle_valid(rules_value)
+    assert oracle_valid(rules_value, as_text=as_text)
     assert [r.id for r in parsed.rules] == [r["id"] for r in rules_value]
     for rule, raw in zip(parsed.rules, rules_value, strict=True):
         assert rule.points == raw["points"] and rule.metric == raw["metric"]
         if rule.operator != "exists":
-            assert rule.value == oracle_decimal(raw["value"])
+            assert rule.value == oracle_decimal(raw["value"], as_text=as_text)
     # What INPUTS_CAPTURED stores parses back to the same rules (replay).
     again = parse_criteria(
         criteria_version_id=CVID,

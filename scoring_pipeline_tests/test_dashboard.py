@@ -86,6 +86,13 @@ def test_each_landed_batch_warms_its_successful_users(world, dagster_instance):
         "SELECT status, users_processed FROM overnight_job_runs WHERE job_type = 'cache_warm'",
     )[0]
     assert (job.status, job.users_processed) == ("completed", 1)
+    events = rows(
+        world,
+        "SELECT e.event_type, e.payload FROM calculation_events e JOIN overnight_job_runs j "
+        "ON j.correlation_id = e.correlation_id WHERE j.job_type = 'cache_warm' ORDER BY e.id",
+    )
+    assert [e.event_type for e in events] == ["JOB_STARTED", "JOB_COMPLETED"]
+    assert events[1].payload["status"] == "completed" and events[1].payload["usersWarm"] == 1
     assert bad not in cache
 
 

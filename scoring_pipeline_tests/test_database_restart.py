@@ -17,6 +17,7 @@ import dagster as dg
 import sqlalchemy as sa
 
 from scoring_pipeline import db
+from scoring_pipeline.dagster_storage import storage_config
 from scoring_pipeline_tests.scenario import (
     batch,
     build_world,
@@ -83,7 +84,7 @@ def test_a_database_restart_mid_batch_retries_the_step(private_server, tmp_path,
         monkeypatch.setenv("PGTZ", "UTC")
         world = build_world(engine, tmp_path, monkeypatch)
         users = users_in_two_currencies(world, 2)  # one batch of 2
-        overrides = {"storage": {"postgres": {"postgres_url": db.dagster_storage_url(url)}}}
+        overrides = {"storage": storage_config(db.dagster_storage_url(url))}
         with dg.instance_for_test(overrides=overrides) as instance:
             assert snapshots(instance).success
             fault = RestartDuringWrite(url, data_dir)

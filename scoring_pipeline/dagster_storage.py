@@ -1,0 +1,103 @@
+"""Dagster's PostgreSQL instance storage, with the run and event-log connections kept open.
+
+dagster-postgres opens a new connection for every storage call (`NullPool`: "not holding any
+connections open"), and closes it after. A night of many short runs makes thousands of them:
+the 10,000-user benchmark opened ~140 connections a second, each a new PostgreSQL backend
+process (~2 ms of server CPU to start, and cold catalog caches for its first queries) on a
+2-core machine that also runs the COPYs. This storage is the same one, except that the run and
+event-log stores (where runs write their events) pool their connections, as dagster-webserver
+already does for itself (`optimize_for_webserver`):
+
+- one connection kept per store for the instance's life, a few more opened while threads
+  overlap (the daemon's) and closed once idle again;
+- `pool_pre_ping`: a connection the server dropped (a restart, a failover) is found on checkout
+  and replaced, never handed to Dagster;
+- connections recycled after an hour, and closed when the instance is disposed: Dagster
+  disposes these two stores with the instance (each run's instance, in a Celery run worker, at
+  the end of its run). It does not dispose the schedule store, so that one keeps opening a
+  connection per call (the daemon's sensor and schedule ticks: a few a second).
+
+`dagster.yaml` selects it with `storage: custom:`; its config is that of `storage: postgres:`.
+"""
+
+from collections.abc import Mapping
+from typing import Any
+
+from dagster_postgres import DagsterPostgresStorage, PostgresEventLogStorage, PostgresRunStorage
+from dagster_postgres.schedule_storage import PostgresScheduleStorage
+from dagster_postgres.utils import create_pg_engine, pg_url_from_config
+from sqlalchemy.engine import Engine
+
+POOL_SIZE = 1  # connections each store keeps open
+MAX_OVERFLOW = 8  # more, opened only while calls overlap
+POOL_RECYCLE_SECONDS = 3600
+
+
+def pooled_engine(postgres_url: str) -> Engine:
+    return create_pg_engine(
+        postgres_url,
+        isolation_level="AUTOCOMMIT",
+        pool_size=POOL_SIZE,
+        max_overflow=MAX_OVERFLOW,
+        pool_pre_ping=True,
+        pool_recycle=POOL_RECYCLE_SECONDS,
+    )
+
+
+# The stores keep their engine in `_engine` (dagster-postgres 0.29, pinned with dagster), and
+# `optimize_for_webserver` swaps it the same way.
+class PooledRunStorage(PostgresRunStorage):
+    def __init__(self, postgres_url: str, should_autocreate_tables: bool = True) -> None:
+        super().__init__(postgres_url, should_autocreate_tables)
+        self._engine = pooled_engine(postgres_url)
+
+    def dispose(self) -> None:
+        super().dispose()
+        self._engine.dispose()
+
+
+class PooledEventLogStorage(PostgresEventLogStorage):
+    def __init__(self, postgres_url: str, should_autocreate_tables: bool = True) -> None:
+        super().__init__(postgres_url, should_autocreate_tables)
+        self._engine = pooled_engine(postgres_url)
+
+    def dispose(self) -> None:
+        super().dispose()
+        self._engine.dispose()
+
+
+class PooledPostgresStorage(DagsterPostgresStorage):
+    """`DagsterPostgresStorage` whose run and event-log stores pool their connections."""
+
+    def __init__(
+        self, postgres_url: str, should_autocreate_tables: bool = True, inst_data: Any = None
+    ) -> None:
+        self.postgres_url = postgres_url
+        self.should_autocreate_tables = should_autocreate_tables
+        self._inst_data = inst_data
+        self._run_storage = PooledRunStorage(postgres_url, should_autocreate_tables)
+        self._event_log_storage = PooledEventLogStorage(postgres_url, should_autocreate_tables)
+        self._schedule_storage = PostgresScheduleStorage(postgres_url, should_autocreate_tables)
+        # DagsterStorage.__init__, skipping DagsterPostgresStorage.__init__ (the stock stores).
+        super(DagsterPostgresStorage, self).__init__()  # type: ignore[no-untyped-call]
+
+    @classmethod
+    def from_config_value(
+        cls, inst_data: Any, config_value: Mapping[str, Any]
+    ) -> "PooledPostgresStorage":
+        return cls(
+            postgres_url=pg_url_from_config(config_value),
+            should_autocreate_tables=config_value.get("should_autocreate_tables", True),
+            inst_data=inst_data,
+        )
+
+
+def storage_config(postgres_url: str) -> dict[str, Any]:
+    """The instance's `storage:` block for this storage (as `dagster.yaml` has it, with a URL)."""
+    return {
+        "custom": {
+            "module": __name__,
+            "class": PooledPostgresStorage.__name__,
+            "config": {"postgres_url": postgres_url},
+        }
+    }

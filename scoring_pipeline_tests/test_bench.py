@@ -1,0 +1,46 @@
+"""`make bench` on a small universe: a whole night through the real services, and a report whose
+figures account for every row written (the benchmark's own correctness, not its speed)."""
+
+import math
+
+import pytest
+
+from scoring_pipeline.bench import COPY_TABLES, run_bench
+
+pytestmark = pytest.mark.db
+
+USERS = 60  # two batches of 50 and 10
+
+
+def test_bench_night_accounts_for_every_row(server_url):
+    report = run_bench(USERS, instruments_per_market=10, server_url=server_url, echo=lambda _: None)
+    f = report.figures
+    tables = report.tables
+
+    assert f["batches"] == math.ceil(USERS / 50)
+    assert report.runs["overnight_snapshots_job"] == 1
+    assert report.runs["scoring_batch_job"] == f["batches"]
+    assert report.runs["dashboard_cache_job"] >= 1
+    # Every generated user is active and scored: 4 events each, and the night's two job runs
+    # (scoring, cache_warm) each opened and closed.
+    assert tables["scoring_batches"]["rows"] == USERS
+    assert tables["overnight_job_runs"]["rows"] == 2
+    assert tables["calculation_events"]["rows"] == 4 * USERS + 2 * 2
+    assert tables["dashboard_cache"]["rows"] == USERS
+    assert f["assets_scored"] > 0
+    assert tables["asset_scores"]["rows"] == tables["score_history"]["rows"] == f["assets_scored"]
+    assert f["rule_evaluations"] >= f["assets_scored"]
+
+    assert set(f["raw_copy_s_by_table"]) == set(COPY_TABLES)
+    assert f["raw_copy_s"] == pytest.approx(sum(f["raw_copy_s_by_table"].values()))
+    assert f["write_to_copy_ratio"] == pytest.approx(f["write_s"] / f["raw_copy_s"])
+    total_bytes = sum(t["bytes"] for t in tables.values())
+    assert f["bytes_per_asset"] == pytest.approx(total_bytes / f["assets_scored"])
+    assert f["end_to_end_s"] >= f["stages_s"]["batch runs (first start -> last end)"] > 0
+    assert f["connections_opened"] > 0
+    assert f["rule_evaluations_per_cpu_s"] > 0 and f["engine_alone_per_s"] > 0
+    assert report.rss_mb["postgres"] > 0 and report.rss_mb["celery run worker"] > 0
+
+    text = "\n".join(report.lines())
+    assert f"benchmark: {USERS} users, {f['batches']} batches" in text
+    assert "write stage / raw COPY" in text

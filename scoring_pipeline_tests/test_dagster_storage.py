@@ -1,0 +1,107 @@
+"""The instance storage keeps its run and event-log connections open (one per store, not one per
+call as dagster-postgres does), replaces a connection the server dropped, and closes them when
+the instance is disposed. Measured on a database of its own, so other tests' connections never
+count."""
+
+from collections.abc import Iterator
+from typing import Any
+
+import dagster as dg
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from scoring_pipeline import db
+from scoring_pipeline.dagster_storage import PooledPostgresStorage, storage_config
+
+pytestmark = pytest.mark.db
+
+CALLS = 25
+
+
+@pytest.fixture
+def own_database(databases: Any) -> Iterator[tuple[str, Engine]]:
+    url = databases.create()
+    probe = sa.create_engine(db.with_driver(url, db.APP_DRIVER), poolclass=sa.pool.NullPool)
+    yield url, probe
+    probe.dispose()
+
+
+def _sessions(probe: Engine) -> int:
+    """Connections opened to the probe's database so far (its own excluded, flushed by then)."""
+    with probe.connect() as conn:
+        conn.execute(sa.text("SELECT pg_stat_clear_snapshot()"))
+        return int(
+            conn.execute(
+                sa.text("SELECT sessions FROM pg_stat_database WHERE datname = current_database()")
+            ).scalar_one()
+        )
+
+
+def _backends(probe: Engine) -> int:
+    """Other connections to the probe's database open right now."""
+    with probe.connect() as conn:
+        return int(
+            conn.execute(
+                sa.text(
+                    "SELECT count(*) FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                )
+            ).scalar_one()
+        )
+
+
+def _storage_calls(instance: dg.DagsterInstance) -> None:
+    """What a run does over and over: read its run, write an event, read events back."""
+    run = instance.create_run_for_job(dg.GraphDefinition("g").to_job())  # type: ignore[attr-defined]
+    for _ in range(CALLS):
+        assert instance.get_run_by_id(run.run_id) is not None
+        instance.report_engine_event("probe", run)
+        assert instance.all_logs(run.run_id)
+
+
+def _connections_for_calls(url: str, probe: Engine, storage: dict[str, Any]) -> int:
+    with dg.instance_for_test(overrides={"storage": storage}) as instance:
+        _storage_calls(instance)  # creates the tables on first use
+        before = _sessions(probe)
+        _storage_calls(instance)
+        return _sessions(probe) - before - 1  # less the probe's own count of `before`
+
+
+def test_storage_calls_reuse_connections_where_stock_storage_opens_one_each(own_database):
+    url, probe = own_database
+    storage_url = db.dagster_storage_url(url)
+    stock = _connections_for_calls(url, probe, {"postgres": {"postgres_url": storage_url}})
+    pooled = _connections_for_calls(url, probe, storage_config(storage_url))
+    assert stock >= 3 * CALLS  # the contrast: dagster-postgres connects for every call
+    assert pooled <= 2
+
+
+def test_a_dropped_connection_is_replaced_and_all_are_closed_on_dispose(own_database):
+    url, probe = own_database
+    with dg.instance_for_test(
+        overrides={"storage": storage_config(db.dagster_storage_url(url))}
+    ) as instance:
+        _storage_calls(instance)
+        assert _backends(probe) >= 1  # the pooled connections stay open between calls
+        with probe.connect() as conn:  # the server drops them (as a restart or failover would)
+            conn.execute(
+                sa.text(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                )
+            )
+        _storage_calls(instance)  # no error: each dead connection is found and replaced
+        assert _backends(probe) >= 1
+    assert _backends(probe) == 0
+
+
+def test_the_project_instance_config_selects_the_pooled_storage():
+    config = storage_config("postgresql+psycopg2://example/db")
+    assert config["custom"]["class"] == PooledPostgresStorage.__name__
+    import yaml
+
+    with open(db.PROJECT_ROOT / "dagster.yaml") as f:
+        project = yaml.safe_load(f)
+    assert project["storage"]["custom"]["module"] == config["custom"]["module"]
+    assert project["storage"]["custom"]["class"] == config["custom"]["class"]
