@@ -150,7 +150,13 @@ def running_services(
     url = f"http://127.0.0.1:{port}"
     services = Services(url=url)
     try:
-        services.processes["worker"] = _spawn("worker", worker_command(workers), env, log_dir)
+        # Each service's PostgreSQL sessions carry its name (pg_stat_activity.application_name)
+        # unless the operator named them; the app's own sessions name themselves.
+        worker_env = {"PGAPPNAME": "scoring-pipeline-worker", **env}
+        dagster_env = {"PGAPPNAME": "scoring-pipeline-dagster", **env}
+        services.processes["worker"] = _spawn(
+            "worker", worker_command(workers), worker_env, log_dir
+        )
         services.processes["dagster"] = _spawn(
             "dagster",
             [
@@ -163,7 +169,7 @@ def running_services(
                 "-w",
                 str(PROJECT_ROOT / "workspace.yaml"),
             ],
-            env,
+            dagster_env,
             log_dir,
         )
         _wait_http(url, services.processes, timeout)

@@ -52,12 +52,14 @@ def _backends(probe: Engine) -> int:
 
 
 def _storage_calls(instance: dg.DagsterInstance) -> None:
-    """What a run does over and over: read its run, write an event, read events back."""
+    """What a run and the daemon do over and over: read a run, write an event, read events
+    back (run and event-log stores), read sensor and schedule states (schedule store)."""
     run = instance.create_run_for_job(dg.GraphDefinition("g").to_job())  # type: ignore[attr-defined]
     for _ in range(CALLS):
         assert instance.get_run_by_id(run.run_id) is not None
         instance.report_engine_event("probe", run)
         assert instance.all_logs(run.run_id)
+        assert instance.all_instigator_state() == []
 
 
 def _connections_for_calls(url: str, probe: Engine, storage: dict[str, Any]) -> int:
@@ -73,7 +75,7 @@ def test_storage_calls_reuse_connections_where_stock_storage_opens_one_each(own_
     storage_url = db.dagster_storage_url(url)
     stock = _connections_for_calls(url, probe, {"postgres": {"postgres_url": storage_url}})
     pooled = _connections_for_calls(url, probe, storage_config(storage_url))
-    assert stock >= 3 * CALLS  # the contrast: dagster-postgres connects for every call
+    assert stock >= 4 * CALLS  # the contrast: dagster-postgres connects for every call
     assert pooled <= 2
 
 

@@ -124,6 +124,16 @@ def test_bad_batch_fails_alone_then_retry_completes_the_night(services, clean_db
         timeout=60,
     )
     assert warm == healthy  # the failed users have no dashboard
+    with engine.connect() as conn:  # the services' sessions say whose they are
+        names = set(
+            conn.execute(
+                sa.text(
+                    "SELECT application_name FROM pg_stat_activity "
+                    "WHERE datname = current_database()"
+                )
+            ).scalars()
+        )
+    assert "scoring-pipeline-dagster" in names  # the daemon's and webserver's pooled stores
 
     # Fix the data: valid criteria for user 5, a base currency with a rate for user 6.
     with engine.begin() as conn:
