@@ -50,6 +50,8 @@ class BenchReport:
     rss_mb: dict[str, float] = field(default_factory=dict)
     cpu_s: dict[str, float] = field(default_factory=dict)
     runs: dict[str, int] = field(default_factory=dict)
+    # Nights after the first, on the same database: what each added on disk.
+    later_nights: list[dict[str, Any]] = field(default_factory=list)
 
     def lines(self) -> list[str]:
         f = self.figures
@@ -103,6 +105,20 @@ class BenchReport:
         out.append("runs by job:")
         for job, count in sorted(self.runs.items()):
             out.append(f"  {job:<64}{count:>8}")
+        if self.later_nights:
+            out.append(
+                "later nights on the same database (each after a plain VACUUM of the output "
+                "tables, the day's autovacuum):"
+            )
+        for night in self.later_nights:
+            out.append(
+                f"  {night['score_date']}: {night['assets_scored']:,} assets scored, "
+                f"{night['end_to_end_s']:.1f} s, bytes added per scored asset"
+                f"{night['bytes_added_per_asset']:>8.0f} B"
+            )
+            for table, added in night["bytes_added"].items():
+                if added:
+                    out.append(f"    {table:<62}{added:>+18,}")
         return out
 
 
@@ -336,6 +352,58 @@ def engine_alone(engine: Engine, score_date: dt.date, batch: str = "b0000") -> f
     return evaluations / best if best > 0 else 0.0
 
 
+def _vacuum(engine: Engine) -> None:
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        for table in OUTPUT_TABLES:
+            conn.execute(sa.text(f"VACUUM {table}"))
+
+
+def _later_nights(
+    engine: Engine,
+    env: dict[str, str],
+    workers: int,
+    dates: list[dt.date],
+    timeout: float,
+    echo: Any,
+) -> list[dict[str, Any]]:
+    """Run one night per date on the same database, each after a plain VACUUM of the output
+    tables (what autovacuum does in the day between two nights: it frees the replaced rows'
+    space for reuse, the files keep their size). Returns what each night added on disk."""
+    out: list[dict[str, Any]] = []
+    with running_services(port=free_port(), workers=workers, env=env) as services:
+        api = DagsterApi(services.url)
+        for night in dates:
+            _vacuum(engine)
+            before = _tables(engine)
+            echo(f"next night: {night}")
+            started = time.monotonic()
+            api.launch_job("overnight_snapshots_job", tags={"dagster/partition": night.isoformat()})
+            _wait_night(engine, night, timeout)
+            seconds = time.monotonic() - started
+            after = _tables(engine)
+            with engine.connect() as conn:
+                assets = int(
+                    conn.execute(
+                        sa.text(
+                            "SELECT coalesce(sum(assets_scored), 0) FROM scoring_batch_results "
+                            "WHERE score_date = :d"
+                        ),
+                        {"d": night},
+                    ).scalar_one()
+                )
+            added = {t: after[t]["bytes"] - before[t]["bytes"] for t in after}
+            out.append(
+                {
+                    "score_date": night.isoformat(),
+                    "assets_scored": assets,
+                    "end_to_end_s": seconds,
+                    "bytes_added": added,
+                    "bytes_added_per_asset": sum(added.values()) / max(assets, 1),
+                }
+            )
+    return out
+
+
 def _sessions(engine: Engine) -> int:
     """Connections ever opened to the benchmark database (PostgreSQL counts them)."""
     with engine.connect() as conn:
@@ -368,13 +436,23 @@ def run_bench(
     keep: bool = False,
     echo: Any = print,
     server_url: str | None = None,
+    nights: int = 1,
 ) -> BenchReport:
     """A night of `users` generated users through the real services, in a new database on the
-    server of `server_url` (by default the one `DATABASE_URL` or the embedded default names)."""
+    server of `server_url` (by default the one `DATABASE_URL` or the embedded default names).
+
+    With `nights` > 1 the first night is that many days back, and the following nights run on
+    the same database, one date after the other, to measure what a night adds on disk once the
+    current scores exist (`later_nights`). Every other figure is the first night's.
+    """
+    if nights < 1:
+        raise ValueError("nights must be at least 1")
     url = db.create_database(server_url or db.resolve_database_url(), "scoring_bench")
     engine = db.create_engine_for(url)
     work = Path(tempfile.mkdtemp(prefix="scoring-bench-"))
-    score_date = dt.datetime.now(dt.UTC).date()
+    today = dt.datetime.now(dt.UTC).date()
+    dates = [today - dt.timedelta(days=nights - 1 - n) for n in range(nights)]
+    score_date = dates[0]
     try:
         db.migrate(engine)
         with engine.begin() as conn:
@@ -422,6 +500,8 @@ def run_bench(
             write_to_copy_ratio=report.figures["write_s"] / max(raw_copy, 1e-9),
             bytes_per_asset=total_bytes / assets,
         )
+        if dates[1:]:
+            report.later_nights = _later_nights(engine, env, workers, dates[1:], timeout, echo)
         return report
     finally:
         engine.dispose()
@@ -444,6 +524,7 @@ def save(report: BenchReport, directory: Path) -> Path:
                 "rss_mb": report.rss_mb,
                 "cpu_s": report.cpu_s,
                 "runs": report.runs,
+                "later_nights": report.later_nights,
             },
             indent=2,
         )

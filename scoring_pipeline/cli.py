@@ -155,7 +155,9 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
     if args.users < 1:
         raise ConfigurationError("--users must be at least 1")
-    report = run_bench(args.users, workers=args.workers, keep=args.keep)
+    if args.nights < 1:
+        raise ConfigurationError("--nights must be at least 1")
+    report = run_bench(args.users, workers=args.workers, keep=args.keep, nights=args.nights)
     for line in report.lines():
         print(line)
     print(f"saved {save(report, Path(args.out))}")
@@ -230,6 +232,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=2, help="concurrent run workers")
     p.add_argument("--out", default="bench_out", help="folder for the JSON report")
     p.add_argument("--keep", action="store_true", help="keep the benchmark database")
+    p.add_argument(
+        "--nights",
+        type=int,
+        default=1,
+        help="nights in a row on the same database (the later ones measure what a night adds)",
+    )
     p.set_defaults(func=_cmd_bench)
 
     p = sub.add_parser("replay", help="recompute a calculation from its INPUTS_CAPTURED event")

@@ -1,4 +1,4 @@
-"""`make bench` on a small universe: a whole night through the real services, and a report whose
+"""`make bench` on a small universe: three nights through the real services, and a report whose
 figures account for every row written (the benchmark's own correctness, not its speed)."""
 
 import math
@@ -13,7 +13,9 @@ USERS = 60  # two batches of 50 and 10
 
 
 def test_bench_night_accounts_for_every_row(server_url):
-    report = run_bench(USERS, instruments_per_market=10, server_url=server_url, echo=lambda _: None)
+    report = run_bench(
+        USERS, instruments_per_market=10, server_url=server_url, nights=3, echo=lambda _: None
+    )
     f = report.figures
     tables = report.tables
 
@@ -41,6 +43,22 @@ def test_bench_night_accounts_for_every_row(server_url):
     assert f["rule_evaluations_per_cpu_s"] > 0 and f["engine_alone_per_s"] > 0
     assert report.rss_mb["postgres"] > 0 and report.rss_mb["celery run worker"] > 0
 
+    # The later nights score the same universe on the following dates. The first of them adds
+    # a second version of every current score (the replaced rows' space is only free once
+    # vacuumed); the next one reuses that space, so only history and events grow.
+    second, third = report.later_nights
+    assert [n["assets_scored"] for n in (second, third)] == [f["assets_scored"]] * 2
+    for night in (second, third):
+        assert night["bytes_added"]["score_history"] > 0
+        assert night["bytes_added"]["calculation_events"] > 0
+        assert night["bytes_added_per_asset"] == pytest.approx(
+            sum(night["bytes_added"].values()) / night["assets_scored"]
+        )
+    assert second["bytes_added"]["asset_scores"] > 0
+    assert third["bytes_added"]["asset_scores"] < second["bytes_added"]["asset_scores"] / 2
+    assert third["bytes_added_per_asset"] < second["bytes_added_per_asset"]
+
     text = "\n".join(report.lines())
     assert f"benchmark: {USERS} users, {f['batches']} batches" in text
     assert "write stage / raw COPY" in text
+    assert f"{third['score_date']}: {third['assets_scored']:,} assets scored" in text
