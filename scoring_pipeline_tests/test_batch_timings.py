@@ -3,6 +3,8 @@ pause around scoring: always undone, also when the scoring raises."""
 
 import datetime as dt
 import gc
+import subprocess
+import sys
 
 import pytest
 
@@ -46,3 +48,22 @@ def test_batch_timings_count_evaluations_and_engine_time(world, dagster_instance
     # CPU time of the engine's thread never exceeds its wall time (1 ms of rounding aside).
     assert 0 <= timings["engine_cpu_ms"] <= timings["engine_ms"] + 1
     assert gc.isenabled()
+
+
+def test_a_run_worker_process_freezes_its_import_heap():
+    """What each pre-forked Celery process does before its first run (in a process of its own:
+    freezing this one would change every later test's collections)."""
+    code = (
+        "import gc\n"
+        "from scoring_pipeline.celery_app import _warm_process\n"
+        "assert gc.get_freeze_count() == 0\n"
+        "_warm_process()\n"
+        "import sys\n"
+        "print(gc.get_freeze_count(), 'scoring_pipeline.definitions' in sys.modules)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+    )
+    frozen, imported = done.stdout.split()
+    assert imported == "True"
+    assert int(frozen) > 50_000  # Dagster and the code location: ~160,000 objects here
