@@ -352,6 +352,14 @@ def engine_alone(engine: Engine, score_date: dt.date, batch: str = "b0000") -> f
     return evaluations / best if best > 0 else 0.0
 
 
+def _run_night(services_url: str, engine: Engine, night: dt.date, timeout: float) -> None:
+    """Launch a date's night as the schedule does, and wait until it has closed."""
+    DagsterApi(services_url).launch_job(
+        "overnight_snapshots_job", tags={"dagster/partition": night.isoformat()}
+    )
+    _wait_night(engine, night, timeout)
+
+
 def _vacuum(engine: Engine) -> None:
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
         for table in OUTPUT_TABLES:
@@ -371,14 +379,12 @@ def _later_nights(
     space for reuse, the files keep their size). Returns what each night added on disk."""
     out: list[dict[str, Any]] = []
     with running_services(port=free_port(), workers=workers, env=env) as services:
-        api = DagsterApi(services.url)
         for night in dates:
             _vacuum(engine)
             before = _tables(engine)
             echo(f"next night: {night}")
             started = time.monotonic()
-            api.launch_job("overnight_snapshots_job", tags={"dagster/partition": night.isoformat()})
-            _wait_night(engine, night, timeout)
+            _run_night(services.url, engine, night, timeout)
             seconds = time.monotonic() - started
             after = _tables(engine)
             with engine.connect() as conn:
@@ -473,11 +479,7 @@ def run_bench(
             with RssSampler(roots) as sampler:
                 echo("services up; launching the night")
                 sessions_before = _sessions(engine)
-                DagsterApi(services.url).launch_job(
-                    "overnight_snapshots_job",
-                    tags={"dagster/partition": score_date.isoformat()},
-                )
-                _wait_night(engine, score_date, timeout)
+                _run_night(services.url, engine, score_date, timeout)
                 sessions = _sessions(engine) - sessions_before
             runs = _run_times(env)
         report = BenchReport(

@@ -88,7 +88,7 @@ class PooledEventLogStorage(PostgresEventLogStorage):
 
 
 class PooledPostgresStorage(DagsterPostgresStorage):
-    """`DagsterPostgresStorage` whose run and event-log stores pool their connections."""
+    """`DagsterPostgresStorage` whose run, event-log and schedule stores pool their connections."""
 
     def __init__(
         self, postgres_url: str, should_autocreate_tables: bool = True, inst_data: Any = None

@@ -74,7 +74,7 @@ def _storage_calls(instance: dg.DagsterInstance) -> None:
         assert instance.all_instigator_state() == []
 
 
-def _connections_for_calls(url: str, probe: Engine, storage: dict[str, Any]) -> int:
+def _connections_for_calls(probe: Engine, storage: dict[str, Any]) -> int:
     with dg.instance_for_test(overrides={"storage": storage}) as instance:
         _storage_calls(instance)  # creates the tables on first use
         before = _sessions(probe)
@@ -85,8 +85,8 @@ def _connections_for_calls(url: str, probe: Engine, storage: dict[str, Any]) -> 
 def test_storage_calls_reuse_connections_where_stock_storage_opens_one_each(own_database):
     url, probe = own_database
     storage_url = db.dagster_storage_url(url)
-    stock = _connections_for_calls(url, probe, {"postgres": {"postgres_url": storage_url}})
-    pooled = _connections_for_calls(url, probe, storage_config(storage_url))
+    stock = _connections_for_calls(probe, {"postgres": {"postgres_url": storage_url}})
+    pooled = _connections_for_calls(probe, storage_config(storage_url))
     assert stock >= 4 * CALLS  # the contrast: dagster-postgres connects for every call
     assert pooled <= 2
 
