@@ -219,18 +219,33 @@ def _wait_night(engine: Engine, score_date: dt.date, timeout: float) -> None:
     raise TimeoutError(f"the night of {score_date} did not finish within {timeout:.0f} s")
 
 
-def _run_times(env: dict[str, str]) -> dict[str, list[tuple[float, float]]]:
-    """(start, end) of every finished run, by job name, from the Dagster instance."""
+def _run_records(env: dict[str, str]) -> list[Any]:
+    """Every run of the deployment of `env`, from its Dagster instance."""
     import dagster as dg
 
     saved = dict(os.environ)
     os.environ.update(env)
     try:
         with dg.DagsterInstance.get() as instance:
-            records = instance.get_run_records(limit=100_000)
+            return list(instance.get_run_records(limit=100_000))
     finally:
         os.environ.clear()
         os.environ.update(saved)
+
+
+def _wait_runs_ended(env: dict[str, str], timeout: float) -> None:
+    """The night closes from inside its last runs: wait until those runs have ended too, so
+    that their end times are recorded before anything is measured or the services stop."""
+    deadline = time.monotonic() + timeout
+    while any(not r.dagster_run.is_finished for r in _run_records(env)):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"runs still going {timeout:.0f} s after the night closed")
+        time.sleep(0.25)
+
+
+def _run_times(env: dict[str, str]) -> dict[str, list[tuple[float, float]]]:
+    """(start, end) of every finished run, by job name, from the Dagster instance."""
+    records = _run_records(env)
     out: dict[str, list[tuple[float, float]]] = defaultdict(list)
     for r in records:
         if r.start_time and r.end_time:
@@ -352,12 +367,15 @@ def engine_alone(engine: Engine, score_date: dt.date, batch: str = "b0000") -> f
     return evaluations / best if best > 0 else 0.0
 
 
-def _run_night(services_url: str, engine: Engine, night: dt.date, timeout: float) -> None:
-    """Launch a date's night as the schedule does, and wait until it has closed."""
+def _run_night(
+    services_url: str, env: dict[str, str], engine: Engine, night: dt.date, timeout: float
+) -> None:
+    """Launch a date's night as the schedule does; wait until it has closed and its runs ended."""
     DagsterApi(services_url).launch_job(
         "overnight_snapshots_job", tags={"dagster/partition": night.isoformat()}
     )
     _wait_night(engine, night, timeout)
+    _wait_runs_ended(env, timeout)
 
 
 def _vacuum(engine: Engine) -> None:
@@ -384,7 +402,7 @@ def _later_nights(
             before = _tables(engine)
             echo(f"next night: {night}")
             started = time.monotonic()
-            _run_night(services.url, engine, night, timeout)
+            _run_night(services.url, env, engine, night, timeout)
             seconds = time.monotonic() - started
             after = _tables(engine)
             with engine.connect() as conn:
@@ -479,7 +497,7 @@ def run_bench(
             with RssSampler(roots) as sampler:
                 echo("services up; launching the night")
                 sessions_before = _sessions(engine)
-                _run_night(services.url, engine, score_date, timeout)
+                _run_night(services.url, env, engine, score_date, timeout)
                 sessions = _sessions(engine) - sessions_before
             runs = _run_times(env)
         report = BenchReport(
