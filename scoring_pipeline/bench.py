@@ -73,8 +73,10 @@ class BenchReport:
             out.append(f"  {job:<64}{seconds:>8.1f} s")
         batch_runs = max(f["batches"], 1)
         overhead = (run_seconds.get("scoring_batch_job", 0.0) - work) / batch_runs
+        checks = f.get("asset_check_s", 0.0) / max(f.get("asset_check_steps", 0), 1)
         out += [
             f"{'Dagster per batch run (run time - scoring work), average':<66}{overhead:>8.2f} s",
+            f"{'  of which the asset-check step (3 invariants), average':<66}{checks:>8.3f} s",
             f"{'scoring engine rule evaluations per second (in the night)':<66}"
             f"{f['rule_evaluations_per_s']:>10,.0f}",
             f"{'  per second of the engine thread on a core (CPU time, no waiting)':<66}"
@@ -219,15 +221,25 @@ def _wait_night(engine: Engine, score_date: dt.date, timeout: float) -> None:
     raise TimeoutError(f"the night of {score_date} did not finish within {timeout:.0f} s")
 
 
-def _run_records(env: dict[str, str]) -> list[Any]:
-    """Every run of the deployment of `env`, from its Dagster instance."""
+def _run_records(env: dict[str, str], *, check_steps: bool = False) -> list[Any]:
+    """Every run of the deployment of `env`, from its Dagster instance (with `check_steps`: the
+    duration of each batch run's asset-check step instead)."""
     import dagster as dg
 
     saved = dict(os.environ)
     os.environ.update(env)
     try:
         with dg.DagsterInstance.get() as instance:
-            return list(instance.get_run_records(limit=100_000))
+            records = list(instance.get_run_records(limit=100_000))
+            if not check_steps:
+                return records
+            return [
+                (stat.end_time or 0.0) - (stat.start_time or 0.0)
+                for r in records
+                if r.dagster_run.job_name == "scoring_batch_job"
+                for stat in instance.get_run_step_stats(r.dagster_run.run_id)
+                if stat.step_key == "scores_invariants"
+            ]
     finally:
         os.environ.clear()
         os.environ.update(saved)
@@ -500,6 +512,7 @@ def run_bench(
                 _run_night(services.url, env, engine, score_date, timeout)
                 sessions = _sessions(engine) - sessions_before
             runs = _run_times(env)
+            check_steps = _run_records(env, check_steps=True)
         report = BenchReport(
             users=users,
             rss_mb=dict(sampler.peaks),
@@ -508,6 +521,8 @@ def run_bench(
         )
         report.figures = _figures(engine, score_date, runs)
         report.figures["connections_opened"] = sessions
+        report.figures["asset_check_steps"] = len(check_steps)
+        report.figures["asset_check_s"] = sum(check_steps)
         report.tables = _tables(engine)
         raw_copy_by_table = _raw_copy_seconds(engine)
         raw_copy = sum(raw_copy_by_table.values())

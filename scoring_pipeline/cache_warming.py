@@ -4,8 +4,8 @@ import time
 
 import dagster as dg
 
-from scoring_pipeline import job_runs, telemetry
-from scoring_pipeline.dashboard import PendingBatch, refresh_cache_job_run, warm_batch
+from scoring_pipeline import night_lifecycle, telemetry
+from scoring_pipeline.dashboard import PendingBatch, warm_batch
 from scoring_pipeline.resources import DatabaseResource
 
 
@@ -26,7 +26,7 @@ def warm_dashboard_cache(
     for token in config.batches:
         batch = PendingBatch.from_token(token)
         with database.engine().connect() as conn:
-            traceparent = job_runs.night_traceparent(conn, batch.score_date)
+            traceparent = night_lifecycle.night_traceparent(conn, batch.score_date)
         with (
             telemetry.step_span(
                 "cache-warm",
@@ -36,7 +36,7 @@ def warm_dashboard_cache(
             database.engine().begin() as conn,
         ):
             result = warm_batch(conn, batch)
-            refresh_cache_job_run(conn, batch.score_date, len(result.failed))
+            night_lifecycle.record_cache_warming(conn, batch.score_date, len(result.failed))
         warmed += result.warmed
         failed.extend(result.failed)
         context.log.info(f"warmed {result.warmed} dashboards of {token}")

@@ -91,8 +91,8 @@ def _cmd_score(args: argparse.Namespace) -> int:
 
 def _cmd_retry_failed(args: argparse.Namespace) -> int:
     from scoring_pipeline.dagster_api import DagsterApi
-    from scoring_pipeline.job_runs import batches_to_retry
-    from scoring_pipeline.partitions import scores_partition_key
+    from scoring_pipeline.night_lifecycle import batches_to_retry
+    from scoring_pipeline.partitions import SCORES_PARTITIONS_NAME, scores_partition_key
 
     score_date = _parse_date(args.date)
     with _engine().connect() as conn:
@@ -100,8 +100,11 @@ def _cmd_retry_failed(args: argparse.Namespace) -> int:
     if not batches:
         print(f"nothing to retry: every batch of {score_date} succeeded")
         return 0
-    partitions = [str(scores_partition_key(score_date.isoformat(), b)) for b in batches]
+    partitions = [scores_partition_key(score_date, b) for b in batches]
     api = DagsterApi.from_env(args.url)
+    # A night scored before the partitions became per-night batches has none registered yet.
+    for key in partitions:
+        api.add_dynamic_partition(SCORES_PARTITIONS_NAME, key)
     backfill_id = api.launch_scores_backfill(
         partitions, title=f"retry failed batches of {score_date}"
     )

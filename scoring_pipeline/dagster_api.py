@@ -42,12 +42,12 @@ mutation Launch($params: ExecutionParams!) {
 }
 """
 
-_BACKFILL_STATUS = """
-query Backfill($id: String!) {
-  partitionBackfillOrError(backfillId: $id) {
+_ADD_PARTITION = """
+mutation Add($repo: RepositorySelector!, $name: String!, $key: String!) {
+  addDynamicPartition(repositorySelector: $repo, partitionsDefName: $name, partitionKey: $key) {
     __typename
-    ... on PartitionBackfill { id status }
     ... on PythonError { message }
+    ... on UnauthorizedError { message }
   }
 }
 """
@@ -123,8 +123,18 @@ class DagsterApi:
             raise DagsterApiError(f"launch refused: {data['__typename']}: {data}")
         return str(data["run"]["runId"])
 
-    def backfill_status(self, backfill_id: str) -> str:
-        data = self.query(_BACKFILL_STATUS, {"id": backfill_id})["partitionBackfillOrError"]
-        if data["__typename"] != "PartitionBackfill":
-            raise DagsterApiError(f"backfill {backfill_id}: {data.get('message')}")
-        return str(data["status"])
+    def add_dynamic_partition(self, partitions_def_name: str, key: str) -> bool:
+        """Register a dynamic partition key; False when it was already registered."""
+        data = self.query(
+            _ADD_PARTITION,
+            {
+                "repo": {"repositoryLocationName": LOCATION, "repositoryName": REPOSITORY},
+                "name": partitions_def_name,
+                "key": key,
+            },
+        )["addDynamicPartition"]
+        if data["__typename"] == "DuplicateDynamicPartitionError":
+            return False
+        if data["__typename"] != "AddDynamicPartitionSuccess":
+            raise DagsterApiError(f"partition {key} refused: {data.get('message')}")
+        return True

@@ -16,7 +16,6 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from scoring_pipeline import job_runs
 from scoring_pipeline.batch_scoring import plain
 from scoring_pipeline.errors import MissingRateError
 from scoring_pipeline.scoring import SCORE_CONTEXT, rate_between
@@ -225,73 +224,3 @@ def warm_batch(conn: Connection, batch: PendingBatch) -> WarmResult:
     )
     result.warmed = len(entries)
     return result
-
-
-def refresh_cache_job_run(conn: Connection, score_date: dt.date, failed: int) -> str:
-    """Track the date's `cache_warm` job run: completed once every scored user is warm.
-
-    Like the scoring job run, it is opened with JOB_STARTED and closed with JOB_COMPLETED (again
-    if it was re-opened: warmed while a re-scored batch still waited for its warming)."""
-    correlation_id = job_runs.ensure_job_run(conn, score_date, job_type=job_runs.CACHE_WARM)
-    was_done = conn.execute(
-        sa.text(
-            "SELECT completed_at IS NOT NULL FROM overnight_job_runs WHERE job_type = 'cache_warm' "
-            "AND score_date = :d AND market_group = 'all'"
-        ),
-        {"d": score_date},
-    ).scalar_one()
-    figures = conn.execute(
-        sa.text(
-            "SELECT coalesce(sum(users_success), 0) AS scored, "
-            "count(*) FILTER (WHERE users_success > 0 AND (warmed_seq IS NULL "
-            "  OR warmed_seq < outcome_seq)) AS pending "
-            "FROM scoring_batch_results WHERE score_date = :d"
-        ),
-        {"d": score_date},
-    ).one()
-    warm = conn.execute(
-        sa.text("SELECT count(*) FROM dashboard_cache WHERE score_date = :d"), {"d": score_date}
-    ).scalar_one()
-    night = conn.execute(
-        sa.text(
-            "SELECT status FROM overnight_job_runs WHERE job_type = 'scoring' "
-            "AND score_date = :d AND market_group = 'all'"
-        ),
-        {"d": score_date},
-    ).scalar()
-    done = figures.pending == 0 and night in ("completed", "partial", "failed")
-    status = "started"
-    if done:
-        status = "completed" if failed == 0 else ("failed" if warm == 0 else "partial")
-    conn.execute(
-        sa.text(
-            "UPDATE overnight_job_runs SET status = :s, users_processed = :w, "
-            "users_failed = users_failed + :f, "
-            "completed_at = CASE WHEN :done THEN now() ELSE NULL END, "
-            "metrics = coalesce(metrics, '{}'::jsonb) || CAST(:m AS jsonb) "
-            "WHERE job_type = 'cache_warm' AND score_date = :d AND market_group = 'all'"
-        ),
-        {
-            "s": status,
-            "w": int(warm),
-            "f": failed,
-            "done": done,
-            "d": score_date,
-            "m": json.dumps({"users_warm": int(warm), "users_scored": int(figures.scored)}),
-        },
-    )
-    if done and not was_done:
-        job_runs.write_job_event(
-            conn,
-            correlation_id=correlation_id,
-            event_type="JOB_COMPLETED",
-            payload={
-                "correlationId": correlation_id,
-                "jobType": job_runs.CACHE_WARM,
-                "scoreDate": score_date.isoformat(),
-                "status": status,
-                "usersWarm": int(warm),
-                "usersScored": int(figures.scored),
-            },
-        )
-    return status

@@ -7,6 +7,7 @@ from scoring_pipeline.assets.exchange_rates import exchange_rates
 from scoring_pipeline.assets.prices import prices
 from scoring_pipeline.assets.scores import scores
 from scoring_pipeline.cache_warming import dashboard_cache_job
+from scoring_pipeline.checks import scores_invariants
 from scoring_pipeline.deployment import build_resources, schedule_settings
 from scoring_pipeline.jobs import overnight_snapshots_job, scoring_batch_job
 from scoring_pipeline.schedules import build_overnight_schedule
@@ -24,6 +25,7 @@ def defs() -> dg.Definitions:
     cron, timezone = schedule_settings()
     return dg.Definitions(
         assets=[active_users, exchange_rates, prices, scores],
+        asset_checks=[scores_invariants],
         jobs=[overnight_snapshots_job, scoring_batch_job, dashboard_cache_job],
         schedules=[build_overnight_schedule(cron, timezone)],
         sensors=[

@@ -5,7 +5,7 @@ from typing import Any
 
 import dagster as dg
 
-from scoring_pipeline import job_runs
+from scoring_pipeline import night_lifecycle
 from scoring_pipeline.assets.common import as_metadata
 from scoring_pipeline.batch_scoring import BatchOutput, gc_paused
 from scoring_pipeline.resources import DatabaseResource
@@ -35,7 +35,7 @@ class ScoresIOManager(dg.ConfigurableIOManager):
             with self.database.engine().begin() as conn:
                 record_write_time(conn, obj, write_ms)
         if counts["job_status"] not in (None, "started"):
-            job_runs.report_closed_night(self.database.engine(), obj.score_date)
+            night_lifecycle.emit_root_span(self.database.engine(), obj.score_date)
         metadata: dict[str, Any] = {
             "users": len(obj.users) + len(obj.users_skipped),
             "users_success": len(obj.succeeded),

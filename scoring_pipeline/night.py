@@ -15,8 +15,7 @@ from typing import Any
 import dagster as dg
 import sqlalchemy as sa
 
-from scoring_pipeline import job_runs, snapshots, telemetry
-from scoring_pipeline import tables as t
+from scoring_pipeline import night_lifecycle, snapshots, telemetry
 from scoring_pipeline.db import create_engine_for, prepare_dagster_environment
 from scoring_pipeline.partitions import scores_partition_key
 
@@ -121,15 +120,8 @@ def run_night(
     if not snapshot.success:
         error = _step_errors(snapshot)
         with engine.begin() as conn:
-            row = conn.execute(
-                sa.select(t.overnight_job_runs.c.status).where(
-                    t.overnight_job_runs.c.score_date == score_date,
-                    t.overnight_job_runs.c.job_type == job_runs.SCORING,
-                )
-            ).first()
-            if row is None or row.status != "failed":
-                job_runs.fail_job_run(conn, score_date, stage="snapshots", error=error)
-        job_runs.report_closed_night(engine, score_date)
+            night_lifecycle.record_snapshots_run_died(conn, score_date, error)
+        night_lifecycle.emit_root_span(engine, score_date)
         return _summary(engine, score_date, stages, started, run_ids, error=error)
 
     with engine.connect() as conn:
@@ -138,7 +130,7 @@ def run_night(
     scoring_started = time.perf_counter()
     for index, batch in enumerate(batches, start=1):
         result = batch_job.execute_in_process(
-            partition_key=str(scores_partition_key(date_key, batch)),
+            partition_key=scores_partition_key(date_key, batch),
             instance=instance,
             run_config=_QUIET,
             raise_on_error=False,
@@ -147,15 +139,15 @@ def run_night(
         run_ids.append(result.run_id)
         if not result.success:
             with engine.begin() as conn:
-                job_runs.close_after_batch_run_ended(
+                night_lifecycle.record_batch_run_died(
                     conn, score_date, batch, result.run_id, _step_errors(result)
                 )
         if index % 10 == 0 or index == len(batches):
             say(f"scored {index}/{len(batches)} batches")
     stages["scoring"] = int((time.perf_counter() - scoring_started) * 1000)
     with engine.begin() as conn:
-        job_runs.refresh_job_run(conn, score_date)
-    job_runs.report_closed_night(engine, score_date)
+        night_lifecycle.close_night(conn, score_date)
+    night_lifecycle.emit_root_span(engine, score_date)
     return _summary(engine, score_date, stages, started, run_ids)
 
 
@@ -168,18 +160,12 @@ def _summary(
     error: str | None = None,
 ) -> NightSummary:
     with engine.connect() as conn:
-        row = conn.execute(
-            sa.select(t.overnight_job_runs).where(
-                t.overnight_job_runs.c.score_date == score_date,
-                t.overnight_job_runs.c.job_type == job_runs.SCORING,
-                t.overnight_job_runs.c.market_group == job_runs.ALL_MARKETS,
-            )
-        ).first()
-        failed = job_runs.failed_users(conn, score_date)
-    metrics = dict(row.metrics or {}) if row is not None else {}
+        night = night_lifecycle.find_night(conn, score_date)
+        failed = night_lifecycle.failed_users(conn, score_date)
+    metrics = night.metrics if night is not None else {}
     return NightSummary(
         score_date=score_date,
-        status=str(row.status) if row is not None else "failed",
+        status=night.status.value if night is not None else "failed",
         users_total=int(metrics.get("users_total", 0)),
         users_success=int(metrics.get("users_success", 0)),
         users_failed=int(metrics.get("users_failed", 0)),

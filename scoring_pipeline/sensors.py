@@ -5,11 +5,15 @@ import hashlib
 
 import dagster as dg
 
-from scoring_pipeline import job_runs, snapshots
+from scoring_pipeline import night_lifecycle, snapshots
 from scoring_pipeline.cache_warming import dashboard_cache_job
 from scoring_pipeline.dashboard import pending_batches
 from scoring_pipeline.jobs import overnight_snapshots_job, scoring_batch_job
-from scoring_pipeline.partitions import BATCH_DIMENSION, DATE_DIMENSION, scores_partition_key
+from scoring_pipeline.partitions import (
+    NotABatchPartitionError,
+    parse_scores_partition_key,
+    scores_partition_key,
+)
 from scoring_pipeline.resources import DatabaseResource
 from scoring_pipeline.telemetry import TRACEPARENT
 
@@ -96,22 +100,21 @@ def close_night_after_run_ended(
     backfills run the implicit asset job.
     """
     run = context.dagster_run
-    tags = run.tags
-    batch = tags.get(f"dagster/partition/{BATCH_DIMENSION}")
-    batch_date = tags.get(f"dagster/partition/{DATE_DIMENSION}")
-    snapshot_date = tags.get("dagster/partition")
-    closed: dt.date | None = None
+    partition = run.tags.get("dagster/partition")
+    if not partition or run.job_name == dashboard_cache_job.name:
+        return
+    message = _failure_message(context)
     with database.engine().begin() as conn:
-        if batch and batch_date:
-            closed = dt.date.fromisoformat(batch_date)
-            job_runs.close_after_batch_run_ended(
-                conn, closed, batch, run.run_id, _failure_message(context)
-            )
-        elif run.job_name != dashboard_cache_job.name and _is_date(snapshot_date):
-            closed = dt.date.fromisoformat(str(snapshot_date))
-            job_runs.close_after_snapshot_run_ended(conn, closed, _failure_message(context))
-    if closed is not None:
-        job_runs.report_closed_night(database.engine(), closed)
+        if _is_date(partition):
+            closed = dt.date.fromisoformat(partition)
+            night_lifecycle.record_snapshots_run_died(conn, closed, message)
+        else:
+            try:
+                closed, batch = parse_scores_partition_key(partition)
+            except NotABatchPartitionError:
+                return  # not a partition of ours (a key added by hand): no night to record
+            night_lifecycle.record_batch_run_died(conn, closed, batch, run.run_id, message)
+    night_lifecycle.emit_root_span(database.engine(), closed)
 
 
 def _is_date(value: str | None) -> bool:

@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from scoring_pipeline.batch_scoring import BatchOutput, dumps, plain
-from scoring_pipeline.job_runs import refresh_job_run
+from scoring_pipeline.night_lifecycle import BatchOutcome, record_batch_outcome
 
 
 def copy_rows(
@@ -194,48 +194,24 @@ def failed_user_entries(output: BatchOutput) -> list[dict[str, Any]]:
     ]
 
 
-def _record_outcome(conn: Connection, output: BatchOutput, run_id: str | None) -> str:
-    if not output.failed:
-        status = "success"
-    elif output.succeeded:
-        status = "partial"
-    else:
-        status = "failed"
-    conn.execute(
-        sa.text(
-            "INSERT INTO scoring_batch_results (score_date, batch_key, status, users_total, "
-            "users_success, users_failed, users_skipped, assets_scored, duration_ms, "
-            "failed_users, succeeded_users, dagster_run_id, timings, updated_at) VALUES (:d, :b, "
-            ":s, :t, :ok, :f, :sk, :a, :ms, CAST(:fu AS jsonb), CAST(:su AS jsonb), :r, "
-            "CAST(:tm AS jsonb), now()) "
-            "ON CONFLICT (score_date, batch_key) DO "
-            "UPDATE SET status = EXCLUDED.status, users_total = EXCLUDED.users_total, "
-            "users_success = EXCLUDED.users_success, users_failed = EXCLUDED.users_failed, "
-            "users_skipped = EXCLUDED.users_skipped, assets_scored = EXCLUDED.assets_scored, "
-            "duration_ms = EXCLUDED.duration_ms, failed_users = EXCLUDED.failed_users, "
-            "succeeded_users = EXCLUDED.succeeded_users, timings = EXCLUDED.timings, "
-            "dagster_run_id = EXCLUDED.dagster_run_id, updated_at = now(), "
-            "outcome_seq = nextval('scoring_batch_outcome_seq')"
-        ),
-        {
-            "d": output.score_date,
-            "b": output.batch_key,
-            "s": status,
-            "t": len(output.users) + len(output.users_skipped),
-            "ok": len(output.succeeded),
-            "f": len(output.failed),
-            "sk": len(output.users_skipped),
-            "a": output.assets_scored,
-            "ms": output.duration_ms,
-            "fu": dumps(failed_user_entries(output)),
-            "su": dumps(
-                [{"userId": u.user_id, "correlationId": u.correlation_id} for u in output.succeeded]
-            ),
-            "r": run_id,
-            "tm": dumps(output.timings),
-        },
+def batch_outcome(output: BatchOutput, run_id: str | None) -> BatchOutcome:
+    """The batch's outcome, as the night's lifecycle records it."""
+    return BatchOutcome(
+        score_date=output.score_date,
+        batch_key=output.batch_key,
+        users_total=len(output.users) + len(output.users_skipped),
+        users_success=len(output.succeeded),
+        users_failed=len(output.failed),
+        users_skipped=len(output.users_skipped),
+        assets_scored=output.assets_scored,
+        duration_ms=output.duration_ms,
+        failed_users=failed_user_entries(output),
+        succeeded_users=[
+            {"userId": u.user_id, "correlationId": u.correlation_id} for u in output.succeeded
+        ],
+        run_id=run_id,
+        timings=dict(output.timings),
     )
-    return status
 
 
 def write_batch(
@@ -248,7 +224,7 @@ def write_batch(
     """Write the batch in the caller's transaction; returns row counts and the statuses."""
     prepared = prepared or prepare_batch(output)
     if not output.users and not output.users_skipped:
-        # A batch key this date does not use (dates share batch keys): nothing to write.
+        # No user at all (the asset refuses batches of no night before it scores): no outcome.
         return {
             "asset_scores": 0,
             "score_history": 0,
@@ -263,8 +239,9 @@ def write_batch(
         counts["asset_scores"] = _replace_current_scores(conn, output, prepared, users)
         counts["score_history"] = _replace_history(conn, output, prepared, users)
     counts["calculation_events"] = _append_events(conn, prepared)
-    counts["batch_status"] = _record_outcome(conn, output, run_id)
-    counts["job_status"] = refresh_job_run(conn, output.score_date)
+    outcome = batch_outcome(output, run_id)
+    counts["batch_status"] = outcome.status
+    counts["job_status"] = record_batch_outcome(conn, outcome)
     return counts
 
 

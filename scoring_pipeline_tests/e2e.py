@@ -24,19 +24,19 @@ query Statuses {
     ... on AssetNode {
       assetPartitionStatuses {
         __typename
-        ... on MultiPartitionStatuses {
-          primaryDimensionName
-          ranges {
-            primaryDimStartKey
-            primaryDimEndKey
-            secondaryDim {
-              __typename
-              ... on DefaultPartitionStatuses { materializedPartitions failedPartitions }
-            }
-          }
+        ... on DefaultPartitionStatuses {
+          materializedPartitions failedPartitions unmaterializedPartitions
         }
       }
     }
+  }
+}
+"""
+
+_CHECKS = """
+query Checks($check: String!) {
+  assetCheckExecutions(assetKey: {path: ["scores"]}, checkName: $check, limit: 500) {
+    partition status evaluation { success }
   }
 }
 """
@@ -60,16 +60,34 @@ def wait_for(what: str, check: Callable[[], T | None], timeout: float = 180.0) -
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
-def partition_statuses(api: DagsterApi, score_date: str) -> dict[str, set[str]]:
-    """Batch keys of the date that are materialised / failed, from the webserver (the date is
-    the primary dimension, batches the secondary one)."""
+def partition_statuses(api: DagsterApi, score_date: str | None = None) -> dict[str, set[str]]:
+    """`scores` partitions by status, from the webserver: batch keys of `score_date`, or every
+    partition key when it is None ("missing" are the registered ones never materialised)."""
     node = api.query(_PARTITIONS, {})["assetNodeOrError"]["assetPartitionStatuses"]
-    out: dict[str, set[str]] = {"materialized": set(), "failed": set()}
-    for r in node["ranges"]:
-        if r["primaryDimStartKey"] <= score_date <= r["primaryDimEndKey"]:
-            out["materialized"] |= set(r["secondaryDim"]["materializedPartitions"])
-            out["failed"] |= set(r["secondaryDim"]["failedPartitions"])
+    statuses = {
+        "materialized": "materializedPartitions",
+        "failed": "failedPartitions",
+        "missing": "unmaterializedPartitions",
+    }
+    out = {name: set(node[field]) for name, field in statuses.items()}
     out["materialized"] -= out["failed"]
+    out["missing"] -= out["failed"]  # Dagster lists a failed partition as unmaterialised too
+    if score_date is None:
+        return out
+    prefix = f"{score_date}/"
+    return {
+        name: {k.removeprefix(prefix) for k in keys if k.startswith(prefix)}
+        for name, keys in out.items()
+    }
+
+
+def latest_check_statuses(api: DagsterApi, check: str) -> dict[str, str]:
+    """The latest execution status (SUCCEEDED, FAILED, SKIPPED, …) of a `scores` check, per
+    partition, from the webserver (what the UI's Checks tab shows)."""
+    executions = api.query(_CHECKS, {"check": check})["assetCheckExecutions"]
+    out: dict[str, str] = {}
+    for execution in executions:  # newest first
+        out.setdefault(execution["partition"], execution["status"])
     return out
 
 

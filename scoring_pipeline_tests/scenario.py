@@ -8,6 +8,7 @@ from scoring_pipeline.assets.active_users import active_users
 from scoring_pipeline.assets.exchange_rates import exchange_rates
 from scoring_pipeline.assets.prices import prices
 from scoring_pipeline.assets.scores import scores
+from scoring_pipeline.checks import scores_invariants
 from scoring_pipeline.deployment import build_resources
 from scoring_pipeline.partitions import scores_partition_key
 from scoring_pipeline_tests import factories as f
@@ -73,25 +74,30 @@ def users_in_two_currencies(world, count):
     ]
 
 
-def snapshots(instance, **kwargs):
+def snapshots(instance, *, partition_key=DATE, **kwargs):
     return dg.materialize(
         [active_users, exchange_rates, prices],
-        partition_key=DATE,
+        partition_key=partition_key,
         instance=instance,
         resources=build_resources(),
         **kwargs,
     )
 
 
-def batch(instance, batch_key="b0000", **kwargs):
-    return dg.materialize(
-        [scores],
-        partition_key=str(scores_partition_key(DATE, batch_key)),
+def batch(instance, batch_key="b0000", *, date=DATE, **kwargs):
+    """Materialise one batch partition with its asset checks, which must pass whenever the
+    batch's step succeeded (every database test thereby checks the SPEC §5 invariants)."""
+    result = dg.materialize(
+        [scores, scores_invariants],
+        partition_key=scores_partition_key(date, batch_key),
         instance=instance,
         resources=build_resources(),
         raise_on_error=False,
         **kwargs,
     )
+    for evaluation in result.get_asset_check_evaluations():
+        assert evaluation.passed, (evaluation.check_name, evaluation.metadata)
+    return result
 
 
 def rows(engine, sql, **params):

@@ -40,6 +40,8 @@ def test_bench_night_accounts_for_every_row(server_url):
     assert f["bytes_per_asset"] == pytest.approx(total_bytes / f["assets_scored"])
     assert f["end_to_end_s"] >= f["stages_s"]["batch runs (first start -> last end)"] > 0
     assert f["connections_opened"] > 0
+    # Every batch run evaluated the asset checks, in a step of its own that the report times.
+    assert f["asset_check_steps"] == f["batches"] and f["asset_check_s"] > 0
     assert f["rule_evaluations_per_cpu_s"] > 0 and f["engine_alone_per_s"] > 0
     assert report.rss_mb["postgres"] > 0 and report.rss_mb["celery run worker"] > 0
 

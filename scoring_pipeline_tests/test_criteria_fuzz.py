@@ -22,7 +22,7 @@ import sqlalchemy as sa
 from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
-from scoring_pipeline import job_runs
+from scoring_pipeline import night_lifecycle
 from scoring_pipeline.batch_scoring import score_batch
 from scoring_pipeline.criteria import parse_criteria
 from scoring_pipeline.errors import InvalidCriteriaError
@@ -248,7 +248,7 @@ def test_fuzzed_criteria_through_the_batch_fail_only_their_user(world, dagster_i
             )
         before = rows(world, SCORES, u=fuzzed)
         with world.begin() as conn:
-            job = job_runs.ensure_job_run(conn, score_date)
+            job = night_lifecycle.open_night(conn, score_date)
             output = score_batch(conn, score_date=score_date, batch="b0000", job_correlation_id=job)
             write_batch(conn, output, run_id=None)
         outcome = {u.user_id: u for u in output.users}

@@ -13,8 +13,9 @@ import pytest
 import sqlalchemy as sa
 
 from scoring_pipeline.dagster_api import DagsterApi
+from scoring_pipeline.partitions import SCORES_PARTITIONS_NAME
 from scoring_pipeline_tests import factories as f
-from scoring_pipeline_tests.e2e import partition_statuses, runs, wait_for
+from scoring_pipeline_tests.e2e import latest_check_statuses, partition_statuses, runs, wait_for
 
 pytestmark = [pytest.mark.db, pytest.mark.slow]
 
@@ -116,7 +117,12 @@ def test_bad_batch_fails_alone_then_retry_completes_the_night(services, clean_db
         "partition statuses", lambda: s if (s := partition_statuses(api, DATE))["failed"] else None
     )
     assert statuses["failed"] == {"b0001"}
-    assert {"b0000", "b0002"} <= statuses["materialized"]
+    assert statuses["materialized"] == {"b0000", "b0002"}
+    # Every partition of `scores` is a batch of a real night: nothing "missing", so the UI's
+    # "backfill failed and missing" with everything selected launches exactly b0001.
+    everything = partition_statuses(api)
+    assert everything["missing"] == set()
+    assert everything["failed"] == {f"{DATE}/b0001"}
     healthy = {_uid(n) for n in (1, 2, 3, 4, 7, 8, 9)}
     warm = wait_for(
         "the healthy users' dashboards",
@@ -161,7 +167,10 @@ def test_bad_batch_fails_alone_then_retry_completes_the_night(services, clean_db
         lambda: s if not (s := partition_statuses(api, DATE))["failed"] else None,
         timeout=60,
     )
-    assert {"b0000", "b0001", "b0002"} <= statuses["materialized"]
+    assert statuses["materialized"] == {"b0000", "b0001", "b0002"}
+    for check in ("events_invariant", "history_invariant", "current_invariant"):
+        checked = {k: v for k, v in latest_check_statuses(api, check).items() if k.startswith(DATE)}
+        assert checked == {f"{DATE}/{b}": "SUCCEEDED" for b in ("b0000", "b0001", "b0002")}
     wait_for("every dashboard", lambda: len(_users_warm(engine)) == 9 or None, timeout=60)
     assert (
         _scalar(
@@ -207,7 +216,9 @@ def _check_trace(engine, otlp):
     assert all(s.parent_span_id == root_id for s in children)
 
 
-def test_run_worker_killed_mid_batch_is_failed_and_a_retry_finishes(services, clean_db):
+def test_run_worker_killed_mid_batch_is_failed_and_a_retry_finishes(
+    services, clean_db, dagster_instance
+):
     engine = clean_db
     _world(engine, services.files, 3)
     api = DagsterApi(services.url)
@@ -240,8 +251,12 @@ def test_run_worker_killed_mid_batch_is_failed_and_a_retry_finishes(services, cl
         _scalar(engine, "SELECT count(*) FROM calculation_events WHERE user_id IS NOT NULL") == 0
     )  # the killed write left nothing
 
+    # As after an upgrade from the (date x batch) partitions: the night's keys are not
+    # registered; retry-failed registers the date's real batches before its backfill.
+    dagster_instance.delete_dynamic_partition(SCORES_PARTITIONS_NAME, f"{DATE}/b0000")
     assert "b0000" in _retry(services)
     wait_for("the retried night to complete", lambda: _closed(engine, ("completed",)))
+    assert f"{DATE}/b0000" in dagster_instance.get_dynamic_partitions(SCORES_PARTITIONS_NAME)
     sets = _event_sets(engine)
     assert sets == {_uid(n): [("success", 4)] for n in (1, 2, 3)}
     assert _scalar(engine, "SELECT count(*) FROM score_history WHERE score_date = :d") == 6

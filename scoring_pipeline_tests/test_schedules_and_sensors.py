@@ -14,6 +14,11 @@ from scoring_pipeline.sensors import scoring_batches_sensor
 from scoring_pipeline_tests import factories as f
 
 
+def _schedule_resources():
+    resources = build_resources()
+    return {key: resources[key] for key in ("database", "settings")}
+
+
 def test_default_schedule_is_4am_utc():
     schedule = defs().resolve_schedule_def("overnight_scoring_schedule")
     assert (schedule.cron_schedule, schedule.execution_timezone) == ("0 4 * * *", "UTC")
@@ -22,7 +27,9 @@ def test_default_schedule_is_4am_utc():
 # Schedule tests evaluate on the session's instance: a second test instance created and disposed
 # mid-session leaves Dagster's context-local defs-state storage pointing at a dead instance.
 @pytest.mark.db
-def test_schedule_uses_overnight_job_cron_and_timezone(monkeypatch, dagster_instance):
+def test_schedule_uses_overnight_job_cron_and_timezone(
+    monkeypatch, clean_db, app_env, dagster_instance
+):
     monkeypatch.setenv("OVERNIGHT_JOB_CRON", "30 2 * * 1-5")
     monkeypatch.setenv("OVERNIGHT_JOB_TIMEZONE", "America/Sao_Paulo")
     d = defs()
@@ -30,12 +37,13 @@ def test_schedule_uses_overnight_job_cron_and_timezone(monkeypatch, dagster_inst
     assert schedule.cron_schedule == "30 2 * * 1-5"
     assert schedule.execution_timezone == "America/Sao_Paulo"
     tick = dt.datetime(2026, 11, 27, 2, 30, tzinfo=ZoneInfo("America/Sao_Paulo"))
-    context = dg.build_schedule_context(
+    with dg.build_schedule_context(
         instance=dagster_instance,
         scheduled_execution_time=tick,
         repository_def=d.get_repository_def(),
-    )
-    request = schedule.evaluate_tick(context).run_requests
+        resources=_schedule_resources(),
+    ) as context:
+        request = schedule.evaluate_tick(context).run_requests
     assert request is not None and len(request) == 1
     assert request[0].partition_key == "2026-11-27"
     assert request[0].run_key == "night-2026-11-27"
@@ -43,18 +51,21 @@ def test_schedule_uses_overnight_job_cron_and_timezone(monkeypatch, dagster_inst
 
 
 @pytest.mark.db
-def test_schedule_tick_late_in_the_day_keeps_its_local_date(monkeypatch, dagster_instance):
+def test_schedule_tick_late_in_the_day_keeps_its_local_date(
+    monkeypatch, clean_db, app_env, dagster_instance
+):
     monkeypatch.setenv("OVERNIGHT_JOB_CRON", "0 23 * * *")
     monkeypatch.setenv("OVERNIGHT_JOB_TIMEZONE", "America/New_York")
     d = defs()
     schedule = d.resolve_schedule_def("overnight_scoring_schedule")
     tick = dt.datetime(2026, 11, 27, 23, 0, tzinfo=ZoneInfo("America/New_York"))  # 04:00 UTC
-    context = dg.build_schedule_context(
+    with dg.build_schedule_context(
         instance=dagster_instance,
         scheduled_execution_time=tick,
         repository_def=d.get_repository_def(),
-    )
-    requests = schedule.evaluate_tick(context).run_requests
+        resources=_schedule_resources(),
+    ) as context:
+        requests = schedule.evaluate_tick(context).run_requests
     assert requests is not None and requests[0].partition_key == "2026-11-27"
 
 

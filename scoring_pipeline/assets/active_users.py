@@ -4,14 +4,14 @@ import time
 
 import dagster as dg
 
-from scoring_pipeline import job_runs, snapshots, telemetry
+from scoring_pipeline import night_lifecycle, snapshots, telemetry
 from scoring_pipeline.assets.common import (
     SnapshotConfig,
     as_metadata,
     run_traceparent,
     score_date_of,
 )
-from scoring_pipeline.partitions import batch_partitions, score_date_partitions
+from scoring_pipeline.partitions import register_night_batches, score_date_partitions
 from scoring_pipeline.resources import DatabaseResource, ScoringSettingsResource
 
 
@@ -31,7 +31,7 @@ def active_users(
         telemetry.step_span("active_users", traceparent, {"score_date": str(score_date)}),
         database.engine().begin() as conn,
     ):
-        correlation_id = job_runs.ensure_job_run(
+        correlation_id = night_lifecycle.open_night(
             conn, score_date, market_group=settings.market_group, restart=True
         )
         membership = snapshots.load_membership(conn, score_date)
@@ -39,7 +39,7 @@ def active_users(
         if not reused:
             membership = snapshots.compute_membership(conn, settings.batch_size)
         snapshots.store_membership(conn, score_date, membership)
-        job_runs.merge_metrics(
+        night_lifecycle.merge_metrics(
             conn,
             score_date,
             {
@@ -51,12 +51,9 @@ def active_users(
             },
         )
         if not membership.members:
-            job_runs.refresh_job_run(conn, score_date)  # nothing to score: the night is done
-    job_runs.report_closed_night(database.engine(), score_date)
-    existing = set(context.instance.get_dynamic_partitions(batch_partitions.name or ""))
-    new_keys = [k for k in membership.batch_keys if k not in existing]
-    if new_keys:
-        context.instance.add_dynamic_partitions(batch_partitions.name or "", new_keys)
+            night_lifecycle.close_night(conn, score_date)  # nothing to score: the night is done
+    night_lifecycle.emit_root_span(database.engine(), score_date)
+    added, removed = register_night_batches(context.instance, score_date, membership.batch_keys)
     context.log.info(
         f"{len(membership.members)} active users in {len(membership.batch_keys)} batches "
         f"for {score_date} (membership {'reused' if reused else 'computed'})"
@@ -68,6 +65,8 @@ def active_users(
                 "batches": len(membership.batch_keys),
                 "batch_keys": membership.batch_keys,
                 "users_skipped_no_criteria": membership.users_skipped,
+                "scores_partitions_added": len(added),
+                "scores_partitions_removed": removed,
                 "membership_reused": reused,
                 "job_correlation_id": correlation_id,
                 "duration_ms": int((time.perf_counter() - started) * 1000),

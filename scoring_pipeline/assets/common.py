@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 import dagster as dg
 from sqlalchemy.engine import Connection, Engine
 
-from scoring_pipeline import job_runs, telemetry
+from scoring_pipeline import night_lifecycle, telemetry
 from scoring_pipeline.errors import SnapshotUnavailableError
 from scoring_pipeline.telemetry import TRACEPARENT
 
@@ -36,7 +36,7 @@ def night_traceparent(
     if tagged:
         return tagged
     with engine.connect() as conn:
-        return job_runs.night_traceparent(conn, score_date)
+        return night_lifecycle.night_traceparent(conn, score_date)
 
 
 def score_date_of(context: dg.AssetExecutionContext) -> dt.date:
@@ -80,13 +80,13 @@ def materialize_snapshot(
         ):
             summary = take(conn)
             summary[timing] = int((time.perf_counter() - started) * 1000)
-            job_runs.merge_metrics(
+            night_lifecycle.merge_metrics(
                 conn, score_date, {timing: summary[timing], f"{figure}_stale": summary["is_stale"]}
             )
     except SnapshotUnavailableError as exc:
         with database.engine().begin() as conn:
-            job_runs.fail_job_run(conn, score_date, stage=step, error=exc)
-        job_runs.report_closed_night(database.engine(), score_date)
+            night_lifecycle.fail_night(conn, score_date, stage=step, error=exc)
+        night_lifecycle.emit_root_span(database.engine(), score_date)
         raise
     if summary["is_stale"]:
         context.log.warning(f"{step} for {score_date} are STALE: {summary}")

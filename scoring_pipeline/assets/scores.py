@@ -3,8 +3,9 @@
 import datetime as dt
 
 import dagster as dg
+from sqlalchemy.engine import Connection
 
-from scoring_pipeline import job_runs, snapshots, telemetry
+from scoring_pipeline import night_lifecycle, snapshots, telemetry
 from scoring_pipeline import tables as t
 from scoring_pipeline.assets.active_users import active_users
 from scoring_pipeline.assets.common import night_traceparent
@@ -13,8 +14,8 @@ from scoring_pipeline.assets.prices import prices
 from scoring_pipeline.batch_scoring import BatchOutput, score_batch
 from scoring_pipeline.errors import SnapshotUnavailableError
 from scoring_pipeline.partitions import (
-    BATCH_DIMENSION,
-    DATE_DIMENSION,
+    NotABatchPartitionError,
+    parse_scores_partition_key,
     scores_partitions,
 )
 from scoring_pipeline.resources import DatabaseResource, ScoringSettingsResource
@@ -22,8 +23,12 @@ from scoring_pipeline.resources import DatabaseResource, ScoringSettingsResource
 
 @dg.asset(
     partitions_def=scores_partitions,
-    # Each batch partition depends on its date's snapshots (the date dimension is inferred).
-    deps=[active_users, exchange_rates, prices],
+    # Dagster has no built-in mapping from a (date, batch) key to its date (custom mappings are
+    # deprecated), so the edge is asset-level: the batch itself reads only its date's snapshots.
+    deps=[
+        dg.AssetDep(upstream, partition_mapping=dg.AllPartitionMapping())
+        for upstream in (active_users, exchange_rates, prices)
+    ],
     io_manager_key="scores_io_manager",
     # A lost database connection (server restart, failover) retries the whole step: the write
     # is one transaction, so a retry starts clean. Failed users are a `Failure` that is final.
@@ -37,24 +42,9 @@ def scores(
     settings: ScoringSettingsResource,
 ) -> BatchOutput:
     """Scores of one batch of users for the score date, from the date's frozen snapshots."""
-    keys = context.partition_key.keys_by_dimension
-    score_date = dt.date.fromisoformat(keys[DATE_DIMENSION])
-    batch = keys[BATCH_DIMENSION]
+    score_date, batch = _night_batch(context.partition_key)
     with database.engine().begin() as conn:
-        members = snapshots.load_membership(conn, score_date).members
-        if any(b == batch for _, b in members):
-            for table, what in (
-                (t.exchange_rate_snapshots, "exchange-rate"),
-                (t.price_snapshots, "price"),
-            ):
-                if not snapshots.has_snapshot(conn, table, score_date):
-                    raise SnapshotUnavailableError(
-                        f"no {what} snapshot for {score_date}: materialise the date's "
-                        "snapshots (the overnight_snapshots_job) before its batches"
-                    )
-        correlation_id = job_runs.ensure_job_run(
-            conn, score_date, market_group=settings.market_group
-        )
+        correlation_id = _night_of_batch(conn, score_date, batch, settings.market_group)
     traceparent = night_traceparent(context, database.engine(), score_date)
     with (
         telemetry.step_span(
@@ -85,3 +75,41 @@ def scores(
         f"{output.assets_scored} assets in {output.duration_ms} ms"
     )
     return output
+
+
+def _night_batch(partition_key: str) -> tuple[dt.date, str]:
+    try:
+        return parse_scores_partition_key(partition_key)
+    except NotABatchPartitionError as exc:
+        raise dg.Failure(description=str(exc), allow_retries=False) from None
+
+
+def _night_of_batch(conn: Connection, score_date: dt.date, batch: str, group: str) -> str:
+    """The correlation id of the night this batch belongs to; a clear failure when it belongs to
+    none (never opens a night: only the date's snapshots run does)."""
+    night = night_lifecycle.find_night(conn, score_date, market_group=group)
+    membership = snapshots.load_membership(conn, score_date)
+    if night is None or batch not in membership.batch_keys:
+        used = ", ".join(membership.batch_keys) or "none"
+        raise dg.Failure(
+            description=(
+                f"{score_date}/{batch} belongs to no night: "
+                + (
+                    f"{score_date} has no night (run overnight_snapshots_job for it first)"
+                    if night is None
+                    else f"the night of {score_date} has batches {used}"
+                )
+                + "; nothing was scored"
+            ),
+            allow_retries=False,
+        )
+    for table, what in (
+        (t.exchange_rate_snapshots, "exchange-rate"),
+        (t.price_snapshots, "price"),
+    ):
+        if not snapshots.has_snapshot(conn, table, score_date):
+            raise SnapshotUnavailableError(
+                f"no {what} snapshot for {score_date}: materialise the date's "
+                "snapshots (the overnight_snapshots_job) before its batches"
+            )
+    return night.correlation_id

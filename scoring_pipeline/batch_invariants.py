@@ -1,0 +1,166 @@
+"""The SPEC §5 invariants of one batch of a night, as SQL over the app database.
+
+For the calculations of the batch's latest outcome (`scoring_batch_results`):
+- `events`: each calculation has exactly one complete event set in order — CALC_STARTED,
+  INPUTS_CAPTURED, SCORES_COMPUTED, CALC_COMPLETED `success` — or a failed one — CALC_STARTED,
+  INPUTS_CAPTURED when captured, CALC_COMPLETED `failed` — matching the outcome;
+- `history`: `score_history` holds exactly one row per (user, symbol, date), equal to the
+  user's successful calculation (symbol, criteria version, score, correlation id);
+- `current`: the current scores of users not scored on a later date since are exactly that
+  calculation's results (symbol, criteria version, score, max possible score, percentage).
+
+Each returns the violations (at most `limit`), empty when the invariant holds.
+"""
+
+import datetime as dt
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+SUCCESS_EVENTS = ["CALC_STARTED", "INPUTS_CAPTURED", "SCORES_COMPUTED", "CALC_COMPLETED"]
+FAILED_EVENTS = (
+    ["CALC_STARTED", "INPUTS_CAPTURED", "CALC_COMPLETED"],
+    ["CALC_STARTED", "CALC_COMPLETED"],
+)
+
+# The calculations of the batch's latest outcome: (user, correlation id, expected status).
+_CALCS = """
+WITH calcs AS (
+    SELECT CAST(u->>'userId' AS uuid) AS user_id,
+           CAST(u->>'correlationId' AS uuid) AS correlation_id, 'success' AS expected
+    FROM scoring_batch_results r, jsonb_array_elements(r.succeeded_users) u
+    WHERE r.score_date = :d AND r.batch_key = :b
+    UNION ALL
+    SELECT CAST(u->>'userId' AS uuid), CAST(u->>'correlationId' AS uuid), 'failed'
+    FROM scoring_batch_results r, jsonb_array_elements(r.failed_users) u
+    WHERE r.score_date = :d AND r.batch_key = :b AND u->>'correlationId' IS NOT NULL
+)"""
+
+# The results of each successful calculation, from its SCORES_COMPUTED event.
+_EXPECTED = """,
+expected AS (
+    SELECT c.user_id, c.correlation_id, x->>'assetId' AS symbol,
+           CAST(x->>'criteriaVersionId' AS uuid) AS cv, CAST(x->>'score' AS numeric) AS score,
+           CAST(x->>'maxPossibleScore' AS numeric) AS max_score,
+           CAST(x->>'percentage' AS numeric) AS percentage
+    FROM calcs c
+    JOIN calculation_events e ON e.correlation_id = c.correlation_id
+        AND e.event_type = 'SCORES_COMPUTED'
+    CROSS JOIN LATERAL jsonb_array_elements(e.payload->'results') x
+    WHERE c.expected = 'success'
+)"""
+
+_EVENTS = (
+    _CALCS
+    + """
+SELECT c.user_id::text AS user_id, c.correlation_id::text AS correlation_id, c.expected,
+       coalesce(array_agg(e.event_type ORDER BY e.id)
+                FILTER (WHERE e.id IS NOT NULL), '{}') AS events,
+       array_agg(e.payload->>'status' ORDER BY e.id)
+           FILTER (WHERE e.event_type = 'CALC_COMPLETED') AS statuses,
+       count(DISTINCT e.user_id) FILTER (WHERE e.user_id <> c.user_id) AS foreign_users
+FROM calcs c LEFT JOIN calculation_events e ON e.correlation_id = c.correlation_id
+GROUP BY c.user_id, c.correlation_id, c.expected
+ORDER BY 1"""
+)
+
+_HISTORY = (
+    _CALCS
+    + _EXPECTED
+    + """,
+actual AS (
+    SELECT h.user_id, h.correlation_id, h.symbol, h.criteria_version_id AS cv, h.score
+    FROM score_history h
+    WHERE h.score_date = :d
+      AND h.user_id IN (SELECT user_id FROM calcs WHERE expected = 'success')
+)
+SELECT coalesce(e.user_id, a.user_id)::text AS user_id, coalesce(e.symbol, a.symbol) AS symbol,
+       count(e.symbol) AS expected_rows, count(a.symbol) AS stored_rows,
+       bool_and(e.cv IS NOT DISTINCT FROM a.cv AND e.score IS NOT DISTINCT FROM a.score
+                AND e.correlation_id IS NOT DISTINCT FROM a.correlation_id) AS equal
+FROM expected e FULL JOIN actual a ON a.user_id = e.user_id AND a.symbol = e.symbol
+GROUP BY 1, 2
+HAVING count(e.symbol) <> 1 OR count(a.symbol) <> 1
+    OR NOT bool_and(e.cv IS NOT DISTINCT FROM a.cv AND e.score IS NOT DISTINCT FROM a.score
+                    AND e.correlation_id IS NOT DISTINCT FROM a.correlation_id)
+ORDER BY 1, 2 LIMIT :n"""
+)
+
+_CURRENT = (
+    _CALCS
+    + _EXPECTED
+    + """,
+users AS (
+    SELECT user_id FROM calcs c WHERE expected = 'success' AND NOT EXISTS (
+        SELECT 1 FROM asset_scores a WHERE a.user_id = c.user_id AND a.score_date > :d)
+),
+actual AS (
+    SELECT a.user_id, a.correlation_id, a.symbol, a.criteria_version_id AS cv, a.score,
+           a.max_possible_score AS max_score, a.percentage
+    FROM asset_scores a WHERE a.user_id IN (SELECT user_id FROM users)
+)
+SELECT coalesce(e.user_id, a.user_id)::text AS user_id, coalesce(e.symbol, a.symbol) AS symbol,
+       e.score AS expected_score, a.score AS stored_score
+FROM (SELECT * FROM expected WHERE user_id IN (SELECT user_id FROM users)) e
+FULL JOIN actual a ON a.user_id = e.user_id AND a.symbol = e.symbol
+WHERE e.symbol IS NULL OR a.symbol IS NULL
+   OR (e.cv, e.score, e.max_score, e.correlation_id)
+      IS DISTINCT FROM (a.cv, a.score, a.max_score, a.correlation_id)
+   OR e.percentage IS DISTINCT FROM a.percentage
+ORDER BY 1, 2 LIMIT :n"""
+)
+
+
+@dataclass(frozen=True, slots=True)
+class InvariantReport:
+    """One invariant over one batch: how many calculations it looked at, what was wrong."""
+
+    name: str
+    calculations: int
+    violations: list[dict[str, Any]]
+
+    @property
+    def holds(self) -> bool:
+        return not self.violations
+
+
+def _event_violations(conn: Connection, params: dict[str, Any]) -> tuple[int, list[Any]]:
+    rows = conn.execute(sa.text(_EVENTS), params).all()
+    wrong: list[dict[str, Any]] = []
+    for r in rows:
+        events = list(r.events)
+        expected = [SUCCESS_EVENTS] if r.expected == "success" else list(FAILED_EVENTS)
+        if events not in expected or r.statuses != [r.expected] or r.foreign_users:
+            wrong.append(
+                {
+                    "userId": r.user_id,
+                    "correlationId": r.correlation_id,
+                    "expected": r.expected,
+                    "events": events,
+                    "statuses": r.statuses,
+                }
+            )
+    return len(rows), wrong
+
+
+def _plain(row: Any) -> dict[str, Any]:
+    """A violation as JSON-ready values (numbers as their exact text)."""
+    return {k: format(v, "f") if isinstance(v, Decimal) else v for k, v in row._mapping.items()}
+
+
+def check_batch(
+    conn: Connection, score_date: dt.date, batch: str, *, limit: int = 20
+) -> list[InvariantReport]:
+    """The three invariants of the batch's latest outcome (`events`, `history`, `current`)."""
+    params = {"d": score_date, "b": batch, "n": limit}
+    calculations, events = _event_violations(conn, params)
+    history = [_plain(r) for r in conn.execute(sa.text(_HISTORY), params)]
+    current = [_plain(r) for r in conn.execute(sa.text(_CURRENT), params)]
+    return [
+        InvariantReport("events", calculations, events[:limit]),
+        InvariantReport("history", calculations, history),
+        InvariantReport("current", calculations, current),
+    ]

@@ -1,0 +1,65 @@
+"""Asset checks on `scores`, per batch partition: the SPEC §5 invariants of its calculations.
+
+One step evaluates all three (one transaction, three small queries over the batch's users), so a
+batch pays one step, not three. A violated invariant is an ERROR naming what was wrong; results
+show per partition in the UI's Checks tab. The checks run in each batch run after the asset (a
+batch whose step failed has its checks skipped until it is re-scored).
+"""
+
+import time
+from collections.abc import Iterator
+
+import dagster as dg
+
+from scoring_pipeline.assets.scores import scores
+from scoring_pipeline.batch_invariants import check_batch
+from scoring_pipeline.partitions import parse_scores_partition_key, scores_partitions
+from scoring_pipeline.resources import DatabaseResource
+
+_DESCRIPTIONS = {
+    "events": "Each calculation of the batch has one complete (or failed) event set, in order.",
+    "history": "score_history has exactly one row per (user, symbol, date), equal to the "
+    "user's successful calculation.",
+    "current": "The users' current scores equal their latest successful calculation.",
+}
+CHECK_NAMES = {name: f"{name}_invariant" for name in _DESCRIPTIONS}
+
+
+@dg.multi_asset_check(
+    specs=[
+        dg.AssetCheckSpec(
+            CHECK_NAMES[name],
+            asset=scores,
+            description=description,
+            partitions_def=scores_partitions,
+        )
+        for name, description in _DESCRIPTIONS.items()
+    ],
+    name="scores_invariants",
+)
+def scores_invariants(
+    context: dg.AssetCheckExecutionContext, database: DatabaseResource
+) -> Iterator[dg.AssetCheckResult]:
+    """The SPEC §5 invariants of one batch partition of `scores`."""
+    score_date, batch = parse_scores_partition_key(context.partition_key)
+    started = time.perf_counter()
+    with database.engine().connect() as conn:
+        reports = check_batch(conn, score_date, batch)
+    elapsed_ms = int((time.perf_counter() - started) * 1000)
+    for report in reports:
+        yield dg.AssetCheckResult(
+            check_name=CHECK_NAMES[report.name],
+            asset_key=scores.key,
+            passed=report.holds,
+            severity=dg.AssetCheckSeverity.ERROR,
+            description=(
+                f"{report.calculations} calculations checked"
+                if report.holds
+                else f"{len(report.violations)} violations of the {report.name} invariant"
+            ),
+            metadata={
+                "calculations": report.calculations,
+                "violations": dg.MetadataValue.json(report.violations),
+                "check_ms": elapsed_ms,
+            },
+        )
