@@ -1,20 +1,27 @@
-"""Models returned by the providers, the abstract providers, and shared payload checks.
+"""Models returned by the providers, the abstract providers, and the one place values are checked.
 
 Bounds (SPEC §8 "payloads are validated"): a rate (USD->X) must be a finite number in
-[1e-12, 1e12] and a price a finite number in [1e-9, 1e9]; zero, negative, NaN, infinite,
-non-numeric and absurd values are refused before they can reach a score.
+[1e-12, 1e12] and a price a finite number in [1e-9, 1e9], in a 3-letter currency (a price in the
+instrument's currency when it is known). The rules live in the annotated types below (``Rate``,
+``Price``, ``CurrencyCode``, ``QuoteDate``) and in ``PriceQuote``; the parsers only take payloads
+apart and ask these types. A value that breaks a rule is *rejected* (SPEC §8, revised: per value):
+it becomes a ``RejectedValue`` with a ``Rejection`` reason, and the rest of the payload is used.
+Only a payload unusable as a whole (malformed, wrong shape) raises ProviderPayloadError; the share
+of rejected values a night tolerates is checked where providers are chained (``chain.py``).
 """
 
 import abc
 import datetime
+import enum
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from decimal import Decimal, InvalidOperation
 from types import TracebackType
-from typing import Self, TypeGuard
+from typing import Annotated, Any, Protocol, Self, TypeGuard
 
 import pydantic
+from pydantic_core import PydanticCustomError
 
 from scoring_pipeline.errors import ProviderPayloadError
 
@@ -22,11 +29,38 @@ MIN_RATE = Decimal("1e-12")
 MAX_RATE = Decimal("1e12")
 MIN_PRICE = Decimal("1e-9")
 MAX_PRICE = Decimal("1e9")
+# Quote currencies that are a hundredth of a currency (Yahoo's codes): pence, cents, agorot.
+MINOR_UNITS = {"GBp": "GBP", "GBX": "GBP", "ZAc": "ZAR", "ZAC": "ZAR", "ILA": "ILS"}
 
 _CURRENCY_CODE = re.compile(r"[A-Za-z]{3}")
 # A symbol travels in a comma-separated query value: no commas, whitespace or control characters.
 _BAD_SYMBOL = re.compile(r"[\s,\x00-\x1f\x7f]")
 _ISO_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+
+
+class Rejection(enum.StrEnum):
+    """Why one rate or price was refused; stored as the snapshot row's ``missing_reason``."""
+
+    NOT_NUMERIC = "not_numeric"
+    NAN = "nan"
+    INFINITE = "infinite"
+    NOT_POSITIVE = "not_positive"
+    OUT_OF_RANGE = "out_of_range"
+    INVALID_CURRENCY = "invalid_currency"
+    CURRENCY_MISMATCH = "currency_mismatch"
+    INVALID_DATE = "invalid_date"
+
+
+class RejectedValue(pydantic.BaseModel, frozen=True):
+    """One refused value: the symbol or currency it was for, the reason, and a one-line detail.
+
+    The detail never echoes text from the payload (only numbers and codes), so it cannot carry a
+    credential a hostile provider might reflect.
+    """
+
+    key: str
+    reason: Rejection
+    detail: str
 
 
 def shorten(value: object, limit: int = 60) -> str:
@@ -60,21 +94,6 @@ def as_decimal(value: object) -> Decimal | None:
     return None
 
 
-def amount_problem(value: Decimal, *, minimum: Decimal, maximum: Decimal) -> str | None:
-    """Why ``value`` is not an acceptable rate or price, or None when it is."""
-    if value.is_nan():
-        return "is NaN"
-    if value.is_infinite():
-        return "is infinite"
-    if value <= 0:
-        return f"must be greater than 0, got {shorten(value, 40)}"
-    if value > maximum:
-        return f"is absurdly large (above {maximum}), got {shorten(value, 40)}"
-    if value < minimum:
-        return f"is absurdly small (below {minimum}), got {shorten(value, 40)}"
-    return None
-
-
 def parse_iso_date(value: object) -> datetime.date | None:
     """A strict ``YYYY-MM-DD`` date, or None."""
     if not isinstance(value, str) or not _ISO_DATE.fullmatch(value):
@@ -83,6 +102,86 @@ def parse_iso_date(value: object) -> datetime.date | None:
         return datetime.date.fromisoformat(value)
     except ValueError:
         return None
+
+
+def _rejected(reason: Rejection, message: str) -> PydanticCustomError:
+    return PydanticCustomError(reason.value, message)
+
+
+def _amount(minimum: Decimal, maximum: Decimal) -> Callable[[object], Decimal]:
+    def check(value: object) -> Decimal:
+        number = as_decimal(value)
+        if number is None:
+            # Only the type is echoed: a payload's text never reaches a message (see RejectedValue).
+            raise _rejected(Rejection.NOT_NUMERIC, f"is not a number ({type(value).__name__})")
+        if number.is_nan():
+            raise _rejected(Rejection.NAN, "is NaN")
+        if number.is_infinite():
+            raise _rejected(Rejection.INFINITE, "is infinite")
+        if number <= 0:
+            raise _rejected(
+                Rejection.NOT_POSITIVE, f"must be greater than 0, got {shorten(number, 40)}"
+            )
+        if not minimum <= number <= maximum:
+            raise _rejected(
+                Rejection.OUT_OF_RANGE,
+                f"is outside [{minimum}, {maximum}], got {shorten(number, 40)}",
+            )
+        return number
+
+    return check
+
+
+def _currency(value: object) -> str:
+    currency = normalise_currency(value)
+    if currency is None:
+        raise _rejected(Rejection.INVALID_CURRENCY, "is not a 3-letter currency code")
+    return currency
+
+
+def _date(value: object) -> datetime.date:
+    if isinstance(value, datetime.datetime):
+        return value.date()
+    if isinstance(value, datetime.date):
+        return value
+    parsed = parse_iso_date(value)
+    if parsed is None:
+        raise _rejected(Rejection.INVALID_DATE, "is not a valid date")
+    return parsed
+
+
+Rate = Annotated[Decimal, pydantic.BeforeValidator(_amount(MIN_RATE, MAX_RATE))]
+Price = Annotated[Decimal, pydantic.BeforeValidator(_amount(MIN_PRICE, MAX_PRICE))]
+CurrencyCode = Annotated[str, pydantic.BeforeValidator(_currency)]
+QuoteDate = Annotated[datetime.date, pydantic.BeforeValidator(_date)]
+_RATE = pydantic.TypeAdapter(Rate)
+_CURRENCY = pydantic.TypeAdapter(CurrencyCode)
+_FIELD_LABELS = {"close": "price", "currency": "currency", "price_date": "price date"}
+
+
+def to_major_unit(close: object, currency: object) -> tuple[object, object]:
+    """A price quoted in a minor unit (GBp, ZAc, ILA…) as the major currency's exact amount.
+
+    Anything else, and a minor-unit price that is not a finite number, is returned unchanged
+    (its checks then reject it with the right reason).
+    """
+    major = MINOR_UNITS.get(currency) if isinstance(currency, str) else None
+    number = as_decimal(close)
+    if major is None or number is None or not number.is_finite():
+        return close, currency
+    sign, digits, exponent = number.as_tuple()
+    assert isinstance(exponent, int)  # finite, so never 'n', 'N' or 'F'
+    return Decimal((sign, digits, exponent - 2)), major
+
+
+def rejection_from(exc: pydantic.ValidationError, *, what: str, key: str) -> RejectedValue:
+    """The first problem of a value's validation failure as a RejectedValue about ``key``."""
+    error = exc.errors(include_url=False, include_input=False)[0]
+    # Every field has a validator of ours that raises a Rejection, so the type is one of them.
+    reason = Rejection(error["type"])
+    field = ".".join(str(part) for part in error["loc"])
+    label = _FIELD_LABELS.get(field, what)
+    return RejectedValue(key=key, reason=reason, detail=f"{label} for {key} {error['msg']}")
 
 
 class _DuplicateKeyError(ValueError):
@@ -120,64 +219,122 @@ def load_json(body: bytes | str, *, provider: str) -> object:
     raise ProviderPayloadError(f"malformed JSON ({problem})", provider=provider)
 
 
-def _check_amount(value: Decimal, *, what: str, minimum: Decimal, maximum: Decimal) -> Decimal:
-    problem = amount_problem(value, minimum=minimum, maximum=maximum)
-    if problem is not None:
-        raise ValueError(f"{what} {problem}")
-    return value
-
-
 class RatesSnapshot(pydantic.BaseModel, frozen=True):
-    """USD-based exchange rates of one date: ``rates[X]`` is USD->X; ``rates["USD"]`` is 1."""
+    """USD-based exchange rates of one date: ``rates[X]`` is USD->X; ``rates["USD"]`` is 1.
 
-    rates: dict[str, Decimal]
-    rate_date: datetime.date
+    ``rejected`` holds the currencies whose rate the provider gave but the checks refused.
+    """
+
+    rates: dict[CurrencyCode, Rate]
+    rejected: dict[str, RejectedValue] = {}
+    rate_date: QuoteDate
     source: str
 
-    @pydantic.field_validator("rates")
-    @classmethod
-    def _valid_rates(cls, rates: dict[str, Decimal]) -> dict[str, Decimal]:
-        checked: dict[str, Decimal] = {}
-        for code, rate in rates.items():
-            currency = normalise_currency(code)
-            if currency is None:
-                raise ValueError(f"invalid currency code {shorten(code)}")
-            what = f"rate for {currency}"
-            _check_amount(rate, what=what, minimum=MIN_RATE, maximum=MAX_RATE)
-            if checked.setdefault(currency, rate) != rate:
-                raise ValueError(f"two different rates for {currency}")
-        if checked.setdefault("USD", Decimal(1)) != 1:
-            raise ValueError(f"the USD->USD rate must be 1, got {checked['USD']}")
-        return checked
+    @pydantic.model_validator(mode="after")
+    def _usd_is_one(self) -> Self:
+        if self.rates.setdefault("USD", Decimal(1)) != 1:
+            raise ValueError(f"the USD->USD rate must be 1, got {self.rates['USD']}")
+        if "USD" in self.rejected:
+            raise ValueError(f"the USD->USD rate must be 1: {self.rejected['USD'].detail}")
+        both = sorted(self.rejected.keys() & self.rates.keys())
+        if both:
+            raise ValueError(f"currencies both rated and rejected: {both}")
+        return self
+
+    @property
+    def accepted_count(self) -> int:
+        """Rates given and accepted (USD->USD, implied, is not counted)."""
+        return len(self.rates) - 1
+
+
+def split_rates(
+    raw: Mapping[object, object], *, provider: str
+) -> tuple[dict[str, Decimal], dict[str, RejectedValue]]:
+    """The rates of a payload's ``rates`` object that pass the checks, and the rejected ones.
+
+    A key that is not a currency code, or one currency given two different values (``eur`` and
+    ``EUR``), makes the whole payload unusable: ProviderPayloadError.
+    """
+    outcomes: dict[str, Decimal | RejectedValue] = {}
+    for key, value in raw.items():
+        try:
+            currency = _CURRENCY.validate_python(key)
+        except pydantic.ValidationError:
+            raise ProviderPayloadError(
+                f"invalid currency code {shorten(key)} in 'rates'", provider=provider
+            ) from None
+        outcome: Decimal | RejectedValue
+        try:
+            outcome = _RATE.validate_python(value)
+        except pydantic.ValidationError as exc:
+            outcome = rejection_from(exc, what="rate", key=currency)
+        if outcomes.setdefault(currency, outcome) != outcome:
+            raise ProviderPayloadError(f"two different rates for {currency}", provider=provider)
+    rates = {c: o for c, o in outcomes.items() if isinstance(o, Decimal)}
+    rejected = {c: o for c, o in outcomes.items() if isinstance(o, RejectedValue)}
+    return rates, rejected
 
 
 class PriceQuote(pydantic.BaseModel, frozen=True):
-    """The closing price of one symbol, in the currency it trades in."""
+    """The closing price of one symbol, in the major unit of the currency it trades in.
+
+    Validated with ``context={"currency": X}``, a quote in any currency other than X is refused.
+    """
 
     symbol: str = pydantic.Field(min_length=1)
-    close: Decimal
-    currency: str
-    price_date: datetime.date
+    close: Price
+    currency: CurrencyCode
+    price_date: QuoteDate
     source: str
 
-    @pydantic.field_validator("close")
+    @pydantic.model_validator(mode="before")
     @classmethod
-    def _valid_close(cls, close: Decimal) -> Decimal:
-        return _check_amount(close, what="close", minimum=MIN_PRICE, maximum=MAX_PRICE)
+    def _major_unit(cls, data: Any) -> Any:
+        if isinstance(data, Mapping) and "close" in data and "currency" in data:
+            close, currency = to_major_unit(data["close"], data["currency"])
+            return {**data, "close": close, "currency": currency}
+        return data
 
-    @pydantic.field_validator("currency")
-    @classmethod
-    def _valid_currency(cls, currency: str) -> str:
-        normalised = normalise_currency(currency)
-        if normalised is None:
-            raise ValueError(f"invalid currency code {shorten(currency)}")
-        return normalised
+    @pydantic.model_validator(mode="after")
+    def _instrument_currency(self, info: pydantic.ValidationInfo) -> Self:
+        expected = (info.context or {}).get("currency")
+        if expected is not None and self.currency != expected:
+            raise _rejected(
+                Rejection.CURRENCY_MISMATCH,
+                f"is in {self.currency}, not in the instrument's currency {expected}",
+            )
+        return self
+
+
+def validate_quote(
+    *,
+    symbol: str,
+    close: object,
+    currency: object,
+    price_date: object,
+    source: str,
+    expected_currency: str | None,
+) -> PriceQuote | RejectedValue:
+    """A checked quote, or why it is rejected; ``symbol`` must already be a valid symbol."""
+    fields = {
+        "symbol": symbol,
+        "close": close,
+        "currency": currency,
+        "price_date": price_date,
+        "source": source,
+    }
+    try:
+        return PriceQuote.model_validate(fields, context={"currency": expected_currency})
+    except pydantic.ValidationError as exc:
+        return rejection_from(exc, what="price", key=symbol)
 
 
 class PricesResult(pydantic.BaseModel, frozen=True):
-    """The quotes a prices provider returned, by symbol, and the requested symbols it did not."""
+    """The quotes a prices provider returned by symbol, the ones it refused, and the requested
+    symbols it did not return."""
 
     quotes: dict[str, PriceQuote]
+    rejected: dict[str, RejectedValue] = {}
     missing: list[str]
     source: str
 
@@ -196,10 +353,15 @@ class PricesResult(pydantic.BaseModel, frozen=True):
 
     @pydantic.model_validator(mode="after")
     def _disjoint(self) -> Self:
-        both = sorted(set(self.missing) & self.quotes.keys())
+        quoted, rejected, missing = set(self.quotes), set(self.rejected), set(self.missing)
+        both = sorted((quoted & rejected) | (quoted & missing) | (rejected & missing))
         if both:
-            raise ValueError(f"symbols both quoted and missing: {both}")
+            raise ValueError(f"symbols in two of quoted, rejected and missing: {both}")
         return self
+
+    @property
+    def accepted_count(self) -> int:
+        return len(self.quotes)
 
 
 class _Closeable:
@@ -218,6 +380,20 @@ class _Closeable:
         self.close()
 
 
+class RatesSource(Protocol):
+    """Anything that fetches USD-based rates: a provider, or the resource chaining them."""
+
+    def fetch_usd_rates(self, *, currencies: Sequence[str]) -> RatesSnapshot: ...
+
+
+class PricesSource(Protocol):
+    """Anything that fetches closing prices: a provider, or the resource chaining them."""
+
+    def fetch_prices(
+        self, *, symbols: Sequence[str], currencies: Mapping[str, str] | None = None
+    ) -> PricesResult: ...
+
+
 class RatesProvider(_Closeable, abc.ABC):
     """A source of USD-based exchange rates."""
 
@@ -227,8 +403,9 @@ class RatesProvider(_Closeable, abc.ABC):
     def fetch_usd_rates(self, *, currencies: Sequence[str]) -> RatesSnapshot:
         """USD->X for each requested currency the provider knows (all it knows when empty).
 
-        Requested currencies the provider does not return are absent from ``rates``; the caller
-        decides what that means. Raises ProviderUnavailableError or ProviderPayloadError.
+        Requested currencies the provider does not return are absent from ``rates``; the ones
+        it returned with a refused value are in ``rejected``. Raises ProviderUnavailableError or
+        ProviderPayloadError.
         """
 
 
@@ -238,8 +415,12 @@ class PricesProvider(_Closeable, abc.ABC):
     name: str
 
     @abc.abstractmethod
-    def fetch_prices(self, *, symbols: Sequence[str]) -> PricesResult:
-        """Quotes of the requested symbols; the ones not returned are listed in ``missing``.
+    def fetch_prices(
+        self, *, symbols: Sequence[str], currencies: Mapping[str, str] | None = None
+    ) -> PricesResult:
+        """Quotes of the requested symbols; refused ones are in ``rejected``, the ones not
+        returned in ``missing``. ``currencies`` maps a symbol to its instrument's currency: a
+        quote in another currency is rejected.
 
         Raises ProviderUnavailableError or ProviderPayloadError.
         """
@@ -265,8 +446,12 @@ def select_rates(snapshot: RatesSnapshot, currencies: Sequence[str] | None) -> R
     if currencies is None:
         return snapshot
     wanted = {*currencies, "USD"}
-    rates = {code: rate for code, rate in snapshot.rates.items() if code in wanted}
-    return RatesSnapshot(rates=rates, rate_date=snapshot.rate_date, source=snapshot.source)
+    return snapshot.model_copy(
+        update={
+            "rates": {c: r for c, r in snapshot.rates.items() if c in wanted},
+            "rejected": {c: r for c, r in snapshot.rejected.items() if c in wanted},
+        }
+    )
 
 
 def describe_validation_error(exc: pydantic.ValidationError) -> str:
@@ -293,21 +478,35 @@ def requested_symbols(symbols: Sequence[str]) -> tuple[list[str], list[str]]:
     return valid, invalid
 
 
+def expected_by_upper(currencies: Mapping[str, str] | None) -> dict[str, str]:
+    """The instruments' currencies keyed by upper-case symbol (symbols match case-insensitively)."""
+    return {symbol.upper(): currency for symbol, currency in (currencies or {}).items()}
+
+
+QuoteOutcome = PriceQuote | RejectedValue
+
+
+def _comparable(outcome: QuoteOutcome) -> tuple[object, ...]:
+    if isinstance(outcome, RejectedValue):
+        return ("rejected", outcome.reason)
+    return (outcome.close, outcome.currency, outcome.price_date)
+
+
+def _describe(outcome: QuoteOutcome) -> str:
+    if isinstance(outcome, RejectedValue):
+        return f"a rejected one ({outcome.reason})"
+    return f"{shorten(outcome.close, 40)} {outcome.currency} on {outcome.price_date}"
+
+
 def merge_quote(
-    quotes: dict[str, PriceQuote], quote: PriceQuote, *, provider: str, where: str = ""
+    outcomes: dict[str, QuoteOutcome], symbol: str, outcome: QuoteOutcome, *, provider: str
 ) -> None:
-    """File ``quote`` under its upper-case symbol; a disagreeing duplicate is a payload error."""
-    seen = quotes.setdefault(quote.symbol.upper(), quote)
-    if (seen.close, seen.currency, seen.price_date) != (
-        quote.close,
-        quote.currency,
-        quote.price_date,
-    ):
+    """File ``outcome`` under the upper-case ``symbol``; a disagreeing duplicate is a payload
+    error (which of two different quotes is right cannot be told)."""
+    seen = outcomes.setdefault(symbol.upper(), outcome)
+    if _comparable(seen) != _comparable(outcome):
         raise ProviderPayloadError(
-            f"{where}{': ' if where else ''}"
-            f"two different quotes for {quote.symbol}: {shorten(seen.close, 40)} {seen.currency} "
-            f"on {seen.price_date} and {shorten(quote.close, 40)} {quote.currency} on "
-            f"{quote.price_date}",
+            f"two different quotes for {symbol}: {_describe(seen)} and {_describe(outcome)}",
             provider=provider,
         )
 
@@ -315,16 +514,21 @@ def merge_quote(
 def build_prices_result(
     valid: Sequence[str],
     invalid: Sequence[str],
-    returned: Mapping[str, PriceQuote],
+    returned: Mapping[str, QuoteOutcome],
     *,
     source: str,
 ) -> PricesResult:
     """Quotes for the requested symbols, matched case-insensitively against ``returned`` (keyed
     by upper-case symbol) and filed under the spelling requested; the rest are missing."""
     quotes: dict[str, PriceQuote] = {}
+    rejected: dict[str, RejectedValue] = {}
     for symbol in valid:
         found = returned.get(symbol.upper())
-        if found is not None:
+        if isinstance(found, PriceQuote):
             quotes[symbol] = found.model_copy(update={"symbol": symbol})
-    missing = [s for s in valid if s not in quotes] + list(invalid)
-    return PricesResult(quotes=quotes, missing=missing, source=source)
+        elif found is not None:
+            rejected[symbol] = found.model_copy(
+                update={"key": symbol, "detail": found.detail.replace(found.key, symbol, 1)}
+            )
+    missing = [s for s in valid if s not in quotes and s not in rejected] + list(invalid)
+    return PricesResult(quotes=quotes, rejected=rejected, missing=missing, source=source)
