@@ -86,6 +86,9 @@ def _describe(
     field = str(first["loc"][0]) if first["loc"] else ""
     var = variables.get(field)
     if var is None:
+        # A rule across fields (``resources._ProviderResource._consistent``) names its variable
+        # generically; say which one.
+        message = message.replace("*_FILE", variables.get("file", "*_FILE"))
         names = ", ".join(sorted({v for v in variables.values() if env.get(v, "").strip()}))
         return f"invalid settings ({names or 'defaults'}): {message}{more}"
     # A URL may carry credentials: shown redacted, like every URL the providers print.

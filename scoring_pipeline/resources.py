@@ -10,7 +10,7 @@ definition time.
 import os
 from collections.abc import Mapping, Sequence
 from decimal import Decimal
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 import dagster as dg
 import httpx
@@ -79,19 +79,29 @@ class _ProviderResource(dg.ConfigurableResource):  # type: ignore[type-arg]
     max_rejected_fraction: float = Field(default=0.2, ge=0, le=1)
 
     _chain: ProviderChain[Any] | None = PrivateAttr(default=None)
-    # The HTTP provider of each kind and its default URL.
+    # The provider names of each kind, the HTTP one first, and its default URL.
+    _names: ClassVar[tuple[str, ...]]
     _http_default_url: ClassVar[str]
 
     @field_validator("provider", mode="before")
     @classmethod
-    def _lower_provider(cls, value: object) -> object:
-        return _provider_name(value)
+    def _known_provider(cls, value: object) -> object:
+        name = _provider_name(value)
+        if name not in cls._names:
+            raise ValueError(f"is not a known provider; choose one of {', '.join(cls._names)}")
+        return name
 
     @field_validator("fallback_provider", mode="before")
     @classmethod
-    def _lower_fallback(cls, value: object) -> object:
+    def _known_fallback(cls, value: object) -> object:
         name = _provider_name(value)
-        return None if name in _NO_FALLBACK else name
+        if name is None or name in _NO_FALLBACK:
+            return None
+        if name not in cls._names:
+            raise ValueError(
+                f"is not a known provider; choose one of {', '.join(cls._names)} (or none)"
+            )
+        return name
 
     @field_validator("base_url", "fallback_base_url")
     @classmethod
@@ -111,7 +121,7 @@ class _ProviderResource(dg.ConfigurableResource):  # type: ignore[type-arg]
     @model_validator(mode="after")
     def _consistent(self) -> "_ProviderResource":
         if "file" in (self.provider, self.fallback_provider) and not self.file:
-            raise ValueError("the provider 'file' needs a file path (the *_FILE variable)")
+            raise ValueError("the provider 'file' needs a file path (*_FILE)")
         if self.fallback_provider is not None and self._choices()[0] == self._choices()[1]:
             raise ValueError(
                 "the fallback provider is the same as the primary one (same file or URL)"
@@ -161,8 +171,8 @@ class _ProviderResource(dg.ConfigurableResource):  # type: ignore[type-arg]
 class RatesProviderResource(_ProviderResource):
     """Exchange rates from `RATES_PROVIDER`, then `RATES_FALLBACK_PROVIDER` (SPEC §8)."""
 
-    provider: Literal["frankfurter", "file"] = "frankfurter"
-    fallback_provider: Literal["frankfurter", "file"] | None = None
+    provider: str = "frankfurter"
+    _names: ClassVar[tuple[str, ...]] = ("frankfurter", "file")
     _http_default_url: ClassVar[str] = frankfurter.DEFAULT_BASE_URL
 
     def _make(self, name: str, base_url: str | None) -> Any:
@@ -181,8 +191,8 @@ class RatesProviderResource(_ProviderResource):
 class PricesProviderResource(_ProviderResource):
     """Closing prices from `PRICES_PROVIDER`, then `PRICES_FALLBACK_PROVIDER` (SPEC §8)."""
 
-    provider: Literal["yahoo", "file"] = "yahoo"
-    fallback_provider: Literal["yahoo", "file"] | None = None
+    provider: str = "yahoo"
+    _names: ClassVar[tuple[str, ...]] = ("yahoo", "file")
     _http_default_url: ClassVar[str] = yahoo.DEFAULT_BASE_URL
 
     def _make(self, name: str, base_url: str | None) -> Any:

@@ -1,8 +1,9 @@
 """Retries, failures, fallback and secrecy over real loopback HTTP: 5xx then success, 429 with
 Retry-After, exponential backoff, 5xx forever, 4xx not retried, timeouts, refused and dropped
 connections, oversized bodies; the provider chain (the fallback used when the primary fails or
-rejects more than the allowed share of its values, both failing); and API keys never present in exception messages, reprs, tracebacks or captured log records —
-even when the failing URL or the server's answer contains them."""
+rejects more than the allowed share of its values, both failing); and API keys never present in
+exception messages, reprs, tracebacks or captured log records — even when the failing URL or the
+server's answer contains them."""
 
 import logging
 import time
