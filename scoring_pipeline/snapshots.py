@@ -93,6 +93,7 @@ def store_rates(
             "base_currency": USD,
             "quote_currency": currency,
             "rate": rate,
+            "missing_reason": None,
             "rate_date": snapshot.rate_date,
             "source": snapshot.source,
             "fetched_at": fetched_at,
