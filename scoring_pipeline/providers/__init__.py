@@ -1,20 +1,10 @@
 """Rates and prices providers over httpx (SPEC §8): models, value checks, implementations."""
 
 from scoring_pipeline.providers.base import (
-    MAX_PRICE,
-    MAX_RATE,
-    MIN_PRICE,
-    MIN_RATE,
-    MINOR_UNITS,
-    PriceQuote,
     PricesProvider,
-    PricesResult,
     PricesSource,
     RatesProvider,
-    RatesSnapshot,
     RatesSource,
-    RejectedValue,
-    Rejection,
 )
 from scoring_pipeline.providers.chain import ProviderChain, check_rejected_share
 from scoring_pipeline.providers.files import FilePricesProvider, FileRatesProvider
@@ -23,6 +13,20 @@ from scoring_pipeline.providers.frankfurter import (
     parse_frankfurter_payload,
 )
 from scoring_pipeline.providers.http import HttpSettings, ProviderHttpClient, redact
+from scoring_pipeline.providers.models import (
+    PriceQuote,
+    PricesResult,
+    RatesSnapshot,
+)
+from scoring_pipeline.providers.values import (
+    MAX_PRICE,
+    MAX_RATE,
+    MIN_PRICE,
+    MIN_RATE,
+    MINOR_UNITS,
+    RejectedValue,
+    Rejection,
+)
 from scoring_pipeline.providers.yahoo import YahooPricesProvider, parse_yahoo_payload
 
 __all__ = [

@@ -15,8 +15,10 @@ from typing import Generic, TypeVar
 from scoring_pipeline.errors import ProviderError, ProviderPayloadError, ProviderUnavailableError
 from scoring_pipeline.providers.base import (
     PricesProvider,
-    PricesResult,
     RatesProvider,
+)
+from scoring_pipeline.providers.models import (
+    PricesResult,
     RatesSnapshot,
 )
 

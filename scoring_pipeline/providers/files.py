@@ -6,7 +6,8 @@ are ignored), ``close`` a plain decimal and ``price_date`` ``YYYY-MM-DD``. A fil
 be read is ProviderUnavailableError (so a fallback can take over); a malformed file (bad JSON or
 CSV, a missing column, an invalid symbol) is ProviderPayloadError naming the file and line. A bad
 value in a well-formed row is rejected on its own, by the same checks as every provider's
-(``base.py``): prices in minor units (``GBp``…) are converted, and other rows are used.
+(``values.py``, ``models.py``): prices in minor units (``GBp``…) are converted, and the other
+rows are used.
 """
 
 import csv
@@ -21,10 +22,7 @@ from pathlib import Path
 from scoring_pipeline.errors import ProviderPayloadError, ProviderUnavailableError
 from scoring_pipeline.providers.base import (
     PricesProvider,
-    PricesResult,
-    QuoteOutcome,
     RatesProvider,
-    RatesSnapshot,
     build_prices_result,
     expected_by_upper,
     is_valid_symbol,
@@ -32,10 +30,17 @@ from scoring_pipeline.providers.base import (
     requested_currencies,
     requested_symbols,
     select_rates,
-    shorten,
-    validate_quote,
 )
 from scoring_pipeline.providers.frankfurter import parse_frankfurter_payload
+from scoring_pipeline.providers.models import (
+    PricesResult,
+    QuoteOutcome,
+    RatesSnapshot,
+    validate_quote,
+)
+from scoring_pipeline.providers.values import (
+    shorten,
+)
 
 logger = logging.getLogger("scoring_pipeline.providers")
 

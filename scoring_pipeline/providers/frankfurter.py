@@ -12,16 +12,20 @@ import pydantic
 from scoring_pipeline.errors import ProviderPayloadError
 from scoring_pipeline.providers.base import (
     RatesProvider,
-    RatesSnapshot,
-    as_decimal,
-    describe_validation_error,
     load_json,
     requested_currencies,
     select_rates,
-    shorten,
-    split_rates,
 )
 from scoring_pipeline.providers.http import HttpSettings, ProviderHttpClient, call_redacted
+from scoring_pipeline.providers.models import (
+    RatesSnapshot,
+    describe_validation_error,
+    split_rates,
+)
+from scoring_pipeline.providers.values import (
+    as_decimal,
+    shorten,
+)
 
 logger = logging.getLogger("scoring_pipeline.providers")
 
@@ -39,7 +43,7 @@ def parse_frankfurter_payload(
 
     The base must be USD, ``amount`` (when present) 1, ``date`` a ``YYYY-MM-DD`` date and
     ``rates`` an object keyed by currency codes; otherwise ProviderPayloadError names ``source``
-    and the field at fault. A rate that fails the checks of ``base.Rate`` is rejected on its own
+    and the field at fault. A rate that fails the checks of ``values.Rate`` is rejected on its own
     (``snapshot.rejected``); the others are used.
     """
     data = payload if isinstance(payload, Mapping) else load_json(payload, provider=source)

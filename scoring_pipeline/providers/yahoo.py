@@ -9,7 +9,7 @@ Decisions:
 - A result without ``regularMarketPrice`` (or with null) is a symbol Yahoo knows but has no
   price for: it is reported missing. A price that is present but invalid (non-numeric, NaN,
   infinite, zero, negative, out of bounds), a bad currency or time, or a currency other than the
-  instrument's is *rejected* as a value (``base.py`` holds the rules); the other quotes are used.
+  instrument's is *rejected* as a value (``values.py`` holds the rules); the other quotes are used.
 - The same symbol twice in one answer (or across chunks) is accepted when both agree and refused
   as a payload error otherwise.
 - Prices quoted in minor units (``GBp``/``GBX`` pence, ``ZAc`` cents, ``ILA`` agorot) are
@@ -24,19 +24,23 @@ from collections.abc import Mapping, Sequence
 from scoring_pipeline.errors import ProviderPayloadError
 from scoring_pipeline.providers.base import (
     PricesProvider,
-    PricesResult,
-    QuoteOutcome,
-    as_decimal,
     build_prices_result,
     expected_by_upper,
     is_valid_symbol,
     load_json,
     merge_quote,
     requested_symbols,
-    shorten,
-    validate_quote,
 )
 from scoring_pipeline.providers.http import HttpSettings, ProviderHttpClient, call_redacted
+from scoring_pipeline.providers.models import (
+    PricesResult,
+    QuoteOutcome,
+    validate_quote,
+)
+from scoring_pipeline.providers.values import (
+    as_decimal,
+    shorten,
+)
 
 logger = logging.getLogger("scoring_pipeline.providers")
 
