@@ -9,7 +9,8 @@ Hierarchy::
     │   └── MissingRateError             a needed currency pair is not in the snapshot
     ├── ProviderError                    a rates or prices provider could not give a usable answer
     │   ├── ProviderUnavailableError     timeouts, connection errors, 429/5xx after every retry
-    │   └── ProviderPayloadError         the payload is malformed or holds invalid values
+    │   └── ProviderPayloadError         the payload is malformed, or too many of its values were
+    │                                    rejected (a single bad value is only recorded as missing)
     ├── SnapshotUnavailableError         all providers failed, no recent snapshot to reuse
     └── ReplayError                      a calculation cannot be replayed (unknown id, no inputs)
 
@@ -70,7 +71,8 @@ class ProviderUnavailableError(ProviderError):
 
 
 class ProviderPayloadError(ProviderError):
-    """The provider answered with a malformed payload or invalid values."""
+    """The provider's answer is unusable as a whole: malformed, the wrong shape, or more than
+    `PROVIDER_MAX_REJECTED_FRACTION` of its values rejected."""
 
 
 class SnapshotUnavailableError(ScoringPipelineError):

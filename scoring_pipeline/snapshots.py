@@ -3,9 +3,15 @@
 Each snapshot is written once per date (delete the date's rows, insert, one transaction) and
 read by every batch of that date. When every provider fails, the most recent earlier snapshot
 no older than `SNAPSHOT_MAX_AGE_DAYS` is copied to the date, flagged `is_stale`.
+
+A value the provider gave but the checks rejected (SPEC §8: per value) is stored as missing —
+`rate` or `close` NULL — with its reason in `missing_reason` (a `Rejection` value, or
+`not_returned` for a symbol the provider did not return); readers see it as absent.
 """
 
 import datetime as dt
+import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -16,9 +22,20 @@ from sqlalchemy.engine import Connection
 from scoring_pipeline import tables as t
 from scoring_pipeline.errors import ProviderError, SnapshotUnavailableError
 from scoring_pipeline.partitions import batch_key
-from scoring_pipeline.providers import PricesProvider, PricesResult, RatesProvider, RatesSnapshot
+from scoring_pipeline.providers import (
+    PricesResult,
+    PricesSource,
+    RatesSnapshot,
+    RatesSource,
+    RejectedValue,
+)
+
+logger = logging.getLogger("scoring_pipeline.snapshots")
 
 USD = "USD"
+NOT_RETURNED = "not_returned"
+# How many rejected symbols or currencies the metadata and the job run's metrics list by name.
+REJECTED_LISTED = 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +93,7 @@ def store_rates(
             "base_currency": USD,
             "quote_currency": currency,
             "rate": rate,
+            "missing_reason": None,
             "rate_date": snapshot.rate_date,
             "source": snapshot.source,
             "fetched_at": fetched_at,
@@ -83,16 +101,35 @@ def store_rates(
         }
         for currency, rate in sorted(snapshot.rates.items())
     ]
+    rows += [
+        {
+            "score_date": score_date,
+            "base_currency": USD,
+            "quote_currency": currency,
+            "rate": None,
+            "missing_reason": rejected.reason.value,
+            "rate_date": snapshot.rate_date,
+            "source": snapshot.source,
+            "fetched_at": fetched_at,
+            "is_stale": False,
+        }
+        for currency, rejected in sorted(snapshot.rejected.items())
+    ]
     if rows:
         conn.execute(t.exchange_rate_snapshots.insert(), rows)
-    return len(rows)
+    return len(snapshot.rates)
 
 
 def load_rates(conn: Connection, score_date: dt.date) -> dict[str, RateRow]:
-    """The date's USD→X rates by quote currency (USD→USD is always present)."""
+    """The date's USD→X rates by quote currency (USD→USD is always present); a rejected rate
+    is absent, so a conversion needing it fails naming the pair (SPEC §4)."""
     table = t.exchange_rate_snapshots
     rows = conn.execute(
-        sa.select(table).where(table.c.score_date == score_date, table.c.base_currency == USD)
+        sa.select(table).where(
+            table.c.score_date == score_date,
+            table.c.base_currency == USD,
+            table.c.rate.is_not(None),
+        )
     ).all()
     out = {
         r.quote_currency.strip(): RateRow(
@@ -221,6 +258,23 @@ def needed_symbols(conn: Connection, score_date: dt.date) -> list[str]:
     return sorted(set(rows))
 
 
+def instrument_currencies(conn: Connection, symbols: list[str]) -> dict[str, str]:
+    """The currency each of ``symbols`` that is an instrument trades in (quotes must match)."""
+    rows = conn.execute(
+        sa.select(t.instruments.c.symbol, t.instruments.c.currency).where(
+            t.instruments.c.symbol.in_(symbols)
+        )
+    ).all()
+    return {r.symbol: str(r.currency).strip().upper() for r in rows if r.currency}
+
+
+def _missing_reason(symbol: str, result: PricesResult) -> str | None:
+    if symbol in result.quotes:
+        return None
+    rejected = result.rejected.get(symbol)
+    return rejected.reason.value if rejected is not None else NOT_RETURNED
+
+
 def store_prices(
     conn: Connection,
     score_date: dt.date,
@@ -243,12 +297,49 @@ def store_prices(
                 "source": quote.source if quote else result.source,
                 "fetched_at": fetched_at,
                 "is_stale": False,
+                "missing_reason": _missing_reason(symbol, result),
             }
         )
     if rows:
         conn.execute(t.price_snapshots.insert(), rows)
     priced = sum(1 for r in rows if r["close"] is not None)
     return {"symbols": len(rows), "priced": priced, "missing": len(rows) - priced}
+
+
+def _stored_rejections(
+    conn: Connection, table: sa.Table, score_date: dt.date, key: str
+) -> dict[str, Any]:
+    """The rejection figures of a date's stored snapshot (for a snapshot reused as it is)."""
+    column = table.c[key]
+    rows = conn.execute(
+        sa.select(column, table.c.missing_reason)
+        .where(
+            table.c.score_date == score_date,
+            table.c.missing_reason.is_not(None),
+            table.c.missing_reason != NOT_RETURNED,
+        )
+        .order_by(column)
+    ).all()
+    return {
+        "rejected": len(rows),
+        "rejected_values": {str(r[0]).strip(): r[1] for r in rows[:REJECTED_LISTED]},
+    }
+
+
+def _rejections(
+    rejected: Mapping[str, RejectedValue], what: str, score_date: dt.date
+) -> dict[str, Any]:
+    """The figures of the values refused one by one: count and the first few with their reason."""
+    listed = {key: rejected[key].reason.value for key in sorted(rejected)[:REJECTED_LISTED]}
+    if rejected:
+        logger.warning(
+            "%s for %s: %d value(s) rejected and stored as missing: %s",
+            what,
+            score_date,
+            len(rejected),
+            "; ".join(rejected[key].detail for key in sorted(rejected)[:REJECTED_LISTED]),
+        )
+    return {"rejected": len(rejected), "rejected_values": listed}
 
 
 def load_prices(conn: Connection, score_date: dt.date, symbols: list[str]) -> dict[str, PriceRow]:
@@ -293,7 +384,7 @@ def _stale_or_raise(
 def snapshot_rates(
     conn: Connection,
     score_date: dt.date,
-    provider: RatesProvider,
+    provider: RatesSource,
     *,
     max_age_days: int,
     refresh: bool,
@@ -307,6 +398,7 @@ def snapshot_rates(
             "reused_existing": True,
             "currencies": len(rates),
             "is_stale": any(r.is_stale for r in rates.values()),
+            **_stored_rejections(conn, table, score_date, "quote_currency"),
         }
     currencies = needed_currencies(conn)
     try:
@@ -320,9 +412,10 @@ def snapshot_rates(
             "stale_from": stale_from.isoformat(),
             "provider_error": str(exc),
             "currencies": len(load_rates(conn, score_date)),
+            **_stored_rejections(conn, table, score_date, "quote_currency"),
         }
     count = store_rates(conn, score_date, snapshot, fetched_at=_now())
-    missing = sorted(set(currencies) - set(snapshot.rates))
+    missing = sorted(set(currencies) - set(snapshot.rates) - set(snapshot.rejected))
     return {
         "fetched": True,
         "reused_existing": False,
@@ -331,13 +424,14 @@ def snapshot_rates(
         "source": snapshot.source,
         "rate_date": snapshot.rate_date.isoformat(),
         "missing_currencies": missing,
+        **_rejections(snapshot.rejected, "rates", score_date),
     }
 
 
 def snapshot_prices(
     conn: Connection,
     score_date: dt.date,
-    provider: PricesProvider,
+    provider: PricesSource,
     *,
     max_age_days: int,
     refresh: bool,
@@ -356,13 +450,16 @@ def snapshot_prices(
             "reused_existing": True,
             "symbols": total,
             "is_stale": bool(stale),
+            **_stored_rejections(conn, table, score_date, "symbol"),
         }
     symbols = needed_symbols(conn, score_date)
     if not symbols:
         conn.execute(table.delete().where(table.c.score_date == score_date))
         return {"fetched": False, "reused_existing": False, "is_stale": False, "symbols": 0}
     try:
-        result = provider.fetch_prices(symbols=symbols)
+        result = provider.fetch_prices(
+            symbols=symbols, currencies=instrument_currencies(conn, symbols)
+        )
     except ProviderError as exc:
         stale_from = _stale_or_raise(conn, table, score_date, max_age_days, exc, "prices")
         return {
@@ -371,6 +468,7 @@ def snapshot_prices(
             "is_stale": True,
             "stale_from": stale_from.isoformat(),
             "provider_error": str(exc),
+            **_stored_rejections(conn, table, score_date, "symbol"),
         }
     counts = store_prices(conn, score_date, symbols, result, fetched_at=_now())
     return {
@@ -380,4 +478,5 @@ def snapshot_prices(
         "source": result.source,
         "missing_symbols": result.missing[:50],
         **counts,
+        **_rejections(result.rejected, "prices", score_date),
     }

@@ -106,11 +106,13 @@ exchange_rate_snapshots = sa.Table(
     sa.Column("score_date", sa.Date, primary_key=True),
     sa.Column("base_currency", sa.CHAR(3), primary_key=True),
     sa.Column("quote_currency", sa.CHAR(3), primary_key=True),
-    sa.Column("rate", MONEY, nullable=False),
+    # rate is null when the provider's value was rejected; missing_reason says why (SPEC §8).
+    sa.Column("rate", MONEY, nullable=True),
     sa.Column("rate_date", sa.Date, nullable=False),
     sa.Column("source", sa.Text, nullable=False),
     sa.Column("fetched_at", _TZ, nullable=False),
     sa.Column("is_stale", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("missing_reason", sa.Text, nullable=True),
 )
 
 price_snapshots = sa.Table(
@@ -118,13 +120,15 @@ price_snapshots = sa.Table(
     metadata,
     sa.Column("score_date", sa.Date, primary_key=True),
     sa.Column("symbol", sa.Text, primary_key=True),
-    # close is null when the provider did not return the symbol (stored as missing, SPEC §8).
+    # close is null when the provider did not return the symbol or its value was rejected
+    # (stored as missing, SPEC §8); missing_reason says which.
     sa.Column("close", MONEY, nullable=True),
     sa.Column("currency", sa.CHAR(3), nullable=True),
     sa.Column("price_date", sa.Date, nullable=True),
     sa.Column("source", sa.Text, nullable=False),
     sa.Column("fetched_at", _TZ, nullable=False),
     sa.Column("is_stale", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("missing_reason", sa.Text, nullable=True),
 )
 
 scoring_batches = sa.Table(

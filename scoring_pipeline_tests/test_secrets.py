@@ -4,8 +4,11 @@ everything, the snapshot assets of a date with no earlier snapshot fail and the 
 The server proves the key was sent on every attempt; the key then appears nowhere else: not in the
 run's Dagster event log (messages, events, metadata, error info), the run record, the instance's
 files (captured compute logs), any table of the database (the app's and Dagster's), the Python
-log records (DEBUG) or the process's stdout/stderr."""
+log records (DEBUG) or the process's stdout/stderr. The same holds on the new paths: a payload whose
+rejected values echo the key (the rejections' reasons, metadata, metrics and log lines), a setting
+refused when the code location loads, and the resource configuration the UI shows."""
 
+import json
 import logging
 import threading
 from collections.abc import Iterator
@@ -17,6 +20,8 @@ import dagster as dg
 import pytest
 import sqlalchemy as sa
 
+from scoring_pipeline.definitions import defs
+from scoring_pipeline.errors import ConfigurationError
 from scoring_pipeline_tests import factories as f
 from scoring_pipeline_tests.scenario import DATE, rows, rules, snapshots
 
@@ -30,6 +35,9 @@ PRICES_SECRET = "pk-test-SECRET-67890"
 class FailingServer:
     url: str
     requests: list[tuple[str, dict[str, str]]] = field(default_factory=list)
+    # What every request gets: 500 unless a test sets an answer.
+    status: int = 500
+    body: bytes = b'{"error": "boom"}'
 
 
 @pytest.fixture
@@ -40,8 +48,8 @@ def failing_server() -> Iterator[FailingServer]:
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802 (the http.server API)
             server_state.requests.append((self.path, dict(self.headers.items())))
-            body = b'{"error": "boom"}'
-            self.send_response(500)
+            body = server_state.body
+            self.send_response(server_state.status)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
@@ -218,3 +226,104 @@ def test_api_key_is_sent_but_never_leaks(
     assert _database_hits(world, tail) == {}
     events = rows(world, "SELECT event_type FROM calculation_events ORDER BY id")
     assert [e.event_type for e in events] == ["JOB_STARTED", "JOB_COMPLETED"]
+
+
+def test_rejected_values_echoing_the_key_never_leak(
+    world, dagster_instance, failing_server, monkeypatch, caplog, capfd
+):
+    """A provider answering with the key in place of prices: the values are rejected (and the
+    payload used), yet the key reaches no table, metadata, metric, event or log."""
+    f.user(world, holdings=[("AAA", "USD")], criteria=[("US_TECH", "stock", rules())])
+    failing_server.status = 200
+    failing_server.body = json.dumps(
+        {
+            "quoteResponse": {
+                "result": [
+                    {
+                        "symbol": "AAA",
+                        "regularMarketPrice": 30,
+                        "currency": "USD",
+                        "regularMarketTime": 1795780800,
+                    },
+                    {
+                        "symbol": "BBB",
+                        "regularMarketPrice": PRICES_SECRET,
+                        "currency": PRICES_SECRET,
+                        "regularMarketTime": PRICES_SECRET,
+                    },
+                ],
+                "error": None,
+            }
+        }
+    ).encode()
+    for key, value in {
+        "PRICES_PROVIDER": "yahoo",
+        "PRICES_API_KEY": PRICES_SECRET,
+        "PRICES_BASE_URL": failing_server.url,
+        "PROVIDER_MAX_REJECTED_FRACTION": "0.5",
+        "NO_PROXY": "127.0.0.1,localhost",
+    }.items():
+        monkeypatch.setenv(key, value)
+    for proxy in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy"):
+        monkeypatch.delenv(proxy, raising=False)
+    caplog.set_level(logging.DEBUG)
+
+    result = snapshots(dagster_instance)
+
+    assert result.success
+    assert failing_server.requests[0][1].get("X-API-KEY") == PRICES_SECRET
+    metadata = result.asset_materializations_for_node("prices")[0].metadata
+    assert metadata["rejected_values"].value == {"BBB": "not_numeric"}
+    assert any("rejected and stored as missing" in r.getMessage() for r in caplog.records)
+    captured = capfd.readouterr()
+    texts = {
+        **_dagster_texts(dagster_instance, result.run_id),
+        **_instance_files(dagster_instance),
+        "caplog text": caplog.text,
+        "stdout": captured.out,
+        "stderr": captured.err,
+    }
+    for i, record in enumerate(caplog.records):
+        texts[f"log record {i}"] = f"{record.getMessage()} {record.__dict__!r}"
+    assert _leaks(texts, PRICES_SECRET) == []
+    assert _database_hits(world, PRICES_SECRET) == {}
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("PRICES_BASE_URL", f"https://gw.example/q?apikey={PRICES_SECRET}"),
+        ("RATES_BASE_URL", f"ftp://user:{RATES_SECRET}@rates.example/v1"),
+        ("RATES_FALLBACK_BASE_URL", f"https://rates.example/{RATES_SECRET}?x=1"),
+    ],
+)
+def test_a_setting_refused_at_load_never_echoes_the_key(monkeypatch, name, value):
+    monkeypatch.setenv("RATES_API_KEY", RATES_SECRET)
+    monkeypatch.setenv("PRICES_API_KEY", PRICES_SECRET)
+    if name.startswith("RATES_FALLBACK"):
+        monkeypatch.setenv("RATES_FALLBACK_PROVIDER", "frankfurter")
+    monkeypatch.setenv(name, value)
+
+    with pytest.raises(ConfigurationError) as caught:
+        defs()
+
+    message = str(caught.value)
+    assert name in message and "\n" not in message
+    assert _leaks({"error": message}, RATES_SECRET) == []
+    assert _leaks({"error": message}, PRICES_SECRET) == []
+
+
+def test_the_resource_configuration_shows_the_variable_not_the_key(monkeypatch):
+    monkeypatch.setenv("RATES_API_KEY", RATES_SECRET)
+    monkeypatch.setenv("PRICES_API_KEY", PRICES_SECRET)
+
+    resources = defs().resources
+
+    for key, secret, variable in (
+        ("rates_provider", RATES_SECRET, "RATES_API_KEY"),
+        ("prices_provider", PRICES_SECRET, "PRICES_API_KEY"),
+    ):
+        resource = resources[key]
+        assert isinstance(resource.api_key, dg.EnvVar) and resource.api_key == variable
+        shown = {"repr": repr(resource), "config": json.dumps(resource.model_dump(), default=str)}
+        assert _leaks(shown, secret) == []

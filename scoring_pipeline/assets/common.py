@@ -81,7 +81,15 @@ def materialize_snapshot(
             summary = take(conn)
             summary[timing] = int((time.perf_counter() - started) * 1000)
             night_lifecycle.merge_metrics(
-                conn, score_date, {timing: summary[timing], f"{figure}_stale": summary["is_stale"]}
+                conn,
+                score_date,
+                {
+                    timing: summary[timing],
+                    f"{figure}_stale": summary["is_stale"],
+                    # Values rejected one by one (SPEC §8): how many, and the first by name.
+                    f"{figure}_rejected": summary.get("rejected", 0),
+                    f"{figure}_rejected_values": summary.get("rejected_values", {}),
+                },
             )
     except SnapshotUnavailableError as exc:
         with database.engine().begin() as conn:

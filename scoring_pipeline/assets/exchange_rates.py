@@ -36,7 +36,7 @@ def exchange_rates(
         take=lambda conn: snapshots.snapshot_rates(
             conn,
             score_date,
-            rates_provider.provider(),
+            rates_provider,
             max_age_days=settings.snapshot_max_age_days,
             refresh=config.refresh,
         ),

@@ -36,7 +36,7 @@ def prices(
         take=lambda conn: snapshots.snapshot_prices(
             conn,
             score_date,
-            prices_provider.provider(),
+            prices_provider,
             max_age_days=settings.snapshot_max_age_days,
             refresh=config.refresh,
         ),

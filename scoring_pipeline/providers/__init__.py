@@ -1,37 +1,40 @@
-"""Rates and prices providers over httpx (SPEC §8): models, implementations, env wiring."""
+"""Rates and prices providers over httpx (SPEC §8): models, value checks, implementations."""
 
 from scoring_pipeline.providers.base import (
-    MAX_PRICE,
-    MAX_RATE,
-    MIN_PRICE,
-    MIN_RATE,
-    PriceQuote,
     PricesProvider,
-    PricesResult,
+    PricesSource,
     RatesProvider,
-    RatesSnapshot,
+    RatesSource,
 )
-from scoring_pipeline.providers.fallback import FallbackPricesProvider, FallbackRatesProvider
+from scoring_pipeline.providers.chain import ProviderChain, check_rejected_share
 from scoring_pipeline.providers.files import FilePricesProvider, FileRatesProvider
 from scoring_pipeline.providers.frankfurter import (
     FrankfurterRatesProvider,
     parse_frankfurter_payload,
 )
 from scoring_pipeline.providers.http import HttpSettings, ProviderHttpClient, redact
-from scoring_pipeline.providers.settings import (
-    build_prices_provider,
-    build_rates_provider,
-    http_settings_from_env,
+from scoring_pipeline.providers.models import (
+    PriceQuote,
+    PricesResult,
+    RatesSnapshot,
+)
+from scoring_pipeline.providers.values import (
+    MAX_PRICE,
+    MAX_RATE,
+    MIN_PRICE,
+    MIN_RATE,
+    MINOR_UNITS,
+    RejectedValue,
+    Rejection,
 )
 from scoring_pipeline.providers.yahoo import YahooPricesProvider, parse_yahoo_payload
 
 __all__ = [
     "MAX_PRICE",
     "MAX_RATE",
+    "MINOR_UNITS",
     "MIN_PRICE",
     "MIN_RATE",
-    "FallbackPricesProvider",
-    "FallbackRatesProvider",
     "FilePricesProvider",
     "FileRatesProvider",
     "FrankfurterRatesProvider",
@@ -39,13 +42,16 @@ __all__ = [
     "PriceQuote",
     "PricesProvider",
     "PricesResult",
+    "PricesSource",
+    "ProviderChain",
     "ProviderHttpClient",
     "RatesProvider",
     "RatesSnapshot",
+    "RatesSource",
+    "RejectedValue",
+    "Rejection",
     "YahooPricesProvider",
-    "build_prices_provider",
-    "build_rates_provider",
-    "http_settings_from_env",
+    "check_rejected_share",
     "parse_frankfurter_payload",
     "parse_yahoo_payload",
     "redact",

@@ -1,88 +1,27 @@
-"""Models returned by the providers, the abstract providers, and shared payload checks.
+"""The abstract providers, what they share, and the helpers of their payload parsers.
 
-Bounds (SPEC §8 "payloads are validated"): a rate (USD->X) must be a finite number in
-[1e-12, 1e12] and a price a finite number in [1e-9, 1e9]; zero, negative, NaN, infinite,
-non-numeric and absurd values are refused before they can reach a score.
+Values are checked in ``values.py`` (the rules) and ``models.py`` (the models using them).
 """
 
 import abc
-import datetime
 import json
 import re
 from collections.abc import Mapping, Sequence
 from decimal import Decimal, InvalidOperation
 from types import TracebackType
-from typing import Self, TypeGuard
-
-import pydantic
+from typing import Protocol, Self, TypeGuard
 
 from scoring_pipeline.errors import ProviderPayloadError
+from scoring_pipeline.providers.models import (
+    PriceQuote,
+    PricesResult,
+    QuoteOutcome,
+    RatesSnapshot,
+)
+from scoring_pipeline.providers.values import RejectedValue, normalise_currency, shorten
 
-MIN_RATE = Decimal("1e-12")
-MAX_RATE = Decimal("1e12")
-MIN_PRICE = Decimal("1e-9")
-MAX_PRICE = Decimal("1e9")
-
-_CURRENCY_CODE = re.compile(r"[A-Za-z]{3}")
 # A symbol travels in a comma-separated query value: no commas, whitespace or control characters.
 _BAD_SYMBOL = re.compile(r"[\s,\x00-\x1f\x7f]")
-_ISO_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
-
-
-def shorten(value: object, limit: int = 60) -> str:
-    """``repr(value)`` (``str`` for a Decimal) cut to ``limit`` characters, for echoing payload
-    values in messages."""
-    text = str(value) if isinstance(value, Decimal) else repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def normalise_currency(code: object) -> str | None:
-    """The upper-case form of a three-letter ASCII currency code, or None when it is not one."""
-    if isinstance(code, str) and _CURRENCY_CODE.fullmatch(code):
-        return code.upper()
-    return None
-
-
-def as_decimal(value: object) -> Decimal | None:
-    """A JSON number as a Decimal (floats through their shortest repr), or None if not a number.
-
-    Strings and booleans are not numbers, even when they spell one.
-    """
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, Decimal):
-        # A signalling NaN raises on comparison; every NaN becomes the quiet one.
-        return Decimal("NaN") if value.is_nan() else value
-    if isinstance(value, int):
-        return Decimal(value)
-    if isinstance(value, float):
-        return Decimal(repr(value)) if value == value else Decimal("NaN")
-    return None
-
-
-def amount_problem(value: Decimal, *, minimum: Decimal, maximum: Decimal) -> str | None:
-    """Why ``value`` is not an acceptable rate or price, or None when it is."""
-    if value.is_nan():
-        return "is NaN"
-    if value.is_infinite():
-        return "is infinite"
-    if value <= 0:
-        return f"must be greater than 0, got {shorten(value, 40)}"
-    if value > maximum:
-        return f"is absurdly large (above {maximum}), got {shorten(value, 40)}"
-    if value < minimum:
-        return f"is absurdly small (below {minimum}), got {shorten(value, 40)}"
-    return None
-
-
-def parse_iso_date(value: object) -> datetime.date | None:
-    """A strict ``YYYY-MM-DD`` date, or None."""
-    if not isinstance(value, str) or not _ISO_DATE.fullmatch(value):
-        return None
-    try:
-        return datetime.date.fromisoformat(value)
-    except ValueError:
-        return None
 
 
 class _DuplicateKeyError(ValueError):
@@ -120,88 +59,6 @@ def load_json(body: bytes | str, *, provider: str) -> object:
     raise ProviderPayloadError(f"malformed JSON ({problem})", provider=provider)
 
 
-def _check_amount(value: Decimal, *, what: str, minimum: Decimal, maximum: Decimal) -> Decimal:
-    problem = amount_problem(value, minimum=minimum, maximum=maximum)
-    if problem is not None:
-        raise ValueError(f"{what} {problem}")
-    return value
-
-
-class RatesSnapshot(pydantic.BaseModel, frozen=True):
-    """USD-based exchange rates of one date: ``rates[X]`` is USD->X; ``rates["USD"]`` is 1."""
-
-    rates: dict[str, Decimal]
-    rate_date: datetime.date
-    source: str
-
-    @pydantic.field_validator("rates")
-    @classmethod
-    def _valid_rates(cls, rates: dict[str, Decimal]) -> dict[str, Decimal]:
-        checked: dict[str, Decimal] = {}
-        for code, rate in rates.items():
-            currency = normalise_currency(code)
-            if currency is None:
-                raise ValueError(f"invalid currency code {shorten(code)}")
-            what = f"rate for {currency}"
-            _check_amount(rate, what=what, minimum=MIN_RATE, maximum=MAX_RATE)
-            if checked.setdefault(currency, rate) != rate:
-                raise ValueError(f"two different rates for {currency}")
-        if checked.setdefault("USD", Decimal(1)) != 1:
-            raise ValueError(f"the USD->USD rate must be 1, got {checked['USD']}")
-        return checked
-
-
-class PriceQuote(pydantic.BaseModel, frozen=True):
-    """The closing price of one symbol, in the currency it trades in."""
-
-    symbol: str = pydantic.Field(min_length=1)
-    close: Decimal
-    currency: str
-    price_date: datetime.date
-    source: str
-
-    @pydantic.field_validator("close")
-    @classmethod
-    def _valid_close(cls, close: Decimal) -> Decimal:
-        return _check_amount(close, what="close", minimum=MIN_PRICE, maximum=MAX_PRICE)
-
-    @pydantic.field_validator("currency")
-    @classmethod
-    def _valid_currency(cls, currency: str) -> str:
-        normalised = normalise_currency(currency)
-        if normalised is None:
-            raise ValueError(f"invalid currency code {shorten(currency)}")
-        return normalised
-
-
-class PricesResult(pydantic.BaseModel, frozen=True):
-    """The quotes a prices provider returned, by symbol, and the requested symbols it did not."""
-
-    quotes: dict[str, PriceQuote]
-    missing: list[str]
-    source: str
-
-    @pydantic.field_validator("quotes")
-    @classmethod
-    def _keyed_by_symbol(cls, quotes: dict[str, PriceQuote]) -> dict[str, PriceQuote]:
-        for symbol, quote in quotes.items():
-            if quote.symbol != symbol:
-                raise ValueError(f"quote for {quote.symbol!r} filed under {symbol!r}")
-        return quotes
-
-    @pydantic.field_validator("missing")
-    @classmethod
-    def _sorted_missing(cls, missing: list[str]) -> list[str]:
-        return sorted(set(missing))
-
-    @pydantic.model_validator(mode="after")
-    def _disjoint(self) -> Self:
-        both = sorted(set(self.missing) & self.quotes.keys())
-        if both:
-            raise ValueError(f"symbols both quoted and missing: {both}")
-        return self
-
-
 class _Closeable:
     def close(self) -> None:
         """Release the provider's resources (HTTP connections); the default has none."""
@@ -218,6 +75,20 @@ class _Closeable:
         self.close()
 
 
+class RatesSource(Protocol):
+    """Anything that fetches USD-based rates: a provider, or the resource chaining them."""
+
+    def fetch_usd_rates(self, *, currencies: Sequence[str]) -> RatesSnapshot: ...
+
+
+class PricesSource(Protocol):
+    """Anything that fetches closing prices: a provider, or the resource chaining them."""
+
+    def fetch_prices(
+        self, *, symbols: Sequence[str], currencies: Mapping[str, str] | None = None
+    ) -> PricesResult: ...
+
+
 class RatesProvider(_Closeable, abc.ABC):
     """A source of USD-based exchange rates."""
 
@@ -227,8 +98,9 @@ class RatesProvider(_Closeable, abc.ABC):
     def fetch_usd_rates(self, *, currencies: Sequence[str]) -> RatesSnapshot:
         """USD->X for each requested currency the provider knows (all it knows when empty).
 
-        Requested currencies the provider does not return are absent from ``rates``; the caller
-        decides what that means. Raises ProviderUnavailableError or ProviderPayloadError.
+        Requested currencies the provider does not return are absent from ``rates``; the ones
+        it returned with a refused value are in ``rejected``. Raises ProviderUnavailableError or
+        ProviderPayloadError.
         """
 
 
@@ -238,8 +110,12 @@ class PricesProvider(_Closeable, abc.ABC):
     name: str
 
     @abc.abstractmethod
-    def fetch_prices(self, *, symbols: Sequence[str]) -> PricesResult:
-        """Quotes of the requested symbols; the ones not returned are listed in ``missing``.
+    def fetch_prices(
+        self, *, symbols: Sequence[str], currencies: Mapping[str, str] | None = None
+    ) -> PricesResult:
+        """Quotes of the requested symbols; refused ones are in ``rejected``, the ones not
+        returned in ``missing``. ``currencies`` maps a symbol to its instrument's currency: a
+        quote in another currency is rejected.
 
         Raises ProviderUnavailableError or ProviderPayloadError.
         """
@@ -265,18 +141,12 @@ def select_rates(snapshot: RatesSnapshot, currencies: Sequence[str] | None) -> R
     if currencies is None:
         return snapshot
     wanted = {*currencies, "USD"}
-    rates = {code: rate for code, rate in snapshot.rates.items() if code in wanted}
-    return RatesSnapshot(rates=rates, rate_date=snapshot.rate_date, source=snapshot.source)
-
-
-def describe_validation_error(exc: pydantic.ValidationError) -> str:
-    """The first problem of a model validation failure, in one line, for our own messages."""
-    errors = exc.errors(include_url=False, include_input=False)
-    if not errors:
-        return shorten(str(exc), 200)
-    where = ".".join(str(part) for part in errors[0]["loc"])
-    message = errors[0]["msg"].removeprefix("Value error, ")
-    return f"{where}: {message}" if where else message
+    return snapshot.model_copy(
+        update={
+            "rates": {c: r for c, r in snapshot.rates.items() if c in wanted},
+            "rejected": {c: r for c, r in snapshot.rejected.items() if c in wanted},
+        }
+    )
 
 
 def is_valid_symbol(symbol: object) -> TypeGuard[str]:
@@ -293,21 +163,32 @@ def requested_symbols(symbols: Sequence[str]) -> tuple[list[str], list[str]]:
     return valid, invalid
 
 
+def expected_by_upper(currencies: Mapping[str, str] | None) -> dict[str, str]:
+    """The instruments' currencies keyed by upper-case symbol (symbols match case-insensitively)."""
+    return {symbol.upper(): currency for symbol, currency in (currencies or {}).items()}
+
+
+def _comparable(outcome: QuoteOutcome) -> tuple[object, ...]:
+    if isinstance(outcome, RejectedValue):
+        return ("rejected", outcome.reason)
+    return (outcome.close, outcome.currency, outcome.price_date)
+
+
+def _describe(outcome: QuoteOutcome) -> str:
+    if isinstance(outcome, RejectedValue):
+        return f"a rejected one ({outcome.reason})"
+    return f"{shorten(outcome.close, 40)} {outcome.currency} on {outcome.price_date}"
+
+
 def merge_quote(
-    quotes: dict[str, PriceQuote], quote: PriceQuote, *, provider: str, where: str = ""
+    outcomes: dict[str, QuoteOutcome], symbol: str, outcome: QuoteOutcome, *, provider: str
 ) -> None:
-    """File ``quote`` under its upper-case symbol; a disagreeing duplicate is a payload error."""
-    seen = quotes.setdefault(quote.symbol.upper(), quote)
-    if (seen.close, seen.currency, seen.price_date) != (
-        quote.close,
-        quote.currency,
-        quote.price_date,
-    ):
+    """File ``outcome`` under the upper-case ``symbol``; a disagreeing duplicate is a payload
+    error (which of two different quotes is right cannot be told)."""
+    seen = outcomes.setdefault(symbol.upper(), outcome)
+    if _comparable(seen) != _comparable(outcome):
         raise ProviderPayloadError(
-            f"{where}{': ' if where else ''}"
-            f"two different quotes for {quote.symbol}: {shorten(seen.close, 40)} {seen.currency} "
-            f"on {seen.price_date} and {shorten(quote.close, 40)} {quote.currency} on "
-            f"{quote.price_date}",
+            f"two different quotes for {symbol}: {_describe(seen)} and {_describe(outcome)}",
             provider=provider,
         )
 
@@ -315,16 +196,21 @@ def merge_quote(
 def build_prices_result(
     valid: Sequence[str],
     invalid: Sequence[str],
-    returned: Mapping[str, PriceQuote],
+    returned: Mapping[str, QuoteOutcome],
     *,
     source: str,
 ) -> PricesResult:
     """Quotes for the requested symbols, matched case-insensitively against ``returned`` (keyed
     by upper-case symbol) and filed under the spelling requested; the rest are missing."""
     quotes: dict[str, PriceQuote] = {}
+    rejected: dict[str, RejectedValue] = {}
     for symbol in valid:
         found = returned.get(symbol.upper())
-        if found is not None:
+        if isinstance(found, PriceQuote):
             quotes[symbol] = found.model_copy(update={"symbol": symbol})
-    missing = [s for s in valid if s not in quotes] + list(invalid)
-    return PricesResult(quotes=quotes, missing=missing, source=source)
+        elif found is not None:
+            rejected[symbol] = found.model_copy(
+                update={"key": symbol, "detail": found.detail.replace(found.key, symbol, 1)}
+            )
+    missing = [s for s in valid if s not in quotes and s not in rejected] + list(invalid)
+    return PricesResult(quotes=quotes, rejected=rejected, missing=missing, source=source)

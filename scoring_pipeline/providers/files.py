@@ -3,8 +3,11 @@
 The rates file has Frankfurter's ``latest`` shape and is validated by the same parser; the
 prices file is a UTF-8 CSV with the header ``symbol,close,currency,price_date`` (extra columns
 are ignored), ``close`` a plain decimal and ``price_date`` ``YYYY-MM-DD``. A file that cannot
-be read is ProviderUnavailableError (so a fallback can take over); bad content is
-ProviderPayloadError naming the file, line, symbol or currency.
+be read is ProviderUnavailableError (so a fallback can take over); a malformed file (bad JSON or
+CSV, a missing column, an invalid symbol) is ProviderPayloadError naming the file and line. A bad
+value in a well-formed row is rejected on its own, by the same checks as every provider's
+(``values.py``, ``models.py``): prices in minor units (``GBp``…) are converted, and the other
+rows are used.
 """
 
 import csv
@@ -12,34 +15,32 @@ import io
 import logging
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
-import pydantic
-
 from scoring_pipeline.errors import ProviderPayloadError, ProviderUnavailableError
 from scoring_pipeline.providers.base import (
-    MAX_PRICE,
-    MIN_PRICE,
-    PriceQuote,
     PricesProvider,
-    PricesResult,
     RatesProvider,
-    RatesSnapshot,
-    amount_problem,
     build_prices_result,
-    describe_validation_error,
+    expected_by_upper,
     is_valid_symbol,
     merge_quote,
-    normalise_currency,
-    parse_iso_date,
     requested_currencies,
     requested_symbols,
     select_rates,
-    shorten,
 )
 from scoring_pipeline.providers.frankfurter import parse_frankfurter_payload
+from scoring_pipeline.providers.models import (
+    PricesResult,
+    QuoteOutcome,
+    RatesSnapshot,
+    validate_quote,
+)
+from scoring_pipeline.providers.values import (
+    shorten,
+)
 
 logger = logging.getLogger("scoring_pipeline.providers")
 
@@ -83,53 +84,47 @@ class FileRatesProvider(RatesProvider):
         raise ProviderPayloadError(f"rates file {self.path}: {problem}", provider=self.name)
 
 
-def _parse_close(text: str, symbol: str, where: str, provider: str) -> Decimal:
+def _csv_number(text: str) -> object:
+    """The CSV cell as a Decimal when it spells a number (NaN and infinities included, so the
+    checks can say which), else the text itself, which the checks reject as not a number."""
     if not (_PLAIN_DECIMAL.fullmatch(text) or _SPECIAL_DECIMAL.fullmatch(text)):
-        raise ProviderPayloadError(
-            f"{where}: close for {symbol} is not a number: {shorten(text)}", provider=provider
-        )
+        return text
     try:
-        close = Decimal("NaN") if "nan" in text.lower() else Decimal(text)
-    except InvalidOperation:  # an exponent beyond what Decimal can hold
-        raise ProviderPayloadError(
-            f"{where}: close for {symbol} is out of range: {shorten(text)}", provider=provider
-        ) from None
-    problem = amount_problem(close, minimum=MIN_PRICE, maximum=MAX_PRICE)
-    if problem is not None:
-        raise ProviderPayloadError(f"{where}: close for {symbol} {problem}", provider=provider)
-    return close
+        return Decimal("NaN") if "nan" in text.lower() else Decimal(text)
+    except InvalidOperation:
+        # An exponent beyond what Decimal can hold: as far out of bounds, in the same direction.
+        mantissa, _, exponent = text.lower().partition("e")
+        sign = "-" if mantissa.startswith("-") else ""
+        return Decimal(f"{sign}1e{'-' if exponent.startswith('-') else ''}999999")
 
 
-def _parse_row(row: dict[str, str | None], where: str, provider: str) -> PriceQuote:
+def _parse_row(
+    row: dict[str, str | None], where: str, provider: str, currencies: Mapping[str, str]
+) -> tuple[str, QuoteOutcome]:
     values = {column: (row.get(column) or "").strip() for column in PRICES_CSV_COLUMNS}
     symbol = values["symbol"]
     if not is_valid_symbol(symbol):
         raise ProviderPayloadError(f"{where}: invalid symbol {shorten(symbol)}", provider=provider)
-    close = _parse_close(values["close"], symbol, where, provider)
-    currency = normalise_currency(values["currency"])
-    if currency is None:
-        raise ProviderPayloadError(
-            f"{where}: currency for {symbol} is not a 3-letter code: {shorten(values['currency'])}",
-            provider=provider,
-        )
-    price_date = parse_iso_date(values["price_date"])
-    if price_date is None:
-        raise ProviderPayloadError(
-            f"{where}: price_date for {symbol} is not a YYYY-MM-DD date: "
-            f"{shorten(values['price_date'])}",
-            provider=provider,
-        )
-    try:
-        return PriceQuote(
-            symbol=symbol, close=close, currency=currency, price_date=price_date, source=provider
-        )
-    except pydantic.ValidationError as exc:  # unreachable after the checks above; kept as a net
-        message = f"{where}: quote for {symbol}: {describe_validation_error(exc)}"
-    raise ProviderPayloadError(message, provider=provider)
+    outcome = validate_quote(
+        symbol=symbol,
+        close=_csv_number(values["close"]),
+        currency=values["currency"],
+        price_date=values["price_date"],
+        source=provider,
+        expected_currency=currencies.get(symbol.upper()),
+    )
+    return symbol, outcome
 
 
-def parse_prices_csv(text: str, *, path: str, provider: str = "file") -> dict[str, PriceQuote]:
-    """Validate the prices CSV into quotes by upper-case symbol (identical duplicates allowed)."""
+def parse_prices_csv(
+    text: str,
+    *,
+    path: str,
+    provider: str = "file",
+    currencies: Mapping[str, str] | None = None,
+) -> dict[str, QuoteOutcome]:
+    """Take the prices CSV apart into a quote or a rejection by upper-case symbol (identical
+    duplicates allowed); ``currencies`` maps symbols to their instrument's currency."""
     reader = csv.DictReader(io.StringIO(text, newline=""))
     header = [name.strip() for name in reader.fieldnames or []]
     absent = [column for column in PRICES_CSV_COLUMNS if column not in header]
@@ -140,15 +135,21 @@ def parse_prices_csv(text: str, *, path: str, provider: str = "file") -> dict[st
             provider=provider,
         )
     reader.fieldnames = header
-    quotes: dict[str, PriceQuote] = {}
+    expected = expected_by_upper(currencies)
+    outcomes: dict[str, QuoteOutcome] = {}
     try:
         for row in reader:
             where = f"prices file {path}, line {reader.line_num}"
-            merge_quote(quotes, _parse_row(row, where, provider), provider=provider, where=where)
+            symbol, outcome = _parse_row(row, where, provider, expected)
+            try:
+                merge_quote(outcomes, symbol, outcome, provider=provider)
+            except ProviderPayloadError as exc:
+                problem = str(exc).removeprefix(f"{provider}: ")
+                raise ProviderPayloadError(f"{where}: {problem}", provider=provider) from None
     except csv.Error as exc:
         problem = f"line {reader.line_num}: {exc}"
     else:
-        return quotes
+        return outcomes
     raise ProviderPayloadError(f"prices file {path}: malformed CSV ({problem})", provider=provider)
 
 
@@ -163,7 +164,9 @@ class FilePricesProvider(PricesProvider):
     def __repr__(self) -> str:
         return f"FilePricesProvider(path={str(self.path)!r})"
 
-    def fetch_prices(self, *, symbols: Sequence[str]) -> PricesResult:
+    def fetch_prices(
+        self, *, symbols: Sequence[str], currencies: Mapping[str, str] | None = None
+    ) -> PricesResult:
         valid, invalid = requested_symbols(symbols)
         body = _read_bytes(self.path, self.name)
         try:
@@ -171,6 +174,8 @@ class FilePricesProvider(PricesProvider):
         except UnicodeDecodeError as exc:
             problem = f"not UTF-8 ({exc.reason} at byte {exc.start})"
         else:
-            returned = parse_prices_csv(text, path=str(self.path), provider=self.name)
+            returned = parse_prices_csv(
+                text, path=str(self.path), provider=self.name, currencies=currencies
+            )
             return build_prices_result(valid, invalid, returned, source=self.name)
         raise ProviderPayloadError(f"prices file {self.path}: {problem}", provider=self.name)

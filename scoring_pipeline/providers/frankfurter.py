@@ -6,27 +6,26 @@
 
 import logging
 from collections.abc import Mapping, Sequence
-from decimal import Decimal
 
 import pydantic
 
 from scoring_pipeline.errors import ProviderPayloadError
 from scoring_pipeline.providers.base import (
-    MAX_RATE,
-    MIN_RATE,
     RatesProvider,
-    RatesSnapshot,
-    amount_problem,
-    as_decimal,
-    describe_validation_error,
     load_json,
-    normalise_currency,
-    parse_iso_date,
     requested_currencies,
     select_rates,
-    shorten,
 )
 from scoring_pipeline.providers.http import HttpSettings, ProviderHttpClient, call_redacted
+from scoring_pipeline.providers.models import (
+    RatesSnapshot,
+    describe_validation_error,
+    split_rates,
+)
+from scoring_pipeline.providers.values import (
+    as_decimal,
+    shorten,
+)
 
 logger = logging.getLogger("scoring_pipeline.providers")
 
@@ -37,35 +36,15 @@ def _fail(message: str, source: str) -> ProviderPayloadError:
     return ProviderPayloadError(message, provider=source)
 
 
-def _parse_rates(raw: object, source: str) -> dict[str, Decimal]:
-    if not isinstance(raw, Mapping):
-        raise _fail(f"'rates' is not an object but {type(raw).__name__}", source)
-    rates: dict[str, Decimal] = {}
-    for key, value in raw.items():
-        currency = normalise_currency(key)
-        if currency is None:
-            raise _fail(f"invalid currency code {shorten(key)} in 'rates'", source)
-        rate = as_decimal(value)
-        if rate is None:
-            raise _fail(f"rate for {currency} is not a number: {shorten(value)}", source)
-        problem = amount_problem(rate, minimum=MIN_RATE, maximum=MAX_RATE)
-        if problem is not None:
-            raise _fail(f"rate for {currency} {problem}", source)
-        if rates.setdefault(currency, rate) != rate:
-            raise _fail(f"two different rates for {currency}", source)
-    if rates.setdefault("USD", Decimal(1)) != 1:
-        raise _fail(f"the rate for USD must be 1 with base USD, got {rates['USD']}", source)
-    return rates
-
-
 def parse_frankfurter_payload(
     payload: bytes | str | Mapping[str, object], *, source: str = "frankfurter"
 ) -> RatesSnapshot:
-    """Validate a ``latest`` answer (raw bytes or decoded JSON) into a snapshot of all its rates.
+    """Take a ``latest`` answer (raw bytes or decoded JSON) apart into a snapshot of its rates.
 
-    The base must be USD, ``amount`` (when present) 1, ``date`` a ``YYYY-MM-DD`` date, and every
-    rate a finite number within the bounds of ``base``. Anything else raises
-    ProviderPayloadError naming ``source`` and the field or currency at fault.
+    The base must be USD, ``amount`` (when present) 1, ``date`` a ``YYYY-MM-DD`` date and
+    ``rates`` an object keyed by currency codes; otherwise ProviderPayloadError names ``source``
+    and the field at fault. A rate that fails the checks of ``values.Rate`` is rejected on its own
+    (``snapshot.rejected``); the others are used.
     """
     data = payload if isinstance(payload, Mapping) else load_json(payload, provider=source)
     if not isinstance(data, Mapping):
@@ -75,15 +54,16 @@ def parse_frankfurter_payload(
         raise _fail(f"base currency is {shorten(base)}, expected 'USD'", source)
     if "amount" in data and as_decimal(data["amount"]) != 1:
         raise _fail(f"amount is {shorten(data['amount'])}, expected 1", source)
-    rate_date = parse_iso_date(data.get("date"))
-    if rate_date is None:
-        raise _fail(f"date {shorten(data.get('date'))} is not a YYYY-MM-DD date", source)
     if "rates" not in data:
         raise _fail("no 'rates' in the answer", source)
-    rates = _parse_rates(data["rates"], source)
+    if not isinstance(data["rates"], Mapping):
+        raise _fail(f"'rates' is not an object but {type(data['rates']).__name__}", source)
+    rates, rejected = split_rates(data["rates"], provider=source)
     try:
-        return RatesSnapshot(rates=rates, rate_date=rate_date, source=source)
-    except pydantic.ValidationError as exc:  # unreachable after the checks above; kept as a net
+        return RatesSnapshot(
+            rates=rates, rejected=rejected, rate_date=data.get("date"), source=source
+        )
+    except pydantic.ValidationError as exc:
         raise _fail(describe_validation_error(exc), source) from None
 
 

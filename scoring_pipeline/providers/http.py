@@ -82,7 +82,7 @@ def call_redacted(secrets: Iterable[str | None], call: Callable[[], _T]) -> _T:
 
 @dataclass(frozen=True)
 class HttpSettings:
-    """Timeout and retry policy of the HTTP providers (see ``settings.http_settings_from_env``).
+    """Timeout and retry policy of the HTTP providers (from the provider resources' fields).
 
     A request is tried ``1 + max_retries`` times; the wait before retry ``n`` (0-based) is
     ``backoff_base_seconds * 2**n`` capped at ``backoff_max_seconds``, or a numeric

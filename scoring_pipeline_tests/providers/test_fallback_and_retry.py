@@ -1,8 +1,9 @@
 """Retries, failures, fallback and secrecy over real loopback HTTP: 5xx then success, 429 with
 Retry-After, exponential backoff, 5xx forever, 4xx not retried, timeouts, refused and dropped
-connections, oversized bodies; the fallback providers (used when the primary fails, both failing);
-and API keys never present in exception messages, reprs, tracebacks or captured log records —
-even when the failing URL or the server's answer contains them."""
+connections, oversized bodies; the provider chain (the fallback used when the primary fails or
+rejects more than the allowed share of its values, both failing); and API keys never present in
+exception messages, reprs, tracebacks or captured log records — even when the failing URL or the
+server's answer contains them."""
 
 import logging
 import time
@@ -18,13 +19,13 @@ from scoring_pipeline.errors import (
     ProviderUnavailableError,
 )
 from scoring_pipeline.providers import (
-    FallbackPricesProvider,
-    FallbackRatesProvider,
     FilePricesProvider,
     FileRatesProvider,
     FrankfurterRatesProvider,
     HttpSettings,
+    ProviderChain,
     ProviderHttpClient,
+    Rejection,
     YahooPricesProvider,
     redact,
 )
@@ -201,60 +202,100 @@ def test_client_is_reusable_after_close(loopback, reply, rates):
 
 # Fallback
 
+TWENTY_PERCENT = Decimal("0.2")
+
+
+def _chain(*providers, max_rejected_fraction=TWENTY_PERCENT):
+    return ProviderChain(providers, max_rejected_fraction=max_rejected_fraction)
+
+
+def _rates_of(chain, currencies=("EUR",)):
+    return chain.ask(lambda p: p.fetch_usd_rates(currencies=list(currencies)))
+
 
 def test_fallback_rates_used_when_primary_is_down(loopback, reply, rates, tmp_path, caplog):
     loopback.script(LATEST, reply(503))
     path = tmp_path / "rates.json"
     path.write_text('{"base":"USD","date":"2026-11-26","rates":{"EUR":0.95}}')
-    provider = FallbackRatesProvider(rates, FileRatesProvider(path=path))
+    chain = _chain(rates, FileRatesProvider(path=path))
 
-    snapshot = provider.fetch_usd_rates(currencies=["EUR"])
+    snapshot = _rates_of(chain)
 
     assert snapshot.source == "file"
     assert snapshot.rates["EUR"] == Decimal("0.95")
-    assert provider.name == "frankfurter+file"
-    assert any("using fallback file" in r.getMessage() for r in caplog.records)
+    assert chain.name == "frankfurter+file"
+    assert any("frankfurter failed, asking file" in r.getMessage() for r in caplog.records)
 
 
 def test_fallback_not_asked_when_primary_answers(loopback, reply, rates, tmp_path):
     loopback.script(LATEST, reply(200, RATES))
-    provider = FallbackRatesProvider(rates, FileRatesProvider(path=tmp_path / "absent.json"))
+    chain = _chain(rates, FileRatesProvider(path=tmp_path / "absent.json"))
 
-    assert provider.fetch_usd_rates(currencies=["EUR"]).source == "frankfurter"
+    assert _rates_of(chain).source == "frankfurter"
 
 
-def test_fallback_used_on_a_bad_payload_too(loopback, reply, rates, tmp_path):
+def test_fallback_used_when_every_value_is_rejected(loopback, reply, rates, tmp_path):
     loopback.script(LATEST, reply(200, {"base": "USD", "date": "2026-11-27", "rates": {"EUR": 0}}))
     path = tmp_path / "rates.json"
     path.write_text('{"base":"USD","date":"2026-11-26","rates":{"EUR":0.95}}')
 
-    snapshot = FallbackRatesProvider(rates, FileRatesProvider(path=path)).fetch_usd_rates(
-        currencies=["EUR"]
-    )
+    snapshot = _rates_of(_chain(rates, FileRatesProvider(path=path)))
 
-    assert snapshot.source == "file"
+    assert snapshot.source == "file" and snapshot.rejected == {}
 
 
-def test_both_rates_providers_down(loopback, reply, rates, tmp_path):
-    loopback.script(LATEST, reply(500))
-    provider = FallbackRatesProvider(rates, FileRatesProvider(path=tmp_path / "absent.json"))
+def _five_rates(bad: int) -> dict[str, object]:
+    values: dict[str, object] = {"EUR": 0.9, "GBP": 0.8, "JPY": 150, "CHF": 0.88, "BRL": 5.1}
+    for code in list(values)[:bad]:
+        values[code] = -1
+    return {"base": "USD", "date": "2026-11-27", "rates": values}
 
-    with pytest.raises(ProviderUnavailableError) as caught:
-        provider.fetch_usd_rates(currencies=["EUR"])
+
+@pytest.mark.parametrize(
+    ("bad", "max_fraction", "source"),
+    [
+        (1, TWENTY_PERCENT, "frankfurter"),  # 1 of 5 is 20%: not more than allowed
+        (2, TWENTY_PERCENT, "file"),  # 40%: the payload is unusable, the fallback answers
+        (1, Decimal(0), "file"),  # no rejection tolerated at all
+        (5, Decimal(1), "frankfurter"),  # every rejection tolerated
+    ],
+)
+def test_rejected_share_threshold_decides_the_fallback(
+    loopback, reply, rates, tmp_path, bad, max_fraction, source
+):
+    loopback.script(LATEST, reply(200, _five_rates(bad)))
+    path = tmp_path / "rates.json"
+    path.write_text('{"base":"USD","date":"2026-11-26","rates":{"EUR":0.95}}')
+    chain = _chain(rates, FileRatesProvider(path=path), max_rejected_fraction=max_fraction)
+
+    snapshot = _rates_of(chain, ["EUR", "GBP", "JPY", "CHF", "BRL"])
+
+    assert snapshot.source == source
+    if source == "frankfurter":
+        assert len(snapshot.rejected) == bad
+        assert {r.reason for r in snapshot.rejected.values()} == {Rejection.NOT_POSITIVE}
+
+
+def test_too_many_rejections_without_a_fallback_fail_naming_the_share(loopback, reply, rates):
+    loopback.script(LATEST, reply(200, _five_rates(2)))
+
+    with pytest.raises(ProviderPayloadError) as caught:
+        _rates_of(_chain(rates), ["EUR", "GBP", "JPY", "CHF", "BRL"])
 
     message = str(caught.value)
-    assert message.startswith("frankfurter+file: every provider failed: primary frankfurter (")
-    assert "HTTP 500" in message
-    assert "fallback file (file: cannot read" in message
-    assert "absent.json" in message
+    assert message.startswith("frankfurter: 2 of 5 rates rejected, more than the 0.2 allowed")
+    assert "rate for EUR must be greater than 0, got -1; rate for GBP" in message
 
 
 def test_fallback_prices_used_when_primary_is_down(closed_port_url, fast_http, tmp_path):
     path = tmp_path / "prices.csv"
     path.write_text("symbol,close,currency,price_date\nIBM,150.5,USD,2026-11-26\n")
     yahoo = YahooPricesProvider(base_url=closed_port_url, http_settings=fast_http)
-    with FallbackPricesProvider(yahoo, FilePricesProvider(path=path)) as provider:
-        result = provider.fetch_prices(symbols=["IBM", "MSFT"])
+    chain = _chain(yahoo, FilePricesProvider(path=path))
+    try:
+        result = chain.ask(lambda p: p.fetch_prices(symbols=["IBM", "MSFT"]))
+    finally:
+        chain.close()
 
     assert result.source == "file"
     assert result.quotes["IBM"].source == "file"
@@ -266,14 +307,15 @@ def test_both_prices_providers_down(loopback, reply, fast_http, tmp_path):
     bad_csv = tmp_path / "prices.csv"
     bad_csv.write_text("symbol,close,currency,price_date\nIBM,NaN,USD,2026-11-26\n")
     yahoo = YahooPricesProvider(base_url=loopback.url, http_settings=fast_http)
-    with FallbackPricesProvider(yahoo, FilePricesProvider(path=bad_csv)) as provider:
-        with pytest.raises(ProviderUnavailableError) as caught:
-            provider.fetch_prices(symbols=["IBM"])
+    chain = _chain(yahoo, FilePricesProvider(path=bad_csv))
+    with pytest.raises(ProviderUnavailableError) as caught:
+        chain.ask(lambda p: p.fetch_prices(symbols=["IBM"]))
+    chain.close()
 
     message = str(caught.value)
     assert "primary yahoo (yahoo: malformed JSON" in message
-    assert "fallback file (file: prices file" in message
-    assert "close for IBM is NaN" in message
+    assert "fallback file (file: 1 of 1 prices rejected" in message
+    assert "price for IBM is NaN" in message
 
 
 def test_fallback_does_not_swallow_bugs(tmp_path):
@@ -281,10 +323,10 @@ def test_fallback_does_not_swallow_bugs(tmp_path):
         def fetch_usd_rates(self, *, currencies):
             raise RuntimeError("bug")
 
-    provider = FallbackRatesProvider(Broken(path=tmp_path), FileRatesProvider(path=tmp_path))
+    chain = _chain(Broken(path=tmp_path), FileRatesProvider(path=tmp_path))
 
     with pytest.raises(RuntimeError, match="bug"):
-        provider.fetch_usd_rates(currencies=["EUR"])
+        _rates_of(chain)
 
 
 # Secrecy
@@ -352,10 +394,10 @@ def test_key_never_leaks_through_the_fallback(closed_port_url, fast_http, tmp_pa
     primary = FrankfurterRatesProvider(
         base_url=f"{closed_port_url}/{SECRET}", api_key=SECRET, http_settings=fast_http
     )
-    provider = FallbackRatesProvider(primary, FileRatesProvider(path=tmp_path / "absent.json"))
+    provider = _chain(primary, FileRatesProvider(path=tmp_path / "absent.json"))
 
     with pytest.raises(ProviderUnavailableError) as caught:
-        provider.fetch_usd_rates(currencies=["EUR"])
+        _rates_of(provider)
     provider.close()
 
     _assert_secret_absent(caught.value, caplog)

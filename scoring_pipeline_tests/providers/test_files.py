@@ -1,7 +1,8 @@
 """File providers: rates from a Frankfurter-shaped JSON file and prices from a
 ``symbol,close,currency,price_date`` CSV — happy paths, filtering and missing symbols, an unreadable
-file (unavailable, so a fallback can take over) and bad content refused with an error naming the
-file, line, symbol or currency."""
+file (unavailable, so a fallback can take over), a bad value rejected on its own with its reason
+while the other rows are used, minor units converted, and a malformed file refused with an error
+naming the file and line."""
 
 import datetime
 from decimal import Decimal
@@ -9,7 +10,7 @@ from decimal import Decimal
 import pytest
 
 from scoring_pipeline.errors import ProviderPayloadError, ProviderUnavailableError
-from scoring_pipeline.providers import FilePricesProvider, FileRatesProvider, PriceQuote
+from scoring_pipeline.providers import FilePricesProvider, FileRatesProvider, PriceQuote, Rejection
 
 RATES_JSON = '{"amount":1.0,"base":"USD","date":"2026-11-26","rates":{"EUR":0.9012,"GBP":0.79}}'
 PRICES_CSV = (
@@ -59,8 +60,8 @@ def test_missing_rates_file_is_unavailable(tmp_path):
     [
         ("{", "malformed JSON"),
         ('{"base":"USD","date":"2026-11-26"}', "no 'rates'"),
-        ('{"base":"USD","date":"2026-11-26","rates":{"EUR":-1}}', "rate for EUR must be greater"),
-        ('{"base":"USD","date":"2026-11-26","rates":{"EUR":NaN}}', "rate for EUR is NaN"),
+        ('{"base":"USD","date":"2026-11-26","rates":{"EURO":1}}', "invalid currency code"),
+        ('{"base":"USD","date":"2026-11-26","rates":[]}', "'rates' is not an object"),
     ],
 )
 def test_bad_rates_file_is_refused_naming_the_file(tmp_path, content, fragment):
@@ -72,6 +73,25 @@ def test_bad_rates_file_is_refused_naming_the_file(tmp_path, content, fragment):
 
     assert str(caught.value).startswith(f"file: rates file {path}: ")
     assert fragment in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("value", "reason", "fragment"),
+    [
+        ("-1", Rejection.NOT_POSITIVE, "rate for EUR must be greater than 0, got -1"),
+        ("NaN", Rejection.NAN, "rate for EUR is NaN"),
+        ('"0.9"', Rejection.NOT_NUMERIC, "rate for EUR is not a number"),
+    ],
+)
+def test_a_bad_rate_in_the_file_is_rejected_alone(tmp_path, value, reason, fragment):
+    path = tmp_path / "rates.json"
+    path.write_text(f'{{"base":"USD","date":"2026-11-26","rates":{{"EUR":{value},"GBP":0.79}}}}')
+
+    snapshot = FileRatesProvider(path=path).fetch_usd_rates(currencies=["EUR", "GBP"])
+
+    assert snapshot.rates == {"GBP": Decimal("0.79"), "USD": Decimal(1)}
+    assert snapshot.rejected["EUR"].reason == reason
+    assert fragment in snapshot.rejected["EUR"].detail
 
 
 def test_prices_file_returns_requested_quotes_and_missing(prices_file):
@@ -117,28 +137,73 @@ def test_missing_prices_file_is_unavailable(tmp_path):
 
 
 @pytest.mark.parametrize(
+    ("row", "reason", "fragment"),
+    [
+        ("TSLA,NaN,USD,2026-11-26", Rejection.NAN, "price for TSLA is NaN"),
+        ("TSLA,inf,USD,2026-11-26", Rejection.INFINITE, "price for TSLA is infinite"),
+        ("TSLA,-Infinity,USD,2026-11-26", Rejection.INFINITE, "price for TSLA is infinite"),
+        ("TSLA,0,USD,2026-11-26", Rejection.NOT_POSITIVE, "price for TSLA must be greater than 0"),
+        ("TSLA,-1.5,USD,2026-11-26", Rejection.NOT_POSITIVE, "greater than 0, got -1.5"),
+        ("TSLA,2e9,USD,2026-11-26", Rejection.OUT_OF_RANGE, "price for TSLA is outside"),
+        ("TSLA,sNaN,USD,2026-11-26", Rejection.NAN, "price for TSLA is NaN"),
+        ("TSLA,1e99999999999999999999,USD,2026-11-26", Rejection.OUT_OF_RANGE, "is outside"),
+        ("TSLA,1e-99999999999999999999,USD,2026-11-26", Rejection.OUT_OF_RANGE, "is outside"),
+        ("TSLA,abc,USD,2026-11-26", Rejection.NOT_NUMERIC, "price for TSLA is not a number"),
+        ("TSLA,1_000,USD,2026-11-26", Rejection.NOT_NUMERIC, "price for TSLA is not a number"),
+        ("TSLA,,USD,2026-11-26", Rejection.NOT_NUMERIC, "price for TSLA is not a number"),
+        ("TSLA,10,DOLLAR,2026-11-26", Rejection.INVALID_CURRENCY, "currency for TSLA is not"),
+        ("TSLA,10,EUR,2026-11-26", Rejection.CURRENCY_MISMATCH, "is in EUR, not in the"),
+        ("TSLA,10,USD,26/11/2026", Rejection.INVALID_DATE, "price date for TSLA is not"),
+        ("TSLA,10,USD", Rejection.INVALID_DATE, "price date for TSLA is not a valid date"),
+    ],
+)
+def test_a_bad_price_row_is_rejected_alone_with_its_reason(tmp_path, row, reason, fragment):
+    path = tmp_path / "prices.csv"
+    path.write_text(PRICES_CSV + row + "\n")
+
+    result = FilePricesProvider(path=path).fetch_prices(
+        symbols=["AAPL", "TSLA"], currencies={"AAPL": "USD", "TSLA": "USD"}
+    )
+
+    assert result.quotes["AAPL"].close == Decimal("189.1234")
+    assert set(result.quotes) == {"AAPL"} and result.missing == []
+    assert result.rejected["TSLA"].reason == reason
+    assert fragment in result.rejected["TSLA"].detail
+    # The detail never echoes payload text (only numbers and codes).
+    assert "abc" not in result.rejected["TSLA"].detail
+
+
+@pytest.mark.parametrize(
+    ("row", "close", "currency"),
+    [
+        ("VOD.L,7250.5,GBp,2026-11-26", "72.505", "GBP"),
+        ("VOD.L,7250.5,GBX,2026-11-26", "72.505", "GBP"),
+        ("VOD.L,1999,ZAc,2026-11-26", "19.99", "ZAR"),
+        ("VOD.L,0.01,ILA,2026-11-26", "0.0001", "ILS"),
+    ],
+)
+def test_minor_unit_prices_in_the_file_are_converted_exactly(tmp_path, row, close, currency):
+    path = tmp_path / "prices.csv"
+    path.write_text(PRICES_CSV + row + "\n")
+
+    result = FilePricesProvider(path=path).fetch_prices(
+        symbols=["VOD.L"], currencies={"VOD.L": currency}
+    )
+
+    quote = result.quotes["VOD.L"]
+    assert (quote.close, quote.currency) == (Decimal(close), currency)
+    assert str(quote.close) == close  # exact: the digits move, nothing is rounded
+
+
+@pytest.mark.parametrize(
     ("row", "fragment"),
     [
-        ("TSLA,NaN,USD,2026-11-26", "close for TSLA is NaN"),
-        ("TSLA,inf,USD,2026-11-26", "close for TSLA is infinite"),
-        ("TSLA,-Infinity,USD,2026-11-26", "close for TSLA is infinite"),
-        ("TSLA,0,USD,2026-11-26", "close for TSLA must be greater than 0"),
-        ("TSLA,-1.5,USD,2026-11-26", "close for TSLA must be greater than 0"),
-        ("TSLA,2e9,USD,2026-11-26", "close for TSLA is absurdly large"),
-        ("TSLA,sNaN,USD,2026-11-26", "close for TSLA is NaN"),
-        ("TSLA,1e99999999999999999999,USD,2026-11-26", "close for TSLA is out of range"),
-        ("TSLA,1e-99999999999999999999,USD,2026-11-26", "close for TSLA is out of range"),
-        ("TSLA,abc,USD,2026-11-26", "close for TSLA is not a number"),
-        ("TSLA,1_000,USD,2026-11-26", "close for TSLA is not a number"),
-        ("TSLA,,USD,2026-11-26", "close for TSLA is not a number"),
-        ("TSLA,10,DOLLAR,2026-11-26", "currency for TSLA is not a 3-letter code"),
-        ("TSLA,10,USD,26/11/2026", "price_date for TSLA is not a YYYY-MM-DD date"),
-        ("TSLA,10,USD", "price_date for TSLA is not a YYYY-MM-DD date"),
         ("AAPL,190,USD,2026-11-26", "two different quotes for AAPL"),
+        ("AAPL,NaN,USD,2026-11-26", "two different quotes for AAPL"),
         (",10,USD,2026-11-26", "invalid symbol"),
     ],
 )
-def test_bad_price_rows_are_refused_naming_line_and_symbol(tmp_path, row, fragment):
+def test_malformed_price_rows_are_refused_naming_line_and_symbol(tmp_path, row, fragment):
     path = tmp_path / "prices.csv"
     path.write_text(PRICES_CSV + row + "\n")
 

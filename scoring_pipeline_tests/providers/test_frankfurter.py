@@ -1,7 +1,8 @@
 """Frankfurter rates provider over real loopback HTTP: the request it sends (path, query, key
-header), exact Decimal parsing, currencies absent or unrequested, and every payload it must refuse
-(malformed JSON, wrong shapes, wrong base/date/amount, NaN, infinities, zero, negative, absurd,
-non-numeric rates, bad or duplicate currency codes) with an error naming the currency."""
+header), exact Decimal parsing, currencies absent or unrequested, every payload it must refuse as a
+whole (malformed JSON, wrong shapes, wrong base/date/amount, bad or duplicate currency codes), and
+every bad rate (NaN, infinities, zero, negative, absurd, non-numeric) rejected alone with its
+reason, naming the currency, while the other rates are used."""
 
 import datetime
 from decimal import Decimal
@@ -9,7 +10,7 @@ from decimal import Decimal
 import pytest
 
 from scoring_pipeline.errors import ProviderPayloadError, ProviderUnavailableError
-from scoring_pipeline.providers import FrankfurterRatesProvider, RatesSnapshot
+from scoring_pipeline.providers import FrankfurterRatesProvider, RatesSnapshot, Rejection
 
 LATEST = "/v1/latest"
 
@@ -137,12 +138,12 @@ def test_api_key_is_sent_as_bearer_header(loopback, reply, fast_http):
         (b'{"amount":1,"base":"EUR","date":"2026-11-27","rates":{}}', "base currency is 'EUR'"),
         (b'{"amount":1,"date":"2026-11-27","rates":{}}', "base currency is None"),
         (b'{"amount":2,"base":"USD","date":"2026-11-27","rates":{}}', "amount is"),
-        (b'{"amount":1,"base":"USD","date":"27/11/2026","rates":{}}', "is not a YYYY-MM-DD date"),
-        (b'{"amount":1,"base":"USD","date":"2026-02-30","rates":{}}', "is not a YYYY-MM-DD date"),
-        (b'{"amount":1,"base":"USD","rates":{}}', "is not a YYYY-MM-DD date"),
+        (b'{"amount":1,"base":"USD","date":"27/11/2026","rates":{}}', "date: is not a valid date"),
+        (b'{"amount":1,"base":"USD","date":"2026-02-30","rates":{}}', "date: is not a valid date"),
+        (b'{"amount":1,"base":"USD","rates":{}}', "date: is not a valid date"),
         (b'{"amount":1,"base":"USD","date":"2026-11-27","rates":{"EURO":1}}', "invalid currency"),
         (b'{"amount":1,"base":"USD","date":"2026-11-27","rates":{"US":1}}', "invalid currency"),
-        (b'{"base":"USD","date":"2026-11-27","rates":{"USD":2}}', "the rate for USD must be 1"),
+        (b'{"base":"USD","date":"2026-11-27","rates":{"USD":2}}', "the USD->USD rate must be 1"),
         (
             b'{"base":"USD","date":"2026-11-27","rates":{"EUR":0.9,"EUR":0.8}}',
             "duplicate key 'EUR'",
@@ -167,40 +168,50 @@ def test_malformed_or_misshapen_answers_are_refused(loopback, reply, provider, b
 
 
 @pytest.mark.parametrize(
-    ("raw_rate", "fragment"),
+    ("raw_rate", "reason", "fragment"),
     [
-        ("NaN", "is NaN"),
-        ("Infinity", "is infinite"),
-        ("-Infinity", "is infinite"),
-        ('"Infinity"', "is not a number"),
-        ('"NaN"', "is not a number"),
-        ('"0.9"', "is not a number"),
-        ('"abc"', "is not a number"),
-        ("true", "is not a number"),
-        ("null", "is not a number"),
-        ("{}", "is not a number"),
-        ("[0.9]", "is not a number"),
-        ("0", "must be greater than 0"),
-        ("0.0", "must be greater than 0"),
-        ("-0.9", "must be greater than 0"),
-        ("1e13", "is absurdly large"),
-        ("1000000000000.5", "is absurdly large"),
-        ("1e-13", "is absurdly small"),
-        ("1e999999999", "is absurdly large"),
+        ("NaN", Rejection.NAN, "is NaN"),
+        ("Infinity", Rejection.INFINITE, "is infinite"),
+        ("-Infinity", Rejection.INFINITE, "is infinite"),
+        ('"Infinity"', Rejection.NOT_NUMERIC, "is not a number"),
+        ('"NaN"', Rejection.NOT_NUMERIC, "is not a number"),
+        ('"0.9"', Rejection.NOT_NUMERIC, "is not a number"),
+        ('"abc"', Rejection.NOT_NUMERIC, "is not a number"),
+        ("true", Rejection.NOT_NUMERIC, "is not a number"),
+        ("null", Rejection.NOT_NUMERIC, "is not a number"),
+        ("{}", Rejection.NOT_NUMERIC, "is not a number"),
+        ("[0.9]", Rejection.NOT_NUMERIC, "is not a number"),
+        ("0", Rejection.NOT_POSITIVE, "must be greater than 0"),
+        ("0.0", Rejection.NOT_POSITIVE, "must be greater than 0"),
+        ("-0.9", Rejection.NOT_POSITIVE, "must be greater than 0, got -0.9"),
+        ("1e13", Rejection.OUT_OF_RANGE, "is outside"),
+        ("1000000000000.5", Rejection.OUT_OF_RANGE, "is outside"),
+        ("1e-13", Rejection.OUT_OF_RANGE, "is outside"),
+        ("1e999999999", Rejection.OUT_OF_RANGE, "is outside"),
     ],
 )
-def test_invalid_rates_are_refused_naming_the_currency(
-    loopback, reply, provider, raw_rate, fragment
+def test_an_invalid_rate_is_rejected_alone_naming_the_currency(
+    loopback, reply, provider, raw_rate, reason, fragment
 ):
     template = '{"base":"USD","date":"2026-11-27","rates":{"EUR":0.9,"GBP":RAW}}'
     body = template.replace("RAW", raw_rate)
     loopback.script(LATEST, reply(200, body))
 
-    with pytest.raises(ProviderPayloadError) as caught:
-        provider.fetch_usd_rates(currencies=["EUR", "GBP"])
+    snapshot = provider.fetch_usd_rates(currencies=["EUR", "GBP"])
 
-    assert str(caught.value).startswith("frankfurter: rate for GBP ")
-    assert fragment in str(caught.value)
+    assert snapshot.rates == {"EUR": Decimal("0.9"), "USD": Decimal(1)}
+    assert set(snapshot.rejected) == {"GBP"}
+    assert snapshot.rejected["GBP"].reason == reason
+    assert snapshot.rejected["GBP"].detail.startswith("rate for GBP ")
+    assert fragment in snapshot.rejected["GBP"].detail
+    assert "abc" not in snapshot.rejected["GBP"].detail
+
+
+def test_a_rejected_usd_rate_makes_the_payload_unusable(loopback, reply, provider):
+    loopback.script(LATEST, reply(200, b'{"base":"USD","date":"2026-11-27","rates":{"USD":0}}'))
+
+    with pytest.raises(ProviderPayloadError, match="the USD->USD rate must be 1"):
+        provider.fetch_usd_rates(currencies=["EUR"])
 
 
 def test_bounds_are_inclusive(loopback, reply, provider):

@@ -1,9 +1,9 @@
 """Property-based fuzzing of the pure payload parsers (``parse_frankfurter_payload``,
 ``parse_yahoo_payload``) with hypothesis: on arbitrary bytes, on near-valid JSON text with hostile
 number tokens (NaN, Infinity, huge exponents, long digit strings, strings, booleans) and on decoded
-Python mappings, a parser either returns valid models — every rate and price finite, positive and
-within bounds, every currency a 3-letter upper-case code — or raises ProviderPayloadError; never
-any other exception."""
+Python mappings, a parser either returns valid models — every accepted rate and price finite,
+positive and within bounds, every currency a 3-letter upper-case code, every other value rejected
+with a known reason — or raises ProviderPayloadError; never any other exception."""
 
 import datetime
 import json
@@ -20,6 +20,8 @@ from scoring_pipeline.providers import (
     MIN_RATE,
     PriceQuote,
     RatesSnapshot,
+    RejectedValue,
+    Rejection,
     parse_frankfurter_payload,
     parse_yahoo_payload,
 )
@@ -93,10 +95,18 @@ def _check_snapshot(snapshot: RatesSnapshot) -> None:
         assert len(code) == 3 and code.isascii() and code.isalpha() and code.isupper()
         assert isinstance(rate, Decimal) and rate.is_finite()
         assert MIN_RATE <= rate <= MAX_RATE
+    for code, rejected in snapshot.rejected.items():
+        assert code not in snapshot.rates and rejected.key == code
+        assert isinstance(rejected.reason, Rejection)
+        event(f"rate rejected: {rejected.reason}")
 
 
-def _check_quotes(quotes: dict[str, PriceQuote]) -> None:
-    for key, quote in quotes.items():
+def _check_quotes(outcomes: dict[str, PriceQuote | RejectedValue]) -> None:
+    for key, quote in outcomes.items():
+        if isinstance(quote, RejectedValue):
+            assert key == quote.key.upper() and isinstance(quote.reason, Rejection)
+            event(f"price rejected: {quote.reason}")
+            continue
         assert isinstance(quote, PriceQuote)
         assert key == quote.symbol.upper()
         assert quote.close.is_finite() and MIN_PRICE <= quote.close <= MAX_PRICE

@@ -1,8 +1,9 @@
 """Yahoo prices provider over real loopback HTTP: the request (path, symbols query, X-API-KEY
 header), chunking of 120 symbols into 3 requests, UTC price dates, missing and priceless symbols,
-duplicate symbols (identical accepted, different refused), minor-unit currencies, and every payload
-it must refuse (malformed JSON, wrong shapes, NaN, infinities, zero, negative, absurd and
-non-numeric prices, bad currencies and times) with an error naming the symbol."""
+duplicate symbols (identical accepted, different refused), minor-unit currencies, every payload it
+must refuse as a whole (malformed JSON, wrong shapes), and every bad value (NaN, infinities, zero,
+negative, absurd and non-numeric prices, bad currencies and times, a currency other than the
+instrument's) rejected alone with its reason and the symbol, the other quotes being used."""
 
 import datetime
 from decimal import Decimal
@@ -10,7 +11,7 @@ from decimal import Decimal
 import pytest
 
 from scoring_pipeline.errors import ProviderPayloadError
-from scoring_pipeline.providers import PriceQuote, PricesResult, YahooPricesProvider
+from scoring_pipeline.providers import PriceQuote, PricesResult, Rejection, YahooPricesProvider
 
 QUOTE = "/v7/finance/quote"
 # 2026-11-27 23:30:00 UTC: still the 27th in UTC, already the 28th in Tokyo.
@@ -173,7 +174,7 @@ def test_different_duplicates_across_chunks_are_refused(loopback, reply, fast_ht
         ("GBp", 7250, "GBP", Decimal("72.50")),
         ("GBX", 12.5, "GBP", Decimal("0.125")),
         ("ZAc", 1999, "ZAR", Decimal("19.99")),
-        ("ILA", 100, "ILS", Decimal(1)),
+        ("ILA", 100, "ILS", Decimal("1.00")),
         ("eur", 5, "EUR", Decimal(5)),
     ],
 )
@@ -182,9 +183,10 @@ def test_minor_unit_currencies_are_converted_exactly(
 ):
     loopback.script(QUOTE, reply(200, _answer(_item("X", price=price, currency=currency))))
 
-    quote = provider.fetch_prices(symbols=["X"]).quotes["X"]
+    quote = provider.fetch_prices(symbols=["X"], currencies={"X": expected_currency}).quotes["X"]
 
     assert (quote.currency, quote.close) == (expected_currency, expected_close)
+    assert str(quote.close) == str(expected_close)  # exact digits: nothing rounded
 
 
 def test_api_key_is_sent_as_x_api_key_header(loopback, reply, fast_http):
@@ -227,25 +229,25 @@ def test_malformed_or_misshapen_answers_are_refused(loopback, reply, provider, b
 
 
 @pytest.mark.parametrize(
-    ("raw_price", "fragment"),
+    ("raw_price", "reason", "fragment"),
     [
-        ("NaN", "is NaN"),
-        ("Infinity", "is infinite"),
-        ("-Infinity", "is infinite"),
-        ('"Infinity"', "is not a number"),
-        ('"189.5"', "is not a number"),
-        ('"n/a"', "is not a number"),
-        ("false", "is not a number"),
-        ("{}", "is not a number"),
-        ("0", "must be greater than 0"),
-        ("-3.5", "must be greater than 0"),
-        ("1000000001", "is absurdly large"),
-        ("1e400", "is absurdly large"),
-        ("1e-10", "is absurdly small"),
+        ("NaN", Rejection.NAN, "is NaN"),
+        ("Infinity", Rejection.INFINITE, "is infinite"),
+        ("-Infinity", Rejection.INFINITE, "is infinite"),
+        ('"Infinity"', Rejection.NOT_NUMERIC, "is not a number"),
+        ('"189.5"', Rejection.NOT_NUMERIC, "is not a number"),
+        ('"n/a"', Rejection.NOT_NUMERIC, "is not a number"),
+        ("false", Rejection.NOT_NUMERIC, "is not a number"),
+        ("{}", Rejection.NOT_NUMERIC, "is not a number"),
+        ("0", Rejection.NOT_POSITIVE, "must be greater than 0"),
+        ("-3.5", Rejection.NOT_POSITIVE, "must be greater than 0, got -3.5"),
+        ("1000000001", Rejection.OUT_OF_RANGE, "is outside"),
+        ("1e400", Rejection.OUT_OF_RANGE, "is outside"),
+        ("1e-10", Rejection.OUT_OF_RANGE, "is outside"),
     ],
 )
-def test_invalid_prices_are_refused_naming_the_symbol(
-    loopback, reply, provider, raw_price, fragment
+def test_an_invalid_price_is_rejected_alone_naming_the_symbol(
+    loopback, reply, provider, raw_price, reason, fragment
 ):
     template = (
         '{"quoteResponse":{"result":[{"symbol":"IBM","regularMarketPrice":1,"currency":"USD",'
@@ -255,32 +257,52 @@ def test_invalid_prices_are_refused_naming_the_symbol(
     body = template.replace("RAW", raw_price)
     loopback.script(QUOTE, reply(200, body))
 
-    with pytest.raises(ProviderPayloadError) as caught:
-        provider.fetch_prices(symbols=["IBM", "TSLA"])
+    result = provider.fetch_prices(symbols=["IBM", "TSLA"])
 
-    assert str(caught.value).startswith("yahoo: price for TSLA ")
-    assert fragment in str(caught.value)
+    assert result.quotes["IBM"].close == Decimal(1)
+    assert set(result.quotes) == {"IBM"} and result.missing == []
+    rejected = result.rejected["TSLA"]
+    assert rejected.reason == reason and rejected.key == "TSLA"
+    assert rejected.detail.startswith("price for TSLA ") and fragment in rejected.detail
+    assert "n/a" not in rejected.detail
 
 
 @pytest.mark.parametrize(
-    ("item", "fragment"),
+    ("item", "reason", "fragment"),
     [
-        (_item("TSLA", currency="US"), "currency for TSLA"),
-        (_item("TSLA", currency=None), "currency for TSLA"),
-        (_item("TSLA", currency="U$D"), "currency for TSLA"),
-        (_item("TSLA", time=None), "regularMarketTime for TSLA"),
-        (_item("TSLA", time="2026-11-27"), "regularMarketTime for TSLA"),
-        (_item("TSLA", time=-5), "regularMarketTime for TSLA"),
-        (_item("TSLA", time=10**15), "regularMarketTime for TSLA"),
+        (_item("TSLA", currency="US"), Rejection.INVALID_CURRENCY, "currency for TSLA"),
+        (_item("TSLA", currency=None), Rejection.INVALID_CURRENCY, "currency for TSLA"),
+        (_item("TSLA", currency="U$D"), Rejection.INVALID_CURRENCY, "currency for TSLA"),
+        (_item("TSLA", currency="EUR"), Rejection.CURRENCY_MISMATCH, "is in EUR, not in the"),
+        (_item("TSLA", currency="GBp"), Rejection.CURRENCY_MISMATCH, "is in GBP, not in the"),
+        (_item("TSLA", time=None), Rejection.INVALID_DATE, "price date for TSLA"),
+        (_item("TSLA", time="2026-11-27"), Rejection.INVALID_DATE, "price date for TSLA"),
+        (_item("TSLA", time=-5), Rejection.INVALID_DATE, "price date for TSLA"),
+        (_item("TSLA", time=10**15), Rejection.INVALID_DATE, "price date for TSLA"),
     ],
 )
-def test_invalid_currency_or_time_is_refused_naming_the_symbol(
-    loopback, reply, provider, item, fragment
+def test_invalid_currency_or_time_is_rejected_naming_the_symbol(
+    loopback, reply, provider, item, reason, fragment
 ):
-    loopback.script(QUOTE, reply(200, _answer(item)))
+    loopback.script(QUOTE, reply(200, _answer(item, _item("IBM"))))
 
-    with pytest.raises(ProviderPayloadError, match=fragment):
-        provider.fetch_prices(symbols=["TSLA"])
+    result = provider.fetch_prices(symbols=["TSLA", "ibm"], currencies={"TSLA": "USD"})
+
+    assert set(result.quotes) == {"ibm"}
+    assert result.rejected["TSLA"].reason == reason
+    assert fragment in result.rejected["TSLA"].detail
+
+
+def test_a_quote_in_the_instruments_currency_is_kept_and_matched_case_insensitively(
+    loopback, reply, provider
+):
+    loopback.script(QUOTE, reply(200, _answer(_item("VOD.L", price=7250.5, currency="GBp"))))
+
+    result = provider.fetch_prices(symbols=["vod.l"], currencies={"VOD.L": "GBP"})
+
+    assert result.quotes["vod.l"].close == Decimal("72.505")
+    assert result.quotes["vod.l"].currency == "GBP"
+    assert result.rejected == {}
 
 
 def test_price_bound_is_inclusive(loopback, reply, provider):

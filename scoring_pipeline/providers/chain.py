@@ -1,0 +1,97 @@
+"""Providers of one kind asked in order (``*_PROVIDER``, then ``*_FALLBACK_PROVIDER``).
+
+One class serves rates and prices alike. An answer counts only when it is usable as a whole: a
+ProviderError, or an answer with more than ``max_rejected_fraction`` of its values rejected
+(SPEC §8), moves on to the next provider. When every provider fails, a single provider's own
+error is raised, or ProviderUnavailableError naming each provider and its error. Other
+exceptions (bugs) are not swallowed. The result's ``source`` is the provider that answered.
+"""
+
+import logging
+from collections.abc import Callable, Sequence
+from decimal import Decimal
+from typing import Generic, TypeVar
+
+from scoring_pipeline.errors import ProviderError, ProviderPayloadError, ProviderUnavailableError
+from scoring_pipeline.providers.base import (
+    PricesProvider,
+    RatesProvider,
+)
+from scoring_pipeline.providers.models import (
+    PricesResult,
+    RatesSnapshot,
+)
+
+logger = logging.getLogger("scoring_pipeline.providers")
+
+_P = TypeVar("_P", RatesProvider, PricesProvider)
+_R = TypeVar("_R", RatesSnapshot, PricesResult)
+
+
+def check_rejected_share(result: RatesSnapshot | PricesResult, *, max_fraction: Decimal) -> None:
+    """Raise ProviderPayloadError when more than ``max_fraction`` of the values given were
+    rejected (values not returned at all do not count)."""
+    rejected = len(result.rejected)
+    total = rejected + result.accepted_count
+    if rejected and Decimal(rejected) > max_fraction * total:
+        what = "rates" if isinstance(result, RatesSnapshot) else "prices"
+        first = "; ".join(value.detail for value in list(result.rejected.values())[:3])
+        raise ProviderPayloadError(
+            f"{rejected} of {total} {what} rejected, more than the {max_fraction} allowed "
+            f"(PROVIDER_MAX_REJECTED_FRACTION): {first}",
+            provider=result.source,
+        )
+
+
+class ProviderChain(Generic[_P]):
+    """Providers of one kind, asked in order until one gives a usable answer."""
+
+    def __init__(self, providers: Sequence[_P], *, max_rejected_fraction: Decimal) -> None:
+        if not providers:
+            raise ValueError("a provider chain needs at least one provider")
+        self.providers: tuple[_P, ...] = tuple(providers)
+        self.max_rejected_fraction = max_rejected_fraction
+        self.name = "+".join(p.name for p in self.providers)
+
+    def __repr__(self) -> str:
+        return f"ProviderChain({', '.join(repr(p) for p in self.providers)})"
+
+    def ask(self, call: Callable[[_P], _R]) -> _R:
+        """The first usable answer of ``call(provider)``, provider by provider."""
+        errors: list[tuple[str, ProviderError]] = []
+        for index, provider in enumerate(self.providers):
+            try:
+                result = call(provider)
+                check_rejected_share(result, max_fraction=self.max_rejected_fraction)
+                return result
+            except ProviderError as exc:
+                errors.append((provider.name, exc))
+            if index + 1 < len(self.providers):
+                logger.warning(
+                    "%s: provider %s failed, asking %s: %s",
+                    self.name,
+                    provider.name,
+                    self.providers[index + 1].name,
+                    errors[-1][1],
+                    extra={"provider": provider.name},
+                )
+        if len(errors) == 1:
+            raise errors[0][1]
+        roles = ["primary", *["fallback"] * (len(errors) - 1)]
+        described = "; ".join(
+            f"{role} {name} ({error})" for role, (name, error) in zip(roles, errors, strict=True)
+        )
+        raise ProviderUnavailableError(
+            f"every provider failed: {described}", provider=self.name
+        ) from errors[-1][1]
+
+    def close(self) -> None:
+        """Close every provider, even when one of them fails to close."""
+        failures: list[BaseException] = []
+        for provider in self.providers:
+            try:
+                provider.close()
+            except Exception as exc:  # close the others before reporting it
+                failures.append(exc)
+        if failures:
+            raise failures[0]
