@@ -119,8 +119,18 @@ def test_bad_batch_fails_alone_then_retry_completes_the_night(services, clean_db
     assert statuses["failed"] == {"b0001"}
     assert statuses["materialized"] == {"b0000", "b0002"}
     # Every partition of `scores` is a batch of a real night: nothing "missing", so the UI's
-    # "backfill failed and missing" with everything selected launches exactly b0001.
-    everything = partition_statuses(api)
+    # "backfill failed and missing" with everything selected launches exactly b0001. (This
+    # Dagster instance is shared with the session's other tests, whose nights' rows are gone
+    # from the application database: only the partitions of nights that exist here count.)
+    with engine.connect() as conn:
+        nights = {
+            str(d)
+            for d in conn.execute(sa.text("SELECT score_date FROM overnight_job_runs")).scalars()
+        }
+    everything = {
+        status: {k for k in keys if k.split("/")[0] in nights}
+        for status, keys in partition_statuses(api).items()
+    }
     assert everything["missing"] == set()
     assert everything["failed"] == {f"{DATE}/b0001"}
     healthy = {_uid(n) for n in (1, 2, 3, 4, 7, 8, 9)}
