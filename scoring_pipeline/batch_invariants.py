@@ -5,9 +5,10 @@ For the calculations of the batch's latest outcome (`scoring_batch_results`):
   INPUTS_CAPTURED, SCORES_COMPUTED, CALC_COMPLETED `success` — or a failed one — CALC_STARTED,
   INPUTS_CAPTURED when captured, CALC_COMPLETED `failed` — matching the outcome;
 - `history`: `score_history` holds exactly one row per (user, symbol, date), equal to the
-  user's successful calculation (symbol, criteria version, score, correlation id);
+  user's successful calculation (symbol, criteria version, score, correlation id, outcomes);
 - `current`: the current scores of users not scored on a later date since are exactly that
-  calculation's results (symbol, criteria version, score, max possible score, percentage).
+  calculation's results (symbol, criteria version, score, max possible score, percentage,
+  outcomes).
 
 Each returns the violations (at most `limit`), empty when the invariant holds.
 """
@@ -45,7 +46,7 @@ expected AS (
     SELECT c.user_id, c.correlation_id, x->>'assetId' AS symbol,
            CAST(x->>'criteriaVersionId' AS uuid) AS cv, CAST(x->>'score' AS numeric) AS score,
            CAST(x->>'maxPossibleScore' AS numeric) AS max_score,
-           CAST(x->>'percentage' AS numeric) AS percentage
+           CAST(x->>'percentage' AS numeric) AS percentage, x->>'outcomes' AS outcomes
     FROM calcs c
     JOIN calculation_events e ON e.correlation_id = c.correlation_id
         AND e.event_type = 'SCORES_COMPUTED'
@@ -72,20 +73,21 @@ _HISTORY = (
     + _EXPECTED
     + """,
 actual AS (
-    SELECT h.user_id, h.correlation_id, h.symbol, h.criteria_version_id AS cv, h.score
+    SELECT h.user_id, h.correlation_id, h.symbol, h.criteria_version_id AS cv, h.score,
+           h.outcomes
     FROM score_history h
     WHERE h.score_date = :d
       AND h.user_id IN (SELECT user_id FROM calcs WHERE expected = 'success')
 )
 SELECT coalesce(e.user_id, a.user_id)::text AS user_id, coalesce(e.symbol, a.symbol) AS symbol,
        count(e.symbol) AS expected_rows, count(a.symbol) AS stored_rows,
-       bool_and(e.cv IS NOT DISTINCT FROM a.cv AND e.score IS NOT DISTINCT FROM a.score
-                AND e.correlation_id IS NOT DISTINCT FROM a.correlation_id) AS equal
+       bool_and((e.cv, e.score, e.correlation_id, e.outcomes)
+                IS NOT DISTINCT FROM (a.cv, a.score, a.correlation_id, a.outcomes)) AS equal
 FROM expected e FULL JOIN actual a ON a.user_id = e.user_id AND a.symbol = e.symbol
 GROUP BY 1, 2
 HAVING count(e.symbol) <> 1 OR count(a.symbol) <> 1
-    OR NOT bool_and(e.cv IS NOT DISTINCT FROM a.cv AND e.score IS NOT DISTINCT FROM a.score
-                    AND e.correlation_id IS NOT DISTINCT FROM a.correlation_id)
+    OR NOT bool_and((e.cv, e.score, e.correlation_id, e.outcomes)
+                    IS NOT DISTINCT FROM (a.cv, a.score, a.correlation_id, a.outcomes))
 ORDER BY 1, 2 LIMIT :n"""
 )
 
@@ -99,7 +101,7 @@ users AS (
 ),
 actual AS (
     SELECT a.user_id, a.correlation_id, a.symbol, a.criteria_version_id AS cv, a.score,
-           a.max_possible_score AS max_score, a.percentage
+           a.max_possible_score AS max_score, a.percentage, a.outcomes
     FROM asset_scores a WHERE a.user_id IN (SELECT user_id FROM users)
 )
 SELECT coalesce(e.user_id, a.user_id)::text AS user_id, coalesce(e.symbol, a.symbol) AS symbol,
@@ -107,8 +109,8 @@ SELECT coalesce(e.user_id, a.user_id)::text AS user_id, coalesce(e.symbol, a.sym
 FROM (SELECT * FROM expected WHERE user_id IN (SELECT user_id FROM users)) e
 FULL JOIN actual a ON a.user_id = e.user_id AND a.symbol = e.symbol
 WHERE e.symbol IS NULL OR a.symbol IS NULL
-   OR (e.cv, e.score, e.max_score, e.correlation_id)
-      IS DISTINCT FROM (a.cv, a.score, a.max_score, a.correlation_id)
+   OR (e.cv, e.score, e.max_score, e.correlation_id, e.outcomes)
+      IS DISTINCT FROM (a.cv, a.score, a.max_score, a.correlation_id, a.outcomes)
    OR e.percentage IS DISTINCT FROM a.percentage
 ORDER BY 1, 2 LIMIT :n"""
 )

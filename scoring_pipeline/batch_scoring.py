@@ -25,6 +25,7 @@ from scoring_pipeline.scoring import (
     AssetScore,
     InstrumentData,
     MetricsCache,
+    metric_texts,
     score_criteria_set,
 )
 from scoring_pipeline.snapshots import RateRow, load_prices, load_rates
@@ -73,6 +74,7 @@ def gc_paused() -> Iterator[None]:
 class UserOutcome:
     user_id: str
     correlation_id: str
+    base_currency: str
     events: list[tuple[str, dict[str, Any] | str]]  # payload as a dict, or as JSON text
     scores: list[AssetScore] = field(default_factory=list)
     error: dict[str, str] | None = None
@@ -95,6 +97,9 @@ class BatchOutput:
     users_skipped: list[str]
     duration_ms: int = 0
     timings: dict[str, int] = field(default_factory=dict)
+    # The night's metric texts of what the successful users were scored on, as JSON objects by
+    # (symbol, base currency): with `outcomes`, the stored form of every breakdown (SPEC §4).
+    metric_values: dict[tuple[str, str], str] = field(default_factory=dict)
 
     @property
     def succeeded(self) -> list[UserOutcome]:
@@ -383,12 +388,13 @@ def capture_inputs_json(
 
 
 def results_json(correlation_id: str, scores: list[AssetScore]) -> str:
-    """SCORES_COMPUTED as JSON text, reusing each breakdown's text (equal to `results_payload`)."""
+    """SCORES_COMPUTED as JSON text, each breakdown in its compact form (equal to
+    `results_payload`): the canonical one is rebuilt from it and INPUTS_CAPTURED (replay)."""
     parts = [
         f'{{"assetId":{dumps(s.symbol)},"criteriaVersionId":"{s.criteria_version_id}",'
         f'"score":"{format(s.score, "f")}",'
         f'"maxPossibleScore":"{format(s.max_possible_score, "f")}",'
-        f'"percentage":{dumps(plain(s.percentage))},"breakdown":{s.breakdown_json}}}'
+        f'"percentage":{dumps(plain(s.percentage))},"outcomes":"{s.outcomes}"}}'
         for s in scores
     ]
     return f'{{"correlationId":"{correlation_id}","results":[{",".join(parts)}]}}'
@@ -404,11 +410,29 @@ def results_payload(correlation_id: str, scores: list[AssetScore]) -> dict[str, 
                 "score": plain(s.score),
                 "maxPossibleScore": plain(s.max_possible_score),
                 "percentage": plain(s.percentage),
-                "breakdown": s.breakdown,
+                "outcomes": s.outcomes,
             }
             for s in scores
         ],
     }
+
+
+def batch_metric_values(
+    inputs: BatchInputs, users: list[UserOutcome]
+) -> dict[tuple[str, str], str]:
+    """The metric texts (JSON) of every (symbol, base currency) the users were scored on."""
+    instruments = {i.symbol: i for universe in inputs.universes.values() for i in universe}
+    usd_rates = inputs.usd_rates
+    out: dict[tuple[str, str], str] = {}
+    for user in users:
+        for s in user.scores:
+            key = (s.symbol, user.base_currency)
+            if key not in out:
+                texts = metric_texts(
+                    instruments[s.symbol], base_currency=user.base_currency, usd_rates=usd_rates
+                )
+                out[key] = dumps(dict(sorted(texts.items())))
+    return out
 
 
 def score_user(
@@ -422,7 +446,7 @@ def score_user(
     """Score one user; never raises for the user's own data, it records the failure instead."""
     started = time.perf_counter()
     correlation_id = str(uuid.uuid4())
-    outcome = UserOutcome(user.user_id, correlation_id, events=[])
+    outcome = UserOutcome(user.user_id, correlation_id, user.base_currency, events=[])
     outcome.events.append(
         (
             "CALC_STARTED",
@@ -509,6 +533,7 @@ def score_batch(
                     job_correlation_id=job_correlation_id,
                 )
             )
+        output.metric_values = batch_metric_values(inputs, output.succeeded)
     output.duration_ms = int((time.perf_counter() - started) * 1000)
     output.timings = {
         "load_ms": int((loaded - started) * 1000),

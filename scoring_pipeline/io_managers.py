@@ -14,6 +14,7 @@ from scoring_pipeline.writes import (
     prepare_batch,
     record_write_time,
     write_batch,
+    write_metric_values,
 )
 
 
@@ -28,6 +29,8 @@ class ScoresIOManager(dg.ConfigurableIOManager):
             prepared = prepare_batch(obj)  # serialised before the transaction: no locks held
         obj.timings["serialize_ms"] = int((time.perf_counter() - started) * 1000)
         started = time.perf_counter()
+        with self.database.engine().begin() as conn:
+            metric_rows = write_metric_values(conn, obj)
         with self.database.engine().begin() as conn:
             counts = write_batch(conn, obj, run_id=context.run_id, prepared=prepared)
         write_ms = int((time.perf_counter() - started) * 1000)
@@ -45,6 +48,7 @@ class ScoresIOManager(dg.ConfigurableIOManager):
             "rows_asset_scores": counts["asset_scores"],
             "rows_score_history": counts["score_history"],
             "rows_calculation_events": counts["calculation_events"],
+            "rows_score_metric_values": metric_rows,
             "batch_status": counts["batch_status"],
             "job_status": counts["job_status"],
             "duration_ms": obj.duration_ms,

@@ -1,4 +1,10 @@
-"""Replay: recompute a calculation from its INPUTS_CAPTURED event alone (SPEC §5)."""
+"""Replay: recompute a calculation from its INPUTS_CAPTURED event alone (SPEC §5).
+
+SCORES_COMPUTED holds each breakdown in its compact form (one outcome character per rule); the
+recomputation gives the outcomes and the canonical breakdown they stand for (`AssetScore.
+breakdown`). Events recorded before the compact form carry the canonical breakdown itself, and
+are compared with it.
+"""
 
 import json
 from dataclasses import dataclass
@@ -88,8 +94,14 @@ def replay(conn: Connection, correlation_id: str) -> ReplayResult:
             f"calculation {correlation_id} has no INPUTS_CAPTURED event (it failed before its "
             "inputs were captured)"
         )
-    recomputed = results_payload(correlation_id, recompute(inputs))
+    scores = recompute(inputs)
+    recomputed = results_payload(correlation_id, scores)
     recorded = events.get("SCORES_COMPUTED")
+    if recorded is not None and any("breakdown" in r for r in recorded.get("results", [])):
+        # Recorded before the compact form: compare the canonical breakdowns themselves.
+        for result, score in zip(recomputed["results"], scores, strict=True):
+            del result["outcomes"]
+            result["breakdown"] = score.breakdown
     differences: list[str] = []
     if recorded is None:
         differences.append("no SCORES_COMPUTED event was recorded (the calculation failed)")

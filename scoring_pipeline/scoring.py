@@ -45,12 +45,19 @@ class InstrumentData:
     fundamentals: Mapping[str, Decimal | None]
 
 
+# A rule's outcome on one instrument, one character per rule in the compact form (SPEC §4).
+MATCHED, UNMATCHED, SKIPPED = "m", "u", "s"
+
+
 class AssetScore(NamedTuple):
     """The score of one instrument under one criteria set.
 
-    The breakdown is kept as its compact JSON text (one entry per rule, in rule order:
-    ruleId, matched, points, then actualValue and skippedReason when not null), the form in
-    which it is stored in `asset_scores` and SCORES_COMPUTED; `breakdown` decodes it.
+    `outcomes` is the compact breakdown stored in `asset_scores`, `score_history` and
+    SCORES_COMPUTED: one character per rule, in rule order — `m` matched (the rule's points), `u`
+    not matched, `s` skipped for a missing fundamental. With the rules and the instrument's metric
+    values it gives the canonical breakdown (`breakdown_json`: one entry per rule, ruleId,
+    matched, points, then actualValue and skippedReason when not null), which `source` and
+    `position` render on demand (replay and the tests; readers use `asset_score_breakdowns`).
     """
 
     symbol: str
@@ -58,7 +65,14 @@ class AssetScore(NamedTuple):
     score: Decimal
     max_possible_score: Decimal
     percentage: Decimal | None
-    breakdown_json: str
+    outcomes: str
+    source: "_Rendering"
+    position: int
+
+    @property
+    def breakdown_json(self) -> str:
+        plan, universe = self.source
+        return plan.render(self.outcomes, lambda metric: universe.tails(metric)[self.position])
 
     @property
     def breakdown(self) -> list[dict[str, Any]]:
@@ -72,6 +86,36 @@ class SetOutcome:
 
     scores: list[AssetScore]
     currency_pairs: frozenset[tuple[str, str]]
+
+
+def metric_texts(
+    instrument: InstrumentData, *, base_currency: str, usd_rates: Mapping[str, Decimal]
+) -> dict[str, str]:
+    """Every present metric and fundamental of an instrument for users of `base_currency`, as the
+    breakdown's `actualValue` text: the per-night values of the compact storage form. Converted
+    metrics are left out when the snapshot has no rate for them (nobody can be scored on them)."""
+    rate = None
+    dropped: frozenset[str] = frozenset()
+    if instrument.currency != base_currency:
+        try:
+            rate = rate_between(usd_rates, instrument.currency, base_currency)
+        except MissingRateError:
+            dropped = CONVERTED_METRICS
+    values = _values(instrument, _ALL_STORED, _DERIVED, rate)
+    return {
+        name: value_text(x) for name, x in values.items() if x is not None and name not in dropped
+    }
+
+
+def canonical_breakdown_json(criteria: CriteriaSet, outcomes: str, texts: Mapping[str, str]) -> str:
+    """The canonical breakdown (SPEC §4) from the compact form: the criteria set, the outcome
+    characters and the instrument's metric texts (`metric_texts`)."""
+
+    def tail(metric: str) -> str:
+        text = texts.get(metric)
+        return "" if text is None else f',"actualValue":"{text}"}}'
+
+    return _Plan(criteria).render(outcomes, tail)
 
 
 def rate_between(usd_rates: Mapping[str, Decimal], from_currency: str, to_currency: str) -> Decimal:
@@ -133,6 +177,9 @@ class _Universe:
                 "" if x is None else _value_text(x) for x in self.column(metric)
             ]
         return found
+
+
+_Rendering = tuple["_Plan", _Universe]
 
 
 class MetricsCache:
@@ -280,12 +327,17 @@ def _comparison(
     return mirrored[op]
 
 
-def _value_text(x: Decimal) -> str:
-    """The breakdown's `"actualValue"` member and the entry's closing brace, for value x."""
+def value_text(x: Decimal) -> str:
+    """A metric value as the breakdown shows it: plain notation with its trailing zeros."""
     text = str(x)
     if "E" in text:  # str() may use exponent notation; format "f" never does (slower)
         text = format(x, "f")
-    return f',"actualValue":"{text}"}}'
+    return text
+
+
+def _value_text(x: Decimal) -> str:
+    """The breakdown's `"actualValue"` member and the entry's closing brace, for value x."""
+    return f',"actualValue":"{value_text(x)}"}}'
 
 
 class _Plan:
@@ -337,57 +389,55 @@ class _Plan:
     def score_universe(self, symbols: tuple[str, ...], universe: _Universe) -> list[AssetScore]:
         count = len(symbols)
         totals = [0] * count
-        pieces: list[list[str]] = []
-        for (
-            matched,
-            unmatched,
-            skipped,
-            exists_without_value,
-            metric,
-            test,
-            points,
-            metric_required,
-            others,
-        ) in self.rules:
+        codes: list[list[str]] = []
+        for _m, _u, _s, _e, metric, test, points, metric_required, others in self.rules:
             column = universe.column(metric)
-            tails = universe.tails(metric)
             if others or not metric_required:
-                heads, tails = _general_rule(
-                    (matched, unmatched, skipped, exists_without_value, test, points, others),
-                    metric_required,
-                    universe,
-                    column,
-                    tails,
-                    totals,
+                rule_codes = _general_rule(
+                    (test, points, others), metric_required, universe, column, totals
                 )
             elif test is None:  # `exists` of a required metric: matched when present
-                heads = [skipped if x is None else matched for x in column]
-                if points:
-                    totals = [
-                        t if x is None else t + points for t, x in zip(totals, column, strict=True)
-                    ]
+                rule_codes = [SKIPPED if x is None else MATCHED for x in column]
             else:
-                heads = [
-                    skipped if x is None else matched if test(x) else unmatched for x in column
+                rule_codes = [
+                    SKIPPED if x is None else MATCHED if test(x) else UNMATCHED for x in column
                 ]
-                if points:  # `is`: the heads are these very strings
-                    totals = [
-                        t + points if h is matched else t
-                        for t, h in zip(totals, heads, strict=True)
-                    ]
-            pieces.append(heads)
-            pieces.append(tails)
-        if not pieces:
-            pieces.append(["["] * count)
-        pieces.append(["]"] * count)
+            if points and not (others or not metric_required):
+                totals = [
+                    t + points if c is MATCHED else t
+                    for t, c in zip(totals, rule_codes, strict=True)
+                ]
+            codes.append(rule_codes)
         cvid, maximum, results = self.criteria_version_id, self._max, self._results
+        source = (self, universe)
+        outcomes = ["".join(parts) for parts in zip(*codes, strict=True)] if codes else [""] * count
         out = []
-        for symbol, parts, total in zip(symbols, zip(*pieces, strict=True), totals, strict=True):
+        for position, (symbol, outcome, total) in enumerate(
+            zip(symbols, outcomes, totals, strict=True)
+        ):
             found = results.get(total)
             score, percentage = self._result(total) if found is None else found
             # A named tuple: built several times faster than a frozen dataclass.
-            out.append(AssetScore(symbol, cvid, score, maximum, percentage, "".join(parts)))
+            out.append(
+                AssetScore(symbol, cvid, score, maximum, percentage, outcome, source, position)
+            )
         return out
+
+    def render(self, outcomes: str, tail_of: Callable[[str], str]) -> str:
+        """The canonical breakdown's JSON text for these outcomes; `tail_of(metric)` is the
+        instrument's `,"actualValue":"…"}` text for a metric, or '' when it is missing."""
+        parts = []
+        for (matched, unmatched, skipped, exists_without_value, metric, *_), code in zip(
+            self.rules, outcomes, strict=True
+        ):
+            tail = tail_of(metric)
+            if code == MATCHED:
+                parts.append(matched + tail if tail else exists_without_value)
+            elif code == SKIPPED:
+                parts.append(unmatched + tail[:-1] + _SKIPPED_TAIL if tail else skipped)
+            else:
+                parts.append(unmatched + (tail or "}"))
+        return ("".join(parts) or "[") + "]"
 
     def _result(self, total: int) -> tuple[Decimal, Decimal | None]:
         cached = self._results.get(total)
@@ -401,39 +451,33 @@ class _Plan:
 
 
 def _general_rule(
-    rule: tuple[str, str, str, str, Callable[[Decimal], bool] | None, int, tuple[str, ...]],
+    rule: tuple[Callable[[Decimal], bool] | None, int, tuple[str, ...]],
     metric_required: bool,
     universe: _Universe,
     column: list[Decimal | None],
-    tails: list[str],
     totals: list[int],
-) -> tuple[list[str], list[str]]:
-    """Heads and tails of a rule with other required fields, or whose metric is not required
+) -> list[str]:
+    """Outcomes of a rule with other required fields, or whose metric is not required
     (`required_fundamentals` given): instrument by instrument. Adds its points to `totals`."""
-    matched, unmatched, skipped, exists_without_value, test, points, others = rule
+    test, points, others = rule
     required = [universe.column(name) for name in others]
-    heads: list[str] = []
-    out_tails: list[str] = []
+    codes: list[str] = []
     for i, x in enumerate(column):
         lacking = any(values[i] is None for values in required)
         if x is None:
             if lacking or metric_required or test is not None:
-                heads.append(skipped)
+                codes.append(SKIPPED)
             else:  # `exists` whose metric is missing but not required
-                heads.append(exists_without_value)
+                codes.append(MATCHED)
                 totals[i] += points
-            out_tails.append("")
         elif lacking:
-            heads.append(unmatched)
-            out_tails.append(tails[i][:-1] + _SKIPPED_TAIL)
+            codes.append(SKIPPED)  # its value is still shown
         elif test is None or test(x):
-            heads.append(matched)
-            out_tails.append(tails[i])
+            codes.append(MATCHED)
             totals[i] += points
         else:
-            heads.append(unmatched)
-            out_tails.append(tails[i])
-    return heads, out_tails
+            codes.append(UNMATCHED)
+    return codes
 
 
 def _quantize(value: Decimal) -> Decimal:

@@ -182,10 +182,13 @@ asset_scores = sa.Table(
     sa.Column("score", SCORE, nullable=False),
     sa.Column("max_possible_score", SCORE, nullable=False),
     sa.Column("percentage", SCORE, nullable=True),
-    sa.Column("breakdown", pg.JSONB, nullable=False),
     sa.Column("score_date", sa.Date, nullable=False),
     sa.Column("correlation_id", pg.UUID(as_uuid=False), nullable=False),
     sa.Column("calculated_at", _TZ, nullable=False),
+    # The compact breakdown (SPEC §4): one outcome character per rule, and the base currency
+    # whose metric values (`score_metric_values`) it shows. Readers use asset_score_breakdowns.
+    sa.Column("outcomes", sa.Text, nullable=False),
+    sa.Column("base_currency", sa.CHAR(3), nullable=False),
 )
 
 score_history = sa.Table(
@@ -198,6 +201,19 @@ score_history = sa.Table(
     sa.Column("score", SCORE, nullable=False),
     sa.Column("correlation_id", pg.UUID(as_uuid=False), nullable=False),
     sa.Column("calculated_at", _TZ, nullable=False),
+    sa.Column("outcomes", sa.Text, nullable=True),  # null only for rows older than the form
+    sa.Column("base_currency", sa.CHAR(3), nullable=True),
+)
+
+# Per night: each instrument's metric texts for users of one base currency (the breakdowns'
+# `actualValue`, stored once instead of per user, asset and rule).
+score_metric_values = sa.Table(
+    "score_metric_values",
+    metadata,
+    sa.Column("score_date", sa.Date, primary_key=True),
+    sa.Column("symbol", sa.Text, primary_key=True),
+    sa.Column("base_currency", sa.CHAR(3), primary_key=True),
+    sa.Column("metric_values", pg.JSONB, nullable=False),
 )
 
 calculation_events = sa.Table(

@@ -62,7 +62,7 @@ class PreparedBatch:
 
 
 def prepare_batch(output: BatchOutput) -> PreparedBatch:
-    """Serialise every row once: the breakdown JSON text serves asset_scores and the event."""
+    """Serialise every row once, in COPY's text format."""
     date = output.score_date.isoformat()
     at = output.calculated_at.isoformat()
     scores_by_user: dict[str, list[str]] = {}
@@ -70,18 +70,19 @@ def prepare_batch(output: BatchOutput) -> PreparedBatch:
     for user in output.succeeded:
         lines = scores_by_user[user.user_id] = []
         prefix = f"{user.user_id}\t"
-        suffix = f"\t{date}\t{user.correlation_id}\t{at}\n"
+        suffix = f"\t{user.correlation_id}\t{at}\t"
+        base = f"\t{user.base_currency}\n"
         for s in user.scores:
             symbol = copy_field(s.symbol)
             score = format(s.score, "f")
             lines.append(
                 f"{prefix}{symbol}\t{s.criteria_version_id}\t{score}\t"
                 f"{format(s.max_possible_score, 'f')}\t{copy_field(s.percentage)}\t"
-                f"{copy_field(s.breakdown_json)}{suffix}"
+                f"{date}{suffix}{s.outcomes}{base}"
             )
             history.append(
-                f"{prefix}{symbol}\t{date}\t{s.criteria_version_id}\t{score}\t"
-                f"{user.correlation_id}\t{at}\n"
+                f"{prefix}{symbol}\t{date}\t{s.criteria_version_id}\t{score}{suffix}"
+                f"{s.outcomes}{base}"
             )
     events = [
         f"{u.correlation_id}\t{u.user_id}\t{event_type}\t"
@@ -119,10 +120,11 @@ _SCORE_COLUMNS = (
     "score",
     "max_possible_score",
     "percentage",
-    "breakdown",
     "score_date",
     "correlation_id",
     "calculated_at",
+    "outcomes",
+    "base_currency",
 )
 _HISTORY_COLUMNS = (
     "user_id",
@@ -132,8 +134,37 @@ _HISTORY_COLUMNS = (
     "score",
     "correlation_id",
     "calculated_at",
+    "outcomes",
+    "base_currency",
 )
 _EVENT_COLUMNS = ("correlation_id", "user_id", "event_type", "payload", "created_at")
+
+
+def write_metric_values(conn: Connection, output: BatchOutput) -> int:
+    """Store the night's metric texts the batch's scores show (SPEC §4 storage form), in the
+    caller's short transaction before the batch's own: they are facts of the date's frozen
+    inputs, the same whichever batch writes them, so batches never wait on each other's write.
+    A refreshed snapshot changes them, hence the update of a differing row."""
+    if not output.metric_values:
+        return 0
+    keys = sorted(output.metric_values)
+    conn.execute(
+        sa.text(
+            "INSERT INTO score_metric_values (score_date, symbol, base_currency, metric_values) "
+            "SELECT :d, s, b, CAST(v AS jsonb) FROM unnest(CAST(:s AS text[]), "
+            "CAST(:b AS text[]), CAST(:v AS text[])) AS k(s, b, v) "
+            "ON CONFLICT (score_date, symbol, base_currency) DO UPDATE "
+            "SET metric_values = EXCLUDED.metric_values "
+            "WHERE score_metric_values.metric_values <> EXCLUDED.metric_values"
+        ),
+        {
+            "d": output.score_date,
+            "s": [k[0] for k in keys],
+            "b": [k[1] for k in keys],
+            "v": [output.metric_values[k] for k in keys],
+        },
+    )
+    return len(keys)
 
 
 def _lock_batch(conn: Connection, score_date: dt.date, batch: str) -> None:

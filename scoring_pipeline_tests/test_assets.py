@@ -68,8 +68,8 @@ def test_scores_events_and_job_run_for_a_whole_night(world, dagster_instance):
         assert batch(dagster_instance, key).success
     scores_rows = rows(
         world,
-        "SELECT user_id::text, symbol, score, percentage, breakdown "
-        "FROM asset_scores ORDER BY user_id, symbol",
+        "SELECT user_id::text, symbol, score, percentage, breakdown FROM asset_scores "
+        "JOIN asset_score_breakdowns USING (user_id, symbol) ORDER BY user_id, symbol",
     )
     assert len(scores_rows) == 6
     by_symbol = {r.symbol: r for r in scores_rows if r.user_id == users[0]}

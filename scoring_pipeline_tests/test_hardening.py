@@ -148,7 +148,8 @@ def test_a_50_rule_criteria_set_scores_every_rule(world, dagster_instance):
         r.symbol: r
         for r in rows(
             world,
-            "SELECT symbol, score, max_possible_score, percentage, breakdown FROM asset_scores "
+            "SELECT symbol, score, max_possible_score, percentage, breakdown "
+            "FROM asset_scores JOIN asset_score_breakdowns USING (user_id, symbol) "
             "WHERE user_id = :u",
             u=user,
         )
@@ -240,7 +241,8 @@ def test_instruments_without_fundamentals_score_with_missing_fundamental(
     }
     nof = rows(
         world,
-        "SELECT score, max_possible_score, breakdown FROM asset_scores "
+        "SELECT score, max_possible_score, breakdown "
+        "FROM asset_scores JOIN asset_score_breakdowns USING (user_id, symbol) "
         "WHERE user_id = :u AND symbol = 'NOF'",
         u=us,
     )[0]
@@ -250,7 +252,8 @@ def test_instruments_without_fundamentals_score_with_missing_fundamental(
     assert nof.breakdown[2]["matched"] is True and "skippedReason" not in nof.breakdown[2]
     ddd = rows(
         world,
-        "SELECT score, percentage, breakdown FROM asset_scores "
+        "SELECT score, percentage, breakdown "
+        "FROM asset_scores JOIN asset_score_breakdowns USING (user_id, symbol) "
         "WHERE user_id = :u AND symbol = 'DDD'",
         u=eu,
     )[0]

@@ -54,9 +54,20 @@ def test_every_stored_score_equals_the_reference(
     for r in rows(
         clean_db,
         "SELECT user_id::text AS u, symbol, criteria_version_id::text AS cv, score::text AS s, "
-        "max_possible_score::text AS m, percentage::text AS p, breakdown FROM asset_scores",
+        "max_possible_score::text AS m, percentage::text AS p, breakdown "
+        "FROM asset_scores JOIN asset_score_breakdowns USING (user_id, symbol)",
     ):
         stored[(r.u, r.cv, r.symbol)] = (r.s, r.m, str(r.p), r.breakdown)
+    # The date's history rebuilds the very same breakdowns (SPEC §4: any past date).
+    history = {
+        (r.u, r.cv, r.symbol): r.breakdown
+        for r in rows(
+            clean_db,
+            "SELECT user_id::text AS u, symbol, criteria_version_id::text AS cv, breakdown "
+            "FROM score_history_breakdowns",
+        )
+    }
+    assert history == {k: v[3] for k, v in stored.items()}
     expected = {}
     per_user: dict[str, int] = defaultdict(int)
     with clean_db.connect() as conn:

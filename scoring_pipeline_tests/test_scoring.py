@@ -12,7 +12,7 @@ import decimal
 import json
 from collections.abc import Mapping, Sequence
 from decimal import ROUND_HALF_UP, Decimal
-from typing import Any
+from typing import Any, NamedTuple
 
 import pytest
 from hypothesis import given, settings
@@ -33,7 +33,9 @@ from scoring_pipeline.scoring import (
     InstrumentData,
     MetricsCache,
     SetOutcome,
+    canonical_breakdown_json,
     compute_metrics,
+    metric_texts,
     rate_between,
     score_criteria_set,
 )
@@ -898,16 +900,27 @@ def ref_score_set(
                     four, rounding=ROUND_HALF_UP
                 )
         scores.append(
-            AssetScore(
+            RefScore(
                 symbol=inst.symbol,
                 criteria_version_id=criteria_set.criteria_version_id,
                 score=Decimal(score).quantize(four, rounding=ROUND_HALF_UP),
                 max_possible_score=Decimal(maximum).quantize(four, rounding=ROUND_HALF_UP),
                 percentage=percentage,
-                breakdown_json=json.dumps(breakdown),
+                breakdown=breakdown,
             )
         )
-    return SetOutcome(scores=scores, currency_pairs=frozenset(pairs))
+    return SetOutcome(scores=scores, currency_pairs=frozenset(pairs))  # type: ignore[arg-type]
+
+
+class RefScore(NamedTuple):
+    """The reference's result for one instrument: the canonical breakdown as plain dicts."""
+
+    symbol: str
+    criteria_version_id: str
+    score: Decimal
+    max_possible_score: Decimal
+    percentage: Decimal | None
+    breakdown: list[dict[str, Any]]
 
 
 CURRENCIES = ["USD", "EUR", "GBP", "BRL", "JPY"]
@@ -1041,9 +1054,14 @@ def test_score_criteria_set_matches_the_reference(scenario: Scenario) -> None:
     assert kind == ref_kind
     if kind == "ok":
         assert _comparable(actual) == _comparable(expected)
+        by_symbol = {i.symbol: i for i in instruments}
         for s in actual.scores:  # compact JSON text, exactly what json would write
             compact = json.dumps(s.breakdown, separators=(",", ":"), ensure_ascii=False)
             assert s.breakdown_json == compact
+            # The stored form (outcome characters + the night's metric texts) gives it back.
+            texts = metric_texts(by_symbol[s.symbol], base_currency=base, usd_rates=usd_rates)
+            assert canonical_breakdown_json(criteria_set, s.outcomes, texts) == s.breakdown_json
+            assert len(s.outcomes) == len(criteria_set.rules)
     else:
         assert actual == expected
 
@@ -1115,6 +1133,8 @@ def test_a_shared_cache_keeps_the_text_of_equal_rates_apart() -> None:
         shared = score_criteria_set(
             rules, instruments, base_currency=base, usd_rates=usd_rates, metrics_cache=cache
         )
-        assert shared.scores == alone.scores
+        assert [(x[:6], x.breakdown_json) for x in shared.scores] == [
+            (x[:6], x.breakdown_json) for x in alone.scores
+        ]
         texts[base] = shared.scores[0].breakdown[0]["actualValue"]
     assert texts == {"USD": "2000", "CHF": "2000.0"}
