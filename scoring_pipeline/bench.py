@@ -31,6 +31,7 @@ from scoring_pipeline.services import free_port, private_deployment_env, running
 OUTPUT_TABLES = (
     "asset_scores",
     "score_history",
+    "score_metric_values",
     "calculation_events",
     "dashboard_cache",
     "scoring_batches",
@@ -39,7 +40,7 @@ OUTPUT_TABLES = (
     "exchange_rate_snapshots",
     "overnight_job_runs",
 )
-COPY_TABLES = ("asset_scores", "score_history", "calculation_events")
+COPY_TABLES = ("asset_scores", "score_history", "score_metric_values", "calculation_events")
 
 
 @dataclass

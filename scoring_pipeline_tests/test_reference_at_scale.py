@@ -55,7 +55,8 @@ def test_every_stored_score_equals_the_reference(
         clean_db,
         "SELECT user_id::text AS u, symbol, criteria_version_id::text AS cv, score::text AS s, "
         "max_possible_score::text AS m, percentage::text AS p, breakdown "
-        "FROM asset_scores JOIN asset_score_breakdowns USING (user_id, symbol)",
+        "FROM asset_scores "
+        "JOIN asset_score_breakdowns USING (user_id, symbol, criteria_version_id)",
     ):
         stored[(r.u, r.cv, r.symbol)] = (r.s, r.m, str(r.p), r.breakdown)
     # The date's history rebuilds the very same breakdowns (SPEC §4: any past date).
