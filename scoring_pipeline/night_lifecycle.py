@@ -185,6 +185,22 @@ def _job_started(conn: Connection, night: Night) -> None:
     )
 
 
+def _job_completed(
+    conn: Connection, night: Night, status: NightStatus, extra: dict[str, Any]
+) -> None:
+    _write_event(
+        conn,
+        correlation_id=night.correlation_id,
+        event_type="JOB_COMPLETED",
+        payload={
+            "correlationId": night.correlation_id,
+            "scoreDate": night.score_date.isoformat(),
+            "status": status.value,
+            **extra,
+        },
+    )
+
+
 def open_night(
     conn: Connection, score_date: dt.date, *, market_group: str = ALL_MARKETS, restart: bool = True
 ) -> str:
@@ -286,17 +302,7 @@ def fail_night(
             error_details={**(previous or details), "errors": errors},
         )
     )
-    _write_event(
-        conn,
-        correlation_id=night.correlation_id,
-        event_type="JOB_COMPLETED",
-        payload={
-            "correlationId": night.correlation_id,
-            "scoreDate": score_date.isoformat(),
-            "status": NightStatus.FAILED.value,
-            "error": details,
-        },
-    )
+    _job_completed(conn, night, NightStatus.FAILED, {"error": details})
     return True
 
 
@@ -497,18 +503,9 @@ def close_night(
         t.overnight_job_runs.update().where(t.overnight_job_runs.c.id == night.id).values(**values)
     )
     if "completed_at" in values:
-        _write_event(
-            conn,
-            correlation_id=night.correlation_id,
-            event_type="JOB_COMPLETED",
-            payload={
-                "correlationId": night.correlation_id,
-                "scoreDate": score_date.isoformat(),
-                "status": status.value,
-                # The night's figures, as its root span reports them, in camelCase (SPEC §5).
-                **{_camel(k): metrics.get(k) for k in NIGHT_SPAN_FIGURES if k != "score_date"},
-            },
-        )
+        # The night's figures, as its root span reports them, in camelCase (SPEC §5).
+        figures = {_camel(k): metrics.get(k) for k in NIGHT_SPAN_FIGURES if k != "score_date"}
+        _job_completed(conn, night, status, figures)
     return status
 
 
@@ -572,19 +569,8 @@ def record_cache_warming(conn: Connection, score_date: dt.date, failed: int) -> 
         )
     )
     if done and night.completed_at is None:
-        _write_event(
-            conn,
-            correlation_id=night.correlation_id,
-            event_type="JOB_COMPLETED",
-            payload={
-                "correlationId": night.correlation_id,
-                "jobType": CACHE_WARM.value,
-                "scoreDate": score_date.isoformat(),
-                "status": status.value,
-                "usersWarm": warm,
-                "usersScored": int(figures.scored),
-            },
-        )
+        extra = {"jobType": CACHE_WARM.value, "usersWarm": warm, "usersScored": int(figures.scored)}
+        _job_completed(conn, night, status, extra)
     return status
 
 

@@ -166,6 +166,20 @@ CASES = [
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.asset for c in CASES])
+def _texts_of_the_run(instance, run_id, caplog, captured):
+    """Every text a run left: its Dagster events, the instance's files, logs, stdout/stderr."""
+    texts = {
+        **_dagster_texts(instance, run_id),
+        **_instance_files(instance),
+        "caplog text": caplog.text,
+        "stdout": captured.out,
+        "stderr": captured.err,
+    }
+    for i, record in enumerate(caplog.records):
+        texts[f"log record {i}"] = f"{record.getMessage()} {record.__dict__!r}"
+    return texts
+
+
 def test_api_key_is_sent_but_never_leaks(
     case, world, dagster_instance, failing_server, monkeypatch, caplog, capfd
 ):
@@ -211,15 +225,7 @@ def test_api_key_is_sent_but_never_leaks(
     captured = capfd.readouterr()
     assert "HTTP 500" in captured.err  # the Dagster console log of the failure is scanned
     assert any("retrying in" in r.getMessage() for r in caplog.records)  # DEBUG logs captured
-    texts = {
-        **_dagster_texts(dagster_instance, result.run_id),
-        **_instance_files(dagster_instance),
-        "caplog text": caplog.text,
-        "stdout": captured.out,
-        "stderr": captured.err,
-    }
-    for i, record in enumerate(caplog.records):
-        texts[f"log record {i}"] = f"{record.getMessage()} {record.__dict__!r}"
+    texts = _texts_of_the_run(dagster_instance, result.run_id, caplog, captured)
     assert _leaks(texts, case.secret) == []
     assert _database_hits(world, case.secret) == {}
     tail = case.secret.split("-", 2)[2]
@@ -276,15 +282,7 @@ def test_rejected_values_echoing_the_key_never_leak(
     assert metadata["rejected_values"].value == {"BBB": "not_numeric"}
     assert any("rejected and stored as missing" in r.getMessage() for r in caplog.records)
     captured = capfd.readouterr()
-    texts = {
-        **_dagster_texts(dagster_instance, result.run_id),
-        **_instance_files(dagster_instance),
-        "caplog text": caplog.text,
-        "stdout": captured.out,
-        "stderr": captured.err,
-    }
-    for i, record in enumerate(caplog.records):
-        texts[f"log record {i}"] = f"{record.getMessage()} {record.__dict__!r}"
+    texts = _texts_of_the_run(dagster_instance, result.run_id, caplog, captured)
     assert _leaks(texts, PRICES_SECRET) == []
     assert _database_hits(world, PRICES_SECRET) == {}
 

@@ -101,7 +101,10 @@ def test_a_bad_quote_is_missing_with_its_reason_and_only_its_scores_change(
     scores = {
         r.symbol: r
         for r in rows(
-            world, "SELECT symbol, score, breakdown FROM asset_scores WHERE user_id = :u", u=user
+            world,
+            "SELECT symbol, score, breakdown FROM asset_scores "
+            "JOIN asset_score_breakdowns USING (user_id, symbol) WHERE user_id = :u",
+            u=user,
         )
     }
     # AAA as without any rejection: P/E 30/2 = 15 not < 15; roe 15 >= 10 (5); price exists (1).
