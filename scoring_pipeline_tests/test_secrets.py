@@ -165,7 +165,6 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("case", CASES, ids=[c.asset for c in CASES])
 def _texts_of_the_run(instance, run_id, caplog, captured):
     """Every text a run left: its Dagster events, the instance's files, logs, stdout/stderr."""
     texts = {
@@ -180,6 +179,7 @@ def _texts_of_the_run(instance, run_id, caplog, captured):
     return texts
 
 
+@pytest.mark.parametrize("case", CASES, ids=[c.asset for c in CASES])
 def test_api_key_is_sent_but_never_leaks(
     case, world, dagster_instance, failing_server, monkeypatch, caplog, capfd
 ):
