@@ -274,7 +274,8 @@ def _raw_copy_seconds(engine: Engine) -> dict[str, float]:
         with engine.connect() as conn:
             raw = conn.connection.driver_connection
             assert raw is not None
-            with raw.cursor() as cur, cur.copy(f"COPY {table} TO STDOUT") as copy:
+            query = f"COPY (SELECT * FROM {table}) TO STDOUT"  # partitioned tables too
+            with raw.cursor() as cur, cur.copy(query) as copy:
                 for chunk in copy:
                     buffer.write(chunk)
             conn.execute(sa.text(f"CREATE TABLE bench_copy_{table} (LIKE {table} INCLUDING ALL)"))
@@ -456,8 +457,13 @@ def _tables(engine: Engine) -> dict[str, dict[str, int]]:
     with engine.connect() as conn:
         for table in OUTPUT_TABLES:
             rows = conn.execute(sa.text(f"SELECT count(*) FROM {table}")).scalar_one()
+            # A partitioned table's own size is 0: its partitions hold the rows.
             size = conn.execute(
-                sa.text("SELECT pg_total_relation_size(CAST(:t AS regclass))"), {"t": table}
+                sa.text(
+                    "SELECT sum(pg_total_relation_size(relid)) "
+                    "FROM pg_partition_tree(CAST(:t AS regclass))"
+                ),
+                {"t": table},
             ).scalar_one()
             out[table] = {"rows": int(rows), "bytes": int(size)}
     return out

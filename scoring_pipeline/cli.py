@@ -1,4 +1,4 @@
-"""The `scoring-pipeline` command: migrate, demo data, a night's scoring, replay.
+"""The `scoring-pipeline` command: migrate, demo data, a night's scoring, replay, prune.
 
 Errors are one line on stderr and a non-zero exit status; `--debug` shows the traceback.
 """
@@ -72,11 +72,11 @@ def _cmd_demo_data(args: argparse.Namespace) -> int:
     return 0
 
 
-def _parse_date(text: str) -> dt.date:
+def _parse_date(text: str, option: str = "--date") -> dt.date:
     try:
         return dt.date.fromisoformat(text)
     except ValueError:
-        raise ConfigurationError(f"--date must be YYYY-MM-DD, got {text!r}") from None
+        raise ConfigurationError(f"{option} must be YYYY-MM-DD, got {text!r}") from None
 
 
 def _cmd_score(args: argparse.Namespace) -> int:
@@ -183,6 +183,34 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     return 1
 
 
+def _cmd_prune(args: argparse.Namespace) -> int:
+    from scoring_pipeline.table_partitions import drop, prunable
+
+    before = _parse_date(args.before, "--before")
+    today = dt.datetime.now(dt.UTC).date()
+    if before > today:
+        raise ConfigurationError(
+            f"--before {before} is after today ({today}): it would drop this month's partitions"
+        )
+    with _engine().begin() as conn:
+        doomed, kept = prunable(conn, before)
+        for p in kept:
+            print(f"kept {p.name}: current scores of {p.start:%Y-%m} still show its values")
+        if not doomed:
+            print(f"nothing to prune: no month partition ends on or before {before}")
+            return 0
+        print(f"{len(doomed)} month partitions end on or before {before}:")
+        for p in doomed:
+            rows = "?" if p.rows < 0 else f"~{p.rows:,}"
+            print(f"  {p.name:<36} {p.start} .. {p.end}  {rows} rows  {p.bytes / 1e6:,.1f} MB")
+        if not args.yes:
+            print("nothing dropped: run again with --yes to detach and drop them")
+            return 0
+        drop(conn, doomed)
+    print(f"dropped {len(doomed)} partitions")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="scoring-pipeline", description=__doc__)
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -242,6 +270,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="nights in a row on the same database (the later ones measure what a night adds)",
     )
     p.set_defaults(func=_cmd_bench)
+
+    p = sub.add_parser(
+        "prune", help="detach and drop whole months of history, events and metric values"
+    )
+    p.add_argument("--before", required=True, help="drop the months that end on or before it")
+    p.add_argument("--yes", action="store_true", help="really drop them (else only list them)")
+    p.set_defaults(func=_cmd_prune)
 
     p = sub.add_parser("replay", help="recompute a calculation from its INPUTS_CAPTURED event")
     p.add_argument("correlation_id")

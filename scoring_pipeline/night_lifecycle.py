@@ -32,6 +32,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from scoring_pipeline import table_partitions
 from scoring_pipeline import tables as t
 
 ALL_MARKETS = "all"
@@ -103,14 +104,14 @@ def _json(value: Any) -> str:
 
 
 def _write_event(
-    conn: Connection, *, correlation_id: str, event_type: str, payload: dict[str, Any]
+    conn: Connection, night: "Night", event_type: str, payload: dict[str, Any]
 ) -> None:
     conn.execute(
         sa.text(
-            "INSERT INTO calculation_events (correlation_id, user_id, event_type, payload) "
-            "VALUES (:c, NULL, :e, CAST(:p AS jsonb))"
+            "INSERT INTO calculation_events (correlation_id, user_id, event_type, payload, "
+            "score_date) VALUES (:c, NULL, :e, CAST(:p AS jsonb), :d)"
         ),
-        {"c": correlation_id, "e": event_type, "p": _json(payload)},
+        {"c": night.correlation_id, "e": event_type, "p": _json(payload), "d": night.score_date},
     )
 
 
@@ -149,7 +150,9 @@ def find_night(
 
 
 def _ensure(conn: Connection, score_date: dt.date, job_type: str, group: str) -> tuple[Night, bool]:
-    """The night's row, created `started` when missing; True when this call created it."""
+    """The night's row, created `started` when missing; True when this call created it. The
+    month partitions its events, history and metric values go to are made first."""
+    table_partitions.ensure_partitions(conn, score_date)
     inserted = conn.execute(
         sa.text(
             "INSERT INTO overnight_job_runs (id, job_type, score_date, market_group, status, "
@@ -173,9 +176,9 @@ def _ensure(conn: Connection, score_date: dt.date, job_type: str, group: str) ->
 def _job_started(conn: Connection, night: Night) -> None:
     _write_event(
         conn,
-        correlation_id=night.correlation_id,
-        event_type="JOB_STARTED",
-        payload={
+        night,
+        "JOB_STARTED",
+        {
             "correlationId": night.correlation_id,
             "jobType": night.job_type,
             "scoreDate": night.score_date.isoformat(),
@@ -190,9 +193,9 @@ def _job_completed(
 ) -> None:
     _write_event(
         conn,
-        correlation_id=night.correlation_id,
-        event_type="JOB_COMPLETED",
-        payload={
+        night,
+        "JOB_COMPLETED",
+        {
             "correlationId": night.correlation_id,
             "scoreDate": night.score_date.isoformat(),
             "status": status.value,

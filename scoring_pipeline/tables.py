@@ -203,6 +203,8 @@ score_history = sa.Table(
     sa.Column("calculated_at", _TZ, nullable=False),
     sa.Column("outcomes", sa.Text, nullable=True),  # null only for rows older than the form
     sa.Column("base_currency", sa.CHAR(3), nullable=True),
+    # Month partitions (table_partitions.py), created ahead by the nights, dropped by `prune`.
+    postgresql_partition_by="RANGE (score_date)",
 )
 
 # Per night: each instrument's metric texts for users of one base currency (the breakdowns'
@@ -214,19 +216,29 @@ score_metric_values = sa.Table(
     sa.Column("symbol", sa.Text, primary_key=True),
     sa.Column("base_currency", sa.CHAR(3), primary_key=True),
     sa.Column("metric_values", pg.JSONB, nullable=False),
+    postgresql_partition_by="RANGE (score_date)",
 )
 
 calculation_events = sa.Table(
     "calculation_events",
     metadata,
-    sa.Column("id", sa.BigInteger, sa.Identity(always=False), primary_key=True),
+    # A sequence, not an identity column: PostgreSQL < 17 cannot partition identity columns.
+    sa.Column(
+        "id",
+        sa.BigInteger,
+        primary_key=True,
+        server_default=sa.text("nextval('calculation_events_id_seq')"),
+    ),
     sa.Column("correlation_id", pg.UUID(as_uuid=False), nullable=False),
     sa.Column("user_id", pg.UUID(as_uuid=False), nullable=True),
     sa.Column("event_type", sa.Text, nullable=False),
     sa.Column("payload", pg.JSONB, nullable=False),
     sa.Column("created_at", _TZ, nullable=False, server_default=_now()),
+    # The calculation's (or the night's) score date: the partition key.
+    sa.Column("score_date", sa.Date, primary_key=True),
     sa.Index("ix_calculation_events_correlation_id", "correlation_id"),
     sa.Index("ix_calculation_events_user_created", "user_id", "created_at"),
+    postgresql_partition_by="RANGE (score_date)",
 )
 
 overnight_job_runs = sa.Table(

@@ -86,7 +86,7 @@ def prepare_batch(output: BatchOutput) -> PreparedBatch:
             )
     events = [
         f"{u.correlation_id}\t{u.user_id}\t{event_type}\t"
-        f"{copy_field(payload if isinstance(payload, str) else dumps(payload))}\t{at}\n"
+        f"{copy_field(payload if isinstance(payload, str) else dumps(payload))}\t{at}\t{date}\n"
         for u in output.users
         for event_type, payload in u.events
     ]
@@ -137,7 +137,14 @@ _HISTORY_COLUMNS = (
     "outcomes",
     "base_currency",
 )
-_EVENT_COLUMNS = ("correlation_id", "user_id", "event_type", "payload", "created_at")
+_EVENT_COLUMNS = (
+    "correlation_id",
+    "user_id",
+    "event_type",
+    "payload",
+    "created_at",
+    "score_date",
+)
 
 
 def write_metric_values(conn: Connection, output: BatchOutput) -> int:

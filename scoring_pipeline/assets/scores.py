@@ -5,7 +5,7 @@ import datetime as dt
 import dagster as dg
 from sqlalchemy.engine import Connection
 
-from scoring_pipeline import night_lifecycle, snapshots, telemetry
+from scoring_pipeline import night_lifecycle, snapshots, table_partitions, telemetry
 from scoring_pipeline import tables as t
 from scoring_pipeline.assets.active_users import active_users
 from scoring_pipeline.assets.common import night_traceparent
@@ -89,6 +89,8 @@ def _night_of_batch(conn: Connection, score_date: dt.date, batch: str, group: st
     none (never opens a night: only the date's snapshots run does)."""
     night = night_lifecycle.find_night(conn, score_date, market_group=group)
     membership = snapshots.load_membership(conn, score_date)
+    if night is not None:  # a retry after `prune` dropped the night's month writes again
+        table_partitions.ensure_partitions(conn, score_date)
     if night is None or batch not in membership.batch_keys:
         used = ", ".join(membership.batch_keys) or "none"
         raise dg.Failure(

@@ -1,0 +1,179 @@
+"""The tables that grow every night, range-partitioned by score date, one partition a month.
+
+`score_history`, `score_metric_values` and `calculation_events` become PostgreSQL declarative
+range partitions on `score_date`, so old months are dropped whole (`scoring-pipeline prune`)
+instead of deleted row by row. `calculation_events` gains the `score_date` of its calculation (the
+`scoreDate` of the calculation's or the night's events; failing that, the day it was written);
+its primary key becomes (id, score_date) and `id` keeps its sequence (an identity column cannot
+be partitioned before PostgreSQL 17).
+
+Existing rows are copied into the new tables, month partitions created for every month they
+cover; the pipeline creates the partitions of later months as nights need them. The breakdown
+views are dropped and made again over the new tables. Downgrading copies the rows back into plain
+tables.
+
+Revision ID: 0005
+Revises: 0004
+Create Date: 2026-11-30
+"""
+
+import importlib.util
+from pathlib import Path
+
+from alembic import op
+
+revision = "0005"
+down_revision = "0004"
+branch_labels = None
+depends_on = None
+
+_COLUMNS = {
+    "score_history": (
+        "user_id uuid NOT NULL, symbol text NOT NULL, score_date date NOT NULL, "
+        "criteria_version_id uuid NOT NULL, score numeric(12, 4) NOT NULL, "
+        "correlation_id uuid NOT NULL, calculated_at timestamptz NOT NULL, outcomes text, "
+        "base_currency char(3)",
+        "PRIMARY KEY (user_id, symbol, score_date)",
+    ),
+    "score_metric_values": (
+        "score_date date NOT NULL, symbol text NOT NULL, base_currency char(3) NOT NULL, "
+        "metric_values jsonb NOT NULL",
+        "PRIMARY KEY (score_date, symbol, base_currency)",
+    ),
+    "calculation_events": (
+        "id bigint NOT NULL DEFAULT nextval('calculation_events_id_seq'), "
+        "correlation_id uuid NOT NULL, user_id uuid, event_type text NOT NULL, "
+        "payload jsonb NOT NULL, created_at timestamptz NOT NULL DEFAULT now(), "
+        "score_date date NOT NULL",
+        "PRIMARY KEY (id, score_date)",
+    ),
+}
+_INDEXES = (
+    "CREATE INDEX ix_calculation_events_correlation_id ON calculation_events (correlation_id)",
+    "CREATE INDEX ix_calculation_events_user_created ON calculation_events (user_id, created_at)",
+)
+# The score date of an event of the old table `o`: its calculation's or its night's.
+_EVENT_DATE = (
+    "coalesce((SELECT min(CAST(s.payload->>'scoreDate' AS date)) FROM calculation_events_old s "
+    "WHERE s.correlation_id = o.correlation_id AND s.payload ? 'scoreDate'), "
+    "(SELECT j.score_date FROM overnight_job_runs j WHERE j.correlation_id = o.correlation_id "
+    "LIMIT 1), CAST(o.created_at AT TIME ZONE 'UTC' AS date))"
+)
+
+
+def _views() -> object:
+    """Migration 0004, for its breakdown views (made again over the new tables)."""
+    path = Path(__file__).with_name("0004_compact_breakdowns.py")
+    spec = importlib.util.spec_from_file_location("compact_breakdowns_0004", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _drop_views() -> None:
+    op.execute("DROP VIEW score_history_breakdowns")
+    op.execute("DROP VIEW asset_score_breakdowns")
+
+
+def _make_views() -> None:
+    views = _views()
+    op.execute(views._breakdown_view("asset_score_breakdowns", "asset_scores"))  # type: ignore[attr-defined]
+    op.execute(views._breakdown_view("score_history_breakdowns", "score_history"))  # type: ignore[attr-defined]
+
+
+def _month_partitions(table: str) -> None:
+    """A partition for every month the table's rows cover."""
+    op.execute(
+        f"""
+DO $$
+DECLARE m date;
+BEGIN
+  FOR m IN SELECT DISTINCT date_trunc('month', score_date)::date FROM {table}_old LOOP
+    EXECUTE format('CREATE TABLE %I PARTITION OF {table} FOR VALUES FROM (%L) TO (%L)',
+                   '{table}_' || to_char(m, 'YYYY_MM'), m, (m + interval '1 month')::date);
+  END LOOP;
+END $$"""
+    )
+
+
+def _rename_old(table: str) -> None:
+    op.execute(f"ALTER TABLE {table} RENAME TO {table}_old")
+    op.execute(f"ALTER TABLE {table}_old RENAME CONSTRAINT {table}_pkey TO {table}_pkey_old")
+
+
+def upgrade() -> None:
+    _drop_views()
+    for table in ("score_history", "score_metric_values", "calculation_events"):
+        _rename_old(table)
+    op.execute("DROP INDEX ix_calculation_events_correlation_id")
+    op.execute("DROP INDEX ix_calculation_events_user_created")
+    op.execute("CREATE SEQUENCE calculation_events_id_seq_new")
+    for table, (columns, key) in _COLUMNS.items():
+        columns = columns.replace("calculation_events_id_seq", "calculation_events_id_seq_new")
+        op.execute(
+            f"CREATE TABLE {table} ({columns}, CONSTRAINT {table}_pkey {key}) "
+            "PARTITION BY RANGE (score_date)"
+        )
+    op.execute("ALTER TABLE calculation_events_old ADD COLUMN score_date date")
+    op.execute(f"UPDATE calculation_events_old o SET score_date = {_EVENT_DATE}")
+    for table in _COLUMNS:
+        _month_partitions(table)
+    op.execute("INSERT INTO score_history SELECT * FROM score_history_old")
+    op.execute("INSERT INTO score_metric_values SELECT * FROM score_metric_values_old")
+    op.execute(
+        "INSERT INTO calculation_events (id, correlation_id, user_id, event_type, payload, "
+        "created_at, score_date) SELECT id, correlation_id, user_id, event_type, payload, "
+        "created_at, score_date FROM calculation_events_old"
+    )
+    op.execute(
+        "SELECT setval('calculation_events_id_seq_new', "
+        "coalesce((SELECT max(id) FROM calculation_events_old), 0) + 1, false)"
+    )
+    for table in _COLUMNS:
+        op.execute(f"DROP TABLE {table}_old")
+    op.execute("ALTER SEQUENCE calculation_events_id_seq_new RENAME TO calculation_events_id_seq")
+    op.execute("ALTER SEQUENCE calculation_events_id_seq OWNED BY calculation_events.id")
+    for index in _INDEXES:
+        op.execute(index)
+    _make_views()
+
+
+def downgrade() -> None:
+    _drop_views()
+    for table in _COLUMNS:
+        _rename_old(table)
+    op.execute("DROP INDEX ix_calculation_events_correlation_id")
+    op.execute("DROP INDEX ix_calculation_events_user_created")
+    op.execute("ALTER SEQUENCE calculation_events_id_seq RENAME TO calculation_events_id_seq_old")
+    op.execute(
+        "CREATE TABLE score_history (LIKE score_history_old INCLUDING DEFAULTS, "
+        "CONSTRAINT score_history_pkey PRIMARY KEY (user_id, symbol, score_date))"
+    )
+    op.execute(
+        "CREATE TABLE score_metric_values (LIKE score_metric_values_old INCLUDING DEFAULTS, "
+        "CONSTRAINT score_metric_values_pkey PRIMARY KEY (score_date, symbol, base_currency))"
+    )
+    op.execute(
+        "CREATE TABLE calculation_events (id bigint GENERATED BY DEFAULT AS IDENTITY, "
+        "correlation_id uuid NOT NULL, user_id uuid, event_type text NOT NULL, "
+        "payload jsonb NOT NULL, created_at timestamptz NOT NULL DEFAULT now(), "
+        "CONSTRAINT calculation_events_pkey PRIMARY KEY (id))"
+    )
+    op.execute("INSERT INTO score_history SELECT * FROM score_history_old")
+    op.execute("INSERT INTO score_metric_values SELECT * FROM score_metric_values_old")
+    op.execute(
+        "INSERT INTO calculation_events (id, correlation_id, user_id, event_type, payload, "
+        "created_at) SELECT id, correlation_id, user_id, event_type, payload, created_at "
+        "FROM calculation_events_old"
+    )
+    op.execute(
+        "SELECT setval(pg_get_serial_sequence('calculation_events', 'id'), "
+        "coalesce((SELECT max(id) FROM calculation_events), 0) + 1, false)"
+    )
+    for table in _COLUMNS:
+        op.execute(f"DROP TABLE {table}_old CASCADE")
+    op.execute("DROP SEQUENCE IF EXISTS calculation_events_id_seq_old")
+    for index in _INDEXES:
+        op.execute(index)
+    _make_views()

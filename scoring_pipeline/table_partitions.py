@@ -1,0 +1,125 @@
+"""Monthly range partitions of the tables that grow every night, by score date.
+
+`score_history`, `calculation_events` and `score_metric_values` are PostgreSQL declarative range
+partitions (migration 0005), one partition per calendar month: `score_history_2026_11` holds
+[2026-11-01, 2026-12-01). A night creates its month's partitions and the next month's before it
+writes (`ensure_partitions`, idempotent and safe to race); nothing is ever dropped but by
+`scoring-pipeline prune --before DATE --yes`, which detaches and drops whole months that end on
+or before DATE (`prunable`, `drop`).
+"""
+
+import datetime as dt
+import re
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+PARTITIONED_TABLES = ("score_history", "calculation_events", "score_metric_values")
+_BOUNDS = re.compile(r"FROM \('(\d{4}-\d{2}-\d{2})'\) TO \('(\d{4}-\d{2}-\d{2})'\)")
+
+
+@dataclass(frozen=True, slots=True)
+class Partition:
+    """One month of one partitioned table."""
+
+    table: str
+    name: str
+    start: dt.date
+    end: dt.date  # exclusive
+    rows: int  # the planner's estimate (exact after ANALYZE; -1 when never analysed)
+    bytes: int
+
+
+def month_of(day: dt.date) -> tuple[dt.date, dt.date]:
+    """The first day of `day`'s month and of the month after."""
+    first = day.replace(day=1)
+    following = (first + dt.timedelta(days=32)).replace(day=1)
+    return first, following
+
+
+def partition_name(table: str, first: dt.date) -> str:
+    return f"{table}_{first:%Y_%m}"
+
+
+def ensure_partitions(conn: Connection, score_date: dt.date, *, months_ahead: int = 1) -> list[str]:
+    """Create the partitions of `score_date`'s month (and `months_ahead` after) that are missing;
+    returns the names created. Creators serialise on an advisory lock; a night whose partitions
+    exist (every night but the first of a month) only looks them up."""
+    wanted = []
+    first = score_date
+    for _ in range(months_ahead + 1):
+        start, end = month_of(first)
+        wanted += [
+            (table, partition_name(table, start), start, end) for table in PARTITIONED_TABLES
+        ]
+        first = end
+    if not _missing(conn, wanted):
+        return []
+    conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext('scoring:table_partitions'))"))
+    created = []
+    for table, name, start, end in _missing(conn, wanted):
+        conn.execute(
+            sa.text(
+                f'CREATE TABLE "{name}" PARTITION OF {table} '
+                f"FOR VALUES FROM ('{start}') TO ('{end}')"
+            )
+        )
+        created.append(name)
+    return created
+
+
+def _missing(
+    conn: Connection, wanted: list[tuple[str, str, dt.date, dt.date]]
+) -> list[tuple[str, str, dt.date, dt.date]]:
+    found = conn.execute(
+        sa.text("SELECT n FROM unnest(CAST(:n AS text[])) AS n WHERE to_regclass(n) IS NOT NULL"),
+        {"n": [w[1] for w in wanted]},
+    ).scalars()
+    present = set(found)
+    return [w for w in wanted if w[1] not in present]
+
+
+def partitions(conn: Connection) -> list[Partition]:
+    """Every month partition of the partitioned tables, oldest first."""
+    rows = conn.execute(
+        sa.text(
+            "SELECT p.relname AS parent, c.relname AS name, "
+            "pg_get_expr(c.relpartbound, c.oid) AS bound, c.reltuples::bigint AS rows, "
+            "pg_total_relation_size(c.oid) AS bytes "
+            "FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+            "JOIN pg_class p ON p.oid = i.inhparent "
+            "WHERE p.relname = ANY(:t) AND p.relnamespace = to_regnamespace(current_schema()) "
+            "ORDER BY c.relname"
+        ),
+        {"t": list(PARTITIONED_TABLES)},
+    ).all()
+    out = []
+    for r in rows:
+        bounds = _BOUNDS.search(r.bound or "")
+        if bounds is None:
+            continue  # a DEFAULT partition or one made by hand: never ours to drop
+        start, end = (dt.date.fromisoformat(b) for b in bounds.groups())
+        out.append(Partition(r.parent, r.name, start, end, int(r.rows), int(r.bytes)))
+    return sorted(out, key=lambda p: (p.start, p.table))
+
+
+def prunable(conn: Connection, before: dt.date) -> tuple[list[Partition], list[Partition]]:
+    """The whole months that end on or before `before` (nothing of `before` itself or later),
+    and apart those of them kept: metric values that current scores still show."""
+    old = [p for p in partitions(conn) if p.end <= before]
+    shown = {
+        d
+        for d in conn.execute(
+            sa.text("SELECT DISTINCT date_trunc('month', score_date)::date FROM asset_scores")
+        ).scalars()
+    }
+    kept = [p for p in old if p.table == "score_metric_values" and p.start in shown]
+    return [p for p in old if p not in kept], kept
+
+
+def drop(conn: Connection, doomed: list[Partition]) -> None:
+    """Detach then drop each partition, in the caller's transaction."""
+    for p in doomed:
+        conn.execute(sa.text(f'ALTER TABLE {p.table} DETACH PARTITION "{p.name}"'))
+        conn.execute(sa.text(f'DROP TABLE "{p.name}"'))
