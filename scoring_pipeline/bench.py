@@ -54,6 +54,11 @@ class BenchReport:
     # Nights after the first, on the same database: what each added on disk.
     later_nights: list[dict[str, Any]] = field(default_factory=list)
 
+    @property
+    def cpu_seconds_per_1000_users(self) -> float:
+        """Every sampled process's CPU time during the night, per 1,000 users."""
+        return sum(self.cpu_s.values()) * 1000 / max(self.users, 1)
+
     def lines(self) -> list[str]:
         f = self.figures
         out = [
@@ -105,6 +110,10 @@ class BenchReport:
         out.append("CPU time during the night by process kind:")
         for kind, seconds in sorted(self.cpu_s.items(), key=lambda kv: -kv[1]):
             out.append(f"  {kind:<64}{seconds:>8.1f} s")
+        out.append(
+            f"{'CPU seconds per 1,000 users, all processes':<66}"
+            f"{self.cpu_seconds_per_1000_users:>8.1f} s"
+        )
         out.append("runs by job:")
         for job, count in sorted(self.runs.items()):
             out.append(f"  {job:<64}{count:>8}")
@@ -460,8 +469,9 @@ def _tables(engine: Engine) -> dict[str, dict[str, int]]:
             # A partitioned table's own size is 0: its partitions hold the rows.
             size = conn.execute(
                 sa.text(
-                    "SELECT sum(pg_total_relation_size(relid)) "
-                    "FROM pg_partition_tree(CAST(:t AS regclass))"
+                    "SELECT coalesce((SELECT sum(pg_total_relation_size(relid)) "
+                    "FROM pg_partition_tree(CAST(:t AS regclass))), "
+                    "pg_total_relation_size(CAST(:t AS regclass)))"
                 ),
                 {"t": table},
             ).scalar_one()
@@ -565,6 +575,7 @@ def save(report: BenchReport, directory: Path) -> Path:
                 "tables": report.tables,
                 "rss_mb": report.rss_mb,
                 "cpu_s": report.cpu_s,
+                "cpu_seconds_per_1000_users": report.cpu_seconds_per_1000_users,
                 "runs": report.runs,
                 "later_nights": report.later_nights,
             },

@@ -44,6 +44,9 @@ def test_bench_night_accounts_for_every_row(server_url):
     assert f["asset_check_steps"] == f["batches"] and f["asset_check_s"] > 0
     assert f["rule_evaluations_per_cpu_s"] > 0 and f["engine_alone_per_s"] > 0
     assert report.rss_mb["postgres"] > 0 and report.rss_mb["celery run worker"] > 0
+    assert report.cpu_seconds_per_1000_users == pytest.approx(
+        sum(report.cpu_s.values()) * 1000 / USERS
+    )
 
     # The later nights score the same universe on the following dates. The first of them adds
     # a second version of every current score (the replaced rows' space is only free once
@@ -58,7 +61,8 @@ def test_bench_night_accounts_for_every_row(server_url):
         )
     assert second["bytes_added"]["asset_scores"] > 0
     assert third["bytes_added"]["asset_scores"] < second["bytes_added"]["asset_scores"] / 2
-    assert third["bytes_added_per_asset"] < second["bytes_added_per_asset"]
+    # The nights' totals are not compared: on a universe this small, a night that starts a
+    # month's partitions pays their first pages, more than the space the third night reuses.
 
     text = "\n".join(report.lines())
     assert f"benchmark: {USERS} users, {f['batches']} batches" in text
