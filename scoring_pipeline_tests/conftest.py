@@ -98,6 +98,14 @@ def engine(database_url: str) -> Iterator[Engine]:
 
 
 @pytest.fixture
+def fresh_engine(databases: DatabaseFactory) -> Iterator[Engine]:
+    """A brand-new, empty database of one test (not migrated): for the migrations' tests."""
+    engine = db.create_engine_for(databases.create())
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
 def clean_db(engine: Engine) -> Engine:
     """The migrated database with every application table emptied."""
     with engine.begin() as conn:

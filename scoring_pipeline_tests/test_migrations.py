@@ -40,13 +40,6 @@ def _type(t: sa.types.TypeEngine) -> str:  # type: ignore[type-arg]
     return t.compile(dialect=postgresql.dialect()).replace("VARCHAR", "TEXT")
 
 
-@pytest.fixture
-def fresh_engine(databases):
-    engine = db.create_engine_for(databases.create())
-    yield engine
-    engine.dispose()
-
-
 def test_upgrade_creates_every_spec_table(fresh_engine):
     db.migrate(fresh_engine)
     names = set(sa.inspect(fresh_engine).get_table_names())

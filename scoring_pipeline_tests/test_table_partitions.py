@@ -20,13 +20,6 @@ USER = "00000000-0000-4000-8000-000000000001"
 CV = "00000000-0000-4000-8000-0000000000cc"
 
 
-@pytest.fixture
-def fresh_engine(databases):
-    engine = db.create_engine_for(databases.create())
-    yield engine
-    engine.dispose()
-
-
 def _counts(engine):
     with engine.connect() as conn:
         return {
