@@ -173,6 +173,13 @@ def _ensure(conn: Connection, score_date: dt.date, job_type: str, group: str) ->
     return night, inserted is not None
 
 
+def _update(conn: Connection, night: Night, **values: Any) -> None:
+    """Set columns of the night's row (locked by the caller)."""
+    conn.execute(
+        t.overnight_job_runs.update().where(t.overnight_job_runs.c.id == night.id).values(**values)
+    )
+
+
 def _job_started(conn: Connection, night: Night) -> None:
     _write_event(
         conn,
@@ -214,18 +221,16 @@ def open_night(
     """
     night, created = _ensure(conn, score_date, SCORING, market_group)
     if restart and not created:
-        conn.execute(
-            t.overnight_job_runs.update()
-            .where(t.overnight_job_runs.c.id == night.id)
-            .values(
-                status=NightStatus.STARTED.value,
-                started_at=sa.func.now(),
-                completed_at=None,
-                users_processed=0,
-                users_failed=0,
-                error_details=None,
-                metrics={},
-            )
+        _update(
+            conn,
+            night,
+            status=NightStatus.STARTED.value,
+            started_at=sa.func.now(),
+            completed_at=None,
+            users_processed=0,
+            users_failed=0,
+            error_details=None,
+            metrics={},
         )
     if restart or created:
         _job_started(conn, night)
@@ -296,14 +301,12 @@ def fail_night(
     # Several snapshot steps may fail in one night: keep every error, the first one on top.
     previous = night.error_details if night.status is NightStatus.FAILED else None
     errors = [*(previous or {}).get("errors", []), details]
-    conn.execute(
-        t.overnight_job_runs.update()
-        .where(t.overnight_job_runs.c.id == night.id)
-        .values(
-            status=NightStatus.FAILED.value,
-            completed_at=sa.func.now(),
-            error_details={**(previous or details), "errors": errors},
-        )
+    _update(
+        conn,
+        night,
+        status=NightStatus.FAILED.value,
+        completed_at=sa.func.now(),
+        error_details={**(previous or details), "errors": errors},
     )
     _job_completed(conn, night, NightStatus.FAILED, {"error": details})
     return True
@@ -502,9 +505,7 @@ def close_night(
             else {"failedUsers": failed_users(conn, score_date)}
         )
     values["metrics"] = metrics
-    conn.execute(
-        t.overnight_job_runs.update().where(t.overnight_job_runs.c.id == night.id).values(**values)
-    )
+    _update(conn, night, **values)
     if "completed_at" in values:
         # The night's figures, as its root span reports them, in camelCase (SPEC §5).
         figures = {_camel(k): metrics.get(k) for k in NIGHT_SPAN_FIGURES if k != "score_date"}
@@ -560,16 +561,14 @@ def record_cache_warming(conn: Connection, score_date: dt.date, failed: int) -> 
             if failed == 0
             else (NightStatus.FAILED if warm == 0 else NightStatus.PARTIAL)
         )
-    conn.execute(
-        t.overnight_job_runs.update()
-        .where(t.overnight_job_runs.c.id == night.id)
-        .values(
-            status=status.value,
-            users_processed=warm,
-            users_failed=t.overnight_job_runs.c.users_failed + failed,
-            completed_at=sa.func.now() if done else None,
-            metrics={**night.metrics, "users_warm": warm, "users_scored": int(figures.scored)},
-        )
+    _update(
+        conn,
+        night,
+        status=status.value,
+        users_processed=warm,
+        users_failed=t.overnight_job_runs.c.users_failed + failed,
+        completed_at=sa.func.now() if done else None,
+        metrics={**night.metrics, "users_warm": warm, "users_scored": int(figures.scored)},
     )
     if done and night.completed_at is None:
         extra = {"jobType": CACHE_WARM.value, "usersWarm": warm, "usersScored": int(figures.scored)}
