@@ -165,6 +165,14 @@ CASES = [
 ]
 
 
+def _providers_env(monkeypatch, env):
+    """The providers' settings, with the loopback test server reached directly (no proxy)."""
+    for key, value in {**env, "NO_PROXY": "127.0.0.1,localhost"}.items():
+        monkeypatch.setenv(key, value)
+    for proxy in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy"):
+        monkeypatch.delenv(proxy, raising=False)
+
+
 def _texts_of_the_run(instance, run_id, caplog, captured):
     """Every text a run left: its Dagster events, the instance's files, logs, stdout/stderr."""
     texts = {
@@ -185,16 +193,15 @@ def test_api_key_is_sent_but_never_leaks(
 ):
     f.user(world, holdings=[("AAA", "USD")], criteria=[("US_TECH", "stock", rules())])
     prefix = "RATES" if case.asset == "exchange_rates" else "PRICES"
-    for key, value in {
-        **case.env,
-        f"{prefix}_BASE_URL": failing_server.url,
-        "PROVIDER_MAX_RETRIES": "1",
-        "PROVIDER_BACKOFF_SECONDS": "0.01",
-        "NO_PROXY": "127.0.0.1,localhost",
-    }.items():
-        monkeypatch.setenv(key, value)
-    for proxy in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy"):
-        monkeypatch.delenv(proxy, raising=False)
+    _providers_env(
+        monkeypatch,
+        {
+            **case.env,
+            f"{prefix}_BASE_URL": failing_server.url,
+            "PROVIDER_MAX_RETRIES": "1",
+            "PROVIDER_BACKOFF_SECONDS": "0.01",
+        },
+    )
     caplog.set_level(logging.DEBUG)
 
     result = snapshots(dagster_instance, raise_on_error=False)
@@ -262,16 +269,15 @@ def test_rejected_values_echoing_the_key_never_leak(
             }
         }
     ).encode()
-    for key, value in {
-        "PRICES_PROVIDER": "yahoo",
-        "PRICES_API_KEY": PRICES_SECRET,
-        "PRICES_BASE_URL": failing_server.url,
-        "PROVIDER_MAX_REJECTED_FRACTION": "0.5",
-        "NO_PROXY": "127.0.0.1,localhost",
-    }.items():
-        monkeypatch.setenv(key, value)
-    for proxy in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy"):
-        monkeypatch.delenv(proxy, raising=False)
+    _providers_env(
+        monkeypatch,
+        {
+            "PRICES_PROVIDER": "yahoo",
+            "PRICES_API_KEY": PRICES_SECRET,
+            "PRICES_BASE_URL": failing_server.url,
+            "PROVIDER_MAX_REJECTED_FRACTION": "0.5",
+        },
+    )
     caplog.set_level(logging.DEBUG)
 
     result = snapshots(dagster_instance)
