@@ -14,6 +14,7 @@ Each returns the violations (at most `limit`), empty when the invariant holds.
 """
 
 import datetime as dt
+from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -27,17 +28,27 @@ FAILED_EVENTS = (
     ["CALC_STARTED", "CALC_COMPLETED"],
 )
 
+
+def _of_group(alias: str) -> str:
+    """Rows of the market group's instruments (every row for the default group, `:m` null)."""
+    return (
+        f"(CAST(:m AS text[]) IS NULL OR {alias}.symbol IN (SELECT i.symbol FROM instruments i "
+        "WHERE i.market = ANY(CAST(:m AS text[]))))"
+    )
+
+
 # The calculations of the batch's latest outcome: (user, correlation id, expected status).
 _CALCS = """
 WITH calcs AS (
     SELECT CAST(u->>'userId' AS uuid) AS user_id,
            CAST(u->>'correlationId' AS uuid) AS correlation_id, 'success' AS expected
     FROM scoring_batch_results r, jsonb_array_elements(r.succeeded_users) u
-    WHERE r.score_date = :d AND r.batch_key = :b
+    WHERE r.score_date = :d AND r.market_group = :g AND r.batch_key = :b
     UNION ALL
     SELECT CAST(u->>'userId' AS uuid), CAST(u->>'correlationId' AS uuid), 'failed'
     FROM scoring_batch_results r, jsonb_array_elements(r.failed_users) u
-    WHERE r.score_date = :d AND r.batch_key = :b AND u->>'correlationId' IS NOT NULL
+    WHERE r.score_date = :d AND r.market_group = :g AND r.batch_key = :b
+      AND u->>'correlationId' IS NOT NULL
 )"""
 
 # The results of each successful calculation, from its SCORES_COMPUTED event.
@@ -76,7 +87,9 @@ actual AS (
     SELECT h.user_id, h.correlation_id, h.symbol, h.criteria_version_id AS cv, h.score,
            h.outcomes
     FROM score_history h
-    WHERE h.score_date = :d
+    WHERE h.score_date = :d AND """
+    + _of_group("h")
+    + """
       AND h.user_id IN (SELECT user_id FROM calcs WHERE expected = 'success')
 )
 SELECT coalesce(e.user_id, a.user_id)::text AS user_id, coalesce(e.symbol, a.symbol) AS symbol,
@@ -97,12 +110,17 @@ _CURRENT = (
     + """,
 users AS (
     SELECT user_id FROM calcs c WHERE expected = 'success' AND NOT EXISTS (
-        SELECT 1 FROM asset_scores a WHERE a.user_id = c.user_id AND a.score_date > :d)
+        SELECT 1 FROM asset_scores a WHERE a.user_id = c.user_id AND a.score_date > :d
+        AND """
+    + _of_group("a")
+    + """)
 ),
 actual AS (
     SELECT a.user_id, a.correlation_id, a.symbol, a.criteria_version_id AS cv, a.score,
            a.max_possible_score AS max_score, a.percentage, a.outcomes
-    FROM asset_scores a WHERE a.user_id IN (SELECT user_id FROM users)
+    FROM asset_scores a WHERE a.user_id IN (SELECT user_id FROM users) AND """
+    + _of_group("a")
+    + """
 )
 SELECT coalesce(e.user_id, a.user_id)::text AS user_id, coalesce(e.symbol, a.symbol) AS symbol,
        e.score AS expected_score, a.score AS stored_score
@@ -154,10 +172,23 @@ def _plain(row: Any) -> dict[str, Any]:
 
 
 def check_batch(
-    conn: Connection, score_date: dt.date, batch: str, *, limit: int = 20
+    conn: Connection,
+    score_date: dt.date,
+    batch: str,
+    *,
+    limit: int = 20,
+    market_group: str = "all",
+    markets: Sequence[str] | None = None,
 ) -> list[InvariantReport]:
-    """The three invariants of the batch's latest outcome (`events`, `history`, `current`)."""
-    params = {"d": score_date, "b": batch, "n": limit}
+    """The three invariants of the batch's latest outcome in a market group (`events`,
+    `history`, `current`), over the group's markets' scores."""
+    params = {
+        "d": score_date,
+        "b": batch,
+        "n": limit,
+        "g": market_group,
+        "m": list(markets) if markets is not None else None,
+    }
     calculations, events = _event_violations(conn, params)
     history = [_plain(r) for r in conn.execute(sa.text(_HISTORY), params)]
     current = [_plain(r) for r in conn.execute(sa.text(_CURRENT), params)]

@@ -10,7 +10,7 @@ import json
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -100,6 +100,10 @@ class BatchOutput:
     # The night's metric texts of what the successful users were scored on, as JSON objects by
     # (symbol, base currency): with `outcomes`, the stored form of every breakdown (SPEC §4).
     metric_values: dict[tuple[str, str], str] = field(default_factory=dict)
+    # The market group whose night this is, and its markets (None: every market): its writes
+    # replace only scores of these markets (SPEC §6 per-market nights).
+    market_group: str = "all"
+    markets: tuple[str, ...] | None = None
 
     @property
     def succeeded(self) -> list[UserOutcome]:
@@ -165,28 +169,40 @@ class BatchInputs:
         return {currency: r.rate for currency, r in self.rates.items()}
 
 
-def _load_users(conn: Connection, score_date: dt.date, batch: str) -> list[UserRow]:
+_IN_MARKETS = "(CAST(:m AS text[]) IS NULL OR target_market = ANY(CAST(:m AS text[])))"
+
+
+def _load_users(
+    conn: Connection, score_date: dt.date, batch: str, markets: Sequence[str] | None
+) -> list[UserRow]:
+    """The batch's members; for a market group, those with an active criteria set in it."""
     rows = conn.execute(
         sa.text(
             "SELECT b.user_id, u.base_currency FROM scoring_batches b "
             "JOIN users u ON u.id = b.user_id "
-            "WHERE b.score_date = :d AND b.batch_key = :b ORDER BY b.user_id"
+            "WHERE b.score_date = :d AND b.batch_key = :b AND (CAST(:m AS text[]) IS NULL OR "
+            "EXISTS (SELECT 1 FROM criteria_versions c WHERE c.user_id = b.user_id "
+            f"AND c.is_active AND {_IN_MARKETS})) ORDER BY b.user_id"
         ),
-        {"d": score_date, "b": batch},
+        {"d": score_date, "b": batch, "m": list(markets) if markets is not None else None},
     ).all()
     return [UserRow(str(r.user_id), str(r.base_currency).strip().upper()) for r in rows]
 
 
-def _load_criteria(conn: Connection, user_ids: list[str]) -> dict[str, list[CriteriaRow]]:
-    """The highest active version of each (user, market, asset type) criteria set."""
+def _load_criteria(
+    conn: Connection, user_ids: list[str], markets: Sequence[str] | None
+) -> dict[str, list[CriteriaRow]]:
+    """The highest active version of each (user, market, asset type) criteria set (of the
+    group's markets only, for a market group)."""
     rows = conn.execute(
         sa.text(
             "SELECT DISTINCT ON (user_id, target_market, asset_type) id, user_id, "
             "target_market, asset_type, version, rules::text AS rules_text "
             "FROM criteria_versions WHERE is_active AND user_id = ANY(CAST(:u AS uuid[])) "
+            f"AND {_IN_MARKETS} "
             "ORDER BY user_id, target_market, asset_type, version DESC, created_at DESC"
         ),
-        {"u": user_ids},
+        {"u": user_ids, "m": list(markets) if markets is not None else None},
     ).all()
     out: dict[str, list[CriteriaRow]] = defaultdict(list)
     for r in rows:
@@ -246,9 +262,11 @@ def _load_universes(
     return universes, dates, dict(prices)
 
 
-def load_batch_inputs(conn: Connection, score_date: dt.date, batch: str) -> BatchInputs:
-    users = _load_users(conn, score_date, batch)
-    criteria = _load_criteria(conn, [u.user_id for u in users])
+def load_batch_inputs(
+    conn: Connection, score_date: dt.date, batch: str, markets: Sequence[str] | None = None
+) -> BatchInputs:
+    users = _load_users(conn, score_date, batch, markets)
+    criteria = _load_criteria(conn, [u.user_id for u in users], markets)
     keys = {(c.target_market, c.asset_type) for rows in criteria.values() for c in rows}
     universes, dates, prices = _load_universes(conn, score_date, keys)
     return BatchInputs(
@@ -506,10 +524,16 @@ def score_user(
 
 
 def score_batch(
-    conn: Connection, *, score_date: dt.date, batch: str, job_correlation_id: str
+    conn: Connection,
+    *,
+    score_date: dt.date,
+    batch: str,
+    job_correlation_id: str,
+    market_group: str = "all",
+    markets: Sequence[str] | None = None,
 ) -> BatchOutput:
     started = time.perf_counter()
-    inputs = load_batch_inputs(conn, score_date, batch)
+    inputs = load_batch_inputs(conn, score_date, batch, markets)
     loaded = time.perf_counter()
     output = BatchOutput(
         score_date=score_date,
@@ -518,6 +542,8 @@ def score_batch(
         calculated_at=dt.datetime.now(dt.UTC),
         users=[],
         users_skipped=[],
+        market_group=market_group,
+        markets=tuple(markets) if markets is not None else None,
     )
     with gc_paused():
         for user in inputs.users:

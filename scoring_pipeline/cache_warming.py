@@ -10,7 +10,7 @@ from scoring_pipeline.resources import DatabaseResource
 
 
 class WarmCacheConfig(dg.Config):
-    """Batch outcomes to warm, as `score_date|batch_key|outcome_seq` tokens."""
+    """Batch outcomes to warm, as `score_date|market_group|batch_key|outcome_seq` tokens."""
 
     batches: list[str]
 
@@ -26,7 +26,9 @@ def warm_dashboard_cache(
     for token in config.batches:
         batch = PendingBatch.from_token(token)
         with database.engine().connect() as conn:
-            traceparent = night_lifecycle.night_traceparent(conn, batch.score_date)
+            traceparent = night_lifecycle.night_traceparent(
+                conn, batch.score_date, market_group=batch.market_group
+            )
         with (
             telemetry.step_span(
                 "cache-warm",
@@ -36,7 +38,9 @@ def warm_dashboard_cache(
             database.engine().begin() as conn,
         ):
             result = warm_batch(conn, batch)
-            night_lifecycle.record_cache_warming(conn, batch.score_date, len(result.failed))
+            night_lifecycle.record_cache_warming(
+                conn, batch.score_date, len(result.failed), market_group=batch.market_group
+            )
         warmed += result.warmed
         failed.extend(result.failed)
         context.log.info(f"warmed {result.warmed} dashboards of {token}")

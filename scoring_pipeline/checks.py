@@ -14,7 +14,8 @@ import dagster as dg
 
 from scoring_pipeline.assets.scores import scores
 from scoring_pipeline.batch_invariants import check_batch
-from scoring_pipeline.partitions import parse_scores_partition_key, scores_partitions
+from scoring_pipeline.market_groups import DEFAULT_GROUP, DEFAULT_GROUPS, MarketGroup
+from scoring_pipeline.partitions import parse_scores_partition_key
 from scoring_pipeline.resources import DatabaseResource
 
 _DESCRIPTIONS = {
@@ -26,7 +27,7 @@ _DESCRIPTIONS = {
 CHECK_NAMES = {name: f"{name}_invariant" for name in _DESCRIPTIONS}
 
 
-def _specs() -> list[dg.AssetCheckSpec]:
+def _specs(scores: dg.AssetsDefinition) -> list[dg.AssetCheckSpec]:
     # Partitioned checks are a preview feature of Dagster 1.13, used deliberately: its warning
     # would otherwise reach every process that imports the code location (and the CLI's stderr).
     with warnings.catch_warnings():
@@ -36,36 +37,48 @@ def _specs() -> list[dg.AssetCheckSpec]:
                 CHECK_NAMES[name],
                 asset=scores,
                 description=description,
-                partitions_def=scores_partitions,
+                partitions_def=scores.partitions_def,
             )
             for name, description in _DESCRIPTIONS.items()
         ]
 
 
-@dg.multi_asset_check(specs=_specs(), name="scores_invariants")
-def scores_invariants(
-    context: dg.AssetCheckExecutionContext, database: DatabaseResource
-) -> Iterator[dg.AssetCheckResult]:
-    """The SPEC §5 invariants of one batch partition of `scores`."""
-    score_date, batch = parse_scores_partition_key(context.partition_key)
-    started = time.perf_counter()
-    with database.engine().connect() as conn:
-        reports = check_batch(conn, score_date, batch)
-    elapsed_ms = int((time.perf_counter() - started) * 1000)
-    for report in reports:
-        yield dg.AssetCheckResult(
-            check_name=CHECK_NAMES[report.name],
-            asset_key=scores.key,
-            passed=report.holds,
-            severity=dg.AssetCheckSeverity.ERROR,
-            description=(
-                f"{report.calculations} calculations checked"
-                if report.holds
-                else f"{len(report.violations)} violations of the {report.name} invariant"
-            ),
-            metadata={
-                "calculations": report.calculations,
-                "violations": dg.MetadataValue.json(report.violations),
-                "check_ms": elapsed_ms,
-            },
-        )
+def build_scores_invariants(
+    group: MarketGroup, scores: dg.AssetsDefinition
+) -> dg.AssetChecksDefinition:
+    """The invariant checks of a group's `scores`, over the group's markets' rows."""
+
+    @dg.multi_asset_check(specs=_specs(scores), name=group.qualified("scores_invariants"))
+    def scores_invariants(
+        context: dg.AssetCheckExecutionContext, database: DatabaseResource
+    ) -> Iterator[dg.AssetCheckResult]:
+        """The SPEC §5 invariants of one batch partition of the group's `scores`."""
+        score_date, batch = parse_scores_partition_key(context.partition_key)
+        started = time.perf_counter()
+        with database.engine().connect() as conn:
+            reports = check_batch(
+                conn, score_date, batch, market_group=group.name, markets=group.markets
+            )
+        elapsed_ms = int((time.perf_counter() - started) * 1000)
+        for report in reports:
+            yield dg.AssetCheckResult(
+                check_name=CHECK_NAMES[report.name],
+                asset_key=scores.key,
+                passed=report.holds,
+                severity=dg.AssetCheckSeverity.ERROR,
+                description=(
+                    f"{report.calculations} calculations checked"
+                    if report.holds
+                    else f"{len(report.violations)} violations of the {report.name} invariant"
+                ),
+                metadata={
+                    "calculations": report.calculations,
+                    "violations": dg.MetadataValue.json(report.violations),
+                    "check_ms": elapsed_ms,
+                },
+            )
+
+    return scores_invariants
+
+
+scores_invariants = build_scores_invariants(DEFAULT_GROUPS[DEFAULT_GROUP], scores)

@@ -79,39 +79,63 @@ def _parse_date(text: str, option: str = "--date") -> dt.date:
         raise ConfigurationError(f"{option} must be YYYY-MM-DD, got {text!r}") from None
 
 
+def _groups(args: argparse.Namespace) -> "list[Any]":
+    """The market groups a command works on: `--group G`, or every configured group."""
+    from scoring_pipeline.definitions import market_groups
+    from scoring_pipeline.errors import ConfigurationError
+
+    groups = market_groups()
+    if args.group is None:
+        return groups
+    chosen = [g for g in groups if g.name == args.group]
+    if not chosen:
+        raise ConfigurationError(
+            f"--group {args.group}: no such market group (configured: "
+            + ", ".join(g.name for g in groups)
+            + ")"
+        )
+    return chosen
+
+
 def _cmd_score(args: argparse.Namespace) -> int:
     from scoring_pipeline.night import run_night
 
     score_date = _parse_date(args.date) if args.date else dt.datetime.now(dt.UTC).date()
-    summary = run_night(score_date, refresh=args.refresh, echo=print)
-    for line in summary.lines():
-        print(line)
-    return 1 if summary.status == "failed" else 0
+    status = 0
+    for group in _groups(args):
+        summary = run_night(score_date, refresh=args.refresh, echo=print, group=group.name)
+        for line in summary.lines():
+            print(line)
+        status = max(status, 1 if summary.status == "failed" else 0)
+    return status
 
 
 def _cmd_retry_failed(args: argparse.Namespace) -> int:
     from scoring_pipeline.dagster_api import DagsterApi
     from scoring_pipeline.night_lifecycle import batches_to_retry
-    from scoring_pipeline.partitions import SCORES_PARTITIONS_NAME, scores_partition_key
+    from scoring_pipeline.partitions import scores_partition_key, scores_partitions_name
 
     score_date = _parse_date(args.date)
-    with _engine().connect() as conn:
-        batches = batches_to_retry(conn, score_date)
-    if not batches:
-        print(f"nothing to retry: every batch of {score_date} succeeded")
-        return 0
-    partitions = [scores_partition_key(score_date, b) for b in batches]
     api = DagsterApi.from_env(args.url)
-    # A night scored before the partitions became per-night batches has none registered yet.
-    for key in partitions:
-        api.add_dynamic_partition(SCORES_PARTITIONS_NAME, key)
-    backfill_id = api.launch_scores_backfill(
-        partitions, title=f"retry failed batches of {score_date}"
-    )
-    print(
-        f"backfill {backfill_id}: re-scoring {len(partitions)} batches of {score_date}: "
-        + ", ".join(batches)
-    )
+    for group in _groups(args):
+        with _engine().connect() as conn:
+            batches = batches_to_retry(conn, score_date, market_group=group.name)
+        if not batches:
+            print(f"nothing to retry in group {group.name}: every batch of {score_date} succeeded")
+            continue
+        partitions = [scores_partition_key(score_date, b) for b in batches]
+        # A night scored before the partitions became per-night batches has none registered yet.
+        for key in partitions:
+            api.add_dynamic_partition(scores_partitions_name(group), key)
+        backfill_id = api.launch_scores_backfill(
+            partitions,
+            title=f"retry failed batches of {score_date} ({group.name})",
+            asset_path=group.asset_key("scores"),
+        )
+        print(
+            f"backfill {backfill_id}: re-scoring {len(partitions)} batches of {score_date} "
+            f"in group {group.name}: " + ", ".join(batches)
+        )
     return 0
 
 
@@ -160,10 +184,41 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         raise ConfigurationError("--users must be at least 1")
     if args.nights < 1:
         raise ConfigurationError("--nights must be at least 1")
+    if args.groups:
+        return _bench_groups(args)
     report = run_bench(args.users, workers=args.workers, keep=args.keep, nights=args.nights)
     for line in report.lines():
         print(line)
     print(f"saved {save(report, Path(args.out))}")
+    return 0
+
+
+def _bench_groups(args: argparse.Namespace) -> int:
+    import json
+
+    from scoring_pipeline.bench_groups import run_groups_bench
+
+    groups = [g.strip() for g in args.groups.split(",") if g.strip()]
+    try:
+        report = run_groups_bench(args.users, groups, workers=args.workers)
+    except ValueError as exc:
+        raise ConfigurationError(str(exc)) from None
+    for line in report.lines():
+        print(line)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"bench-groups-{args.users}.json"
+    path.write_text(
+        json.dumps(
+            {
+                "users": args.users,
+                "single": vars(report.single),
+                "groups": [vars(g) for g in report.groups],
+            },
+            indent=2,
+        )
+    )
+    print(f"saved {path}")
     return 0
 
 
@@ -238,6 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("score", help="run a score date's whole scoring through Dagster")
     p.add_argument("--date", help="score date YYYY-MM-DD (default: today, UTC)")
     p.add_argument("--refresh", action="store_true", help="re-fetch the date's snapshots")
+    p.add_argument("--group", help="one market group (default: every configured group)")
     p.set_defaults(func=_cmd_score)
 
     p = sub.add_parser("services", help="Dagster UI + daemon and run workers, until Ctrl-C")
@@ -253,6 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
         "retry-failed", help="backfill a date's failed batches through the running Dagster"
     )
     p.add_argument("--date", required=True, help="score date YYYY-MM-DD")
+    p.add_argument("--group", help="one market group (default: every configured group)")
     p.add_argument(
         "--url", help="Dagster webserver (default $DAGSTER_WEBSERVER_URL or http://127.0.0.1:3000)"
     )
@@ -268,6 +325,10 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=1,
         help="nights in a row on the same database (the later ones measure what a night adds)",
+    )
+    p.add_argument(
+        "--groups",
+        help="market groups, e.g. us,br,eu: one night vs the groups' nights on one universe",
     )
     p.set_defaults(func=_cmd_bench)
 

@@ -85,13 +85,15 @@ class DagsterApi:
         data: dict[str, Any] = body["data"]
         return data
 
-    def launch_scores_backfill(self, partition_names: list[str], *, title: str) -> str:
-        """Backfill the given `scores` partitions (asset selection + partition names)."""
+    def launch_scores_backfill(
+        self, partition_names: list[str], *, title: str, asset_path: list[str] | None = None
+    ) -> str:
+        """Backfill the given partitions of a group's `scores` (default: the default group's)."""
         data = self.query(
             _LAUNCH_BACKFILL,
             {
                 "params": {
-                    "assetSelection": [{"path": ["scores"]}],
+                    "assetSelection": [{"path": asset_path or ["scores"]}],
                     "partitionNames": partition_names,
                     "title": title,
                     "tags": [{"key": "scoring/trigger", "value": "retry-failed"}],

@@ -30,15 +30,21 @@ class PendingBatch:
     score_date: dt.date
     batch_key: str
     outcome_seq: int
+    market_group: str = "all"
 
     @property
     def token(self) -> str:
-        return f"{self.score_date.isoformat()}|{self.batch_key}|{self.outcome_seq}"
+        return (
+            f"{self.score_date.isoformat()}|{self.market_group}|{self.batch_key}|{self.outcome_seq}"
+        )
 
     @classmethod
     def from_token(cls, token: str) -> "PendingBatch":
-        date, batch, seq = token.split("|")
-        return cls(dt.date.fromisoformat(date), batch, int(seq))
+        parts = token.split("|")
+        if len(parts) == 3:  # a token of a run requested before market groups
+            parts.insert(1, "all")
+        date, group, batch, seq = parts
+        return cls(dt.date.fromisoformat(date), batch, int(seq), group)
 
 
 @dataclass
@@ -52,16 +58,20 @@ def pending_batches(conn: Connection, limit: int = 200) -> list[PendingBatch]:
     """Batch outcomes with successful users that are not warmed at their latest sequence."""
     rows = conn.execute(
         sa.text(
-            "SELECT score_date, batch_key, outcome_seq FROM scoring_batch_results "
+            "SELECT score_date, market_group, batch_key, outcome_seq FROM scoring_batch_results "
             "WHERE users_success > 0 AND (warmed_seq IS NULL OR warmed_seq < outcome_seq) "
             "ORDER BY outcome_seq LIMIT :n"
         ),
         {"n": limit},
     ).all()
-    return [PendingBatch(r.score_date, r.batch_key, int(r.outcome_seq)) for r in rows]
+    return [
+        PendingBatch(r.score_date, r.batch_key, int(r.outcome_seq), r.market_group) for r in rows
+    ]
 
 
-def _top_assets(conn: Connection, users: list[str], score_date: dt.date) -> dict[str, Any]:
+def _top_assets(conn: Connection, users: list[str]) -> dict[str, Any]:
+    """Each user's best current scores per criteria set: every market group's current scores
+    (a group closed today shows its latest night's), as the dashboard combines them."""
     rows = conn.execute(
         sa.text(
             # One index lookup per user (LATERAL): `user_id = ANY(...)` over hundreds of users
@@ -71,10 +81,10 @@ def _top_assets(conn: Connection, users: list[str], score_date: dt.date) -> dict
             "SELECT criteria_version_id::text AS cv, symbol, score, percentage, "
             "row_number() OVER (PARTITION BY criteria_version_id "
             "ORDER BY score DESC, symbol) AS rank "
-            "FROM asset_scores a WHERE a.user_id = u.user_id AND a.score_date = :d) r "
+            "FROM asset_scores a WHERE a.user_id = u.user_id) r "
             "WHERE r.rank <= :k ORDER BY 1, 2, r.rank"
         ),
-        {"u": users, "d": score_date, "k": TOP_ASSETS},
+        {"u": users, "k": TOP_ASSETS},
     ).all()
     out: dict[str, dict[str, list[dict[str, Any]]]] = defaultdict(lambda: defaultdict(list))
     for r in rows:
@@ -154,9 +164,9 @@ def warm_batch(conn: Connection, batch: PendingBatch) -> WarmResult:
     row = conn.execute(
         sa.text(
             "SELECT succeeded_users, outcome_seq FROM scoring_batch_results "
-            "WHERE score_date = :d AND batch_key = :b FOR UPDATE"
+            "WHERE score_date = :d AND market_group = :g AND batch_key = :b FOR UPDATE"
         ),
-        {"d": batch.score_date, "b": batch.batch_key},
+        {"d": batch.score_date, "g": batch.market_group, "b": batch.batch_key},
     ).first()
     result = WarmResult(batches=1)
     if row is None:
@@ -173,7 +183,7 @@ def warm_batch(conn: Connection, batch: PendingBatch) -> WarmResult:
     rates = load_rates(conn, batch.score_date)
     usd_rates = {c: r.rate for c, r in rates.items()}
     rates_as_of = max((r.rate_date for r in rates.values()), default=None)
-    top = _top_assets(conn, users, batch.score_date)
+    top = _top_assets(conn, users)
     holdings = _holdings(conn, users, batch.score_date)
     now = dt.datetime.now(dt.UTC)
     entries = []
@@ -218,9 +228,14 @@ def warm_batch(conn: Connection, batch: PendingBatch) -> WarmResult:
     conn.execute(
         sa.text(
             "UPDATE scoring_batch_results SET warmed_seq = :s "
-            "WHERE score_date = :d AND batch_key = :b"
+            "WHERE score_date = :d AND market_group = :g AND batch_key = :b"
         ),
-        {"s": row.outcome_seq, "d": batch.score_date, "b": batch.batch_key},
+        {
+            "s": row.outcome_seq,
+            "d": batch.score_date,
+            "g": batch.market_group,
+            "b": batch.batch_key,
+        },
     )
     result.warmed = len(entries)
     return result

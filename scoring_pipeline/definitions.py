@@ -1,39 +1,53 @@
 """The code location: the one place `dg.Definitions` is built, from explicit lists."""
 
-import dagster as dg
+import datetime as dt
+import os
+from collections.abc import Mapping
 
-from scoring_pipeline.assets.active_users import active_users
-from scoring_pipeline.assets.exchange_rates import exchange_rates
-from scoring_pipeline.assets.prices import prices
-from scoring_pipeline.assets.scores import scores
+import dagster as dg
+import sqlalchemy as sa
+
 from scoring_pipeline.cache_warming import dashboard_cache_job
-from scoring_pipeline.checks import scores_invariants
 from scoring_pipeline.deployment import build_resources, schedule_settings
-from scoring_pipeline.jobs import overnight_snapshots_job, scoring_batch_job
-from scoring_pipeline.schedules import build_overnight_schedule
-from scoring_pipeline.sensors import (
-    dashboard_cache_sensor,
-    scoring_batches_sensor,
-    scoring_run_canceled_sensor,
-    scoring_run_failure_sensor,
-)
+from scoring_pipeline.market_groups import MarketGroup, load_groups
+from scoring_pipeline.night_definitions import build_nights
+from scoring_pipeline.sensors import build_sensors
+
+
+def _read_markets() -> Mapping[str, tuple[str, dt.time]]:
+    """markets.code -> (timezone, opens_at), for a market groups file's defaults and checks."""
+    from scoring_pipeline.db import create_engine_for, resolve_database_url
+
+    engine = create_engine_for(resolve_database_url())
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(sa.text("SELECT code, timezone, opens_at FROM markets")).all()
+    finally:
+        engine.dispose()
+    return {str(r.code): (str(r.timezone), r.opens_at) for r in rows}
+
+
+def market_groups(env: Mapping[str, str] | None = None) -> list[MarketGroup]:
+    """The configured market groups (the single default group without MARKET_GROUPS_FILE)."""
+    env = os.environ if env is None else env
+    cron, timezone = schedule_settings(env)
+    return load_groups(env, cron, timezone, _read_markets)
 
 
 @dg.definitions
 def defs() -> dg.Definitions:
     """Built when Dagster loads the code location, not at import (env is read here)."""
-    cron, timezone = schedule_settings()
+    nights = build_nights(market_groups())
+    groups = list(nights.nights.values())
     return dg.Definitions(
-        assets=[active_users, exchange_rates, prices, scores],
-        asset_checks=[scores_invariants],
-        jobs=[overnight_snapshots_job, scoring_batch_job, dashboard_cache_job],
-        schedules=[build_overnight_schedule(cron, timezone)],
-        sensors=[
-            scoring_batches_sensor,
-            dashboard_cache_sensor,
-            scoring_run_failure_sensor,
-            scoring_run_canceled_sensor,
+        assets=nights.assets(),
+        asset_checks=[n.checks for n in groups],
+        jobs=[
+            *(job for n in groups for job in (n.snapshots_job, n.batch_job)),
+            dashboard_cache_job,
         ],
+        schedules=[n.schedule for n in groups],
+        sensors=build_sensors(nights),
         resources=build_resources(),
         # Also for the implicit asset job of UI materialisations and backfills: steps are short,
         # and Celery run workers are daemonic processes that may not fork step processes.

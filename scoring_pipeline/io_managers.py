@@ -34,11 +34,12 @@ class ScoresIOManager(dg.ConfigurableIOManager):
         with self.database.engine().begin() as conn:
             counts = write_batch(conn, obj, run_id=context.run_id, prepared=prepared)
         write_ms = int((time.perf_counter() - started) * 1000)
-        if counts["batch_status"] != "empty":
-            with self.database.engine().begin() as conn:
-                record_write_time(conn, obj, write_ms)
+        with self.database.engine().begin() as conn:
+            record_write_time(conn, obj, write_ms)
         if counts["job_status"] not in (None, "started"):
-            night_lifecycle.emit_root_span(self.database.engine(), obj.score_date)
+            night_lifecycle.emit_root_span(
+                self.database.engine(), obj.score_date, market_group=obj.market_group
+            )
         metadata: dict[str, Any] = {
             "users": len(obj.users) + len(obj.users_skipped),
             "users_success": len(obj.succeeded),

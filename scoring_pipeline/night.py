@@ -22,10 +22,18 @@ from scoring_pipeline.partitions import scores_partition_key
 SNAPSHOT_ASSETS = ("active_users", "exchange_rates", "prices")
 
 
+def _op_name(asset: str, group: str) -> str:
+    """The op of a snapshot asset in a group's job (`us__prices` for `us/prices`)."""
+    return (
+        asset if group == night_lifecycle.ALL_MARKETS or asset != "prices" else f"{group}__{asset}"
+    )
+
+
 @dataclass
 class NightSummary:
     score_date: dt.date
     status: str
+    market_group: str = night_lifecycle.ALL_MARKETS
     users_total: int = 0
     users_success: int = 0
     users_failed: int = 0
@@ -42,6 +50,7 @@ class NightSummary:
     def lines(self) -> list[str]:
         out = [
             f"score date      {self.score_date}",
+            f"market group    {self.market_group}",
             f"job status      {self.status}",
             f"users total     {self.users_total}",
             f"users success   {self.users_success}",
@@ -80,17 +89,29 @@ def _step_errors(result: dg.ExecuteInProcessResult) -> str:
 _QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 
 
-def _snapshot_run_config(refresh: bool) -> dict[str, Any]:
+def _snapshot_run_config(refresh: bool, group: str) -> dict[str, Any]:
     if not refresh:
         return dict(_QUIET)
-    return {**_QUIET, "ops": {name: {"config": {"refresh": True}} for name in SNAPSHOT_ASSETS}}
+    return {
+        **_QUIET,
+        "ops": {_op_name(name, group): {"config": {"refresh": True}} for name in SNAPSHOT_ASSETS},
+    }
 
 
 def run_night(
-    score_date: dt.date, *, refresh: bool = False, echo: Callable[[str], None] | None = None
+    score_date: dt.date,
+    *,
+    refresh: bool = False,
+    echo: Callable[[str], None] | None = None,
+    group: str = night_lifecycle.ALL_MARKETS,
 ) -> NightSummary:
-    """Run the snapshots then every batch of the date; return the job run's summary."""
+    """Run a group's snapshots then every batch of the date; return the night's summary."""
     from scoring_pipeline.definitions import defs
+    from scoring_pipeline.jobs import BATCH_JOB, SNAPSHOTS_JOB
+    from scoring_pipeline.market_groups import DEFAULT_GROUP
+
+    def job_name(name: str) -> str:
+        return name if group == DEFAULT_GROUP else f"{group}_{name}"
 
     say = echo or (lambda _: None)
     url = prepare_dagster_environment()
@@ -107,11 +128,11 @@ def run_night(
         telemetry.TRACEPARENT: telemetry.new_traceparent(),
     }
 
-    say(f"freezing the inputs of {date_key} (users, rates, prices)…")
-    snapshot = definitions.resolve_job_def("overnight_snapshots_job").execute_in_process(
+    say(f"freezing the inputs of {date_key} for group {group} (users, rates, prices)…")
+    snapshot = definitions.resolve_job_def(job_name(SNAPSHOTS_JOB)).execute_in_process(
         partition_key=date_key,
         instance=instance,
-        run_config=_snapshot_run_config(refresh),
+        run_config=_snapshot_run_config(refresh, group),
         raise_on_error=False,
         tags=tags,
     )
@@ -120,13 +141,13 @@ def run_night(
     if not snapshot.success:
         error = _step_errors(snapshot)
         with engine.begin() as conn:
-            night_lifecycle.record_snapshots_run_died(conn, score_date, error)
-        night_lifecycle.emit_root_span(engine, score_date)
-        return _summary(engine, score_date, stages, started, run_ids, error=error)
+            night_lifecycle.record_snapshots_run_died(conn, score_date, error, market_group=group)
+        night_lifecycle.emit_root_span(engine, score_date, market_group=group)
+        return _summary(engine, score_date, group, stages, started, run_ids, error=error)
 
     with engine.connect() as conn:
         batches = snapshots.load_membership(conn, score_date).batch_keys
-    batch_job = definitions.resolve_job_def("scoring_batch_job")
+    batch_job = definitions.resolve_job_def(job_name(BATCH_JOB))
     scoring_started = time.perf_counter()
     for index, batch in enumerate(batches, start=1):
         result = batch_job.execute_in_process(
@@ -140,31 +161,33 @@ def run_night(
         if not result.success:
             with engine.begin() as conn:
                 night_lifecycle.record_batch_run_died(
-                    conn, score_date, batch, result.run_id, _step_errors(result)
+                    conn, score_date, batch, result.run_id, _step_errors(result), market_group=group
                 )
         if index % 10 == 0 or index == len(batches):
             say(f"scored {index}/{len(batches)} batches")
     stages["scoring"] = int((time.perf_counter() - scoring_started) * 1000)
     with engine.begin() as conn:
-        night_lifecycle.close_night(conn, score_date)
-    night_lifecycle.emit_root_span(engine, score_date)
-    return _summary(engine, score_date, stages, started, run_ids)
+        night_lifecycle.close_night(conn, score_date, market_group=group)
+    night_lifecycle.emit_root_span(engine, score_date, market_group=group)
+    return _summary(engine, score_date, group, stages, started, run_ids)
 
 
 def _summary(
     engine: sa.Engine,
     score_date: dt.date,
+    group: str,
     stages: dict[str, int],
     started: float,
     run_ids: list[str],
     error: str | None = None,
 ) -> NightSummary:
     with engine.connect() as conn:
-        night = night_lifecycle.find_night(conn, score_date)
-        failed = night_lifecycle.failed_users(conn, score_date)
+        night = night_lifecycle.find_night(conn, score_date, market_group=group)
+        failed = night_lifecycle.failed_users(conn, score_date, market_group=group)
     metrics = night.metrics if night is not None else {}
     return NightSummary(
         score_date=score_date,
+        market_group=group,
         status=night.status.value if night is not None else "failed",
         users_total=int(metrics.get("users_total", 0)),
         users_success=int(metrics.get("users_success", 0)),

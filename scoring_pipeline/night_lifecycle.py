@@ -25,6 +25,7 @@ Nothing here opens a night except `open_night`: a partition that belongs to no n
 import datetime as dt
 import json
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -91,6 +92,7 @@ class BatchOutcome:
     succeeded_users: list[dict[str, str]] = field(default_factory=list)
     run_id: str | None = None
     timings: dict[str, int] = field(default_factory=dict)
+    market_group: str = ALL_MARKETS
 
     @property
     def status(self) -> str:
@@ -212,14 +214,32 @@ def _job_completed(
 
 
 def open_night(
-    conn: Connection, score_date: dt.date, *, market_group: str = ALL_MARKETS, restart: bool = True
+    conn: Connection,
+    score_date: dt.date,
+    *,
+    market_group: str = ALL_MARKETS,
+    markets: Sequence[str] | None = None,
+    restart: bool = True,
 ) -> str:
-    """Start the date's scoring night (the snapshots run) and return its correlation id.
+    """Start the date's scoring night of a market group (the group's snapshots run) and return
+    its correlation id. `markets` are the group's markets (None: every market); the night keeps
+    them, so its figures count only the users with criteria sets in them.
 
     An existing night is restarted when `restart`: back to `started`, counters zeroed, JOB_STARTED
     again — a new, deliberate attempt at the night (its frozen snapshots are kept).
     """
     night, created = _ensure(conn, score_date, SCORING, market_group)
+    scope = {"markets": sorted(markets) if markets is not None else None}
+    if restart or created:
+        # A new attempt at the night: its batches' earlier outcomes no longer count.
+        conn.execute(
+            t.scoring_batch_results.delete().where(
+                t.scoring_batch_results.c.score_date == score_date,
+                t.scoring_batch_results.c.market_group == market_group,
+            )
+        )
+    if created:
+        _update(conn, night, metrics=scope)
     if restart and not created:
         _update(
             conn,
@@ -230,7 +250,7 @@ def open_night(
             users_processed=0,
             users_failed=0,
             error_details=None,
-            metrics={},
+            metrics=scope,
         )
     if restart or created:
         _job_started(conn, night)
@@ -315,12 +335,12 @@ def fail_night(
 def _upsert_outcome(conn: Connection, outcome: BatchOutcome) -> None:
     conn.execute(
         sa.text(
-            "INSERT INTO scoring_batch_results (score_date, batch_key, status, users_total, "
-            "users_success, users_failed, users_skipped, assets_scored, duration_ms, "
-            "failed_users, succeeded_users, dagster_run_id, timings, updated_at) VALUES (:d, :b, "
-            ":s, :t, :ok, :f, :sk, :a, :ms, CAST(:fu AS jsonb), CAST(:su AS jsonb), :r, "
-            "CAST(:tm AS jsonb), now()) "
-            "ON CONFLICT (score_date, batch_key) DO "
+            "INSERT INTO scoring_batch_results (score_date, market_group, batch_key, status, "
+            "users_total, users_success, users_failed, users_skipped, assets_scored, "
+            "duration_ms, failed_users, succeeded_users, dagster_run_id, timings, updated_at) "
+            "VALUES (:d, :g, :b, :s, :t, :ok, :f, :sk, :a, :ms, CAST(:fu AS jsonb), "
+            "CAST(:su AS jsonb), :r, CAST(:tm AS jsonb), now()) "
+            "ON CONFLICT (score_date, market_group, batch_key) DO "
             "UPDATE SET status = EXCLUDED.status, users_total = EXCLUDED.users_total, "
             "users_success = EXCLUDED.users_success, users_failed = EXCLUDED.users_failed, "
             "users_skipped = EXCLUDED.users_skipped, assets_scored = EXCLUDED.assets_scored, "
@@ -331,6 +351,7 @@ def _upsert_outcome(conn: Connection, outcome: BatchOutcome) -> None:
         ),
         {
             "d": outcome.score_date,
+            "g": outcome.market_group,
             "b": outcome.batch_key,
             "s": outcome.status,
             "t": outcome.users_total,
@@ -352,33 +373,55 @@ def record_batch_outcome(conn: Connection, outcome: BatchOutcome) -> NightStatus
 
     Returns the night's status after it, or None when the date has no night."""
     _upsert_outcome(conn, outcome)
-    return close_night(conn, outcome.score_date)
+    return close_night(conn, outcome.score_date, market_group=outcome.market_group)
 
 
-def _batch_members(conn: Connection, score_date: dt.date, batch: str) -> list[str]:
-    return [
-        str(u)
-        for u in conn.execute(
-            sa.select(t.scoring_batches.c.user_id).where(
-                t.scoring_batches.c.score_date == score_date,
-                t.scoring_batches.c.batch_key == batch,
-            )
-        ).scalars()
-    ]
+_IN_GROUP = (
+    "(CAST(:m AS text[]) IS NULL OR EXISTS (SELECT 1 FROM criteria_versions c "
+    "WHERE c.user_id = b.user_id AND c.is_active AND c.target_market = ANY(CAST(:m AS text[]))))"
+)
+
+
+def _markets(conn: Connection, score_date: dt.date, market_group: str) -> list[str] | None:
+    """The markets the group's night scores (None: every market), as its night recorded them."""
+    night = find_night(conn, score_date, market_group=market_group)
+    markets = night.metrics.get("markets") if night is not None else None
+    return list(markets) if markets is not None else None
+
+
+def _batch_members(
+    conn: Connection, score_date: dt.date, batch: str, markets: list[str] | None
+) -> list[str]:
+    """The batch's users the group scores: those with an active criteria set in its markets."""
+    rows = conn.execute(
+        sa.text(
+            f"SELECT b.user_id FROM scoring_batches b WHERE b.score_date = :d "
+            f"AND b.batch_key = :b AND {_IN_GROUP} ORDER BY b.user_id"
+        ),
+        {"d": score_date, "b": batch, "m": markets},
+    ).scalars()
+    return [str(u) for u in rows]
 
 
 def record_batch_run_died(
-    conn: Connection, score_date: dt.date, batch: str, run_id: str, message: str
+    conn: Connection,
+    score_date: dt.date,
+    batch: str,
+    run_id: str,
+    message: str,
+    *,
+    market_group: str = ALL_MARKETS,
 ) -> NightStatus | None:
     """A batch run ended without success: unless that run wrote the batch's outcome (failed
     users), every member of the batch counts as failed; then the night closes if it was last."""
     written = conn.execute(
         sa.select(t.scoring_batch_results.c.dagster_run_id).where(
             t.scoring_batch_results.c.score_date == score_date,
+            t.scoring_batch_results.c.market_group == market_group,
             t.scoring_batch_results.c.batch_key == batch,
         )
     ).scalar()
-    members = _batch_members(conn, score_date, batch)
+    members = _batch_members(conn, score_date, batch, _markets(conn, score_date, market_group))
     if written != run_id and members:
         error = {"type": "StepFailed", "message": message}
         _upsert_outcome(
@@ -394,25 +437,31 @@ def record_batch_run_died(
                 duration_ms=0,
                 failed_users=[{"userId": u, "stage": "batch", "error": error} for u in members],
                 run_id=run_id,
+                market_group=market_group,
             ),
         )
-    return close_night(conn, score_date)
+    return close_night(conn, score_date, market_group=market_group)
 
 
-def record_snapshots_run_died(conn: Connection, score_date: dt.date, message: str) -> None:
+def record_snapshots_run_died(
+    conn: Connection, score_date: dt.date, message: str, *, market_group: str = ALL_MARKETS
+) -> None:
     """The snapshots run failed or was cancelled: a night still `started` is `failed`."""
-    night = find_night(conn, score_date, lock=True)
+    night = find_night(conn, score_date, market_group=market_group, lock=True)
     if night is not None and night.status is NightStatus.STARTED:
-        fail_night(conn, score_date, stage="snapshots", error=message)
+        fail_night(conn, score_date, stage="snapshots", error=message, market_group=market_group)
 
 
-def _aggregate(conn: Connection, score_date: dt.date) -> dict[str, Any]:
+def _aggregate(conn: Connection, score_date: dt.date, night: Night) -> dict[str, Any]:
+    markets = night.metrics.get("markets")
     expected = conn.execute(
         sa.text(
-            "SELECT count(DISTINCT batch_key) AS batches, count(*) AS users "
-            "FROM scoring_batches WHERE score_date = :d"
+            "SELECT (SELECT count(DISTINCT batch_key) FROM scoring_batches "
+            "WHERE score_date = :d) AS batches, "
+            f"(SELECT count(*) FROM scoring_batches b WHERE b.score_date = :d AND {_IN_GROUP}) "
+            "AS users"
         ),
-        {"d": score_date},
+        {"d": score_date, "m": markets},
     ).one()
     done = conn.execute(
         sa.text(
@@ -423,11 +472,11 @@ def _aggregate(conn: Connection, score_date: dt.date) -> dict[str, Any]:
             "coalesce(sum(users_skipped), 0) AS users_skipped, "
             "coalesce(sum(assets_scored), 0) AS assets_scored, "
             "coalesce(sum(duration_ms), 0) AS process_users_ms "
-            "FROM scoring_batch_results r WHERE score_date = :d AND EXISTS ("
-            "SELECT 1 FROM scoring_batches b WHERE b.score_date = r.score_date "
+            "FROM scoring_batch_results r WHERE score_date = :d AND market_group = :g "
+            "AND EXISTS (SELECT 1 FROM scoring_batches b WHERE b.score_date = r.score_date "
             "AND b.batch_key = r.batch_key)"
         ),
-        {"d": score_date},
+        {"d": score_date, "g": night.market_group},
     ).one()
     return {
         "batches_total": int(expected.batches),
@@ -442,14 +491,17 @@ def _aggregate(conn: Connection, score_date: dt.date) -> dict[str, Any]:
     }
 
 
-def failed_users(conn: Connection, score_date: dt.date, limit: int = 100) -> list[dict[str, Any]]:
+def failed_users(
+    conn: Connection, score_date: dt.date, limit: int = 100, *, market_group: str = ALL_MARKETS
+) -> list[dict[str, Any]]:
     """The failed users of the date's batches (user id, stage, error), at most `limit`."""
     rows = conn.execute(
         sa.text(
             "SELECT batch_key, failed_users FROM scoring_batch_results "
-            "WHERE score_date = :d AND jsonb_array_length(failed_users) > 0 ORDER BY batch_key"
+            "WHERE score_date = :d AND market_group = :g "
+            "AND jsonb_array_length(failed_users) > 0 ORDER BY batch_key"
         ),
-        {"d": score_date},
+        {"d": score_date, "g": market_group},
     ).all()
     out = [{"batch": row.batch_key, **item} for row in rows for item in row.failed_users]
     return out[:limit]
@@ -472,7 +524,7 @@ def close_night(
     night = find_night(conn, score_date, market_group=market_group, lock=True)
     if night is None:
         return None
-    figures = _aggregate(conn, score_date)
+    figures = _aggregate(conn, score_date, night)
     metrics = dict(night.metrics)
     metrics.update({k: v for k, v in figures.items() if k != "batches_done"})
     # Links from the night to Dagster: the run that wrote each batch's latest outcome.
@@ -480,9 +532,10 @@ def close_night(
         conn.execute(
             sa.text(
                 "SELECT batch_key, dagster_run_id FROM scoring_batch_results "
-                "WHERE score_date = :d AND dagster_run_id IS NOT NULL ORDER BY batch_key"
+                "WHERE score_date = :d AND market_group = :g AND dagster_run_id IS NOT NULL "
+                "ORDER BY batch_key"
             ),
-            {"d": score_date},
+            {"d": score_date, "g": market_group},
         ).all()
     )
     values: dict[str, Any] = {
@@ -502,7 +555,7 @@ def close_night(
         values["error_details"] = (
             None
             if status is NightStatus.COMPLETED
-            else {"failedUsers": failed_users(conn, score_date)}
+            else {"failedUsers": failed_users(conn, score_date, market_group=market_group)}
         )
     values["metrics"] = metrics
     _update(conn, night, **values)
@@ -513,26 +566,31 @@ def close_night(
     return status
 
 
-def batches_to_retry(conn: Connection, score_date: dt.date) -> list[str]:
-    """The date's batches whose outcome is not `success`, or that have no outcome at all."""
+def batches_to_retry(
+    conn: Connection, score_date: dt.date, *, market_group: str = ALL_MARKETS
+) -> list[str]:
+    """The date's batches whose outcome in the group is not `success`, or that have none."""
     rows = conn.execute(
         sa.text(
             "SELECT DISTINCT b.batch_key FROM scoring_batches b "
             "LEFT JOIN scoring_batch_results r ON r.score_date = b.score_date "
-            "AND r.batch_key = b.batch_key WHERE b.score_date = :d "
+            "AND r.batch_key = b.batch_key AND r.market_group = :g WHERE b.score_date = :d "
             "AND (r.status IS NULL OR r.status <> 'success') ORDER BY b.batch_key"
         ),
-        {"d": score_date},
+        {"d": score_date, "g": market_group},
     ).scalars()
     return list(rows)
 
 
-def record_cache_warming(conn: Connection, score_date: dt.date, failed: int) -> NightStatus:
-    """Track the date's `cache_warm` night: completed once every scored user is warm.
+def record_cache_warming(
+    conn: Connection, score_date: dt.date, failed: int, *, market_group: str = ALL_MARKETS
+) -> NightStatus:
+    """Track the date's `cache_warm` night of a group: completed once every user the group
+    scored is warm.
 
     Like the scoring night it opens with JOB_STARTED and closes with JOB_COMPLETED (again if it
     was re-opened: warmed while a re-scored batch still waited for its warming)."""
-    night, created = _ensure(conn, score_date, CACHE_WARM, ALL_MARKETS)
+    night, created = _ensure(conn, score_date, CACHE_WARM, market_group)
     if created:
         _job_started(conn, night)
     figures = conn.execute(
@@ -540,17 +598,22 @@ def record_cache_warming(conn: Connection, score_date: dt.date, failed: int) -> 
             "SELECT coalesce(sum(users_success), 0) AS scored, "
             "count(*) FILTER (WHERE users_success > 0 AND (warmed_seq IS NULL "
             "  OR warmed_seq < outcome_seq)) AS pending "
-            "FROM scoring_batch_results WHERE score_date = :d"
+            "FROM scoring_batch_results WHERE score_date = :d AND market_group = :g"
         ),
-        {"d": score_date},
+        {"d": score_date, "g": market_group},
     ).one()
     warm = int(
         conn.execute(
-            sa.text("SELECT count(*) FROM dashboard_cache WHERE score_date = :d"),
-            {"d": score_date},
+            sa.text(
+                "SELECT count(*) FROM dashboard_cache dc WHERE dc.score_date = :d AND EXISTS ("
+                "SELECT 1 FROM scoring_batch_results r, "
+                "jsonb_array_elements(r.succeeded_users) u WHERE r.score_date = :d "
+                "AND r.market_group = :g AND u->>'userId' = dc.user_id::text)"
+            ),
+            {"d": score_date, "g": market_group},
         ).scalar_one()
     )
-    scoring = find_night(conn, score_date)
+    scoring = find_night(conn, score_date, market_group=market_group)
     done = (
         figures.pending == 0 and scoring is not None and scoring.status is not NightStatus.STARTED
     )
@@ -597,9 +660,11 @@ def _camel(name: str) -> str:
     return head + "".join(part.capitalize() for part in rest)
 
 
-def night_traceparent(conn: Connection, score_date: dt.date) -> str | None:
+def night_traceparent(
+    conn: Connection, score_date: dt.date, *, market_group: str = ALL_MARKETS
+) -> str | None:
     """The W3C traceparent of the date's night, as recorded when it started."""
-    night = find_night(conn, score_date)
+    night = find_night(conn, score_date, market_group=market_group)
     value = night.metrics.get("traceparent") if night is not None else None
     return str(value) if value else None
 
@@ -615,14 +680,16 @@ def _span_description(night: Night) -> str:
     )
 
 
-def emit_root_span(engine: sa.Engine, score_date: dt.date) -> bool:
+def emit_root_span(
+    engine: sa.Engine, score_date: dt.date, *, market_group: str = ALL_MARKETS
+) -> bool:
     """Emit the night's `overnight-scoring-job` span once per closing (call after the commit)."""
     from scoring_pipeline import telemetry
 
     if not telemetry.enabled():
         return False
     with engine.begin() as conn:
-        night = find_night(conn, score_date, lock=True)
+        night = find_night(conn, score_date, market_group=market_group, lock=True)
         if night is None or night.status is NightStatus.STARTED or night.completed_at is None:
             return False
         closed = night.completed_at.isoformat()
@@ -653,5 +720,5 @@ def emit_root_span(engine: sa.Engine, score_date: dt.date) -> bool:
             description=_span_description(night),
         )
         if emitted:
-            merge_metrics(conn, score_date, {"span_emitted_for": closed})
+            merge_metrics(conn, score_date, {"span_emitted_for": closed}, market_group=market_group)
         return emitted

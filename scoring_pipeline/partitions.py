@@ -12,6 +12,7 @@ import datetime as dt
 import dagster as dg
 
 from scoring_pipeline.errors import ScoringPipelineError
+from scoring_pipeline.market_groups import MarketGroup
 
 SCORE_DATE_START = "2025-01-01"
 SCORES_PARTITIONS_NAME = "scoring_night_batches"
@@ -23,6 +24,18 @@ score_date_partitions = dg.DailyPartitionsDefinition(
 )
 
 scores_partitions = dg.DynamicPartitionsDefinition(name=SCORES_PARTITIONS_NAME)
+
+
+def scores_partitions_name(group: MarketGroup) -> str:
+    """`scoring_night_batches` for the default group, else `<group>_scoring_night_batches`."""
+    return group.qualified(SCORES_PARTITIONS_NAME)
+
+
+def scores_partitions_for(group: MarketGroup) -> dg.DynamicPartitionsDefinition:
+    """A market group's batch partitions: each group's night has its own batches' statuses."""
+    if group.is_default:
+        return scores_partitions
+    return dg.DynamicPartitionsDefinition(name=scores_partitions_name(group))
 
 
 class NotABatchPartitionError(ScoringPipelineError):
@@ -55,17 +68,19 @@ def parse_scores_partition_key(key: str) -> tuple[dt.date, str]:
 
 
 def register_night_batches(
-    instance: dg.DagsterInstance, score_date: dt.date, batches: list[str]
+    instance: dg.DagsterInstance, score_date: dt.date, batches: list[str], group: MarketGroup
 ) -> tuple[list[str], list[str]]:
-    """Make the date's `scores` partitions exactly its batches; returns (added, removed) keys."""
+    """Make the date's `scores` partitions of the group exactly its batches; returns (added,
+    removed) keys."""
+    name = scores_partitions_name(group)
     wanted = [scores_partition_key(score_date, b) for b in batches]
     prefix = scores_partition_key(score_date, "")
-    existing = instance.get_dynamic_partitions(SCORES_PARTITIONS_NAME)
+    existing = instance.get_dynamic_partitions(name)
     present = set(existing)
     added = [k for k in wanted if k not in present]
     removed = [k for k in existing if k.startswith(prefix) and k not in set(wanted)]
     if added:
-        instance.add_dynamic_partitions(SCORES_PARTITIONS_NAME, added)
+        instance.add_dynamic_partitions(name, added)
     for key in removed:
-        instance.delete_dynamic_partition(SCORES_PARTITIONS_NAME, key)
+        instance.delete_dynamic_partition(name, key)
     return added, removed

@@ -1,4 +1,9 @@
-"""The nightly schedule: cron and timezone from the environment, ticks map to a score date.
+"""The nightly schedules, one per market group; each tick maps to a score date of its group.
+
+The default group's `overnight_scoring_schedule` runs on `OVERNIGHT_JOB_CRON` in
+`OVERNIGHT_JOB_TIMEZONE`. A configured group's `<group>_overnight_scoring_schedule` runs in its
+exchange's timezone, `lead` before the open, on the calendar's weekdays; a day the exchange is
+closed (a holiday) is skipped with a reason naming the calendar.
 
 Ticks are idempotent per night (SPEC §6): a tick starts the date's night only when it has none,
 or when it `failed` before anything was scored; otherwise it is skipped with a reason naming the
@@ -6,14 +11,16 @@ night. A snapshots run of the date that is still queued or running also skips th
 firing every minute (or the daemon catching up missed ticks) never launches a second night.
 """
 
-import datetime as dt
+from typing import Any
 
 import dagster as dg
 
 from scoring_pipeline import night_lifecycle
+from scoring_pipeline.assets.common import GROUP_TAG
 from scoring_pipeline.errors import ConfigurationError
 from scoring_pipeline.jobs import overnight_snapshots_job
-from scoring_pipeline.resources import DatabaseResource, ScoringSettingsResource
+from scoring_pipeline.market_groups import MarketGroup, default_group
+from scoring_pipeline.resources import DatabaseResource
 from scoring_pipeline.telemetry import TRACEPARENT, new_traceparent
 
 SCORE_DATE_TAG = "scoring/score_date"
@@ -25,25 +32,35 @@ _IN_FLIGHT = [
 ]
 
 
-def score_date_for_tick(scheduled: dt.datetime) -> str:
-    """The score date a tick starts: the tick's calendar day in the schedule's timezone."""
-    return scheduled.date().isoformat()
+def build_overnight_schedule(
+    cron: str, timezone: str, job: Any = overnight_snapshots_job
+) -> dg.ScheduleDefinition:
+    """The default group's schedule (a time-partitioned job refuses a custom cron, STYLE §8)."""
+    return build_group_schedule(default_group(cron, timezone), job)
 
 
-def build_overnight_schedule(cron: str, timezone: str) -> dg.ScheduleDefinition:
-    """A plain schedule (a time-partitioned job refuses a custom cron, STYLE §8)."""
+def build_group_schedule(group: MarketGroup, job: Any) -> dg.ScheduleDefinition:
+    """A group's schedule, starting its snapshots `job`; a bad cron or zone is a config error."""
     try:
-        return _build(cron, timezone)
+        return _build(group, job)
     except dg.DagsterInvalidDefinitionError as exc:
+        where = (
+            "OVERNIGHT_JOB_CRON / OVERNIGHT_JOB_TIMEZONE"
+            if group.is_default
+            else "MARKET_GROUPS_FILE"
+        )
         raise ConfigurationError(
-            f"OVERNIGHT_JOB_CRON={cron!r} / OVERNIGHT_JOB_TIMEZONE={timezone!r} is invalid: {exc}"
+            f"{where}: the schedule of group {group.name} (cron {group.cron!r} in "
+            f"{group.timezone!r}) is invalid: {exc}"
         ) from exc
 
 
-def _snapshots_run_in_flight(instance: dg.DagsterInstance, score_date: str) -> str | None:
+def _snapshots_run_in_flight(
+    instance: dg.DagsterInstance, job_name: str, score_date: str
+) -> str | None:
     runs = instance.get_run_records(
         filters=dg.RunsFilter(
-            job_name=overnight_snapshots_job.name,
+            job_name=job_name,
             tags={"dagster/partition": score_date},
             statuses=_IN_FLIGHT,
         ),
@@ -52,36 +69,51 @@ def _snapshots_run_in_flight(instance: dg.DagsterInstance, score_date: str) -> s
     return runs[0].dagster_run.run_id if runs else None
 
 
-def _build(cron: str, timezone: str) -> dg.ScheduleDefinition:
+def _description(group: MarketGroup) -> str:
+    when = (
+        f"{group.lead_minutes} min before the {group.opens_at:%H:%M} open in {group.timezone}"
+        if group.opens_at is not None
+        else f"cron {group.cron} in {group.timezone}"
+    )
+    closed = (
+        ""
+        if group.run_on_closed_days
+        else f"; days {group.calendar or 'weekdays'} is closed are skipped"
+    )
+    return (
+        f"Starts the night of group {group.name} ({when}{closed}): freezes the score date's "
+        "snapshots; scoring_batches_sensor then launches every batch. A date whose night exists "
+        "is skipped (unless it failed before anything was scored)."
+    )
+
+
+def _build(group: MarketGroup, job: Any) -> dg.ScheduleDefinition:
     @dg.schedule(
-        name="overnight_scoring_schedule",
-        cron_schedule=cron,
-        execution_timezone=timezone,
-        job=overnight_snapshots_job,
+        name=group.qualified("overnight_scoring_schedule"),
+        cron_schedule=group.cron,
+        execution_timezone=group.timezone,
+        job=job,
         default_status=dg.DefaultScheduleStatus.RUNNING,
-        description=(
-            "Starts the night: freezes the score date's snapshots; "
-            "scoring_batches_sensor then launches every batch. A date whose night exists is "
-            "skipped (unless it failed before anything was scored)."
-        ),
+        description=_description(group),
     )
     def overnight_scoring_schedule(
-        context: dg.ScheduleEvaluationContext,
-        database: DatabaseResource,
-        settings: ScoringSettingsResource,
+        context: dg.ScheduleEvaluationContext, database: DatabaseResource
     ) -> dg.RunRequest | dg.SkipReason:
         scheduled = context.scheduled_execution_time
         assert scheduled is not None
-        score_date = score_date_for_tick(scheduled)
-        in_flight = _snapshots_run_in_flight(context.instance, score_date)
+        day = group.score_date_of_tick(scheduled)
+        closed = group.closed_reason(day)
+        if closed:
+            return dg.SkipReason(closed)
+        score_date = day.isoformat()
+        in_flight = _snapshots_run_in_flight(context.instance, job.name, score_date)
         if in_flight:
             return dg.SkipReason(
-                f"the snapshots run {in_flight} of {score_date} is still queued or running"
+                f"the snapshots run {in_flight} of {score_date} ({group.name}) is still queued "
+                "or running"
             )
         with database.engine().connect() as conn:
-            reason = night_lifecycle.tick_skip_reason(
-                conn, dt.date.fromisoformat(score_date), market_group=settings.market_group
-            )
+            reason = night_lifecycle.tick_skip_reason(conn, day, market_group=group.name)
         if reason:
             return dg.SkipReason(reason)
         return dg.RunRequest(
@@ -89,6 +121,7 @@ def _build(cron: str, timezone: str) -> dg.ScheduleDefinition:
             partition_key=score_date,
             tags={
                 SCORE_DATE_TAG: score_date,
+                GROUP_TAG: group.name,
                 "scoring/trigger": "schedule",
                 TRACEPARENT: new_traceparent(),
             },

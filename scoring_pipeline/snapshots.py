@@ -11,7 +11,7 @@ A value the provider gave but the checks rejected (SPEC §8: per value) is store
 
 import datetime as dt
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -156,24 +156,31 @@ def _latest_snapshot_date(
 
 
 def reuse_recent_snapshot(
-    conn: Connection, table: sa.Table, score_date: dt.date, max_age_days: int
+    conn: Connection,
+    table: sa.Table,
+    score_date: dt.date,
+    max_age_days: int,
+    symbols: Sequence[str] | None = None,
 ) -> dt.date | None:
-    """Copy the most recent earlier snapshot (≤ max_age_days old) to the date, flagged stale.
+    """Copy the most recent earlier snapshot (≤ max_age_days old) to the date, flagged stale
+    (only `symbols` of a price snapshot when given: a market group's, the others' kept).
 
     Returns the date of the snapshot reused, or None when there is none recent enough.
     """
     source_date = _latest_snapshot_date(conn, table, score_date, max_age_days)
     if source_date is None:
         return None
-    conn.execute(table.delete().where(table.c.score_date == score_date))
+    only = " AND symbol = ANY(CAST(:y AS text[]))" if symbols is not None else ""
+    params = {"d": score_date, "s": source_date, "y": list(symbols or [])}
+    conn.execute(sa.text(f"DELETE FROM {table.name} WHERE score_date = :d{only}"), params)
     columns = [c.name for c in table.columns if c.name not in ("score_date", "is_stale")]
     column_list = ", ".join(columns)
     conn.execute(
         sa.text(
             f"INSERT INTO {table.name} (score_date, is_stale, {column_list}) "
-            f"SELECT :d, true, {column_list} FROM {table.name} WHERE score_date = :s"
+            f"SELECT :d, true, {column_list} FROM {table.name} WHERE score_date = :s{only}"
         ),
-        {"d": score_date, "s": source_date},
+        params,
     )
     return source_date
 
@@ -205,6 +212,15 @@ def compute_membership(conn: Connection, batch_size: int) -> Membership:
     ).scalar_one()
     members = [(str(uid), batch_key(i // batch_size)) for i, uid in enumerate(active)]
     return Membership(members=members, users_skipped=int(skipped))
+
+
+def lock_snapshot(conn: Connection, score_date: dt.date, what: str) -> None:
+    """Serialise the takers of one snapshot of a date (market groups' runs may overlap) until
+    the transaction ends: the second finds the first's snapshot instead of fetching again."""
+    conn.execute(
+        sa.text("SELECT pg_advisory_xact_lock(hashtext('snapshot:' || :k))"),
+        {"k": f"{score_date.isoformat()}|{what}"},
+    )
 
 
 def store_membership(conn: Connection, score_date: dt.date, membership: Membership) -> None:
@@ -240,20 +256,31 @@ def has_snapshot(conn: Connection, table: sa.Table, score_date: dt.date) -> bool
     )
 
 
-def needed_symbols(conn: Connection, score_date: dt.date) -> list[str]:
-    """Every instrument of every market targeted by the date's active users, plus held symbols."""
+def needed_symbols(
+    conn: Connection, score_date: dt.date, markets: Sequence[str] | None = None
+) -> list[str]:
+    """Every instrument of every market targeted by the date's active users, plus held symbols.
+
+    For a market group (`markets`): the instruments of its markets its users target, plus the
+    held symbols of its users (those with an active criteria set in its markets)."""
+    in_group = (
+        "(CAST(:m AS text[]) IS NULL OR EXISTS (SELECT 1 FROM criteria_versions g "
+        "WHERE g.user_id = b.user_id AND g.is_active "
+        "AND g.target_market = ANY(CAST(:m AS text[]))))"
+    )
     rows = conn.execute(
         sa.text(
             "SELECT i.symbol FROM instruments i WHERE EXISTS ("
             "  SELECT 1 FROM criteria_versions c JOIN scoring_batches b "
             "    ON b.user_id = c.user_id AND b.score_date = :d "
             "  WHERE c.is_active AND c.target_market = i.market AND c.asset_type = i.asset_type) "
+            "AND (CAST(:m AS text[]) IS NULL OR i.market = ANY(CAST(:m AS text[]))) "
             "UNION SELECT a.symbol FROM portfolio_assets a "
             "  JOIN portfolios p ON p.id = a.portfolio_id "
             "  JOIN scoring_batches b ON b.user_id = p.user_id AND b.score_date = :d "
-            "  WHERE NOT a.is_ignored"
+            f"  WHERE NOT a.is_ignored AND {in_group}"
         ),
-        {"d": score_date},
+        {"d": score_date, "m": list(markets) if markets is not None else None},
     ).scalars()
     return sorted(set(rows))
 
@@ -282,8 +309,14 @@ def store_prices(
     result: PricesResult,
     *,
     fetched_at: dt.datetime,
+    only_these: bool = False,
 ) -> dict[str, int]:
-    conn.execute(t.price_snapshots.delete().where(t.price_snapshots.c.score_date == score_date))
+    """Store the date's prices of `symbols`: replacing the date's whole snapshot, or only these
+    symbols' rows (`only_these`: a market group adds its own to the date's snapshot)."""
+    replaced = t.price_snapshots.delete().where(t.price_snapshots.c.score_date == score_date)
+    if only_these:
+        replaced = replaced.where(t.price_snapshots.c.symbol.in_(symbols))
+    conn.execute(replaced)
     rows: list[dict[str, Any]] = []
     for symbol in symbols:
         quote = result.quotes.get(symbol)
@@ -371,8 +404,9 @@ def _stale_or_raise(
     max_age_days: int,
     error: Exception,
     what: str,
+    symbols: Sequence[str] | None = None,
 ) -> dt.date:
-    reused = reuse_recent_snapshot(conn, table, score_date, max_age_days)
+    reused = reuse_recent_snapshot(conn, table, score_date, max_age_days, symbols)
     if reused is None:
         raise SnapshotUnavailableError(
             f"every {what} provider failed for {score_date} ({error}) and no {what} snapshot "
@@ -435,9 +469,13 @@ def snapshot_prices(
     *,
     max_age_days: int,
     refresh: bool,
+    markets: Sequence[str] | None = None,
 ) -> dict[str, Any]:
-    """Freeze the date's prices for every needed symbol (batched requests by the provider)."""
+    """Freeze the date's prices for every needed symbol (batched requests by the provider);
+    for a market group (`markets`), for the group's symbols the date has no price of yet."""
     table = t.price_snapshots
+    if markets is not None:
+        return _snapshot_group_prices(conn, score_date, provider, max_age_days, refresh, markets)
     if not refresh and has_snapshot(conn, table, score_date):
         stale = conn.execute(
             sa.select(sa.func.count()).where(table.c.score_date == score_date, table.c.is_stale)
@@ -478,5 +516,64 @@ def snapshot_prices(
         "source": result.source,
         "missing_symbols": result.missing[:50],
         **counts,
+        **_rejections(result.rejected, "prices", score_date),
+    }
+
+
+def _snapshot_group_prices(
+    conn: Connection,
+    score_date: dt.date,
+    provider: PricesSource,
+    max_age_days: int,
+    refresh: bool,
+    markets: Sequence[str],
+) -> dict[str, Any]:
+    table = t.price_snapshots
+    symbols = needed_symbols(conn, score_date, markets)
+    stored = dict(
+        conn.execute(
+            sa.select(table.c.symbol, table.c.is_stale).where(
+                table.c.score_date == score_date, table.c.symbol.in_(symbols)
+            )
+        ).all()
+    )
+    wanted = symbols if refresh else [s for s in symbols if s not in stored]
+    figures: dict[str, Any] = {
+        "symbols": len(symbols),
+        "reused_symbols": len(symbols) - len(wanted),
+    }
+    if not wanted:
+        return {
+            "fetched": False,
+            "reused_existing": True,
+            "is_stale": any(stored.values()),
+            **figures,
+            **_stored_rejections(conn, table, score_date, "symbol"),
+        }
+    try:
+        result = provider.fetch_prices(
+            symbols=wanted, currencies=instrument_currencies(conn, wanted)
+        )
+    except ProviderError as exc:
+        stale_from = _stale_or_raise(
+            conn, table, score_date, max_age_days, exc, "prices", symbols=wanted
+        )
+        return {
+            "fetched": False,
+            "reused_existing": False,
+            "is_stale": True,
+            "stale_from": stale_from.isoformat(),
+            "provider_error": str(exc),
+            **figures,
+        }
+    counts = store_prices(conn, score_date, wanted, result, fetched_at=_now(), only_these=True)
+    return {
+        "fetched": True,
+        "reused_existing": False,
+        "is_stale": any(stored.values()) and not refresh,
+        "source": result.source,
+        "missing_symbols": result.missing[:50],
+        **counts,
+        **figures,
         **_rejections(result.rejected, "prices", score_date),
     }

@@ -145,6 +145,8 @@ scoring_batch_results = sa.Table(
     "scoring_batch_results",
     metadata,
     sa.Column("score_date", sa.Date, primary_key=True),
+    # One outcome per market group: each group scores the batch for its own markets (SPEC §6).
+    sa.Column("market_group", sa.Text, primary_key=True, server_default="all"),
     sa.Column("batch_key", sa.Text, primary_key=True),
     sa.Column("status", sa.Text, nullable=False),
     sa.Column("users_total", sa.Integer, nullable=False),

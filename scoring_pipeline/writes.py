@@ -174,11 +174,23 @@ def write_metric_values(conn: Connection, output: BatchOutput) -> int:
     return len(keys)
 
 
-def _lock_batch(conn: Connection, score_date: dt.date, batch: str) -> None:
+def _lock_batch(conn: Connection, output: BatchOutput) -> None:
     conn.execute(
         sa.text("SELECT pg_advisory_xact_lock(hashtext('scores:' || :k))"),
-        {"k": f"{score_date.isoformat()}|{batch}"},
+        {"k": f"{output.score_date.isoformat()}|{output.market_group}|{output.batch_key}"},
     )
+
+
+# A market group replaces only the scores of its own markets' instruments: groups score disjoint
+# markets on the same date, and one group's night must never delete another's rows (SPEC §6).
+_OF_GROUP = (
+    " AND (CAST(:m AS text[]) IS NULL OR symbol IN (SELECT i.symbol FROM instruments i "
+    "WHERE i.market = ANY(CAST(:m AS text[]))))"
+)
+
+
+def _markets(output: BatchOutput) -> list[str] | None:
+    return list(output.markets) if output.markets is not None else None
 
 
 def _replace_current_scores(
@@ -189,17 +201,17 @@ def _replace_current_scores(
         conn.execute(
             sa.text(
                 "SELECT DISTINCT user_id::text FROM asset_scores "
-                "WHERE user_id = ANY(CAST(:u AS uuid[])) AND score_date > :d"
+                "WHERE user_id = ANY(CAST(:u AS uuid[])) AND score_date > :d" + _OF_GROUP
             ),
-            {"u": users, "d": output.score_date},
+            {"u": users, "d": output.score_date, "m": _markets(output)},
         ).scalars()
     )
     current = [u for u in users if u not in newer]
     if not current:
         return 0
     conn.execute(
-        sa.text("DELETE FROM asset_scores WHERE user_id = ANY(CAST(:u AS uuid[]))"),
-        {"u": current},
+        sa.text("DELETE FROM asset_scores WHERE user_id = ANY(CAST(:u AS uuid[]))" + _OF_GROUP),
+        {"u": current, "m": _markets(output)},
     )
     return copy_text(
         conn,
@@ -214,9 +226,10 @@ def _replace_history(
 ) -> int:
     conn.execute(
         sa.text(
-            "DELETE FROM score_history WHERE score_date = :d AND user_id = ANY(CAST(:u AS uuid[]))"
+            "DELETE FROM score_history WHERE score_date = :d "
+            "AND user_id = ANY(CAST(:u AS uuid[]))" + _OF_GROUP
         ),
-        {"d": output.score_date, "u": users},
+        {"d": output.score_date, "u": users, "m": _markets(output)},
     )
     return copy_text(conn, "score_history", _HISTORY_COLUMNS, prepared.history)
 
@@ -249,6 +262,7 @@ def batch_outcome(output: BatchOutput, run_id: str | None) -> BatchOutcome:
         ],
         run_id=run_id,
         timings=dict(output.timings),
+        market_group=output.market_group,
     )
 
 
@@ -261,16 +275,9 @@ def write_batch(
 ) -> dict[str, Any]:
     """Write the batch in the caller's transaction; returns row counts and the statuses."""
     prepared = prepared or prepare_batch(output)
-    if not output.users and not output.users_skipped:
-        # No user at all (the asset refuses batches of no night before it scores): no outcome.
-        return {
-            "asset_scores": 0,
-            "score_history": 0,
-            "calculation_events": 0,
-            "batch_status": "empty",
-            "job_status": None,
-        }
-    _lock_batch(conn, output.score_date, output.batch_key)
+    # A batch with no user of the group still records its (empty) outcome: the asset refuses
+    # batches of no night before it scores, and the night closes when every batch has one.
+    _lock_batch(conn, output)
     users = [u.user_id for u in output.succeeded]
     counts: dict[str, Any] = {"asset_scores": 0, "score_history": 0}
     if users:
@@ -289,9 +296,9 @@ def record_write_time(conn: Connection, output: BatchOutput, write_ms: int) -> N
         sa.text(
             "UPDATE scoring_batch_results SET timings = timings || "
             "jsonb_build_object('write_ms', CAST(:w AS integer)) "
-            "WHERE score_date = :d AND batch_key = :b"
+            "WHERE score_date = :d AND market_group = :g AND batch_key = :b"
         ),
-        {"w": write_ms, "d": output.score_date, "b": output.batch_key},
+        {"w": write_ms, "d": output.score_date, "g": output.market_group, "b": output.batch_key},
     )
 
 

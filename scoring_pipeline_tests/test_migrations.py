@@ -44,7 +44,7 @@ def test_upgrade_creates_every_spec_table(fresh_engine):
     db.migrate(fresh_engine)
     names = set(sa.inspect(fresh_engine).get_table_names())
     assert SPEC_TABLES <= names
-    assert db.current_revision(fresh_engine) == "0005"
+    assert db.current_revision(fresh_engine) == "0006"
 
 
 def test_tables_match_migrated_schema(fresh_engine):

@@ -10,7 +10,13 @@ from sqlalchemy.engine import Connection, Engine
 
 from scoring_pipeline import night_lifecycle, telemetry
 from scoring_pipeline.errors import SnapshotUnavailableError
+from scoring_pipeline.market_groups import MarketGroup
 from scoring_pipeline.telemetry import TRACEPARENT
+
+# The market group a run works for: a tag of every job of the group (schedule, sensor, CLI and
+# UI launches of the job alike). Runs without it (UI materialisations of the shared snapshot
+# assets) belong to the default group when it is the only one, else to no group's night.
+GROUP_TAG = "scoring/market_group"
 
 if TYPE_CHECKING:
     from scoring_pipeline.resources import DatabaseResource
@@ -27,8 +33,22 @@ def run_traceparent(context: dg.AssetExecutionContext | dg.OpExecutionContext) -
     return context.run.tags.get(TRACEPARENT)
 
 
+def run_group(
+    context: dg.AssetExecutionContext | dg.OpExecutionContext, groups: dict[str, MarketGroup]
+) -> MarketGroup | None:
+    """The market group whose night the run belongs to (see GROUP_TAG), or None."""
+    tagged = context.run.tags.get(GROUP_TAG)
+    if tagged is not None:
+        return groups.get(tagged)
+    only = list(groups.values())
+    return only[0] if len(only) == 1 and only[0].is_default else None
+
+
 def night_traceparent(
-    context: dg.AssetExecutionContext | dg.OpExecutionContext, engine: Engine, score_date: dt.date
+    context: dg.AssetExecutionContext | dg.OpExecutionContext,
+    engine: Engine,
+    score_date: dt.date,
+    market_group: str = night_lifecycle.ALL_MARKETS,
 ) -> str | None:
     """The run's trace context, else the one the date's night recorded when it started (a run
     launched by hand or by a backfill carries none)."""
@@ -36,7 +56,7 @@ def night_traceparent(
     if tagged:
         return tagged
     with engine.connect() as conn:
-        return night_lifecycle.night_traceparent(conn, score_date)
+        return night_lifecycle.night_traceparent(conn, score_date, market_group=market_group)
 
 
 def score_date_of(context: dg.AssetExecutionContext) -> dt.date:
@@ -66,12 +86,15 @@ def materialize_snapshot(
     step: str,
     figure: str,
     take: Callable[[Connection], dict[str, Any]],
+    group: MarketGroup | None,
 ) -> dg.MaterializeResult[None]:
     """The body shared by the rates and prices assets: take the date's snapshot in one
-    transaction, record the fetch time and staleness on the night, or fail the night clearly."""
+    transaction, record the fetch time and staleness on the group's night, or fail that night
+    clearly (with no group, the snapshot is taken and no night is touched)."""
     score_date = score_date_of(context)
     started = time.perf_counter()
-    traceparent = night_traceparent(context, database.engine(), score_date)
+    name = group.name if group is not None else night_lifecycle.ALL_MARKETS
+    traceparent = night_traceparent(context, database.engine(), score_date, name)
     timing = f"fetch_{figure}_ms"
     try:
         with (
@@ -80,22 +103,34 @@ def materialize_snapshot(
         ):
             summary = take(conn)
             summary[timing] = int((time.perf_counter() - started) * 1000)
-            night_lifecycle.merge_metrics(
-                conn,
-                score_date,
-                {
-                    timing: summary[timing],
-                    f"{figure}_stale": summary["is_stale"],
-                    # Values rejected one by one (SPEC §8): how many, and the first by name.
-                    f"{figure}_rejected": summary.get("rejected", 0),
-                    f"{figure}_rejected_values": summary.get("rejected_values", {}),
-                },
-            )
+            if group is not None:
+                _merge_figures(conn, score_date, group.name, figure, summary)
     except SnapshotUnavailableError as exc:
-        with database.engine().begin() as conn:
-            night_lifecycle.fail_night(conn, score_date, stage=step, error=exc)
-        night_lifecycle.emit_root_span(database.engine(), score_date)
+        if group is not None:
+            with database.engine().begin() as conn:
+                night_lifecycle.fail_night(
+                    conn, score_date, stage=step, error=exc, market_group=group.name
+                )
+            night_lifecycle.emit_root_span(database.engine(), score_date, market_group=group.name)
         raise
     if summary["is_stale"]:
         context.log.warning(f"{step} for {score_date} are STALE: {summary}")
     return dg.MaterializeResult(metadata=as_metadata(summary))
+
+
+def _merge_figures(
+    conn: Connection, score_date: dt.date, group: str, figure: str, summary: dict[str, Any]
+) -> None:
+    timing = f"fetch_{figure}_ms"
+    night_lifecycle.merge_metrics(
+        conn,
+        score_date,
+        {
+            timing: summary[timing],
+            f"{figure}_stale": summary["is_stale"],
+            # Values rejected one by one (SPEC §8): how many, and the first by name.
+            f"{figure}_rejected": summary.get("rejected", 0),
+            f"{figure}_rejected_values": summary.get("rejected_values", {}),
+        },
+        market_group=group,
+    )

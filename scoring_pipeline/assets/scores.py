@@ -1,4 +1,8 @@
-"""The `scores` asset: one partition per (score date × batch of users)."""
+"""The `scores` asset of a market group: one partition per (score date × batch of users).
+
+The default group's asset is `scores`; a configured group's is `<group>/scores`, scoring only
+the criteria sets of its markets and replacing only its markets' scores.
+"""
 
 import datetime as dt
 
@@ -13,68 +17,75 @@ from scoring_pipeline.assets.exchange_rates import exchange_rates
 from scoring_pipeline.assets.prices import prices
 from scoring_pipeline.batch_scoring import BatchOutput, score_batch
 from scoring_pipeline.errors import SnapshotUnavailableError
+from scoring_pipeline.market_groups import DEFAULT_GROUP, DEFAULT_GROUPS, MarketGroup
 from scoring_pipeline.partitions import (
     NotABatchPartitionError,
     parse_scores_partition_key,
-    scores_partitions,
+    scores_partitions_for,
 )
-from scoring_pipeline.resources import DatabaseResource, ScoringSettingsResource
+from scoring_pipeline.resources import DatabaseResource
 
 
-@dg.asset(
-    partitions_def=scores_partitions,
-    # Dagster has no built-in mapping from a (date, batch) key to its date (custom mappings are
-    # deprecated), so the edge is asset-level: the batch itself reads only its date's snapshots.
-    deps=[
-        dg.AssetDep(upstream, partition_mapping=dg.AllPartitionMapping())
-        for upstream in (active_users, exchange_rates, prices)
-    ],
-    io_manager_key="scores_io_manager",
-    # A lost database connection (server restart, failover) retries the whole step: the write
-    # is one transaction, so a retry starts clean. Failed users are a `Failure` that is final.
-    retry_policy=dg.RetryPolicy(max_retries=3, delay=2.0, backoff=dg.Backoff.EXPONENTIAL),
-    group_name="scoring",
-    kinds={"postgres"},
-)
-def scores(
-    context: dg.AssetExecutionContext,
-    database: DatabaseResource,
-    settings: ScoringSettingsResource,
-) -> BatchOutput:
-    """Scores of one batch of users for the score date, from the date's frozen snapshots."""
-    score_date, batch = _night_batch(context.partition_key)
-    with database.engine().begin() as conn:
-        correlation_id = _night_of_batch(conn, score_date, batch, settings.market_group)
-    traceparent = night_traceparent(context, database.engine(), score_date)
-    with (
-        telemetry.step_span(
-            "score-batch", traceparent, {"score_date": str(score_date), "batch": batch}
-        ) as span,
-        database.engine().connect() as conn,
-    ):
-        output = score_batch(
-            conn, score_date=score_date, batch=batch, job_correlation_id=correlation_id
-        )
-        if span is not None:
-            span.set_attributes(
-                {
-                    "users_success": len(output.succeeded),
-                    "users_failed": len(output.failed),
-                    "assets_scored": output.assets_scored,
-                }
-            )
-    for user in output.failed:
-        error = user.error or {}
-        context.log.error(
-            f"user {user.user_id} failed at stage {user.stage}: "
-            f"{error.get('type')}: {error.get('message')}"
-        )
-    context.log.info(
-        f"batch {batch} of {score_date}: {len(output.succeeded)} users scored, "
-        f"{len(output.failed)} failed, {len(output.users_skipped)} skipped, "
-        f"{output.assets_scored} assets in {output.duration_ms} ms"
+def build_scores(group: MarketGroup, upstream: list[dg.AssetsDefinition]) -> dg.AssetsDefinition:
+    """The group's batch-partitioned scores, downstream of the date's snapshot assets."""
+
+    @dg.asset(
+        key=group.asset_key("scores"),
+        partitions_def=scores_partitions_for(group),
+        # Dagster has no built-in mapping from a (date, batch) key to its date (custom mappings
+        # are deprecated), so the edge is asset-level: the batch reads only its date's snapshots.
+        deps=[dg.AssetDep(asset, partition_mapping=dg.AllPartitionMapping()) for asset in upstream],
+        io_manager_key="scores_io_manager",
+        # A lost database connection (server restart, failover) retries the whole step: the
+        # write is one transaction, so a retry starts clean. Failed users are a final `Failure`.
+        retry_policy=dg.RetryPolicy(max_retries=3, delay=2.0, backoff=dg.Backoff.EXPONENTIAL),
+        group_name="scoring" if group.is_default else f"{group.name}_night",
+        kinds={"postgres"},
     )
-    return output
+    def scores(context: dg.AssetExecutionContext, database: DatabaseResource) -> BatchOutput:
+        """Scores of one batch of users for the score date, from the date's frozen snapshots."""
+        score_date, batch = _night_batch(context.partition_key)
+        with database.engine().begin() as conn:
+            correlation_id = _night_of_batch(conn, score_date, batch, group.name)
+        traceparent = night_traceparent(context, database.engine(), score_date, group.name)
+        with (
+            telemetry.step_span(
+                "score-batch",
+                traceparent,
+                {"score_date": str(score_date), "batch": batch, "market_group": group.name},
+            ) as span,
+            database.engine().connect() as conn,
+        ):
+            output = score_batch(
+                conn,
+                score_date=score_date,
+                batch=batch,
+                job_correlation_id=correlation_id,
+                market_group=group.name,
+                markets=group.markets,
+            )
+            if span is not None:
+                span.set_attributes(
+                    {
+                        "users_success": len(output.succeeded),
+                        "users_failed": len(output.failed),
+                        "assets_scored": output.assets_scored,
+                    }
+                )
+        for user in output.failed:
+            error = user.error or {}
+            context.log.error(
+                f"user {user.user_id} failed at stage {user.stage}: "
+                f"{error.get('type')}: {error.get('message')}"
+            )
+        context.log.info(
+            f"batch {batch} of {score_date} ({group.name}): {len(output.succeeded)} users "
+            f"scored, {len(output.failed)} failed, {len(output.users_skipped)} skipped, "
+            f"{output.assets_scored} assets in {output.duration_ms} ms"
+        )
+        return output
+
+    return scores
 
 
 def _night_batch(partition_key: str) -> tuple[dt.date, str]:
@@ -97,7 +108,8 @@ def _night_of_batch(conn: Connection, score_date: dt.date, batch: str, group: st
             description=(
                 f"{score_date}/{batch} belongs to no night: "
                 + (
-                    f"{score_date} has no night (run overnight_snapshots_job for it first)"
+                    f"{score_date} has no night of group {group} "
+                    "(run the group's snapshots job for it first)"
                     if night is None
                     else f"the night of {score_date} has batches {used}"
                 )
@@ -115,3 +127,6 @@ def _night_of_batch(conn: Connection, score_date: dt.date, batch: str, group: st
                 "snapshots (the overnight_snapshots_job) before its batches"
             )
     return night.correlation_id
+
+
+scores = build_scores(DEFAULT_GROUPS[DEFAULT_GROUP], [active_users, exchange_rates, prices])

@@ -1,0 +1,195 @@
+"""`scoring-pipeline bench --groups us,br,eu`: what per-market nights cost next to one night.
+
+On one generated universe (the benchmark's: 3 markets × N instruments, 12-rule sets, 1–3 sets per
+user), through the real webserver, daemon and run workers:
+1. a warm-up night of the default single group (the first night on empty tables);
+2. the next date as one group (every market): the baseline;
+3. the date after as the configured groups, one after the other as their opens come in a day
+   (each group's snapshots job launched once the previous group's night and cache warming closed).
+Each group's figures come from its own night (`overnight_job_runs` of its market group); the
+overhead is the groups' summed time and CPU over the single night's, on the same database.
+"""
+
+import datetime as dt
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from scoring_pipeline import db
+from scoring_pipeline.bench import RssSampler, _wait_runs_ended
+from scoring_pipeline.dagster_api import DagsterApi
+from scoring_pipeline.demo_data import generate
+from scoring_pipeline.market_groups import GROUPS_FILE_VARIABLE
+from scoring_pipeline.services import free_port, private_deployment_env, running_services
+
+# The generated universe's markets and their exchanges.
+GROUP_MARKETS = {
+    "us": ("US_TECH", "XNYS"),
+    "br": ("BR_BANKS", "BVMF"),
+    "eu": ("EU_INDUSTRIALS", "XETR"),
+}
+
+
+@dataclass
+class NightFigures:
+    name: str
+    seconds: float
+    cpu_s: float
+    users_total: int
+    assets_scored: int
+    batches: int
+    status: str
+
+
+@dataclass
+class GroupsReport:
+    users: int
+    single: NightFigures
+    groups: list[NightFigures] = field(default_factory=list)
+
+    def lines(self) -> list[str]:
+        def row(n: NightFigures) -> str:
+            return (
+                f"  {n.name:<10}{n.status:<11}{n.users_total:>8,}{n.assets_scored:>12,}"
+                f"{n.batches:>9,}{n.seconds:>10.1f} s{n.cpu_s:>9.1f} s"
+            )
+
+        total_s = sum(g.seconds for g in self.groups)
+        total_cpu = sum(g.cpu_s for g in self.groups)
+        return [
+            f"benchmark: {self.users} users, one night vs {len(self.groups)} market groups",
+            "  night     status        users      assets  batches  end to end      CPU",
+            row(self.single),
+            *(row(g) for g in self.groups),
+            f"groups summed: {total_s:.1f} s, {total_cpu:.1f} CPU-s, "
+            f"{sum(g.assets_scored for g in self.groups):,} assets",
+            "per-group overhead vs one night: "
+            f"time {total_s / max(self.single.seconds, 1e-9):.2f} x, "
+            f"CPU {total_cpu / max(self.single.cpu_s, 1e-9):.2f} x",
+        ]
+
+
+def _groups_file(path: Path, names: list[str]) -> Path:
+    unknown = [n for n in names if n not in GROUP_MARKETS]
+    if unknown:
+        raise ValueError(
+            f"--groups: unknown group {unknown[0]!r} (the benchmark's: {', '.join(GROUP_MARKETS)})"
+        )
+    path.write_text(
+        "".join(
+            f'[groups.{n}]\nmarkets = ["{GROUP_MARKETS[n][0]}"]\n'
+            f'calendar = "{GROUP_MARKETS[n][1]}"\n'
+            for n in names
+        )
+    )
+    return path
+
+
+def _wait(engine: Engine, score_date: dt.date, group: str, timeout: float) -> None:
+    """Until the group's scoring and cache-warming nights of the date have closed."""
+    deadline = time.monotonic() + timeout
+    query = sa.text(
+        "SELECT job_type, status FROM overnight_job_runs WHERE score_date = :d "
+        "AND market_group = :g"
+    )
+    while time.monotonic() < deadline:
+        with engine.connect() as conn:
+            status = {
+                str(r.job_type): str(r.status)
+                for r in conn.execute(query, {"d": score_date, "g": group})
+            }
+        done = ("completed", "partial", "failed")
+        if status.get("scoring") in done and status.get("cache_warm") in done:
+            return
+        time.sleep(0.25)
+    raise TimeoutError(f"the night of {score_date} ({group}) did not finish within {timeout:.0f} s")
+
+
+def _night(
+    services: Any,
+    env: dict[str, str],
+    engine: Engine,
+    score_date: dt.date,
+    group: str,
+    timeout: float,
+) -> NightFigures:
+    job = "overnight_snapshots_job" if group == "all" else f"{group}_overnight_snapshots_job"
+    roots = [p.pid for p in services.processes.values()]
+    started = time.monotonic()
+    with RssSampler(roots) as sampler:
+        DagsterApi(services.url).launch_job(job, tags={"dagster/partition": score_date.isoformat()})
+        _wait(engine, score_date, group, timeout)
+        _wait_runs_ended(env, timeout)
+    seconds = time.monotonic() - started
+    with engine.connect() as conn:
+        row = conn.execute(
+            sa.text(
+                "SELECT status, metrics FROM overnight_job_runs WHERE job_type = 'scoring' "
+                "AND score_date = :d AND market_group = :g"
+            ),
+            {"d": score_date, "g": group},
+        ).one()
+    return NightFigures(
+        name=group,
+        seconds=seconds,
+        cpu_s=sum(sampler.cpu_seconds.values()),
+        users_total=int(row.metrics.get("users_total", 0)),
+        assets_scored=int(row.metrics.get("assets_scored", 0)),
+        batches=int(row.metrics.get("batches_total", 0)),
+        status=str(row.status),
+    )
+
+
+def run_groups_bench(
+    users: int,
+    groups: list[str],
+    *,
+    workers: int = 2,
+    instruments_per_market: int = 200,
+    seed: int = 1,
+    timeout: float = 1800.0,
+    echo: Any = print,
+    server_url: str | None = None,
+) -> GroupsReport:
+    url = db.create_database(server_url or db.resolve_database_url(), "scoring_bench")
+    engine = db.create_engine_for(url)
+    work = Path(tempfile.mkdtemp(prefix="scoring-bench-"))
+    today = dt.datetime.now(dt.UTC).date()
+    warm_up, single_date, groups_date = (today - dt.timedelta(days=n) for n in (2, 1, 0))
+    try:
+        db.migrate(engine)
+        with engine.begin() as conn:
+            counts = generate(
+                conn,
+                users=users,
+                seed=seed,
+                out_dir=work / "provider_files",
+                instruments_per_market=instruments_per_market,
+                rules_per_set=12,
+                today=warm_up,
+            )
+        echo(f"universe: {counts}")
+        env = private_deployment_env(url, work / "dagster_home", work / "provider_files")
+        db.prepare_dagster_environment(env)
+        with running_services(port=free_port(), workers=workers, env=env) as services:
+            echo(f"warm-up night {warm_up} (one group)")
+            _night(services, env, engine, warm_up, "all", timeout)
+            echo(f"one-group night {single_date}")
+            single = _night(services, env, engine, single_date, "all", timeout)
+        report = GroupsReport(users=users, single=single)
+        env[GROUPS_FILE_VARIABLE] = str(_groups_file(work / "groups.toml", groups))
+        with running_services(port=free_port(), workers=workers, env=env) as services:
+            for group in groups:
+                echo(f"group {group} night {groups_date}")
+                report.groups.append(_night(services, env, engine, groups_date, group, timeout))
+        return report
+    finally:
+        engine.dispose()
+        db.drop_database(url)
+        shutil.rmtree(work, ignore_errors=True)

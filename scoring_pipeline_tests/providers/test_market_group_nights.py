@@ -1,0 +1,270 @@
+"""Three market groups scoring one date (SPEC §6 per-market nights), on real PostgreSQL, a real
+Dagster instance and providers over loopback HTTP: the date's rates are requested once, each
+group requests only the prices the date lacks, each group scores only its markets' criteria sets,
+no group deletes another's rows, each closes its own night with its own figures, and the scores
+equal those of the single default night over the same universe."""
+
+import datetime as dt
+import json
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import dagster as dg
+import pytest
+
+from scoring_pipeline.assets.common import GROUP_TAG
+from scoring_pipeline.deployment import build_resources
+from scoring_pipeline.market_groups import GROUPS_FILE_VARIABLE
+from scoring_pipeline.night_definitions import build_nights
+from scoring_pipeline.partitions import scores_partition_key
+from scoring_pipeline_tests import factories as f
+from scoring_pipeline_tests.scenario import DATE, batch, rows, rules, snapshots
+
+pytestmark = pytest.mark.db
+
+QUOTE = "/v7/finance/quote"
+LATEST = "/v1/latest"
+NOON = 1795780800  # 2026-11-27 12:00:00 UTC
+PRICES = {"AAA": (30, "USD"), "BBB": (0.3, "USD"), "PPP": (12, "BRL"), "CCC": (10, "EUR")}
+GROUPS = """
+[groups.us]
+markets = ["US_TECH"]
+calendar = "XNYS"
+
+[groups.br]
+markets = ["BR_BANKS"]
+calendar = "BVMF"
+
+[groups.eu]
+markets = ["EU_IND"]
+calendar = "XETR"
+"""
+
+
+@pytest.fixture
+def three_markets(clean_db, app_env, tmp_path: Path, monkeypatch, loopback, reply):
+    engine = clean_db
+    f.market(engine, "US_TECH", timezone="America/New_York", opens_at="09:30")
+    f.market(engine, "BR_BANKS", timezone="America/Sao_Paulo", opens_at="10:00")
+    f.market(engine, "EU_IND", timezone="Europe/Berlin", opens_at="09:00")
+    f.instrument(engine, "AAA", market="US_TECH", currency="USD", eps="2", roe="15")
+    f.instrument(engine, "BBB", market="US_TECH", currency="USD", eps="0.02", roe="5")
+    f.instrument(engine, "PPP", market="BR_BANKS", currency="BRL", eps="3", roe="20")
+    f.instrument(engine, "CCC", market="EU_IND", currency="EUR", eps="1", revenue="1000000")
+    path = tmp_path / "groups.toml"
+    path.write_text(GROUPS)
+    loopback.script(
+        LATEST,
+        reply(200, {"amount": 1.0, "base": "USD", "date": DATE, "rates": {"EUR": 0.5, "BRL": 5}}),
+    )
+    quotes = [
+        {"symbol": s, "regularMarketPrice": p, "currency": c, "regularMarketTime": NOON}
+        for s, (p, c) in PRICES.items()
+    ]
+    loopback.script(QUOTE, reply(200, {"quoteResponse": {"result": quotes, "error": None}}))
+    for key, value in {
+        GROUPS_FILE_VARIABLE: str(path),
+        "RATES_PROVIDER": "frankfurter",
+        "RATES_BASE_URL": f"{loopback.url}/v1",
+        "PRICES_PROVIDER": "yahoo",
+        "PRICES_BASE_URL": loopback.url,
+        "NO_PROXY": "127.0.0.1,localhost",
+        "SCORING_BATCH_SIZE": "2",
+    }.items():
+        monkeypatch.setenv(key, value)
+    for proxy in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy"):
+        monkeypatch.delenv(proxy, raising=False)
+    return engine
+
+
+def _group_night(instance, nights, name: str) -> None:
+    """What the group's schedule and sensor do: its snapshots run, then every batch."""
+    night = nights.nights[name]
+    result = dg.materialize(
+        [nights.active_users, nights.exchange_rates, night.prices],
+        partition_key=DATE,
+        instance=instance,
+        resources=build_resources(),
+        tags={GROUP_TAG: name},
+    )
+    assert result.success
+    for key in instance.get_dynamic_partitions(night.scores.partitions_def.name):
+        if not key.startswith(DATE):
+            continue
+        scored = dg.materialize(
+            [night.scores, night.checks],
+            partition_key=key,
+            instance=instance,
+            resources=build_resources(),
+            tags={GROUP_TAG: name},
+        )
+        assert scored.success
+        for evaluation in scored.get_asset_check_evaluations():
+            assert evaluation.passed, (name, key, evaluation.metadata)
+
+
+def _scores(engine) -> dict[tuple[str, str], tuple[object, ...]]:
+    return {
+        (str(r.user_id), r.symbol): (r.score, r.outcomes, str(r.criteria_version_id), r.cid)
+        for r in rows(
+            engine,
+            "SELECT user_id, symbol, score, outcomes, criteria_version_id, "
+            "correlation_id::text AS cid FROM asset_scores",
+        )
+    }
+
+
+def test_three_groups_score_one_date_each_its_own_markets(
+    three_markets, dagster_instance, loopback
+):
+    engine = three_markets
+    us_eu = f.user(
+        engine,
+        holdings=[("AAA", "USD")],
+        criteria=[
+            ("US_TECH", "stock", rules()),
+            ("EU_IND", "stock", [f.rule("revenue", "gt", "100", 3)]),
+        ],
+    )
+    br = f.user(
+        engine,
+        base_currency="BRL",
+        holdings=[("PPP", "BRL"), ("AAA", "USD")],
+        criteria=[("BR_BANKS", "stock", rules())],
+    )
+    us_only = f.user(
+        engine,
+        base_currency="EUR",
+        holdings=[("CCC", "EUR")],
+        criteria=[("US_TECH", "stock", rules())],
+    )
+    nights = build_nights(_groups())
+
+    # The day's order: Berlin opens first, then São Paulo, then New York.
+    _group_night(dagster_instance, nights, "eu")
+    eu_rows = _scores(engine)
+    assert {k[1] for k in eu_rows} == {"CCC"} and {k[0] for k in eu_rows} == {us_eu}
+    _group_night(dagster_instance, nights, "br")
+    _group_night(dagster_instance, nights, "us")
+
+    # Rates once for the date; each group one price request, for the symbols the date lacked.
+    assert len(loopback.requests_to(LATEST)) == 1
+    asked = [r.query["symbols"][0].split(",") for r in loopback.requests_to(QUOTE)]
+    assert [sorted(a) for a in asked] == [["AAA", "CCC"], ["PPP"], ["BBB"]]
+
+    final = _scores(engine)
+    # Every group's rows are there: the later groups deleted nothing of the earlier ones'.
+    for key, value in eu_rows.items():
+        assert final[key] == value
+    assert {s for (u, s) in final if u == us_eu} == {"AAA", "BBB", "CCC"}
+    assert {s for (u, s) in final if u == br} == {"PPP"}
+    assert {s for (u, s) in final if u == us_only} == {"AAA", "BBB"}
+
+    runs = {
+        r.market_group: r
+        for r in rows(
+            engine,
+            "SELECT market_group, status, users_processed, metrics FROM overnight_job_runs "
+            "WHERE job_type = 'scoring' AND score_date = :d",
+            d=DATE,
+        )
+    }
+    assert set(runs) == {"us", "br", "eu"}
+    assert {g: r.status for g, r in runs.items()} == dict.fromkeys(runs, "completed")
+    assert {g: r.metrics["users_total"] for g, r in runs.items()} == {"us": 2, "br": 1, "eu": 1}
+    assert {g: r.metrics["assets_scored"] for g, r in runs.items()} == {"us": 4, "br": 1, "eu": 1}
+    assert runs["us"].metrics["markets"] == ["US_TECH"]
+    events = rows(
+        engine,
+        "SELECT payload->>'marketGroup' AS g FROM calculation_events "
+        "WHERE event_type = 'JOB_STARTED' AND score_date = :d",
+        d=DATE,
+    )
+    assert sorted(e.g for e in events) == ["br", "eu", "us"]
+
+    # The reference: the single default night over every market, on the same frozen inputs,
+    # scores each (user, symbol) exactly as the group that owns the symbol's market did.
+    grouped = {k: v[:3] for k, v in final.items()}
+    snapshots(dagster_instance)
+    for key in ("b0000", "b0001"):
+        assert batch(dagster_instance, key).success
+    assert {k: v[:3] for k, v in _scores(engine).items()} == grouped
+    assert len(loopback.requests_to(LATEST)) == 1 and len(loopback.requests_to(QUOTE)) == 3
+
+
+def test_re_scoring_one_group_replaces_only_its_markets(three_markets, dagster_instance):
+    engine = three_markets
+    user = f.user(
+        engine,
+        holdings=[("AAA", "USD")],
+        criteria=[
+            ("US_TECH", "stock", rules()),
+            ("EU_IND", "stock", [f.rule("revenue", "gt", "100", 3)]),
+        ],
+    )
+    nights = build_nights(_groups())
+    _group_night(dagster_instance, nights, "us")
+    _group_night(dagster_instance, nights, "eu")
+    before = _scores(engine)
+    # The US batch again (a retry or backfill of us/scores): only US rows get new calculations.
+    again = dg.materialize(
+        [nights.nights["us"].scores],
+        partition_key=scores_partition_key(DATE, "b0000"),
+        instance=dagster_instance,
+        resources=build_resources(),
+    )
+    assert again.success
+    after = _scores(engine)
+    assert set(after) == set(before)
+    assert after[(user, "CCC")] == before[(user, "CCC")]
+    assert after[(user, "AAA")][:3] == before[(user, "AAA")][:3]
+    assert after[(user, "AAA")][3] != before[(user, "AAA")][3]
+    history = rows(
+        engine,
+        "SELECT symbol, count(*) AS n FROM score_history WHERE score_date = :d GROUP BY symbol",
+        d=DATE,
+    )
+    assert {r.symbol: r.n for r in history} == {"AAA": 1, "BBB": 1, "CCC": 1}
+
+
+def test_an_open_day_tick_starts_the_group_night_in_its_own_job(three_markets, dagster_instance):
+    from scoring_pipeline.definitions import defs
+
+    definitions = defs()
+    schedule = definitions.resolve_schedule_def("br_overnight_scoring_schedule")
+    tick = dt.datetime(2026, 11, 27, 8, 0, tzinfo=ZoneInfo("America/Sao_Paulo"))
+    with dg.build_schedule_context(
+        instance=dagster_instance,
+        scheduled_execution_time=tick,
+        repository_def=definitions.get_repository_def(),
+        resources={"database": build_resources()["database"]},
+    ) as context:
+        result = schedule.evaluate_tick(context)
+    (request,) = result.run_requests or []
+    assert request.partition_key == DATE
+    assert request.tags[GROUP_TAG] == "br"
+    assert schedule.job_name == "br_overnight_snapshots_job"
+
+
+def _groups():
+    from scoring_pipeline.definitions import market_groups
+
+    return market_groups()
+
+
+def test_the_groups_are_read_from_the_file_at_load(three_markets):
+    from scoring_pipeline.definitions import defs
+
+    definitions = defs()
+    names = {s.name for s in definitions.schedules}
+    assert names == {
+        "us_overnight_scoring_schedule",
+        "br_overnight_scoring_schedule",
+        "eu_overnight_scoring_schedule",
+    }
+    assert json.dumps(sorted(a.key.to_user_string() for a in definitions.assets)) == json.dumps(
+        sorted(
+            ["active_users", "exchange_rates"]
+            + [f"{g}/{a}" for g in ("us", "br", "eu") for a in ("prices", "scores")]
+        )
+    )
