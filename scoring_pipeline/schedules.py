@@ -11,6 +11,7 @@ night. A snapshots run of the date that is still queued or running also skips th
 firing every minute (or the daemon catching up missed ticks) never launches a second night.
 """
 
+import datetime as dt
 from typing import Any
 
 import dagster as dg
@@ -24,6 +25,8 @@ from scoring_pipeline.resources import DatabaseResource
 from scoring_pipeline.telemetry import TRACEPARENT, new_traceparent
 
 SCORE_DATE_TAG = "scoring/score_date"
+SCHEDULED_FOR_TAG = "scoring/scheduled_for"
+LATE_TAG = "scoring/launched_late_s"
 _IN_FLIGHT = [
     dg.DagsterRunStatus.QUEUED,
     dg.DagsterRunStatus.NOT_STARTED,
@@ -116,6 +119,9 @@ def _build(group: MarketGroup, job: Any) -> dg.ScheduleDefinition:
             reason = night_lifecycle.tick_skip_reason(conn, day, market_group=group.name)
         if reason:
             return dg.SkipReason(reason)
+        # After daemon downtime a missed tick launches late (up to max_catchup_runs): a late
+        # night still helps, and the night records how late it started.
+        late = max(0, int((dt.datetime.now(dt.UTC) - scheduled).total_seconds()))
         return dg.RunRequest(
             run_key=f"night-{score_date}",
             partition_key=score_date,
@@ -123,6 +129,8 @@ def _build(group: MarketGroup, job: Any) -> dg.ScheduleDefinition:
                 SCORE_DATE_TAG: score_date,
                 GROUP_TAG: group.name,
                 "scoring/trigger": "schedule",
+                SCHEDULED_FOR_TAG: scheduled.isoformat(),
+                LATE_TAG: str(late),
                 TRACEPARENT: new_traceparent(),
             },
         )

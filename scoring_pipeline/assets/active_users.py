@@ -22,6 +22,10 @@ from scoring_pipeline.partitions import register_night_batches, score_date_parti
 from scoring_pipeline.resources import DatabaseResource, ScoringSettingsResource
 
 
+def _int(value: str | None) -> int | None:
+    return int(value) if value is not None and value.isdigit() else None
+
+
 def build_active_users(groups: dict[str, MarketGroup]) -> dg.AssetsDefinition:
     """The shared membership asset of a code location whose groups are `groups`."""
 
@@ -68,6 +72,9 @@ def build_active_users(groups: dict[str, MarketGroup]) -> dg.AssetsDefinition:
                         "score_date": score_date.isoformat(),
                         "traceparent": traceparent,
                         "dagster_snapshot_run_id": context.run.run_id,
+                        # Set by the schedule: when the tick was due, how late it launched.
+                        "scheduled_for": context.run.tags.get("scoring/scheduled_for"),
+                        "launched_late_s": _int(context.run.tags.get("scoring/launched_late_s")),
                     },
                     market_group=group.name,
                 )

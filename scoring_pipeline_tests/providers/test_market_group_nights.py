@@ -244,6 +244,9 @@ def test_an_open_day_tick_starts_the_group_night_in_its_own_job(three_markets, d
     assert request.partition_key == DATE
     assert request.tags[GROUP_TAG] == "br"
     assert schedule.job_name == "br_overnight_snapshots_job"
+    # A tick evaluated after its time (daemon downtime, catch-up) says how late it launched.
+    assert request.tags["scoring/scheduled_for"] == "2026-11-27T08:00:00-03:00"
+    assert int(request.tags["scoring/launched_late_s"]) > 24 * 3600
 
 
 def _groups():
