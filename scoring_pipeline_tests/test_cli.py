@@ -14,6 +14,7 @@ import psutil
 import pytest
 import sqlalchemy as sa
 
+from scoring_pipeline.db import PROJECT_ROOT
 from scoring_pipeline.services import free_port
 from scoring_pipeline_tests.cli_helpers import CLI, run, summary_value
 
@@ -146,3 +147,26 @@ def test_services_stop_with_everything_they_started_on_sigterm(cli_env, tmp_path
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
+
+
+def test_score_one_market_group_and_refuse_an_unknown_one(cli_env, clean_db, tmp_path):
+    run(cli_env, "migrate")
+    run(cli_env, "demo-data", "--users", "12", "--out", str(tmp_path / "demo"))
+    cli_env["MARKET_GROUPS_FILE"] = str(PROJECT_ROOT / "market_groups.example.toml")
+    proc = run(cli_env, "score", "--date", DATE, "--group", "br")
+    assert summary_value(proc.stdout, "market group") == "br"
+    assert summary_value(proc.stdout, "job status") == "completed"
+    with clean_db.connect() as conn:
+        markets = conn.execute(
+            sa.text(
+                "SELECT DISTINCT i.market FROM asset_scores a JOIN instruments i USING (symbol)"
+            )
+        ).scalars()
+        assert set(markets) == {"BR_BANKS"}
+        groups = conn.execute(
+            sa.text("SELECT DISTINCT market_group FROM overnight_job_runs")
+        ).scalars()
+        assert set(groups) == {"br"}
+    unknown = run(cli_env, "score", "--date", DATE, "--group", "zz", check=False)
+    assert unknown.returncode != 0 and unknown.stderr.strip().count("\n") == 0
+    assert "no such market group" in unknown.stderr and "us, br, eu" in unknown.stderr
