@@ -18,61 +18,30 @@ from scoring_pipeline.market_groups import GROUPS_FILE_VARIABLE
 from scoring_pipeline.night_definitions import build_nights
 from scoring_pipeline.partitions import scores_partition_key
 from scoring_pipeline_tests import factories as f
+from scoring_pipeline_tests import market_world as mw
 from scoring_pipeline_tests.scenario import DATE, batch, rows, rules, snapshots
 
 pytestmark = pytest.mark.db
 
-QUOTE = "/v7/finance/quote"
-LATEST = "/v1/latest"
-NOON = 1795780800  # 2026-11-27 12:00:00 UTC
 PRICES = {"AAA": (30, "USD"), "BBB": (0.3, "USD"), "PPP": (12, "BRL"), "CCC": (10, "EUR")}
-GROUPS = """
-[groups.us]
-markets = ["US_TECH"]
-calendar = "XNYS"
-
-[groups.br]
-markets = ["BR_BANKS"]
-calendar = "BVMF"
-
-[groups.eu]
-markets = ["EU_IND"]
-calendar = "XETR"
-"""
 
 
 @pytest.fixture
 def three_markets(clean_db, app_env, tmp_path: Path, monkeypatch, loopback, reply):
     engine = clean_db
-    f.market(engine, "US_TECH", timezone="America/New_York", opens_at="09:30")
-    f.market(engine, "BR_BANKS", timezone="America/Sao_Paulo", opens_at="10:00")
-    f.market(engine, "EU_IND", timezone="Europe/Berlin", opens_at="09:00")
-    f.instrument(engine, "AAA", market="US_TECH", currency="USD", eps="2", roe="15")
-    f.instrument(engine, "BBB", market="US_TECH", currency="USD", eps="0.02", roe="5")
-    f.instrument(engine, "PPP", market="BR_BANKS", currency="BRL", eps="3", roe="20")
-    f.instrument(engine, "CCC", market="EU_IND", currency="EUR", eps="1", revenue="1000000")
+    # BBB: a P/E of 15 and a low ROE, unlike AAA.
+    mw.three_markets(engine, PRICES, {"BBB": {"eps": "0.02", "roe": "5"}})
     path = tmp_path / "groups.toml"
-    path.write_text(GROUPS)
-    loopback.script(
-        LATEST,
-        reply(200, {"amount": 1.0, "base": "USD", "date": DATE, "rates": {"EUR": 0.5, "BRL": 5}}),
-    )
-    quotes = [
-        {"symbol": s, "regularMarketPrice": p, "currency": c, "regularMarketTime": NOON}
-        for s, (p, c) in PRICES.items()
-    ]
-    loopback.script(QUOTE, reply(200, {"quoteResponse": {"result": quotes, "error": None}}))
-    for key, value in {
+    path.write_text(mw.THREE_GROUPS)
+    mw.script_providers(loopback, reply, PRICES, {"EUR": 0.5, "BRL": 5})
+    env = {
+        **mw.loopback_providers_env(loopback),
         GROUPS_FILE_VARIABLE: str(path),
-        "RATES_PROVIDER": "frankfurter",
-        "RATES_BASE_URL": f"{loopback.url}/v1",
-        "PRICES_PROVIDER": "yahoo",
-        "PRICES_BASE_URL": loopback.url,
-        "NO_PROXY": "127.0.0.1,localhost",
         "SCORING_BATCH_SIZE": "2",
-    }.items():
+    }
+    for key, value in env.items():
         monkeypatch.setenv(key, value)
-    for proxy in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy"):
+    for proxy in mw.PROXIES:
         monkeypatch.delenv(proxy, raising=False)
     return engine
 
@@ -148,8 +117,8 @@ def test_three_groups_score_one_date_each_its_own_markets(
     _group_night(dagster_instance, nights, "us")
 
     # Rates once for the date; each group one price request, for the symbols the date lacked.
-    assert len(loopback.requests_to(LATEST)) == 1
-    asked = [r.query["symbols"][0].split(",") for r in loopback.requests_to(QUOTE)]
+    assert len(loopback.requests_to(mw.LATEST)) == 1
+    asked = [r.query["symbols"][0].split(",") for r in loopback.requests_to(mw.QUOTE)]
     assert [sorted(a) for a in asked] == [["AAA", "CCC"], ["PPP"], ["BBB"]]
 
     final = _scores(engine)
@@ -189,7 +158,7 @@ def test_three_groups_score_one_date_each_its_own_markets(
     for key in ("b0000", "b0001"):
         assert batch(dagster_instance, key).success
     assert {k: v[:3] for k, v in _scores(engine).items()} == grouped
-    assert len(loopback.requests_to(LATEST)) == 1 and len(loopback.requests_to(QUOTE)) == 3
+    assert len(loopback.requests_to(mw.LATEST)) == 1 and len(loopback.requests_to(mw.QUOTE)) == 3
 
 
 def test_re_scoring_one_group_replaces_only_its_markets(three_markets, dagster_instance):

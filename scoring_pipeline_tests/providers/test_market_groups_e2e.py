@@ -13,27 +13,13 @@ import sqlalchemy as sa
 from scoring_pipeline.dagster_api import LOCATION, REPOSITORY, DagsterApi
 from scoring_pipeline.services import free_port, private_deployment_env, running_services
 from scoring_pipeline_tests import factories as f
+from scoring_pipeline_tests import market_world as mw
 from scoring_pipeline_tests.e2e import wait_for
 from scoring_pipeline_tests.scenario import rules
 
 pytestmark = [pytest.mark.db, pytest.mark.slow]
 
-QUOTE = "/v7/finance/quote"
-LATEST = "/v1/latest"
-DATE = "2026-11-27"
-GROUPS = """
-[groups.us]
-markets = ["US_TECH"]
-calendar = "XNYS"
-
-[groups.br]
-markets = ["BR_BANKS"]
-calendar = "BVMF"
-
-[groups.eu]
-markets = ["EU_IND"]
-calendar = "XETR"
-"""
+DATE = mw.DATE
 
 _FUTURE_TICKS = """
 query Ticks($selector: ScheduleSelector!, $cursor: Float!) {
@@ -74,12 +60,8 @@ def _rows(engine, sql, **params):
 
 def test_three_groups_through_the_daemon(clean_db, database_url, tmp_path, loopback, reply):
     engine = clean_db
-    f.market(engine, "US_TECH", timezone="America/New_York", opens_at="09:30")
-    f.market(engine, "BR_BANKS", timezone="America/Sao_Paulo", opens_at="10:00")
-    f.market(engine, "EU_IND", timezone="Europe/Berlin", opens_at="09:00")
-    f.instrument(engine, "AAA", market="US_TECH", currency="USD", eps="2", roe="15")
-    f.instrument(engine, "PPP", market="BR_BANKS", currency="BRL", eps="3", roe="20")
-    f.instrument(engine, "CCC", market="EU_IND", currency="EUR", eps="1", revenue="1000000")
+    prices = {"AAA": (30, "USD"), "PPP": (12, "BRL"), "CCC": (10, "EUR")}
+    mw.three_markets(engine, prices)
     users = {
         "us_eu": f.user(
             engine,
@@ -91,28 +73,13 @@ def test_three_groups_through_the_daemon(clean_db, database_url, tmp_path, loopb
         ),
         "br": f.user(engine, holdings=[("PPP", "BRL")], criteria=[("BR_BANKS", "stock", rules())]),
     }
-    (tmp_path / "groups.toml").write_text(GROUPS)
-    loopback.script(
-        LATEST,
-        reply(200, {"amount": 1.0, "base": "USD", "date": DATE, "rates": {"EUR": 0.5, "BRL": 5}}),
-    )
-    quotes = [
-        {"symbol": s, "regularMarketPrice": p, "currency": c, "regularMarketTime": 1795780800}
-        for s, p, c in (("AAA", 30, "USD"), ("PPP", 12, "BRL"), ("CCC", 10, "EUR"))
-    ]
-    loopback.script(QUOTE, reply(200, {"quoteResponse": {"result": quotes, "error": None}}))
+    (tmp_path / "groups.toml").write_text(mw.THREE_GROUPS)
+    mw.script_providers(loopback, reply, prices, {"EUR": 0.5, "BRL": 5})
     env = private_deployment_env(database_url, tmp_path / "home", tmp_path / "unused_files")
-    for key in ("RATES_FILE", "PRICES_FILE", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"):
+    for key in ("RATES_FILE", "PRICES_FILE", *mw.PROXIES):
         env.pop(key, None)
-        env.pop(key.lower(), None)
-    env.update(
-        MARKET_GROUPS_FILE=str(tmp_path / "groups.toml"),
-        RATES_PROVIDER="frankfurter",
-        RATES_BASE_URL=f"{loopback.url}/v1",
-        PRICES_PROVIDER="yahoo",
-        PRICES_BASE_URL=loopback.url,
-        NO_PROXY="127.0.0.1,localhost",
-    )
+    env.update(mw.loopback_providers_env(loopback))
+    env["MARKET_GROUPS_FILE"] = str(tmp_path / "groups.toml")
     with running_services(port=free_port(), workers=2, env=env) as services:
         api = DagsterApi(services.url)
         # Next ticks as the UI shows them: New York's crosses the end of DST on 2026-11-01.
@@ -166,8 +133,8 @@ def test_three_groups_through_the_daemon(clean_db, database_url, tmp_path, loopb
                 timeout=240,
             )
 
-    assert len(loopback.requests_to(LATEST)) == 1
-    asked = [r.query["symbols"][0] for r in loopback.requests_to(QUOTE)]
+    assert len(loopback.requests_to(mw.LATEST)) == 1
+    asked = [r.query["symbols"][0] for r in loopback.requests_to(mw.QUOTE)]
     # At most one request per group, for what the date lacked: Berlin's night priced its user's
     # held AAA with its CCC, São Paulo asked for PPP, New York found AAA priced already.
     assert asked == ["AAA,CCC", "PPP"]

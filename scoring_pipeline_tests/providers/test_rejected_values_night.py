@@ -11,22 +11,12 @@ from decimal import Decimal
 import pytest
 
 from scoring_pipeline_tests import factories as f
+from scoring_pipeline_tests import market_world as mw
 from scoring_pipeline_tests.scenario import DATE, batch, rows, rules, snapshots
 
 pytestmark = pytest.mark.db
 
-QUOTE = "/v7/finance/quote"
-# 2026-11-27 12:00:00 UTC
-NOON = 1795780800
-
-
-def _quote(symbol: str, price: object, currency: str = "USD") -> dict[str, object]:
-    return {
-        "symbol": symbol,
-        "regularMarketPrice": price,
-        "currency": currency,
-        "regularMarketTime": NOON,
-    }
+QUOTE = mw.QUOTE
 
 
 def _metadata(result, asset: str) -> dict[str, object]:
@@ -41,16 +31,9 @@ def _metrics(world) -> dict[str, object]:
 
 
 def _use_yahoo(monkeypatch, loopback, **extra: str) -> None:
-    for key, value in {
-        "PRICES_PROVIDER": "yahoo",
-        "PRICES_BASE_URL": loopback.url,
-        "PROVIDER_BACKOFF_SECONDS": "0.01",
-        "PROVIDER_BACKOFF_MAX_SECONDS": "0.05",
-        "NO_PROXY": "127.0.0.1,localhost",
-        **extra,
-    }.items():
+    for key, value in {**mw.loopback_providers_env(loopback, rates=False), **extra}.items():
         monkeypatch.setenv(key, value)
-    for proxy in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy"):
+    for proxy in mw.PROXIES:
         monkeypatch.delenv(proxy, raising=False)
 
 
@@ -70,7 +53,12 @@ def test_a_bad_quote_is_missing_with_its_reason_and_only_its_scores_change(
     # 1 of 2 values rejected: at most half allowed here, so the payload is used.
     _use_yahoo(monkeypatch, loopback, PROVIDER_MAX_REJECTED_FRACTION="0.5")
     body = json.dumps(
-        {"quoteResponse": {"result": [_quote("AAA", 30), _quote("BBB", raw)], "error": None}}
+        {
+            "quoteResponse": {
+                "result": [mw.quote("AAA", 30), mw.quote("BBB", raw)],
+                "error": None,
+            }
+        }
     )
     loopback.script(QUOTE, reply(503), reply(429, headers={"Retry-After": "0"}), reply(200, body))
 
@@ -121,7 +109,11 @@ def test_a_quote_in_another_currency_is_rejected_and_minor_units_are_converted(
     f.user(world, holdings=[("AAA", "USD")], criteria=[("US_TECH", "stock", rules())])
     f.instrument(world, "VOD.L", market="US_TECH", currency="GBP", eps="1")
     _use_yahoo(monkeypatch, loopback, PROVIDER_MAX_REJECTED_FRACTION="0.5")
-    answer = [_quote("AAA", 30), _quote("BBB", 0.3, "EUR"), _quote("VOD.L", 7250.5, "GBp")]
+    answer = [
+        mw.quote("AAA", 30),
+        mw.quote("BBB", 0.3, "EUR"),
+        mw.quote("VOD.L", 7250.5, "GBp"),
+    ]
     loopback.script(QUOTE, reply(200, {"quoteResponse": {"result": answer, "error": None}}))
 
     result = snapshots(dagster_instance)
@@ -147,7 +139,7 @@ def test_a_payload_with_mostly_bad_quotes_goes_to_the_fallback(
     f.user(world, holdings=[("AAA", "USD")], criteria=[("US_TECH", "stock", rules())])
     # The world's prices file is the fallback; the default share (0.2) is exceeded by 2 of 2.
     _use_yahoo(monkeypatch, loopback, PRICES_FALLBACK_PROVIDER="file")
-    answer = [_quote("AAA", "NaN"), _quote("BBB", -1)]
+    answer = [mw.quote("AAA", "NaN"), mw.quote("BBB", -1)]
     loopback.script(QUOTE, reply(200, {"quoteResponse": {"result": answer, "error": None}}))
 
     result = snapshots(dagster_instance)
@@ -232,7 +224,7 @@ def test_reusing_the_dates_snapshot_reports_its_rejections_again(
 ):
     f.user(world, holdings=[("AAA", "USD")], criteria=[("US_TECH", "stock", rules())])
     _use_yahoo(monkeypatch, loopback, PROVIDER_MAX_REJECTED_FRACTION="0.5")
-    answer = [_quote("AAA", 30), _quote("BBB", 0)]
+    answer = [mw.quote("AAA", 30), mw.quote("BBB", 0)]
     loopback.script(QUOTE, reply(200, {"quoteResponse": {"result": answer, "error": None}}))
     assert snapshots(dagster_instance).success
 
