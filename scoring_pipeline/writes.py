@@ -6,8 +6,10 @@ serialise instead of interleaving; history is replaced per (user, date), never d
 """
 
 import datetime as dt
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
@@ -49,6 +51,27 @@ def copy_field(value: Any) -> str:
     if isinstance(value, dt.date):  # dates and datetimes
         return value.isoformat()
     return str(value)
+
+
+@dataclass
+class WriteTimer:
+    """Milliseconds spent in each part of a batch's write, summed per part: the benchmark shows
+    where the write's time goes beyond the COPYs themselves."""
+
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @contextmanager
+    def part(self, name: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            elapsed = time.perf_counter() - started
+            self.seconds[name] = self.seconds.get(name, 0.0) + elapsed
+
+    def timings(self) -> dict[str, int]:
+        """`write_<part>_ms` per part, as the batch's timings record them."""
+        return {f"write_{name}_ms": round(s * 1000) for name, s in self.seconds.items()}
 
 
 @dataclass
@@ -182,47 +205,57 @@ def _lock_batch(conn: Connection, score_date: dt.date, batch: str) -> None:
 
 
 def _replace_current_scores(
-    conn: Connection, output: BatchOutput, prepared: PreparedBatch, users: list[str]
+    conn: Connection,
+    output: BatchOutput,
+    prepared: PreparedBatch,
+    users: list[str],
+    timer: WriteTimer,
 ) -> int:
     """Make these scores the users' current ones, unless a later date already scored them."""
-    newer = set(
-        conn.execute(
-            sa.text(
-                "SELECT DISTINCT user_id::text FROM asset_scores "
-                "WHERE user_id = ANY(CAST(:u AS uuid[])) AND score_date > :d"
-            ),
-            {"u": users, "d": output.score_date},
-        ).scalars()
-    )
+    with timer.part("newer"):
+        newer = set(
+            conn.execute(
+                sa.text(
+                    "SELECT DISTINCT user_id::text FROM asset_scores "
+                    "WHERE user_id = ANY(CAST(:u AS uuid[])) AND score_date > :d"
+                ),
+                {"u": users, "d": output.score_date},
+            ).scalars()
+        )
     current = [u for u in users if u not in newer]
     if not current:
         return 0
-    conn.execute(
-        sa.text("DELETE FROM asset_scores WHERE user_id = ANY(CAST(:u AS uuid[]))"),
-        {"u": current},
-    )
-    return copy_text(
-        conn,
-        "asset_scores",
-        _SCORE_COLUMNS,
-        (line for u in current for line in prepared.scores_by_user.get(u, [])),
-    )
+    with timer.part("delete_scores"):
+        conn.execute(
+            sa.text("DELETE FROM asset_scores WHERE user_id = ANY(CAST(:u AS uuid[]))"),
+            {"u": current},
+        )
+    with timer.part("copy_scores"):
+        return copy_text(
+            conn,
+            "asset_scores",
+            _SCORE_COLUMNS,
+            (line for u in current for line in prepared.scores_by_user.get(u, [])),
+        )
 
 
 def _replace_history(
-    conn: Connection, output: BatchOutput, prepared: PreparedBatch, users: list[str]
+    conn: Connection,
+    output: BatchOutput,
+    prepared: PreparedBatch,
+    users: list[str],
+    timer: WriteTimer,
 ) -> int:
-    conn.execute(
-        sa.text(
-            "DELETE FROM score_history WHERE score_date = :d AND user_id = ANY(CAST(:u AS uuid[]))"
-        ),
-        {"d": output.score_date, "u": users},
-    )
-    return copy_text(conn, "score_history", _HISTORY_COLUMNS, prepared.history)
-
-
-def _append_events(conn: Connection, prepared: PreparedBatch) -> int:
-    return copy_text(conn, "calculation_events", _EVENT_COLUMNS, prepared.events)
+    with timer.part("delete_history"):
+        conn.execute(
+            sa.text(
+                "DELETE FROM score_history WHERE score_date = :d "
+                "AND user_id = ANY(CAST(:u AS uuid[]))"
+            ),
+            {"d": output.score_date, "u": users},
+        )
+    with timer.part("copy_history"):
+        return copy_text(conn, "score_history", _HISTORY_COLUMNS, prepared.history)
 
 
 def failed_user_entries(output: BatchOutput) -> list[dict[str, Any]]:
@@ -258,9 +291,12 @@ def write_batch(
     *,
     run_id: str | None,
     prepared: PreparedBatch | None = None,
+    timer: WriteTimer | None = None,
 ) -> dict[str, Any]:
-    """Write the batch in the caller's transaction; returns row counts and the statuses."""
+    """Write the batch in the caller's transaction; returns row counts and the statuses.
+    `timer` gets the time of each part (lock, deletes, COPYs, outcome)."""
     prepared = prepared or prepare_batch(output)
+    timer = timer or WriteTimer()
     if not output.users and not output.users_skipped:
         # No user at all (the asset refuses batches of no night before it scores): no outcome.
         return {
@@ -270,28 +306,40 @@ def write_batch(
             "batch_status": "empty",
             "job_status": None,
         }
-    _lock_batch(conn, output.score_date, output.batch_key)
+    with timer.part("lock"):
+        _lock_batch(conn, output.score_date, output.batch_key)
     users = [u.user_id for u in output.succeeded]
     counts: dict[str, Any] = {"asset_scores": 0, "score_history": 0}
     if users:
-        counts["asset_scores"] = _replace_current_scores(conn, output, prepared, users)
-        counts["score_history"] = _replace_history(conn, output, prepared, users)
-    counts["calculation_events"] = _append_events(conn, prepared)
+        counts["asset_scores"] = _replace_current_scores(conn, output, prepared, users, timer)
+        counts["score_history"] = _replace_history(conn, output, prepared, users, timer)
+    with timer.part("copy_events"):
+        counts["calculation_events"] = copy_text(
+            conn, "calculation_events", _EVENT_COLUMNS, prepared.events
+        )
     outcome = batch_outcome(output, run_id)
     counts["batch_status"] = outcome.status
-    counts["job_status"] = record_batch_outcome(conn, outcome)
+    with timer.part("outcome"):
+        counts["job_status"] = record_batch_outcome(conn, outcome)
     return counts
 
 
-def record_write_time(conn: Connection, output: BatchOutput, write_ms: int) -> None:
-    """Add the write transaction's duration (commit included) to the batch's timings."""
+def record_write_time(
+    conn: Connection, output: BatchOutput, write_ms: int, parts: dict[str, int] | None = None
+) -> None:
+    """Add the write's duration (commit included) and its parts' to the batch's timings."""
     conn.execute(
         sa.text(
             "UPDATE scoring_batch_results SET timings = timings || "
-            "jsonb_build_object('write_ms', CAST(:w AS integer)) "
+            "jsonb_build_object('write_ms', CAST(:w AS integer)) || CAST(:p AS jsonb) "
             "WHERE score_date = :d AND batch_key = :b"
         ),
-        {"w": write_ms, "d": output.score_date, "b": output.batch_key},
+        {
+            "w": write_ms,
+            "p": dumps(parts or {}),
+            "d": output.score_date,
+            "b": output.batch_key,
+        },
     )
 
 
