@@ -16,6 +16,7 @@ import tempfile
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -174,9 +175,16 @@ class RssSampler:
     sampled (the last reading per process, less its first), summed per kind.
     """
 
-    def __init__(self, roots: list[int], interval: float = 0.2) -> None:
+    def __init__(
+        self,
+        roots: list[int],
+        interval: float = 0.2,
+        postgres_pids: "Callable[[], set[int]] | None" = None,
+    ) -> None:
         self.roots = roots
         self.interval = interval
+        # Which PostgreSQL processes are the benchmark's (None: every one on the machine).
+        self.postgres_pids = postgres_pids
         self.peaks: dict[str, float] = defaultdict(float)
         self._cpu: dict[int, tuple[str, float, float]] = {}  # pid -> (kind, first, last)
         self._stop = threading.Event()
@@ -219,8 +227,11 @@ class RssSampler:
                 ]
             except psutil.Error:
                 continue
+        ours = self.postgres_pids() if self.postgres_pids is not None else None
         found += [
-            ("postgres", p) for p in psutil.process_iter(["name"]) if p.info["name"] == "postgres"
+            ("postgres", p)
+            for p in psutil.process_iter(["name"])
+            if p.info["name"] == "postgres" and (ours is None or p.pid in ours)
         ]
         return found
 
@@ -247,6 +258,26 @@ class RssSampler:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
+
+
+def _server_processes(engine: Engine) -> "Callable[[], set[int]]":
+    """The server processes working for the benchmark's database: its sessions and the
+    server's own (WAL writer, checkpointer, …), not other databases' sessions on a shared
+    server, nor other servers on the machine."""
+
+    def pids() -> set[int]:
+        with engine.connect() as conn:
+            return {
+                int(pid)
+                for pid in conn.execute(
+                    sa.text(
+                        "SELECT pid FROM pg_stat_activity "
+                        "WHERE datname = current_database() OR datname IS NULL"
+                    )
+                ).scalars()
+            }
+
+    return pids
 
 
 def _wait_night(engine: Engine, score_date: dt.date, timeout: float) -> None:
@@ -612,7 +643,7 @@ def run_bench(
         db.prepare_dagster_environment(env)
         with running_services(port=free_port(), workers=workers, env=env) as services:
             roots = [p.pid for p in services.processes.values()]
-            with RssSampler(roots) as sampler:
+            with RssSampler(roots, postgres_pids=_server_processes(engine)) as sampler:
                 echo("services up; launching the night")
                 sessions_before = _sessions(engine)
                 counters_before = _server_counters(engine)

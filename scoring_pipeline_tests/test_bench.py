@@ -4,8 +4,10 @@ figures account for every row written (the benchmark's own correctness, not its 
 import math
 
 import pytest
+import sqlalchemy as sa
 
-from scoring_pipeline.bench import COPY_TABLES, run_bench
+from scoring_pipeline import db
+from scoring_pipeline.bench import COPY_TABLES, _server_processes, run_bench
 
 pytestmark = pytest.mark.db
 
@@ -76,3 +78,17 @@ def test_bench_night_accounts_for_every_row(server_url):
     assert f"benchmark: {USERS} users, {f['batches']} batches" in text
     assert "write stage / raw COPY" in text
     assert f"{third['score_date']}: {third['assets_scored']:,} assets scored" in text
+
+
+def test_cpu_counts_only_the_benchmark_databases_server_processes(engine, databases):
+    """A shared server's sessions of other databases are not the benchmark's CPU."""
+    other = sa.create_engine(db.with_driver(databases.create(), db.APP_DRIVER))
+    try:
+        with engine.connect() as ours, other.connect() as theirs:
+            ours_pid = ours.execute(sa.text("SELECT pg_backend_pid()")).scalar_one()
+            theirs_pid = theirs.execute(sa.text("SELECT pg_backend_pid()")).scalar_one()
+            counted = _server_processes(engine)()
+        assert ours_pid in counted and theirs_pid not in counted
+        assert len(counted) > 1  # the server's own processes (WAL writer, checkpointer, …)
+    finally:
+        other.dispose()
