@@ -55,7 +55,7 @@ def copy_field(value: Any) -> str:
 
 @dataclass
 class WriteTimer:
-    """Milliseconds spent in each part of a batch's write, summed per part: the benchmark shows
+    """Seconds spent in each part of a batch's write, summed per part: the benchmark shows
     where the write's time goes beyond the COPYs themselves."""
 
     seconds: dict[str, float] = field(default_factory=dict)
