@@ -376,8 +376,9 @@ def capture_inputs_json(
     same text whoever's calculation captures them); equal once parsed to the straightforward
     dict in the tests' reference.
     """
-    fields = tuple(_used_fields(sets))
-    texts = [_universe_text(inputs, universe_key(cs), fields) for cs in sets]
+    # A criteria set's universe is its own (one market and asset type): its instruments carry
+    # the raw values that set's rules read, not those of the user's other sets.
+    texts = [_universe_text(inputs, universe_key(cs), tuple(_used_fields([cs]))) for cs in sets]
     rates = [
         {
             "from": "USD",

@@ -16,6 +16,7 @@ import tempfile
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -96,6 +97,12 @@ class BenchReport:
                 for table, seconds in f["raw_copy_s_by_table"].items()
             ),
             f"{'write stage / raw COPY':<66}{f['write_to_copy_ratio']:>8.2f} x",
+            "the write stage's parts (summed over batches):",
+            *(
+                f"  {part:<64}{seconds:>8.1f} s"
+                for part, seconds in f.get("write_parts_s", {}).items()
+            ),
+            *self._server_lines(),
             f"{'PostgreSQL connections opened during the night (all processes)':<66}"
             f"{f['connections_opened']:>8,}",
             f"{'bytes on disk per scored asset (all output tables)':<66}"
@@ -131,7 +138,34 @@ class BenchReport:
             for table, added in night["bytes_added"].items():
                 if added:
                     out.append(f"    {table:<62}{added:>+18,}")
+            parts = night.get("write_parts_s", {})
+            server = night.get("server_during_night", {})
+            if parts:
+                out.append(
+                    "    write parts: "
+                    + ", ".join(f"{part} {seconds:.1f} s" for part, seconds in parts.items())
+                )
+            if server:
+                out.append(
+                    f"    WAL {server['wal_bytes'] / 2**20:.0f} MB "
+                    f"({server['wal_full_page_images']:,} full-page images), "
+                    f"{server['checkpoints']} checkpoints"
+                )
         return out
+
+    def _server_lines(self) -> list[str]:
+        f = self.figures
+        server = f.get("server_during_night")
+        if not server:
+            return []
+        return [
+            f"{'WAL written during the night (whole server) / by the raw COPY':<66}"
+            f"{server['wal_bytes'] / 2**20:>8.0f} MB / {f['raw_copy_wal_bytes'] / 2**20:.0f} MB",
+            f"{'  WAL records / full-page images / writes with WAL buffers full':<66}"
+            f"{server['wal_records']:>8,} / {server['wal_full_page_images']:,} / "
+            f"{server['wal_buffers_full']:,}",
+            f"{'checkpoints during the night':<66}{server['checkpoints']:>8}",
+        ]
 
 
 class RssSampler:
@@ -141,9 +175,16 @@ class RssSampler:
     sampled (the last reading per process, less its first), summed per kind.
     """
 
-    def __init__(self, roots: list[int], interval: float = 0.2) -> None:
+    def __init__(
+        self,
+        roots: list[int],
+        interval: float = 0.2,
+        postgres_pids: "Callable[[], set[int]] | None" = None,
+    ) -> None:
         self.roots = roots
         self.interval = interval
+        # Which PostgreSQL processes are the benchmark's (None: every one on the machine).
+        self.postgres_pids = postgres_pids
         self.peaks: dict[str, float] = defaultdict(float)
         self._cpu: dict[int, tuple[str, float, float]] = {}  # pid -> (kind, first, last)
         self._stop = threading.Event()
@@ -186,8 +227,11 @@ class RssSampler:
                 ]
             except psutil.Error:
                 continue
+        ours = self.postgres_pids() if self.postgres_pids is not None else None
         found += [
-            ("postgres", p) for p in psutil.process_iter(["name"]) if p.info["name"] == "postgres"
+            ("postgres", p)
+            for p in psutil.process_iter(["name"])
+            if p.info["name"] == "postgres" and (ours is None or p.pid in ours)
         ]
         return found
 
@@ -214,6 +258,26 @@ class RssSampler:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
+
+
+def _server_processes(engine: Engine) -> "Callable[[], set[int]]":
+    """The server processes working for the benchmark's database: its sessions and the
+    server's own (WAL writer, checkpointer, …), not other databases' sessions on a shared
+    server, nor other servers on the machine."""
+
+    def pids() -> set[int]:
+        with engine.connect() as conn:
+            return {
+                int(pid)
+                for pid in conn.execute(
+                    sa.text(
+                        "SELECT pid FROM pg_stat_activity "
+                        "WHERE datname = current_database() OR datname IS NULL"
+                    )
+                ).scalars()
+            }
+
+    return pids
 
 
 def _wait_night(engine: Engine, score_date: dt.date, timeout: float) -> None:
@@ -275,8 +339,9 @@ def _run_times(env: dict[str, str]) -> dict[str, list[tuple[float, float]]]:
     return out
 
 
-def _raw_copy_seconds(engine: Engine) -> dict[str, float]:
-    """COPY the night's output rows into empty look-alike tables; the floor of the write."""
+def _raw_copy_seconds(engine: Engine, wal: dict[str, int] | None = None) -> dict[str, float]:
+    """COPY the night's output rows into empty look-alike tables; the floor of the write.
+    `wal` gets the WAL bytes those COPYs wrote, by table."""
     seconds: dict[str, float] = {}
     for table in COPY_TABLES:
         buffer = io.BytesIO()
@@ -293,15 +358,37 @@ def _raw_copy_seconds(engine: Engine) -> dict[str, float]:
         with engine.connect() as conn:
             raw = conn.connection.driver_connection
             assert raw is not None
+            lsn = "SELECT pg_wal_lsn_diff(pg_current_wal_insert_lsn(), '0/0')"
+            lsn_before = conn.execute(sa.text(lsn)).scalar_one()
+            conn.commit()
             started = time.perf_counter()
             with raw.cursor() as cur, cur.copy(f"COPY bench_copy_{table} FROM STDIN") as copy:
                 for start in range(0, len(data), 1 << 20):
                     copy.write(data[start : start + (1 << 20)])
-            conn.commit()
+            # The driver's own commit: the COPY went around SQLAlchemy, whose commit() would be
+            # a no-op here (the floor then left its commit, the WAL flush, out of its time).
+            raw.commit()
             seconds[table] = time.perf_counter() - started
+            if wal is not None:
+                wal[table] = int(conn.execute(sa.text(lsn)).scalar_one() - lsn_before)
+                conn.commit()
             conn.execute(sa.text(f"DROP TABLE bench_copy_{table}"))
             conn.commit()
     return seconds
+
+
+def _figures_write_parts(engine: Engine, score_date: dt.date) -> dict[str, float]:
+    """The write's parts (`writes.WriteTimer`) in seconds, summed over the night's batches."""
+    with engine.connect() as conn:
+        parts = conn.execute(
+            sa.text(
+                "SELECT key, sum(CAST(value AS bigint)) AS ms FROM scoring_batch_results, "
+                "jsonb_each_text(timings) WHERE score_date = :d AND key LIKE 'write\\_%\\_ms' "
+                "AND key <> 'write_ms' GROUP BY key ORDER BY key"
+            ),
+            {"d": score_date},
+        ).all()
+    return {str(r.key)[6:-3]: float(r.ms) / 1000 for r in parts}
 
 
 def _figures(
@@ -356,6 +443,7 @@ def _figures(
             job: sum(end - start for start, end in times) for job, times in runs.items()
         },
         "write_s": float(sums.write_ms or 0) / 1000,
+        "write_parts_s": _figures_write_parts(engine, score_date),
         "rule_evaluations_per_s": int(sums.evaluations or 0) / engine_s,
         # The wall figure above includes time the engine waited for a core (2 cores shared with
         # PostgreSQL and the other worker); this one is the engine's own speed in the night.
@@ -424,9 +512,11 @@ def _later_nights(
             _vacuum(engine)
             before = _tables(engine)
             echo(f"next night: {night}")
+            counters = _server_counters(engine)
             started = time.monotonic()
             _run_night(services.url, env, engine, night, timeout)
             seconds = time.monotonic() - started
+            server = _counters_diff(counters, _server_counters(engine))
             after = _tables(engine)
             with engine.connect() as conn:
                 assets = int(
@@ -446,6 +536,8 @@ def _later_nights(
                     "end_to_end_s": seconds,
                     "bytes_added": added,
                     "bytes_added_per_asset": sum(added.values()) / max(assets, 1),
+                    "write_parts_s": _figures_write_parts(engine, night),
+                    "server_during_night": server,
                 }
             )
     return out
@@ -459,6 +551,36 @@ def _sessions(engine: Engine) -> int:
                 sa.text("SELECT sessions FROM pg_stat_database WHERE datname = current_database()")
             ).scalar_one()
         )
+
+
+def _server_counters(engine: Engine) -> dict[str, int]:
+    """The server's WAL and checkpoint counters (server-wide: every database on it counts)."""
+    with engine.connect() as conn:
+        version = int(conn.execute(sa.text("SHOW server_version_num")).scalar_one())
+        wal = conn.execute(
+            sa.text(
+                "SELECT wal_records, wal_fpi, wal_bytes, wal_buffers_full, "
+                "pg_wal_lsn_diff(pg_current_wal_insert_lsn(), '0/0') AS lsn FROM pg_stat_wal"
+            )
+        ).one()
+        checkpoints = conn.execute(
+            sa.text(
+                "SELECT num_timed + num_requested FROM pg_stat_checkpointer"
+                if version >= 170000
+                else "SELECT checkpoints_timed + checkpoints_req FROM pg_stat_bgwriter"
+            )
+        ).scalar_one()
+    return {
+        "wal_bytes": int(wal.lsn),
+        "wal_records": int(wal.wal_records),
+        "wal_full_page_images": int(wal.wal_fpi),
+        "wal_buffers_full": int(wal.wal_buffers_full),
+        "checkpoints": int(checkpoints),
+    }
+
+
+def _counters_diff(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
+    return {k: after[k] - before[k] for k in before}
 
 
 def _tables(engine: Engine) -> dict[str, dict[str, int]]:
@@ -523,10 +645,12 @@ def run_bench(
         db.prepare_dagster_environment(env)
         with running_services(port=free_port(), workers=workers, env=env) as services:
             roots = [p.pid for p in services.processes.values()]
-            with RssSampler(roots) as sampler:
+            with RssSampler(roots, postgres_pids=_server_processes(engine)) as sampler:
                 echo("services up; launching the night")
                 sessions_before = _sessions(engine)
+                counters_before = _server_counters(engine)
                 _run_night(services.url, env, engine, score_date, timeout)
+                server = _counters_diff(counters_before, _server_counters(engine))
                 sessions = _sessions(engine) - sessions_before
             runs = _run_times(env)
             check_steps = _run_records(env, check_steps=True)
@@ -538,10 +662,13 @@ def run_bench(
         )
         report.figures = _figures(engine, score_date, runs)
         report.figures["connections_opened"] = sessions
+        report.figures["server_during_night"] = server
         report.figures["asset_check_steps"] = len(check_steps)
         report.figures["asset_check_s"] = sum(check_steps)
         report.tables = _tables(engine)
-        raw_copy_by_table = _raw_copy_seconds(engine)
+        raw_copy_wal: dict[str, int] = {}
+        raw_copy_by_table = _raw_copy_seconds(engine, raw_copy_wal)
+        report.figures["raw_copy_wal_bytes"] = sum(raw_copy_wal.values())
         raw_copy = sum(raw_copy_by_table.values())
         report.figures["engine_alone_per_s"] = engine_alone(engine, score_date)
         total_bytes = sum(t["bytes"] for t in report.tables.values())

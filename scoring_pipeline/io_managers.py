@@ -10,6 +10,7 @@ from scoring_pipeline.assets.common import as_metadata
 from scoring_pipeline.batch_scoring import BatchOutput, gc_paused
 from scoring_pipeline.resources import DatabaseResource
 from scoring_pipeline.writes import (
+    WriteTimer,
     failed_user_entries,
     prepare_batch,
     record_write_time,
@@ -29,13 +30,25 @@ class ScoresIOManager(dg.ConfigurableIOManager):
             prepared = prepare_batch(obj)  # serialised before the transaction: no locks held
         obj.timings["serialize_ms"] = int((time.perf_counter() - started) * 1000)
         started = time.perf_counter()
-        with self.database.engine().begin() as conn:
+        timer = WriteTimer()
+        engine = self.database.engine()
+        with timer.part("metric_values"), engine.begin() as conn:
             metric_rows = write_metric_values(conn, obj)
-        with self.database.engine().begin() as conn:
-            counts = write_batch(conn, obj, run_id=context.run_id, prepared=prepared)
+        with engine.connect() as conn:
+            with timer.part("begin"):
+                transaction = conn.begin()
+            try:
+                counts = write_batch(
+                    conn, obj, run_id=context.run_id, prepared=prepared, timer=timer
+                )
+            except BaseException:
+                transaction.rollback()
+                raise
+            with timer.part("commit"):
+                transaction.commit()
         write_ms = int((time.perf_counter() - started) * 1000)
-        with self.database.engine().begin() as conn:
-            record_write_time(conn, obj, write_ms)
+        with engine.begin() as conn:
+            record_write_time(conn, obj, write_ms, timer.timings())
         if counts["job_status"] not in (None, "started"):
             night_lifecycle.emit_root_span(
                 self.database.engine(), obj.score_date, market_group=obj.market_group

@@ -6,8 +6,10 @@ serialise instead of interleaving; history is replaced per (user, date), never d
 """
 
 import datetime as dt
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
@@ -49,6 +51,27 @@ def copy_field(value: Any) -> str:
     if isinstance(value, dt.date):  # dates and datetimes
         return value.isoformat()
     return str(value)
+
+
+@dataclass
+class WriteTimer:
+    """Seconds spent in each part of a batch's write, summed per part: the benchmark shows
+    where the write's time goes beyond the COPYs themselves."""
+
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @contextmanager
+    def part(self, name: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            elapsed = time.perf_counter() - started
+            self.seconds[name] = self.seconds.get(name, 0.0) + elapsed
+
+    def timings(self) -> dict[str, int]:
+        """`write_<part>_ms` per part, as the batch's timings record them."""
+        return {f"write_{name}_ms": round(s * 1000) for name, s in self.seconds.items()}
 
 
 @dataclass
@@ -151,27 +174,37 @@ def write_metric_values(conn: Connection, output: BatchOutput) -> int:
     """Store the night's metric texts the batch's scores show (SPEC §4 storage form), in the
     caller's short transaction before the batch's own: they are facts of the date's frozen
     inputs, the same whichever batch writes them, so batches never wait on each other's write.
-    A refreshed snapshot changes them, hence the update of a differing row."""
+    A refreshed snapshot changes them, hence the update of a differing row.
+
+    Every batch of a night shows mostly the same (symbol, base currency) pairs, so the rows
+    already stored with the same values are filtered out by a plain read first: an
+    `ON CONFLICT DO UPDATE` locks (writes) every conflicting row even when its WHERE leaves it
+    unchanged, which made each batch rewrite the night's rows and queue behind the other
+    worker's. Returns the number of rows inserted or updated."""
     if not output.metric_values:
         return 0
-    keys = sorted(output.metric_values)
-    conn.execute(
+    # One JSON array of [symbol, base, values] sent as a single text: a text[] parameter of
+    # the same ~1 MB (every JSON quote escaped for the array literal) took psycopg 10 times
+    # longer to build than the server takes to parse this.
+    rows = ",".join(
+        f"[{dumps(symbol)},{dumps(base)},{output.metric_values[(symbol, base)]}]"
+        for symbol, base in sorted(output.metric_values)
+    )
+    written = conn.execute(
         sa.text(
             "INSERT INTO score_metric_values (score_date, symbol, base_currency, metric_values) "
-            "SELECT :d, s, b, CAST(v AS jsonb) FROM unnest(CAST(:s AS text[]), "
-            "CAST(:b AS text[]), CAST(:v AS text[])) AS k(s, b, v) "
+            "SELECT :d, k.s, k.b, k.v FROM (SELECT e->>0 AS s, CAST(e->>1 AS char(3)) AS b, "
+            "e->2 AS v FROM jsonb_array_elements(CAST(:rows AS jsonb)) AS e) AS k "
+            "WHERE NOT EXISTS (SELECT 1 FROM score_metric_values m "
+            "WHERE m.score_date = :d AND m.symbol = k.s AND m.base_currency = k.b "
+            "AND m.metric_values = k.v) "
             "ON CONFLICT (score_date, symbol, base_currency) DO UPDATE "
             "SET metric_values = EXCLUDED.metric_values "
             "WHERE score_metric_values.metric_values <> EXCLUDED.metric_values"
         ),
-        {
-            "d": output.score_date,
-            "s": [k[0] for k in keys],
-            "b": [k[1] for k in keys],
-            "v": [output.metric_values[k] for k in keys],
-        },
+        {"d": output.score_date, "rows": f"[{rows}]"},
     )
-    return len(keys)
+    return int(written.rowcount)
 
 
 def _lock_batch(conn: Connection, output: BatchOutput) -> None:
@@ -194,48 +227,57 @@ def _markets(output: BatchOutput) -> list[str] | None:
 
 
 def _replace_current_scores(
-    conn: Connection, output: BatchOutput, prepared: PreparedBatch, users: list[str]
+    conn: Connection,
+    output: BatchOutput,
+    prepared: PreparedBatch,
+    users: list[str],
+    timer: WriteTimer,
 ) -> int:
     """Make these scores the users' current ones, unless a later date already scored them."""
-    newer = set(
-        conn.execute(
-            sa.text(
-                "SELECT DISTINCT user_id::text FROM asset_scores "
-                "WHERE user_id = ANY(CAST(:u AS uuid[])) AND score_date > :d" + _OF_GROUP
-            ),
-            {"u": users, "d": output.score_date, "m": _markets(output)},
-        ).scalars()
-    )
+    with timer.part("newer"):
+        newer = set(
+            conn.execute(
+                sa.text(
+                    "SELECT DISTINCT user_id::text FROM asset_scores "
+                    "WHERE user_id = ANY(CAST(:u AS uuid[])) AND score_date > :d" + _OF_GROUP
+                ),
+                {"u": users, "d": output.score_date, "m": _markets(output)},
+            ).scalars()
+        )
     current = [u for u in users if u not in newer]
     if not current:
         return 0
-    conn.execute(
-        sa.text("DELETE FROM asset_scores WHERE user_id = ANY(CAST(:u AS uuid[]))" + _OF_GROUP),
-        {"u": current, "m": _markets(output)},
-    )
-    return copy_text(
-        conn,
-        "asset_scores",
-        _SCORE_COLUMNS,
-        (line for u in current for line in prepared.scores_by_user.get(u, [])),
-    )
+    with timer.part("delete_scores"):
+        conn.execute(
+            sa.text("DELETE FROM asset_scores WHERE user_id = ANY(CAST(:u AS uuid[]))" + _OF_GROUP),
+            {"u": current, "m": _markets(output)},
+        )
+    with timer.part("copy_scores"):
+        return copy_text(
+            conn,
+            "asset_scores",
+            _SCORE_COLUMNS,
+            (line for u in current for line in prepared.scores_by_user.get(u, [])),
+        )
 
 
 def _replace_history(
-    conn: Connection, output: BatchOutput, prepared: PreparedBatch, users: list[str]
+    conn: Connection,
+    output: BatchOutput,
+    prepared: PreparedBatch,
+    users: list[str],
+    timer: WriteTimer,
 ) -> int:
-    conn.execute(
-        sa.text(
-            "DELETE FROM score_history WHERE score_date = :d "
-            "AND user_id = ANY(CAST(:u AS uuid[]))" + _OF_GROUP
-        ),
-        {"d": output.score_date, "u": users, "m": _markets(output)},
-    )
-    return copy_text(conn, "score_history", _HISTORY_COLUMNS, prepared.history)
-
-
-def _append_events(conn: Connection, prepared: PreparedBatch) -> int:
-    return copy_text(conn, "calculation_events", _EVENT_COLUMNS, prepared.events)
+    with timer.part("delete_history"):
+        conn.execute(
+            sa.text(
+                "DELETE FROM score_history WHERE score_date = :d "
+                "AND user_id = ANY(CAST(:u AS uuid[]))" + _OF_GROUP
+            ),
+            {"d": output.score_date, "u": users, "m": _markets(output)},
+        )
+    with timer.part("copy_history"):
+        return copy_text(conn, "score_history", _HISTORY_COLUMNS, prepared.history)
 
 
 def failed_user_entries(output: BatchOutput) -> list[dict[str, Any]]:
@@ -272,33 +314,49 @@ def write_batch(
     *,
     run_id: str | None,
     prepared: PreparedBatch | None = None,
+    timer: WriteTimer | None = None,
 ) -> dict[str, Any]:
-    """Write the batch in the caller's transaction; returns row counts and the statuses."""
+    """Write the batch in the caller's transaction; returns row counts and the statuses.
+    `timer` gets the time of each part (lock, deletes, COPYs, outcome)."""
     prepared = prepared or prepare_batch(output)
+    timer = timer or WriteTimer()
     # A batch with no user of the group still records its (empty) outcome: the asset refuses
     # batches of no night before it scores, and the night closes when every batch has one.
-    _lock_batch(conn, output)
+    with timer.part("lock"):
+        _lock_batch(conn, output)
     users = [u.user_id for u in output.succeeded]
     counts: dict[str, Any] = {"asset_scores": 0, "score_history": 0}
     if users:
-        counts["asset_scores"] = _replace_current_scores(conn, output, prepared, users)
-        counts["score_history"] = _replace_history(conn, output, prepared, users)
-    counts["calculation_events"] = _append_events(conn, prepared)
+        counts["asset_scores"] = _replace_current_scores(conn, output, prepared, users, timer)
+        counts["score_history"] = _replace_history(conn, output, prepared, users, timer)
+    with timer.part("copy_events"):
+        counts["calculation_events"] = copy_text(
+            conn, "calculation_events", _EVENT_COLUMNS, prepared.events
+        )
     outcome = batch_outcome(output, run_id)
     counts["batch_status"] = outcome.status
-    counts["job_status"] = record_batch_outcome(conn, outcome)
+    with timer.part("outcome"):
+        counts["job_status"] = record_batch_outcome(conn, outcome)
     return counts
 
 
-def record_write_time(conn: Connection, output: BatchOutput, write_ms: int) -> None:
-    """Add the write transaction's duration (commit included) to the batch's timings."""
+def record_write_time(
+    conn: Connection, output: BatchOutput, write_ms: int, parts: dict[str, int] | None = None
+) -> None:
+    """Add the write's duration (commit included) and its parts' to the batch's timings."""
     conn.execute(
         sa.text(
             "UPDATE scoring_batch_results SET timings = timings || "
-            "jsonb_build_object('write_ms', CAST(:w AS integer)) "
+            "jsonb_build_object('write_ms', CAST(:w AS integer)) || CAST(:p AS jsonb) "
             "WHERE score_date = :d AND market_group = :g AND batch_key = :b"
         ),
-        {"w": write_ms, "d": output.score_date, "g": output.market_group, "b": output.batch_key},
+        {
+            "w": write_ms,
+            "p": dumps(parts or {}),
+            "d": output.score_date,
+            "g": output.market_group,
+            "b": output.batch_key,
+        },
     )
 
 

@@ -34,7 +34,12 @@ def reference_inputs(
 ) -> dict[str, Any]:
     """INPUTS_CAPTURED built the obvious way, as a dict (SPEC §5)."""
     instruments = [i for cs in sets for i in inputs.universes.get(universe_key(cs), [])]
-    fields = _used_fields(sets)
+    # Each instrument is in one set's universe: it carries the raw values that set's rules read.
+    fields = {
+        i.symbol: _used_fields([cs])
+        for cs in sets
+        for i in inputs.universes.get(universe_key(cs), [])
+    }
     prices = []
     for i in instruments:
         row = inputs.prices.get(i.symbol)
@@ -62,7 +67,7 @@ def reference_inputs(
     for i in instruments:
         if i.symbol in inputs.fundamentals_date:
             entry: dict[str, Any] = {"dataDate": inputs.fundamentals_date[i.symbol].isoformat()}
-            for name in fields:
+            for name in fields[i.symbol]:
                 value = i.fundamentals.get(name)
                 if value is not None:
                     entry[name] = plain(value)
@@ -117,14 +122,24 @@ def test_text_payloads_equal_the_obvious_dicts(world, dagster_instance):
     ]
     assert snapshots(dagster_instance).success
     with world.connect() as conn:
-        inputs = load_batch_inputs(conn, dt.date.fromisoformat(DATE), "b0000")
-    for row in inputs.users:
+        batches = [
+            load_batch_inputs(conn, dt.date.fromisoformat(DATE), batch)
+            for batch in ("b0000", "b0001")  # batches of 2 users
+        ]
+    checked = {row.user_id for inputs in batches for row in inputs.users}
+    assert checked == set(users)
+    for inputs, row in ((b, row) for b in batches for row in b.users):
         assert row.user_id in users
         sets = _sets(inputs, row.user_id)
         expected: dict[str, Any] = json.loads(
             json.dumps(reference_inputs("c-1", row, sets, inputs))
         )
-        assert json.loads(capture_inputs_json("c-1", row, sets, inputs)) == expected
+        captured = json.loads(capture_inputs_json("c-1", row, sets, inputs))
+        assert captured == expected
+        if row.base_currency == "EUR":
+            # CCC (EU_IND) has eps and revenue: only revenue is read by the EU_IND set's rules
+            # (eps is read by the user's other set, over other instruments).
+            assert set(captured["fundamentals"]["CCC"]) == {"dataDate", "revenue"}
         scores = [
             s
             for cs in sets

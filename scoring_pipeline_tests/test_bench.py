@@ -4,8 +4,10 @@ figures account for every row written (the benchmark's own correctness, not its 
 import math
 
 import pytest
+import sqlalchemy as sa
 
-from scoring_pipeline.bench import COPY_TABLES, run_bench
+from scoring_pipeline import db
+from scoring_pipeline.bench import COPY_TABLES, _server_processes, run_bench
 
 pytestmark = pytest.mark.db
 
@@ -36,6 +38,13 @@ def test_bench_night_accounts_for_every_row(server_url):
     assert set(f["raw_copy_s_by_table"]) == set(COPY_TABLES)
     assert f["raw_copy_s"] == pytest.approx(sum(f["raw_copy_s_by_table"].values()))
     assert f["write_to_copy_ratio"] == pytest.approx(f["write_s"] / f["raw_copy_s"])
+    # The write's parts are timed inside it: together they never exceed the whole write.
+    parts = f["write_parts_s"]
+    assert {"metric_values", "lock", "copy_scores", "copy_history", "copy_events"} <= set(parts)
+    assert {"outcome", "commit"} <= set(parts)
+    assert 0 < sum(parts.values()) <= f["write_s"] + 0.001 * (len(parts) + 1) * f["batches"]
+    # WAL is counted on the server for the night and for the raw COPY.
+    assert f["server_during_night"]["wal_bytes"] > 0 and f["raw_copy_wal_bytes"] > 0
     total_bytes = sum(t["bytes"] for t in tables.values())
     assert f["bytes_per_asset"] == pytest.approx(total_bytes / f["assets_scored"])
     assert f["end_to_end_s"] >= f["stages_s"]["batch runs (first start -> last end)"] > 0
@@ -54,6 +63,7 @@ def test_bench_night_accounts_for_every_row(server_url):
     second, third = report.later_nights
     assert [n["assets_scored"] for n in (second, third)] == [f["assets_scored"]] * 2
     for night in (second, third):
+        assert night["write_parts_s"]["delete_scores"] >= 0
         assert night["bytes_added"]["score_history"] > 0
         assert night["bytes_added"]["calculation_events"] > 0
         assert night["bytes_added_per_asset"] == pytest.approx(
@@ -68,3 +78,17 @@ def test_bench_night_accounts_for_every_row(server_url):
     assert f"benchmark: {USERS} users, {f['batches']} batches" in text
     assert "write stage / raw COPY" in text
     assert f"{third['score_date']}: {third['assets_scored']:,} assets scored" in text
+
+
+def test_cpu_counts_only_the_benchmark_databases_server_processes(engine, databases):
+    """A shared server's sessions of other databases are not the benchmark's CPU."""
+    other = sa.create_engine(db.with_driver(databases.create(), db.APP_DRIVER))
+    try:
+        with engine.connect() as ours, other.connect() as theirs:
+            ours_pid = ours.execute(sa.text("SELECT pg_backend_pid()")).scalar_one()
+            theirs_pid = theirs.execute(sa.text("SELECT pg_backend_pid()")).scalar_one()
+            counted = _server_processes(engine)()
+        assert ours_pid in counted and theirs_pid not in counted
+        assert len(counted) > 1  # the server's own processes (WAL writer, checkpointer, …)
+    finally:
+        other.dispose()
