@@ -280,19 +280,28 @@ def _server_processes(engine: Engine) -> "Callable[[], set[int]]":
     return pids
 
 
-def _wait_night(engine: Engine, score_date: dt.date, timeout: float) -> None:
+def wait_night(
+    engine: Engine, score_date: dt.date, timeout: float, market_group: str = "all"
+) -> None:
+    """Until the group's scoring and cache-warming nights of the date have closed."""
     deadline = time.monotonic() + timeout
-    query = sa.text("SELECT job_type, status FROM overnight_job_runs WHERE score_date = :d")
+    query = sa.text(
+        "SELECT job_type, status FROM overnight_job_runs WHERE score_date = :d "
+        "AND market_group = :g"
+    )
     while time.monotonic() < deadline:
         with engine.connect() as conn:
             status = {
-                str(r.job_type): str(r.status) for r in conn.execute(query, {"d": score_date})
+                str(r.job_type): str(r.status)
+                for r in conn.execute(query, {"d": score_date, "g": market_group})
             }
         done = ("completed", "partial", "failed")
         if status.get("scoring") in done and status.get("cache_warm") in done:
             return
         time.sleep(0.25)
-    raise TimeoutError(f"the night of {score_date} did not finish within {timeout:.0f} s")
+    raise TimeoutError(
+        f"the night of {score_date} ({market_group}) did not finish within {timeout:.0f} s"
+    )
 
 
 def _run_records(env: dict[str, str], *, check_steps: bool = False) -> list[Any]:
@@ -319,7 +328,7 @@ def _run_records(env: dict[str, str], *, check_steps: bool = False) -> list[Any]
         os.environ.update(saved)
 
 
-def _wait_runs_ended(env: dict[str, str], timeout: float) -> None:
+def wait_runs_ended(env: dict[str, str], timeout: float) -> None:
     """The night closes from inside its last runs: wait until those runs have ended too, so
     that their end times are recorded before anything is measured or the services stop."""
     deadline = time.monotonic() + timeout
@@ -485,8 +494,8 @@ def _run_night(
     DagsterApi(services_url).launch_job(
         "overnight_snapshots_job", tags={"dagster/partition": night.isoformat()}
     )
-    _wait_night(engine, night, timeout)
-    _wait_runs_ended(env, timeout)
+    wait_night(engine, night, timeout)
+    wait_runs_ended(env, timeout)
 
 
 def _vacuum(engine: Engine) -> None:
@@ -601,6 +610,44 @@ def _tables(engine: Engine) -> dict[str, dict[str, int]]:
     return out
 
 
+def new_universe(
+    users: int,
+    seed: int,
+    instruments_per_market: int,
+    first_date: dt.date,
+    server_url: str | None,
+    echo: Any,
+) -> tuple[str, Engine, Path, dict[str, str]]:
+    """A new database on the server of `server_url` (by default the one `DATABASE_URL` or the
+    embedded default names), migrated and filled with a generated universe whose fundamentals
+    date from before `first_date`; with its work folder (provider files, DAGSTER_HOME) and the
+    environment of a deployment of its own. Returns (url, engine, work folder, environment)."""
+    url = db.create_database(server_url or db.resolve_database_url(), "scoring_bench")
+    engine = db.create_engine_for(url)
+    work = Path(tempfile.mkdtemp(prefix="scoring-bench-"))
+    try:
+        db.migrate(engine)
+        with engine.begin() as conn:
+            counts = generate(
+                conn,
+                users=users,
+                seed=seed,
+                out_dir=work / "provider_files",
+                instruments_per_market=instruments_per_market,
+                rules_per_set=12,
+                today=first_date,
+            )
+        echo(f"universe: {counts}")
+        env = private_deployment_env(url, work / "dagster_home", work / "provider_files")
+        db.prepare_dagster_environment(env)
+    except BaseException:
+        engine.dispose()
+        db.drop_database(url)
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    return url, engine, work, env
+
+
 def run_bench(
     users: int,
     *,
@@ -622,27 +669,13 @@ def run_bench(
     """
     if nights < 1:
         raise ValueError("nights must be at least 1")
-    url = db.create_database(server_url or db.resolve_database_url(), "scoring_bench")
-    engine = db.create_engine_for(url)
-    work = Path(tempfile.mkdtemp(prefix="scoring-bench-"))
     today = dt.datetime.now(dt.UTC).date()
     dates = [today - dt.timedelta(days=nights - 1 - n) for n in range(nights)]
     score_date = dates[0]
+    url, engine, work, env = new_universe(
+        users, seed, instruments_per_market, score_date, server_url, echo
+    )
     try:
-        db.migrate(engine)
-        with engine.begin() as conn:
-            counts = generate(
-                conn,
-                users=users,
-                seed=seed,
-                out_dir=work / "provider_files",
-                instruments_per_market=instruments_per_market,
-                rules_per_set=12,
-                today=score_date,
-            )
-        echo(f"universe: {counts}")
-        env = private_deployment_env(url, work / "dagster_home", work / "provider_files")
-        db.prepare_dagster_environment(env)
         with running_services(port=free_port(), workers=workers, env=env) as services:
             roots = [p.pid for p in services.processes.values()]
             with RssSampler(roots, postgres_pids=_server_processes(engine)) as sampler:

@@ -14,7 +14,6 @@ overhead is the groups' summed time and CPU over the single night's, on the same
 
 import datetime as dt
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,11 +23,10 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from scoring_pipeline import db
-from scoring_pipeline.bench import RssSampler, _wait_runs_ended
+from scoring_pipeline.bench import RssSampler, new_universe, wait_night, wait_runs_ended
 from scoring_pipeline.dagster_api import DagsterApi
-from scoring_pipeline.demo_data import generate
 from scoring_pipeline.market_groups import GROUPS_FILE_VARIABLE
-from scoring_pipeline.services import free_port, private_deployment_env, running_services
+from scoring_pipeline.services import free_port, running_services
 
 # The generated universe's markets and their exchanges.
 GROUP_MARKETS = {
@@ -78,11 +76,6 @@ class GroupsReport:
 
 
 def _groups_file(path: Path, names: list[str]) -> Path:
-    unknown = [n for n in names if n not in GROUP_MARKETS]
-    if unknown:
-        raise ValueError(
-            f"--groups: unknown group {unknown[0]!r} (the benchmark's: {', '.join(GROUP_MARKETS)})"
-        )
     path.write_text(
         "".join(
             f'[groups.{n}]\nmarkets = ["{GROUP_MARKETS[n][0]}"]\n'
@@ -91,26 +84,6 @@ def _groups_file(path: Path, names: list[str]) -> Path:
         )
     )
     return path
-
-
-def _wait(engine: Engine, score_date: dt.date, group: str, timeout: float) -> None:
-    """Until the group's scoring and cache-warming nights of the date have closed."""
-    deadline = time.monotonic() + timeout
-    query = sa.text(
-        "SELECT job_type, status FROM overnight_job_runs WHERE score_date = :d "
-        "AND market_group = :g"
-    )
-    while time.monotonic() < deadline:
-        with engine.connect() as conn:
-            status = {
-                str(r.job_type): str(r.status)
-                for r in conn.execute(query, {"d": score_date, "g": group})
-            }
-        done = ("completed", "partial", "failed")
-        if status.get("scoring") in done and status.get("cache_warm") in done:
-            return
-        time.sleep(0.25)
-    raise TimeoutError(f"the night of {score_date} ({group}) did not finish within {timeout:.0f} s")
 
 
 def _night(
@@ -126,8 +99,8 @@ def _night(
     started = time.monotonic()
     with RssSampler(roots) as sampler:
         DagsterApi(services.url).launch_job(job, tags={"dagster/partition": score_date.isoformat()})
-        _wait(engine, score_date, group, timeout)
-        _wait_runs_ended(env, timeout)
+        wait_night(engine, score_date, timeout, group)
+        wait_runs_ended(env, timeout)
     seconds = time.monotonic() - started
     with engine.connect() as conn:
         row = conn.execute(
@@ -159,26 +132,18 @@ def run_groups_bench(
     echo: Any = print,
     server_url: str | None = None,
 ) -> GroupsReport:
-    url = db.create_database(server_url or db.resolve_database_url(), "scoring_bench")
-    engine = db.create_engine_for(url)
-    work = Path(tempfile.mkdtemp(prefix="scoring-bench-"))
+    unknown = [n for n in groups if n not in GROUP_MARKETS]
+    if unknown or not groups:
+        raise ValueError(
+            f"--groups: unknown group {(unknown or [''])[0]!r} "
+            f"(the benchmark's: {', '.join(GROUP_MARKETS)})"
+        )
     today = dt.datetime.now(dt.UTC).date()
     warm_up, single_date, groups_date = (today - dt.timedelta(days=n) for n in (2, 1, 0))
+    url, engine, work, env = new_universe(
+        users, seed, instruments_per_market, warm_up, server_url, echo
+    )
     try:
-        db.migrate(engine)
-        with engine.begin() as conn:
-            counts = generate(
-                conn,
-                users=users,
-                seed=seed,
-                out_dir=work / "provider_files",
-                instruments_per_market=instruments_per_market,
-                rules_per_set=12,
-                today=warm_up,
-            )
-        echo(f"universe: {counts}")
-        env = private_deployment_env(url, work / "dagster_home", work / "provider_files")
-        db.prepare_dagster_environment(env)
         with running_services(port=free_port(), workers=workers, env=env) as services:
             echo(f"warm-up night {warm_up} (one group)")
             _night(services, env, engine, warm_up, "all", timeout)

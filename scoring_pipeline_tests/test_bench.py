@@ -92,3 +92,31 @@ def test_cpu_counts_only_the_benchmark_databases_server_processes(engine, databa
         assert len(counted) > 1  # the server's own processes (WAL writer, checkpointer, …)
     finally:
         other.dispose()
+
+
+@pytest.mark.slow
+def test_groups_bench_scores_the_same_assets_as_one_night(server_url):
+    from scoring_pipeline.bench_groups import run_groups_bench
+
+    report = run_groups_bench(
+        USERS,
+        ["us", "br", "eu"],
+        instruments_per_market=10,
+        server_url=server_url,
+        echo=lambda _: None,
+    )
+    assert report.single.status == "completed" and report.single.users_total == USERS
+    assert [g.name for g in report.groups] == ["us", "br", "eu"]
+    assert all(g.status == "completed" for g in report.groups)
+    # Each user is in the groups of its criteria sets' markets; together they score it all.
+    assert sum(g.assets_scored for g in report.groups) == report.single.assets_scored > 0
+    assert all(0 < g.users_total <= USERS for g in report.groups)
+    assert sum(g.users_total for g in report.groups) >= USERS
+    assert "per-group overhead vs one night" in report.lines()[-1]
+
+
+def test_groups_bench_refuses_an_unknown_group():
+    from scoring_pipeline.bench_groups import run_groups_bench
+
+    with pytest.raises(ValueError, match="unknown group 'xx'"):
+        run_groups_bench(USERS, ["us", "xx"])
