@@ -6,6 +6,7 @@ group's rows kept."""
 
 import datetime as dt
 import json
+import subprocess
 
 import pytest
 import sqlalchemy as sa
@@ -14,6 +15,7 @@ from scoring_pipeline.dagster_api import LOCATION, REPOSITORY, DagsterApi
 from scoring_pipeline.services import free_port, private_deployment_env, running_services
 from scoring_pipeline_tests import factories as f
 from scoring_pipeline_tests import market_world as mw
+from scoring_pipeline_tests.cli_helpers import CLI
 from scoring_pipeline_tests.e2e import wait_for
 from scoring_pipeline_tests.scenario import rules
 
@@ -72,6 +74,12 @@ def test_three_groups_through_the_daemon(clean_db, database_url, tmp_path, loopb
             ],
         ),
         "br": f.user(engine, holdings=[("PPP", "BRL")], criteria=[("BR_BANKS", "stock", rules())]),
+        # Bad data in New York's night only: its criteria name a metric that does not exist.
+        "bad_us": f.user(
+            engine,
+            holdings=[("AAA", "USD")],
+            criteria=[("US_TECH", "stock", [f.rule("no_such_metric", "lt", "15", 10)])],
+        ),
     }
     (tmp_path / "groups.toml").write_text(mw.THREE_GROUPS)
     mw.script_providers(loopback, reply, prices, {"EUR": 0.5, "BRL": 5})
@@ -111,20 +119,21 @@ def test_three_groups_through_the_daemon(clean_db, database_url, tmp_path, loopb
         assert {t["key"]: t["value"] for t in request["tags"]}["scoring/market_group"] == "br"
 
         # The day's order of opens; each launch is what the group's schedule requests.
-        for name in ("eu", "br", "us"):
+        for name, closed in (("eu", "completed"), ("br", "completed"), ("us", "partial")):
             api.launch_job(
                 f"{name}_overnight_snapshots_job",
                 tags={"dagster/partition": DATE, "scoring/trigger": "schedule"},
             )
             wait_for(
                 f"the {name} night to close and its dashboards to warm",
-                lambda n=name: (
+                lambda n=name, c=closed: (
                     len(
                         _rows(
                             engine,
                             "SELECT 1 FROM overnight_job_runs WHERE market_group = :g "
-                            "AND status = 'completed'",
+                            "AND status IN (:s, 'completed')",
                             g=n,
+                            s=c,
                         )
                     )
                     == 2
@@ -132,6 +141,35 @@ def test_three_groups_through_the_daemon(clean_db, database_url, tmp_path, loopb
                 ),
                 timeout=240,
             )
+        # The operator mends the user's criteria and retries New York's failed batch only.
+        with engine.begin() as conn:
+            conn.execute(
+                sa.text(
+                    "UPDATE criteria_versions SET rules = CAST(:r AS jsonb) WHERE user_id = :u"
+                ),
+                {"r": json.dumps(rules()), "u": users["bad_us"]},
+            )
+        retry = subprocess.run(
+            [*CLI, "retry-failed", "--date", DATE, "--group", "us", "--url", services.url],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert retry.returncode == 0, retry.stderr
+        assert "in group us: b0000" in retry.stdout
+        wait_for(
+            "the retried us night to complete",
+            lambda: (
+                _rows(
+                    engine,
+                    "SELECT 1 FROM overnight_job_runs WHERE job_type = 'scoring' "
+                    "AND market_group = 'us' AND status = 'completed'",
+                )
+                or None
+            ),
+            timeout=240,
+        )
 
     assert len(loopback.requests_to(mw.LATEST)) == 1
     asked = [r.query["symbols"][0] for r in loopback.requests_to(mw.QUOTE)]
@@ -146,7 +184,7 @@ def test_three_groups_through_the_daemon(clean_db, database_url, tmp_path, loopb
         )
     }
     assert {g: (m["users_total"], m["assets_scored"]) for g, m in nights.items()} == {
-        "us": (1, 1),
+        "us": (2, 2),
         "br": (1, 1),
         "eu": (1, 1),
     }
@@ -155,6 +193,7 @@ def test_three_groups_through_the_daemon(clean_db, database_url, tmp_path, loopb
         (users["us_eu"], "AAA"),
         (users["us_eu"], "CCC"),
         (users["br"], "PPP"),
+        (users["bad_us"], "AAA"),
     }
     (cache,) = _rows(
         engine, "SELECT payload FROM dashboard_cache WHERE user_id = :u", u=users["us_eu"]
