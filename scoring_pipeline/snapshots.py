@@ -405,14 +405,22 @@ def _stale_or_raise(
     error: Exception,
     what: str,
     symbols: Sequence[str] | None = None,
-) -> dt.date:
+) -> dict[str, Any]:
+    """Every provider failed: reuse the latest recent snapshot, flagged stale, and return the
+    figures saying so; or fail the snapshot when there is none recent enough."""
     reused = reuse_recent_snapshot(conn, table, score_date, max_age_days, symbols)
     if reused is None:
         raise SnapshotUnavailableError(
             f"every {what} provider failed for {score_date} ({error}) and no {what} snapshot "
             f"of the last {max_age_days} days exists to reuse; nothing can be scored"
         ) from error
-    return reused
+    return {
+        "fetched": False,
+        "reused_existing": False,
+        "is_stale": True,
+        "stale_from": reused.isoformat(),
+        "provider_error": str(error),
+    }
 
 
 def snapshot_rates(
@@ -438,13 +446,8 @@ def snapshot_rates(
     try:
         snapshot = provider.fetch_usd_rates(currencies=currencies)
     except ProviderError as exc:
-        stale_from = _stale_or_raise(conn, table, score_date, max_age_days, exc, "rates")
         return {
-            "fetched": False,
-            "reused_existing": False,
-            "is_stale": True,
-            "stale_from": stale_from.isoformat(),
-            "provider_error": str(exc),
+            **_stale_or_raise(conn, table, score_date, max_age_days, exc, "rates"),
             "currencies": len(load_rates(conn, score_date)),
             **_stored_rejections(conn, table, score_date, "quote_currency"),
         }
@@ -499,13 +502,8 @@ def snapshot_prices(
             symbols=symbols, currencies=instrument_currencies(conn, symbols)
         )
     except ProviderError as exc:
-        stale_from = _stale_or_raise(conn, table, score_date, max_age_days, exc, "prices")
         return {
-            "fetched": False,
-            "reused_existing": False,
-            "is_stale": True,
-            "stale_from": stale_from.isoformat(),
-            "provider_error": str(exc),
+            **_stale_or_raise(conn, table, score_date, max_age_days, exc, "prices"),
             **_stored_rejections(conn, table, score_date, "symbol"),
         }
     counts = store_prices(conn, score_date, symbols, result, fetched_at=_now())
@@ -555,17 +553,8 @@ def _snapshot_group_prices(
             symbols=wanted, currencies=instrument_currencies(conn, wanted)
         )
     except ProviderError as exc:
-        stale_from = _stale_or_raise(
-            conn, table, score_date, max_age_days, exc, "prices", symbols=wanted
-        )
-        return {
-            "fetched": False,
-            "reused_existing": False,
-            "is_stale": True,
-            "stale_from": stale_from.isoformat(),
-            "provider_error": str(exc),
-            **figures,
-        }
+        stale = _stale_or_raise(conn, table, score_date, max_age_days, exc, "prices", wanted)
+        return {**stale, **figures}
     counts = store_prices(conn, score_date, wanted, result, fetched_at=_now(), only_these=True)
     return {
         "fetched": True,

@@ -11,6 +11,7 @@ from zoneinfo import ZoneInfo
 
 import dagster as dg
 import pytest
+import sqlalchemy as sa
 
 from scoring_pipeline.assets.common import GROUP_TAG
 from scoring_pipeline.deployment import build_resources
@@ -240,3 +241,52 @@ def test_the_groups_are_read_from_the_file_at_load(three_markets):
             + [f"{g}/{a}" for g in ("us", "br", "eu") for a in ("prices", "scores")]
         )
     )
+
+
+def test_a_group_whose_prices_provider_is_down_reuses_only_its_own_symbols(
+    three_markets, dagster_instance, loopback, reply
+):
+    engine = three_markets
+    f.user(engine, holdings=[("AAA", "USD")], criteria=[("US_TECH", "stock", rules())])
+    with engine.begin() as conn:
+        # Yesterday's prices of every symbol; today's CCC already taken by Berlin's night.
+        for date, symbol, close, currency in (
+            ("2026-11-26", "AAA", "29", "USD"),
+            ("2026-11-26", "BBB", "0.29", "USD"),
+            ("2026-11-26", "CCC", "9", "EUR"),
+            (DATE, "CCC", "10", "EUR"),
+        ):
+            conn.execute(
+                sa.text(
+                    "INSERT INTO price_snapshots (score_date, symbol, close, currency, "
+                    "price_date, source, fetched_at) VALUES (:d, :s, :c, :cu, :d, 'yahoo', now())"
+                ),
+                {"d": date, "s": symbol, "c": close, "cu": currency},
+            )
+    loopback.script(mw.QUOTE, reply(500))
+    nights = build_nights(_groups())
+    us = nights.nights["us"]
+    result = dg.materialize(
+        [nights.active_users, nights.exchange_rates, us.prices],
+        partition_key=DATE,
+        instance=dagster_instance,
+        resources=build_resources(),
+        tags={GROUP_TAG: "us"},
+    )
+    assert result.success
+    metadata = result.asset_materializations_for_node("us__prices")[0].metadata
+    assert metadata["is_stale"].value is True and metadata["stale_from"].value == "2026-11-26"
+    stored = {
+        r.symbol: (str(r.close), r.is_stale)
+        for r in rows(
+            engine,
+            "SELECT symbol, close, is_stale FROM price_snapshots WHERE score_date = :d",
+            d=DATE,
+        )
+    }
+    # New York's symbols from yesterday, flagged stale; Berlin's CCC of today untouched.
+    assert stored == {
+        "AAA": ("29", True),
+        "BBB": ("0.29", True),
+        "CCC": ("10", False),
+    }
