@@ -15,27 +15,15 @@ from scoring_pipeline.errors import ConfigurationError
 from scoring_pipeline.market_groups import GROUPS_FILE_VARIABLE, MarketGroup, load_groups
 from scoring_pipeline.night_definitions import build_nights
 from scoring_pipeline.resources import DatabaseResource
+from scoring_pipeline_tests import market_world as mw
 
 MARKETS = {
     "US_TECH": ("America/New_York", dt.time(9, 30)),
     "BR_BANKS": ("America/Sao_Paulo", dt.time(10, 0)),
-    "EU_INDUSTRIALS": ("Europe/Berlin", dt.time(9, 0)),
+    "EU_IND": ("Europe/Berlin", dt.time(9, 0)),
     "US_REITS": ("America/New_York", dt.time(9, 30)),
     "LATE": ("America/New_York", dt.time(10, 0)),
 }
-THREE_GROUPS = """
-[groups.us]
-markets = ["US_TECH", "US_REITS"]
-calendar = "XNYS"
-
-[groups.br]
-markets = ["BR_BANKS"]
-calendar = "BVMF"
-
-[groups.eu]
-markets = ["EU_INDUSTRIALS"]
-calendar = "XETR"
-"""
 
 
 def _load(tmp_path: Path, text: str | None) -> list[MarketGroup]:
@@ -49,7 +37,7 @@ def _load(tmp_path: Path, text: str | None) -> list[MarketGroup]:
 
 @pytest.fixture
 def three(tmp_path: Path) -> dict[str, MarketGroup]:
-    return {g.name: g for g in _load(tmp_path, THREE_GROUPS)}
+    return {g.name: g for g in _load(tmp_path, mw.THREE_GROUPS)}
 
 
 def test_without_a_file_there_is_one_default_group_on_the_overnight_cron(tmp_path):
@@ -69,11 +57,7 @@ def test_without_a_file_there_is_one_default_group_on_the_overnight_cron(tmp_pat
 
 def test_three_groups_take_timezone_and_open_from_the_markets_table(three):
     us, br, eu = three["us"], three["br"], three["eu"]
-    assert (us.timezone, us.cron, us.markets) == (
-        "America/New_York",
-        "30 7 * * 1-5",
-        ("US_TECH", "US_REITS"),
-    )
+    assert (us.timezone, us.cron, us.markets) == ("America/New_York", "30 7 * * 1-5", ("US_TECH",))
     assert (br.timezone, br.cron) == ("America/Sao_Paulo", "0 8 * * 1-5")
     assert (eu.timezone, eu.cron) == ("Europe/Berlin", "0 7 * * 1-5")
     nights = build_nights(list(three.values()))
@@ -251,3 +235,14 @@ def test_a_date_beyond_the_calendar_falls_back_to_weekdays(caplog):
     far = dt.date(2099, 1, 5)  # a Monday, far beyond the bounds the calendar is built with
     assert is_session("XNYS", far) and not is_session("XNYS", dt.date(2099, 1, 3))
     assert "outside the calendar" in caplog.text
+
+
+def test_a_group_of_markets_sharing_an_exchange_takes_their_common_open(tmp_path):
+    (group,) = _load(
+        tmp_path, '[groups.us]\nmarkets = ["US_TECH", "US_REITS"]\ncalendar = "XNYS"\n'
+    )
+    assert (group.markets, group.timezone, group.opens_at) == (
+        ("US_TECH", "US_REITS"),
+        "America/New_York",
+        dt.time(9, 30),
+    )
