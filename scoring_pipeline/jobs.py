@@ -12,11 +12,10 @@ from typing import Any
 import dagster as dg
 
 from scoring_pipeline.assets.active_users import active_users
-from scoring_pipeline.assets.common import GROUP_TAG
 from scoring_pipeline.assets.exchange_rates import exchange_rates
 from scoring_pipeline.assets.prices import prices
 from scoring_pipeline.assets.scores import scores
-from scoring_pipeline.market_groups import DEFAULT_GROUP, DEFAULT_GROUPS, MarketGroup
+from scoring_pipeline.market_groups import DEFAULT_GROUP, DEFAULT_GROUPS, GROUP_TAG, MarketGroup
 
 SNAPSHOTS_JOB = "overnight_snapshots_job"
 BATCH_JOB = "scoring_batch_job"

@@ -41,6 +41,9 @@ from scoring_pipeline.errors import ConfigurationError
 logger = logging.getLogger(__name__)
 
 GROUPS_FILE_VARIABLE = "MARKET_GROUPS_FILE"
+# The market group a run works for: a tag of every job of the group (schedule, sensor, CLI and
+# UI launches of the job alike).
+GROUP_TAG = "scoring/market_group"
 DEFAULT_GROUP = "all"
 DEFAULT_LEAD_MINUTES = 120
 _NAME = re.compile(r"^[a-z][a-z0-9_]{0,29}$")
@@ -114,6 +117,21 @@ class _File(pydantic.BaseModel, extra="forbid"):
 
 
 MarketsReader = Callable[[], Mapping[str, tuple[str, dt.time]]]
+
+
+def group_of_run(
+    tags: Mapping[str, str], groups: Mapping[str, MarketGroup], asset_group: str | None = None
+) -> MarketGroup | None:
+    """The group whose night a run works for: its GROUP_TAG; else `asset_group`, the group of the
+    asset it materialises (UI materialisations and backfills run Dagster's implicit asset job,
+    which carries no tag of ours); else the default group when it is the only one; else none."""
+    tagged = tags.get(GROUP_TAG)
+    if tagged is not None:
+        return groups.get(tagged)
+    if asset_group is not None:
+        return groups.get(asset_group)
+    only = list(groups.values())
+    return only[0] if len(only) == 1 and only[0].is_default else None
 
 
 def default_group(cron: str, timezone: str) -> MarketGroup:

@@ -19,13 +19,12 @@ from scoring_pipeline.assets import exchange_rates as exchange_rates_module
 from scoring_pipeline.assets import prices as prices_module
 from scoring_pipeline.assets import scores as scores_module
 from scoring_pipeline.assets.active_users import build_active_users
-from scoring_pipeline.assets.common import GROUP_TAG
 from scoring_pipeline.assets.exchange_rates import build_exchange_rates
 from scoring_pipeline.assets.prices import build_prices
 from scoring_pipeline.assets.scores import build_scores
 from scoring_pipeline.checks import build_scores_invariants
 from scoring_pipeline.jobs import build_jobs
-from scoring_pipeline.market_groups import MarketGroup
+from scoring_pipeline.market_groups import MarketGroup, group_of_run
 from scoring_pipeline.schedules import build_group_schedule
 
 
@@ -57,18 +56,19 @@ class NightDefinitions:
         return [self.active_users, self.exchange_rates, *per_group]
 
     def night_of_run(self, run: dg.DagsterRun) -> GroupNight | None:
-        """The group night a run works for: its group tag (every run of a group's jobs), else
-        the group of the `scores`/`prices` asset it materialises (UI materialisations and
-        backfills run Dagster's implicit asset job, which carries no tag of ours)."""
-        tagged = run.tags.get(GROUP_TAG)
-        if tagged is not None:
-            return self.nights.get(tagged)
-        for key in run.asset_selection or ():
-            for night in self.nights.values():
-                if key in (night.scores.key, night.prices.key):
-                    return night
-        only = list(self.nights.values())
-        return only[0] if len(only) == 1 and only[0].group.is_default else None
+        """The group night a run works for (`group_of_run`), its asset selection telling the
+        group of a UI materialisation or backfill of a group's `scores` or `prices`."""
+        selected = set(run.asset_selection or ())
+        asset_group = next(
+            (
+                name
+                for name, night in self.nights.items()
+                if selected & {night.scores.key, night.prices.key}
+            ),
+            None,
+        )
+        group = group_of_run(run.tags, self.groups, asset_group)
+        return self.nights[group.name] if group is not None else None
 
 
 def build_nights(groups: Sequence[MarketGroup]) -> NightDefinitions:

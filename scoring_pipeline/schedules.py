@@ -17,16 +17,14 @@ from typing import Any
 import dagster as dg
 
 from scoring_pipeline import night_lifecycle
-from scoring_pipeline.assets.common import GROUP_TAG
+from scoring_pipeline.assets.common import LATE_TAG, SCHEDULED_FOR_TAG
 from scoring_pipeline.errors import ConfigurationError
 from scoring_pipeline.jobs import overnight_snapshots_job
-from scoring_pipeline.market_groups import MarketGroup, default_group
+from scoring_pipeline.market_groups import GROUP_TAG, MarketGroup, default_group
 from scoring_pipeline.resources import DatabaseResource
 from scoring_pipeline.telemetry import TRACEPARENT, new_traceparent
 
 SCORE_DATE_TAG = "scoring/score_date"
-SCHEDULED_FOR_TAG = "scoring/scheduled_for"
-LATE_TAG = "scoring/launched_late_s"
 _IN_FLIGHT = [
     dg.DagsterRunStatus.QUEUED,
     dg.DagsterRunStatus.NOT_STARTED,

@@ -1,8 +1,8 @@
 """The `active_users` asset: the date's active users and their frozen batch membership.
 
 Shared by every market group: the first group's run of a date freezes the membership, the later
-groups' runs reuse it. The run's group (see `GROUP_TAG`) has its night opened here, first step of
-its snapshots run, and its `scores` partitions made the date's batches.
+groups' runs reuse it. The run's group (see `market_groups.group_of_run`) has its night opened
+here, first step of its snapshots run, and its `scores` partitions made the date's batches.
 """
 
 import time
@@ -11,6 +11,8 @@ import dagster as dg
 
 from scoring_pipeline import night_lifecycle, snapshots, telemetry
 from scoring_pipeline.assets.common import (
+    LATE_TAG,
+    SCHEDULED_FOR_TAG,
     SnapshotConfig,
     as_metadata,
     run_group,
@@ -73,8 +75,8 @@ def build_active_users(groups: dict[str, MarketGroup]) -> dg.AssetsDefinition:
                         "traceparent": traceparent,
                         "dagster_snapshot_run_id": context.run.run_id,
                         # Set by the schedule: when the tick was due, how late it launched.
-                        "scheduled_for": context.run.tags.get("scoring/scheduled_for"),
-                        "launched_late_s": _int(context.run.tags.get("scoring/launched_late_s")),
+                        "scheduled_for": context.run.tags.get(SCHEDULED_FOR_TAG),
+                        "launched_late_s": _int(context.run.tags.get(LATE_TAG)),
                     },
                     market_group=group.name,
                 )

@@ -10,13 +10,12 @@ from sqlalchemy.engine import Connection, Engine
 
 from scoring_pipeline import night_lifecycle, telemetry
 from scoring_pipeline.errors import SnapshotUnavailableError
-from scoring_pipeline.market_groups import MarketGroup
+from scoring_pipeline.market_groups import MarketGroup, group_of_run
 from scoring_pipeline.telemetry import TRACEPARENT
 
-# The market group a run works for: a tag of every job of the group (schedule, sensor, CLI and
-# UI launches of the job alike). Runs without it (UI materialisations of the shared snapshot
-# assets) belong to the default group when it is the only one, else to no group's night.
-GROUP_TAG = "scoring/market_group"
+# Set by a schedule's run request: when the tick was due, how many seconds late it launched.
+SCHEDULED_FOR_TAG = "scoring/scheduled_for"
+LATE_TAG = "scoring/launched_late_s"
 
 if TYPE_CHECKING:
     from scoring_pipeline.resources import DatabaseResource
@@ -36,12 +35,8 @@ def run_traceparent(context: dg.AssetExecutionContext | dg.OpExecutionContext) -
 def run_group(
     context: dg.AssetExecutionContext | dg.OpExecutionContext, groups: dict[str, MarketGroup]
 ) -> MarketGroup | None:
-    """The market group whose night the run belongs to (see GROUP_TAG), or None."""
-    tagged = context.run.tags.get(GROUP_TAG)
-    if tagged is not None:
-        return groups.get(tagged)
-    only = list(groups.values())
-    return only[0] if len(only) == 1 and only[0].is_default else None
+    """The market group whose night the run belongs to (`group_of_run`), or None."""
+    return group_of_run(context.run.tags, groups)
 
 
 def night_traceparent(

@@ -13,9 +13,8 @@ import dagster as dg
 import pytest
 import sqlalchemy as sa
 
-from scoring_pipeline.assets.common import GROUP_TAG
 from scoring_pipeline.deployment import build_resources
-from scoring_pipeline.market_groups import GROUPS_FILE_VARIABLE
+from scoring_pipeline.market_groups import GROUP_TAG, GROUPS_FILE_VARIABLE
 from scoring_pipeline.night_definitions import build_nights
 from scoring_pipeline.partitions import scores_partition_key
 from scoring_pipeline_tests import factories as f
