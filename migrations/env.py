@@ -1,13 +1,13 @@
 """Alembic environment: runs the migrations on the connection or URL given by the caller.
 
-`scoring_pipeline.db.migrate` passes an open connection in `config.attributes["connection"]`;
+`scoring_pipeline.store.db.migrate` passes an open connection in `config.attributes["connection"]`;
 the plain `alembic` CLI falls back to `DATABASE_URL` (or the embedded server).
 """
 
 from alembic import context
 from sqlalchemy.engine import Connection
 
-from scoring_pipeline.db import VERSION_TABLE, create_engine_for, resolve_database_url
+from scoring_pipeline.store.db import VERSION_TABLE, create_engine_for, resolve_database_url
 
 
 def _run(connection: Connection) -> None:

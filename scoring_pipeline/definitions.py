@@ -7,16 +7,16 @@ from collections.abc import Mapping
 import dagster as dg
 import sqlalchemy as sa
 
-from scoring_pipeline.cache_warming import dashboard_cache_job
-from scoring_pipeline.deployment import build_resources, schedule_settings
-from scoring_pipeline.market_groups import MarketGroup, load_groups
-from scoring_pipeline.night_definitions import build_nights
-from scoring_pipeline.sensors import build_sensors
+from scoring_pipeline.defs.cache_warming import dashboard_cache_job
+from scoring_pipeline.defs.deployment import build_resources, schedule_settings
+from scoring_pipeline.defs.market_groups import MarketGroup, load_groups
+from scoring_pipeline.defs.nights import build_nights
+from scoring_pipeline.defs.sensors import build_sensors
 
 
 def _read_markets() -> Mapping[str, tuple[str, dt.time]]:
     """markets.code -> (timezone, opens_at), for a market groups file's defaults and checks."""
-    from scoring_pipeline.db import create_engine_for, resolve_database_url
+    from scoring_pipeline.store.db import create_engine_for, resolve_database_url
 
     engine = create_engine_for(resolve_database_url())
     try:

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from scoring_pipeline.services import private_deployment_env
+from scoring_pipeline.runtime.services import private_deployment_env
 
 CLI = [sys.executable, "-m", "scoring_pipeline.cli"]
 

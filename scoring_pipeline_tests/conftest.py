@@ -16,9 +16,9 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from scoring_pipeline import db
-from scoring_pipeline.dagster_storage import storage_config
-from scoring_pipeline.tables import metadata
+from scoring_pipeline.runtime.dagster_storage import storage_config
+from scoring_pipeline.store import db
+from scoring_pipeline.store.tables import metadata
 
 pytest_plugins = [
     # Plugins that import another one come after it (assertion rewriting needs the order).

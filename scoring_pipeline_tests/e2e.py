@@ -7,8 +7,8 @@ from typing import Any, TypeVar
 
 import pytest
 
-from scoring_pipeline.dagster_api import DagsterApi
-from scoring_pipeline.services import (
+from scoring_pipeline.runtime.dagster_api import DagsterApi
+from scoring_pipeline.runtime.services import (
     Services,
     free_port,
     private_deployment_env,

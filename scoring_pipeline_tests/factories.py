@@ -10,7 +10,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from scoring_pipeline import tables as t
+from scoring_pipeline.store import tables as t
 
 _counter = itertools.count()
 

@@ -4,13 +4,13 @@ import dagster as dg
 import pytest
 import sqlalchemy as sa
 
-from scoring_pipeline.assets.active_users import active_users
-from scoring_pipeline.assets.exchange_rates import exchange_rates
-from scoring_pipeline.assets.prices import prices
-from scoring_pipeline.assets.scores import scores
-from scoring_pipeline.checks import scores_invariants
-from scoring_pipeline.deployment import build_resources
-from scoring_pipeline.partitions import scores_partition_key
+from scoring_pipeline.defs.assets.active_users import active_users
+from scoring_pipeline.defs.assets.exchange_rates import exchange_rates
+from scoring_pipeline.defs.assets.prices import prices
+from scoring_pipeline.defs.assets.scores import scores
+from scoring_pipeline.defs.checks import scores_invariants
+from scoring_pipeline.defs.deployment import build_resources
+from scoring_pipeline.defs.partitions import scores_partition_key
 from scoring_pipeline_tests import factories as f
 
 DATE = "2026-11-27"

@@ -13,10 +13,10 @@ import dagster as dg
 import pytest
 import sqlalchemy as sa
 
-from scoring_pipeline.deployment import build_resources
-from scoring_pipeline.market_groups import GROUP_TAG, GROUPS_FILE_VARIABLE
-from scoring_pipeline.night_definitions import build_nights
-from scoring_pipeline.partitions import scores_partition_key
+from scoring_pipeline.defs.deployment import build_resources
+from scoring_pipeline.defs.market_groups import GROUP_TAG, GROUPS_FILE_VARIABLE
+from scoring_pipeline.defs.nights import build_nights
+from scoring_pipeline.defs.partitions import scores_partition_key
 from scoring_pipeline_tests import factories as f
 from scoring_pipeline_tests import market_world as mw
 from scoring_pipeline_tests.scenario import DATE, batch, rows, rules, snapshots

@@ -11,8 +11,8 @@ import subprocess
 import pytest
 import sqlalchemy as sa
 
-from scoring_pipeline.dagster_api import LOCATION, REPOSITORY, DagsterApi
-from scoring_pipeline.services import free_port, private_deployment_env, running_services
+from scoring_pipeline.runtime.dagster_api import LOCATION, REPOSITORY, DagsterApi
+from scoring_pipeline.runtime.services import free_port, private_deployment_env, running_services
 from scoring_pipeline_tests import factories as f
 from scoring_pipeline_tests import market_world as mw
 from scoring_pipeline_tests.cli_helpers import CLI

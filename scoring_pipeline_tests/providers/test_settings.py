@@ -10,7 +10,8 @@ from decimal import Decimal
 import dagster as dg
 import pytest
 
-from scoring_pipeline.deployment import build_resources
+from scoring_pipeline.defs.deployment import build_resources
+from scoring_pipeline.defs.resources import PricesProviderResource, RatesProviderResource
 from scoring_pipeline.errors import ConfigurationError
 from scoring_pipeline.providers import (
     FilePricesProvider,
@@ -19,7 +20,6 @@ from scoring_pipeline.providers import (
     HttpSettings,
     YahooPricesProvider,
 )
-from scoring_pipeline.resources import PricesProviderResource, RatesProviderResource
 
 
 def _rates(env) -> RatesProviderResource:

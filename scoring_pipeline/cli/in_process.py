@@ -1,0 +1,206 @@
+"""A score date's whole night through the Dagster definitions, launched from this process.
+
+`scoring-pipeline score` uses it: the same jobs the schedule and sensor launch (snapshots, then
+one run per batch partition), executed in-process on the configured Dagster instance so every run
+shows in the UI with its partition. Batches run one after another; a batch whose step died
+without writing an outcome is recorded as failed so the night never stays `started`.
+"""
+
+import datetime as dt
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import dagster as dg
+import sqlalchemy as sa
+
+from scoring_pipeline import telemetry
+from scoring_pipeline.defs.partitions import scores_partition_key
+from scoring_pipeline.store import night_lifecycle, snapshots
+from scoring_pipeline.store.db import create_engine_for, prepare_dagster_environment
+
+SNAPSHOT_ASSETS = ("active_users", "exchange_rates", "prices")
+
+
+def _op_name(asset: str, group: str) -> str:
+    """The op of a snapshot asset in a group's job (`us__prices` for `us/prices`)."""
+    return (
+        asset if group == night_lifecycle.ALL_MARKETS or asset != "prices" else f"{group}__{asset}"
+    )
+
+
+@dataclass
+class NightSummary:
+    score_date: dt.date
+    status: str
+    market_group: str = night_lifecycle.ALL_MARKETS
+    users_total: int = 0
+    users_success: int = 0
+    users_failed: int = 0
+    users_skipped: int = 0
+    assets_scored: int = 0
+    batches_total: int = 0
+    batches_failed: int = 0
+    stages_ms: dict[str, int] = field(default_factory=dict)
+    duration_ms: int = 0
+    failed_users: list[dict[str, Any]] = field(default_factory=list)
+    error: str | None = None
+    run_ids: list[str] = field(default_factory=list)
+
+    def lines(self) -> list[str]:
+        out = [
+            f"score date      {self.score_date}",
+            f"market group    {self.market_group}",
+            f"job status      {self.status}",
+            f"users total     {self.users_total}",
+            f"users success   {self.users_success}",
+            f"users failed    {self.users_failed}",
+            f"users skipped   {self.users_skipped}",
+            f"assets scored   {self.assets_scored}",
+            f"batches         {self.batches_total} ({self.batches_failed} failed)",
+            f"duration        {self.duration_ms / 1000:.1f} s ("
+            + ", ".join(f"{k} {v / 1000:.1f} s" for k, v in self.stages_ms.items())
+            + ")",
+        ]
+        if self.error:
+            out.append(f"error           {self.error}")
+        for failure in self.failed_users[:20]:
+            error = failure.get("error") or {}
+            out.append(
+                f"  failed user {failure.get('userId')} (batch {failure.get('batch')}, "
+                f"stage {failure.get('stage')}): {error.get('message')}"
+            )
+        return out
+
+
+def _step_errors(result: dg.ExecuteInProcessResult) -> str:
+    messages = []
+    for event in result.all_events:
+        if event.is_step_failure and event.step_failure_data is not None:
+            messages.append(
+                event.step_failure_data.error.message.strip()
+                if event.step_failure_data.error
+                else "step failed"
+            )
+    return "; ".join(messages) or "the run failed"
+
+
+# The CLI prints its own progress and summary; Dagster's console logger keeps to warnings.
+_QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+
+
+def _snapshot_run_config(refresh: bool, group: str) -> dict[str, Any]:
+    if not refresh:
+        return dict(_QUIET)
+    return {
+        **_QUIET,
+        "ops": {_op_name(name, group): {"config": {"refresh": True}} for name in SNAPSHOT_ASSETS},
+    }
+
+
+def run_night(
+    score_date: dt.date,
+    *,
+    refresh: bool = False,
+    echo: Callable[[str], None] | None = None,
+    group: str = night_lifecycle.ALL_MARKETS,
+) -> NightSummary:
+    """Run a group's snapshots then every batch of the date; return the night's summary."""
+    from scoring_pipeline.definitions import defs
+    from scoring_pipeline.defs.jobs import BATCH_JOB, SNAPSHOTS_JOB
+    from scoring_pipeline.defs.market_groups import DEFAULT_GROUP
+
+    def job_name(name: str) -> str:
+        return name if group == DEFAULT_GROUP else f"{group}_{name}"
+
+    say = echo or (lambda _: None)
+    url = prepare_dagster_environment()
+    engine = create_engine_for(url)
+    definitions = defs()
+    instance = dg.DagsterInstance.get()
+    started = time.perf_counter()
+    stages: dict[str, int] = {}
+    run_ids: list[str] = []
+    date_key = score_date.isoformat()
+    tags = {
+        "scoring/score_date": date_key,
+        "scoring/trigger": "cli",
+        telemetry.TRACEPARENT: telemetry.new_traceparent(),
+    }
+
+    say(f"freezing the inputs of {date_key} for group {group} (users, rates, prices)…")
+    snapshot = definitions.resolve_job_def(job_name(SNAPSHOTS_JOB)).execute_in_process(
+        partition_key=date_key,
+        instance=instance,
+        run_config=_snapshot_run_config(refresh, group),
+        raise_on_error=False,
+        tags=tags,
+    )
+    run_ids.append(snapshot.run_id)
+    stages["snapshots"] = int((time.perf_counter() - started) * 1000)
+    if not snapshot.success:
+        error = _step_errors(snapshot)
+        with engine.begin() as conn:
+            night_lifecycle.record_snapshots_run_died(conn, score_date, error, market_group=group)
+        night_lifecycle.emit_root_span(engine, score_date, market_group=group)
+        return _summary(engine, score_date, group, stages, started, run_ids, error=error)
+
+    with engine.connect() as conn:
+        batches = snapshots.load_membership(conn, score_date).batch_keys
+    batch_job = definitions.resolve_job_def(job_name(BATCH_JOB))
+    scoring_started = time.perf_counter()
+    for index, batch in enumerate(batches, start=1):
+        result = batch_job.execute_in_process(
+            partition_key=scores_partition_key(date_key, batch),
+            instance=instance,
+            run_config=_QUIET,
+            raise_on_error=False,
+            tags=tags,
+        )
+        run_ids.append(result.run_id)
+        if not result.success:
+            with engine.begin() as conn:
+                night_lifecycle.record_batch_run_died(
+                    conn, score_date, batch, result.run_id, _step_errors(result), market_group=group
+                )
+        if index % 10 == 0 or index == len(batches):
+            say(f"scored {index}/{len(batches)} batches")
+    stages["scoring"] = int((time.perf_counter() - scoring_started) * 1000)
+    with engine.begin() as conn:
+        night_lifecycle.close_night(conn, score_date, market_group=group)
+    night_lifecycle.emit_root_span(engine, score_date, market_group=group)
+    return _summary(engine, score_date, group, stages, started, run_ids)
+
+
+def _summary(
+    engine: sa.Engine,
+    score_date: dt.date,
+    group: str,
+    stages: dict[str, int],
+    started: float,
+    run_ids: list[str],
+    error: str | None = None,
+) -> NightSummary:
+    with engine.connect() as conn:
+        night = night_lifecycle.find_night(conn, score_date, market_group=group)
+        failed = night_lifecycle.failed_users(conn, score_date, market_group=group)
+    metrics = night.metrics if night is not None else {}
+    return NightSummary(
+        score_date=score_date,
+        market_group=group,
+        status=night.status.value if night is not None else "failed",
+        users_total=int(metrics.get("users_total", 0)),
+        users_success=int(metrics.get("users_success", 0)),
+        users_failed=int(metrics.get("users_failed", 0)),
+        users_skipped=int(metrics.get("users_skipped", 0))
+        + int(metrics.get("users_skipped_no_criteria", 0)),
+        assets_scored=int(metrics.get("assets_scored", 0)),
+        batches_total=int(metrics.get("batches_total", 0)),
+        batches_failed=int(metrics.get("batches_failed", 0)),
+        stages_ms=stages,
+        duration_ms=int((time.perf_counter() - started) * 1000),
+        failed_users=failed,
+        error=error,
+        run_ids=run_ids,
+    )

@@ -1,0 +1,118 @@
+"""The `active_users` asset: the date's active users and their frozen batch membership.
+
+Shared by every market group: the first group's run of a date freezes the membership, the later
+groups' runs reuse it. The run's group (see `market_groups.group_of_run`) has its night opened
+here, first step of its snapshots run, and its `scores` partitions made the date's batches.
+"""
+
+import time
+
+import dagster as dg
+
+from scoring_pipeline import telemetry
+from scoring_pipeline.defs.assets.common import (
+    LATE_TAG,
+    SCHEDULED_FOR_TAG,
+    SnapshotConfig,
+    as_metadata,
+    run_group,
+    run_traceparent,
+    score_date_of,
+)
+from scoring_pipeline.defs.market_groups import DEFAULT_GROUPS, MarketGroup
+from scoring_pipeline.defs.partitions import register_night_batches, score_date_partitions
+from scoring_pipeline.defs.resources import DatabaseResource, ScoringSettingsResource
+from scoring_pipeline.store import night_lifecycle, snapshots
+
+
+def _int(value: str | None) -> int | None:
+    return int(value) if value is not None and value.isdigit() else None
+
+
+def build_active_users(groups: dict[str, MarketGroup]) -> dg.AssetsDefinition:
+    """The shared membership asset of a code location whose groups are `groups`."""
+
+    @dg.asset(
+        name="active_users",
+        partitions_def=score_date_partitions,
+        group_name="snapshots",
+        kinds={"postgres"},
+    )
+    def active_users(
+        context: dg.AssetExecutionContext,
+        config: SnapshotConfig,
+        database: DatabaseResource,
+        settings: ScoringSettingsResource,
+    ) -> dg.MaterializeResult[None]:
+        """Active users of the score date in deterministic batches; starts the run's night."""
+        score_date = score_date_of(context)
+        started = time.perf_counter()
+        group = run_group(context, groups)
+        # The night's trace: from the launching run's tags, or a new one for a hand-started night.
+        traceparent = run_traceparent(context) or telemetry.new_traceparent()
+        correlation_id = None
+        with (
+            telemetry.step_span("active_users", traceparent, {"score_date": str(score_date)}),
+            database.engine().begin() as conn,
+        ):
+            # One membership per date, however many groups' runs start at once.
+            snapshots.lock_snapshot(conn, score_date, "membership")
+            membership = snapshots.load_membership(conn, score_date)
+            reused = bool(membership.members) and not config.refresh
+            if not reused:
+                membership = snapshots.compute_membership(conn, settings.batch_size)
+                snapshots.store_membership(conn, score_date, membership)
+            if group is not None:
+                correlation_id = night_lifecycle.open_night(
+                    conn, score_date, market_group=group.name, markets=group.markets, restart=True
+                )
+                night_lifecycle.merge_metrics(
+                    conn,
+                    score_date,
+                    {
+                        "users_skipped_no_criteria": membership.users_skipped,
+                        "batches_total": len(membership.batch_keys),
+                        "score_date": score_date.isoformat(),
+                        "traceparent": traceparent,
+                        "dagster_snapshot_run_id": context.run.run_id,
+                        # Set by the schedule: when the tick was due, how late it launched.
+                        "scheduled_for": context.run.tags.get(SCHEDULED_FOR_TAG),
+                        "launched_late_s": _int(context.run.tags.get(LATE_TAG)),
+                    },
+                    market_group=group.name,
+                )
+                if not membership.members:  # nothing to score: the night is done
+                    night_lifecycle.close_night(conn, score_date, market_group=group.name)
+        added: list[str] = []
+        removed: list[str] = []
+        if group is not None:
+            night_lifecycle.emit_root_span(database.engine(), score_date, market_group=group.name)
+            added, removed = register_night_batches(
+                context.instance, score_date, membership.batch_keys, group
+            )
+        context.log.info(
+            f"{len(membership.members)} active users in {len(membership.batch_keys)} batches "
+            f"for {score_date} (membership {'reused' if reused else 'computed'})"
+            + (f"; night of group {group.name} started" if group is not None else "")
+        )
+        return dg.MaterializeResult(
+            metadata=as_metadata(
+                {
+                    "users": len(membership.members),
+                    "batches": len(membership.batch_keys),
+                    "batch_keys": membership.batch_keys,
+                    "users_skipped_no_criteria": membership.users_skipped,
+                    "market_group": group.name if group is not None else None,
+                    "scores_partitions_added": len(added),
+                    "scores_partitions_removed": removed,
+                    "membership_reused": reused,
+                    "job_correlation_id": correlation_id,
+                    "duration_ms": int((time.perf_counter() - started) * 1000),
+                }
+            )
+        )
+
+    return active_users
+
+
+active_users = build_active_users(DEFAULT_GROUPS)

@@ -1,0 +1,72 @@
+"""The `exchange_rates` asset: the date's USD-based rates, fetched once and frozen.
+
+Shared by every market group: whichever group's run comes first fetches them; the others reuse
+the date's snapshot (the fetch is serialised, so overlapping runs still fetch once).
+"""
+
+from typing import Any
+
+import dagster as dg
+from sqlalchemy.engine import Connection
+
+from scoring_pipeline.defs.assets.active_users import active_users
+from scoring_pipeline.defs.assets.common import (
+    SnapshotConfig,
+    materialize_snapshot,
+    run_group,
+    score_date_of,
+)
+from scoring_pipeline.defs.market_groups import DEFAULT_GROUPS, MarketGroup
+from scoring_pipeline.defs.partitions import score_date_partitions
+from scoring_pipeline.defs.resources import (
+    DatabaseResource,
+    RatesProviderResource,
+    ScoringSettingsResource,
+)
+from scoring_pipeline.store import snapshots
+
+
+def build_exchange_rates(
+    groups: dict[str, MarketGroup], active_users: dg.AssetsDefinition
+) -> dg.AssetsDefinition:
+    @dg.asset(
+        name="exchange_rates",
+        partitions_def=score_date_partitions,
+        deps=[active_users],
+        group_name="snapshots",
+        kinds={"postgres"},
+    )
+    def exchange_rates(
+        context: dg.AssetExecutionContext,
+        config: SnapshotConfig,
+        database: DatabaseResource,
+        rates_provider: RatesProviderResource,
+        settings: ScoringSettingsResource,
+    ) -> dg.MaterializeResult[None]:
+        """USD→X exchange rates of the score date, fetched once from RATES_PROVIDER and frozen
+        for every market group."""
+        score_date = score_date_of(context)
+
+        def take(conn: Connection) -> dict[str, Any]:
+            snapshots.lock_snapshot(conn, score_date, "rates")
+            return snapshots.snapshot_rates(
+                conn,
+                score_date,
+                rates_provider,
+                max_age_days=settings.snapshot_max_age_days,
+                refresh=config.refresh,
+            )
+
+        return materialize_snapshot(
+            context,
+            database,
+            step="exchange_rates",
+            figure="rates",
+            take=take,
+            group=run_group(context, groups),
+        )
+
+    return exchange_rates
+
+
+exchange_rates = build_exchange_rates(DEFAULT_GROUPS, active_users)

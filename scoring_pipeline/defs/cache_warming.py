@@ -1,0 +1,65 @@
+"""The dashboard cache job: warms the users of the batch outcomes a sensor hands it."""
+
+import time
+
+import dagster as dg
+
+from scoring_pipeline import telemetry
+from scoring_pipeline.defs.resources import DatabaseResource
+from scoring_pipeline.store import night_lifecycle
+from scoring_pipeline.store.dashboard_cache import PendingBatch, warm_batch
+
+
+class WarmCacheConfig(dg.Config):
+    """Batch outcomes to warm, as `score_date|market_group|batch_key|outcome_seq` tokens."""
+
+    batches: list[str]
+
+
+@dg.op
+def warm_dashboard_cache(
+    context: dg.OpExecutionContext, config: WarmCacheConfig, database: DatabaseResource
+) -> dg.Output[int]:
+    """Upserts `dashboard_cache` for every successfully scored user of the given batches."""
+    started = time.perf_counter()
+    warmed = 0
+    failed: list[dict[str, str]] = []
+    for token in config.batches:
+        batch = PendingBatch.from_token(token)
+        with database.engine().connect() as conn:
+            traceparent = night_lifecycle.night_traceparent(
+                conn, batch.score_date, market_group=batch.market_group
+            )
+        with (
+            telemetry.step_span(
+                "cache-warm",
+                traceparent,
+                {"score_date": str(batch.score_date), "batch": batch.batch_key},
+            ),
+            database.engine().begin() as conn,
+        ):
+            result = warm_batch(conn, batch)
+            night_lifecycle.record_cache_warming(
+                conn, batch.score_date, len(result.failed), market_group=batch.market_group
+            )
+        warmed += result.warmed
+        failed.extend(result.failed)
+        context.log.info(f"warmed {result.warmed} dashboards of {token}")
+    for failure in failed:
+        context.log.error(f"dashboard of user {failure['userId']} not warmed: {failure['error']}")
+    return dg.Output(
+        warmed,
+        metadata={
+            "batches": len(config.batches),
+            "users_warmed": warmed,
+            "users_failed": len(failed),
+            "failed_users": dg.MetadataValue.json(failed),
+            "duration_ms": int((time.perf_counter() - started) * 1000),
+        },
+    )
+
+
+@dg.job(executor_def=dg.in_process_executor, tags={"dagster/priority": "10"})
+def dashboard_cache_job() -> None:
+    """Warm the dashboard cache of the users of newly landed (or re-scored) batches."""
+    warm_dashboard_cache()

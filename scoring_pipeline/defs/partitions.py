@@ -1,0 +1,86 @@
+"""The partition definitions, one object per dimension, imported everywhere.
+
+Snapshot assets are daily (one partition per score date). `scores` has one partition per real
+batch of a real night, keyed `YYYY-MM-DD/bNNNN`: the snapshots run registers the date's batch
+keys when it freezes the membership (and unregisters keys a refreshed membership no longer
+uses), so the UI's partitions, "missing" counts and "backfill failed and missing" cover exactly
+the batches of started nights — never a cross product of every date with every batch key.
+"""
+
+import datetime as dt
+
+import dagster as dg
+
+from scoring_pipeline.defs.market_groups import MarketGroup
+from scoring_pipeline.errors import ScoringPipelineError
+
+SCORE_DATE_START = "2025-01-01"
+SCORES_PARTITIONS_NAME = "scoring_night_batches"
+_SEPARATOR = "/"
+
+# end_offset=1: the night scores the day that is about to open, so today's partition must exist.
+score_date_partitions = dg.DailyPartitionsDefinition(
+    start_date=SCORE_DATE_START, timezone="UTC", end_offset=1
+)
+
+scores_partitions = dg.DynamicPartitionsDefinition(name=SCORES_PARTITIONS_NAME)
+
+
+def scores_partitions_name(group: MarketGroup) -> str:
+    """`scoring_night_batches` for the default group, else `<group>_scoring_night_batches`."""
+    return group.qualified(SCORES_PARTITIONS_NAME)
+
+
+def scores_partitions_for(group: MarketGroup) -> dg.DynamicPartitionsDefinition:
+    """A market group's batch partitions: each group's night has its own batches' statuses."""
+    if group.is_default:
+        return scores_partitions
+    return dg.DynamicPartitionsDefinition(name=scores_partitions_name(group))
+
+
+class NotABatchPartitionError(ScoringPipelineError):
+    """A `scores` partition key that is not `YYYY-MM-DD/bNNNN`."""
+
+
+def batch_key(index: int) -> str:
+    return f"b{index:04d}"
+
+
+def scores_partition_key(score_date: str | dt.date, batch: str) -> str:
+    """The `scores` partition of one batch of a night: `2026-11-27/b0001`."""
+    date = score_date.isoformat() if isinstance(score_date, dt.date) else score_date
+    return f"{date}{_SEPARATOR}{batch}"
+
+
+def parse_scores_partition_key(key: str) -> tuple[dt.date, str]:
+    """(score date, batch key) of a `scores` partition key, or a clear error."""
+    date, sep, batch = key.partition(_SEPARATOR)
+    try:
+        score_date = dt.date.fromisoformat(date)
+    except ValueError:
+        score_date = None
+    if not sep or score_date is None or not batch.startswith("b") or not batch[1:].isdigit():
+        raise NotABatchPartitionError(
+            f"{key!r} is not a scores partition: keys are YYYY-MM-DD/bNNNN, "
+            "registered by the date's snapshots run"
+        )
+    return score_date, batch
+
+
+def register_night_batches(
+    instance: dg.DagsterInstance, score_date: dt.date, batches: list[str], group: MarketGroup
+) -> tuple[list[str], list[str]]:
+    """Make the date's `scores` partitions of the group exactly its batches; returns (added,
+    removed) keys."""
+    name = scores_partitions_name(group)
+    wanted = [scores_partition_key(score_date, b) for b in batches]
+    prefix = scores_partition_key(score_date, "")
+    existing = instance.get_dynamic_partitions(name)
+    present = set(existing)
+    added = [k for k in wanted if k not in present]
+    removed = [k for k in existing if k.startswith(prefix) and k not in set(wanted)]
+    if added:
+        instance.add_dynamic_partitions(name, added)
+    for key in removed:
+        instance.delete_dynamic_partition(name, key)
+    return added, removed

@@ -1,0 +1,218 @@
+"""Dagster resources: the application database, the two providers and the night's settings.
+
+Every setting is a typed field, read from the environment once when the code location loads
+(``deployment.build_resources``) and shown in the UI's resource view; the API keys are
+``dg.EnvVar`` fields, resolved at launch and masked. A bad value fails the load with one message
+naming the variable. Clients are built lazily, on first use inside a run, never at import or
+definition time.
+"""
+
+import os
+from collections.abc import Mapping, Sequence
+from decimal import Decimal
+from typing import Any, ClassVar
+
+import dagster as dg
+import httpx
+from pydantic import Field, PrivateAttr, field_validator, model_validator
+from sqlalchemy.engine import Engine
+
+from scoring_pipeline.providers import (
+    FilePricesProvider,
+    FileRatesProvider,
+    FrankfurterRatesProvider,
+    HttpSettings,
+    PricesProvider,
+    PricesResult,
+    ProviderChain,
+    RatesProvider,
+    RatesSnapshot,
+    YahooPricesProvider,
+    frankfurter,
+    yahoo,
+)
+from scoring_pipeline.store.db import create_engine_for, resolve_database_url
+
+
+class DatabaseResource(dg.ConfigurableResource):  # type: ignore[type-arg]
+    """The app's PostgreSQL: `DATABASE_URL`, or the embedded server when it is unset."""
+
+    url: str | None = None
+
+    # One engine per process and URL: runs in the same process share its pool; the pid in the
+    # key keeps a forked run worker from reusing its parent's connections.
+    _engines: ClassVar[dict[tuple[int, str], Engine]] = {}
+
+    def resolved_url(self) -> str:
+        return self.url or resolve_database_url()
+
+    def engine(self) -> Engine:
+        url = self.resolved_url()
+        key = (os.getpid(), url)
+        engine = self._engines.get(key)
+        if engine is None:
+            engine = create_engine_for(url, pool_size=2, max_overflow=4)
+            self._engines[key] = engine
+        return engine
+
+
+_NO_FALLBACK = ("", "none", "off")
+
+
+def _provider_name(value: object) -> object:
+    return value.strip().lower() if isinstance(value, str) else value
+
+
+class _ProviderResource(dg.ConfigurableResource):  # type: ignore[type-arg]
+    """Fields and lifecycle shared by the rates and prices provider resources."""
+
+    provider: str
+    base_url: str | None = None
+    file: str | None = None
+    fallback_provider: str | None = None
+    fallback_base_url: str | None = None
+    api_key: str | None = None
+    timeout_seconds: float = Field(default=10.0, gt=0, allow_inf_nan=False)
+    max_retries: int = Field(default=3, ge=0, le=20)
+    backoff_seconds: float = Field(default=0.5, ge=0, allow_inf_nan=False)
+    backoff_max_seconds: float = Field(default=30.0, ge=0, allow_inf_nan=False)
+    max_rejected_fraction: float = Field(default=0.2, ge=0, le=1)
+
+    _chain: ProviderChain[Any] | None = PrivateAttr(default=None)
+    # The provider names of each kind, the HTTP one first, and its default URL.
+    _names: ClassVar[tuple[str, ...]]
+    _http_default_url: ClassVar[str]
+
+    @field_validator("provider", mode="before")
+    @classmethod
+    def _known_provider(cls, value: object) -> object:
+        name = _provider_name(value)
+        if name not in cls._names:
+            raise ValueError(f"is not a known provider; choose one of {', '.join(cls._names)}")
+        return name
+
+    @field_validator("fallback_provider", mode="before")
+    @classmethod
+    def _known_fallback(cls, value: object) -> object:
+        name = _provider_name(value)
+        if name is None or name in _NO_FALLBACK:
+            return None
+        if name not in cls._names:
+            raise ValueError(
+                f"is not a known provider; choose one of {', '.join(cls._names)} (or none)"
+            )
+        return name
+
+    @field_validator("base_url", "fallback_base_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            url = httpx.URL(value)
+        except httpx.InvalidURL:
+            raise ValueError("is not a valid URL") from None
+        if url.scheme not in ("http", "https") or not url.host:
+            raise ValueError("must be an http(s) URL with a host")
+        if url.query or url.fragment:
+            raise ValueError("must not have a query string or fragment (keys go in *_API_KEY)")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "_ProviderResource":
+        if "file" in (self.provider, self.fallback_provider) and not self.file:
+            raise ValueError("the provider 'file' needs a file path (*_FILE)")
+        if self.fallback_provider is not None and self._choices()[0] == self._choices()[1]:
+            raise ValueError(
+                "the fallback provider is the same as the primary one (same file or URL)"
+            )
+        return self
+
+    def _choices(self) -> list[tuple[str, str | None]]:
+        """(provider, base URL) of the primary and the fallback; a file provider has no URL."""
+        primary = (self.provider, self._url(self.provider, self.base_url))
+        if self.fallback_provider is None:
+            return [primary]
+        url = self.fallback_base_url
+        if url is None and self.fallback_provider != self.provider:
+            url = self.base_url
+        return [primary, (self.fallback_provider, self._url(self.fallback_provider, url))]
+
+    def _url(self, name: str, base_url: str | None) -> str | None:
+        if name == "file":
+            return None
+        return (base_url or self._http_default_url).rstrip("/")
+
+    def _http_settings(self) -> HttpSettings:
+        return HttpSettings(
+            timeout_seconds=self.timeout_seconds,
+            max_retries=self.max_retries,
+            backoff_base_seconds=self.backoff_seconds,
+            backoff_max_seconds=self.backoff_max_seconds,
+        )
+
+    def _make(self, name: str, base_url: str | None) -> Any:
+        raise NotImplementedError  # each kind builds its own providers
+
+    def chain(self) -> ProviderChain[Any]:
+        """The configured providers in order, built on first use."""
+        if self._chain is None:
+            providers = [self._make(name, url) for name, url in self._choices()]
+            self._chain = ProviderChain(
+                providers, max_rejected_fraction=Decimal(str(self.max_rejected_fraction))
+            )
+        return self._chain
+
+    def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
+        if self._chain is not None:
+            self._chain.close()
+
+
+class RatesProviderResource(_ProviderResource):
+    """Exchange rates from `RATES_PROVIDER`, then `RATES_FALLBACK_PROVIDER` (SPEC §8)."""
+
+    provider: str = "frankfurter"
+    _names: ClassVar[tuple[str, ...]] = ("frankfurter", "file")
+    _http_default_url: ClassVar[str] = frankfurter.DEFAULT_BASE_URL
+
+    def _make(self, name: str, base_url: str | None) -> Any:
+        if name == "file" or base_url is None:
+            return FileRatesProvider(path=str(self.file))
+        return FrankfurterRatesProvider(
+            base_url=base_url, api_key=self.api_key, http_settings=self._http_settings()
+        )
+
+    def fetch_usd_rates(self, *, currencies: Sequence[str]) -> RatesSnapshot:
+        """USD->X rates from the first provider with a usable answer."""
+        chain: ProviderChain[RatesProvider] = self.chain()
+        return chain.ask(lambda p: p.fetch_usd_rates(currencies=currencies))
+
+
+class PricesProviderResource(_ProviderResource):
+    """Closing prices from `PRICES_PROVIDER`, then `PRICES_FALLBACK_PROVIDER` (SPEC §8)."""
+
+    provider: str = "yahoo"
+    _names: ClassVar[tuple[str, ...]] = ("yahoo", "file")
+    _http_default_url: ClassVar[str] = yahoo.DEFAULT_BASE_URL
+
+    def _make(self, name: str, base_url: str | None) -> Any:
+        if name == "file" or base_url is None:
+            return FilePricesProvider(path=str(self.file))
+        return YahooPricesProvider(
+            base_url=base_url, api_key=self.api_key, http_settings=self._http_settings()
+        )
+
+    def fetch_prices(
+        self, *, symbols: Sequence[str], currencies: Mapping[str, str] | None = None
+    ) -> PricesResult:
+        """Quotes from the first provider with a usable answer."""
+        chain: ProviderChain[PricesProvider] = self.chain()
+        return chain.ask(lambda p: p.fetch_prices(symbols=symbols, currencies=currencies))
+
+
+class ScoringSettingsResource(dg.ConfigurableResource):  # type: ignore[type-arg]
+    """Settings of a night: batch size, how old a snapshot may be reused, the market group."""
+
+    batch_size: int = Field(default=50, gt=0)
+    snapshot_max_age_days: int = Field(default=3, gt=0)
+    market_group: str = "all"

@@ -1,0 +1,185 @@
+"""Sensors: launch every batch of a group's date once its snapshots are frozen; warm dashboards;
+keep a night truthful when one of its runs fails or is cancelled. One of each for every market
+group of the code location (`build_sensors`)."""
+
+import datetime as dt
+import hashlib
+
+import dagster as dg
+
+from scoring_pipeline.defs.cache_warming import dashboard_cache_job
+from scoring_pipeline.defs.market_groups import DEFAULT_GROUPS
+from scoring_pipeline.defs.nights import GroupNight, NightDefinitions, build_nights
+from scoring_pipeline.defs.partitions import (
+    NotABatchPartitionError,
+    parse_scores_partition_key,
+    scores_partition_key,
+)
+from scoring_pipeline.defs.resources import DatabaseResource
+from scoring_pipeline.store import night_lifecycle, snapshots
+from scoring_pipeline.store.dashboard_cache import pending_batches
+from scoring_pipeline.telemetry import TRACEPARENT
+
+
+def batch_run_requests(
+    database: DatabaseResource,
+    score_date: str,
+    origin_run_id: str,
+    traceparent: str | None,
+    night: GroupNight | None = None,
+) -> list[dg.RunRequest]:
+    """One run request per batch of the date (its frozen membership), for the group's night."""
+    with database.engine().connect() as conn:
+        keys = snapshots.load_membership(conn, dt.date.fromisoformat(score_date)).batch_keys
+    return [
+        dg.RunRequest(
+            run_key=f"{origin_run_id}:{batch}",
+            partition_key=scores_partition_key(score_date, batch),
+            job_name=night.batch_job.name if night is not None else None,
+            tags={
+                "scoring/score_date": score_date,
+                "scoring/origin_run": origin_run_id,
+                **({TRACEPARENT: traceparent} if traceparent else {}),
+            },
+        )
+        for batch in keys
+    ]
+
+
+def _failure_message(context: dg.RunStatusSensorContext) -> str:
+    event = context.dagster_event
+    message = event.message if event is not None and event.message else ""
+    return f"run {context.dagster_run.run_id} {context.dagster_run.status.value}: {message}"[:2000]
+
+
+def _is_date(value: str | None) -> bool:
+    try:
+        dt.date.fromisoformat(value or "")
+    except ValueError:
+        return False
+    return True
+
+
+def close_night_after_run_ended(
+    context: dg.RunStatusSensorContext, database: DatabaseResource, nights: NightDefinitions
+) -> None:
+    """Shared by the failure and cancellation sensors: keep `overnight_job_runs` truthful.
+
+    Runs are told apart by their partition tags and their group (see `night_of_run`), not their
+    job: UI materialisations and backfills run the implicit asset job.
+    """
+    run = context.dagster_run
+    partition = run.tags.get("dagster/partition")
+    night = nights.night_of_run(run)
+    if not partition or run.job_name == dashboard_cache_job.name or night is None:
+        return
+    group = night.group.name
+    message = _failure_message(context)
+    with database.engine().begin() as conn:
+        if _is_date(partition):
+            closed = dt.date.fromisoformat(partition)
+            night_lifecycle.record_snapshots_run_died(conn, closed, message, market_group=group)
+        else:
+            try:
+                closed, batch = parse_scores_partition_key(partition)
+            except NotABatchPartitionError:
+                return  # not a partition of ours (a key added by hand): no night to record
+            night_lifecycle.record_batch_run_died(
+                conn, closed, batch, run.run_id, message, market_group=group
+            )
+    night_lifecycle.emit_root_span(database.engine(), closed, market_group=group)
+
+
+def build_sensors(nights: NightDefinitions) -> list[dg.SensorDefinition]:
+    """The code location's sensors for its groups' nights."""
+    groups = list(nights.nights.values())
+
+    @dg.run_status_sensor(
+        name="scoring_batches_sensor",
+        run_status=dg.DagsterRunStatus.SUCCESS,
+        monitored_jobs=[n.snapshots_job for n in groups],
+        request_jobs=[n.batch_job for n in groups],
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        minimum_interval_seconds=1,
+    )
+    def scoring_batches_sensor(
+        context: dg.RunStatusSensorContext, database: DatabaseResource
+    ) -> list[dg.RunRequest]:
+        """When a group's snapshots run of a date succeeds, launch one scoring run per batch of
+        that date in the group's batch job."""
+        run = context.dagster_run
+        score_date = run.tags.get("dagster/partition")
+        night = nights.night_of_run(run)
+        if not score_date or night is None:
+            return []
+        return batch_run_requests(
+            database, score_date, run.run_id, run.tags.get(TRACEPARENT), night
+        )
+
+    @dg.run_failure_sensor(
+        name="scoring_run_failure_sensor",
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        minimum_interval_seconds=1,
+    )
+    def scoring_run_failure_sensor(
+        context: dg.RunFailureSensorContext, database: DatabaseResource
+    ) -> None:
+        """A night's run failed (step error, killed worker): record it so the night closes."""
+        close_night_after_run_ended(context, database, nights)
+
+    @dg.run_status_sensor(
+        name="scoring_run_canceled_sensor",
+        run_status=dg.DagsterRunStatus.CANCELED,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        minimum_interval_seconds=1,
+    )
+    def scoring_run_canceled_sensor(
+        context: dg.RunStatusSensorContext, database: DatabaseResource
+    ) -> None:
+        """A night's run was cancelled: record it so the night closes."""
+        close_night_after_run_ended(context, database, nights)
+
+    return [
+        scoring_batches_sensor,
+        dashboard_cache_sensor,
+        scoring_run_failure_sensor,
+        scoring_run_canceled_sensor,
+    ]
+
+
+@dg.sensor(
+    name="dashboard_cache_sensor",
+    job=dashboard_cache_job,
+    minimum_interval_seconds=1,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+)
+def dashboard_cache_sensor(
+    context: dg.SensorEvaluationContext, database: DatabaseResource
+) -> dg.SensorResult | dg.SkipReason:
+    """As each batch of any group lands (or is re-scored), warm its successful users'
+    dashboards (each combines every group's current scores)."""
+    with database.engine().connect() as conn:
+        pending = pending_batches(conn)
+    if not pending:
+        return dg.SkipReason("no newly scored batch to warm")
+    tokens = [p.token for p in pending]
+    # The run key names exactly these outcomes: a re-scored batch has a new sequence number.
+    run_key = "warm:" + hashlib.sha1("\n".join(tokens).encode()).hexdigest()
+    return dg.SensorResult(
+        run_requests=[
+            dg.RunRequest(
+                run_key=run_key,
+                run_config={"ops": {"warm_dashboard_cache": {"config": {"batches": tokens}}}},
+                tags={"scoring/batches": str(len(tokens))},
+            )
+        ]
+    )
+
+
+# The default configuration's sensors, as the tests and tools import them.
+(
+    scoring_batches_sensor,
+    _,
+    scoring_run_failure_sensor,
+    scoring_run_canceled_sensor,
+) = build_sensors(build_nights(list(DEFAULT_GROUPS.values())))

@@ -1,0 +1,125 @@
+"""Replay: recompute a calculation from its INPUTS_CAPTURED event alone (SPEC §5).
+
+SCORES_COMPUTED holds each breakdown in its compact form (one outcome character per rule); the
+recomputation gives the outcomes and the canonical breakdown they stand for (`AssetScore.
+breakdown`). Events recorded before the compact form carry the canonical breakdown itself, and
+are compared with it.
+"""
+
+import json
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from scoring_pipeline.engine.criteria import parse_criteria
+from scoring_pipeline.engine.scoring import AssetScore, InstrumentData, score_criteria_set
+from scoring_pipeline.errors import ReplayError
+from scoring_pipeline.store.batch_scoring import results_payload
+
+
+@dataclass(frozen=True)
+class ReplayResult:
+    correlation_id: str
+    user_id: str | None
+    reproduced: bool
+    recorded: dict[str, Any] | None
+    recomputed: dict[str, Any]
+    differences: list[str]
+
+
+def _events(conn: Connection, correlation_id: str) -> dict[str, dict[str, Any]]:
+    try:
+        rows = conn.execute(
+            sa.text(
+                "SELECT event_type, user_id, payload::text AS payload FROM calculation_events "
+                "WHERE correlation_id = CAST(:c AS uuid) ORDER BY id"
+            ),
+            {"c": correlation_id},
+        ).all()
+    except sa.exc.DataError as exc:
+        raise ReplayError(f"{correlation_id!r} is not a correlation id (a UUID)") from exc
+    out: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        payload = json.loads(row.payload, parse_float=Decimal)
+        payload["_userId"] = str(row.user_id) if row.user_id else None
+        out[row.event_type] = payload
+    return out
+
+
+def recompute(inputs: dict[str, Any]) -> list[AssetScore]:
+    """Score again from an INPUTS_CAPTURED payload."""
+    usd_rates = {r["to"]: Decimal(str(r["rate"])) for r in inputs.get("rates", [])}
+    usd_rates.setdefault("USD", Decimal(1))
+    fundamentals = inputs.get("fundamentals", {})
+    instruments: dict[str, InstrumentData] = {}
+    for p in inputs.get("prices", []):
+        values = {
+            k: Decimal(str(v))
+            for k, v in fundamentals.get(p["symbol"], {}).items()
+            if k != "dataDate" and v is not None
+        }
+        close = Decimal(str(p["close"])) if p.get("close") is not None else None
+        instruments[p["symbol"]] = InstrumentData(p["symbol"], p["currency"], close, values)
+    scores: list[AssetScore] = []
+    for c in inputs.get("criteria", []):
+        criteria = parse_criteria(
+            criteria_version_id=c["criteriaVersionId"],
+            target_market=c["targetMarket"],
+            asset_type=c["assetType"],
+            version=int(c["version"]),
+            rules=c["rules"],
+        )
+        universe = [instruments[s] for s in c.get("assetIds", [])]
+        scores.extend(
+            score_criteria_set(
+                criteria,
+                universe,
+                base_currency=inputs["baseCurrency"],
+                usd_rates=usd_rates,
+            ).scores
+        )
+    return scores
+
+
+def replay(conn: Connection, correlation_id: str) -> ReplayResult:
+    events = _events(conn, correlation_id)
+    if not events:
+        raise ReplayError(f"no calculation with correlation id {correlation_id}")
+    inputs = events.get("INPUTS_CAPTURED")
+    if inputs is None:
+        raise ReplayError(
+            f"calculation {correlation_id} has no INPUTS_CAPTURED event (it failed before its "
+            "inputs were captured)"
+        )
+    scores = recompute(inputs)
+    recomputed = results_payload(correlation_id, scores)
+    recorded = events.get("SCORES_COMPUTED")
+    if recorded is not None and any("breakdown" in r for r in recorded.get("results", [])):
+        # Recorded before the compact form: compare the canonical breakdowns themselves.
+        for result, score in zip(recomputed["results"], scores, strict=True):
+            del result["outcomes"]
+            result["breakdown"] = score.breakdown
+    differences: list[str] = []
+    if recorded is None:
+        differences.append("no SCORES_COMPUTED event was recorded (the calculation failed)")
+    else:
+        recorded_results = json.loads(json.dumps(recorded["results"], default=str))
+        recomputed_results = json.loads(json.dumps(recomputed["results"], default=str))
+        if len(recorded_results) != len(recomputed_results):
+            differences.append(
+                f"{len(recorded_results)} results recorded, {len(recomputed_results)} recomputed"
+            )
+        for old, new in zip(recorded_results, recomputed_results, strict=False):
+            if old != new:
+                differences.append(f"{old.get('assetId')}: recorded {old} != recomputed {new}")
+    return ReplayResult(
+        correlation_id=correlation_id,
+        user_id=inputs.get("_userId"),
+        reproduced=not differences,
+        recorded=recorded,
+        recomputed=recomputed,
+        differences=differences,
+    )

@@ -1,0 +1,178 @@
+"""Start the services of a deployment on this machine: Dagster webserver + daemon, run workers.
+
+`scoring-pipeline services` (and `make ui`) uses it; so do the end-to-end tests and the
+benchmark, which need the real daemon launching real runs.
+"""
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from scoring_pipeline.store.db import PROJECT_ROOT, prepare_dagster_environment
+
+BIN = Path(sys.executable).parent
+
+
+@dataclass
+class Services:
+    url: str
+    processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    def alive(self) -> dict[str, bool]:
+        return {name: p.poll() is None for name, p in self.processes.items()}
+
+
+def private_deployment_env(
+    database_url: str,
+    home: Path,
+    provider_files: Path,
+    base: Mapping[str, str] | None = None,
+    **extra: str,
+) -> dict[str, str]:
+    """The environment of a deployment of its own: a fresh DAGSTER_HOME (the project's
+    dagster.yaml copied in), the given database, and the `file` rate and price providers
+    reading `provider_files`/rates.json and prices.csv. Settings of another deployment
+    inherited from `base` (Dagster's, the providers', OpenTelemetry's) are dropped.
+
+    The benchmark and the end-to-end tests run their nights in such deployments.
+    """
+    home.mkdir(parents=True, exist_ok=True)
+    shutil.copy(PROJECT_ROOT / "dagster.yaml", home / "dagster.yaml")
+    inherited = ("DAGSTER_", "RATES_", "PRICES_", "OTEL_", "DATABASE_URL")
+    env = {
+        k: v
+        for k, v in (os.environ if base is None else base).items()
+        if not k.startswith(inherited)
+    }
+    env.update(
+        DATABASE_URL=database_url,
+        DAGSTER_HOME=str(home),
+        PGTZ="UTC",
+        RATES_PROVIDER="file",
+        RATES_FILE=str(provider_files / "rates.json"),
+        PRICES_PROVIDER="file",
+        PRICES_FILE=str(provider_files / "prices.csv"),
+        **extra,
+    )
+    return env
+
+
+def free_port() -> int:
+    """A TCP port free on the loopback interface right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _spawn(
+    name: str, args: list[str], env: dict[str, str], log_dir: Path
+) -> subprocess.Popen[bytes]:
+    with (log_dir / f"{name}.log").open("ab") as log:  # the child keeps its own descriptor
+        return subprocess.Popen(
+            args,
+            env=env,
+            cwd=PROJECT_ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group: stopped as a whole
+        )
+
+
+def worker_command(concurrency: int) -> list[str]:
+    return [
+        str(BIN / "celery"),
+        "-A",
+        "scoring_pipeline.runtime.celery_app",
+        "worker",
+        "-Q",
+        "dagster",
+        "-c",
+        str(concurrency),
+        "--loglevel",
+        "warning",
+        "--without-gossip",
+        "--without-mingle",
+        "--without-heartbeat",
+    ]
+
+
+def _wait_http(url: str, processes: dict[str, subprocess.Popen[bytes]], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for name, proc in processes.items():
+            if proc.poll() is not None:
+                raise RuntimeError(f"{name} exited with status {proc.returncode} while starting")
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(f"{url}/server_info", timeout=2).status_code == 200:
+                return
+        time.sleep(0.5)
+    raise TimeoutError(f"the Dagster webserver did not answer at {url} within {timeout:.0f} s")
+
+
+def stop(services: Services, grace: float = 15.0) -> None:
+    for proc in services.processes.values():
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    for proc in services.processes.values():
+        try:
+            proc.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+@contextlib.contextmanager
+def running_services(
+    *,
+    port: int = 3000,
+    workers: int = 2,
+    log_dir: Path | None = None,
+    env: dict[str, str] | None = None,
+    timeout: float = 120.0,
+) -> Iterator[Services]:
+    """Webserver + daemon (`dagster dev`) and a Celery run worker, stopped on exit."""
+    env = dict(os.environ if env is None else env)
+    prepare_dagster_environment(env)
+    log_dir = log_dir or Path(env["DAGSTER_HOME"]) / "service-logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    url = f"http://127.0.0.1:{port}"
+    services = Services(url=url)
+    try:
+        # Each service's PostgreSQL sessions carry its name (pg_stat_activity.application_name)
+        # unless the operator named them; the app's own sessions name themselves.
+        worker_env = {"PGAPPNAME": "scoring-pipeline-worker", **env}
+        dagster_env = {"PGAPPNAME": "scoring-pipeline-dagster", **env}
+        services.processes["worker"] = _spawn(
+            "worker", worker_command(workers), worker_env, log_dir
+        )
+        services.processes["dagster"] = _spawn(
+            "dagster",
+            [
+                str(BIN / "dagster"),
+                "dev",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(port),
+                "-w",
+                str(PROJECT_ROOT / "workspace.yaml"),
+            ],
+            dagster_env,
+            log_dir,
+        )
+        _wait_http(url, services.processes, timeout)
+        yield services
+    finally:
+        stop(services)

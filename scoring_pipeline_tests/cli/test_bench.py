@@ -1,0 +1,122 @@
+"""`make bench` on a small universe: three nights through the real services, and a report whose
+figures account for every row written (the benchmark's own correctness, not its speed)."""
+
+import math
+
+import pytest
+import sqlalchemy as sa
+
+from scoring_pipeline.cli.bench import COPY_TABLES, _server_processes, run_bench
+from scoring_pipeline.store import db
+
+pytestmark = pytest.mark.db
+
+USERS = 60  # two batches of 50 and 10
+
+
+def test_bench_night_accounts_for_every_row(server_url):
+    report = run_bench(
+        USERS, instruments_per_market=10, server_url=server_url, nights=3, echo=lambda _: None
+    )
+    f = report.figures
+    tables = report.tables
+
+    assert f["batches"] == math.ceil(USERS / 50)
+    assert report.runs["overnight_snapshots_job"] == 1
+    assert report.runs["scoring_batch_job"] == f["batches"]
+    assert report.runs["dashboard_cache_job"] >= 1
+    # Every generated user is active and scored: 4 events each, and the night's two job runs
+    # (scoring, cache_warm) each opened and closed.
+    assert tables["scoring_batches"]["rows"] == USERS
+    assert tables["overnight_job_runs"]["rows"] == 2
+    assert tables["calculation_events"]["rows"] == 4 * USERS + 2 * 2
+    assert tables["dashboard_cache"]["rows"] == USERS
+    assert f["assets_scored"] > 0
+    assert tables["asset_scores"]["rows"] == tables["score_history"]["rows"] == f["assets_scored"]
+    assert f["rule_evaluations"] >= f["assets_scored"]
+
+    assert set(f["raw_copy_s_by_table"]) == set(COPY_TABLES)
+    assert f["raw_copy_s"] == pytest.approx(sum(f["raw_copy_s_by_table"].values()))
+    assert f["write_to_copy_ratio"] == pytest.approx(f["write_s"] / f["raw_copy_s"])
+    # The write's parts are timed inside it: together they never exceed the whole write.
+    parts = f["write_parts_s"]
+    assert {"metric_values", "lock", "copy_scores", "copy_history", "copy_events"} <= set(parts)
+    assert {"outcome", "commit"} <= set(parts)
+    assert 0 < sum(parts.values()) <= f["write_s"] + 0.001 * (len(parts) + 1) * f["batches"]
+    # WAL is counted on the server for the night and for the raw COPY.
+    assert f["server_during_night"]["wal_bytes"] > 0 and f["raw_copy_wal_bytes"] > 0
+    total_bytes = sum(t["bytes"] for t in tables.values())
+    assert f["bytes_per_asset"] == pytest.approx(total_bytes / f["assets_scored"])
+    assert f["end_to_end_s"] >= f["stages_s"]["batch runs (first start -> last end)"] > 0
+    assert f["connections_opened"] > 0
+    # Every batch run evaluated the asset checks, in a step of its own that the report times.
+    assert f["asset_check_steps"] == f["batches"] and f["asset_check_s"] > 0
+    assert f["rule_evaluations_per_cpu_s"] > 0 and f["engine_alone_per_s"] > 0
+    assert report.rss_mb["postgres"] > 0 and report.rss_mb["celery run worker"] > 0
+    assert report.cpu_seconds_per_1000_users == pytest.approx(
+        sum(report.cpu_s.values()) * 1000 / USERS
+    )
+
+    # The later nights score the same universe on the following dates. The first of them adds
+    # a second version of every current score (the replaced rows' space is only free once
+    # vacuumed); the next one reuses that space, so only history and events grow.
+    second, third = report.later_nights
+    assert [n["assets_scored"] for n in (second, third)] == [f["assets_scored"]] * 2
+    for night in (second, third):
+        assert night["write_parts_s"]["delete_scores"] >= 0
+        assert night["bytes_added"]["score_history"] > 0
+        assert night["bytes_added"]["calculation_events"] > 0
+        assert night["bytes_added_per_asset"] == pytest.approx(
+            sum(night["bytes_added"].values()) / night["assets_scored"]
+        )
+    assert second["bytes_added"]["asset_scores"] > 0
+    assert third["bytes_added"]["asset_scores"] < second["bytes_added"]["asset_scores"] / 2
+    # The nights' totals are not compared: on a universe this small, a night that starts a
+    # month's partitions pays their first pages, more than the space the third night reuses.
+
+    text = "\n".join(report.lines())
+    assert f"benchmark: {USERS} users, {f['batches']} batches" in text
+    assert "write stage / raw COPY" in text
+    assert f"{third['score_date']}: {third['assets_scored']:,} assets scored" in text
+
+
+def test_cpu_counts_only_the_benchmark_databases_server_processes(engine, databases):
+    """A shared server's sessions of other databases are not the benchmark's CPU."""
+    other = sa.create_engine(db.with_driver(databases.create(), db.APP_DRIVER))
+    try:
+        with engine.connect() as ours, other.connect() as theirs:
+            ours_pid = ours.execute(sa.text("SELECT pg_backend_pid()")).scalar_one()
+            theirs_pid = theirs.execute(sa.text("SELECT pg_backend_pid()")).scalar_one()
+            counted = _server_processes(engine)()
+        assert ours_pid in counted and theirs_pid not in counted
+        assert len(counted) > 1  # the server's own processes (WAL writer, checkpointer, …)
+    finally:
+        other.dispose()
+
+
+@pytest.mark.slow
+def test_groups_bench_scores_the_same_assets_as_one_night(server_url):
+    from scoring_pipeline.cli.bench_groups import run_groups_bench
+
+    report = run_groups_bench(
+        USERS,
+        ["us", "br", "eu"],
+        instruments_per_market=10,
+        server_url=server_url,
+        echo=lambda _: None,
+    )
+    assert report.single.status == "completed" and report.single.users_total == USERS
+    assert [g.name for g in report.groups] == ["us", "br", "eu"]
+    assert all(g.status == "completed" for g in report.groups)
+    # Each user is in the groups of its criteria sets' markets; together they score it all.
+    assert sum(g.assets_scored for g in report.groups) == report.single.assets_scored > 0
+    assert all(0 < g.users_total <= USERS for g in report.groups)
+    assert sum(g.users_total for g in report.groups) >= USERS
+    assert "per-group overhead vs one night" in report.lines()[-1]
+
+
+def test_groups_bench_refuses_an_unknown_group():
+    from scoring_pipeline.cli.bench_groups import run_groups_bench
+
+    with pytest.raises(ValueError, match="unknown group 'xx'"):
+        run_groups_bench(USERS, ["us", "xx"])

@@ -1,0 +1,172 @@
+"""The `scoring-pipeline` command end to end, as an operator runs it (subprocesses on the test
+database): migrate, demo-data, `score --date` on ~150 users in several batches and currencies,
+four ordered events per user, `replay`, and one-line errors with a non-zero exit status."""
+
+import contextlib
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+import sqlalchemy as sa
+
+from scoring_pipeline.runtime.services import free_port
+from scoring_pipeline.store.db import PROJECT_ROOT
+from scoring_pipeline_tests.cli_helpers import CLI, run, summary_value
+
+pytestmark = [pytest.mark.db, pytest.mark.slow]
+
+DATE = "2026-11-27"
+
+
+def test_score_150_users_then_replay(cli_env, clean_db, tmp_path):
+    run(cli_env, "migrate")
+    out = run(
+        cli_env, "demo-data", "--users", "150", "--seed", "7", "--out", str(tmp_path / "demo")
+    ).stdout
+    assert "150 users" in out
+    proc = run(cli_env, "score", "--date", DATE)
+    stdout = proc.stdout
+    assert summary_value(stdout, "job status") == "completed"
+    with clean_db.connect() as conn:
+        active = conn.execute(
+            sa.text("SELECT count(*) FROM scoring_batches WHERE score_date = :d"), {"d": DATE}
+        ).scalar_one()
+        batches = conn.execute(
+            sa.text("SELECT count(DISTINCT batch_key) FROM scoring_batches WHERE score_date = :d"),
+            {"d": DATE},
+        ).scalar_one()
+        assets = conn.execute(
+            sa.text("SELECT count(*) FROM score_history WHERE score_date = :d"), {"d": DATE}
+        ).scalar_one()
+        currencies = conn.execute(
+            sa.text(
+                "SELECT count(DISTINCT u.base_currency) FROM users u JOIN scoring_batches b "
+                "ON b.user_id = u.id"
+            )
+        ).scalar_one()
+        events = conn.execute(
+            sa.text(
+                "SELECT user_id::text AS u, correlation_id::text AS c, event_type FROM "
+                "calculation_events WHERE user_id IS NOT NULL ORDER BY id"
+            )
+        ).all()
+    assert 140 <= active <= 150 and batches == 3 and currencies >= 3
+    assert summary_value(stdout, "users total") == str(active)
+    assert summary_value(stdout, "users success") == str(active)
+    assert summary_value(stdout, "users failed") == "0"
+    assert summary_value(stdout, "assets scored") == str(assets) and assets > 10_000
+    by_user: dict[str, list[tuple[str, str]]] = {}
+    for e in events:
+        by_user.setdefault(e.u, []).append((e.c, e.event_type))
+    assert len(by_user) == active
+    for sequence in by_user.values():
+        assert [t for _, t in sequence] == [
+            "CALC_STARTED",
+            "INPUTS_CAPTURED",
+            "SCORES_COMPUTED",
+            "CALC_COMPLETED",
+        ]
+        assert len({c for c, _ in sequence}) == 1
+    correlation_id = events[0].c
+    replay = run(cli_env, "replay", correlation_id)
+    assert "reproduces SCORES_COMPUTED exactly" in replay.stdout
+
+    # Scoring the date again reuses its frozen inputs and leaves one history row per asset.
+    again = run(cli_env, "score", "--date", DATE).stdout
+    assert summary_value(again, "job status") == "completed"
+    with clean_db.connect() as conn:
+        assert (
+            conn.execute(
+                sa.text("SELECT count(*) FROM score_history WHERE score_date = :d"), {"d": DATE}
+            ).scalar_one()
+            == assets
+        )
+
+
+def test_errors_are_one_line_with_non_zero_status(cli_env, clean_db, tmp_path):
+    run(cli_env, "migrate")
+    bad_date = run(cli_env, "score", "--date", "27/11/2026", check=False)
+    assert bad_date.returncode != 0
+    assert bad_date.stderr.strip().count("\n") == 0 and "YYYY-MM-DD" in bad_date.stderr
+    unknown = run(cli_env, "replay", "00000000-0000-4000-8000-000000000000", check=False)
+    assert unknown.returncode != 0 and "no calculation" in unknown.stderr
+    assert "Traceback" not in unknown.stderr
+
+
+def test_score_exits_non_zero_when_the_night_fails(cli_env, clean_db, tmp_path):
+    run(cli_env, "migrate")
+    run(cli_env, "demo-data", "--users", "5", "--out", str(tmp_path / "demo"))
+    Path(cli_env["RATES_FILE"]).unlink()  # the only rates provider is down, no earlier snapshot
+    proc = run(cli_env, "score", "--date", DATE, check=False)
+    assert proc.returncode == 1
+    assert summary_value(proc.stdout, "job status") == "failed"
+    assert "rates" in summary_value(proc.stdout, "error")
+    with clean_db.connect() as conn:  # nothing was scored from missing inputs
+        for sql in (
+            "SELECT count(*) FROM asset_scores",
+            "SELECT count(*) FROM score_history",
+            "SELECT count(*) FROM calculation_events WHERE user_id IS NOT NULL",
+        ):
+            assert conn.execute(sa.text(sql)).scalar_one() == 0, sql
+
+
+def test_services_stop_with_everything_they_started_on_sigterm(cli_env, tmp_path):
+    # As a supervisor stops it (systemd, Kubernetes, `timeout`): no webserver, daemon, code
+    # server or run worker may outlive the command.
+    port = free_port()
+    log = tmp_path / "services.out"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [*CLI, "services", "--port", str(port), "--workers", "1"],
+            env=cli_env,
+            cwd=cli_env["DAGSTER_HOME"],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            assert proc.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, "the services did not start"
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"http://127.0.0.1:{port}/server_info", timeout=2).is_success:
+                    break
+            time.sleep(0.5)
+        started = psutil.Process(proc.pid).children(recursive=True)
+        assert len(started) >= 4  # worker main + pool, dagster dev + webserver/daemon/...
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0, log.read_text()
+        _, alive = psutil.wait_procs(started, timeout=30)
+        assert alive == [], [p.cmdline()[:4] for p in alive]
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def test_score_one_market_group_and_refuse_an_unknown_one(cli_env, clean_db, tmp_path):
+    run(cli_env, "migrate")
+    run(cli_env, "demo-data", "--users", "12", "--out", str(tmp_path / "demo"))
+    cli_env["MARKET_GROUPS_FILE"] = str(PROJECT_ROOT / "market_groups.example.toml")
+    proc = run(cli_env, "score", "--date", DATE, "--group", "br")
+    assert summary_value(proc.stdout, "market group") == "br"
+    assert summary_value(proc.stdout, "job status") == "completed"
+    with clean_db.connect() as conn:
+        markets = conn.execute(
+            sa.text(
+                "SELECT DISTINCT i.market FROM asset_scores a JOIN instruments i USING (symbol)"
+            )
+        ).scalars()
+        assert set(markets) == {"BR_BANKS"}
+        groups = conn.execute(
+            sa.text("SELECT DISTINCT market_group FROM overnight_job_runs")
+        ).scalars()
+        assert set(groups) == {"br"}
+    unknown = run(cli_env, "score", "--date", DATE, "--group", "zz", check=False)
+    assert unknown.returncode != 0 and unknown.stderr.strip().count("\n") == 0
+    assert "no such market group" in unknown.stderr and "us, br, eu" in unknown.stderr

@@ -1,0 +1,294 @@
+"""The assets and the scores IO manager through `dg.materialize` on a real Dagster instance and
+real PostgreSQL: snapshots, batch membership, scores, events, job runs, idempotent re-runs,
+isolated per-user failures, empty batch partitions and stale-snapshot reuse."""
+
+import datetime as dt
+import json
+from decimal import Decimal
+
+import dagster as dg
+import pytest
+import sqlalchemy as sa
+
+from scoring_pipeline.defs.assets.active_users import active_users
+from scoring_pipeline.defs.assets.exchange_rates import exchange_rates
+from scoring_pipeline.defs.assets.prices import prices
+from scoring_pipeline.defs.deployment import build_resources
+from scoring_pipeline_tests import factories as f
+from scoring_pipeline_tests.scenario import DATE, EVENT_ORDER, batch, rows, rules, snapshots
+
+pytestmark = pytest.mark.db
+
+
+def test_snapshots_freeze_membership_rates_and_prices(world, dagster_instance):
+    users = [
+        f.user(world, holdings=[("AAA", "USD")], criteria=[("US_TECH", "stock", rules())])
+        for _ in range(3)
+    ]
+    f.user(world, holdings=[("AAA", "USD")])  # no criteria: skipped, not active
+    f.user(world, criteria=[("US_TECH", "stock", rules())])  # no holdings: not active
+    f.user(world, holdings=[("AAA", "USD")], criteria=[("US_TECH", "stock", rules())], deleted=True)
+    result = snapshots(dagster_instance)
+    assert result.success
+    membership = rows(
+        world, "SELECT user_id::text, batch_key FROM scoring_batches ORDER BY user_id"
+    )
+    assert [m.user_id for m in membership] == sorted(users)
+    assert [m.batch_key for m in membership] == ["b0000", "b0000", "b0001"]
+    rates = {
+        r.quote_currency: r.rate
+        for r in rows(
+            world,
+            "SELECT quote_currency, rate FROM exchange_rate_snapshots WHERE score_date = :d",
+            d=DATE,
+        )
+    }
+    assert rates == {"EUR": Decimal("0.5"), "USD": Decimal("1")} or rates == {"EUR": Decimal("0.5")}
+    priced = {
+        r.symbol: r.close
+        for r in rows(
+            world, "SELECT symbol, close FROM price_snapshots WHERE score_date = :d", d=DATE
+        )
+    }
+    # every instrument of the targeted market plus the held symbols; nothing of EU_IND
+    assert priced == {"AAA": Decimal("30"), "BBB": Decimal("0.3")}
+    registered = set(dagster_instance.get_dynamic_partitions("scoring_night_batches"))
+    assert {k for k in registered if k.startswith(DATE)} == {f"{DATE}/b0000", f"{DATE}/b0001"}
+    metadata = result.asset_materializations_for_node("active_users")[0].metadata
+    assert metadata["users"].value == 3 and metadata["users_skipped_no_criteria"].value == 1
+
+
+def test_scores_events_and_job_run_for_a_whole_night(world, dagster_instance):
+    users = [
+        f.user(world, holdings=[("AAA", "USD")], criteria=[("US_TECH", "stock", rules())])
+        for _ in range(3)
+    ]
+    assert snapshots(dagster_instance).success
+    for key in ("b0000", "b0001"):
+        assert batch(dagster_instance, key).success
+    scores_rows = rows(
+        world,
+        "SELECT user_id::text, symbol, score, percentage, breakdown FROM asset_scores "
+        "JOIN asset_score_breakdowns USING (user_id, symbol) ORDER BY user_id, symbol",
+    )
+    assert len(scores_rows) == 6
+    by_symbol = {r.symbol: r for r in scores_rows if r.user_id == users[0]}
+    # AAA: P/E 15 is not < 15? 30/2 = 15 -> not matched; roe 15 >= 10 -> 5; price exists -> 1
+    assert by_symbol["AAA"].score == Decimal("6.0000")
+    assert by_symbol["AAA"].percentage == Decimal("37.5000")
+    # BBB: 0.3 / 0.02 = 15 exactly (floats say 14.999999999999998): not matched
+    assert by_symbol["BBB"].score == Decimal("1.0000")
+    assert [b["matched"] for b in by_symbol["BBB"].breakdown] == [False, False, True]
+    history = rows(world, "SELECT count(*) AS n FROM score_history WHERE score_date = :d", d=DATE)
+    assert history[0].n == 6
+    for user in users:
+        events = rows(
+            world,
+            "SELECT event_type, correlation_id::text AS c, payload "
+            "FROM calculation_events WHERE user_id = :u ORDER BY id",
+            u=user,
+        )
+        assert [e.event_type for e in events] == EVENT_ORDER
+        assert len({e.c for e in events}) == 1
+        assert events[3].payload["status"] == "success" and events[3].payload["assetCount"] == 2
+        assert events[0].payload["userId"] == user and events[0].payload["scoreDate"] == DATE
+    job = rows(
+        world,
+        "SELECT status, users_processed, users_failed, correlation_id::text AS c, "
+        "metrics FROM overnight_job_runs WHERE score_date = :d",
+        d=DATE,
+    )[0]
+    assert (job.status, job.users_processed, job.users_failed) == ("completed", 3, 0)
+    assert job.metrics["assets_scored"] == 6 and job.metrics["batches_total"] == 2
+    assert set(job.metrics["dagster_batch_run_ids"]) == {"b0000", "b0001"}
+    assert job.metrics["dagster_snapshot_run_id"]
+    job_events = rows(
+        world,
+        "SELECT event_type, payload FROM calculation_events WHERE user_id IS NULL "
+        "AND correlation_id = CAST(:c AS uuid) ORDER BY id",
+        c=job.c,
+    )
+    assert [e.event_type for e in job_events] == ["JOB_STARTED", "JOB_COMPLETED"]
+    completed = job_events[1].payload
+    assert completed["status"] == "completed" and completed["correlationId"] == job.c
+    assert (completed["usersTotal"], completed["usersSuccess"], completed["usersFailed"]) == (
+        3,
+        3,
+        0,
+    )
+    assert completed["assetsScored"] == 6 and completed["batchesTotal"] == 2
+    assert completed["totalDurationMs"] >= 0 and "fetchRatesMs" in completed
+    assert all("_" not in key for key in completed)  # camelCase, as every payload (SPEC §5)
+
+
+def test_rematerialising_a_batch_twice_never_duplicates_history(world, dagster_instance):
+    users = [
+        f.user(world, holdings=[("AAA", "USD")], criteria=[("US_TECH", "stock", rules())])
+        for _ in range(2)
+    ]
+    assert snapshots(dagster_instance).success
+    for _ in range(3):
+        assert batch(dagster_instance).success
+    history = rows(
+        world, "SELECT user_id, symbol, count(*) AS n FROM score_history GROUP BY user_id, symbol"
+    )
+    assert len(history) == 4 and {h.n for h in history} == {1}
+    assert rows(world, "SELECT count(*) AS n FROM asset_scores")[0].n == 4
+    for user in users:
+        events = rows(
+            world,
+            "SELECT event_type, correlation_id FROM calculation_events "
+            "WHERE user_id = :u ORDER BY id",
+            u=user,
+        )
+        assert [e.event_type for e in events] == EVENT_ORDER * 3
+        assert len({e.correlation_id for e in events}) == 3
+        current = rows(
+            world, "SELECT DISTINCT correlation_id FROM asset_scores WHERE user_id = :u", u=user
+        )
+        assert current[0].correlation_id == events[-1].correlation_id
+
+
+def test_bad_users_fail_alone_and_the_night_is_partial(world, dagster_instance):
+    good = f.user(world, holdings=[("AAA", "USD")], criteria=[("US_TECH", "stock", rules())])
+    bad_rules = [f.rule("pe_ratio", "lt", "abc", 10)]
+    invalid = f.user(
+        world,
+        holdings=[("AAA", "USD")],
+        criteria=[("US_TECH", "stock", bad_rules)],
+        user_id="00000000-0000-4000-8000-000000000001",
+    )
+    no_rate = f.user(
+        world,
+        base_currency="JPY",
+        holdings=[("CCC", "EUR")],
+        criteria=[("EU_IND", "stock", [f.rule("revenue", "gt", "10", 10)])],
+        user_id="00000000-0000-4000-8000-000000000002",
+    )
+    assert snapshots(dagster_instance).success
+    # both bad users sort first, so they share batch b0000; the good user is in b0001
+    first = batch(dagster_instance, "b0000")
+    assert not first.success
+    failure = [e for e in first.all_events if e.is_step_failure][0]
+    assert "2 of 2 users" in failure.step_failure_data.error.message  # type: ignore[union-attr]
+    assert batch(dagster_instance, "b0001").success
+    statuses = {
+        r.user_id: r
+        for r in rows(
+            world,
+            "SELECT user_id::text, event_type, payload FROM calculation_events "
+            "WHERE event_type = 'CALC_COMPLETED'",
+        )
+    }
+    assert statuses[good].payload["status"] == "success"
+    assert statuses[invalid].payload["status"] == "failed"
+    assert "rule" in statuses[invalid].payload["error"]["message"]
+    assert statuses[no_rate].payload["error"]["type"] == "MissingRateError"
+    assert "JPY" in statuses[no_rate].payload["error"]["message"]
+    types = [
+        r.event_type
+        for r in rows(
+            world,
+            "SELECT event_type FROM calculation_events WHERE user_id = :u ORDER BY id",
+            u=no_rate,
+        )
+    ]
+    assert types == ["CALC_STARTED", "INPUTS_CAPTURED", "CALC_COMPLETED"]
+    assert not rows(
+        world, "SELECT 1 FROM asset_scores WHERE user_id IN (:a, :b)", a=invalid, b=no_rate
+    )
+    job = rows(world, "SELECT status, users_failed, error_details FROM overnight_job_runs")[0]
+    assert job.status == "partial" and job.users_failed == 2
+    failed_ids = {e["userId"] for e in job.error_details["failedUsers"]}
+    assert failed_ids == {invalid, no_rate}
+
+
+def test_snapshots_are_reused_unless_refreshed(world, dagster_instance, tmp_path, monkeypatch):
+    f.user(world, holdings=[("AAA", "USD")], criteria=[("US_TECH", "stock", rules())])
+    assert snapshots(dagster_instance).success
+    env = f.provider_files(
+        tmp_path / "new", rates={"EUR": "0.75"}, prices={"AAA": ("99", "USD"), "BBB": ("1", "USD")}
+    )
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    assert snapshots(dagster_instance).success  # a later run of the date: frozen inputs
+    rate = rows(world, "SELECT rate FROM exchange_rate_snapshots WHERE quote_currency = 'EUR'")
+    assert rate[0].rate == Decimal("0.5")
+    refresh = {
+        "ops": {
+            n: {"config": {"refresh": True}} for n in ("active_users", "exchange_rates", "prices")
+        }
+    }
+    assert snapshots(dagster_instance, run_config=refresh).success
+    rate = rows(world, "SELECT rate FROM exchange_rate_snapshots WHERE quote_currency = 'EUR'")
+    assert rate[0].rate == Decimal("0.75")
+
+
+def test_stale_snapshot_reused_when_every_provider_fails(world, dagster_instance, monkeypatch):
+    f.user(world, holdings=[("AAA", "USD")], criteria=[("US_TECH", "stock", rules())])
+    assert snapshots(dagster_instance).success  # DATE has a fresh snapshot
+    monkeypatch.setenv("RATES_FILE", "/nonexistent/rates.json")
+    monkeypatch.setenv("PRICES_FILE", "/nonexistent/prices.csv")
+    later = (dt.date.fromisoformat(DATE) + dt.timedelta(days=1)).isoformat()
+    result = dg.materialize(
+        [active_users, exchange_rates, prices],
+        partition_key=later,
+        instance=dagster_instance,
+        resources=build_resources(),
+    )
+    assert result.success
+    stale = rows(
+        world, "SELECT is_stale FROM exchange_rate_snapshots WHERE score_date = :d", d=later
+    )
+    assert stale and all(r.is_stale for r in stale)
+    stale_prices = rows(
+        world, "SELECT is_stale FROM price_snapshots WHERE score_date = :d", d=later
+    )
+    assert stale_prices and all(r.is_stale for r in stale_prices)
+    metadata = result.asset_materializations_for_node("exchange_rates")[0].metadata
+    assert metadata["is_stale"].value is True and metadata["stale_from"].value == DATE
+    job = rows(world, "SELECT metrics FROM overnight_job_runs WHERE score_date = :d", d=later)
+    assert job[0].metrics["rates_stale"] is True
+    # An earlier date has no snapshot before it: the night fails clearly, nothing is scored.
+    earlier = (dt.date.fromisoformat(DATE) - dt.timedelta(days=10)).isoformat()
+    result = dg.materialize(
+        [active_users, exchange_rates, prices],
+        partition_key=earlier,
+        instance=dagster_instance,
+        resources=build_resources(),
+        raise_on_error=False,
+    )
+    assert not result.success
+    job = rows(
+        world,
+        "SELECT status, error_details FROM overnight_job_runs WHERE score_date = :d",
+        d=earlier,
+    )[0]
+    assert job.status == "failed" and "no rates snapshot" in json.dumps(job.error_details)
+
+
+def test_hostile_symbols_and_names_are_stored_exactly(world, dagster_instance):
+    symbol = "Q'\"; DROP TABLE users;--\t\\N\nü€"
+    f.instrument(world, symbol, market="US_TECH", currency="USD", eps="1", roe="20")
+    with world.begin() as conn:
+        conn.execute(
+            sa.text("UPDATE instruments SET name = :n WHERE symbol = :s"),
+            {"n": "Ünïcødé \\ ; '--", "s": symbol},
+        )
+    user = f.user(world, holdings=[(symbol, "USD")], criteria=[("US_TECH", "stock", rules())])
+    assert snapshots(dagster_instance).success
+    assert batch(dagster_instance).success
+    stored = rows(
+        world, "SELECT symbol, score FROM asset_scores WHERE user_id = :u ORDER BY symbol", u=user
+    )
+    assert symbol in [r.symbol for r in stored]
+    history = rows(world, "SELECT symbol FROM score_history WHERE user_id = :u", u=user)
+    assert symbol in [r.symbol for r in history]
+    events = rows(
+        world,
+        "SELECT payload FROM calculation_events WHERE user_id = :u "
+        "AND event_type = 'SCORES_COMPUTED'",
+        u=user,
+    )
+    assert symbol in [r["assetId"] for r in events[0].payload["results"]]
+    assert rows(world, "SELECT count(*) AS n FROM users")[0].n == 1  # nothing was executed

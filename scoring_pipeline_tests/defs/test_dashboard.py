@@ -1,0 +1,130 @@
+"""Dashboard cache warming: the sensor's cursor over batch outcomes, the cache job on a real
+instance, payload contents (portfolio value across currencies, top assets with ties), failed
+users left cold, re-scored batches re-warmed, and the `cache_warm` job run."""
+
+import datetime as dt
+from decimal import Decimal
+
+import dagster as dg
+import pytest
+
+from scoring_pipeline.defs.cache_warming import dashboard_cache_job
+from scoring_pipeline.defs.deployment import build_resources
+from scoring_pipeline.defs.sensors import dashboard_cache_sensor
+from scoring_pipeline_tests import factories as f
+from scoring_pipeline_tests.scenario import DATE, batch, rows, rules, snapshots
+
+pytestmark = pytest.mark.db
+
+
+def _sensor(instance, cursor=None):
+    context = dg.build_sensor_context(
+        instance=instance, cursor=cursor, resources={"database": build_resources()["database"]}
+    )
+    return dashboard_cache_sensor(context)
+
+
+def _warm(instance, request):
+    result = dashboard_cache_job.execute_in_process(
+        run_config=request.run_config, instance=instance, resources=build_resources()
+    )
+    assert result.success
+    return result
+
+
+def test_nothing_to_warm_is_a_skip(world, dagster_instance):
+    assert isinstance(_sensor(dagster_instance), dg.SkipReason)
+
+
+def test_each_landed_batch_warms_its_successful_users(world, dagster_instance):
+    eur_user = f.user(
+        world,
+        base_currency="EUR",
+        holdings=[("AAA", "USD"), ("CCC", "EUR"), ("DDD", "EUR")],  # DDD has no price
+        criteria=[("US_TECH", "stock", rules())],
+    )
+    bad = f.user(
+        world,
+        holdings=[("AAA", "USD")],
+        criteria=[("US_TECH", "stock", [f.rule("roe", "between", "9", 1)])],
+    )
+    assert snapshots(dagster_instance).success
+    assert not batch(dagster_instance).success  # both users share b0000; one fails
+    result = _sensor(dagster_instance)
+    assert isinstance(result, dg.SensorResult) and len(result.run_requests or []) == 1
+    request = (result.run_requests or [])[0]
+    assert len(request.run_config["ops"]["warm_dashboard_cache"]["config"]["batches"]) >= 1
+    _warm(dagster_instance, request)
+    cache = {
+        r.user_id: r
+        for r in rows(
+            world,
+            "SELECT user_id::text, payload, expires_at - warmed_at AS ttl, correlation_id::text "
+            "AS c FROM dashboard_cache",
+        )
+    }
+    assert set(cache) == {eur_user}  # the failed user is not warmed
+    payload = cache[eur_user].payload
+    # 10 × 30 USD at 0.5 EUR/USD + 10 × 10 EUR = 250 EUR; DDD is unpriced
+    assert payload["portfolioValue"] == "250.00"
+    assert payload["unpricedSymbols"] == ["DDD"]
+    assert payload["baseCurrency"] == "EUR" and payload["scoreDate"] == DATE
+    top = payload["topAssets"][0]["assets"]
+    assert [a["symbol"] for a in top] == ["AAA", "BBB"]  # 6 beats 1
+    assert payload["dataFreshness"]["ratesAsOf"] == DATE
+    assert cache[eur_user].ttl == dt.timedelta(hours=24)
+    completed = rows(
+        world,
+        "SELECT correlation_id::text AS c FROM calculation_events WHERE "
+        "user_id = :u AND event_type = 'CALC_COMPLETED'",
+        u=eur_user,
+    )
+    assert cache[eur_user].c == completed[-1].c == payload["correlationId"]
+    assert isinstance(_sensor(dagster_instance), dg.SkipReason)  # nothing new since
+    job = rows(
+        world,
+        "SELECT status, users_processed FROM overnight_job_runs WHERE job_type = 'cache_warm'",
+    )[0]
+    assert (job.status, job.users_processed) == ("completed", 1)
+    events = rows(
+        world,
+        "SELECT e.event_type, e.payload FROM calculation_events e JOIN overnight_job_runs j "
+        "ON j.correlation_id = e.correlation_id WHERE j.job_type = 'cache_warm' ORDER BY e.id",
+    )
+    assert [e.event_type for e in events] == ["JOB_STARTED", "JOB_COMPLETED"]
+    assert events[1].payload["status"] == "completed" and events[1].payload["usersWarm"] == 1
+    assert bad not in cache
+
+
+def test_rescored_batch_is_warmed_again(world, dagster_instance):
+    user = f.user(world, holdings=[("AAA", "USD")], criteria=[("US_TECH", "stock", rules())])
+    assert snapshots(dagster_instance).success
+    assert batch(dagster_instance).success
+    _warm(dagster_instance, (_sensor(dagster_instance).run_requests or [])[0])
+    first = rows(world, "SELECT correlation_id FROM dashboard_cache WHERE user_id = :u", u=user)
+    assert batch(dagster_instance).success
+    again = _sensor(dagster_instance)
+    assert isinstance(again, dg.SensorResult)
+    _warm(dagster_instance, (again.run_requests or [])[0])
+    second = rows(world, "SELECT correlation_id FROM dashboard_cache WHERE user_id = :u", u=user)
+    assert first[0].correlation_id != second[0].correlation_id
+
+
+def test_top_assets_keep_ten_best_with_ties_by_symbol(world, dagster_instance):
+    for i in range(12):
+        f.instrument(world, f"T{i:02d}", market="US_TECH", currency="USD", roe=str(i % 3))
+    user = f.user(
+        world,
+        holdings=[("AAA", "USD")],
+        criteria=[("US_TECH", "stock", [f.rule("roe", "gte", "1", 10)])],
+    )
+    assert snapshots(dagster_instance).success
+    assert batch(dagster_instance).success
+    _warm(dagster_instance, (_sensor(dagster_instance).run_requests or [])[0])
+    payload = rows(world, "SELECT payload FROM dashboard_cache WHERE user_id = :u", u=user)[0]
+    assets = payload.payload["topAssets"][0]["assets"]
+    assert len(assets) == 10
+    scores = [Decimal(a["score"]) for a in assets]
+    assert scores == sorted(scores, reverse=True)
+    tens = [a["symbol"] for a in assets if a["score"] == "10.0000"]
+    assert tens == sorted(tens)

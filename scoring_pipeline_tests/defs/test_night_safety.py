@@ -1,0 +1,221 @@
+"""A night in an operator's hands (SPEC §6 "A night's lifecycle"): schedule ticks are idempotent
+per night, `scores` partitions are exactly the batches of started nights, a partition that
+belongs to no night never opens one, and the asset checks catch a corrupted batch."""
+
+import datetime as dt
+
+import dagster as dg
+import pytest
+import sqlalchemy as sa
+
+from scoring_pipeline.definitions import defs
+from scoring_pipeline.defs.assets.scores import scores
+from scoring_pipeline.defs.deployment import build_resources
+from scoring_pipeline.defs.partitions import SCORES_PARTITIONS_NAME, scores_partition_key
+from scoring_pipeline.store import night_lifecycle
+from scoring_pipeline_tests import factories as f
+from scoring_pipeline_tests.scenario import DATE, batch, rows, rules, snapshots
+
+pytestmark = pytest.mark.db
+
+
+def _schedule_resources():
+    resources = build_resources()
+    return {key: resources[key] for key in ("database", "settings")}
+
+
+def _users(world, count):
+    return [
+        f.user(world, holdings=[("AAA", "USD")], criteria=[("US_TECH", "stock", rules())])
+        for _ in range(count)
+    ]
+
+
+def _tick(instance, date):
+    d = defs()
+    schedule = d.resolve_schedule_def("overnight_scoring_schedule")
+    # As a context manager: the evaluation opens its own instance from the ref, and must close it.
+    with dg.build_schedule_context(
+        instance=instance,
+        scheduled_execution_time=dt.datetime.fromisoformat(f"{date}T04:00:00+00:00"),
+        repository_def=d.get_repository_def(),
+        resources=_schedule_resources(),
+    ) as context:
+        return schedule.evaluate_tick(context)
+
+
+def _night_events(world, date):
+    return [
+        (r.event_type, r.payload.get("status"))
+        for r in rows(
+            world,
+            "SELECT e.event_type, e.payload FROM calculation_events e "
+            "JOIN overnight_job_runs j ON j.correlation_id = e.correlation_id "
+            "WHERE j.score_date = :d AND j.job_type = 'scoring' ORDER BY e.id",
+            d=date,
+        )
+    ]
+
+
+def test_a_second_tick_on_the_same_date_is_skipped_naming_the_night(world, dagster_instance):
+    _users(world, 3)
+    first = _tick(dagster_instance, DATE)
+    assert first.run_requests and first.run_requests[0].partition_key == DATE
+    assert snapshots(dagster_instance).success  # what the first tick's run does
+    started = _tick(dagster_instance, DATE)
+    assert not started.run_requests
+    assert started.skip_message and f"scoring night {DATE} (all) is started" in (
+        started.skip_message
+    )
+    for key in ("b0000", "b0001"):
+        assert batch(dagster_instance, key).success
+    for _ in range(3):  # a cron firing every minute, or the daemon catching up missed ticks
+        skipped = _tick(dagster_instance, DATE)
+        assert not skipped.run_requests
+        assert skipped.skip_message and "is completed" in skipped.skip_message
+    assert _night_events(world, DATE) == [("JOB_STARTED", None), ("JOB_COMPLETED", "completed")]
+    calculations = rows(
+        world,
+        "SELECT user_id, count(*) AS n FROM calculation_events "
+        "WHERE event_type = 'CALC_STARTED' GROUP BY user_id",
+    )
+    assert [r.n for r in calculations] == [1, 1, 1]  # one calculation per user
+
+
+def test_a_tick_restarts_a_night_that_failed_before_scoring_only(world, dagster_instance):
+    _users(world, 1)
+    date = "2026-10-05"
+    with world.begin() as conn:
+        night_lifecycle.open_night(conn, dt.date.fromisoformat(date))
+        night_lifecycle.fail_night(
+            conn, dt.date.fromisoformat(date), stage="exchange_rates", error="providers down"
+        )
+    again = _tick(dagster_instance, date)
+    assert again.run_requests and again.run_requests[0].partition_key == date
+    # A night that failed after scoring users is the operator's to retry, not the schedule's.
+    with world.begin() as conn:
+        conn.execute(
+            sa.text("UPDATE overnight_job_runs SET users_processed = 2 WHERE score_date = :d"),
+            {"d": date},
+        )
+    skipped = _tick(dagster_instance, date)
+    assert not skipped.run_requests and "is failed" in (skipped.skip_message or "")
+
+
+def test_a_tick_is_skipped_while_the_dates_snapshots_run_is_in_flight(world, dagster_instance):
+    date = "2026-10-06"
+    job = defs().resolve_job_def("overnight_snapshots_job")
+    queued = dagster_instance.create_run_for_job(
+        job,
+        run_config={},
+        tags={"dagster/partition": date},
+        status=dg.DagsterRunStatus.NOT_STARTED,
+    )
+    try:
+        skipped = _tick(dagster_instance, date)
+        assert not skipped.run_requests
+        assert queued.run_id in (skipped.skip_message or "")
+    finally:
+        dagster_instance.report_run_canceled(queued)
+    assert _tick(dagster_instance, date).run_requests
+
+
+@pytest.mark.parametrize("date", ["2025-03-03", DATE])
+def test_a_partition_of_no_night_opens_none(world, dagster_instance, date):
+    _users(world, 1)
+    if date == DATE:
+        assert snapshots(dagster_instance).success  # a night whose batches are b0000 only
+    before = rows(world, "SELECT job_type, status, completed_at FROM overnight_job_runs")
+    key = scores_partition_key(date, "b0042")
+    dagster_instance.add_dynamic_partitions(SCORES_PARTITIONS_NAME, [key])  # as the UI allows
+    try:
+        result = batch(dagster_instance, "b0042", date=date)
+    finally:
+        dagster_instance.delete_dynamic_partition(SCORES_PARTITIONS_NAME, key)
+    assert not result.success
+    failure = result.failure_data_for_node("scores")
+    assert failure is not None and "belongs to no night" in (
+        failure.user_failure_data.description or ""
+    )
+    assert rows(world, "SELECT job_type, status, completed_at FROM overnight_job_runs") == before
+    assert not rows(world, "SELECT 1 FROM calculation_events WHERE user_id IS NOT NULL")
+
+
+def test_scores_partitions_are_the_batches_of_started_nights(world, dagster_instance):
+    date = "2026-10-07"
+    for _ in range(5):
+        f.user(world, holdings=[("AAA", "USD")], criteria=[("US_TECH", "stock", rules())])
+    bad = f.user(
+        world,
+        holdings=[("AAA", "USD")],
+        criteria=[("US_TECH", "stock", [{**f.rule("roe", "gt", "1", 1), "operator": "nope"}])],
+    )
+    assert snapshots(dagster_instance, partition_key=date).success
+    keys = [k for k in dagster_instance.get_dynamic_partitions(SCORES_PARTITIONS_NAME)]
+    ours = [k for k in keys if k.startswith(date)]
+    assert ours == [scores_partition_key(date, b) for b in ("b0000", "b0001", "b0002")]
+    assert not [k for k in keys if "/" not in k]  # no bare batch key shared by every date
+    results = {b: batch(dagster_instance, b, date=date) for b in ("b0000", "b0001", "b0002")}
+    bad_batch = rows(world, "SELECT batch_key FROM scoring_batches WHERE user_id = :u", u=bad)
+    statuses = dagster_instance.get_status_by_partition(
+        scores.key, ours, dg.DynamicPartitionsDefinition(name=SCORES_PARTITIONS_NAME)
+    )
+    failed = sorted(k for k, s in statuses.items() if s == dg.AssetPartitionStatus.FAILED)
+    missing = [k for k in ours if k not in statuses]
+    assert failed == [scores_partition_key(date, bad_batch[0].batch_key)]
+    assert not results[bad_batch[0].batch_key].success
+    assert missing == []
+    # A refreshed membership with fewer batches unregisters the keys it no longer uses.
+    with world.begin() as conn:
+        conn.execute(sa.text("UPDATE users SET deleted_at = now() WHERE id <> :u"), {"u": bad})
+    refresh = {"ops": {"active_users": {"config": {"refresh": True}}}}
+    assert snapshots(dagster_instance, partition_key=date, run_config=refresh).success
+    ours = [
+        k
+        for k in dagster_instance.get_dynamic_partitions(SCORES_PARTITIONS_NAME)
+        if k.startswith(date)
+    ]
+    assert ours == [scores_partition_key(date, "b0000")]
+
+
+def _check_results(instance, key):
+    """Only the checks of one partition (as the UI's "Execute checks" does): nothing re-scored."""
+    job = defs().resolve_job_def("scoring_batch_job")
+    checks_only = job.get_subset(
+        asset_selection=set(),
+        asset_check_selection=set(job.asset_layer.asset_graph.asset_check_keys),
+    )
+    result = checks_only.execute_in_process(partition_key=key, instance=instance)
+    return {e.check_name: e for e in result.get_asset_check_evaluations()}
+
+
+@pytest.mark.parametrize(
+    ("corruption", "broken"),
+    [
+        ("UPDATE score_history SET score = score + 1 WHERE symbol = 'AAA'", "history_invariant"),
+        (
+            "INSERT INTO score_history SELECT user_id, 'ZZZ', score_date, criteria_version_id, "
+            "score, correlation_id, calculated_at FROM score_history WHERE symbol = 'AAA'",
+            "history_invariant",
+        ),
+        ("DELETE FROM calculation_events WHERE event_type = 'INPUTS_CAPTURED'", "events_invariant"),
+        ("UPDATE asset_scores SET percentage = 0 WHERE symbol = 'BBB'", "current_invariant"),
+        ("DELETE FROM asset_scores WHERE symbol = 'AAA'", "current_invariant"),
+    ],
+)
+def test_asset_checks_fail_on_a_corrupted_batch(world, dagster_instance, corruption, broken):
+    _users(world, 2)
+    assert snapshots(dagster_instance).success
+    result = batch(dagster_instance, "b0000")  # its checks pass (asserted by `batch`)
+    assert {e.check_name for e in result.get_asset_check_evaluations()} == {
+        "events_invariant",
+        "history_invariant",
+        "current_invariant",
+    }
+    with world.begin() as conn:
+        conn.execute(sa.text(corruption))
+    evaluations = _check_results(dagster_instance, scores_partition_key(DATE, "b0000"))
+    failed = {name for name, e in evaluations.items() if not e.passed}
+    assert failed == {broken}
+    assert evaluations[broken].severity == dg.AssetCheckSeverity.ERROR
+    assert evaluations[broken].metadata["violations"].value

@@ -1,0 +1,102 @@
+"""The nightly schedule (cron and timezone from the environment, ticks → score date) and the
+sensor that launches every batch of a date once its snapshots run has succeeded."""
+
+import datetime as dt
+from zoneinfo import ZoneInfo
+
+import dagster as dg
+import pytest
+
+from scoring_pipeline.definitions import defs
+from scoring_pipeline.defs.deployment import build_resources
+from scoring_pipeline.defs.partitions import scores_partition_key
+from scoring_pipeline.defs.sensors import scoring_batches_sensor
+from scoring_pipeline_tests import factories as f
+
+
+def _schedule_resources():
+    resources = build_resources()
+    return {key: resources[key] for key in ("database", "settings")}
+
+
+def test_default_schedule_is_4am_utc():
+    schedule = defs().resolve_schedule_def("overnight_scoring_schedule")
+    assert (schedule.cron_schedule, schedule.execution_timezone) == ("0 4 * * *", "UTC")
+
+
+# Schedule tests evaluate on the session's instance: a second test instance created and disposed
+# mid-session leaves Dagster's context-local defs-state storage pointing at a dead instance.
+@pytest.mark.db
+def test_schedule_uses_overnight_job_cron_and_timezone(
+    monkeypatch, clean_db, app_env, dagster_instance
+):
+    monkeypatch.setenv("OVERNIGHT_JOB_CRON", "30 2 * * 1-5")
+    monkeypatch.setenv("OVERNIGHT_JOB_TIMEZONE", "America/Sao_Paulo")
+    d = defs()
+    schedule = d.resolve_schedule_def("overnight_scoring_schedule")
+    assert schedule.cron_schedule == "30 2 * * 1-5"
+    assert schedule.execution_timezone == "America/Sao_Paulo"
+    tick = dt.datetime(2026, 11, 27, 2, 30, tzinfo=ZoneInfo("America/Sao_Paulo"))
+    with dg.build_schedule_context(
+        instance=dagster_instance,
+        scheduled_execution_time=tick,
+        repository_def=d.get_repository_def(),
+        resources=_schedule_resources(),
+    ) as context:
+        request = schedule.evaluate_tick(context).run_requests
+    assert request is not None and len(request) == 1
+    assert request[0].partition_key == "2026-11-27"
+    assert request[0].run_key == "night-2026-11-27"
+    assert request[0].job_name in (None, "overnight_snapshots_job")
+
+
+@pytest.mark.db
+def test_schedule_tick_late_in_the_day_keeps_its_local_date(
+    monkeypatch, clean_db, app_env, dagster_instance
+):
+    monkeypatch.setenv("OVERNIGHT_JOB_CRON", "0 23 * * *")
+    monkeypatch.setenv("OVERNIGHT_JOB_TIMEZONE", "America/New_York")
+    d = defs()
+    schedule = d.resolve_schedule_def("overnight_scoring_schedule")
+    tick = dt.datetime(2026, 11, 27, 23, 0, tzinfo=ZoneInfo("America/New_York"))  # 04:00 UTC
+    with dg.build_schedule_context(
+        instance=dagster_instance,
+        scheduled_execution_time=tick,
+        repository_def=d.get_repository_def(),
+        resources=_schedule_resources(),
+    ) as context:
+        requests = schedule.evaluate_tick(context).run_requests
+    assert requests is not None and requests[0].partition_key == "2026-11-27"
+
+
+@pytest.mark.db
+def test_sensor_requests_one_run_per_batch_after_snapshots(
+    clean_db, app_env, tmp_path, monkeypatch, dagster_instance
+):
+    f.market(clean_db, "US")
+    f.instrument(clean_db, "AAA", market="US", currency="USD", eps="1")
+    for key, value in f.provider_files(
+        tmp_path, rates={"EUR": "0.9"}, prices={"AAA": ("10", "USD")}
+    ).items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("SCORING_BATCH_SIZE", "2")
+    for _ in range(5):
+        f.user(
+            clean_db,
+            holdings=[("AAA", "USD")],
+            criteria=[("US", "stock", [f.rule("pe_ratio", "lt", "20", 5)])],
+        )
+    job = defs().resolve_job_def("overnight_snapshots_job")
+    result = job.execute_in_process(partition_key="2026-11-27", instance=dagster_instance)
+    context = dg.build_run_status_sensor_context(
+        sensor_name="scoring_batches_sensor",
+        dagster_event=result.get_run_success_event(),
+        dagster_instance=dagster_instance,
+        dagster_run=result.dagster_run,
+        resources={"database": build_resources()["database"]},
+    )
+    requests = scoring_batches_sensor(context)
+    assert [r.partition_key for r in requests] == [
+        str(scores_partition_key("2026-11-27", b)) for b in ("b0000", "b0001", "b0002")
+    ]
+    assert len({r.run_key for r in requests}) == 3

@@ -1,0 +1,156 @@
+"""Batch scoring's JSON built as text (INPUTS_CAPTURED from shared pieces, SCORES_COMPUTED
+reusing each breakdown's text) equals the same payloads built the obvious way, as dicts, for
+users with one to three criteria sets, several currencies and missing fundamentals."""
+
+import datetime as dt
+import json
+from decimal import Decimal
+from typing import Any
+
+import pytest
+
+from scoring_pipeline.engine.criteria import CriteriaSet
+from scoring_pipeline.engine.scoring import score_criteria_set
+from scoring_pipeline.store.batch_scoring import (
+    BatchInputs,
+    UserRow,
+    _needed_currencies,
+    _used_fields,
+    capture_inputs_json,
+    load_batch_inputs,
+    plain,
+    results_json,
+    results_payload,
+    universe_key,
+)
+from scoring_pipeline_tests import factories as f
+from scoring_pipeline_tests.scenario import DATE, rules, snapshots
+
+pytestmark = pytest.mark.db
+
+
+def reference_inputs(
+    correlation_id: str, user: UserRow, sets: list[CriteriaSet], inputs: BatchInputs
+) -> dict[str, Any]:
+    """INPUTS_CAPTURED built the obvious way, as a dict (SPEC §5)."""
+    instruments = [i for cs in sets for i in inputs.universes.get(universe_key(cs), [])]
+    # Each instrument is in one set's universe: it carries the raw values that set's rules read.
+    fields = {
+        i.symbol: _used_fields([cs])
+        for cs in sets
+        for i in inputs.universes.get(universe_key(cs), [])
+    }
+    prices = []
+    for i in instruments:
+        row = inputs.prices.get(i.symbol)
+        prices.append(
+            {
+                "symbol": i.symbol,
+                "close": plain(i.close),
+                "currency": i.currency,
+                "priceDate": row.price_date.isoformat() if row and row.price_date else None,
+                "source": row.source if row else None,
+            }
+        )
+    rates = [
+        {
+            "from": "USD",
+            "to": r.quote_currency,
+            "rate": plain(r.rate),
+            "rateDate": r.rate_date.isoformat(),
+            "source": r.source,
+        }
+        for c in sorted(_needed_currencies(sets, inputs, user.base_currency))
+        if (r := inputs.rates.get(c)) is not None
+    ]
+    fundamentals: dict[str, Any] = {}
+    for i in instruments:
+        if i.symbol in inputs.fundamentals_date:
+            entry: dict[str, Any] = {"dataDate": inputs.fundamentals_date[i.symbol].isoformat()}
+            for name in fields[i.symbol]:
+                value = i.fundamentals.get(name)
+                if value is not None:
+                    entry[name] = plain(value)
+            fundamentals[i.symbol] = entry
+    return {
+        "correlationId": correlation_id,
+        "baseCurrency": user.base_currency,
+        "criteria": [
+            {
+                "criteriaVersionId": cs.criteria_version_id,
+                "targetMarket": cs.target_market,
+                "assetType": cs.asset_type,
+                "version": cs.version,
+                "rules": cs.raw_rules,
+                "assetIds": [i.symbol for i in inputs.universes.get(universe_key(cs), [])],
+            }
+            for cs in sets
+        ],
+        "prices": prices,
+        "rates": rates,
+        "fundamentals": fundamentals,
+        "assetIds": [i.symbol for i in instruments],
+    }
+
+
+def _sets(inputs: BatchInputs, user_id: str) -> list[CriteriaSet]:
+    return [c.parse() for c in inputs.criteria[user_id]]
+
+
+def test_text_payloads_equal_the_obvious_dicts(world, dagster_instance):
+    users = [
+        f.user(world, holdings=[("AAA", "USD")], criteria=[("US_TECH", "stock", rules())]),
+        f.user(
+            world,
+            base_currency="EUR",
+            holdings=[("CCC", "EUR")],
+            criteria=[
+                ("US_TECH", "stock", rules()),
+                (
+                    "EU_IND",
+                    "stock",
+                    [f.rule("revenue", "gt", "10", 5), f.rule("pb_ratio", "lt", "3", 2)],
+                ),
+            ],
+        ),
+        # A set whose universe is empty beside one that is not: no stray commas in the text.
+        f.user(
+            world,
+            holdings=[("AAA", "USD")],
+            criteria=[("US_TECH", "etf", rules()), ("US_TECH", "stock", rules())],
+        ),
+    ]
+    assert snapshots(dagster_instance).success
+    with world.connect() as conn:
+        batches = [
+            load_batch_inputs(conn, dt.date.fromisoformat(DATE), batch)
+            for batch in ("b0000", "b0001")  # batches of 2 users
+        ]
+    checked = {row.user_id for inputs in batches for row in inputs.users}
+    assert checked == set(users)
+    for inputs, row in ((b, row) for b in batches for row in b.users):
+        assert row.user_id in users
+        sets = _sets(inputs, row.user_id)
+        expected: dict[str, Any] = json.loads(
+            json.dumps(reference_inputs("c-1", row, sets, inputs))
+        )
+        captured = json.loads(capture_inputs_json("c-1", row, sets, inputs))
+        assert captured == expected
+        if row.base_currency == "EUR":
+            # CCC (EU_IND) has eps and revenue: only revenue is read by the EU_IND set's rules
+            # (eps is read by the user's other set, over other instruments).
+            assert set(captured["fundamentals"]["CCC"]) == {"dataDate", "revenue"}
+        scores = [
+            s
+            for cs in sets
+            for s in score_criteria_set(
+                cs,
+                inputs.universes.get(universe_key(cs), []),
+                base_currency=row.base_currency,
+                usd_rates=inputs.usd_rates,
+            ).scores
+        ]
+        assert json.loads(results_json("c-1", scores)) == json.loads(
+            json.dumps(results_payload("c-1", scores))
+        )
+        assert Decimal(json.loads(results_json("c-1", scores))["results"][0]["score"])

@@ -1,0 +1,121 @@
+"""The instance storage keeps its run and event-log connections open (one per store, not one per
+call as dagster-postgres does), replaces a connection the server dropped, and closes them when
+the instance is disposed. Measured on a database of its own, so other tests' connections never
+count."""
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import dagster as dg
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from scoring_pipeline.runtime.dagster_storage import PooledPostgresStorage, storage_config
+from scoring_pipeline.store import db
+
+pytestmark = pytest.mark.db
+
+CALLS = 25
+
+
+@pytest.fixture
+def own_database(databases: Any) -> Iterator[tuple[str, Engine]]:
+    url = databases.create()
+    probe = sa.create_engine(db.with_driver(url, db.APP_DRIVER), poolclass=sa.pool.NullPool)
+    yield url, probe
+    probe.dispose()
+
+
+def _sessions(probe: Engine) -> int:
+    """Connections opened to the probe's database so far (its own excluded, flushed by then)."""
+    with probe.connect() as conn:
+        conn.execute(sa.text("SELECT pg_stat_clear_snapshot()"))
+        return int(
+            conn.execute(
+                sa.text("SELECT sessions FROM pg_stat_database WHERE datname = current_database()")
+            ).scalar_one()
+        )
+
+
+def _backends(probe: Engine) -> int:
+    """Other client connections to the probe's database open right now (autovacuum workers,
+    which also show the database's name, are not connections)."""
+    with probe.connect() as conn:
+        return int(
+            conn.execute(
+                sa.text(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                    "AND backend_type = 'client backend' AND pid <> pg_backend_pid()"
+                )
+            ).scalar_one()
+        )
+
+
+def _no_backends_left(probe: Engine, timeout: float = 10.0) -> bool:
+    """A closed connection's server process ends a moment after the client leaves."""
+    deadline = time.monotonic() + timeout
+    while _backends(probe):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def _storage_calls(instance: dg.DagsterInstance) -> None:
+    """What a run and the daemon do over and over: read a run, write an event, read events
+    back (run and event-log stores), read sensor and schedule states (schedule store)."""
+    run = instance.create_run_for_job(dg.GraphDefinition("g").to_job())  # type: ignore[attr-defined]
+    for _ in range(CALLS):
+        assert instance.get_run_by_id(run.run_id) is not None
+        instance.report_engine_event("probe", run)
+        assert instance.all_logs(run.run_id)
+        assert instance.all_instigator_state() == []
+
+
+def _connections_for_calls(probe: Engine, storage: dict[str, Any]) -> int:
+    with dg.instance_for_test(overrides={"storage": storage}) as instance:
+        _storage_calls(instance)  # creates the tables on first use
+        before = _sessions(probe)
+        _storage_calls(instance)
+        return _sessions(probe) - before - 1  # less the probe's own count of `before`
+
+
+def test_storage_calls_reuse_connections_where_stock_storage_opens_one_each(own_database):
+    url, probe = own_database
+    storage_url = db.dagster_storage_url(url)
+    stock = _connections_for_calls(probe, {"postgres": {"postgres_url": storage_url}})
+    pooled = _connections_for_calls(probe, storage_config(storage_url))
+    assert stock >= 4 * CALLS  # the contrast: dagster-postgres connects for every call
+    assert pooled <= 2
+
+
+def test_a_dropped_connection_is_replaced_and_all_are_closed_on_dispose(own_database):
+    url, probe = own_database
+    with dg.instance_for_test(
+        overrides={"storage": storage_config(db.dagster_storage_url(url))}
+    ) as instance:
+        _storage_calls(instance)
+        assert _backends(probe) >= 1  # the pooled connections stay open between calls
+        with probe.connect() as conn:  # the server drops them (as a restart or failover would)
+            conn.execute(
+                sa.text(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                )
+            )
+        _storage_calls(instance)  # no error: each dead connection is found and replaced
+        assert _backends(probe) >= 1
+    assert _no_backends_left(probe)
+
+
+def test_the_project_instance_config_selects_the_pooled_storage():
+    config = storage_config("postgresql+psycopg2://example/db")
+    assert config["custom"]["class"] == PooledPostgresStorage.__name__
+    import yaml
+
+    with open(db.PROJECT_ROOT / "dagster.yaml") as f:
+        project = yaml.safe_load(f)
+    assert project["storage"]["custom"]["module"] == config["custom"]["module"]
+    assert project["storage"]["custom"]["class"] == config["custom"]["class"]

@@ -1,0 +1,244 @@
+"""Alembic migrations on real PostgreSQL: upgrade, downgrade, upgrade again, agreement between
+the migrated database and the SQLAlchemy table definitions in `tables.py`, and the conversion of
+stored breakdowns to the compact form (and back) on a database with data."""
+
+import json
+import uuid
+from decimal import Decimal
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
+
+from scoring_pipeline.engine.criteria import parse_criteria
+from scoring_pipeline.engine.scoring import InstrumentData, score_criteria_set
+from scoring_pipeline.store import db
+from scoring_pipeline.store.tables import metadata
+
+pytestmark = pytest.mark.db
+
+SPEC_TABLES = {
+    "users",
+    "markets",
+    "instruments",
+    "instrument_fundamentals",
+    "portfolios",
+    "portfolio_assets",
+    "criteria_versions",
+    "exchange_rate_snapshots",
+    "price_snapshots",
+    "scoring_batches",
+    "asset_scores",
+    "score_history",
+    "calculation_events",
+    "overnight_job_runs",
+    "dashboard_cache",
+}
+
+
+def _type(t: sa.types.TypeEngine) -> str:  # type: ignore[type-arg]
+    return t.compile(dialect=postgresql.dialect()).replace("VARCHAR", "TEXT")
+
+
+def test_upgrade_creates_every_spec_table(fresh_engine):
+    db.migrate(fresh_engine)
+    names = set(sa.inspect(fresh_engine).get_table_names())
+    assert SPEC_TABLES <= names
+    assert db.current_revision(fresh_engine) == "0006"
+
+
+def test_tables_match_migrated_schema(fresh_engine):
+    db.migrate(fresh_engine)
+    inspector = sa.inspect(fresh_engine)
+    for table in metadata.sorted_tables:
+        columns = {c["name"]: c for c in inspector.get_columns(table.name)}
+        assert set(columns) == {c.name for c in table.columns}, table.name
+        for column in table.columns:
+            live = columns[column.name]
+            assert live["nullable"] == column.nullable, f"{table.name}.{column.name}"
+            assert _type(live["type"]) == _type(column.type), f"{table.name}.{column.name}"
+        pk = inspector.get_pk_constraint(table.name)["constrained_columns"]
+        assert pk == [c.name for c in table.primary_key.columns], table.name
+        live_uniques = {
+            tuple(u["column_names"]) for u in inspector.get_unique_constraints(table.name)
+        }
+        model_uniques = {
+            tuple(c.name for c in con.columns)
+            for con in table.constraints
+            if isinstance(con, sa.UniqueConstraint) and not isinstance(con, sa.PrimaryKeyConstraint)
+        } | {(c.name,) for c in table.columns if c.unique}
+        assert live_uniques == model_uniques, table.name
+        live_indexes = {
+            i["name"]: tuple(i["column_names"])
+            for i in inspector.get_indexes(table.name)
+            if not i.get("duplicates_constraint")
+        }
+        model_indexes = {i.name: tuple(c.name for c in i.columns) for i in table.indexes}
+        assert live_indexes == model_indexes, table.name
+
+
+def test_spec_keys_and_indexes(fresh_engine):
+    db.migrate(fresh_engine)
+    inspector = sa.inspect(fresh_engine)
+    assert inspector.get_pk_constraint("asset_scores")["constrained_columns"] == [
+        "user_id",
+        "symbol",
+    ]
+    assert inspector.get_pk_constraint("score_history")["constrained_columns"] == [
+        "user_id",
+        "symbol",
+        "score_date",
+    ]
+    uniques = {
+        tuple(u["column_names"]) for u in inspector.get_unique_constraints("overnight_job_runs")
+    }
+    assert ("job_type", "score_date", "market_group") in uniques
+    indexed = {tuple(i["column_names"]) for i in inspector.get_indexes("calculation_events")}
+    assert ("correlation_id",) in indexed and ("user_id", "created_at") in indexed
+    score = {c["name"]: c for c in inspector.get_columns("asset_scores")}["score"]["type"]
+    assert (score.precision, score.scale) == (12, 4)  # room for ±99999.9999
+
+
+def test_downgrade_to_base_and_upgrade_again(fresh_engine):
+    db.migrate(fresh_engine)
+    with fresh_engine.begin() as conn:
+        conn.execute(sa.text("INSERT INTO markets VALUES ('M', 'M', 'UTC', '09:00')"))
+    db.downgrade(fresh_engine, "base")
+    assert not (SPEC_TABLES & set(sa.inspect(fresh_engine).get_table_names()))
+    assert db.current_revision(fresh_engine) is None
+    db.migrate(fresh_engine)
+    assert SPEC_TABLES <= set(sa.inspect(fresh_engine).get_table_names())
+
+
+def test_migrate_is_idempotent_on_a_database_with_data(fresh_engine):
+    db.migrate(fresh_engine)
+    with fresh_engine.begin() as conn:
+        conn.execute(sa.text("INSERT INTO markets VALUES ('M', 'M', 'UTC', '09:00')"))
+    db.migrate(fresh_engine)
+    with fresh_engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM markets")).scalar_one() == 1
+
+
+def _legacy_breakdowns(engine, user_id, base, close):
+    """Scores of the user's criteria set on two instruments, as the schema before 0004 stored
+    them (the canonical breakdown JSON); the engine's canonical text is what the view must give."""
+    with engine.connect() as conn:
+        row = conn.execute(
+            sa.text("SELECT id::text, rules::text FROM criteria_versions WHERE user_id = :u"),
+            {"u": user_id},
+        ).one()
+    criteria_set = parse_criteria(
+        criteria_version_id=row.id, target_market="M", asset_type="stock", version=1, rules=row[1]
+    )
+    instruments = [
+        InstrumentData(
+            "AAA", "USD", Decimal(close), {"eps": Decimal("2"), "revenue": Decimal("7")}
+        ),
+        InstrumentData("EEE", "EUR", None, {"roe": Decimal("0.10")}),
+    ]
+    rates = {"EUR": Decimal("0.5")}
+    return score_criteria_set(criteria_set, instruments, base_currency=base, usd_rates=rates).scores
+
+
+def test_upgrade_converts_stored_breakdowns_and_downgrade_restores_them(fresh_engine):
+    from scoring_pipeline_tests import factories as f
+
+    engine = fresh_engine
+    db.migrate(engine, "0003")
+    f.market(engine, "M")
+    rules = [
+        f.rule("pe_ratio", "lt", "20", 10),
+        f.rule("revenue", "gt", "1", 5),  # converted to the base currency
+        f.rule("roe", "gte", "0.1", 3, required_fundamentals=["roe", "eps"]),
+        f.rule("price", "exists", None, 1),
+    ]
+    users = {
+        base: f.user(engine, base_currency=base, criteria=[("M", "stock", rules)])
+        for base in ("USD", "EUR")
+    }
+    expected_current, expected_past = {}, {}
+    with engine.begin() as conn:
+        for base, uid in users.items():
+            for date, close, expected in (
+                ("2026-11-26", "30", expected_past),
+                ("2026-11-27", "31", expected_current),
+            ):
+                correlation = str(uuid.uuid4())
+                scores = _legacy_breakdowns(engine, uid, base, close)
+                results = []
+                for s in scores:
+                    expected[(uid, s.symbol)] = s.breakdown
+                    results.append({"assetId": s.symbol, "breakdown": s.breakdown})
+                    conn.execute(
+                        sa.text(
+                            "INSERT INTO score_history VALUES (:u, :s, :d, :cv, :sc, :c, now())"
+                        ),
+                        {
+                            "u": uid,
+                            "s": s.symbol,
+                            "d": date,
+                            "cv": s.criteria_version_id,
+                            "sc": s.score,
+                            "c": correlation,
+                        },
+                    )
+                    if date == "2026-11-27":
+                        conn.execute(
+                            sa.text(
+                                "INSERT INTO asset_scores (user_id, symbol, criteria_version_id, "
+                                "score, max_possible_score, percentage, breakdown, score_date, "
+                                "correlation_id, calculated_at) VALUES (:u, :s, :cv, :sc, :m, "
+                                ":p, CAST(:b AS jsonb), :d, :c, now())"
+                            ),
+                            {
+                                "u": uid,
+                                "s": s.symbol,
+                                "cv": s.criteria_version_id,
+                                "sc": s.score,
+                                "m": s.max_possible_score,
+                                "p": s.percentage,
+                                "b": s.breakdown_json,
+                                "d": date,
+                                "c": correlation,
+                            },
+                        )
+                if date == "2026-11-26":  # the past date's breakdowns live in its event only
+                    conn.execute(
+                        sa.text(
+                            "INSERT INTO calculation_events (correlation_id, user_id, event_type, "
+                            "payload) VALUES (:c, :u, 'SCORES_COMPUTED', CAST(:p AS jsonb))"
+                        ),
+                        {"c": correlation, "u": uid, "p": json.dumps({"results": results})},
+                    )
+    assert len({json.dumps(b) for b in expected_current.values()}) > 2  # the values differ
+
+    db.migrate(engine)
+
+    def view(name):
+        with engine.connect() as conn:
+            return {
+                (r.u, r.symbol, str(r.score_date)): r.breakdown
+                for r in conn.execute(
+                    sa.text(f"SELECT user_id::text AS u, symbol, score_date, breakdown FROM {name}")
+                )
+            }
+
+    current = view("asset_score_breakdowns")
+    history = view("score_history_breakdowns")
+    assert current == {(u, s, "2026-11-27"): b for (u, s), b in expected_current.items()}
+    assert history == {
+        **{(u, s, "2026-11-26"): b for (u, s), b in expected_past.items()},
+        **{(u, s, "2026-11-27"): b for (u, s), b in expected_current.items()},
+    }
+    columns = {c["name"] for c in sa.inspect(engine).get_columns("asset_scores")}
+    assert "breakdown" not in columns and {"outcomes", "base_currency"} <= columns
+
+    db.downgrade(engine, "0003")
+    with engine.connect() as conn:
+        restored = {
+            (r.u, r.symbol): r.breakdown
+            for r in conn.execute(
+                sa.text("SELECT user_id::text AS u, symbol, breakdown FROM asset_scores")
+            )
+        }
+    assert restored == expected_current

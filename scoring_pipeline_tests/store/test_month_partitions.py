@@ -1,0 +1,168 @@
+"""Month partitions by score date of score_history, calculation_events and score_metric_values:
+migration 0005 converts a database with data (and back), a night creates its months ahead, and
+`scoring-pipeline prune` lists, then (with --yes only) detaches and drops whole old months."""
+
+import datetime as dt
+import json
+
+import pytest
+import sqlalchemy as sa
+
+from scoring_pipeline.store import db
+from scoring_pipeline.store.month_partitions import partitions
+from scoring_pipeline_tests import factories as f
+from scoring_pipeline_tests.cli_helpers import run
+from scoring_pipeline_tests.scenario import batch, rows, rules, snapshots
+
+pytestmark = pytest.mark.db
+
+USER = "00000000-0000-4000-8000-000000000001"
+CV = "00000000-0000-4000-8000-0000000000cc"
+
+
+def _counts(engine):
+    with engine.connect() as conn:
+        return {
+            table: conn.execute(sa.text(f"SELECT count(*) FROM {table}")).scalar_one()
+            for table in ("score_history", "calculation_events", "score_metric_values")
+        }
+
+
+def _old_rows(engine):
+    """Two nights (October and November) stored by the schema before 0005."""
+    with engine.begin() as conn:
+        for n, date in enumerate(("2026-10-30", "2026-11-27")):
+            calc, night = (
+                f"00000000-0000-4000-8000-00000000{n:04d}",
+                f"10000000-0000-4000-8000-0000000{n:05d}",
+            )
+            conn.execute(
+                sa.text(
+                    "INSERT INTO score_history VALUES "
+                    "(:u, 'AAA', :d, :cv, 1, :c, now(), 'm', 'USD')"
+                ),
+                {"u": USER, "d": date, "cv": CV, "c": calc},
+            )
+            conn.execute(
+                sa.text(
+                    "INSERT INTO score_metric_values VALUES "
+                    "(:d, 'AAA', 'USD', '{\"price\": \"3\"}')"
+                ),
+                {"d": date},
+            )
+            events = [
+                (calc, USER, "CALC_STARTED", {"scoreDate": date}),
+                (calc, USER, "CALC_COMPLETED", {"status": "success"}),
+                (night, None, "JOB_COMPLETED", {"scoreDate": date}),
+            ]
+            for c, u, kind, payload in events:
+                conn.execute(
+                    sa.text(
+                        "INSERT INTO calculation_events (correlation_id, user_id, event_type, "
+                        "payload, created_at) VALUES (:c, :u, :k, CAST(:p AS jsonb), "
+                        "'2026-12-05T00:00:00Z')"
+                    ),
+                    {"c": c, "u": u, "k": kind, "p": json.dumps(payload)},
+                )
+
+
+def test_migration_partitions_a_database_with_data_and_back(fresh_engine):
+    engine = fresh_engine
+    db.migrate(engine, "0004")
+    _old_rows(engine)
+    before = _counts(engine)
+    with engine.connect() as conn:
+        ids = conn.execute(sa.text("SELECT max(id) FROM calculation_events")).scalar_one()
+
+    db.migrate(engine)
+    assert _counts(engine) == before
+    with engine.connect() as conn:
+        months = {(p.table, p.start) for p in partitions(conn)}
+        dates = dict(
+            conn.execute(
+                sa.text(
+                    "SELECT event_type || ':' || (payload->>'scoreDate'), score_date::text "
+                    "FROM calculation_events WHERE payload ? 'scoreDate'"
+                )
+            ).all()
+        )
+        completed = (
+            conn.execute(
+                sa.text(
+                    "SELECT score_date::text FROM calculation_events WHERE event_type = "
+                    "'CALC_COMPLETED' ORDER BY id"
+                )
+            )
+            .scalars()
+            .all()
+        )
+        new_id = conn.execute(
+            sa.text(
+                "INSERT INTO calculation_events (correlation_id, event_type, payload, score_date) "
+                "VALUES (gen_random_uuid(), 'X', '{}', '2026-11-27') RETURNING id"
+            )
+        ).scalar_one()
+        conn.rollback()
+    for table in ("score_history", "calculation_events", "score_metric_values"):
+        assert {(table, dt.date(2026, 10, 1)), (table, dt.date(2026, 11, 1))} <= months
+    # Every event got its calculation's or night's score date, not the day it was written.
+    assert all(k.split(":")[1] == v for k, v in dates.items())
+    assert completed == ["2026-10-30", "2026-11-27"]
+    assert new_id > ids
+
+    db.downgrade(engine, "0004")
+    assert _counts(engine) == before
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT max(id) FROM calculation_events")).scalar_one() == ids
+
+
+def test_a_night_creates_its_month_partitions_ahead(world, dagster_instance):
+    f.user(world, holdings=[("AAA", "USD")], criteria=[("US_TECH", "stock", rules())])
+    date = "2025-12-10"
+    assert snapshots(dagster_instance, partition_key=date).success
+    assert batch(dagster_instance, date=date).success
+    with world.connect() as conn:
+        months = {(p.table, p.start) for p in partitions(conn)}
+    for table in ("score_history", "calculation_events", "score_metric_values"):
+        assert {(table, dt.date(2025, 12, 1)), (table, dt.date(2026, 1, 1))} <= months
+    assert (
+        rows(world, "SELECT count(*) AS n FROM score_history WHERE score_date = :d", d=date)[0].n
+        == 2
+    )
+
+
+def test_prune_lists_then_drops_whole_old_months_only_with_yes(world, dagster_instance, cli_env):
+    f.user(world, holdings=[("AAA", "USD")], criteria=[("US_TECH", "stock", rules())])
+    for date in ("2025-06-12", "2025-08-20"):  # two nights in two months
+        assert snapshots(dagster_instance, partition_key=date).success
+        assert batch(dagster_instance, date=date).success
+    history = "SELECT score_date::text AS d, count(*) AS n FROM score_history GROUP BY 1 ORDER BY 1"
+    assert [r.d for r in rows(world, history)] == ["2025-06-12", "2025-08-20"]
+
+    listed = run(cli_env, "prune", "--before", "2025-08-01").stdout
+    assert "score_history_2025_06" in listed and "calculation_events_2025_07" in listed
+    assert "score_history_2025_08" not in listed  # the month of 2025-08-01 itself is kept
+    assert "nothing dropped: run again with --yes" in listed
+    assert [r.d for r in rows(world, history)] == ["2025-06-12", "2025-08-20"]
+
+    dropped = run(cli_env, "prune", "--before", "2025-08-01", "--yes").stdout
+    assert "dropped" in dropped
+    assert [r.d for r in rows(world, history)] == ["2025-08-20"]
+    events = "SELECT DISTINCT score_date::text AS d FROM calculation_events ORDER BY 1"
+    assert [r.d for r in rows(world, events)] == ["2025-08-20"]
+    with world.connect() as conn:
+        left = {p.name for p in partitions(conn)}
+    assert not {n for n in left if n.endswith(("2025_06", "2025_07"))}
+
+    again = run(cli_env, "prune", "--before", "2025-08-01", "--yes").stdout
+    assert "nothing to prune" in again
+    # The current scores are August's: their metric values are never pruned with the month.
+    kept = run(cli_env, "prune", "--before", "2025-09-01").stdout
+    assert "kept score_metric_values_2025_08" in kept
+    assert "score_history_2025_08" in kept
+
+    future = run(cli_env, "prune", "--before", "2999-01-01", check=False)
+    assert future.returncode != 0 and future.stderr.strip().count("\n") == 0
+    assert "after today" in future.stderr
+    bad = run(cli_env, "prune", "--before", "01/08/2025", check=False)
+    assert bad.returncode != 0 and "--before must be YYYY-MM-DD" in bad.stderr
