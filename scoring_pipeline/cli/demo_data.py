@@ -18,7 +18,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from scoring_pipeline.store.batch_write import copy_rows
+from scoring_pipeline.store.copy import copy_rows
 from scoring_pipeline.store.tables import FUNDAMENTAL_COLUMNS
 
 

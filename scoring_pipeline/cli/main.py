@@ -223,7 +223,7 @@ def _bench_groups(args: argparse.Namespace) -> int:
 
 
 def _cmd_replay(args: argparse.Namespace) -> int:
-    from scoring_pipeline.engine.replay import replay
+    from scoring_pipeline.store.replay import replay
 
     with _engine().connect() as conn:
         result = replay(conn, args.correlation_id)

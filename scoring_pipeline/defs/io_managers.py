@@ -1,22 +1,12 @@
-"""The scores IO manager: writes a batch's scores, history, events and outcome atomically."""
+"""The scores IO manager: a batch's output handed to the store's write, its figures attached."""
 
-import time
 from typing import Any
 
 import dagster as dg
 
-from scoring_pipeline.defs.assets.common import as_metadata
 from scoring_pipeline.defs.resources import DatabaseResource
-from scoring_pipeline.store import night_lifecycle
-from scoring_pipeline.store.batch_scoring import BatchOutput, gc_paused
-from scoring_pipeline.store.batch_write import (
-    WriteTimer,
-    failed_user_entries,
-    prepare_batch,
-    record_write_time,
-    write_batch,
-    write_metric_values,
-)
+from scoring_pipeline.engine.batch import BatchOutput
+from scoring_pipeline.store.batch_write import BatchWrite, failed_user_entries, persist_batch
 
 
 class ScoresIOManager(dg.ConfigurableIOManager):
@@ -25,51 +15,8 @@ class ScoresIOManager(dg.ConfigurableIOManager):
     database: dg.ResourceDependency[DatabaseResource]
 
     def handle_output(self, context: dg.OutputContext, obj: BatchOutput) -> None:
-        started = time.perf_counter()
-        with gc_paused():
-            prepared = prepare_batch(obj)  # serialised before the transaction: no locks held
-        obj.timings["serialize_ms"] = int((time.perf_counter() - started) * 1000)
-        started = time.perf_counter()
-        timer = WriteTimer()
-        engine = self.database.engine()
-        with timer.part("metric_values"), engine.begin() as conn:
-            metric_rows = write_metric_values(conn, obj)
-        with engine.connect() as conn:
-            with timer.part("begin"):
-                transaction = conn.begin()
-            try:
-                counts = write_batch(
-                    conn, obj, run_id=context.run_id, prepared=prepared, timer=timer
-                )
-            except BaseException:
-                transaction.rollback()
-                raise
-            with timer.part("commit"):
-                transaction.commit()
-        write_ms = int((time.perf_counter() - started) * 1000)
-        with engine.begin() as conn:
-            record_write_time(conn, obj, write_ms, timer.timings())
-        if counts["job_status"] not in (None, "started"):
-            night_lifecycle.emit_root_span(
-                self.database.engine(), obj.score_date, market_group=obj.market_group
-            )
-        metadata: dict[str, Any] = {
-            "users": len(obj.users) + len(obj.users_skipped),
-            "users_success": len(obj.succeeded),
-            "users_failed": len(obj.failed),
-            "users_skipped": len(obj.users_skipped),
-            "assets_scored": obj.assets_scored,
-            "rows_asset_scores": counts["asset_scores"],
-            "rows_score_history": counts["score_history"],
-            "rows_calculation_events": counts["calculation_events"],
-            "rows_score_metric_values": metric_rows,
-            "batch_status": counts["batch_status"],
-            "job_status": counts["job_status"],
-            "duration_ms": obj.duration_ms,
-            "write_ms": write_ms,
-            **{k: v for k, v in obj.timings.items()},
-            "job_correlation_id": obj.job_correlation_id,
-        }
+        written = persist_batch(self.database.engine(), obj, run_id=context.run_id)
+        metadata = _metadata(obj, written)
         if obj.failed:
             # The successful users are committed above; now the partition must show as failed.
             failed = failed_user_entries(obj)
@@ -84,12 +31,33 @@ class ScoresIOManager(dg.ConfigurableIOManager):
                         if f["error"]
                     )
                 ),
-                metadata=as_metadata(metadata),
+                metadata=metadata,
                 allow_retries=False,
             )
-        context.add_output_metadata(as_metadata(metadata))
+        context.add_output_metadata(metadata)
 
     def load_input(self, context: dg.InputContext) -> Any:
         raise NotImplementedError(
             "scores are read from the asset_scores table, not loaded as an input"
         )
+
+
+def _metadata(output: BatchOutput, written: BatchWrite) -> dict[str, Any]:
+    rows = written.rows
+    return {
+        "users": len(output.users) + len(output.users_skipped),
+        "users_success": len(output.succeeded),
+        "users_failed": len(output.failed),
+        "users_skipped": len(output.users_skipped),
+        "assets_scored": output.assets_scored,
+        "rows_asset_scores": rows.asset_scores,
+        "rows_score_history": rows.score_history,
+        "rows_calculation_events": rows.calculation_events,
+        "rows_score_metric_values": written.metric_values,
+        "batch_status": rows.batch_status,
+        "job_status": str(rows.night_status) if rows.night_status else None,
+        "duration_ms": output.duration_ms,
+        "write_ms": written.write_ms,
+        **output.timings,
+        "job_correlation_id": output.job_correlation_id,
+    }

@@ -11,13 +11,10 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-import sqlalchemy as sa
-from sqlalchemy.engine import Connection
-
 from scoring_pipeline.engine.criteria import parse_criteria
+from scoring_pipeline.engine.payloads import results_payload
 from scoring_pipeline.engine.scoring import AssetScore, InstrumentData, score_criteria_set
 from scoring_pipeline.errors import ReplayError
-from scoring_pipeline.store.batch_scoring import results_payload
 
 
 @dataclass(frozen=True)
@@ -28,25 +25,6 @@ class ReplayResult:
     recorded: dict[str, Any] | None
     recomputed: dict[str, Any]
     differences: list[str]
-
-
-def _events(conn: Connection, correlation_id: str) -> dict[str, dict[str, Any]]:
-    try:
-        rows = conn.execute(
-            sa.text(
-                "SELECT event_type, user_id, payload::text AS payload FROM calculation_events "
-                "WHERE correlation_id = CAST(:c AS uuid) ORDER BY id"
-            ),
-            {"c": correlation_id},
-        ).all()
-    except sa.exc.DataError as exc:
-        raise ReplayError(f"{correlation_id!r} is not a correlation id (a UUID)") from exc
-    out: dict[str, dict[str, Any]] = {}
-    for row in rows:
-        payload = json.loads(row.payload, parse_float=Decimal)
-        payload["_userId"] = str(row.user_id) if row.user_id else None
-        out[row.event_type] = payload
-    return out
 
 
 def recompute(inputs: dict[str, Any]) -> list[AssetScore]:
@@ -84,8 +62,9 @@ def recompute(inputs: dict[str, Any]) -> list[AssetScore]:
     return scores
 
 
-def replay(conn: Connection, correlation_id: str) -> ReplayResult:
-    events = _events(conn, correlation_id)
+def replay_events(correlation_id: str, events: dict[str, dict[str, Any]]) -> ReplayResult:
+    """Compare the recorded SCORES_COMPUTED with one recomputed from INPUTS_CAPTURED; `events`
+    are the calculation's payloads by event type (`_userId` added), as the store reads them."""
     if not events:
         raise ReplayError(f"no calculation with correlation id {correlation_id}")
     inputs = events.get("INPUTS_CAPTURED")

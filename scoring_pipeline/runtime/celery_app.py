@@ -28,6 +28,9 @@ def broker_urls() -> tuple[str, str]:
 
 # The SQLAlchemy transport passes transport options to create_engine: dagster-celery's defaults
 # (retry knobs meant for AMQP) must not reach it.
+# The code location every run loads first (workspace.yaml, `[tool.dagster]` in pyproject.toml).
+CODE_LOCATION_MODULE = "scoring_pipeline.definitions"
+
 CONFIG_SOURCE: dict[str, Any] = {
     "broker_transport_options": {},
     "worker_prefetch_multiplier": 1,
@@ -42,9 +45,10 @@ def _warm_process(**_: Any) -> None:
     move everything imported so far out of the garbage collector's sight (`gc.freeze`), so the
     collections a run triggers scan the run's own objects, not Dagster's whole module heap."""
     import gc
+    import importlib
 
-    import scoring_pipeline.definitions  # noqa: F401  (what every run loads first)
-
+    # By name, as Dagster itself loads the code location: the runtime sits below the definitions.
+    importlib.import_module(CODE_LOCATION_MODULE)
     gc.collect()
     gc.freeze()
 

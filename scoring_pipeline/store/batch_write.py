@@ -1,210 +1,53 @@
 """Persisting one batch partition: scores, history, events and the batch outcome in one transaction.
 
-Bulk rows go through COPY (SPEC §10: several times faster than executemany). The transaction
-first takes an advisory lock on (score date, batch), so two materialisations of the same batch
-serialise instead of interleaving; history is replaced per (user, date), never duplicated.
+The transaction first takes an advisory lock on (score date, market group, batch), so two
+materialisations of the same batch serialise instead of interleaving; current scores are replaced
+per user and history per (user, date), never duplicated. The night's metric values go first, in
+their own short transaction. `persist_batch` is the whole write, as the scores IO manager does it.
 """
 
-import datetime as dt
 import time
-from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass, field
-from decimal import Decimal
+from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, Engine
 
-from scoring_pipeline.store.batch_scoring import BatchOutput, dumps, plain
-from scoring_pipeline.store.night_lifecycle import BatchOutcome, record_batch_outcome
-
-
-def copy_rows(
-    conn: Connection, table: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]
-) -> int:
-    """COPY rows into `table` on the connection's own transaction."""
-    raw = conn.connection.driver_connection
-    assert raw is not None
-    count = 0
-    with raw.cursor() as cur, cur.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as cp:
-        for row in rows:
-            cp.write_row(row)
-            count += 1
-    return count
-
-
-_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
-
-
-def copy_field(value: Any) -> str:
-    """One field in COPY's text format (NULL is \\N; backslash, tab and newlines escaped)."""
-    if value is None:
-        return "\\N"
-    if isinstance(value, str):
-        # Searching is far cheaper than translating, and most text has nothing to escape.
-        if "\\" in value or "\t" in value or "\n" in value or "\r" in value:
-            return value.translate(_COPY_ESCAPES)
-        return value
-    if isinstance(value, Decimal):
-        return format(value, "f")
-    if isinstance(value, dt.date):  # dates and datetimes
-        return value.isoformat()
-    return str(value)
-
-
-@dataclass
-class WriteTimer:
-    """Seconds spent in each part of a batch's write, summed per part: the benchmark shows
-    where the write's time goes beyond the COPYs themselves."""
-
-    seconds: dict[str, float] = field(default_factory=dict)
-
-    @contextmanager
-    def part(self, name: str) -> Iterator[None]:
-        started = time.perf_counter()
-        try:
-            yield
-        finally:
-            elapsed = time.perf_counter() - started
-            self.seconds[name] = self.seconds.get(name, 0.0) + elapsed
-
-    def timings(self) -> dict[str, int]:
-        """`write_<part>_ms` per part, as the batch's timings record them."""
-        return {f"write_{name}_ms": round(s * 1000) for name, s in self.seconds.items()}
-
-
-@dataclass
-class PreparedBatch:
-    """The batch's COPY text, built before the write transaction opens (no locks held)."""
-
-    scores_by_user: dict[str, list[str]]
-    history: list[str]
-    events: list[str]
-    rows: int
-
-
-def prepare_batch(output: BatchOutput) -> PreparedBatch:
-    """Serialise every row once, in COPY's text format."""
-    date = output.score_date.isoformat()
-    at = output.calculated_at.isoformat()
-    scores_by_user: dict[str, list[str]] = {}
-    history: list[str] = []
-    for user in output.succeeded:
-        lines = scores_by_user[user.user_id] = []
-        prefix = f"{user.user_id}\t"
-        suffix = f"\t{user.correlation_id}\t{at}\t"
-        base = f"\t{user.base_currency}\n"
-        for s in user.scores:
-            symbol = copy_field(s.symbol)
-            score = format(s.score, "f")
-            lines.append(
-                f"{prefix}{symbol}\t{s.criteria_version_id}\t{score}\t"
-                f"{format(s.max_possible_score, 'f')}\t{copy_field(s.percentage)}\t"
-                f"{date}{suffix}{s.outcomes}{base}"
-            )
-            history.append(
-                f"{prefix}{symbol}\t{date}\t{s.criteria_version_id}\t{score}{suffix}"
-                f"{s.outcomes}{base}"
-            )
-    events = [
-        f"{u.correlation_id}\t{u.user_id}\t{event_type}\t"
-        f"{copy_field(payload if isinstance(payload, str) else dumps(payload))}\t{at}\t{date}\n"
-        for u in output.users
-        for event_type, payload in u.events
-    ]
-    return PreparedBatch(scores_by_user, history, events, len(history))
-
-
-def copy_text(conn: Connection, table: str, columns: Sequence[str], lines: Iterable[str]) -> int:
-    """COPY pre-formatted text lines into `table`, in 1 MiB chunks, on the open transaction."""
-    raw = conn.connection.driver_connection
-    assert raw is not None
-    count = 0
-    chunk: list[str] = []
-    size = 0
-    with raw.cursor() as cur, cur.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as cp:
-        for line in lines:
-            chunk.append(line)
-            size += len(line)
-            count += 1
-            if size >= 1 << 20:
-                cp.write("".join(chunk).encode())
-                chunk, size = [], 0
-        if chunk:
-            cp.write("".join(chunk).encode())
-    return count
-
-
-_SCORE_COLUMNS = (
-    "user_id",
-    "symbol",
-    "criteria_version_id",
-    "score",
-    "max_possible_score",
-    "percentage",
-    "score_date",
-    "correlation_id",
-    "calculated_at",
-    "outcomes",
-    "base_currency",
+from scoring_pipeline.engine.batch import BatchOutput, gc_paused
+from scoring_pipeline.engine.json_text import dumps
+from scoring_pipeline.store import night_lifecycle
+from scoring_pipeline.store.batch_rows import (
+    EVENT_COLUMNS,
+    HISTORY_COLUMNS,
+    SCORE_COLUMNS,
+    PreparedBatch,
+    prepare_batch,
 )
-_HISTORY_COLUMNS = (
-    "user_id",
-    "symbol",
-    "score_date",
-    "criteria_version_id",
-    "score",
-    "correlation_id",
-    "calculated_at",
-    "outcomes",
-    "base_currency",
-)
-_EVENT_COLUMNS = (
-    "correlation_id",
-    "user_id",
-    "event_type",
-    "payload",
-    "created_at",
-    "score_date",
-)
+from scoring_pipeline.store.copy import copy_text
+from scoring_pipeline.store.metric_values import write_metric_values
+from scoring_pipeline.store.night_lifecycle import BatchOutcome, NightStatus, record_batch_outcome
+from scoring_pipeline.store.write_timer import WriteTimer
 
 
-def write_metric_values(conn: Connection, output: BatchOutput) -> int:
-    """Store the night's metric texts the batch's scores show (SPEC §4 storage form), in the
-    caller's short transaction before the batch's own: they are facts of the date's frozen
-    inputs, the same whichever batch writes them, so batches never wait on each other's write.
-    A refreshed snapshot changes them, hence the update of a differing row.
+@dataclass(frozen=True, slots=True)
+class WrittenRows:
+    """What `write_batch` stored, and the statuses it recorded."""
 
-    Every batch of a night shows mostly the same (symbol, base currency) pairs, so the rows
-    already stored with the same values are filtered out by a plain read first: an
-    `ON CONFLICT DO UPDATE` locks (writes) every conflicting row even when its WHERE leaves it
-    unchanged, which made each batch rewrite the night's rows and queue behind the other
-    worker's. Returns the number of rows inserted or updated."""
-    if not output.metric_values:
-        return 0
-    # One JSON array of [symbol, base, values] sent as a single text: a text[] parameter of
-    # the same ~1 MB (every JSON quote escaped for the array literal) took psycopg 10 times
-    # longer to build than the server takes to parse this.
-    rows = ",".join(
-        f"[{dumps(symbol)},{dumps(base)},{output.metric_values[(symbol, base)]}]"
-        for symbol, base in sorted(output.metric_values)
-    )
-    written = conn.execute(
-        sa.text(
-            "INSERT INTO score_metric_values (score_date, symbol, base_currency, metric_values) "
-            "SELECT :d, k.s, k.b, k.v FROM (SELECT e->>0 AS s, CAST(e->>1 AS char(3)) AS b, "
-            "e->2 AS v FROM jsonb_array_elements(CAST(:rows AS jsonb)) AS e) AS k "
-            "WHERE NOT EXISTS (SELECT 1 FROM score_metric_values m "
-            "WHERE m.score_date = :d AND m.symbol = k.s AND m.base_currency = k.b "
-            "AND m.metric_values = k.v) "
-            "ON CONFLICT (score_date, symbol, base_currency) DO UPDATE "
-            "SET metric_values = EXCLUDED.metric_values "
-            "WHERE score_metric_values.metric_values <> EXCLUDED.metric_values"
-        ),
-        {"d": output.score_date, "rows": f"[{rows}]"},
-    )
-    return int(written.rowcount)
+    asset_scores: int
+    score_history: int
+    calculation_events: int
+    batch_status: str
+    night_status: NightStatus | None  # None: the batch's date has no night
+
+
+@dataclass(frozen=True, slots=True)
+class BatchWrite:
+    """What persisting a batch did, with how long it took (the asset's output metadata)."""
+
+    rows: WrittenRows
+    metric_values: int
+    serialize_ms: int
+    write_ms: int
 
 
 def _lock_batch(conn: Connection, output: BatchOutput) -> None:
@@ -256,7 +99,7 @@ def _replace_current_scores(
         return copy_text(
             conn,
             "asset_scores",
-            _SCORE_COLUMNS,
+            SCORE_COLUMNS,
             (line for u in current for line in prepared.scores_by_user.get(u, [])),
         )
 
@@ -277,7 +120,7 @@ def _replace_history(
             {"d": output.score_date, "u": users, "m": _markets(output)},
         )
     with timer.part("copy_history"):
-        return copy_text(conn, "score_history", _HISTORY_COLUMNS, prepared.history)
+        return copy_text(conn, "score_history", HISTORY_COLUMNS, prepared.history)
 
 
 def failed_user_entries(output: BatchOutput) -> list[dict[str, Any]]:
@@ -315,7 +158,7 @@ def write_batch(
     run_id: str | None,
     prepared: PreparedBatch | None = None,
     timer: WriteTimer | None = None,
-) -> dict[str, Any]:
+) -> WrittenRows:
     """Write the batch in the caller's transaction; returns row counts and the statuses.
     `timer` gets the time of each part (lock, deletes, COPYs, outcome)."""
     prepared = prepared or prepare_batch(output)
@@ -325,22 +168,50 @@ def write_batch(
     with timer.part("lock"):
         _lock_batch(conn, output)
     users = [u.user_id for u in output.succeeded]
-    counts: dict[str, Any] = {"asset_scores": 0, "score_history": 0}
+    scores = history = 0
     if users:
-        counts["asset_scores"] = _replace_current_scores(conn, output, prepared, users, timer)
-        counts["score_history"] = _replace_history(conn, output, prepared, users, timer)
+        scores = _replace_current_scores(conn, output, prepared, users, timer)
+        history = _replace_history(conn, output, prepared, users, timer)
     with timer.part("copy_events"):
-        counts["calculation_events"] = copy_text(
-            conn, "calculation_events", _EVENT_COLUMNS, prepared.events
-        )
+        events = copy_text(conn, "calculation_events", EVENT_COLUMNS, prepared.events)
     outcome = batch_outcome(output, run_id)
-    counts["batch_status"] = outcome.status
     with timer.part("outcome"):
-        counts["job_status"] = record_batch_outcome(conn, outcome)
-    return counts
+        night = record_batch_outcome(conn, outcome)
+    return WrittenRows(scores, history, events, outcome.status, night)
 
 
-def record_write_time(
+def persist_batch(engine: Engine, output: BatchOutput, *, run_id: str | None) -> BatchWrite:
+    """Serialise the batch, store the night's metric values, write the batch in one transaction,
+    then record the write's timings; a night this batch closed gets its root span after commit."""
+    started = time.perf_counter()
+    with gc_paused():
+        prepared = prepare_batch(output)
+    serialize_ms = int((time.perf_counter() - started) * 1000)
+    output.timings["serialize_ms"] = serialize_ms
+    started = time.perf_counter()
+    timer = WriteTimer()
+    with timer.part("metric_values"), engine.begin() as conn:
+        metric_values = write_metric_values(conn, output)
+    with engine.connect() as conn:
+        with timer.part("begin"):
+            transaction = conn.begin()
+        try:
+            rows = write_batch(conn, output, run_id=run_id, prepared=prepared, timer=timer)
+        except BaseException:
+            transaction.rollback()
+            raise
+        with timer.part("commit"):
+            transaction.commit()
+    write_ms = int((time.perf_counter() - started) * 1000)
+    # Known only after the commit, so added to the outcome row in a short transaction of its own.
+    with engine.begin() as conn:
+        _record_write_time(conn, output, write_ms, timer.timings())
+    if rows.night_status not in (None, NightStatus.STARTED):
+        night_lifecycle.emit_root_span(engine, output.score_date, market_group=output.market_group)
+    return BatchWrite(rows, metric_values, serialize_ms, write_ms)
+
+
+def _record_write_time(
     conn: Connection, output: BatchOutput, write_ms: int, parts: dict[str, int] | None = None
 ) -> None:
     """Add the write's duration (commit included) and its parts' to the batch's timings."""
@@ -358,6 +229,3 @@ def record_write_time(
             "b": output.batch_key,
         },
     )
-
-
-__all__ = ["dumps", "copy_rows", "write_batch", "failed_user_entries", "plain"]

@@ -8,7 +8,8 @@ import sys
 
 import pytest
 
-from scoring_pipeline.store.batch_scoring import gc_paused, score_batch
+from scoring_pipeline.engine.batch import gc_paused, score_batch
+from scoring_pipeline.store.batch_inputs import load_batch_inputs
 from scoring_pipeline_tests.scenario import DATE, snapshots, users_in_two_currencies
 
 
@@ -38,8 +39,12 @@ def test_batch_timings_count_evaluations_and_engine_time(world, dagster_instance
     users_in_two_currencies(world, 2)
     assert snapshots(dagster_instance).success
     with world.connect() as conn:
+        day = dt.date.fromisoformat(DATE)
         output = score_batch(
-            conn, score_date=dt.date.fromisoformat(DATE), batch="b0000", job_correlation_id="j"
+            load_batch_inputs(conn, day, "b0000"),
+            score_date=day,
+            batch="b0000",
+            job_correlation_id="j",
         )
     assert len(output.succeeded) == 2
     timings = output.timings

@@ -9,20 +9,19 @@ from typing import Any
 
 import pytest
 
+from scoring_pipeline.engine.batch_inputs import BatchInputs, UserRow
 from scoring_pipeline.engine.criteria import CriteriaSet
-from scoring_pipeline.engine.scoring import score_criteria_set
-from scoring_pipeline.store.batch_scoring import (
-    BatchInputs,
-    UserRow,
+from scoring_pipeline.engine.json_text import plain
+from scoring_pipeline.engine.payloads import (
     _needed_currencies,
     _used_fields,
     capture_inputs_json,
-    load_batch_inputs,
-    plain,
     results_json,
     results_payload,
     universe_key,
 )
+from scoring_pipeline.engine.scoring import score_criteria_set
+from scoring_pipeline.store.batch_inputs import load_batch_inputs
 from scoring_pipeline_tests import factories as f
 from scoring_pipeline_tests.scenario import DATE, rules, snapshots
 

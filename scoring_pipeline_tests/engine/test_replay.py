@@ -7,7 +7,7 @@ import json
 import pytest
 import sqlalchemy as sa
 
-from scoring_pipeline.engine.replay import replay
+from scoring_pipeline.store.replay import replay
 from scoring_pipeline_tests.scenario import batch, rows, snapshots, users_in_two_currencies
 
 pytestmark = pytest.mark.db

@@ -7,8 +7,8 @@ import datetime as dt
 import pytest
 import sqlalchemy as sa
 
-from scoring_pipeline.store.batch_scoring import BatchOutput
-from scoring_pipeline.store.batch_write import write_metric_values
+from scoring_pipeline.engine.batch import BatchOutput
+from scoring_pipeline.store.metric_values import write_metric_values
 from scoring_pipeline.store.month_partitions import ensure_partitions
 
 pytestmark = pytest.mark.db

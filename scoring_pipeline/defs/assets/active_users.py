@@ -10,18 +10,11 @@ import time
 import dagster as dg
 
 from scoring_pipeline import telemetry
-from scoring_pipeline.defs.assets.common import (
-    LATE_TAG,
-    SCHEDULED_FOR_TAG,
-    SnapshotConfig,
-    as_metadata,
-    run_group,
-    run_traceparent,
-    score_date_of,
-)
+from scoring_pipeline.defs.assets.snapshot import SnapshotConfig, score_date_of
 from scoring_pipeline.defs.market_groups import DEFAULT_GROUPS, MarketGroup
 from scoring_pipeline.defs.partitions import register_night_batches, score_date_partitions
 from scoring_pipeline.defs.resources import DatabaseResource, ScoringSettingsResource
+from scoring_pipeline.defs.run_tags import LATE_TAG, SCHEDULED_FOR_TAG, run_group, run_traceparent
 from scoring_pipeline.store import night_lifecycle, snapshots
 
 
@@ -96,7 +89,7 @@ def build_active_users(groups: dict[str, MarketGroup]) -> dg.AssetsDefinition:
             + (f"; night of group {group.name} started" if group is not None else "")
         )
         return dg.MaterializeResult(
-            metadata=as_metadata(
+            metadata=(
                 {
                     "users": len(membership.members),
                     "batches": len(membership.batch_keys),

@@ -10,10 +10,9 @@ import dagster as dg
 from sqlalchemy.engine import Connection
 
 from scoring_pipeline.defs.assets.active_users import active_users
-from scoring_pipeline.defs.assets.common import (
+from scoring_pipeline.defs.assets.snapshot import (
     SnapshotConfig,
     materialize_snapshot,
-    run_group,
     score_date_of,
 )
 from scoring_pipeline.defs.market_groups import DEFAULT_GROUPS, MarketGroup
@@ -23,6 +22,7 @@ from scoring_pipeline.defs.resources import (
     RatesProviderResource,
     ScoringSettingsResource,
 )
+from scoring_pipeline.defs.run_tags import run_group
 from scoring_pipeline.store import snapshots
 
 

@@ -5,13 +5,13 @@ the criteria sets of its markets and replacing only its markets' scores.
 """
 
 import datetime as dt
+import time
 
 import dagster as dg
 from sqlalchemy.engine import Connection
 
 from scoring_pipeline import telemetry
 from scoring_pipeline.defs.assets.active_users import active_users
-from scoring_pipeline.defs.assets.common import night_traceparent
 from scoring_pipeline.defs.assets.exchange_rates import exchange_rates
 from scoring_pipeline.defs.assets.prices import prices
 from scoring_pipeline.defs.market_groups import DEFAULT_GROUP, DEFAULT_GROUPS, MarketGroup
@@ -21,10 +21,12 @@ from scoring_pipeline.defs.partitions import (
     scores_partitions_for,
 )
 from scoring_pipeline.defs.resources import DatabaseResource
+from scoring_pipeline.defs.run_tags import night_traceparent
+from scoring_pipeline.engine.batch import BatchOutput, score_batch
 from scoring_pipeline.errors import SnapshotUnavailableError
 from scoring_pipeline.store import month_partitions, night_lifecycle, snapshots
 from scoring_pipeline.store import tables as t
-from scoring_pipeline.store.batch_scoring import BatchOutput, score_batch
+from scoring_pipeline.store.batch_inputs import load_batch_inputs
 
 
 def build_scores(group: MarketGroup, upstream: list[dg.AssetsDefinition]) -> dg.AssetsDefinition:
@@ -57,8 +59,11 @@ def build_scores(group: MarketGroup, upstream: list[dg.AssetsDefinition]) -> dg.
             ) as span,
             database.engine().connect() as conn,
         ):
+            started = time.perf_counter()
+            inputs = load_batch_inputs(conn, score_date, batch, group.markets)
             output = score_batch(
-                conn,
+                inputs,
+                load_seconds=time.perf_counter() - started,
                 score_date=score_date,
                 batch=batch,
                 job_correlation_id=correlation_id,

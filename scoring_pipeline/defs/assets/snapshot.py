@@ -1,25 +1,20 @@
-"""Shared pieces of the asset modules: the snapshot config and metadata conversion."""
+"""The body the daily snapshot assets share (exchange rates, prices): take the date's snapshot,
+record its figures on the group's night, or fail that night clearly; and their run config."""
 
 import datetime as dt
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import dagster as dg
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Connection
 
 from scoring_pipeline import telemetry
-from scoring_pipeline.defs.market_groups import MarketGroup, group_of_run
+from scoring_pipeline.defs.market_groups import MarketGroup
+from scoring_pipeline.defs.resources import DatabaseResource
+from scoring_pipeline.defs.run_tags import night_traceparent
 from scoring_pipeline.errors import SnapshotUnavailableError
 from scoring_pipeline.store import night_lifecycle
-from scoring_pipeline.telemetry import TRACEPARENT
-
-# Set by a schedule's run request: when the tick was due, how many seconds late it launched.
-SCHEDULED_FOR_TAG = "scoring/scheduled_for"
-LATE_TAG = "scoring/launched_late_s"
-
-if TYPE_CHECKING:
-    from scoring_pipeline.defs.resources import DatabaseResource
 
 
 class SnapshotConfig(dg.Config):
@@ -28,56 +23,13 @@ class SnapshotConfig(dg.Config):
     refresh: bool = False
 
 
-def run_traceparent(context: dg.AssetExecutionContext | dg.OpExecutionContext) -> str | None:
-    """The night's trace context carried in the run's tags (schedule, sensor, CLI)."""
-    return context.run.tags.get(TRACEPARENT)
-
-
-def run_group(
-    context: dg.AssetExecutionContext | dg.OpExecutionContext, groups: dict[str, MarketGroup]
-) -> MarketGroup | None:
-    """The market group whose night the run belongs to (`group_of_run`), or None."""
-    return group_of_run(context.run.tags, groups)
-
-
-def night_traceparent(
-    context: dg.AssetExecutionContext | dg.OpExecutionContext,
-    engine: Engine,
-    score_date: dt.date,
-    market_group: str = night_lifecycle.ALL_MARKETS,
-) -> str | None:
-    """The run's trace context, else the one the date's night recorded when it started (a run
-    launched by hand or by a backfill carries none)."""
-    tagged = run_traceparent(context)
-    if tagged:
-        return tagged
-    with engine.connect() as conn:
-        return night_lifecycle.night_traceparent(conn, score_date, market_group=market_group)
-
-
 def score_date_of(context: dg.AssetExecutionContext) -> dt.date:
     return dt.date.fromisoformat(context.partition_key)
 
 
-def as_metadata(values: dict[str, Any]) -> dict[str, dg.MetadataValue[Any]]:
-    out: dict[str, dg.MetadataValue[Any]] = {}
-    for key, value in values.items():
-        if isinstance(value, bool):
-            out[key] = dg.MetadataValue.bool(value)
-        elif isinstance(value, int):
-            out[key] = dg.MetadataValue.int(value)
-        elif isinstance(value, float):
-            out[key] = dg.MetadataValue.float(value)
-        elif isinstance(value, list | dict):
-            out[key] = dg.MetadataValue.json(value)
-        elif value is not None:
-            out[key] = dg.MetadataValue.text(str(value))
-    return out
-
-
 def materialize_snapshot(
     context: dg.AssetExecutionContext,
-    database: "DatabaseResource",
+    database: DatabaseResource,
     *,
     step: str,
     figure: str,
@@ -111,7 +63,7 @@ def materialize_snapshot(
         raise
     if summary["is_stale"]:
         context.log.warning(f"{step} for {score_date} are STALE: {summary}")
-    return dg.MaterializeResult(metadata=as_metadata(summary))
+    return dg.MaterializeResult(metadata=summary)
 
 
 def _merge_figures(

@@ -1,0 +1,43 @@
+"""What a run's tags say about its night: its trace context, its market group and when a
+schedule meant it to start. The schedule, the batch sensor and the CLI set them; the assets read
+them."""
+
+import datetime as dt
+
+import dagster as dg
+from sqlalchemy.engine import Engine
+
+from scoring_pipeline.defs.market_groups import MarketGroup, group_of_run
+from scoring_pipeline.store import night_lifecycle
+from scoring_pipeline.telemetry import TRACEPARENT
+
+# Set by a schedule's run request: when the tick was due, how many seconds late it launched.
+SCHEDULED_FOR_TAG = "scoring/scheduled_for"
+LATE_TAG = "scoring/launched_late_s"
+
+
+def run_traceparent(context: dg.AssetExecutionContext | dg.OpExecutionContext) -> str | None:
+    """The night's trace context carried in the run's tags (schedule, sensor, CLI)."""
+    return context.run.tags.get(TRACEPARENT)
+
+
+def run_group(
+    context: dg.AssetExecutionContext | dg.OpExecutionContext, groups: dict[str, MarketGroup]
+) -> MarketGroup | None:
+    """The market group whose night the run belongs to (`group_of_run`), or None."""
+    return group_of_run(context.run.tags, groups)
+
+
+def night_traceparent(
+    context: dg.AssetExecutionContext | dg.OpExecutionContext,
+    engine: Engine,
+    score_date: dt.date,
+    market_group: str = night_lifecycle.ALL_MARKETS,
+) -> str | None:
+    """The run's trace context, else the one the date's night recorded when it started (a run
+    launched by hand or by a backfill carries none)."""
+    tagged = run_traceparent(context)
+    if tagged:
+        return tagged
+    with engine.connect() as conn:
+        return night_lifecycle.night_traceparent(conn, score_date, market_group=market_group)

@@ -1,0 +1,222 @@
+"""Scoring of one batch from its inputs: each user scored and their calculation's events built.
+
+One user's failure (invalid criteria, a missing rate, anything unexpected) is recorded with its
+stage and never stops the batch. Nothing here reads or writes: the store loads the inputs and the
+scores IO manager persists the result.
+"""
+
+import datetime as dt
+import gc
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from scoring_pipeline.engine.batch_inputs import BatchInputs, UserRow
+from scoring_pipeline.engine.json_text import dumps
+from scoring_pipeline.engine.payloads import capture_inputs_json, results_json, universe_key
+from scoring_pipeline.engine.scoring import AssetScore, metric_texts, score_criteria_set
+from scoring_pipeline.errors import UserCalculationError
+
+
+@contextmanager
+def gc_paused() -> Iterator[None]:
+    """No cyclic garbage collection inside: scoring a batch allocates hundreds of thousands of
+    short-lived objects, all freed by reference counting, and each collection the allocations
+    would trigger also scans the run worker's large, long-lived Dagster heap. Collection resumes
+    (with whatever cycles built up meanwhile) on leaving, also on error."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+@dataclass(slots=True)
+class UserOutcome:
+    user_id: str
+    correlation_id: str
+    base_currency: str
+    events: list[tuple[str, dict[str, Any] | str]]  # payload as a dict, or as JSON text
+    scores: list[AssetScore] = field(default_factory=list)
+    error: dict[str, str] | None = None
+    stage: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+@dataclass(slots=True)
+class BatchOutput:
+    """Everything one batch partition produced, ready for the IO manager."""
+
+    score_date: dt.date
+    batch_key: str
+    job_correlation_id: str
+    calculated_at: dt.datetime
+    users: list[UserOutcome]
+    users_skipped: list[str]
+    duration_ms: int = 0
+    timings: dict[str, int] = field(default_factory=dict)
+    # The night's metric texts of what the successful users were scored on, as JSON objects by
+    # (symbol, base currency): with `outcomes`, the stored form of every breakdown (SPEC §4).
+    metric_values: dict[tuple[str, str], str] = field(default_factory=dict)
+    # The market group whose night this is, and its markets (None: every market): its writes
+    # replace only scores of these markets (SPEC §6 per-market nights).
+    market_group: str = "all"
+    markets: tuple[str, ...] | None = None
+
+    @property
+    def succeeded(self) -> list[UserOutcome]:
+        return [u for u in self.users if u.ok]
+
+    @property
+    def failed(self) -> list[UserOutcome]:
+        return [u for u in self.users if not u.ok]
+
+    @property
+    def assets_scored(self) -> int:
+        return sum(len(u.scores) for u in self.succeeded)
+
+
+def batch_metric_values(
+    inputs: BatchInputs, users: list[UserOutcome]
+) -> dict[tuple[str, str], str]:
+    """The metric texts (JSON) of every (symbol, base currency) the users were scored on."""
+    instruments = {i.symbol: i for universe in inputs.universes.values() for i in universe}
+    usd_rates = inputs.usd_rates
+    out: dict[tuple[str, str], str] = {}
+    for user in users:
+        for s in user.scores:
+            key = (s.symbol, user.base_currency)
+            if key not in out:
+                texts = metric_texts(
+                    instruments[s.symbol], base_currency=user.base_currency, usd_rates=usd_rates
+                )
+                out[key] = dumps(dict(sorted(texts.items())))
+    return out
+
+
+def score_user(
+    user: UserRow,
+    inputs: BatchInputs,
+    *,
+    score_date: dt.date,
+    batch: str,
+    job_correlation_id: str,
+) -> UserOutcome:
+    """Score one user; never raises for the user's own data, it records the failure instead."""
+    started = time.perf_counter()
+    correlation_id = str(uuid.uuid4())
+    outcome = UserOutcome(user.user_id, correlation_id, user.base_currency, events=[])
+    outcome.events.append(
+        (
+            "CALC_STARTED",
+            {
+                "correlationId": correlation_id,
+                "userId": user.user_id,
+                "timestamp": dt.datetime.now(dt.UTC).isoformat(),
+                "scoreDate": score_date.isoformat(),
+                "batchKey": batch,
+                "jobCorrelationId": job_correlation_id,
+            },
+        )
+    )
+    stage = "criteria_validation"
+    try:
+        sets = [c.parse() for c in inputs.criteria.get(user.user_id, [])]
+        stage = "inputs_capture"
+        outcome.events.append(
+            ("INPUTS_CAPTURED", capture_inputs_json(correlation_id, user, sets, inputs))
+        )
+        stage = "scoring"
+        usd_rates = inputs.usd_rates
+        for cs in sets:
+            universe = inputs.universes.get(universe_key(cs), [])
+            engine_started, engine_cpu_started = time.perf_counter(), time.thread_time()
+            result = score_criteria_set(
+                cs,
+                universe,
+                base_currency=user.base_currency,
+                usd_rates=usd_rates,
+                metrics_cache=inputs.metrics_cache,
+            )
+            inputs.engine_seconds += time.perf_counter() - engine_started
+            inputs.engine_cpu_seconds += time.thread_time() - engine_cpu_started
+            inputs.rule_evaluations += len(cs.rules) * len(universe)
+            outcome.scores.extend(result.scores)
+        outcome.events.append(("SCORES_COMPUTED", results_json(correlation_id, outcome.scores)))
+    except Exception as exc:  # one user's failure never stops the batch
+        if isinstance(exc, UserCalculationError):
+            stage = exc.stage
+        outcome.scores = []
+        outcome.stage = stage
+        outcome.error = {"type": type(exc).__name__, "message": str(exc)}
+        outcome.events = [e for e in outcome.events if e[0] != "SCORES_COMPUTED"]
+    duration_ms = int((time.perf_counter() - started) * 1000)
+    completed: dict[str, Any] = {
+        "correlationId": correlation_id,
+        "durationMs": duration_ms,
+        "assetCount": len(outcome.scores),
+        "status": "success" if outcome.ok else "failed",
+    }
+    if not outcome.ok:
+        completed["stage"] = outcome.stage
+        completed["error"] = outcome.error
+    outcome.events.append(("CALC_COMPLETED", completed))
+    return outcome
+
+
+def score_batch(
+    inputs: BatchInputs,
+    *,
+    score_date: dt.date,
+    batch: str,
+    job_correlation_id: str,
+    market_group: str = "all",
+    markets: Sequence[str] | None = None,
+    load_seconds: float = 0.0,
+) -> BatchOutput:
+    """Every member of the batch scored (or skipped: criteria deactivated since the membership
+    was frozen); `load_seconds`, the time the store took to read `inputs`, joins the timings."""
+    loaded = time.perf_counter()
+    started = loaded - load_seconds
+    output = BatchOutput(
+        score_date=score_date,
+        batch_key=batch,
+        job_correlation_id=job_correlation_id,
+        calculated_at=dt.datetime.now(dt.UTC),
+        users=[],
+        users_skipped=[],
+        market_group=market_group,
+        markets=tuple(markets) if markets is not None else None,
+    )
+    with gc_paused():
+        for user in inputs.users:
+            if not inputs.criteria.get(user.user_id):
+                output.users_skipped.append(user.user_id)  # criteria deactivated since membership
+                continue
+            output.users.append(
+                score_user(
+                    user,
+                    inputs,
+                    score_date=score_date,
+                    batch=batch,
+                    job_correlation_id=job_correlation_id,
+                )
+            )
+        output.metric_values = batch_metric_values(inputs, output.succeeded)
+    output.duration_ms = int((time.perf_counter() - started) * 1000)
+    output.timings = {
+        "load_ms": int((loaded - started) * 1000),
+        "engine_ms": int(inputs.engine_seconds * 1000),
+        "engine_cpu_ms": int(inputs.engine_cpu_seconds * 1000),
+        "build_ms": int((time.perf_counter() - loaded - inputs.engine_seconds) * 1000),
+        "rule_evaluations": inputs.rule_evaluations,
+    }
+    return output

@@ -1,0 +1,177 @@
+"""The calculation events' payloads as JSON text (SPEC §5): INPUTS_CAPTURED, built from pieces
+shared by a batch's users, and SCORES_COMPUTED with each breakdown in its compact form."""
+
+from collections.abc import Iterable
+from typing import Any, NamedTuple
+
+from scoring_pipeline.engine.batch_inputs import BatchInputs, UserRow
+from scoring_pipeline.engine.criteria import CONVERTED_METRICS, FUNDAMENTAL_FIELDS, CriteriaSet
+from scoring_pipeline.engine.json_text import dumps, plain
+from scoring_pipeline.engine.scoring import AssetScore, InstrumentData
+
+# Which raw fundamentals each metric reads: INPUTS_CAPTURED keeps exactly those.
+METRIC_FIELDS: dict[str, tuple[str, ...]] = {
+    "price": (),
+    "pe_ratio": ("eps",),
+    "pb_ratio": ("book_value_per_share",),
+    "dividend_yield": ("dividends_per_share",),
+    "market_cap": ("shares_outstanding",),
+    **{name: (name,) for name in FUNDAMENTAL_FIELDS},
+}
+
+
+def _used_fields(sets: list[CriteriaSet]) -> list[str]:
+    names: set[str] = set()
+    for cs in sets:
+        for rule in cs.rules:
+            for metric in (rule.metric, *rule.required):
+                names.update(METRIC_FIELDS.get(metric, ()))
+    return sorted(names)
+
+
+def _needed_currencies(sets: list[CriteriaSet], inputs: BatchInputs, base: str) -> set[str]:
+    needed = {base}
+    for cs in sets:
+        if any(m in CONVERTED_METRICS for rule in cs.rules for m in (rule.metric, *rule.required)):
+            needed.update(i.currency for i in inputs.universes.get(universe_key(cs), []))
+    return needed
+
+
+def universe_key(cs: CriteriaSet) -> tuple[str, str]:
+    return (cs.target_market, cs.asset_type)
+
+
+def _price_piece(inputs: BatchInputs, i: InstrumentData) -> str:
+    key = ("price", i.symbol)
+    piece: str | None = inputs.json_pieces.get(key)
+    if piece is None:
+        row = inputs.prices.get(i.symbol)
+        piece = inputs.json_pieces[key] = dumps(
+            {
+                "symbol": i.symbol,
+                "close": plain(i.close),
+                "currency": i.currency,
+                "priceDate": row.price_date.isoformat() if row and row.price_date else None,
+                "source": row.source if row else None,
+            }
+        )
+    return piece
+
+
+def _fundamental_pieces(inputs: BatchInputs, i: InstrumentData) -> tuple[str, dict[str, str]]:
+    """`"SYMBOL":{"dataDate":"…"` and, per field present, `"field":"value"` (JSON text)."""
+    key = ("fundamentals", i.symbol)
+    found: tuple[str, dict[str, str]] | None = inputs.json_pieces.get(key)
+    if found is None:
+        head = f'{dumps(i.symbol)}:{{"dataDate":"{inputs.fundamentals_date[i.symbol]}"'
+        fields = {
+            name: f'"{name}":"{plain(value)}"'
+            for name, value in i.fundamentals.items()
+            if value is not None
+        }
+        found = inputs.json_pieces[key] = (head, fields)
+    return found
+
+
+class _UniverseText(NamedTuple):
+    """One universe's part of INPUTS_CAPTURED, as JSON text without the enclosing brackets."""
+
+    prices: str  # price entries, comma-separated
+    symbols: str  # the symbols as JSON strings, comma-separated
+    fundamentals: str  # `"SYMBOL":{…}` members with the given fields, comma-separated
+
+
+def _universe_text(
+    inputs: BatchInputs, key: tuple[str, str], fields: tuple[str, ...]
+) -> _UniverseText:
+    """Built once per batch for each universe and set of captured fields: the batch's users
+    share universes, so a user's INPUTS_CAPTURED is a join of a few of these."""
+    cache_key = ("universe", key, fields)
+    found: _UniverseText | None = inputs.json_pieces.get(cache_key)
+    if found is None:
+        universe = inputs.universes.get(key, [])
+        fundamentals = []
+        for i in universe:
+            if i.symbol in inputs.fundamentals_date:
+                head, pieces = _fundamental_pieces(inputs, i)
+                values = "".join("," + pieces[name] for name in fields if name in pieces)
+                fundamentals.append(f"{head}{values}}}")
+        found = inputs.json_pieces[cache_key] = _UniverseText(
+            prices=",".join(_price_piece(inputs, i) for i in universe),
+            symbols=",".join(dumps(i.symbol) for i in universe),
+            fundamentals=",".join(fundamentals),
+        )
+    return found
+
+
+def _joined(parts: Iterable[str]) -> str:
+    return ",".join(p for p in parts if p)
+
+
+def capture_inputs_json(
+    correlation_id: str, user: UserRow, sets: list[CriteriaSet], inputs: BatchInputs
+) -> str:
+    """INPUTS_CAPTURED as JSON text: enough to recompute SCORES_COMPUTED exactly.
+
+    Built from text shared by the batch's users (a universe's prices and fundamentals are the
+    same text whoever's calculation captures them); equal once parsed to the straightforward
+    dict in the tests' reference.
+    """
+    # A criteria set's universe is its own (one market and asset type): its instruments carry
+    # the raw values that set's rules read, not those of the user's other sets.
+    texts = [_universe_text(inputs, universe_key(cs), tuple(_used_fields([cs]))) for cs in sets]
+    rates = [
+        {
+            "from": "USD",
+            "to": r.quote_currency,
+            "rate": plain(r.rate),
+            "rateDate": r.rate_date.isoformat(),
+            "source": r.source,
+        }
+        for c in sorted(_needed_currencies(sets, inputs, user.base_currency))
+        if (r := inputs.rates.get(c)) is not None
+    ]
+    criteria = ",".join(
+        f'{{"criteriaVersionId":{dumps(cs.criteria_version_id)},'
+        f'"targetMarket":{dumps(cs.target_market)},"assetType":{dumps(cs.asset_type)},'
+        f'"version":{dumps(cs.version)},"rules":{dumps(cs.raw_rules)},'
+        f'"assetIds":[{text.symbols}]}}'
+        for cs, text in zip(sets, texts, strict=True)
+    )
+    return (
+        f'{{"correlationId":"{correlation_id}","baseCurrency":{dumps(user.base_currency)},'
+        f'"criteria":[{criteria}],"prices":[{_joined(t.prices for t in texts)}],'
+        f'"rates":{dumps(rates)},'
+        f'"fundamentals":{{{_joined(t.fundamentals for t in texts)}}},'
+        f'"assetIds":[{_joined(t.symbols for t in texts)}]}}'
+    )
+
+
+def results_json(correlation_id: str, scores: list[AssetScore]) -> str:
+    """SCORES_COMPUTED as JSON text, each breakdown in its compact form (equal to
+    `results_payload`): the canonical one is rebuilt from it and INPUTS_CAPTURED (replay)."""
+    parts = [
+        f'{{"assetId":{dumps(s.symbol)},"criteriaVersionId":"{s.criteria_version_id}",'
+        f'"score":"{format(s.score, "f")}",'
+        f'"maxPossibleScore":"{format(s.max_possible_score, "f")}",'
+        f'"percentage":{dumps(plain(s.percentage))},"outcomes":"{s.outcomes}"}}'
+        for s in scores
+    ]
+    return f'{{"correlationId":"{correlation_id}","results":[{",".join(parts)}]}}'
+
+
+def results_payload(correlation_id: str, scores: list[AssetScore]) -> dict[str, Any]:
+    return {
+        "correlationId": correlation_id,
+        "results": [
+            {
+                "assetId": s.symbol,
+                "criteriaVersionId": s.criteria_version_id,
+                "score": plain(s.score),
+                "maxPossibleScore": plain(s.max_possible_score),
+                "percentage": plain(s.percentage),
+                "outcomes": s.outcomes,
+            }
+            for s in scores
+        ],
+    }

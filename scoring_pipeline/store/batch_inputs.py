@@ -1,0 +1,125 @@
+"""A batch's inputs read from the date's frozen snapshots and membership: its users (of the
+market group's markets), their criteria sets, the universes with prices and fundamentals, rates."""
+
+import datetime as dt
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from decimal import Decimal
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from scoring_pipeline.engine.batch_inputs import BatchInputs, CriteriaRow, UserRow
+from scoring_pipeline.engine.scoring import InstrumentData
+from scoring_pipeline.store.snapshots import load_prices, load_rates
+from scoring_pipeline.store.tables import FUNDAMENTAL_COLUMNS
+
+_IN_MARKETS = "(CAST(:m AS text[]) IS NULL OR target_market = ANY(CAST(:m AS text[])))"
+
+
+def _load_users(
+    conn: Connection, score_date: dt.date, batch: str, markets: Sequence[str] | None
+) -> list[UserRow]:
+    """The batch's members; for a market group, those with an active criteria set in it."""
+    rows = conn.execute(
+        sa.text(
+            "SELECT b.user_id, u.base_currency FROM scoring_batches b "
+            "JOIN users u ON u.id = b.user_id "
+            "WHERE b.score_date = :d AND b.batch_key = :b AND (CAST(:m AS text[]) IS NULL OR "
+            "EXISTS (SELECT 1 FROM criteria_versions c WHERE c.user_id = b.user_id "
+            f"AND c.is_active AND {_IN_MARKETS})) ORDER BY b.user_id"
+        ),
+        {"d": score_date, "b": batch, "m": list(markets) if markets is not None else None},
+    ).all()
+    return [UserRow(str(r.user_id), str(r.base_currency).strip().upper()) for r in rows]
+
+
+def _load_criteria(
+    conn: Connection, user_ids: list[str], markets: Sequence[str] | None
+) -> dict[str, list[CriteriaRow]]:
+    """The highest active version of each (user, market, asset type) criteria set (of the
+    group's markets only, for a market group)."""
+    rows = conn.execute(
+        sa.text(
+            "SELECT DISTINCT ON (user_id, target_market, asset_type) id, user_id, "
+            "target_market, asset_type, version, rules::text AS rules_text "
+            "FROM criteria_versions WHERE is_active AND user_id = ANY(CAST(:u AS uuid[])) "
+            f"AND {_IN_MARKETS} "
+            "ORDER BY user_id, target_market, asset_type, version DESC, created_at DESC"
+        ),
+        {"u": user_ids, "m": list(markets) if markets is not None else None},
+    ).all()
+    out: dict[str, list[CriteriaRow]] = defaultdict(list)
+    for r in rows:
+        out[str(r.user_id)].append(
+            CriteriaRow(
+                str(r.id), str(r.user_id), r.target_market, r.asset_type, r.version, r.rules_text
+            )
+        )
+    return out
+
+
+def _load_universes(
+    conn: Connection, score_date: dt.date, keys: Iterable[tuple[str, str]]
+) -> tuple[dict[tuple[str, str], list[InstrumentData]], dict[str, dt.date], dict[str, Any]]:
+    keys = sorted(set(keys))
+    if not keys:
+        return {}, {}, {}
+    markets = [k[0] for k in keys]
+    types = [k[1] for k in keys]
+    instruments = conn.execute(
+        sa.text(
+            "SELECT i.symbol, i.market, i.asset_type, i.currency FROM instruments i "
+            "JOIN unnest(CAST(:m AS text[]), CAST(:t AS text[])) AS k(market, asset_type) "
+            "ON k.market = i.market AND k.asset_type = i.asset_type ORDER BY i.symbol"
+        ),
+        {"m": markets, "t": types},
+    ).all()
+    symbols = [r.symbol for r in instruments]
+    columns = ", ".join(FUNDAMENTAL_COLUMNS)
+    fundamentals = conn.execute(
+        sa.text(
+            f"SELECT DISTINCT ON (symbol) symbol, data_date, {columns} "
+            "FROM instrument_fundamentals WHERE symbol = ANY(:s) AND data_date <= :d "
+            "ORDER BY symbol, data_date DESC"
+        ),
+        {"s": symbols, "d": score_date},
+    ).all()
+    by_symbol = {r.symbol: r for r in fundamentals}
+    prices = load_prices(conn, score_date, symbols)
+    universes: dict[tuple[str, str], list[InstrumentData]] = defaultdict(list)
+    dates: dict[str, dt.date] = {}
+    for r in instruments:
+        f = by_symbol.get(r.symbol)
+        values: dict[str, Decimal | None] = {}
+        if f is not None:
+            dates[r.symbol] = f.data_date
+            values = {c: getattr(f, c) for c in FUNDAMENTAL_COLUMNS if getattr(f, c) is not None}
+        price = prices.get(r.symbol)
+        universes[(r.market, r.asset_type)].append(
+            InstrumentData(
+                symbol=r.symbol,
+                currency=str(r.currency).strip().upper(),
+                close=price.close if price else None,
+                fundamentals=values,
+            )
+        )
+    return universes, dates, dict(prices)
+
+
+def load_batch_inputs(
+    conn: Connection, score_date: dt.date, batch: str, markets: Sequence[str] | None = None
+) -> BatchInputs:
+    users = _load_users(conn, score_date, batch, markets)
+    criteria = _load_criteria(conn, [u.user_id for u in users], markets)
+    keys = {(c.target_market, c.asset_type) for rows in criteria.values() for c in rows}
+    universes, dates, prices = _load_universes(conn, score_date, keys)
+    return BatchInputs(
+        users=users,
+        criteria=criteria,
+        universes=universes,
+        fundamentals_date=dates,
+        prices=prices,
+        rates=load_rates(conn, score_date),
+    )

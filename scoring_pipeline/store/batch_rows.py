@@ -1,0 +1,83 @@
+"""A batch's output as COPY text lines for `asset_scores`, `score_history` and
+`calculation_events`, serialised once before the write transaction opens (no locks held)."""
+
+from dataclasses import dataclass
+
+from scoring_pipeline.engine.batch import BatchOutput
+from scoring_pipeline.engine.json_text import dumps
+from scoring_pipeline.store.copy import copy_field
+
+SCORE_COLUMNS = (
+    "user_id",
+    "symbol",
+    "criteria_version_id",
+    "score",
+    "max_possible_score",
+    "percentage",
+    "score_date",
+    "correlation_id",
+    "calculated_at",
+    "outcomes",
+    "base_currency",
+)
+HISTORY_COLUMNS = (
+    "user_id",
+    "symbol",
+    "score_date",
+    "criteria_version_id",
+    "score",
+    "correlation_id",
+    "calculated_at",
+    "outcomes",
+    "base_currency",
+)
+EVENT_COLUMNS = (
+    "correlation_id",
+    "user_id",
+    "event_type",
+    "payload",
+    "created_at",
+    "score_date",
+)
+
+
+@dataclass
+class PreparedBatch:
+    """The batch's COPY text, built before the write transaction opens (no locks held)."""
+
+    scores_by_user: dict[str, list[str]]
+    history: list[str]
+    events: list[str]
+    rows: int
+
+
+def prepare_batch(output: BatchOutput) -> PreparedBatch:
+    """Serialise every row once, in COPY's text format."""
+    date = output.score_date.isoformat()
+    at = output.calculated_at.isoformat()
+    scores_by_user: dict[str, list[str]] = {}
+    history: list[str] = []
+    for user in output.succeeded:
+        lines = scores_by_user[user.user_id] = []
+        prefix = f"{user.user_id}\t"
+        suffix = f"\t{user.correlation_id}\t{at}\t"
+        base = f"\t{user.base_currency}\n"
+        for s in user.scores:
+            symbol = copy_field(s.symbol)
+            score = format(s.score, "f")
+            lines.append(
+                f"{prefix}{symbol}\t{s.criteria_version_id}\t{score}\t"
+                f"{format(s.max_possible_score, 'f')}\t{copy_field(s.percentage)}\t"
+                f"{date}{suffix}{s.outcomes}{base}"
+            )
+            history.append(
+                f"{prefix}{symbol}\t{date}\t{s.criteria_version_id}\t{score}{suffix}"
+                f"{s.outcomes}{base}"
+            )
+    events = [
+        f"{u.correlation_id}\t{u.user_id}\t{event_type}\t"
+        f"{copy_field(payload if isinstance(payload, str) else dumps(payload))}\t{at}\t{date}\n"
+        for u in output.users
+        for event_type, payload in u.events
+    ]
+    return PreparedBatch(scores_by_user, history, events, len(history))
