@@ -9,10 +9,8 @@ from typing import Any, NamedTuple
 from scoring_pipeline.engine.criteria import (
     CriteriaSet,
 )
-from scoring_pipeline.engine.scoring import (
-    InstrumentData,
-    SetOutcome,
-)
+from scoring_pipeline.engine.metrics import InstrumentData
+from scoring_pipeline.engine.scoring import SetOutcome
 from scoring_pipeline.errors import MissingRateError
 
 REF_CONTEXT = decimal.Context(prec=20, rounding=ROUND_HALF_UP)

@@ -463,8 +463,9 @@ def _figures(
 def engine_alone(engine: Engine, score_date: dt.date, batch: str = "b0000") -> float:
     """Rule evaluations per second of the engine on one batch's inputs, nothing else running:
     best of 5, each with a fresh batch cache (as a batch run starts)."""
+    from scoring_pipeline.engine.columns import MetricsCache
     from scoring_pipeline.engine.payloads import universe_key
-    from scoring_pipeline.engine.scoring import MetricsCache, score_criteria_set
+    from scoring_pipeline.engine.scoring import score_criteria_set
     from scoring_pipeline.store.batch_inputs import load_batch_inputs
 
     with engine.connect() as conn:

@@ -16,8 +16,9 @@ from typing import Any
 
 from scoring_pipeline.engine.batch_inputs import BatchInputs, UserRow
 from scoring_pipeline.engine.json_text import dumps
+from scoring_pipeline.engine.metrics import metric_texts
 from scoring_pipeline.engine.payloads import capture_inputs_json, results_json, universe_key
-from scoring_pipeline.engine.scoring import AssetScore, metric_texts, score_criteria_set
+from scoring_pipeline.engine.scoring import AssetScore, score_criteria_set
 from scoring_pipeline.errors import UserCalculationError
 
 

@@ -7,8 +7,9 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Protocol
 
+from scoring_pipeline.engine.columns import MetricsCache
 from scoring_pipeline.engine.criteria import CriteriaSet, parse_criteria
-from scoring_pipeline.engine.scoring import InstrumentData, MetricsCache
+from scoring_pipeline.engine.metrics import InstrumentData
 
 
 class QuotedRate(Protocol):

@@ -7,7 +7,8 @@ from typing import Any, NamedTuple
 from scoring_pipeline.engine.batch_inputs import BatchInputs, UserRow
 from scoring_pipeline.engine.criteria import CONVERTED_METRICS, FUNDAMENTAL_FIELDS, CriteriaSet
 from scoring_pipeline.engine.json_text import dumps, plain
-from scoring_pipeline.engine.scoring import AssetScore, InstrumentData
+from scoring_pipeline.engine.metrics import InstrumentData
+from scoring_pipeline.engine.scoring import AssetScore
 
 # Which raw fundamentals each metric reads: INPUTS_CAPTURED keeps exactly those.
 METRIC_FIELDS: dict[str, tuple[str, ...]] = {

@@ -12,8 +12,9 @@ from decimal import Decimal
 from typing import Any
 
 from scoring_pipeline.engine.criteria import parse_criteria
+from scoring_pipeline.engine.metrics import InstrumentData
 from scoring_pipeline.engine.payloads import results_payload
-from scoring_pipeline.engine.scoring import AssetScore, InstrumentData, score_criteria_set
+from scoring_pipeline.engine.scoring import AssetScore, score_criteria_set
 from scoring_pipeline.errors import ReplayError
 
 

@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from scoring_pipeline.engine.batch_inputs import BatchInputs, CriteriaRow, UserRow
-from scoring_pipeline.engine.scoring import InstrumentData
+from scoring_pipeline.engine.metrics import InstrumentData
 from scoring_pipeline.store.snapshots import load_prices, load_rates
 from scoring_pipeline.store.tables import FUNDAMENTAL_COLUMNS
 

@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from scoring_pipeline.engine.json_text import plain
-from scoring_pipeline.engine.scoring import SCORE_CONTEXT, rate_between
+from scoring_pipeline.engine.metrics import SCORE_CONTEXT, rate_between
 from scoring_pipeline.errors import MissingRateError
 from scoring_pipeline.store.snapshots import load_rates
 

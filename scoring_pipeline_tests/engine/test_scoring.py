@@ -18,6 +18,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from scoring_pipeline.engine.columns import MetricsCache
 from scoring_pipeline.engine.criteria import (
     CONVERTED_METRICS,
     FUNDAMENTAL_FIELDS,
@@ -26,16 +27,17 @@ from scoring_pipeline.engine.criteria import (
     CriteriaSet,
     parse_criteria,
 )
-from scoring_pipeline.engine.scoring import (
+from scoring_pipeline.engine.metrics import (
     SCORE_CONTEXT,
-    AssetScore,
     InstrumentData,
-    MetricsCache,
-    SetOutcome,
-    canonical_breakdown_json,
     compute_metrics,
     metric_texts,
     rate_between,
+)
+from scoring_pipeline.engine.scoring import (
+    AssetScore,
+    SetOutcome,
+    canonical_breakdown_json,
     score_criteria_set,
 )
 from scoring_pipeline.errors import MissingRateError

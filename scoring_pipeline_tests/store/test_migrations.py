@@ -11,7 +11,8 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 
 from scoring_pipeline.engine.criteria import parse_criteria
-from scoring_pipeline.engine.scoring import InstrumentData, score_criteria_set
+from scoring_pipeline.engine.metrics import InstrumentData
+from scoring_pipeline.engine.scoring import score_criteria_set
 from scoring_pipeline.store import db
 from scoring_pipeline.store.tables import metadata
 

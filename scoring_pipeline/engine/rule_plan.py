@@ -1,0 +1,178 @@
+"""A criteria set compiled for evaluation over a universe's columns, one rule at a time: each
+instrument's outcome characters and points, and the canonical breakdown's text they stand for."""
+
+import json
+from collections.abc import Callable
+from decimal import ROUND_HALF_UP, Decimal
+
+from scoring_pipeline.engine.columns import UniverseColumns
+from scoring_pipeline.engine.criteria import CONVERTED_METRICS, CriteriaSet
+from scoring_pipeline.engine.metrics import SCORE_CONTEXT
+
+MISSING_FUNDAMENTAL = "missing_fundamental"
+# Tails of a breakdown entry's JSON text (see `RulePlan`): the entry is built from cached pieces.
+_SKIPPED_TAIL = f',"skippedReason":"{MISSING_FUNDAMENTAL}"}}'
+_QUANTUM = Decimal("0.0001")
+_HUNDRED = Decimal(100)
+_ENCODE = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+_divide = SCORE_CONTEXT.divide
+_multiply = SCORE_CONTEXT.multiply
+
+# A rule's outcome on one instrument, one character per rule in the compact form (SPEC §4).
+MATCHED, UNMATCHED, SKIPPED = "m", "u", "s"
+
+
+class RulePlan:
+    """A criteria set compiled for fast evaluation over a universe, one rule at a time.
+
+    A breakdown entry is a head made once per rule (`{"ruleId":…,"matched":…,"points":…`, or
+    the whole entry when it has no value) followed by the universe's text for the value (see
+    `UniverseColumns`): no object is built or encoded per rule and instrument. Heads carry the
+    separator before them (`[` for the first rule, `,` after), so an instrument's breakdown is
+    the concatenation of its heads and tails and a closing `]`.
+    """
+
+    __slots__ = ("criteria_version_id", "rules", "converts", "max_score", "maximum", "_results")
+
+    def __init__(self, criteria: CriteriaSet) -> None:
+        self.criteria_version_id = criteria.criteria_version_id
+        # Per rule: the heads of its entry when matched and when not, its whole entry when
+        # skipped for a missing value, and when an `exists` rule matches without a value; then
+        # metric, test (None for exists), points, whether the metric itself is required, and
+        # the other required names (usually none).
+        rules = []
+        for index, rule in enumerate(criteria.rules):
+            head = ("[" if index == 0 else ",") + '{"ruleId":' + _ENCODE(rule.id) + ',"matched":'
+            matched, unmatched = f'{head}true,"points":{rule.points}', f'{head}false,"points":0'
+            rules.append(
+                (
+                    matched,
+                    unmatched,
+                    unmatched + _SKIPPED_TAIL,
+                    matched + "}",
+                    rule.metric,
+                    _comparison(rule.operator, rule.value, rule.value2),
+                    rule.points,
+                    rule.metric in rule.required,
+                    tuple(name for name in rule.required if name != rule.metric),
+                )
+            )
+        self.rules = tuple(rules)
+        names: dict[str, None] = {}
+        for rule in criteria.rules:
+            names[rule.metric] = None
+            names.update(dict.fromkeys(rule.required))
+        self.converts = not CONVERTED_METRICS.isdisjoint(names)
+        self.max_score = sum(rule.points for rule in criteria.rules if rule.points > 0)
+        self.maximum = _quantize(Decimal(self.max_score))
+        # Scores are small integers, so (score, percentage) repeat a lot across instruments.
+        self._results: dict[int, tuple[Decimal, Decimal | None]] = {}
+
+    def evaluate(self, count: int, universe: UniverseColumns) -> tuple[list[str], list[int]]:
+        """Each of the universe's `count` instruments' outcome characters (one per rule, in
+        rule order) and points."""
+        totals = [0] * count
+        codes: list[list[str]] = []
+        for _m, _u, _s, _e, metric, test, points, metric_required, others in self.rules:
+            column = universe.column(metric)
+            if others or not metric_required:
+                rule_codes = _general_rule(
+                    (test, points, others), metric_required, universe, column, totals
+                )
+            elif test is None:  # `exists` of a required metric: matched when present
+                rule_codes = [SKIPPED if x is None else MATCHED for x in column]
+            else:
+                rule_codes = [
+                    SKIPPED if x is None else MATCHED if test(x) else UNMATCHED for x in column
+                ]
+            if points and not (others or not metric_required):
+                totals = [
+                    t + points if c is MATCHED else t
+                    for t, c in zip(totals, rule_codes, strict=True)
+                ]
+            codes.append(rule_codes)
+        outcomes = ["".join(parts) for parts in zip(*codes, strict=True)] if codes else [""] * count
+        return outcomes, totals
+
+    def render(self, outcomes: str, tail_of: Callable[[str], str]) -> str:
+        """The canonical breakdown's JSON text for these outcomes; `tail_of(metric)` is the
+        instrument's `,"actualValue":"…"}` text for a metric, or '' when it is missing."""
+        parts = []
+        for (matched, unmatched, skipped, exists_without_value, metric, *_), code in zip(
+            self.rules, outcomes, strict=True
+        ):
+            tail = tail_of(metric)
+            if code == MATCHED:
+                parts.append(matched + tail if tail else exists_without_value)
+            elif code == SKIPPED:
+                parts.append(unmatched + tail[:-1] + _SKIPPED_TAIL if tail else skipped)
+            else:
+                parts.append(unmatched + (tail or "}"))
+        return ("".join(parts) or "[") + "]"
+
+    def result(self, total: int) -> tuple[Decimal, Decimal | None]:
+        """(score, percentage) of a total of points: both to 4 decimal places."""
+        cached = self._results.get(total)
+        if cached is None:
+            percentage = None
+            if self.max_score:
+                ratio = _divide(Decimal(total), Decimal(self.max_score))
+                percentage = _quantize(_multiply(ratio, _HUNDRED))
+            cached = self._results[total] = (_quantize(Decimal(total)), percentage)
+        return cached
+
+
+def _comparison(
+    op: str, value: Decimal | None, value2: Decimal | None
+) -> Callable[[Decimal], bool] | None:
+    """A test of the metric value x against the rule's values; None for `exists`."""
+    if op == "exists":
+        return None
+    assert value is not None  # parse_criteria guarantees a value for every other operator
+    if op == "between":
+        assert value2 is not None
+        low, high = value, value2
+        return lambda x: low <= x <= high
+    # Bound comparisons of the rule's value, mirrored: `x > v` is `v < x`. No Python frame.
+    mirrored: dict[str, Callable[[Decimal], bool]] = {
+        "gt": value.__lt__,
+        "gte": value.__le__,
+        "lt": value.__gt__,
+        "lte": value.__ge__,
+        "equals": value.__eq__,
+    }
+    return mirrored[op]
+
+
+def _general_rule(
+    rule: tuple[Callable[[Decimal], bool] | None, int, tuple[str, ...]],
+    metric_required: bool,
+    universe: UniverseColumns,
+    column: list[Decimal | None],
+    totals: list[int],
+) -> list[str]:
+    """Outcomes of a rule with other required fields, or whose metric is not required
+    (`required_fundamentals` given): instrument by instrument. Adds its points to `totals`."""
+    test, points, others = rule
+    required = [universe.column(name) for name in others]
+    codes: list[str] = []
+    for i, x in enumerate(column):
+        lacking = any(values[i] is None for values in required)
+        if x is None:
+            if lacking or metric_required or test is not None:
+                codes.append(SKIPPED)
+            else:  # `exists` whose metric is missing but not required
+                codes.append(MATCHED)
+                totals[i] += points
+        elif lacking:
+            codes.append(SKIPPED)  # its value is still shown
+        elif test is None or test(x):
+            codes.append(MATCHED)
+            totals[i] += points
+        else:
+            codes.append(UNMATCHED)
+    return codes
+
+
+def _quantize(value: Decimal) -> Decimal:
+    return value.quantize(_QUANTUM, rounding=ROUND_HALF_UP, context=SCORE_CONTEXT)
