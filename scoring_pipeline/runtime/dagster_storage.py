@@ -19,7 +19,15 @@ already does for itself (`optimize_for_webserver`):
 In a 1,000-user night: 3,464 connections with the stock storage, 815 with pooled run and event
 stores, 380 with all three pooled.
 
-`dagster.yaml` selects it with `storage: custom:`; its config is that of `storage: postgres:`.
+`dagster.yaml` selects it with `storage: custom:`; its config is that of `storage: postgres:`
+except `auth_provider` (dagster-postgres's token authentication, e.g. cloud IAM): the pooled
+stores are built from a URL and take no token provider, so a config naming one is refused at
+load rather than silently connecting without it.
+
+Delete this module when dagster-postgres makes its pool configurable in `dagster.yaml`: upstream
+issue https://github.com/dagster-io/dagster/issues/33935 and its pull request
+https://github.com/dagster-io/dagster/pull/33936 (open as of dagster-postgres 0.29.27); the cost
+of a connection per call is https://github.com/dagster-io/dagster/issues/20325.
 """
 
 from collections.abc import Mapping
@@ -29,6 +37,8 @@ from dagster_postgres import DagsterPostgresStorage, PostgresEventLogStorage, Po
 from dagster_postgres.schedule_storage import PostgresScheduleStorage
 from dagster_postgres.utils import create_pg_engine, pg_url_from_config
 from sqlalchemy.engine import Engine
+
+from scoring_pipeline.errors import ConfigurationError
 
 POOL_SIZE = 1  # connections each store keeps open
 MAX_OVERFLOW = 8  # more, opened only while calls overlap
@@ -108,6 +118,11 @@ class PooledPostgresStorage(DagsterPostgresStorage):
     def from_config_value(
         cls, inst_data: Any, config_value: Mapping[str, Any]
     ) -> "PooledPostgresStorage":
+        if config_value.get("auth_provider") is not None:
+            raise ConfigurationError(
+                "the pooled Dagster storage does not support `auth_provider`; use the stock "
+                "`storage: postgres:` in dagster.yaml for token authentication"
+            )
         return cls(
             postgres_url=pg_url_from_config(config_value),
             should_autocreate_tables=config_value.get("should_autocreate_tables", True),

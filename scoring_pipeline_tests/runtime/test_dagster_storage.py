@@ -12,6 +12,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from scoring_pipeline.errors import ConfigurationError
 from scoring_pipeline.runtime.dagster_storage import PooledPostgresStorage, storage_config
 from scoring_pipeline.store import db
 
@@ -119,3 +120,12 @@ def test_the_project_instance_config_selects_the_pooled_storage():
         project = yaml.safe_load(f)
     assert project["storage"]["custom"]["module"] == config["custom"]["module"]
     assert project["storage"]["custom"]["class"] == config["custom"]["class"]
+
+
+def test_a_config_with_auth_provider_is_refused_not_silently_dropped():
+    config = {
+        "postgres_db": {"hostname": "db.example", "username": "u", "db_name": "d"},
+        "auth_provider": {"aws_rds_iam": {"region": "eu-west-1"}},
+    }
+    with pytest.raises(ConfigurationError, match="auth_provider"):
+        PooledPostgresStorage.from_config_value(None, config)
