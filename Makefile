@@ -47,6 +47,7 @@ lint: venv
 	$(BIN)/ruff check scoring_pipeline scoring_pipeline_tests migrations
 	$(BIN)/ruff format --check scoring_pipeline scoring_pipeline_tests migrations
 	$(BIN)/mypy scoring_pipeline
+	$(BIN)/lint-imports
 
 ## make ui: the Dagster UI, daemon and run workers on http://127.0.0.1:3000, same database.
 ui: venv
