@@ -7,7 +7,6 @@ import dagster as dg
 
 from scoring_pipeline.defs.assets.common import as_metadata
 from scoring_pipeline.defs.resources import DatabaseResource
-from scoring_pipeline.store import night_lifecycle
 from scoring_pipeline.store.batch_scoring import BatchOutput, gc_paused
 from scoring_pipeline.store.batch_write import (
     WriteTimer,
@@ -17,6 +16,7 @@ from scoring_pipeline.store.batch_write import (
     write_batch,
     write_metric_values,
 )
+from scoring_pipeline.store.night import root_span
 
 
 class ScoresIOManager(dg.ConfigurableIOManager):
@@ -50,7 +50,7 @@ class ScoresIOManager(dg.ConfigurableIOManager):
         with engine.begin() as conn:
             record_write_time(conn, obj, write_ms, timer.timings())
         if counts["job_status"] not in (None, "started"):
-            night_lifecycle.emit_root_span(
+            root_span.emit_root_span(
                 self.database.engine(), obj.score_date, market_group=obj.market_group
             )
         metadata: dict[str, Any] = {

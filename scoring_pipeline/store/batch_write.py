@@ -17,7 +17,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from scoring_pipeline.store.batch_scoring import BatchOutput, dumps, plain
-from scoring_pipeline.store.night_lifecycle import BatchOutcome, record_batch_outcome
+from scoring_pipeline.store.night.model import BatchOutcome
+from scoring_pipeline.store.night.outcomes import record_batch_outcome
 
 
 def copy_rows(

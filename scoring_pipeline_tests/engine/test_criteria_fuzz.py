@@ -24,9 +24,9 @@ from hypothesis import strategies as st
 
 from scoring_pipeline.engine.criteria import parse_criteria
 from scoring_pipeline.errors import InvalidCriteriaError
-from scoring_pipeline.store import night_lifecycle
 from scoring_pipeline.store.batch_scoring import score_batch
 from scoring_pipeline.store.batch_write import write_batch
+from scoring_pipeline.store.night.opening import open_night
 from scoring_pipeline_tests import factories as f
 from scoring_pipeline_tests.scenario import DATE, rows, rules, snapshots
 
@@ -248,7 +248,7 @@ def test_fuzzed_criteria_through_the_batch_fail_only_their_user(world, dagster_i
             )
         before = rows(world, SCORES, u=fuzzed)
         with world.begin() as conn:
-            job = night_lifecycle.open_night(conn, score_date)
+            job = open_night(conn, score_date)
             output = score_batch(conn, score_date=score_date, batch="b0000", job_correlation_id=job)
             write_batch(conn, output, run_id=None)
         outcome = {u.user_id: u for u in output.users}

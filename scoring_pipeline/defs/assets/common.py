@@ -11,7 +11,9 @@ from sqlalchemy.engine import Connection, Engine
 from scoring_pipeline import telemetry
 from scoring_pipeline.defs.market_groups import MarketGroup, group_of_run
 from scoring_pipeline.errors import SnapshotUnavailableError
-from scoring_pipeline.store import night_lifecycle
+from scoring_pipeline.store.night import root_span
+from scoring_pipeline.store.night.model import ALL_MARKETS, merge_metrics
+from scoring_pipeline.store.night.opening import fail_night
 from scoring_pipeline.telemetry import TRACEPARENT
 
 # Set by a schedule's run request: when the tick was due, how many seconds late it launched.
@@ -44,7 +46,7 @@ def night_traceparent(
     context: dg.AssetExecutionContext | dg.OpExecutionContext,
     engine: Engine,
     score_date: dt.date,
-    market_group: str = night_lifecycle.ALL_MARKETS,
+    market_group: str = ALL_MARKETS,
 ) -> str | None:
     """The run's trace context, else the one the date's night recorded when it started (a run
     launched by hand or by a backfill carries none)."""
@@ -52,7 +54,7 @@ def night_traceparent(
     if tagged:
         return tagged
     with engine.connect() as conn:
-        return night_lifecycle.night_traceparent(conn, score_date, market_group=market_group)
+        return root_span.night_traceparent(conn, score_date, market_group=market_group)
 
 
 def score_date_of(context: dg.AssetExecutionContext) -> dt.date:
@@ -89,7 +91,7 @@ def materialize_snapshot(
     clearly (with no group, the snapshot is taken and no night is touched)."""
     score_date = score_date_of(context)
     started = time.perf_counter()
-    name = group.name if group is not None else night_lifecycle.ALL_MARKETS
+    name = group.name if group is not None else ALL_MARKETS
     traceparent = night_traceparent(context, database.engine(), score_date, name)
     timing = f"fetch_{figure}_ms"
     try:
@@ -104,10 +106,8 @@ def materialize_snapshot(
     except SnapshotUnavailableError as exc:
         if group is not None:
             with database.engine().begin() as conn:
-                night_lifecycle.fail_night(
-                    conn, score_date, stage=step, error=exc, market_group=group.name
-                )
-            night_lifecycle.emit_root_span(database.engine(), score_date, market_group=group.name)
+                fail_night(conn, score_date, stage=step, error=exc, market_group=group.name)
+            root_span.emit_root_span(database.engine(), score_date, market_group=group.name)
         raise
     if summary["is_stale"]:
         context.log.warning(f"{step} for {score_date} are STALE: {summary}")
@@ -118,7 +118,7 @@ def _merge_figures(
     conn: Connection, score_date: dt.date, group: str, figure: str, summary: dict[str, Any]
 ) -> None:
     timing = f"fetch_{figure}_ms"
-    night_lifecycle.merge_metrics(
+    merge_metrics(
         conn,
         score_date,
         {
