@@ -17,24 +17,26 @@ import sqlalchemy as sa
 
 from scoring_pipeline import telemetry
 from scoring_pipeline.defs.partitions import scores_partition_key
-from scoring_pipeline.store import night_lifecycle, snapshots
+from scoring_pipeline.store import snapshots
 from scoring_pipeline.store.db import create_engine_for, prepare_dagster_environment
+from scoring_pipeline.store.night.closing import close_night, failed_users
+from scoring_pipeline.store.night.model import ALL_MARKETS, find_night
+from scoring_pipeline.store.night.outcomes import record_batch_run_died, record_snapshots_run_died
+from scoring_pipeline.store.night.root_span import emit_root_span
 
 SNAPSHOT_ASSETS = ("active_users", "exchange_rates", "prices")
 
 
 def _op_name(asset: str, group: str) -> str:
     """The op of a snapshot asset in a group's job (`us__prices` for `us/prices`)."""
-    return (
-        asset if group == night_lifecycle.ALL_MARKETS or asset != "prices" else f"{group}__{asset}"
-    )
+    return asset if group == ALL_MARKETS or asset != "prices" else f"{group}__{asset}"
 
 
 @dataclass
 class NightSummary:
     score_date: dt.date
     status: str
-    market_group: str = night_lifecycle.ALL_MARKETS
+    market_group: str = ALL_MARKETS
     users_total: int = 0
     users_success: int = 0
     users_failed: int = 0
@@ -104,7 +106,7 @@ def run_night(
     *,
     refresh: bool = False,
     echo: Callable[[str], None] | None = None,
-    group: str = night_lifecycle.ALL_MARKETS,
+    group: str = ALL_MARKETS,
 ) -> NightSummary:
     """Run a group's snapshots then every batch of the date; return the night's summary."""
     from scoring_pipeline.definitions import defs
@@ -142,8 +144,8 @@ def run_night(
     if not snapshot.success:
         error = _step_errors(snapshot)
         with engine.begin() as conn:
-            night_lifecycle.record_snapshots_run_died(conn, score_date, error, market_group=group)
-        night_lifecycle.emit_root_span(engine, score_date, market_group=group)
+            record_snapshots_run_died(conn, score_date, error, market_group=group)
+        emit_root_span(engine, score_date, market_group=group)
         return _summary(engine, score_date, group, stages, started, run_ids, error=error)
 
     with engine.connect() as conn:
@@ -161,15 +163,15 @@ def run_night(
         run_ids.append(result.run_id)
         if not result.success:
             with engine.begin() as conn:
-                night_lifecycle.record_batch_run_died(
+                record_batch_run_died(
                     conn, score_date, batch, result.run_id, _step_errors(result), market_group=group
                 )
         if index % 10 == 0 or index == len(batches):
             say(f"scored {index}/{len(batches)} batches")
     stages["scoring"] = int((time.perf_counter() - scoring_started) * 1000)
     with engine.begin() as conn:
-        night_lifecycle.close_night(conn, score_date, market_group=group)
-    night_lifecycle.emit_root_span(engine, score_date, market_group=group)
+        close_night(conn, score_date, market_group=group)
+    emit_root_span(engine, score_date, market_group=group)
     return _summary(engine, score_date, group, stages, started, run_ids)
 
 
@@ -183,8 +185,8 @@ def _summary(
     error: str | None = None,
 ) -> NightSummary:
     with engine.connect() as conn:
-        night = night_lifecycle.find_night(conn, score_date, market_group=group)
-        failed = night_lifecycle.failed_users(conn, score_date, market_group=group)
+        night = find_night(conn, score_date, market_group=group)
+        failed = failed_users(conn, score_date, market_group=group)
     metrics = night.metrics if night is not None else {}
     return NightSummary(
         score_date=score_date,

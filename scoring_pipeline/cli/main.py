@@ -113,7 +113,7 @@ def _cmd_score(args: argparse.Namespace) -> int:
 def _cmd_retry_failed(args: argparse.Namespace) -> int:
     from scoring_pipeline.defs.partitions import scores_partition_key, scores_partitions_name
     from scoring_pipeline.runtime.dagster_api import DagsterApi
-    from scoring_pipeline.store.night_lifecycle import batches_to_retry
+    from scoring_pipeline.store.night.outcomes import batches_to_retry
 
     score_date = _parse_date(args.date)
     api = DagsterApi.from_env(args.url)

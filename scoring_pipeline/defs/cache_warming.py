@@ -6,8 +6,9 @@ import dagster as dg
 
 from scoring_pipeline import telemetry
 from scoring_pipeline.defs.resources import DatabaseResource
-from scoring_pipeline.store import night_lifecycle
 from scoring_pipeline.store.dashboard_cache import PendingBatch, warm_batch
+from scoring_pipeline.store.night.cache_warming import record_cache_warming
+from scoring_pipeline.store.night.root_span import night_traceparent
 
 
 class WarmCacheConfig(dg.Config):
@@ -27,9 +28,7 @@ def warm_dashboard_cache(
     for token in config.batches:
         batch = PendingBatch.from_token(token)
         with database.engine().connect() as conn:
-            traceparent = night_lifecycle.night_traceparent(
-                conn, batch.score_date, market_group=batch.market_group
-            )
+            traceparent = night_traceparent(conn, batch.score_date, market_group=batch.market_group)
         with (
             telemetry.step_span(
                 "cache-warm",
@@ -39,7 +38,7 @@ def warm_dashboard_cache(
             database.engine().begin() as conn,
         ):
             result = warm_batch(conn, batch)
-            night_lifecycle.record_cache_warming(
+            record_cache_warming(
                 conn, batch.score_date, len(result.failed), market_group=batch.market_group
             )
         warmed += result.warmed

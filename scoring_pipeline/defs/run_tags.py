@@ -8,7 +8,8 @@ import dagster as dg
 from sqlalchemy.engine import Engine
 
 from scoring_pipeline.defs.market_groups import MarketGroup, group_of_run
-from scoring_pipeline.store import night_lifecycle
+from scoring_pipeline.store.night import root_span
+from scoring_pipeline.store.night.model import ALL_MARKETS
 from scoring_pipeline.telemetry import TRACEPARENT
 
 # Set by a schedule's run request: when the tick was due, how many seconds late it launched.
@@ -32,7 +33,7 @@ def night_traceparent(
     context: dg.AssetExecutionContext | dg.OpExecutionContext,
     engine: Engine,
     score_date: dt.date,
-    market_group: str = night_lifecycle.ALL_MARKETS,
+    market_group: str = ALL_MARKETS,
 ) -> str | None:
     """The run's trace context, else the one the date's night recorded when it started (a run
     launched by hand or by a backfill carries none)."""
@@ -40,4 +41,4 @@ def night_traceparent(
     if tagged:
         return tagged
     with engine.connect() as conn:
-        return night_lifecycle.night_traceparent(conn, score_date, market_group=market_group)
+        return root_span.night_traceparent(conn, score_date, market_group=market_group)

@@ -21,7 +21,7 @@ from scoring_pipeline.defs.market_groups import GROUP_TAG, MarketGroup, default_
 from scoring_pipeline.defs.resources import DatabaseResource
 from scoring_pipeline.defs.run_tags import LATE_TAG, SCHEDULED_FOR_TAG
 from scoring_pipeline.errors import ConfigurationError
-from scoring_pipeline.store import night_lifecycle
+from scoring_pipeline.store.night.opening import tick_skip_reason
 from scoring_pipeline.telemetry import TRACEPARENT, new_traceparent
 
 SCORE_DATE_TAG = "scoring/score_date"
@@ -114,7 +114,7 @@ def _build(group: MarketGroup, job: Any) -> dg.ScheduleDefinition:
                 "or running"
             )
         with database.engine().connect() as conn:
-            reason = night_lifecycle.tick_skip_reason(conn, day, market_group=group.name)
+            reason = tick_skip_reason(conn, day, market_group=group.name)
         if reason:
             return dg.SkipReason(reason)
         # After daemon downtime a missed tick launches late (up to max_catchup_runs): a late

@@ -16,8 +16,10 @@ from scoring_pipeline.defs.partitions import (
     scores_partition_key,
 )
 from scoring_pipeline.defs.resources import DatabaseResource
-from scoring_pipeline.store import night_lifecycle, snapshots
+from scoring_pipeline.store import snapshots
 from scoring_pipeline.store.dashboard_cache import pending_batches
+from scoring_pipeline.store.night.outcomes import record_batch_run_died, record_snapshots_run_died
+from scoring_pipeline.store.night.root_span import emit_root_span
 from scoring_pipeline.telemetry import TRACEPARENT
 
 
@@ -78,16 +80,14 @@ def close_night_after_run_ended(
     with database.engine().begin() as conn:
         if _is_date(partition):
             closed = dt.date.fromisoformat(partition)
-            night_lifecycle.record_snapshots_run_died(conn, closed, message, market_group=group)
+            record_snapshots_run_died(conn, closed, message, market_group=group)
         else:
             try:
                 closed, batch = parse_scores_partition_key(partition)
             except NotABatchPartitionError:
                 return  # not a partition of ours (a key added by hand): no night to record
-            night_lifecycle.record_batch_run_died(
-                conn, closed, batch, run.run_id, message, market_group=group
-            )
-    night_lifecycle.emit_root_span(database.engine(), closed, market_group=group)
+            record_batch_run_died(conn, closed, batch, run.run_id, message, market_group=group)
+    emit_root_span(database.engine(), closed, market_group=group)
 
 
 def build_sensors(nights: NightDefinitions) -> list[dg.SensorDefinition]:

@@ -15,7 +15,6 @@ from sqlalchemy.engine import Connection, Engine
 
 from scoring_pipeline.engine.batch import BatchOutput, gc_paused
 from scoring_pipeline.engine.json_text import dumps
-from scoring_pipeline.store import night_lifecycle
 from scoring_pipeline.store.batch_rows import (
     EVENT_COLUMNS,
     HISTORY_COLUMNS,
@@ -25,7 +24,9 @@ from scoring_pipeline.store.batch_rows import (
 )
 from scoring_pipeline.store.copy import copy_text
 from scoring_pipeline.store.metric_values import write_metric_values
-from scoring_pipeline.store.night_lifecycle import BatchOutcome, NightStatus, record_batch_outcome
+from scoring_pipeline.store.night.model import BatchOutcome, NightStatus
+from scoring_pipeline.store.night.outcomes import record_batch_outcome
+from scoring_pipeline.store.night.root_span import emit_root_span
 from scoring_pipeline.store.write_timer import WriteTimer
 
 
@@ -207,7 +208,7 @@ def persist_batch(engine: Engine, output: BatchOutput, *, run_id: str | None) ->
     with engine.begin() as conn:
         _record_write_time(conn, output, write_ms, timer.timings())
     if rows.night_status not in (None, NightStatus.STARTED):
-        night_lifecycle.emit_root_span(engine, output.score_date, market_group=output.market_group)
+        emit_root_span(engine, output.score_date, market_group=output.market_group)
     return BatchWrite(rows, metric_values, serialize_ms, write_ms)
 
 

@@ -12,7 +12,7 @@ from scoring_pipeline.definitions import defs
 from scoring_pipeline.defs.assets.scores import scores
 from scoring_pipeline.defs.deployment import build_resources
 from scoring_pipeline.defs.partitions import SCORES_PARTITIONS_NAME, scores_partition_key
-from scoring_pipeline.store import night_lifecycle
+from scoring_pipeline.store.night.opening import fail_night, open_night
 from scoring_pipeline_tests import factories as f
 from scoring_pipeline_tests.scenario import DATE, batch, rows, rules, snapshots
 
@@ -86,8 +86,8 @@ def test_a_tick_restarts_a_night_that_failed_before_scoring_only(world, dagster_
     _users(world, 1)
     date = "2026-10-05"
     with world.begin() as conn:
-        night_lifecycle.open_night(conn, dt.date.fromisoformat(date))
-        night_lifecycle.fail_night(
+        open_night(conn, dt.date.fromisoformat(date))
+        fail_night(
             conn, dt.date.fromisoformat(date), stage="exchange_rates", error="providers down"
         )
     again = _tick(dagster_instance, date)

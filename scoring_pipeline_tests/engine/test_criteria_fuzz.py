@@ -25,9 +25,9 @@ from hypothesis import strategies as st
 from scoring_pipeline.engine.batch import score_batch
 from scoring_pipeline.engine.criteria import parse_criteria
 from scoring_pipeline.errors import InvalidCriteriaError
-from scoring_pipeline.store import night_lifecycle
 from scoring_pipeline.store.batch_inputs import load_batch_inputs
 from scoring_pipeline.store.batch_write import write_batch
+from scoring_pipeline.store.night.opening import open_night
 from scoring_pipeline_tests import factories as f
 from scoring_pipeline_tests.scenario import DATE, rows, rules, snapshots
 
@@ -249,7 +249,7 @@ def test_fuzzed_criteria_through_the_batch_fail_only_their_user(world, dagster_i
             )
         before = rows(world, SCORES, u=fuzzed)
         with world.begin() as conn:
-            job = night_lifecycle.open_night(conn, score_date)
+            job = open_night(conn, score_date)
             inputs = load_batch_inputs(conn, score_date, "b0000")
             output = score_batch(
                 inputs, score_date=score_date, batch="b0000", job_correlation_id=job

@@ -15,7 +15,11 @@ from scoring_pipeline.defs.market_groups import DEFAULT_GROUPS, MarketGroup
 from scoring_pipeline.defs.partitions import register_night_batches, score_date_partitions
 from scoring_pipeline.defs.resources import DatabaseResource, ScoringSettingsResource
 from scoring_pipeline.defs.run_tags import LATE_TAG, SCHEDULED_FOR_TAG, run_group, run_traceparent
-from scoring_pipeline.store import night_lifecycle, snapshots
+from scoring_pipeline.store import snapshots
+from scoring_pipeline.store.night.closing import close_night
+from scoring_pipeline.store.night.model import merge_metrics
+from scoring_pipeline.store.night.opening import open_night
+from scoring_pipeline.store.night.root_span import emit_root_span
 
 
 def _int(value: str | None) -> int | None:
@@ -56,10 +60,10 @@ def build_active_users(groups: dict[str, MarketGroup]) -> dg.AssetsDefinition:
                 membership = snapshots.compute_membership(conn, settings.batch_size)
                 snapshots.store_membership(conn, score_date, membership)
             if group is not None:
-                correlation_id = night_lifecycle.open_night(
+                correlation_id = open_night(
                     conn, score_date, market_group=group.name, markets=group.markets, restart=True
                 )
-                night_lifecycle.merge_metrics(
+                merge_metrics(
                     conn,
                     score_date,
                     {
@@ -75,11 +79,11 @@ def build_active_users(groups: dict[str, MarketGroup]) -> dg.AssetsDefinition:
                     market_group=group.name,
                 )
                 if not membership.members:  # nothing to score: the night is done
-                    night_lifecycle.close_night(conn, score_date, market_group=group.name)
+                    close_night(conn, score_date, market_group=group.name)
         added: list[str] = []
         removed: list[str] = []
         if group is not None:
-            night_lifecycle.emit_root_span(database.engine(), score_date, market_group=group.name)
+            emit_root_span(database.engine(), score_date, market_group=group.name)
             added, removed = register_night_batches(
                 context.instance, score_date, membership.batch_keys, group
             )

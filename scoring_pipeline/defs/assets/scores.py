@@ -24,9 +24,10 @@ from scoring_pipeline.defs.resources import DatabaseResource
 from scoring_pipeline.defs.run_tags import night_traceparent
 from scoring_pipeline.engine.batch import BatchOutput, score_batch
 from scoring_pipeline.errors import SnapshotUnavailableError
-from scoring_pipeline.store import month_partitions, night_lifecycle, snapshots
+from scoring_pipeline.store import month_partitions, snapshots
 from scoring_pipeline.store import tables as t
 from scoring_pipeline.store.batch_inputs import load_batch_inputs
+from scoring_pipeline.store.night.model import find_night
 
 
 def build_scores(group: MarketGroup, upstream: list[dg.AssetsDefinition]) -> dg.AssetsDefinition:
@@ -104,7 +105,7 @@ def _night_batch(partition_key: str) -> tuple[dt.date, str]:
 def _night_of_batch(conn: Connection, score_date: dt.date, batch: str, group: str) -> str:
     """The correlation id of the night this batch belongs to; a clear failure when it belongs to
     none (never opens a night: only the date's snapshots run does)."""
-    night = night_lifecycle.find_night(conn, score_date, market_group=group)
+    night = find_night(conn, score_date, market_group=group)
     membership = snapshots.load_membership(conn, score_date)
     if night is not None:  # a retry after `prune` dropped the night's month writes again
         month_partitions.ensure_partitions(conn, score_date)

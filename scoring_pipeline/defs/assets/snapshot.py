@@ -14,7 +14,9 @@ from scoring_pipeline.defs.market_groups import MarketGroup
 from scoring_pipeline.defs.resources import DatabaseResource
 from scoring_pipeline.defs.run_tags import night_traceparent
 from scoring_pipeline.errors import SnapshotUnavailableError
-from scoring_pipeline.store import night_lifecycle
+from scoring_pipeline.store.night.model import ALL_MARKETS, merge_metrics
+from scoring_pipeline.store.night.opening import fail_night
+from scoring_pipeline.store.night.root_span import emit_root_span
 
 
 class SnapshotConfig(dg.Config):
@@ -41,7 +43,7 @@ def materialize_snapshot(
     clearly (with no group, the snapshot is taken and no night is touched)."""
     score_date = score_date_of(context)
     started = time.perf_counter()
-    name = group.name if group is not None else night_lifecycle.ALL_MARKETS
+    name = group.name if group is not None else ALL_MARKETS
     traceparent = night_traceparent(context, database.engine(), score_date, name)
     timing = f"fetch_{figure}_ms"
     try:
@@ -56,10 +58,8 @@ def materialize_snapshot(
     except SnapshotUnavailableError as exc:
         if group is not None:
             with database.engine().begin() as conn:
-                night_lifecycle.fail_night(
-                    conn, score_date, stage=step, error=exc, market_group=group.name
-                )
-            night_lifecycle.emit_root_span(database.engine(), score_date, market_group=group.name)
+                fail_night(conn, score_date, stage=step, error=exc, market_group=group.name)
+            emit_root_span(database.engine(), score_date, market_group=group.name)
         raise
     if summary["is_stale"]:
         context.log.warning(f"{step} for {score_date} are STALE: {summary}")
@@ -70,7 +70,7 @@ def _merge_figures(
     conn: Connection, score_date: dt.date, group: str, figure: str, summary: dict[str, Any]
 ) -> None:
     timing = f"fetch_{figure}_ms"
-    night_lifecycle.merge_metrics(
+    merge_metrics(
         conn,
         score_date,
         {

@@ -1,0 +1,151 @@
+"""What the night's runs left: a batch's outcome, a batch or snapshots run that died without
+writing one, and the batches still to retry. Recording an outcome closes the night when it was
+the last (`closing.close_night`), so a night never stays `started` once its runs have ended.
+"""
+
+import datetime as dt
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from scoring_pipeline.store import tables as t
+from scoring_pipeline.store.night.closing import close_night
+from scoring_pipeline.store.night.model import (
+    ALL_MARKETS,
+    IN_GROUP,
+    BatchOutcome,
+    NightStatus,
+    find_night,
+    to_json,
+)
+from scoring_pipeline.store.night.opening import fail_night
+
+
+def _upsert_outcome(conn: Connection, outcome: BatchOutcome) -> None:
+    conn.execute(
+        sa.text(
+            "INSERT INTO scoring_batch_results (score_date, market_group, batch_key, status, "
+            "users_total, users_success, users_failed, users_skipped, assets_scored, "
+            "duration_ms, failed_users, succeeded_users, dagster_run_id, timings, updated_at) "
+            "VALUES (:d, :g, :b, :s, :t, :ok, :f, :sk, :a, :ms, CAST(:fu AS jsonb), "
+            "CAST(:su AS jsonb), :r, CAST(:tm AS jsonb), now()) "
+            "ON CONFLICT (score_date, market_group, batch_key) DO "
+            "UPDATE SET status = EXCLUDED.status, users_total = EXCLUDED.users_total, "
+            "users_success = EXCLUDED.users_success, users_failed = EXCLUDED.users_failed, "
+            "users_skipped = EXCLUDED.users_skipped, assets_scored = EXCLUDED.assets_scored, "
+            "duration_ms = EXCLUDED.duration_ms, failed_users = EXCLUDED.failed_users, "
+            "succeeded_users = EXCLUDED.succeeded_users, timings = EXCLUDED.timings, "
+            "dagster_run_id = EXCLUDED.dagster_run_id, updated_at = now(), "
+            "outcome_seq = nextval('scoring_batch_outcome_seq')"
+        ),
+        {
+            "d": outcome.score_date,
+            "g": outcome.market_group,
+            "b": outcome.batch_key,
+            "s": outcome.status,
+            "t": outcome.users_total,
+            "ok": outcome.users_success,
+            "f": outcome.users_failed,
+            "sk": outcome.users_skipped,
+            "a": outcome.assets_scored,
+            "ms": outcome.duration_ms,
+            "fu": to_json(outcome.failed_users),
+            "su": to_json(outcome.succeeded_users),
+            "r": outcome.run_id,
+            "tm": to_json(outcome.timings),
+        },
+    )
+
+
+def record_batch_outcome(conn: Connection, outcome: BatchOutcome) -> NightStatus | None:
+    """Record a batch's outcome in its write transaction and close the night if it was the last.
+
+    Returns the night's status after it, or None when the date has no night."""
+    _upsert_outcome(conn, outcome)
+    return close_night(conn, outcome.score_date, market_group=outcome.market_group)
+
+
+def _markets(conn: Connection, score_date: dt.date, market_group: str) -> list[str] | None:
+    """The markets the group's night scores (None: every market), as its night recorded them."""
+    night = find_night(conn, score_date, market_group=market_group)
+    markets = night.metrics.get("markets") if night is not None else None
+    return list(markets) if markets is not None else None
+
+
+def _batch_members(
+    conn: Connection, score_date: dt.date, batch: str, markets: list[str] | None
+) -> list[str]:
+    """The batch's users the group scores: those with an active criteria set in its markets."""
+    rows = conn.execute(
+        sa.text(
+            f"SELECT b.user_id FROM scoring_batches b WHERE b.score_date = :d "
+            f"AND b.batch_key = :b AND {IN_GROUP} ORDER BY b.user_id"
+        ),
+        {"d": score_date, "b": batch, "m": markets},
+    ).scalars()
+    return [str(u) for u in rows]
+
+
+def record_batch_run_died(
+    conn: Connection,
+    score_date: dt.date,
+    batch: str,
+    run_id: str,
+    message: str,
+    *,
+    market_group: str = ALL_MARKETS,
+) -> NightStatus | None:
+    """A batch run ended without success: unless that run wrote the batch's outcome (failed
+    users), every member of the batch counts as failed; then the night closes if it was last."""
+    written = conn.execute(
+        sa.select(t.scoring_batch_results.c.dagster_run_id).where(
+            t.scoring_batch_results.c.score_date == score_date,
+            t.scoring_batch_results.c.market_group == market_group,
+            t.scoring_batch_results.c.batch_key == batch,
+        )
+    ).scalar()
+    members = _batch_members(conn, score_date, batch, _markets(conn, score_date, market_group))
+    if written != run_id and members:
+        error = {"type": "StepFailed", "message": message}
+        _upsert_outcome(
+            conn,
+            BatchOutcome(
+                score_date=score_date,
+                batch_key=batch,
+                users_total=len(members),
+                users_success=0,
+                users_failed=len(members),
+                users_skipped=0,
+                assets_scored=0,
+                duration_ms=0,
+                failed_users=[{"userId": u, "stage": "batch", "error": error} for u in members],
+                run_id=run_id,
+                market_group=market_group,
+            ),
+        )
+    return close_night(conn, score_date, market_group=market_group)
+
+
+def record_snapshots_run_died(
+    conn: Connection, score_date: dt.date, message: str, *, market_group: str = ALL_MARKETS
+) -> None:
+    """The snapshots run failed or was cancelled: a night still `started` is `failed`."""
+    night = find_night(conn, score_date, market_group=market_group, lock=True)
+    if night is not None and night.status is NightStatus.STARTED:
+        fail_night(conn, score_date, stage="snapshots", error=message, market_group=market_group)
+
+
+def batches_to_retry(
+    conn: Connection, score_date: dt.date, *, market_group: str = ALL_MARKETS
+) -> list[str]:
+    """The date's batches whose outcome in the group is not `success`, or that have none."""
+    rows = conn.execute(
+        sa.text(
+            "SELECT DISTINCT b.batch_key FROM scoring_batches b "
+            "LEFT JOIN scoring_batch_results r ON r.score_date = b.score_date "
+            "AND r.batch_key = b.batch_key AND r.market_group = :g WHERE b.score_date = :d "
+            "AND (r.status IS NULL OR r.status <> 'success') ORDER BY b.batch_key"
+        ),
+        {"d": score_date, "g": market_group},
+    ).scalars()
+    return list(rows)

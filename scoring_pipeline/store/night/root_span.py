@@ -1,0 +1,81 @@
+"""The night's `overnight-scoring-job` root span: its one emitter, `emit_root_span`, called after
+the commit that closed the night; and `night_traceparent`, the trace the night's step spans join.
+"""
+
+import datetime as dt
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from scoring_pipeline.store.night.closing import NIGHT_SPAN_FIGURES
+from scoring_pipeline.store.night.model import (
+    ALL_MARKETS,
+    Night,
+    NightStatus,
+    find_night,
+    merge_metrics,
+)
+
+
+def night_traceparent(
+    conn: Connection, score_date: dt.date, *, market_group: str = ALL_MARKETS
+) -> str | None:
+    """The W3C traceparent of the date's night, as recorded when it started."""
+    night = find_night(conn, score_date, market_group=market_group)
+    value = night.metrics.get("traceparent") if night is not None else None
+    return str(value) if value else None
+
+
+def _span_description(night: Night) -> str:
+    if night.status is NightStatus.COMPLETED:
+        return "every user scored"
+    message = (night.error_details or {}).get("message")
+    return (
+        f"night {night.status.value}: {night.metrics.get('users_failed', 0)} users and "
+        f"{night.metrics.get('batches_failed', 0)} batches failed"
+        + (f"; {message}" if message else "")
+    )
+
+
+def emit_root_span(
+    engine: sa.Engine, score_date: dt.date, *, market_group: str = ALL_MARKETS
+) -> bool:
+    """Emit the night's `overnight-scoring-job` span once per closing (call after the commit)."""
+    from scoring_pipeline import telemetry
+
+    if not telemetry.enabled():
+        return False
+    with engine.begin() as conn:
+        night = find_night(conn, score_date, market_group=market_group, lock=True)
+        if night is None or night.status is NightStatus.STARTED or night.completed_at is None:
+            return False
+        closed = night.completed_at.isoformat()
+        if night.metrics.get("span_emitted_for") == closed:
+            return False
+        attributes = {k: night.metrics.get(k) for k in NIGHT_SPAN_FIGURES}
+        attributes.update(
+            score_date=score_date.isoformat(),
+            job_status=night.status.value,
+            market_group=night.market_group,
+        )
+        for key in (
+            "users_total",
+            "users_success",
+            "users_failed",
+            "assets_scored",
+            "fetch_rates_ms",
+            "total_duration_ms",
+        ):
+            if attributes.get(key) is None:
+                attributes[key] = 0
+        emitted = telemetry.emit_night_span(
+            night.metrics.get("traceparent"),
+            start_ns=int(night.started_at.timestamp() * 1e9),
+            end_ns=int(night.completed_at.timestamp() * 1e9),
+            attributes=attributes,
+            ok=night.status is NightStatus.COMPLETED,
+            description=_span_description(night),
+        )
+        if emitted:
+            merge_metrics(conn, score_date, {"span_emitted_for": closed}, market_group=market_group)
+        return emitted
