@@ -12,10 +12,9 @@ from sqlalchemy.engine import Connection
 
 from scoring_pipeline.engine.batch_inputs import BatchInputs, CriteriaRow, UserRow
 from scoring_pipeline.engine.metrics import InstrumentData
+from scoring_pipeline.store.market_scope import CRITERIA_IN_GROUP, markets_param, member_in_group
 from scoring_pipeline.store.snapshots import load_prices, load_rates
 from scoring_pipeline.store.tables import FUNDAMENTAL_COLUMNS
-
-_IN_MARKETS = "(CAST(:m AS text[]) IS NULL OR target_market = ANY(CAST(:m AS text[])))"
 
 
 def _load_users(
@@ -26,11 +25,10 @@ def _load_users(
         sa.text(
             "SELECT b.user_id, u.base_currency FROM scoring_batches b "
             "JOIN users u ON u.id = b.user_id "
-            "WHERE b.score_date = :d AND b.batch_key = :b AND (CAST(:m AS text[]) IS NULL OR "
-            "EXISTS (SELECT 1 FROM criteria_versions c WHERE c.user_id = b.user_id "
-            f"AND c.is_active AND {_IN_MARKETS})) ORDER BY b.user_id"
+            f"WHERE b.score_date = :d AND b.batch_key = :b AND {member_in_group()} "
+            "ORDER BY b.user_id"
         ),
-        {"d": score_date, "b": batch, "m": list(markets) if markets is not None else None},
+        {"d": score_date, "b": batch, "m": markets_param(markets)},
     ).all()
     return [UserRow(str(r.user_id), str(r.base_currency).strip().upper()) for r in rows]
 
@@ -45,10 +43,10 @@ def _load_criteria(
             "SELECT DISTINCT ON (user_id, target_market, asset_type) id, user_id, "
             "target_market, asset_type, version, rules::text AS rules_text "
             "FROM criteria_versions WHERE is_active AND user_id = ANY(CAST(:u AS uuid[])) "
-            f"AND {_IN_MARKETS} "
+            f"AND {CRITERIA_IN_GROUP} "
             "ORDER BY user_id, target_market, asset_type, version DESC, created_at DESC"
         ),
-        {"u": user_ids, "m": list(markets) if markets is not None else None},
+        {"u": user_ids, "m": markets_param(markets)},
     ).all()
     out: dict[str, list[CriteriaRow]] = defaultdict(list)
     for r in rows:

@@ -22,19 +22,13 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from scoring_pipeline.store.market_scope import markets_param, symbol_in_group
+
 SUCCESS_EVENTS = ["CALC_STARTED", "INPUTS_CAPTURED", "SCORES_COMPUTED", "CALC_COMPLETED"]
 FAILED_EVENTS = (
     ["CALC_STARTED", "INPUTS_CAPTURED", "CALC_COMPLETED"],
     ["CALC_STARTED", "CALC_COMPLETED"],
 )
-
-
-def _of_group(alias: str) -> str:
-    """Rows of the market group's instruments (every row for the default group, `:m` null)."""
-    return (
-        f"(CAST(:m AS text[]) IS NULL OR {alias}.symbol IN (SELECT i.symbol FROM instruments i "
-        "WHERE i.market = ANY(CAST(:m AS text[]))))"
-    )
 
 
 # The calculations of the batch's latest outcome: (user, correlation id, expected status).
@@ -88,7 +82,7 @@ actual AS (
            h.outcomes
     FROM score_history h
     WHERE h.score_date = :d AND """
-    + _of_group("h")
+    + symbol_in_group("h.symbol")
     + """
       AND h.user_id IN (SELECT user_id FROM calcs WHERE expected = 'success')
 )
@@ -112,14 +106,14 @@ users AS (
     SELECT user_id FROM calcs c WHERE expected = 'success' AND NOT EXISTS (
         SELECT 1 FROM asset_scores a WHERE a.user_id = c.user_id AND a.score_date > :d
         AND """
-    + _of_group("a")
+    + symbol_in_group("a.symbol")
     + """)
 ),
 actual AS (
     SELECT a.user_id, a.correlation_id, a.symbol, a.criteria_version_id AS cv, a.score,
            a.max_possible_score AS max_score, a.percentage, a.outcomes
     FROM asset_scores a WHERE a.user_id IN (SELECT user_id FROM users) AND """
-    + _of_group("a")
+    + symbol_in_group("a.symbol")
     + """
 )
 SELECT coalesce(e.user_id, a.user_id)::text AS user_id, coalesce(e.symbol, a.symbol) AS symbol,
@@ -187,7 +181,7 @@ def check_batch(
         "b": batch,
         "n": limit,
         "g": market_group,
-        "m": list(markets) if markets is not None else None,
+        "m": markets_param(markets),
     }
     calculations, events = _event_violations(conn, params)
     history = [_plain(r) for r in conn.execute(sa.text(_HISTORY), params)]

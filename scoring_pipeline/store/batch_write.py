@@ -23,6 +23,7 @@ from scoring_pipeline.store.batch_rows import (
     prepare_batch,
 )
 from scoring_pipeline.store.copy import copy_text
+from scoring_pipeline.store.market_scope import markets_param, symbol_in_group
 from scoring_pipeline.store.metric_values import write_metric_values
 from scoring_pipeline.store.night.model import BatchOutcome, NightStatus
 from scoring_pipeline.store.night.outcomes import record_batch_outcome
@@ -60,14 +61,7 @@ def _lock_batch(conn: Connection, output: BatchOutput) -> None:
 
 # A market group replaces only the scores of its own markets' instruments: groups score disjoint
 # markets on the same date, and one group's night must never delete another's rows (SPEC §6).
-_OF_GROUP = (
-    " AND (CAST(:m AS text[]) IS NULL OR symbol IN (SELECT i.symbol FROM instruments i "
-    "WHERE i.market = ANY(CAST(:m AS text[]))))"
-)
-
-
-def _markets(output: BatchOutput) -> list[str] | None:
-    return list(output.markets) if output.markets is not None else None
+_OF_GROUP = " AND " + symbol_in_group()
 
 
 def _replace_current_scores(
@@ -85,7 +79,7 @@ def _replace_current_scores(
                     "SELECT DISTINCT user_id::text FROM asset_scores "
                     "WHERE user_id = ANY(CAST(:u AS uuid[])) AND score_date > :d" + _OF_GROUP
                 ),
-                {"u": users, "d": output.score_date, "m": _markets(output)},
+                {"u": users, "d": output.score_date, "m": markets_param(output.markets)},
             ).scalars()
         )
     current = [u for u in users if u not in newer]
@@ -94,7 +88,7 @@ def _replace_current_scores(
     with timer.part("delete_scores"):
         conn.execute(
             sa.text("DELETE FROM asset_scores WHERE user_id = ANY(CAST(:u AS uuid[]))" + _OF_GROUP),
-            {"u": current, "m": _markets(output)},
+            {"u": current, "m": markets_param(output.markets)},
         )
     with timer.part("copy_scores"):
         return copy_text(
@@ -118,7 +112,7 @@ def _replace_history(
                 "DELETE FROM score_history WHERE score_date = :d "
                 "AND user_id = ANY(CAST(:u AS uuid[]))" + _OF_GROUP
             ),
-            {"d": output.score_date, "u": users, "m": _markets(output)},
+            {"d": output.score_date, "u": users, "m": markets_param(output.markets)},
         )
     with timer.part("copy_history"):
         return copy_text(conn, "score_history", HISTORY_COLUMNS, prepared.history)

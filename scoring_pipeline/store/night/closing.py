@@ -11,9 +11,9 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from scoring_pipeline.store.market_scope import member_in_group
 from scoring_pipeline.store.night.model import (
     ALL_MARKETS,
-    IN_GROUP,
     Night,
     NightStatus,
     find_night,
@@ -49,8 +49,8 @@ def _aggregate(conn: Connection, score_date: dt.date, night: Night) -> dict[str,
         sa.text(
             "SELECT (SELECT count(DISTINCT batch_key) FROM scoring_batches "
             "WHERE score_date = :d) AS batches, "
-            f"(SELECT count(*) FROM scoring_batches b WHERE b.score_date = :d AND {IN_GROUP}) "
-            "AS users"
+            "(SELECT count(*) FROM scoring_batches b "
+            f"WHERE b.score_date = :d AND {member_in_group()}) AS users"
         ),
         {"d": score_date, "m": markets},
     ).one()

@@ -21,13 +21,6 @@ from scoring_pipeline.store import tables as t
 
 ALL_MARKETS = "all"
 
-# SQL condition: batch member `b` is scored by the group whose markets are `:m` (NULL: every
-# market). Closing counts the group's users with it; a dead batch run fails the same users.
-IN_GROUP = (
-    "(CAST(:m AS text[]) IS NULL OR EXISTS (SELECT 1 FROM criteria_versions c "
-    "WHERE c.user_id = b.user_id AND c.is_active AND c.target_market = ANY(CAST(:m AS text[]))))"
-)
-
 
 class NightStatus(StrEnum):
     STARTED = "started"

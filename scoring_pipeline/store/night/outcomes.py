@@ -9,10 +9,10 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from scoring_pipeline.store import tables as t
+from scoring_pipeline.store.market_scope import member_in_group
 from scoring_pipeline.store.night.closing import close_night
 from scoring_pipeline.store.night.model import (
     ALL_MARKETS,
-    IN_GROUP,
     BatchOutcome,
     NightStatus,
     find_night,
@@ -79,7 +79,7 @@ def _batch_members(
     rows = conn.execute(
         sa.text(
             f"SELECT b.user_id FROM scoring_batches b WHERE b.score_date = :d "
-            f"AND b.batch_key = :b AND {IN_GROUP} ORDER BY b.user_id"
+            f"AND b.batch_key = :b AND {member_in_group()} ORDER BY b.user_id"
         ),
         {"d": score_date, "b": batch, "m": markets},
     ).scalars()
