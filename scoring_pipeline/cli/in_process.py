@@ -17,8 +17,9 @@ import sqlalchemy as sa
 
 from scoring_pipeline import telemetry
 from scoring_pipeline.defs.partitions import scores_partition_key
-from scoring_pipeline.store import night_lifecycle, snapshots
+from scoring_pipeline.store import night_lifecycle
 from scoring_pipeline.store.db import create_engine_for, prepare_dagster_environment
+from scoring_pipeline.store.membership import load_membership
 
 SNAPSHOT_ASSETS = ("active_users", "exchange_rates", "prices")
 
@@ -147,7 +148,7 @@ def run_night(
         return _summary(engine, score_date, group, stages, started, run_ids, error=error)
 
     with engine.connect() as conn:
-        batches = snapshots.load_membership(conn, score_date).batch_keys
+        batches = load_membership(conn, score_date).batch_keys
     batch_job = definitions.resolve_job_def(job_name(BATCH_JOB))
     scoring_started = time.perf_counter()
     for index, batch in enumerate(batches, start=1):

@@ -42,10 +42,6 @@ class NotABatchPartitionError(ScoringPipelineError):
     """A `scores` partition key that is not `YYYY-MM-DD/bNNNN`."""
 
 
-def batch_key(index: int) -> str:
-    return f"b{index:04d}"
-
-
 def scores_partition_key(score_date: str | dt.date, batch: str) -> str:
     """The `scores` partition of one batch of a night: `2026-11-27/b0001`."""
     date = score_date.isoformat() if isinstance(score_date, dt.date) else score_date

@@ -16,8 +16,9 @@ from scoring_pipeline.defs.partitions import (
     scores_partition_key,
 )
 from scoring_pipeline.defs.resources import DatabaseResource
-from scoring_pipeline.store import night_lifecycle, snapshots
+from scoring_pipeline.store import night_lifecycle
 from scoring_pipeline.store.dashboard_cache import pending_batches
+from scoring_pipeline.store.membership import load_membership
 from scoring_pipeline.telemetry import TRACEPARENT
 
 
@@ -30,7 +31,7 @@ def batch_run_requests(
 ) -> list[dg.RunRequest]:
     """One run request per batch of the date (its frozen membership), for the group's night."""
     with database.engine().connect() as conn:
-        keys = snapshots.load_membership(conn, dt.date.fromisoformat(score_date)).batch_keys
+        keys = load_membership(conn, dt.date.fromisoformat(score_date)).batch_keys
     return [
         dg.RunRequest(
             run_key=f"{origin_run_id}:{batch}",

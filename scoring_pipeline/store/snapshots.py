@@ -1,4 +1,4 @@
-"""The frozen inputs of a score date: exchange rates, prices and batch membership.
+"""The frozen market data of a score date: exchange rates and prices.
 
 Each snapshot is written once per date (delete the date's rows, insert, one transaction) and
 read by every batch of that date. When every provider fails, the most recent earlier snapshot
@@ -19,7 +19,6 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from scoring_pipeline.defs.partitions import batch_key
 from scoring_pipeline.errors import ProviderError, SnapshotUnavailableError
 from scoring_pipeline.providers import (
     PricesResult,
@@ -55,16 +54,6 @@ class PriceRow:
     price_date: dt.date | None
     source: str
     is_stale: bool
-
-
-@dataclass(frozen=True, slots=True)
-class Membership:
-    members: list[tuple[str, str]]  # (user_id, batch_key), deterministic order
-    users_skipped: int  # not deleted, holding assets, but no active criteria set
-
-    @property
-    def batch_keys(self) -> list[str]:
-        return sorted({b for _, b in self.members})
 
 
 def needed_currencies(conn: Connection) -> list[str]:
@@ -185,35 +174,6 @@ def reuse_recent_snapshot(
     return source_date
 
 
-def compute_membership(conn: Connection, batch_size: int) -> Membership:
-    """The date's active users in deterministic batches (ordered by user id)."""
-    active = (
-        conn.execute(
-            sa.text(
-                "SELECT u.id FROM users u WHERE u.deleted_at IS NULL "
-                "AND EXISTS (SELECT 1 FROM portfolios p JOIN portfolio_assets a "
-                "  ON a.portfolio_id = p.id WHERE p.user_id = u.id AND NOT a.is_ignored) "
-                "AND EXISTS (SELECT 1 FROM criteria_versions c WHERE c.user_id = u.id "
-                "  AND c.is_active) "
-                "ORDER BY u.id"
-            )
-        )
-        .scalars()
-        .all()
-    )
-    skipped = conn.execute(
-        sa.text(
-            "SELECT count(*) FROM users u WHERE u.deleted_at IS NULL "
-            "AND EXISTS (SELECT 1 FROM portfolios p JOIN portfolio_assets a "
-            "  ON a.portfolio_id = p.id WHERE p.user_id = u.id AND NOT a.is_ignored) "
-            "AND NOT EXISTS (SELECT 1 FROM criteria_versions c WHERE c.user_id = u.id "
-            "  AND c.is_active)"
-        )
-    ).scalar_one()
-    members = [(str(uid), batch_key(i // batch_size)) for i, uid in enumerate(active)]
-    return Membership(members=members, users_skipped=int(skipped))
-
-
 def lock_snapshot(conn: Connection, score_date: dt.date, what: str) -> None:
     """Serialise the takers of one snapshot of a date (market groups' runs may overlap) until
     the transaction ends: the second finds the first's snapshot instead of fetching again."""
@@ -221,31 +181,6 @@ def lock_snapshot(conn: Connection, score_date: dt.date, what: str) -> None:
         sa.text("SELECT pg_advisory_xact_lock(hashtext('snapshot:' || :k))"),
         {"k": f"{score_date.isoformat()}|{what}"},
     )
-
-
-def store_membership(conn: Connection, score_date: dt.date, membership: Membership) -> None:
-    """Replace the date's membership; earlier batch outcomes of the date no longer apply."""
-    conn.execute(t.scoring_batches.delete().where(t.scoring_batches.c.score_date == score_date))
-    conn.execute(
-        t.scoring_batch_results.delete().where(t.scoring_batch_results.c.score_date == score_date)
-    )
-    if membership.members:
-        conn.execute(
-            t.scoring_batches.insert(),
-            [
-                {"score_date": score_date, "user_id": u, "batch_key": b}
-                for u, b in membership.members
-            ],
-        )
-
-
-def load_membership(conn: Connection, score_date: dt.date) -> Membership:
-    rows = conn.execute(
-        sa.select(t.scoring_batches.c.user_id, t.scoring_batches.c.batch_key)
-        .where(t.scoring_batches.c.score_date == score_date)
-        .order_by(t.scoring_batches.c.user_id)
-    ).all()
-    return Membership(members=[(str(r.user_id), r.batch_key) for r in rows], users_skipped=0)
 
 
 def has_snapshot(conn: Connection, table: sa.Table, score_date: dt.date) -> bool:

@@ -23,6 +23,11 @@ from scoring_pipeline.defs.market_groups import DEFAULT_GROUPS, MarketGroup
 from scoring_pipeline.defs.partitions import register_night_batches, score_date_partitions
 from scoring_pipeline.defs.resources import DatabaseResource, ScoringSettingsResource
 from scoring_pipeline.store import night_lifecycle, snapshots
+from scoring_pipeline.store.membership import (
+    compute_membership,
+    load_membership,
+    store_membership,
+)
 
 
 def _int(value: str | None) -> int | None:
@@ -57,11 +62,11 @@ def build_active_users(groups: dict[str, MarketGroup]) -> dg.AssetsDefinition:
         ):
             # One membership per date, however many groups' runs start at once.
             snapshots.lock_snapshot(conn, score_date, "membership")
-            membership = snapshots.load_membership(conn, score_date)
+            membership = load_membership(conn, score_date)
             reused = bool(membership.members) and not config.refresh
             if not reused:
-                membership = snapshots.compute_membership(conn, settings.batch_size)
-                snapshots.store_membership(conn, score_date, membership)
+                membership = compute_membership(conn, settings.batch_size)
+                store_membership(conn, score_date, membership)
             if group is not None:
                 correlation_id = night_lifecycle.open_night(
                     conn, score_date, market_group=group.name, markets=group.markets, restart=True

@@ -25,6 +25,7 @@ from scoring_pipeline.errors import SnapshotUnavailableError
 from scoring_pipeline.store import month_partitions, night_lifecycle, snapshots
 from scoring_pipeline.store import tables as t
 from scoring_pipeline.store.batch_scoring import BatchOutput, score_batch
+from scoring_pipeline.store.membership import load_membership
 
 
 def build_scores(group: MarketGroup, upstream: list[dg.AssetsDefinition]) -> dg.AssetsDefinition:
@@ -100,7 +101,7 @@ def _night_of_batch(conn: Connection, score_date: dt.date, batch: str, group: st
     """The correlation id of the night this batch belongs to; a clear failure when it belongs to
     none (never opens a night: only the date's snapshots run does)."""
     night = night_lifecycle.find_night(conn, score_date, market_group=group)
-    membership = snapshots.load_membership(conn, score_date)
+    membership = load_membership(conn, score_date)
     if night is not None:  # a retry after `prune` dropped the night's month writes again
         month_partitions.ensure_partitions(conn, score_date)
     if night is None or batch not in membership.batch_keys:
