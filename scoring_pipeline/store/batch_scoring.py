@@ -28,7 +28,8 @@ from scoring_pipeline.engine.scoring import (
     score_criteria_set,
 )
 from scoring_pipeline.errors import UserCalculationError
-from scoring_pipeline.store.snapshots import RateRow, load_prices, load_rates
+from scoring_pipeline.store.snapshots.prices import load_prices
+from scoring_pipeline.store.snapshots.rates import RateRow, load_rates
 from scoring_pipeline.store.tables import FUNDAMENTAL_COLUMNS
 
 # Which raw fundamentals each metric reads: INPUTS_CAPTURED keeps exactly those.

@@ -22,12 +22,13 @@ from scoring_pipeline.defs.assets.common import (
 from scoring_pipeline.defs.market_groups import DEFAULT_GROUPS, MarketGroup
 from scoring_pipeline.defs.partitions import register_night_batches, score_date_partitions
 from scoring_pipeline.defs.resources import DatabaseResource, ScoringSettingsResource
-from scoring_pipeline.store import night_lifecycle, snapshots
+from scoring_pipeline.store import night_lifecycle
 from scoring_pipeline.store.membership import (
     compute_membership,
     load_membership,
     store_membership,
 )
+from scoring_pipeline.store.snapshots.reuse import lock_snapshot
 
 
 def _int(value: str | None) -> int | None:
@@ -61,7 +62,7 @@ def build_active_users(groups: dict[str, MarketGroup]) -> dg.AssetsDefinition:
             database.engine().begin() as conn,
         ):
             # One membership per date, however many groups' runs start at once.
-            snapshots.lock_snapshot(conn, score_date, "membership")
+            lock_snapshot(conn, score_date, "membership")
             membership = load_membership(conn, score_date)
             reused = bool(membership.members) and not config.refresh
             if not reused:

@@ -23,7 +23,8 @@ from scoring_pipeline.defs.resources import (
     RatesProviderResource,
     ScoringSettingsResource,
 )
-from scoring_pipeline.store import snapshots
+from scoring_pipeline.store.snapshots.rates import snapshot_rates
+from scoring_pipeline.store.snapshots.reuse import lock_snapshot
 
 
 def build_exchange_rates(
@@ -48,8 +49,8 @@ def build_exchange_rates(
         score_date = score_date_of(context)
 
         def take(conn: Connection) -> dict[str, Any]:
-            snapshots.lock_snapshot(conn, score_date, "rates")
-            return snapshots.snapshot_rates(
+            lock_snapshot(conn, score_date, "rates")
+            return snapshot_rates(
                 conn,
                 score_date,
                 rates_provider,

@@ -20,7 +20,8 @@ from scoring_pipeline.defs.resources import (
     PricesProviderResource,
     ScoringSettingsResource,
 )
-from scoring_pipeline.store import snapshots
+from scoring_pipeline.store.snapshots.prices import snapshot_prices
+from scoring_pipeline.store.snapshots.reuse import lock_snapshot
 
 
 def build_prices(group: MarketGroup, active_users: dg.AssetsDefinition) -> dg.AssetsDefinition:
@@ -45,8 +46,8 @@ def build_prices(group: MarketGroup, active_users: dg.AssetsDefinition) -> dg.As
         score_date = score_date_of(context)
 
         def take(conn: Connection) -> dict[str, Any]:
-            snapshots.lock_snapshot(conn, score_date, "prices")
-            return snapshots.snapshot_prices(
+            lock_snapshot(conn, score_date, "prices")
+            return snapshot_prices(
                 conn,
                 score_date,
                 prices_provider,

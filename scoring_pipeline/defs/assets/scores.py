@@ -22,10 +22,11 @@ from scoring_pipeline.defs.partitions import (
 )
 from scoring_pipeline.defs.resources import DatabaseResource
 from scoring_pipeline.errors import SnapshotUnavailableError
-from scoring_pipeline.store import month_partitions, night_lifecycle, snapshots
+from scoring_pipeline.store import month_partitions, night_lifecycle
 from scoring_pipeline.store import tables as t
 from scoring_pipeline.store.batch_scoring import BatchOutput, score_batch
 from scoring_pipeline.store.membership import load_membership
+from scoring_pipeline.store.snapshots.reuse import has_snapshot
 
 
 def build_scores(group: MarketGroup, upstream: list[dg.AssetsDefinition]) -> dg.AssetsDefinition:
@@ -123,7 +124,7 @@ def _night_of_batch(conn: Connection, score_date: dt.date, batch: str, group: st
         (t.exchange_rate_snapshots, "exchange-rate"),
         (t.price_snapshots, "price"),
     ):
-        if not snapshots.has_snapshot(conn, table, score_date):
+        if not has_snapshot(conn, table, score_date):
             raise SnapshotUnavailableError(
                 f"no {what} snapshot for {score_date}: materialise the date's "
                 "snapshots (the overnight_snapshots_job) before its batches"
