@@ -110,7 +110,7 @@ def run_night(
     """Run a group's snapshots then every batch of the date; return the night's summary."""
     from scoring_pipeline.definitions import defs
     from scoring_pipeline.defs.jobs import BATCH_JOB, SNAPSHOTS_JOB
-    from scoring_pipeline.defs.market_groups import DEFAULT_GROUP
+    from scoring_pipeline.defs.market_groups.group import DEFAULT_GROUP
 
     def job_name(name: str) -> str:
         return name if group == DEFAULT_GROUP else f"{group}_{name}"

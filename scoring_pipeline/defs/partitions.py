@@ -11,7 +11,7 @@ import datetime as dt
 
 import dagster as dg
 
-from scoring_pipeline.defs.market_groups import MarketGroup
+from scoring_pipeline.defs.market_groups.group import MarketGroup
 from scoring_pipeline.errors import ScoringPipelineError
 
 SCORE_DATE_START = "2025-01-01"

@@ -8,7 +8,7 @@ import hashlib
 import dagster as dg
 
 from scoring_pipeline.defs.cache_warming import dashboard_cache_job
-from scoring_pipeline.defs.market_groups import DEFAULT_GROUPS
+from scoring_pipeline.defs.market_groups.group import DEFAULT_GROUPS
 from scoring_pipeline.defs.nights import GroupNight, NightDefinitions, build_nights
 from scoring_pipeline.defs.partitions import (
     NotABatchPartitionError,

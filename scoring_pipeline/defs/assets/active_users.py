@@ -19,7 +19,7 @@ from scoring_pipeline.defs.assets.common import (
     run_traceparent,
     score_date_of,
 )
-from scoring_pipeline.defs.market_groups import DEFAULT_GROUPS, MarketGroup
+from scoring_pipeline.defs.market_groups.group import DEFAULT_GROUPS, MarketGroup
 from scoring_pipeline.defs.partitions import register_night_batches, score_date_partitions
 from scoring_pipeline.defs.resources import DatabaseResource, ScoringSettingsResource
 from scoring_pipeline.store import night_lifecycle

@@ -9,7 +9,7 @@ import dagster as dg
 from sqlalchemy.engine import Connection, Engine
 
 from scoring_pipeline import telemetry
-from scoring_pipeline.defs.market_groups import MarketGroup, group_of_run
+from scoring_pipeline.defs.market_groups.group import MarketGroup, group_of_run
 from scoring_pipeline.errors import SnapshotUnavailableError
 from scoring_pipeline.store import night_lifecycle
 from scoring_pipeline.telemetry import TRACEPARENT

@@ -16,7 +16,7 @@ from scoring_pipeline.defs.assets.common import (
     run_group,
     score_date_of,
 )
-from scoring_pipeline.defs.market_groups import DEFAULT_GROUPS, MarketGroup
+from scoring_pipeline.defs.market_groups.group import DEFAULT_GROUPS, MarketGroup
 from scoring_pipeline.defs.partitions import score_date_partitions
 from scoring_pipeline.defs.resources import (
     DatabaseResource,

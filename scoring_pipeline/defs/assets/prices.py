@@ -13,7 +13,7 @@ from sqlalchemy.engine import Connection
 
 from scoring_pipeline.defs.assets.active_users import active_users
 from scoring_pipeline.defs.assets.common import SnapshotConfig, materialize_snapshot, score_date_of
-from scoring_pipeline.defs.market_groups import DEFAULT_GROUP, DEFAULT_GROUPS, MarketGroup
+from scoring_pipeline.defs.market_groups.group import DEFAULT_GROUP, DEFAULT_GROUPS, MarketGroup
 from scoring_pipeline.defs.partitions import score_date_partitions
 from scoring_pipeline.defs.resources import (
     DatabaseResource,

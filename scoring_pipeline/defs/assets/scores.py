@@ -14,7 +14,7 @@ from scoring_pipeline.defs.assets.active_users import active_users
 from scoring_pipeline.defs.assets.common import night_traceparent
 from scoring_pipeline.defs.assets.exchange_rates import exchange_rates
 from scoring_pipeline.defs.assets.prices import prices
-from scoring_pipeline.defs.market_groups import DEFAULT_GROUP, DEFAULT_GROUPS, MarketGroup
+from scoring_pipeline.defs.market_groups.group import DEFAULT_GROUP, DEFAULT_GROUPS, MarketGroup
 from scoring_pipeline.defs.partitions import (
     NotABatchPartitionError,
     parse_scores_partition_key,
