@@ -12,12 +12,13 @@ from scoring_pipeline.providers.frankfurter import (
     FrankfurterRatesProvider,
     parse_frankfurter_payload,
 )
-from scoring_pipeline.providers.http import HttpSettings, ProviderHttpClient, redact
+from scoring_pipeline.providers.http import HttpSettings, ProviderHttpClient
 from scoring_pipeline.providers.models import (
     PriceQuote,
     PricesResult,
     RatesSnapshot,
 )
+from scoring_pipeline.providers.redaction import redact
 from scoring_pipeline.providers.values import (
     MAX_PRICE,
     MAX_RATE,
