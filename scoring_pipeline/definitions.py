@@ -9,7 +9,8 @@ import sqlalchemy as sa
 
 from scoring_pipeline.defs.cache_warming import dashboard_cache_job
 from scoring_pipeline.defs.deployment import build_resources, schedule_settings
-from scoring_pipeline.defs.market_groups import MarketGroup, load_groups
+from scoring_pipeline.defs.market_groups.config import load_groups
+from scoring_pipeline.defs.market_groups.group import MarketGroup
 from scoring_pipeline.defs.nights import build_nights
 from scoring_pipeline.defs.sensors import build_sensors
 

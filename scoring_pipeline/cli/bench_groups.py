@@ -23,7 +23,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from scoring_pipeline.cli.bench import RssSampler, new_universe, wait_night, wait_runs_ended
-from scoring_pipeline.defs.market_groups import GROUPS_FILE_VARIABLE
+from scoring_pipeline.defs.market_groups.config import GROUPS_FILE_VARIABLE
 from scoring_pipeline.runtime.dagster_api import DagsterApi
 from scoring_pipeline.runtime.services import free_port, running_services
 from scoring_pipeline.store import db

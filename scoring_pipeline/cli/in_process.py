@@ -17,8 +17,8 @@ import sqlalchemy as sa
 
 from scoring_pipeline import telemetry
 from scoring_pipeline.defs.partitions import scores_partition_key
-from scoring_pipeline.store import snapshots
 from scoring_pipeline.store.db import create_engine_for, prepare_dagster_environment
+from scoring_pipeline.store.membership import load_membership
 from scoring_pipeline.store.night.closing import close_night, failed_users
 from scoring_pipeline.store.night.model import ALL_MARKETS, find_night
 from scoring_pipeline.store.night.outcomes import record_batch_run_died, record_snapshots_run_died
@@ -111,7 +111,7 @@ def run_night(
     """Run a group's snapshots then every batch of the date; return the night's summary."""
     from scoring_pipeline.definitions import defs
     from scoring_pipeline.defs.jobs import BATCH_JOB, SNAPSHOTS_JOB
-    from scoring_pipeline.defs.market_groups import DEFAULT_GROUP
+    from scoring_pipeline.defs.market_groups.group import DEFAULT_GROUP
 
     def job_name(name: str) -> str:
         return name if group == DEFAULT_GROUP else f"{group}_{name}"
@@ -149,7 +149,7 @@ def run_night(
         return _summary(engine, score_date, group, stages, started, run_ids, error=error)
 
     with engine.connect() as conn:
-        batches = snapshots.load_membership(conn, score_date).batch_keys
+        batches = load_membership(conn, score_date).batch_keys
     batch_job = definitions.resolve_job_def(job_name(BATCH_JOB))
     scoring_started = time.perf_counter()
     for index, batch in enumerate(batches, start=1):

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import dagster as dg
 
 from scoring_pipeline.defs.assets.scores import scores
-from scoring_pipeline.defs.market_groups import DEFAULT_GROUP, DEFAULT_GROUPS, MarketGroup
+from scoring_pipeline.defs.market_groups.group import DEFAULT_GROUP, DEFAULT_GROUPS, MarketGroup
 from scoring_pipeline.defs.partitions import parse_scores_partition_key
 from scoring_pipeline.defs.resources import DatabaseResource
 from scoring_pipeline.store.batch_invariants import check_batch

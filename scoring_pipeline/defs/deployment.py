@@ -21,7 +21,7 @@ from scoring_pipeline.defs.resources import (
     ScoringSettingsResource,
 )
 from scoring_pipeline.errors import ConfigurationError
-from scoring_pipeline.providers import redact
+from scoring_pipeline.providers.redaction import redact
 
 DEFAULT_CRON = "0 4 * * *"
 DEFAULT_TIMEZONE = "UTC"

@@ -15,7 +15,7 @@ from scoring_pipeline.defs.assets.active_users import active_users
 from scoring_pipeline.defs.assets.exchange_rates import exchange_rates
 from scoring_pipeline.defs.assets.prices import prices
 from scoring_pipeline.defs.assets.scores import scores
-from scoring_pipeline.defs.market_groups import (
+from scoring_pipeline.defs.market_groups.group import (
     DEFAULT_GROUP,
     DEFAULT_GROUPS,
     GROUP_TAG,

@@ -24,7 +24,7 @@ from scoring_pipeline.defs.assets.prices import build_prices
 from scoring_pipeline.defs.assets.scores import build_scores
 from scoring_pipeline.defs.checks import build_scores_invariants
 from scoring_pipeline.defs.jobs import build_jobs
-from scoring_pipeline.defs.market_groups import MarketGroup, group_of_run
+from scoring_pipeline.defs.market_groups.group import MarketGroup, group_of_run
 from scoring_pipeline.defs.schedules import build_group_schedule
 
 

@@ -11,7 +11,7 @@ import datetime as dt
 
 import dagster as dg
 
-from scoring_pipeline.defs.market_groups import MarketGroup
+from scoring_pipeline.defs.market_groups.group import MarketGroup
 from scoring_pipeline.errors import ScoringPipelineError
 
 SCORE_DATE_START = "2025-01-01"
@@ -40,10 +40,6 @@ def scores_partitions_for(group: MarketGroup) -> dg.DynamicPartitionsDefinition:
 
 class NotABatchPartitionError(ScoringPipelineError):
     """A `scores` partition key that is not `YYYY-MM-DD/bNNNN`."""
-
-
-def batch_key(index: int) -> str:
-    return f"b{index:04d}"
 
 
 def scores_partition_key(score_date: str | dt.date, batch: str) -> str:

@@ -17,20 +17,14 @@ import httpx
 from pydantic import Field, PrivateAttr, field_validator, model_validator
 from sqlalchemy.engine import Engine
 
-from scoring_pipeline.providers import (
-    FilePricesProvider,
-    FileRatesProvider,
-    FrankfurterRatesProvider,
-    HttpSettings,
-    PricesProvider,
-    PricesResult,
-    ProviderChain,
-    RatesProvider,
-    RatesSnapshot,
-    YahooPricesProvider,
-    frankfurter,
-    yahoo,
-)
+from scoring_pipeline.providers import frankfurter, yahoo
+from scoring_pipeline.providers.base import PricesProvider, RatesProvider
+from scoring_pipeline.providers.chain import ProviderChain
+from scoring_pipeline.providers.files import FilePricesProvider, FileRatesProvider
+from scoring_pipeline.providers.frankfurter import FrankfurterRatesProvider
+from scoring_pipeline.providers.http import HttpSettings
+from scoring_pipeline.providers.models import PricesResult, RatesSnapshot
+from scoring_pipeline.providers.yahoo import YahooPricesProvider
 from scoring_pipeline.store.db import create_engine_for, resolve_database_url
 
 

@@ -7,7 +7,7 @@ import datetime as dt
 import dagster as dg
 from sqlalchemy.engine import Engine
 
-from scoring_pipeline.defs.market_groups import MarketGroup, group_of_run
+from scoring_pipeline.defs.market_groups.group import MarketGroup, group_of_run
 from scoring_pipeline.store.night import root_span
 from scoring_pipeline.store.night.model import ALL_MARKETS
 from scoring_pipeline.telemetry import TRACEPARENT

@@ -17,7 +17,7 @@ from typing import Any
 import dagster as dg
 
 from scoring_pipeline.defs.jobs import overnight_snapshots_job
-from scoring_pipeline.defs.market_groups import GROUP_TAG, MarketGroup, default_group
+from scoring_pipeline.defs.market_groups.group import GROUP_TAG, MarketGroup, default_group
 from scoring_pipeline.defs.resources import DatabaseResource
 from scoring_pipeline.defs.run_tags import LATE_TAG, SCHEDULED_FOR_TAG
 from scoring_pipeline.errors import ConfigurationError

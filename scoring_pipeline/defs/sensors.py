@@ -8,7 +8,7 @@ import hashlib
 import dagster as dg
 
 from scoring_pipeline.defs.cache_warming import dashboard_cache_job
-from scoring_pipeline.defs.market_groups import DEFAULT_GROUPS
+from scoring_pipeline.defs.market_groups.group import DEFAULT_GROUPS
 from scoring_pipeline.defs.nights import GroupNight, NightDefinitions, build_nights
 from scoring_pipeline.defs.partitions import (
     NotABatchPartitionError,
@@ -16,8 +16,8 @@ from scoring_pipeline.defs.partitions import (
     scores_partition_key,
 )
 from scoring_pipeline.defs.resources import DatabaseResource
-from scoring_pipeline.store import snapshots
 from scoring_pipeline.store.dashboard_cache import pending_batches
+from scoring_pipeline.store.membership import load_membership
 from scoring_pipeline.store.night.outcomes import record_batch_run_died, record_snapshots_run_died
 from scoring_pipeline.store.night.root_span import emit_root_span
 from scoring_pipeline.telemetry import TRACEPARENT
@@ -32,7 +32,7 @@ def batch_run_requests(
 ) -> list[dg.RunRequest]:
     """One run request per batch of the date (its frozen membership), for the group's night."""
     with database.engine().connect() as conn:
-        keys = snapshots.load_membership(conn, dt.date.fromisoformat(score_date)).batch_keys
+        keys = load_membership(conn, dt.date.fromisoformat(score_date)).batch_keys
     return [
         dg.RunRequest(
             run_key=f"{origin_run_id}:{batch}",

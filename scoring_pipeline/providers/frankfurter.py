@@ -16,12 +16,13 @@ from scoring_pipeline.providers.base import (
     requested_currencies,
     select_rates,
 )
-from scoring_pipeline.providers.http import HttpSettings, ProviderHttpClient, call_redacted
+from scoring_pipeline.providers.http import HttpSettings, ProviderHttpClient
 from scoring_pipeline.providers.models import (
     RatesSnapshot,
     describe_validation_error,
     split_rates,
 )
+from scoring_pipeline.providers.redaction import call_redacted
 from scoring_pipeline.providers.values import (
     as_decimal,
     shorten,

@@ -1,4 +1,4 @@
-"""The retrying httpx client of the HTTP providers, and the redaction of secrets.
+"""The retrying httpx client of the HTTP providers, and its timeout and retry policy.
 
 Every httpx exception is turned into one of our errors here, with a message built from the
 provider's name and a redacted URL; the httpx exception is never chained (its request holds the
@@ -7,37 +7,25 @@ URL and headers), so no traceback can show a secret.
 
 import logging
 import math
-import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import TypeVar
-from urllib.parse import quote, quote_plus
 
 import httpx
 
 from scoring_pipeline.errors import (
     ConfigurationError,
-    ProviderError,
     ProviderPayloadError,
     ProviderUnavailableError,
 )
+from scoring_pipeline.providers.redaction import RedactingLogFilter, redact
 
 logger = logging.getLogger("scoring_pipeline.providers")
-_T = TypeVar("_T")
 
-REDACTED = "***"
 # Larger answers are refused rather than read into memory (a quote page of 50 symbols is ~50 kB).
 DEFAULT_MAX_RESPONSE_BYTES = 20_000_000
 _USER_AGENT = "scoring-pipeline (httpx)"
-# Query parameters whose value is redacted from any text: names that look like credentials.
-_SECRET_PARAM = re.compile(
-    r"(?i)([?&;][^=&#\s]*(?:key|token|secret|passw|sig|auth|crumb|credential|session)[^=&#\s]*=)"
-    r"[^&#\s'\"]*"
-)
-_URL_USERINFO = re.compile(r"(?i)(\b[a-z][a-z0-9+.-]*://[^/\s:@]+:)[^/\s@]+@")
-_BEARER = re.compile(r"(?i)(\bbearer\s+)[^\s'\",;]+")
 # Loggers of the HTTP stack that may print request URLs (httpx logs each request at INFO).
 # Logger filters are not inherited by child loggers, so httpcore's are listed one by one.
 _HTTP_STACK_LOGGERS = (
@@ -48,36 +36,6 @@ _HTTP_STACK_LOGGERS = (
     "httpcore.http2",
     "httpcore.proxy",
 )
-
-
-def redact(text: str, secrets: Iterable[str | None] = ()) -> str:
-    """Return ``text`` without the given secrets and without credential-looking URL parts.
-
-    Each secret is scrubbed literally and in its URL-encoded forms; values of query parameters
-    whose name looks like a credential (``api_key``, ``token``, ``sig``…), URL passwords and
-    bearer tokens are replaced by ``***`` even when the secret is not known.
-    """
-    for secret in sorted({s for s in secrets if s}, key=len, reverse=True):
-        for variant in (secret, quote(secret, safe=""), quote_plus(secret)):
-            text = text.replace(variant, REDACTED)
-    text = _SECRET_PARAM.sub(rf"\g<1>{REDACTED}", text)
-    text = _URL_USERINFO.sub(rf"\g<1>{REDACTED}@", text)
-    return _BEARER.sub(rf"\g<1>{REDACTED}", text)
-
-
-def call_redacted(secrets: Iterable[str | None], call: Callable[[], _T]) -> _T:
-    """Return ``call()``; a ProviderError it raises comes out with the secrets scrubbed from its
-    message (a new error of the same type, raised with no cause or context to leak through)."""
-    replacement: ProviderError | None = None
-    try:
-        return call()
-    except ProviderError as exc:
-        text = str(exc)
-        clean = redact(text, secrets)
-        if clean == text:
-            raise
-        replacement = type(exc)(clean.removeprefix(f"{exc.provider}: "), provider=exc.provider)
-    raise replacement
 
 
 @dataclass(frozen=True)
@@ -127,21 +85,6 @@ class _Failure:
     retry_after: float | None = None
 
 
-class _RedactingLogFilter(logging.Filter):
-    """Scrubs the client's secrets from records of the HTTP stack's own loggers."""
-
-    def __init__(self, secrets: list[str]) -> None:
-        super().__init__()
-        self._secrets = secrets
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        clean = redact(message, self._secrets)
-        if clean != message:
-            record.msg, record.args = clean, None
-        return True
-
-
 def _retry_after_seconds(headers: httpx.Headers) -> float | None:
     value = headers.get("retry-after")
     if value is None:
@@ -186,7 +129,7 @@ class ProviderHttpClient:
         self._headers.update(headers or {})
         self._max_response_bytes = max_response_bytes
         self._client: httpx.Client | None = None
-        self._log_filter: _RedactingLogFilter | None = None
+        self._log_filter: RedactingLogFilter | None = None
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -246,7 +189,7 @@ class ProviderHttpClient:
     def _http(self) -> httpx.Client:
         with self._lock:
             if self._client is None:
-                self._log_filter = _RedactingLogFilter(self._secrets)
+                self._log_filter = RedactingLogFilter(self._secrets)
                 for name in _HTTP_STACK_LOGGERS:
                     logging.getLogger(name).addFilter(self._log_filter)
                 # Redirects are not followed: a moved API is a configuration problem, and an

@@ -31,12 +31,13 @@ from scoring_pipeline.providers.base import (
     merge_quote,
     requested_symbols,
 )
-from scoring_pipeline.providers.http import HttpSettings, ProviderHttpClient, call_redacted
+from scoring_pipeline.providers.http import HttpSettings, ProviderHttpClient
 from scoring_pipeline.providers.models import (
     PricesResult,
     QuoteOutcome,
     validate_quote,
 )
+from scoring_pipeline.providers.redaction import call_redacted
 from scoring_pipeline.providers.values import (
     as_decimal,
     shorten,

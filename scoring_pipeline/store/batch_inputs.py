@@ -13,7 +13,8 @@ from sqlalchemy.engine import Connection
 from scoring_pipeline.engine.batch_inputs import BatchInputs, CriteriaRow, UserRow
 from scoring_pipeline.engine.metrics import InstrumentData
 from scoring_pipeline.store.market_scope import CRITERIA_IN_GROUP, markets_param, member_in_group
-from scoring_pipeline.store.snapshots import load_prices, load_rates
+from scoring_pipeline.store.snapshots.prices import load_prices
+from scoring_pipeline.store.snapshots.rates import load_rates
 from scoring_pipeline.store.tables import FUNDAMENTAL_COLUMNS
 
 

@@ -19,7 +19,7 @@ from sqlalchemy.engine import Connection
 from scoring_pipeline.engine.json_text import plain
 from scoring_pipeline.engine.metrics import SCORE_CONTEXT, rate_between
 from scoring_pipeline.errors import MissingRateError
-from scoring_pipeline.store.snapshots import load_rates
+from scoring_pipeline.store.snapshots.rates import load_rates
 
 TOP_ASSETS = 10
 CACHE_TTL = dt.timedelta(hours=24)

@@ -11,7 +11,8 @@ import dagster as dg
 import exchange_calendars
 import pytest
 
-from scoring_pipeline.defs.market_groups import GROUPS_FILE_VARIABLE, MarketGroup, load_groups
+from scoring_pipeline.defs.market_groups.config import GROUPS_FILE_VARIABLE, load_groups
+from scoring_pipeline.defs.market_groups.group import MarketGroup
 from scoring_pipeline.defs.nights import build_nights
 from scoring_pipeline.defs.resources import DatabaseResource
 from scoring_pipeline.errors import ConfigurationError
@@ -230,7 +231,7 @@ def test_a_closed_day_is_skipped_with_a_reason_naming_the_calendar(three, name, 
 
 
 def test_a_date_beyond_the_calendar_falls_back_to_weekdays(caplog):
-    from scoring_pipeline.defs.market_groups import is_session
+    from scoring_pipeline.defs.market_groups.calendars import is_session
 
     far = dt.date(2099, 1, 5)  # a Monday, far beyond the bounds the calendar is built with
     assert is_session("XNYS", far) and not is_session("XNYS", dt.date(2099, 1, 3))

@@ -20,7 +20,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from scoring_pipeline.providers import HttpSettings
+from scoring_pipeline.providers.http import HttpSettings
 
 # Tiny backoff so retry tests take milliseconds; a short timeout for the timeout tests.
 FAST_HTTP = HttpSettings(

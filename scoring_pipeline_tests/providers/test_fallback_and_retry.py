@@ -18,17 +18,13 @@ from scoring_pipeline.errors import (
     ProviderPayloadError,
     ProviderUnavailableError,
 )
-from scoring_pipeline.providers import (
-    FilePricesProvider,
-    FileRatesProvider,
-    FrankfurterRatesProvider,
-    HttpSettings,
-    ProviderChain,
-    ProviderHttpClient,
-    Rejection,
-    YahooPricesProvider,
-    redact,
-)
+from scoring_pipeline.providers.chain import ProviderChain
+from scoring_pipeline.providers.files import FilePricesProvider, FileRatesProvider
+from scoring_pipeline.providers.frankfurter import FrankfurterRatesProvider
+from scoring_pipeline.providers.http import HttpSettings, ProviderHttpClient
+from scoring_pipeline.providers.redaction import redact
+from scoring_pipeline.providers.values import Rejection
+from scoring_pipeline.providers.yahoo import YahooPricesProvider
 
 LATEST = "/v1/latest"
 QUOTE = "/v7/finance/quote"

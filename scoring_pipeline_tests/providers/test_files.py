@@ -10,7 +10,9 @@ from decimal import Decimal
 import pytest
 
 from scoring_pipeline.errors import ProviderPayloadError, ProviderUnavailableError
-from scoring_pipeline.providers import FilePricesProvider, FileRatesProvider, PriceQuote, Rejection
+from scoring_pipeline.providers.files import FilePricesProvider, FileRatesProvider
+from scoring_pipeline.providers.models import PriceQuote
+from scoring_pipeline.providers.values import Rejection
 
 RATES_JSON = '{"amount":1.0,"base":"USD","date":"2026-11-26","rates":{"EUR":0.9012,"GBP":0.79}}'
 PRICES_CSV = (

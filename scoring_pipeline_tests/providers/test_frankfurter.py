@@ -10,7 +10,9 @@ from decimal import Decimal
 import pytest
 
 from scoring_pipeline.errors import ProviderPayloadError, ProviderUnavailableError
-from scoring_pipeline.providers import FrankfurterRatesProvider, RatesSnapshot, Rejection
+from scoring_pipeline.providers.frankfurter import FrankfurterRatesProvider
+from scoring_pipeline.providers.models import RatesSnapshot
+from scoring_pipeline.providers.values import Rejection
 
 LATEST = "/v1/latest"
 

@@ -14,7 +14,8 @@ import pytest
 import sqlalchemy as sa
 
 from scoring_pipeline.defs.deployment import build_resources
-from scoring_pipeline.defs.market_groups import GROUP_TAG, GROUPS_FILE_VARIABLE
+from scoring_pipeline.defs.market_groups.config import GROUPS_FILE_VARIABLE
+from scoring_pipeline.defs.market_groups.group import GROUP_TAG
 from scoring_pipeline.defs.nights import build_nights
 from scoring_pipeline.defs.partitions import scores_partition_key
 from scoring_pipeline_tests import factories as f

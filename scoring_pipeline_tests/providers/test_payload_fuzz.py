@@ -13,18 +13,17 @@ from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 from scoring_pipeline.errors import ProviderPayloadError
-from scoring_pipeline.providers import (
+from scoring_pipeline.providers.frankfurter import parse_frankfurter_payload
+from scoring_pipeline.providers.models import PriceQuote, RatesSnapshot
+from scoring_pipeline.providers.values import (
     MAX_PRICE,
     MAX_RATE,
     MIN_PRICE,
     MIN_RATE,
-    PriceQuote,
-    RatesSnapshot,
     RejectedValue,
     Rejection,
-    parse_frankfurter_payload,
-    parse_yahoo_payload,
 )
+from scoring_pipeline.providers.yahoo import parse_yahoo_payload
 
 FUZZ = settings(max_examples=200, deadline=None)
 

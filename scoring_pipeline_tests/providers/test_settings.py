@@ -13,13 +13,10 @@ import pytest
 from scoring_pipeline.defs.deployment import build_resources
 from scoring_pipeline.defs.resources import PricesProviderResource, RatesProviderResource
 from scoring_pipeline.errors import ConfigurationError
-from scoring_pipeline.providers import (
-    FilePricesProvider,
-    FileRatesProvider,
-    FrankfurterRatesProvider,
-    HttpSettings,
-    YahooPricesProvider,
-)
+from scoring_pipeline.providers.files import FilePricesProvider, FileRatesProvider
+from scoring_pipeline.providers.frankfurter import FrankfurterRatesProvider
+from scoring_pipeline.providers.http import HttpSettings
+from scoring_pipeline.providers.yahoo import YahooPricesProvider
 
 
 def _rates(env) -> RatesProviderResource:

@@ -11,7 +11,9 @@ from decimal import Decimal
 import pytest
 
 from scoring_pipeline.errors import ProviderPayloadError
-from scoring_pipeline.providers import PriceQuote, PricesResult, Rejection, YahooPricesProvider
+from scoring_pipeline.providers.models import PriceQuote, PricesResult
+from scoring_pipeline.providers.values import Rejection
+from scoring_pipeline.providers.yahoo import YahooPricesProvider
 
 QUOTE = "/v7/finance/quote"
 # 2026-11-27 23:30:00 UTC: still the 27th in UTC, already the 28th in Tokyo.

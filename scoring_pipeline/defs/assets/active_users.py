@@ -1,7 +1,7 @@
 """The `active_users` asset: the date's active users and their frozen batch membership.
 
 Shared by every market group: the first group's run of a date freezes the membership, the later
-groups' runs reuse it. The run's group (see `market_groups.group_of_run`) has its night opened
+groups' runs reuse it. The run's group (see `market_groups.group.group_of_run`) has its night opened
 here, first step of its snapshots run, and its `scores` partitions made the date's batches.
 """
 
@@ -11,15 +11,16 @@ import dagster as dg
 
 from scoring_pipeline import telemetry
 from scoring_pipeline.defs.assets.snapshot import SnapshotConfig, score_date_of
-from scoring_pipeline.defs.market_groups import DEFAULT_GROUPS, MarketGroup
+from scoring_pipeline.defs.market_groups.group import DEFAULT_GROUPS, MarketGroup
 from scoring_pipeline.defs.partitions import register_night_batches, score_date_partitions
 from scoring_pipeline.defs.resources import DatabaseResource, ScoringSettingsResource
 from scoring_pipeline.defs.run_tags import LATE_TAG, SCHEDULED_FOR_TAG, run_group, run_traceparent
-from scoring_pipeline.store import snapshots
+from scoring_pipeline.store.membership import compute_membership, load_membership, store_membership
 from scoring_pipeline.store.night.closing import close_night
 from scoring_pipeline.store.night.model import merge_metrics
 from scoring_pipeline.store.night.opening import open_night
 from scoring_pipeline.store.night.root_span import emit_root_span
+from scoring_pipeline.store.snapshots.reuse import lock_snapshot
 
 
 def _int(value: str | None) -> int | None:
@@ -53,12 +54,12 @@ def build_active_users(groups: dict[str, MarketGroup]) -> dg.AssetsDefinition:
             database.engine().begin() as conn,
         ):
             # One membership per date, however many groups' runs start at once.
-            snapshots.lock_snapshot(conn, score_date, "membership")
-            membership = snapshots.load_membership(conn, score_date)
+            lock_snapshot(conn, score_date, "membership")
+            membership = load_membership(conn, score_date)
             reused = bool(membership.members) and not config.refresh
             if not reused:
-                membership = snapshots.compute_membership(conn, settings.batch_size)
-                snapshots.store_membership(conn, score_date, membership)
+                membership = compute_membership(conn, settings.batch_size)
+                store_membership(conn, score_date, membership)
             if group is not None:
                 correlation_id = open_night(
                     conn, score_date, market_group=group.name, markets=group.markets, restart=True

@@ -15,7 +15,7 @@ from scoring_pipeline.defs.assets.snapshot import (
     materialize_snapshot,
     score_date_of,
 )
-from scoring_pipeline.defs.market_groups import DEFAULT_GROUPS, MarketGroup
+from scoring_pipeline.defs.market_groups.group import DEFAULT_GROUPS, MarketGroup
 from scoring_pipeline.defs.partitions import score_date_partitions
 from scoring_pipeline.defs.resources import (
     DatabaseResource,
@@ -23,7 +23,8 @@ from scoring_pipeline.defs.resources import (
     ScoringSettingsResource,
 )
 from scoring_pipeline.defs.run_tags import run_group
-from scoring_pipeline.store import snapshots
+from scoring_pipeline.store.snapshots.rates import snapshot_rates
+from scoring_pipeline.store.snapshots.reuse import lock_snapshot
 
 
 def build_exchange_rates(
@@ -48,8 +49,8 @@ def build_exchange_rates(
         score_date = score_date_of(context)
 
         def take(conn: Connection) -> dict[str, Any]:
-            snapshots.lock_snapshot(conn, score_date, "rates")
-            return snapshots.snapshot_rates(
+            lock_snapshot(conn, score_date, "rates")
+            return snapshot_rates(
                 conn,
                 score_date,
                 rates_provider,

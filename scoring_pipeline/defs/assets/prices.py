@@ -17,14 +17,15 @@ from scoring_pipeline.defs.assets.snapshot import (
     materialize_snapshot,
     score_date_of,
 )
-from scoring_pipeline.defs.market_groups import DEFAULT_GROUP, DEFAULT_GROUPS, MarketGroup
+from scoring_pipeline.defs.market_groups.group import DEFAULT_GROUP, DEFAULT_GROUPS, MarketGroup
 from scoring_pipeline.defs.partitions import score_date_partitions
 from scoring_pipeline.defs.resources import (
     DatabaseResource,
     PricesProviderResource,
     ScoringSettingsResource,
 )
-from scoring_pipeline.store import snapshots
+from scoring_pipeline.store.snapshots.prices import snapshot_prices
+from scoring_pipeline.store.snapshots.reuse import lock_snapshot
 
 
 def build_prices(group: MarketGroup, active_users: dg.AssetsDefinition) -> dg.AssetsDefinition:
@@ -49,8 +50,8 @@ def build_prices(group: MarketGroup, active_users: dg.AssetsDefinition) -> dg.As
         score_date = score_date_of(context)
 
         def take(conn: Connection) -> dict[str, Any]:
-            snapshots.lock_snapshot(conn, score_date, "prices")
-            return snapshots.snapshot_prices(
+            lock_snapshot(conn, score_date, "prices")
+            return snapshot_prices(
                 conn,
                 score_date,
                 prices_provider,

@@ -14,7 +14,7 @@ from scoring_pipeline import telemetry
 from scoring_pipeline.defs.assets.active_users import active_users
 from scoring_pipeline.defs.assets.exchange_rates import exchange_rates
 from scoring_pipeline.defs.assets.prices import prices
-from scoring_pipeline.defs.market_groups import DEFAULT_GROUP, DEFAULT_GROUPS, MarketGroup
+from scoring_pipeline.defs.market_groups.group import DEFAULT_GROUP, DEFAULT_GROUPS, MarketGroup
 from scoring_pipeline.defs.partitions import (
     NotABatchPartitionError,
     parse_scores_partition_key,
@@ -24,10 +24,12 @@ from scoring_pipeline.defs.resources import DatabaseResource
 from scoring_pipeline.defs.run_tags import night_traceparent
 from scoring_pipeline.engine.batch import BatchOutput, score_batch
 from scoring_pipeline.errors import SnapshotUnavailableError
-from scoring_pipeline.store import month_partitions, snapshots
+from scoring_pipeline.store import month_partitions
 from scoring_pipeline.store import tables as t
 from scoring_pipeline.store.batch_inputs import load_batch_inputs
+from scoring_pipeline.store.membership import load_membership
 from scoring_pipeline.store.night.model import find_night
+from scoring_pipeline.store.snapshots.reuse import has_snapshot
 
 
 def build_scores(group: MarketGroup, upstream: list[dg.AssetsDefinition]) -> dg.AssetsDefinition:
@@ -106,7 +108,7 @@ def _night_of_batch(conn: Connection, score_date: dt.date, batch: str, group: st
     """The correlation id of the night this batch belongs to; a clear failure when it belongs to
     none (never opens a night: only the date's snapshots run does)."""
     night = find_night(conn, score_date, market_group=group)
-    membership = snapshots.load_membership(conn, score_date)
+    membership = load_membership(conn, score_date)
     if night is not None:  # a retry after `prune` dropped the night's month writes again
         month_partitions.ensure_partitions(conn, score_date)
     if night is None or batch not in membership.batch_keys:
@@ -128,7 +130,7 @@ def _night_of_batch(conn: Connection, score_date: dt.date, batch: str, group: st
         (t.exchange_rate_snapshots, "exchange-rate"),
         (t.price_snapshots, "price"),
     ):
-        if not snapshots.has_snapshot(conn, table, score_date):
+        if not has_snapshot(conn, table, score_date):
             raise SnapshotUnavailableError(
                 f"no {what} snapshot for {score_date}: materialise the date's "
                 "snapshots (the overnight_snapshots_job) before its batches"

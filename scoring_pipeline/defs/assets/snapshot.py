@@ -10,7 +10,7 @@ import dagster as dg
 from sqlalchemy.engine import Connection
 
 from scoring_pipeline import telemetry
-from scoring_pipeline.defs.market_groups import MarketGroup
+from scoring_pipeline.defs.market_groups.group import MarketGroup
 from scoring_pipeline.defs.resources import DatabaseResource
 from scoring_pipeline.defs.run_tags import night_traceparent
 from scoring_pipeline.errors import SnapshotUnavailableError

@@ -1,7 +1,6 @@
-"""Market groups: which markets a night scores, and when it starts (SPEC §6 per-market nights).
-
-Configuration is a TOML file named by `MARKET_GROUPS_FILE`, read once when the code location
-loads and checked there (a bad file fails the load with one `ConfigurationError`)::
+"""The market groups' configuration: a TOML file named by `MARKET_GROUPS_FILE`, read once when
+the code location loads and checked there (a bad file fails the load with one
+`ConfigurationError`)::
 
     [groups.us]
     markets = ["US_TECH"]       # markets.code values; a market belongs to at most one group
@@ -16,91 +15,34 @@ Without the file there is one group, `all`: every market, on `OVERNIGHT_JOB_CRON
 
 A group's schedule runs in its exchange's timezone on a wall-clock cron `opens_at - lead`, so
 Dagster's own conversion keeps it right across DST; the score date of a tick is the tick's local
-calendar date. Closed days are read from `exchange_calendars`, built with explicit bounds and
-rebuilt daily (a calendar built without bounds ends a year after import, and a code server that
-stays up longer would fail); a date outside the bounds falls back to "weekdays are sessions".
+calendar date.
 """
 
-import contextlib
 import datetime as dt
-import functools
 import logging
 import re
 import tomllib
-import warnings
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import pydantic
 
+from scoring_pipeline.defs.market_groups.calendars import calendar_names, weekmask
+from scoring_pipeline.defs.market_groups.group import (
+    DEFAULT_GROUP,
+    DEFAULT_LEAD_MINUTES,
+    MarketGroup,
+    default_group,
+)
 from scoring_pipeline.errors import ConfigurationError
 
-logger = logging.getLogger(__name__)
+# The logger of the market groups, named as before they became a package.
+logger = logging.getLogger("scoring_pipeline.defs.market_groups")
 
 GROUPS_FILE_VARIABLE = "MARKET_GROUPS_FILE"
-# The market group a run works for: a tag of every job of the group (schedule, sensor, CLI and
-# UI launches of the job alike).
-GROUP_TAG = "scoring/market_group"
-DEFAULT_GROUP = "all"
-DEFAULT_LEAD_MINUTES = 120
 _NAME = re.compile(r"^[a-z][a-z0-9_]{0,29}$")
 _CRON_DAYS = ("1", "2", "3", "4", "5", "6", "0")  # Monday first, as calendars' weekmasks
-CALENDAR_YEARS_AHEAD = 2
-CALENDAR_START = dt.date(2020, 1, 1)
-
-
-@dataclass(frozen=True, slots=True)
-class MarketGroup:
-    """One configured group: its markets (None: every market) and its night's schedule."""
-
-    name: str
-    markets: tuple[str, ...] | None
-    cron: str
-    timezone: str
-    calendar: str | None = None
-    opens_at: dt.time | None = None
-    lead_minutes: int = DEFAULT_LEAD_MINUTES
-    run_on_closed_days: bool = True
-
-    @property
-    def is_default(self) -> bool:
-        """The group of an unconfigured deployment: names and keys exactly as before groups."""
-        return self.markets is None
-
-    @property
-    def key_prefix(self) -> list[str]:
-        return [] if self.is_default else [self.name]
-
-    def asset_key(self, name: str) -> "list[str]":
-        return [*self.key_prefix, name]
-
-    def qualified(self, name: str) -> str:
-        """A job, schedule or partitions name of this group (`us_scoring_batch_job`)."""
-        return name if self.is_default else f"{self.name}_{name}"
-
-    def score_date_of_tick(self, scheduled: dt.datetime) -> dt.date:
-        """The date a tick scores: its calendar day in the group's timezone."""
-        if scheduled.tzinfo is None:
-            scheduled = scheduled.replace(tzinfo=dt.UTC)
-        return scheduled.astimezone(ZoneInfo(self.timezone)).date()
-
-    def closed_reason(self, day: dt.date) -> str | None:
-        """Why the group has no night on `day` (a closed exchange), or None when it has one."""
-        if self.run_on_closed_days:
-            return None
-        if self.calendar is None:
-            if day.weekday() < 5:
-                return None
-            return f"{day} is a {day:%A}: group {self.name} runs on weekdays only"
-        if is_session(self.calendar, day):
-            return None
-        return (
-            f"{day} ({day:%A}) is not a trading session of {self.calendar}: "
-            f"no night for group {self.name}"
-        )
 
 
 class _GroupFile(pydantic.BaseModel, extra="forbid"):
@@ -117,25 +59,6 @@ class _File(pydantic.BaseModel, extra="forbid"):
 
 
 MarketsReader = Callable[[], Mapping[str, tuple[str, dt.time]]]
-
-
-def group_of_run(
-    tags: Mapping[str, str], groups: Mapping[str, MarketGroup], asset_group: str | None = None
-) -> MarketGroup | None:
-    """The group whose night a run works for: its GROUP_TAG; else `asset_group`, the group of the
-    asset it materialises (UI materialisations and backfills run Dagster's implicit asset job,
-    which carries no tag of ours); else the default group when it is the only one; else none."""
-    tagged = tags.get(GROUP_TAG)
-    if tagged is not None:
-        return groups.get(tagged)
-    if asset_group is not None:
-        return groups.get(asset_group)
-    only = list(groups.values())
-    return only[0] if len(only) == 1 and only[0].is_default else None
-
-
-def default_group(cron: str, timezone: str) -> MarketGroup:
-    return MarketGroup(name=DEFAULT_GROUP, markets=None, cron=cron, timezone=timezone)
 
 
 def load_groups(
@@ -263,61 +186,3 @@ def _check_disjoint(groups: list[MarketGroup], where: str) -> None:
                     "a market belongs to one group (their nights would replace each other's scores)"
                 )
             owner[market] = group.name
-
-
-# --- exchange calendars -----------------------------------------------------------------------
-
-
-@functools.cache
-def calendar_names() -> frozenset[str]:
-    import exchange_calendars
-
-    return frozenset(exchange_calendars.get_calendar_names(include_aliases=True))
-
-
-def weekmask(mic: str) -> str:
-    return str(_calendar(mic, _today()).weekmask)
-
-
-def _today() -> dt.date:
-    return dt.datetime.now(dt.UTC).date()
-
-
-@contextlib.contextmanager
-def _pandas_quiet() -> Iterator[None]:
-    """exchange_calendars 4.13 calls a pandas API that pandas 3.1 deprecates (Pandas4Warning);
-    the result is right, and the warning would otherwise reach every code server's log."""
-    import pandas
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", pandas.errors.Pandas4Warning)
-        yield
-
-
-@functools.lru_cache(maxsize=16)
-def _calendar(mic: str, built_on: dt.date) -> Any:
-    """The calendar with explicit bounds, rebuilt once a day (`built_on` is the cache key)."""
-    import exchange_calendars
-
-    end = dt.date(built_on.year + CALENDAR_YEARS_AHEAD, 12, 31)
-    with _pandas_quiet():
-        return exchange_calendars.get_calendar(
-            mic, start=CALENDAR_START.isoformat(), end=end.isoformat()
-        )
-
-
-def is_session(mic: str, day: dt.date) -> bool:
-    """Whether the exchange trades on `day`; outside the calendar's bounds, weekdays do."""
-    calendar = _calendar(mic, _today())
-    first, last = calendar.first_session.date(), calendar.last_session.date()
-    if not first <= day <= last:
-        logger.warning(
-            "%s: %s is outside the calendar (%s..%s): weekdays are sessions", mic, day, first, last
-        )
-        return day.weekday() < 5
-    with _pandas_quiet():
-        return bool(calendar.is_session(day.isoformat()))
-
-
-# The default group with the default schedule: what the module-level definitions are built for.
-DEFAULT_GROUPS = {DEFAULT_GROUP: default_group("0 4 * * *", "UTC")}

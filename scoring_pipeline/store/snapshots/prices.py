@@ -1,0 +1,237 @@
+"""The date's price snapshot: a close for every symbol the night needs, fetched once from the
+prices provider (in batched requests) and frozen in `price_snapshots`; a market group adds its
+own symbols to the date's snapshot."""
+
+import datetime as dt
+from collections.abc import Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from scoring_pipeline.errors import ProviderError
+from scoring_pipeline.providers.base import PricesSource
+from scoring_pipeline.providers.models import PricesResult
+from scoring_pipeline.store import tables as t
+from scoring_pipeline.store.market_scope import markets_param, member_in_group
+from scoring_pipeline.store.snapshots.rejections import (
+    NOT_RETURNED,
+    fetched_rejections,
+    stored_rejections,
+)
+from scoring_pipeline.store.snapshots.reuse import has_snapshot, stale_or_raise
+
+
+@dataclass(frozen=True, slots=True)
+class PriceRow:
+    symbol: str
+    close: Decimal | None
+    currency: str | None
+    price_date: dt.date | None
+    source: str
+    is_stale: bool
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def needed_symbols(
+    conn: Connection, score_date: dt.date, markets: Sequence[str] | None = None
+) -> list[str]:
+    """Every instrument of every market targeted by the date's active users, plus held symbols.
+
+    For a market group (`markets`): the instruments of its markets its users target, plus the
+    held symbols of its users (those with an active criteria set in its markets)."""
+    rows = conn.execute(
+        sa.text(
+            "SELECT i.symbol FROM instruments i WHERE EXISTS ("
+            "  SELECT 1 FROM criteria_versions c JOIN scoring_batches b "
+            "    ON b.user_id = c.user_id AND b.score_date = :d "
+            "  WHERE c.is_active AND c.target_market = i.market AND c.asset_type = i.asset_type) "
+            "AND (CAST(:m AS text[]) IS NULL OR i.market = ANY(CAST(:m AS text[]))) "
+            "UNION SELECT a.symbol FROM portfolio_assets a "
+            "  JOIN portfolios p ON p.id = a.portfolio_id "
+            "  JOIN scoring_batches b ON b.user_id = p.user_id AND b.score_date = :d "
+            f"  WHERE NOT a.is_ignored AND {member_in_group()}"
+        ),
+        {"d": score_date, "m": markets_param(markets)},
+    ).scalars()
+    return sorted(set(rows))
+
+
+def instrument_currencies(conn: Connection, symbols: list[str]) -> dict[str, str]:
+    """The currency each of ``symbols`` that is an instrument trades in (quotes must match)."""
+    rows = conn.execute(
+        sa.select(t.instruments.c.symbol, t.instruments.c.currency).where(
+            t.instruments.c.symbol.in_(symbols)
+        )
+    ).all()
+    return {r.symbol: str(r.currency).strip().upper() for r in rows if r.currency}
+
+
+def _missing_reason(symbol: str, result: PricesResult) -> str | None:
+    if symbol in result.quotes:
+        return None
+    rejected = result.rejected.get(symbol)
+    return rejected.reason.value if rejected is not None else NOT_RETURNED
+
+
+def store_prices(
+    conn: Connection,
+    score_date: dt.date,
+    symbols: list[str],
+    result: PricesResult,
+    *,
+    fetched_at: dt.datetime,
+    only_these: bool = False,
+) -> dict[str, int]:
+    """Store the date's prices of `symbols`: replacing the date's whole snapshot, or only these
+    symbols' rows (`only_these`: a market group adds its own to the date's snapshot)."""
+    replaced = t.price_snapshots.delete().where(t.price_snapshots.c.score_date == score_date)
+    if only_these:
+        replaced = replaced.where(t.price_snapshots.c.symbol.in_(symbols))
+    conn.execute(replaced)
+    rows: list[dict[str, Any]] = []
+    for symbol in symbols:
+        quote = result.quotes.get(symbol)
+        rows.append(
+            {
+                "score_date": score_date,
+                "symbol": symbol,
+                "close": quote.close if quote else None,
+                "currency": quote.currency if quote else None,
+                "price_date": quote.price_date if quote else None,
+                "source": quote.source if quote else result.source,
+                "fetched_at": fetched_at,
+                "is_stale": False,
+                "missing_reason": _missing_reason(symbol, result),
+            }
+        )
+    if rows:
+        conn.execute(t.price_snapshots.insert(), rows)
+    priced = sum(1 for r in rows if r["close"] is not None)
+    return {"symbols": len(rows), "priced": priced, "missing": len(rows) - priced}
+
+
+def load_prices(conn: Connection, score_date: dt.date, symbols: list[str]) -> dict[str, PriceRow]:
+    table = t.price_snapshots
+    rows = conn.execute(
+        sa.select(table).where(table.c.score_date == score_date, table.c.symbol.in_(symbols))
+    ).all()
+    return {
+        r.symbol: PriceRow(
+            r.symbol,
+            r.close,
+            r.currency.strip() if r.currency else None,
+            r.price_date,
+            r.source,
+            r.is_stale,
+        )
+        for r in rows
+    }
+
+
+def snapshot_prices(
+    conn: Connection,
+    score_date: dt.date,
+    provider: PricesSource,
+    *,
+    max_age_days: int,
+    refresh: bool,
+    markets: Sequence[str] | None = None,
+) -> dict[str, Any]:
+    """Freeze the date's prices for every needed symbol (batched requests by the provider);
+    for a market group (`markets`), for the group's symbols the date has no price of yet."""
+    table = t.price_snapshots
+    if markets is not None:
+        return _snapshot_group_prices(conn, score_date, provider, max_age_days, refresh, markets)
+    if not refresh and has_snapshot(conn, table, score_date):
+        stale = conn.execute(
+            sa.select(sa.func.count()).where(table.c.score_date == score_date, table.c.is_stale)
+        ).scalar_one()
+        total = conn.execute(
+            sa.select(sa.func.count()).where(table.c.score_date == score_date)
+        ).scalar_one()
+        return {
+            "fetched": False,
+            "reused_existing": True,
+            "symbols": total,
+            "is_stale": bool(stale),
+            **stored_rejections(conn, table, score_date, "symbol"),
+        }
+    symbols = needed_symbols(conn, score_date)
+    if not symbols:
+        conn.execute(table.delete().where(table.c.score_date == score_date))
+        return {"fetched": False, "reused_existing": False, "is_stale": False, "symbols": 0}
+    try:
+        result = provider.fetch_prices(
+            symbols=symbols, currencies=instrument_currencies(conn, symbols)
+        )
+    except ProviderError as exc:
+        return {
+            **stale_or_raise(conn, table, score_date, max_age_days, exc, "prices"),
+            **stored_rejections(conn, table, score_date, "symbol"),
+        }
+    counts = store_prices(conn, score_date, symbols, result, fetched_at=_now())
+    return {
+        "fetched": True,
+        "reused_existing": False,
+        "is_stale": False,
+        "source": result.source,
+        "missing_symbols": result.missing[:50],
+        **counts,
+        **fetched_rejections(result.rejected, "prices", score_date),
+    }
+
+
+def _snapshot_group_prices(
+    conn: Connection,
+    score_date: dt.date,
+    provider: PricesSource,
+    max_age_days: int,
+    refresh: bool,
+    markets: Sequence[str],
+) -> dict[str, Any]:
+    table = t.price_snapshots
+    symbols = needed_symbols(conn, score_date, markets)
+    stored = dict(
+        conn.execute(
+            sa.select(table.c.symbol, table.c.is_stale).where(
+                table.c.score_date == score_date, table.c.symbol.in_(symbols)
+            )
+        ).all()
+    )
+    wanted = symbols if refresh else [s for s in symbols if s not in stored]
+    figures: dict[str, Any] = {
+        "symbols": len(symbols),
+        "reused_symbols": len(symbols) - len(wanted),
+    }
+    if not wanted:
+        return {
+            "fetched": False,
+            "reused_existing": True,
+            "is_stale": any(stored.values()),
+            **figures,
+            **stored_rejections(conn, table, score_date, "symbol"),
+        }
+    try:
+        result = provider.fetch_prices(
+            symbols=wanted, currencies=instrument_currencies(conn, wanted)
+        )
+    except ProviderError as exc:
+        stale = stale_or_raise(conn, table, score_date, max_age_days, exc, "prices", wanted)
+        return {**stale, **figures}
+    counts = store_prices(conn, score_date, wanted, result, fetched_at=_now(), only_these=True)
+    return {
+        "fetched": True,
+        "reused_existing": False,
+        "is_stale": any(stored.values()) and not refresh,
+        "source": result.source,
+        "missing_symbols": result.missing[:50],
+        **counts,
+        **figures,
+        **fetched_rejections(result.rejected, "prices", score_date),
+    }

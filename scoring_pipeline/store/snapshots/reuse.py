@@ -1,0 +1,99 @@
+"""Taking a date's snapshot once: the lock its takers share, whether the date already has it,
+and the stale reuse of a recent earlier one when every provider failed.
+
+Shared by the rates and prices snapshots (and the membership's lock), whichever table they use.
+"""
+
+import datetime as dt
+from collections.abc import Sequence
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from scoring_pipeline.errors import SnapshotUnavailableError
+
+
+def lock_snapshot(conn: Connection, score_date: dt.date, what: str) -> None:
+    """Serialise the takers of one snapshot of a date (market groups' runs may overlap) until
+    the transaction ends: the second finds the first's snapshot instead of fetching again."""
+    conn.execute(
+        sa.text("SELECT pg_advisory_xact_lock(hashtext('snapshot:' || :k))"),
+        {"k": f"{score_date.isoformat()}|{what}"},
+    )
+
+
+def has_snapshot(conn: Connection, table: sa.Table, score_date: dt.date) -> bool:
+    return bool(
+        conn.execute(
+            sa.select(sa.literal(1)).where(sa.exists().where(table.c.score_date == score_date))
+        ).scalar()
+    )
+
+
+def _latest_snapshot_date(
+    conn: Connection, table: sa.Table, score_date: dt.date, max_age_days: int
+) -> dt.date | None:
+    oldest = score_date - dt.timedelta(days=max_age_days)
+    found = conn.execute(
+        sa.select(sa.func.max(table.c.score_date)).where(
+            table.c.score_date < score_date, table.c.score_date >= oldest
+        )
+    ).scalar()
+    return found
+
+
+def reuse_recent_snapshot(
+    conn: Connection,
+    table: sa.Table,
+    score_date: dt.date,
+    max_age_days: int,
+    symbols: Sequence[str] | None = None,
+) -> dt.date | None:
+    """Copy the most recent earlier snapshot (≤ max_age_days old) to the date, flagged stale
+    (only `symbols` of a price snapshot when given: a market group's, the others' kept).
+
+    Returns the date of the snapshot reused, or None when there is none recent enough.
+    """
+    source_date = _latest_snapshot_date(conn, table, score_date, max_age_days)
+    if source_date is None:
+        return None
+    only = " AND symbol = ANY(CAST(:y AS text[]))" if symbols is not None else ""
+    params = {"d": score_date, "s": source_date, "y": list(symbols or [])}
+    conn.execute(sa.text(f"DELETE FROM {table.name} WHERE score_date = :d{only}"), params)
+    columns = [c.name for c in table.columns if c.name not in ("score_date", "is_stale")]
+    column_list = ", ".join(columns)
+    conn.execute(
+        sa.text(
+            f"INSERT INTO {table.name} (score_date, is_stale, {column_list}) "
+            f"SELECT :d, true, {column_list} FROM {table.name} WHERE score_date = :s{only}"
+        ),
+        params,
+    )
+    return source_date
+
+
+def stale_or_raise(
+    conn: Connection,
+    table: sa.Table,
+    score_date: dt.date,
+    max_age_days: int,
+    error: Exception,
+    what: str,
+    symbols: Sequence[str] | None = None,
+) -> dict[str, Any]:
+    """Every provider failed: reuse the latest recent snapshot, flagged stale, and return the
+    figures saying so; or fail the snapshot when there is none recent enough."""
+    reused = reuse_recent_snapshot(conn, table, score_date, max_age_days, symbols)
+    if reused is None:
+        raise SnapshotUnavailableError(
+            f"every {what} provider failed for {score_date} ({error}) and no {what} snapshot "
+            f"of the last {max_age_days} days exists to reuse; nothing can be scored"
+        ) from error
+    return {
+        "fetched": False,
+        "reused_existing": False,
+        "is_stale": True,
+        "stale_from": reused.isoformat(),
+        "provider_error": str(error),
+    }
