@@ -178,7 +178,8 @@ def _cmd_worker(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from scoring_pipeline.cli.bench import run_bench, save
+    from scoring_pipeline.cli.bench.report import save
+    from scoring_pipeline.cli.bench.runner import run_bench
 
     if args.users < 1:
         raise ConfigurationError("--users must be at least 1")
@@ -194,9 +195,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 
 def _bench_groups(args: argparse.Namespace) -> int:
-    import json
-
-    from scoring_pipeline.cli.bench_groups import run_groups_bench
+    from scoring_pipeline.cli.bench.groups import run_groups_bench
+    from scoring_pipeline.cli.bench.groups_report import save_groups
 
     groups = [g.strip() for g in args.groups.split(",") if g.strip()]
     try:
@@ -205,20 +205,7 @@ def _bench_groups(args: argparse.Namespace) -> int:
         raise ConfigurationError(str(exc)) from None
     for line in report.lines():
         print(line)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / f"bench-groups-{args.users}.json"
-    path.write_text(
-        json.dumps(
-            {
-                "users": args.users,
-                "single": vars(report.single),
-                "groups": [vars(g) for g in report.groups],
-            },
-            indent=2,
-        )
-    )
-    print(f"saved {path}")
+    print(f"saved {save_groups(report, Path(args.out))}")
     return 0
 
 
