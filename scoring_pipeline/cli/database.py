@@ -42,7 +42,7 @@ def cmd_db_stop(args: argparse.Namespace) -> int:
 
 
 def cmd_demo_data(args: argparse.Namespace) -> int:
-    from scoring_pipeline.cli.demo_data import generate
+    from scoring_pipeline.cli.demo_data.load import generate
 
     if args.users < 1:
         raise ConfigurationError("--users must be at least 1")

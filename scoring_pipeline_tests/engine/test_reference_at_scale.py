@@ -14,7 +14,7 @@ from collections import defaultdict
 
 import pytest
 
-from scoring_pipeline.cli.demo_data import generate
+from scoring_pipeline.cli.demo_data.load import generate
 from scoring_pipeline.store.batch_scoring import load_batch_inputs, universe_key
 from scoring_pipeline_tests.reference import ref_score_set
 from scoring_pipeline_tests.scenario import DATE, batch, rows, snapshots

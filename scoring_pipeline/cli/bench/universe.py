@@ -10,7 +10,7 @@ from typing import Any
 
 from sqlalchemy.engine import Engine
 
-from scoring_pipeline.cli.demo_data import generate
+from scoring_pipeline.cli.demo_data.load import generate
 from scoring_pipeline.runtime.services import private_deployment_env
 from scoring_pipeline.store import db
 
