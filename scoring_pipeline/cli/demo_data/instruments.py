@@ -29,7 +29,6 @@ MARKETS = (
         "EU_INDUSTRIALS", "European Industrials", "Europe/Berlin", "09:00", "EUR", ("stock", "etf")
     ),
 )
-USD_RATES = {"USD": "1", "EUR": "0.9183", "BRL": "5.4127", "GBP": "0.7891"}
 
 
 def _fundamentals(rng: random.Random, symbol: str, day: dt.date) -> dict[str, Any]:

@@ -5,7 +5,9 @@ import datetime as dt
 from decimal import Decimal
 from pathlib import Path
 
-from scoring_pipeline.cli.demo_data.instruments import MARKETS, USD_RATES
+from scoring_pipeline.cli.demo_data.instruments import MARKETS
+
+USD_RATES = {"USD": "1", "EUR": "0.9183", "BRL": "5.4127", "GBP": "0.7891"}
 
 
 def write_provider_files(out_dir: Path, prices: dict[str, Decimal], day: dt.date) -> None:
