@@ -1,2 +1,2 @@
-"""The `scoring-pipeline` command: database, scoring (in process or through the services),
-replay, prune, the benchmark and demo data."""
+"""The `scoring-pipeline` command (main.py: parser and dispatch; a module per theme of commands),
+the `score` command's in-process runner, the benchmark and the demo data."""

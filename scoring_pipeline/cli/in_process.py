@@ -1,4 +1,5 @@
-"""A score date's whole night through the Dagster definitions, launched from this process.
+"""The `score` command's in-process runner: a score date's whole night through the Dagster
+definitions, launched from this process.
 
 `scoring-pipeline score` uses it: the same jobs the schedule and sensor launch (snapshots, then
 one run per batch partition), executed in-process on the configured Dagster instance so every run

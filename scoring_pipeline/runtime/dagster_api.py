@@ -86,14 +86,14 @@ class DagsterApi:
         return data
 
     def launch_scores_backfill(
-        self, partition_names: list[str], *, title: str, asset_path: list[str] | None = None
+        self, partition_names: list[str], *, title: str, asset_path: list[str]
     ) -> str:
-        """Backfill the given partitions of a group's `scores` (default: the default group's)."""
+        """Backfill the given partitions of a group's `scores` asset (its key's path)."""
         data = self.query(
             _LAUNCH_BACKFILL,
             {
                 "params": {
-                    "assetSelection": [{"path": asset_path or ["scores"]}],
+                    "assetSelection": [{"path": asset_path}],
                     "partitionNames": partition_names,
                     "title": title,
                     "tags": [{"key": "scoring/trigger", "value": "retry-failed"}],

@@ -6,7 +6,9 @@ import math
 import pytest
 import sqlalchemy as sa
 
-from scoring_pipeline.cli.bench import COPY_TABLES, _server_processes, run_bench
+from scoring_pipeline.cli.bench.floors import COPY_TABLES
+from scoring_pipeline.cli.bench.runner import run_bench
+from scoring_pipeline.cli.bench.sampling import server_processes
 from scoring_pipeline.store import db
 
 pytestmark = pytest.mark.db
@@ -87,7 +89,7 @@ def test_cpu_counts_only_the_benchmark_databases_server_processes(engine, databa
         with engine.connect() as ours, other.connect() as theirs:
             ours_pid = ours.execute(sa.text("SELECT pg_backend_pid()")).scalar_one()
             theirs_pid = theirs.execute(sa.text("SELECT pg_backend_pid()")).scalar_one()
-            counted = _server_processes(engine)()
+            counted = server_processes(engine)()
         assert ours_pid in counted and theirs_pid not in counted
         assert len(counted) > 1  # the server's own processes (WAL writer, checkpointer, …)
     finally:
@@ -96,7 +98,7 @@ def test_cpu_counts_only_the_benchmark_databases_server_processes(engine, databa
 
 @pytest.mark.slow
 def test_groups_bench_scores_the_same_assets_as_one_night(server_url):
-    from scoring_pipeline.cli.bench_groups import run_groups_bench
+    from scoring_pipeline.cli.bench.groups import run_groups_bench
 
     report = run_groups_bench(
         USERS,
@@ -116,7 +118,7 @@ def test_groups_bench_scores_the_same_assets_as_one_night(server_url):
 
 
 def test_groups_bench_refuses_an_unknown_group():
-    from scoring_pipeline.cli.bench_groups import run_groups_bench
+    from scoring_pipeline.cli.bench.groups import run_groups_bench
 
     with pytest.raises(ValueError, match="unknown group 'xx'"):
         run_groups_bench(USERS, ["us", "xx"])

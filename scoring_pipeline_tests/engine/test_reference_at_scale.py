@@ -14,7 +14,7 @@ from collections import defaultdict
 
 import pytest
 
-from scoring_pipeline.cli.demo_data import generate
+from scoring_pipeline.cli.demo_data.load import generate
 from scoring_pipeline.engine.payloads import universe_key
 from scoring_pipeline.store.batch_inputs import load_batch_inputs
 from scoring_pipeline_tests.reference import ref_score_set

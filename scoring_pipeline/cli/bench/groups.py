@@ -15,14 +15,16 @@ overhead is the groups' summed time and CPU over the single night's, on the same
 import datetime as dt
 import shutil
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from scoring_pipeline.cli.bench import RssSampler, new_universe, wait_night, wait_runs_ended
+from scoring_pipeline.cli.bench.groups_report import GroupsReport, NightFigures
+from scoring_pipeline.cli.bench.night import wait_night, wait_runs_ended
+from scoring_pipeline.cli.bench.sampling import RssSampler
+from scoring_pipeline.cli.bench.universe import new_universe
 from scoring_pipeline.defs.market_groups.config import GROUPS_FILE_VARIABLE
 from scoring_pipeline.runtime.dagster_api import DagsterApi
 from scoring_pipeline.runtime.services import free_port, running_services
@@ -34,45 +36,6 @@ GROUP_MARKETS = {
     "br": ("BR_BANKS", "BVMF"),
     "eu": ("EU_INDUSTRIALS", "XETR"),
 }
-
-
-@dataclass
-class NightFigures:
-    name: str
-    seconds: float
-    cpu_s: float
-    users_total: int
-    assets_scored: int
-    batches: int
-    status: str
-
-
-@dataclass
-class GroupsReport:
-    users: int
-    single: NightFigures
-    groups: list[NightFigures] = field(default_factory=list)
-
-    def lines(self) -> list[str]:
-        def row(n: NightFigures) -> str:
-            return (
-                f"  {n.name:<10}{n.status:<11}{n.users_total:>8,}{n.assets_scored:>12,}"
-                f"{n.batches:>9,}{n.seconds:>10.1f} s{n.cpu_s:>9.1f} s"
-            )
-
-        total_s = sum(g.seconds for g in self.groups)
-        total_cpu = sum(g.cpu_s for g in self.groups)
-        return [
-            f"benchmark: {self.users} users, one night vs {len(self.groups)} market groups",
-            "  night     status        users      assets  batches  end to end      CPU",
-            row(self.single),
-            *(row(g) for g in self.groups),
-            f"groups summed: {total_s:.1f} s, {total_cpu:.1f} CPU-s, "
-            f"{sum(g.assets_scored for g in self.groups):,} assets",
-            "per-group overhead vs one night: "
-            f"time {total_s / max(self.single.seconds, 1e-9):.2f} x, "
-            f"CPU {total_cpu / max(self.single.cpu_s, 1e-9):.2f} x",
-        ]
 
 
 def _groups_file(path: Path, names: list[str]) -> Path:

@@ -1,0 +1,91 @@
+"""The commands on the application database: `migrate`, `db-url`, `db-stop`, `demo-data`, `prune`.
+
+Each takes the parsed options and returns the exit status; what they need beyond the standard
+library is imported when they run, so `--help` stays quick.
+"""
+
+import argparse
+import datetime as dt
+import time
+from pathlib import Path
+
+from scoring_pipeline.cli.options import app_engine, parse_date
+from scoring_pipeline.errors import ConfigurationError
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from scoring_pipeline.store.db import current_revision, downgrade, migrate
+
+    engine = app_engine()
+    if args.downgrade:
+        downgrade(engine, args.downgrade)
+    else:
+        migrate(engine, args.revision)
+    print(f"database at revision {current_revision(engine) or 'base'}")
+    return 0
+
+
+def cmd_db_url(args: argparse.Namespace) -> int:
+    from scoring_pipeline.store.db import dagster_storage_url, prepare_dagster_environment
+
+    url = prepare_dagster_environment()
+    print(dagster_storage_url(url) if args.dagster else url)
+    return 0
+
+
+def cmd_db_stop(args: argparse.Namespace) -> int:
+    from scoring_pipeline.store.db import embedded_data_dir, stop_embedded_server
+
+    stopped = stop_embedded_server(embedded_data_dir())
+    print("embedded PostgreSQL stopped" if stopped else "embedded PostgreSQL was not running")
+    return 0
+
+
+def cmd_demo_data(args: argparse.Namespace) -> int:
+    from scoring_pipeline.cli.demo_data.load import generate
+
+    if args.users < 1:
+        raise ConfigurationError("--users must be at least 1")
+    started = time.perf_counter()
+    with app_engine().begin() as conn:
+        counts = generate(
+            conn,
+            users=args.users,
+            seed=args.seed,
+            out_dir=Path(args.out),
+            instruments_per_market=args.instruments_per_market,
+        )
+    print(
+        f"demo data: {counts['users']} users, {counts['criteria_sets']} criteria sets, "
+        f"{counts['instruments']} instruments, {counts['holdings']} holdings "
+        f"in {time.perf_counter() - started:.1f} s; provider files in {args.out}/"
+    )
+    return 0
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    from scoring_pipeline.store.month_partitions import drop, prunable
+
+    before = parse_date(args.before, "--before")
+    today = dt.datetime.now(dt.UTC).date()
+    if before > today:
+        raise ConfigurationError(
+            f"--before {before} is after today ({today}): it would drop this month's partitions"
+        )
+    with app_engine().begin() as conn:
+        doomed, kept = prunable(conn, before)
+        for p in kept:
+            print(f"kept {p.name}: current scores of {p.start:%Y-%m} still show its values")
+        if not doomed:
+            print(f"nothing to prune: no month partition ends on or before {before}")
+            return 0
+        print(f"{len(doomed)} month partitions end on or before {before}:")
+        for p in doomed:
+            rows = "?" if p.rows < 0 else f"~{p.rows:,}"
+            print(f"  {p.name:<36} {p.start} .. {p.end}  {rows} rows  {p.bytes / 1e6:,.1f} MB")
+        if not args.yes:
+            print("nothing dropped: run again with --yes to detach and drop them")
+            return 0
+        drop(conn, doomed)
+    print(f"dropped {len(doomed)} partitions")
+    return 0

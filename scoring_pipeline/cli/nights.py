@@ -1,0 +1,66 @@
+"""The commands on a score date's night: `score` (in this process), `retry-failed` (through the
+running Dagster), and `replay` (one calculation recomputed from its captured inputs).
+"""
+
+import argparse
+import datetime as dt
+
+from scoring_pipeline.cli.options import app_engine, chosen_groups, parse_date
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    from scoring_pipeline.cli.in_process import run_night
+
+    score_date = parse_date(args.date) if args.date else dt.datetime.now(dt.UTC).date()
+    status = 0
+    for group in chosen_groups(args):
+        summary = run_night(score_date, refresh=args.refresh, echo=print, group=group.name)
+        for line in summary.lines():
+            print(line)
+        status = max(status, 1 if summary.status == "failed" else 0)
+    return status
+
+
+def cmd_retry_failed(args: argparse.Namespace) -> int:
+    from scoring_pipeline.defs.partitions import scores_partition_key, scores_partitions_name
+    from scoring_pipeline.runtime.dagster_api import DagsterApi
+    from scoring_pipeline.store.night.outcomes import batches_to_retry
+
+    score_date = parse_date(args.date)
+    api = DagsterApi.from_env(args.url)
+    for group in chosen_groups(args):
+        with app_engine().connect() as conn:
+            batches = batches_to_retry(conn, score_date, market_group=group.name)
+        if not batches:
+            print(f"nothing to retry in group {group.name}: every batch of {score_date} succeeded")
+            continue
+        partitions = [scores_partition_key(score_date, b) for b in batches]
+        # A night scored before the partitions became per-night batches has none registered yet.
+        for key in partitions:
+            api.add_dynamic_partition(scores_partitions_name(group), key)
+        backfill_id = api.launch_scores_backfill(
+            partitions,
+            title=f"retry failed batches of {score_date} ({group.name})",
+            asset_path=group.asset_key("scores"),
+        )
+        print(
+            f"backfill {backfill_id}: re-scoring {len(partitions)} batches of {score_date} "
+            f"in group {group.name}: " + ", ".join(batches)
+        )
+    return 0
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from scoring_pipeline.store.replay import replay
+
+    with app_engine().connect() as conn:
+        result = replay(conn, args.correlation_id)
+    results = result.recomputed["results"]
+    print(f"calculation {result.correlation_id} (user {result.user_id}): {len(results)} results")
+    if result.reproduced:
+        print("replay reproduces SCORES_COMPUTED exactly")
+        return 0
+    for difference in result.differences[:20]:
+        print(f"  {difference}")
+    print("replay does NOT reproduce SCORES_COMPUTED")
+    return 1

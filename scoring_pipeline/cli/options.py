@@ -1,0 +1,43 @@
+"""What the commands' options and environment resolve to: the application database's engine, a
+date, the market groups. Shared by the command modules; nothing here prints.
+"""
+
+import argparse
+import datetime as dt
+from typing import TYPE_CHECKING, Any
+
+from scoring_pipeline.errors import ConfigurationError
+
+if TYPE_CHECKING:  # imported when a command runs, not to print --help
+    from sqlalchemy.engine import Engine
+
+
+def app_engine() -> "Engine":
+    """The application database's engine, once Dagster's environment is prepared."""
+    from scoring_pipeline.store.db import create_engine_for, prepare_dagster_environment
+
+    return create_engine_for(prepare_dagster_environment())
+
+
+def parse_date(text: str, option: str = "--date") -> dt.date:
+    try:
+        return dt.date.fromisoformat(text)
+    except ValueError:
+        raise ConfigurationError(f"{option} must be YYYY-MM-DD, got {text!r}") from None
+
+
+def chosen_groups(args: argparse.Namespace) -> "list[Any]":
+    """The market groups a command works on: `--group G`, or every configured group."""
+    from scoring_pipeline.definitions import market_groups
+
+    groups = market_groups()
+    if args.group is None:
+        return groups
+    chosen = [g for g in groups if g.name == args.group]
+    if not chosen:
+        raise ConfigurationError(
+            f"--group {args.group}: no such market group (configured: "
+            + ", ".join(g.name for g in groups)
+            + ")"
+        )
+    return chosen

@@ -1,0 +1,48 @@
+"""The commands that run Dagster's processes on this machine: `services` (UI, daemon and run
+workers, supervised until Ctrl-C or SIGTERM) and `worker` (one Celery run worker, for deployments
+that scale out).
+"""
+
+import argparse
+import os
+import time
+
+from scoring_pipeline.errors import ScoringPipelineError
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def cmd_services(args: argparse.Namespace) -> int:
+    import signal
+
+    from scoring_pipeline.runtime.services import running_services
+
+    # A supervisor (systemd, Kubernetes, `timeout`) stops us with SIGTERM: stop the services
+    # we started too, as Ctrl-C does, instead of leaving them running without us.
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        with running_services(port=args.port, workers=args.workers) as services:
+            print(
+                f"Dagster UI on {services.url}; daemon and {args.workers} run workers started. "
+                "Ctrl-C stops them.",
+                flush=True,
+            )
+            while all(services.alive().values()):
+                time.sleep(1)
+            dead = [name for name, ok in services.alive().items() if not ok]
+    except KeyboardInterrupt:  # also while starting: `running_services` stops what it started
+        return 0
+    raise ScoringPipelineError(
+        f"{', '.join(dead)} stopped; see their logs under DAGSTER_HOME/service-logs"
+    )
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from scoring_pipeline.runtime.services import worker_command
+    from scoring_pipeline.store.db import prepare_dagster_environment
+
+    prepare_dagster_environment()
+    command = worker_command(args.concurrency)
+    os.execv(command[0], command)
