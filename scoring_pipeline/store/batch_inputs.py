@@ -11,11 +11,11 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from scoring_pipeline.engine.batch_inputs import BatchInputs, CriteriaRow, UserRow
+from scoring_pipeline.engine.criteria import FUNDAMENTAL_FIELDS
 from scoring_pipeline.engine.metrics import InstrumentData
 from scoring_pipeline.store.market_scope import CRITERIA_IN_GROUP, markets_param, member_in_group
 from scoring_pipeline.store.snapshots.prices import load_prices
 from scoring_pipeline.store.snapshots.rates import load_rates
-from scoring_pipeline.store.tables import FUNDAMENTAL_COLUMNS
 
 
 def _load_users(
@@ -76,7 +76,7 @@ def _load_universes(
         {"m": markets, "t": types},
     ).all()
     symbols = [r.symbol for r in instruments]
-    columns = ", ".join(FUNDAMENTAL_COLUMNS)
+    columns = ", ".join(FUNDAMENTAL_FIELDS)
     fundamentals = conn.execute(
         sa.text(
             f"SELECT DISTINCT ON (symbol) symbol, data_date, {columns} "
@@ -94,7 +94,7 @@ def _load_universes(
         values: dict[str, Decimal | None] = {}
         if f is not None:
             dates[r.symbol] = f.data_date
-            values = {c: getattr(f, c) for c in FUNDAMENTAL_COLUMNS if getattr(f, c) is not None}
+            values = {c: getattr(f, c) for c in FUNDAMENTAL_FIELDS if getattr(f, c) is not None}
         price = prices.get(r.symbol)
         universes[(r.market, r.asset_type)].append(
             InstrumentData(

@@ -51,15 +51,12 @@ instruments = sa.Table(
     sa.Index("ix_instruments_market_asset_type", "market", "asset_type"),
 )
 
-# The fundamentals' columns are the engine's fundamental fields (one list, in criteria.py).
-FUNDAMENTAL_COLUMNS = FUNDAMENTAL_FIELDS
-
 instrument_fundamentals = sa.Table(
     "instrument_fundamentals",
     metadata,
     sa.Column("symbol", sa.Text, sa.ForeignKey("instruments.symbol"), primary_key=True),
     sa.Column("data_date", sa.Date, primary_key=True),
-    *(sa.Column(name, MONEY, nullable=True) for name in FUNDAMENTAL_COLUMNS),
+    *(sa.Column(name, MONEY, nullable=True) for name in FUNDAMENTAL_FIELDS),
 )
 
 portfolios = sa.Table(

@@ -9,7 +9,7 @@ from decimal import Decimal
 from typing import Any
 
 from scoring_pipeline.cli.demo_data.draws import random_decimal
-from scoring_pipeline.store.tables import FUNDAMENTAL_COLUMNS
+from scoring_pipeline.engine.criteria import FUNDAMENTAL_FIELDS
 
 
 @dataclass(frozen=True)
@@ -51,7 +51,7 @@ def _fundamentals(rng: random.Random, symbol: str, day: dt.date) -> dict[str, An
         "payout_ratio": random_decimal(rng, 0, 100, 2),
         "ev_ebitda": random_decimal(rng, 2, 30, 2),
     }
-    for name in FUNDAMENTAL_COLUMNS:  # about 5 % of values are missing, as in real feeds
+    for name in FUNDAMENTAL_FIELDS:  # about 5 % of values are missing, as in real feeds
         if rng.random() < 0.05:
             row[name] = None
     return row

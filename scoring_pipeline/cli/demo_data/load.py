@@ -14,8 +14,8 @@ from scoring_pipeline.cli.demo_data.draws import random_uuid
 from scoring_pipeline.cli.demo_data.instruments import MARKETS, Universe, draw_universe
 from scoring_pipeline.cli.demo_data.provider_files import write_provider_files
 from scoring_pipeline.cli.demo_data.users import draw_users
+from scoring_pipeline.engine.criteria import FUNDAMENTAL_FIELDS
 from scoring_pipeline.store.copy import copy_rows
-from scoring_pipeline.store.tables import FUNDAMENTAL_COLUMNS
 
 
 def generate(
@@ -65,7 +65,7 @@ def _copy_universe(conn: Connection, universe: Universe) -> None:
             for i in universe.instruments
         ),
     )
-    columns = ("symbol", "data_date", *FUNDAMENTAL_COLUMNS)
+    columns = ("symbol", "data_date", *FUNDAMENTAL_FIELDS)
     copy_rows(
         conn,
         "instrument_fundamentals",
