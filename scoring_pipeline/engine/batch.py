@@ -115,19 +115,15 @@ def score_user(
     started = time.perf_counter()
     correlation_id = str(uuid.uuid4())
     outcome = UserOutcome(user.user_id, correlation_id, user.base_currency, events=[])
-    outcome.events.append(
-        (
-            "CALC_STARTED",
-            {
-                "correlationId": correlation_id,
-                "userId": user.user_id,
-                "timestamp": dt.datetime.now(dt.UTC).isoformat(),
-                "scoreDate": score_date.isoformat(),
-                "batchKey": batch,
-                "jobCorrelationId": job_correlation_id,
-            },
-        )
-    )
+    started_event = {
+        "correlationId": correlation_id,
+        "userId": user.user_id,
+        "timestamp": dt.datetime.now(dt.UTC).isoformat(),
+        "scoreDate": score_date.isoformat(),
+        "batchKey": batch,
+        "jobCorrelationId": job_correlation_id,
+    }
+    outcome.events.append(("CALC_STARTED", started_event))
     stage = "criteria_validation"
     try:
         sets = [c.parse() for c in inputs.criteria.get(user.user_id, [])]
@@ -160,8 +156,14 @@ def score_user(
         outcome.error = {"type": type(exc).__name__, "message": str(exc)}
         outcome.events = [e for e in outcome.events if e[0] != "SCORES_COMPUTED"]
     duration_ms = int((time.perf_counter() - started) * 1000)
+    outcome.events.append(("CALC_COMPLETED", _completed(outcome, duration_ms)))
+    return outcome
+
+
+def _completed(outcome: UserOutcome, duration_ms: int) -> dict[str, Any]:
+    """CALC_COMPLETED's payload: success, or failed with the stage and the error."""
     completed: dict[str, Any] = {
-        "correlationId": correlation_id,
+        "correlationId": outcome.correlation_id,
         "durationMs": duration_ms,
         "assetCount": len(outcome.scores),
         "status": "success" if outcome.ok else "failed",
@@ -169,8 +171,7 @@ def score_user(
     if not outcome.ok:
         completed["stage"] = outcome.stage
         completed["error"] = outcome.error
-    outcome.events.append(("CALC_COMPLETED", completed))
-    return outcome
+    return completed
 
 
 def score_batch(

@@ -173,13 +173,7 @@ def warm_batch(conn: Connection, batch: PendingBatch) -> WarmResult:
         return result
     succeeded = {u["userId"]: u["correlationId"] for u in row.succeeded_users}
     users = sorted(succeeded)
-    bases: dict[str, str] = {
-        str(r.id): str(r.base_currency)
-        for r in conn.execute(
-            sa.text("SELECT id, base_currency FROM users WHERE id = ANY(CAST(:u AS uuid[]))"),
-            {"u": users},
-        )
-    }
+    bases = _base_currencies(conn, users)
     rates = load_rates(conn, batch.score_date)
     usd_rates = {c: r.rate for c, r in rates.items()}
     rates_as_of = max((r.rate_date for r in rates.values()), default=None)
@@ -214,28 +208,47 @@ def warm_batch(conn: Connection, batch: PendingBatch) -> WarmResult:
             }
         )
     if entries:
-        conn.execute(
-            sa.text(
-                "INSERT INTO dashboard_cache (user_id, score_date, payload, correlation_id, "
-                "warmed_at, expires_at) VALUES (:u, :d, CAST(:p AS jsonb), :c, :w, :e) "
-                "ON CONFLICT (user_id) DO UPDATE SET score_date = EXCLUDED.score_date, "
-                "payload = EXCLUDED.payload, correlation_id = EXCLUDED.correlation_id, "
-                "warmed_at = EXCLUDED.warmed_at, expires_at = EXCLUDED.expires_at "
-                "WHERE dashboard_cache.score_date <= EXCLUDED.score_date"
-            ),
-            entries,
+        _upsert(conn, entries)
+    _mark_warmed(conn, batch, row.outcome_seq)
+    result.warmed = len(entries)
+    return result
+
+
+def _base_currencies(conn: Connection, users: list[str]) -> dict[str, str]:
+    return {
+        str(r.id): str(r.base_currency)
+        for r in conn.execute(
+            sa.text("SELECT id, base_currency FROM users WHERE id = ANY(CAST(:u AS uuid[]))"),
+            {"u": users},
         )
+    }
+
+
+def _upsert(conn: Connection, entries: list[dict[str, Any]]) -> None:
+    """Replace each user's cached dashboard, unless it already shows a later score date."""
+    conn.execute(
+        sa.text(
+            "INSERT INTO dashboard_cache (user_id, score_date, payload, correlation_id, "
+            "warmed_at, expires_at) VALUES (:u, :d, CAST(:p AS jsonb), :c, :w, :e) "
+            "ON CONFLICT (user_id) DO UPDATE SET score_date = EXCLUDED.score_date, "
+            "payload = EXCLUDED.payload, correlation_id = EXCLUDED.correlation_id, "
+            "warmed_at = EXCLUDED.warmed_at, expires_at = EXCLUDED.expires_at "
+            "WHERE dashboard_cache.score_date <= EXCLUDED.score_date"
+        ),
+        entries,
+    )
+
+
+def _mark_warmed(conn: Connection, batch: PendingBatch, outcome_seq: int) -> None:
     conn.execute(
         sa.text(
             "UPDATE scoring_batch_results SET warmed_seq = :s "
             "WHERE score_date = :d AND market_group = :g AND batch_key = :b"
         ),
         {
-            "s": row.outcome_seq,
+            "s": outcome_seq,
             "d": batch.score_date,
             "g": batch.market_group,
             "b": batch.batch_key,
         },
     )
-    result.warmed = len(entries)
-    return result
