@@ -3,9 +3,10 @@ and the JSON file `save_groups` writes. Other programs read both: keep their tex
 they are.
 """
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from scoring_pipeline.cli.bench.report import write_json
 
 
 @dataclass
@@ -48,16 +49,11 @@ class GroupsReport:
 
 
 def save_groups(report: GroupsReport, directory: Path) -> Path:
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / f"bench-groups-{report.users}.json"
-    path.write_text(
-        json.dumps(
-            {
-                "users": report.users,
-                "single": vars(report.single),
-                "groups": [vars(g) for g in report.groups],
-            },
-            indent=2,
-        )
+    return write_json(
+        directory / f"bench-groups-{report.users}.json",
+        {
+            "users": report.users,
+            "single": vars(report.single),
+            "groups": [vars(g) for g in report.groups],
+        },
     )
-    return path

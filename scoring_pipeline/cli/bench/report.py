@@ -138,23 +138,25 @@ class BenchReport:
 
 
 def save(report: BenchReport, directory: Path) -> Path:
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / f"bench-{report.users}.json"
-    path.write_text(
-        json.dumps(
-            {
-                "users": report.users,
-                "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-                "machine": f"{os.cpu_count()} cores",
-                "figures": report.figures,
-                "tables": report.tables,
-                "rss_mb": report.rss_mb,
-                "cpu_s": report.cpu_s,
-                "cpu_seconds_per_1000_users": report.cpu_seconds_per_1000_users,
-                "runs": report.runs,
-                "later_nights": report.later_nights,
-            },
-            indent=2,
-        )
+    return write_json(
+        directory / f"bench-{report.users}.json",
+        {
+            "users": report.users,
+            "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            "machine": f"{os.cpu_count()} cores",
+            "figures": report.figures,
+            "tables": report.tables,
+            "rss_mb": report.rss_mb,
+            "cpu_s": report.cpu_s,
+            "cpu_seconds_per_1000_users": report.cpu_seconds_per_1000_users,
+            "runs": report.runs,
+            "later_nights": report.later_nights,
+        },
     )
+
+
+def write_json(path: Path, content: dict[str, Any]) -> Path:
+    """A report saved as indented JSON (its folder created); returns its path."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(content, indent=2))
     return path
