@@ -7,7 +7,6 @@ Only the modules of `scoring_pipeline.store.night` call the helpers: they are th
 """
 
 import datetime as dt
-import json
 import uuid
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -16,6 +15,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from scoring_pipeline.engine.json_text import dumps
 from scoring_pipeline.store import month_partitions
 from scoring_pipeline.store import tables as t
 
@@ -84,10 +84,6 @@ class BatchOutcome:
         return "partial" if self.users_success else "failed"
 
 
-def to_json(value: Any) -> str:
-    return json.dumps(value, default=str, separators=(",", ":"))
-
-
 def _write_event(
     conn: Connection, night: "Night", event_type: str, payload: dict[str, Any]
 ) -> None:
@@ -96,7 +92,7 @@ def _write_event(
             "INSERT INTO calculation_events (correlation_id, user_id, event_type, payload, "
             "score_date) VALUES (:c, NULL, :e, CAST(:p AS jsonb), :d)"
         ),
-        {"c": night.correlation_id, "e": event_type, "p": to_json(payload), "d": night.score_date},
+        {"c": night.correlation_id, "e": event_type, "p": dumps(payload), "d": night.score_date},
     )
 
 
@@ -181,7 +177,7 @@ def merge_metrics(
             "UPDATE overnight_job_runs SET metrics = coalesce(metrics, '{}'::jsonb) || "
             "CAST(:m AS jsonb) WHERE job_type = :jt AND score_date = :d AND market_group = :g"
         ),
-        {"m": to_json(metrics), "jt": job_type, "d": score_date, "g": market_group},
+        {"m": dumps(metrics), "jt": job_type, "d": score_date, "g": market_group},
     )
 
 

@@ -8,6 +8,7 @@ import datetime as dt
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from scoring_pipeline.engine.json_text import dumps
 from scoring_pipeline.store import tables as t
 from scoring_pipeline.store.market_scope import member_in_group
 from scoring_pipeline.store.night.closing import close_night
@@ -16,7 +17,6 @@ from scoring_pipeline.store.night.model import (
     BatchOutcome,
     NightStatus,
     find_night,
-    to_json,
 )
 from scoring_pipeline.store.night.opening import fail_night
 
@@ -49,10 +49,10 @@ def _upsert_outcome(conn: Connection, outcome: BatchOutcome) -> None:
             "sk": outcome.users_skipped,
             "a": outcome.assets_scored,
             "ms": outcome.duration_ms,
-            "fu": to_json(outcome.failed_users),
-            "su": to_json(outcome.succeeded_users),
+            "fu": dumps(outcome.failed_users),
+            "su": dumps(outcome.succeeded_users),
             "r": outcome.run_id,
-            "tm": to_json(outcome.timings),
+            "tm": dumps(outcome.timings),
         },
     )
 
