@@ -4,12 +4,14 @@ date, the market groups. Shared by the command modules; nothing here prints.
 
 import argparse
 import datetime as dt
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from scoring_pipeline.errors import ConfigurationError
 
 if TYPE_CHECKING:  # imported when a command runs, not to print --help
     from sqlalchemy.engine import Engine
+
+    from scoring_pipeline.defs.market_groups.group import MarketGroup
 
 
 def app_engine() -> "Engine":
@@ -26,7 +28,7 @@ def parse_date(text: str, option: str = "--date") -> dt.date:
         raise ConfigurationError(f"{option} must be YYYY-MM-DD, got {text!r}") from None
 
 
-def chosen_groups(args: argparse.Namespace) -> "list[Any]":
+def chosen_groups(args: argparse.Namespace) -> "list[MarketGroup]":
     """The market groups a command works on: `--group G`, or every configured group."""
     from scoring_pipeline.definitions import market_groups
 
