@@ -5,12 +5,18 @@
 already imported Dagster and the code location, instead of a fresh process per run. The broker
 and result backend default to the application's PostgreSQL (no other server needed);
 `DAGSTER_CELERY_BROKER_URL` / `DAGSTER_CELERY_BACKEND_URL` point them at Redis or RabbitMQ.
+
+The tasks are dagster-celery's (same names, same arguments, same run body), except that a worker
+process keeps one Dagster instance for all its runs: dagster-celery builds the instance anew for
+every run (storage config, schema reflection, new connections), about a tenth of a run worker's
+busy time in a night of short batch runs, and PostgreSQL backends started for each.
 """
 
 import os
 from typing import Any
 
 from celery import Celery
+from dagster import DagsterInstance
 
 from scoring_pipeline.store.db import prepare_dagster_environment
 
@@ -53,10 +59,61 @@ def _warm_process(**_: Any) -> None:
     gc.freeze()
 
 
+_instance: tuple[int, DagsterInstance] | None = None
+
+
+def worker_instance() -> DagsterInstance:
+    """This worker process's Dagster instance: made on its first run, kept for the next ones
+    (its storage pools its connections, so later runs start on open connections)."""
+    global _instance
+    if _instance is None or _instance[0] != os.getpid():  # never a forked parent's instance
+        _instance = (os.getpid(), DagsterInstance.get())
+    return _instance[1]
+
+
+def _dispose_instance(**_: Any) -> None:
+    """When a worker process exits: close its instance's connections."""
+    global _instance
+    if _instance is not None and _instance[0] == os.getpid():
+        _instance[1].dispose()
+    _instance = None
+
+
+def _discard(_event: Any) -> None:
+    """Run events are already in the event log; the task returns only the exit code."""
+
+
+def _register_tasks(app: Celery) -> None:
+    """dagster-celery's execute and resume tasks, on this process's kept instance."""
+    from dagster._cli.api import _execute_run_command_body, _resume_run_command_body
+    from dagster._grpc.types import ExecuteRunArgs, ResumeRunArgs
+    from dagster._serdes import unpack_value
+    from dagster_celery.config import TASK_EXECUTE_JOB_NAME, TASK_RESUME_JOB_NAME
+
+    @app.task(bind=True, name=TASK_EXECUTE_JOB_NAME, track_started=True)  # type: ignore[untyped-decorator]
+    def execute_job(_task: Any, execute_job_args_packed: Any) -> int:
+        args = unpack_value(val=execute_job_args_packed, as_type=ExecuteRunArgs)
+        return _execute_run_command_body(
+            run_id=args.run_id,
+            instance=worker_instance(),
+            write_stream_fn=_discard,
+            set_exit_code_on_failure=args.set_exit_code_on_failure is not False,
+        )
+
+    @app.task(bind=True, name=TASK_RESUME_JOB_NAME, track_started=True)  # type: ignore[untyped-decorator]
+    def resume_job(_task: Any, resume_job_args_packed: Any) -> int:
+        args = unpack_value(val=resume_job_args_packed, as_type=ResumeRunArgs)
+        return _resume_run_command_body(
+            run_id=args.run_id,
+            instance=worker_instance(),
+            write_stream_fn=_discard,
+            set_exit_code_on_failure=args.set_exit_code_on_failure is not False,
+        )
+
+
 def make_worker_app() -> Celery:
-    from celery.signals import worker_process_init
+    from celery.signals import worker_process_init, worker_process_shutdown
     from dagster_celery.make_app import make_app
-    from dagster_celery.tasks import create_execute_job_task, create_resume_job_task
 
     broker, backend = broker_urls()
     if broker.startswith("sqla+"):
@@ -75,9 +132,9 @@ def make_worker_app() -> Celery:
         }
     )
     app.conf.update(CONFIG_SOURCE)
-    create_execute_job_task(app)
-    create_resume_job_task(app)
+    _register_tasks(app)
     worker_process_init.connect(_warm_process, weak=False)
+    worker_process_shutdown.connect(_dispose_instance, weak=False)
     return app
 
 

@@ -129,3 +129,37 @@ def test_a_config_with_auth_provider_is_refused_not_silently_dropped():
     }
     with pytest.raises(ConfigurationError, match="auth_provider"):
         PooledPostgresStorage.from_config_value(None, config)
+
+
+def test_a_run_worker_process_keeps_one_instance_for_its_runs(own_database, tmp_path, monkeypatch):
+    """A Celery run worker process builds its Dagster instance on its first run and runs the next
+    ones on it (on its open connections); a forked child builds its own; exiting closes it."""
+    import yaml
+
+    from scoring_pipeline.runtime import celery_app
+
+    url, probe = own_database
+    (tmp_path / "dagster.yaml").write_text(
+        yaml.safe_dump({"storage": storage_config(db.dagster_storage_url(url))})
+    )
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path))
+    monkeypatch.setattr(celery_app, "_instance", None)
+    first = celery_app.worker_instance()
+    _storage_calls(first)  # the first run creates the tables and opens the pools
+    before = _sessions(probe)
+    for _ in range(3):  # three more runs of this process
+        instance = celery_app.worker_instance()
+        assert instance is first
+        _storage_calls(instance)
+    assert _sessions(probe) - before - 1 <= 2  # the runs connected (almost) never again
+
+    celery_app._dispose_instance()  # the process exits
+    assert celery_app._instance is None
+    assert _no_backends_left(probe)
+
+    # A child forked from a process that had an instance never runs on its parent's.
+    monkeypatch.setattr(celery_app, "_instance", (celery_app.os.getpid() + 1, first))
+    child = celery_app.worker_instance()
+    assert child is not first
+    celery_app._dispose_instance()
+    assert _no_backends_left(probe)
