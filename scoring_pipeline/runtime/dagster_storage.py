@@ -19,6 +19,11 @@ already does for itself (`optimize_for_webserver`):
 In a 1,000-user night: 3,464 connections with the stock storage, 815 with pooled run and event
 stores, 380 with all three pooled.
 
+The stores also remember the schema probes Dagster repeats on every run event and asset event
+("does `runs` have `start_time`?", "does `asset_keys` have `cached_status_data`?"): each is a
+catalog reflection query, and their answers only go from no to yes (when `dagster instance
+migrate` adds the column). So a yes is kept for the store's life and a no is asked again.
+
 `dagster.yaml` selects it with `storage: custom:`; its config is that of `storage: postgres:`
 except `auth_provider` (dagster-postgres's token authentication, e.g. cloud IAM): the pooled
 stores are built from a URL and take no token provider, so a config naming one is refused at
@@ -30,13 +35,13 @@ https://github.com/dagster-io/dagster/pull/33936 (open as of dagster-postgres 0.
 of a connection per call is https://github.com/dagster-io/dagster/issues/20325.
 """
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from dagster_postgres import DagsterPostgresStorage, PostgresEventLogStorage, PostgresRunStorage
 from dagster_postgres.schedule_storage import PostgresScheduleStorage
 from dagster_postgres.utils import create_pg_engine, pg_url_from_config
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 
 from scoring_pipeline.errors import ConfigurationError
 
@@ -54,6 +59,21 @@ def pooled_engine(postgres_url: str) -> Engine:
         pool_pre_ping=True,
         pool_recycle=POOL_RECYCLE_SECONDS,
     )
+
+
+class _SchemaProbes:
+    """The yes answers of a store's schema probes (a column or table a migration added)."""
+
+    def __init__(self) -> None:
+        self._present: set[str] = set()
+
+    def present(self, name: str, probe: Callable[[], bool]) -> bool:
+        if name in self._present:
+            return True
+        found = probe()
+        if found:
+            self._present.add(name)
+        return found
 
 
 # The stores keep their engine in `_engine` (dagster-postgres 0.29, pinned with dagster), and
@@ -74,11 +94,27 @@ class PooledRunStorage(PostgresRunStorage):
         should_autocreate_tables: bool = True,
         schedule_storage: PooledScheduleStorage | None = None,
     ) -> None:
+        self._probes = _SchemaProbes()  # the parent's constructor already probes
         super().__init__(postgres_url, should_autocreate_tables)
         self._engine = pooled_engine(postgres_url)
         # Dagster disposes the run and event-log stores with the instance, never the schedule
         # store: the run store takes it along.
         self._schedule_storage = schedule_storage
+
+    def has_run_stats_index_cols(self) -> bool:
+        return self._probes.present("run_stats", super().has_run_stats_index_cols)
+
+    def has_backfill_id_column(self) -> bool:
+        return self._probes.present("backfill_id", super().has_backfill_id_column)
+
+    def has_bulk_actions_selector_cols(self) -> bool:
+        return self._probes.present("selector_id", super().has_bulk_actions_selector_cols)
+
+    def has_bulk_action_job_name_column(self) -> bool:
+        return self._probes.present("job_name", super().has_bulk_action_job_name_column)
+
+    def has_backfill_tags_table(self) -> bool:
+        return self._probes.present("backfill_tags", super().has_backfill_tags_table)
 
     def dispose(self) -> None:
         super().dispose()
@@ -89,8 +125,13 @@ class PooledRunStorage(PostgresRunStorage):
 
 class PooledEventLogStorage(PostgresEventLogStorage):
     def __init__(self, postgres_url: str, should_autocreate_tables: bool = True) -> None:
+        self._probes = _SchemaProbes()  # the parent's constructor already probes
         super().__init__(postgres_url, should_autocreate_tables)
         self._engine = pooled_engine(postgres_url)
+
+    def _has_asset_key_col_on_connection(self, conn: Connection, column_name: str) -> bool:
+        stock = super()._has_asset_key_col_on_connection
+        return self._probes.present(column_name, lambda: stock(conn, column_name))
 
     def dispose(self) -> None:
         super().dispose()

@@ -163,3 +163,34 @@ def test_a_run_worker_process_keeps_one_instance_for_its_runs(own_database, tmp_
     assert child is not first
     celery_app._dispose_instance()
     assert _no_backends_left(probe)
+
+
+def test_schema_probes_keep_a_yes_and_ask_a_no_again(own_database, monkeypatch):
+    """Dagster asks "does this column exist?" on every run and asset event; the pooled stores
+    answer a yes from memory (a migration only ever adds), and ask again after a no."""
+    from dagster._core.storage.event_log import sql_event_log
+    from dagster._core.storage.runs import sql_run_storage
+
+    from scoring_pipeline.runtime.dagster_storage import _SchemaProbes
+
+    url, _ = own_database
+    with dg.instance_for_test(
+        overrides={"storage": storage_config(db.dagster_storage_url(url))}
+    ) as instance:
+        runs, events = instance.run_storage, instance.event_log_storage
+        assert runs.has_run_stats_index_cols()
+        assert events.has_asset_key_index_cols()
+
+        def no_catalog(*_: Any) -> Any:
+            raise AssertionError("the catalog was queried again")
+
+        monkeypatch.setattr(sql_run_storage.db, "inspect", no_catalog)
+        monkeypatch.setattr(sql_event_log.db, "inspect", no_catalog)
+        assert runs.has_run_stats_index_cols()  # from memory
+        assert events.has_asset_key_index_cols()
+
+    answers = iter([False, True, False])
+    probes = _SchemaProbes()
+    assert not probes.present("col", lambda: next(answers))
+    assert probes.present("col", lambda: next(answers))  # asked again: now migrated
+    assert probes.present("col", lambda: next(answers))  # kept: not asked a third time
