@@ -85,21 +85,46 @@ class BatchOutput:
         return sum(len(u.scores) for u in self.succeeded)
 
 
+# The metric texts of (instrument data, base currency, the two USD rates), as JSON: a night's
+# batches all show the same few thousand, so a run worker process computes each once a night
+# instead of once a batch. Keyed by the exact text of everything `metric_texts` reads, so a
+# changed snapshot or fundamental is a new key, never a stale text; emptied when it outgrows a
+# few nights.
+_METRIC_TEXTS: dict[tuple[Any, ...], str] = {}
+METRIC_TEXTS_KEPT = 100_000
+
+
 def batch_metric_values(
     inputs: BatchInputs, users: list[UserOutcome]
 ) -> dict[tuple[str, str], str]:
     """The metric texts (JSON) of every (symbol, base currency) the users were scored on."""
     instruments = {i.symbol: i for universe in inputs.universes.values() for i in universe}
     usd_rates = inputs.usd_rates
+    if len(_METRIC_TEXTS) > METRIC_TEXTS_KEPT:
+        _METRIC_TEXTS.clear()
     out: dict[tuple[str, str], str] = {}
     for user in users:
+        base = user.base_currency
         for s in user.scores:
-            key = (s.symbol, user.base_currency)
-            if key not in out:
-                texts = metric_texts(
-                    instruments[s.symbol], base_currency=user.base_currency, usd_rates=usd_rates
-                )
-                out[key] = dumps(dict(sorted(texts.items())))
+            key = (s.symbol, base)
+            if key in out:
+                continue
+            i = instruments[s.symbol]
+            # Decimals by their text: 1.0 and 1.00 are equal (and hash alike) but print apart.
+            memo_key = (
+                i.symbol,
+                i.currency,
+                str(i.close),
+                *[f"{name}={value}" for name, value in i.fundamentals.items()],
+                base,
+                str(usd_rates.get(i.currency)),
+                str(usd_rates.get(base)),
+            )
+            text = _METRIC_TEXTS.get(memo_key)
+            if text is None:
+                texts = metric_texts(i, base_currency=base, usd_rates=usd_rates)
+                text = _METRIC_TEXTS[memo_key] = dumps(dict(sorted(texts.items())))
+            out[key] = text
     return out
 
 
