@@ -72,11 +72,14 @@ def worker_instance() -> DagsterInstance:
 
 
 def _dispose_instance(**_: Any) -> None:
-    """When a worker process exits: close its instance's connections."""
+    """When a worker process exits: close its instance and its storage's connections."""
+    from scoring_pipeline.runtime.dagster_storage import dispose_engines
+
     global _instance
     if _instance is not None and _instance[0] == os.getpid():
         _instance[1].dispose()
     _instance = None
+    dispose_engines()
 
 
 def _discard(_event: Any) -> None:

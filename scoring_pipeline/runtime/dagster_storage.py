@@ -8,21 +8,23 @@ process (~2 ms of server CPU to start, and cold catalog caches for its first que
 stores (runs, event log, schedules and sensor ticks) pools its connections, as dagster-webserver
 already does for itself (`optimize_for_webserver`):
 
-- one connection kept per store for the instance's life, a few more opened while threads
-  overlap (the daemon's) and closed once idle again;
+- one engine per process and database, shared by its stores and by every instance the process
+  builds (Dagster builds one per run, and one per sensor evaluation in the code server): two
+  connections kept open, a few more opened while threads overlap (the daemon's) and closed once
+  idle again; a process's first instance checks that the tables exist, later ones don't;
 - `pool_pre_ping`: a connection the server dropped (a restart, a failover) is found on checkout
   and replaced, never handed to Dagster;
-- connections recycled after an hour, and closed when the instance is disposed (each run's
-  instance, in a Celery run worker, at the end of its run). Dagster disposes the run and
-  event-log stores with the instance but not the schedule store: the run store closes that one.
+- connections recycled after an hour, and closed when the process exits (`dispose_engines`,
+  which a Celery run worker process calls on its way out), not when an instance is disposed.
 
 In a 1,000-user night: 3,464 connections with the stock storage, 815 with pooled run and event
-stores, 380 with all three pooled.
+stores, 380 with all three pooled (an engine per store and instance), 247 once each run worker
+process kept its instance; see docs/design.md for the figure with one engine per process.
 
 The stores also remember the schema probes Dagster repeats on every run event and asset event
 ("does `runs` have `start_time`?", "does `asset_keys` have `cached_status_data`?"): each is a
 catalog reflection query, and their answers only go from no to yes (when `dagster instance
-migrate` adds the column). So a yes is kept for the store's life and a no is asked again.
+migrate` adds the column). So a yes is kept for the process's life and a no is asked again.
 
 `dagster.yaml` selects it with `storage: custom:`; its config is that of `storage: postgres:`
 except `auth_provider` (dagster-postgres's token authentication, e.g. cloud IAM): the pooled
@@ -35,6 +37,8 @@ https://github.com/dagster-io/dagster/pull/33936 (open as of dagster-postgres 0.
 of a connection per call is https://github.com/dagster-io/dagster/issues/20325.
 """
 
+import os
+import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -45,24 +49,48 @@ from sqlalchemy.engine import Connection, Engine
 
 from scoring_pipeline.errors import ConfigurationError
 
-POOL_SIZE = 1  # connections each store keeps open
-MAX_OVERFLOW = 8  # more, opened only while calls overlap
+POOL_SIZE = 2  # connections the process keeps open
+MAX_OVERFLOW = 12  # more, opened only while calls overlap (the daemon's threads)
 POOL_RECYCLE_SECONDS = 3600
+
+_lock = threading.Lock()
+# One engine per process and URL, shared by every instance the process builds: Dagster builds
+# an instance per sensor evaluation in the code server, and each would otherwise connect anew.
+_engines: dict[tuple[int, str], Engine] = {}
+# (process, URL) whose tables were checked (and created if missing) by an earlier instance.
+_tables_checked: set[tuple[int, str]] = set()
 
 
 def pooled_engine(postgres_url: str) -> Engine:
-    return create_pg_engine(
-        postgres_url,
-        isolation_level="AUTOCOMMIT",
-        pool_size=POOL_SIZE,
-        max_overflow=MAX_OVERFLOW,
-        pool_pre_ping=True,
-        pool_recycle=POOL_RECYCLE_SECONDS,
-    )
+    """This process's pooled engine for the URL (made on first use; never a forked parent's)."""
+    key = (os.getpid(), postgres_url)
+    with _lock:
+        engine = _engines.get(key)
+        if engine is None:
+            engine = _engines[key] = create_pg_engine(
+                postgres_url,
+                isolation_level="AUTOCOMMIT",
+                pool_size=POOL_SIZE,
+                max_overflow=MAX_OVERFLOW,
+                pool_pre_ping=True,
+                pool_recycle=POOL_RECYCLE_SECONDS,
+            )
+    return engine
+
+
+def dispose_engines() -> None:
+    """Close this process's pooled connections (a process that exits, a test that checks)."""
+    with _lock:
+        mine = [key for key in _engines if key[0] == os.getpid()]
+        engines = [_engines.pop(key) for key in mine]
+        _tables_checked.difference_update(mine)
+        _probes.pop(os.getpid(), None)
+    for engine in engines:
+        engine.dispose()
 
 
 class _SchemaProbes:
-    """The yes answers of a store's schema probes (a column or table a migration added)."""
+    """The yes answers of the schema probes (a column or table a migration added)."""
 
     def __init__(self) -> None:
         self._present: set[str] = set()
@@ -76,15 +104,21 @@ class _SchemaProbes:
         return found
 
 
+_probes: dict[int, _SchemaProbes] = {}
+
+
+def _process_probes() -> _SchemaProbes:
+    """The schema probes' answers, shared by every instance of this process."""
+    with _lock:
+        return _probes.setdefault(os.getpid(), _SchemaProbes())
+
+
 # The stores keep their engine in `_engine` (dagster-postgres 0.29, pinned with dagster), and
 # `optimize_for_webserver` swaps it the same way.
 class PooledScheduleStorage(PostgresScheduleStorage):
     def __init__(self, postgres_url: str, should_autocreate_tables: bool = True) -> None:
         super().__init__(postgres_url, should_autocreate_tables)
         self._engine = pooled_engine(postgres_url)
-
-    def dispose(self) -> None:
-        self._engine.dispose()
 
 
 class PooledRunStorage(PostgresRunStorage):
@@ -94,7 +128,7 @@ class PooledRunStorage(PostgresRunStorage):
         should_autocreate_tables: bool = True,
         schedule_storage: PooledScheduleStorage | None = None,
     ) -> None:
-        self._probes = _SchemaProbes()  # the parent's constructor already probes
+        self._probes = _process_probes()  # the parent's constructor already probes
         super().__init__(postgres_url, should_autocreate_tables)
         self._engine = pooled_engine(postgres_url)
         # Dagster disposes the run and event-log stores with the instance, never the schedule
@@ -117,25 +151,22 @@ class PooledRunStorage(PostgresRunStorage):
         return self._probes.present("backfill_tags", super().has_backfill_tags_table)
 
     def dispose(self) -> None:
+        # The engine is the process's (`dispose_engines`); the schedule store's dispose is
+        # called here because Dagster never calls it.
         super().dispose()
-        self._engine.dispose()
         if self._schedule_storage is not None:
             self._schedule_storage.dispose()
 
 
 class PooledEventLogStorage(PostgresEventLogStorage):
     def __init__(self, postgres_url: str, should_autocreate_tables: bool = True) -> None:
-        self._probes = _SchemaProbes()  # the parent's constructor already probes
+        self._probes = _process_probes()  # the parent's constructor already probes
         super().__init__(postgres_url, should_autocreate_tables)
         self._engine = pooled_engine(postgres_url)
 
     def _has_asset_key_col_on_connection(self, conn: Connection, column_name: str) -> bool:
         stock = super()._has_asset_key_col_on_connection
-        return self._probes.present(column_name, lambda: stock(conn, column_name))
-
-    def dispose(self) -> None:
-        super().dispose()
-        self._engine.dispose()
+        return self._probes.present(f"asset_keys.{column_name}", lambda: stock(conn, column_name))
 
 
 class PooledPostgresStorage(DagsterPostgresStorage):
@@ -147,11 +178,18 @@ class PooledPostgresStorage(DagsterPostgresStorage):
         self.postgres_url = postgres_url
         self.should_autocreate_tables = should_autocreate_tables
         self._inst_data = inst_data
-        self._schedule_storage = PooledScheduleStorage(postgres_url, should_autocreate_tables)
+        # The stores look for their tables (a catalog query each) only in the process's first
+        # instance: later ones, a sensor evaluation's, find them there.
+        key = (os.getpid(), postgres_url)
+        check_tables = should_autocreate_tables and key not in _tables_checked
+        self._schedule_storage = PooledScheduleStorage(postgres_url, check_tables)
         self._run_storage = PooledRunStorage(
-            postgres_url, should_autocreate_tables, schedule_storage=self._schedule_storage
+            postgres_url, check_tables, schedule_storage=self._schedule_storage
         )
-        self._event_log_storage = PooledEventLogStorage(postgres_url, should_autocreate_tables)
+        self._event_log_storage = PooledEventLogStorage(postgres_url, check_tables)
+        if check_tables:
+            with _lock:
+                _tables_checked.add(key)
         # DagsterStorage.__init__, skipping DagsterPostgresStorage.__init__ (the stock stores).
         super(DagsterPostgresStorage, self).__init__()  # type: ignore[no-untyped-call]
 

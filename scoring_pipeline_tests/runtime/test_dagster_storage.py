@@ -13,7 +13,11 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from scoring_pipeline.errors import ConfigurationError
-from scoring_pipeline.runtime.dagster_storage import PooledPostgresStorage, storage_config
+from scoring_pipeline.runtime.dagster_storage import (
+    PooledPostgresStorage,
+    dispose_engines,
+    storage_config,
+)
 from scoring_pipeline.store import db
 
 pytestmark = pytest.mark.db
@@ -92,7 +96,9 @@ def test_storage_calls_reuse_connections_where_stock_storage_opens_one_each(own_
     assert pooled <= 2
 
 
-def test_a_dropped_connection_is_replaced_and_all_are_closed_on_dispose(own_database):
+def test_a_dropped_connection_is_replaced_and_all_are_closed_when_the_process_lets_go(
+    own_database,
+):
     url, probe = own_database
     with dg.instance_for_test(
         overrides={"storage": storage_config(db.dagster_storage_url(url))}
@@ -108,6 +114,24 @@ def test_a_dropped_connection_is_replaced_and_all_are_closed_on_dispose(own_data
             )
         _storage_calls(instance)  # no error: each dead connection is found and replaced
         assert _backends(probe) >= 1
+    assert _backends(probe) >= 1  # kept for the process's next instance
+    dispose_engines()
+    assert _no_backends_left(probe)
+
+
+def test_later_instances_of_a_process_reuse_its_connections(own_database):
+    """Dagster builds an instance per sensor evaluation (in the code server) and per run: after
+    the process's first, an instance neither connects anew nor looks for its tables again."""
+    url, probe = own_database
+    overrides = {"storage": storage_config(db.dagster_storage_url(url))}
+    with dg.instance_for_test(overrides=overrides) as first:
+        _storage_calls(first)  # creates the tables, opens the pool
+    before = _sessions(probe)
+    for _ in range(5):
+        with dg.instance_for_test(overrides=overrides) as instance:
+            _storage_calls(instance)
+    assert _sessions(probe) - before - 1 <= 2  # five instances, (almost) no new connection
+    dispose_engines()
     assert _no_backends_left(probe)
 
 
@@ -188,9 +212,32 @@ def test_schema_probes_keep_a_yes_and_ask_a_no_again(own_database, monkeypatch):
         monkeypatch.setattr(sql_event_log.db, "inspect", no_catalog)
         assert runs.has_run_stats_index_cols()  # from memory
         assert events.has_asset_key_index_cols()
+    with dg.instance_for_test(  # the process's next instance (a sensor evaluation's) knows too
+        overrides={"storage": storage_config(db.dagster_storage_url(url))}
+    ) as instance:
+        assert instance.run_storage.has_run_stats_index_cols()
+    monkeypatch.undo()
+    dispose_engines()
 
     answers = iter([False, True, False])
     probes = _SchemaProbes()
     assert not probes.present("col", lambda: next(answers))
     assert probes.present("col", lambda: next(answers))  # asked again: now migrated
     assert probes.present("col", lambda: next(answers))  # kept: not asked a third time
+
+
+def test_the_project_instance_runs_the_daemons_a_night_needs_and_no_others():
+    """The daemon schedules, senses, dequeues, monitors runs and runs backfills; it runs no
+    declarative-automation or freshness loop (nothing here uses them), and steps capture no
+    stdout/stderr (the project's loggers go to the event log instead)."""
+    import yaml
+
+    with open(db.PROJECT_ROOT / "dagster.yaml") as f:
+        project = yaml.safe_load(f)
+    settings = {k: project[k] for k in ("auto_materialize", "freshness", "python_logs")}
+    with dg.instance_for_test(overrides=settings) as instance:
+        daemons = set(instance.get_required_daemon_types())
+        assert {"SENSOR", "BACKFILL", "SCHEDULER", "QUEUED_RUN_COORDINATOR"} <= daemons
+        assert "ASSET" not in daemons and "FRESHNESS_DAEMON" not in daemons
+        assert "scoring_pipeline" in instance.get_settings("python_logs")["managed_python_loggers"]
+    assert project["compute_logs"]["class"] == "NoOpComputeLogManager"
