@@ -58,6 +58,8 @@ def test_bench_night_accounts_for_every_row(server_url):
     assert report.cpu_seconds_per_1000_users == pytest.approx(
         sum(report.cpu_s.values()) * 1000 / USERS
     )
+    # The sampled processes are a part of what the whole machine spent over the same night.
+    assert report.machine_cpu_s >= 0.95 * sum(report.cpu_s.values()) > 0
 
     # The later nights score the same universe on the following dates. The first of them adds
     # a second version of every current score (the replaced rows' space is only free once
@@ -79,6 +81,7 @@ def test_bench_night_accounts_for_every_row(server_url):
     text = "\n".join(report.lines())
     assert f"benchmark: {USERS} users, {f['batches']} batches" in text
     assert "write stage / raw COPY" in text
+    assert "the whole machine (also short-lived processes, anything else)" in text
     assert f"{third['score_date']}: {third['assets_scored']:,} assets scored" in text
 
 

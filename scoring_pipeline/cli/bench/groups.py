@@ -23,7 +23,7 @@ from sqlalchemy.engine import Engine
 
 from scoring_pipeline.cli.bench.groups_report import GroupsReport, NightFigures
 from scoring_pipeline.cli.bench.night import wait_night, wait_runs_ended
-from scoring_pipeline.cli.bench.sampling import RssSampler
+from scoring_pipeline.cli.bench.sampling import RssSampler, server_processes
 from scoring_pipeline.cli.bench.universe import new_universe
 from scoring_pipeline.defs.market_groups.config import GROUPS_FILE_VARIABLE
 from scoring_pipeline.runtime.dagster_api import DagsterApi
@@ -60,7 +60,7 @@ def _night(
     job = "overnight_snapshots_job" if group == "all" else f"{group}_overnight_snapshots_job"
     roots = [p.pid for p in services.processes.values()]
     started = time.monotonic()
-    with RssSampler(roots) as sampler:
+    with RssSampler(roots, postgres_pids=server_processes(engine)) as sampler:
         DagsterApi(services.url).launch_job(job, tags={"dagster/partition": score_date.isoformat()})
         wait_night(engine, score_date, timeout, group)
         wait_runs_ended(env, timeout)

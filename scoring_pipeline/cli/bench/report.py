@@ -20,6 +20,7 @@ class BenchReport:
     tables: dict[str, dict[str, int]] = field(default_factory=dict)
     rss_mb: dict[str, float] = field(default_factory=dict)
     cpu_s: dict[str, float] = field(default_factory=dict)
+    machine_cpu_s: float = 0.0
     runs: dict[str, int] = field(default_factory=dict)
     # Nights after the first, on the same database: what each added on disk.
     later_nights: list[dict[str, Any]] = field(default_factory=list)
@@ -28,6 +29,11 @@ class BenchReport:
     def cpu_seconds_per_1000_users(self) -> float:
         """Every sampled process's CPU time during the night, per 1,000 users."""
         return sum(self.cpu_s.values()) * 1000 / max(self.users, 1)
+
+    @property
+    def machine_cpu_seconds_per_1000_users(self) -> float:
+        """The whole machine's busy CPU time during the night, per 1,000 users."""
+        return self.machine_cpu_s * 1000 / max(self.users, 1)
 
     def lines(self) -> list[str]:
         f = self.figures
@@ -90,6 +96,10 @@ class BenchReport:
             f"{'CPU seconds per 1,000 users, all processes':<66}"
             f"{self.cpu_seconds_per_1000_users:>8.1f} s"
         )
+        out.append(
+            f"{'  the whole machine (also short-lived processes, anything else)':<66}"
+            f"{self.machine_cpu_seconds_per_1000_users:>8.1f} s"
+        )
         out.append("runs by job:")
         for job, count in sorted(self.runs.items()):
             out.append(f"  {job:<64}{count:>8}")
@@ -149,6 +159,7 @@ def save(report: BenchReport, directory: Path) -> Path:
             "rss_mb": report.rss_mb,
             "cpu_s": report.cpu_s,
             "cpu_seconds_per_1000_users": report.cpu_seconds_per_1000_users,
+            "machine_cpu_seconds_per_1000_users": report.machine_cpu_seconds_per_1000_users,
             "runs": report.runs,
             "later_nights": report.later_nights,
         },

@@ -92,6 +92,7 @@ def _first_night(
         users=users,
         rss_mb=dict(sampler.peaks),
         cpu_s=sampler.cpu_seconds,
+        machine_cpu_s=sampler.machine_cpu_s,
         runs={job: len(times) for job, times in runs.items()},
     )
     report.figures = night_figures(engine, score_date, runs)

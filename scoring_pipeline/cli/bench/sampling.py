@@ -31,6 +31,11 @@ class RssSampler:
         self.postgres_pids = postgres_pids
         self.peaks: dict[str, float] = defaultdict(float)
         self._cpu: dict[int, tuple[str, float, float]] = {}  # pid -> (kind, first, last)
+        # The whole machine's busy CPU time over the sampling: also counts what the per-process
+        # samples miss, processes that start and end between two samples (a new PostgreSQL
+        # backend per connection, a step's helper processes), and anything else running.
+        self.machine_cpu_s = 0.0
+        self._machine_start = 0.0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -96,12 +101,22 @@ class RssSampler:
             self._stop.wait(self.interval)
 
     def __enter__(self) -> "RssSampler":
+        self._machine_start = _machine_busy_seconds()
         self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
+        self.machine_cpu_s = _machine_busy_seconds() - self._machine_start
+
+
+def _machine_busy_seconds() -> float:
+    """CPU time the machine's cores spent on anything but idling or waiting for I/O."""
+    import psutil
+
+    times = psutil.cpu_times()
+    return float(sum(times) - times.idle - getattr(times, "iowait", 0.0))
 
 
 def server_processes(engine: Engine) -> "Callable[[], set[int]]":
