@@ -115,12 +115,22 @@ def clean_db(engine: Engine) -> Engine:
 
 @pytest.fixture(scope="session")
 def dagster_instance(database_url: str) -> Iterator[dg.DagsterInstance]:
-    """A real Dagster instance on PostgreSQL storage (the same database, psycopg2 driver)."""
+    """A real Dagster instance on PostgreSQL storage (the same database, psycopg2 driver), its
+    Python loggers routed as the project's `dagster.yaml` routes them."""
     overrides = {
         "storage": storage_config(db.dagster_storage_url(database_url)),
+        "python_logs": _project_instance_config()["python_logs"],
     }
     with dg.instance_for_test(overrides=overrides) as instance:
         yield instance
+
+
+def _project_instance_config() -> dict[str, object]:
+    import yaml
+
+    with open(db.PROJECT_ROOT / "dagster.yaml") as f:
+        config: dict[str, object] = yaml.safe_load(f)
+    return config
 
 
 @pytest.fixture

@@ -232,6 +232,9 @@ def test_api_key_is_sent_but_never_leaks(
     captured = capfd.readouterr()
     assert "HTTP 500" in captured.err  # the Dagster console log of the failure is scanned
     assert any("retrying in" in r.getMessage() for r in caplog.records)  # DEBUG logs captured
+    # The provider's retry warning is in the run's event log, where the UI shows it.
+    logged = [e.user_message for e in dagster_instance.all_logs(result.run_id)]
+    assert any("retrying in" in m for m in logged)
     texts = _texts_of_the_run(dagster_instance, result.run_id, caplog, captured)
     assert _leaks(texts, case.secret) == []
     assert _database_hits(world, case.secret) == {}
