@@ -23,6 +23,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from scoring_pipeline.store.market_scope import markets_param, symbol_in_group
+from scoring_pipeline.store.planner import by_index
 
 SUCCESS_EVENTS = ["CALC_STARTED", "INPUTS_CAPTURED", "SCORES_COMPUTED", "CALC_COMPLETED"]
 FAILED_EVENTS = (
@@ -185,9 +186,10 @@ def check_batch(
         "g": market_group,
         "m": markets_param(markets),
     }
-    calculations, events = _event_violations(conn, params)
-    history = [_plain(r) for r in conn.execute(sa.text(_HISTORY), params)]
-    current = [_plain(r) for r in conn.execute(sa.text(_CURRENT), params)]
+    with by_index(conn):  # a batch's rows of tables with millions (see store.planner)
+        calculations, events = _event_violations(conn, params)
+        history = [_plain(r) for r in conn.execute(sa.text(_HISTORY), params)]
+        current = [_plain(r) for r in conn.execute(sa.text(_CURRENT), params)]
     return [
         InvariantReport("events", calculations, events[:limit]),
         InvariantReport("history", calculations, history),

@@ -28,6 +28,7 @@ from scoring_pipeline.store.metric_values import write_metric_values
 from scoring_pipeline.store.night.model import BatchOutcome, NightStatus
 from scoring_pipeline.store.night.outcomes import record_batch_outcome
 from scoring_pipeline.store.night.root_span import emit_root_span
+from scoring_pipeline.store.planner import by_index
 from scoring_pipeline.store.write_timer import WriteTimer
 
 
@@ -71,7 +72,7 @@ def _replace_current_scores(
     timer: WriteTimer,
 ) -> int:
     """Make these scores the users' current ones, unless a later date already scored them."""
-    with timer.part("newer"):
+    with timer.part("newer"), by_index(conn):
         newer = set(
             conn.execute(
                 sa.text(
@@ -84,7 +85,7 @@ def _replace_current_scores(
     current = [u for u in users if u not in newer]
     if not current:
         return 0
-    with timer.part("delete_scores"):
+    with timer.part("delete_scores"), by_index(conn):
         conn.execute(
             sa.text("DELETE FROM asset_scores WHERE user_id = ANY(CAST(:u AS uuid[]))" + _OF_GROUP),
             {"u": current, "m": markets_param(output.markets)},
