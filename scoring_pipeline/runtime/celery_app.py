@@ -13,10 +13,13 @@ busy time in a night of short batch runs, and PostgreSQL backends started for ea
 """
 
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from celery import Celery
 from dagster import DagsterInstance
+
+if TYPE_CHECKING:
+    from dagster._grpc.types import ExecuteRunArgs, ResumeRunArgs
 
 from scoring_pipeline.store.db import prepare_dagster_environment
 
@@ -86,8 +89,22 @@ def _discard(_event: Any) -> None:
     """Run events are already in the event log; the task returns only the exit code."""
 
 
+def _on_kept_instance(body: Any, args: "ExecuteRunArgs | ResumeRunArgs") -> int:
+    """A dagster-celery task's body (`_execute_run_command_body` or `_resume_run_command_body`)
+    on this process's kept instance."""
+    return int(
+        body(
+            run_id=args.run_id,
+            instance=worker_instance(),
+            write_stream_fn=_discard,
+            set_exit_code_on_failure=args.set_exit_code_on_failure is not False,
+        )
+    )
+
+
 def _register_tasks(app: Celery) -> None:
-    """dagster-celery's execute and resume tasks, on this process's kept instance."""
+    """dagster-celery's execute and resume tasks, on this process's kept instance. The launcher
+    sends each task's arguments by keyword: the parameter names are dagster-celery's."""
     from dagster._cli.api import _execute_run_command_body, _resume_run_command_body
     from dagster._grpc.types import ExecuteRunArgs, ResumeRunArgs
     from dagster._serdes import unpack_value
@@ -96,22 +113,12 @@ def _register_tasks(app: Celery) -> None:
     @app.task(bind=True, name=TASK_EXECUTE_JOB_NAME, track_started=True)  # type: ignore[untyped-decorator]
     def execute_job(_task: Any, execute_job_args_packed: Any) -> int:
         args = unpack_value(val=execute_job_args_packed, as_type=ExecuteRunArgs)
-        return _execute_run_command_body(
-            run_id=args.run_id,
-            instance=worker_instance(),
-            write_stream_fn=_discard,
-            set_exit_code_on_failure=args.set_exit_code_on_failure is not False,
-        )
+        return _on_kept_instance(_execute_run_command_body, args)
 
     @app.task(bind=True, name=TASK_RESUME_JOB_NAME, track_started=True)  # type: ignore[untyped-decorator]
     def resume_job(_task: Any, resume_job_args_packed: Any) -> int:
         args = unpack_value(val=resume_job_args_packed, as_type=ResumeRunArgs)
-        return _resume_run_command_body(
-            run_id=args.run_id,
-            instance=worker_instance(),
-            write_stream_fn=_discard,
-            set_exit_code_on_failure=args.set_exit_code_on_failure is not False,
-        )
+        return _on_kept_instance(_resume_run_command_body, args)
 
 
 def make_worker_app() -> Celery:
