@@ -72,24 +72,29 @@ def _replace_current_scores(
     timer: WriteTimer,
 ) -> int:
     """Make these scores the users' current ones, unless a later date already scored them."""
-    with timer.part("newer"), by_index(conn):
-        newer = set(
-            conn.execute(
-                sa.text(
-                    "SELECT DISTINCT user_id::text FROM asset_scores "
-                    "WHERE user_id = ANY(CAST(:u AS uuid[])) AND score_date > :d" + _OF_GROUP
-                ),
-                {"u": users, "d": output.score_date, "m": markets_param(output.markets)},
-            ).scalars()
-        )
-    current = [u for u in users if u not in newer]
+    with by_index(conn):  # both statements reach the batch's users' rows by their key
+        with timer.part("newer"):
+            newer = set(
+                conn.execute(
+                    sa.text(
+                        "SELECT DISTINCT user_id::text FROM asset_scores "
+                        "WHERE user_id = ANY(CAST(:u AS uuid[])) AND score_date > :d" + _OF_GROUP
+                    ),
+                    {"u": users, "d": output.score_date, "m": markets_param(output.markets)},
+                ).scalars()
+            )
+        current = [u for u in users if u not in newer]
+        if current:
+            with timer.part("delete_scores"):
+                conn.execute(
+                    sa.text(
+                        "DELETE FROM asset_scores WHERE user_id = ANY(CAST(:u AS uuid[]))"
+                        + _OF_GROUP
+                    ),
+                    {"u": current, "m": markets_param(output.markets)},
+                )
     if not current:
         return 0
-    with timer.part("delete_scores"), by_index(conn):
-        conn.execute(
-            sa.text("DELETE FROM asset_scores WHERE user_id = ANY(CAST(:u AS uuid[]))" + _OF_GROUP),
-            {"u": current, "m": markets_param(output.markets)},
-        )
     with timer.part("copy_scores"):
         return copy_text(
             conn,
