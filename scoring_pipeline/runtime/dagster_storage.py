@@ -40,6 +40,7 @@ of a connection per call is https://github.com/dagster-io/dagster/issues/20325.
 import os
 import threading
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from dagster_postgres import DagsterPostgresStorage, PostgresEventLogStorage, PostgresRunStorage
@@ -52,41 +53,6 @@ from scoring_pipeline.errors import ConfigurationError
 POOL_SIZE = 2  # connections the process keeps open
 MAX_OVERFLOW = 12  # more, opened only while calls overlap (the daemon's threads)
 POOL_RECYCLE_SECONDS = 3600
-
-_lock = threading.Lock()
-# One engine per process and URL, shared by every instance the process builds: Dagster builds
-# an instance per sensor evaluation in the code server, and each would otherwise connect anew.
-_engines: dict[tuple[int, str], Engine] = {}
-# (process, URL) whose tables were checked (and created if missing) by an earlier instance.
-_tables_checked: set[tuple[int, str]] = set()
-
-
-def pooled_engine(postgres_url: str) -> Engine:
-    """This process's pooled engine for the URL (made on first use; never a forked parent's)."""
-    key = (os.getpid(), postgres_url)
-    with _lock:
-        engine = _engines.get(key)
-        if engine is None:
-            engine = _engines[key] = create_pg_engine(
-                postgres_url,
-                isolation_level="AUTOCOMMIT",
-                pool_size=POOL_SIZE,
-                max_overflow=MAX_OVERFLOW,
-                pool_pre_ping=True,
-                pool_recycle=POOL_RECYCLE_SECONDS,
-            )
-    return engine
-
-
-def dispose_engines() -> None:
-    """Close this process's pooled connections (a process that exits, a test that checks)."""
-    with _lock:
-        mine = [key for key in _engines if key[0] == os.getpid()]
-        engines = [_engines.pop(key) for key in mine]
-        _tables_checked.difference_update(mine)
-        _probes.pop(os.getpid(), None)
-    for engine in engines:
-        engine.dispose()
 
 
 class _SchemaProbes:
@@ -104,13 +70,48 @@ class _SchemaProbes:
         return found
 
 
-_probes: dict[int, _SchemaProbes] = {}
+@dataclass
+class _ProcessStorage:
+    """What every instance a process builds shares (Dagster builds one per run, and one per
+    sensor evaluation in the code server, each of which would otherwise connect anew)."""
+
+    engines: dict[str, Engine] = field(default_factory=dict)  # by URL
+    tables_checked: set[str] = field(default_factory=set)  # URLs an earlier instance checked
+    probes: _SchemaProbes = field(default_factory=_SchemaProbes)
 
 
-def _process_probes() -> _SchemaProbes:
-    """The schema probes' answers, shared by every instance of this process."""
+_lock = threading.Lock()
+_by_process: dict[int, _ProcessStorage] = {}  # by pid: a forked child never uses its parent's
+
+
+def _this_process() -> _ProcessStorage:
     with _lock:
-        return _probes.setdefault(os.getpid(), _SchemaProbes())
+        return _by_process.setdefault(os.getpid(), _ProcessStorage())
+
+
+def pooled_engine(postgres_url: str) -> Engine:
+    """This process's pooled engine for the URL (made on first use)."""
+    engines = _this_process().engines
+    with _lock:
+        engine = engines.get(postgres_url)
+        if engine is None:
+            engine = engines[postgres_url] = create_pg_engine(
+                postgres_url,
+                isolation_level="AUTOCOMMIT",
+                pool_size=POOL_SIZE,
+                max_overflow=MAX_OVERFLOW,
+                pool_pre_ping=True,
+                pool_recycle=POOL_RECYCLE_SECONDS,
+            )
+    return engine
+
+
+def dispose_engines() -> None:
+    """Close this process's pooled connections (a process that exits, a test that checks)."""
+    with _lock:
+        mine = _by_process.pop(os.getpid(), None)
+    for engine in mine.engines.values() if mine else ():
+        engine.dispose()
 
 
 # The stores keep their engine in `_engine` (dagster-postgres 0.29, pinned with dagster), and
@@ -128,7 +129,7 @@ class PooledRunStorage(PostgresRunStorage):
         should_autocreate_tables: bool = True,
         schedule_storage: PooledScheduleStorage | None = None,
     ) -> None:
-        self._probes = _process_probes()  # the parent's constructor already probes
+        self._probes = _this_process().probes  # the parent's constructor already probes
         super().__init__(postgres_url, should_autocreate_tables)
         self._engine = pooled_engine(postgres_url)
         # Dagster disposes the run and event-log stores with the instance, never the schedule
@@ -160,7 +161,7 @@ class PooledRunStorage(PostgresRunStorage):
 
 class PooledEventLogStorage(PostgresEventLogStorage):
     def __init__(self, postgres_url: str, should_autocreate_tables: bool = True) -> None:
-        self._probes = _process_probes()  # the parent's constructor already probes
+        self._probes = _this_process().probes  # the parent's constructor already probes
         super().__init__(postgres_url, should_autocreate_tables)
         self._engine = pooled_engine(postgres_url)
 
@@ -180,16 +181,15 @@ class PooledPostgresStorage(DagsterPostgresStorage):
         self._inst_data = inst_data
         # The stores look for their tables (a catalog query each) only in the process's first
         # instance: later ones, a sensor evaluation's, find them there.
-        key = (os.getpid(), postgres_url)
-        check_tables = should_autocreate_tables and key not in _tables_checked
+        checked = _this_process().tables_checked
+        check_tables = should_autocreate_tables and postgres_url not in checked
         self._schedule_storage = PooledScheduleStorage(postgres_url, check_tables)
         self._run_storage = PooledRunStorage(
             postgres_url, check_tables, schedule_storage=self._schedule_storage
         )
         self._event_log_storage = PooledEventLogStorage(postgres_url, check_tables)
         if check_tables:
-            with _lock:
-                _tables_checked.add(key)
+            checked.add(postgres_url)
         # DagsterStorage.__init__, skipping DagsterPostgresStorage.__init__ (the stock stores).
         super(DagsterPostgresStorage, self).__init__()  # type: ignore[no-untyped-call]
 
