@@ -10,6 +10,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 import pytest
@@ -114,23 +115,27 @@ def clean_db(engine: Engine) -> Engine:
 
 
 @pytest.fixture(scope="session")
-def dagster_instance(database_url: str) -> Iterator[dg.DagsterInstance]:
+def project_instance_config() -> dict[str, Any]:
+    """The project's `dagster.yaml`, as the services load it."""
+    import yaml
+
+    with open(db.PROJECT_ROOT / "dagster.yaml") as f:
+        config: dict[str, Any] = yaml.safe_load(f)
+    return config
+
+
+@pytest.fixture(scope="session")
+def dagster_instance(
+    database_url: str, project_instance_config: dict[str, Any]
+) -> Iterator[dg.DagsterInstance]:
     """A real Dagster instance on PostgreSQL storage (the same database, psycopg2 driver), its
     Python loggers routed as the project's `dagster.yaml` routes them."""
     overrides = {
         "storage": storage_config(db.dagster_storage_url(database_url)),
-        "python_logs": _project_instance_config()["python_logs"],
+        "python_logs": project_instance_config["python_logs"],
     }
     with dg.instance_for_test(overrides=overrides) as instance:
         yield instance
-
-
-def _project_instance_config() -> dict[str, object]:
-    import yaml
-
-    with open(db.PROJECT_ROOT / "dagster.yaml") as f:
-        config: dict[str, object] = yaml.safe_load(f)
-    return config
 
 
 @pytest.fixture

@@ -135,13 +135,10 @@ def test_later_instances_of_a_process_reuse_its_connections(own_database):
     assert _no_backends_left(probe)
 
 
-def test_the_project_instance_config_selects_the_pooled_storage():
+def test_the_project_instance_config_selects_the_pooled_storage(project_instance_config):
     config = storage_config("postgresql+psycopg2://example/db")
     assert config["custom"]["class"] == PooledPostgresStorage.__name__
-    import yaml
-
-    with open(db.PROJECT_ROOT / "dagster.yaml") as f:
-        project = yaml.safe_load(f)
+    project = project_instance_config
     assert project["storage"]["custom"]["module"] == config["custom"]["module"]
     assert project["storage"]["custom"]["class"] == config["custom"]["class"]
 
@@ -226,14 +223,13 @@ def test_schema_probes_keep_a_yes_and_ask_a_no_again(own_database, monkeypatch):
     assert probes.present("col", lambda: next(answers))  # kept: not asked a third time
 
 
-def test_the_project_instance_runs_the_daemons_a_night_needs_and_no_others():
+def test_the_project_instance_runs_the_daemons_a_night_needs_and_no_others(
+    project_instance_config,
+):
     """The daemon schedules, senses, dequeues, monitors runs and runs backfills; it runs no
     declarative-automation or freshness loop (nothing here uses them), and steps capture no
     stdout/stderr (the project's loggers go to the event log instead)."""
-    import yaml
-
-    with open(db.PROJECT_ROOT / "dagster.yaml") as f:
-        project = yaml.safe_load(f)
+    project = project_instance_config
     settings = {k: project[k] for k in ("auto_materialize", "freshness", "python_logs")}
     with dg.instance_for_test(overrides=settings) as instance:
         daemons = set(instance.get_required_daemon_types())
