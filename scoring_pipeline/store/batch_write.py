@@ -24,7 +24,7 @@ from scoring_pipeline.store.batch_rows import (
 )
 from scoring_pipeline.store.copy import copy_text
 from scoring_pipeline.store.market_scope import markets_param, symbol_in_group
-from scoring_pipeline.store.metric_values import write_metric_values
+from scoring_pipeline.store.metric_values import store_metric_values
 from scoring_pipeline.store.night.model import BatchOutcome, NightStatus
 from scoring_pipeline.store.night.outcomes import record_batch_outcome
 from scoring_pipeline.store.night.root_span import emit_root_span
@@ -189,8 +189,8 @@ def persist_batch(engine: Engine, output: BatchOutput, *, run_id: str | None) ->
     output.timings["serialize_ms"] = int((time.perf_counter() - started) * 1000)
     started = time.perf_counter()
     timer = WriteTimer()
-    with timer.part("metric_values"), engine.begin() as conn:
-        metric_values = write_metric_values(conn, output)
+    with timer.part("metric_values"):
+        metric_values = store_metric_values(engine, output)
     with engine.connect() as conn:
         with timer.part("begin"):
             transaction = conn.begin()

@@ -72,3 +72,38 @@ def test_metric_values_written_once_and_updated_only_when_they_differ(clean_db):
     assert after[("AAA", "EUR")] == stored[("AAA", "EUR")]
     assert after[("AAA", "USD")][0] == '{"price": "11.00", "pe_ratio": "7"}'
     assert after[("BBB", "USD")][0] == '{"price": "3"}'
+
+
+def test_a_process_sends_only_pairs_it_has_not_seen_stored_and_forgets_a_pruned_date(
+    clean_db, monkeypatch
+):
+    """`store_metric_values` remembers what it stored for a date, so the night's next batches
+    send only new or changed pairs; when the date lost rows (its month pruned), it sends all
+    again and the rows are back."""
+    import scoring_pipeline.store.metric_values as metric_values
+
+    with clean_db.begin() as conn:
+        ensure_partitions(conn, DAY)
+    monkeypatch.setattr(metric_values, "_KNOWN", {})
+    sent: list[set[tuple[str, str]]] = []
+    write = metric_values.write_metric_values
+
+    def recording_write(conn, output, values=None):  # type: ignore[no-untyped-def]
+        sent.append(set(values if values is not None else output.metric_values))
+        return write(conn, output, values)
+
+    monkeypatch.setattr(metric_values, "write_metric_values", recording_write)
+    first = {("AAA", "USD"): '{"price":"10.50"}', ("BBB", "USD"): '{"price":"3"}'}
+    assert metric_values.store_metric_values(clean_db, _output(first)) == 2
+    assert metric_values.store_metric_values(clean_db, _output(first)) == 0
+    changed = {**first, ("AAA", "USD"): '{"price":"11.00"}', ("CCC", "EUR"): '{"price":"1"}'}
+    assert metric_values.store_metric_values(clean_db, _output(changed)) == 2
+    assert sent == [set(first), set(), {("AAA", "USD"), ("CCC", "EUR")}]
+    assert _stored(clean_db)[("AAA", "USD")][0] == '{"price": "11.00"}'
+
+    # The date's rows are gone (as `prune` drops a month): everything is sent and stored again.
+    with clean_db.begin() as conn:
+        conn.execute(sa.text("DELETE FROM score_metric_values WHERE score_date = :d"), {"d": DAY})
+    assert metric_values.store_metric_values(clean_db, _output(changed)) == 3
+    assert sent[-1] == set(changed)
+    assert set(_stored(clean_db)) == set(changed)
