@@ -142,7 +142,9 @@ def running_services(
     env: dict[str, str] | None = None,
     timeout: float = 120.0,
 ) -> Iterator[Services]:
-    """Webserver + daemon (`dagster dev`) and a Celery run worker, stopped on exit."""
+    """The Dagster webserver, the daemon (`runtime/daemon`: sensors every second) and a Celery
+    run worker, stopped on exit. The webserver and the daemon each load the code location in a
+    code server of their own, as separate deployments of them do."""
     env = dict(os.environ if env is None else env)
     prepare_dagster_environment(env)
     log_dir = log_dir or Path(env["DAGSTER_HOME"]) / "service-logs"
@@ -157,18 +159,24 @@ def running_services(
         services.processes["worker"] = _spawn(
             "worker", worker_command(workers), worker_env, log_dir
         )
-        services.processes["dagster"] = _spawn(
-            "dagster",
+        workspace = str(PROJECT_ROOT / "workspace.yaml")
+        services.processes["webserver"] = _spawn(
+            "webserver",
             [
-                str(BIN / "dagster"),
-                "dev",
+                str(BIN / "dagster-webserver"),
                 "-h",
                 "127.0.0.1",
                 "-p",
                 str(port),
                 "-w",
-                str(PROJECT_ROOT / "workspace.yaml"),
+                workspace,
             ],
+            dagster_env,
+            log_dir,
+        )
+        services.processes["daemon"] = _spawn(
+            "daemon",
+            [sys.executable, "-m", "scoring_pipeline.runtime.daemon", "run", "-w", workspace],
             dagster_env,
             log_dir,
         )

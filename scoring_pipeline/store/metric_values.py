@@ -9,7 +9,6 @@ from sqlalchemy.engine import Connection, Engine
 from scoring_pipeline.engine.batch import BatchOutput
 from scoring_pipeline.engine.json_text import dumps
 
-
 # score date -> (symbol, base currency) -> the values text this process stored or found stored.
 # Only a shortcut: a pair missing here is sent to the server, which applies the rule below.
 _KNOWN: dict[dt.date, dict[tuple[str, str], str]] = {}

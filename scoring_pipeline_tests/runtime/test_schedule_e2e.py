@@ -21,6 +21,27 @@ query Ticks($selector: ScheduleSelector!) {
 """
 
 
+_SENSOR_TICKS = """
+query SensorTicks($selector: SensorSelector!) {
+  sensorOrError(sensorSelector: $selector) {
+    ... on Sensor { sensorState { ticks(limit: 20) { timestamp } } }
+  }
+}
+"""
+
+
+def _sensor_tick_gaps(api, name):
+    """Seconds between the sensor's last ticks (one per evaluation, skipped ones included)."""
+    selector = {
+        "repositoryLocationName": LOCATION,
+        "repositoryName": REPOSITORY,
+        "sensorName": name,
+    }
+    data = api.query(_SENSOR_TICKS, {"selector": selector})["sensorOrError"]
+    stamps = sorted(t["timestamp"] for t in data["sensorState"]["ticks"])
+    return [b - a for a, b in zip(stamps, stamps[1:], strict=False)]
+
+
 def _ticks(api):
     selector = {
         "repositoryLocationName": LOCATION,
@@ -75,6 +96,9 @@ def test_a_cron_firing_every_minute_starts_one_night(clean_db, database_url, tmp
             ),
             timeout=120,
         )
+        # The daemon evaluates the sensors every second (`runtime/daemon`), not every 5 s.
+        gaps = _sensor_tick_gaps(api, "dashboard_cache_sensor")
+    assert len(gaps) >= 10 and sorted(gaps)[len(gaps) // 2] < 3, gaps
     launched = [t for t in ticks if t["status"] == "SUCCESS"]
     skipped = [t for t in ticks if t["status"] == "SKIPPED"]
     assert len(launched) == 1 and len(launched[0]["runIds"]) == 1

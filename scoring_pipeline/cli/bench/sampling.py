@@ -45,10 +45,11 @@ class RssSampler:
         # line, so they are told apart first. Celery's pool children share the main's command.
         for marker, name in (
             ("dagster._daemon", "dagster daemon"),
+            ("scoring_pipeline.runtime.daemon", "dagster daemon"),
             ("dagster_webserver", "dagster webserver"),
+            ("dagster-webserver", "dagster webserver"),
             ("code-server", "dagster code server"),
             ("api grpc", "dagster code server"),
-            ("dagster dev", "dagster dev (supervisor)"),
         ):
             if marker in cmdline:
                 return name

@@ -1,0 +1,35 @@
+"""The deployment's Dagster daemon: `dagster-daemon run`, with the sensor loop every second.
+
+Dagster's sensor daemon evaluates the sensors in a loop that waits until 5 s have passed since
+the loop began (`dagster._daemon.sensor.MIN_INTERVAL_LOOP_TIME`), whatever a sensor's
+`minimum_interval_seconds` asks. A night waits on a sensor twice (its batches start when the
+snapshots run has succeeded; the last dashboards are warmed after the last batch lands), so a
+1,000-user night spent ~2.5 s of its ~15 s waiting for each. Every sensor here asks for 1 s, and
+a loop of them costs the daemon and the code server a few milliseconds.
+"""
+
+import dagster._daemon.sensor as sensor_daemon
+
+SENSOR_LOOP_SECONDS = 1
+
+
+def use_sensor_loop_seconds(seconds: float = SENSOR_LOOP_SECONDS) -> None:
+    """Set the sensor daemon's loop period; refuses a Dagster that no longer has the setting
+    (the pinned version has it), rather than silently keeping the 5 s loop."""
+    if not isinstance(getattr(sensor_daemon, "MIN_INTERVAL_LOOP_TIME", None), int | float):
+        raise RuntimeError(
+            "this Dagster version has no dagster._daemon.sensor.MIN_INTERVAL_LOOP_TIME: "
+            "review scoring_pipeline.runtime.daemon against its sensor daemon"
+        )
+    sensor_daemon.MIN_INTERVAL_LOOP_TIME = seconds  # type: ignore[assignment]
+
+
+def main() -> None:
+    from dagster._daemon.cli import main as daemon_main
+
+    use_sensor_loop_seconds()
+    daemon_main()
+
+
+if __name__ == "__main__":
+    main()
