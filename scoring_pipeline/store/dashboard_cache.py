@@ -19,6 +19,7 @@ from sqlalchemy.engine import Connection
 from scoring_pipeline.engine.json_text import plain
 from scoring_pipeline.engine.metrics import SCORE_CONTEXT, rate_between
 from scoring_pipeline.errors import MissingRateError
+from scoring_pipeline.store.planner import by_index
 from scoring_pipeline.store.snapshots.rates import load_rates
 
 TOP_ASSETS = 10
@@ -95,13 +96,19 @@ def _top_assets(conn: Connection, users: list[str]) -> dict[str, Any]:
 
 
 def _holdings(conn: Connection, users: list[str], score_date: dt.date) -> dict[str, list[Any]]:
+    """The users' priced holdings. Each portfolio's assets are read through their index
+    (`OFFSET 0` keeps the planner from turning the lookups into one join over every holding):
+    a join read all ~120,000 holdings of a 10,000-user universe for each batch's 50 users."""
     rows = conn.execute(
         sa.text(
-            "SELECT p.user_id::text AS user_id, a.symbol, a.quantity, a.currency AS held_in, "
-            "s.close, s.currency, s.price_date FROM portfolio_assets a "
-            "JOIN portfolios p ON p.id = a.portfolio_id "
-            "LEFT JOIN price_snapshots s ON s.symbol = a.symbol AND s.score_date = :d "
-            "WHERE p.user_id = ANY(CAST(:u AS uuid[])) AND NOT a.is_ignored"
+            "SELECT p.user_id::text AS user_id, a.symbol, a.quantity, a.held_in, "
+            "s.close, s.currency, s.price_date "
+            "FROM unnest(CAST(:u AS uuid[])) AS u(user_id) "
+            "JOIN portfolios p ON p.user_id = u.user_id "
+            "CROSS JOIN LATERAL (SELECT symbol, quantity, currency AS held_in "
+            "FROM portfolio_assets x WHERE x.portfolio_id = p.id AND NOT x.is_ignored "
+            "OFFSET 0) a "
+            "LEFT JOIN price_snapshots s ON s.symbol = a.symbol AND s.score_date = :d"
         ),
         {"u": users, "d": score_date},
     ).all()
@@ -173,12 +180,15 @@ def warm_batch(conn: Connection, batch: PendingBatch) -> WarmResult:
         return result
     succeeded = {u["userId"]: u["correlationId"] for u in row.succeeded_users}
     users = sorted(succeeded)
-    bases = _base_currencies(conn, users)
-    rates = load_rates(conn, batch.score_date)
+    # 50 users' rows of tables with millions: their statistics, stale mid-night, made the
+    # top-assets read look costly enough to JIT-compile (~100 ms of a ~110 ms read on PG 15).
+    with by_index(conn):
+        bases = _base_currencies(conn, users)
+        rates = load_rates(conn, batch.score_date)
+        top = _top_assets(conn, users)
+        holdings = _holdings(conn, users, batch.score_date)
     usd_rates = {c: r.rate for c, r in rates.items()}
     rates_as_of = max((r.rate_date for r in rates.values()), default=None)
-    top = _top_assets(conn, users)
-    holdings = _holdings(conn, users, batch.score_date)
     now = dt.datetime.now(dt.UTC)
     entries = []
     for user_id in users:

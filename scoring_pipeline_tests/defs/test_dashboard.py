@@ -7,6 +7,7 @@ from decimal import Decimal
 
 import dagster as dg
 import pytest
+import sqlalchemy as sa
 
 from scoring_pipeline.defs.cache_warming import dashboard_cache_job
 from scoring_pipeline.defs.deployment import build_resources
@@ -128,3 +129,38 @@ def test_top_assets_keep_ten_best_with_ties_by_symbol(world, dagster_instance):
     assert scores == sorted(scores, reverse=True)
     tens = [a["symbol"] for a in assets if a["score"] == "10.0000"]
     assert tens == sorted(tens)
+
+
+def test_portfolio_value_sums_every_portfolio_and_leaves_ignored_holdings_out(
+    world, dagster_instance
+):
+    """Holdings are read per portfolio (`_holdings`): a user's second portfolio counts, an
+    ignored holding does not, and another user's holdings never leak in."""
+    user = f.user(world, holdings=[("AAA", "USD")], criteria=[("US_TECH", "stock", rules())])
+    f.user(world, holdings=[("AAA", "USD"), ("CCC", "EUR")])  # not scored: no criteria
+    with world.begin() as conn:
+        second = conn.execute(
+            sa.text(
+                "INSERT INTO portfolios (id, user_id, name) "
+                "VALUES (gen_random_uuid(), :u, 'Second') RETURNING id"
+            ),
+            {"u": user},
+        ).scalar_one()
+        for symbol, currency, quantity, ignored in (
+            ("AAA", "USD", "2", False),
+            ("CCC", "EUR", "1000", True),
+        ):
+            conn.execute(
+                sa.text(
+                    "INSERT INTO portfolio_assets (id, portfolio_id, symbol, quantity, currency, "
+                    "is_ignored) VALUES (gen_random_uuid(), :p, :s, :q, :c, :i)"
+                ),
+                {"p": second, "s": symbol, "q": quantity, "c": currency, "i": ignored},
+            )
+    assert snapshots(dagster_instance).success
+    assert batch(dagster_instance).success
+    _warm(dagster_instance, (_sensor(dagster_instance).run_requests or [])[0])
+    payload = rows(world, "SELECT payload FROM dashboard_cache WHERE user_id = :u", u=user)
+    # (10 + 2) × 30 USD; the ignored 1,000 CCC and the other user's holdings are left out
+    assert payload[0].payload["portfolioValue"] == "360.00"
+    assert payload[0].payload["unpricedSymbols"] == []
