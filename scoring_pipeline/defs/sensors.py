@@ -156,13 +156,14 @@ def build_sensors(nights: NightDefinitions) -> list[dg.SensorDefinition]:
 def dashboard_cache_sensor(
     context: dg.SensorEvaluationContext, database: DatabaseResource
 ) -> dg.SensorResult | dg.SkipReason:
-    """As each batch of any group lands (or is re-scored), warm its successful users'
-    dashboards (each combines every group's current scores)."""
+    """As batches of any group land (or are re-scored), warm their successful users'
+    dashboards (each combines every group's current scores): a few batches a run, within
+    seconds of landing (`PendingWarm.due`)."""
     with database.engine().connect() as conn:
         pending = pending_batches(conn)
-    if not pending:
-        return dg.SkipReason("no newly scored batch to warm")
-    tokens = [p.token for p in pending]
+    if not pending.due:
+        return dg.SkipReason(pending.wait_reason())
+    tokens = [p.token for p in pending.batches]
     # The run key names exactly these outcomes: a re-scored batch has a new sequence number.
     run_key = "warm:" + hashlib.sha1("\n".join(tokens).encode()).hexdigest()
     return dg.SensorResult(

@@ -55,19 +55,63 @@ class WarmResult:
     failed: list[dict[str, str]] = field(default_factory=list)
 
 
-def pending_batches(conn: Connection, limit: int = 200) -> list[PendingBatch]:
-    """Batch outcomes with successful users that are not warmed at their latest sequence."""
+# A warm run is requested once this many landed batches wait, once the oldest has waited this
+# long, or at once for a night with no batch left to land: a run per landed batch cost as much
+# Dagster work (~0.3 CPU-s) as warming a few batches, and a 10,000-user night asked for 36.
+WARM_AT_BATCHES = 10
+WARM_WITHIN_SECONDS = 5.0
+
+
+@dataclass(frozen=True)
+class PendingWarm:
+    """Batch outcomes not warmed at their latest sequence, and whether to warm them now."""
+
+    batches: list[PendingBatch]
+    oldest_waited_s: float = 0.0
+    night_closed: bool = False
+
+    @property
+    def due(self) -> bool:
+        return bool(self.batches) and (
+            self.night_closed
+            or len(self.batches) >= WARM_AT_BATCHES
+            or self.oldest_waited_s >= WARM_WITHIN_SECONDS
+        )
+
+    def wait_reason(self) -> str:
+        if not self.batches:
+            return "no newly scored batch to warm"
+        return (
+            f"{len(self.batches)} landed batch(es) wait to be warmed together (the oldest for "
+            f"{self.oldest_waited_s:.1f} s): at {WARM_AT_BATCHES}, after "
+            f"{WARM_WITHIN_SECONDS:.0f} s, or when their night has no batch left to land"
+        )
+
+
+def pending_batches(conn: Connection, limit: int = 200) -> PendingWarm:
+    """Batch outcomes with successful users that are not warmed at their latest sequence; a
+    night is closed when its scoring row is no longer `started` (or it has none)."""
     rows = conn.execute(
         sa.text(
-            "SELECT score_date, market_group, batch_key, outcome_seq FROM scoring_batch_results "
-            "WHERE users_success > 0 AND (warmed_seq IS NULL OR warmed_seq < outcome_seq) "
-            "ORDER BY outcome_seq LIMIT :n"
+            "SELECT r.score_date, r.market_group, r.batch_key, r.outcome_seq, "
+            "EXTRACT(EPOCH FROM clock_timestamp() - r.updated_at)::float AS waited, "
+            "n.status IS DISTINCT FROM 'started' AS night_closed "
+            "FROM scoring_batch_results r LEFT JOIN overnight_job_runs n "
+            "ON n.job_type = 'scoring' AND n.score_date = r.score_date "
+            "AND n.market_group = r.market_group "
+            "WHERE r.users_success > 0 AND (r.warmed_seq IS NULL OR r.warmed_seq < r.outcome_seq) "
+            "ORDER BY r.outcome_seq LIMIT :n"
         ),
         {"n": limit},
     ).all()
-    return [
-        PendingBatch(r.score_date, r.batch_key, int(r.outcome_seq), r.market_group) for r in rows
-    ]
+    return PendingWarm(
+        batches=[
+            PendingBatch(r.score_date, r.batch_key, int(r.outcome_seq), r.market_group)
+            for r in rows
+        ],
+        oldest_waited_s=max((float(r.waited) for r in rows), default=0.0),
+        night_closed=any(r.night_closed for r in rows),
+    )
 
 
 def _top_assets(conn: Connection, users: list[str]) -> dict[str, Any]:

@@ -12,6 +12,11 @@ import sqlalchemy as sa
 from scoring_pipeline.defs.cache_warming import dashboard_cache_job
 from scoring_pipeline.defs.deployment import build_resources
 from scoring_pipeline.defs.sensors import dashboard_cache_sensor
+from scoring_pipeline.store.dashboard_cache import (
+    WARM_WITHIN_SECONDS,
+    PendingBatch,
+    PendingWarm,
+)
 from scoring_pipeline_tests import factories as f
 from scoring_pipeline_tests.scenario import DATE, batch, rows, rules, snapshots
 
@@ -164,3 +169,49 @@ def test_portfolio_value_sums_every_portfolio_and_leaves_ignored_holdings_out(
     # (10 + 2) × 30 USD; the ignored 1,000 CCC and the other user's holdings are left out
     assert payload[0].payload["portfolioValue"] == "360.00"
     assert payload[0].payload["unpricedSymbols"] == []
+
+
+def test_landed_batches_wait_briefly_to_be_warmed_together_unless_their_night_closed(
+    world, dagster_instance
+):
+    """A run per landed batch cost as much Dagster work as warming several: the sensor waits
+    for `WARM_AT_BATCHES` batches or `WARM_WITHIN_SECONDS`, and warms at once when the night
+    has no batch left to land."""
+    for _ in range(3):  # batches of 2: b0000 (2 users) and b0001 (1 user)
+        f.user(world, holdings=[("AAA", "USD")], criteria=[("US_TECH", "stock", rules())])
+    assert snapshots(dagster_instance).success
+    assert batch(dagster_instance, "b0000").success
+    waiting = _sensor(dagster_instance)
+    assert isinstance(waiting, dg.SkipReason)
+    assert "1 landed batch(es) wait to be warmed together" in (waiting.skip_message or "")
+
+    # The batch has waited longer than WARM_WITHIN_SECONDS: it is warmed without the other.
+    with world.begin() as conn:
+        conn.execute(
+            sa.text(
+                "UPDATE scoring_batch_results SET updated_at = updated_at - make_interval("
+                "secs => :s) WHERE batch_key = 'b0000'"
+            ),
+            {"s": WARM_WITHIN_SECONDS + 1},
+        )
+    due = _sensor(dagster_instance)
+    assert isinstance(due, dg.SensorResult)
+    _warm(dagster_instance, (due.run_requests or [])[0])
+    assert len(rows(world, "SELECT 1 FROM dashboard_cache")) == 2
+
+    # The night's last batch lands: it closes the night, and is warmed at once.
+    assert batch(dagster_instance, "b0001").success
+    last = _sensor(dagster_instance)
+    assert isinstance(last, dg.SensorResult)
+    tokens = (last.run_requests or [])[0].run_config["ops"]["warm_dashboard_cache"]["config"]
+    assert [t.split("|")[2] for t in tokens["batches"]] == ["b0001"]
+    _warm(dagster_instance, (last.run_requests or [])[0])
+    assert len(rows(world, "SELECT 1 FROM dashboard_cache")) == 3
+
+
+def test_ten_landed_batches_are_warmed_without_waiting():
+    batches = [PendingBatch(dt.date(2026, 11, 27), f"b{i:04d}", i) for i in range(10)]
+    assert PendingWarm(batches[:9], oldest_waited_s=0.5).due is False
+    assert PendingWarm(batches, oldest_waited_s=0.5).due is True
+    assert PendingWarm(batches[:1], oldest_waited_s=0.5, night_closed=True).due is True
+    assert PendingWarm([], night_closed=True).due is False
