@@ -228,12 +228,20 @@ def test_the_project_instance_runs_the_daemons_a_night_needs_and_no_others(
 ):
     """The daemon schedules, senses, dequeues, monitors runs and runs backfills; it runs no
     declarative-automation or freshness loop (nothing here uses them), and steps capture no
-    stdout/stderr (the project's loggers go to the event log instead)."""
+    stdout/stderr (the project's loggers go to the event log instead). A sensor's skipped
+    ticks (one a second) are kept a day."""
+    from dagster._core.definitions.run_request import InstigatorType
+    from dagster._core.scheduler.instigation import TickStatus
+
     project = project_instance_config
-    settings = {k: project[k] for k in ("auto_materialize", "freshness", "python_logs")}
+    settings = {
+        k: project[k] for k in ("auto_materialize", "freshness", "python_logs", "retention")
+    }
     with dg.instance_for_test(overrides=settings) as instance:
         daemons = set(instance.get_required_daemon_types())
         assert {"SENSOR", "BACKFILL", "SCHEDULER", "QUEUED_RUN_COORDINATOR"} <= daemons
         assert "ASSET" not in daemons and "FRESHNESS_DAEMON" not in daemons
         assert "scoring_pipeline" in instance.get_settings("python_logs")["managed_python_loggers"]
+        kept = instance.get_tick_retention_settings(InstigatorType.SENSOR)
+        assert kept[TickStatus.SKIPPED] == 1 and kept[TickStatus.SUCCESS] == -1
     assert project["compute_logs"]["class"] == "NoOpComputeLogManager"
