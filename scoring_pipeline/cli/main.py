@@ -19,7 +19,7 @@ from scoring_pipeline.cli.database import (
     cmd_prune,
 )
 from scoring_pipeline.cli.nights import cmd_replay, cmd_retry_failed, cmd_score
-from scoring_pipeline.cli.serve import cmd_services, cmd_worker
+from scoring_pipeline.cli.serve import cmd_daemon, cmd_services, cmd_worker
 from scoring_pipeline.errors import ScoringPipelineError
 
 
@@ -71,6 +71,11 @@ def _add_night_commands(sub: Any) -> None:
     p = sub.add_parser("worker", help="a Celery run worker (for deployments that scale out)")
     p.add_argument("--concurrency", type=int, default=2)
     p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser(
+        "daemon", help="the Dagster daemon, sensors every second (for separate deployments)"
+    )
+    p.set_defaults(func=cmd_daemon)
 
     p = sub.add_parser(
         "retry-failed", help="backfill a date's failed batches through the running Dagster"

@@ -1,6 +1,6 @@
 """The commands that run Dagster's processes on this machine: `services` (UI, daemon and run
-workers, supervised until Ctrl-C or SIGTERM) and `worker` (one Celery run worker, for deployments
-that scale out).
+workers, supervised until Ctrl-C or SIGTERM), and for deployments that run them apart, `worker`
+(one Celery run worker) and `daemon` (the Dagster daemon with the project's sensor loop).
 """
 
 import argparse
@@ -45,4 +45,13 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     prepare_dagster_environment()
     command = worker_command(args.concurrency)
+    os.execv(command[0], command)
+
+
+def cmd_daemon(args: argparse.Namespace) -> int:
+    from scoring_pipeline.runtime.services import daemon_command
+    from scoring_pipeline.store.db import prepare_dagster_environment
+
+    prepare_dagster_environment()
+    command = daemon_command()
     os.execv(command[0], command)

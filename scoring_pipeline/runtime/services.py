@@ -106,6 +106,12 @@ def worker_command(concurrency: int) -> list[str]:
     ]
 
 
+def daemon_command() -> list[str]:
+    """`dagster-daemon run` on the project's workspace, with the sensor loop of `runtime/daemon`."""
+    workspace = str(PROJECT_ROOT / "workspace.yaml")
+    return [sys.executable, "-m", "scoring_pipeline.runtime.daemon", "run", "-w", workspace]
+
+
 def _wait_http(url: str, processes: dict[str, subprocess.Popen[bytes]], timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -174,12 +180,7 @@ def running_services(
             dagster_env,
             log_dir,
         )
-        services.processes["daemon"] = _spawn(
-            "daemon",
-            [sys.executable, "-m", "scoring_pipeline.runtime.daemon", "run", "-w", workspace],
-            dagster_env,
-            log_dir,
-        )
+        services.processes["daemon"] = _spawn("daemon", daemon_command(), dagster_env, log_dir)
         _wait_http(url, services.processes, timeout)
         yield services
     finally:

@@ -170,3 +170,38 @@ def test_score_one_market_group_and_refuse_an_unknown_one(cli_env, clean_db, tmp
     unknown = run(cli_env, "score", "--date", DATE, "--group", "zz", check=False)
     assert unknown.returncode != 0 and unknown.stderr.strip().count("\n") == 0
     assert "no such market group" in unknown.stderr and "us, br, eu" in unknown.stderr
+
+
+def test_the_daemon_command_runs_the_sensor_daemon_until_sigterm(cli_env, clean_db, tmp_path):
+    # For deployments that run the daemon apart from the webserver: it heartbeats into the
+    # instance's storage (the deployment's database), sensors included, and stops on SIGTERM.
+    run(cli_env, "migrate")
+    log = tmp_path / "daemon.out"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [*CLI, "daemon"],
+            env=cli_env,
+            cwd=cli_env["DAGSTER_HOME"],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            assert proc.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, log.read_text()
+            with contextlib.suppress(sa.exc.ProgrammingError), clean_db.connect() as conn:
+                beats = conn.execute(sa.text("SELECT daemon_type FROM daemon_heartbeats")).scalars()
+                if "SENSOR" in set(beats):
+                    break
+            time.sleep(1)
+        assert "scoring_pipeline.runtime.daemon" in " ".join(psutil.Process(proc.pid).cmdline())
+        started = psutil.Process(proc.pid).children(recursive=True)
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=60)
+        _, alive = psutil.wait_procs(started, timeout=30)
+        assert alive == [], [p.cmdline()[:4] for p in alive]
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
