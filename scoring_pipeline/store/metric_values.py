@@ -20,21 +20,18 @@ def store_metric_values(engine: Engine, output: BatchOutput) -> int:
     values this process has not already seen stored for the date (each batch of a night shows
     mostly the same ~2,400 pairs; sending them all again cost ~30 ms of server time a batch).
 
-    The process's memory is checked against the server first: when the date has fewer rows
-    than this process knows of (its month was pruned), what it knew of the date is forgotten.
+    The pairs it would skip are looked up first (their keys only): if any is gone (its month
+    was pruned since), what this process knew of the date is forgotten and every pair is sent.
     Returns the number of rows inserted or updated."""
     day = output.score_date
     if day not in _KNOWN and len(_KNOWN) >= KNOWN_DATES_KEPT:
         _KNOWN.clear()
     known = _KNOWN.setdefault(day, {})
+    skipped = [pair for pair, values in output.metric_values.items() if known.get(pair) == values]
     with engine.begin() as conn:
-        if known:
-            stored = conn.execute(
-                sa.text("SELECT count(*) FROM score_metric_values WHERE score_date = :d"),
-                {"d": day},
-            ).scalar_one()
-            if stored < len(known):
-                known.clear()
+        if skipped and _stored_count(conn, day, skipped) < len(skipped):
+            known.clear()
+            skipped = []
         pending = {
             pair: values
             for pair, values in output.metric_values.items()
@@ -43,6 +40,19 @@ def store_metric_values(engine: Engine, output: BatchOutput) -> int:
         written = write_metric_values(conn, output, pending)
     known.update(pending)  # committed
     return written
+
+
+def _stored_count(conn: Connection, day: dt.date, pairs: list[tuple[str, str]]) -> int:
+    return int(
+        conn.execute(
+            sa.text(
+                "SELECT count(*) FROM unnest(CAST(:s AS text[]), CAST(:b AS text[])) AS k(s, b) "
+                "JOIN score_metric_values m ON m.score_date = :d AND m.symbol = k.s "
+                "AND m.base_currency = k.b"
+            ),
+            {"d": day, "s": [p[0] for p in pairs], "b": [p[1] for p in pairs]},
+        ).scalar_one()
+    )
 
 
 def write_metric_values(

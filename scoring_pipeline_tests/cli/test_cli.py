@@ -115,29 +115,41 @@ def test_score_exits_non_zero_when_the_night_fails(cli_env, clean_db, tmp_path):
             assert conn.execute(sa.text(sql)).scalar_one() == 0, sql
 
 
-def test_services_stop_with_everything_they_started_on_sigterm(cli_env, tmp_path):
-    # As a supervisor stops it (systemd, Kubernetes, `timeout`): no webserver, daemon, code
-    # server or run worker may outlive the command.
-    port = free_port()
-    log = tmp_path / "services.out"
+def _spawn(cli_env, log: Path, *args: str) -> subprocess.Popen[bytes]:
+    """The command in the background, in a process group of its own, its output in `log`."""
     with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [*CLI, "services", "--port", str(port), "--workers", "1"],
+        return subprocess.Popen(
+            [*CLI, *args],
             env=cli_env,
             cwd=cli_env["DAGSTER_HOME"],
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+
+
+def _wait_while_running(proc, log: Path, ready, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while not ready():
+        assert proc.poll() is None, log.read_text()
+        assert time.monotonic() < deadline, f"not ready in {timeout:.0f} s: {log.read_text()}"
+        time.sleep(0.5)
+
+
+def test_services_stop_with_everything_they_started_on_sigterm(cli_env, tmp_path):
+    # As a supervisor stops it (systemd, Kubernetes, `timeout`): no webserver, daemon, code
+    # server or run worker may outlive the command.
+    port = free_port()
+    log = tmp_path / "services.out"
+    proc = _spawn(cli_env, log, "services", "--port", str(port), "--workers", "1")
+
+    def answers() -> bool:
+        with contextlib.suppress(httpx.HTTPError):
+            return httpx.get(f"http://127.0.0.1:{port}/server_info", timeout=2).is_success
+        return False
+
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            assert proc.poll() is None, log.read_text()
-            assert time.monotonic() < deadline, "the services did not start"
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"http://127.0.0.1:{port}/server_info", timeout=2).is_success:
-                    break
-            time.sleep(0.5)
+        _wait_while_running(proc, log, answers)
         started = psutil.Process(proc.pid).children(recursive=True)
         assert len(started) >= 5  # worker main + pool, webserver, daemon, their code servers
         proc.send_signal(signal.SIGTERM)
@@ -177,25 +189,16 @@ def test_the_daemon_command_runs_the_sensor_daemon_until_sigterm(cli_env, clean_
     # instance's storage (the deployment's database), sensors included, and stops on SIGTERM.
     run(cli_env, "migrate")
     log = tmp_path / "daemon.out"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [*CLI, "daemon"],
-            env=cli_env,
-            cwd=cli_env["DAGSTER_HOME"],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    proc = _spawn(cli_env, log, "daemon")
+
+    def senses() -> bool:
+        with contextlib.suppress(sa.exc.ProgrammingError), clean_db.connect() as conn:
+            beats = conn.execute(sa.text("SELECT daemon_type FROM daemon_heartbeats")).scalars()
+            return "SENSOR" in set(beats)
+        return False
+
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            assert proc.poll() is None, log.read_text()
-            assert time.monotonic() < deadline, log.read_text()
-            with contextlib.suppress(sa.exc.ProgrammingError), clean_db.connect() as conn:
-                beats = conn.execute(sa.text("SELECT daemon_type FROM daemon_heartbeats")).scalars()
-                if "SENSOR" in set(beats):
-                    break
-            time.sleep(1)
+        _wait_while_running(proc, log, senses)
         assert "scoring_pipeline.runtime.daemon" in " ".join(psutil.Process(proc.pid).cmdline())
         started = psutil.Process(proc.pid).children(recursive=True)
         os.killpg(proc.pid, signal.SIGTERM)

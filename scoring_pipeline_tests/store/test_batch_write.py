@@ -78,8 +78,8 @@ def test_a_process_sends_only_pairs_it_has_not_seen_stored_and_forgets_a_pruned_
     clean_db, monkeypatch
 ):
     """`store_metric_values` remembers what it stored for a date, so the night's next batches
-    send only new or changed pairs; when the date lost rows (its month pruned), it sends all
-    again and the rows are back."""
+    send only new or changed pairs; when pairs it would skip are gone (their month pruned), it
+    sends all again and the rows are back."""
     import scoring_pipeline.store.metric_values as metric_values
 
     with clean_db.begin() as conn:
@@ -101,9 +101,13 @@ def test_a_process_sends_only_pairs_it_has_not_seen_stored_and_forgets_a_pruned_
     assert sent == [set(first), set(), {("AAA", "USD"), ("CCC", "EUR")}]
     assert _stored(clean_db)[("AAA", "USD")][0] == '{"price": "11.00"}'
 
-    # The date's rows are gone (as `prune` drops a month): everything is sent and stored again.
+    # The date's rows are gone (as `prune` drops a month), and another market group's batch
+    # stored pairs of its own since: everything is sent and stored again.
     with clean_db.begin() as conn:
         conn.execute(sa.text("DELETE FROM score_metric_values WHERE score_date = :d"), {"d": DAY})
+    others = {(f"BR{i}", "USD"): '{"price":"1"}' for i in range(5)}
+    with clean_db.begin() as conn:
+        assert metric_values.write_metric_values(conn, _output(others)) == 5
     assert metric_values.store_metric_values(clean_db, _output(changed)) == 3
     assert sent[-1] == set(changed)
-    assert set(_stored(clean_db)) == set(changed)
+    assert set(_stored(clean_db)) == set(changed) | set(others)
