@@ -12,6 +12,7 @@ from scoring_pipeline.definitions import defs
 from scoring_pipeline.defs.assets.scores import scores
 from scoring_pipeline.defs.deployment import build_resources
 from scoring_pipeline.defs.partitions import SCORES_PARTITIONS_NAME, scores_partition_key
+from scoring_pipeline.store.membership import batch_keys_text, has_batch
 from scoring_pipeline.store.night.opening import fail_night, open_night
 from scoring_pipeline_tests import factories as f
 from scoring_pipeline_tests.scenario import DATE, batch, rows, rules, snapshots
@@ -134,9 +135,10 @@ def test_a_partition_of_no_night_opens_none(world, dagster_instance, date):
         dagster_instance.delete_dynamic_partition(SCORES_PARTITIONS_NAME, key)
     assert not result.success
     failure = result.failure_data_for_node("scores")
-    assert failure is not None and "belongs to no night" in (
-        failure.user_failure_data.description or ""
-    )
+    description = failure.user_failure_data.description if failure is not None else ""
+    assert "belongs to no night" in (description or "")
+    if date == DATE:
+        assert f"the night of {DATE} has batches b0000;" in (description or "")
     assert rows(world, "SELECT job_type, status, completed_at FROM overnight_job_runs") == before
     assert not rows(world, "SELECT 1 FROM calculation_events WHERE user_id IS NOT NULL")
 
@@ -219,3 +221,20 @@ def test_asset_checks_fail_on_a_corrupted_batch(world, dagster_instance, corrupt
     assert failed == {broken}
     assert evaluations[broken].severity == dg.AssetCheckSeverity.ERROR
     assert evaluations[broken].metadata["violations"].value
+
+
+def test_a_night_of_many_batches_is_named_by_its_first_and_last(world):
+    day = dt.date(2026, 10, 7)
+    users = [f.user(world) for _ in range(8)]
+    with world.begin() as conn:
+        for i, user in enumerate(users):
+            conn.execute(
+                sa.text(
+                    "INSERT INTO scoring_batches (score_date, user_id, batch_key) "
+                    "VALUES (:d, :u, :b)"
+                ),
+                {"d": day, "u": user, "b": f"b{i:04d}"},
+            )
+        assert batch_keys_text(conn, day) == "b0000 to b0007 (8 batches)"
+        assert has_batch(conn, day, "b0007") and not has_batch(conn, day, "b0008")
+        assert batch_keys_text(conn, dt.date(2026, 10, 8)) == "none"

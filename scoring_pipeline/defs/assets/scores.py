@@ -27,7 +27,7 @@ from scoring_pipeline.errors import SnapshotUnavailableError
 from scoring_pipeline.store import month_partitions
 from scoring_pipeline.store import tables as t
 from scoring_pipeline.store.batch_inputs import load_batch_inputs
-from scoring_pipeline.store.membership import load_membership
+from scoring_pipeline.store.membership import batch_keys_text, has_batch
 from scoring_pipeline.store.night.model import find_night
 from scoring_pipeline.store.snapshots.reuse import has_snapshot
 
@@ -108,11 +108,10 @@ def _night_of_batch(conn: Connection, score_date: dt.date, batch: str, group: st
     """The correlation id of the night this batch belongs to; a clear failure when it belongs to
     none (never opens a night: only the date's snapshots run does)."""
     night = find_night(conn, score_date, market_group=group)
-    membership = load_membership(conn, score_date)
     if night is not None:  # a retry after `prune` dropped the night's month writes again
         month_partitions.ensure_partitions(conn, score_date)
-    if night is None or batch not in membership.batch_keys:
-        used = ", ".join(membership.batch_keys) or "none"
+    if night is None or not has_batch(conn, score_date, batch):
+        used = batch_keys_text(conn, score_date)
         raise dg.Failure(
             description=(
                 f"{score_date}/{batch} belongs to no night: "
