@@ -75,6 +75,11 @@ def _add_night_commands(sub: Any) -> None:
     p = sub.add_parser(
         "daemon", help="the Dagster daemon, sensors every second (for separate deployments)"
     )
+    p.add_argument(
+        "--workspace",
+        help="workspace file (default: the project's, which loads the code in a code server "
+        "of the daemon's own; name a grpc_server there to share a running code server)",
+    )
     p.set_defaults(func=cmd_daemon)
 
     p = sub.add_parser(

@@ -6,6 +6,7 @@ workers, supervised until Ctrl-C or SIGTERM), and for deployments that run them 
 import argparse
 import os
 import time
+from pathlib import Path
 
 from scoring_pipeline.errors import ScoringPipelineError
 
@@ -53,5 +54,5 @@ def cmd_daemon(args: argparse.Namespace) -> int:
     from scoring_pipeline.store.db import prepare_dagster_environment
 
     prepare_dagster_environment()
-    command = daemon_command()
+    command = daemon_command(Path(args.workspace) if args.workspace else None)
     os.execv(command[0], command)

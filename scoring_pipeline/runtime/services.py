@@ -18,6 +18,7 @@ from pathlib import Path
 
 import httpx
 
+from scoring_pipeline.runtime.dagster_api import LOCATION
 from scoring_pipeline.store.db import PROJECT_ROOT, prepare_dagster_environment
 
 BIN = Path(sys.executable).parent
@@ -106,10 +107,58 @@ def worker_command(concurrency: int) -> list[str]:
     ]
 
 
-def daemon_command() -> list[str]:
-    """`dagster-daemon run` on the project's workspace, with the sensor loop of `runtime/daemon`."""
-    workspace = str(PROJECT_ROOT / "workspace.yaml")
-    return [sys.executable, "-m", "scoring_pipeline.runtime.daemon", "run", "-w", workspace]
+def daemon_command(workspace: Path | None = None) -> list[str]:
+    """`dagster-daemon run` on a workspace (default: the project's), with the sensor loop of
+    `runtime/daemon`."""
+    workspace = workspace or PROJECT_ROOT / "workspace.yaml"
+    return [sys.executable, "-m", "scoring_pipeline.runtime.daemon", "run", "-w", str(workspace)]
+
+
+def code_server_command(port: int) -> list[str]:
+    """The code location served over gRPC on the loopback `port` (`dagster code-server start`:
+    its UI "Reload" restarts the code it serves)."""
+    return [
+        str(BIN / "dagster"),
+        "code-server",
+        "start",
+        "-h",
+        "127.0.0.1",
+        "-p",
+        str(port),
+        "-m",
+        "scoring_pipeline.definitions",
+        "-a",
+        "defs",
+        "--location-name",
+        LOCATION,
+    ]
+
+
+def grpc_workspace(path: Path, port: int) -> Path:
+    """A workspace file naming the code server on `port`: what the webserver and the daemon load."""
+    path.write_text(
+        "load_from:\n"
+        "  - grpc_server:\n"
+        "      host: 127.0.0.1\n"
+        f"      port: {port}\n"
+        f"      location_name: {LOCATION}\n"
+    )
+    return path
+
+
+def _wait_code_server(port: int, proc: subprocess.Popen[bytes], timeout: float) -> None:
+    from dagster._grpc.client import DagsterGrpcClient
+
+    client = DagsterGrpcClient(port=port, host="127.0.0.1")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the code server exited with status {proc.returncode}")
+        with contextlib.suppress(Exception):  # not listening yet
+            if client.health_check_query() == "SERVING":  # type: ignore[no-untyped-call]
+                return
+        time.sleep(0.5)
+    raise TimeoutError(f"the code server did not serve on port {port} within {timeout:.0f} s")
 
 
 def _wait_http(url: str, processes: dict[str, subprocess.Popen[bytes]], timeout: float) -> None:
@@ -148,9 +197,12 @@ def running_services(
     env: dict[str, str] | None = None,
     timeout: float = 120.0,
 ) -> Iterator[Services]:
-    """The Dagster webserver, the daemon (`runtime/daemon`: sensors every second) and a Celery
-    run worker, stopped on exit. The webserver and the daemon each load the code location in a
-    code server of their own, as separate deployments of them do."""
+    """A code server, the Dagster webserver and daemon (`runtime/daemon`: sensors every
+    second) loading the code location from it, and a Celery run worker; stopped on exit.
+
+    One code server for both, as deployments run them: a daemon loading a `python_module`
+    workspace starts a code server of its own and replaces it every minute (Dagster reloads the
+    daemon's workspace that often), each time importing the code location anew."""
     env = dict(os.environ if env is None else env)
     prepare_dagster_environment(env)
     log_dir = log_dir or Path(env["DAGSTER_HOME"]) / "service-logs"
@@ -165,7 +217,12 @@ def running_services(
         services.processes["worker"] = _spawn(
             "worker", worker_command(workers), worker_env, log_dir
         )
-        workspace = str(PROJECT_ROOT / "workspace.yaml")
+        code_port = free_port()
+        services.processes["code-server"] = _spawn(
+            "code-server", code_server_command(code_port), dagster_env, log_dir
+        )
+        _wait_code_server(code_port, services.processes["code-server"], timeout)
+        workspace = grpc_workspace(log_dir / "workspace.yaml", code_port)
         services.processes["webserver"] = _spawn(
             "webserver",
             [
@@ -175,12 +232,14 @@ def running_services(
                 "-p",
                 str(port),
                 "-w",
-                workspace,
+                str(workspace),
             ],
             dagster_env,
             log_dir,
         )
-        services.processes["daemon"] = _spawn("daemon", daemon_command(), dagster_env, log_dir)
+        services.processes["daemon"] = _spawn(
+            "daemon", daemon_command(workspace), dagster_env, log_dir
+        )
         _wait_http(url, services.processes, timeout)
         yield services
     finally:
