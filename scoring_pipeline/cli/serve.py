@@ -15,14 +15,19 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
-def cmd_services(args: argparse.Namespace) -> int:
+def interrupt_on_sigterm() -> None:
+    """A supervisor (systemd, Kubernetes, `timeout`) stops a command with SIGTERM: raise
+    KeyboardInterrupt, as Ctrl-C does, so the services it started are stopped on the way out
+    instead of left running without it."""
     import signal
 
+    signal.signal(signal.SIGTERM, _interrupt)
+
+
+def cmd_services(args: argparse.Namespace) -> int:
     from scoring_pipeline.runtime.services import running_services
 
-    # A supervisor (systemd, Kubernetes, `timeout`) stops us with SIGTERM: stop the services
-    # we started too, as Ctrl-C does, instead of leaving them running without us.
-    signal.signal(signal.SIGTERM, _interrupt)
+    interrupt_on_sigterm()
     try:
         with running_services(port=args.port, workers=args.workers) as services:
             print(

@@ -58,7 +58,12 @@ def warm_dashboard_cache(
     )
 
 
-@dg.job(executor_def=dg.in_process_executor, tags={"dagster/priority": "10"})
+# Dequeued before batch runs (priority), one at a time (`scoring/lane` is limited to 1 run in
+# dagster.yaml) so that warming never takes every run worker from the night's batches.
+@dg.job(
+    executor_def=dg.in_process_executor,
+    tags={"dagster/priority": "10", "scoring/lane": "dashboard"},
+)
 def dashboard_cache_job() -> None:
     """Warm the dashboard cache of the users of newly landed (or re-scored) batches."""
     warm_dashboard_cache()

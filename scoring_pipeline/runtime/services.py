@@ -5,6 +5,7 @@ benchmark, which need the real daemon launching real runs.
 """
 
 import contextlib
+import io
 import os
 import shutil
 import signal
@@ -154,7 +155,8 @@ def _wait_code_server(port: int, proc: subprocess.Popen[bytes], timeout: float) 
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"the code server exited with status {proc.returncode}")
-        with contextlib.suppress(Exception):  # not listening yet
+        # Not listening yet: Dagster's client prints the connection error; nobody needs it.
+        with contextlib.suppress(Exception), contextlib.redirect_stdout(io.StringIO()):
             if client.health_check_query() == "SERVING":  # type: ignore[no-untyped-call]
                 return
         time.sleep(0.5)

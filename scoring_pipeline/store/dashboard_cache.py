@@ -263,7 +263,7 @@ def warm_batch(conn: Connection, batch: PendingBatch) -> WarmResult:
         )
     if entries:
         _upsert(conn, entries)
-    _mark_warmed(conn, batch, row.outcome_seq)
+    _mark_warmed(conn, batch, row.outcome_seq, users)
     result.warmed = len(entries)
     return result
 
@@ -293,14 +293,18 @@ def _upsert(conn: Connection, entries: list[dict[str, Any]]) -> None:
     )
 
 
-def _mark_warmed(conn: Connection, batch: PendingBatch, outcome_seq: int) -> None:
+def _mark_warmed(conn: Connection, batch: PendingBatch, outcome_seq: int, users: list[str]) -> None:
+    """Record the warmed sequence and how many of the batch's users now have a dashboard of
+    its date (a user's may show a later date already: the upsert keeps the later one)."""
     conn.execute(
         sa.text(
-            "UPDATE scoring_batch_results SET warmed_seq = :s "
+            "UPDATE scoring_batch_results SET warmed_seq = :s, users_warm = (SELECT count(*) "
+            "FROM dashboard_cache WHERE user_id = ANY(CAST(:u AS uuid[])) AND score_date = :d) "
             "WHERE score_date = :d AND market_group = :g AND batch_key = :b"
         ),
         {
             "s": outcome_seq,
+            "u": users,
             "d": batch.score_date,
             "g": batch.market_group,
             "b": batch.batch_key,

@@ -166,6 +166,8 @@ scoring_batch_results = sa.Table(
         server_default=sa.text("nextval('scoring_batch_outcome_seq')"),
     ),
     sa.Column("warmed_seq", sa.BigInteger, nullable=True),
+    # How many of its successful users' dashboards showed the score date once it was warmed.
+    sa.Column("users_warm", sa.Integer, nullable=True),
     sa.Column("updated_at", _TZ, nullable=False, server_default=_now()),
     sa.CheckConstraint(
         "status IN ('success', 'partial', 'failed')", name="ck_scoring_batch_results_status"

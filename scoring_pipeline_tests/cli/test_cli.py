@@ -211,3 +211,37 @@ def test_the_daemon_command_runs_the_sensor_daemon_until_sigterm(cli_env, clean_
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
+
+
+def test_bench_stopped_by_sigterm_stops_its_services_and_drops_its_database(
+    cli_env, clean_db, tmp_path
+):
+    log = tmp_path / "bench.out"
+    proc = _spawn(cli_env, log, "bench", "--users", "60", "--nights", "1", "--out", str(tmp_path))
+
+    def benches() -> bool:
+        return "services up" in log.read_text()
+
+    def bench_databases() -> set[str]:
+        with clean_db.connect() as conn:
+            names = conn.execute(
+                sa.text("SELECT datname FROM pg_database WHERE datname LIKE 'scoring_bench_%'")
+            ).scalars()
+            return set(names)
+
+    before = bench_databases()
+    try:
+        _wait_while_running(proc, log, benches)
+        started = psutil.Process(proc.pid).children(recursive=True)
+        assert len(started) >= 5  # worker main + pool, code server, webserver, daemon
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=90) == 130, log.read_text()
+        _, alive = psutil.wait_procs(started, timeout=30)
+        assert alive == [], [p.cmdline()[:4] for p in alive]
+        assert "bench interrupted: its services are stopped and its database dropped" in (
+            log.read_text()
+        )
+        assert bench_databases() == before
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)

@@ -233,9 +233,12 @@ def test_the_project_instance_runs_the_daemons_a_night_needs_and_no_others(
     from dagster._core.definitions.run_request import InstigatorType
     from dagster._core.scheduler.instigation import TickStatus
 
+    from scoring_pipeline.defs.cache_warming import dashboard_cache_job
+
     project = project_instance_config
     settings = {
-        k: project[k] for k in ("auto_materialize", "freshness", "python_logs", "retention")
+        k: project[k]
+        for k in ("auto_materialize", "freshness", "python_logs", "retention", "concurrency")
     }
     with dg.instance_for_test(overrides=settings) as instance:
         daemons = set(instance.get_required_daemon_types())
@@ -244,4 +247,9 @@ def test_the_project_instance_runs_the_daemons_a_night_needs_and_no_others(
         assert "scoring_pipeline" in instance.get_settings("python_logs")["managed_python_loggers"]
         kept = instance.get_tick_retention_settings(InstigatorType.SENSOR)
         assert kept[TickStatus.SKIPPED] == 1 and kept[TickStatus.SUCCESS] == -1
+        # At most one dashboard warm run at a time: the rest of the run slots stay for batches.
+        limits = instance.get_concurrency_config().run_queue_config.tag_concurrency_limits
+        lane = [limit for limit in limits if limit["key"] == "scoring/lane"]
+        assert lane == [{"key": "scoring/lane", "value": "dashboard", "limit": 1}]
+        assert dashboard_cache_job.tags["scoring/lane"] == "dashboard"
     assert project["compute_logs"]["class"] == "NoOpComputeLogManager"

@@ -45,7 +45,7 @@ def test_upgrade_creates_every_spec_table(fresh_engine):
     db.migrate(fresh_engine)
     names = set(sa.inspect(fresh_engine).get_table_names())
     assert SPEC_TABLES <= names
-    assert db.current_revision(fresh_engine) == "0006"
+    assert db.current_revision(fresh_engine) == "0007"
 
 
 def test_tables_match_migrated_schema(fresh_engine):
@@ -243,3 +243,46 @@ def test_upgrade_converts_stored_breakdowns_and_downgrade_restores_them(fresh_en
             )
         }
     assert restored == expected_current
+
+
+def test_upgrade_counts_the_warm_users_of_batches_warmed_before_it(fresh_engine):
+    db.migrate(fresh_engine, "0006")
+    warm, cold = str(uuid.uuid4()), str(uuid.uuid4())
+    with fresh_engine.begin() as conn:
+        for i, user in enumerate((warm, cold)):
+            conn.execute(
+                sa.text("INSERT INTO users (id, email, base_currency) VALUES (:u, :e, 'USD')"),
+                {"u": user, "e": f"m{i}@example.com"},
+            )
+        conn.execute(
+            sa.text(
+                "INSERT INTO dashboard_cache (user_id, score_date, payload, correlation_id, "
+                "warmed_at, expires_at) VALUES (:u, '2026-11-27', '{}', gen_random_uuid(), "
+                "now(), now())"
+            ),
+            {"u": warm},
+        )
+        for batch, warmed_seq in (("b0000", 1), ("b0001", None)):
+            conn.execute(
+                sa.text(
+                    "INSERT INTO scoring_batch_results (score_date, batch_key, status, "
+                    "users_total, users_success, users_failed, users_skipped, assets_scored, "
+                    "duration_ms, failed_users, succeeded_users, warmed_seq) VALUES "
+                    "('2026-11-27', :b, 'success', 2, 2, 0, 0, 2, 1, '[]', "
+                    "CAST(:s AS jsonb), :w)"
+                ),
+                {
+                    "b": batch,
+                    "s": json.dumps([{"userId": u, "correlationId": u} for u in (warm, cold)]),
+                    "w": warmed_seq,
+                },
+            )
+    db.migrate(fresh_engine)
+    with fresh_engine.connect() as conn:
+        counts = dict(
+            conn.execute(sa.text("SELECT batch_key, users_warm FROM scoring_batch_results")).all()
+        )
+    assert counts == {"b0000": 1, "b0001": None}  # only a warmed batch has a count
+    db.downgrade(fresh_engine, "0006")
+    columns = {c["name"] for c in sa.inspect(fresh_engine).get_columns("scoring_batch_results")}
+    assert "users_warm" not in columns

@@ -3,8 +3,10 @@ benchmark), prints its report and saves it as JSON under `--out`.
 """
 
 import argparse
+import sys
 from pathlib import Path
 
+from scoring_pipeline.cli.serve import interrupt_on_sigterm
 from scoring_pipeline.errors import ConfigurationError
 
 
@@ -16,9 +18,18 @@ def cmd_bench(args: argparse.Namespace) -> int:
         raise ConfigurationError("--users must be at least 1")
     if args.nights < 1:
         raise ConfigurationError("--nights must be at least 1")
-    if args.groups:
-        return _bench_groups(args)
-    report = run_bench(args.users, workers=args.workers, keep=args.keep, nights=args.nights)
+    interrupt_on_sigterm()
+    try:
+        if args.groups:
+            return _bench_groups(args)
+        report = run_bench(args.users, workers=args.workers, keep=args.keep, nights=args.nights)
+    except KeyboardInterrupt:
+        print(
+            "bench interrupted: its services are stopped"
+            + ("" if args.keep else " and its database dropped"),
+            file=sys.stderr,
+        )
+        return 130
     for line in report.lines():
         print(line)
     print(f"saved {save(report, Path(args.out))}")

@@ -20,32 +20,19 @@ from scoring_pipeline.store.night.model import (
 )
 
 
-def _warming_figures(
-    conn: Connection, score_date: dt.date, market_group: str
-) -> tuple[sa.Row[Any], int]:
-    """The group's scored users and batches still waiting for their warming (one row), and how
-    many of the users it scored have a dashboard cache row."""
-    figures = conn.execute(
+def _warming_figures(conn: Connection, score_date: dt.date, market_group: str) -> sa.Row[Any]:
+    """The group's scored users, batches still waiting for their warming, and warm users (as
+    each batch's warming counted them: one row per batch, not per user, to read)."""
+    return conn.execute(
         sa.text(
             "SELECT coalesce(sum(users_success), 0) AS scored, "
             "count(*) FILTER (WHERE users_success > 0 AND (warmed_seq IS NULL "
-            "  OR warmed_seq < outcome_seq)) AS pending "
+            "  OR warmed_seq < outcome_seq)) AS pending, "
+            "coalesce(sum(users_warm), 0) AS warm "
             "FROM scoring_batch_results WHERE score_date = :d AND market_group = :g"
         ),
         {"d": score_date, "g": market_group},
     ).one()
-    warm = int(
-        conn.execute(
-            sa.text(
-                "SELECT count(*) FROM dashboard_cache dc WHERE dc.score_date = :d AND EXISTS ("
-                "SELECT 1 FROM scoring_batch_results r, "
-                "jsonb_array_elements(r.succeeded_users) u WHERE r.score_date = :d "
-                "AND r.market_group = :g AND u->>'userId' = dc.user_id::text)"
-            ),
-            {"d": score_date, "g": market_group},
-        ).scalar_one()
-    )
-    return figures, warm
 
 
 def record_cache_warming(
@@ -59,7 +46,8 @@ def record_cache_warming(
     night, created = ensure_night(conn, score_date, CACHE_WARM, market_group)
     if created:
         job_started(conn, night)
-    figures, warm = _warming_figures(conn, score_date, market_group)
+    figures = _warming_figures(conn, score_date, market_group)
+    warm = int(figures.warm)
     scoring = find_night(conn, score_date, market_group=market_group)
     done = (
         figures.pending == 0 and scoring is not None and scoring.status is not NightStatus.STARTED
