@@ -147,6 +147,14 @@ def build_sensors(nights: NightDefinitions) -> list[dg.SensorDefinition]:
     ]
 
 
+WARM_RUN_ACTIVE = [
+    dg.DagsterRunStatus.QUEUED,
+    dg.DagsterRunStatus.NOT_STARTED,
+    dg.DagsterRunStatus.STARTING,
+    dg.DagsterRunStatus.STARTED,
+]
+
+
 @dg.sensor(
     name="dashboard_cache_sensor",
     job=dashboard_cache_job,
@@ -159,6 +167,13 @@ def dashboard_cache_sensor(
     """As batches of any group land (or are re-scored), warm their successful users'
     dashboards (each combines every group's current scores): a few batches a run, within
     seconds of landing (`PendingWarm.due`)."""
+    active = context.instance.get_run_records(
+        dg.RunsFilter(job_name=dashboard_cache_job.name, statuses=WARM_RUN_ACTIVE), limit=1
+    )
+    if active:
+        # It warms what is pending now; what lands meanwhile waits for the next run. A run per
+        # tick would queue overlapping runs of the same batches faster than one can finish.
+        return dg.SkipReason(f"warm run {active[0].dagster_run.run_id} is queued or running")
     with database.engine().connect() as conn:
         pending = pending_batches(conn)
     if not pending.due:

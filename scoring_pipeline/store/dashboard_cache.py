@@ -211,17 +211,17 @@ def _payload(
 
 
 def warm_batch(conn: Connection, batch: PendingBatch) -> WarmResult:
-    """Warm the successful users of one batch outcome (if it is still at `outcome_seq`)."""
+    """Warm the successful users of one batch's latest outcome, unless it is warmed already."""
     row = conn.execute(
         sa.text(
-            "SELECT succeeded_users, outcome_seq FROM scoring_batch_results "
+            "SELECT succeeded_users, outcome_seq, warmed_seq FROM scoring_batch_results "
             "WHERE score_date = :d AND market_group = :g AND batch_key = :b FOR UPDATE"
         ),
         {"d": batch.score_date, "g": batch.market_group, "b": batch.batch_key},
     ).first()
     result = WarmResult(batches=1)
-    if row is None:
-        return result
+    if row is None or (row.warmed_seq is not None and row.warmed_seq >= row.outcome_seq):
+        return result  # gone, or warmed at its latest outcome already (by an earlier run)
     succeeded = {u["userId"]: u["correlationId"] for u in row.succeeded_users}
     users = sorted(succeeded)
     # 50 users' rows of tables with millions: their statistics, stale mid-night, made the

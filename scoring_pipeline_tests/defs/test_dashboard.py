@@ -215,3 +215,28 @@ def test_ten_landed_batches_are_warmed_without_waiting():
     assert PendingWarm(batches, oldest_waited_s=0.5).due is True
     assert PendingWarm(batches[:1], oldest_waited_s=0.5, night_closed=True).due is True
     assert PendingWarm([], night_closed=True).due is False
+
+
+def test_no_second_warm_run_while_one_is_queued_and_a_warmed_batch_is_not_warmed_again(
+    world, dagster_instance
+):
+    """A warm run per tick queued overlapping runs of the same batches faster than one could
+    finish (a 100,000-user night queued 70 runs of 200 batches): the sensor waits for the
+    queued or running one, and a batch warmed at its latest outcome is skipped."""
+    f.user(world, holdings=[("AAA", "USD")], criteria=[("US_TECH", "stock", rules())])
+    assert snapshots(dagster_instance).success
+    assert batch(dagster_instance).success
+    request = (_sensor(dagster_instance).run_requests or [])[0]
+    queued = dagster_instance.create_run_for_job(dashboard_cache_job, run_config=request.run_config)
+    try:
+        waiting = _sensor(dagster_instance)
+        assert isinstance(waiting, dg.SkipReason)
+        assert f"warm run {queued.run_id} is queued or running" in (waiting.skip_message or "")
+    finally:
+        dagster_instance.report_run_canceled(queued)
+    _warm(dagster_instance, request)
+    first = rows(world, "SELECT warmed_at FROM dashboard_cache")
+    # The same batches again (an overlapping request): nothing is rewritten.
+    again = _warm(dagster_instance, request)
+    assert again.output_for_node("warm_dashboard_cache") == 0
+    assert rows(world, "SELECT warmed_at FROM dashboard_cache") == first
