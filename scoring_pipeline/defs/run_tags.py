@@ -12,6 +12,25 @@ from scoring_pipeline.store.night import root_span
 from scoring_pipeline.store.night.model import ALL_MARKETS
 from scoring_pipeline.telemetry import TRACEPARENT
 
+# A run that has not ended yet: queued, or being started, or running.
+IN_FLIGHT = [
+    dg.DagsterRunStatus.QUEUED,
+    dg.DagsterRunStatus.NOT_STARTED,
+    dg.DagsterRunStatus.STARTING,
+    dg.DagsterRunStatus.STARTED,
+]
+
+
+def run_in_flight(
+    instance: dg.DagsterInstance, job_name: str, tags: dict[str, str] | None = None
+) -> str | None:
+    """The id of a run of the job (with these tags) that is queued or running, if any."""
+    runs = instance.get_run_records(
+        filters=dg.RunsFilter(job_name=job_name, tags=tags or {}, statuses=IN_FLIGHT), limit=1
+    )
+    return runs[0].dagster_run.run_id if runs else None
+
+
 # Set by a schedule's run request: when the tick was due, how many seconds late it launched.
 SCHEDULED_FOR_TAG = "scoring/scheduled_for"
 LATE_TAG = "scoring/launched_late_s"

@@ -19,18 +19,12 @@ import dagster as dg
 from scoring_pipeline.defs.jobs import overnight_snapshots_job
 from scoring_pipeline.defs.market_groups.group import GROUP_TAG, MarketGroup, default_group
 from scoring_pipeline.defs.resources import DatabaseResource
-from scoring_pipeline.defs.run_tags import LATE_TAG, SCHEDULED_FOR_TAG
+from scoring_pipeline.defs.run_tags import LATE_TAG, SCHEDULED_FOR_TAG, run_in_flight
 from scoring_pipeline.errors import ConfigurationError
 from scoring_pipeline.store.night.opening import tick_skip_reason
 from scoring_pipeline.telemetry import TRACEPARENT, new_traceparent
 
 SCORE_DATE_TAG = "scoring/score_date"
-_IN_FLIGHT = [
-    dg.DagsterRunStatus.QUEUED,
-    dg.DagsterRunStatus.NOT_STARTED,
-    dg.DagsterRunStatus.STARTING,
-    dg.DagsterRunStatus.STARTED,
-]
 
 
 def build_overnight_schedule(
@@ -54,20 +48,6 @@ def build_group_schedule(group: MarketGroup, job: Any) -> dg.ScheduleDefinition:
             f"{where}: the schedule of group {group.name} (cron {group.cron!r} in "
             f"{group.timezone!r}) is invalid: {exc}"
         ) from exc
-
-
-def _snapshots_run_in_flight(
-    instance: dg.DagsterInstance, job_name: str, score_date: str
-) -> str | None:
-    runs = instance.get_run_records(
-        filters=dg.RunsFilter(
-            job_name=job_name,
-            tags={"dagster/partition": score_date},
-            statuses=_IN_FLIGHT,
-        ),
-        limit=1,
-    )
-    return runs[0].dagster_run.run_id if runs else None
 
 
 def _description(group: MarketGroup) -> str:
@@ -107,7 +87,7 @@ def _build(group: MarketGroup, job: Any) -> dg.ScheduleDefinition:
         if closed:
             return dg.SkipReason(closed)
         score_date = day.isoformat()
-        in_flight = _snapshots_run_in_flight(context.instance, job.name, score_date)
+        in_flight = run_in_flight(context.instance, job.name, {"dagster/partition": score_date})
         if in_flight:
             return dg.SkipReason(
                 f"the snapshots run {in_flight} of {score_date} ({group.name}) is still queued "

@@ -16,6 +16,7 @@ from scoring_pipeline.defs.partitions import (
     scores_partition_key,
 )
 from scoring_pipeline.defs.resources import DatabaseResource
+from scoring_pipeline.defs.run_tags import run_in_flight
 from scoring_pipeline.store.dashboard_cache import pending_batches
 from scoring_pipeline.store.membership import load_membership
 from scoring_pipeline.store.night.outcomes import record_batch_run_died, record_snapshots_run_died
@@ -147,14 +148,6 @@ def build_sensors(nights: NightDefinitions) -> list[dg.SensorDefinition]:
     ]
 
 
-WARM_RUN_ACTIVE = [
-    dg.DagsterRunStatus.QUEUED,
-    dg.DagsterRunStatus.NOT_STARTED,
-    dg.DagsterRunStatus.STARTING,
-    dg.DagsterRunStatus.STARTED,
-]
-
-
 @dg.sensor(
     name="dashboard_cache_sensor",
     job=dashboard_cache_job,
@@ -167,13 +160,11 @@ def dashboard_cache_sensor(
     """As batches of any group land (or are re-scored), warm their successful users'
     dashboards (each combines every group's current scores): a few batches a run, within
     seconds of landing (`PendingWarm.due`)."""
-    active = context.instance.get_run_records(
-        dg.RunsFilter(job_name=dashboard_cache_job.name, statuses=WARM_RUN_ACTIVE), limit=1
-    )
+    active = run_in_flight(context.instance, dashboard_cache_job.name)
     if active:
         # It warms what is pending now; what lands meanwhile waits for the next run. A run per
         # tick would queue overlapping runs of the same batches faster than one can finish.
-        return dg.SkipReason(f"warm run {active[0].dagster_run.run_id} is queued or running")
+        return dg.SkipReason(f"warm run {active} is queued or running")
     with database.engine().connect() as conn:
         pending = pending_batches(conn)
     if not pending.due:
