@@ -13,7 +13,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -147,33 +147,45 @@ def grpc_workspace(path: Path, port: int) -> Path:
     return path
 
 
-def _wait_code_server(port: int, proc: subprocess.Popen[bytes], timeout: float) -> None:
-    from dagster._grpc.client import DagsterGrpcClient
-
-    client = DagsterGrpcClient(port=port, host="127.0.0.1")
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"the code server exited with status {proc.returncode}")
-        # Not listening yet: Dagster's client prints the connection error; nobody needs it.
-        with contextlib.suppress(Exception), contextlib.redirect_stdout(io.StringIO()):
-            if client.health_check_query() == "SERVING":  # type: ignore[no-untyped-call]
-                return
-        time.sleep(0.5)
-    raise TimeoutError(f"the code server did not serve on port {port} within {timeout:.0f} s")
-
-
-def _wait_http(url: str, processes: dict[str, subprocess.Popen[bytes]], timeout: float) -> None:
+def _wait_until(
+    ready: Callable[[], bool],
+    processes: dict[str, subprocess.Popen[bytes]],
+    timeout: float,
+    what: str,
+) -> None:
+    """Poll `ready` until it holds; a started process that exits meanwhile is an error."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for name, proc in processes.items():
             if proc.poll() is not None:
                 raise RuntimeError(f"{name} exited with status {proc.returncode} while starting")
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(f"{url}/server_info", timeout=2).status_code == 200:
-                return
+        if ready():
+            return
         time.sleep(0.5)
-    raise TimeoutError(f"the Dagster webserver did not answer at {url} within {timeout:.0f} s")
+    raise TimeoutError(f"{what} within {timeout:.0f} s")
+
+
+def _code_server_serves(port: int) -> Callable[[], bool]:
+    from dagster._grpc.client import DagsterGrpcClient
+
+    client = DagsterGrpcClient(port=port, host="127.0.0.1")
+
+    def serves() -> bool:
+        # Not listening yet: Dagster's client prints the connection error; nobody needs it.
+        with contextlib.suppress(Exception), contextlib.redirect_stdout(io.StringIO()):
+            return bool(client.health_check_query() == "SERVING")  # type: ignore[no-untyped-call]
+        return False
+
+    return serves
+
+
+def _webserver_answers(url: str) -> Callable[[], bool]:
+    def answers() -> bool:
+        with contextlib.suppress(httpx.HTTPError):
+            return httpx.get(f"{url}/server_info", timeout=2).status_code == 200
+        return False
+
+    return answers
 
 
 def stop(services: Services, grace: float = 15.0) -> None:
@@ -223,7 +235,12 @@ def running_services(
         services.processes["code-server"] = _spawn(
             "code-server", code_server_command(code_port), dagster_env, log_dir
         )
-        _wait_code_server(code_port, services.processes["code-server"], timeout)
+        _wait_until(
+            _code_server_serves(code_port),
+            services.processes,
+            timeout,
+            f"the code server did not serve on port {code_port}",
+        )
         workspace = grpc_workspace(log_dir / "workspace.yaml", code_port)
         services.processes["webserver"] = _spawn(
             "webserver",
@@ -242,7 +259,12 @@ def running_services(
         services.processes["daemon"] = _spawn(
             "daemon", daemon_command(workspace), dagster_env, log_dir
         )
-        _wait_http(url, services.processes, timeout)
+        _wait_until(
+            _webserver_answers(url),
+            services.processes,
+            timeout,
+            f"the Dagster webserver did not answer at {url}",
+        )
         yield services
     finally:
         stop(services)
