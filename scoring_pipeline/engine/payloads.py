@@ -1,7 +1,9 @@
 """The calculation events' payloads as JSON text (SPEC §5): INPUTS_CAPTURED, built from pieces
 shared by a batch's users, and SCORES_COMPUTED with each breakdown in its compact form."""
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from functools import lru_cache
+from operator import itemgetter
 from typing import Any, NamedTuple
 
 from scoring_pipeline.engine.batch_inputs import BatchInputs, UserRow
@@ -59,19 +61,35 @@ def _price_piece(inputs: BatchInputs, i: InstrumentData) -> str:
     return piece
 
 
-def _fundamental_pieces(inputs: BatchInputs, i: InstrumentData) -> tuple[str, dict[str, str]]:
-    """`"SYMBOL":{"dataDate":"…"` and, per field present, `"field":"value"` (JSON text)."""
+def _fundamental_pieces(inputs: BatchInputs, i: InstrumentData) -> tuple[str, tuple[str, ...]]:
+    """`"SYMBOL":{"dataDate":"…"` and, per field of FUNDAMENTAL_FIELDS in that order,
+    `,"field":"value"` (JSON text), or "" when the instrument has no value for it."""
     key = ("fundamentals", i.symbol)
-    found: tuple[str, dict[str, str]] | None = inputs.json_pieces.get(key)
+    found: tuple[str, tuple[str, ...]] | None = inputs.json_pieces.get(key)
     if found is None:
         head = f'{dumps(i.symbol)}:{{"dataDate":"{inputs.fundamentals_date[i.symbol]}"'
-        fields = {
-            name: f'"{name}":"{plain(value)}"'
-            for name, value in i.fundamentals.items()
-            if value is not None
-        }
-        found = inputs.json_pieces[key] = (head, fields)
+        values = i.fundamentals
+        pieces = tuple(
+            "" if (value := values.get(name)) is None else f',"{name}":"{plain(value)}"'
+            for name in FUNDAMENTAL_FIELDS
+        )
+        found = inputs.json_pieces[key] = (head, pieces)
     return found
+
+
+_FIELD_POSITION = {name: n for n, name in enumerate(FUNDAMENTAL_FIELDS)}
+
+
+def _pick(fields: tuple[str, ...]) -> Callable[[tuple[str, ...]], str]:
+    """The join of the pieces of `fields` (in that order) from a `_fundamental_pieces` tuple."""
+    positions = [_FIELD_POSITION[name] for name in fields]
+    if not positions:
+        return lambda _pieces: ""
+    if len(positions) == 1:
+        only = positions[0]
+        return lambda pieces: pieces[only]
+    getter = itemgetter(*positions)
+    return lambda pieces: "".join(getter(pieces))
 
 
 class _UniverseText(NamedTuple):
@@ -86,21 +104,27 @@ def _universe_text(
     inputs: BatchInputs, key: tuple[str, str], fields: tuple[str, ...]
 ) -> _UniverseText:
     """Built once per batch for each universe and set of captured fields: the batch's users
-    share universes, so a user's INPUTS_CAPTURED is a join of a few of these."""
+    share universes, so a user's INPUTS_CAPTURED is a join of a few of these. The prices and
+    symbols depend on the universe alone and are built once per universe."""
     cache_key = ("universe", key, fields)
     found: _UniverseText | None = inputs.json_pieces.get(cache_key)
     if found is None:
         universe = inputs.universes.get(key, [])
+        shared_key = ("universe", key)
+        shared: tuple[str, str] | None = inputs.json_pieces.get(shared_key)
+        if shared is None:
+            shared = inputs.json_pieces[shared_key] = (
+                ",".join(_price_piece(inputs, i) for i in universe),
+                ",".join(dumps(i.symbol) for i in universe),
+            )
+        pick = _pick(fields)
         fundamentals = []
         for i in universe:
             if i.symbol in inputs.fundamentals_date:
                 head, pieces = _fundamental_pieces(inputs, i)
-                values = "".join("," + pieces[name] for name in fields if name in pieces)
-                fundamentals.append(f"{head}{values}}}")
+                fundamentals.append(f"{head}{pick(pieces)}}}")
         found = inputs.json_pieces[cache_key] = _UniverseText(
-            prices=",".join(_price_piece(inputs, i) for i in universe),
-            symbols=",".join(dumps(i.symbol) for i in universe),
-            fundamentals=",".join(fundamentals),
+            prices=shared[0], symbols=shared[1], fundamentals=",".join(fundamentals)
         )
     return found
 
@@ -148,11 +172,16 @@ def capture_inputs_json(
     )
 
 
+@lru_cache(maxsize=65536)
+def _symbol_json(symbol: str) -> str:
+    return dumps(symbol)
+
+
 def results_json(correlation_id: str, scores: list[AssetScore]) -> str:
     """SCORES_COMPUTED as JSON text, each breakdown in its compact form (equal to
     `results_payload`): the canonical one is rebuilt from it and INPUTS_CAPTURED (replay)."""
     parts = [
-        f'{{"assetId":{dumps(s.symbol)},"criteriaVersionId":"{s.criteria_version_id}",'
+        f'{{"assetId":{_symbol_json(s.symbol)},"criteriaVersionId":"{s.criteria_version_id}",'
         f'"score":"{format(s.score, "f")}",'
         f'"maxPossibleScore":"{format(s.max_possible_score, "f")}",'
         f'"percentage":{dumps(plain(s.percentage))},"outcomes":"{s.outcomes}"}}'
