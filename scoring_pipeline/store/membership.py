@@ -23,6 +23,10 @@ class Membership:
         return sorted({b for _, b in self.members})
 
 
+# The key of a night's metrics that keeps its membership's counts (store/night/closing).
+MEMBERSHIP_COUNTS = "membership_counts"
+
+
 def batch_key(index: int) -> str:
     """The key of the batch at `index` (`b0001`): the batch part of a `scores` partition key."""
     return f"b{index:04d}"
@@ -62,6 +66,13 @@ def store_membership(conn: Connection, score_date: dt.date, membership: Membersh
     conn.execute(t.scoring_batches.delete().where(t.scoring_batches.c.score_date == score_date))
     conn.execute(
         t.scoring_batch_results.delete().where(t.scoring_batch_results.c.score_date == score_date)
+    )
+    conn.execute(
+        sa.text(
+            "UPDATE overnight_job_runs SET metrics = metrics - :k "
+            "WHERE score_date = :d AND metrics ? :k"
+        ),
+        {"d": score_date, "k": MEMBERSHIP_COUNTS},
     )
     if membership.members:
         conn.execute(

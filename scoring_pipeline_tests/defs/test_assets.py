@@ -14,6 +14,7 @@ from scoring_pipeline.defs.assets.active_users import active_users
 from scoring_pipeline.defs.assets.exchange_rates import exchange_rates
 from scoring_pipeline.defs.assets.prices import prices
 from scoring_pipeline.defs.deployment import build_resources
+from scoring_pipeline.store.membership import Membership, store_membership
 from scoring_pipeline_tests import factories as f
 from scoring_pipeline_tests.scenario import DATE, EVENT_ORDER, batch, rows, rules, snapshots
 
@@ -119,6 +120,39 @@ def test_scores_events_and_job_run_for_a_whole_night(world, dagster_instance):
     assert completed["assetsScored"] == 6 and completed["batchesTotal"] == 2
     assert completed["totalDurationMs"] >= 0 and "fetchRatesMs" in completed
     assert all("_" not in key for key in completed)  # camelCase, as every payload (SPEC §5)
+
+
+def test_a_night_counts_its_membership_once_and_links_its_runs_when_done(world, dagster_instance):
+    for _ in range(3):
+        f.user(world, holdings=[("AAA", "USD")], criteria=[("US_TECH", "stock", rules())])
+    assert snapshots(dagster_instance).success
+
+    def metrics():
+        return rows(world, "SELECT metrics FROM overnight_job_runs WHERE score_date = :d", d=DATE)[
+            0
+        ].metrics
+
+    assert batch(dagster_instance, "b0000").success
+    first = metrics()
+    assert first["membership_counts"] == {"batches": 2, "users": 3}
+    assert first["users_total"] == 3 and "dagster_batch_run_ids" not in first
+    # Counted once: a member removed behind the pipeline's back changes no later figure.
+    with world.begin() as conn:
+        conn.execute(
+            sa.text(
+                "DELETE FROM scoring_batches WHERE score_date = :d AND user_id = (SELECT "
+                "user_id FROM scoring_batches WHERE score_date = :d ORDER BY user_id LIMIT 1)"
+            ),
+            {"d": DATE},
+        )
+    assert batch(dagster_instance, "b0001").success
+    done = metrics()
+    assert done["users_total"] == 3 and done["batches_total"] == 2
+    assert set(done["dagster_batch_run_ids"]) == {"b0000", "b0001"}
+    # Replacing the membership (the only way it changes) drops the kept counts.
+    with world.begin() as conn:
+        store_membership(conn, dt.date.fromisoformat(DATE), Membership(members=[], users_skipped=0))
+    assert "membership_counts" not in metrics()
 
 
 def test_rematerialising_a_batch_twice_never_duplicates_history(world, dagster_instance):

@@ -12,6 +12,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from scoring_pipeline.store.market_scope import member_in_group
+from scoring_pipeline.store.membership import MEMBERSHIP_COUNTS
 from scoring_pipeline.store.night.model import (
     ALL_MARKETS,
     Night,
@@ -43,17 +44,28 @@ def _camel(name: str) -> str:
     return head + "".join(part.capitalize() for part in rest)
 
 
-def _aggregate(conn: Connection, score_date: dt.date, night: Night) -> dict[str, Any]:
-    markets = night.metrics.get("markets")
-    expected = conn.execute(
+def _expected(conn: Connection, score_date: dt.date, night: Night) -> dict[str, int]:
+    """The batches and the users (of the night's markets) of the date's membership: counted at
+    the night's first batch outcome and kept in its metrics, since they count a membership of
+    up to 100,000 rows and every batch outcome closes the night again (`store_membership`, the
+    only writer of a membership, drops them)."""
+    kept = night.metrics.get(MEMBERSHIP_COUNTS)
+    if isinstance(kept, dict) and {"batches", "users"} <= kept.keys():
+        return {"batches": int(kept["batches"]), "users": int(kept["users"])}
+    row = conn.execute(
         sa.text(
             "SELECT (SELECT count(DISTINCT batch_key) FROM scoring_batches "
             "WHERE score_date = :d) AS batches, "
             "(SELECT count(*) FROM scoring_batches b "
             f"WHERE b.score_date = :d AND {member_in_group()}) AS users"
         ),
-        {"d": score_date, "m": markets},
+        {"d": score_date, "m": night.metrics.get("markets")},
     ).one()
+    return {"batches": int(row.batches), "users": int(row.users)}
+
+
+def _aggregate(conn: Connection, score_date: dt.date, night: Night) -> dict[str, Any]:
+    expected = _expected(conn, score_date, night)
     done = conn.execute(
         sa.text(
             "SELECT count(*) AS batches, "
@@ -70,10 +82,10 @@ def _aggregate(conn: Connection, score_date: dt.date, night: Night) -> dict[str,
         {"d": score_date, "g": night.market_group},
     ).one()
     return {
-        "batches_total": int(expected.batches),
+        "batches_total": expected["batches"],
         "batches_done": int(done.batches),
         "batches_failed": int(done.batches_failed),
-        "users_total": int(expected.users),
+        "users_total": expected["users"],
         "users_success": int(done.users_success),
         "users_failed": int(done.users_failed),
         "users_skipped": int(done.users_skipped),
@@ -98,6 +110,18 @@ def failed_users(
     return out[:limit]
 
 
+def _batch_run_ids(conn: Connection, score_date: dt.date, market_group: str) -> dict[str, str]:
+    rows = conn.execute(
+        sa.text(
+            "SELECT batch_key, dagster_run_id FROM scoring_batch_results "
+            "WHERE score_date = :d AND market_group = :g AND dagster_run_id IS NOT NULL "
+            "ORDER BY batch_key"
+        ),
+        {"d": score_date, "g": market_group},
+    ).all()
+    return {str(r.batch_key): str(r.dagster_run_id) for r in rows}
+
+
 def _closing_status(figures: dict[str, Any]) -> NightStatus:
     if figures["users_failed"] == 0 and figures["batches_failed"] == 0:
         return NightStatus.COMPLETED
@@ -118,17 +142,16 @@ def close_night(
     figures = _aggregate(conn, score_date, night)
     metrics = dict(night.metrics)
     metrics.update({k: v for k, v in figures.items() if k != "batches_done"})
-    # Links from the night to Dagster: the run that wrote each batch's latest outcome.
-    metrics["dagster_batch_run_ids"] = dict(
-        conn.execute(
-            sa.text(
-                "SELECT batch_key, dagster_run_id FROM scoring_batch_results "
-                "WHERE score_date = :d AND market_group = :g AND dagster_run_id IS NOT NULL "
-                "ORDER BY batch_key"
-            ),
-            {"d": score_date, "g": market_group},
-        ).all()
-    )
+    metrics[MEMBERSHIP_COUNTS] = {
+        "batches": figures["batches_total"],
+        "users": figures["users_total"],
+    }
+    all_done = figures["batches_done"] >= figures["batches_total"]
+    if all_done:
+        # Links from the night to Dagster: the run that wrote each batch's latest outcome. Once
+        # every batch has one (rewritten on every outcome, the map was a 100,000-user night's
+        # 2,000 batches writing 2,000 entries each).
+        metrics["dagster_batch_run_ids"] = _batch_run_ids(conn, score_date, market_group)
     values: dict[str, Any] = {
         "users_processed": figures["users_success"] + figures["users_failed"],
         "users_failed": figures["users_failed"],
@@ -137,7 +160,7 @@ def close_night(
     unchanged = night.completed_at is not None and all(
         night.metrics.get(k) == v for k, v in figures.items() if k != "batches_done"
     )
-    if figures["batches_done"] >= figures["batches_total"] and not unchanged:
+    if all_done and not unchanged:
         # Closing (again, when a re-scored batch changed the outcome): JOB_COMPLETED follows.
         status = _closing_status(figures)
         completed_at = dt.datetime.now(dt.UTC)
