@@ -53,7 +53,7 @@ def _add_setup_commands(sub: Any) -> None:
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--out", default="demo_data", help="folder for rates.json and prices.csv")
     p.add_argument("--instruments-per-market", type=int, default=100)
-    p.set_defaults(func=cmd_demo_data)
+    p.set_defaults(func=cmd_demo_data, needs_schema=True)
 
 
 def _add_night_commands(sub: Any) -> None:
@@ -61,16 +61,16 @@ def _add_night_commands(sub: Any) -> None:
     p.add_argument("--date", help="score date YYYY-MM-DD (default: today, UTC)")
     p.add_argument("--refresh", action="store_true", help="re-fetch the date's snapshots")
     p.add_argument("--group", help="one market group (default: every configured group)")
-    p.set_defaults(func=cmd_score)
+    p.set_defaults(func=cmd_score, needs_schema=True)
 
     p = sub.add_parser("services", help="Dagster UI + daemon and run workers, until Ctrl-C")
     p.add_argument("--port", type=int, default=3000)
     p.add_argument("--workers", type=int, default=2, help="concurrent run workers")
-    p.set_defaults(func=cmd_services)
+    p.set_defaults(func=cmd_services, needs_schema=True)
 
     p = sub.add_parser("worker", help="a Celery run worker (for deployments that scale out)")
     p.add_argument("--concurrency", type=int, default=2)
-    p.set_defaults(func=cmd_worker)
+    p.set_defaults(func=cmd_worker, needs_schema=True)
 
     p = sub.add_parser(
         "daemon", help="the Dagster daemon, sensors every second (for separate deployments)"
@@ -80,7 +80,7 @@ def _add_night_commands(sub: Any) -> None:
         help="workspace file (default: the project's, which loads the code in a code server "
         "of the daemon's own; name a grpc_server there to share a running code server)",
     )
-    p.set_defaults(func=cmd_daemon)
+    p.set_defaults(func=cmd_daemon, needs_schema=True)
 
     p = sub.add_parser(
         "retry-failed", help="backfill a date's failed batches through the running Dagster"
@@ -90,7 +90,7 @@ def _add_night_commands(sub: Any) -> None:
     p.add_argument(
         "--url", help="Dagster webserver (default $DAGSTER_WEBSERVER_URL or http://127.0.0.1:3000)"
     )
-    p.set_defaults(func=cmd_retry_failed)
+    p.set_defaults(func=cmd_retry_failed, needs_schema=True)
 
 
 def _add_upkeep_commands(sub: Any) -> None:
@@ -116,11 +116,11 @@ def _add_upkeep_commands(sub: Any) -> None:
     )
     p.add_argument("--before", required=True, help="drop the months that end on or before it")
     p.add_argument("--yes", action="store_true", help="really drop them (else only list them)")
-    p.set_defaults(func=cmd_prune)
+    p.set_defaults(func=cmd_prune, needs_schema=True)
 
     p = sub.add_parser("replay", help="recompute a calculation from its INPUTS_CAPTURED event")
     p.add_argument("correlation_id")
-    p.set_defaults(func=cmd_replay)
+    p.set_defaults(func=cmd_replay, needs_schema=True)
 
 
 def _quiet_library_warnings() -> None:
@@ -135,6 +135,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.debug:
         _quiet_library_warnings()
     try:
+        if getattr(args, "needs_schema", False):
+            _require_current_schema()
         return int(args.func(args))
     except (ScoringPipelineError, OSError, ValueError) as exc:
         if args.debug:
@@ -146,6 +148,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"scoring-pipeline: error: {type(exc).__name__}: {_one_line(exc)}", file=sys.stderr)
         return 2
+
+
+def _require_current_schema() -> None:
+    """A command that reads or writes the pipeline's tables starts only on a database at this
+    code's migration: else a clear error, not a missing table's SQL error (or, for `services`,
+    sensors failing every second in the UI)."""
+    from scoring_pipeline.cli.options import app_engine
+    from scoring_pipeline.store.db import require_current_schema
+
+    engine = app_engine()
+    try:
+        require_current_schema(engine)
+    finally:
+        engine.dispose()
 
 
 def _one_line(exc: BaseException) -> str:

@@ -9,11 +9,15 @@ daemon, the webserver); `scoring-pipeline db stop` stops it.
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
 from sqlalchemy.engine import URL, Engine, make_url
 
 from scoring_pipeline.errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from alembic.script import ScriptDirectory
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 VERSION_TABLE = "scoring_alembic_version"
@@ -245,3 +249,49 @@ def current_revision(engine: Engine) -> str | None:
     with engine.connect() as conn:
         context = MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE})
         return context.get_current_revision()
+
+
+def _scripts() -> "ScriptDirectory":
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    config = Config()
+    config.set_main_option("script_location", str(PROJECT_ROOT / "migrations"))
+    return ScriptDirectory.from_config(config)
+
+
+def head_revision() -> str:
+    """The newest migration this code has: the schema it reads and writes."""
+    head = _scripts().get_current_head()
+    assert head is not None, "the project has no migrations"
+    return head
+
+
+def schema_problem(engine: Engine) -> str | None:
+    """Why this code cannot work on the database's schema (not migrated, or migrated by other
+    code), or None when it is at this code's newest migration."""
+    current, head = current_revision(engine), head_revision()
+    if current == head:
+        return None
+    if current is None:
+        return "the database has none of the pipeline's tables yet: run `scoring-pipeline migrate`"
+    from alembic.util.exc import CommandError
+
+    try:
+        _scripts().get_revision(current)
+    except CommandError:
+        return (
+            f"the database is at migration {current}, which this code does not have (it needs "
+            f"{head}): it was migrated by newer code"
+        )
+    return (
+        f"the database is at migration {current} and this code needs {head}: "
+        "run `scoring-pipeline migrate`"
+    )
+
+
+def require_current_schema(engine: Engine) -> None:
+    """Refuse to start work on a database whose schema this code does not match."""
+    problem = schema_problem(engine)
+    if problem is not None:
+        raise ConfigurationError(problem)

@@ -14,8 +14,8 @@ import psutil
 import pytest
 import sqlalchemy as sa
 
-from scoring_pipeline.runtime.services import free_port
-from scoring_pipeline.store.db import PROJECT_ROOT
+from scoring_pipeline.runtime.services import free_port, private_deployment_env
+from scoring_pipeline.store.db import PROJECT_ROOT, head_revision
 from scoring_pipeline_tests.cli_helpers import CLI, run, summary_value
 
 pytestmark = [pytest.mark.db, pytest.mark.slow]
@@ -96,6 +96,29 @@ def test_errors_are_one_line_with_non_zero_status(cli_env, clean_db, tmp_path):
     unknown = run(cli_env, "replay", "00000000-0000-4000-8000-000000000000", check=False)
     assert unknown.returncode != 0 and "no calculation" in unknown.stderr
     assert "Traceback" not in unknown.stderr
+
+
+def test_commands_refuse_a_database_not_at_this_codes_migration(databases, tmp_path):
+    env = private_deployment_env(databases.create(), tmp_path / "home", tmp_path / "demo")
+    nobody = "00000000-0000-4000-8000-000000000000"
+    for command in (
+        ("score", "--date", DATE),
+        ("services", "--port", str(free_port())),
+        ("replay", nobody),
+        ("demo-data", "--users", "5", "--out", str(tmp_path / "demo")),
+    ):
+        empty = run(env, *command, check=False)
+        assert empty.returncode == 2, (command, empty.stderr)
+        assert "none of the pipeline's tables yet: run `scoring-pipeline migrate`" in empty.stderr
+        assert "Traceback" not in empty.stderr
+    run(env, "migrate", "--revision", "0006")
+    older = run(env, "score", "--date", DATE, check=False)
+    assert older.returncode == 2
+    assert f"at migration 0006 and this code needs {head_revision()}" in older.stderr
+    run(env, "migrate")
+    # At this code's migration the command runs (and finds no such calculation).
+    current = run(env, "replay", nobody, check=False)
+    assert current.returncode == 2 and "no calculation" in current.stderr
 
 
 def test_score_exits_non_zero_when_the_night_fails(cli_env, clean_db, tmp_path):

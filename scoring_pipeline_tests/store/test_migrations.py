@@ -13,6 +13,7 @@ from sqlalchemy.dialects import postgresql
 from scoring_pipeline.engine.criteria import parse_criteria
 from scoring_pipeline.engine.metrics import InstrumentData
 from scoring_pipeline.engine.scoring import score_criteria_set
+from scoring_pipeline.errors import ConfigurationError
 from scoring_pipeline.store import db
 from scoring_pipeline.store.tables import metadata
 
@@ -109,6 +110,21 @@ def test_downgrade_to_base_and_upgrade_again(fresh_engine):
     assert db.current_revision(fresh_engine) is None
     db.migrate(fresh_engine)
     assert SPEC_TABLES <= set(sa.inspect(fresh_engine).get_table_names())
+
+
+def test_schema_problem_names_what_to_do_for_each_revision(fresh_engine):
+    assert "run `scoring-pipeline migrate`" in str(db.schema_problem(fresh_engine))
+    db.migrate(fresh_engine, "0006")
+    assert f"at migration 0006 and this code needs {db.head_revision()}" in str(
+        db.schema_problem(fresh_engine)
+    )
+    db.migrate(fresh_engine)
+    assert db.schema_problem(fresh_engine) is None
+    db.require_current_schema(fresh_engine)
+    with fresh_engine.begin() as conn:
+        conn.execute(sa.text(f"UPDATE {db.VERSION_TABLE} SET version_num = 'ffff'"))
+    with pytest.raises(ConfigurationError, match="which this code does not have .* newer code"):
+        db.require_current_schema(fresh_engine)
 
 
 def test_migrate_is_idempotent_on_a_database_with_data(fresh_engine):
