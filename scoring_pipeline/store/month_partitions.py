@@ -5,7 +5,8 @@ partitions (migration 0005), one partition per calendar month: `score_history_20
 [2026-11-01, 2026-12-01). A night creates its month's partitions and the next month's before it
 writes (`ensure_partitions`, idempotent and safe to race); nothing is ever dropped but by
 `scoring-pipeline prune --before DATE --yes`, which detaches and drops whole months that end on
-or before DATE (`prunable`, `drop`).
+or before DATE (`prunable`, `drop`). A new month is made as a table of its own, its columns in
+the order that wastes no alignment padding, then attached (`_compact_columns`).
 """
 
 import datetime as dt
@@ -59,14 +60,48 @@ def ensure_partitions(conn: Connection, score_date: dt.date, *, months_ahead: in
     conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext('scoring:table_partitions'))"))
     created = []
     for table, name, start, end in _missing(conn, wanted):
+        conn.execute(sa.text(f'CREATE TABLE "{name}" ({", ".join(_compact_columns(conn, table))})'))
         conn.execute(
             sa.text(
-                f'CREATE TABLE "{name}" PARTITION OF {table} '
+                f'ALTER TABLE {table} ATTACH PARTITION "{name}" '
                 f"FOR VALUES FROM ('{start}') TO ('{end}')"
             )
         )
         created.append(name)
     return created
+
+
+_ALIGNMENT = {"d": 8, "i": 4, "s": 2, "c": 1}
+
+
+def _compact_columns(conn: Connection, table: str) -> list[str]:
+    """The parent table's column definitions, ordered for the least alignment padding: fixed-width
+    columns first, widest alignment first, then the variable-width ones (short varlenas need no
+    alignment). `score_history` in its parent's order pads 8 bytes per row before
+    `calculated_at` (128 against 120 bytes on disk); a partition may order its columns as it
+    likes (tuple routing maps them), the parent keeps the order readers see."""
+    rows = conn.execute(
+        sa.text(
+            "SELECT a.attnum, quote_ident(a.attname) AS name, "
+            "format_type(a.atttypid, a.atttypmod) AS type, a.attnotnull AS not_null, "
+            "pg_get_expr(d.adbin, d.adrelid) AS default_value, t.typlen AS length, "
+            "t.typalign AS align, CASE WHEN a.attcollation <> t.typcollation "
+            "THEN (SELECT quote_ident(c.collname) FROM pg_collation c "
+            "WHERE c.oid = a.attcollation) END AS collation "
+            "FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid "
+            "LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum "
+            "WHERE a.attrelid = CAST(:t AS regclass) AND a.attnum > 0 AND NOT a.attisdropped"
+        ),
+        {"t": table},
+    ).all()
+    ordered = sorted(rows, key=lambda r: (r.length < 0, -_ALIGNMENT[r.align], r.attnum))
+    return [
+        f"{r.name} {r.type}"
+        + (f" COLLATE {r.collation}" if r.collation else "")
+        + (" NOT NULL" if r.not_null else "")
+        + (f" DEFAULT {r.default_value}" if r.default_value is not None else "")
+        for r in ordered
+    ]
 
 
 def _missing(

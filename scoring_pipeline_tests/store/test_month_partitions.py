@@ -9,7 +9,11 @@ import pytest
 import sqlalchemy as sa
 
 from scoring_pipeline.store import db
-from scoring_pipeline.store.month_partitions import partitions
+from scoring_pipeline.store.month_partitions import (
+    PARTITIONED_TABLES,
+    ensure_partitions,
+    partitions,
+)
 from scoring_pipeline_tests import factories as f
 from scoring_pipeline_tests.cli_helpers import run
 from scoring_pipeline_tests.scenario import batch, rows, rules, snapshots
@@ -129,6 +133,71 @@ def test_a_night_creates_its_month_partitions_ahead(world, dagster_instance):
         rows(world, "SELECT count(*) AS n FROM score_history WHERE score_date = :d", d=date)[0].n
         == 2
     )
+
+
+def test_new_month_partitions_order_their_columns_against_padding(fresh_engine):
+    db.migrate(fresh_engine)
+    with fresh_engine.begin() as conn:
+        created = ensure_partitions(conn, dt.date(2031, 5, 3), months_ahead=0)
+        # The same month's layout as a plain `PARTITION OF` makes it, for comparison.
+        conn.execute(
+            sa.text(
+                "CREATE TABLE score_history_2031_06 PARTITION OF score_history "
+                "FOR VALUES FROM ('2031-06-01') TO ('2031-07-01')"
+            )
+        )
+    assert set(created) == {f"{t}_2031_05" for t in PARTITIONED_TABLES}
+    order = rows(
+        fresh_engine,
+        "SELECT attname FROM pg_attribute WHERE attrelid = 'score_history_2031_05'::regclass "
+        "AND attnum > 0 ORDER BY attnum",
+    )
+    assert [r.attname for r in order][:2] == ["calculated_at", "score_date"]
+    row = {
+        "u": USER,
+        "s": "AAPL",
+        "cv": CV,
+        "score": "12.5000",
+        "c": "00000000-0000-4000-8000-0000000000c1",
+        "at": "2031-05-03T04:00:00+00:00",
+        "o": "mus",
+    }
+    insert = (
+        "INSERT INTO score_history (user_id, symbol, score_date, criteria_version_id, score, "
+        "correlation_id, calculated_at, outcomes, base_currency) "
+        "VALUES (:u, :s, :d, :cv, :score, :c, :at, :o, 'USD')"
+    )
+    with fresh_engine.begin() as conn:
+        for day in ("2031-05-03", "2031-06-03"):
+            conn.execute(sa.text(insert), {**row, "d": day})
+    sizes = {
+        month: rows(fresh_engine, f"SELECT pg_column_size(h.*) AS n FROM score_history_{month} h")[
+            0
+        ].n
+        for month in ("2031_05", "2031_06")
+    }
+    assert sizes["2031_05"] <= sizes["2031_06"] - 8, sizes
+    # Read through the parent, in its order, the row is what was written.
+    back = rows(
+        fresh_engine,
+        "SELECT user_id::text, symbol, score::text, calculated_at, outcomes, base_currency "
+        "FROM score_history WHERE score_date = '2031-05-03'",
+    )
+    assert [tuple(b) for b in back] == [
+        (USER, "AAPL", "12.5000", dt.datetime(2031, 5, 3, 4, tzinfo=dt.UTC), "mus", "USD")
+    ]
+    # The parent's primary key holds in the new partition; the events' id default too.
+    with pytest.raises(sa.exc.IntegrityError), fresh_engine.begin() as conn:
+        conn.execute(sa.text(insert), {**row, "d": "2031-05-03"})
+    with fresh_engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                "INSERT INTO calculation_events (correlation_id, event_type, payload, score_date) "
+                "VALUES (:c, 'JOB_STARTED', '{}', '2031-05-03')"
+            ),
+            {"c": row["c"]},
+        )
+    assert rows(fresh_engine, "SELECT id FROM calculation_events_2031_05")[0].id >= 1
 
 
 def test_prune_lists_then_drops_whole_old_months_only_with_yes(world, dagster_instance, cli_env):
