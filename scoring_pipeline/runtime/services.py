@@ -29,6 +29,7 @@ BIN = Path(sys.executable).parent
 class Services:
     url: str
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    code_port: int | None = None  # the code server's gRPC port, once it is started
 
     def alive(self) -> dict[str, bool]:
         return {name: p.poll() is None for name, p in self.processes.items()}
@@ -188,18 +189,36 @@ def _webserver_answers(url: str) -> Callable[[], bool]:
     return answers
 
 
+def _shutdown_code_server(port: int) -> None:
+    """Ask the code server to stop through its own API: `dagster code-server start` ignores
+    SIGTERM and SIGINT (each stop waited out the grace period, then killed it)."""
+    from dagster._grpc.client import DagsterGrpcClient
+
+    client = DagsterGrpcClient(port=port, host="127.0.0.1")
+    with contextlib.suppress(Exception), contextlib.redirect_stdout(io.StringIO()):
+        client.shutdown_server()
+
+
 def stop(services: Services, grace: float = 15.0) -> None:
+    """Stop every service, each its own way first, then whatever is left of its process group.
+
+    A Celery worker gets SIGTERM on its main process alone, which stops its pool and exits:
+    signalled as a whole group, its pool processes died under it and the main process hung
+    until killed. The code server is asked to stop through its gRPC API. What a service left
+    behind in its process group, or a service still running at the deadline, is killed."""
+    code_server = services.processes.get("code-server")
+    if services.code_port is not None and code_server is not None and code_server.poll() is None:
+        _shutdown_code_server(services.code_port)
     for proc in services.processes.values():
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
+            os.kill(proc.pid, signal.SIGTERM)
     deadline = time.monotonic() + grace
     for proc in services.processes.values():
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
 
 
 @contextlib.contextmanager
@@ -231,7 +250,7 @@ def running_services(
         services.processes["worker"] = _spawn(
             "worker", worker_command(workers), worker_env, log_dir
         )
-        code_port = free_port()
+        code_port = services.code_port = free_port()
         services.processes["code-server"] = _spawn(
             "code-server", code_server_command(code_port), dagster_env, log_dir
         )
