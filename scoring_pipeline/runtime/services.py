@@ -196,7 +196,7 @@ def _shutdown_code_server(port: int) -> None:
 
     client = DagsterGrpcClient(port=port, host="127.0.0.1")
     with contextlib.suppress(Exception), contextlib.redirect_stdout(io.StringIO()):
-        client.shutdown_server()
+        client.shutdown_server(timeout=5)
 
 
 def stop(services: Services, grace: float = 15.0) -> None:
