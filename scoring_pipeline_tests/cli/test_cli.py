@@ -237,12 +237,6 @@ def test_the_daemon_command_runs_the_sensor_daemon_until_sigterm(cli_env, clean_
         proc.wait(timeout=60)
         _, alive = psutil.wait_procs(started, timeout=30)
         assert alive == [], [p.cmdline()[:4] for p in alive]
-        # Each stopped its own way, not killed at the deadline: the code server through its API
-        # (it ignores signals), the worker's main process stopping its own pool.
-        logs = Path(cli_env["DAGSTER_HOME"]) / "service-logs"
-        assert "Shutting down Dagster code proxy server" in (logs / "code-server.log").read_text()
-        worker = (logs / "worker.log").read_text()
-        assert "Warm shutdown" in worker and "exited with 'signal 15" not in worker, worker
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
