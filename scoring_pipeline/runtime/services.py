@@ -16,11 +16,15 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 
 from scoring_pipeline.runtime.dagster_api import LOCATION
 from scoring_pipeline.store.db import PROJECT_ROOT, prepare_dagster_environment
+
+if TYPE_CHECKING:
+    from dagster._grpc.client import DagsterGrpcClient
 
 BIN = Path(sys.executable).parent
 
@@ -166,14 +170,25 @@ def _wait_until(
     raise TimeoutError(f"{what} within {timeout:.0f} s")
 
 
-def _code_server_serves(port: int) -> Callable[[], bool]:
+def _code_server_client(port: int) -> "DagsterGrpcClient":
     from dagster._grpc.client import DagsterGrpcClient
 
-    client = DagsterGrpcClient(port=port, host="127.0.0.1")
+    return DagsterGrpcClient(port=port, host="127.0.0.1")
+
+
+@contextlib.contextmanager
+def _quiet_grpc() -> Iterator[None]:
+    """A call to the code server that may fail (not listening yet, or gone): Dagster's client
+    prints the connection error, which nobody needs; the caller tells failure by its result."""
+    with contextlib.suppress(Exception), contextlib.redirect_stdout(io.StringIO()):
+        yield
+
+
+def _code_server_serves(port: int) -> Callable[[], bool]:
+    client = _code_server_client(port)
 
     def serves() -> bool:
-        # Not listening yet: Dagster's client prints the connection error; nobody needs it.
-        with contextlib.suppress(Exception), contextlib.redirect_stdout(io.StringIO()):
+        with _quiet_grpc():
             return bool(client.health_check_query() == "SERVING")  # type: ignore[no-untyped-call]
         return False
 
@@ -192,11 +207,8 @@ def _webserver_answers(url: str) -> Callable[[], bool]:
 def _shutdown_code_server(port: int) -> None:
     """Ask the code server to stop through its own API: `dagster code-server start` ignores
     SIGTERM and SIGINT (each stop waited out the grace period, then killed it)."""
-    from dagster._grpc.client import DagsterGrpcClient
-
-    client = DagsterGrpcClient(port=port, host="127.0.0.1")
-    with contextlib.suppress(Exception), contextlib.redirect_stdout(io.StringIO()):
-        client.shutdown_server(timeout=5)
+    with _quiet_grpc():
+        _code_server_client(port).shutdown_server(timeout=5)
 
 
 def stop(services: Services, grace: float = 15.0) -> None:

@@ -17,6 +17,7 @@ from sqlalchemy.engine import URL, Engine, make_url
 from scoring_pipeline.errors import ConfigurationError
 
 if TYPE_CHECKING:
+    from alembic.config import Config
     from alembic.script import ScriptDirectory
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -218,12 +219,14 @@ def drop_database(url: str) -> None:
         admin.dispose()
 
 
-def _alembic_config(connection: sa.Connection) -> "object":
+def _alembic_config(connection: sa.Connection | None = None) -> "Config":
+    """The project's migrations (and the connection they run on, for upgrade and downgrade)."""
     from alembic.config import Config
 
     config = Config()
     config.set_main_option("script_location", str(PROJECT_ROOT / "migrations"))
-    config.attributes["connection"] = connection
+    if connection is not None:
+        config.attributes["connection"] = connection
     return config
 
 
@@ -232,7 +235,7 @@ def migrate(engine: Engine, revision: str = "head") -> None:
     from alembic import command
 
     with engine.begin() as conn:
-        command.upgrade(_alembic_config(conn), revision)  # type: ignore[arg-type]
+        command.upgrade(_alembic_config(conn), revision)
 
 
 def downgrade(engine: Engine, revision: str) -> None:
@@ -240,7 +243,7 @@ def downgrade(engine: Engine, revision: str) -> None:
     from alembic import command
 
     with engine.begin() as conn:
-        command.downgrade(_alembic_config(conn), revision)  # type: ignore[arg-type]
+        command.downgrade(_alembic_config(conn), revision)
 
 
 def current_revision(engine: Engine) -> str | None:
@@ -252,25 +255,27 @@ def current_revision(engine: Engine) -> str | None:
 
 
 def _scripts() -> "ScriptDirectory":
-    from alembic.config import Config
     from alembic.script import ScriptDirectory
 
-    config = Config()
-    config.set_main_option("script_location", str(PROJECT_ROOT / "migrations"))
-    return ScriptDirectory.from_config(config)
+    return ScriptDirectory.from_config(_alembic_config())
+
+
+def _head(scripts: "ScriptDirectory") -> str:
+    head = scripts.get_current_head()
+    assert head is not None, "the project has no migrations"
+    return head
 
 
 def head_revision() -> str:
     """The newest migration this code has: the schema it reads and writes."""
-    head = _scripts().get_current_head()
-    assert head is not None, "the project has no migrations"
-    return head
+    return _head(_scripts())
 
 
 def schema_problem(engine: Engine) -> str | None:
     """Why this code cannot work on the database's schema (not migrated, or migrated by other
     code), or None when it is at this code's newest migration."""
-    current, head = current_revision(engine), head_revision()
+    scripts = _scripts()
+    current, head = current_revision(engine), _head(scripts)
     if current == head:
         return None
     if current is None:
@@ -278,7 +283,7 @@ def schema_problem(engine: Engine) -> str | None:
     from alembic.util.exc import CommandError
 
     try:
-        _scripts().get_revision(current)
+        scripts.get_revision(current)
     except CommandError:
         return (
             f"the database is at migration {current}, which this code does not have (it needs "
