@@ -1,13 +1,14 @@
 """`make bench` on a small universe: three nights through the real services, and a report whose
 figures account for every row written (the benchmark's own correctness, not its speed)."""
 
+import datetime as dt
 import math
 
 import pytest
 import sqlalchemy as sa
 
 from scoring_pipeline.cli.bench.floors import COPY_TABLES
-from scoring_pipeline.cli.bench.runner import run_bench
+from scoring_pipeline.cli.bench.runner import bench_dates, run_bench
 from scoring_pipeline.cli.bench.sampling import server_processes
 from scoring_pipeline.store import db
 
@@ -66,6 +67,8 @@ def test_bench_night_accounts_for_every_row(server_url):
     # vacuumed); the next one reuses that space, so only history and events grow.
     second, third = report.later_nights
     assert [n["assets_scored"] for n in (second, third)] == [f["assets_scored"]] * 2
+    # All three nights fall in one month, whatever the day the benchmark runs (bench_dates).
+    assert [n["night_of_month"] for n in (second, third)] == [2, 3]
     for night in (second, third):
         assert night["write_parts_s"]["delete_scores"] >= 0
         assert night["bytes_added"]["score_history"] > 0
@@ -82,7 +85,38 @@ def test_bench_night_accounts_for_every_row(server_url):
     assert f"benchmark: {USERS} users, {f['batches']} batches" in text
     assert "write stage / raw COPY" in text
     assert "the whole machine (also short-lived processes, anything else)" in text
-    assert f"{third['score_date']}: {third['assets_scored']:,} assets scored" in text
+    assert (
+        f"{third['score_date']} (night 3 of its month): {third['assets_scored']:,} assets scored"
+        in text
+    )
+
+
+def _days(first: dt.date, last: dt.date) -> list[dt.date]:
+    return [first + dt.timedelta(days=n) for n in range((last - first).days + 1)]
+
+
+@pytest.mark.parametrize(
+    ("today", "nights", "expected"),
+    [
+        # Enough days of this month behind today: the nights end today.
+        (dt.date(2026, 12, 15), 3, _days(dt.date(2026, 12, 13), dt.date(2026, 12, 15))),
+        (dt.date(2026, 12, 3), 3, _days(dt.date(2026, 12, 1), dt.date(2026, 12, 3))),
+        # Too few: they end on the last day of the month before (across a year, a leap day).
+        (dt.date(2026, 12, 2), 3, _days(dt.date(2026, 11, 28), dt.date(2026, 11, 30))),
+        (dt.date(2027, 1, 1), 2, _days(dt.date(2026, 12, 30), dt.date(2026, 12, 31))),
+        (dt.date(2028, 3, 1), 3, _days(dt.date(2028, 2, 27), dt.date(2028, 2, 29))),
+        (dt.date(2026, 12, 1), 1, [dt.date(2026, 12, 1)]),
+        # More nights than a month has days: they end today and span months.
+        (dt.date(2026, 12, 1), 30, _days(dt.date(2026, 11, 2), dt.date(2026, 12, 1))),
+    ],
+)
+def test_bench_nights_fall_in_one_month(today, nights, expected):
+    assert bench_dates(today, nights) == expected
+
+
+def test_bench_refuses_no_nights():
+    with pytest.raises(ValueError, match="nights must be at least 1"):
+        bench_dates(dt.date(2026, 12, 1), 0)
 
 
 def test_cpu_counts_only_the_benchmark_databases_server_processes(engine, databases):

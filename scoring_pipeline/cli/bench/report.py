@@ -110,7 +110,8 @@ class BenchReport:
             )
         for night in self.later_nights:
             out.append(
-                f"  {night['score_date']}: {night['assets_scored']:,} assets scored, "
+                f"  {night['score_date']} (night {night['night_of_month']} of its month): "
+                f"{night['assets_scored']:,} assets scored, "
                 f"{night['end_to_end_s']:.1f} s, bytes added per scored asset"
                 f"{night['bytes_added_per_asset']:>8.0f} B"
             )

@@ -44,27 +44,45 @@ def run_bench(
     """A night of `users` generated users through the real services, in a new database on the
     server of `server_url` (by default the one `DATABASE_URL` or the embedded default names).
 
-    With `nights` > 1 the first night is that many days back, and the following nights run on
-    the same database, one date after the other, to measure what a night adds on disk once the
-    current scores exist (`later_nights`). Every other figure is the first night's.
+    With `nights` > 1 the following nights run on the same database, one date after the other,
+    to measure what a night adds on disk once the current scores exist (`later_nights`); the
+    dates are `bench_dates`. Every other figure is the first night's.
     """
-    if nights < 1:
-        raise ValueError("nights must be at least 1")
-    today = dt.datetime.now(dt.UTC).date()
-    dates = [today - dt.timedelta(days=nights - 1 - n) for n in range(nights)]
+    dates = bench_dates(dt.datetime.now(dt.UTC).date(), nights)
     url, engine, work, env = new_universe(
         users, seed, instruments_per_market, dates[0], server_url, echo
     )
     try:
         report = _first_night(users, engine, env, workers, dates[0], timeout, echo)
         if dates[1:]:
-            report.later_nights = _later_nights(engine, env, workers, dates[1:], timeout, echo)
+            report.later_nights = _later_nights(engine, env, workers, dates, timeout, echo)
         return report
     finally:
         engine.dispose()
         if not keep:
             db.drop_database(url)
             shutil.rmtree(work, ignore_errors=True)
+
+
+def bench_dates(today: dt.date, nights: int) -> list[dt.date]:
+    """`nights` consecutive dates ending today, or, when those would cross into this month, ending
+    on the last day of the month before: every night of the benchmark falls in one month.
+
+    So the later nights add rows to month partitions that already hold a night, as 29 nights
+    out of 30 do, and the figure does not depend on the day it is run: a night that opens a
+    new month's partitions writes a fresh primary key of `score_history`, ~10 - 20 B per
+    scored asset less than one inserted among the month's earlier nights (see docs/design.md,
+    "What a later night adds on disk"). Over 28 nights necessarily span months.
+    """
+    if nights < 1:
+        raise ValueError("nights must be at least 1")
+    last = today if today.day >= nights or nights > 28 else today.replace(day=1) - dt.timedelta(1)
+    return [last - dt.timedelta(days=nights - 1 - n) for n in range(nights)]
+
+
+def _night_of_month(night: dt.date, dates: list[dt.date]) -> int:
+    """Which of the benchmark's nights in its month `night` is (1 = it opens the partitions)."""
+    return sum(1 for d in dates if (d.year, d.month) == (night.year, night.month) and d <= night)
 
 
 def _first_night(
@@ -133,10 +151,11 @@ def _later_nights(
 ) -> list[dict[str, Any]]:
     """Run one night per date on the same database, each after a plain VACUUM of the output
     tables (what autovacuum does in the day between two nights: it frees the replaced rows'
-    space for reuse, the files keep their size). Returns what each night added on disk."""
+    space for reuse, the files keep their size), for every date of `dates` but the first (the
+    first night's). Returns what each night added on disk."""
     out: list[dict[str, Any]] = []
     with running_services(port=free_port(), workers=workers, env=env) as services:
-        for night in dates:
+        for night in dates[1:]:
             vacuum(engine)
             before = table_sizes(engine)
             echo(f"next night: {night}")
@@ -151,6 +170,7 @@ def _later_nights(
             out.append(
                 {
                     "score_date": night.isoformat(),
+                    "night_of_month": _night_of_month(night, dates),
                     "assets_scored": assets,
                     "end_to_end_s": seconds,
                     "bytes_added": added,
