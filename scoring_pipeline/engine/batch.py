@@ -90,7 +90,7 @@ class BatchOutput:
 # instead of once a batch. Keyed by the exact text of everything `metric_texts` reads, so a
 # changed snapshot or fundamental is a new key, never a stale text; emptied when it outgrows a
 # few nights.
-_METRIC_TEXTS: dict[tuple[Any, ...], str] = {}
+_METRIC_TEXTS: dict[tuple[tuple[str, ...], str, str], str] = {}
 METRIC_TEXTS_KEPT = 100_000
 
 
@@ -102,29 +102,34 @@ def batch_metric_values(
     usd_rates = inputs.usd_rates
     if len(_METRIC_TEXTS) > METRIC_TEXTS_KEPT:
         _METRIC_TEXTS.clear()
-    out: dict[tuple[str, str], str] = {}
+    # Decimals by their text: 1.0 and 1.00 are equal (and hash alike) but print apart. An
+    # instrument's part of the key is built once a batch, not once per base currency.
+    instrument_keys: dict[str, tuple[str, ...]] = {}
+    symbols_by_base: dict[str, set[str]] = {}
     for user in users:
-        base = user.base_currency
-        for s in user.scores:
-            key = (s.symbol, base)
-            if key in out:
-                continue
-            i = instruments[s.symbol]
-            # Decimals by their text: 1.0 and 1.00 are equal (and hash alike) but print apart.
-            memo_key = (
-                i.symbol,
-                i.currency,
-                str(i.close),
-                *[f"{name}={value}" for name, value in i.fundamentals.items()],
-                base,
-                str(usd_rates.get(i.currency)),
-                str(usd_rates.get(base)),
-            )
+        symbols_by_base.setdefault(user.base_currency, set()).update(
+            [s.symbol for s in user.scores]
+        )
+    out: dict[tuple[str, str], str] = {}
+    for base, symbols in sorted(symbols_by_base.items()):
+        base_rate = str(usd_rates.get(base))
+        for symbol in sorted(symbols):
+            i = instruments[symbol]
+            instrument_key = instrument_keys.get(symbol)
+            if instrument_key is None:
+                instrument_key = instrument_keys[symbol] = (
+                    i.symbol,
+                    i.currency,
+                    str(i.close),
+                    *[f"{name}={value}" for name, value in i.fundamentals.items()],
+                    str(usd_rates.get(i.currency)),
+                )
+            memo_key = (instrument_key, base, base_rate)
             text = _METRIC_TEXTS.get(memo_key)
             if text is None:
                 texts = metric_texts(i, base_currency=base, usd_rates=usd_rates)
                 text = _METRIC_TEXTS[memo_key] = dumps(dict(sorted(texts.items())))
-            out[key] = text
+            out[(symbol, base)] = text
     return out
 
 
