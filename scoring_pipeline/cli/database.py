@@ -63,8 +63,16 @@ def cmd_demo_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def _count(n: int, one: str, many: str) -> str:
+    return f"{n:,} {one if n == 1 else many}"
+
+
 def cmd_prune(args: argparse.Namespace) -> int:
-    from scoring_pipeline.store.month_partitions import drop, prunable
+    import dagster as dg
+
+    from scoring_pipeline.definitions import market_groups
+    from scoring_pipeline.defs.partitions import night_partitions_before, remove_night_partitions
+    from scoring_pipeline.store.month_partitions import drop, partitions, prunable
 
     before = parse_date(args.before, "--before")
     today = dt.datetime.now(dt.UTC).date()
@@ -72,20 +80,57 @@ def cmd_prune(args: argparse.Namespace) -> int:
         raise ConfigurationError(
             f"--before {before} is after today ({today}): it would drop this month's partitions"
         )
-    with app_engine().begin() as conn:
+    engine = app_engine()  # prepares the environment the groups and the instance read
+    groups = market_groups()
+    with engine.begin() as conn, dg.DagsterInstance.get() as instance:
         doomed, kept = prunable(conn, before)
+        history_left = [
+            p for p in partitions(conn) if p.table == "score_history" and p not in doomed
+        ]
+        # Dagster's `scores` partitions of the nights whose history goes (or went before).
+        stale = {
+            group.name: night_partitions_before(
+                instance,
+                group,
+                before.replace(day=1),
+                lambda day: any(p.start <= day < p.end for p in history_left),
+            )
+            for group in groups
+        }
         for p in kept:
             print(f"kept {p.name}: current scores of {p.start:%Y-%m} still show its values")
-        if not doomed:
+        if not doomed and not any(stale.values()):
             print(f"nothing to prune: no month partition ends on or before {before}")
             return 0
-        print(f"{len(doomed)} month partitions end on or before {before}:")
+        if doomed:
+            print(f"{len(doomed)} month partitions end on or before {before}:")
         for p in doomed:
             rows = "?" if p.rows < 0 else f"~{p.rows:,}"
             print(f"  {p.name:<36} {p.start} .. {p.end}  {rows} rows  {p.bytes / 1e6:,.1f} MB")
+        if any(stale.values()):
+            print("Dagster's `scores` partitions of nights in those months (or pruned before):")
+        for name, keys in stale.items():
+            if keys:
+                print(
+                    f"  group {name}: {_count(len(keys), 'batch', 'batches')} of the nights "
+                    f"{min(keys)[:10]} .. {max(keys)[:10]}"
+                )
         if not args.yes:
             print("nothing dropped: run again with --yes to detach and drop them")
             return 0
         drop(conn, doomed)
-    print(f"dropped {len(doomed)} partitions")
+    if doomed:
+        print(f"dropped {len(doomed)} partitions")
+    with dg.DagsterInstance.get() as instance:
+        for group in groups:
+            keys = stale[group.name]
+            if not keys:
+                continue
+
+            def progress(done: int, name: str = group.name, total: int = len(keys)) -> None:
+                print(f"  group {name}: {done:,} of {total:,} `scores` partitions removed")
+
+            remove_night_partitions(instance, group, keys, progress)
+            removed = _count(len(keys), "`scores` partition", "`scores` partitions")
+            print(f"removed {removed} of group {group.name}")
     return 0

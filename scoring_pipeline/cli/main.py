@@ -112,7 +112,9 @@ def _add_upkeep_commands(sub: Any) -> None:
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser(
-        "prune", help="detach and drop whole months of history, events and metric values"
+        "prune",
+        help="detach and drop whole months of history, events and metric values, and remove "
+        "their nights' scores partitions from Dagster",
     )
     p.add_argument("--before", required=True, help="drop the months that end on or before it")
     p.add_argument("--yes", action="store_true", help="really drop them (else only list them)")

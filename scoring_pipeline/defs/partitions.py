@@ -8,6 +8,7 @@ the batches of started nights — never a cross product of every date with every
 """
 
 import datetime as dt
+from collections.abc import Callable
 
 import dagster as dg
 
@@ -80,3 +81,41 @@ def register_night_batches(
     for key in removed:
         instance.delete_dynamic_partition(name, key)
     return added, removed
+
+
+def night_partitions_before(
+    instance: dg.DagsterInstance,
+    group: MarketGroup,
+    first_kept: dt.date,
+    has_history: Callable[[dt.date], bool],
+) -> list[str]:
+    """The group's `scores` partition keys of nights before `first_kept` whose month has no
+    `score_history` partition any more (pruned): what `scoring-pipeline prune` removes, so the
+    partitions UI lists no night whose history and events are gone, and "backfill failed and
+    missing" or a select-all materialisation cannot re-score one. Keys not of the
+    `YYYY-MM-DD/bNNNN` form (added by hand) are left alone."""
+    stale = []
+    for key in instance.get_dynamic_partitions(scores_partitions_name(group)):
+        try:
+            day, _ = parse_scores_partition_key(key)
+        except NotABatchPartitionError:
+            continue
+        if day < first_kept and not has_history(day):
+            stale.append(key)
+    return stale
+
+
+def remove_night_partitions(
+    instance: dg.DagsterInstance,
+    group: MarketGroup,
+    keys: list[str],
+    progress: Callable[[int], None] = lambda _done: None,
+) -> None:
+    """Delete the group's `scores` partition keys (one statement each in Dagster's storage,
+    ~1 ms: a month of a 100,000-user deployment is 60,000 keys); `progress` gets the number
+    removed every 10,000 keys. The runs and events of those partitions stay in Dagster."""
+    name = scores_partitions_name(group)
+    for done, key in enumerate(keys, start=1):
+        instance.delete_dynamic_partition(name, key)
+        if done % 10_000 == 0:
+            progress(done)

@@ -8,6 +8,7 @@ import json
 import pytest
 import sqlalchemy as sa
 
+from scoring_pipeline.defs.partitions import SCORES_PARTITIONS_NAME as PARTITIONS
 from scoring_pipeline.store import db
 from scoring_pipeline.store.month_partitions import (
     PARTITIONED_TABLES,
@@ -208,14 +209,24 @@ def test_prune_lists_then_drops_whole_old_months_only_with_yes(world, dagster_in
     history = "SELECT score_date::text AS d, count(*) AS n FROM score_history GROUP BY 1 ORDER BY 1"
     assert [r.d for r in rows(world, history)] == ["2025-06-12", "2025-08-20"]
 
+    def night_keys(date):
+        return [k for k in dagster_instance.get_dynamic_partitions(PARTITIONS) if date in k]
+
+    assert night_keys("2025-06-12") and night_keys("2025-08-20")
+
     listed = run(cli_env, "prune", "--before", "2025-08-01").stdout
     assert "score_history_2025_06" in listed and "calculation_events_2025_07" in listed
     assert "score_history_2025_08" not in listed  # the month of 2025-08-01 itself is kept
+    # Dagster's partitions of the pruned nights are listed too, and go with them.
+    assert "Dagster's `scores` partitions of nights in those months" in listed
+    assert "group all: 1 batch of the nights 2025-06-12 .. 2025-06-12" in listed
     assert "nothing dropped: run again with --yes" in listed
     assert [r.d for r in rows(world, history)] == ["2025-06-12", "2025-08-20"]
+    assert night_keys("2025-06-12")
 
     dropped = run(cli_env, "prune", "--before", "2025-08-01", "--yes").stdout
-    assert "dropped" in dropped
+    assert "dropped" in dropped and "removed 1 `scores` partition of group all" in dropped
+    assert not night_keys("2025-06-12") and night_keys("2025-08-20")
     assert [r.d for r in rows(world, history)] == ["2025-08-20"]
     events = "SELECT DISTINCT score_date::text AS d FROM calculation_events ORDER BY 1"
     assert [r.d for r in rows(world, events)] == ["2025-08-20"]
@@ -225,6 +236,11 @@ def test_prune_lists_then_drops_whole_old_months_only_with_yes(world, dagster_in
 
     again = run(cli_env, "prune", "--before", "2025-08-01", "--yes").stdout
     assert "nothing to prune" in again
+    # A prune stopped after its drop left partition keys behind: the next run removes them.
+    dagster_instance.add_dynamic_partitions(PARTITIONS, ["2025-06-12/b0000"])
+    finished = run(cli_env, "prune", "--before", "2025-08-01", "--yes").stdout
+    assert "removed 1 `scores` partition of group all" in finished
+    assert "dropped" not in finished and not night_keys("2025-06-12")
     # The current scores are August's: their metric values are never pruned with the month.
     kept = run(cli_env, "prune", "--before", "2025-09-01").stdout
     assert "kept score_metric_values_2025_08" in kept
