@@ -68,11 +68,10 @@ def bench_dates(today: dt.date, nights: int) -> list[dt.date]:
     """`nights` consecutive dates ending today, or, when those would cross into this month, ending
     on the last day of the month before: every night of the benchmark falls in one month.
 
-    So the later nights add rows to month partitions that already hold a night, as 29 nights
-    out of 30 do, and the figure does not depend on the day it is run: a night that opens a
-    new month's partitions writes a fresh primary key of `score_history`, ~10 - 20 B per
-    scored asset less than one inserted among the month's earlier nights (see docs/design.md,
-    "What a later night adds on disk"). Over 28 nights necessarily span months.
+    So what the later nights add does not depend on the day it is run: it depends on a night's
+    place in its month (the primary key of `score_history` splits nearly every leaf page on a
+    month's second night: ~30 B more per scored asset than on its first or third; see
+    docs/design.md, "What a later night adds on disk"). Over 28 nights necessarily span months.
     """
     if nights < 1:
         raise ValueError("nights must be at least 1")
