@@ -105,19 +105,18 @@ def batch_metric_values(
     # Decimals by their text: 1.0 and 1.00 are equal (and hash alike) but print apart. An
     # instrument's part of the key is built once a batch, not once per base currency.
     instrument_keys: dict[str, tuple[str, ...]] = {}
-    symbols_by_base: dict[str, set[str]] = {}
-    for user in users:
-        symbols_by_base.setdefault(user.base_currency, set()).update(
-            [s.symbol for s in user.scores]
-        )
     out: dict[tuple[str, str], str] = {}
-    for base, symbols in sorted(symbols_by_base.items()):
+    for user in users:
+        base = user.base_currency
         base_rate = str(usd_rates.get(base))
-        for symbol in sorted(symbols):
-            i = instruments[symbol]
-            instrument_key = instrument_keys.get(symbol)
+        for s in user.scores:
+            key = (s.symbol, base)
+            if key in out:
+                continue
+            i = instruments[s.symbol]
+            instrument_key = instrument_keys.get(i.symbol)
             if instrument_key is None:
-                instrument_key = instrument_keys[symbol] = (
+                instrument_key = instrument_keys[i.symbol] = (
                     i.symbol,
                     i.currency,
                     str(i.close),
@@ -129,7 +128,7 @@ def batch_metric_values(
             if text is None:
                 texts = metric_texts(i, base_currency=base, usd_rates=usd_rates)
                 text = _METRIC_TEXTS[memo_key] = dumps(dict(sorted(texts.items())))
-            out[(symbol, base)] = text
+            out[key] = text
     return out
 
 
