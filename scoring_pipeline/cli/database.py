@@ -8,9 +8,13 @@ import argparse
 import datetime as dt
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from scoring_pipeline.cli.options import app_engine, parse_date
 from scoring_pipeline.errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from scoring_pipeline.store.month_partitions import Partition
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
@@ -67,6 +71,27 @@ def _count(n: int, one: str, many: str) -> str:
     return f"{n:,} {one if n == 1 else many}"
 
 
+def _print_prune_plan(
+    before: dt.date, doomed: list["Partition"], kept: list["Partition"], stale: dict[str, list[str]]
+) -> None:
+    """What `prune` would drop: whole months, and Dagster's `scores` partitions of their nights."""
+    for p in kept:
+        print(f"kept {p.name}: current scores of {p.start:%Y-%m} still show its values")
+    if doomed:
+        print(f"{len(doomed)} month partitions end on or before {before}:")
+    for p in doomed:
+        rows = "?" if p.rows < 0 else f"~{p.rows:,}"
+        print(f"  {p.name:<36} {p.start} .. {p.end}  {rows} rows  {p.bytes / 1e6:,.1f} MB")
+    if any(stale.values()):
+        print("Dagster's `scores` partitions of nights in those months (or pruned before):")
+    for name, keys in stale.items():
+        if keys:
+            print(
+                f"  group {name}: {_count(len(keys), 'batch', 'batches')} of the nights "
+                f"{min(keys)[:10]} .. {max(keys)[:10]}"
+            )
+
+
 def cmd_prune(args: argparse.Namespace) -> int:
     import dagster as dg
 
@@ -82,46 +107,33 @@ def cmd_prune(args: argparse.Namespace) -> int:
         )
     engine = app_engine()  # prepares the environment the groups and the instance read
     groups = market_groups()
-    with engine.begin() as conn, dg.DagsterInstance.get() as instance:
-        doomed, kept = prunable(conn, before)
-        history_left = [
-            p for p in partitions(conn) if p.table == "score_history" and p not in doomed
-        ]
-        # Dagster's `scores` partitions of the nights whose history goes (or went before).
-        stale = {
-            group.name: night_partitions_before(
-                instance,
-                group,
-                before.replace(day=1),
-                lambda day: any(p.start <= day < p.end for p in history_left),
-            )
-            for group in groups
-        }
-        for p in kept:
-            print(f"kept {p.name}: current scores of {p.start:%Y-%m} still show its values")
-        if not doomed and not any(stale.values()):
-            print(f"nothing to prune: no month partition ends on or before {before}")
-            return 0
-        if doomed:
-            print(f"{len(doomed)} month partitions end on or before {before}:")
-        for p in doomed:
-            rows = "?" if p.rows < 0 else f"~{p.rows:,}"
-            print(f"  {p.name:<36} {p.start} .. {p.end}  {rows} rows  {p.bytes / 1e6:,.1f} MB")
-        if any(stale.values()):
-            print("Dagster's `scores` partitions of nights in those months (or pruned before):")
-        for name, keys in stale.items():
-            if keys:
-                print(
-                    f"  group {name}: {_count(len(keys), 'batch', 'batches')} of the nights "
-                    f"{min(keys)[:10]} .. {max(keys)[:10]}"
-                )
-        if not args.yes:
-            print("nothing dropped: run again with --yes to detach and drop them")
-            return 0
-        drop(conn, doomed)
-    if doomed:
-        print(f"dropped {len(doomed)} partitions")
     with dg.DagsterInstance.get() as instance:
+        with engine.begin() as conn:
+            doomed, kept = prunable(conn, before)
+            history_left = [
+                p for p in partitions(conn) if p.table == "score_history" and p not in doomed
+            ]
+            # Dagster's `scores` partitions of the nights whose history goes (or went before).
+            stale = {
+                group.name: night_partitions_before(
+                    instance,
+                    group,
+                    before.replace(day=1),
+                    lambda day: any(p.start <= day < p.end for p in history_left),
+                )
+                for group in groups
+            }
+            _print_prune_plan(before, doomed, kept, stale)
+            if not doomed and not any(stale.values()):
+                print(f"nothing to prune: no month partition ends on or before {before}")
+                return 0
+            if not args.yes:
+                print("nothing dropped: run again with --yes to detach and drop them")
+                return 0
+            drop(conn, doomed)
+        # The drop is committed: the nights' partition keys go after it (a rerun finishes them).
+        if doomed:
+            print(f"dropped {len(doomed)} partitions")
         for group in groups:
             keys = stale[group.name]
             if not keys:

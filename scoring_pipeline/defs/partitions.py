@@ -78,8 +78,7 @@ def register_night_batches(
     removed = [k for k in existing if k.startswith(prefix) and k not in set(wanted)]
     if added:
         instance.add_dynamic_partitions(name, added)
-    for key in removed:
-        instance.delete_dynamic_partition(name, key)
+    remove_night_partitions(instance, group, removed)
     return added, removed
 
 
