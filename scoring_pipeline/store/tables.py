@@ -192,18 +192,23 @@ asset_scores = sa.Table(
     sa.Column("base_currency", sa.CHAR(3), nullable=False),
 )
 
+# Keyed by (user_id, symbol, score_date) through the trigger `score_history_unique_key`
+# (migration 0008), not a unique index: the two deduplicated indexes cost a few bytes a row
+# where the primary key cost ~60 (docs/design.md, "What a later night adds on disk").
 score_history = sa.Table(
     "score_history",
     metadata,
-    sa.Column("user_id", pg.UUID(as_uuid=False), primary_key=True),
-    sa.Column("symbol", sa.Text, primary_key=True),
-    sa.Column("score_date", sa.Date, primary_key=True),
+    sa.Column("user_id", pg.UUID(as_uuid=False), nullable=False),
+    sa.Column("symbol", sa.Text, nullable=False),
+    sa.Column("score_date", sa.Date, nullable=False),
     sa.Column("criteria_version_id", pg.UUID(as_uuid=False), nullable=False),
     sa.Column("score", SCORE, nullable=False),
     sa.Column("correlation_id", pg.UUID(as_uuid=False), nullable=False),
     sa.Column("calculated_at", _TZ, nullable=False),
     sa.Column("outcomes", sa.Text, nullable=True),  # null only for rows older than the form
     sa.Column("base_currency", sa.CHAR(3), nullable=True),
+    sa.Index("ix_score_history_user_date", "user_id", "score_date"),
+    sa.Index("ix_score_history_user_symbol", "user_id", "symbol"),
     # Month partitions (month_partitions.py), created ahead by the nights, dropped by `prune`.
     postgresql_partition_by="RANGE (score_date)",
 )

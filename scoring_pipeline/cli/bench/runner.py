@@ -69,8 +69,8 @@ def bench_dates(today: dt.date, nights: int) -> list[dt.date]:
     on the last day of the month before: every night of the benchmark falls in one month.
 
     So what the later nights add does not depend on the day it is run: it depends on a night's
-    place in its month (the primary key of `score_history` splits nearly every leaf page on a
-    month's second night: ~30 B more per scored asset than on its first or third; see
+    place in its month (the index of `score_history` by user and symbol forms its posting lists
+    on a month's second night: ~40 B more per scored asset than on its third; see
     docs/design.md, "What a later night adds on disk"). Over 28 nights necessarily span months.
     """
     if nights < 1:

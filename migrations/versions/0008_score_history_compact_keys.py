@@ -1,0 +1,83 @@
+"""`score_history`'s key kept by a trigger, its lookups by two deduplicated indexes.
+
+The primary key (user_id, symbol, score_date) was a third of what a later night adds on disk:
+~60 B a row in a B-tree whose leaf pages split on every night (each user-symbol's new entry
+goes right after its previous night's). It is replaced by
+- `ix_score_history_user_date` (user_id, score_date): a user's rows of a date, what the nights
+  delete and check; B-tree deduplication keeps a user's ~200 rows of a night as one key and a
+  posting list of row pointers (~9 B a row);
+- `ix_score_history_user_symbol` (user_id, symbol): a user's history of one instrument, what a
+  chart reads; a month's later nights add a row pointer to each posting list (a few bytes a row);
+- the trigger `score_history_unique_key`: after every INSERT or COPY statement, it locks each
+  (user, date) written and fails the statement with `unique_violation` when one of them has an
+  instrument twice, so the key is still enforced by the database, concurrent writers included
+  (READ COMMITTED: after the lock, the check sees what the other writer committed).
+See docs/design.md, "What a later night adds on disk". Downgrading restores the primary key
+(and fails if rows violate it, which the trigger prevents).
+
+Revision ID: 0008
+Revises: 0007
+Create Date: 2026-12-01
+"""
+
+from alembic import op
+
+revision = "0008"
+down_revision = "0007"
+branch_labels = None
+depends_on = None
+
+_CHECK_FUNCTION = """
+CREATE FUNCTION score_history_unique_key() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    dup record;
+BEGIN
+    -- One lock per (user, date) written, taken in key order (no deadlock between writers):
+    -- a concurrent writer of the same keys waits here until this transaction ends.
+    PERFORM pg_advisory_xact_lock(k.lock_key)
+    FROM (SELECT DISTINCT hashtextextended('score_history:' || user_id || ':' || score_date, 0)
+              AS lock_key
+          FROM inserted ORDER BY 1) k;
+    SELECT k.user_id, d.symbol, k.score_date INTO dup
+    FROM (SELECT DISTINCT user_id, score_date FROM inserted) k,
+    LATERAL (SELECT h.symbol FROM score_history h
+             WHERE h.user_id = k.user_id AND h.score_date = k.score_date
+             GROUP BY h.symbol HAVING count(*) > 1 LIMIT 1) d
+    LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'duplicate key value violates the key of "score_history"'
+            USING ERRCODE = 'unique_violation',
+                  DETAIL = format('Key (user_id, symbol, score_date)=(%s, %s, %s) already exists.',
+                                  dup.user_id, dup.symbol, dup.score_date),
+                  TABLE = 'score_history';
+    END IF;
+    RETURN NULL;
+END
+$$
+"""
+
+
+def upgrade() -> None:
+    op.execute("ALTER TABLE score_history DROP CONSTRAINT score_history_pkey")
+    op.execute("CREATE INDEX ix_score_history_user_date ON score_history (user_id, score_date)")
+    op.execute("CREATE INDEX ix_score_history_user_symbol ON score_history (user_id, symbol)")
+    # The sort of each user's ~200 rows by symbol (the collation's comparisons) was most of the
+    # check's time; hashing them is a few times faster.
+    op.execute(_CHECK_FUNCTION)
+    op.execute("ALTER FUNCTION score_history_unique_key() SET enable_sort = off")
+    op.execute(
+        "CREATE TRIGGER score_history_unique_key AFTER INSERT ON score_history "
+        "REFERENCING NEW TABLE AS inserted FOR EACH STATEMENT "
+        "EXECUTE FUNCTION score_history_unique_key()"
+    )
+
+
+def downgrade() -> None:
+    op.execute("DROP TRIGGER score_history_unique_key ON score_history")
+    op.execute("DROP FUNCTION score_history_unique_key()")
+    op.execute("DROP INDEX ix_score_history_user_symbol")
+    op.execute("DROP INDEX ix_score_history_user_date")
+    op.execute(
+        "ALTER TABLE score_history ADD CONSTRAINT score_history_pkey "
+        "PRIMARY KEY (user_id, symbol, score_date)"
+    )

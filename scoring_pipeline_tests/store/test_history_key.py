@@ -1,0 +1,132 @@
+"""`score_history`'s key (user_id, symbol, score_date), kept by the trigger of migration 0008
+instead of a unique index, on real PostgreSQL: a duplicate is refused whether it comes in the
+same statement, against a stored row, through COPY or from a concurrent writer; the upgrade
+keeps a database's history, and the downgrade restores the primary key."""
+
+import datetime as dt
+import threading
+import uuid
+
+import psycopg
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from scoring_pipeline.store import db
+from scoring_pipeline.store.copy import copy_text
+from scoring_pipeline.store.month_partitions import ensure_partitions
+
+pytestmark = pytest.mark.db
+
+DAY = dt.date(2026, 11, 27)
+_COLUMNS = "user_id, symbol, score_date, criteria_version_id, score, correlation_id, calculated_at"
+_VALUES = "(CAST(:u AS uuid), :s, :d, gen_random_uuid(), 1, gen_random_uuid(), now())"
+
+
+def _migrated(engine: Engine, revision: str = "head") -> Engine:
+    db.migrate(engine, revision)
+    with engine.begin() as conn:
+        ensure_partitions(conn, DAY)
+    return engine
+
+
+def _insert(conn: sa.Connection, rows: list[tuple[str, str, dt.date]]) -> None:
+    values = ", ".join(_VALUES.replace(":", f":{i}_") for i in range(len(rows)))
+    params = {f"{i}_{k}": v for i, row in enumerate(rows) for k, v in zip("usd", row, strict=True)}
+    conn.execute(sa.text(f"INSERT INTO score_history ({_COLUMNS}) VALUES {values}"), params)
+
+
+def _rows(engine: Engine) -> list[tuple[str, str, dt.date]]:
+    with engine.connect() as conn:
+        return [
+            (str(r[0]), r[1], r[2])
+            for r in conn.execute(
+                sa.text("SELECT user_id, symbol, score_date FROM score_history ORDER BY 1, 2, 3")
+            )
+        ]
+
+
+def test_a_duplicate_in_one_statement_or_against_a_stored_row_is_refused(fresh_engine):
+    engine = _migrated(fresh_engine)
+    user, other = str(uuid.uuid4()), str(uuid.uuid4())
+    with engine.begin() as conn:
+        _insert(conn, [(user, "AAA", DAY), (user, "BBB", DAY), (other, "AAA", DAY)])
+        _insert(conn, [(user, "AAA", DAY - dt.timedelta(1))])  # another date: its own key
+    stored = _rows(engine)
+    assert len(stored) == 4
+
+    for rows in (
+        [(user, "AAA", DAY)],  # against a stored row
+        [(other, "CCC", DAY), (other, "CCC", DAY)],  # twice in one statement
+    ):
+        with pytest.raises(sa.exc.IntegrityError) as caught, engine.begin() as conn:
+            _insert(conn, rows)
+        error = caught.value.orig
+        assert error is not None and error.sqlstate == "23505"  # unique_violation
+        assert f"({rows[0][0]}, {rows[0][1]}, {DAY})" in str(error)
+        assert _rows(engine) == stored  # the statement's rows are gone with it
+
+
+def test_copy_is_checked_like_insert(fresh_engine):
+    engine = _migrated(fresh_engine)
+    user = str(uuid.uuid4())
+    line = f"{user}\tAAA\t{DAY}\t{uuid.uuid4()}\t2.5000\t{uuid.uuid4()}\t2026-11-27 04:00:00+00\n"
+    columns = [c.strip() for c in _COLUMNS.split(",")]
+    with engine.begin() as conn:
+        assert copy_text(conn, "score_history", columns, [line]) == 1
+    # COPY goes around SQLAlchemy (store/copy.py): the driver's error, not a wrapped one.
+    with pytest.raises(psycopg.errors.UniqueViolation, match="violates the key"):
+        with engine.begin() as conn:
+            copy_text(conn, "score_history", columns, [line])
+    assert len(_rows(engine)) == 1
+
+
+def test_a_concurrent_writer_of_the_same_key_waits_then_is_refused(fresh_engine):
+    """Two transactions insert the same key: the second waits on the first's lock of the
+    (user, date), and once the first commits, sees its row and fails."""
+    engine = _migrated(fresh_engine)
+    user = str(uuid.uuid4())
+    outcome: list[BaseException | None] = []
+    first = engine.connect()
+    first.begin()
+    _insert(first, [(user, "AAA", DAY)])
+
+    def second() -> None:
+        try:
+            with engine.begin() as conn:
+                _insert(conn, [(user, "AAA", DAY)])
+            outcome.append(None)
+        except BaseException as exc:  # noqa: BLE001 - reported to the test's thread
+            outcome.append(exc)
+
+    thread = threading.Thread(target=second)
+    thread.start()
+    thread.join(timeout=1.0)
+    assert thread.is_alive(), "the second writer should wait for the first one's transaction"
+    first.commit()
+    first.close()
+    thread.join(timeout=30)
+    assert len(outcome) == 1 and isinstance(outcome[0], sa.exc.IntegrityError)
+    assert _rows(engine) == [(user, "AAA", DAY)]
+
+
+def test_upgrade_keeps_the_history_and_downgrade_restores_the_primary_key(fresh_engine):
+    engine = _migrated(fresh_engine, "0007")
+    users = [str(uuid.uuid4()) for _ in range(3)]
+    with engine.begin() as conn:
+        _insert(conn, [(u, s, DAY) for u in users for s in ("AAA", "BBB")])
+    before = _rows(engine)
+    db.migrate(engine)
+    assert _rows(engine) == before
+    inspector = sa.inspect(engine)
+    assert inspector.get_pk_constraint("score_history")["constrained_columns"] == []
+    # The month partition made before the upgrade has both indexes, like the ones made after.
+    partition = {tuple(i["column_names"]) for i in inspector.get_indexes("score_history_2026_11")}
+    assert partition == {("user_id", "score_date"), ("user_id", "symbol")}
+    db.downgrade(engine, "0007")
+    assert sa.inspect(engine).get_pk_constraint("score_history")["constrained_columns"] == [
+        "user_id",
+        "symbol",
+        "score_date",
+    ]
+    assert _rows(engine) == before
