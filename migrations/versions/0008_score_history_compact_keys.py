@@ -11,7 +11,8 @@ goes right after its previous night's). It is replaced by
 - the trigger `score_history_unique_key`: after every INSERT or COPY statement, it locks each
   (user, date) written and fails the statement with `unique_violation` when one of them has an
   instrument twice, so the key is still enforced by the database, concurrent writers included
-  (READ COMMITTED: after the lock, the check sees what the other writer committed).
+  (READ COMMITTED: after the lock, the check sees what the other writer committed). Rows are
+  written through the parent table (a statement on a month partition itself is not checked).
 See docs/design.md, "What a later night adds on disk". Downgrading restores the primary key
 (and fails if rows violate it, which the trigger prevents).
 
@@ -33,10 +34,12 @@ DECLARE
     dup record;
 BEGIN
     -- One lock per (user, date) written, taken in key order (no deadlock between writers):
-    -- a concurrent writer of the same keys waits here until this transaction ends.
+    -- a concurrent writer of the same keys waits here until this transaction ends. The key is
+    -- the user's canonical text hashed with the date's day number as seed (a date's text would
+    -- depend on the session's DateStyle).
     PERFORM pg_advisory_xact_lock(k.lock_key)
-    FROM (SELECT DISTINCT hashtextextended('score_history:' || user_id || ':' || score_date, 0)
-              AS lock_key
+    FROM (SELECT DISTINCT hashtextextended(CAST(user_id AS text),
+                                           score_date - DATE '2000-01-01') AS lock_key
           FROM inserted ORDER BY 1) k;
     SELECT k.user_id, d.symbol, k.score_date INTO dup
     FROM (SELECT DISTINCT user_id, score_date FROM inserted) k,

@@ -94,6 +94,8 @@ def test_a_concurrent_writer_of_the_same_key_waits_then_is_refused(fresh_engine)
     def second() -> None:
         try:
             with engine.begin() as conn:
+                # Another session's date style: the lock's key must not depend on a date's text.
+                conn.execute(sa.text("SET LOCAL DateStyle = 'SQL, DMY'"))
                 _insert(conn, [(user, "AAA", DAY)])
             outcome.append(None)
         except BaseException as exc:  # noqa: BLE001 - reported to the test's thread
