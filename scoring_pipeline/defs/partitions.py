@@ -71,11 +71,12 @@ def register_night_batches(
     removed) keys."""
     name = scores_partitions_name(group)
     wanted = [scores_partition_key(score_date, b) for b in batches]
+    wanted_keys = set(wanted)
     prefix = scores_partition_key(score_date, "")
     existing = instance.get_dynamic_partitions(name)
     present = set(existing)
     added = [k for k in wanted if k not in present]
-    removed = [k for k in existing if k.startswith(prefix) and k not in set(wanted)]
+    removed = [k for k in existing if k.startswith(prefix) and k not in wanted_keys]
     if added:
         instance.add_dynamic_partitions(name, added)
     remove_night_partitions(instance, group, removed)
