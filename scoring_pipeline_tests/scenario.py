@@ -10,7 +10,12 @@ from scoring_pipeline.defs.assets.prices import prices
 from scoring_pipeline.defs.assets.scores import scores
 from scoring_pipeline.defs.checks import scores_invariants
 from scoring_pipeline.defs.deployment import build_resources
-from scoring_pipeline.defs.partitions import scores_partition_key
+from scoring_pipeline.defs.market_groups.group import DEFAULT_GROUP, DEFAULT_GROUPS
+from scoring_pipeline.defs.partitions import (
+    SCORES_PARTITIONS_NAME,
+    remove_night_partitions,
+    scores_partition_key,
+)
 from scoring_pipeline_tests import factories as f
 
 DATE = "2026-11-27"
@@ -98,6 +103,33 @@ def batch(instance, batch_key="b0000", *, date=DATE, **kwargs):
     for evaluation in result.get_asset_check_evaluations():
         assert evaluation.passed, (evaluation.check_name, evaluation.metadata)
     return result
+
+
+def batches(instance, first="b0000", last="b0002", *, date=DATE, **kwargs):
+    """Materialise the batch partitions from `first` to `last` in one run (a partition range,
+    as the night's sensor launches them), with their asset checks."""
+    result = dg.materialize(
+        [scores, scores_invariants],
+        instance=instance,
+        resources=build_resources(),
+        raise_on_error=False,
+        tags={
+            "dagster/asset_partition_range_start": scores_partition_key(date, first),
+            "dagster/asset_partition_range_end": scores_partition_key(date, last),
+        },
+        **kwargs,
+    )
+    return result
+
+
+def forget_night_keys(instance, date=DATE):
+    """Remove the date's `scores` partition keys from the (shared) instance, so that its next
+    snapshots run registers them afresh, consecutively: earlier tests registered some of them
+    among other dates' keys, and a range covers every key between its ends."""
+    keys = instance.get_dynamic_partitions(SCORES_PARTITIONS_NAME)
+    remove_night_partitions(
+        instance, DEFAULT_GROUPS[DEFAULT_GROUP], [k for k in keys if k.startswith(f"{date}/")]
+    )
 
 
 def rows(engine, sql, **params):

@@ -1,9 +1,11 @@
 """Asset checks on `scores`, per batch partition: the SPEC §5 invariants of its calculations.
 
-One step evaluates all three (one transaction, three small queries over the batch's users), so a
-batch pays one step, not three. A violated invariant is an ERROR naming what was wrong; results
-show per partition in the UI's Checks tab. The checks run in each batch run after the asset (a
-batch whose step failed has its checks skipped until it is re-scored).
+One step evaluates all three for each batch of the run (three small queries over the batch's
+users), so a run pays one step, not three per batch. A violated invariant is an ERROR naming what
+was wrong; results show per partition in the UI's Checks tab. The checks run in each batch run
+after the asset. When one batch of a run of several fails, the run's step fails and Dagster skips
+this step, so the IO manager evaluates the run's landed batches itself before failing (a batch
+that failed has its checks skipped until it is re-scored).
 """
 
 import time
@@ -11,6 +13,12 @@ import warnings
 from collections.abc import Iterator
 
 import dagster as dg
+
+# Not exported by `dagster`: the target an evaluation names, as `AssetCheckResult` builds it.
+from dagster._core.definitions.asset_checks.asset_check_evaluation import (
+    AssetCheckEvaluationTargetMaterializationData,
+)
+from sqlalchemy.engine import Engine
 
 from scoring_pipeline.defs.assets.scores import scores
 from scoring_pipeline.defs.market_groups.group import DEFAULT_GROUP, DEFAULT_GROUPS, MarketGroup
@@ -48,22 +56,52 @@ def build_scores_invariants(
 ) -> dg.AssetChecksDefinition:
     """The invariant checks of a group's `scores`, over the group's markets' rows."""
 
-    @dg.multi_asset_check(specs=_specs(scores), name=group.qualified("scores_invariants"))
+    # can_subset: a ranged run's step evaluates every partition of its range itself (an
+    # `AssetCheckResult` names only a single-partition step's key), as evaluations per key.
+    @dg.multi_asset_check(
+        specs=_specs(scores), name=group.qualified("scores_invariants"), can_subset=True
+    )
     def scores_invariants(
         context: dg.AssetCheckExecutionContext, database: DatabaseResource
-    ) -> Iterator[dg.AssetCheckResult]:
-        """The SPEC §5 invariants of one batch partition of the group's `scores`."""
-        score_date, batch = parse_scores_partition_key(context.partition_key)
+    ) -> Iterator[dg.AssetCheckEvaluation]:
+        """The SPEC §5 invariants of each batch partition of the run (one, or a range)."""
+        yield from batch_check_evaluations(
+            context.instance,
+            database.engine(),
+            scores.key,
+            list(context.partition_keys),
+            market_group=group.name,
+            markets=group.markets,
+        )
+
+    return scores_invariants
+
+
+def batch_check_evaluations(
+    instance: dg.DagsterInstance,
+    engine: Engine,
+    asset_key: dg.AssetKey,
+    partition_keys: list[str],
+    *,
+    market_group: str,
+    markets: tuple[str, ...] | None,
+) -> Iterator[dg.AssetCheckEvaluation]:
+    """The three invariants of each batch partition, as evaluations of that partition, each
+    naming the partition's latest materialisation as its target (what `AssetCheckResult` does
+    for a single-partition step)."""
+    for key in partition_keys:
+        score_date, batch = parse_scores_partition_key(key)
         started = time.perf_counter()
-        with database.engine().connect() as conn:
+        with engine.connect() as conn:
             reports = check_batch(
-                conn, score_date, batch, market_group=group.name, markets=group.markets
+                conn, score_date, batch, market_group=market_group, markets=markets
             )
         elapsed_ms = int((time.perf_counter() - started) * 1000)
+        target = _latest_materialization(instance, asset_key, key)
         for report in reports:
-            yield dg.AssetCheckResult(
+            yield dg.AssetCheckEvaluation(
+                asset_key=asset_key,
                 check_name=CHECK_NAMES[report.name],
-                asset_key=scores.key,
                 passed=report.holds,
                 severity=dg.AssetCheckSeverity.ERROR,
                 description=(
@@ -76,9 +114,25 @@ def build_scores_invariants(
                     "violations": dg.MetadataValue.json(report.violations),
                     "check_ms": elapsed_ms,
                 },
+                partition=key,
+                target_materialization_data=target,
             )
 
-    return scores_invariants
+
+def _latest_materialization(
+    instance: dg.DagsterInstance, asset_key: dg.AssetKey, partition_key: str
+) -> AssetCheckEvaluationTargetMaterializationData | None:
+    records = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=asset_key, asset_partitions=[partition_key]), limit=1
+    ).records
+    if not records:
+        return None
+    latest = records[0]
+    return AssetCheckEvaluationTargetMaterializationData(
+        run_id=latest.event_log_entry.run_id,
+        storage_id=latest.storage_id,
+        timestamp=latest.timestamp,
+    )
 
 
 scores_invariants = build_scores_invariants(DEFAULT_GROUPS[DEFAULT_GROUP], scores)

@@ -43,6 +43,7 @@ _PROVIDER_VARIABLES = {
 }
 _SETTINGS_VARIABLES = {
     "batch_size": "SCORING_BATCH_SIZE",
+    "batches_per_run": "SCORING_BATCHES_PER_RUN",
     "snapshot_max_age_days": "SNAPSHOT_MAX_AGE_DAYS",
 }
 

@@ -1,45 +1,139 @@
-"""The scores IO manager: a batch's output handed to the store's write, its figures attached."""
+"""The scores IO manager: a run's batches handed to the store's write one by one, each batch's
+figures attached to its partition."""
 
+from collections.abc import Iterator
 from typing import Any
 
 import dagster as dg
 
+from scoring_pipeline.defs.assets.scores import RefusedBatch, RunBatches
+from scoring_pipeline.defs.checks import batch_check_evaluations
+from scoring_pipeline.defs.partitions import scores_partition_key
 from scoring_pipeline.defs.resources import DatabaseResource
 from scoring_pipeline.engine.batch import BatchOutput
 from scoring_pipeline.store.batch_write import BatchWrite, failed_user_entries, persist_batch
 
+# How many failed batches a ranged run's failure names in its description (all are in metadata).
+_NAMED = 5
+
 
 class ScoresIOManager(dg.ConfigurableIOManager):
-    """Writes a batch to asset_scores, score_history and calculation_events atomically."""
+    """Writes each batch of a run to asset_scores, score_history and calculation_events
+    atomically, in its own transaction, before the next batch is scored."""
 
     database: dg.ResourceDependency[DatabaseResource]
 
-    def handle_output(self, context: dg.OutputContext, obj: BatchOutput) -> None:
-        written = persist_batch(self.database.engine(), obj, run_id=context.run_id)
-        metadata = _metadata(obj, written)
-        if obj.failed:
-            # The successful users are committed above; now the partition must show as failed.
-            failed = failed_user_entries(obj)
-            metadata["failed_users"] = failed
+    # A generator: Dagster stores the events it yields as they come (declared `-> None` by
+    # `IOManager`, but a generator `handle_output` is how an IO manager yields events).
+    def handle_output(  # type: ignore[override]
+        self, context: dg.OutputContext, obj: RunBatches
+    ) -> Iterator[dg.DagsterEvent]:
+        landed: list[tuple[BatchOutput, dict[str, Any]]] = []  # every user scored
+        failed: list[tuple[str, str, dict[str, Any]]] = []  # partition, why, metadata
+        try:
+            for item in obj:
+                if isinstance(item, RefusedBatch):
+                    failed.append((item.partition_key, item.description, {}))
+                    continue
+                written = persist_batch(self.database.engine(), item, run_id=context.run_id)
+                metadata = _metadata(item, written)
+                if item.failed:
+                    # The successful users are committed above; the partition must show failed.
+                    metadata["failed_users"] = failed_user_entries(item)
+                    failed.append((_partition(item), _failed_users_text(item, metadata), metadata))
+                else:
+                    landed.append((item, metadata))
+        except Exception:
+            # A run of several batches fails here as a whole (it may be retried): the batches
+            # already committed keep their partitions materialised and checked.
+            if obj.ranged:
+                yield from self._landed_events(context, landed)
+            raise
+        if not obj.ranged:
+            if failed:
+                key, description, metadata = failed[0]
+                raise dg.Failure(description=description, metadata=metadata, allow_retries=False)
+            context.add_output_metadata(landed[0][1])
+            return
+        if failed:
+            yield from self._landed_events(context, landed)
             raise dg.Failure(
                 description=(
-                    f"{len(obj.failed)} of {len(obj.users)} users of batch {obj.batch_key} "
-                    f"({obj.score_date}) failed; the others' results are stored. Failed: "
-                    + "; ".join(
-                        f"{f['userId']} at {f['stage']}: {f['error']['message']}"
-                        for f in failed[:10]
-                        if f["error"]
-                    )
+                    f"{len(failed)} of {len(failed) + len(landed)} batches of this run failed "
+                    f"(the other {len(landed)} are stored, materialised and checked): "
+                    + " | ".join(f"{key}: {why}" for key, why, _ in failed[:_NAMED])
+                    + (f" | and {len(failed) - _NAMED} more" if len(failed) > _NAMED else "")
                 ),
-                metadata=metadata,
+                metadata={
+                    "batches_failed": dg.MetadataValue.json(
+                        {key: {"reason": why, **metadata} for key, why, metadata in failed}
+                    ),
+                    "batches_landed": [_partition(output) for output, _ in landed],
+                },
                 allow_retries=False,
             )
-        context.add_output_metadata(metadata)
+        # Dagster gives every partition of the range this one materialisation metadata: the
+        # run's totals, and each batch's own figures under its key.
+        context.add_output_metadata(_run_metadata(landed))
+
+    def _landed_events(
+        self, context: dg.OutputContext, landed: list[tuple[BatchOutput, dict[str, Any]]]
+    ) -> Iterator[dg.DagsterEvent]:
+        """A failing run's landed batches: a materialisation of each partition with its own
+        figures, then its asset checks (Dagster skips the check step of a failed step)."""
+        step = context.step_context
+        for output, metadata in landed:
+            yield dg.DagsterEvent.asset_materialization(
+                step,
+                dg.AssetMaterialization(
+                    asset_key=context.asset_key, partition=_partition(output), metadata=metadata
+                ),
+            )
+        for output, _ in landed:
+            for evaluation in batch_check_evaluations(
+                step.instance,
+                self.database.engine(),
+                context.asset_key,
+                [_partition(output)],
+                market_group=output.market_group,
+                markets=output.markets,
+            ):
+                yield dg.DagsterEvent.asset_check_evaluation(step, evaluation)
 
     def load_input(self, context: dg.InputContext) -> Any:
         raise NotImplementedError(
             "scores are read from the asset_scores table, not loaded as an input"
         )
+
+
+def _partition(output: BatchOutput) -> str:
+    return scores_partition_key(output.score_date, output.batch_key)
+
+
+def _failed_users_text(output: BatchOutput, metadata: dict[str, Any]) -> str:
+    failed = metadata["failed_users"]
+    return (
+        f"{len(output.failed)} of {len(output.users)} users of batch {output.batch_key} "
+        f"({output.score_date}) failed; the others' results are stored. Failed: "
+        + "; ".join(
+            f"{f['userId']} at {f['stage']}: {f['error']['message']}"
+            for f in failed[:10]
+            if f["error"]
+        )
+    )
+
+
+_TOTALS = ("users", "users_success", "users_failed", "users_skipped", "assets_scored")
+
+
+def _run_metadata(landed: list[tuple[BatchOutput, dict[str, Any]]]) -> dict[str, Any]:
+    return {
+        "batches_in_run": len(landed),
+        **{f"run_{name}": sum(metadata[name] for _, metadata in landed) for name in _TOTALS},
+        "batches": dg.MetadataValue.json(
+            {_partition(output): metadata for output, metadata in landed}
+        ),
+    }
 
 
 def _metadata(output: BatchOutput, written: BatchWrite) -> dict[str, Any]:

@@ -83,6 +83,49 @@ def register_night_batches(
     return added, removed
 
 
+def night_runs(
+    instance: dg.DagsterInstance,
+    group: MarketGroup,
+    score_date: str | dt.date,
+    batches: list[str],
+    per_run: int,
+) -> list[list[str]]:
+    """The date's batch partition keys cut into runs of at most `per_run` keys, each run keys
+    that are consecutive in the partitions definition's order: a ranged run covers every key
+    between its first and its last, so a run never spans a key of another night (a refreshed
+    membership's later keys are registered after other nights'). A key that is not registered
+    gets a run of its own, which fails naming it."""
+    order = {
+        k: n for n, k in enumerate(instance.get_dynamic_partitions(scores_partitions_name(group)))
+    }
+    runs: list[list[str]] = []
+    previous: int | None = None
+    for batch in batches:
+        key = scores_partition_key(score_date, batch)
+        position = order.get(key)
+        follows = position is not None and previous is not None and position == previous + 1
+        if runs and follows and len(runs[-1]) < per_run:
+            runs[-1].append(key)
+        else:
+            runs.append([key])
+        previous = position
+    return runs
+
+
+def partition_range_keys(
+    instance: dg.DagsterInstance, group: MarketGroup, start: str, end: str
+) -> list[str]:
+    """The group's `scores` partition keys from `start` to `end` (both included), in the
+    partitions definition's order: the batches of a ranged run. Empty when either end is not
+    a partition (any more)."""
+    keys = instance.get_dynamic_partitions(scores_partitions_name(group))
+    try:
+        first, last = keys.index(start), keys.index(end)
+    except ValueError:
+        return []
+    return list(keys[first : last + 1])
+
+
 def night_partitions_before(
     instance: dg.DagsterInstance,
     group: MarketGroup,

@@ -205,8 +205,13 @@ class PricesProviderResource(_ProviderResource):
 
 
 class ScoringSettingsResource(dg.ConfigurableResource):  # type: ignore[type-arg]
-    """Settings of a night: batch size, how old a snapshot may be reused, the market group."""
+    """Settings of a night: batch size, batches per run, how old a snapshot may be reused, the
+    market group."""
 
     batch_size: int = Field(default=50, gt=0)
+    # How many of a night's consecutive batch partitions one sensor-launched run scores: each
+    # batch still commits, lands and shows in the partitions UI on its own; the run's fixed
+    # Dagster cost is paid once for all of them (docs/design.md, "Runs of several batches").
+    batches_per_run: int = Field(default=10, gt=0, le=200)
     snapshot_max_age_days: int = Field(default=3, gt=0)
     market_group: str = "all"

@@ -31,6 +31,13 @@ def run_in_flight(
     return runs[0].dagster_run.run_id if runs else None
 
 
+# A run of several consecutive `scores` partitions carries Dagster's range tags (the sensor's
+# runs of a night, UI backfills); a sensor-launched batch or warm run also says how many
+# batches it scores or warms.
+RANGE_START_TAG = "dagster/asset_partition_range_start"
+RANGE_END_TAG = "dagster/asset_partition_range_end"
+BATCHES_TAG = "scoring/batches"
+
 # Set by a schedule's run request: when the tick was due, how many seconds late it launched.
 SCHEDULED_FOR_TAG = "scoring/scheduled_for"
 LATE_TAG = "scoring/launched_late_s"

@@ -12,11 +12,17 @@ from scoring_pipeline.defs.market_groups.group import DEFAULT_GROUPS
 from scoring_pipeline.defs.nights import GroupNight, NightDefinitions, build_nights
 from scoring_pipeline.defs.partitions import (
     NotABatchPartitionError,
+    night_runs,
     parse_scores_partition_key,
-    scores_partition_key,
+    partition_range_keys,
 )
-from scoring_pipeline.defs.resources import DatabaseResource
-from scoring_pipeline.defs.run_tags import run_in_flight
+from scoring_pipeline.defs.resources import DatabaseResource, ScoringSettingsResource
+from scoring_pipeline.defs.run_tags import (
+    BATCHES_TAG,
+    RANGE_END_TAG,
+    RANGE_START_TAG,
+    run_in_flight,
+)
 from scoring_pipeline.store.dashboard_cache import pending_batches
 from scoring_pipeline.store.membership import load_membership
 from scoring_pipeline.store.night.outcomes import record_batch_run_died, record_snapshots_run_died
@@ -25,28 +31,52 @@ from scoring_pipeline.telemetry import TRACEPARENT
 
 
 def batch_run_requests(
+    instance: dg.DagsterInstance,
     database: DatabaseResource,
     score_date: str,
     origin_run_id: str,
     traceparent: str | None,
-    night: GroupNight | None = None,
+    night: GroupNight,
+    batches_per_run: int,
 ) -> list[dg.RunRequest]:
-    """One run request per batch of the date (its frozen membership), for the group's night."""
+    """The group's night's batch runs for the date: its frozen membership's batches, up to
+    `batches_per_run` consecutive partitions a run (`night_runs`); a run of one batch targets
+    its partition, a longer one the range of its first and last."""
     with database.engine().connect() as conn:
         keys = load_membership(conn, dt.date.fromisoformat(score_date)).batch_keys
-    return [
-        dg.RunRequest(
-            run_key=f"{origin_run_id}:{batch}",
-            partition_key=scores_partition_key(score_date, batch),
-            job_name=night.batch_job.name if night is not None else None,
-            tags={
-                "scoring/score_date": score_date,
-                "scoring/origin_run": origin_run_id,
-                **({TRACEPARENT: traceparent} if traceparent else {}),
-            },
+    common = {
+        "scoring/score_date": score_date,
+        "scoring/origin_run": origin_run_id,
+        **({TRACEPARENT: traceparent} if traceparent else {}),
+    }
+    requests = []
+    for run in night_runs(instance, night.group, score_date, keys, batches_per_run):
+        first, last = run[0], run[-1]
+        _, first_batch = parse_scores_partition_key(first)
+        if len(run) == 1:
+            requests.append(
+                dg.RunRequest(
+                    run_key=f"{origin_run_id}:{first_batch}",
+                    partition_key=first,
+                    job_name=night.batch_job.name,
+                    tags=common,
+                )
+            )
+            continue
+        _, last_batch = parse_scores_partition_key(last)
+        requests.append(
+            dg.RunRequest(
+                run_key=f"{origin_run_id}:{first_batch}-{last_batch}",
+                job_name=night.batch_job.name,
+                tags={
+                    **common,
+                    RANGE_START_TAG: first,
+                    RANGE_END_TAG: last,
+                    BATCHES_TAG: str(len(run)),
+                },
+            )
         )
-        for batch in keys
-    ]
+    return requests
 
 
 def _failure_message(context: dg.RunStatusSensorContext) -> str:
@@ -72,23 +102,47 @@ def close_night_after_run_ended(
     job: UI materialisations and backfills run the implicit asset job.
     """
     run = context.dagster_run
-    partition = run.tags.get("dagster/partition")
     night = nights.night_of_run(run)
-    if not partition or run.job_name == dashboard_cache_job.name or night is None:
+    if run.job_name == dashboard_cache_job.name or night is None:
+        return
+    partitions = _run_partitions(context.instance, run, night)
+    if not partitions:
         return
     group = night.group.name
     message = _failure_message(context)
+    closed_dates = set()
     with database.engine().begin() as conn:
-        if _is_date(partition):
-            closed = dt.date.fromisoformat(partition)
-            record_snapshots_run_died(conn, closed, message, market_group=group)
-        else:
-            try:
-                closed, batch = parse_scores_partition_key(partition)
-            except NotABatchPartitionError:
-                return  # not a partition of ours (a key added by hand): no night to record
-            record_batch_run_died(conn, closed, batch, run.run_id, message, market_group=group)
-    emit_root_span(database.engine(), closed, market_group=group)
+        for partition in partitions:
+            if _is_date(partition):
+                closed = dt.date.fromisoformat(partition)
+                record_snapshots_run_died(conn, closed, message, market_group=group)
+            else:
+                try:
+                    closed, batch = parse_scores_partition_key(partition)
+                except NotABatchPartitionError:
+                    continue  # not a partition of ours (a key added by hand): no night
+                # Each batch the run wrote keeps its outcome; the others count as failed.
+                record_batch_run_died(conn, closed, batch, run.run_id, message, market_group=group)
+            closed_dates.add(closed)
+    for closed in sorted(closed_dates):
+        emit_root_span(database.engine(), closed, market_group=group)
+
+
+def _run_partitions(
+    instance: dg.DagsterInstance, run: dg.DagsterRun, night: GroupNight
+) -> list[str]:
+    """The partitions a run targeted: its one partition, or every key of its range."""
+    partition = run.tags.get("dagster/partition")
+    if partition:
+        return [partition]
+    start, end = run.tags.get(RANGE_START_TAG), run.tags.get(RANGE_END_TAG)
+    if not start or not end:
+        return []
+    if _is_date(start):  # a ranged run of the daily snapshot assets (a UI backfill)
+        first, last = dt.date.fromisoformat(start), dt.date.fromisoformat(end)
+        days = (last - first).days
+        return [(first + dt.timedelta(days=n)).isoformat() for n in range(days + 1)]
+    return partition_range_keys(instance, night.group, start, end)
 
 
 def build_sensors(nights: NightDefinitions) -> list[dg.SensorDefinition]:
@@ -104,17 +158,25 @@ def build_sensors(nights: NightDefinitions) -> list[dg.SensorDefinition]:
         minimum_interval_seconds=1,
     )
     def scoring_batches_sensor(
-        context: dg.RunStatusSensorContext, database: DatabaseResource
+        context: dg.RunStatusSensorContext,
+        database: DatabaseResource,
+        settings: ScoringSettingsResource,
     ) -> list[dg.RunRequest]:
-        """When a group's snapshots run of a date succeeds, launch one scoring run per batch of
-        that date in the group's batch job."""
+        """When a group's snapshots run of a date succeeds, launch that date's batches in the
+        group's batch job, `SCORING_BATCHES_PER_RUN` consecutive batches a run."""
         run = context.dagster_run
         score_date = run.tags.get("dagster/partition")
         night = nights.night_of_run(run)
         if not score_date or night is None:
             return []
         return batch_run_requests(
-            database, score_date, run.run_id, run.tags.get(TRACEPARENT), night
+            context.instance,
+            database,
+            score_date,
+            run.run_id,
+            run.tags.get(TRACEPARENT),
+            night,
+            settings.batches_per_run,
         )
 
     @dg.run_failure_sensor(
@@ -177,7 +239,7 @@ def dashboard_cache_sensor(
             dg.RunRequest(
                 run_key=run_key,
                 run_config={"ops": {"warm_dashboard_cache": {"config": {"batches": tokens}}}},
-                tags={"scoring/batches": str(len(tokens))},
+                tags={BATCHES_TAG: str(len(tokens))},
             )
         ]
     )

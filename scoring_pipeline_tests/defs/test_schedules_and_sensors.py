@@ -12,6 +12,7 @@ from scoring_pipeline.defs.deployment import build_resources
 from scoring_pipeline.defs.partitions import scores_partition_key
 from scoring_pipeline.defs.sensors import scoring_batches_sensor
 from scoring_pipeline_tests import factories as f
+from scoring_pipeline_tests.scenario import forget_night_keys
 
 
 def _schedule_resources():
@@ -70,8 +71,16 @@ def test_schedule_tick_late_in_the_day_keeps_its_local_date(
 
 
 @pytest.mark.db
-def test_sensor_requests_one_run_per_batch_after_snapshots(
-    clean_db, app_env, tmp_path, monkeypatch, dagster_instance
+@pytest.mark.parametrize(
+    ("per_run", "runs"),
+    [
+        (None, [("b0000", "b0002")]),  # the default, 10 a run
+        ("2", [("b0000", "b0001"), ("b0002", "b0002")]),
+        ("1", [("b0000", "b0000"), ("b0001", "b0001"), ("b0002", "b0002")]),
+    ],
+)
+def test_sensor_requests_the_nights_batches_after_snapshots(
+    clean_db, app_env, tmp_path, monkeypatch, dagster_instance, per_run, runs
 ):
     f.market(clean_db, "US")
     f.instrument(clean_db, "AAA", market="US", currency="USD", eps="1")
@@ -80,23 +89,66 @@ def test_sensor_requests_one_run_per_batch_after_snapshots(
     ).items():
         monkeypatch.setenv(key, value)
     monkeypatch.setenv("SCORING_BATCH_SIZE", "2")
+    if per_run is not None:
+        monkeypatch.setenv("SCORING_BATCHES_PER_RUN", per_run)
     for _ in range(5):
         f.user(
             clean_db,
             holdings=[("AAA", "USD")],
             criteria=[("US", "stock", [f.rule("pe_ratio", "lt", "20", 5)])],
         )
+    # Earlier tests of the shared instance registered some of the date's keys among other
+    # dates'; this night's keys are registered afresh, consecutively.
+    forget_night_keys(dagster_instance, "2026-11-27")
     job = defs().resolve_job_def("overnight_snapshots_job")
     result = job.execute_in_process(partition_key="2026-11-27", instance=dagster_instance)
+    resources = build_resources()
     context = dg.build_run_status_sensor_context(
         sensor_name="scoring_batches_sensor",
         dagster_event=result.get_run_success_event(),
         dagster_instance=dagster_instance,
         dagster_run=result.dagster_run,
-        resources={"database": build_resources()["database"]},
+        resources={"database": resources["database"], "settings": resources["settings"]},
     )
     requests = scoring_batches_sensor(context)
-    assert [r.partition_key for r in requests] == [
-        str(scores_partition_key("2026-11-27", b)) for b in ("b0000", "b0001", "b0002")
+    key = lambda b: scores_partition_key("2026-11-27", b)  # noqa: E731
+    assert [_targets(r) for r in requests] == [(key(a), key(b)) for a, b in runs]
+    assert len({r.run_key for r in requests}) == len(runs)
+    for request in requests:  # one batch: its partition, as a UI launch; more: a range
+        first, last = _targets(request)
+        assert (request.partition_key == first) == (first == last)
+        assert request.tags.get("scoring/batches") == (
+            None if first == last else "2" if per_run else "3"
+        )
+
+
+def _targets(request: dg.RunRequest) -> tuple[str, str]:
+    """(first, last) partition a run request targets."""
+    if request.partition_key:
+        return request.partition_key, request.partition_key
+    return (
+        request.tags["dagster/asset_partition_range_start"],
+        request.tags["dagster/asset_partition_range_end"],
+    )
+
+
+def test_a_run_never_spans_keys_of_another_night(dagster_instance):
+    """Keys registered later (a refreshed membership's new batch, after another night's keys)
+    start a run of their own: a range covers every key between its ends."""
+    from scoring_pipeline.defs.market_groups.group import DEFAULT_GROUP, DEFAULT_GROUPS
+    from scoring_pipeline.defs.partitions import night_runs, register_night_batches
+
+    group = DEFAULT_GROUPS[DEFAULT_GROUP]
+    first, second = dt.date(2031, 3, 2), dt.date(2031, 3, 3)  # dates no other test registers
+    register_night_batches(dagster_instance, first, ["b0000", "b0001"], group)
+    register_night_batches(dagster_instance, second, ["b0000", "b0001", "b0002"], group)
+    register_night_batches(dagster_instance, first, ["b0000", "b0001", "b0002", "b0003"], group)
+    runs = night_runs(
+        dagster_instance, group, first, ["b0000", "b0001", "b0002", "b0003", "b0009"], 3
+    )
+    k = lambda b: scores_partition_key(first, b)  # noqa: E731
+    assert runs == [[k("b0000"), k("b0001")], [k("b0002"), k("b0003")], [k("b0009")]]
+    assert night_runs(dagster_instance, group, second, ["b0000", "b0001", "b0002"], 2) == [
+        [scores_partition_key(second, "b0000"), scores_partition_key(second, "b0001")],
+        [scores_partition_key(second, "b0002")],
     ]
-    assert len({r.run_key for r in requests}) == 3

@@ -109,10 +109,20 @@ def test_bad_batch_fails_alone_then_retry_completes_the_night(services, clean_db
     engine = clean_db
     _world(engine, services.files, 9, bad=(5, 6))  # batch b0001 holds users 4, 5, 6
     api = DagsterApi(services.url)
-    api.launch_job("overnight_snapshots_job", tags={"dagster/partition": DATE})
+    origin = api.launch_job("overnight_snapshots_job", tags={"dagster/partition": DATE})
 
     job = wait_for("the night to close", lambda: _closed(engine))
     assert job.status == "partial" and job.users_failed == 2
+    # The sensor scored the night's three batches in one run (SCORING_BATCHES_PER_RUN, 10).
+    launched = [
+        tags
+        for r in runs(api, "scoring_batch_job")
+        if (tags := {t["key"]: t["value"] for t in r["tags"]}).get("scoring/origin_run") == origin
+    ]
+    assert [
+        (t.get("dagster/asset_partition_range_start"), t.get("dagster/asset_partition_range_end"))
+        for t in launched
+    ] == [(f"{DATE}/b0000", f"{DATE}/b0002")]
     statuses = wait_for(
         "partition statuses", lambda: s if (s := partition_statuses(api, DATE))["failed"] else None
     )

@@ -6,6 +6,8 @@ the criteria sets of its markets and replacing only its markets' scores.
 
 import datetime as dt
 import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 import dagster as dg
 from sqlalchemy.engine import Connection
@@ -48,53 +50,118 @@ def build_scores(group: MarketGroup, upstream: list[dg.AssetsDefinition]) -> dg.
         group_name="scoring" if group.is_default else f"{group.name}_night",
         kinds={"postgres"},
     )
-    def scores(context: dg.AssetExecutionContext, database: DatabaseResource) -> BatchOutput:
-        """Scores of one batch of users for the score date, from the date's frozen snapshots."""
-        score_date, batch = _night_batch(context.partition_key)
-        with database.engine().begin() as conn:
-            correlation_id = _night_of_batch(conn, score_date, batch, group.name)
-        traceparent = night_traceparent(context, database.engine(), score_date, group.name)
-        with (
-            telemetry.step_span(
-                "score-batch",
-                traceparent,
-                {"score_date": str(score_date), "batch": batch, "market_group": group.name},
-            ) as span,
-            database.engine().connect() as conn,
-        ):
-            started = time.perf_counter()
-            inputs = load_batch_inputs(conn, score_date, batch, group.markets)
-            output = score_batch(
-                inputs,
-                load_seconds=time.perf_counter() - started,
-                score_date=score_date,
-                batch=batch,
-                job_correlation_id=correlation_id,
-                market_group=group.name,
-                markets=group.markets,
-            )
-            if span is not None:
-                span.set_attributes(
-                    {
-                        "users_success": len(output.succeeded),
-                        "users_failed": len(output.failed),
-                        "assets_scored": output.assets_scored,
-                    }
-                )
-        for user in output.failed:
-            error = user.error or {}
-            context.log.error(
-                f"user {user.user_id} failed at stage {user.stage}: "
-                f"{error.get('type')}: {error.get('message')}"
-            )
-        context.log.info(
-            f"batch {batch} of {score_date} ({group.name}): {len(output.succeeded)} users "
-            f"scored, {len(output.failed)} failed, {len(output.users_skipped)} skipped, "
-            f"{output.assets_scored} assets in {output.duration_ms} ms"
-        )
-        return output
+    def scores(context: dg.AssetExecutionContext, database: DatabaseResource) -> RunBatches:
+        """Scores of the run's batches of users (one partition, or a range of a night's), from
+        their date's frozen snapshots: each batch is scored as the IO manager writes it."""
+        keys = list(context.partition_keys)
+        batches, refused = _night_batches(database, keys, group.name)
+        if len(keys) == 1 and refused:
+            raise dg.Failure(description=refused[0].description, allow_retries=False)
+
+        def score(score_date: dt.date, batch: str, correlation_id: str) -> BatchOutput:
+            return _score_batch(context, database, group, score_date, batch, correlation_id)
+
+        return RunBatches(batches=batches, refused=refused, score=score, ranged=len(keys) > 1)
 
     return scores
+
+
+@dataclass(frozen=True)
+class RefusedBatch:
+    """A partition of a ranged run that is not a batch of a night: nothing was scored."""
+
+    partition_key: str
+    description: str
+
+
+@dataclass(frozen=True)
+class RunBatches:
+    """The `scores` output of one run: its batches, each scored only when the IO manager asks
+    for it (so a batch is written, committed and visible before the next is scored, and a run
+    holds one batch in memory), and the partitions it refused."""
+
+    batches: list[tuple[str, dt.date, str, str]]  # partition key, date, batch, night's id
+    refused: list[RefusedBatch]
+    score: Callable[[dt.date, str, str], BatchOutput]
+    ranged: bool
+
+    def __iter__(self) -> Iterator[BatchOutput | RefusedBatch]:
+        yield from self.refused
+        for _key, score_date, batch, correlation_id in self.batches:
+            yield self.score(score_date, batch, correlation_id)
+
+
+def _night_batches(
+    database: DatabaseResource, keys: list[str], group: str
+) -> tuple[list[tuple[str, dt.date, str, str]], list[RefusedBatch]]:
+    """(partition key, date, batch, the night's correlation id) of every key that is a batch of
+    a night, and the others refused with the reason."""
+    batches: list[tuple[str, dt.date, str, str]] = []
+    refused: list[RefusedBatch] = []
+    nights: dict[dt.date, str] = {}
+    with database.engine().begin() as conn:
+        for key in keys:
+            try:
+                score_date, batch = _night_batch(key)
+                if score_date not in nights:
+                    nights[score_date] = _night_of_date(conn, score_date, batch, group)
+                _check_batch(conn, score_date, batch, group)
+            except dg.Failure as exc:
+                refused.append(RefusedBatch(key, exc.description or str(exc)))
+                continue
+            batches.append((key, score_date, batch, nights[score_date]))
+    return batches, refused
+
+
+def _score_batch(
+    context: dg.AssetExecutionContext,
+    database: DatabaseResource,
+    group: MarketGroup,
+    score_date: dt.date,
+    batch: str,
+    correlation_id: str,
+) -> BatchOutput:
+    """Score one batch of the run, in its own span, and log what became of its users."""
+    traceparent = night_traceparent(context, database.engine(), score_date, group.name)
+    with (
+        telemetry.step_span(
+            "score-batch",
+            traceparent,
+            {"score_date": str(score_date), "batch": batch, "market_group": group.name},
+        ) as span,
+        database.engine().connect() as conn,
+    ):
+        started = time.perf_counter()
+        inputs = load_batch_inputs(conn, score_date, batch, group.markets)
+        output = score_batch(
+            inputs,
+            load_seconds=time.perf_counter() - started,
+            score_date=score_date,
+            batch=batch,
+            job_correlation_id=correlation_id,
+            market_group=group.name,
+            markets=group.markets,
+        )
+        if span is not None:
+            span.set_attributes(
+                {
+                    "users_success": len(output.succeeded),
+                    "users_failed": len(output.failed),
+                    "assets_scored": output.assets_scored,
+                }
+            )
+    for user in output.failed:
+        error = user.error or {}
+        context.log.error(
+            f"user {user.user_id} of batch {batch} failed at stage {user.stage}: "
+            f"{error.get('type')}: {error.get('message')}"
+        )
+    context.log.info(
+        f"batch {batch} of {score_date} ({group.name}): {len(output.succeeded)} users "
+        f"scored, {len(output.failed)} failed, {len(output.users_skipped)} skipped, "
+        f"{output.assets_scored} assets in {output.duration_ms} ms"
+    )
+    return output
 
 
 def _night_batch(partition_key: str) -> tuple[dt.date, str]:
@@ -104,27 +171,19 @@ def _night_batch(partition_key: str) -> tuple[dt.date, str]:
         raise dg.Failure(description=str(exc), allow_retries=False) from None
 
 
-def _night_of_batch(conn: Connection, score_date: dt.date, batch: str, group: str) -> str:
-    """The correlation id of the night this batch belongs to; a clear failure when it belongs to
-    none (never opens a night: only the date's snapshots run does)."""
+def _night_of_date(conn: Connection, score_date: dt.date, batch: str, group: str) -> str:
+    """The correlation id of the date's night of the group, with its inputs frozen; a clear
+    failure when there is none (never opens a night: only the date's snapshots run does)."""
     night = find_night(conn, score_date, market_group=group)
-    if night is not None:  # a retry after `prune` dropped the night's month writes again
-        month_partitions.ensure_partitions(conn, score_date)
-    if night is None or not has_batch(conn, score_date, batch):
-        used = batch_keys_text(conn, score_date)
+    if night is None:
         raise dg.Failure(
             description=(
-                f"{score_date}/{batch} belongs to no night: "
-                + (
-                    f"{score_date} has no night of group {group} "
-                    "(run the group's snapshots job for it first)"
-                    if night is None
-                    else f"the night of {score_date} has batches {used}"
-                )
-                + "; nothing was scored"
+                f"{score_date}/{batch} belongs to no night: {score_date} has no night of group "
+                f"{group} (run the group's snapshots job for it first); nothing was scored"
             ),
             allow_retries=False,
         )
+    month_partitions.ensure_partitions(conn, score_date)  # a retry after `prune` writes again
     for table, what in (
         (t.exchange_rate_snapshots, "exchange-rate"),
         (t.price_snapshots, "price"),
@@ -135,6 +194,18 @@ def _night_of_batch(conn: Connection, score_date: dt.date, batch: str, group: st
                 "snapshots (the overnight_snapshots_job) before its batches"
             )
     return night.correlation_id
+
+
+def _check_batch(conn: Connection, score_date: dt.date, batch: str, group: str) -> None:
+    """A clear failure when the batch key is not one of its night's (never scores it)."""
+    if not has_batch(conn, score_date, batch):
+        raise dg.Failure(
+            description=(
+                f"{score_date}/{batch} belongs to no night: the night of {score_date} has "
+                f"batches {batch_keys_text(conn, score_date)}; nothing was scored"
+            ),
+            allow_retries=False,
+        )
 
 
 scores = build_scores(DEFAULT_GROUPS[DEFAULT_GROUP], [active_users, exchange_rates, prices])

@@ -1,0 +1,202 @@
+"""Runs of several batch partitions (a range of a night's keys, as `scoring_batches_sensor`
+launches them): each batch lands, shows in the partitions UI and is checked on its own; a batch
+that fails fails alone, and a run that dies leaves the batches it landed landed."""
+
+import dagster as dg
+import pytest
+
+from scoring_pipeline.defs.assets.scores import scores
+from scoring_pipeline.defs.deployment import build_resources
+from scoring_pipeline.defs.partitions import scores_partition_key, scores_partitions
+from scoring_pipeline.defs.sensors import scoring_run_failure_sensor
+from scoring_pipeline.store import batch_write
+from scoring_pipeline_tests import factories as f
+from scoring_pipeline_tests.scenario import (
+    DATE,
+    batch,
+    batches,
+    forget_night_keys,
+    rows,
+    rules,
+    snapshots,
+)
+
+pytestmark = pytest.mark.db
+
+KEYS = [scores_partition_key(DATE, b) for b in ("b0000", "b0001", "b0002")]
+CHECKS = {"events_invariant", "history_invariant", "current_invariant"}
+
+
+def _uid(n: int) -> str:
+    return f"00000000-0000-4000-8000-{n:012d}"
+
+
+def _night(world, instance, bad=()):
+    """Five users in three batches (two a batch, by id); users in `bad` have invalid rules."""
+    for n in range(1, 6):
+        rule_set = [f.rule("pe_ratio", "lt", "abc", 10)] if n in bad else rules()
+        f.user(
+            world,
+            user_id=_uid(n),
+            holdings=[("AAA", "USD")],
+            criteria=[("US_TECH", "stock", rule_set)],
+        )
+    forget_night_keys(instance)
+    assert snapshots(instance).success
+
+
+def _statuses(instance) -> dict[str, str]:
+    found = instance.get_status_by_partition(scores.key, KEYS, scores_partitions) or {}
+    return {k.split("/")[1]: (v.value if v else "MISSING") for k, v in found.items()}
+
+
+def _outcomes(world) -> dict[str, tuple[str, str, int]]:
+    return {
+        r.batch_key: (r.status, r.dagster_run_id, r.users_failed)
+        for r in rows(
+            world,
+            "SELECT batch_key, status, dagster_run_id, users_failed FROM scoring_batch_results "
+            "WHERE score_date = :d",
+            d=DATE,
+        )
+    }
+
+
+def _night_row(world):
+    return rows(
+        world,
+        "SELECT status, users_processed, users_failed FROM overnight_job_runs "
+        "WHERE job_type = 'scoring' AND score_date = :d",
+        d=DATE,
+    )[0]
+
+
+def test_a_run_of_three_batches_lands_and_checks_each(world, dagster_instance):
+    _night(world, dagster_instance)
+    result = batches(dagster_instance)
+    assert result.success
+    materialized = result.asset_materializations_for_node("scores")
+    assert sorted(m.partition or "" for m in materialized) == KEYS
+    for m in materialized:  # the run's totals, and each batch's own figures under its key
+        assert m.metadata["batches_in_run"].value == 3
+        assert m.metadata["run_users_success"].value == 5
+        per_batch = m.metadata["batches"].value
+        assert {k: v["users_success"] for k, v in per_batch.items()} == dict(
+            zip(KEYS, [2, 2, 1], strict=True)
+        )
+    evaluations = result.get_asset_check_evaluations()
+    assert {(e.partition, e.check_name) for e in evaluations} == {
+        (k, c) for k in KEYS for c in CHECKS
+    }
+    assert all(e.passed for e in evaluations)
+    # each evaluation targets its partition's materialisation of this run
+    assert {e.target_materialization_data.run_id for e in evaluations} == {result.run_id}  # type: ignore[union-attr]
+    assert _outcomes(world) == {
+        b: ("success", result.run_id, 0) for b in ("b0000", "b0001", "b0002")
+    }
+    night = _night_row(world)
+    assert (night.status, night.users_processed, night.users_failed) == ("completed", 5, 0)
+    assert _statuses(dagster_instance) == dict.fromkeys(["b0000", "b0001", "b0002"], "MATERIALIZED")
+
+
+def test_a_batch_with_failed_users_fails_alone_inside_its_run(world, dagster_instance):
+    _night(world, dagster_instance, bad=(3,))  # user 3 is in b0001 with user 4
+    result = batches(dagster_instance)
+    assert not result.success
+    failure = next(e for e in result.all_events if e.is_step_failure)
+    message = failure.step_failure_data.error.message  # type: ignore[union-attr]
+    assert "1 of 3 batches of this run failed" in message
+    assert f"{DATE}/b0001: 1 of 2 users of batch b0001" in message
+    materialized = result.asset_materializations_for_node("scores")
+    assert {m.partition: m.metadata["users_success"].value for m in materialized} == {
+        KEYS[0]: 2,
+        KEYS[2]: 1,
+    }
+    evaluations = result.get_asset_check_evaluations()  # the landed batches' checks
+    assert {(e.partition, e.check_name) for e in evaluations} == {
+        (k, c) for k in (KEYS[0], KEYS[2]) for c in CHECKS
+    }
+    assert all(e.passed for e in evaluations)
+    assert _statuses(dagster_instance) == {
+        "b0000": "MATERIALIZED",
+        "b0001": "FAILED",
+        "b0002": "MATERIALIZED",
+    }
+    assert _outcomes(world) == {
+        "b0000": ("success", result.run_id, 0),
+        "b0001": ("partial", result.run_id, 1),
+        "b0002": ("success", result.run_id, 0),
+    }
+    night = _night_row(world)
+    assert (night.status, night.users_failed) == ("partial", 1)
+
+    # The operator fixes the data and re-materialises the failed partition alone.
+    with world.begin() as conn:
+        conn.exec_driver_sql(
+            "UPDATE criteria_versions SET rules = jsonb_set(rules, '{0,value}', '\"15\"') "
+            f"WHERE user_id = '{_uid(3)}'"
+        )
+    assert batch(dagster_instance, "b0001").success
+    assert _statuses(dagster_instance) == dict.fromkeys(["b0000", "b0001", "b0002"], "MATERIALIZED")
+    assert _night_row(world).status == "completed"
+
+
+def test_a_range_over_a_key_of_no_night_scores_the_others(world, dagster_instance):
+    _night(world, dagster_instance)
+    stray = scores_partition_key(DATE, "b0007")  # added by hand, after the night's keys
+    dagster_instance.add_dynamic_partitions(scores_partitions.name, [stray])
+    try:
+        result = batches(dagster_instance, "b0000", "b0007")
+    finally:
+        dagster_instance.delete_dynamic_partition(scores_partitions.name, stray)
+    assert not result.success
+    failure = next(e for e in result.all_events if e.is_step_failure)
+    message = failure.step_failure_data.error.message  # type: ignore[union-attr]
+    assert f"{stray}: {stray} belongs to no night" in message
+    assert {m.partition for m in result.asset_materializations_for_node("scores")} == set(KEYS)
+    assert _night_row(world).status == "completed"  # the stray key is no batch of it
+
+
+def test_a_run_that_dies_mid_range_keeps_what_it_landed(world, dagster_instance, monkeypatch):
+    """A write that fails (a lost connection, here a final failure so that the step is not
+    retried) stops the run: the batch before it stays materialised and checked; the failure
+    sensor then counts the batches the run did not land as failed, and the night closes."""
+    _night(world, dagster_instance)
+    real = batch_write.persist_batch
+
+    def persist(engine, output, *, run_id):
+        if output.batch_key == "b0001":
+            raise dg.Failure("connection to the server was lost", allow_retries=False)
+        return real(engine, output, run_id=run_id)
+
+    monkeypatch.setattr("scoring_pipeline.defs.io_managers.persist_batch", persist)
+    result = batches(dagster_instance)
+    assert not result.success
+    assert [m.partition for m in result.asset_materializations_for_node("scores")] == KEYS[:1]
+    assert {e.partition for e in result.get_asset_check_evaluations()} == {KEYS[0]}
+    assert _statuses(dagster_instance) == {
+        "b0000": "MATERIALIZED",
+        "b0001": "FAILED",
+        "b0002": "FAILED",
+    }
+    assert _night_row(world).status == "started"  # two batches have no outcome yet
+
+    run = dagster_instance.get_run_by_id(result.run_id)
+    failure = dagster_instance.get_records_for_run(
+        result.run_id, of_type=dg.DagsterEventType.RUN_FAILURE
+    ).records[0]
+    context = dg.build_run_status_sensor_context(
+        sensor_name="scoring_run_failure_sensor",
+        dagster_event=failure.event_log_entry.dagster_event,
+        dagster_instance=dagster_instance,
+        dagster_run=run,
+        resources={"database": build_resources()["database"]},
+    ).for_run_failure()
+    scoring_run_failure_sensor(context)
+    assert _outcomes(world) == {
+        "b0000": ("success", result.run_id, 0),
+        "b0001": ("failed", result.run_id, 2),
+        "b0002": ("failed", result.run_id, 1),
+    }
+    night = _night_row(world)
+    assert (night.status, night.users_failed) == ("partial", 3)
