@@ -2,7 +2,7 @@
 figures attached to its partition."""
 
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, NamedTuple
 
 import dagster as dg
 
@@ -17,6 +17,15 @@ from scoring_pipeline.store.batch_write import BatchWrite, failed_user_entries, 
 _NAMED = 5
 
 
+class Landed(NamedTuple):
+    """A batch of the run written with every user scored: what its events need."""
+
+    partition: str
+    market_group: str
+    markets: tuple[str, ...] | None
+    metadata: dict[str, Any]
+
+
 class ScoresIOManager(dg.ConfigurableIOManager):
     """Writes each batch of a run to asset_scores, score_history and calculation_events
     atomically, in its own transaction, before the next batch is scored."""
@@ -28,7 +37,8 @@ class ScoresIOManager(dg.ConfigurableIOManager):
     def handle_output(  # type: ignore[override]
         self, context: dg.OutputContext, obj: RunBatches
     ) -> Iterator[dg.DagsterEvent]:
-        landed: list[tuple[BatchOutput, dict[str, Any]]] = []  # every user scored
+        # Only each batch's figures are kept: its output (every score) is freed once written.
+        landed: list[Landed] = []  # every user scored
         failed: list[tuple[str, str, dict[str, Any]]] = []  # partition, why, metadata
         try:
             for item in obj:
@@ -42,7 +52,9 @@ class ScoresIOManager(dg.ConfigurableIOManager):
                     metadata["failed_users"] = failed_user_entries(item)
                     failed.append((_partition(item), _failed_users_text(item, metadata), metadata))
                 else:
-                    landed.append((item, metadata))
+                    landed.append(
+                        Landed(_partition(item), item.market_group, item.markets, metadata)
+                    )
         except Exception:
             # A run of several batches fails here as a whole (it may be retried): the batches
             # already committed keep their partitions materialised and checked.
@@ -53,7 +65,7 @@ class ScoresIOManager(dg.ConfigurableIOManager):
             if failed:
                 key, description, metadata = failed[0]
                 raise dg.Failure(description=description, metadata=metadata, allow_retries=False)
-            context.add_output_metadata(landed[0][1])
+            context.add_output_metadata(landed[0].metadata)
             return
         if failed:
             yield from self._landed_events(context, landed)
@@ -68,7 +80,7 @@ class ScoresIOManager(dg.ConfigurableIOManager):
                     "batches_failed": dg.MetadataValue.json(
                         {key: {"reason": why, **metadata} for key, why, metadata in failed}
                     ),
-                    "batches_landed": [_partition(output) for output, _ in landed],
+                    "batches_landed": [batch.partition for batch in landed],
                 },
                 allow_retries=False,
             )
@@ -77,26 +89,26 @@ class ScoresIOManager(dg.ConfigurableIOManager):
         context.add_output_metadata(_run_metadata(landed))
 
     def _landed_events(
-        self, context: dg.OutputContext, landed: list[tuple[BatchOutput, dict[str, Any]]]
+        self, context: dg.OutputContext, landed: list[Landed]
     ) -> Iterator[dg.DagsterEvent]:
         """A failing run's landed batches: a materialisation of each partition with its own
         figures, then its asset checks (Dagster skips the check step of a failed step)."""
         step = context.step_context
-        for output, metadata in landed:
+        for batch in landed:
             yield dg.DagsterEvent.asset_materialization(
                 step,
                 dg.AssetMaterialization(
-                    asset_key=context.asset_key, partition=_partition(output), metadata=metadata
+                    asset_key=context.asset_key, partition=batch.partition, metadata=batch.metadata
                 ),
             )
-        for output, _ in landed:
+        for batch in landed:
             for evaluation in batch_check_evaluations(
                 step.instance,
                 self.database.engine(),
                 context.asset_key,
-                [_partition(output)],
-                market_group=output.market_group,
-                markets=output.markets,
+                [batch.partition],
+                market_group=batch.market_group,
+                markets=batch.markets,
             ):
                 yield dg.DagsterEvent.asset_check_evaluation(step, evaluation)
 
@@ -126,13 +138,11 @@ def _failed_users_text(output: BatchOutput, metadata: dict[str, Any]) -> str:
 _TOTALS = ("users", "users_success", "users_failed", "users_skipped", "assets_scored")
 
 
-def _run_metadata(landed: list[tuple[BatchOutput, dict[str, Any]]]) -> dict[str, Any]:
+def _run_metadata(landed: list[Landed]) -> dict[str, Any]:
     return {
         "batches_in_run": len(landed),
-        **{f"run_{name}": sum(metadata[name] for _, metadata in landed) for name in _TOTALS},
-        "batches": dg.MetadataValue.json(
-            {_partition(output): metadata for output, metadata in landed}
-        ),
+        **{f"run_{name}": sum(batch.metadata[name] for batch in landed) for name in _TOTALS},
+        "batches": dg.MetadataValue.json({batch.partition: batch.metadata for batch in landed}),
     }
 
 
