@@ -107,7 +107,8 @@ def _retry(services):
 
 def test_bad_batch_fails_alone_then_retry_completes_the_night(services, clean_db):
     engine = clean_db
-    _world(engine, services.files, 9, bad=(5, 6))  # batch b0001 holds users 4, 5, 6
+    # batch b0001 holds users 4, 5, 6 and b0002 users 7, 8, 9
+    _world(engine, services.files, 9, bad=(5, 8))
     api = DagsterApi(services.url)
     origin = api.launch_job("overnight_snapshots_job", tags={"dagster/partition": DATE})
 
@@ -126,10 +127,10 @@ def test_bad_batch_fails_alone_then_retry_completes_the_night(services, clean_db
     statuses = wait_for(
         "partition statuses", lambda: s if (s := partition_statuses(api, DATE))["failed"] else None
     )
-    assert statuses["failed"] == {"b0001"}
-    assert statuses["materialized"] == {"b0000", "b0002"}
+    assert statuses["failed"] == {"b0001", "b0002"}
+    assert statuses["materialized"] == {"b0000"}
     # Every partition of `scores` is a batch of a real night: nothing "missing", so the UI's
-    # "backfill failed and missing" with everything selected launches exactly b0001. (This
+    # "backfill failed and missing" with everything selected launches exactly b0001 and b0002. (This
     # Dagster instance is shared with the session's other tests, whose nights' rows are gone
     # from the application database: only the partitions of scoring nights that exist here
     # count. Not any night: this module's new daemon may warm a batch an earlier module left
@@ -146,8 +147,8 @@ def test_bad_batch_fails_alone_then_retry_completes_the_night(services, clean_db
         for status, keys in partition_statuses(api).items()
     }
     assert everything["missing"] == set()
-    assert everything["failed"] == {f"{DATE}/b0001"}
-    healthy = {_uid(n) for n in (1, 2, 3, 4, 7, 8, 9)}
+    assert everything["failed"] == {f"{DATE}/b0001", f"{DATE}/b0002"}
+    healthy = {_uid(n) for n in (1, 2, 3, 4, 6, 7, 9)}
     warm = wait_for(
         "the healthy users' dashboards",
         lambda: w if (w := {r for r in _users_warm(engine)}) >= healthy else None,
@@ -165,7 +166,7 @@ def test_bad_batch_fails_alone_then_retry_completes_the_night(services, clean_db
         )
     assert "scoring-pipeline-dagster" in names  # the daemon's and webserver's pooled stores
 
-    # Fix the data: valid criteria for user 5, a base currency with a rate for user 6.
+    # Fix the data: valid criteria for user 5, a base currency with a rate for user 8.
     with engine.begin() as conn:
         conn.execute(
             sa.text(
@@ -175,11 +176,12 @@ def test_bad_batch_fails_alone_then_retry_completes_the_night(services, clean_db
             {"u": _uid(5)},
         )
         conn.execute(
-            sa.text("UPDATE users SET base_currency = 'EUR' WHERE id = :u"), {"u": _uid(6)}
+            sa.text("UPDATE users SET base_currency = 'EUR' WHERE id = :u"), {"u": _uid(8)}
         )
     retried_at = time.monotonic()
     out = _retry(services)
-    assert out.startswith("backfill ") and "b0001" in out and "b0000" not in out
+    assert out.startswith("backfill ") and "b0001" in out and "b0002" in out
+    assert "b0000" not in out
 
     job = wait_for("the retried night to complete", lambda: _closed(engine, ("completed",)))
     assert job.users_failed == 0
@@ -205,11 +207,24 @@ def test_bad_batch_fails_alone_then_retry_completes_the_night(services, clean_db
         == 0
     )
     sets = _event_sets(engine)
-    for n in (1, 2, 3, 7, 8, 9):
+    for n in (1, 2, 3):
         assert sets[_uid(n)] == [("success", 4)]
-    assert sets[_uid(4)] == [("success", 4), ("success", 4)]  # its batch was re-scored
+    for n in (4, 6, 7, 9):
+        assert sets[_uid(n)] == [("success", 4), ("success", 4)]  # their batch was re-scored
     assert sets[_uid(5)] == [("failed", 2), ("success", 4)]  # invalid criteria: no inputs
-    assert sets[_uid(6)] == [("failed", 3), ("success", 4)]  # missing rate: inputs captured
+    assert sets[_uid(8)] == [("failed", 3), ("success", 4)]  # missing rate: inputs captured
+    # The backfill scored both failed batches in one run (the asset's BackfillPolicy).
+    retried = [
+        tags
+        for r in runs(api, "__ASSET_JOB")
+        if (tags := {t["key"]: t["value"] for t in r["tags"]}).get("scoring/trigger")
+        == "retry-failed"
+        and tags.get("dagster/asset_partition_range_start", "").startswith(DATE)
+    ]
+    assert [
+        (t["dagster/asset_partition_range_start"], t["dagster/asset_partition_range_end"])
+        for t in retried
+    ] == [(f"{DATE}/b0001", f"{DATE}/b0002")]
     _check_trace(engine, services.otlp)
 
 
@@ -225,18 +240,20 @@ def _check_trace(engine, otlp):
         "the night spans",
         lambda: (
             r
-            if len(r := [s for s in otlp.named("overnight-scoring-job") if s.trace_id == trace_id])
-            >= 2
+            if (r := [s for s in otlp.named("overnight-scoring-job") if s.trace_id == trace_id])
+            and r[-1].status_code == 1
             else None
         ),
         timeout=30,
     )
     assert {r.span_id for r in roots} == {root_id}
-    assert [r.status_code for r in roots[:2]] == [2, 1]  # partial (ERROR), then completed (OK)
+    # partial (ERROR), again partial once the first retried batch lands (the other still
+    # failed), then completed (OK)
+    assert [r.status_code for r in roots] == [2, 2, 1]
     children = [s for s in otlp.spans if s.trace_id == trace_id and s.span_id != root_id]
     names = [s.name for s in children]
     assert {"active_users", "exchange_rates", "prices", "cache-warm"} <= set(names)
-    assert names.count("score-batch") == 4  # three batches, then the retried one
+    assert names.count("score-batch") == 5  # three batches, then the two retried
     assert all(s.parent_span_id == root_id for s in children)
 
 

@@ -33,6 +33,10 @@ from scoring_pipeline.store.membership import batch_keys_text, has_batch
 from scoring_pipeline.store.night.model import find_night
 from scoring_pipeline.store.snapshots.reuse import has_snapshot
 
+# How many consecutive selected partitions a backfill's run scores (SCORING_BATCHES_PER_RUN's
+# default: a backfill is planned from the asset's definition, not from the night's settings).
+BACKFILL_BATCHES_PER_RUN = 10
+
 
 def build_scores(group: MarketGroup, upstream: list[dg.AssetsDefinition]) -> dg.AssetsDefinition:
     """The group's batch-partitioned scores, downstream of the date's snapshot assets."""
@@ -44,9 +48,16 @@ def build_scores(group: MarketGroup, upstream: list[dg.AssetsDefinition]) -> dg.
         # are deprecated), so the edge is asset-level: the batch reads only its date's snapshots.
         deps=[dg.AssetDep(asset, partition_mapping=dg.AllPartitionMapping()) for asset in upstream],
         io_manager_key="scores_io_manager",
-        # A lost database connection (server restart, failover) retries the whole step: the
-        # write is one transaction, so a retry starts clean. Failed users are a final `Failure`.
+        # A lost database connection (server restart, failover) retries the whole step: each
+        # batch's write is one transaction, so a retry re-scores the run's batches from clean
+        # (one already written is replaced by the same results). Failed users are a final
+        # `Failure`.
         retry_policy=dg.RetryPolicy(max_retries=3, delay=2.0, backoff=dg.Backoff.EXPONENTIAL),
+        # UI backfills and `retry-failed`: consecutive selected partitions in runs of up to
+        # BACKFILL_BATCHES_PER_RUN, as the night's sensor runs them.
+        backfill_policy=dg.BackfillPolicy.multi_run(
+            max_partitions_per_run=BACKFILL_BATCHES_PER_RUN
+        ),
         group_name="scoring" if group.is_default else f"{group.name}_night",
         kinds={"postgres"},
     )
