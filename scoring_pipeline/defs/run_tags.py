@@ -37,6 +37,7 @@ def run_in_flight(
 RANGE_START_TAG = "dagster/asset_partition_range_start"
 RANGE_END_TAG = "dagster/asset_partition_range_end"
 BATCHES_TAG = "scoring/batches"
+BATCH_RANGE_TAG = "scoring/batch_range"  # e.g. `b0000..b0009`, on the night's ranged runs
 
 # Set by a schedule's run request: when the tick was due, how many seconds late it launched.
 SCHEDULED_FOR_TAG = "scoring/scheduled_for"

@@ -18,6 +18,7 @@ from scoring_pipeline.defs.partitions import (
 )
 from scoring_pipeline.defs.resources import DatabaseResource, ScoringSettingsResource
 from scoring_pipeline.defs.run_tags import (
+    BATCH_RANGE_TAG,
     BATCHES_TAG,
     RANGE_END_TAG,
     RANGE_START_TAG,
@@ -73,6 +74,8 @@ def batch_run_requests(
                     RANGE_START_TAG: first,
                     RANGE_END_TAG: last,
                     BATCHES_TAG: str(len(run)),
+                    # Shown in the runs list (Dagster's range tags are not).
+                    BATCH_RANGE_TAG: f"{first_batch}..{last_batch}",
                 },
             )
         )

@@ -120,6 +120,10 @@ def test_sensor_requests_the_nights_batches_after_snapshots(
         assert request.tags.get("scoring/batches") == (
             None if first == last else "2" if per_run else "3"
         )
+        expected_range = f"{first.split('/')[1]}..{last.split('/')[1]}"
+        assert request.tags.get("scoring/batch_range") == (
+            None if first == last else expected_range
+        )
 
 
 def _targets(request: dg.RunRequest) -> tuple[str, str]:
