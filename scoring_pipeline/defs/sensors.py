@@ -15,6 +15,7 @@ from scoring_pipeline.defs.partitions import (
     night_runs,
     parse_scores_partition_key,
     partition_range_keys,
+    scores_partition_key,
 )
 from scoring_pipeline.defs.resources import DatabaseResource, ScoringSettingsResource
 from scoring_pipeline.defs.run_tags import (
@@ -26,7 +27,11 @@ from scoring_pipeline.defs.run_tags import (
 )
 from scoring_pipeline.store.dashboard_cache import pending_batches
 from scoring_pipeline.store.membership import load_membership
-from scoring_pipeline.store.night.outcomes import record_batch_run_died, record_snapshots_run_died
+from scoring_pipeline.store.night.outcomes import (
+    batches_landed_by_run,
+    record_batch_run_died,
+    record_snapshots_run_died,
+)
 from scoring_pipeline.store.night.root_span import emit_root_span
 from scoring_pipeline.telemetry import TRACEPARENT
 
@@ -114,6 +119,7 @@ def close_night_after_run_ended(
     group = night.group.name
     message = _failure_message(context)
     closed_dates = set()
+    landed: dict[str, dict[str, int]] = {}
     with database.engine().begin() as conn:
         for partition in partitions:
             if _is_date(partition):
@@ -126,9 +132,58 @@ def close_night_after_run_ended(
                     continue  # not a partition of ours (a key added by hand): no night
                 # Each batch the run wrote keeps its outcome; the others count as failed.
                 record_batch_run_died(conn, closed, batch, run.run_id, message, market_group=group)
+                if len(partitions) > 1:
+                    for key, figures in batches_landed_by_run(
+                        conn, closed, [batch], run.run_id, market_group=group
+                    ).items():
+                        landed[scores_partition_key(closed, key)] = figures
             closed_dates.add(closed)
     for closed in sorted(closed_dates):
         emit_root_span(database.engine(), closed, market_group=group)
+    _report_landed(context.instance, run, night, landed)
+
+
+def _report_landed(
+    instance: dg.DagsterInstance,
+    run: dg.DagsterRun,
+    night: GroupNight,
+    landed: dict[str, dict[str, int]],
+) -> None:
+    """The batches a dead ranged run landed with every user scored, as materialisations of
+    their partitions when the run recorded none (its process was killed: Dagster records a
+    range's materialisations only as its write ends), so the partitions UI shows them
+    materialised, not failed, and "backfill failed" does not re-score them."""
+    started = _run_start_time(instance, run.run_id)
+    for key, figures in landed.items():
+        latest = instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=night.scores.key, asset_partitions=[key]), limit=1
+        ).records
+        if latest and (
+            latest[0].event_log_entry.run_id == run.run_id
+            or (started is not None and latest[0].timestamp >= started)
+        ):
+            continue  # the run recorded it, or a later run has materialised it since
+        instance.report_runless_asset_event(
+            dg.AssetMaterialization(
+                asset_key=night.scores.key,
+                partition=key,
+                description=(
+                    f"landed by run {run.run_id}, which then died; reported by "
+                    "scoring_run_failure_sensor"
+                ),
+                metadata={
+                    **figures,
+                    "batch_status": "success",
+                    "run_id": run.run_id,
+                    "reported_by": "scoring_run_failure_sensor",
+                },
+            )
+        )
+
+
+def _run_start_time(instance: dg.DagsterInstance, run_id: str) -> float | None:
+    records = instance.get_run_records(filters=dg.RunsFilter(run_ids=[run_id]), limit=1)
+    return records[0].start_time if records else None
 
 
 def _run_partitions(

@@ -260,19 +260,30 @@ def _check_trace(engine, otlp):
 def test_run_worker_killed_mid_batch_is_failed_and_a_retry_finishes(
     services, clean_db, dagster_instance
 ):
+    """The night's two batches run in one ranged run; b0000 lands, then the worker is killed
+    while b0001's write waits on a lock (the history key's advisory lock of one of its users):
+    run monitoring fails the run, the failure sensor counts b0001 failed and reports b0000's
+    materialisation (Dagster recorded none: the run's write never ended), and a retry
+    re-scores b0001 only."""
     engine = clean_db
-    _world(engine, services.files, 3)
+    _world(engine, services.files, 6)  # b0000: users 1-3, b0001: users 4-6
     api = DagsterApi(services.url)
     blocker = engine.connect()
-    blocker.execute(sa.text("LOCK TABLE score_history IN ACCESS EXCLUSIVE MODE"))
+    blocker.execute(
+        sa.text(
+            "SELECT pg_advisory_xact_lock(hashtextextended(CAST(:u AS text), "
+            "CAST(:d AS date) - DATE '2000-01-01'))"
+        ),
+        {"u": _uid(4), "d": DATE},
+    )
     try:
         api.launch_job("overnight_snapshots_job", tags={"dagster/partition": DATE})
         app = wait_for(
-            "the batch write to block",
+            "b0001's history write to block",
             lambda: _scalar(
                 engine,
                 "SELECT application_name FROM pg_stat_activity WHERE wait_event_type = "
-                "'Lock' AND query ILIKE '%score_history%'",
+                "'Lock' AND wait_event = 'advisory' AND pid <> pg_backend_pid()",
             ),
         )
         os.kill(int(app.split(":")[1]), signal.SIGKILL)
@@ -286,21 +297,35 @@ def test_run_worker_killed_mid_batch_is_failed_and_a_retry_finishes(
     )
     assert len(failed) == 1
     job = wait_for("the night to close", lambda: _closed(engine), timeout=60)
-    assert job.status == "failed"
-    assert _scalar(engine, "SELECT count(*) FROM score_history WHERE score_date = :d") == 0
-    assert (
-        _scalar(engine, "SELECT count(*) FROM calculation_events WHERE user_id IS NOT NULL") == 0
-    )  # the killed write left nothing
-
-    # As after an upgrade from the (date x batch) partitions: the night's keys are not
-    # registered; retry-failed registers the date's real batches before its backfill.
-    dagster_instance.delete_dynamic_partition(SCORES_PARTITIONS_NAME, f"{DATE}/b0000")
-    assert "b0000" in _retry(services)
-    wait_for("the retried night to complete", lambda: _closed(engine, ("completed",)))
-    assert f"{DATE}/b0000" in dagster_instance.get_dynamic_partitions(SCORES_PARTITIONS_NAME)
-    sets = _event_sets(engine)
-    assert sets == {_uid(n): [("success", 4)] for n in (1, 2, 3)}
+    assert job.status == "partial" and job.users_failed == 3
     assert _scalar(engine, "SELECT count(*) FROM score_history WHERE score_date = :d") == 6
+    assert (
+        _scalar(
+            engine,
+            "SELECT count(*) FROM calculation_events WHERE user_id IN (:a, :b, :c)",
+            a=_uid(4),
+            b=_uid(5),
+            c=_uid(6),
+        )
+        == 0
+    )  # the killed write left nothing
+    statuses = wait_for(
+        "partition statuses",
+        lambda: s if (s := partition_statuses(api, DATE))["materialized"] else None,
+        timeout=30,
+    )
+    assert statuses["materialized"] == {"b0000"} and statuses["failed"] == {"b0001"}
+
+    # As after an upgrade from the (date x batch) partitions: the failed batch's key is not
+    # registered; retry-failed registers the date's real batches before its backfill.
+    dagster_instance.delete_dynamic_partition(SCORES_PARTITIONS_NAME, f"{DATE}/b0001")
+    out = _retry(services)
+    assert "b0001" in out and "b0000" not in out
+    wait_for("the retried night to complete", lambda: _closed(engine, ("completed",)))
+    assert f"{DATE}/b0001" in dagster_instance.get_dynamic_partitions(SCORES_PARTITIONS_NAME)
+    sets = _event_sets(engine)
+    assert sets == {_uid(n): [("success", 4)] for n in range(1, 7)}
+    assert _scalar(engine, "SELECT count(*) FROM score_history WHERE score_date = :d") == 12
 
 
 def _warm_lag(engine):

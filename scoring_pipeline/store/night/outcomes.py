@@ -86,6 +86,35 @@ def _batch_members(
     return [str(u) for u in rows]
 
 
+def batches_landed_by_run(
+    conn: Connection,
+    score_date: dt.date,
+    batches: list[str],
+    run_id: str,
+    *,
+    market_group: str = ALL_MARKETS,
+) -> dict[str, dict[str, int]]:
+    """Of `batches`, those whose current outcome the run wrote with every user scored: their
+    users and assets, by batch key."""
+    rows = conn.execute(
+        sa.select(
+            t.scoring_batch_results.c.batch_key,
+            t.scoring_batch_results.c.users_success,
+            t.scoring_batch_results.c.assets_scored,
+        ).where(
+            t.scoring_batch_results.c.score_date == score_date,
+            t.scoring_batch_results.c.market_group == market_group,
+            t.scoring_batch_results.c.batch_key.in_(batches),
+            t.scoring_batch_results.c.dagster_run_id == run_id,
+            t.scoring_batch_results.c.status == "success",
+        )
+    )
+    return {
+        str(r.batch_key): {"users_success": r.users_success, "assets_scored": r.assets_scored}
+        for r in rows
+    }
+
+
 def record_batch_run_died(
     conn: Connection,
     score_date: dt.date,
