@@ -119,7 +119,7 @@ def close_night_after_run_ended(
     group = night.group.name
     message = _failure_message(context)
     closed_dates = set()
-    landed: dict[str, dict[str, int]] = {}
+    batches: dict[dt.date, list[str]] = {}
     with database.engine().begin() as conn:
         for partition in partitions:
             if _is_date(partition):
@@ -132,12 +132,17 @@ def close_night_after_run_ended(
                     continue  # not a partition of ours (a key added by hand): no night
                 # Each batch the run wrote keeps its outcome; the others count as failed.
                 record_batch_run_died(conn, closed, batch, run.run_id, message, market_group=group)
-                if len(partitions) > 1:
-                    for key, figures in batches_landed_by_run(
-                        conn, closed, [batch], run.run_id, market_group=group
-                    ).items():
-                        landed[scores_partition_key(closed, key)] = figures
+                batches.setdefault(closed, []).append(batch)
             closed_dates.add(closed)
+        # The batches a ranged run landed with every user scored: one query a date.
+        ranged = len(partitions) > 1
+        landed = {
+            scores_partition_key(day, key): figures
+            for day, keys in (batches.items() if ranged else ())
+            for key, figures in batches_landed_by_run(
+                conn, day, keys, run.run_id, market_group=group
+            ).items()
+        }
     for closed in sorted(closed_dates):
         emit_root_span(database.engine(), closed, market_group=group)
     _report_landed(context.instance, run, night, landed)

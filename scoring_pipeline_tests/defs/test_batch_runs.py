@@ -45,6 +45,11 @@ def _night(world, instance, bad=()):
     assert snapshots(instance).success
 
 
+def _failure_message(result) -> str:
+    failure = next(e for e in result.all_events if e.is_step_failure)
+    return failure.step_failure_data.error.message  # type: ignore[union-attr]
+
+
 def _statuses(instance) -> dict[str, str]:
     found = instance.get_status_by_partition(scores.key, KEYS, scores_partitions) or {}
     return {k.split("/")[1]: (v.value if v else "MISSING") for k, v in found.items()}
@@ -103,8 +108,7 @@ def test_a_batch_with_failed_users_fails_alone_inside_its_run(world, dagster_ins
     _night(world, dagster_instance, bad=(3,))  # user 3 is in b0001 with user 4
     result = batches(dagster_instance)
     assert not result.success
-    failure = next(e for e in result.all_events if e.is_step_failure)
-    message = failure.step_failure_data.error.message  # type: ignore[union-attr]
+    message = _failure_message(result)
     assert "1 of 3 batches of this run failed" in message
     assert f"{DATE}/b0001: 1 of 2 users of batch b0001" in message
     materialized = result.asset_materializations_for_node("scores")
@@ -150,8 +154,7 @@ def test_a_range_over_a_key_of_no_night_scores_the_others(world, dagster_instanc
     finally:
         dagster_instance.delete_dynamic_partition(scores_partitions.name, stray)
     assert not result.success
-    failure = next(e for e in result.all_events if e.is_step_failure)
-    message = failure.step_failure_data.error.message  # type: ignore[union-attr]
+    message = _failure_message(result)
     assert f"{stray}: {stray} belongs to no night" in message
     assert {m.partition for m in result.asset_materializations_for_node("scores")} == set(KEYS)
     assert _night_row(world).status == "completed"  # the stray key is no batch of it

@@ -91,23 +91,23 @@ class RunBatches:
     for it (so a batch is written, committed and visible before the next is scored, and a run
     holds one batch in memory), and the partitions it refused."""
 
-    batches: list[tuple[str, dt.date, str, str]]  # partition key, date, batch, night's id
+    batches: list[tuple[dt.date, str, str]]  # date, batch, the night's correlation id
     refused: list[RefusedBatch]
     score: Callable[[dt.date, str, str], BatchOutput]
     ranged: bool
 
     def __iter__(self) -> Iterator[BatchOutput | RefusedBatch]:
         yield from self.refused
-        for _key, score_date, batch, correlation_id in self.batches:
+        for score_date, batch, correlation_id in self.batches:
             yield self.score(score_date, batch, correlation_id)
 
 
 def _night_batches(
     database: DatabaseResource, keys: list[str], group: str
-) -> tuple[list[tuple[str, dt.date, str, str]], list[RefusedBatch]]:
-    """(partition key, date, batch, the night's correlation id) of every key that is a batch of
-    a night, and the others refused with the reason."""
-    batches: list[tuple[str, dt.date, str, str]] = []
+) -> tuple[list[tuple[dt.date, str, str]], list[RefusedBatch]]:
+    """(date, batch, the night's correlation id) of every key that is a batch of a night, and
+    the others refused with the reason."""
+    batches: list[tuple[dt.date, str, str]] = []
     refused: list[RefusedBatch] = []
     nights: dict[dt.date, str] = {}
     with database.engine().begin() as conn:
@@ -120,7 +120,7 @@ def _night_batches(
             except dg.Failure as exc:
                 refused.append(RefusedBatch(key, exc.description or str(exc)))
                 continue
-            batches.append((key, score_date, batch, nights[score_date]))
+            batches.append((score_date, batch, nights[score_date]))
     return batches, refused
 
 
