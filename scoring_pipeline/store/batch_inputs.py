@@ -11,6 +11,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from scoring_pipeline.engine.batch_inputs import BatchInputs, CriteriaRow, UserRow
+from scoring_pipeline.engine.columns import MetricsCache
 from scoring_pipeline.engine.criteria import FUNDAMENTAL_FIELDS
 from scoring_pipeline.engine.metrics import InstrumentData
 from scoring_pipeline.store.market_scope import CRITERIA_IN_GROUP, markets_param, member_in_group
@@ -107,18 +108,68 @@ def _load_universes(
     return universes, dates, dict(prices)
 
 
+class RunInputs:
+    """What the batches of one run share for a date: the universes they read (with the date's
+    prices and fundamentals), the rates, and the metrics and INPUTS_CAPTURED text computed from
+    them. A run scores its batches one after the other: each universe is read from the database
+    once per run instead of once per batch, and every batch of the run scores against the same
+    inputs. Kept for one run only, so a batch retried after its fundamentals were corrected
+    reads them anew."""
+
+    __slots__ = (
+        "dates",
+        "json_pieces",
+        "metrics_cache",
+        "prices",
+        "rates",
+        "rates_read",
+        "universes",
+    )
+
+    def __init__(self) -> None:
+        self.universes: dict[tuple[str, str], list[InstrumentData]] = {}
+        self.dates: dict[str, dt.date] = {}
+        self.prices: dict[str, Any] = {}
+        self.rates: dict[str, Any] = {}
+        self.rates_read = False
+        self.metrics_cache = MetricsCache()
+        self.json_pieces: dict[Any, Any] = {}
+
+    def load(self, conn: Connection, score_date: dt.date, keys: Iterable[tuple[str, str]]) -> None:
+        """Read the universes of `keys` this run has not read yet, and the rates once."""
+        missing = set(keys) - self.universes.keys()
+        if missing:
+            universes, dates, prices = _load_universes(conn, score_date, missing)
+            for key in missing:  # a universe without instruments is read once too
+                self.universes[key] = universes.get(key, [])
+            self.dates.update(dates)
+            self.prices.update(prices)
+        if not self.rates_read:
+            self.rates.update(load_rates(conn, score_date))
+            self.rates_read = True
+
+
 def load_batch_inputs(
-    conn: Connection, score_date: dt.date, batch: str, markets: Sequence[str] | None = None
+    conn: Connection,
+    score_date: dt.date,
+    batch: str,
+    markets: Sequence[str] | None = None,
+    shared: RunInputs | None = None,
 ) -> BatchInputs:
+    """The batch's users and criteria, and the universes they read: from `shared` (this run's
+    inputs for `score_date`, extended with what it lacks) or read for this batch alone."""
     users = _load_users(conn, score_date, batch, markets)
     criteria = _load_criteria(conn, [u.user_id for u in users], markets)
     keys = {(c.target_market, c.asset_type) for rows in criteria.values() for c in rows}
-    universes, dates, prices = _load_universes(conn, score_date, keys)
+    run = RunInputs() if shared is None else shared
+    run.load(conn, score_date, keys)
     return BatchInputs(
         users=users,
         criteria=criteria,
-        universes=universes,
-        fundamentals_date=dates,
-        prices=prices,
-        rates=load_rates(conn, score_date),
+        universes=run.universes,
+        fundamentals_date=run.dates,
+        prices=run.prices,
+        rates=run.rates,
+        metrics_cache=run.metrics_cache,
+        json_pieces=run.json_pieces,
     )

@@ -21,7 +21,7 @@ from scoring_pipeline.engine.payloads import (
     universe_key,
 )
 from scoring_pipeline.engine.scoring import score_criteria_set
-from scoring_pipeline.store.batch_inputs import load_batch_inputs
+from scoring_pipeline.store.batch_inputs import RunInputs, load_batch_inputs
 from scoring_pipeline_tests import factories as f
 from scoring_pipeline_tests.scenario import DATE, rules, snapshots
 
@@ -120,19 +120,25 @@ def test_text_payloads_equal_the_obvious_dicts(world, dagster_instance):
         ),
     ]
     assert snapshots(dagster_instance).success
+    day = dt.date.fromisoformat(DATE)
     with world.connect() as conn:
-        batches = [
-            load_batch_inputs(conn, dt.date.fromisoformat(DATE), batch)
-            for batch in ("b0000", "b0001")  # batches of 2 users
-        ]
-    checked = {row.user_id for inputs in batches for row in inputs.users}
+        # Each batch read alone (the reference's inputs), and both batches as one run reads
+        # them: one RunInputs, the second batch reusing the first one's universes and text.
+        alone = [load_batch_inputs(conn, day, batch) for batch in ("b0000", "b0001")]
+        run = RunInputs()
+        shared = [load_batch_inputs(conn, day, batch, shared=run) for batch in ("b0000", "b0001")]
+    checked = {row.user_id for inputs in alone for row in inputs.users}
     assert checked == set(users)
-    for inputs, row in ((b, row) for b in batches for row in b.users):
+    assert shared[0].json_pieces is shared[1].json_pieces
+    for inputs, in_run, row in (
+        (b, r, row) for b, r in zip(alone, shared, strict=True) for row in b.users
+    ):
         assert row.user_id in users
         sets = _sets(inputs, row.user_id)
         expected: dict[str, Any] = json.loads(
             json.dumps(reference_inputs("c-1", row, sets, inputs))
         )
+        assert json.loads(capture_inputs_json("c-1", row, sets, in_run)) == expected
         captured = json.loads(capture_inputs_json("c-1", row, sets, inputs))
         assert captured == expected
         if row.base_currency == "EUR":

@@ -2,9 +2,11 @@
 
 The benchmark's data generator builds 100 users over 3 markets (100 instruments each) in 3
 currencies with 12-rule criteria sets. The night is materialised through the real assets and
-IO manager, onto PostgreSQL. Every stored `asset_scores` row is then recomputed from the
-batch's frozen inputs by the test suite's literal reference implementation
-(`test_scoring.ref_score_set`), and compared field by field:
+IO manager, onto PostgreSQL, as one run of all its batches (the night sensor's runs: the batches
+of a run share the universes, metrics and INPUTS_CAPTURED text they read). Every stored
+`asset_scores` row is then recomputed from the batch's frozen inputs, read for that batch alone,
+by the test suite's literal reference implementation (`test_scoring.ref_score_set`), and
+compared field by field:
 - the score, the max and the percentage, as text, so 10 and 10.0000 differ;
 - the whole breakdown read back from JSONB.
 """
@@ -18,7 +20,7 @@ from scoring_pipeline.cli.demo_data.load import generate
 from scoring_pipeline.engine.payloads import universe_key
 from scoring_pipeline.store.batch_inputs import load_batch_inputs
 from scoring_pipeline_tests.reference import ref_score_set
-from scoring_pipeline_tests.scenario import DATE, batch, rows, snapshots
+from scoring_pipeline_tests.scenario import DATE, batches, forget_night_keys, rows, snapshots
 
 pytestmark = pytest.mark.db
 
@@ -45,11 +47,16 @@ def test_every_stored_score_equals_the_reference(
         "SCORING_BATCH_SIZE": "50",
     }.items():
         monkeypatch.setenv(key, value)
+    forget_night_keys(dagster_instance)
     assert snapshots(dagster_instance).success
-    keys = [r.batch_key for r in rows(clean_db, "SELECT DISTINCT batch_key FROM scoring_batches")]
+    keys = [
+        r.batch_key
+        for r in rows(clean_db, "SELECT DISTINCT batch_key FROM scoring_batches ORDER BY batch_key")
+    ]
     assert len(keys) >= 2
-    for key in keys:
-        assert batch(dagster_instance, key).success
+    result = batches(dagster_instance, keys[0], keys[-1])
+    assert result.success
+    assert len(result.get_asset_materialization_events()) == len(keys)
 
     stored: dict[tuple[str, str, str], tuple[str, str, str, list[dict]]] = {}
     for r in rows(

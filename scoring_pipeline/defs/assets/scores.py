@@ -28,7 +28,7 @@ from scoring_pipeline.engine.batch import BatchOutput, score_batch
 from scoring_pipeline.errors import SnapshotUnavailableError
 from scoring_pipeline.store import month_partitions
 from scoring_pipeline.store import tables as t
-from scoring_pipeline.store.batch_inputs import load_batch_inputs
+from scoring_pipeline.store.batch_inputs import RunInputs, load_batch_inputs
 from scoring_pipeline.store.membership import batch_keys_text, has_batch
 from scoring_pipeline.store.night.model import find_night
 from scoring_pipeline.store.snapshots.reuse import has_snapshot
@@ -69,8 +69,11 @@ def build_scores(group: MarketGroup, upstream: list[dg.AssetsDefinition]) -> dg.
         if len(keys) == 1 and refused:
             raise dg.Failure(description=refused[0].description, allow_retries=False)
 
+        shared: dict[dt.date, RunInputs] = {}  # what the run's batches of a date share
+
         def score(score_date: dt.date, batch: str, correlation_id: str) -> BatchOutput:
-            return _score_batch(context, database, group, score_date, batch, correlation_id)
+            inputs = shared.setdefault(score_date, RunInputs())
+            return _score_batch(context, database, group, score_date, batch, correlation_id, inputs)
 
         return RunBatches(batches=batches, refused=refused, score=score, ranged=len(keys) > 1)
 
@@ -131,6 +134,7 @@ def _score_batch(
     score_date: dt.date,
     batch: str,
     correlation_id: str,
+    shared: RunInputs,
 ) -> BatchOutput:
     """Score one batch of the run, in its own span, and log what became of its users."""
     traceparent = night_traceparent(context, database.engine(), score_date, group.name)
@@ -143,7 +147,7 @@ def _score_batch(
         database.engine().connect() as conn,
     ):
         started = time.perf_counter()
-        inputs = load_batch_inputs(conn, score_date, batch, group.markets)
+        inputs = load_batch_inputs(conn, score_date, batch, group.markets, shared)
         output = score_batch(
             inputs,
             load_seconds=time.perf_counter() - started,
