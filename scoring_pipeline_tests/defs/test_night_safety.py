@@ -3,6 +3,7 @@ per night, `scores` partitions are exactly the batches of started nights, a part
 belongs to no night never opens one, and the asset checks catch a corrupted batch."""
 
 import datetime as dt
+from decimal import Decimal
 
 import dagster as dg
 import pytest
@@ -192,20 +193,42 @@ def _check_results(instance, key):
 
 
 @pytest.mark.parametrize(
-    ("corruption", "broken"),
+    ("corruption", "broken", "violation"),
     [
-        ("UPDATE score_history SET score = score + 1 WHERE symbol = 'AAA'", "history_invariant"),
+        (
+            "UPDATE score_history SET score = score + 1 WHERE symbol = 'AAA'",
+            "history_invariant",
+            {"symbol": "AAA", "expected_rows": 1, "stored_rows": 1, "equal": False},
+        ),
         (
             "INSERT INTO score_history SELECT user_id, 'ZZZ', score_date, criteria_version_id, "
             "score, correlation_id, calculated_at FROM score_history WHERE symbol = 'AAA'",
             "history_invariant",
+            {"symbol": "ZZZ", "expected_rows": 0, "stored_rows": 1, "equal": False},
         ),
-        ("DELETE FROM calculation_events WHERE event_type = 'INPUTS_CAPTURED'", "events_invariant"),
-        ("UPDATE asset_scores SET percentage = 0 WHERE symbol = 'BBB'", "current_invariant"),
-        ("DELETE FROM asset_scores WHERE symbol = 'AAA'", "current_invariant"),
+        (
+            "DELETE FROM calculation_events WHERE event_type = 'INPUTS_CAPTURED'",
+            "events_invariant",
+            {
+                "expected": "success",
+                "events": ["CALC_STARTED", "SCORES_COMPUTED", "CALC_COMPLETED"],
+            },
+        ),
+        (
+            "UPDATE asset_scores SET percentage = 0 WHERE symbol = 'BBB'",
+            "current_invariant",
+            {"symbol": "BBB"},
+        ),
+        (
+            "DELETE FROM asset_scores WHERE symbol = 'AAA'",
+            "current_invariant",
+            {"symbol": "AAA", "stored_score": None},
+        ),
     ],
 )
-def test_asset_checks_fail_on_a_corrupted_batch(world, dagster_instance, corruption, broken):
+def test_asset_checks_fail_on_a_corrupted_batch(
+    world, dagster_instance, corruption, broken, violation
+):
     _users(world, 2)
     assert snapshots(dagster_instance).success
     result = batch(dagster_instance, "b0000")  # its checks pass (asserted by `batch`)
@@ -220,7 +243,19 @@ def test_asset_checks_fail_on_a_corrupted_batch(world, dagster_instance, corrupt
     failed = {name for name, e in evaluations.items() if not e.passed}
     assert failed == {broken}
     assert evaluations[broken].severity == dg.AssetCheckSeverity.ERROR
-    assert evaluations[broken].metadata["violations"].value
+    violations = evaluations[broken].metadata["violations"].value
+    assert len(violations) == 2  # one per user, each named with its own columns
+    for found in violations:
+        assert {k: found.get(k) for k in violation} == violation, found
+    if broken == "current_invariant":
+        # The calculation's score beside the stored one, as exact text: equal when only the
+        # percentage was corrupted, absent when the row was deleted.
+        assert {tuple(v) for v in violations} == {
+            ("user_id", "symbol", "expected_score", "stored_score")
+        }
+        for v in violations:
+            assert Decimal(v["expected_score"]).as_tuple().exponent == -4
+            assert v["stored_score"] == (v["expected_score"] if v["symbol"] == "BBB" else None)
 
 
 def test_a_night_of_many_batches_is_named_by_its_first_and_last(world):
