@@ -182,9 +182,7 @@ def results_json(correlation_id: str, scores: list[AssetScore]) -> str:
     `results_payload`): the canonical one is rebuilt from it and INPUTS_CAPTURED (replay)."""
     parts = [
         f'{{"assetId":{_symbol_json(s.symbol)},"criteriaVersionId":"{s.criteria_version_id}",'
-        f'"score":"{format(s.score, "f")}",'
-        f'"maxPossibleScore":"{format(s.max_possible_score, "f")}",'
-        f'"percentage":{dumps(plain(s.percentage))},"outcomes":"{s.outcomes}"}}'
+        f'{s.texts.json},"outcomes":"{s.outcomes}"}}'
         for s in scores
     ]
     return f'{{"correlationId":"{correlation_id}","results":[{",".join(parts)}]}}'

@@ -4,6 +4,7 @@ instrument's outcome characters and points, and the canonical breakdown's text t
 import json
 from collections.abc import Callable
 from decimal import ROUND_HALF_UP, Decimal
+from typing import NamedTuple
 
 from scoring_pipeline.engine.columns import UniverseColumns
 from scoring_pipeline.engine.criteria import CONVERTED_METRICS, CriteriaSet
@@ -20,6 +21,23 @@ _multiply = SCORE_CONTEXT.multiply
 
 # A rule's outcome on one instrument, one character per rule in the compact form (SPEC §4).
 MATCHED, UNMATCHED, SKIPPED = "m", "u", "s"
+
+
+class ResultTexts(NamedTuple):
+    """A result's numbers as their exact plain text, made once per distinct total of a plan:
+    the events' JSON and the COPY rows reuse them instead of formatting every asset's Decimals."""
+
+    score: str
+    maximum: str
+    percentage: str | None
+    # `"score":"…","maxPossibleScore":"…","percentage":"…"` (or `null`), as SCORES_COMPUTED has it
+    json: str
+
+
+class PlanResult(NamedTuple):
+    score: Decimal
+    percentage: Decimal | None
+    texts: ResultTexts
 
 
 class RulePlan:
@@ -66,7 +84,7 @@ class RulePlan:
         self.max_score = sum(rule.points for rule in criteria.rules if rule.points > 0)
         self.maximum = _quantize(Decimal(self.max_score))
         # Scores are small integers, so (score, percentage) repeat a lot across instruments.
-        self._results: dict[int, tuple[Decimal, Decimal | None]] = {}
+        self._results: dict[int, PlanResult] = {}
 
     def evaluate(self, count: int, universe: UniverseColumns) -> tuple[list[str], list[int]]:
         """Each of the universe's `count` instruments' outcome characters (one per rule, in
@@ -110,15 +128,23 @@ class RulePlan:
                 parts.append(unmatched + (tail or "}"))
         return ("".join(parts) or "[") + "]"
 
-    def result(self, total: int) -> tuple[Decimal, Decimal | None]:
-        """(score, percentage) of a total of points: both to 4 decimal places."""
+    def result(self, total: int) -> PlanResult:
+        """(score, percentage, their texts) of a total of points: both to 4 decimal places."""
         cached = self._results.get(total)
         if cached is None:
             percentage = None
             if self.max_score:
                 ratio = _divide(Decimal(total), Decimal(self.max_score))
                 percentage = _quantize(_multiply(ratio, _HUNDRED))
-            cached = self._results[total] = (_quantize(Decimal(total)), percentage)
+            score = _quantize(Decimal(total))
+            score_text, maximum_text = format(score, "f"), format(self.maximum, "f")
+            percentage_text = None if percentage is None else format(percentage, "f")
+            json_text = (
+                f'"score":"{score_text}","maxPossibleScore":"{maximum_text}","percentage":'
+                + ("null" if percentage_text is None else f'"{percentage_text}"')
+            )
+            texts = ResultTexts(score_text, maximum_text, percentage_text, json_text)
+            cached = self._results[total] = PlanResult(score, percentage, texts)
         return cached
 
 

@@ -20,7 +20,7 @@ from scoring_pipeline.engine.metrics import (
     instrument_values,
     rate_between,
 )
-from scoring_pipeline.engine.rule_plan import RulePlan
+from scoring_pipeline.engine.rule_plan import ResultTexts, RulePlan
 
 
 class AssetScore(NamedTuple):
@@ -42,6 +42,7 @@ class AssetScore(NamedTuple):
     outcomes: str
     source: tuple[RulePlan, UniverseColumns]
     position: int
+    texts: ResultTexts  # score, max and percentage as text (shared by equal totals)
 
     @property
     def breakdown_json(self) -> str:
@@ -130,7 +131,9 @@ def _scores(
     for position, (symbol, outcome, total) in enumerate(
         zip(symbols, outcomes, totals, strict=True)
     ):
-        score, percentage = result(total)
+        score, percentage, texts = result(total)
         # A named tuple: built several times faster than a frozen dataclass.
-        out.append(AssetScore(symbol, cvid, score, maximum, percentage, outcome, source, position))
+        out.append(
+            AssetScore(symbol, cvid, score, maximum, percentage, outcome, source, position, texts)
+        )
     return out

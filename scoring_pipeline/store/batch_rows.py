@@ -7,6 +7,8 @@ from scoring_pipeline.engine.batch import BatchOutput
 from scoring_pipeline.engine.json_text import dumps
 from scoring_pipeline.store.copy import copy_field
 
+NULL = "\\N"  # COPY's text for NULL
+
 SCORE_COLUMNS = (
     "user_id",
     "symbol",
@@ -64,10 +66,10 @@ def prepare_batch(output: BatchOutput) -> PreparedBatch:
         base = f"\t{user.base_currency}\n"
         for s in user.scores:
             symbol = copy_field(s.symbol)
-            score = format(s.score, "f")
+            score, maximum, percentage, _json = s.texts  # plain decimal text: nothing to escape
             lines.append(
-                f"{prefix}{symbol}\t{s.criteria_version_id}\t{score}\t"
-                f"{format(s.max_possible_score, 'f')}\t{copy_field(s.percentage)}\t"
+                f"{prefix}{symbol}\t{s.criteria_version_id}\t{score}\t{maximum}\t"
+                f"{NULL if percentage is None else percentage}\t"
                 f"{date}{suffix}{s.outcomes}{base}"
             )
             history.append(

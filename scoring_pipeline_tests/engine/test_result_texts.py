@@ -1,0 +1,69 @@
+"""The texts a plan keeps per distinct total (`ResultTexts`), which SCORES_COMPUTED and the COPY
+rows use instead of formatting each asset's Decimals, are exactly those Decimals' plain text:
+for positive, zero and negative totals, a percentage that rounds, and a set whose maximum is 0
+(percentage null)."""
+
+import json
+import uuid
+from decimal import Decimal
+
+import pytest
+
+from scoring_pipeline.engine.criteria import parse_criteria
+from scoring_pipeline.engine.json_text import plain
+from scoring_pipeline.engine.metrics import InstrumentData
+from scoring_pipeline.engine.payloads import results_json, results_payload
+from scoring_pipeline.engine.scoring import score_criteria_set
+from scoring_pipeline_tests import factories as f
+
+USD = {"USD": Decimal(1)}
+
+
+def _universe() -> list[InstrumentData]:
+    # P/E 20, 10, 6.67, 5, 4, 3.33 (eps 0.5 .. 3.0 at a close of 10), one without eps: every
+    # combination of the rules below.
+    out = [
+        InstrumentData(f"S{n}", "USD", Decimal("10"), {"eps": Decimal(n) / 2}) for n in range(1, 7)
+    ]
+    out.append(InstrumentData("NOEPS", "USD", Decimal("10"), {}))
+    return out
+
+
+@pytest.mark.parametrize(
+    "rules",
+    [
+        # 7 points at most: percentages such as 3/7 = 42.857142… rounded to 42.8571.
+        [
+            f.rule("pe_ratio", "lt", "8", 3),
+            f.rule("pe_ratio", "lt", "4.5", 4),
+            f.rule("pe_ratio", "gt", "15", -2),
+        ],
+        # No positive points: the maximum is 0 and the percentage null.
+        [f.rule("pe_ratio", "gt", "8", -3), f.rule("price", "gt", "5", 0)],
+    ],
+    ids=["sevenths", "no-maximum"],
+)
+def test_result_texts_are_the_decimals_plain_text(rules):
+    criteria = parse_criteria(
+        criteria_version_id=str(uuid.uuid4()),
+        target_market="US_TECH",
+        asset_type="stock",
+        version=1,
+        rules=json.dumps(rules),
+    )
+    scores = score_criteria_set(criteria, _universe(), base_currency="USD", usd_rates=USD).scores
+    assert len({s.score for s in scores}) >= 2  # several totals, each with its own texts
+    for s in scores:
+        assert s.texts.score == format(s.score, "f")
+        assert s.texts.maximum == format(s.max_possible_score, "f")
+        assert s.texts.percentage == plain(s.percentage)
+        assert json.loads("{" + s.texts.json + "}") == {
+            "score": plain(s.score),
+            "maxPossibleScore": plain(s.max_possible_score),
+            "percentage": plain(s.percentage),
+        }
+    assert json.loads(results_json("c-1", scores)) == results_payload("c-1", scores)
+    if criteria.rules[0].points < 0:
+        assert {s.percentage for s in scores} == {None}
+    else:
+        assert "42.8571" in {s.texts.percentage for s in scores}
