@@ -118,8 +118,25 @@ def dispose_engines() -> None:
 # `optimize_for_webserver` swaps it the same way.
 class PooledScheduleStorage(PostgresScheduleStorage):
     def __init__(self, postgres_url: str, should_autocreate_tables: bool = True) -> None:
+        self._probes = _this_process().probes  # the parent's constructor already probes
         super().__init__(postgres_url, should_autocreate_tables)
         self._engine = pooled_engine(postgres_url)
+
+    # The daemon's sensor and schedule loops ask these on every tick of every sensor (a catalog
+    # query each): ~8 % of the daemon's busy time in a night, before they were remembered.
+    def has_instigators_table(self) -> bool:
+        return self._probes.present("instigators", super().has_instigators_table)
+
+    def _has_instigators_table(self, conn: Connection) -> bool:
+        stock = super()._has_instigators_table
+        return self._probes.present("instigators", lambda: stock(conn))
+
+    def has_secondary_index_table(self) -> bool:
+        return self._probes.present("secondary_indexes", super().has_secondary_index_table)
+
+    def has_built_index(self, migration_name: str) -> bool:
+        stock = super().has_built_index
+        return self._probes.present(f"index {migration_name}", lambda: stock(migration_name))
 
 
 class PooledRunStorage(PostgresRunStorage):
@@ -164,6 +181,12 @@ class PooledEventLogStorage(PostgresEventLogStorage):
         self._probes = _this_process().probes  # the parent's constructor already probes
         super().__init__(postgres_url, should_autocreate_tables)
         self._engine = pooled_engine(postgres_url)
+
+    def has_table(self, table_name: str) -> bool:
+        # Asked before every dynamic partitions read (`dynamic_partitions`) and asset check
+        # query (`asset_check_executions`), among others.
+        stock = super().has_table
+        return self._probes.present(f"table {table_name}", lambda: stock(table_name))
 
     def _has_asset_key_col_on_connection(self, conn: Connection, column_name: str) -> bool:
         stock = super()._has_asset_key_col_on_connection

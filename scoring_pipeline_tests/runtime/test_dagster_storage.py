@@ -135,6 +135,43 @@ def test_later_instances_of_a_process_reuse_its_connections(own_database):
     assert _no_backends_left(probe)
 
 
+def test_schema_probes_query_the_catalog_once_per_process(own_database):
+    """What the daemon's sensor loop, a dynamic partitions read and an asset check query ask
+    about the schema (tables and columns Dagster's migrations add) is asked of the catalog the
+    first time only: the answer, once yes, stays yes for the process."""
+    url, _probe = own_database
+    overrides = {"storage": storage_config(db.dagster_storage_url(url))}
+    catalog: list[str] = []
+
+    def probes(instance: dg.DagsterInstance) -> None:
+        schedules = instance.schedule_storage
+        assert schedules is not None
+        assert schedules.has_instigators_table()
+        assert schedules.supports_batch_queries  # instigators table and a built index
+        instance.all_instigator_state()
+        instance.get_dynamic_partitions("some_partitions")
+        assert instance.event_log_storage.supports_asset_checks
+        instance.get_run_records(limit=1)
+
+    def record(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        if "pg_catalog" in statement or "information_schema" in statement:
+            catalog.append(statement)
+
+    with dg.instance_for_test(overrides=overrides) as first:
+        probes(first)  # the process's first answers
+        engine = first.run_storage._engine  # type: ignore[attr-defined]
+        sa.event.listen(engine, "before_cursor_execute", record)
+        try:
+            for _ in range(3):
+                with dg.instance_for_test(overrides=overrides) as instance:
+                    probes(instance)
+            probes(first)
+        finally:
+            sa.event.remove(engine, "before_cursor_execute", record)
+    dispose_engines()
+    assert catalog == []
+
+
 def test_the_project_instance_config_selects_the_pooled_storage(project_instance_config):
     config = storage_config("postgresql+psycopg2://example/db")
     assert config["custom"]["class"] == PooledPostgresStorage.__name__
