@@ -44,6 +44,9 @@ class UserOutcome:
     base_currency: str
     events: list[tuple[str, dict[str, Any] | str]]  # payload as a dict, or as JSON text
     scores: list[AssetScore] = field(default_factory=list)
+    # The (market, asset type) universe of each criteria set scored: `scores` are their
+    # instruments, one score each.
+    universes: list[tuple[str, str]] = field(default_factory=list)
     error: dict[str, str] | None = None
     stage: str | None = None
 
@@ -97,8 +100,8 @@ METRIC_TEXTS_KEPT = 100_000
 def batch_metric_values(
     inputs: BatchInputs, users: list[UserOutcome]
 ) -> dict[tuple[str, str], str]:
-    """The metric texts (JSON) of every (symbol, base currency) the users were scored on."""
-    instruments = {i.symbol: i for universe in inputs.universes.values() for i in universe}
+    """The metric texts (JSON) of every (symbol, base currency) the users were scored on: the
+    instruments of each (universe, base currency) their criteria sets were scored over."""
     usd_rates = inputs.usd_rates
     if len(_METRIC_TEXTS) > METRIC_TEXTS_KEPT:
         _METRIC_TEXTS.clear()
@@ -106,14 +109,13 @@ def batch_metric_values(
     # instrument's part of the key is built once a batch, not once per base currency.
     instrument_keys: dict[str, tuple[str, ...]] = {}
     out: dict[tuple[str, str], str] = {}
-    for user in users:
-        base = user.base_currency
+    scored = dict.fromkeys((key, u.base_currency) for u in users for key in u.universes)
+    for universe, base in scored:
         base_rate = str(usd_rates.get(base))
-        for s in user.scores:
-            key = (s.symbol, base)
+        for i in inputs.universes.get(universe, ()):
+            key = (i.symbol, base)
             if key in out:
                 continue
-            i = instruments[s.symbol]
             instrument_key = instrument_keys.get(i.symbol)
             if instrument_key is None:
                 instrument_key = instrument_keys[i.symbol] = (
@@ -176,11 +178,13 @@ def score_user(
             inputs.engine_cpu_seconds += time.thread_time() - engine_cpu_started
             inputs.rule_evaluations += len(cs.rules) * len(universe)
             outcome.scores.extend(result.scores)
+            outcome.universes.append(universe_key(cs))
         outcome.events.append(("SCORES_COMPUTED", results_json(correlation_id, outcome.scores)))
     except Exception as exc:  # one user's failure never stops the batch
         if isinstance(exc, UserCalculationError):
             stage = exc.stage
         outcome.scores = []
+        outcome.universes = []
         outcome.stage = stage
         outcome.error = {"type": type(exc).__name__, "message": str(exc)}
         outcome.events = [e for e in outcome.events if e[0] != "SCORES_COMPUTED"]

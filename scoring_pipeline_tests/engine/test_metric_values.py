@@ -14,8 +14,7 @@ from scoring_pipeline.engine.metrics import InstrumentData, metric_texts
 def _batch(instrument: InstrumentData, usd_rates: dict[str, Decimal]) -> dict[tuple[str, str], str]:
     inputs = SimpleNamespace(universes={("US", "stock"): [instrument]}, usd_rates=usd_rates)
     users = [
-        SimpleNamespace(base_currency=base, scores=[SimpleNamespace(symbol=instrument.symbol)])
-        for base in ("USD", "EUR")
+        SimpleNamespace(base_currency=base, universes=[("US", "stock")]) for base in ("USD", "EUR")
     ]
     return batch.batch_metric_values(inputs, users)  # type: ignore[arg-type]
 
