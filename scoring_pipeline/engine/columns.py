@@ -11,12 +11,26 @@ class UniverseColumns:
     the values in instrument order and their breakdown text (`,"actualValue":"…"}`, or ''
     when the value is missing). Built lazily, shared by every set that scores the universe."""
 
-    __slots__ = ("values", "_columns", "_tails")
+    __slots__ = ("values", "_columns", "_tails", "_ordered", "outcomes")
 
     def __init__(self, values: list[dict[str, Decimal | None]]) -> None:
         self.values = values
         self._columns: dict[str, list[Decimal | None]] = {}
         self._tails: dict[str, list[str]] = {}
+        self._ordered: dict[str, list[Decimal] | None] = {}
+        # A comparison rule's outcome characters over a column, by (metric, where its value
+        # falls among the column's distinct values): see `rule_plan`.
+        self.outcomes: dict[tuple[str, tuple[object, ...]], list[str]] = {}
+
+    def ordered(self, metric: str) -> list[Decimal] | None:
+        """The column's distinct values in ascending order, or None when one of them is not a
+        finite number (NaN does not order: such a column is compared value by value)."""
+        if metric in self._ordered:
+            return self._ordered[metric]
+        present = [x for x in self.column(metric) if x is not None]
+        found = sorted(set(present)) if all(x.is_finite() for x in present) else None
+        self._ordered[metric] = found
+        return found
 
     def column(self, metric: str) -> list[Decimal | None]:
         found = self._columns.get(metric)

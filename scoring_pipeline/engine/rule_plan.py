@@ -2,6 +2,7 @@
 instrument's outcome characters and points, and the canonical breakdown's text they stand for."""
 
 import json
+from bisect import bisect_left, bisect_right
 from collections.abc import Callable
 from decimal import ROUND_HALF_UP, Decimal
 from typing import NamedTuple
@@ -73,6 +74,7 @@ class RulePlan:
                     rule.points,
                     rule.metric in rule.required,
                     tuple(name for name in rule.required if name != rule.metric),
+                    _rank(rule.operator, rule.value, rule.value2),
                 )
             )
         self.rules = tuple(rules)
@@ -91,7 +93,7 @@ class RulePlan:
         rule order) and points."""
         totals = [0] * count
         codes: list[list[str]] = []
-        for _m, _u, _s, _e, metric, test, points, metric_required, others in self.rules:
+        for _m, _u, _s, _e, metric, test, points, metric_required, others, rank in self.rules:
             column = universe.column(metric)
             if others or not metric_required:
                 rule_codes = _general_rule(
@@ -100,9 +102,7 @@ class RulePlan:
             elif test is None:  # `exists` of a required metric: matched when present
                 rule_codes = [SKIPPED if x is None else MATCHED for x in column]
             else:
-                rule_codes = [
-                    SKIPPED if x is None else MATCHED if test(x) else UNMATCHED for x in column
-                ]
+                rule_codes = _compared(universe, metric, column, test, rank)
             if points and not (others or not metric_required):
                 totals = [
                     t + points if c is MATCHED else t
@@ -146,6 +146,60 @@ class RulePlan:
             texts = ResultTexts(score_text, maximum_text, percentage_text, json_text)
             cached = self._results[total] = PlanResult(score, percentage, texts)
         return cached
+
+
+# Where a rule's value falls among a column's distinct values, in ascending order (`ordered`):
+# every value with the same rank matches the same instruments, so their outcome characters are
+# computed once per column. `("up", i)`: the values from position i on match; `("down", i)`:
+# those before i; `("range", i, j)`: positions i to j - 1; `("eq", i)`: position i alone.
+Rank = Callable[[list[Decimal]], tuple[object, ...]]
+
+
+def _rank(op: str, value: Decimal | None, value2: Decimal | None) -> Rank | None:
+    if value is None:  # `exists`
+        return None
+    if op == "gt":  # value < x
+        return lambda ordered: ("up", bisect_right(ordered, value))
+    if op == "gte":  # value <= x
+        return lambda ordered: ("up", bisect_left(ordered, value))
+    if op == "lt":  # x < value
+        return lambda ordered: ("down", bisect_left(ordered, value))
+    if op == "lte":  # x <= value
+        return lambda ordered: ("down", bisect_right(ordered, value))
+    if op == "between":  # value <= x <= value2
+        assert value2 is not None
+        high = value2
+        return lambda ordered: ("range", bisect_left(ordered, value), bisect_right(ordered, high))
+    if op == "equals":
+
+        def equal(ordered: list[Decimal]) -> tuple[object, ...]:
+            at = bisect_left(ordered, value)
+            return ("eq", at if at < len(ordered) and ordered[at] == value else -1)
+
+        return equal
+    raise ValueError(f"no rank for operator {op!r}")
+
+
+def _compared(
+    universe: UniverseColumns,
+    metric: str,
+    column: list[Decimal | None],
+    test: Callable[[Decimal], bool],
+    rank: Rank | None,
+) -> list[str]:
+    """A comparison rule's outcome characters over a column (missing values skipped). The
+    characters of a rank are those of the first rule that had it, evaluated value by value;
+    the list is shared, never modified."""
+    ordered = None if rank is None else universe.ordered(metric)
+    if rank is None or ordered is None:
+        return [SKIPPED if x is None else MATCHED if test(x) else UNMATCHED for x in column]
+    key = (metric, rank(ordered))
+    found = universe.outcomes.get(key)
+    if found is None:
+        found = universe.outcomes[key] = [
+            SKIPPED if x is None else MATCHED if test(x) else UNMATCHED for x in column
+        ]
+    return found
 
 
 def _comparison(
