@@ -59,10 +59,18 @@ def warm_dashboard_cache(
 
 
 # Dequeued before batch runs (priority), one at a time (`scoring/lane` is limited to 1 run in
-# dagster.yaml) so that warming never takes every run worker from the night's batches.
+# dagster.yaml) so that warming never takes every run worker from the night's batches. The
+# sensor moves the warm run of a night's last batches, requested while another still runs, to
+# a lane of its own: the night has no batch left for the worker it takes.
+LANE_TAG = "scoring/lane"
+WARM_LANE = "dashboard"
+CLOSING_LANE = "dashboard_closing"
+WARM_RUNS_AT_CLOSE = 2  # warm runs at once at most: the lane's one and a closing one
+
+
 @dg.job(
     executor_def=dg.in_process_executor,
-    tags={"dagster/priority": "10", "scoring/lane": "dashboard"},
+    tags={"dagster/priority": "10", LANE_TAG: WARM_LANE},
 )
 def dashboard_cache_job() -> None:
     """Warm the dashboard cache of the users of newly landed (or re-scored) batches."""

@@ -31,6 +31,11 @@ def run_in_flight(
     return runs[0].dagster_run.run_id if runs else None
 
 
+def runs_in_flight(instance: dg.DagsterInstance, job_name: str) -> list[dg.DagsterRun]:
+    """The job's runs that are queued or running."""
+    return list(instance.get_runs(filters=dg.RunsFilter(job_name=job_name, statuses=IN_FLIGHT)))
+
+
 # A run of several consecutive `scores` partitions carries Dagster's range tags (the sensor's
 # runs of a night, UI backfills); a sensor-launched batch or warm run also says how many
 # batches it scores or warms.

@@ -4,10 +4,16 @@ group of the code location (`build_sensors`)."""
 
 import datetime as dt
 import hashlib
+from typing import Any
 
 import dagster as dg
 
-from scoring_pipeline.defs.cache_warming import dashboard_cache_job
+from scoring_pipeline.defs.cache_warming import (
+    CLOSING_LANE,
+    LANE_TAG,
+    WARM_RUNS_AT_CLOSE,
+    dashboard_cache_job,
+)
 from scoring_pipeline.defs.market_groups.group import DEFAULT_GROUPS
 from scoring_pipeline.defs.nights import GroupNight, NightDefinitions, build_nights
 from scoring_pipeline.defs.partitions import (
@@ -23,7 +29,7 @@ from scoring_pipeline.defs.run_tags import (
     BATCHES_TAG,
     RANGE_END_TAG,
     RANGE_START_TAG,
-    run_in_flight,
+    runs_in_flight,
 )
 from scoring_pipeline.store.dashboard_cache import pending_batches
 from scoring_pipeline.store.membership import load_membership
@@ -285,13 +291,19 @@ def dashboard_cache_sensor(
     """As batches of any group land (or are re-scored), warm their successful users'
     dashboards (each combines every group's current scores): a few batches a run, within
     seconds of landing (`PendingWarm.due`)."""
-    active = run_in_flight(context.instance, dashboard_cache_job.name)
-    if active:
-        # It warms what is pending now; what lands meanwhile waits for the next run. A run per
-        # tick would queue overlapping runs of the same batches faster than one can finish.
-        return dg.SkipReason(f"warm run {active} is queued or running")
+    active = runs_in_flight(context.instance, dashboard_cache_job.name)
+    taken = frozenset(token for run in active for token in _warm_tokens(run))
     with database.engine().connect() as conn:
-        pending = pending_batches(conn)
+        pending = pending_batches(conn, taken=taken)
+    tags: dict[str, str] = {}
+    if active:
+        # It warms what was pending when it was requested; what lands meanwhile waits for the
+        # next run (a run per tick would queue overlapping runs faster than one can finish).
+        # Once a night has no batch left to land, its last batches are warmed at once beside
+        # it, on a run worker the night no longer needs (outside the one-at-a-time lane).
+        if len(active) >= WARM_RUNS_AT_CLOSE or not (pending.batches and pending.night_closed):
+            return dg.SkipReason(f"warm run {active[0].run_id} is queued or running")
+        tags[LANE_TAG] = CLOSING_LANE
     if not pending.due:
         return dg.SkipReason(pending.wait_reason())
     tokens = [p.token for p in pending.batches]
@@ -302,10 +314,17 @@ def dashboard_cache_sensor(
             dg.RunRequest(
                 run_key=run_key,
                 run_config={"ops": {"warm_dashboard_cache": {"config": {"batches": tokens}}}},
-                tags={BATCHES_TAG: str(len(tokens))},
+                tags={BATCHES_TAG: str(len(tokens)), **tags},
             )
         ]
     )
+
+
+def _warm_tokens(run: dg.DagsterRun) -> list[str]:
+    """The batch outcomes a warm run was asked to warm (its config's tokens)."""
+    config: dict[str, Any] = dict(run.run_config)
+    ops = config.get("ops") or {}
+    return list(ops.get("warm_dashboard_cache", {}).get("config", {}).get("batches", []))
 
 
 # The default configuration's sensors, as the tests and tools import them.

@@ -88,9 +88,12 @@ class PendingWarm:
         )
 
 
-def pending_batches(conn: Connection, limit: int = 200) -> PendingWarm:
-    """Batch outcomes with successful users that are not warmed at their latest sequence; a
-    night is closed when its scoring row is no longer `started` (or it has none)."""
+def pending_batches(
+    conn: Connection, limit: int = 200, taken: frozenset[str] = frozenset()
+) -> PendingWarm:
+    """Batch outcomes with successful users that are not warmed at their latest sequence
+    (those whose `token` is in `taken`, a warm run's already, left out); a night is closed when
+    its scoring row is no longer `started` (or it has none)."""
     rows = conn.execute(
         sa.text(
             "SELECT r.score_date, r.market_group, r.batch_key, r.outcome_seq, "
@@ -102,8 +105,14 @@ def pending_batches(conn: Connection, limit: int = 200) -> PendingWarm:
             "WHERE r.users_success > 0 AND (r.warmed_seq IS NULL OR r.warmed_seq < r.outcome_seq) "
             "ORDER BY r.outcome_seq LIMIT :n"
         ),
-        {"n": limit},
+        {"n": limit + len(taken)},
     ).all()
+    rows = [
+        r
+        for r in rows
+        if PendingBatch(r.score_date, r.batch_key, int(r.outcome_seq), r.market_group).token
+        not in taken
+    ][:limit]
     return PendingWarm(
         batches=[
             PendingBatch(r.score_date, r.batch_key, int(r.outcome_seq), r.market_group)

@@ -9,7 +9,7 @@ import dagster as dg
 import pytest
 import sqlalchemy as sa
 
-from scoring_pipeline.defs.cache_warming import dashboard_cache_job
+from scoring_pipeline.defs.cache_warming import CLOSING_LANE, LANE_TAG, dashboard_cache_job
 from scoring_pipeline.defs.deployment import build_resources
 from scoring_pipeline.defs.sensors import dashboard_cache_sensor
 from scoring_pipeline.store.dashboard_cache import (
@@ -240,3 +240,49 @@ def test_no_second_warm_run_while_one_is_queued_and_a_warmed_batch_is_not_warmed
     again = _warm(dagster_instance, request)
     assert again.output_for_node("warm_dashboard_cache") == 0
     assert rows(world, "SELECT warmed_at FROM dashboard_cache") == first
+
+
+def test_a_nights_last_batches_are_warmed_beside_a_running_warm_run(world, dagster_instance):
+    """Once a night has no batch left to land, its last batches do not wait for the warm run
+    in flight (which warms the batches it was given, not these): one more run warms them at
+    once, outside the one-at-a-time lane, on a run worker the night no longer needs. Never a
+    third: two warm runs in flight make the sensor wait."""
+    for _ in range(3):  # batches of 2: b0000 (2 users) and b0001 (1 user)
+        f.user(world, holdings=[("AAA", "USD")], criteria=[("US_TECH", "stock", rules())])
+    assert snapshots(dagster_instance).success
+    assert batch(dagster_instance, "b0000").success
+    with world.begin() as conn:  # b0000 has waited long enough to be warmed alone
+        conn.execute(
+            sa.text(
+                "UPDATE scoring_batch_results SET updated_at = updated_at - make_interval("
+                "secs => :s) WHERE batch_key = 'b0000'"
+            ),
+            {"s": WARM_WITHIN_SECONDS + 1},
+        )
+    first = (_sensor(dagster_instance).run_requests or [])[0]
+    assert LANE_TAG not in first.tags  # the job's own lane
+    in_flight = [
+        dagster_instance.create_run_for_job(dashboard_cache_job, run_config=first.run_config)
+    ]
+    try:
+        assert batch(dagster_instance, "b0001").success  # the night's last batch: it closes
+        closing = _sensor(dagster_instance)
+        assert isinstance(closing, dg.SensorResult)
+        request = (closing.run_requests or [])[0]
+        tokens = request.run_config["ops"]["warm_dashboard_cache"]["config"]["batches"]
+        assert [t.split("|")[2] for t in tokens] == ["b0001"]  # not b0000, the other run's
+        assert request.tags[LANE_TAG] == CLOSING_LANE
+        in_flight.append(
+            dagster_instance.create_run_for_job(
+                dashboard_cache_job, run_config=request.run_config, tags=request.tags
+            )
+        )
+        # Two warm runs in flight: a batch re-scored now waits for one of them.
+        assert batch(dagster_instance, "b0001").success
+        waiting = _sensor(dagster_instance)
+        assert isinstance(waiting, dg.SkipReason)
+        assert "is queued or running" in (waiting.skip_message or "")
+    finally:
+        for run in in_flight:
+            dagster_instance.report_run_canceled(run)
+    assert len(in_flight) == 2
