@@ -107,19 +107,15 @@ def pending_batches(
         ),
         {"n": limit + len(taken)},
     ).all()
-    rows = [
-        r
+    found = [
+        (PendingBatch(r.score_date, r.batch_key, int(r.outcome_seq), r.market_group), r)
         for r in rows
-        if PendingBatch(r.score_date, r.batch_key, int(r.outcome_seq), r.market_group).token
-        not in taken
-    ][:limit]
+    ]
+    kept = [(b, r) for b, r in found if b.token not in taken][:limit]
     return PendingWarm(
-        batches=[
-            PendingBatch(r.score_date, r.batch_key, int(r.outcome_seq), r.market_group)
-            for r in rows
-        ],
-        oldest_waited_s=max((float(r.waited) for r in rows), default=0.0),
-        night_closed=any(r.night_closed for r in rows),
+        batches=[b for b, _ in kept],
+        oldest_waited_s=max((float(r.waited) for _, r in kept), default=0.0),
+        night_closed=any(r.night_closed for _, r in kept),
     )
 
 
