@@ -192,14 +192,17 @@ def _compared(
     the list is shared, never modified."""
     ordered = None if rank is None else universe.ordered(metric)
     if rank is None or ordered is None:
-        return [SKIPPED if x is None else MATCHED if test(x) else UNMATCHED for x in column]
+        return _each_value(column, test)
     key = (metric, rank(ordered))
     found = universe.outcomes.get(key)
     if found is None:
-        found = universe.outcomes[key] = [
-            SKIPPED if x is None else MATCHED if test(x) else UNMATCHED for x in column
-        ]
+        found = universe.outcomes[key] = _each_value(column, test)
     return found
+
+
+def _each_value(column: list[Decimal | None], test: Callable[[Decimal], bool]) -> list[str]:
+    """A comparison rule's outcome characters, value by value (missing values skipped)."""
+    return [SKIPPED if x is None else MATCHED if test(x) else UNMATCHED for x in column]
 
 
 def _comparison(
