@@ -10,7 +10,7 @@ from scoring_pipeline.defs.assets.scores import RefusedBatch, RunBatches
 from scoring_pipeline.defs.checks import batch_check_evaluations
 from scoring_pipeline.defs.partitions import scores_partition_key
 from scoring_pipeline.defs.resources import DatabaseResource
-from scoring_pipeline.engine.batch import BatchOutput
+from scoring_pipeline.engine.batch import BatchOutput, gc_paused
 from scoring_pipeline.store.batch_write import BatchWrite, failed_user_entries, persist_batch
 
 # How many failed batches a ranged run's failure names in its description (all are in metadata).
@@ -40,21 +40,19 @@ class ScoresIOManager(dg.ConfigurableIOManager):
         # Only each batch's figures are kept: its output (every score) is freed once written.
         landed: list[Landed] = []  # every user scored
         failed: list[tuple[str, str, dict[str, Any]]] = []  # partition, why, metadata
+        batches = iter(obj)
         try:
-            for item in obj:
-                if isinstance(item, RefusedBatch):
-                    failed.append((item.partition_key, item.description, {}))
-                    continue
-                written = persist_batch(self.database.engine(), item, run_id=context.run_id)
-                metadata = _metadata(item, written)
-                if item.failed:
-                    # The successful users are committed above; the partition must show failed.
-                    metadata["failed_users"] = failed_user_entries(item)
-                    failed.append((_partition(item), _failed_users_text(item, metadata), metadata))
-                else:
-                    landed.append(
-                        Landed(_partition(item), item.market_group, item.markets, metadata)
-                    )
+            while True:
+                # Scoring a batch and writing it allocate hundreds of thousands of objects, freed
+                # by reference counting: the cyclic collector stays paused over both, and resumes
+                # only once the batch's output is released (each collection it would otherwise
+                # run walks the whole live output, ~15 ms a batch).
+                with gc_paused():
+                    item = next(batches, None)
+                    if item is None:
+                        break
+                    self._write(context, item, landed, failed)
+                    del item
         except Exception:
             # A run of several batches fails here as a whole (it may be retried): the batches
             # already committed keep their partitions materialised and checked.
@@ -87,6 +85,26 @@ class ScoresIOManager(dg.ConfigurableIOManager):
         # Dagster gives every partition of the range this one materialisation metadata: the
         # run's totals, and each batch's own figures under its key.
         context.add_output_metadata(_run_metadata(landed))
+
+    def _write(
+        self,
+        context: dg.OutputContext,
+        item: BatchOutput | RefusedBatch,
+        landed: list[Landed],
+        failed: list[tuple[str, str, dict[str, Any]]],
+    ) -> None:
+        """Write one batch of the run; keep only its figures, in `landed` or `failed`."""
+        if isinstance(item, RefusedBatch):
+            failed.append((item.partition_key, item.description, {}))
+            return
+        written = persist_batch(self.database.engine(), item, run_id=context.run_id)
+        metadata = _metadata(item, written)
+        if item.failed:
+            # The successful users are committed above; the partition must show failed.
+            metadata["failed_users"] = failed_user_entries(item)
+            failed.append((_partition(item), _failed_users_text(item, metadata), metadata))
+        else:
+            landed.append(Landed(_partition(item), item.market_group, item.markets, metadata))
 
     def _landed_events(
         self, context: dg.OutputContext, landed: list[Landed]

@@ -1,5 +1,5 @@
 """What a batch reports about its own cost (the benchmark reads it), and the garbage collector
-pause around scoring: always undone, also when the scoring raises."""
+pause around scoring and writing: always undone, also when the scoring raises."""
 
 import datetime as dt
 import gc
@@ -10,7 +10,13 @@ import pytest
 
 from scoring_pipeline.engine.batch import gc_paused, score_batch
 from scoring_pipeline.store.batch_inputs import load_batch_inputs
-from scoring_pipeline_tests.scenario import DATE, snapshots, users_in_two_currencies
+from scoring_pipeline_tests.scenario import (
+    DATE,
+    batches,
+    forget_night_keys,
+    snapshots,
+    users_in_two_currencies,
+)
 
 
 def test_gc_paused_restores_the_collector_even_on_error():
@@ -72,3 +78,44 @@ def test_a_run_worker_process_freezes_its_import_heap():
     frozen, imported = done.stdout.split()
     assert imported == "True"
     assert int(frozen) > 50_000  # Dagster and the code location: ~160,000 objects here
+
+
+def _frames_scoring_or_writing() -> bool:
+    frame = sys._getframe()
+    while frame is not None:
+        if frame.f_code.co_name in ("score_batch", "persist_batch"):
+            return True
+        frame = frame.f_back
+    return False
+
+
+@pytest.mark.db
+def test_no_collection_runs_while_a_ranged_runs_batch_is_scored_or_written(
+    world, dagster_instance, monkeypatch
+):
+    """The run's batches are scored and written with the cyclic collector paused: with a tiny
+    collection threshold, collections do run during the run, but never with a batch's scoring
+    or write on the stack (each would walk the batch's whole live output)."""
+    monkeypatch.setenv("SCORING_BATCH_SIZE", "2")
+    users_in_two_currencies(world, 4)
+    forget_night_keys(dagster_instance)
+    assert snapshots(dagster_instance).success
+    collections: list[bool] = []  # per collection: was a batch scored or written then?
+
+    def seen(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            collections.append(_frames_scoring_or_writing())
+
+    thresholds = gc.get_threshold()
+    gc.set_threshold(50)
+    gc.callbacks.append(seen)
+    try:
+        result = batches(dagster_instance, "b0000", "b0001")
+    finally:
+        gc.callbacks.remove(seen)
+        gc.set_threshold(*thresholds)
+    assert result.success
+    assert len(result.get_asset_materialization_events()) == 2
+    assert len(collections) > 100  # the run itself collected, often
+    assert not any(collections)
+    assert gc.isenabled()
