@@ -8,9 +8,18 @@ import pytest
 import sqlalchemy as sa
 
 from scoring_pipeline.cli.bench.floors import COPY_TABLES
+from scoring_pipeline.cli.bench.night import progress_line
 from scoring_pipeline.cli.bench.runner import bench_dates, run_bench
 from scoring_pipeline.cli.bench.sampling import server_processes
 from scoring_pipeline.store import db
+from scoring_pipeline.store.dashboard_cache import pending_batches, warm_batch
+from scoring_pipeline_tests.scenario import (
+    DATE,
+    batch,
+    forget_night_keys,
+    snapshots,
+    users_in_two_currencies,
+)
 
 pytestmark = pytest.mark.db
 
@@ -18,10 +27,20 @@ USERS = 60  # two batches of 50 and 10
 
 
 def test_bench_night_accounts_for_every_row(server_url):
+    said: list[str] = []
     report = run_bench(
-        USERS, instruments_per_market=10, server_url=server_url, nights=3, echo=lambda _: None
+        USERS, instruments_per_market=10, server_url=server_url, nights=3, echo=said.append
     )
     f = report.figures
+    # What a long benchmark says while it works, before its report.
+    assert said[0].startswith("universe: {'users': 60,")
+    assert said[1] == "services up; launching the night"
+    rows = sum(report.tables[t]["rows"] for t in COPY_TABLES)
+    assert said[2] == (
+        f"night done in {f['end_to_end_s']:.1f} s; measuring the raw COPY of its {rows:,} "
+        "output rows and the engine alone"
+    )
+    assert said[3:] == [f"next night: {night}" for night in bench_dates(dt.date.today(), 3)[1:]]
     tables = report.tables
 
     assert f["batches"] == math.ceil(USERS / 50)
@@ -160,3 +179,24 @@ def test_groups_bench_refuses_an_unknown_group():
 
     with pytest.raises(ValueError, match="unknown group 'xx'"):
         run_groups_bench(USERS, ["us", "xx"])
+
+
+def test_a_night_in_progress_says_how_far_it_is(world, dagster_instance):
+    """The line a long benchmark prints every 30 s while its night runs (batches of 2 users)."""
+    users_in_two_currencies(world, 4)
+    forget_night_keys(dagster_instance)
+    assert snapshots(dagster_instance).success
+    day = dt.date.fromisoformat(DATE)
+    assert progress_line(world, day, "all", 12.4) == (
+        "      12 s: 0 of 2 batches written (0 users scored, 0 failed), 0 dashboards warm"
+    )
+    assert batch(dagster_instance, "b0000").success
+    assert progress_line(world, day, "all", 30.0) == (
+        "      30 s: 1 of 2 batches written (2 users scored, 0 failed), 0 dashboards warm"
+    )
+    with world.begin() as conn:
+        (landed,) = pending_batches(conn, 10).batches
+        warm_batch(conn, landed)
+    assert progress_line(world, day, "all", 60.0).endswith("2 dashboards warm")
+    # Another group's night of the same date counts nothing of this one's.
+    assert progress_line(world, day, "us", 60.0).startswith("      60 s: 0 of 2 batches written")

@@ -15,6 +15,7 @@ overhead is the groups' summed time and CPU over the single night's, on the same
 import datetime as dt
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -56,13 +57,14 @@ def _night(
     score_date: dt.date,
     group: str,
     timeout: float,
+    echo: Callable[[str], None] | None = None,
 ) -> NightFigures:
     job = "overnight_snapshots_job" if group == "all" else f"{group}_overnight_snapshots_job"
     roots = [p.pid for p in services.processes.values()]
     started = time.monotonic()
     with RssSampler(roots, postgres_pids=server_processes(engine)) as sampler:
         DagsterApi(services.url).launch_job(job, tags={"dagster/partition": score_date.isoformat()})
-        wait_night(engine, score_date, timeout, group)
+        wait_night(engine, score_date, timeout, group, echo)
         wait_runs_ended(env, timeout)
     seconds = time.monotonic() - started
     with engine.connect() as conn:
@@ -109,19 +111,21 @@ def run_groups_bench(
     try:
         with running_services(port=free_port(), workers=workers, env=env) as services:
             echo(f"warm-up night {warm_up} (one group)")
-            _night(services, env, engine, warm_up, "all", timeout)
+            _night(services, env, engine, warm_up, "all", timeout, echo)
             echo(f"one-group night {single_date}")
-            single = _night(services, env, engine, single_date, "all", timeout)
+            single = _night(services, env, engine, single_date, "all", timeout, echo)
         report = GroupsReport(users=users, single=single)
         env[GROUPS_FILE_VARIABLE] = str(_groups_file(work / "groups.toml", groups))
         with running_services(port=free_port(), workers=workers, env=env) as services:
             # The new services' first night pays their warm-up: a first group's night of the
             # baseline's date (re-scored, not measured) takes it.
             echo(f"warm-up night {single_date} of group {groups[0]}")
-            _night(services, env, engine, single_date, groups[0], timeout)
+            _night(services, env, engine, single_date, groups[0], timeout, echo)
             for group in groups:
                 echo(f"group {group} night {groups_date}")
-                report.groups.append(_night(services, env, engine, groups_date, group, timeout))
+                report.groups.append(
+                    _night(services, env, engine, groups_date, group, timeout, echo)
+                )
         return report
     finally:
         engine.dispose()

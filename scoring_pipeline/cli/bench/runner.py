@@ -13,7 +13,7 @@ from typing import Any
 from sqlalchemy.engine import Engine
 
 from scoring_pipeline.cli.bench.figures import assets_scored, night_figures, write_parts
-from scoring_pipeline.cli.bench.floors import engine_alone, raw_copy_seconds
+from scoring_pipeline.cli.bench.floors import COPY_TABLES, engine_alone, raw_copy_seconds
 from scoring_pipeline.cli.bench.night import launch_night, run_records, run_times
 from scoring_pipeline.cli.bench.report import BenchReport
 from scoring_pipeline.cli.bench.sampling import RssSampler, server_processes
@@ -100,7 +100,7 @@ def _first_night(
             echo("services up; launching the night")
             sessions_before = sessions(engine)
             counters_before = server_counters(engine)
-            launch_night(services.url, env, engine, score_date, timeout)
+            launch_night(services.url, env, engine, score_date, timeout, echo)
             server = counters_diff(counters_before, server_counters(engine))
             opened = sessions(engine) - sessions_before
         runs = run_times(env)
@@ -118,6 +118,10 @@ def _first_night(
     report.figures["asset_check_steps"] = len(check_steps)
     report.figures["asset_check_s"] = sum(check_steps)
     report.tables = table_sizes(engine)
+    echo(
+        f"night done in {report.figures['end_to_end_s']:.1f} s; measuring the raw COPY of its "
+        f"{sum(report.tables[t]['rows'] for t in COPY_TABLES):,} output rows and the engine alone"
+    )
     _add_floors(report, engine, score_date)
     return report
 
@@ -160,7 +164,7 @@ def _later_nights(
             echo(f"next night: {night}")
             counters = server_counters(engine)
             started = time.monotonic()
-            launch_night(services.url, env, engine, night, timeout)
+            launch_night(services.url, env, engine, night, timeout, echo)
             seconds = time.monotonic() - started
             server = counters_diff(counters, server_counters(engine))
             after = table_sizes(engine)
