@@ -1,6 +1,7 @@
 """The dashboard cache job: warms the users of the batch outcomes a sensor hands it."""
 
 import time
+from typing import Any
 
 import dagster as dg
 
@@ -15,6 +16,18 @@ class WarmCacheConfig(dg.Config):
     """Batch outcomes to warm, as `score_date|market_group|batch_key|outcome_seq` tokens."""
 
     batches: list[str]
+
+
+def warm_run_config(tokens: list[str]) -> dict[str, Any]:
+    """The run config of a warm run of these batch outcomes."""
+    return {"ops": {warm_dashboard_cache.name: {"config": {"batches": tokens}}}}
+
+
+def warm_run_tokens(run: dg.DagsterRun) -> list[str]:
+    """The batch outcomes a warm run was asked to warm (what `warm_run_config` wrote)."""
+    config: dict[str, Any] = dict(run.run_config)
+    ops = config.get("ops") or {}
+    return list(ops.get(warm_dashboard_cache.name, {}).get("config", {}).get("batches", []))
 
 
 @dg.op

@@ -4,7 +4,6 @@ group of the code location (`build_sensors`)."""
 
 import datetime as dt
 import hashlib
-from typing import Any
 
 import dagster as dg
 
@@ -13,6 +12,8 @@ from scoring_pipeline.defs.cache_warming import (
     LANE_TAG,
     WARM_RUNS_AT_CLOSE,
     dashboard_cache_job,
+    warm_run_config,
+    warm_run_tokens,
 )
 from scoring_pipeline.defs.market_groups.group import DEFAULT_GROUPS
 from scoring_pipeline.defs.nights import GroupNight, NightDefinitions, build_nights
@@ -292,7 +293,7 @@ def dashboard_cache_sensor(
     dashboards (each combines every group's current scores): a few batches a run, within
     seconds of landing (`PendingWarm.due`)."""
     active = runs_in_flight(context.instance, dashboard_cache_job.name)
-    taken = frozenset(token for run in active for token in _warm_tokens(run))
+    taken = frozenset(token for run in active for token in warm_run_tokens(run))
     with database.engine().connect() as conn:
         pending = pending_batches(conn, taken=taken)
     tags: dict[str, str] = {}
@@ -313,18 +314,11 @@ def dashboard_cache_sensor(
         run_requests=[
             dg.RunRequest(
                 run_key=run_key,
-                run_config={"ops": {"warm_dashboard_cache": {"config": {"batches": tokens}}}},
+                run_config=warm_run_config(tokens),
                 tags={BATCHES_TAG: str(len(tokens)), **tags},
             )
         ]
     )
-
-
-def _warm_tokens(run: dg.DagsterRun) -> list[str]:
-    """The batch outcomes a warm run was asked to warm (its config's tokens)."""
-    config: dict[str, Any] = dict(run.run_config)
-    ops = config.get("ops") or {}
-    return list(ops.get("warm_dashboard_cache", {}).get("config", {}).get("batches", []))
 
 
 # The default configuration's sensors, as the tests and tools import them.
