@@ -21,19 +21,23 @@ IN_FLIGHT = [
 ]
 
 
+def runs_in_flight(
+    instance: dg.DagsterInstance,
+    job_name: str,
+    tags: dict[str, str] | None = None,
+    limit: int | None = None,
+) -> list[dg.DagsterRun]:
+    """The job's runs (with these tags) that are queued or running, newest first."""
+    filters = dg.RunsFilter(job_name=job_name, tags=tags or {}, statuses=IN_FLIGHT)
+    return list(instance.get_runs(filters=filters, limit=limit))
+
+
 def run_in_flight(
     instance: dg.DagsterInstance, job_name: str, tags: dict[str, str] | None = None
 ) -> str | None:
     """The id of a run of the job (with these tags) that is queued or running, if any."""
-    runs = instance.get_run_records(
-        filters=dg.RunsFilter(job_name=job_name, tags=tags or {}, statuses=IN_FLIGHT), limit=1
-    )
-    return runs[0].dagster_run.run_id if runs else None
-
-
-def runs_in_flight(instance: dg.DagsterInstance, job_name: str) -> list[dg.DagsterRun]:
-    """The job's runs that are queued or running."""
-    return list(instance.get_runs(filters=dg.RunsFilter(job_name=job_name, statuses=IN_FLIGHT)))
+    runs = runs_in_flight(instance, job_name, tags, limit=1)
+    return runs[0].run_id if runs else None
 
 
 # A run of several consecutive `scores` partitions carries Dagster's range tags (the sensor's
