@@ -146,12 +146,12 @@ def score_user(
     started = time.perf_counter()
     correlation_id = str(uuid.uuid4())
     outcome = UserOutcome(user.user_id, correlation_id, user.base_currency, events=[])
-    started_event = {
-        "correlationId": correlation_id,
+    started_event = {  # keys in `jsonb`'s order, as every payload (`json_text.jsonb_key`)
         "userId": user.user_id,
-        "timestamp": dt.datetime.now(dt.UTC).isoformat(),
-        "scoreDate": score_date.isoformat(),
         "batchKey": batch,
+        "scoreDate": score_date.isoformat(),
+        "timestamp": dt.datetime.now(dt.UTC).isoformat(),
+        "correlationId": correlation_id,
         "jobCorrelationId": job_correlation_id,
     }
     outcome.events.append(("CALC_STARTED", started_event))
@@ -195,16 +195,21 @@ def score_user(
 
 def _completed(outcome: UserOutcome, duration_ms: int) -> dict[str, Any]:
     """CALC_COMPLETED's payload: success, or failed with the stage and the error."""
-    completed: dict[str, Any] = {
-        "correlationId": outcome.correlation_id,
-        "durationMs": duration_ms,
+    if outcome.ok:  # keys in `jsonb`'s order, as every payload (`json_text.jsonb_key`)
+        return {
+            "status": "success",
+            "assetCount": len(outcome.scores),
+            "durationMs": duration_ms,
+            "correlationId": outcome.correlation_id,
+        }
+    return {
+        "error": outcome.error,
+        "stage": outcome.stage,
+        "status": "failed",
         "assetCount": len(outcome.scores),
-        "status": "success" if outcome.ok else "failed",
+        "durationMs": duration_ms,
+        "correlationId": outcome.correlation_id,
     }
-    if not outcome.ok:
-        completed["stage"] = outcome.stage
-        completed["error"] = outcome.error
-    return completed
 
 
 def score_batch(

@@ -13,6 +13,17 @@ def plain(value: Decimal | None) -> str | None:
 _ENCODER = json.JSONEncoder(separators=(",", ":"), default=str, ensure_ascii=False)
 
 
+def jsonb_key(name: str) -> tuple[int, bytes]:
+    """Where PostgreSQL's `jsonb` puts an object key: shorter keys first, then by their bytes.
+
+    The payloads' JSON text is written with its keys in this order: `jsonb` input sorts each
+    object's keys, and its sort is several times cheaper on keys already in order (a night's
+    INPUTS_CAPTURED and SCORES_COMPUTED parsed 16 – 27 % faster). The stored value is the same
+    whatever the order of the text."""
+    encoded = name.encode()
+    return (len(encoded), encoded)
+
+
 def dumps(value: Any) -> str:
     """Compact JSON text; Decimals and dates as strings (one shared encoder: no set-up per call)."""
     return _ENCODER.encode(value)

@@ -3,12 +3,13 @@ shared by a batch's users, and SCORES_COMPUTED with each breakdown in its compac
 
 from collections.abc import Callable, Iterable
 from functools import lru_cache
+from itertools import chain
 from operator import itemgetter
 from typing import Any, NamedTuple
 
 from scoring_pipeline.engine.batch_inputs import BatchInputs, UserRow
 from scoring_pipeline.engine.criteria import CONVERTED_METRICS, FUNDAMENTAL_FIELDS, CriteriaSet
-from scoring_pipeline.engine.json_text import dumps, plain
+from scoring_pipeline.engine.json_text import dumps, jsonb_key, plain
 from scoring_pipeline.engine.metrics import InstrumentData
 from scoring_pipeline.engine.scoring import AssetScore
 
@@ -50,46 +51,47 @@ def _price_piece(inputs: BatchInputs, i: InstrumentData) -> str:
     if piece is None:
         row = inputs.prices.get(i.symbol)
         piece = inputs.json_pieces[key] = dumps(
-            {
-                "symbol": i.symbol,
+            {  # keys in `jsonb`'s order, as everywhere in the payloads (see `jsonb_key`)
                 "close": plain(i.close),
+                "source": row.source if row else None,
+                "symbol": i.symbol,
                 "currency": i.currency,
                 "priceDate": row.price_date.isoformat() if row and row.price_date else None,
-                "source": row.source if row else None,
             }
         )
     return piece
 
 
+# An instrument's captured fundamentals: its data date and the raw values (SPEC §5).
+_CAPTURED_FIELDS = (*FUNDAMENTAL_FIELDS, "dataDate")
+_FIELD_POSITION = {name: n for n, name in enumerate(_CAPTURED_FIELDS)}
+
+
 def _fundamental_pieces(inputs: BatchInputs, i: InstrumentData) -> tuple[str, tuple[str, ...]]:
-    """`"SYMBOL":{"dataDate":"…"` and, per field of FUNDAMENTAL_FIELDS in that order,
-    `,"field":"value"` (JSON text), or "" when the instrument has no value for it."""
+    """`"SYMBOL":{` and, per name of _CAPTURED_FIELDS in that order, `,"name":"value"` (JSON
+    text), or "" when the instrument has no value for it."""
     key = ("fundamentals", i.symbol)
     found: tuple[str, tuple[str, ...]] | None = inputs.json_pieces.get(key)
     if found is None:
-        head = f'{dumps(i.symbol)}:{{"dataDate":"{inputs.fundamentals_date[i.symbol]}"'
         values = i.fundamentals
         pieces = tuple(
             "" if (value := values.get(name)) is None else f',"{name}":"{plain(value)}"'
             for name in FUNDAMENTAL_FIELDS
         )
-        found = inputs.json_pieces[key] = (head, pieces)
+        date = f',"dataDate":"{inputs.fundamentals_date[i.symbol]}"'
+        found = inputs.json_pieces[key] = (f"{dumps(i.symbol)}:{{", (*pieces, date))
     return found
 
 
-_FIELD_POSITION = {name: n for n, name in enumerate(FUNDAMENTAL_FIELDS)}
-
-
 def _pick(fields: tuple[str, ...]) -> Callable[[tuple[str, ...]], str]:
-    """The join of the pieces of `fields` (in that order) from a `_fundamental_pieces` tuple."""
-    positions = [_FIELD_POSITION[name] for name in fields]
-    if not positions:
-        return lambda _pieces: ""
+    """The members of an instrument's fundamentals object with `fields` and its data date, in
+    `jsonb`'s key order, from a `_fundamental_pieces` tuple (without the leading comma)."""
+    positions = [_FIELD_POSITION[name] for name in sorted({*fields, "dataDate"}, key=jsonb_key)]
     if len(positions) == 1:
         only = positions[0]
-        return lambda pieces: pieces[only]
+        return lambda pieces: pieces[only][1:]
     getter = itemgetter(*positions)
-    return lambda pieces: "".join(getter(pieces))
+    return lambda pieces: "".join(getter(pieces))[1:]  # the data date is never missing
 
 
 class _UniverseText(NamedTuple):
@@ -97,7 +99,10 @@ class _UniverseText(NamedTuple):
 
     prices: str  # price entries, comma-separated
     symbols: str  # the symbols as JSON strings, comma-separated
-    fundamentals: str  # `"SYMBOL":{…}` members with the given fields, comma-separated
+    # `"SYMBOL":{…}` members with the given fields, in `jsonb`'s key order: comma-separated, and
+    # each with its symbol's sort key (to merge the universes of a user's sets).
+    fundamentals: str
+    members: tuple[tuple[tuple[int, bytes], str], ...]
 
 
 def _universe_text(
@@ -118,13 +123,17 @@ def _universe_text(
                 ",".join(dumps(i.symbol) for i in universe),
             )
         pick = _pick(fields)
-        fundamentals = []
+        members = []
         for i in universe:
             if i.symbol in inputs.fundamentals_date:
                 head, pieces = _fundamental_pieces(inputs, i)
-                fundamentals.append(f"{head}{pick(pieces)}}}")
+                members.append((jsonb_key(i.symbol), f"{head}{pick(pieces)}}}"))
+        members.sort()  # symbols are unique: the texts are never compared
         found = inputs.json_pieces[cache_key] = _UniverseText(
-            prices=shared[0], symbols=shared[1], fundamentals=",".join(fundamentals)
+            prices=shared[0],
+            symbols=shared[1],
+            fundamentals=",".join(text for _, text in members),
+            members=tuple(members),
         )
     return found
 
@@ -147,28 +156,32 @@ def capture_inputs_json(
     texts = [_universe_text(inputs, universe_key(cs), tuple(_used_fields([cs]))) for cs in sets]
     rates = [
         {
-            "from": "USD",
             "to": r.quote_currency,
+            "from": "USD",
             "rate": plain(r.rate),
-            "rateDate": r.rate_date.isoformat(),
             "source": r.source,
+            "rateDate": r.rate_date.isoformat(),
         }
         for c in sorted(_needed_currencies(sets, inputs, user.base_currency))
         if (r := inputs.rates.get(c)) is not None
     ]
+    # Every object's keys in `jsonb`'s order (see `jsonb_key`).
     criteria = ",".join(
-        f'{{"criteriaVersionId":{dumps(cs.criteria_version_id)},'
-        f'"targetMarket":{dumps(cs.target_market)},"assetType":{dumps(cs.asset_type)},'
-        f'"version":{dumps(cs.version)},"rules":{dumps(cs.raw_rules)},'
-        f'"assetIds":[{text.symbols}]}}'
+        f'{{"rules":{dumps(cs.raw_rules)},"version":{dumps(cs.version)},'
+        f'"assetIds":[{text.symbols}],"assetType":{dumps(cs.asset_type)},'
+        f'"targetMarket":{dumps(cs.target_market)},'
+        f'"criteriaVersionId":{dumps(cs.criteria_version_id)}}}'
         for cs, text in zip(sets, texts, strict=True)
     )
+    if len(texts) == 1:
+        fundamentals = texts[0].fundamentals
+    else:  # the sets' universes merged (sorted runs: a merge, for Python's sort)
+        fundamentals = ",".join(text for _, text in sorted(chain(*(t.members for t in texts))))
     return (
-        f'{{"correlationId":"{correlation_id}","baseCurrency":{dumps(user.base_currency)},'
-        f'"criteria":[{criteria}],"prices":[{_joined(t.prices for t in texts)}],'
-        f'"rates":{dumps(rates)},'
-        f'"fundamentals":{{{_joined(t.fundamentals for t in texts)}}},'
-        f'"assetIds":[{_joined(t.symbols for t in texts)}]}}'
+        f'{{"rates":{dumps(rates)},"prices":[{_joined(t.prices for t in texts)}],'
+        f'"assetIds":[{_joined(t.symbols for t in texts)}],"criteria":[{criteria}],'
+        f'"baseCurrency":{dumps(user.base_currency)},"fundamentals":{{{fundamentals}}},'
+        f'"correlationId":"{correlation_id}"}}'
     )
 
 
@@ -180,12 +193,14 @@ def _symbol_json(symbol: str) -> str:
 def results_json(correlation_id: str, scores: list[AssetScore]) -> str:
     """SCORES_COMPUTED as JSON text, each breakdown in its compact form (equal to
     `results_payload`): the canonical one is rebuilt from it and INPUTS_CAPTURED (replay)."""
+    # `{"score":…,"assetId":…,"outcomes":…,"percentage":…,"maxPossibleScore":…,
+    # "criteriaVersionId":…}`: keys in `jsonb`'s order, the score's and the criteria set's
+    # parts made once per total (`ResultTexts`).
     parts = [
-        f'{{"assetId":{_symbol_json(s.symbol)},"criteriaVersionId":"{s.criteria_version_id}",'
-        f'{s.texts.json},"outcomes":"{s.outcomes}"}}'
+        f'{s.texts.json_head}{_symbol_json(s.symbol)},"outcomes":"{s.outcomes}"{s.texts.json_tail}'
         for s in scores
     ]
-    return f'{{"correlationId":"{correlation_id}","results":[{",".join(parts)}]}}'
+    return f'{{"results":[{",".join(parts)}],"correlationId":"{correlation_id}"}}'
 
 
 def results_payload(correlation_id: str, scores: list[AssetScore]) -> dict[str, Any]:

@@ -31,8 +31,11 @@ class ResultTexts(NamedTuple):
     score: str
     maximum: str
     percentage: str | None
-    # `"score":"…","maxPossibleScore":"…","percentage":"…"` (or `null`), as SCORES_COMPUTED has it
-    json: str
+    # A SCORES_COMPUTED result's text around its symbol and outcomes, keys in `jsonb`'s order:
+    # `{"score":"…","assetId":` and `,"percentage":"…"` (or `null`)
+    # `,"maxPossibleScore":"…","criteriaVersionId":"…"}`.
+    json_head: str
+    json_tail: str
 
 
 class PlanResult(NamedTuple):
@@ -139,11 +142,17 @@ class RulePlan:
             score = _quantize(Decimal(total))
             score_text, maximum_text = format(score, "f"), format(self.maximum, "f")
             percentage_text = None if percentage is None else format(percentage, "f")
-            json_text = (
-                f'"score":"{score_text}","maxPossibleScore":"{maximum_text}","percentage":'
-                + ("null" if percentage_text is None else f'"{percentage_text}"')
+            percentage_json = "null" if percentage_text is None else f'"{percentage_text}"'
+            texts = ResultTexts(
+                score_text,
+                maximum_text,
+                percentage_text,
+                json_head=f'{{"score":"{score_text}","assetId":',
+                json_tail=(
+                    f',"percentage":{percentage_json},"maxPossibleScore":"{maximum_text}",'
+                    f'"criteriaVersionId":{_ENCODE(self.criteria_version_id)}}}'
+                ),
             )
-            texts = ResultTexts(score_text, maximum_text, percentage_text, json_text)
             cached = self._results[total] = PlanResult(score, percentage, texts)
         return cached
 

@@ -66,7 +66,7 @@ def prepare_batch(output: BatchOutput) -> PreparedBatch:
         base = f"\t{user.base_currency}\n"
         for s in user.scores:
             symbol = copy_field(s.symbol)
-            score, maximum, percentage, _json = s.texts  # plain decimal text: nothing to escape
+            score, maximum, percentage, *_json = s.texts  # plain decimal text: nothing to escape
             lines.append(
                 f"{prefix}{symbol}\t{s.criteria_version_id}\t{score}\t{maximum}\t"
                 f"{NULL if percentage is None else percentage}\t"

@@ -8,10 +8,11 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 
 from scoring_pipeline.engine.batch_inputs import BatchInputs, UserRow
 from scoring_pipeline.engine.criteria import CriteriaSet
-from scoring_pipeline.engine.json_text import plain
+from scoring_pipeline.engine.json_text import jsonb_key, plain
 from scoring_pipeline.engine.payloads import (
     _needed_currencies,
     _used_fields,
@@ -141,6 +142,7 @@ def test_text_payloads_equal_the_obvious_dicts(world, dagster_instance):
         assert json.loads(capture_inputs_json("c-1", row, sets, in_run)) == expected
         captured = json.loads(capture_inputs_json("c-1", row, sets, inputs))
         assert captured == expected
+        assert_keys_in_jsonb_order(capture_inputs_json("c-1", row, sets, inputs))
         if row.base_currency == "EUR":
             # CCC (EU_IND) has eps and revenue: only revenue is read by the EU_IND set's rules
             # (eps is read by the user's other set, over other instruments).
@@ -158,4 +160,34 @@ def test_text_payloads_equal_the_obvious_dicts(world, dagster_instance):
         assert json.loads(results_json("c-1", scores)) == json.loads(
             json.dumps(results_payload("c-1", scores))
         )
+        assert_keys_in_jsonb_order(results_json("c-1", scores))
         assert Decimal(json.loads(results_json("c-1", scores))["results"][0]["score"])
+
+
+def assert_keys_in_jsonb_order(text: str) -> None:
+    """Every object of the JSON text has its keys in `jsonb`'s order (what makes its input
+    cheap), and at least one has several."""
+    orders: list[list[str]] = []
+
+    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
+        orders.append([key for key, _ in items])
+        return dict(items)
+
+    json.loads(text, object_pairs_hook=pairs)
+    assert max(len(keys) for keys in orders) > 1
+    for keys in orders:
+        assert keys == sorted(keys, key=jsonb_key)
+
+
+def test_jsonb_key_is_the_order_postgresql_keeps(engine):
+    """`jsonb_key` sorts keys as the server's `jsonb` stores them: by length in bytes, then by
+    bytes (not the collation), whatever the order of the input."""
+    keys = ["b", "a", "ab", "B", "é", "zz", "aé", "abc", "dataDate", "earnings", "Z"]
+    text = json.dumps({key: n for n, key in enumerate(keys)}, ensure_ascii=False)
+    with engine.connect() as conn:
+        stored = conn.execute(
+            sa.text("SELECT array_agg(k) FROM jsonb_object_keys(CAST(:t AS jsonb)) AS k"),
+            {"t": text},
+        ).scalar_one()
+    assert stored == sorted(keys, key=jsonb_key)
+    assert stored != sorted(keys)  # the collation's order would not do
