@@ -146,7 +146,7 @@ def score_user(
     started = time.perf_counter()
     correlation_id = str(uuid.uuid4())
     outcome = UserOutcome(user.user_id, correlation_id, user.base_currency, events=[])
-    started_event = {  # keys in `jsonb`'s order, as every payload (`json_text.jsonb_key`)
+    started_event = {  # keys in `jsonb`'s order, as every calculation event (`json_text.jsonb_key`)
         "userId": user.user_id,
         "batchKey": batch,
         "scoreDate": score_date.isoformat(),
@@ -195,7 +195,7 @@ def score_user(
 
 def _completed(outcome: UserOutcome, duration_ms: int) -> dict[str, Any]:
     """CALC_COMPLETED's payload: success, or failed with the stage and the error."""
-    if outcome.ok:  # keys in `jsonb`'s order, as every payload (`json_text.jsonb_key`)
+    if outcome.ok:  # keys in `jsonb`'s order, as every calculation event (`json_text.jsonb_key`)
         return {
             "status": "success",
             "assetCount": len(outcome.scores),

@@ -51,7 +51,7 @@ def _price_piece(inputs: BatchInputs, i: InstrumentData) -> str:
     if piece is None:
         row = inputs.prices.get(i.symbol)
         piece = inputs.json_pieces[key] = dumps(
-            {  # keys in `jsonb`'s order, as everywhere in the payloads (see `jsonb_key`)
+            {  # keys in `jsonb`'s order, as in every calculation event (`jsonb_key`)
                 "close": plain(i.close),
                 "source": row.source if row else None,
                 "symbol": i.symbol,
