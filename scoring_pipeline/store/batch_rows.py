@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from scoring_pipeline.engine.batch import BatchOutput
 from scoring_pipeline.engine.json_text import dumps
 from scoring_pipeline.store.copy import copy_field
+from scoring_pipeline.store.payload_compression import CAPTURED_EVENTS
 
 NULL = "\\N"  # COPY's text for NULL
 
@@ -49,7 +50,10 @@ class PreparedBatch:
 
     scores_by_user: dict[str, list[str]]
     history: list[str]
-    events: list[str]
+    # Event lines in calculation order, split where the payloads' compression changes
+    # (`store/payload_compression`): CALC_STARTED and INPUTS_CAPTURED, then the rest.
+    captured_events: list[str]
+    computed_events: list[str]
     rows: int
 
 
@@ -76,10 +80,13 @@ def prepare_batch(output: BatchOutput) -> PreparedBatch:
                 f"{prefix}{symbol}\t{date}\t{s.criteria_version_id}\t{score}{suffix}"
                 f"{s.outcomes}{base}"
             )
-    events = [
-        f"{u.correlation_id}\t{u.user_id}\t{event_type}\t"
-        f"{copy_field(payload if isinstance(payload, str) else dumps(payload))}\t{at}\t{date}\n"
-        for u in output.users
-        for event_type, payload in u.events
-    ]
-    return PreparedBatch(scores_by_user, history, events, len(history))
+    captured: list[str] = []
+    computed: list[str] = []
+    for u in output.users:
+        for event_type, payload in u.events:
+            (captured if event_type in CAPTURED_EVENTS else computed).append(
+                f"{u.correlation_id}\t{u.user_id}\t{event_type}\t"
+                f"{copy_field(payload if isinstance(payload, str) else dumps(payload))}"
+                f"\t{at}\t{date}\n"
+            )
+    return PreparedBatch(scores_by_user, history, captured, computed, len(history))

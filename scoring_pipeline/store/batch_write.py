@@ -28,6 +28,7 @@ from scoring_pipeline.store.metric_values import store_metric_values
 from scoring_pipeline.store.night.model import BatchOutcome, NightStatus
 from scoring_pipeline.store.night.outcomes import record_batch_outcome
 from scoring_pipeline.store.night.root_span import emit_root_span
+from scoring_pipeline.store.payload_compression import copy_events
 from scoring_pipeline.store.planner import by_index
 from scoring_pipeline.store.write_timer import WriteTimer
 
@@ -173,7 +174,13 @@ def write_batch(
         scores = _replace_current_scores(conn, output, prepared, users, timer)
         history = _replace_history(conn, output, prepared, users, timer)
     with timer.part("copy_events"):
-        events = copy_text(conn, "calculation_events", EVENT_COLUMNS, prepared.events)
+        events = copy_events(
+            conn,
+            "calculation_events",
+            EVENT_COLUMNS,
+            prepared.captured_events,
+            prepared.computed_events,
+        )
     outcome = batch_outcome(output, run_id)
     with timer.part("outcome"):
         night = record_batch_outcome(conn, outcome)

@@ -10,7 +10,30 @@ import time
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from scoring_pipeline.store.payload_compression import (
+    CAPTURED_EVENTS,
+    DEFAULT_METHOD,
+    compress_with,
+    inputs_method,
+)
+
 COPY_TABLES = ("asset_scores", "score_history", "score_metric_values", "calculation_events")
+
+
+def _copy_parts(table: str, inputs_method: str) -> list[tuple[str, str | None]]:
+    """What to COPY of a table and with which payload compression (None: the session's), as
+    the write stores it: the events' CALC_STARTED and INPUTS_CAPTURED with the inputs' method,
+    the rest with pglz (`store/payload_compression`)."""
+    if table != "calculation_events":
+        return [(f"SELECT * FROM {table}", None)]  # a query: partitioned tables too
+    captured = ", ".join(f"'{t}'" for t in CAPTURED_EVENTS)
+    return [
+        (f"SELECT * FROM {table} WHERE event_type IN ({captured}) ORDER BY id", inputs_method),
+        (
+            f"SELECT * FROM {table} WHERE event_type NOT IN ({captured}) ORDER BY id",
+            DEFAULT_METHOD,
+        ),
+    ]
 
 
 def raw_copy_seconds(engine: Engine, wal: dict[str, int] | None = None) -> dict[str, float]:
@@ -18,17 +41,18 @@ def raw_copy_seconds(engine: Engine, wal: dict[str, int] | None = None) -> dict[
     `wal` gets the WAL bytes those COPYs wrote, by table."""
     seconds: dict[str, float] = {}
     for table in COPY_TABLES:
-        buffer = io.BytesIO()
+        parts: list[tuple[bytes, str | None]] = []
         with engine.connect() as conn:
             raw = conn.connection.driver_connection
             assert raw is not None
-            query = f"COPY (SELECT * FROM {table}) TO STDOUT"  # partitioned tables too
-            with raw.cursor() as cur, cur.copy(query) as copy:
-                for chunk in copy:
-                    buffer.write(chunk)
+            for query, method in _copy_parts(table, inputs_method(conn)):
+                buffer = io.BytesIO()
+                with raw.cursor() as cur, cur.copy(f"COPY ({query}) TO STDOUT") as copy:
+                    for chunk in copy:
+                        buffer.write(chunk)
+                parts.append((buffer.getvalue(), method))
             conn.execute(sa.text(f"CREATE TABLE bench_copy_{table} (LIKE {table} INCLUDING ALL)"))
             conn.commit()
-        data = buffer.getvalue()
         with engine.connect() as conn:
             raw = conn.connection.driver_connection
             assert raw is not None
@@ -36,9 +60,12 @@ def raw_copy_seconds(engine: Engine, wal: dict[str, int] | None = None) -> dict[
             lsn_before = conn.execute(sa.text(lsn)).scalar_one()
             conn.commit()
             started = time.perf_counter()
-            with raw.cursor() as cur, cur.copy(f"COPY bench_copy_{table} FROM STDIN") as copy:
-                for start in range(0, len(data), 1 << 20):
-                    copy.write(data[start : start + (1 << 20)])
+            for data, method in parts:
+                if method is not None:
+                    compress_with(conn, method)
+                with raw.cursor() as cur, cur.copy(f"COPY bench_copy_{table} FROM STDIN") as copy:
+                    for start in range(0, len(data), 1 << 20):
+                        copy.write(data[start : start + (1 << 20)])
             # The driver's own commit: the COPY went around SQLAlchemy, whose commit() would be
             # a no-op here (the floor then left its commit, the WAL flush, out of its time).
             raw.commit()
