@@ -287,10 +287,22 @@ def test_the_same_batch_materialised_twice_at_once(world, dagster_instance, monk
     for user in users:
         assert len(calculations[user]) == 2 * rounds
         assert all(c[-1].payload["status"] == "success" for c in calculations[user])
-    # No interleaving: each calculation's four events have consecutive ids.
-    for events in event_sets(world).values():
-        ids = [e.id for e in events]
-        assert ids == list(range(ids[0], ids[0] + 4)), ids
+    # No interleaving of the two writes: a write stores its calculations' first two events, then
+    # their last two (two COPYs, `payload_compression.copy_events`), so the calculations of one
+    # write have overlapping id spans, those of different writes disjoint ones, and each write's
+    # events fill one unbroken id range.
+    spans = sorted((e[0].id, e[-1].id, e[0].u) for e in event_sets(world).values())
+    writes: list[list[tuple[int, int, str]]] = []
+    for span in spans:
+        if writes and span[0] <= max(s[1] for s in writes[-1]):
+            writes[-1].append(span)
+        else:
+            writes.append([span])
+    assert len(writes) == 2 * rounds
+    for write in writes:
+        assert sorted(u for _, _, u in write) == sorted(users)
+        first, last = write[0][0], max(s[1] for s in write)
+        assert last - first + 1 == 4 * len(users), (first, last)
     assert_history_unique(world)
     assert rows(world, "SELECT count(*) AS n FROM score_history")[0].n == len(users) * 4
     assert rows(world, "SELECT count(*) AS n FROM asset_scores")[0].n == len(users) * 4
