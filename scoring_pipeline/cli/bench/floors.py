@@ -20,7 +20,7 @@ from scoring_pipeline.store.payload_compression import (
 COPY_TABLES = ("asset_scores", "score_history", "score_metric_values", "calculation_events")
 
 
-def _copy_parts(table: str, inputs_method: str) -> list[tuple[str, str | None]]:
+def _copy_parts(table: str, captured_method: str) -> list[tuple[str, str | None]]:
     """What to COPY of a table and with which payload compression (None: the session's), as
     the write stores it: the events' CALC_STARTED and INPUTS_CAPTURED with the inputs' method,
     the rest with pglz (`store/payload_compression`)."""
@@ -28,7 +28,7 @@ def _copy_parts(table: str, inputs_method: str) -> list[tuple[str, str | None]]:
         return [(f"SELECT * FROM {table}", None)]  # a query: partitioned tables too
     captured = ", ".join(f"'{t}'" for t in CAPTURED_EVENTS)
     return [
-        (f"SELECT * FROM {table} WHERE event_type IN ({captured}) ORDER BY id", inputs_method),
+        (f"SELECT * FROM {table} WHERE event_type IN ({captured}) ORDER BY id", captured_method),
         (
             f"SELECT * FROM {table} WHERE event_type NOT IN ({captured}) ORDER BY id",
             DEFAULT_METHOD,
