@@ -6,7 +6,9 @@ per user and history per (user, date), never duplicated. The night's metric valu
 their own short transaction. `persist_batch` is the whole write, as the scores IO manager does it.
 """
 
+import datetime as dt
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +27,7 @@ from scoring_pipeline.store.batch_rows import (
 from scoring_pipeline.store.copy import copy_text
 from scoring_pipeline.store.market_scope import markets_param, symbol_in_group
 from scoring_pipeline.store.metric_values import store_metric_values
+from scoring_pipeline.store.month_partitions import month_partition
 from scoring_pipeline.store.night.model import BatchOutcome, NightStatus
 from scoring_pipeline.store.night.outcomes import record_batch_outcome
 from scoring_pipeline.store.night.root_span import emit_root_span
@@ -120,8 +123,34 @@ def _replace_history(
             ),
             {"d": output.score_date, "u": users, "m": markets_param(output.markets)},
         )
+    return copy_history(conn, output.score_date, users, prepared.history, timer)
+
+
+def copy_history(
+    conn: Connection,
+    score_date: dt.date,
+    users: list[str],
+    lines: Iterable[str],
+    timer: WriteTimer | None = None,
+) -> int:
+    """COPY `users`' history lines of `score_date` (COPY text, `HISTORY_COLUMNS`), then check
+    their (user, date)s hold no symbol twice, in the caller's transaction.
+
+    The lines go into the date's month partition when it is one of ours: through the parent,
+    COPY inserts row by row (the key trigger's transition table rules out its multi-row inserts
+    on a partitioned table); into the partition, in batches, and the keys are checked after by
+    the trigger's own function (migration 0010). Otherwise through the parent and its trigger."""
+    timer = timer or WriteTimer()
     with timer.part("copy_history"):
-        return copy_text(conn, "score_history", HISTORY_COLUMNS, prepared.history)
+        month = month_partition(conn, "score_history", score_date)
+        count = copy_text(conn, month or "score_history", HISTORY_COLUMNS, lines)
+    if month is not None:
+        with timer.part("check_history"):
+            conn.execute(
+                sa.text("SELECT score_history_check_keys(CAST(:u AS uuid[]), CAST(:d AS date[]))"),
+                {"u": users, "d": [score_date] * len(users)},
+            )
+    return count
 
 
 def failed_user_entries(output: BatchOutput) -> list[dict[str, Any]]:

@@ -71,6 +71,25 @@ def ensure_partitions(conn: Connection, score_date: dt.date, *, months_ahead: in
     return created
 
 
+def month_partition(conn: Connection, table: str, day: dt.date) -> str | None:
+    """The month partition of `table` that holds `day`, as `ensure_partitions` makes them, or None
+    when there is none of that name and those bounds (a DEFAULT partition or one made by hand
+    then takes the rows through the parent table)."""
+    start, end = month_of(day)
+    name = partition_name(table, start)
+    # The bounds are compared as the server prints them, in the session's DateStyle both.
+    found = conn.execute(
+        sa.text(
+            "SELECT c.relname FROM pg_class c JOIN pg_inherits i ON i.inhrelid = c.oid "
+            "WHERE c.oid = to_regclass(:n) AND i.inhparent = CAST(:t AS regclass) "
+            "AND pg_get_expr(c.relpartbound, c.oid) = "
+            "format('FOR VALUES FROM (%L) TO (%L)', CAST(:s AS date), CAST(:e AS date))"
+        ),
+        {"n": name, "t": table, "s": start, "e": end},
+    ).scalar_one_or_none()
+    return name if found is not None else None
+
+
 _ALIGNMENT = {"d": 8, "i": 4, "s": 2, "c": 1}
 
 

@@ -46,7 +46,7 @@ def test_upgrade_creates_every_spec_table(fresh_engine):
     db.migrate(fresh_engine)
     names = set(sa.inspect(fresh_engine).get_table_names())
     assert SPEC_TABLES <= names
-    assert db.current_revision(fresh_engine) == db.head_revision() == "0009"
+    assert db.current_revision(fresh_engine) == db.head_revision() == "0010"
 
 
 def test_tables_match_migrated_schema(fresh_engine):
