@@ -4,6 +4,7 @@ night runs.
 """
 
 import threading
+import time
 from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
@@ -16,7 +17,14 @@ class RssSampler:
     """Samples the services' process trees and PostgreSQL's processes.
 
     Keeps the peak resident memory per process kind, and the CPU time each process used while
-    sampled (the last reading per process, less its first), summed per kind.
+    the sampler ran, summed per kind: the last reading per process, less its reading when the
+    sampler started, or all of it for a process started since (a PostgreSQL backend opened for a
+    connection, a step's helper) — its CPU before it was first seen is the night's too.
+
+    The sampler shares the cores with the night it measures, so it stays cheap: which processes
+    to watch (one walk of `/proc` for parents and names, each new process's command line read
+    once, PostgreSQL asked for its sessions) is refreshed every `refresh` seconds; in between,
+    every `interval`, only the watched processes' memory and CPU are read.
     """
 
     def __init__(
@@ -24,16 +32,21 @@ class RssSampler:
         roots: list[int],
         interval: float = 0.2,
         postgres_pids: "Callable[[], set[int]] | None" = None,
+        refresh: float = 1.0,
     ) -> None:
         self.roots = roots
         self.interval = interval
+        self.refresh = refresh
         # Which PostgreSQL processes are the benchmark's (None: every one on the machine).
         self.postgres_pids = postgres_pids
         self.peaks: dict[str, float] = defaultdict(float)
         self._cpu: dict[int, tuple[str, float, float]] = {}  # pid -> (kind, first, last)
+        self._watched: dict[int, tuple[str, Any]] = {}  # pid -> (kind, psutil.Process)
+        self._kinds: dict[int, str] = {}  # pid -> kind, from its command line read once
+        self._started_at = 0.0  # epoch seconds: processes created after it count from zero
         # The whole machine's busy CPU time over the sampling: also counts what the per-process
-        # samples miss, processes that start and end between two samples (a new PostgreSQL
-        # backend per connection, a step's helper processes), and anything else running.
+        # samples miss, processes that start and end between two refreshes, and anything else
+        # running.
         self.machine_cpu_s = 0.0
         self._machine_start = 0.0
         self._stop = threading.Event()
@@ -64,45 +77,73 @@ class RssSampler:
             out[kind] += last - first
         return dict(out)
 
-    def _processes(self) -> "list[tuple[str, Any]]":
+    def _refresh(self) -> None:
+        """Which processes to watch now: the roots and their descendants, and the benchmark's
+        PostgreSQL processes; a process seen for the first time gets its kind and CPU baseline."""
         import psutil
 
-        found: list[tuple[str, Any]] = []
+        parents: dict[int, int] = {}
+        postgres: list[int] = []
+        for p in psutil.process_iter(["ppid", "name"]):
+            parents[p.pid] = p.info["ppid"]
+            if p.info["name"] == "postgres":
+                postgres.append(p.pid)
+        children: dict[int, list[int]] = defaultdict(list)
+        for pid, ppid in parents.items():
+            children[ppid].append(pid)
+        wanted: dict[int, str | None] = {}  # pid -> kind, None: from its command line
         for root in self.roots:
+            stack = [root] if root in parents else []
+            while stack:
+                pid = stack.pop()
+                wanted[pid] = None
+                stack += children.get(pid, [])
+        ours = self.postgres_pids() if self.postgres_pids is not None else None
+        wanted.update((pid, "postgres") for pid in postgres if ours is None or pid in ours)
+        watched: dict[int, tuple[str, Any]] = {}
+        for pid, kind in wanted.items():
             try:
-                parent = psutil.Process(root)
-                found += [
-                    (self.kind(" ".join(p.cmdline()), p.pid == root), p)
-                    for p in (parent, *parent.children(recursive=True))
-                ]
+                if pid in self._watched:
+                    watched[pid] = self._watched[pid]
+                    continue
+                proc = psutil.Process(pid)
+                if kind is None:
+                    kind = self.kind(" ".join(proc.cmdline()), pid in self.roots)
+                if pid not in self._cpu and proc.create_time() > self._started_at:
+                    self._cpu[pid] = (kind, 0.0, 0.0)  # all of its CPU is the night's
+                watched[pid] = (kind, proc)
             except psutil.Error:
                 continue
-        ours = self.postgres_pids() if self.postgres_pids is not None else None
-        found += [
-            ("postgres", p)
-            for p in psutil.process_iter(["name"])
-            if p.info["name"] == "postgres" and (ours is None or p.pid in ours)
-        ]
-        return found
+        self._watched = watched
 
-    def _run(self) -> None:
+    def _sample(self) -> None:
         import psutil
 
-        while not self._stop.is_set():
-            for name, proc in self._processes():
-                try:
+        for pid, (kind, proc) in list(self._watched.items()):
+            try:
+                with proc.oneshot():
                     rss = proc.memory_info().rss / 2**20
                     times = proc.cpu_times()
-                except psutil.Error:
-                    continue
-                used = times.user + times.system
-                self.peaks[name] = max(self.peaks[name], rss)
-                kind, first, _ = self._cpu.get(proc.pid, (name, used, used))
-                self._cpu[proc.pid] = (kind, first, used)
+            except psutil.Error:
+                del self._watched[pid]
+                continue
+            used = times.user + times.system
+            self.peaks[kind] = max(self.peaks[kind], rss)
+            _, first, _ = self._cpu.get(pid, (kind, used, used))
+            self._cpu[pid] = (kind, first, used)
+
+    def _run(self) -> None:
+        next_refresh = 0.0
+        while not self._stop.is_set():
+            if time.monotonic() >= next_refresh:
+                self._refresh()
+                next_refresh = time.monotonic() + self.refresh
+            self._sample()
             self._stop.wait(self.interval)
 
     def __enter__(self) -> "RssSampler":
         self._machine_start = _machine_busy_seconds()
+        self._started_at = time.time()
         self._thread.start()
         return self
 
