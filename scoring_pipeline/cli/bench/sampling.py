@@ -42,7 +42,6 @@ class RssSampler:
         self.peaks: dict[str, float] = defaultdict(float)
         self._cpu: dict[int, tuple[str, float, float]] = {}  # pid -> (kind, first, last)
         self._watched: dict[int, tuple[str, Any]] = {}  # pid -> (kind, psutil.Process)
-        self._kinds: dict[int, str] = {}  # pid -> kind, from its command line read once
         self._started_at = 0.0  # epoch seconds: processes created after it count from zero
         # The whole machine's busy CPU time over the sampling: also counts what the per-process
         # samples miss, processes that start and end between two refreshes, and anything else
