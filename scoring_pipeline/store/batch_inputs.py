@@ -68,11 +68,13 @@ def _load_universes(
         return {}, {}, {}
     markets = [k[0] for k in keys]
     types = [k[1] for k in keys]
+    # A universe in its symbols' code point order, whatever the database's collation: the
+    # order of its scores in SCORES_COMPUTED and of its prices in INPUTS_CAPTURED.
     instruments = conn.execute(
         sa.text(
             "SELECT i.symbol, i.market, i.asset_type, i.currency FROM instruments i "
             "JOIN unnest(CAST(:m AS text[]), CAST(:t AS text[])) AS k(market, asset_type) "
-            "ON k.market = i.market AND k.asset_type = i.asset_type ORDER BY i.symbol"
+            'ON k.market = i.market AND k.asset_type = i.asset_type ORDER BY i.symbol COLLATE "C"'
         ),
         {"m": markets, "t": types},
     ).all()

@@ -125,12 +125,14 @@ def _top_assets(conn: Connection, users: list[str]) -> dict[str, Any]:
     rows = conn.execute(
         sa.text(
             # One index lookup per user (LATERAL): `user_id = ANY(...)` over hundreds of users
-            # lets the planner pick a scan of the whole table, which grows all night.
+            # lets the planner pick a scan of the whole table, which grows all night. Ties go
+            # by the symbols' code points, whatever the database's collation (ICU's or a
+            # language's would put `^IDX` before `AAPL`).
             "SELECT u.user_id::text AS user_id, r.cv, r.symbol, r.score, r.percentage "
             "FROM unnest(CAST(:u AS uuid[])) AS u(user_id) CROSS JOIN LATERAL ("
             "SELECT criteria_version_id::text AS cv, symbol, score, percentage, "
             "row_number() OVER (PARTITION BY criteria_version_id "
-            "ORDER BY score DESC, symbol) AS rank "
+            'ORDER BY score DESC, symbol COLLATE "C") AS rank '
             "FROM asset_scores a WHERE a.user_id = u.user_id) r "
             "WHERE r.rank <= :k ORDER BY 1, 2, r.rank"
         ),
