@@ -183,15 +183,16 @@ def prepare_dagster_environment(env: dict[str, str] | None = None) -> str:
     return url
 
 
-def create_database(server_url: str, prefix: str) -> str:
-    """A new, empty database on the server of `server_url`; returns its URL (benchmark, tests)."""
+def create_database(server_url: str, prefix: str, options: str = "") -> str:
+    """A new, empty database on the server of `server_url`; returns its URL (benchmark, tests).
+    `options` are appended to `CREATE DATABASE` (a test's template and locale, say)."""
     import uuid
 
     name = f"{prefix}_{uuid.uuid4().hex[:10]}"
     admin = sa.create_engine(with_driver(server_url, APP_DRIVER), isolation_level="AUTOCOMMIT")
     try:
         with admin.connect() as conn:
-            conn.execute(sa.text(f"CREATE DATABASE {name}"))
+            conn.execute(sa.text(f"CREATE DATABASE {name} {options}".rstrip()))
     finally:
         admin.dispose()
     return (

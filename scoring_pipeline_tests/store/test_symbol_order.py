@@ -3,7 +3,6 @@ universe's instruments, and the ties of a dashboard's top assets. A server creat
 a language's locale (`en_US.UTF-8`) would otherwise order `^IDX` before `AAPL`."""
 
 import datetime as dt
-import uuid
 from collections.abc import Iterator
 
 import pytest
@@ -24,30 +23,16 @@ SYMBOLS = ["^IDX", "PETR4.SA", "BRL=X", "AAPL", "PETR4"]
 @pytest.fixture
 def icu_engine(server_url: str) -> Iterator[Engine]:
     """A migrated database whose default collation is ICU's root locale."""
-    name = f"scoring_icu_{uuid.uuid4().hex[:10]}"
-    admin = sa.create_engine(
-        db.with_driver(server_url, db.APP_DRIVER), isolation_level="AUTOCOMMIT"
-    )
     try:
-        with admin.connect() as conn:
-            try:
-                conn.execute(
-                    sa.text(
-                        f"CREATE DATABASE {name} TEMPLATE template0 LOCALE_PROVIDER icu "
-                        "ICU_LOCALE 'und' LOCALE 'C.UTF-8'"
-                    )
-                )
-            except sa.exc.DBAPIError as exc:  # the embedded server's build has no ICU
-                if "ICU is not supported" not in str(exc):
-                    raise
-                pytest.skip("this PostgreSQL build has no ICU, so no collation but code points")
-    finally:
-        admin.dispose()
-    url = (
-        sa.make_url(db.with_driver(server_url, db.APP_DRIVER))
-        .set(database=name)
-        .render_as_string(hide_password=False)
-    )
+        url = db.create_database(
+            server_url,
+            "scoring_icu",
+            "TEMPLATE template0 LOCALE_PROVIDER icu ICU_LOCALE 'und' LOCALE 'C.UTF-8'",
+        )
+    except sa.exc.DBAPIError as exc:  # the embedded server's build has no ICU
+        if "ICU is not supported" not in str(exc):
+            raise
+        pytest.skip("this PostgreSQL build has no ICU, so no collation but code points")
     engine = db.create_engine_for(url)
     try:
         db.migrate(engine)
