@@ -3,6 +3,9 @@ every criteria set scoring the same instruments at the same rates read the same 
 
 from decimal import Decimal
 
+import numpy as np
+import numpy.typing as npt
+
 from scoring_pipeline.engine.metrics import value_tail
 
 
@@ -18,9 +21,9 @@ class UniverseColumns:
         self._columns: dict[str, list[Decimal | None]] = {}
         self._tails: dict[str, list[str]] = {}
         self._ordered: dict[str, list[Decimal] | None] = {}
-        # A comparison rule's outcome characters over a column, by (metric, where its value
-        # falls among the column's distinct values): see `rule_plan`.
-        self.outcomes: dict[tuple[str, tuple[object, ...]], list[str]] = {}
+        # A comparison rule's outcome characters over a column (ASCII bytes), by (metric,
+        # where its value falls among the column's distinct values): see `rule_plan`.
+        self.outcomes: dict[tuple[str, tuple[object, ...]], npt.NDArray[np.uint8]] = {}
 
     def ordered(self, metric: str) -> list[Decimal] | None:
         """The column's distinct values in ascending order, or None when one of them is not a

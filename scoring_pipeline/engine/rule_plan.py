@@ -7,6 +7,9 @@ from collections.abc import Callable
 from decimal import ROUND_HALF_UP, Decimal
 from typing import NamedTuple
 
+import numpy as np
+import numpy.typing as npt
+
 from scoring_pipeline.engine.columns import UniverseColumns
 from scoring_pipeline.engine.criteria import CONVERTED_METRICS, CriteriaSet
 from scoring_pipeline.engine.metrics import SCORE_CONTEXT
@@ -22,6 +25,10 @@ _multiply = SCORE_CONTEXT.multiply
 
 # A rule's outcome on one instrument, one character per rule in the compact form (SPEC §4).
 MATCHED, UNMATCHED, SKIPPED = "m", "u", "s"
+_MATCHED_BYTE = ord(MATCHED)
+
+# One rule's outcome characters over a universe's instruments, as ASCII bytes.
+CodesRow = npt.NDArray[np.uint8]
 
 
 class ResultTexts(NamedTuple):
@@ -54,7 +61,15 @@ class RulePlan:
     the concatenation of its heads and tails and a closing `]`.
     """
 
-    __slots__ = ("criteria_version_id", "rules", "converts", "max_score", "maximum", "_results")
+    __slots__ = (
+        "criteria_version_id",
+        "rules",
+        "converts",
+        "max_score",
+        "maximum",
+        "_decided_points",
+        "_results",
+    )
 
     def __init__(self, criteria: CriteriaSet) -> None:
         self.criteria_version_id = criteria.criteria_version_id
@@ -81,6 +96,16 @@ class RulePlan:
                 )
             )
         self.rules = tuple(rules)
+        # Per rule, the points a match awards when the rule's outcome alone decides them (its
+        # own metric required, nothing else): a rule with other required names, or whose metric
+        # is not required, adds its points instrument by instrument (`_general_rule`).
+        self._decided_points = np.array(
+            [
+                0 if others or not metric_required else points
+                for *_, points, metric_required, others, _rank in self.rules
+            ],
+            dtype=np.int64,
+        )
         names: dict[str, None] = {}
         for rule in criteria.rules:
             names[rule.metric] = None
@@ -93,27 +118,42 @@ class RulePlan:
 
     def evaluate(self, count: int, universe: UniverseColumns) -> tuple[list[str], list[int]]:
         """Each of the universe's `count` instruments' outcome characters (one per rule, in
-        rule order) and points."""
+        rule order) and points.
+
+        Each rule's outcome characters are a row of bytes (shared between rules that compare
+        the same column the same way); the rows stacked and transposed are every instrument's
+        outcome string, and the matched cells times the rules' points its total (integers:
+        exact)."""
+        if not self.rules:
+            return [""] * count, [0] * count
+        # The points of the rules that `_general_rule` decides instrument by instrument; the
+        # others' come from their outcome characters (`_decided_points`).
         totals = [0] * count
-        codes: list[list[str]] = []
+        general = False
+        rows: list[CodesRow] = []
         for _m, _u, _s, _e, metric, test, points, metric_required, others, rank in self.rules:
             column = universe.column(metric)
             if others or not metric_required:
-                rule_codes = _general_rule(
-                    (test, points, others), metric_required, universe, column, totals
+                general = True
+                rows.append(
+                    _codes_row(
+                        _general_rule(
+                            (test, points, others), metric_required, universe, column, totals
+                        )
+                    )
                 )
             elif test is None:  # `exists` of a required metric: matched when present
-                rule_codes = [SKIPPED if x is None else MATCHED for x in column]
+                rows.append(_exists_row(universe, metric, column))
             else:
-                rule_codes = _compared(universe, metric, column, test, rank)
-            if points and not (others or not metric_required):
-                totals = [
-                    t + points if c is MATCHED else t
-                    for t, c in zip(totals, rule_codes, strict=True)
-                ]
-            codes.append(rule_codes)
-        outcomes = ["".join(parts) for parts in zip(*codes, strict=True)] if codes else [""] * count
-        return outcomes, totals
+                rows.append(_compared(universe, metric, column, test, rank))
+        codes = np.stack(rows, axis=1)  # one row per instrument, one column per rule
+        width = len(rows)
+        text = codes.tobytes().decode("ascii")
+        outcomes = [text[at : at + width] for at in range(0, width * count, width)]
+        decided = (codes == _MATCHED_BYTE) @ self._decided_points
+        if general:
+            decided += np.asarray(totals, dtype=np.int64)
+        return outcomes, decided.tolist()
 
     def render(self, outcomes: str, tail_of: Callable[[str], str]) -> str:
         """The canonical breakdown's JSON text for these outcomes; `tail_of(metric)` is the
@@ -135,26 +175,56 @@ class RulePlan:
         """(score, percentage, their texts) of a total of points: both to 4 decimal places."""
         cached = self._results.get(total)
         if cached is None:
-            percentage = None
-            if self.max_score:
-                ratio = _divide(Decimal(total), Decimal(self.max_score))
-                percentage = _quantize(_multiply(ratio, _HUNDRED))
-            score = _quantize(Decimal(total))
-            score_text, maximum_text = format(score, "f"), format(self.maximum, "f")
-            percentage_text = None if percentage is None else format(percentage, "f")
-            percentage_json = "null" if percentage_text is None else f'"{percentage_text}"'
+            score, percentage, score_text, maximum_text, percentage_text, head, tail = _numbers(
+                total, self.max_score
+            )
             texts = ResultTexts(
                 score_text,
                 maximum_text,
                 percentage_text,
-                json_head=f'{{"score":"{score_text}","assetId":',
-                json_tail=(
-                    f',"percentage":{percentage_json},"maxPossibleScore":"{maximum_text}",'
-                    f'"criteriaVersionId":{_ENCODE(self.criteria_version_id)}}}'
-                ),
+                json_head=head,
+                json_tail=f"{tail}{_ENCODE(self.criteria_version_id)}}}",
             )
             cached = self._results[total] = PlanResult(score, percentage, texts)
         return cached
+
+
+# A result's numbers and their texts by (total, max possible score), whatever the criteria set:
+# every set's scores are small integers out of a few maxima, so a run worker computes each pair
+# once instead of once per set. Emptied when it outgrows what a night shows.
+_NUMBERS: dict[tuple[int, int], tuple[Decimal, Decimal | None, str, str, str | None, str, str]] = {}
+NUMBERS_KEPT = 100_000
+
+
+def _numbers(
+    total: int, max_score: int
+) -> tuple[Decimal, Decimal | None, str, str, str | None, str, str]:
+    """(score, percentage, the texts of score, maximum and percentage, and of a SCORES_COMPUTED
+    result before its symbol and before its criteria version id)."""
+    key = (total, max_score)
+    found = _NUMBERS.get(key)
+    if found is None:
+        if len(_NUMBERS) >= NUMBERS_KEPT:
+            _NUMBERS.clear()
+        percentage = None
+        if max_score:
+            ratio = _divide(Decimal(total), Decimal(max_score))
+            percentage = _quantize(_multiply(ratio, _HUNDRED))
+        score = _quantize(Decimal(total))
+        score_text, maximum_text = format(score, "f"), format(_quantize(Decimal(max_score)), "f")
+        percentage_text = None if percentage is None else format(percentage, "f")
+        percentage_json = "null" if percentage_text is None else f'"{percentage_text}"'
+        found = _NUMBERS[key] = (
+            score,
+            percentage,
+            score_text,
+            maximum_text,
+            percentage_text,
+            f'{{"score":"{score_text}","assetId":',
+            f',"percentage":{percentage_json},"maxPossibleScore":"{maximum_text}",'
+            '"criteriaVersionId":',
+        )
+    return found
 
 
 # Where a rule's value falls among a column's distinct values, in ascending order (`ordered`):
@@ -195,18 +265,34 @@ def _compared(
     column: list[Decimal | None],
     test: Callable[[Decimal], bool],
     rank: Rank | None,
-) -> list[str]:
+) -> CodesRow:
     """A comparison rule's outcome characters over a column (missing values skipped). The
     characters of a rank are those of the first rule that had it, evaluated value by value;
-    the list is shared, never modified."""
+    the row is shared, never modified."""
     ordered = None if rank is None else universe.ordered(metric)
     if rank is None or ordered is None:
-        return _each_value(column, test)
+        return _codes_row(_each_value(column, test))
     key = (metric, rank(ordered))
-    found = universe.outcomes.get(key)
+    found: CodesRow | None = universe.outcomes.get(key)
     if found is None:
-        found = universe.outcomes[key] = _each_value(column, test)
+        found = universe.outcomes[key] = _codes_row(_each_value(column, test))
     return found
+
+
+def _exists_row(universe: UniverseColumns, metric: str, column: list[Decimal | None]) -> CodesRow:
+    """An `exists` rule's outcome characters over a column of a required metric: matched when
+    present, skipped when missing; shared like a comparison's."""
+    key = (metric, ("exists",))
+    found: CodesRow | None = universe.outcomes.get(key)
+    if found is None:
+        found = universe.outcomes[key] = _codes_row(
+            [SKIPPED if x is None else MATCHED for x in column]
+        )
+    return found
+
+
+def _codes_row(codes: list[str]) -> CodesRow:
+    return np.frombuffer("".join(codes).encode("ascii"), dtype=np.uint8)
 
 
 def _each_value(column: list[Decimal | None], test: Callable[[Decimal], bool]) -> list[str]:

@@ -125,15 +125,17 @@ def _scores(
     plan: RulePlan, symbols: tuple[str, ...], universe: UniverseColumns
 ) -> list[AssetScore]:
     outcomes, totals = plan.evaluate(len(symbols), universe)
-    cvid, maximum, result = plan.criteria_version_id, plan.maximum, plan.result
-    source = (plan, universe)
-    out = []
-    for position, (symbol, outcome, total) in enumerate(
-        zip(symbols, outcomes, totals, strict=True)
-    ):
-        score, percentage, texts = result(total)
-        # A named tuple: built several times faster than a frozen dataclass.
-        out.append(
-            AssetScore(symbol, cvid, score, maximum, percentage, outcome, source, position, texts)
+    cvid, maximum, source = plan.criteria_version_id, plan.maximum, (plan, universe)
+    # Scores are small integers: each distinct total's result once, then looked up.
+    results = {total: plan.result(total) for total in set(totals)}
+    # `tuple.__new__` builds each named tuple without the Python frame of its `__new__`.
+    new = tuple.__new__
+    return [
+        new(
+            AssetScore,
+            (symbol, cvid, r.score, maximum, r.percentage, outcome, source, position, r.texts),
         )
-    return out
+        for position, (symbol, outcome, r) in enumerate(
+            zip(symbols, outcomes, map(results.__getitem__, totals), strict=True)
+        )
+    ]
