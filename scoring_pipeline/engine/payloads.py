@@ -1,7 +1,7 @@
 """The calculation events' payloads as JSON text (SPEC §5): INPUTS_CAPTURED, built from pieces
 shared by a batch's users, and SCORES_COMPUTED with each breakdown in its compact form."""
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from functools import lru_cache
 from itertools import chain
 from operator import itemgetter
@@ -37,8 +37,18 @@ def _needed_currencies(sets: list[CriteriaSet], inputs: BatchInputs, base: str) 
     needed = {base}
     for cs in sets:
         if any(m in CONVERTED_METRICS for rule in cs.rules for m in (rule.metric, *rule.required)):
-            needed.update(i.currency for i in inputs.universes.get(universe_key(cs), []))
+            needed.update(_currencies(inputs, universe_key(cs)))
     return needed
+
+
+def _currencies(inputs: BatchInputs, key: tuple[str, str]) -> frozenset[str]:
+    """The currencies of a universe's instruments, once per run."""
+    cache_key = ("currencies", key)
+    found: frozenset[str] | None = inputs.json_pieces.get(cache_key)
+    if found is None:
+        universe = inputs.universes.get(key, [])
+        found = inputs.json_pieces[cache_key] = frozenset(i.currency for i in universe)
+    return found
 
 
 def universe_key(cs: CriteriaSet) -> tuple[str, str]:
@@ -67,31 +77,45 @@ _CAPTURED_FIELDS = (*FUNDAMENTAL_FIELDS, "dataDate")
 _FIELD_POSITION = {name: n for n, name in enumerate(_CAPTURED_FIELDS)}
 
 
-def _fundamental_pieces(inputs: BatchInputs, i: InstrumentData) -> tuple[str, tuple[str, ...]]:
-    """`"SYMBOL":{` and, per name of _CAPTURED_FIELDS in that order, `,"name":"value"` (JSON
-    text), or "" when the instrument has no value for it."""
-    key = ("fundamentals", i.symbol)
-    found: tuple[str, tuple[str, ...]] | None = inputs.json_pieces.get(key)
-    if found is None:
+class _Fundamentals(NamedTuple):
+    """A universe's instruments that have fundamentals, in `jsonb`'s order of their symbols:
+    each one's sort key and `"SYMBOL":{` head, and per name of _CAPTURED_FIELDS a column of
+    `,"name":"value"` texts (JSON), "" where the instrument has no value for it."""
+
+    keys: tuple[tuple[int, bytes], ...]
+    heads: tuple[str, ...]
+    columns: tuple[tuple[str, ...], ...]
+
+
+def _fundamentals(inputs: BatchInputs, universe: list[InstrumentData]) -> _Fundamentals:
+    rows = []
+    dates = inputs.fundamentals_date
+    for i in universe:
+        if i.symbol not in dates:
+            continue
         values = i.fundamentals
         pieces = tuple(
             "" if (value := values.get(name)) is None else f',"{name}":"{plain(value)}"'
             for name in FUNDAMENTAL_FIELDS
         )
-        date = f',"dataDate":"{inputs.fundamentals_date[i.symbol]}"'
-        found = inputs.json_pieces[key] = (f"{dumps(i.symbol)}:{{", (*pieces, date))
-    return found
+        date = f',"dataDate":"{dates[i.symbol]}"'
+        rows.append((jsonb_key(i.symbol), f"{dumps(i.symbol)}:{{", (*pieces, date)))
+    rows.sort(key=itemgetter(0))  # symbols are unique
+    return _Fundamentals(
+        keys=tuple(key for key, _, _ in rows),
+        heads=tuple(head for _, head, _ in rows),
+        columns=tuple(zip(*(pieces for _, _, pieces in rows), strict=True))
+        if rows
+        else tuple(() for _ in _CAPTURED_FIELDS),
+    )
 
 
-def _pick(fields: tuple[str, ...]) -> Callable[[tuple[str, ...]], str]:
-    """The members of an instrument's fundamentals object with `fields` and its data date, in
-    `jsonb`'s key order, from a `_fundamental_pieces` tuple (without the leading comma)."""
+def _members(found: _Fundamentals, fields: tuple[str, ...]) -> list[str]:
+    """Each instrument's `"SYMBOL":{…}` member with `fields` and its data date, keys in
+    `jsonb`'s order (the data date is never missing, so every object has a member)."""
     positions = [_FIELD_POSITION[name] for name in sorted({*fields, "dataDate"}, key=jsonb_key)]
-    if len(positions) == 1:
-        only = positions[0]
-        return lambda pieces: pieces[only][1:]
-    getter = itemgetter(*positions)
-    return lambda pieces: "".join(getter(pieces))[1:]  # the data date is never missing
+    bodies = map("".join, zip(*(found.columns[p] for p in positions), strict=True))
+    return [f"{head}{body[1:]}}}" for head, body in zip(found.heads, bodies, strict=True)]
 
 
 class _UniverseText(NamedTuple):
@@ -108,32 +132,28 @@ class _UniverseText(NamedTuple):
 def _universe_text(
     inputs: BatchInputs, key: tuple[str, str], fields: tuple[str, ...]
 ) -> _UniverseText:
-    """Built once per batch for each universe and set of captured fields: the batch's users
-    share universes, so a user's INPUTS_CAPTURED is a join of a few of these. The prices and
-    symbols depend on the universe alone and are built once per universe."""
+    """Built once per run for each universe and set of captured fields: the batches' users
+    share universes, so a user's INPUTS_CAPTURED is a join of a few of these. The prices,
+    symbols and each instrument's fundamentals text depend on the universe alone and are built
+    once per universe."""
     cache_key = ("universe", key, fields)
     found: _UniverseText | None = inputs.json_pieces.get(cache_key)
     if found is None:
-        universe = inputs.universes.get(key, [])
         shared_key = ("universe", key)
-        shared: tuple[str, str] | None = inputs.json_pieces.get(shared_key)
+        shared: tuple[str, str, _Fundamentals] | None = inputs.json_pieces.get(shared_key)
         if shared is None:
+            universe = inputs.universes.get(key, [])
             shared = inputs.json_pieces[shared_key] = (
                 ",".join(_price_piece(inputs, i) for i in universe),
                 ",".join(dumps(i.symbol) for i in universe),
+                _fundamentals(inputs, universe),
             )
-        pick = _pick(fields)
-        members = []
-        for i in universe:
-            if i.symbol in inputs.fundamentals_date:
-                head, pieces = _fundamental_pieces(inputs, i)
-                members.append((jsonb_key(i.symbol), f"{head}{pick(pieces)}}}"))
-        members.sort()  # symbols are unique: the texts are never compared
+        members = _members(shared[2], fields)
         found = inputs.json_pieces[cache_key] = _UniverseText(
             prices=shared[0],
             symbols=shared[1],
-            fundamentals=",".join(text for _, text in members),
-            members=tuple(members),
+            fundamentals=",".join(members),
+            members=tuple(zip(shared[2].keys, members, strict=True)),
         )
     return found
 
