@@ -70,3 +70,36 @@ def test_result_texts_are_the_decimals_plain_text(rules):
         assert {s.percentage for s in scores} == {None}
     else:
         assert "42.8571" in {s.texts.percentage for s in scores}
+
+
+def test_sets_sharing_totals_keep_their_own_version_and_maximum():
+    """A result's numbers are shared by every set of the process with the same total and
+    maximum (`rule_plan._numbers`): each set's texts still name its own criteria version, and a
+    set with another maximum has its own percentage for the same total."""
+    rules = [f.rule("pe_ratio", "lt", "8", 3), f.rule("pe_ratio", "lt", "4.5", 4)]
+    wider = [*rules, f.rule("price", "gt", "1000", 3)]  # never matched: maximum 10, not 7
+    scored = {}
+    for name, set_rules in (("first", rules), ("second", rules), ("wider", wider)):
+        criteria = parse_criteria(
+            criteria_version_id=str(uuid.uuid4()),
+            target_market="US_TECH",
+            asset_type="stock",
+            version=1,
+            rules=json.dumps(set_rules),
+        )
+        result = score_criteria_set(criteria, _universe(), base_currency="USD", usd_rates=USD)
+        scored[name] = (criteria.criteria_version_id, result.scores)
+    for version_id, scores in scored.values():
+        for s in scores:
+            assert s.criteria_version_id == version_id
+            assert json.loads(f'{s.texts.json_head}"X"{s.texts.json_tail}') == {
+                "score": plain(s.score),
+                "assetId": "X",
+                "maxPossibleScore": plain(s.max_possible_score),
+                "percentage": plain(s.percentage),
+                "criteriaVersionId": version_id,
+            }
+    first, wider_scores = scored["first"][1], scored["wider"][1]
+    assert [s.score for s in first] == [s.score for s in wider_scores]
+    assert {s.texts.percentage for s in first if s.score == 3} == {"42.8571"}
+    assert {s.texts.percentage for s in wider_scores if s.score == 3} == {"30.0000"}
