@@ -46,10 +46,16 @@ def test_a_process_started_during_sampling_counts_all_its_cpu():
     """A process that starts and burns its CPU between two refreshes of the watched processes
     (a PostgreSQL backend opened for one connection) counts all of it, not only what it used
     after it was first seen; its kind comes from its command line."""
-    with RssSampler([os.getpid()], interval=0.05, refresh=2.0) as sampler, burnt_child():
-        counted = _wait_for(lambda: sampler.cpu_seconds.get("celery run worker", 0.0) >= 0.45)
-        assert counted, sampler.cpu_seconds
-        assert sampler.peaks["celery run worker"] > 0
+    with RssSampler([os.getpid()], interval=0.05, refresh=2.0) as sampler:
+        # The first refresh is over (it watches this process) before the child starts, so the
+        # child is first seen by a later one, its CPU already burnt. Started within a second of
+        # the sampler, it also checks the two clocks agree (psutil dates processes from the boot
+        # time in whole seconds: against the wall clock it looked older than the sampler).
+        assert _wait_for(lambda: os.getpid() in sampler._watched)
+        with burnt_child():
+            counted = _wait_for(lambda: sampler.cpu_seconds.get("celery run worker", 0.0) >= 0.45)
+            assert counted, sampler.cpu_seconds
+            assert sampler.peaks["celery run worker"] > 0
     # The root (this test's process) is watched too, under its own kind.
     assert "other" in sampler.peaks
 

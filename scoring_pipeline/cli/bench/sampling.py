@@ -42,7 +42,8 @@ class RssSampler:
         self.peaks: dict[str, float] = defaultdict(float)
         self._cpu: dict[int, tuple[str, float, float]] = {}  # pid -> (kind, first, last)
         self._watched: dict[int, tuple[str, Any]] = {}  # pid -> (kind, psutil.Process)
-        self._started_at = 0.0  # epoch seconds: processes created after it count from zero
+        # When sampling began, as psutil dates processes: those created after it count from zero.
+        self._started_at = 0.0
         # The whole machine's busy CPU time over the sampling: also counts what the per-process
         # samples miss, processes that start and end between two refreshes, and anything else
         # running.
@@ -142,7 +143,7 @@ class RssSampler:
 
     def __enter__(self) -> "RssSampler":
         self._machine_start = _machine_busy_seconds()
-        self._started_at = time.time()
+        self._started_at = _process_clock_now()
         self._thread.start()
         return self
 
@@ -150,6 +151,22 @@ class RssSampler:
         self._stop.set()
         self._thread.join()
         self.machine_cpu_s = _machine_busy_seconds() - self._machine_start
+
+
+def _process_clock_now() -> float:
+    """Now, on the clock of psutil's `create_time`, a little early.
+
+    On Linux psutil dates a process from the boot time in whole seconds (`/proc/stat`'s
+    `btime`) plus its start in clock ticks since boot: against `time.time()` that puts a
+    process up to a second early, so one started just after the sampler looked older than it
+    and lost the CPU it used before it was first seen. The time since boot on the same clock
+    puts "now" on psutil's scale; two clock ticks (~20 ms) of slack cover the ticks' rounding
+    (a process started that shortly before counts its few milliseconds before too)."""
+    import psutil
+
+    if hasattr(time, "CLOCK_BOOTTIME"):
+        return psutil.boot_time() + time.clock_gettime(time.CLOCK_BOOTTIME) - 0.02
+    return time.time()
 
 
 def _machine_busy_seconds() -> float:
