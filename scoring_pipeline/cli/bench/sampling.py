@@ -165,7 +165,7 @@ def _process_clock_now() -> float:
     import psutil
 
     if hasattr(time, "CLOCK_BOOTTIME"):
-        return psutil.boot_time() + time.clock_gettime(time.CLOCK_BOOTTIME) - 0.02
+        return float(psutil.boot_time()) + time.clock_gettime(time.CLOCK_BOOTTIME) - 0.02
     return time.time()
 
 
