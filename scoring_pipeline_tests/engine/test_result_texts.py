@@ -9,7 +9,7 @@ from decimal import Decimal
 
 import pytest
 
-from scoring_pipeline.engine.criteria import parse_criteria
+from scoring_pipeline.engine.criteria import CriteriaSet, parse_criteria
 from scoring_pipeline.engine.json_text import plain
 from scoring_pipeline.engine.metrics import InstrumentData
 from scoring_pipeline.engine.payloads import results_json, results_payload
@@ -29,6 +29,16 @@ def _universe() -> list[InstrumentData]:
     return out
 
 
+def _criteria(rules: list[dict[str, object]]) -> CriteriaSet:
+    return parse_criteria(
+        criteria_version_id=str(uuid.uuid4()),
+        target_market="US_TECH",
+        asset_type="stock",
+        version=1,
+        rules=json.dumps(rules),
+    )
+
+
 @pytest.mark.parametrize(
     "rules",
     [
@@ -44,13 +54,7 @@ def _universe() -> list[InstrumentData]:
     ids=["sevenths", "no-maximum"],
 )
 def test_result_texts_are_the_decimals_plain_text(rules):
-    criteria = parse_criteria(
-        criteria_version_id=str(uuid.uuid4()),
-        target_market="US_TECH",
-        asset_type="stock",
-        version=1,
-        rules=json.dumps(rules),
-    )
+    criteria = _criteria(rules)
     scores = score_criteria_set(criteria, _universe(), base_currency="USD", usd_rates=USD).scores
     assert len({s.score for s in scores}) >= 2  # several totals, each with its own texts
     for s in scores:
@@ -80,13 +84,7 @@ def test_sets_sharing_totals_keep_their_own_version_and_maximum():
     wider = [*rules, f.rule("price", "gt", "1000", 3)]  # never matched: maximum 10, not 7
     scored = {}
     for name, set_rules in (("first", rules), ("second", rules), ("wider", wider)):
-        criteria = parse_criteria(
-            criteria_version_id=str(uuid.uuid4()),
-            target_market="US_TECH",
-            asset_type="stock",
-            version=1,
-            rules=json.dumps(set_rules),
-        )
+        criteria = _criteria(set_rules)
         result = score_criteria_set(criteria, _universe(), base_currency="USD", usd_rates=USD)
         scored[name] = (criteria.criteria_version_id, result.scores)
     for version_id, scores in scored.values():
