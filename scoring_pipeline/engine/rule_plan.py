@@ -272,22 +272,26 @@ def _compared(
     ordered = None if rank is None else universe.ordered(metric)
     if rank is None or ordered is None:
         return _codes_row(_each_value(column, test))
-    key = (metric, rank(ordered))
-    found: CodesRow | None = universe.outcomes.get(key)
-    if found is None:
-        found = universe.outcomes[key] = _codes_row(_each_value(column, test))
-    return found
+    return _shared_row(universe, (metric, rank(ordered)), lambda: _each_value(column, test))
 
 
 def _exists_row(universe: UniverseColumns, metric: str, column: list[Decimal | None]) -> CodesRow:
     """An `exists` rule's outcome characters over a column of a required metric: matched when
     present, skipped when missing; shared like a comparison's."""
-    key = (metric, ("exists",))
+    return _shared_row(
+        universe,
+        (metric, ("exists",)),
+        lambda: [SKIPPED if x is None else MATCHED for x in column],
+    )
+
+
+def _shared_row(
+    universe: UniverseColumns, key: tuple[str, tuple[object, ...]], codes: Callable[[], list[str]]
+) -> CodesRow:
+    """The universe's row of outcome characters under `key`, made from `codes` the first time."""
     found: CodesRow | None = universe.outcomes.get(key)
     if found is None:
-        found = universe.outcomes[key] = _codes_row(
-            [SKIPPED if x is None else MATCHED for x in column]
-        )
+        found = universe.outcomes[key] = _codes_row(codes())
     return found
 
 
