@@ -61,6 +61,16 @@ def test_bench_night_accounts_for_every_row(server_url):
     assert set(f["raw_copy_s_by_table"]) == set(COPY_TABLES)
     assert f["raw_copy_s"] == pytest.approx(sum(f["raw_copy_s_by_table"].values()))
     assert f["write_to_copy_ratio"] == pytest.approx(f["write_s"] / f["raw_copy_s"])
+    # Both batches COPYed again, first by one connection, then one each from two at once: every
+    # user's scores, history and four events (the night's two job events have no user).
+    together = f["concurrent_copy"]
+    assert together["batches"] == f["batches"] and together["connections"] == 2
+    assert together["rows"] == 2 * f["assets_scored"] + 4 * USERS
+    assert together["one_s"] > 0 and together["together_s"] > 0
+    assert together["factor"] == pytest.approx(together["together_s"] / together["one_s"])
+    assert f["write_to_concurrent_copy_ratio"] == pytest.approx(
+        f["write_s"] / (f["raw_copy_s"] * together["factor"])
+    )
     # The write's parts are timed inside it: together they never exceed the whole write.
     parts = f["write_parts_s"]
     assert {"metric_values", "lock", "copy_scores", "copy_history", "copy_events"} <= set(parts)

@@ -5,9 +5,12 @@ engine alone on one batch's inputs.
 
 import datetime as dt
 import io
+import threading
 import time
+from dataclasses import dataclass
 
 import sqlalchemy as sa
+from psycopg import sql
 from sqlalchemy.engine import Engine
 
 from scoring_pipeline.store.payload_compression import (
@@ -76,6 +79,180 @@ def raw_copy_seconds(engine: Engine, wal: dict[str, int] | None = None) -> dict[
             conn.execute(sa.text(f"DROP TABLE bench_copy_{table}"))
             conn.commit()
     return seconds
+
+
+# The batches the concurrency figure COPYs: their rows are held in memory (~7 MB a batch of
+# 50 users with the bench's universe), so it is a sample at the larger sizes.
+CONCURRENCY_SAMPLE = 40
+
+
+@dataclass(frozen=True, slots=True)
+class ConcurrentCopy:
+    """The same batches' rows COPYed batch by batch (one transaction each, as the write does),
+    first by one connection, then spread over `connections` connections at once."""
+
+    batches: int
+    connections: int
+    rows: int  # COPYed by each pass
+    one_s: float  # summed over the batches
+    together_s: float  # summed over the batches, as the write stage is
+
+    @property
+    def factor(self) -> float:
+        return self.together_s / max(self.one_s, 1e-9)
+
+
+def _batch_queries(
+    score_date: dt.date, batch: str, captured_method: str
+) -> list[tuple[str, sql.Composable, str | None]]:
+    """(table, rows query, payload compression or None) of one batch's output, in the write's
+    order: the write sets the compression for its events only."""
+    users = sql.SQL(
+        "user_id IN (SELECT user_id FROM scoring_batches "
+        "WHERE score_date = {d} AND batch_key = {b})"
+    ).format(d=sql.Literal(score_date), b=sql.Literal(batch))
+    of_date = sql.SQL("score_date = {d} AND ").format(d=sql.Literal(score_date))
+    captured = sql.SQL(", ").join(sql.Literal(t) for t in CAPTURED_EVENTS)
+    events = sql.SQL(
+        "SELECT * FROM calculation_events WHERE {w}{u} AND event_type {op} ({c}) ORDER BY id"
+    )
+    return [
+        (
+            "asset_scores",
+            sql.SQL("SELECT * FROM asset_scores WHERE {w}{u}").format(w=of_date, u=users),
+            None,
+        ),
+        (
+            "score_history",
+            sql.SQL("SELECT * FROM score_history WHERE {w}{u}").format(w=of_date, u=users),
+            None,
+        ),
+        (
+            "calculation_events",
+            events.format(w=of_date, u=users, op=sql.SQL("IN"), c=captured),
+            captured_method,
+        ),
+        (
+            "calculation_events",
+            events.format(w=of_date, u=users, op=sql.SQL("NOT IN"), c=captured),
+            DEFAULT_METHOD,
+        ),
+    ]
+
+
+def _dump_batches(
+    engine: Engine, score_date: dt.date, batches: list[str]
+) -> list[list[tuple[str, bytes, str | None]]]:
+    out = []
+    with engine.connect() as conn:
+        raw = conn.connection.driver_connection
+        assert raw is not None
+        captured_method = inputs_method(conn)
+        for batch in batches:
+            parts = []
+            for table, query, method in _batch_queries(score_date, batch, captured_method):
+                buffer = io.BytesIO()
+                statement = sql.SQL("COPY ({q}) TO STDOUT").format(q=query)
+                with raw.cursor() as cur, cur.copy(statement) as copy:
+                    for chunk in copy:
+                        buffer.write(chunk)
+                parts.append((table, buffer.getvalue(), method))
+            out.append(parts)
+    return out
+
+
+def _copy_batches(
+    engine: Engine, batches: list[list[tuple[str, bytes, str | None]]], start: threading.Barrier
+) -> tuple[float, int]:
+    """COPY each batch's rows into the look-alike tables in a transaction of its own; the
+    seconds summed over the batches (begin to commit), and the rows COPYed."""
+    seconds = 0.0
+    rows = 0
+    with engine.connect() as conn:
+        raw = conn.connection.driver_connection
+        assert raw is not None
+        start.wait()
+        for parts in batches:
+            started = time.perf_counter()
+            for table, data, method in parts:
+                if method is not None:
+                    compress_with(conn, method)
+                with raw.cursor() as cur:
+                    with cur.copy(f"COPY bench_copy_{table} FROM STDIN") as copy:
+                        for offset in range(0, len(data), 1 << 20):
+                            copy.write(data[offset : offset + (1 << 20)])
+                    rows += cur.rowcount
+            raw.commit()  # the driver's: SQLAlchemy's may not know of a transaction yet
+            conn.commit()
+            seconds += time.perf_counter() - started
+    return seconds, rows
+
+
+def _look_alikes(engine: Engine, create: bool) -> None:
+    with engine.begin() as conn:
+        for table in ("asset_scores", "score_history", "calculation_events"):
+            conn.execute(sa.text(f"DROP TABLE IF EXISTS bench_copy_{table}"))
+            if create:
+                conn.execute(
+                    sa.text(f"CREATE TABLE bench_copy_{table} (LIKE {table} INCLUDING ALL)")
+                )
+
+
+def _together(
+    engine: Engine, shares: list[list[list[tuple[str, bytes, str | None]]]]
+) -> tuple[float, int]:
+    """The shares COPYed at once, one connection each; the seconds summed over all batches,
+    and the rows COPYed."""
+    start = threading.Barrier(len(shares))
+    done = [(0.0, 0)] * len(shares)
+    errors: list[BaseException] = []
+
+    def copy_share(i: int) -> None:
+        try:
+            done[i] = _copy_batches(engine, shares[i], start)
+        except BaseException as error:  # reported by the caller's thread
+            start.abort()
+            errors.append(error)
+
+    threads = [threading.Thread(target=copy_share, args=(i,)) for i in range(len(shares))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise errors[0]
+    return sum(s for s, _ in done), sum(r for _, r in done)
+
+
+def concurrent_copy(engine: Engine, score_date: dt.date, connections: int) -> ConcurrentCopy:
+    """What writing at once costs on this machine and server: up to `CONCURRENCY_SAMPLE` of the
+    night's batches COPYed batch by batch by one connection, then the same batches spread over
+    `connections` connections at once (as the night's run workers write), into fresh
+    look-alike tables each time. The night's metric values are left out (a few rows a night)."""
+    with engine.connect() as conn:
+        keys = list(
+            conn.execute(
+                sa.text(
+                    "SELECT DISTINCT batch_key FROM scoring_batches WHERE score_date = :d "
+                    "ORDER BY batch_key LIMIT :n"
+                ),
+                {"d": score_date, "n": CONCURRENCY_SAMPLE},
+            ).scalars()
+        )
+    batches = _dump_batches(engine, score_date, keys)
+    connections = max(1, min(connections, len(batches)))
+    try:
+        _look_alikes(engine, create=True)
+        one, rows = _together(engine, [batches])
+        _look_alikes(engine, create=True)
+        together, rows_together = _together(
+            engine, [batches[i::connections] for i in range(connections)]
+        )
+    finally:
+        _look_alikes(engine, create=False)
+    if rows_together != rows:
+        raise RuntimeError(f"COPYed {rows_together:,} rows at once against {rows:,} alone")
+    return ConcurrentCopy(len(batches), connections, rows, one, together)
 
 
 def engine_alone(engine: Engine, score_date: dt.date, batch: str = "b0000") -> float:

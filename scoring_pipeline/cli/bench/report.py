@@ -77,6 +77,7 @@ class BenchReport:
                 for table, seconds in f["raw_copy_s_by_table"].items()
             ),
             f"{'write stage / raw COPY':<66}{f['write_to_copy_ratio']:>8.2f} x",
+            *self._concurrency_lines(),
             "the write stage's parts (summed over batches):",
             *(
                 f"  {part:<64}{seconds:>8.1f} s"
@@ -137,6 +138,22 @@ class BenchReport:
                     f"{server['checkpoints']} checkpoints"
                 )
         return out
+
+    def _concurrency_lines(self) -> list[str]:
+        """What COPYing from several connections at once costs (`floors.concurrent_copy`), and
+        the write against the raw COPY at that cost: the write's own work beyond COPY."""
+        f = self.figures
+        together = f.get("concurrent_copy")
+        if not together:
+            return []
+        sample = (
+            f"  COPY batch by batch, {together['connections']} connections at once / one "
+            f"({together['batches']} batches)"
+        )
+        return [
+            f"{sample:<66}{together['factor']:>8.2f} x",
+            f"{'write stage / (raw COPY x that)':<66}{f['write_to_concurrent_copy_ratio']:>8.2f} x",
+        ]
 
     def _server_lines(self) -> list[str]:
         f = self.figures

@@ -13,7 +13,12 @@ from typing import Any
 from sqlalchemy.engine import Engine
 
 from scoring_pipeline.cli.bench.figures import assets_scored, night_figures, write_parts
-from scoring_pipeline.cli.bench.floors import COPY_TABLES, engine_alone, raw_copy_seconds
+from scoring_pipeline.cli.bench.floors import (
+    COPY_TABLES,
+    concurrent_copy,
+    engine_alone,
+    raw_copy_seconds,
+)
 from scoring_pipeline.cli.bench.night import launch_night, run_records, run_times
 from scoring_pipeline.cli.bench.report import BenchReport
 from scoring_pipeline.cli.bench.sampling import RssSampler, server_processes
@@ -122,17 +127,27 @@ def _first_night(
         f"night done in {report.figures['end_to_end_s']:.1f} s; measuring the raw COPY of its "
         f"{sum(report.tables[t]['rows'] for t in COPY_TABLES):,} output rows and the engine alone"
     )
-    _add_floors(report, engine, score_date)
+    _add_floors(report, engine, score_date, workers)
     return report
 
 
-def _add_floors(report: BenchReport, engine: Engine, score_date: dt.date) -> None:
-    """The raw COPY floor and the engine alone, measured on the night's output, and the figures
-    relative to them (the figures' order is the saved JSON's)."""
+def _add_floors(report: BenchReport, engine: Engine, score_date: dt.date, workers: int) -> None:
+    """The raw COPY floor, what COPYing from `workers` connections at once costs, and the engine
+    alone, measured on the night's output, and the figures relative to them (the figures' order
+    is the saved JSON's)."""
     raw_copy_wal: dict[str, int] = {}
     raw_copy_by_table = raw_copy_seconds(engine, raw_copy_wal)
     report.figures["raw_copy_wal_bytes"] = sum(raw_copy_wal.values())
     raw_copy = sum(raw_copy_by_table.values())
+    together = concurrent_copy(engine, score_date, workers)
+    report.figures["concurrent_copy"] = {
+        "batches": together.batches,
+        "connections": together.connections,
+        "rows": together.rows,
+        "one_s": together.one_s,
+        "together_s": together.together_s,
+        "factor": together.factor,
+    }
     report.figures["engine_alone_per_s"] = engine_alone(engine, score_date)
     total_bytes = sum(t["bytes"] for t in report.tables.values())
     assets = max(report.figures["assets_scored"], 1)
@@ -140,6 +155,9 @@ def _add_floors(report: BenchReport, engine: Engine, score_date: dt.date) -> Non
         raw_copy_s=raw_copy,
         raw_copy_s_by_table=raw_copy_by_table,
         write_to_copy_ratio=report.figures["write_s"] / max(raw_copy, 1e-9),
+        write_to_concurrent_copy_ratio=(
+            report.figures["write_s"] / max(raw_copy * together.factor, 1e-9)
+        ),
         bytes_per_asset=total_bytes / assets,
     )
 
