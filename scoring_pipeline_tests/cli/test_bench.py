@@ -7,7 +7,7 @@ import math
 import pytest
 import sqlalchemy as sa
 
-from scoring_pipeline.cli.bench.floors import COPY_TABLES
+from scoring_pipeline.cli.bench.floors import COPY_TABLES, concurrent_copy
 from scoring_pipeline.cli.bench.night import progress_line
 from scoring_pipeline.cli.bench.runner import bench_dates, run_bench
 from scoring_pipeline.cli.bench.sampling import server_processes
@@ -147,6 +147,18 @@ def test_bench_nights_fall_in_one_month(today, nights, expected):
 def test_bench_refuses_no_nights():
     with pytest.raises(ValueError, match="nights must be at least 1"):
         bench_dates(dt.date(2026, 12, 1), 0)
+
+
+def test_nothing_written_at_once_is_not_measured(engine):
+    """One run worker, or a night of fewer than two batches, writes nothing at once: no figure,
+    and no look-alike table left behind."""
+    assert concurrent_copy(engine, DATE, connections=1) is None
+    assert concurrent_copy(engine, DATE, connections=2) is None  # no batch on that date
+    with engine.connect() as conn:
+        left = conn.execute(
+            sa.text("SELECT count(*) FROM pg_tables WHERE tablename LIKE 'bench_copy_%'")
+        ).scalar_one()
+    assert left == 0
 
 
 def test_cpu_counts_only_the_benchmark_databases_server_processes(engine, databases):

@@ -224,11 +224,14 @@ def _together(
     return sum(s for s, _ in done), sum(r for _, r in done)
 
 
-def concurrent_copy(engine: Engine, score_date: dt.date, connections: int) -> ConcurrentCopy:
+def concurrent_copy(engine: Engine, score_date: dt.date, connections: int) -> ConcurrentCopy | None:
     """What writing at once costs on this machine and server: up to `CONCURRENCY_SAMPLE` of the
     night's batches COPYed batch by batch by one connection, then the same batches spread over
     `connections` connections at once (as the night's run workers write), into fresh
-    look-alike tables each time. The night's metric values are left out (a few rows a night)."""
+    look-alike tables each time. The night's metric values are left out (a few rows a night).
+    None when nothing was written at once: one connection, or fewer than two batches."""
+    if connections < 2:
+        return None
     with engine.connect() as conn:
         keys = list(
             conn.execute(
@@ -239,8 +242,10 @@ def concurrent_copy(engine: Engine, score_date: dt.date, connections: int) -> Co
                 {"d": score_date, "n": CONCURRENCY_SAMPLE},
             ).scalars()
         )
+    if len(keys) < 2:
+        return None
     batches = _dump_batches(engine, score_date, keys)
-    connections = max(1, min(connections, len(batches)))
+    connections = min(connections, len(batches))
     try:
         _look_alikes(engine, create=True)
         one, rows = _together(engine, [batches])

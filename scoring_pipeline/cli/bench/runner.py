@@ -140,7 +140,7 @@ def _add_floors(report: BenchReport, engine: Engine, score_date: dt.date, worker
     report.figures["raw_copy_wal_bytes"] = sum(raw_copy_wal.values())
     raw_copy = sum(raw_copy_by_table.values())
     together = concurrent_copy(engine, score_date, workers)
-    report.figures["concurrent_copy"] = {
+    report.figures["concurrent_copy"] = together and {
         "batches": together.batches,
         "connections": together.connections,
         "rows": together.rows,
@@ -155,8 +155,9 @@ def _add_floors(report: BenchReport, engine: Engine, score_date: dt.date, worker
         raw_copy_s=raw_copy,
         raw_copy_s_by_table=raw_copy_by_table,
         write_to_copy_ratio=report.figures["write_s"] / max(raw_copy, 1e-9),
+        # With one run worker nothing is written at once: the same as the ratio above.
         write_to_concurrent_copy_ratio=(
-            report.figures["write_s"] / max(raw_copy * together.factor, 1e-9)
+            report.figures["write_s"] / max(raw_copy * (together.factor if together else 1), 1e-9)
         ),
         bytes_per_asset=total_bytes / assets,
     )
