@@ -19,6 +19,7 @@ from scoring_pipeline.cli.database import (
     cmd_prune,
 )
 from scoring_pipeline.cli.nights import cmd_replay, cmd_retry_failed, cmd_score
+from scoring_pipeline.cli.options import at_least_one, port_number
 from scoring_pipeline.cli.serve import cmd_daemon, cmd_services, cmd_worker
 from scoring_pipeline.errors import ScoringPipelineError
 
@@ -64,12 +65,12 @@ def _add_night_commands(sub: Any) -> None:
     p.set_defaults(func=cmd_score, needs_schema=True)
 
     p = sub.add_parser("services", help="Dagster UI + daemon and run workers, until Ctrl-C")
-    p.add_argument("--port", type=int, default=3000)
-    p.add_argument("--workers", type=int, default=2, help="concurrent run workers")
+    p.add_argument("--port", type=port_number, default=3000)
+    p.add_argument("--workers", type=at_least_one, default=2, help="concurrent run workers")
     p.set_defaults(func=cmd_services, needs_schema=True)
 
     p = sub.add_parser("worker", help="a Celery run worker (for deployments that scale out)")
-    p.add_argument("--concurrency", type=int, default=2)
+    p.add_argument("--concurrency", type=at_least_one, default=2)
     p.set_defaults(func=cmd_worker, needs_schema=True)
 
     p = sub.add_parser(
@@ -96,7 +97,7 @@ def _add_night_commands(sub: Any) -> None:
 def _add_upkeep_commands(sub: Any) -> None:
     p = sub.add_parser("bench", help="a whole night through the daemon on a fresh database")
     p.add_argument("--users", type=int, default=1000)
-    p.add_argument("--workers", type=int, default=2, help="concurrent run workers")
+    p.add_argument("--workers", type=at_least_one, default=2, help="concurrent run workers")
     p.add_argument("--out", default="bench_out", help="folder for the JSON report")
     p.add_argument("--keep", action="store_true", help="keep the benchmark database")
     p.add_argument(

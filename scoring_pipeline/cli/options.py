@@ -21,6 +21,26 @@ def app_engine() -> "Engine":
     return create_engine_for(prepare_dagster_environment())
 
 
+def at_least_one(text: str) -> int:
+    """An option's whole number of at least 1 (run workers, worker processes); argparse names
+    the option in its error."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def port_number(text: str) -> int:
+    """A TCP port to listen on, 1 – 65535."""
+    value = at_least_one(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"must be a port number (1 – 65535), got {value}")
+    return value
+
+
 def parse_date(text: str, option: str = "--date") -> dt.date:
     try:
         return dt.date.fromisoformat(text)
