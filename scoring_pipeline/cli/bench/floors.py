@@ -211,8 +211,8 @@ def _together(
         try:
             done[i] = _copy_batches(engine, shares[i], start)
         except BaseException as error:  # reported by the caller's thread
+            errors.append(error)  # before the others' BrokenBarrierError: the cause comes first
             start.abort()
-            errors.append(error)
 
     threads = [threading.Thread(target=copy_share, args=(i,)) for i in range(len(shares))]
     for thread in threads:
