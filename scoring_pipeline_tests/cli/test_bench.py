@@ -38,7 +38,7 @@ def test_bench_night_accounts_for_every_row(server_url):
     rows = sum(report.tables[t]["rows"] for t in COPY_TABLES)
     assert said[2] == (
         f"night done in {f['end_to_end_s']:.1f} s; measuring the raw COPY of its {rows:,} "
-        "output rows and the engine alone"
+        "output rows, the cost of COPYing from 2 connections at once and the engine alone"
     )
     assert said[3:] == [f"next night: {night}" for night in bench_dates(dt.date.today(), 3)[1:]]
     tables = report.tables

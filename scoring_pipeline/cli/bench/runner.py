@@ -1,7 +1,8 @@
 """`run_bench`: the benchmark's nights on a new universe, through the real services, measured.
 
 The first night runs sampled (memory, CPU, connections, WAL); its figures come from what its
-batches and runs recorded, next to the raw COPY floor and the engine alone measured after it.
+batches and runs recorded, next to the raw COPY floor, the cost of COPYing from the run workers'
+connections at once and the engine alone, measured after it.
 Later nights on the same database measure what a night adds on disk.
 """
 
@@ -125,7 +126,9 @@ def _first_night(
     report.tables = table_sizes(engine)
     echo(
         f"night done in {report.figures['end_to_end_s']:.1f} s; measuring the raw COPY of its "
-        f"{sum(report.tables[t]['rows'] for t in COPY_TABLES):,} output rows and the engine alone"
+        f"{sum(report.tables[t]['rows'] for t in COPY_TABLES):,} output rows, "
+        + (f"the cost of COPYing from {workers} connections at once " if workers > 1 else "")
+        + "and the engine alone"
     )
     _add_floors(report, engine, score_date, workers)
     return report
