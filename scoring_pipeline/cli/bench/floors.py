@@ -8,10 +8,11 @@ import io
 import threading
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import sqlalchemy as sa
 from psycopg import sql
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 
 from scoring_pipeline.store.payload_compression import (
     CAPTURED_EVENTS,
@@ -39,6 +40,31 @@ def _copy_parts(table: str, captured_method: str) -> list[tuple[str, str | None]
     ]
 
 
+def _copy_out(raw: Any, query: sql.Composable) -> bytes:
+    """The rows of `query` in COPY's text format, on the driver connection `raw`."""
+    buffer = io.BytesIO()
+    with raw.cursor() as cur, cur.copy(sql.SQL("COPY ({q}) TO STDOUT").format(q=query)) as cp:
+        for chunk in cp:
+            buffer.write(chunk)
+    return buffer.getvalue()
+
+
+def _copy_in(raw: Any, table: str, data: bytes) -> int:
+    """COPY `data` (COPY text) into `table` in 1 MiB writes on the open transaction of `raw`;
+    the rows COPYed."""
+    with raw.cursor() as cur:
+        with cur.copy(f"COPY {table} FROM STDIN") as cp:
+            for start in range(0, len(data), 1 << 20):
+                cp.write(data[start : start + (1 << 20)])
+        return int(cur.rowcount)
+
+
+def _create_look_alike(conn: Connection, table: str) -> None:
+    """An empty plain table `bench_copy_<table>` with the table's columns, indexes and
+    constraints (a partitioned table's look-alike is not partitioned)."""
+    conn.execute(sa.text(f"CREATE TABLE bench_copy_{table} (LIKE {table} INCLUDING ALL)"))
+
+
 def raw_copy_seconds(engine: Engine, wal: dict[str, int] | None = None) -> dict[str, float]:
     """COPY the night's output rows into empty look-alike tables; the floor of the write.
     `wal` gets the WAL bytes those COPYs wrote, by table."""
@@ -49,12 +75,8 @@ def raw_copy_seconds(engine: Engine, wal: dict[str, int] | None = None) -> dict[
             raw = conn.connection.driver_connection
             assert raw is not None
             for query, method in _copy_parts(table, inputs_method(conn)):
-                buffer = io.BytesIO()
-                with raw.cursor() as cur, cur.copy(f"COPY ({query}) TO STDOUT") as copy:
-                    for chunk in copy:
-                        buffer.write(chunk)
-                parts.append((buffer.getvalue(), method))
-            conn.execute(sa.text(f"CREATE TABLE bench_copy_{table} (LIKE {table} INCLUDING ALL)"))
+                parts.append((_copy_out(raw, sql.SQL(query)), method))
+            _create_look_alike(conn, table)
             conn.commit()
         with engine.connect() as conn:
             raw = conn.connection.driver_connection
@@ -66,9 +88,7 @@ def raw_copy_seconds(engine: Engine, wal: dict[str, int] | None = None) -> dict[
             for data, method in parts:
                 if method is not None:
                     compress_with(conn, method)
-                with raw.cursor() as cur, cur.copy(f"COPY bench_copy_{table} FROM STDIN") as copy:
-                    for start in range(0, len(data), 1 << 20):
-                        copy.write(data[start : start + (1 << 20)])
+                _copy_in(raw, f"bench_copy_{table}", data)
             # The driver's own commit: the COPY went around SQLAlchemy, whose commit() would be
             # a no-op here (the floor then left its commit, the WAL flush, out of its time).
             raw.commit()
@@ -151,12 +171,7 @@ def _dump_batches(
         for batch in batches:
             parts = []
             for table, query, method in _batch_queries(score_date, batch, captured_method):
-                buffer = io.BytesIO()
-                statement = sql.SQL("COPY ({q}) TO STDOUT").format(q=query)
-                with raw.cursor() as cur, cur.copy(statement) as copy:
-                    for chunk in copy:
-                        buffer.write(chunk)
-                parts.append((table, buffer.getvalue(), method))
+                parts.append((table, _copy_out(raw, query), method))
             out.append(parts)
     return out
 
@@ -177,11 +192,7 @@ def _copy_batches(
             for table, data, method in parts:
                 if method is not None:
                     compress_with(conn, method)
-                with raw.cursor() as cur:
-                    with cur.copy(f"COPY bench_copy_{table} FROM STDIN") as copy:
-                        for offset in range(0, len(data), 1 << 20):
-                            copy.write(data[offset : offset + (1 << 20)])
-                    rows += cur.rowcount
+                rows += _copy_in(raw, f"bench_copy_{table}", data)
             raw.commit()  # the driver's: SQLAlchemy's may not know of a transaction yet
             conn.commit()
             seconds += time.perf_counter() - started
@@ -193,9 +204,7 @@ def _look_alikes(engine: Engine, create: bool) -> None:
         for table in ("asset_scores", "score_history", "calculation_events"):
             conn.execute(sa.text(f"DROP TABLE IF EXISTS bench_copy_{table}"))
             if create:
-                conn.execute(
-                    sa.text(f"CREATE TABLE bench_copy_{table} (LIKE {table} INCLUDING ALL)")
-                )
+                _create_look_alike(conn, table)
 
 
 def _together(

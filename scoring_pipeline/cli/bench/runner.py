@@ -9,6 +9,7 @@ Later nights on the same database measure what a night adds on disk.
 import datetime as dt
 import shutil
 import time
+from dataclasses import asdict
 from typing import Any
 
 from sqlalchemy.engine import Engine
@@ -143,14 +144,9 @@ def _add_floors(report: BenchReport, engine: Engine, score_date: dt.date, worker
     report.figures["raw_copy_wal_bytes"] = sum(raw_copy_wal.values())
     raw_copy = sum(raw_copy_by_table.values())
     together = concurrent_copy(engine, score_date, workers)
-    report.figures["concurrent_copy"] = together and {
-        "batches": together.batches,
-        "connections": together.connections,
-        "rows": together.rows,
-        "one_s": together.one_s,
-        "together_s": together.together_s,
-        "factor": together.factor,
-    }
+    report.figures["concurrent_copy"] = (
+        asdict(together) | {"factor": together.factor} if together else None
+    )
     report.figures["engine_alone_per_s"] = engine_alone(engine, score_date)
     total_bytes = sum(t["bytes"] for t in report.tables.values())
     assets = max(report.figures["assets_scored"], 1)
