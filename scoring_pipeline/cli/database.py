@@ -80,7 +80,7 @@ def _print_prune_plan(
     if doomed:
         print(f"{len(doomed)} month partitions end on or before {before}:")
     for p in doomed:
-        rows = "?" if p.rows < 0 else f"~{p.rows:,}"
+        rows = f"{p.rows:,}" if p.rows_exact else f"~{p.rows:,}"
         print(f"  {p.name:<36} {p.start} .. {p.end}  {rows} rows  {p.bytes / 1e6:,.1f} MB")
     if any(stale.values()):
         print("Dagster's `scores` partitions of nights in those months (or pruned before):")
@@ -97,7 +97,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
 
     from scoring_pipeline.definitions import market_groups
     from scoring_pipeline.defs.partitions import night_partitions_before, remove_night_partitions
-    from scoring_pipeline.store.month_partitions import drop, partitions, prunable
+    from scoring_pipeline.store.month_partitions import counted, drop, partitions, prunable
 
     before = parse_date(args.before, "--before")
     today = dt.datetime.now(dt.UTC).date()
@@ -123,7 +123,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
                 )
                 for group in groups
             }
-            _print_prune_plan(before, doomed, kept, stale)
+            _print_prune_plan(before, [counted(conn, p) for p in doomed], kept, stale)
             if not doomed and not any(stale.values()):
                 print(f"nothing to prune: no month partition ends on or before {before}")
                 return 0

@@ -11,7 +11,7 @@ the order that wastes no alignment padding, then attached (`_compact_columns`).
 
 import datetime as dt
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
@@ -30,6 +30,7 @@ class Partition:
     end: dt.date  # exclusive
     rows: int  # the planner's estimate (exact after ANALYZE; -1 when never analysed)
     bytes: int
+    rows_exact: bool = False  # `rows` was counted (`counted`), not estimated
 
 
 def month_of(day: dt.date) -> tuple[dt.date, dt.date]:
@@ -156,6 +157,15 @@ def partitions(conn: Connection) -> list[Partition]:
         start, end = (dt.date.fromisoformat(b) for b in bounds.groups())
         out.append(Partition(r.parent, r.name, start, end, int(r.rows), int(r.bytes)))
     return sorted(out, key=lambda p: (p.start, p.table))
+
+
+def counted(conn: Connection, p: Partition) -> Partition:
+    """`p` with its rows counted when the planner has no estimate: a partition never analysed
+    is new or empty (autovacuum analyses a loaded one within minutes), so counting it is cheap."""
+    if p.rows >= 0:
+        return p
+    n = conn.execute(sa.text(f'SELECT count(*) FROM "{p.name}"')).scalar_one()
+    return replace(p, rows=int(n), rows_exact=True)
 
 
 def prunable(conn: Connection, before: dt.date) -> tuple[list[Partition], list[Partition]]:

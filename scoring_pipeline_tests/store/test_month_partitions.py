@@ -217,6 +217,12 @@ def test_prune_lists_then_drops_whole_old_months_only_with_yes(world, dagster_in
     listed = run(cli_env, "prune", "--before", "2025-08-01").stdout
     assert "score_history_2025_06" in listed and "calculation_events_2025_07" in listed
     assert "score_history_2025_08" not in listed  # the month of 2025-08-01 itself is kept
+    # Each month says its rows: counted when never analysed (a new month), else estimated.
+    june = next(line for line in listed.splitlines() if "score_history_2025_06" in line)
+    june_rows = rows(world, history)[0].n
+    assert f" {june_rows:,} rows " in june or f" ~{june_rows:,} rows " in june
+    july = next(line for line in listed.splitlines() if "score_history_2025_07" in line)
+    assert " 0 rows " in july or " ~0 rows " in july
     # Dagster's partitions of the pruned nights are listed too, and go with them.
     assert "Dagster's `scores` partitions of nights in those months" in listed
     assert "group all: 1 batch of the nights 2025-06-12 .. 2025-06-12" in listed
