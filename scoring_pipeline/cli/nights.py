@@ -22,31 +22,53 @@ def cmd_score(args: argparse.Namespace) -> int:
 
 
 def cmd_retry_failed(args: argparse.Namespace) -> int:
+    import dagster as dg
+
+    from scoring_pipeline.definitions import defs
+    from scoring_pipeline.defs.batches_in_flight import partitions_being_scored
     from scoring_pipeline.defs.partitions import scores_partition_key, scores_partitions_name
     from scoring_pipeline.runtime.dagster_api import DagsterApi
     from scoring_pipeline.store.night.outcomes import batches_to_retry
 
     score_date = parse_date(args.date)
     api = DagsterApi.from_env(args.url)
-    for group in chosen_groups(args):
-        with app_engine().connect() as conn:
-            batches = batches_to_retry(conn, score_date, market_group=group.name)
-        if not batches:
-            print(f"nothing to retry in group {group.name}: every batch of {score_date} succeeded")
-            continue
-        partitions = [scores_partition_key(score_date, b) for b in batches]
-        # A night scored before the partitions became per-night batches has none registered yet.
-        for key in partitions:
-            api.add_dynamic_partition(scores_partitions_name(group), key)
-        backfill_id = api.launch_scores_backfill(
-            partitions,
-            title=f"retry failed batches of {score_date} ({group.name})",
-            asset_path=group.asset_key("scores"),
-        )
-        print(
-            f"backfill {backfill_id}: re-scoring {len(partitions)} batches of {score_date} "
-            f"in group {group.name}: " + ", ".join(batches)
-        )
+    groups = chosen_groups(args)
+    engine = app_engine()  # prepares the environment the definitions and the instance read
+    asset_graph = defs().resolve_asset_graph()
+    with dg.DagsterInstance.get() as instance:
+        for group in groups:
+            with engine.connect() as conn:
+                batches = batches_to_retry(conn, score_date, market_group=group.name)
+            if not batches:
+                print(
+                    f"nothing to retry in group {group.name}: every batch of {score_date} succeeded"
+                )
+                continue
+            keys = {scores_partition_key(score_date, b): b for b in batches}
+            # A batch a run or an earlier retry is still scoring is left to it: retrying it now
+            # would score it twice at once (each write waits for the other, the result the same).
+            busy = partitions_being_scored(instance, group, asset_graph, keys)
+            if busy:
+                print(
+                    f"left to what is scoring them now in group {group.name} "
+                    f"({len(busy)} of {len(keys)} batches; run retry-failed again once it ends): "
+                    + ", ".join(f"{keys[k]} ({busy[k]})" for k in sorted(busy))
+                )
+            partitions = [k for k in keys if k not in busy]
+            if not partitions:
+                continue
+            # A night scored before the partitions became per-night batches has none registered.
+            for key in partitions:
+                api.add_dynamic_partition(scores_partitions_name(group), key)
+            backfill_id = api.launch_scores_backfill(
+                partitions,
+                title=f"retry failed batches of {score_date} ({group.name})",
+                asset_path=group.asset_key("scores"),
+            )
+            print(
+                f"backfill {backfill_id}: re-scoring {len(partitions)} batches of {score_date} "
+                f"in group {group.name}: " + ", ".join(keys[k] for k in partitions)
+            )
     return 0
 
 

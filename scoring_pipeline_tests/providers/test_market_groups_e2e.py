@@ -16,8 +16,10 @@ from scoring_pipeline.runtime.services import free_port, private_deployment_env,
 from scoring_pipeline_tests import factories as f
 from scoring_pipeline_tests import market_world as mw
 from scoring_pipeline_tests.cli_helpers import CLI
-from scoring_pipeline_tests.e2e import wait_for
+from scoring_pipeline_tests.e2e import runs, wait_for
 from scoring_pipeline_tests.scenario import rules
+
+_UNFINISHED = ("QUEUED", "NOT_STARTED", "STARTING", "STARTED", "CANCELING")
 
 pytestmark = [pytest.mark.db, pytest.mark.slow]
 
@@ -141,6 +143,11 @@ def test_three_groups_through_the_daemon(clean_db, database_url, tmp_path, loopb
                 ),
                 timeout=240,
             )
+        # retry-failed leaves a batch alone while its run is still ending.
+        wait_for(
+            "New York's batch run to end",
+            lambda: not runs(api, "us_scoring_batch_job", statuses=list(_UNFINISHED)) or None,
+        )
         # The operator mends the user's criteria and retries New York's failed batch only.
         with engine.begin() as conn:
             conn.execute(

@@ -182,6 +182,11 @@ def test_bad_batch_fails_alone_then_retry_completes_the_night(services, clean_db
     out = _retry(services)
     assert out.startswith("backfill ") and "b0001" in out and "b0002" in out
     assert "b0000" not in out
+    # Asked again at once: the batches are that backfill's (or already re-scored), never
+    # launched twice (one retry run below).
+    again = _retry(services)
+    assert not again.startswith("backfill "), again
+    assert "left to what is scoring them now" in again or "nothing to retry" in again
 
     job = wait_for("the retried night to complete", lambda: _closed(engine, ("completed",)))
     assert job.users_failed == 0

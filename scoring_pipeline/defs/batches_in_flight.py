@@ -1,0 +1,80 @@
+"""Which of a group's `scores` partitions something is scoring now: a queued or running run (the
+night's own, a hand launch, a backfill's), or a backfill still in progress that has yet to launch
+theirs. `scoring-pipeline retry-failed` leaves those alone, so running it twice, or while the night
+or an earlier retry is still going, never scores a batch twice at once."""
+
+from collections.abc import Iterable
+from typing import Any
+
+import dagster as dg
+from dagster._core.definitions.assets.graph.base_asset_graph import BaseAssetGraph
+from dagster._core.execution.backfill import BulkActionStatus, PartitionBackfill
+
+from scoring_pipeline.defs.jobs import BATCH_JOB
+from scoring_pipeline.defs.market_groups.group import MarketGroup
+from scoring_pipeline.defs.partitions import partition_range_keys
+from scoring_pipeline.defs.run_tags import IN_FLIGHT, RANGE_END_TAG, RANGE_START_TAG
+
+PARTITION_TAG = "dagster/partition"
+# A run being cancelled may still be writing its batch.
+_UNFINISHED = [*IN_FLIGHT, dg.DagsterRunStatus.CANCELING]
+
+
+def _run_keys(instance: dg.DagsterInstance, group: MarketGroup, run: dg.DagsterRun) -> list[str]:
+    """The group's `scores` partitions a run scores: its partition, or its range's."""
+    scores = dg.AssetKey(group.asset_key("scores"))
+    if run.job_name != group.qualified(BATCH_JOB) and scores not in (run.asset_selection or ()):
+        return []
+    tags = run.tags
+    if PARTITION_TAG in tags:
+        return [tags[PARTITION_TAG]]
+    if RANGE_START_TAG in tags and RANGE_END_TAG in tags:
+        return partition_range_keys(instance, group, tags[RANGE_START_TAG], tags[RANGE_END_TAG])
+    return []
+
+
+def _backfill_keys(
+    backfill: PartitionBackfill, group: MarketGroup, asset_graph: "BaseAssetGraph[Any]"
+) -> list[str]:
+    """The group's `scores` partitions an in-progress backfill has yet to launch a run for."""
+    if backfill.is_asset_backfill:
+        scores = dg.AssetKey(group.asset_key("scores"))
+        try:
+            data = backfill.get_asset_backfill_data(asset_graph)
+        except Exception:  # noqa: BLE001 - written by other definitions: its targets are unknown
+            return []
+        # What it has launched runs for is the runs' (their statuses are exact; the backfill's
+        # own record of what they materialised lags behind them).
+        done = data.requested_subset | data.materialized_subset | data.failed_and_downstream_subset
+        pending = data.target_subset - done
+        return [
+            p.partition_key
+            for p in pending.iterate_asset_partitions()
+            if p.asset_key == scores and p.partition_key is not None
+        ]
+    # A job backfill (the batch job's partitions page): all of its partitions, done or not.
+    origin = backfill.partition_set_origin
+    if origin is None or origin.partition_set_name != f"{group.qualified(BATCH_JOB)}_partition_set":
+        return []
+    return list(backfill.partition_names or [])
+
+
+def partitions_being_scored(
+    instance: dg.DagsterInstance,
+    group: MarketGroup,
+    asset_graph: "BaseAssetGraph[Any]",
+    keys: Iterable[str],
+) -> dict[str, str]:
+    """Of the group's `scores` partition `keys`, those a queued, running or cancelling run is
+    scoring, or a backfill in progress is yet to launch: key -> `run <id>` or `backfill <id>`."""
+    wanted = set(keys)
+    busy: dict[str, str] = {}
+    for run in instance.get_runs(filters=dg.RunsFilter(statuses=_UNFINISHED)):
+        for key in _run_keys(instance, group, run):
+            if key in wanted:
+                busy.setdefault(key, f"run {run.run_id}")
+    for backfill in instance.get_backfills(status=BulkActionStatus.REQUESTED):
+        for key in _backfill_keys(backfill, group, asset_graph):
+            if key in wanted:
+                busy.setdefault(key, f"backfill {backfill.backfill_id}")
+    return busy
