@@ -3,6 +3,7 @@ per night, `scores` partitions are exactly the batches of started nights, a part
 belongs to no night never opens one, and the asset checks catch a corrupted batch."""
 
 import datetime as dt
+import warnings
 from decimal import Decimal
 
 import dagster as dg
@@ -273,3 +274,118 @@ def test_a_night_of_many_batches_is_named_by_its_first_and_last(world):
         assert batch_keys_text(conn, day) == "b0000 to b0007 (8 batches)"
         assert has_batch(conn, day, "b0007") and not has_batch(conn, day, "b0008")
         assert batch_keys_text(conn, dt.date(2026, 10, 8)) == "none"
+
+
+def test_batches_a_run_or_a_backfill_is_still_scoring_are_found(dagster_instance):
+    """What `retry-failed` leaves alone: the partition of a run not started yet, a running
+    ranged run's batches, a backfill's batches not launched yet; not a finished run's, nor
+    another job's."""
+    from dagster._core.execution.backfill import BulkActionStatus, PartitionBackfill
+
+    from scoring_pipeline.defs.batches_in_flight import partitions_being_scored
+    from scoring_pipeline.defs.market_groups.group import DEFAULT_GROUP, DEFAULT_GROUPS
+    from scoring_pipeline.defs.run_tags import RANGE_END_TAG, RANGE_START_TAG
+
+    date = "2026-10-07"
+    keys = [scores_partition_key(date, f"b{n:04d}") for n in range(7)]
+    d = defs()
+    job = d.resolve_job_def("scoring_batch_job")
+    group = DEFAULT_GROUPS[DEFAULT_GROUP]
+    graph = d.resolve_asset_graph()
+    dagster_instance.add_dynamic_partitions(SCORES_PARTITIONS_NAME, keys)
+    queued = dagster_instance.create_run_for_job(
+        job, tags={"dagster/partition": keys[1]}, status=dg.DagsterRunStatus.NOT_STARTED
+    )
+    ranged = dagster_instance.create_run_for_job(
+        job,
+        tags={RANGE_START_TAG: keys[2], RANGE_END_TAG: keys[3]},
+        status=dg.DagsterRunStatus.STARTED,
+    )
+    ended = dagster_instance.create_run_for_job(
+        job, tags={"dagster/partition": keys[4]}, status=dg.DagsterRunStatus.FAILURE
+    )
+    other = dagster_instance.create_run_for_job(
+        d.resolve_job_def("dashboard_cache_job"),
+        run_config={"ops": {"warm_dashboard_cache": {"config": {"batches": []}}}},
+        tags={"dagster/partition": keys[5]},
+        status=dg.DagsterRunStatus.STARTED,
+    )
+    # As the webserver makes a UI backfill (whose code still calls a deprecated selection).
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Function `AssetSelection.sources`", DeprecationWarning)
+        backfill = PartitionBackfill.from_asset_partitions(
+            backfill_id="retrytest",
+            asset_graph=graph,
+            partition_names=[keys[0], keys[1]],
+            asset_selection=[dg.AssetKey("scores")],
+            backfill_timestamp=dt.datetime.now(dt.UTC).timestamp(),
+            tags={},
+            dynamic_partitions_store=dagster_instance,
+            all_partitions=False,
+            title=None,
+            description=None,
+            run_config=None,
+        )
+    dagster_instance.add_backfill(backfill)
+    try:
+        busy = partitions_being_scored(dagster_instance, group, graph, keys)
+        assert busy == {
+            keys[0]: "backfill retrytest",
+            keys[1]: f"run {queued.run_id}",
+            keys[2]: f"run {ranged.run_id}",
+            keys[3]: f"run {ranged.run_id}",
+        }
+        # A backfill that ended, and runs that ended, hold nothing back.
+        dagster_instance.update_backfill(backfill.with_status(BulkActionStatus.CANCELED))
+        for run in (queued, ranged, other):
+            dagster_instance.report_run_canceled(run)
+        assert partitions_being_scored(dagster_instance, group, graph, keys) == {}
+    finally:
+        if dagster_instance.get_backfill("retrytest").status == BulkActionStatus.REQUESTED:
+            dagster_instance.update_backfill(backfill.with_status(BulkActionStatus.CANCELED))
+        for run in (queued, ranged, other, ended):
+            if dagster_instance.get_run_by_id(run.run_id).status != dg.DagsterRunStatus.FAILURE:
+                dagster_instance.report_run_canceled(run)
+        for key in keys:
+            dagster_instance.delete_dynamic_partition(SCORES_PARTITIONS_NAME, key)
+
+
+def test_a_backfill_of_the_snapshots_starts_no_night(world, dagster_instance):
+    """The UI's "Materialize all" over every date is a backfill: a date never scored is refused
+    before anything is fetched or stored, and a started night is never restarted by it."""
+    from scoring_pipeline.defs.assets.prices import prices
+
+    _users(world, 2)
+    backfill = {"dagster/backfill": "selectall"}
+    nights = "SELECT score_date::text AS d, status FROM overnight_job_runs ORDER BY 1"
+    inputs = (
+        "SELECT (SELECT count(*) FROM scoring_batches WHERE score_date = :d) "
+        "+ (SELECT count(*) FROM price_snapshots WHERE score_date = :d) "
+        "+ (SELECT count(*) FROM exchange_rate_snapshots WHERE score_date = :d) AS n"
+    )
+    old = "2025-02-03"
+    refused = snapshots(dagster_instance, partition_key=old, tags=backfill, raise_on_error=False)
+    assert not refused.success
+    failure = refused.failure_data_for_node("active_users")
+    description = failure.user_failure_data.description if failure is not None else ""
+    assert f"{old} has no night" in (description or "")
+    alone = dg.materialize(
+        [prices],
+        partition_key=old,
+        instance=dagster_instance,
+        resources=build_resources(),
+        tags=backfill,
+        raise_on_error=False,
+    )
+    assert not alone.success  # the prices alone are refused too
+    assert rows(world, nights) == []
+    assert rows(world, inputs, d=old)[0].n == 0
+
+    assert snapshots(dagster_instance).success
+    assert batch(dagster_instance).success
+    closed = rows(world, nights)
+    assert [r.status for r in closed] == ["completed"]
+    events = "SELECT count(*) AS n FROM calculation_events WHERE event_type = 'JOB_STARTED'"
+    started = rows(world, events)[0].n
+    assert snapshots(dagster_instance, tags=backfill).success  # the frozen inputs, kept
+    assert rows(world, nights) == closed and rows(world, events)[0].n == started

@@ -10,7 +10,12 @@ import time
 import dagster as dg
 
 from scoring_pipeline import telemetry
-from scoring_pipeline.defs.assets.snapshot import SnapshotConfig, score_date_of
+from scoring_pipeline.defs.assets.snapshot import (
+    SnapshotConfig,
+    in_backfill,
+    refuse_a_date_with_no_night,
+    score_date_of,
+)
 from scoring_pipeline.defs.market_groups.group import DEFAULT_GROUPS, MarketGroup
 from scoring_pipeline.defs.partitions import register_night_batches, score_date_partitions
 from scoring_pipeline.defs.resources import DatabaseResource, ScoringSettingsResource
@@ -46,6 +51,10 @@ def build_active_users(groups: dict[str, MarketGroup]) -> dg.AssetsDefinition:
         score_date = score_date_of(context)
         started = time.perf_counter()
         group = run_group(context, groups)
+        if in_backfill(context):
+            # A backfill never starts or restarts a night: no batch run follows it.
+            refuse_a_date_with_no_night(database, score_date)
+            group = None
         # The night's trace: from the launching run's tags, or a new one for a hand-started night.
         traceparent = run_traceparent(context) or telemetry.new_traceparent()
         correlation_id = None

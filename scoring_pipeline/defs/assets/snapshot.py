@@ -14,7 +14,7 @@ from scoring_pipeline.defs.market_groups.group import MarketGroup
 from scoring_pipeline.defs.resources import DatabaseResource
 from scoring_pipeline.defs.run_tags import night_traceparent
 from scoring_pipeline.errors import SnapshotUnavailableError
-from scoring_pipeline.store.night.model import ALL_MARKETS, merge_metrics
+from scoring_pipeline.store.night.model import ALL_MARKETS, has_a_night, merge_metrics
 from scoring_pipeline.store.night.opening import fail_night
 from scoring_pipeline.store.night.root_span import emit_root_span
 
@@ -27,6 +27,32 @@ class SnapshotConfig(dg.Config):
 
 def score_date_of(context: dg.AssetExecutionContext) -> dt.date:
     return dt.date.fromisoformat(context.partition_key)
+
+
+# Set by Dagster on every run of a backfill (a UI "Materialize all" over dates, among others).
+BACKFILL_TAG = "dagster/backfill"
+
+
+def in_backfill(context: dg.AssetExecutionContext) -> bool:
+    return BACKFILL_TAG in context.run.tags
+
+
+def refuse_a_date_with_no_night(database: DatabaseResource, score_date: dt.date) -> None:
+    """A backfill of the snapshot assets over dates (the UI's "Materialize all" with every
+    partition, say) only re-freezes the inputs of nights that were started: a date never scored
+    would get today's prices and rates as its own, and no batch run would follow."""
+    with database.engine().connect() as conn:
+        if has_a_night(conn, score_date):
+            return
+    raise dg.Failure(
+        description=(
+            f"{score_date} has no night: a backfill of the snapshot assets does not start nights "
+            "(it would freeze today's prices as that date's, and no batch would follow). Start "
+            "the date's night with its group's overnight_snapshots_job, or `scoring-pipeline "
+            f"score --date {score_date}`."
+        ),
+        allow_retries=False,
+    )
 
 
 def materialize_snapshot(
@@ -42,6 +68,8 @@ def materialize_snapshot(
     transaction, record the fetch time and staleness on the group's night, or fail that night
     clearly (with no group, the snapshot is taken and no night is touched)."""
     score_date = score_date_of(context)
+    if in_backfill(context):
+        refuse_a_date_with_no_night(database, score_date)
     started = time.perf_counter()
     name = group.name if group is not None else ALL_MARKETS
     traceparent = night_traceparent(context, database.engine(), score_date, name)

@@ -130,6 +130,15 @@ def find_night(
     return _night(row) if row is not None else None
 
 
+def has_a_night(conn: Connection, score_date: dt.date) -> bool:
+    """Whether any market group's scoring night of the date was ever started."""
+    query = sa.select(sa.literal(1)).where(
+        t.overnight_job_runs.c.job_type == SCORING,
+        t.overnight_job_runs.c.score_date == score_date,
+    )
+    return conn.execute(query.limit(1)).first() is not None
+
+
 def ensure_night(
     conn: Connection, score_date: dt.date, job_type: str, group: str
 ) -> tuple[Night, bool]:
