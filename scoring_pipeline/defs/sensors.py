@@ -221,6 +221,10 @@ def build_sensors(nights: NightDefinitions) -> list[dg.SensorDefinition]:
 
     @dg.run_status_sensor(
         name="scoring_batches_sensor",
+        description=(
+            "When a group's snapshots run of a date succeeds, launches that date's batches in "
+            "the group's batch job (SCORING_BATCHES_PER_RUN consecutive batches a run)."
+        ),
         run_status=dg.DagsterRunStatus.SUCCESS,
         monitored_jobs=[n.snapshots_job for n in groups],
         request_jobs=[n.batch_job for n in groups],
@@ -251,6 +255,10 @@ def build_sensors(nights: NightDefinitions) -> list[dg.SensorDefinition]:
 
     @dg.run_failure_sensor(
         name="scoring_run_failure_sensor",
+        description=(
+            "When a night's run fails (a step error, a killed worker), records its batches' "
+            "outcomes so the night closes instead of staying started."
+        ),
         default_status=dg.DefaultSensorStatus.RUNNING,
         minimum_interval_seconds=1,
     )
@@ -262,6 +270,10 @@ def build_sensors(nights: NightDefinitions) -> list[dg.SensorDefinition]:
 
     @dg.run_status_sensor(
         name="scoring_run_canceled_sensor",
+        description=(
+            "When a night's run is cancelled, records its batches' outcomes so the night "
+            "closes instead of staying started."
+        ),
         run_status=dg.DagsterRunStatus.CANCELED,
         default_status=dg.DefaultSensorStatus.RUNNING,
         minimum_interval_seconds=1,
@@ -282,6 +294,10 @@ def build_sensors(nights: NightDefinitions) -> list[dg.SensorDefinition]:
 
 @dg.sensor(
     name="dashboard_cache_sensor",
+    description=(
+        "As batches of any group land or are re-scored, warms their successful users' "
+        "dashboard caches, a few batches a run, within seconds of landing."
+    ),
     job=dashboard_cache_job,
     minimum_interval_seconds=1,
     default_status=dg.DefaultSensorStatus.RUNNING,
