@@ -34,6 +34,7 @@ from scoring_pipeline.defs.run_tags import (
 )
 from scoring_pipeline.store.dashboard_cache import pending_batches
 from scoring_pipeline.store.membership import load_membership
+from scoring_pipeline.store.night.model import find_night
 from scoring_pipeline.store.night.outcomes import (
     batches_landed_by_run,
     record_batch_run_died,
@@ -92,6 +93,13 @@ def batch_run_requests(
             )
         )
     return requests
+
+
+def started_by(database: DatabaseResource, score_date: str, group: str, run_id: str) -> bool:
+    """Whether the group's night of the date was last (re)started by this run."""
+    with database.engine().connect() as conn:
+        night = find_night(conn, dt.date.fromisoformat(score_date), market_group=group)
+    return night is not None and (night.metrics or {}).get("dagster_snapshot_run_id") == run_id
 
 
 def _failure_message(context: dg.RunStatusSensorContext) -> str:
@@ -222,11 +230,13 @@ def build_sensors(nights: NightDefinitions) -> list[dg.SensorDefinition]:
     @dg.run_status_sensor(
         name="scoring_batches_sensor",
         description=(
-            "When a group's snapshots run of a date succeeds, launches that date's batches in "
-            "the group's batch job (SCORING_BATCHES_PER_RUN consecutive batches a run)."
+            "When a group's snapshots run of a date succeeds (its job, or the snapshot assets "
+            "materialised from the asset graph, which start the night the same way), launches "
+            "that date's batches in the group's batch job (SCORING_BATCHES_PER_RUN a run)."
         ),
         run_status=dg.DagsterRunStatus.SUCCESS,
-        monitored_jobs=[n.snapshots_job for n in groups],
+        # Every job of the code location: a night is also started by materialising the snapshot
+        # assets from the asset graph (Dagster's implicit asset job), not only by its job.
         request_jobs=[n.batch_job for n in groups],
         default_status=dg.DefaultSensorStatus.RUNNING,
         minimum_interval_seconds=1,
@@ -237,11 +247,20 @@ def build_sensors(nights: NightDefinitions) -> list[dg.SensorDefinition]:
         settings: ScoringSettingsResource,
     ) -> list[dg.RunRequest]:
         """When a group's snapshots run of a date succeeds, launch that date's batches in the
-        group's batch job, `SCORING_BATCHES_PER_RUN` consecutive batches a run."""
+        group's batch job, `SCORING_BATCHES_PER_RUN` consecutive batches a run. A run of another
+        job (the asset graph's) counts only if its `active_users` (re)started the night; a
+        backfill's never does."""
         run = context.dagster_run
         score_date = run.tags.get("dagster/partition")
+        if score_date is None or not _is_date(score_date):
+            return []  # a batch run, a warm run: no date's snapshots
         night = nights.night_of_run(run)
-        if not score_date or night is None:
+        if night is None:
+            return []
+        if run.job_name != night.snapshots_job.name and not started_by(
+            database, score_date, night.group.name, run.run_id
+        ):
+            # Another job (the asset graph's): only if its `active_users` started the night.
             return []
         return batch_run_requests(
             context.instance,

@@ -156,3 +156,53 @@ def test_a_run_never_spans_keys_of_another_night(dagster_instance):
         [scores_partition_key(second, "b0000"), scores_partition_key(second, "b0001")],
         [scores_partition_key(second, "b0002")],
     ]
+
+
+@pytest.mark.db
+def test_sensor_follows_a_night_started_from_the_asset_graph(
+    clean_db, app_env, tmp_path, monkeypatch, dagster_instance
+):
+    """Materialising the snapshot assets of a date from the asset graph (Dagster's implicit
+    asset job) starts the night as its job does: the sensor launches its batches. A run that
+    started no night (the prices alone, a backfill) launches none."""
+    from scoring_pipeline.defs.assets.active_users import active_users
+    from scoring_pipeline.defs.assets.exchange_rates import exchange_rates
+    from scoring_pipeline.defs.assets.prices import prices
+
+    date = "2026-11-25"
+    f.market(clean_db, "US")
+    f.instrument(clean_db, "AAA", market="US", currency="USD", eps="1")
+    for key, value in f.provider_files(
+        tmp_path, rates={"EUR": "0.9"}, prices={"AAA": ("10", "USD")}
+    ).items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("SCORING_BATCH_SIZE", "2")
+    for _ in range(3):
+        f.user(
+            clean_db,
+            holdings=[("AAA", "USD")],
+            criteria=[("US", "stock", [f.rule("pe_ratio", "lt", "20", 5)])],
+        )
+    forget_night_keys(dagster_instance, date)
+    resources = build_resources()
+
+    def requests_after(assets, **kwargs):
+        result = dg.materialize(
+            assets, partition_key=date, instance=dagster_instance, resources=resources, **kwargs
+        )
+        assert result.success
+        context = dg.build_run_status_sensor_context(
+            sensor_name="scoring_batches_sensor",
+            dagster_event=result.get_run_success_event(),
+            dagster_instance=dagster_instance,
+            dagster_run=result.dagster_run,
+            resources={"database": resources["database"], "settings": resources["settings"]},
+        )
+        return scoring_batches_sensor(context)
+
+    started = requests_after([active_users, exchange_rates, prices])
+    key = lambda b: scores_partition_key(date, b)  # noqa: E731
+    assert [_targets(r) for r in started] == [(key("b0000"), key("b0001"))]
+    assert requests_after([prices]) == []  # re-fetching a night's prices starts nothing
+    backfill = {"dagster/backfill": "selectall"}
+    assert requests_after([active_users, exchange_rates, prices], tags=backfill) == []
