@@ -127,8 +127,14 @@ def _compact_columns(conn: Connection, table: str) -> list[str]:
 def _missing(
     conn: Connection, wanted: list[tuple[str, str, dt.date, dt.date]]
 ) -> list[tuple[str, str, dt.date, dt.date]]:
+    # `pg_class` read under the statement's snapshot, not `to_regclass`: a name looked up while
+    # another creator's tables were not committed yet stays "missing" in this session's catalog
+    # cache after it waited for that creator's lock (CREATE TABLE then failed, DuplicateTable).
     found = conn.execute(
-        sa.text("SELECT n FROM unnest(CAST(:n AS text[])) AS n WHERE to_regclass(n) IS NOT NULL"),
+        sa.text(
+            "SELECT c.relname FROM pg_class c WHERE c.relname = ANY(CAST(:n AS text[])) "
+            "AND c.relnamespace = to_regnamespace(current_schema())"
+        ),
         {"n": [w[1] for w in wanted]},
     ).scalars()
     present = set(found)

@@ -4,6 +4,8 @@ migration 0005 converts a database with data (and back), a night creates its mon
 
 import datetime as dt
 import json
+import threading
+import time
 
 import pytest
 import sqlalchemy as sa
@@ -257,3 +259,45 @@ def test_prune_lists_then_drops_whole_old_months_only_with_yes(world, dagster_in
     assert "after today" in future.stderr
     bad = run(cli_env, "prune", "--before", "01/08/2025", check=False)
     assert bad.returncode != 0 and "--before must be YYYY-MM-DD" in bad.stderr
+
+
+def test_a_creator_that_waited_for_another_skips_the_months_it_made(world):
+    """Two nights of one new month start at once (two groups' nights, a backfill): the second
+    creator looks the months up while the first's are not committed yet, waits for its lock,
+    then finds them made (its catalog cache still said "missing": DuplicateTable)."""
+    day = dt.date(2034, 7, 9)
+    errors: list[BaseException] = []
+
+    def second() -> None:
+        try:
+            with world.begin() as conn:
+                assert ensure_partitions(conn, day) == []
+        except BaseException as exc:  # noqa: BLE001 - reported by the test below
+            errors.append(exc)
+
+    with world.connect() as first:
+        with first.begin():
+            assert "score_history_2034_07" in ensure_partitions(first, day)
+            waiter = threading.Thread(target=second)
+            waiter.start()
+            wait_for_lock_waiter(world)
+        waiter.join(timeout=30)
+    assert not waiter.is_alive() and errors == []
+    with world.connect() as conn:
+        names = {p.name for p in partitions(conn)}
+    assert {"score_history_2034_07", "calculation_events_2034_08"} <= names
+
+
+def wait_for_lock_waiter(engine, timeout: float = 30.0) -> None:
+    """Until another session of the database waits on an advisory lock."""
+    deadline = time.monotonic() + timeout
+    sql = (
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+        "AND wait_event_type = 'Lock' AND wait_event = 'advisory'"
+    )
+    while time.monotonic() < deadline:
+        with engine.connect() as conn:
+            if conn.execute(sa.text(sql)).scalar_one():
+                return
+        time.sleep(0.05)
+    raise AssertionError("no session waited on the partitions' lock")
