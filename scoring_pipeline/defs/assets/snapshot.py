@@ -38,18 +38,19 @@ def in_backfill(context: dg.AssetExecutionContext) -> bool:
 
 
 def refuse_a_date_with_no_night(database: DatabaseResource, score_date: dt.date) -> None:
-    """A backfill of the snapshot assets over dates (the UI's "Materialize all" with every
-    partition, say) only re-freezes the inputs of nights that were started: a date never scored
-    would get today's prices and rates as its own, and no batch run would follow."""
+    """Refuse a date no night was ever started for: a backfill of the snapshot assets over
+    dates (the UI's "Materialize all" with every partition, say), or the rates or prices alone,
+    only re-freeze the inputs of started nights. A date never scored would get today's prices
+    and rates as its own, and no batch run would follow."""
     with database.engine().connect() as conn:
         if has_a_night(conn, score_date):
             return
     raise dg.Failure(
         description=(
-            f"{score_date} has no night: a backfill of the snapshot assets does not start nights "
-            "(it would freeze today's prices as that date's, and no batch would follow). Start "
-            "the date's night with its group's overnight_snapshots_job, or `scoring-pipeline "
-            f"score --date {score_date}`."
+            f"{score_date} has no night: a backfill of the snapshot assets, or the rates or "
+            "prices alone, do not start nights (they would freeze today's values as that "
+            "date's, and no batch would follow). Start the date's night with its group's "
+            f"overnight_snapshots_job, or `scoring-pipeline score --date {score_date}`."
         ),
         allow_retries=False,
     )
@@ -68,8 +69,9 @@ def materialize_snapshot(
     transaction, record the fetch time and staleness on the group's night, or fail that night
     clearly (with no group, the snapshot is taken and no night is touched)."""
     score_date = score_date_of(context)
-    if in_backfill(context):
-        refuse_a_date_with_no_night(database, score_date)
+    # The night's start (`active_users`, first in the same run) comes first; a run of the rates
+    # or prices alone, or a backfill's, only re-freezes those of a night that was started.
+    refuse_a_date_with_no_night(database, score_date)
     started = time.perf_counter()
     name = group.name if group is not None else ALL_MARKETS
     traceparent = night_traceparent(context, database.engine(), score_date, name)
