@@ -82,35 +82,15 @@ def test_schedule_tick_late_in_the_day_keeps_its_local_date(
 def test_sensor_requests_the_nights_batches_after_snapshots(
     clean_db, app_env, tmp_path, monkeypatch, dagster_instance, per_run, runs
 ):
-    f.market(clean_db, "US")
-    f.instrument(clean_db, "AAA", market="US", currency="USD", eps="1")
-    for key, value in f.provider_files(
-        tmp_path, rates={"EUR": "0.9"}, prices={"AAA": ("10", "USD")}
-    ).items():
-        monkeypatch.setenv(key, value)
-    monkeypatch.setenv("SCORING_BATCH_SIZE", "2")
+    _sensor_world(clean_db, tmp_path, monkeypatch, users=5)
     if per_run is not None:
         monkeypatch.setenv("SCORING_BATCHES_PER_RUN", per_run)
-    for _ in range(5):
-        f.user(
-            clean_db,
-            holdings=[("AAA", "USD")],
-            criteria=[("US", "stock", [f.rule("pe_ratio", "lt", "20", 5)])],
-        )
     # Earlier tests of the shared instance registered some of the date's keys among other
     # dates'; this night's keys are registered afresh, consecutively.
     forget_night_keys(dagster_instance, "2026-11-27")
     job = defs().resolve_job_def("overnight_snapshots_job")
     result = job.execute_in_process(partition_key="2026-11-27", instance=dagster_instance)
-    resources = build_resources()
-    context = dg.build_run_status_sensor_context(
-        sensor_name="scoring_batches_sensor",
-        dagster_event=result.get_run_success_event(),
-        dagster_instance=dagster_instance,
-        dagster_run=result.dagster_run,
-        resources={"database": resources["database"], "settings": resources["settings"]},
-    )
-    requests = scoring_batches_sensor(context)
+    requests = _batches_sensor(dagster_instance, result)
     key = lambda b: scores_partition_key("2026-11-27", b)  # noqa: E731
     assert [_targets(r) for r in requests] == [(key(a), key(b)) for a, b in runs]
     assert len({r.run_key for r in requests}) == len(runs)
@@ -170,19 +150,7 @@ def test_sensor_follows_a_night_started_from_the_asset_graph(
     from scoring_pipeline.defs.assets.prices import prices
 
     date = "2026-11-25"
-    f.market(clean_db, "US")
-    f.instrument(clean_db, "AAA", market="US", currency="USD", eps="1")
-    for key, value in f.provider_files(
-        tmp_path, rates={"EUR": "0.9"}, prices={"AAA": ("10", "USD")}
-    ).items():
-        monkeypatch.setenv(key, value)
-    monkeypatch.setenv("SCORING_BATCH_SIZE", "2")
-    for _ in range(3):
-        f.user(
-            clean_db,
-            holdings=[("AAA", "USD")],
-            criteria=[("US", "stock", [f.rule("pe_ratio", "lt", "20", 5)])],
-        )
+    _sensor_world(clean_db, tmp_path, monkeypatch, users=3)
     forget_night_keys(dagster_instance, date)
     resources = build_resources()
 
@@ -191,14 +159,7 @@ def test_sensor_follows_a_night_started_from_the_asset_graph(
             assets, partition_key=date, instance=dagster_instance, resources=resources, **kwargs
         )
         assert result.success
-        context = dg.build_run_status_sensor_context(
-            sensor_name="scoring_batches_sensor",
-            dagster_event=result.get_run_success_event(),
-            dagster_instance=dagster_instance,
-            dagster_run=result.dagster_run,
-            resources={"database": resources["database"], "settings": resources["settings"]},
-        )
-        return scoring_batches_sensor(context)
+        return _batches_sensor(dagster_instance, result)
 
     started = requests_after([active_users, exchange_rates, prices])
     key = lambda b: scores_partition_key(date, b)  # noqa: E731
@@ -206,3 +167,33 @@ def test_sensor_follows_a_night_started_from_the_asset_graph(
     assert requests_after([prices]) == []  # re-fetching a night's prices starts nothing
     backfill = {"dagster/backfill": "selectall"}
     assert requests_after([active_users, exchange_rates, prices], tags=backfill) == []
+
+
+def _sensor_world(engine, tmp_path, monkeypatch, *, users: int) -> None:
+    """One US instrument, provider files for it, batches of 2, `users` users scoring it."""
+    f.market(engine, "US")
+    f.instrument(engine, "AAA", market="US", currency="USD", eps="1")
+    for key, value in f.provider_files(
+        tmp_path, rates={"EUR": "0.9"}, prices={"AAA": ("10", "USD")}
+    ).items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("SCORING_BATCH_SIZE", "2")
+    for _ in range(users):
+        f.user(
+            engine,
+            holdings=[("AAA", "USD")],
+            criteria=[("US", "stock", [f.rule("pe_ratio", "lt", "20", 5)])],
+        )
+
+
+def _batches_sensor(instance, result) -> list[dg.RunRequest]:
+    """What `scoring_batches_sensor` requests after a run (an execution result) succeeded."""
+    resources = build_resources()
+    context = dg.build_run_status_sensor_context(
+        sensor_name="scoring_batches_sensor",
+        dagster_event=result.get_run_success_event(),
+        dagster_instance=instance,
+        dagster_run=result.dagster_run,
+        resources={"database": resources["database"], "settings": resources["settings"]},
+    )
+    return scoring_batches_sensor(context)
