@@ -101,6 +101,13 @@ def build_active_users(groups: dict[str, MarketGroup]) -> dg.AssetsDefinition:
             f"{len(membership.members)} active users in {len(membership.batch_keys)} batches "
             f"for {score_date} (membership {'reused' if reused else 'computed'})"
             + (f"; night of group {group.name} started" if group is not None else "")
+            + (
+                f"; a backfill: the night of {score_date} is kept as it is, not re-scored (to "
+                "re-score the date, launch its snapshots job for it alone, or `scoring-pipeline "
+                "score --date`)"
+                if in_backfill(context)
+                else ""
+            )
         )
         return dg.MaterializeResult(
             metadata=(
