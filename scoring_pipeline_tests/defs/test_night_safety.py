@@ -3,6 +3,7 @@ per night, `scores` partitions are exactly the batches of started nights, a part
 belongs to no night never opens one, and the asset checks catch a corrupted batch."""
 
 import datetime as dt
+import uuid
 import warnings
 from decimal import Decimal
 
@@ -310,11 +311,12 @@ def test_batches_a_run_or_a_backfill_is_still_scoring_are_found(dagster_instance
         tags={"dagster/partition": keys[5]},
         status=dg.DagsterRunStatus.STARTED,
     )
+    backfill_id = f"retrytest{uuid.uuid4().hex[:8]}"
     # As the webserver makes a UI backfill (whose code still calls a deprecated selection).
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", "Function `AssetSelection.sources`", DeprecationWarning)
         backfill = PartitionBackfill.from_asset_partitions(
-            backfill_id="retrytest",
+            backfill_id=backfill_id,
             asset_graph=graph,
             partition_names=[keys[0], keys[1]],
             asset_selection=[dg.AssetKey("scores")],
@@ -330,7 +332,7 @@ def test_batches_a_run_or_a_backfill_is_still_scoring_are_found(dagster_instance
     try:
         busy = partitions_being_scored(dagster_instance, group, graph, keys)
         assert busy == {
-            keys[0]: "backfill retrytest",
+            keys[0]: f"backfill {backfill_id}",
             keys[1]: f"run {queued.run_id}",
             keys[2]: f"run {ranged.run_id}",
             keys[3]: f"run {ranged.run_id}",
@@ -341,11 +343,11 @@ def test_batches_a_run_or_a_backfill_is_still_scoring_are_found(dagster_instance
             dagster_instance.report_run_canceled(run)
         assert partitions_being_scored(dagster_instance, group, graph, keys) == {}
     finally:
-        if dagster_instance.get_backfill("retrytest").status == BulkActionStatus.REQUESTED:
+        # Nothing left in the session's instance for later tests (and their daemons) to see.
+        if dagster_instance.get_backfill(backfill_id).status == BulkActionStatus.REQUESTED:
             dagster_instance.update_backfill(backfill.with_status(BulkActionStatus.CANCELED))
         for run in (queued, ranged, other, ended):
-            if dagster_instance.get_run_by_id(run.run_id).status != dg.DagsterRunStatus.FAILURE:
-                dagster_instance.report_run_canceled(run)
+            dagster_instance.delete_run(run.run_id)
         for key in keys:
             dagster_instance.delete_dynamic_partition(SCORES_PARTITIONS_NAME, key)
 
