@@ -12,10 +12,9 @@ from dagster._core.execution.backfill import BulkActionStatus, PartitionBackfill
 
 from scoring_pipeline.defs.jobs import BATCH_JOB
 from scoring_pipeline.defs.market_groups.group import MarketGroup
-from scoring_pipeline.defs.partitions import partition_range_keys
-from scoring_pipeline.defs.run_tags import IN_FLIGHT, RANGE_END_TAG, RANGE_START_TAG
+from scoring_pipeline.defs.partitions import run_partitions
+from scoring_pipeline.defs.run_tags import IN_FLIGHT
 
-PARTITION_TAG = "dagster/partition"
 # A run being cancelled may still be writing its batch.
 _UNFINISHED = [*IN_FLIGHT, dg.DagsterRunStatus.CANCELING]
 
@@ -25,12 +24,7 @@ def _run_keys(instance: dg.DagsterInstance, group: MarketGroup, run: dg.DagsterR
     scores = dg.AssetKey(group.asset_key("scores"))
     if run.job_name != group.qualified(BATCH_JOB) and scores not in (run.asset_selection or ()):
         return []
-    tags = run.tags
-    if PARTITION_TAG in tags:
-        return [tags[PARTITION_TAG]]
-    if RANGE_START_TAG in tags and RANGE_END_TAG in tags:
-        return partition_range_keys(instance, group, tags[RANGE_START_TAG], tags[RANGE_END_TAG])
-    return []
+    return run_partitions(instance, run, group)
 
 
 def _backfill_keys(

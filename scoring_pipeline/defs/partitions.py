@@ -13,6 +13,7 @@ from collections.abc import Callable
 import dagster as dg
 
 from scoring_pipeline.defs.market_groups.group import MarketGroup
+from scoring_pipeline.defs.run_tags import PARTITION_TAG, RANGE_END_TAG, RANGE_START_TAG
 from scoring_pipeline.errors import ScoringPipelineError
 
 SCORE_DATE_START = "2025-01-01"
@@ -124,6 +125,24 @@ def partition_range_keys(
     except ValueError:
         return []
     return list(keys[first : last + 1])
+
+
+def run_partitions(
+    instance: dg.DagsterInstance, run: dg.DagsterRun, group: MarketGroup
+) -> list[str]:
+    """The partitions a run of the group targeted: its one partition, or every key of its range
+    (the days of a ranged run of the daily snapshot assets, a UI backfill's)."""
+    partition = run.tags.get(PARTITION_TAG)
+    if partition:
+        return [partition]
+    start, end = run.tags.get(RANGE_START_TAG), run.tags.get(RANGE_END_TAG)
+    if not start or not end:
+        return []
+    try:
+        first, last = dt.date.fromisoformat(start), dt.date.fromisoformat(end)
+    except ValueError:
+        return partition_range_keys(instance, group, start, end)
+    return [(first + dt.timedelta(days=n)).isoformat() for n in range((last - first).days + 1)]
 
 
 def night_partitions_before(

@@ -43,6 +43,7 @@ def run_in_flight(
 # A run of several consecutive `scores` partitions carries Dagster's range tags (the sensor's
 # runs of a night, UI backfills); a sensor-launched batch or warm run also says how many
 # batches it scores or warms.
+PARTITION_TAG = "dagster/partition"
 RANGE_START_TAG = "dagster/asset_partition_range_start"
 RANGE_END_TAG = "dagster/asset_partition_range_end"
 BATCHES_TAG = "scoring/batches"

@@ -21,7 +21,7 @@ from scoring_pipeline.defs.partitions import (
     NotABatchPartitionError,
     night_runs,
     parse_scores_partition_key,
-    partition_range_keys,
+    run_partitions,
     scores_partition_key,
 )
 from scoring_pipeline.defs.resources import DatabaseResource, ScoringSettingsResource
@@ -128,7 +128,7 @@ def close_night_after_run_ended(
     night = nights.night_of_run(run)
     if run.job_name == dashboard_cache_job.name or night is None:
         return
-    partitions = _run_partitions(context.instance, run, night)
+    partitions = run_partitions(context.instance, run, night.group)
     if not partitions:
         return
     group = night.group.name
@@ -204,23 +204,6 @@ def _report_landed(
 def _run_start_time(instance: dg.DagsterInstance, run_id: str) -> float | None:
     records = instance.get_run_records(filters=dg.RunsFilter(run_ids=[run_id]), limit=1)
     return records[0].start_time if records else None
-
-
-def _run_partitions(
-    instance: dg.DagsterInstance, run: dg.DagsterRun, night: GroupNight
-) -> list[str]:
-    """The partitions a run targeted: its one partition, or every key of its range."""
-    partition = run.tags.get("dagster/partition")
-    if partition:
-        return [partition]
-    start, end = run.tags.get(RANGE_START_TAG), run.tags.get(RANGE_END_TAG)
-    if not start or not end:
-        return []
-    if _is_date(start):  # a ranged run of the daily snapshot assets (a UI backfill)
-        first, last = dt.date.fromisoformat(start), dt.date.fromisoformat(end)
-        days = (last - first).days
-        return [(first + dt.timedelta(days=n)).isoformat() for n in range(days + 1)]
-    return partition_range_keys(instance, night.group, start, end)
 
 
 def build_sensors(nights: NightDefinitions) -> list[dg.SensorDefinition]:
