@@ -51,7 +51,8 @@ def build_active_users(groups: dict[str, MarketGroup]) -> dg.AssetsDefinition:
         score_date = score_date_of(context)
         started = time.perf_counter()
         group = run_group(context, groups)
-        if in_backfill(context):
+        backfill = in_backfill(context)
+        if backfill:
             # A backfill never starts or restarts a night: no batch run follows it.
             refuse_a_date_with_no_night(database, score_date)
             group = None
@@ -105,7 +106,7 @@ def build_active_users(groups: dict[str, MarketGroup]) -> dg.AssetsDefinition:
                 f"; a backfill: the night of {score_date} is kept as it is, not re-scored (to "
                 "re-score the date, launch its snapshots job for it alone, or `scoring-pipeline "
                 "score --date`)"
-                if in_backfill(context)
+                if backfill
                 else ""
             )
         )
