@@ -12,6 +12,7 @@ every run (storage config, schema reflection, new connections), about a tenth of
 busy time in a night of short batch runs, and PostgreSQL backends started for each.
 """
 
+import logging
 import os
 from typing import TYPE_CHECKING, Any
 
@@ -46,6 +47,11 @@ CONFIG_SOURCE: dict[str, Any] = {
     "task_acks_late": False,
     "broker_connection_retry_on_startup": True,
     "result_extended": True,
+    # What a run prints (its console logger's events, Python warnings) reaches the worker's log
+    # through Celery's redirect of the pool processes' stdout and stderr, at this level: INFO,
+    # not Celery's WARNING, which labelled every Dagster event of every run a warning. The
+    # worker logs at INFO (`services.worker_command`), so those lines are kept.
+    "worker_redirect_stdouts_level": "INFO",
 }
 
 
@@ -125,6 +131,9 @@ def make_worker_app() -> Celery:
     from celery.signals import worker_process_init, worker_process_shutdown
     from dagster_celery.make_app import make_app
 
+    # The worker logs at INFO; Alembic's INFO lines ("setup plugin …", seven per process, when a
+    # first run checks the schema's revision) say nothing to an operator.
+    logging.getLogger("alembic").setLevel(logging.WARNING)
     broker, backend = broker_urls()
     if broker.startswith("sqla+"):
         from kombu.transport import sqlalchemy as sqla_transport

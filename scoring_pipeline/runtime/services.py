@@ -106,7 +106,7 @@ def worker_command(concurrency: int) -> list[str]:
         "-c",
         str(concurrency),
         "--loglevel",
-        "warning",
+        "info",
         "--without-gossip",
         "--without-mingle",
         "--without-heartbeat",

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -231,6 +232,23 @@ def test_bad_batch_fails_alone_then_retry_completes_the_night(services, clean_db
         for t in retried
     ] == [(f"{DATE}/b0001", f"{DATE}/b0002")]
     _check_trace(engine, services.otlp)
+    _check_service_logs(Path(services.env["DAGSTER_HOME"]) / "service-logs")
+
+
+def _check_service_logs(logs: Path) -> None:
+    """What an operator reads in the service logs after the night: the daemon's log names the
+    runs its sensors launched without a line per sensor evaluation; a run's output in the
+    worker's log is INFO, not Celery's WARNING, and no process repeats Dagster's beta notices."""
+    daemon = (logs / "daemon.log").read_text()
+    assert "Launching run for scoring_batches_sensor" in daemon
+    assert "Checking for new runs for sensor" not in daemon
+    assert "skipped: " not in daemon
+    worker = (logs / "worker.log").read_text()
+    assert "batch b0000 of " + DATE in worker  # a run's summary line
+    assert "INFO/ForkPoolWorker" in worker and "WARNING/ForkPoolWorker" not in worker
+    assert "setup plugin alembic" not in worker
+    for name in ("worker.log", "code-server.log", "daemon.log", "webserver.log"):
+        assert "BetaWarning" not in (logs / name).read_text(), name
 
 
 def _check_trace(engine, otlp):
