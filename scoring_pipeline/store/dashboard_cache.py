@@ -302,11 +302,12 @@ def _upsert(conn: Connection, entries: list[dict[str, Any]]) -> None:
 
 def _mark_warmed(conn: Connection, batch: PendingBatch, outcome_seq: int, users: list[str]) -> None:
     """Record the warmed sequence and how many of the batch's users now have a dashboard of
-    its date (a user's may show a later date already: the upsert keeps the later one)."""
+    its date or a later one: a user's may show a later date already (an older date re-scored
+    after it, by a backfill say: the upsert keeps the later one), and is warm all the same."""
     conn.execute(
         sa.text(
             "UPDATE scoring_batch_results SET warmed_seq = :s, users_warm = (SELECT count(*) "
-            "FROM dashboard_cache WHERE user_id = ANY(CAST(:u AS uuid[])) AND score_date = :d) "
+            "FROM dashboard_cache WHERE user_id = ANY(CAST(:u AS uuid[])) AND score_date >= :d) "
             "WHERE score_date = :d AND market_group = :g AND batch_key = :b"
         ),
         {

@@ -18,7 +18,7 @@ from scoring_pipeline.store.dashboard_cache import (
     PendingWarm,
 )
 from scoring_pipeline_tests import factories as f
-from scoring_pipeline_tests.scenario import DATE, batch, rows, rules, snapshots
+from scoring_pipeline_tests.scenario import DATE, batch, forget_night_keys, rows, rules, snapshots
 
 pytestmark = pytest.mark.db
 
@@ -114,6 +114,35 @@ def test_rescored_batch_is_warmed_again(world, dagster_instance):
     _warm(dagster_instance, (again.run_requests or [])[0])
     second = rows(world, "SELECT correlation_id FROM dashboard_cache WHERE user_id = :u", u=user)
     assert first[0].correlation_id != second[0].correlation_id
+
+
+def test_an_older_date_scored_later_counts_its_users_warm(world, dagster_instance):
+    # A select-all backfill re-scores older nights after later ones: their users' dashboards
+    # keep the later date's scores, and are warm all the same (not "0 warm").
+    user = f.user(world, holdings=[("AAA", "USD")], criteria=[("US_TECH", "stock", rules())])
+    older = "2026-11-20"
+    assert snapshots(dagster_instance).success
+    assert batch(dagster_instance).success
+    _warm(dagster_instance, (_sensor(dagster_instance).run_requests or [])[0])
+    try:
+        assert snapshots(dagster_instance, partition_key=older).success
+        assert batch(dagster_instance, date=older).success
+        _warm(dagster_instance, (_sensor(dagster_instance).run_requests or [])[0])
+        cache = rows(
+            world, "SELECT score_date::text AS d FROM dashboard_cache WHERE user_id = :u", u=user
+        )
+        assert [r.d for r in cache] == [DATE]  # the later date's dashboard is kept
+        warm = rows(
+            world,
+            "SELECT score_date::text AS d, status, users_processed FROM overnight_job_runs "
+            "WHERE job_type = 'cache_warm' ORDER BY 1",
+        )
+        assert [(r.d, r.status, r.users_processed) for r in warm] == [
+            (older, "completed", 1),
+            (DATE, "completed", 1),
+        ]
+    finally:
+        forget_night_keys(dagster_instance, older)
 
 
 def test_top_assets_keep_ten_best_with_ties_by_symbol(world, dagster_instance):
