@@ -75,6 +75,11 @@ class ProviderPayloadError(ProviderError):
     `PROVIDER_MAX_REJECTED_FRACTION` of its values rejected."""
 
 
+class NightInProgressError(ScoringPipelineError):
+    """A night is not (re)started while another run is starting it or its batches are being
+    scored: restarting it then would score every batch twice and close it twice."""
+
+
 class SnapshotUnavailableError(ScoringPipelineError):
     """Every provider failed and no snapshot recent enough exists to reuse."""
 

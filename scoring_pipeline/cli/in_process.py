@@ -18,6 +18,7 @@ import sqlalchemy as sa
 
 from scoring_pipeline import telemetry
 from scoring_pipeline.defs.partitions import scores_partition_key
+from scoring_pipeline.errors import NightInProgressError
 from scoring_pipeline.store.db import create_engine_for, prepare_dagster_environment
 from scoring_pipeline.store.membership import load_membership
 from scoring_pipeline.store.night.closing import close_night, failed_users
@@ -111,7 +112,7 @@ def run_night(
 ) -> NightSummary:
     """Run a group's snapshots then every batch of the date; return the night's summary."""
     from scoring_pipeline.definitions import defs
-    from scoring_pipeline.defs.jobs import BATCH_JOB, SNAPSHOTS_JOB
+    from scoring_pipeline.defs.job_names import BATCH_JOB, SNAPSHOTS_JOB
     from scoring_pipeline.defs.market_groups.group import DEFAULT_GROUP
 
     def job_name(name: str) -> str:
@@ -145,7 +146,14 @@ def run_night(
     if not snapshot.success:
         error = _step_errors(snapshot)
         with engine.begin() as conn:
-            record_snapshots_run_died(conn, score_date, error, market_group=group)
+            record_snapshots_run_died(
+                conn, score_date, error, run_id=snapshot.run_id, market_group=group
+            )
+            night = find_night(conn, score_date, market_group=group)
+        if night is not None and night.snapshot_run_id != snapshot.run_id:
+            # Refused before it started the night (another run is starting or scoring it): the
+            # night's row is that run's, not a summary of this command's.
+            raise NightInProgressError(f"{date_key} was not scored: {error}")
         emit_root_span(engine, score_date, market_group=group)
         return _summary(engine, score_date, group, stages, started, run_ids, error=error)
 

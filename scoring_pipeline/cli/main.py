@@ -42,7 +42,11 @@ def _add_setup_commands(sub: Any) -> None:
     p.add_argument("--downgrade", metavar="REVISION", help="revert to REVISION (e.g. base)")
     p.set_defaults(func=cmd_migrate)
 
-    p = sub.add_parser("db-url", help="print the application database URL")
+    p = sub.add_parser(
+        "db-url",
+        help="print the application database URL (starting the embedded server when "
+        "DATABASE_URL is unset)",
+    )
     p.add_argument("--dagster", action="store_true", help="the Dagster storage URL instead")
     p.set_defaults(func=cmd_db_url)
 

@@ -1,7 +1,8 @@
 """Which of a group's `scores` partitions something is scoring now: a queued or running run (the
 night's own, a hand launch, a backfill's), or a backfill still in progress that has yet to launch
 theirs. `scoring-pipeline retry-failed` leaves those alone, so running it twice, or while the night
-or an earlier retry is still going, never scores a batch twice at once."""
+or an earlier retry is still going, never scores a batch twice at once; and `active_users` does
+not restart a night while it is being started or scored (`night_in_progress`)."""
 
 from collections.abc import Iterable
 from typing import Any
@@ -10,7 +11,7 @@ import dagster as dg
 from dagster._core.definitions.assets.graph.base_asset_graph import BaseAssetGraph
 from dagster._core.execution.backfill import BulkActionStatus, PartitionBackfill
 
-from scoring_pipeline.defs.jobs import BATCH_JOB
+from scoring_pipeline.defs.job_names import BATCH_JOB
 from scoring_pipeline.defs.market_groups.group import MarketGroup
 from scoring_pipeline.defs.partitions import run_partitions
 from scoring_pipeline.defs.run_tags import IN_FLIGHT
@@ -72,3 +73,27 @@ def partitions_being_scored(
             if key in wanted:
                 busy.setdefault(key, f"backfill {backfill.backfill_id}")
     return busy
+
+
+def night_in_progress(
+    instance: dg.DagsterInstance,
+    group: MarketGroup,
+    asset_graph: "BaseAssetGraph[Any]",
+    *,
+    owner_run_id: str | None,
+    this_run_id: str,
+    keys: Iterable[str],
+) -> str | None:
+    """Why run `this_run_id` must not (re)start the group's night now, or None: the run that last
+    started it (`owner_run_id`) is still queued or running, or some of the night's batch
+    partitions `keys` are being scored (`partitions_being_scored`)."""
+    if owner_run_id is not None and owner_run_id != this_run_id:
+        owner = instance.get_run_by_id(owner_run_id)
+        if owner is not None and owner.status in _UNFINISHED:
+            return f"run {owner_run_id} is starting it ({owner.status.value.lower()})"
+    busy = sorted(partitions_being_scored(instance, group, asset_graph, keys).items())
+    if not busy:
+        return None
+    shown = ", ".join(f"{key.rsplit('/', 1)[-1]} ({what})" for key, what in busy[:5])
+    more = f" and {len(busy) - 5} more" if len(busy) > 5 else ""
+    return f"its batches are being scored: {shown}{more}"

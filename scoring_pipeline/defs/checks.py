@@ -65,6 +65,18 @@ def build_scores_invariants(
         context: dg.AssetCheckExecutionContext, database: DatabaseResource
     ) -> Iterator[dg.AssetCheckEvaluation]:
         """The SPEC §5 invariants of each batch partition of the run (one, or a range)."""
+        if not context.has_partition_key and not context.has_partition_key_range:
+            # The Checks tab's "Execute all" launches the checks alone, with no partition
+            # (Dagster's "Execute" of one partition's checks is not available for them).
+            raise dg.Failure(
+                description=(
+                    "the checks of scores run per batch partition, and this run has none: "
+                    "re-materialise the batch (asset scores → Partitions → the batch → "
+                    "Materialize) to score and check it again; every batch run checks its "
+                    "batches"
+                ),
+                allow_retries=False,
+            )
         yield from batch_check_evaluations(
             context.instance,
             database.engine(),

@@ -15,15 +15,13 @@ from scoring_pipeline.defs.assets.active_users import active_users
 from scoring_pipeline.defs.assets.exchange_rates import exchange_rates
 from scoring_pipeline.defs.assets.prices import prices
 from scoring_pipeline.defs.assets.scores import scores
+from scoring_pipeline.defs.job_names import BATCH_JOB, SNAPSHOTS_JOB
 from scoring_pipeline.defs.market_groups.group import (
     DEFAULT_GROUP,
     DEFAULT_GROUPS,
     GROUP_TAG,
     MarketGroup,
 )
-
-SNAPSHOTS_JOB = "overnight_snapshots_job"
-BATCH_JOB = "scoring_batch_job"
 
 
 def build_jobs(

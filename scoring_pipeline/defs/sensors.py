@@ -99,7 +99,7 @@ def started_by(database: DatabaseResource, score_date: str, group: str, run_id: 
     """Whether the group's night of the date was last (re)started by this run."""
     with database.engine().connect() as conn:
         night = find_night(conn, dt.date.fromisoformat(score_date), market_group=group)
-    return night is not None and (night.metrics or {}).get("dagster_snapshot_run_id") == run_id
+    return night is not None and night.snapshot_run_id == run_id
 
 
 def _failure_message(context: dg.RunStatusSensorContext) -> str:
@@ -139,7 +139,9 @@ def close_night_after_run_ended(
         for partition in partitions:
             if _is_date(partition):
                 closed = dt.date.fromisoformat(partition)
-                record_snapshots_run_died(conn, closed, message, market_group=group)
+                record_snapshots_run_died(
+                    conn, closed, message, run_id=run.run_id, market_group=group
+                )
             else:
                 try:
                     closed, batch = parse_scores_partition_key(partition)
@@ -230,9 +232,10 @@ def build_sensors(nights: NightDefinitions) -> list[dg.SensorDefinition]:
         settings: ScoringSettingsResource,
     ) -> list[dg.RunRequest]:
         """When a group's snapshots run of a date succeeds, launch that date's batches in the
-        group's batch job, `SCORING_BATCHES_PER_RUN` consecutive batches a run. A run of another
-        job (the asset graph's) counts only if its `active_users` (re)started the night; a
-        backfill's never does."""
+        group's batch job, `SCORING_BATCHES_PER_RUN` consecutive batches a run. A run counts
+        only if its `active_users` last (re)started the night (the night's
+        `dagster_snapshot_run_id`): a backfill's never does, nor one superseded by a later
+        start of the same night."""
         run = context.dagster_run
         score_date = run.tags.get("dagster/partition")
         if score_date is None or not _is_date(score_date):
@@ -240,10 +243,9 @@ def build_sensors(nights: NightDefinitions) -> list[dg.SensorDefinition]:
         night = nights.night_of_run(run)
         if night is None:
             return []
-        if run.job_name != night.snapshots_job.name and not started_by(
-            database, score_date, night.group.name, run.run_id
-        ):
-            # Another job (the asset graph's): only if its `active_users` started the night.
+        if not started_by(database, score_date, night.group.name, run.run_id):
+            # Not the run that last (re)started the night: a backfill's (it starts none), the
+            # asset graph's prices alone, or a run another has restarted the night after.
             return []
         return batch_run_requests(
             context.instance,

@@ -274,3 +274,39 @@ def test_bench_stopped_by_sigterm_stops_its_services_and_drops_its_database(
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
+
+
+def test_score_refuses_a_date_whose_batches_are_being_scored(
+    cli_env, clean_db, dagster_instance, tmp_path
+):
+    # `score --date D` while the services score D (a run of D's batch, in the same Dagster
+    # storage): one line, a non-zero status, and the night as it was.
+    import dagster as dg
+
+    from scoring_pipeline.definitions import defs
+
+    run(cli_env, "migrate")
+    run(cli_env, "demo-data", "--users", "5", "--out", str(tmp_path / "demo"))
+    assert summary_value(run(cli_env, "score", "--date", DATE).stdout, "job status") == "completed"
+    night = (
+        "SELECT status, started_at, (SELECT count(*) FROM calculation_events "
+        "WHERE event_type = 'JOB_STARTED') AS n FROM overnight_job_runs WHERE job_type = 'scoring'"
+    )
+    with clean_db.connect() as conn:
+        before = conn.execute(sa.text(night)).one()
+    scoring = dagster_instance.create_run_for_job(
+        defs().resolve_job_def("scoring_batch_job"),
+        tags={"dagster/partition": f"{DATE}/b0000"},
+        status=dg.DagsterRunStatus.STARTED,
+    )
+    try:
+        proc = run(cli_env, "score", "--date", DATE, check=False)
+        # Dagster's console shows the step's failure; the command ends on its own one line.
+        last = proc.stderr.strip().splitlines()[-1]
+        assert proc.returncode == 2, proc.stderr
+        assert last.startswith(f"scoring-pipeline: error: {DATE} was not scored:"), last
+        assert f"its batches are being scored: b0000 (run {scoring.run_id})" in last
+        with clean_db.connect() as conn:
+            assert conn.execute(sa.text(night)).one() == before
+    finally:
+        dagster_instance.delete_run(scoring.run_id)

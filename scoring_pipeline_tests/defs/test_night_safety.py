@@ -18,7 +18,7 @@ from scoring_pipeline.defs.partitions import SCORES_PARTITIONS_NAME, scores_part
 from scoring_pipeline.store.membership import batch_keys_text, has_batch
 from scoring_pipeline.store.night.opening import fail_night, open_night
 from scoring_pipeline_tests import factories as f
-from scoring_pipeline_tests.scenario import DATE, batch, rows, rules, snapshots
+from scoring_pipeline_tests.scenario import DATE, batch, forget_night_keys, rows, rules, snapshots
 
 pytestmark = pytest.mark.db
 
@@ -396,3 +396,117 @@ def test_a_backfill_of_the_snapshots_starts_no_night(world, dagster_instance):
     started = rows(world, events)[0].n
     assert snapshots(dagster_instance, tags=backfill).success  # the frozen inputs, kept
     assert rows(world, nights) == closed and rows(world, events)[0].n == started
+
+
+def _batches_requested(instance, result) -> list[dg.RunRequest]:
+    """What `scoring_batches_sensor` requests once this (snapshots) run has succeeded."""
+    from scoring_pipeline.defs.sensors import scoring_batches_sensor
+
+    resources = build_resources()
+    context = dg.build_run_status_sensor_context(
+        sensor_name="scoring_batches_sensor",
+        dagster_event=result.get_run_success_event(),
+        dagster_instance=instance,
+        dagster_run=result.dagster_run,
+        resources={"database": resources["database"], "settings": resources["settings"]},
+    )
+    return scoring_batches_sensor(context)
+
+
+def test_a_night_being_started_or_scored_is_not_restarted(world, dagster_instance):
+    """A second launch of a date's snapshots (another tab, `score --date` during the night)
+    while the night's batches are being scored, or while the run that started it is still
+    running, is refused: no second JOB_STARTED, no batch scored twice, and its failure does not
+    fail the night. Once nothing works on the night, a launch restarts it, and only that run's
+    success launches batches."""
+    from scoring_pipeline.store.night.model import find_night, merge_metrics
+    from scoring_pipeline.store.night.outcomes import record_snapshots_run_died
+
+    _users(world, 2)
+    d = defs()
+    forget_night_keys(dagster_instance)
+    first = snapshots(dagster_instance)
+    events = "SELECT count(*) AS n FROM calculation_events WHERE event_type = 'JOB_STARTED'"
+    assert rows(world, events)[0].n == 1
+    made: list[str] = []
+    try:
+        scoring = dagster_instance.create_run_for_job(
+            d.resolve_job_def("scoring_batch_job"),
+            tags={"dagster/partition": scores_partition_key(DATE, "b0000")},
+            status=dg.DagsterRunStatus.STARTED,
+        )
+        made.append(scoring.run_id)
+        refused = snapshots(dagster_instance, raise_on_error=False)
+        made.append(refused.run_id)
+        failure = refused.failure_data_for_node("active_users")
+        description = failure.user_failure_data.description if failure is not None else ""
+        assert "was not restarted: its batches are being scored" in (description or "")
+        assert f"b0000 (run {scoring.run_id})" in (description or "")
+        assert rows(world, events)[0].n == 1
+        with world.begin() as conn:
+            # What the failure sensor does with the refused run: nothing, it is not the night's.
+            assert not record_snapshots_run_died(
+                conn, dt.date.fromisoformat(DATE), "refused", run_id=refused.run_id
+            )
+            night = find_night(conn, dt.date.fromisoformat(DATE))
+        assert night is not None and night.status.value == "started"
+        assert night.snapshot_run_id == first.run_id
+        dagster_instance.report_run_canceled(scoring)
+
+        # The run that started the night is still running (two launches at once).
+        starting = dagster_instance.create_run_for_job(
+            d.resolve_job_def("overnight_snapshots_job"),
+            tags={"dagster/partition": DATE},
+            status=dg.DagsterRunStatus.STARTED,
+        )
+        made.append(starting.run_id)
+        with world.begin() as conn:
+            merge_metrics(
+                conn,
+                dt.date.fromisoformat(DATE),
+                {"dagster_snapshot_run_id": starting.run_id},
+            )
+        refused = snapshots(dagster_instance, raise_on_error=False)
+        made.append(refused.run_id)
+        failure = refused.failure_data_for_node("active_users")
+        description = failure.user_failure_data.description if failure is not None else ""
+        assert f"run {starting.run_id} is starting it (started)" in (description or "")
+        dagster_instance.report_run_canceled(starting)
+
+        # Nothing works on the night any more: a launch restarts it, and owns it.
+        again = snapshots(dagster_instance)
+        made.append(again.run_id)
+        assert rows(world, events)[0].n == 2
+        assert _batches_requested(dagster_instance, first) == []  # superseded
+        assert [r.partition_key for r in _batches_requested(dagster_instance, again)] == [
+            scores_partition_key(DATE, "b0000")
+        ]
+        with world.begin() as conn:  # its own failure would fail the night
+            assert record_snapshots_run_died(
+                conn, dt.date.fromisoformat(DATE), "died", run_id=again.run_id
+            )
+    finally:
+        for run_id in made:
+            dagster_instance.delete_run(run_id)
+        forget_night_keys(dagster_instance)
+
+
+def test_the_checks_run_alone_without_a_partition_say_how_to_check_a_batch(dagster_instance):
+    # The Checks tab's "Execute all": the checks alone, in a run with no partition.
+    from scoring_pipeline.defs.checks import scores_invariants
+
+    result = dg.materialize(
+        [scores, scores_invariants],
+        selection=dg.AssetSelection.checks_for_assets(scores),
+        instance=dagster_instance,
+        resources=build_resources(),
+        raise_on_error=False,
+    )
+    try:
+        assert not result.success
+        failure = result.failure_data_for_node("scores_invariants")
+        description = failure.user_failure_data.description if failure is not None else ""
+        assert "run per batch partition, and this run has none" in (description or "")
+        assert "Materialize" in (description or "")
+    finally:
+        dagster_instance.delete_run(result.run_id)

@@ -6,8 +6,12 @@ here, first step of its snapshots run, and its `scores` partitions made the date
 """
 
 import time
+from typing import Any
 
 import dagster as dg
+from dagster._core.definitions.assets.graph.base_asset_graph import BaseAssetGraph
+from dagster_shared.check import CheckError
+from sqlalchemy.engine import Connection
 
 from scoring_pipeline import telemetry
 from scoring_pipeline.defs.assets.snapshot import (
@@ -16,13 +20,18 @@ from scoring_pipeline.defs.assets.snapshot import (
     refuse_a_date_with_no_night,
     score_date_of,
 )
+from scoring_pipeline.defs.batches_in_flight import night_in_progress
 from scoring_pipeline.defs.market_groups.group import DEFAULT_GROUPS, MarketGroup
-from scoring_pipeline.defs.partitions import register_night_batches, score_date_partitions
+from scoring_pipeline.defs.partitions import (
+    register_night_batches,
+    score_date_partitions,
+    scores_partition_key,
+)
 from scoring_pipeline.defs.resources import DatabaseResource, ScoringSettingsResource
 from scoring_pipeline.defs.run_tags import LATE_TAG, SCHEDULED_FOR_TAG, run_group, run_traceparent
 from scoring_pipeline.store.membership import compute_membership, load_membership, store_membership
 from scoring_pipeline.store.night.closing import close_night
-from scoring_pipeline.store.night.model import merge_metrics
+from scoring_pipeline.store.night.model import find_night, merge_metrics
 from scoring_pipeline.store.night.opening import open_night
 from scoring_pipeline.store.night.root_span import emit_root_span
 from scoring_pipeline.store.snapshots.reuse import lock_snapshot
@@ -30,6 +39,48 @@ from scoring_pipeline.store.snapshots.reuse import lock_snapshot
 
 def _int(value: str | None) -> int | None:
     return int(value) if value is not None and value.isdigit() else None
+
+
+def _asset_graph(context: dg.AssetExecutionContext) -> "BaseAssetGraph[Any]":
+    """The code location's asset graph, which a backfill of `scores` is read against; a run
+    made outside a code location (`dg.materialize`) has only its own job's."""
+    try:
+        return context.repository_def.asset_graph
+    except CheckError:  # "No repository definition was set on the step context"
+        return context.job_def.asset_layer.asset_graph
+
+
+def _refuse_a_night_in_progress(
+    context: dg.AssetExecutionContext,
+    conn: Connection,
+    group: MarketGroup,
+    batch_keys: list[str],
+) -> None:
+    """A run does not restart a night that another run is still starting, or whose batches are
+    being scored (a second launch from another tab, `score --date` during the night): that would
+    score every batch twice and close the night twice. Checked under the date's membership lock,
+    so of two runs started at once the second sees the first as the night's starter."""
+    score_date = score_date_of(context)
+    night = find_night(conn, score_date, market_group=group.name)
+    if night is None:
+        return
+    reason = night_in_progress(
+        context.instance,
+        group,
+        _asset_graph(context),
+        owner_run_id=night.snapshot_run_id,
+        this_run_id=context.run.run_id,
+        keys=[scores_partition_key(score_date, b) for b in batch_keys],
+    )
+    if reason is not None:
+        raise dg.Failure(
+            description=(
+                f"{night.name} is {night.status.value} and was not restarted: {reason}. Wait "
+                "for it to end (or cancel those runs), then launch again; `scoring-pipeline "
+                "retry-failed` re-scores only its failed batches"
+            ),
+            allow_retries=False,
+        )
 
 
 def build_active_users(groups: dict[str, MarketGroup]) -> dg.AssetsDefinition:
@@ -66,6 +117,8 @@ def build_active_users(groups: dict[str, MarketGroup]) -> dg.AssetsDefinition:
             # One membership per date, however many groups' runs start at once.
             lock_snapshot(conn, score_date, "membership")
             membership = load_membership(conn, score_date)
+            if group is not None:
+                _refuse_a_night_in_progress(context, conn, group, membership.batch_keys)
             reused = bool(membership.members) and not config.refresh
             if not reused:
                 membership = compute_membership(conn, settings.batch_size)

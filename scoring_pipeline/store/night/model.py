@@ -58,6 +58,13 @@ class Night:
     def name(self) -> str:
         return f"{self.job_type} night {self.score_date} ({self.market_group})"
 
+    @property
+    def snapshot_run_id(self) -> str | None:
+        """The Dagster run whose `active_users` last (re)started the night: its owner until
+        another run restarts it."""
+        value = (self.metrics or {}).get("dagster_snapshot_run_id")
+        return str(value) if value else None
+
 
 @dataclass(frozen=True, slots=True)
 class BatchOutcome:

@@ -156,12 +156,23 @@ def record_batch_run_died(
 
 
 def record_snapshots_run_died(
-    conn: Connection, score_date: dt.date, message: str, *, market_group: str = ALL_MARKETS
-) -> None:
-    """The snapshots run failed or was cancelled: a night still `started` is `failed`."""
+    conn: Connection,
+    score_date: dt.date,
+    message: str,
+    *,
+    run_id: str,
+    market_group: str = ALL_MARKETS,
+) -> bool:
+    """The snapshots run `run_id` failed or was cancelled: the night it (re)started, still
+    `started`, is `failed`. A run that did not start the night leaves it alone: one refused
+    because another run was starting or scoring that night, one cancelled while queued, one
+    whose `active_users` failed first. Returns whether the night was failed."""
     night = find_night(conn, score_date, market_group=market_group, lock=True)
-    if night is not None and night.status is NightStatus.STARTED:
-        fail_night(conn, score_date, stage="snapshots", error=message, market_group=market_group)
+    if night is None or night.status is not NightStatus.STARTED:
+        return False
+    if night.snapshot_run_id != run_id:
+        return False
+    return fail_night(conn, score_date, stage="snapshots", error=message, market_group=market_group)
 
 
 def batches_to_retry(
