@@ -16,6 +16,7 @@ from scoring_pipeline.defs.partitions import (
     remove_night_partitions,
     scores_partition_key,
 )
+from scoring_pipeline.defs.sensors import scoring_batches_sensor
 from scoring_pipeline_tests import factories as f
 
 DATE = "2026-11-27"
@@ -135,3 +136,16 @@ def forget_night_keys(instance, date=DATE):
 def rows(engine, sql, **params):
     with engine.connect() as conn:
         return conn.execute(sa.text(sql), params).all()
+
+
+def batches_requested(instance, result) -> list[dg.RunRequest]:
+    """What `scoring_batches_sensor` requests after a run (an execution result) succeeded."""
+    resources = build_resources()
+    context = dg.build_run_status_sensor_context(
+        sensor_name="scoring_batches_sensor",
+        dagster_event=result.get_run_success_event(),
+        dagster_instance=instance,
+        dagster_run=result.dagster_run,
+        resources={"database": resources["database"], "settings": resources["settings"]},
+    )
+    return scoring_batches_sensor(context)

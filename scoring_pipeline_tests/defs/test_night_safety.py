@@ -18,7 +18,15 @@ from scoring_pipeline.defs.partitions import SCORES_PARTITIONS_NAME, scores_part
 from scoring_pipeline.store.membership import batch_keys_text, has_batch
 from scoring_pipeline.store.night.opening import fail_night, open_night
 from scoring_pipeline_tests import factories as f
-from scoring_pipeline_tests.scenario import DATE, batch, forget_night_keys, rows, rules, snapshots
+from scoring_pipeline_tests.scenario import (
+    DATE,
+    batch,
+    batches_requested,
+    forget_night_keys,
+    rows,
+    rules,
+    snapshots,
+)
 
 pytestmark = pytest.mark.db
 
@@ -398,21 +406,6 @@ def test_a_backfill_of_the_snapshots_starts_no_night(world, dagster_instance):
     assert rows(world, nights) == closed and rows(world, events)[0].n == started
 
 
-def _batches_requested(instance, result) -> list[dg.RunRequest]:
-    """What `scoring_batches_sensor` requests once this (snapshots) run has succeeded."""
-    from scoring_pipeline.defs.sensors import scoring_batches_sensor
-
-    resources = build_resources()
-    context = dg.build_run_status_sensor_context(
-        sensor_name="scoring_batches_sensor",
-        dagster_event=result.get_run_success_event(),
-        dagster_instance=instance,
-        dagster_run=result.dagster_run,
-        resources={"database": resources["database"], "settings": resources["settings"]},
-    )
-    return scoring_batches_sensor(context)
-
-
 def test_a_night_being_started_or_scored_is_not_restarted(world, dagster_instance):
     """A second launch of a date's snapshots (another tab, `score --date` during the night)
     while the night's batches are being scored, or while the run that started it is still
@@ -477,8 +470,8 @@ def test_a_night_being_started_or_scored_is_not_restarted(world, dagster_instanc
         again = snapshots(dagster_instance)
         made.append(again.run_id)
         assert rows(world, events)[0].n == 2
-        assert _batches_requested(dagster_instance, first) == []  # superseded
-        assert [r.partition_key for r in _batches_requested(dagster_instance, again)] == [
+        assert batches_requested(dagster_instance, first) == []  # superseded
+        assert [r.partition_key for r in batches_requested(dagster_instance, again)] == [
             scores_partition_key(DATE, "b0000")
         ]
         with world.begin() as conn:  # its own failure would fail the night

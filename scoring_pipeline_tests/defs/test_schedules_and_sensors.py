@@ -10,9 +10,8 @@ import pytest
 from scoring_pipeline.definitions import defs
 from scoring_pipeline.defs.deployment import build_resources
 from scoring_pipeline.defs.partitions import scores_partition_key
-from scoring_pipeline.defs.sensors import scoring_batches_sensor
 from scoring_pipeline_tests import factories as f
-from scoring_pipeline_tests.scenario import forget_night_keys
+from scoring_pipeline_tests.scenario import batches_requested, forget_night_keys
 
 
 def _schedule_resources():
@@ -90,7 +89,7 @@ def test_sensor_requests_the_nights_batches_after_snapshots(
     forget_night_keys(dagster_instance, "2026-11-27")
     job = defs().resolve_job_def("overnight_snapshots_job")
     result = job.execute_in_process(partition_key="2026-11-27", instance=dagster_instance)
-    requests = _batches_sensor(dagster_instance, result)
+    requests = batches_requested(dagster_instance, result)
     key = lambda b: scores_partition_key("2026-11-27", b)  # noqa: E731
     assert [_targets(r) for r in requests] == [(key(a), key(b)) for a, b in runs]
     assert len({r.run_key for r in requests}) == len(runs)
@@ -159,7 +158,7 @@ def test_sensor_follows_a_night_started_from_the_asset_graph(
             assets, partition_key=date, instance=dagster_instance, resources=resources, **kwargs
         )
         assert result.success
-        return _batches_sensor(dagster_instance, result)
+        return batches_requested(dagster_instance, result)
 
     started = requests_after([active_users, exchange_rates, prices])
     key = lambda b: scores_partition_key(date, b)  # noqa: E731
@@ -184,16 +183,3 @@ def _sensor_world(engine, tmp_path, monkeypatch, *, users: int) -> None:
             holdings=[("AAA", "USD")],
             criteria=[("US", "stock", [f.rule("pe_ratio", "lt", "20", 5)])],
         )
-
-
-def _batches_sensor(instance, result) -> list[dg.RunRequest]:
-    """What `scoring_batches_sensor` requests after a run (an execution result) succeeded."""
-    resources = build_resources()
-    context = dg.build_run_status_sensor_context(
-        sensor_name="scoring_batches_sensor",
-        dagster_event=result.get_run_success_event(),
-        dagster_instance=instance,
-        dagster_run=result.dagster_run,
-        resources={"database": resources["database"], "settings": resources["settings"]},
-    )
-    return scoring_batches_sensor(context)
