@@ -21,6 +21,7 @@ from scoring_pipeline.cli.database import (
 from scoring_pipeline.cli.nights import cmd_replay, cmd_retry_failed, cmd_score
 from scoring_pipeline.cli.options import at_least_one, port_number
 from scoring_pipeline.cli.serve import cmd_daemon, cmd_services, cmd_worker
+from scoring_pipeline.cli.status import cmd_status
 from scoring_pipeline.errors import ScoringPipelineError
 
 
@@ -86,6 +87,13 @@ def _add_night_commands(sub: Any) -> None:
         "of the daemon's own; name a grpc_server there to share a running code server)",
     )
     p.set_defaults(func=cmd_daemon, needs_schema=True)
+
+    p = sub.add_parser(
+        "status", help="the latest nights, or one date's night with its failed users"
+    )
+    p.add_argument("--date", help="score date YYYY-MM-DD (default: the latest nights)")
+    p.add_argument("--group", help="one market group (with --date)")
+    p.set_defaults(func=cmd_status, needs_schema=True)
 
     p = sub.add_parser(
         "retry-failed", help="backfill a date's failed batches through the running Dagster"

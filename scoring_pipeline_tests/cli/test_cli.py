@@ -310,3 +310,28 @@ def test_score_refuses_a_date_whose_batches_are_being_scored(
             assert conn.execute(sa.text(night)).one() == before
     finally:
         dagster_instance.delete_run(scoring.run_id)
+
+
+def test_status_lists_the_nights_and_details_one_with_its_failed_users(cli_env, clean_db, tmp_path):
+    run(cli_env, "migrate")
+    assert run(cli_env, "status").stdout.strip() == "no night has been started yet"
+    run(cli_env, "demo-data", "--users", "6", "--out", str(tmp_path / "demo"))
+    with clean_db.begin() as conn:  # one user's criteria become invalid
+        bad = conn.execute(
+            sa.text(
+                'UPDATE criteria_versions SET rules = \'{"not": "a list"}\' WHERE id = '
+                "(SELECT id FROM criteria_versions WHERE is_active ORDER BY id LIMIT 1) "
+                "RETURNING user_id::text"
+            )
+        ).scalar_one()
+    assert summary_value(run(cli_env, "score", "--date", DATE).stdout, "job status") == "partial"
+    overview = run(cli_env, "status").stdout.splitlines()
+    assert overview[0].split()[:3] == ["score", "date", "group"]
+    row = overview[1].split()
+    assert row[:3] == [DATE, "all", "partial"] and row[4] == "1"
+    detail = run(cli_env, "status", "--date", DATE).stdout
+    assert summary_value(detail, "job status") == "partial"
+    assert f"failed user {bad} (batch b0000, stage criteria_validation)" in detail
+    assert f"`scoring-pipeline retry-failed --date {DATE}`" in summary_value(detail, "next")
+    none = run(cli_env, "status", "--date", "2026-01-01", check=False)
+    assert none.returncode == 1 and "no night of 2026-01-01" in none.stdout

@@ -137,6 +137,17 @@ def find_night(
     return _night(row) if row is not None else None
 
 
+def recent_nights(conn: Connection, limit: int) -> list[Night]:
+    """The latest scoring nights (every group), newest date first."""
+    query = (
+        sa.select(t.overnight_job_runs)
+        .where(t.overnight_job_runs.c.job_type == SCORING)
+        .order_by(t.overnight_job_runs.c.score_date.desc(), t.overnight_job_runs.c.market_group)
+        .limit(limit)
+    )
+    return [_night(row) for row in conn.execute(query)]
+
+
 def has_a_night(conn: Connection, score_date: dt.date) -> bool:
     """Whether any market group's scoring night of the date was ever started."""
     query = sa.select(sa.literal(1)).where(

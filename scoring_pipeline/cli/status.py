@@ -1,0 +1,137 @@
+"""`scoring-pipeline status`: the latest nights, or one date's night in detail, from
+`overnight_job_runs` (what an operator otherwise reads with SQL)."""
+
+import argparse
+import datetime as dt
+from typing import Any
+
+from scoring_pipeline.cli.options import app_engine, parse_date
+from scoring_pipeline.store.night.closing import failed_users
+from scoring_pipeline.store.night.model import (
+    CACHE_WARM,
+    Night,
+    NightStatus,
+    find_night,
+    recent_nights,
+)
+
+RECENT = 10
+
+
+def _when(value: dt.datetime | None) -> str:
+    return value.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC") if value else "-"
+
+
+def _took(night: Night) -> str:
+    if night.completed_at is None:
+        return "-"
+    return f"{(night.completed_at - night.started_at).total_seconds():.1f} s"
+
+
+def _dashboards(warm: Night | None) -> str:
+    if warm is None:
+        return "not warmed yet"
+    return f"{warm.status.value}, {warm.metrics.get('users_warm', warm.users_processed)} warm"
+
+
+def _figure(night: Night, key: str) -> int:
+    return int(night.metrics.get(key, 0) or 0)
+
+
+def _overview(nights: list[tuple[Night, Night | None]]) -> list[str]:
+    header = (
+        f"{'score date':<11} {'group':<8} {'status':<10} {'users':>7} {'failed':>7} "
+        f"{'batches failed':>15}  {'took':>8}  dashboards"
+    )
+    lines = [header]
+    for night, warm in nights:
+        batches = f"{_figure(night, 'batches_failed')}/{_figure(night, 'batches_total')}"
+        lines.append(
+            f"{night.score_date.isoformat():<11} {night.market_group:<8} "
+            f"{night.status.value:<10} {_figure(night, 'users_total'):>7} "
+            f"{_figure(night, 'users_failed'):>7} {batches:>15}  {_took(night):>8}  "
+            f"{_dashboards(warm)}"
+        )
+    return lines
+
+
+def _detail(night: Night, warm: Night | None, failed: list[dict[str, Any]]) -> list[str]:
+    lines = [
+        f"score date      {night.score_date}",
+        f"market group    {night.market_group}",
+        f"job status      {night.status.value}",
+        f"started         {_when(night.started_at)}",
+        f"completed       {_when(night.completed_at)} ({_took(night)})",
+        f"users           {_figure(night, 'users_total')} in all: "
+        f"{_figure(night, 'users_success')} scored, {_figure(night, 'users_failed')} failed, "
+        f"{_figure(night, 'users_skipped') + _figure(night, 'users_skipped_no_criteria')} "
+        "skipped",
+        f"assets scored   {_figure(night, 'assets_scored')}",
+        f"batches         {_figure(night, 'batches_total')} "
+        f"({_figure(night, 'batches_failed')} failed)",
+        f"dashboards      {_dashboards(warm)}",
+    ]
+    details = night.error_details or {}
+    if night.status is NightStatus.FAILED and details.get("stage"):
+        lines.append(f"error           stage {details['stage']}: {details.get('message')}")
+    for failure in failed[:20]:
+        error = failure.get("error") or {}
+        lines.append(
+            f"  failed user {failure.get('userId')} (batch {failure.get('batch')}, "
+            f"stage {failure.get('stage')}): {error.get('message')}"
+        )
+    if len(failed) > 20:
+        lines.append(f"  … and {len(failed) - 20} more (overnight_job_runs.error_details)")
+    if night.status in (NightStatus.PARTIAL, NightStatus.FAILED) and failed:
+        group = "" if night.market_group == "all" else f" --group {night.market_group}"
+        lines.append(
+            f"next            fix those users' data, then `scoring-pipeline retry-failed "
+            f"--date {night.score_date}{group}` (or the UI: scores → Partitions → Failed)"
+        )
+    return lines
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    engine = app_engine()
+    with engine.connect() as conn:
+        if args.date is None:
+            nights = recent_nights(conn, RECENT)
+            pairs = [
+                (
+                    n,
+                    find_night(
+                        conn, n.score_date, job_type=CACHE_WARM, market_group=n.market_group
+                    ),
+                )
+                for n in nights
+            ]
+            if not pairs:
+                print("no night has been started yet")
+                return 0
+            for line in _overview(pairs):
+                print(line)
+            return 0
+        score_date = parse_date(args.date)
+        groups = [args.group] if args.group else None
+        found = [
+            n
+            for n in recent_nights(conn, 10_000)
+            if n.score_date == score_date and (groups is None or n.market_group in groups)
+        ]
+        if not found:
+            which = f" in group {args.group}" if args.group else ""
+            print(
+                f"no night of {score_date}{which}: start it with `scoring-pipeline score "
+                f"--date {score_date}` or its snapshots job"
+            )
+            return 1
+        for index, night in enumerate(found):
+            warm = find_night(
+                conn, score_date, job_type=CACHE_WARM, market_group=night.market_group
+            )
+            failed = failed_users(conn, score_date, market_group=night.market_group)
+            if index:
+                print()
+            for line in _detail(night, warm, failed):
+                print(line)
+    return 0
