@@ -83,11 +83,14 @@ def partition_statuses(api: DagsterApi, score_date: str | None = None) -> dict[s
 
 def latest_check_statuses(api: DagsterApi, check: str) -> dict[str, str]:
     """The latest execution status (SUCCEEDED, FAILED, SKIPPED, …) of a `scores` check, per
-    partition, from the webserver (what the UI's Checks tab shows)."""
+    partition, from the webserver (what the UI's Checks tab shows). An execution of no
+    partition (the Checks tab's "Execute all", refused; one of the session's tests makes one in
+    the shared instance) is no batch's."""
     executions = api.query(_CHECKS, {"check": check})["assetCheckExecutions"]
     out: dict[str, str] = {}
     for execution in executions:  # newest first
-        out.setdefault(execution["partition"], execution["status"])
+        if execution["partition"] is not None:
+            out.setdefault(execution["partition"], execution["status"])
     return out
 
 
