@@ -9,8 +9,11 @@ a loop of them costs the daemon and the code server a few milliseconds.
 
 Each evaluation also logs two INFO lines ("Checking for new runs for sensor: …", "Sensor … skipped:
 …"): every second for four sensors, ~700,000 lines a day in the daemon's log, saying nothing that
-the UI's tick history of each sensor does not. The daemon's log keeps everything else: the runs a
-sensor launches, errors, the other daemons' lines.
+the UI's tick history of each sensor does not. The backfill daemon logs, at every iteration of a
+backfill, every partition it has materialised, failed and requested (three multi-line dumps of
+all the backfill's keys). Dagster OSS keeps no log of a backfill's own, and the backfill's page in
+the UI shows each partition's status. The daemon's log keeps everything else: the runs a sensor
+launches, each backfill iteration's one-line status, errors, the other daemons' lines.
 """
 
 import logging
@@ -20,23 +23,37 @@ import dagster._daemon.sensor as sensor_daemon
 
 SENSOR_LOOP_SECONDS = 1
 SENSOR_DAEMON_LOGGER = "dagster.daemon.SensorDaemon"
-_TICK_CHATTER = re.compile(
-    r"Checking for new runs for sensor: |Sensor \S+ skipped: |No run requests returned for "
-)
+BACKFILL_DAEMON_LOGGER = "dagster.daemon.BackfillDaemon"
+# Messages (their start) the daemon's log leaves out, by the daemon logger that writes them.
+LEFT_OUT = {
+    SENSOR_DAEMON_LOGGER: re.compile(
+        r"Checking for new runs for sensor: |Sensor \S+ skipped: |No run requests returned for "
+    ),
+    BACKFILL_DAEMON_LOGGER: re.compile(
+        r"Backfill iteration summary:|Overall backfill status:|"
+        r"Root assets that have not yet been requested:"
+    ),
+}
 
 
-class WithoutTickChatter(logging.Filter):
-    """Drops the sensor daemon's per-evaluation lines (a sensor looked, or skipped)."""
+class LeaveOut(logging.Filter):
+    """Drops the records whose message starts with what `pattern` matches."""
+
+    def __init__(self, pattern: re.Pattern[str]) -> None:
+        super().__init__()
+        self.pattern = pattern
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return _TICK_CHATTER.match(record.getMessage()) is None
+        return self.pattern.match(record.getMessage()) is None
 
 
-def quiet_sensor_ticks() -> None:
-    """Keep the per-evaluation lines out of the daemon's log (once per process)."""
-    logger = logging.getLogger(SENSOR_DAEMON_LOGGER)
-    if not any(isinstance(f, WithoutTickChatter) for f in logger.filters):
-        logger.addFilter(WithoutTickChatter())
+def quiet_daemon_logs() -> None:
+    """Keep the per-evaluation and per-iteration dumps out of the daemon's log (once per
+    process: the filters sit on the daemons' loggers, which Dagster looks up by name)."""
+    for name, pattern in LEFT_OUT.items():
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, LeaveOut) for f in logger.filters):
+            logger.addFilter(LeaveOut(pattern))
 
 
 def use_sensor_loop_seconds(seconds: float = SENSOR_LOOP_SECONDS) -> None:
@@ -54,7 +71,7 @@ def main() -> None:
     from dagster._daemon.cli import main as daemon_main
 
     use_sensor_loop_seconds()
-    quiet_sensor_ticks()
+    quiet_daemon_logs()
     daemon_main()
 
 

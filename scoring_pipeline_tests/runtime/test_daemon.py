@@ -8,10 +8,11 @@ import dagster._daemon.sensor as sensor_daemon
 import pytest
 
 from scoring_pipeline.runtime.daemon import (
+    BACKFILL_DAEMON_LOGGER,
     SENSOR_DAEMON_LOGGER,
     SENSOR_LOOP_SECONDS,
-    WithoutTickChatter,
-    quiet_sensor_ticks,
+    LeaveOut,
+    quiet_daemon_logs,
     use_sensor_loop_seconds,
 )
 
@@ -31,30 +32,51 @@ def test_a_dagster_without_the_setting_is_refused(monkeypatch):
         use_sensor_loop_seconds()
 
 
-def test_the_sensor_daemon_log_keeps_launches_and_errors_not_each_evaluation(caplog):
-    # The messages as the pinned Dagster's sensor daemon logs them, on its logger.
-    quiet_sensor_ticks()
-    quiet_sensor_ticks()  # once per process, however often it is asked
-    logger = logging.getLogger(SENSOR_DAEMON_LOGGER)
-    assert sum(isinstance(f, WithoutTickChatter) for f in logger.filters) == 1
-    with caplog.at_level(logging.INFO, logger=SENSOR_DAEMON_LOGGER):
-        logger.info("Checking for new runs for sensor: %s", "scoring_batches_sensor")
-        logger.info("Sensor dashboard_cache_sensor skipped: no newly scored batch to warm")
-        logger.info("No run requests returned for scoring_run_failure_sensor, skipping")
-        logger.info("Launching run for scoring_batches_sensor")
-        logger.error("Sensor scoring_batches_sensor failed: boom")
+def test_the_daemon_log_keeps_launches_and_errors_not_each_evaluation(caplog):
+    # The messages as the pinned Dagster's sensor and backfill daemons log them, on their loggers.
+    quiet_daemon_logs()
+    quiet_daemon_logs()  # once per process, however often it is asked
+    sensors = logging.getLogger(SENSOR_DAEMON_LOGGER)
+    backfills = logging.getLogger(BACKFILL_DAEMON_LOGGER)
+    for logger in (sensors, backfills):
+        assert sum(isinstance(f, LeaveOut) for f in logger.filters) == 1
+    with caplog.at_level(logging.INFO):
+        sensors.info("Checking for new runs for sensor: %s", "scoring_batches_sensor")
+        sensors.info("Sensor dashboard_cache_sensor skipped: no newly scored batch to warm")
+        sensors.info("No run requests returned for scoring_run_failure_sensor, skipping")
+        sensors.info("Launching run for scoring_batches_sensor")
+        sensors.error("Sensor scoring_batches_sensor failed: boom")
+        backfills.info("Backfill iteration summary:\n**Assets materialized since last iteration:**")
+        backfills.info("Overall backfill status:\n**Materialized assets:**\n- scores: {...}")
+        backfills.info("Root assets that have not yet been requested:\n- scores: {...}")
+        backfills.info("Asset backfill abc completed iteration with status REQUESTED.")
     assert [r.getMessage() for r in caplog.records] == [
         "Launching run for scoring_batches_sensor",
         "Sensor scoring_batches_sensor failed: boom",
+        "Asset backfill abc completed iteration with status REQUESTED.",
     ]
 
 
-def test_the_messages_it_drops_are_the_sensor_daemons_own():
+def test_the_messages_it_leaves_out_are_the_daemons_own():
     # A Dagster that rewords them would bring the lines back, not lose others: this says when.
-    source = inspect.getsource(sensor_daemon)
-    for fragment in (
-        'f"Checking for new runs for sensor: {',
-        'f"Sensor {remote_sensor.name} skipped: {',
-        'f"No run requests returned for {',
-    ):
-        assert fragment in source, fragment
+    import dagster._core.execution.asset_backfill as asset_backfill
+
+    sources = {
+        SENSOR_DAEMON_LOGGER: inspect.getsource(sensor_daemon),
+        BACKFILL_DAEMON_LOGGER: inspect.getsource(asset_backfill),
+    }
+    fragments = {
+        SENSOR_DAEMON_LOGGER: (
+            'f"Checking for new runs for sensor: {',
+            'f"Sensor {remote_sensor.name} skipped: {',
+            'f"No run requests returned for {',
+        ),
+        BACKFILL_DAEMON_LOGGER: (
+            '"Backfill iteration summary:\\n"',
+            '"Overall backfill status:\\n"',
+            'f"Root assets that have not yet been requested:\\n{',
+        ),
+    }
+    for logger, expected in fragments.items():
+        for fragment in expected:
+            assert fragment in sources[logger], fragment

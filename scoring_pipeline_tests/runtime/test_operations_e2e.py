@@ -243,6 +243,8 @@ def _check_service_logs(logs: Path) -> None:
     assert "Launching run for scoring_batches_sensor" in daemon
     assert "Checking for new runs for sensor" not in daemon
     assert "skipped: " not in daemon
+    # The retry's backfill: one line an iteration, not every partition key of it each time.
+    assert "Evaluating asset backfill" in daemon and "Overall backfill status" not in daemon
     worker = (logs / "worker.log").read_text()
     assert "batch b0000 of " + DATE in worker  # a run's summary line
     assert "INFO/ForkPoolWorker" in worker and "WARNING/ForkPoolWorker" not in worker
