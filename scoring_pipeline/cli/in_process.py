@@ -8,8 +8,11 @@ without writing an outcome is recorded as failed so the night never stays `start
 """
 
 import datetime as dt
+import logging
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -79,19 +82,39 @@ class NightSummary:
 
 
 def _step_errors(result: dg.ExecuteInProcessResult) -> str:
+    """Each failed step's error: a `dg.Failure`'s own description, else the error's message."""
     messages = []
     for event in result.all_events:
-        if event.is_step_failure and event.step_failure_data is not None:
-            messages.append(
-                event.step_failure_data.error.message.strip()
-                if event.step_failure_data.error
-                else "step failed"
-            )
+        if not event.is_step_failure or event.step_failure_data is None:
+            continue
+        data = event.step_failure_data
+        if data.user_failure_data is not None and data.user_failure_data.description:
+            messages.append(data.user_failure_data.description.strip())
+        else:
+            messages.append(data.error.message.strip() if data.error else "step failed")
     return "; ".join(messages) or "the run failed"
 
 
-# The CLI prints its own progress and summary; Dagster's console logger keeps to warnings.
-_QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+@contextmanager
+def project_warnings_on_stderr() -> Iterator[None]:
+    """The project's own warnings (a provider's retries, fallbacks and rejected values, secrets
+    already redacted) on stderr, one line each, while a command runs nights in process: the
+    runs' console logger keeps quiet (`_QUIET`)."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setLevel(logging.WARNING)
+    handler.setFormatter(logging.Formatter("warning: %(message)s"))
+    logger = logging.getLogger("scoring_pipeline")
+    logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+
+
+# The CLI prints its own progress and summary, the steps' errors included (`_step_errors`):
+# Dagster's console logger prints only what would stop the process. At ERROR it printed each
+# failed step and run again with their stack traces (~65 lines for one refused step).
+_QUIET = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
 
 
 def _snapshot_run_config(refresh: bool, group: str) -> dict[str, Any]:

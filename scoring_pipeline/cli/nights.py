@@ -9,12 +9,13 @@ from scoring_pipeline.cli.options import app_engine, chosen_groups, parse_date
 
 
 def cmd_score(args: argparse.Namespace) -> int:
-    from scoring_pipeline.cli.in_process import run_night
+    from scoring_pipeline.cli.in_process import project_warnings_on_stderr, run_night
 
     score_date = parse_date(args.date) if args.date else dt.datetime.now(dt.UTC).date()
     status = 0
     for group in chosen_groups(args):
-        summary = run_night(score_date, refresh=args.refresh, echo=print, group=group.name)
+        with project_warnings_on_stderr():
+            summary = run_night(score_date, refresh=args.refresh, echo=print, group=group.name)
         for line in summary.lines():
             print(line)
         status = max(status, 1 if summary.status == "failed" else 0)
@@ -66,7 +67,8 @@ def cmd_retry_failed(args: argparse.Namespace) -> int:
                 asset_path=group.asset_key("scores"),
             )
             print(
-                f"backfill {backfill_id}: re-scoring {len(partitions)} batches of {score_date} "
+                f"backfill {backfill_id}: re-scoring {len(partitions)} "
+                f"{'batch' if len(partitions) == 1 else 'batches'} of {score_date} "
                 f"in group {group.name}: " + ", ".join(keys[k] for k in partitions)
             )
     return 0

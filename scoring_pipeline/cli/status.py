@@ -3,9 +3,11 @@
 
 import argparse
 import datetime as dt
+import os
 from typing import Any
 
 from scoring_pipeline.cli.options import app_engine, parse_date
+from scoring_pipeline.runtime.dagster_api import DEFAULT_URL
 from scoring_pipeline.store.night.closing import failed_users
 from scoring_pipeline.store.night.model import (
     CACHE_WARM,
@@ -86,9 +88,18 @@ def _detail(night: Night, warm: Night | None, failed: list[dict[str, Any]]) -> l
         group = "" if night.market_group == "all" else f" --group {night.market_group}"
         lines.append(
             f"next            fix those users' data, then `scoring-pipeline retry-failed "
-            f"--date {night.score_date}{group}` (or the UI: scores → Partitions → Failed)"
+            f"--date {night.score_date}{group}`{_url_note()} (or in the UI: asset scores → "
+            "Partitions → Materialize… → Failed and missing)"
         )
     return lines
+
+
+def _url_note() -> str:
+    """retry-failed asks the webserver, which `services --port` may have put anywhere: say so,
+    unless DAGSTER_WEBSERVER_URL tells retry-failed where it is."""
+    if os.environ.get("DAGSTER_WEBSERVER_URL"):
+        return ""
+    return f", with `--url URL` when the webserver is not at {DEFAULT_URL}"
 
 
 def cmd_status(args: argparse.Namespace) -> int:

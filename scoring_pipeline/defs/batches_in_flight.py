@@ -90,10 +90,20 @@ def night_in_progress(
     if owner_run_id is not None and owner_run_id != this_run_id:
         owner = instance.get_run_by_id(owner_run_id)
         if owner is not None and owner.status in _UNFINISHED:
-            return f"run {owner_run_id} is starting it ({owner.status.value.lower()})"
-    busy = sorted(partitions_being_scored(instance, group, asset_graph, keys).items())
+            return (
+                f"run {owner_run_id}, which started it, has not ended yet (it is "
+                f"{owner.status.value.lower().replace('_', ' ')})"
+            )
+    busy = partitions_being_scored(instance, group, asset_graph, keys)
     if not busy:
         return None
-    shown = ", ".join(f"{key.rsplit('/', 1)[-1]} ({what})" for key, what in busy[:5])
-    more = f" and {len(busy) - 5} more" if len(busy) > 5 else ""
-    return f"its batches are being scored: {shown}{more}"
+    by_scorer: dict[str, list[str]] = {}
+    for key in sorted(busy):
+        by_scorer.setdefault(busy[key], []).append(key.rsplit("/", 1)[-1])
+    shown = "; ".join(
+        f"{scorer} scores {', '.join(batches[:10])}"
+        + (f" and {len(batches) - 10} more" if len(batches) > 10 else "")
+        for scorer, batches in list(by_scorer.items())[:3]
+    )
+    more = f"; and {len(by_scorer) - 3} more runs or backfills" if len(by_scorer) > 3 else ""
+    return f"its batches are being scored ({shown}{more})"

@@ -222,8 +222,16 @@ def _show(value: object) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
+_JSON_TYPES = {dict: "object", list: "array", str: "string", bool: "boolean"}
+
+
 def _type_name(value: object) -> str:
-    return "null" if value is None else type(value).__name__
+    """The JSON name of a decoded value's type, as an operator reading the rules knows it."""
+    if value is None:
+        return "null"
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return "number"
+    return _JSON_TYPES.get(type(value), type(value).__name__)
 
 
 def _json_copy(value: Any) -> Any:

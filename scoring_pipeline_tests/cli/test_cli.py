@@ -129,6 +129,8 @@ def test_score_exits_non_zero_when_the_night_fails(cli_env, clean_db, tmp_path):
     assert proc.returncode == 1
     assert summary_value(proc.stdout, "job status") == "failed"
     assert "rates" in summary_value(proc.stdout, "error")
+    # Said once, in the summary: not again as Dagster's step and run failures on stderr.
+    assert "Traceback" not in proc.stderr and "STEP_FAILURE" not in proc.stderr, proc.stderr
     with clean_db.connect() as conn:  # nothing was scored from missing inputs
         for sql in (
             "SELECT count(*) FROM asset_scores",
@@ -136,6 +138,20 @@ def test_score_exits_non_zero_when_the_night_fails(cli_env, clean_db, tmp_path):
             "SELECT count(*) FROM calculation_events WHERE user_id IS NOT NULL",
         ):
             assert conn.execute(sa.text(sql)).scalar_one() == 0, sql
+
+
+def test_score_prints_the_providers_warnings_one_line_each(cli_env, clean_db, tmp_path):
+    run(cli_env, "migrate")
+    run(cli_env, "demo-data", "--users", "5", "--out", str(tmp_path / "demo"))
+    prices = Path(cli_env["PRICES_FILE"])
+    header, first, *rest = prices.read_text().splitlines()
+    symbol = first.split(",")[0]
+    prices.write_text("\n".join([header, ",".join([symbol, "NaN", *first.split(",")[2:]]), *rest]))
+    proc = run(cli_env, "score", "--date", DATE)
+    assert summary_value(proc.stdout, "job status") == "completed"
+    lines = proc.stderr.strip().splitlines()
+    assert lines == [line for line in lines if line.startswith("warning: ")], proc.stderr
+    assert any("1 value(s) rejected" in line and symbol in line for line in lines), lines
 
 
 def _spawn(cli_env, log: Path, *args: str) -> subprocess.Popen[bytes]:
@@ -301,11 +317,13 @@ def test_score_refuses_a_date_whose_batches_are_being_scored(
     )
     try:
         proc = run(cli_env, "score", "--date", DATE, check=False)
-        # Dagster's console shows the step's failure; the command ends on its own one line.
-        last = proc.stderr.strip().splitlines()[-1]
-        assert proc.returncode == 2, proc.stderr
-        assert last.startswith(f"scoring-pipeline: error: {DATE} was not scored:"), last
-        assert f"its batches are being scored: b0000 (run {scoring.run_id})" in last
+        assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0, proc.stderr
+        last = proc.stderr.strip()
+        assert last.startswith(
+            f"scoring-pipeline: error: {DATE} was not scored: scoring night {DATE} (all) is "
+            "completed and was not restarted:"
+        ), last
+        assert f"its batches are being scored (run {scoring.run_id} scores b0000)" in last
         with clean_db.connect() as conn:
             assert conn.execute(sa.text(night)).one() == before
     finally:
@@ -332,6 +350,8 @@ def test_status_lists_the_nights_and_details_one_with_its_failed_users(cli_env, 
     detail = run(cli_env, "status", "--date", DATE).stdout
     assert summary_value(detail, "job status") == "partial"
     assert f"failed user {bad} (batch b0000, stage criteria_validation)" in detail
-    assert f"`scoring-pipeline retry-failed --date {DATE}`" in summary_value(detail, "next")
+    step = summary_value(detail, "next")
+    assert f"`scoring-pipeline retry-failed --date {DATE}`" in step
+    assert "with `--url URL` when the webserver is not at http://127.0.0.1:3000" in step
     none = run(cli_env, "status", "--date", "2026-01-01", check=False)
     assert none.returncode == 1 and "no night of 2026-01-01" in none.stdout

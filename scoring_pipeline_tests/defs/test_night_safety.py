@@ -434,7 +434,7 @@ def test_a_night_being_started_or_scored_is_not_restarted(world, dagster_instanc
         failure = refused.failure_data_for_node("active_users")
         description = failure.user_failure_data.description if failure is not None else ""
         assert "was not restarted: its batches are being scored" in (description or "")
-        assert f"b0000 (run {scoring.run_id})" in (description or "")
+        assert f"(run {scoring.run_id} scores b0000)" in (description or "")
         assert rows(world, events)[0].n == 1
         with world.begin() as conn:
             # What the failure sensor does with the refused run: nothing, it is not the night's.
@@ -463,7 +463,9 @@ def test_a_night_being_started_or_scored_is_not_restarted(world, dagster_instanc
         made.append(refused.run_id)
         failure = refused.failure_data_for_node("active_users")
         description = failure.user_failure_data.description if failure is not None else ""
-        assert f"run {starting.run_id} is starting it (started)" in (description or "")
+        assert f"run {starting.run_id}, which started it, has not ended yet (it is started)" in (
+            description or ""
+        )
         dagster_instance.report_run_canceled(starting)
 
         # Nothing works on the night any more: a launch restarts it, and owns it.

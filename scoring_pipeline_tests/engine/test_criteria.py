@@ -265,6 +265,17 @@ def test_a_rule_must_be_an_object() -> None:
     assert CVID in str(caught.value) and "#2" in str(caught.value)
 
 
+@pytest.mark.parametrize(
+    ("rules", "named"),
+    [({"not": "a list"}, "object"), ("[1]", "number"), ('"x"', "string"), ("true", "boolean")],
+)
+def test_what_the_rules_are_instead_is_named_in_json_terms(rules: object, named: str) -> None:
+    # An operator reads the rules as JSON: "not object", never Python's "not dict".
+    with pytest.raises(InvalidCriteriaError) as caught:
+        parse(rules if isinstance(rules, dict) else str(rules))
+    assert str(caught.value).endswith(f"not {named}"), str(caught.value)
+
+
 # (overrides, expected message fragment, expected rule label). The label is the rule id when it
 # has one, else its 1-based position; the name follows when there is one.
 NAMED = "r-1 ('P/E below 15')"

@@ -76,8 +76,8 @@ def _refuse_a_night_in_progress(
         raise dg.Failure(
             description=(
                 f"{night.name} is {night.status.value} and was not restarted: {reason}. Wait "
-                "for it to end (or cancel those runs), then launch again; `scoring-pipeline "
-                "retry-failed` re-scores only its failed batches"
+                "until that ends (or cancel it in the UI's Runs or Backfills), then launch "
+                "again; `scoring-pipeline retry-failed` re-scores only failed batches"
             ),
             allow_retries=False,
         )
