@@ -14,6 +14,7 @@ busy time in a night of short batch runs, and PostgreSQL backends started for ea
 
 import logging
 import os
+import re
 from typing import TYPE_CHECKING, Any
 
 from celery import Celery
@@ -127,6 +128,21 @@ def _register_tasks(app: Celery) -> None:
         return _on_kept_instance(_resume_run_command_body, args)
 
 
+# A Dagster event a run's console logger prints at DEBUG (RUN_START, STEP_OUTPUT, HANDLED_OUTPUT,
+# each materialisation and check evaluation: ~40 lines a run), as it reaches Celery's redirect.
+_DAGSTER_DEBUG = re.compile(r"\S+ \S+ [+-]\d{4} - dagster - DEBUG - ")
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+class WithoutDagsterDebug(logging.Filter):
+    """Keeps Dagster's DEBUG events out of the worker's log: every one is in the run's event
+    log (its page in the UI), and Dagster builds a run's console logger at DEBUG unless the
+    run's config says otherwise. What a run prints at INFO and above stays."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return _DAGSTER_DEBUG.match(_ANSI.sub("", record.getMessage())) is None
+
+
 def make_worker_app() -> Celery:
     from celery.signals import worker_process_init, worker_process_shutdown
     from dagster_celery.make_app import make_app
@@ -134,6 +150,7 @@ def make_worker_app() -> Celery:
     # The worker logs at INFO; Alembic's INFO lines ("setup plugin …", seven per process, when a
     # first run checks the schema's revision) say nothing to an operator.
     logging.getLogger("alembic").setLevel(logging.WARNING)
+    logging.getLogger("celery.redirected").addFilter(WithoutDagsterDebug())
     broker, backend = broker_urls()
     if broker.startswith("sqla+"):
         from kombu.transport import sqlalchemy as sqla_transport

@@ -18,6 +18,7 @@ launches, each backfill iteration's one-line status, errors, the other daemons' 
 
 import logging
 import re
+import warnings
 
 import dagster._daemon.sensor as sensor_daemon
 
@@ -67,11 +68,24 @@ def use_sensor_loop_seconds(seconds: float = SENSOR_LOOP_SECONDS) -> None:
     sensor_daemon.MIN_INTERVAL_LOOP_TIME = seconds  # type: ignore[assignment]
 
 
+def quiet_launcher_notice() -> None:
+    """dagster-celery's launcher re-registers its task at every launch; Celery's warning about it
+    is harmless (`services.LAUNCHER_NOTICE`)."""
+    from celery.exceptions import DuplicateTaskNameWarning
+
+    warnings.filterwarnings(
+        "ignore",
+        message="Task name 'execute_job' is already registered",
+        category=DuplicateTaskNameWarning,
+    )
+
+
 def main() -> None:
     from dagster._daemon.cli import main as daemon_main
 
     use_sensor_loop_seconds()
     quiet_daemon_logs()
+    quiet_launcher_notice()
     daemon_main()
 
 

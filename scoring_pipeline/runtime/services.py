@@ -95,6 +95,15 @@ def _spawn(
         )
 
 
+# dagster-celery's launcher registers its task again on every launch, and Celery warns once per
+# process (ten lines: "Task name 'execute_job' is already registered to a different callable
+# … calls under this name reach the callable registered first"): the callables are the same
+# function of dagster-celery's, so the first one is the right one. As a -W / PYTHONWARNINGS
+# filter for the processes that launch runs (the daemon sets it in `runtime/daemon`), by its
+# message: Python reads PYTHONWARNINGS before it can import Celery's warning class.
+LAUNCHER_NOTICE = "ignore:Task name 'execute_job' is already registered"
+
+
 def worker_command(concurrency: int) -> list[str]:
     return [
         str(BIN / "celery"),
@@ -259,6 +268,10 @@ def running_services(
         # unless the operator named them; the app's own sessions name themselves.
         worker_env = {"PGAPPNAME": "scoring-pipeline-worker", **env}
         dagster_env = {"PGAPPNAME": "scoring-pipeline-dagster", **env}
+        # The webserver launches runs too (the UI's Launchpad): see LAUNCHER_NOTICE.
+        dagster_env["PYTHONWARNINGS"] = ",".join(
+            w for w in (env.get("PYTHONWARNINGS"), LAUNCHER_NOTICE) if w
+        )
         services.processes["worker"] = _spawn(
             "worker", worker_command(workers), worker_env, log_dir
         )

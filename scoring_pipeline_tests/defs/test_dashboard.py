@@ -280,14 +280,7 @@ def test_a_nights_last_batches_are_warmed_beside_a_running_warm_run(world, dagst
         f.user(world, holdings=[("AAA", "USD")], criteria=[("US_TECH", "stock", rules())])
     assert snapshots(dagster_instance).success
     assert batch(dagster_instance, "b0000").success
-    with world.begin() as conn:  # b0000 has waited long enough to be warmed alone
-        conn.execute(
-            sa.text(
-                "UPDATE scoring_batch_results SET updated_at = updated_at - make_interval("
-                "secs => :s) WHERE batch_key = 'b0000'"
-            ),
-            {"s": WARM_WITHIN_SECONDS + 1},
-        )
+    _aged(world, "b0000")  # it has waited long enough to be warmed alone
     first = (_sensor(dagster_instance).run_requests or [])[0]
     assert LANE_TAG not in first.tags  # the job's own lane
     in_flight = [
@@ -315,3 +308,49 @@ def test_a_nights_last_batches_are_warmed_beside_a_running_warm_run(world, dagst
         for run in in_flight:
             dagster_instance.report_run_canceled(run)
     assert len(in_flight) == 2
+
+
+def _aged(world, batch_key: str) -> None:
+    """As if the batch had waited long enough to be warmed alone."""
+    with world.begin() as conn:
+        conn.execute(
+            sa.text(
+                "UPDATE scoring_batch_results SET updated_at = updated_at - make_interval("
+                "secs => :s) WHERE batch_key = :b"
+            ),
+            {"s": WARM_WITHIN_SECONDS + 1, "b": batch_key},
+        )
+
+
+def test_a_rescored_date_reopens_its_warming_with_a_job_started(world, dagster_instance):
+    # The date re-scored on purpose: its first batch is warmed while the other is still being
+    # scored, so the completed `cache_warm` night opens again, as the scoring night did.
+    for _ in range(3):  # batches of 2: b0000 and b0001
+        f.user(world, holdings=[("AAA", "USD")], criteria=[("US_TECH", "stock", rules())])
+    events = (
+        "SELECT e.event_type, count(*) AS n FROM calculation_events e JOIN overnight_job_runs j "
+        "ON j.correlation_id = e.correlation_id WHERE j.job_type = 'cache_warm' GROUP BY 1"
+    )
+    warming = "SELECT status, started_at FROM overnight_job_runs WHERE job_type = 'cache_warm'"
+    assert snapshots(dagster_instance).success
+    assert batch(dagster_instance, "b0000").success and batch(dagster_instance, "b0001").success
+    _warm(dagster_instance, (_sensor(dagster_instance).run_requests or [])[0])
+    first = rows(world, warming)[0]
+    assert first.status == "completed"
+    assert {r.event_type: r.n for r in rows(world, events)} == {
+        "JOB_STARTED": 1,
+        "JOB_COMPLETED": 1,
+    }
+    assert snapshots(dagster_instance).success  # the night restarts
+    assert batch(dagster_instance, "b0000").success
+    _aged(world, "b0000")
+    _warm(dagster_instance, (_sensor(dagster_instance).run_requests or [])[0])
+    reopened = rows(world, warming)[0]
+    assert reopened.status == "started" and reopened.started_at > first.started_at
+    assert batch(dagster_instance, "b0001").success
+    _warm(dagster_instance, (_sensor(dagster_instance).run_requests or [])[0])
+    assert rows(world, warming)[0].status == "completed"
+    assert {r.event_type: r.n for r in rows(world, events)} == {
+        "JOB_STARTED": 2,
+        "JOB_COMPLETED": 2,
+    }

@@ -41,17 +41,19 @@ def record_cache_warming(
     """Track the date's `cache_warm` night of a group: completed once every user the group
     scored is warm.
 
-    Like the scoring night it opens with JOB_STARTED and closes with JOB_COMPLETED (again if it
-    was re-opened: warmed while a re-scored batch still waited for its warming)."""
+    Like the scoring night it opens with JOB_STARTED and closes with JOB_COMPLETED; a completed
+    one that warms again before every re-scored batch is warm (its date re-scored) is re-opened
+    the same way: JOB_STARTED again, a new `started_at`, and JOB_COMPLETED once done."""
     night, created = ensure_night(conn, score_date, CACHE_WARM, market_group)
-    if created:
-        job_started(conn, night)
     figures = _warming_figures(conn, score_date, market_group)
     warm = int(figures.warm)
     scoring = find_night(conn, score_date, market_group=market_group)
     done = (
         figures.pending == 0 and scoring is not None and scoring.status is not NightStatus.STARTED
     )
+    reopened = not created and night.completed_at is not None and not done
+    if created or reopened:
+        job_started(conn, night)
     status = NightStatus.STARTED
     if done:
         status = (
@@ -62,6 +64,7 @@ def record_cache_warming(
     update_night(
         conn,
         night,
+        **({"started_at": sa.func.now()} if reopened else {}),
         status=status.value,
         users_processed=warm,
         users_failed=t.overnight_job_runs.c.users_failed + failed,
