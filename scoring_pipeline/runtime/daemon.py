@@ -80,9 +80,21 @@ def quiet_launcher_notice() -> None:
     )
 
 
+def import_before_threads() -> None:
+    """Import, before the daemon starts its threads, what one of them would otherwise import
+    first while another uses it: the run launcher builds its Celery app (kombu's SQLAlchemy
+    transport imports `sqlalchemy.orm`) when a queued run is launched, while the scheduler's
+    thread runs SQLAlchemy queries that look `sqlalchemy.orm` up half-imported. Seen once, in a
+    daemon started with runs already queued: "partially initialized module
+    'sqlalchemy.orm.exc'" failed the schedule's tick and left its run never submitted."""
+    import kombu.transport.sqlalchemy  # noqa: F401
+    import sqlalchemy.orm  # noqa: F401
+
+
 def main() -> None:
     from dagster._daemon.cli import main as daemon_main
 
+    import_before_threads()
     use_sensor_loop_seconds()
     quiet_daemon_logs()
     quiet_launcher_notice()

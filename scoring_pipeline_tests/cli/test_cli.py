@@ -330,7 +330,21 @@ def test_score_refuses_a_date_whose_batches_are_being_scored(
         dagster_instance.delete_run(scoring.run_id)
 
 
-def test_status_lists_the_nights_and_details_one_with_its_failed_users(cli_env, clean_db, tmp_path):
+def test_status_lists_the_nights_and_details_one_with_its_failed_users(
+    cli_env, clean_db, dagster_instance, tmp_path
+):
+    # The command's runs share the session's Dagster storage: its failed batch run is deleted
+    # after, so that no later test counts it.
+    before = {r.run_id for r in dagster_instance.get_runs()}
+    try:
+        _status_of_a_partial_night(cli_env, clean_db, tmp_path)
+    finally:
+        for r in dagster_instance.get_runs():
+            if r.run_id not in before:
+                dagster_instance.delete_run(r.run_id)
+
+
+def _status_of_a_partial_night(cli_env, clean_db, tmp_path):
     run(cli_env, "migrate")
     assert run(cli_env, "status").stdout.strip() == "no night has been started yet"
     run(cli_env, "demo-data", "--users", "6", "--out", str(tmp_path / "demo"))
