@@ -92,7 +92,7 @@ def _add_night_commands(sub: Any) -> None:
         "status", help="the latest nights, or one date's night with its failed users"
     )
     p.add_argument("--date", help="score date YYYY-MM-DD (default: the latest nights)")
-    p.add_argument("--group", help="one market group (with --date)")
+    p.add_argument("--group", help="one market group's nights only")
     p.set_defaults(func=cmd_status, needs_schema=True)
 
     p = sub.add_parser(

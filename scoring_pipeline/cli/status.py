@@ -106,7 +106,11 @@ def cmd_status(args: argparse.Namespace) -> int:
     engine = app_engine()
     with engine.connect() as conn:
         if args.date is None:
-            nights = recent_nights(conn, RECENT)
+            nights = [
+                n
+                for n in recent_nights(conn, RECENT if args.group is None else 1_000)
+                if args.group is None or n.market_group == args.group
+            ][:RECENT]
             pairs = [
                 (
                     n,
@@ -123,11 +127,10 @@ def cmd_status(args: argparse.Namespace) -> int:
                 print(line)
             return 0
         score_date = parse_date(args.date)
-        groups = [args.group] if args.group else None
         found = [
             n
-            for n in recent_nights(conn, 10_000)
-            if n.score_date == score_date and (groups is None or n.market_group in groups)
+            for n in recent_nights(conn, 1_000, score_date=score_date)
+            if args.group is None or n.market_group == args.group
         ]
         if not found:
             which = f" in group {args.group}" if args.group else ""

@@ -137,14 +137,16 @@ def find_night(
     return _night(row) if row is not None else None
 
 
-def recent_nights(conn: Connection, limit: int) -> list[Night]:
-    """The latest scoring nights (every group), newest date first."""
-    query = (
-        sa.select(t.overnight_job_runs)
-        .where(t.overnight_job_runs.c.job_type == SCORING)
-        .order_by(t.overnight_job_runs.c.score_date.desc(), t.overnight_job_runs.c.market_group)
-        .limit(limit)
-    )
+def recent_nights(
+    conn: Connection, limit: int, *, score_date: dt.date | None = None
+) -> list[Night]:
+    """The latest scoring nights (every group), newest date first; only `score_date`'s when
+    given."""
+    runs = t.overnight_job_runs
+    query = sa.select(runs).where(runs.c.job_type == SCORING)
+    if score_date is not None:
+        query = query.where(runs.c.score_date == score_date)
+    query = query.order_by(runs.c.score_date.desc(), runs.c.market_group).limit(limit)
     return [_night(row) for row in conn.execute(query)]
 
 
