@@ -21,15 +21,29 @@ IN_FLIGHT = [
 ]
 
 
+# A run is created NOT_STARTED and queued at once (milliseconds later); one still NOT_STARTED
+# after this was never submitted (its launcher's process died in between, say) and never will
+# be: counted in flight, it would skip every later tick of its date, and no night would start.
+NEVER_SUBMITTED_AFTER = dt.timedelta(minutes=5)
+
+
 def runs_in_flight(
     instance: dg.DagsterInstance,
     job_name: str,
     tags: dict[str, str] | None = None,
     limit: int | None = None,
 ) -> list[dg.DagsterRun]:
-    """The job's runs (with these tags) that are queued or running, newest first."""
+    """The job's runs (with these tags) that are queued or running, newest first; not a run
+    left NOT_STARTED for longer than `NEVER_SUBMITTED_AFTER`."""
     filters = dg.RunsFilter(job_name=job_name, tags=tags or {}, statuses=IN_FLIGHT)
-    return list(instance.get_runs(filters=filters, limit=limit))
+    stale_before = dt.datetime.now(dt.UTC) - NEVER_SUBMITTED_AFTER
+    runs = [
+        record.dagster_run
+        for record in instance.get_run_records(filters=filters)
+        if record.dagster_run.status != dg.DagsterRunStatus.NOT_STARTED
+        or record.create_timestamp.astimezone(dt.UTC) >= stale_before
+    ]
+    return runs[:limit] if limit is not None else runs
 
 
 def run_in_flight(

@@ -132,6 +132,29 @@ def test_a_tick_is_skipped_while_the_dates_snapshots_run_is_in_flight(world, dag
     assert _tick(dagster_instance, date).run_requests
 
 
+def test_a_run_never_submitted_does_not_hold_the_ticks_back(world, dagster_instance):
+    # Created NOT_STARTED and never queued (the process that made it died first): after a few
+    # minutes it is no run in flight, or no later tick of its date would start the night.
+    date = "2026-10-05"
+    job = defs().resolve_job_def("overnight_snapshots_job")
+    stuck = dagster_instance.create_run_for_job(
+        job, run_config={}, tags={"dagster/partition": date}, status=dg.DagsterRunStatus.NOT_STARTED
+    )
+    try:
+        assert not _tick(dagster_instance, date).run_requests  # just created: it may start yet
+        with world.begin() as conn:  # the same database holds the Dagster storage
+            conn.execute(
+                sa.text(
+                    "UPDATE runs SET create_timestamp = create_timestamp - interval '6 minutes' "
+                    "WHERE run_id = :r"
+                ),
+                {"r": stuck.run_id},
+            )
+        assert _tick(dagster_instance, date).run_requests
+    finally:
+        dagster_instance.delete_run(stuck.run_id)
+
+
 @pytest.mark.parametrize("date", ["2025-03-03", DATE])
 def test_a_partition_of_no_night_opens_none(world, dagster_instance, date):
     _users(world, 1)
