@@ -20,6 +20,7 @@ import dagster as dg
 import sqlalchemy as sa
 
 from scoring_pipeline import telemetry
+from scoring_pipeline.cli.status import failed_user_line
 from scoring_pipeline.defs.partitions import scores_partition_key
 from scoring_pipeline.errors import NightInProgressError
 from scoring_pipeline.store.db import create_engine_for, prepare_dagster_environment
@@ -72,12 +73,7 @@ class NightSummary:
         ]
         if self.error:
             out.append(f"error           {self.error}")
-        for failure in self.failed_users[:20]:
-            error = failure.get("error") or {}
-            out.append(
-                f"  failed user {failure.get('userId')} (batch {failure.get('batch')}, "
-                f"stage {failure.get('stage')}): {error.get('message')}"
-            )
+        out.extend(failed_user_line(failure) for failure in self.failed_users[:20])
         return out
 
 

@@ -6,6 +6,8 @@ import datetime as dt
 import os
 from typing import Any
 
+from sqlalchemy.engine import Connection
+
 from scoring_pipeline.cli.options import app_engine, parse_date
 from scoring_pipeline.runtime.dagster_api import DEFAULT_URL
 from scoring_pipeline.store.night.closing import failed_users
@@ -76,12 +78,7 @@ def _detail(night: Night, warm: Night | None, failed: list[dict[str, Any]]) -> l
     details = night.error_details or {}
     if night.status is NightStatus.FAILED and details.get("stage"):
         lines.append(f"error           stage {details['stage']}: {details.get('message')}")
-    for failure in failed[:20]:
-        error = failure.get("error") or {}
-        lines.append(
-            f"  failed user {failure.get('userId')} (batch {failure.get('batch')}, "
-            f"stage {failure.get('stage')}): {error.get('message')}"
-        )
+    lines.extend(failed_user_line(failure) for failure in failed[:20])
     if len(failed) > 20:
         lines.append(f"  … and {len(failed) - 20} more (overnight_job_runs.error_details)")
     if night.status in (NightStatus.PARTIAL, NightStatus.FAILED) and failed:
@@ -94,6 +91,15 @@ def _detail(night: Night, warm: Night | None, failed: list[dict[str, Any]]) -> l
     return lines
 
 
+def failed_user_line(failure: dict[str, Any]) -> str:
+    """One failed user of a night (`failed_users`), as `status` and `score` print it."""
+    error = failure.get("error") or {}
+    return (
+        f"  failed user {failure.get('userId')} (batch {failure.get('batch')}, "
+        f"stage {failure.get('stage')}): {error.get('message')}"
+    )
+
+
 def _url_note() -> str:
     """retry-failed asks the webserver, which `services --port` may have put anywhere: say so,
     unless DAGSTER_WEBSERVER_URL tells retry-failed where it is."""
@@ -102,36 +108,24 @@ def _url_note() -> str:
     return f", with `--url URL` when the webserver is not at {DEFAULT_URL}"
 
 
+def _warming(conn: Connection, night: Night) -> Night | None:
+    """The `cache_warm` night that follows a scoring night."""
+    return find_night(conn, night.score_date, job_type=CACHE_WARM, market_group=night.market_group)
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     engine = app_engine()
     with engine.connect() as conn:
         if args.date is None:
-            nights = [
-                n
-                for n in recent_nights(conn, RECENT if args.group is None else 1_000)
-                if args.group is None or n.market_group == args.group
-            ][:RECENT]
-            pairs = [
-                (
-                    n,
-                    find_night(
-                        conn, n.score_date, job_type=CACHE_WARM, market_group=n.market_group
-                    ),
-                )
-                for n in nights
-            ]
-            if not pairs:
+            nights = recent_nights(conn, RECENT, market_group=args.group)
+            if not nights:
                 print("no night has been started yet")
                 return 0
-            for line in _overview(pairs):
+            for line in _overview([(n, _warming(conn, n)) for n in nights]):
                 print(line)
             return 0
         score_date = parse_date(args.date)
-        found = [
-            n
-            for n in recent_nights(conn, 1_000, score_date=score_date)
-            if args.group is None or n.market_group == args.group
-        ]
+        found = recent_nights(conn, 1_000, score_date=score_date, market_group=args.group)
         if not found:
             which = f" in group {args.group}" if args.group else ""
             print(
@@ -140,12 +134,9 @@ def cmd_status(args: argparse.Namespace) -> int:
             )
             return 1
         for index, night in enumerate(found):
-            warm = find_night(
-                conn, score_date, job_type=CACHE_WARM, market_group=night.market_group
-            )
             failed = failed_users(conn, score_date, market_group=night.market_group)
             if index:
                 print()
-            for line in _detail(night, warm, failed):
+            for line in _detail(night, _warming(conn, night), failed):
                 print(line)
     return 0

@@ -13,7 +13,7 @@ from dagster._core.execution.backfill import BulkActionStatus, PartitionBackfill
 
 from scoring_pipeline.defs.job_names import BATCH_JOB
 from scoring_pipeline.defs.market_groups.group import MarketGroup
-from scoring_pipeline.defs.partitions import run_partitions
+from scoring_pipeline.defs.partitions import parse_scores_partition_key, run_partitions
 from scoring_pipeline.defs.run_tags import IN_FLIGHT
 
 # A run being cancelled may still be writing its batch.
@@ -99,7 +99,7 @@ def night_in_progress(
         return None
     by_scorer: dict[str, list[str]] = {}
     for key in sorted(busy):
-        by_scorer.setdefault(busy[key], []).append(key.rsplit("/", 1)[-1])
+        by_scorer.setdefault(busy[key], []).append(parse_scores_partition_key(key)[1])
     shown = "; ".join(
         f"{scorer} scores {', '.join(batches[:10])}"
         + (f" and {len(batches) - 10} more" if len(batches) > 10 else "")

@@ -19,7 +19,12 @@ import dagster as dg
 from scoring_pipeline.defs.jobs import overnight_snapshots_job
 from scoring_pipeline.defs.market_groups.group import GROUP_TAG, MarketGroup, default_group
 from scoring_pipeline.defs.resources import DatabaseResource
-from scoring_pipeline.defs.run_tags import LATE_TAG, SCHEDULED_FOR_TAG, run_in_flight
+from scoring_pipeline.defs.run_tags import (
+    LATE_TAG,
+    PARTITION_TAG,
+    SCHEDULED_FOR_TAG,
+    run_in_flight,
+)
 from scoring_pipeline.errors import ConfigurationError
 from scoring_pipeline.store.night.opening import tick_skip_reason
 from scoring_pipeline.telemetry import TRACEPARENT, new_traceparent
@@ -87,7 +92,7 @@ def _build(group: MarketGroup, job: Any) -> dg.ScheduleDefinition:
         if closed:
             return dg.SkipReason(closed)
         score_date = day.isoformat()
-        in_flight = run_in_flight(context.instance, job.name, {"dagster/partition": score_date})
+        in_flight = run_in_flight(context.instance, job.name, {PARTITION_TAG: score_date})
         if in_flight:
             return dg.SkipReason(
                 f"the snapshots run {in_flight} of {score_date} ({group.name}) is still queued "

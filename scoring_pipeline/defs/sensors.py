@@ -28,6 +28,7 @@ from scoring_pipeline.defs.resources import DatabaseResource, ScoringSettingsRes
 from scoring_pipeline.defs.run_tags import (
     BATCH_RANGE_TAG,
     BATCHES_TAG,
+    PARTITION_TAG,
     RANGE_END_TAG,
     RANGE_START_TAG,
     runs_in_flight,
@@ -237,7 +238,7 @@ def build_sensors(nights: NightDefinitions) -> list[dg.SensorDefinition]:
         `dagster_snapshot_run_id`): a backfill's never does, nor one superseded by a later
         start of the same night."""
         run = context.dagster_run
-        score_date = run.tags.get("dagster/partition")
+        score_date = run.tags.get(PARTITION_TAG)
         if score_date is None or not _is_date(score_date):
             return []  # a batch run, a warm run: no date's snapshots
         night = nights.night_of_run(run)

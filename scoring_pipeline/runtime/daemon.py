@@ -73,10 +73,10 @@ def quiet_launcher_notice() -> None:
     is harmless (`services.LAUNCHER_NOTICE`)."""
     from celery.exceptions import DuplicateTaskNameWarning
 
+    from scoring_pipeline.runtime.services import LAUNCHER_NOTICE_MESSAGE
+
     warnings.filterwarnings(
-        "ignore",
-        message="Task name 'execute_job' is already registered",
-        category=DuplicateTaskNameWarning,
+        "ignore", message=LAUNCHER_NOTICE_MESSAGE, category=DuplicateTaskNameWarning
     )
 
 

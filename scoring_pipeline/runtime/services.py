@@ -101,7 +101,8 @@ def _spawn(
 # function of dagster-celery's, so the first one is the right one. As a -W / PYTHONWARNINGS
 # filter for the processes that launch runs (the daemon sets it in `runtime/daemon`), by its
 # message: Python reads PYTHONWARNINGS before it can import Celery's warning class.
-LAUNCHER_NOTICE = "ignore:Task name 'execute_job' is already registered"
+LAUNCHER_NOTICE_MESSAGE = "Task name 'execute_job' is already registered"
+LAUNCHER_NOTICE = f"ignore:{LAUNCHER_NOTICE_MESSAGE}"
 
 
 def worker_command(concurrency: int) -> list[str]:

@@ -138,14 +138,20 @@ def find_night(
 
 
 def recent_nights(
-    conn: Connection, limit: int, *, score_date: dt.date | None = None
+    conn: Connection,
+    limit: int,
+    *,
+    score_date: dt.date | None = None,
+    market_group: str | None = None,
 ) -> list[Night]:
-    """The latest scoring nights (every group), newest date first; only `score_date`'s when
-    given."""
+    """The latest scoring nights, newest date first: every group's unless `market_group`, only
+    `score_date`'s when given."""
     runs = t.overnight_job_runs
     query = sa.select(runs).where(runs.c.job_type == SCORING)
     if score_date is not None:
         query = query.where(runs.c.score_date == score_date)
+    if market_group is not None:
+        query = query.where(runs.c.market_group == market_group)
     query = query.order_by(runs.c.score_date.desc(), runs.c.market_group).limit(limit)
     return [_night(row) for row in conn.execute(query)]
 
