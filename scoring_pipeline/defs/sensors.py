@@ -134,6 +134,8 @@ def close_night_after_run_ended(
         return
     group = night.group.name
     message = _failure_message(context)
+    record = context.instance.get_run_record_by_id(run.run_id)
+    created = record.create_timestamp if record is not None else None
     closed_dates = set()
     batches: dict[dt.date, list[str]] = {}
     with database.engine().begin() as conn:
@@ -149,7 +151,15 @@ def close_night_after_run_ended(
                 except NotABatchPartitionError:
                     continue  # not a partition of ours (a key added by hand): no night
                 # Each batch the run wrote keeps its outcome; the others count as failed.
-                record_batch_run_died(conn, closed, batch, run.run_id, message, market_group=group)
+                record_batch_run_died(
+                    conn,
+                    closed,
+                    batch,
+                    run.run_id,
+                    message,
+                    market_group=group,
+                    run_created=created,
+                )
                 batches.setdefault(closed, []).append(batch)
             closed_dates.add(closed)
         # The batches a ranged run landed with every user scored: one query a date.

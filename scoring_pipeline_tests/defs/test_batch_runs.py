@@ -50,6 +50,19 @@ def _failure_message(result) -> str:
     return failure.step_failure_data.error.message  # type: ignore[union-attr]
 
 
+def _failure_sensor_sees(instance, run_id: str) -> None:
+    """Evaluate the failure sensor on the failed run `run_id`, as the daemon does."""
+    failure = instance.get_records_for_run(run_id, of_type=dg.DagsterEventType.RUN_FAILURE)
+    context = dg.build_run_status_sensor_context(
+        sensor_name="scoring_run_failure_sensor",
+        dagster_event=failure.records[0].event_log_entry.dagster_event,
+        dagster_instance=instance,
+        dagster_run=instance.get_run_by_id(run_id),
+        resources={"database": build_resources()["database"]},
+    ).for_run_failure()
+    scoring_run_failure_sensor(context)
+
+
 def _statuses(instance) -> dict[str, str]:
     found = instance.get_status_by_partition(scores.key, KEYS, scores_partitions) or {}
     return {k.split("/")[1]: (v.value if v else "MISSING") for k, v in found.items()}
@@ -184,18 +197,7 @@ def test_a_run_that_dies_mid_range_keeps_what_it_landed(world, dagster_instance,
     }
     assert _night_row(world).status == "started"  # two batches have no outcome yet
 
-    run = dagster_instance.get_run_by_id(result.run_id)
-    failure = dagster_instance.get_records_for_run(
-        result.run_id, of_type=dg.DagsterEventType.RUN_FAILURE
-    ).records[0]
-    context = dg.build_run_status_sensor_context(
-        sensor_name="scoring_run_failure_sensor",
-        dagster_event=failure.event_log_entry.dagster_event,
-        dagster_instance=dagster_instance,
-        dagster_run=run,
-        resources={"database": build_resources()["database"]},
-    ).for_run_failure()
-    scoring_run_failure_sensor(context)
+    _failure_sensor_sees(dagster_instance, result.run_id)
     # b0000's materialisation is the run's own: the sensor reports none of its own (it does
     # for a landed batch only when the run recorded none, its process killed: the e2e test)
     latest = dagster_instance.fetch_materializations(
@@ -209,3 +211,27 @@ def test_a_run_that_dies_mid_range_keeps_what_it_landed(world, dagster_instance,
     }
     night = _night_row(world)
     assert (night.status, night.users_failed) == ("partial", 3)
+
+
+def test_two_runs_of_a_failed_batch_keep_its_real_errors(world, dagster_instance):
+    """Two backfills of a night's failed batches (two tabs): both runs score the batch and fail
+    on the same bad user. The failure sensor, on the run whose outcome the other replaced,
+    keeps the newer outcome and its real error rather than counting every member failed."""
+    _night(world, dagster_instance, bad=(3,))  # user 3 is in b0001 with user 4
+    assert not batches(dagster_instance).success  # the night: b0001 partial
+    first = batch(dagster_instance, "b0001")
+    second = batch(dagster_instance, "b0001")  # created after the first; writes after it
+    assert not first.success and not second.success
+    for run in (first, second):
+        _failure_sensor_sees(dagster_instance, run.run_id)
+    assert _outcomes(world)["b0001"] == ("partial", second.run_id, 1)
+    [failed] = rows(
+        world,
+        "SELECT jsonb_array_elements(failed_users) AS u FROM scoring_batch_results "
+        "WHERE score_date = :d AND batch_key = 'b0001'",
+        d=DATE,
+    )
+    assert failed.u["userId"] == _uid(3)
+    assert failed.u["stage"] != "batch" and "abc" in str(failed.u["error"])
+    night = _night_row(world)
+    assert (night.status, night.users_failed) == ("partial", 1)

@@ -123,18 +123,33 @@ def record_batch_run_died(
     message: str,
     *,
     market_group: str = ALL_MARKETS,
+    run_created: dt.datetime | None = None,
 ) -> NightStatus | None:
     """A batch run ended without success: unless that run wrote the batch's outcome (failed
-    users), every member of the batch counts as failed; then the night closes if it was last."""
-    written = conn.execute(
-        sa.select(t.scoring_batch_results.c.dagster_run_id).where(
+    users), every member of the batch counts as failed; then the night closes if it was last.
+
+    An outcome another run wrote after this run was created (`run_created`) is newer than
+    anything this run could tell and stays: two runs of the same batch at once (two backfills
+    of a night's failed batches, launched from two tabs) both write, one after the other, and
+    the one whose outcome was replaced must not turn the batch's real errors into "run failed"."""
+    current = conn.execute(
+        sa.select(
+            t.scoring_batch_results.c.dagster_run_id, t.scoring_batch_results.c.updated_at
+        ).where(
             t.scoring_batch_results.c.score_date == score_date,
             t.scoring_batch_results.c.market_group == market_group,
             t.scoring_batch_results.c.batch_key == batch,
         )
-    ).scalar()
+    ).one_or_none()
+    written = current.dagster_run_id if current is not None else None
+    newer = (
+        current is not None
+        and written != run_id
+        and run_created is not None
+        and current.updated_at >= run_created
+    )
     members = _batch_members(conn, score_date, batch, _markets(conn, score_date, market_group))
-    if written != run_id and members:
+    if written != run_id and members and not newer:
         error = {"type": "StepFailed", "message": message}
         _upsert_outcome(
             conn,
