@@ -29,6 +29,7 @@ def cmd_retry_failed(args: argparse.Namespace) -> int:
     from scoring_pipeline.defs.batches_in_flight import partitions_being_scored
     from scoring_pipeline.defs.partitions import scores_partition_key, scores_partitions_name
     from scoring_pipeline.runtime.dagster_api import DagsterApi
+    from scoring_pipeline.store.night.model import find_night
     from scoring_pipeline.store.night.outcomes import batches_to_retry
 
     score_date = parse_date(args.date)
@@ -36,10 +37,17 @@ def cmd_retry_failed(args: argparse.Namespace) -> int:
     groups = chosen_groups(args)
     engine = app_engine()  # prepares the environment the definitions and the instance read
     asset_graph = defs().resolve_asset_graph()
+    nights = 0
     with dg.DagsterInstance.get() as instance:
         for group in groups:
             with engine.connect() as conn:
+                night = find_night(conn, score_date, market_group=group.name)
                 batches = batches_to_retry(conn, score_date, market_group=group.name)
+            if night is None:
+                # Its batches would be refused (no night) and counted as failed by nobody.
+                print(f"nothing to retry in group {group.name}: {score_date} has no night")
+                continue
+            nights += 1
             if not batches:
                 print(
                     f"nothing to retry in group {group.name}: every batch of {score_date} succeeded"
@@ -71,6 +79,13 @@ def cmd_retry_failed(args: argparse.Namespace) -> int:
                 f"{'batch' if len(partitions) == 1 else 'batches'} of {score_date} "
                 f"in group {group.name}: " + ", ".join(keys[k] for k in partitions)
             )
+    if not nights:
+        print(
+            f"{score_date} has no night"
+            + (f" in group {groups[0].name}" if len(groups) == 1 else "")
+            + ": `scoring-pipeline status` lists the nights"
+        )
+        return 1
     return 0
 
 

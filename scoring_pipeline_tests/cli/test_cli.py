@@ -369,3 +369,10 @@ def _status_of_a_partial_night(cli_env, clean_db, tmp_path):
     assert "with `--url URL` when the webserver is not at http://127.0.0.1:3000" in step
     none = run(cli_env, "status", "--date", "2026-01-01", check=False)
     assert none.returncode == 1 and "no night of 2026-01-01" in none.stdout
+    # retry-failed says so too, rather than "every batch succeeded" (no webserver is asked).
+    retry = run(cli_env, "retry-failed", "--date", "2026-01-01", check=False)
+    assert retry.returncode == 1, retry.stderr
+    assert retry.stdout.splitlines() == [
+        "nothing to retry in group all: 2026-01-01 has no night",
+        "2026-01-01 has no night in group all: `scoring-pipeline status` lists the nights",
+    ]

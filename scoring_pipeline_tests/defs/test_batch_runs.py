@@ -2,6 +2,8 @@
 launches them): each batch lands, shows in the partitions UI and is checked on its own; a batch
 that fails fails alone, and a run that dies leaves the batches it landed landed."""
 
+import datetime as dt
+
 import dagster as dg
 import pytest
 
@@ -10,6 +12,7 @@ from scoring_pipeline.defs.deployment import build_resources
 from scoring_pipeline.defs.partitions import scores_partition_key, scores_partitions
 from scoring_pipeline.defs.sensors import scoring_run_failure_sensor
 from scoring_pipeline.store import batch_write
+from scoring_pipeline.store.night.outcomes import record_batch_run_died
 from scoring_pipeline_tests import factories as f
 from scoring_pipeline_tests.scenario import (
     DATE,
@@ -235,3 +238,21 @@ def test_two_runs_of_a_failed_batch_keep_its_real_errors(world, dagster_instance
     assert failed.u["stage"] != "batch" and "abc" in str(failed.u["error"])
     night = _night_row(world)
     assert (night.status, night.users_failed) == ("partial", 1)
+
+
+def test_a_run_refused_for_a_group_with_no_night_records_no_outcome(world, dagster_instance):
+    """A retry of a group whose night has not started (its batch keys are the date's, from
+    another group's night) is refused before it scores; its failure records no outcome, so the
+    group's partitions never show a failed night that does not exist."""
+    _night(world, dagster_instance)  # the date's night of group `all`, and its membership
+    with world.begin() as conn:
+        status = record_batch_run_died(
+            conn,
+            dt.date.fromisoformat(DATE),
+            "b0001",
+            "a-refused-run",
+            "refused",
+            market_group="br",
+        )
+    assert status is None
+    assert not rows(world, "SELECT 1 FROM scoring_batch_results WHERE market_group = 'br'")

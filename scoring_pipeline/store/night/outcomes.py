@@ -127,11 +127,16 @@ def record_batch_run_died(
 ) -> NightStatus | None:
     """A batch run ended without success: unless that run wrote the batch's outcome (failed
     users), every member of the batch counts as failed; then the night closes if it was last.
+    Nothing is recorded for a date with no night of the group.
 
     An outcome another run wrote after this run was created (`run_created`) is newer than
     anything this run could tell and stays: two runs of the same batch at once (two backfills
     of a night's failed batches, launched from two tabs) both write, one after the other, and
     the one whose outcome was replaced must not turn the batch's real errors into "run failed"."""
+    if find_night(conn, score_date, market_group=market_group) is None:
+        # A batch of no night (a retry of a group whose night has not started): its run was
+        # refused before it scored, and an outcome would show a night that does not exist.
+        return None
     current = conn.execute(
         sa.select(
             t.scoring_batch_results.c.dagster_run_id, t.scoring_batch_results.c.updated_at
