@@ -73,8 +73,11 @@ class NightDefinitions:
 
 def build_nights(groups: Sequence[MarketGroup]) -> NightDefinitions:
     """Every group's definitions; the default group reuses the module-level objects (the ones
-    tests and the CLI import), with the schedule of its configured cron."""
-    if len(groups) == 1 and groups[0].is_default:
+    tests and the CLI import), with the schedule of its configured cron, unless its timezone is
+    ahead of UTC."""
+    # A default group whose clock runs ahead of UTC needs tomorrow's UTC date among the snapshot
+    # partitions, which the module-level objects (built for UTC) do not have: built anew.
+    if len(groups) == 1 and groups[0].is_default and not groups[0].may_tick_ahead_of_utc():
         group = groups[0]
         night = GroupNight(
             group=group,

@@ -8,7 +8,7 @@ the batches of started nights — never a cross product of every date with every
 """
 
 import datetime as dt
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import dagster as dg
 
@@ -24,6 +24,20 @@ _SEPARATOR = "/"
 score_date_partitions = dg.DailyPartitionsDefinition(
     start_date=SCORE_DATE_START, timezone="UTC", end_offset=1
 )
+# A group east of UTC ticks before UTC midnight for its local date (Tokyo's 07:00 is 22:00 UTC
+# the day before): its score date is then tomorrow in UTC, which this one also has.
+score_dates_ahead_of_utc = dg.DailyPartitionsDefinition(
+    start_date=SCORE_DATE_START, timezone="UTC", end_offset=2
+)
+
+
+def score_date_partitions_for(groups: Iterable[MarketGroup]) -> dg.DailyPartitionsDefinition:
+    """The snapshot assets' daily partitions for a code location of `groups`: up to tomorrow
+    (UTC) when a group's clock can run ahead of UTC, else up to today."""
+    if any(group.may_tick_ahead_of_utc() for group in groups):
+        return score_dates_ahead_of_utc
+    return score_date_partitions
+
 
 scores_partitions = dg.DynamicPartitionsDefinition(name=SCORES_PARTITIONS_NAME)
 

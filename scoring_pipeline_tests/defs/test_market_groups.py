@@ -12,7 +12,7 @@ import exchange_calendars
 import pytest
 
 from scoring_pipeline.defs.market_groups.config import GROUPS_FILE_VARIABLE, load_groups
-from scoring_pipeline.defs.market_groups.group import MarketGroup
+from scoring_pipeline.defs.market_groups.group import MarketGroup, default_group
 from scoring_pipeline.defs.nights import build_nights
 from scoring_pipeline.defs.resources import DatabaseResource
 from scoring_pipeline.errors import ConfigurationError
@@ -247,3 +247,33 @@ def test_a_group_of_markets_sharing_an_exchange_takes_their_common_open(tmp_path
         "America/New_York",
         dt.time(9, 30),
     )
+
+
+def test_a_group_ahead_of_utc_finds_its_date_among_the_snapshot_partitions(tmp_path, three):
+    """Tokyo's 07:00 tick of 2026-12-07 runs at 22:00 UTC on 2026-12-06: its score date is
+    tomorrow in UTC, so the snapshot partitions reach it. Groups west of UTC or on it keep the
+    partitions up to today (UTC)."""
+    tick = dt.datetime(2026, 12, 6, 22, 0, tzinfo=dt.UTC)
+    tokyo = default_group("0 7 * * 1-5", "Asia/Tokyo")
+    assert tokyo.score_date_of_tick(tick) == dt.date(2026, 12, 7)
+    nights = build_nights([tokyo])
+    (night,) = nights.nights.values()
+    for asset in (nights.active_users, nights.exchange_rates, night.prices):
+        keys = asset.partitions_def.get_partition_keys(current_time=tick)
+        assert keys[-1] == "2026-12-07", asset.key
+    assert night.snapshots_job.name == "overnight_snapshots_job"  # the default names still
+    assert night.scores.key == dg.AssetKey("scores")
+
+    (utc,) = _load(tmp_path, None)
+    for groups in ([utc], [three["us"], three["br"]]):
+        keys = build_nights(groups).active_users.partitions_def.get_partition_keys(
+            current_time=tick
+        )
+        assert keys[-1] == "2026-12-06"
+    # Berlin is ahead of UTC (its 07:00 is 06:00 UTC, the same date, but another cron's need
+    # not be): with it, the partitions reach tomorrow too.
+    assert three["eu"].may_tick_ahead_of_utc()
+    keys = build_nights(list(three.values())).active_users.partitions_def.get_partition_keys(
+        current_time=tick
+    )
+    assert keys[-1] == "2026-12-07"

@@ -24,7 +24,7 @@ from scoring_pipeline.defs.batches_in_flight import night_in_progress
 from scoring_pipeline.defs.market_groups.group import DEFAULT_GROUPS, MarketGroup
 from scoring_pipeline.defs.partitions import (
     register_night_batches,
-    score_date_partitions,
+    score_date_partitions_for,
     scores_partition_key,
 )
 from scoring_pipeline.defs.resources import DatabaseResource, ScoringSettingsResource
@@ -88,7 +88,7 @@ def build_active_users(groups: dict[str, MarketGroup]) -> dg.AssetsDefinition:
 
     @dg.asset(
         name="active_users",
-        partitions_def=score_date_partitions,
+        partitions_def=score_date_partitions_for(groups.values()),
         group_name="snapshots",
         kinds={"postgres"},
     )

@@ -16,7 +16,6 @@ from scoring_pipeline.defs.assets.snapshot import (
     score_date_of,
 )
 from scoring_pipeline.defs.market_groups.group import DEFAULT_GROUPS, MarketGroup
-from scoring_pipeline.defs.partitions import score_date_partitions
 from scoring_pipeline.defs.resources import (
     DatabaseResource,
     RatesProviderResource,
@@ -32,7 +31,7 @@ def build_exchange_rates(
 ) -> dg.AssetsDefinition:
     @dg.asset(
         name="exchange_rates",
-        partitions_def=score_date_partitions,
+        partitions_def=active_users.partitions_def,  # the membership's dates
         deps=[active_users],
         group_name="snapshots",
         kinds={"postgres"},

@@ -18,7 +18,6 @@ from scoring_pipeline.defs.assets.snapshot import (
     score_date_of,
 )
 from scoring_pipeline.defs.market_groups.group import DEFAULT_GROUP, DEFAULT_GROUPS, MarketGroup
-from scoring_pipeline.defs.partitions import score_date_partitions
 from scoring_pipeline.defs.resources import (
     DatabaseResource,
     PricesProviderResource,
@@ -33,7 +32,7 @@ def build_prices(group: MarketGroup, active_users: dg.AssetsDefinition) -> dg.As
 
     @dg.asset(
         key=group.asset_key("prices"),
-        partitions_def=score_date_partitions,
+        partitions_def=active_users.partitions_def,  # the membership's dates
         deps=[active_users],
         group_name="snapshots" if group.is_default else f"{group.name}_night",
         kinds={"postgres"},

@@ -51,6 +51,18 @@ class MarketGroup:
             scheduled = scheduled.replace(tzinfo=dt.UTC)
         return scheduled.astimezone(ZoneInfo(self.timezone)).date()
 
+    def may_tick_ahead_of_utc(self) -> bool:
+        """Whether a tick's date in the group's timezone can be later than its UTC date: the
+        timezone is ahead of UTC for part of the year at least (checked in January and July,
+        either side of a DST change)."""
+        zone = ZoneInfo(self.timezone)
+        year = dt.datetime.now(dt.UTC).year
+        return any(
+            (dt.datetime(year, month, 1, tzinfo=zone).utcoffset() or dt.timedelta())
+            > dt.timedelta()
+            for month in (1, 7)
+        )
+
     def closed_reason(self, day: dt.date) -> str | None:
         """Why the group has no night on `day` (a closed exchange), or None when it has one."""
         if self.run_on_closed_days:
