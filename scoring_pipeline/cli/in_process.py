@@ -22,7 +22,7 @@ import sqlalchemy as sa
 from scoring_pipeline import telemetry
 from scoring_pipeline.cli.status import failed_user_line
 from scoring_pipeline.defs.partitions import scores_partition_key
-from scoring_pipeline.errors import NightInProgressError
+from scoring_pipeline.errors import ConfigurationError, NightInProgressError
 from scoring_pipeline.store.db import create_engine_for, prepare_dagster_environment
 from scoring_pipeline.store.membership import load_membership
 from scoring_pipeline.store.night.closing import close_night, failed_users
@@ -152,6 +152,12 @@ def run_night(
         telemetry.TRACEPARENT: telemetry.new_traceparent(),
     }
 
+    dates = definitions.resolve_job_def(job_name(SNAPSHOTS_JOB)).partitions_def
+    if dates is not None and not dates.has_partition_key(date_key):
+        keys = dates.get_partition_keys()
+        raise ConfigurationError(
+            f"--date {date_key}: not a score date (they run from {keys[0]} to {keys[-1]})"
+        )
     say(f"freezing the inputs of {date_key} for group {group} (users, rates, prices)…")
     snapshot = definitions.resolve_job_def(job_name(SNAPSHOTS_JOB)).execute_in_process(
         partition_key=date_key,

@@ -3,6 +3,7 @@ database): migrate, demo-data, `score --date` on ~150 users in several batches a
 four ordered events per user, `replay`, and one-line errors with a non-zero exit status."""
 
 import contextlib
+import datetime as dt
 import os
 import signal
 import subprocess
@@ -376,3 +377,11 @@ def _status_of_a_partial_night(cli_env, clean_db, tmp_path):
         "nothing to retry in group all: 2026-01-01 has no night",
         "2026-01-01 has no night in group all: `scoring-pipeline status` lists the nights",
     ]
+    # A date that is no partition (after tomorrow, before the start) is named in one line.
+    for day in ("2030-01-01", "2019-01-01"):
+        future = run(cli_env, "score", "--date", day, check=False)
+        assert future.returncode == 2 and future.stdout == "", future.stdout
+        assert future.stderr.strip() == (
+            f"scoring-pipeline: error: --date {day}: not a score date (they run from 2025-01-01 "
+            f"to {dt.datetime.now(dt.UTC).date()})"
+        )
