@@ -14,6 +14,8 @@ from scoring_pipeline.cli.options import app_engine, parse_date
 from scoring_pipeline.errors import ConfigurationError
 
 if TYPE_CHECKING:
+    from sqlalchemy.engine import Connection
+
     from scoring_pipeline.store.month_partitions import Partition
 
 
@@ -52,6 +54,8 @@ def cmd_demo_data(args: argparse.Namespace) -> int:
         raise ConfigurationError("--users must be at least 1")
     started = time.perf_counter()
     with app_engine().begin() as conn:
+        if not args.replace:
+            _refuse_to_wipe_real_users(conn)
         counts = generate(
             conn,
             users=args.users,
@@ -65,6 +69,26 @@ def cmd_demo_data(args: argparse.Namespace) -> int:
         f"in {time.perf_counter() - started:.1f} s; provider files in {args.out}/"
     )
     return 0
+
+
+# The e-mail addresses of the users demo-data creates (`demo_data/users`).
+DEMO_EMAIL = r"^user[0-9]{6}@example\.com$"
+
+
+def _refuse_to_wipe_real_users(conn: "Connection") -> None:
+    """demo-data replaces every user, criteria set, instrument and market: refuse when the
+    database holds users it did not create, unless the operator says --replace."""
+    import sqlalchemy as sa
+
+    others = conn.execute(
+        sa.text("SELECT count(*) FROM users WHERE email !~ :demo"), {"demo": DEMO_EMAIL}
+    ).scalar_one()
+    if others:
+        raise ConfigurationError(
+            f"the database holds {_count(others, 'user', 'users')} that demo-data did not "
+            "create; demo-data replaces every user, criteria set, portfolio, instrument and "
+            "market: run it again with --replace to wipe them"
+        )
 
 
 def _count(n: int, one: str, many: str) -> str:

@@ -39,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
 # argparse keeps the type of its subparsers' action private.
 def _add_setup_commands(sub: Any) -> None:
     p = sub.add_parser("migrate", help="apply the Alembic migrations")
-    p.add_argument("--revision", default="head")
+    p.add_argument("--revision", default="head", help="upgrade to REVISION (default: head)")
     p.add_argument("--downgrade", metavar="REVISION", help="revert to REVISION (e.g. base)")
     p.set_defaults(func=cmd_migrate)
 
@@ -54,11 +54,24 @@ def _add_setup_commands(sub: Any) -> None:
     p = sub.add_parser("db-stop", help="stop the embedded PostgreSQL server")
     p.set_defaults(func=cmd_db_stop)
 
-    p = sub.add_parser("demo-data", help="create a synthetic universe and provider files")
-    p.add_argument("--users", type=int, required=True)
-    p.add_argument("--seed", type=int, default=42)
+    p = sub.add_parser(
+        "demo-data",
+        help="replace the users, criteria, portfolios, instruments and markets with a "
+        "synthetic universe, and write its provider files",
+    )
+    p.add_argument("--users", type=int, required=True, help="how many users to create")
+    p.add_argument(
+        "--seed", type=int, default=42, help="random seed (the same seed, the same data)"
+    )
     p.add_argument("--out", default="demo_data", help="folder for rates.json and prices.csv")
-    p.add_argument("--instruments-per-market", type=int, default=100)
+    p.add_argument(
+        "--instruments-per-market", type=int, default=100, help="instruments in each of 3 markets"
+    )
+    p.add_argument(
+        "--replace",
+        action="store_true",
+        help="also when the database holds users demo-data did not create (they are deleted)",
+    )
     p.set_defaults(func=cmd_demo_data, needs_schema=True)
 
 
@@ -134,7 +147,9 @@ def _add_upkeep_commands(sub: Any) -> None:
     p.set_defaults(func=cmd_prune, needs_schema=True)
 
     p = sub.add_parser("replay", help="recompute a calculation from its INPUTS_CAPTURED event")
-    p.add_argument("correlation_id")
+    p.add_argument(
+        "correlation_id", help="a calculation's correlation id (calculation_events.correlation_id)"
+    )
     p.set_defaults(func=cmd_replay, needs_schema=True)
 
 

@@ -9,6 +9,7 @@ from typing import Any
 from sqlalchemy.engine import Connection
 
 from scoring_pipeline.cli.options import app_engine, parse_date
+from scoring_pipeline.errors import ConfigurationError
 from scoring_pipeline.runtime.dagster_api import DEFAULT_URL
 from scoring_pipeline.store.night.closing import failed_users
 from scoring_pipeline.store.night.model import (
@@ -113,9 +114,24 @@ def _warming(conn: Connection, night: Night) -> Night | None:
     return find_night(conn, night.score_date, job_type=CACHE_WARM, market_group=night.market_group)
 
 
+def _known_group(conn: Connection, name: str) -> None:
+    """Refuse a group that is neither configured nor the group of a night already recorded
+    (a deployment that moved to market groups still lists its nights of `all`)."""
+    from scoring_pipeline.definitions import market_groups
+
+    configured = [g.name for g in market_groups()]
+    if name in configured or recent_nights(conn, 1, market_group=name):
+        return
+    raise ConfigurationError(
+        f"--group {name}: no such market group (configured: {', '.join(configured)})"
+    )
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     engine = app_engine()
     with engine.connect() as conn:
+        if args.group is not None:
+            _known_group(conn, args.group)
         if args.date is None:
             nights = recent_nights(conn, RECENT, market_group=args.group)
             if not nights:

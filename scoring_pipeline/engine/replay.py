@@ -69,6 +69,12 @@ def replay_events(correlation_id: str, events: dict[str, dict[str, Any]]) -> Rep
     if not events:
         raise ReplayError(f"no calculation with correlation id {correlation_id}")
     inputs = events.get("INPUTS_CAPTURED")
+    night = events.get("JOB_STARTED") or events.get("JOB_COMPLETED")
+    if inputs is None and night is not None and "CALC_STARTED" not in events:
+        raise ReplayError(
+            f"{correlation_id} is a night's correlation id (its JOB_* events), not a "
+            "calculation's: replay takes the correlation id of a user's CALC_STARTED"
+        )
     if inputs is None:
         raise ReplayError(
             f"calculation {correlation_id} has no INPUTS_CAPTURED event (it failed before its "

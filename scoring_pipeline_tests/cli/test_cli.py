@@ -377,6 +377,18 @@ def _status_of_a_partial_night(cli_env, clean_db, tmp_path):
         "nothing to retry in group all: 2026-01-01 has no night",
         "2026-01-01 has no night in group all: `scoring-pipeline status` lists the nights",
     ]
+    unknown = run(cli_env, "status", "--group", "nope", check=False)
+    assert unknown.returncode == 2 and unknown.stderr.strip() == (
+        "scoring-pipeline: error: --group nope: no such market group (configured: all)"
+    )
+    with clean_db.connect() as conn:
+        night_id = conn.execute(
+            sa.text("SELECT correlation_id::text FROM overnight_job_runs WHERE score_date = :d"),
+            {"d": DATE},
+        ).scalar_one()
+    replayed = run(cli_env, "replay", night_id, check=False)
+    assert replayed.returncode != 0
+    assert f"{night_id} is a night's correlation id" in replayed.stderr, replayed.stderr
     # A date that is no partition (after tomorrow, before the start) is named in one line.
     for day in ("2030-01-01", "2019-01-01"):
         future = run(cli_env, "score", "--date", day, check=False)
@@ -385,3 +397,25 @@ def _status_of_a_partial_night(cli_env, clean_db, tmp_path):
             f"scoring-pipeline: error: --date {day}: not a score date (they run from 2025-01-01 "
             f"to {dt.datetime.now(dt.UTC).date()})"
         )
+
+
+def test_demo_data_refuses_to_wipe_users_it_did_not_create(cli_env, clean_db, tmp_path):
+    run(cli_env, "migrate")
+    run(cli_env, "demo-data", "--users", "3", "--out", str(tmp_path / "demo"))
+    run(cli_env, "demo-data", "--users", "4", "--out", str(tmp_path / "demo"))  # its own: fine
+    with clean_db.begin() as conn:
+        conn.execute(
+            sa.text(
+                "INSERT INTO users (id, email, base_currency) "
+                "VALUES (gen_random_uuid(), 'someone@bank.test', 'USD')"
+            )
+        )
+    refused = run(cli_env, "demo-data", "--users", "3", "--out", str(tmp_path / "d"), check=False)
+    assert refused.returncode == 2 and refused.stderr.strip().count("\n") == 0, refused.stderr
+    assert "holds 1 user that demo-data did not create" in refused.stderr
+    assert "--replace" in refused.stderr
+    with clean_db.connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM users")).scalar_one() == 5
+    run(cli_env, "demo-data", "--users", "3", "--replace", "--out", str(tmp_path / "d"))
+    with clean_db.connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM users")).scalar_one() == 3
