@@ -49,8 +49,9 @@ def refuse_a_date_with_no_night(database: DatabaseResource, score_date: dt.date)
         description=(
             f"{score_date} has no night: a backfill of the snapshot assets, or the rates or "
             "prices alone, do not start nights (they would freeze today's values as that "
-            "date's, and no batch would follow). Start the date's night with its group's "
-            f"overnight_snapshots_job, or `scoring-pipeline score --date {score_date}`."
+            "date's, and no batch would follow). Start the date's night by launching its "
+            "group's overnight_snapshots_job for that one date (a launch, not a backfill over "
+            f"dates), or `scoring-pipeline score --date {score_date}`."
         ),
         allow_retries=False,
     )
