@@ -32,7 +32,13 @@ LEFT_OUT = {
     ),
     BACKFILL_DAEMON_LOGGER: re.compile(
         r"Backfill iteration summary:|Overall backfill status:|"
-        r"Root assets that have not yet been requested:"
+        r"Root assets that have not yet been requested:|"
+        # An asset backfill's iteration: kept are "Evaluating asset backfill X" and, when it
+        # launches, "Asset partitions to request:" with what it requests.
+        r"Assets targeted by backfill \S+ are valid|Not all root assets |"
+        r"No asset partitions to request|Considering the following candidate subset|"
+        r"Candidate subset is empty|No relevant assets materialized since last tick|"
+        r"Assets materialized since last tick"
     ),
 }
 

@@ -49,10 +49,21 @@ def test_the_daemon_log_keeps_launches_and_errors_not_each_evaluation(caplog):
         backfills.info("Backfill iteration summary:\n**Assets materialized since last iteration:**")
         backfills.info("Overall backfill status:\n**Materialized assets:**\n- scores: {...}")
         backfills.info("Root assets that have not yet been requested:\n- scores: {...}")
+        backfills.info("Evaluating asset backfill abc")
+        backfills.info("Assets targeted by backfill abc are valid. Continuing execution ...")
+        backfills.info("Not all root assets (assets in backfill that do not have parents ...")
+        backfills.info("Assets materialized since last tick:\n- scores: {...}")
+        backfills.info("No relevant assets materialized since last tick.")
+        backfills.info("Considering the following candidate subset:\n- scores: {...}")
+        backfills.info("Candidate subset is empty.")
+        backfills.info("No asset partitions to request.")
+        backfills.info("Asset partitions to request:\n- scores: {2026-12-04/b0001}")
         backfills.info("Asset backfill abc completed iteration with status REQUESTED.")
     assert [r.getMessage() for r in caplog.records] == [
         "Launching run for scoring_batches_sensor",
         "Sensor scoring_batches_sensor failed: boom",
+        "Evaluating asset backfill abc",
+        "Asset partitions to request:\n- scores: {2026-12-04/b0001}",
         "Asset backfill abc completed iteration with status REQUESTED.",
     ]
 
@@ -75,6 +86,13 @@ def test_the_messages_it_leaves_out_are_the_daemons_own():
             '"Backfill iteration summary:\\n"',
             '"Overall backfill status:\\n"',
             'f"Root assets that have not yet been requested:\\n{',
+            'f"Assets targeted by backfill {backfill.backfill_id} are valid.',
+            '"Not all root assets (assets in backfill',
+            '"No asset partitions to request."',
+            'f"Considering the following candidate subset:\\n{',
+            '"Candidate subset is empty."',
+            '"No relevant assets materialized since last tick."',
+            'f"Assets materialized since last tick:\\n{',
         ),
     }
     for logger, expected in fragments.items():
