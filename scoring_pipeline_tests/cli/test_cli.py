@@ -153,6 +153,9 @@ def test_score_prints_the_providers_warnings_one_line_each(cli_env, clean_db, tm
     lines = proc.stderr.strip().splitlines()
     assert lines == [line for line in lines if line.startswith("warning: ")], proc.stderr
     assert any("1 value(s) rejected" in line and symbol in line for line in lines), lines
+    # The demo's provider files hold today's closes, so a past date freezes later ones: said.
+    later = f"quotes are dated after it (up to {dt.datetime.now(dt.UTC).date()})"
+    assert any(f"prices for {DATE}" in line and later in line for line in lines), lines
 
 
 def _spawn(cli_env, log: Path, *args: str) -> subprocess.Popen[bytes]:

@@ -19,6 +19,7 @@ from scoring_pipeline.store.market_scope import markets_param, member_in_group
 from scoring_pipeline.store.snapshots.rejections import (
     NOT_RETURNED,
     fetched_rejections,
+    logger,
     stored_rejections,
 )
 from scoring_pipeline.store.snapshots.reuse import has_snapshot, stale_or_raise
@@ -113,7 +114,30 @@ def store_prices(
     if rows:
         conn.execute(t.price_snapshots.insert(), rows)
     priced = sum(1 for r in rows if r["close"] is not None)
-    return {"symbols": len(rows), "priced": priced, "missing": len(rows) - priced}
+    return {
+        "symbols": len(rows),
+        "priced": priced,
+        "missing": len(rows) - priced,
+        "dated_after_score_date": _dated_after(score_date, result, priced),
+    }
+
+
+def _dated_after(score_date: dt.date, result: PricesResult, priced: int) -> int:
+    """How many quotes are dated after the score date, with a warning when any is: the
+    provider gives its latest closes, so a date scored for the first time days later (a past
+    date's `score --date`) freezes later closes as its own."""
+    later = sorted(q.price_date for q in result.quotes.values() if q.price_date > score_date)
+    if later:
+        logger.warning(
+            "prices for %s: %d of %d quotes are dated after it (up to %s): the provider's "
+            "latest closes, not those of %s",
+            score_date,
+            len(later),
+            priced,
+            later[-1],
+            score_date,
+        )
+    return len(later)
 
 
 def load_prices(conn: Connection, score_date: dt.date, symbols: list[str]) -> dict[str, PriceRow]:
