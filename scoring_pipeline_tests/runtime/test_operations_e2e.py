@@ -37,6 +37,7 @@ def _world(engine, files, n_users, bad=()):
         files,
         rates={"EUR": "0.5"},
         prices={"AAA": ("30", "USD"), "BBB": ("3", "USD"), "CCC": ("10", "EUR")},
+        day=DATE,  # closes of the night's own date, as a provider gives them that night
     )
     good = [f.rule("pe_ratio", "lt", "15", 10), f.rule("roe", "gte", "10", 5)]
     for n in range(1, n_users + 1):
