@@ -5,6 +5,7 @@ asks the webserver to do what the UI would: launch a run or a partition backfill
 """
 
 import os
+import urllib.parse
 from dataclasses import dataclass
 from typing import Any
 
@@ -65,6 +66,15 @@ class DagsterApi:
     def from_env(cls, url: str | None = None) -> "DagsterApi":
         return cls((url or os.environ.get("DAGSTER_WEBSERVER_URL") or DEFAULT_URL).rstrip("/"))
 
+    @property
+    def shown_url(self) -> str:
+        """The URL as errors show it: a password in it (`http://user:secret@host`) as ***."""
+        parts = urllib.parse.urlsplit(self.url)
+        if parts.password is None:
+            return self.url
+        host = parts.netloc.rsplit("@", 1)[1]
+        return urllib.parse.urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
+
     def query(self, document: str, variables: dict[str, Any]) -> dict[str, Any]:
         try:
             response = httpx.post(
@@ -74,11 +84,11 @@ class DagsterApi:
             )
         except httpx.HTTPError as exc:
             raise DagsterApiError(
-                f"no Dagster webserver answering at {self.url} ({type(exc).__name__}); "
+                f"no Dagster webserver answering at {self.shown_url} ({type(exc).__name__}); "
                 "start it with `make ui` or pass --url"
             ) from None
         if response.status_code != 200:
-            raise DagsterApiError(f"{self.url}/graphql answered HTTP {response.status_code}")
+            raise DagsterApiError(f"{self.shown_url}/graphql answered HTTP {response.status_code}")
         body: dict[str, Any] = response.json()
         if body.get("errors"):
             raise DagsterApiError(f"GraphQL error: {body['errors'][0].get('message')}")

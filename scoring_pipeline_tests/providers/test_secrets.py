@@ -334,3 +334,37 @@ def test_the_resource_configuration_shows_the_variable_not_the_key(monkeypatch):
         assert isinstance(resource.api_key, dg.EnvVar) and resource.api_key == variable
         shown = {"repr": repr(resource), "config": json.dumps(resource.model_dump(), default=str)}
         assert _leaks(shown, secret) == []
+
+
+class _Refusing(BaseHTTPRequestHandler):
+    def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+        self.send_response(503)
+        self.end_headers()
+
+    def log_message(self, *_: object) -> None:
+        pass
+
+
+def test_the_webserver_urls_password_is_never_shown_in_errors():
+    """`retry-failed --url http://user:secret@host` (a webserver behind basic auth): its errors
+    name the URL with the password as ***, whether nothing answers or the server refuses."""
+    from scoring_pipeline.runtime.dagster_api import DagsterApi, DagsterApiError
+    from scoring_pipeline.runtime.services import free_port
+
+    silent = DagsterApi.from_env(f"http://ops:s3cret@127.0.0.1:{free_port()}")
+    with pytest.raises(DagsterApiError) as nobody:
+        silent.query("{ version }", {})
+    assert "s3cret" not in str(nobody.value)
+    assert "no Dagster webserver answering at http://ops:***@127.0.0.1:" in str(nobody.value)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Refusing)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        port = server.server_address[1]
+        with pytest.raises(DagsterApiError) as refused:
+            DagsterApi.from_env(f"http://ops:s3cret@127.0.0.1:{port}").query("{ version }", {})
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert str(refused.value) == f"http://ops:***@127.0.0.1:{port}/graphql answered HTTP 503"
+    assert DagsterApi.from_env("http://127.0.0.1:3000").shown_url == "http://127.0.0.1:3000"
