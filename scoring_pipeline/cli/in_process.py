@@ -152,14 +152,15 @@ def run_night(
         telemetry.TRACEPARENT: telemetry.new_traceparent(),
     }
 
-    dates = definitions.resolve_job_def(job_name(SNAPSHOTS_JOB)).partitions_def
+    snapshots_job = definitions.resolve_job_def(job_name(SNAPSHOTS_JOB))
+    dates = snapshots_job.partitions_def
     if dates is not None and not dates.has_partition_key(date_key):
         keys = dates.get_partition_keys()
         raise ConfigurationError(
             f"--date {date_key}: not a score date (they run from {keys[0]} to {keys[-1]})"
         )
     say(f"freezing the inputs of {date_key} for group {group} (users, rates, prices)…")
-    snapshot = definitions.resolve_job_def(job_name(SNAPSHOTS_JOB)).execute_in_process(
+    snapshot = snapshots_job.execute_in_process(
         partition_key=date_key,
         instance=instance,
         run_config=_snapshot_run_config(refresh, group),

@@ -41,12 +41,11 @@ def cmd_retry_failed(args: argparse.Namespace) -> int:
     with dg.DagsterInstance.get() as instance:
         for group in groups:
             with engine.connect() as conn:
-                night = find_night(conn, score_date, market_group=group.name)
+                if find_night(conn, score_date, market_group=group.name) is None:
+                    # Its batches would be refused (no night) and counted as failed by nobody.
+                    print(f"nothing to retry in group {group.name}: {score_date} has no night")
+                    continue
                 batches = batches_to_retry(conn, score_date, market_group=group.name)
-            if night is None:
-                # Its batches would be refused (no night) and counted as failed by nobody.
-                print(f"nothing to retry in group {group.name}: {score_date} has no night")
-                continue
             nights += 1
             if not batches:
                 print(

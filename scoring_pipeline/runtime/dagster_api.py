@@ -5,13 +5,13 @@ asks the webserver to do what the UI would: launch a run or a partition backfill
 """
 
 import os
-import urllib.parse
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
 
 from scoring_pipeline.errors import ScoringPipelineError
+from scoring_pipeline.providers.redaction import redact
 
 DEFAULT_URL = "http://127.0.0.1:3000"
 LOCATION = "scoring_pipeline"
@@ -69,11 +69,7 @@ class DagsterApi:
     @property
     def shown_url(self) -> str:
         """The URL as errors show it: a password in it (`http://user:secret@host`) as ***."""
-        parts = urllib.parse.urlsplit(self.url)
-        if parts.password is None:
-            return self.url
-        host = parts.netloc.rsplit("@", 1)[1]
-        return urllib.parse.urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
+        return redact(self.url)
 
     def query(self, document: str, variables: dict[str, Any]) -> dict[str, Any]:
         try:

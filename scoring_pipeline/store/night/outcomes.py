@@ -15,6 +15,7 @@ from scoring_pipeline.store.night.closing import close_night
 from scoring_pipeline.store.night.model import (
     ALL_MARKETS,
     BatchOutcome,
+    Night,
     NightStatus,
     find_night,
 )
@@ -65,10 +66,9 @@ def record_batch_outcome(conn: Connection, outcome: BatchOutcome) -> NightStatus
     return close_night(conn, outcome.score_date, market_group=outcome.market_group)
 
 
-def _markets(conn: Connection, score_date: dt.date, market_group: str) -> list[str] | None:
-    """The markets the group's night scores (None: every market), as its night recorded them."""
-    night = find_night(conn, score_date, market_group=market_group)
-    markets = night.metrics.get("markets") if night is not None else None
+def _markets(night: Night) -> list[str] | None:
+    """The markets the group's night scores (None: every market), as the night recorded them."""
+    markets = night.metrics.get("markets")
     return list(markets) if markets is not None else None
 
 
@@ -133,7 +133,8 @@ def record_batch_run_died(
     anything this run could tell and stays: two runs of the same batch at once (two backfills
     of a night's failed batches, launched from two tabs) both write, one after the other, and
     the one whose outcome was replaced must not turn the batch's real errors into "run failed"."""
-    if find_night(conn, score_date, market_group=market_group) is None:
+    night = find_night(conn, score_date, market_group=market_group)
+    if night is None:
         # A batch of no night (a retry of a group whose night has not started): its run was
         # refused before it scored, and an outcome would show a night that does not exist.
         return None
@@ -153,7 +154,7 @@ def record_batch_run_died(
         and run_created is not None
         and current.updated_at >= run_created
     )
-    members = _batch_members(conn, score_date, batch, _markets(conn, score_date, market_group))
+    members = _batch_members(conn, score_date, batch, _markets(night))
     if written != run_id and members and not newer:
         error = {"type": "StepFailed", "message": message}
         _upsert_outcome(

@@ -126,7 +126,7 @@ def _dated_after(score_date: dt.date, result: PricesResult, priced: int) -> int:
     """How many quotes are dated after the score date, with a warning when any is: the
     provider gives its latest closes, so a date scored for the first time days later (a past
     date's `score --date`) freezes later closes as its own."""
-    later = sorted(q.price_date for q in result.quotes.values() if q.price_date > score_date)
+    later = [q.price_date for q in result.quotes.values() if q.price_date > score_date]
     if later:
         logger.warning(
             "prices for %s: %d of %d quotes are dated after it (up to %s): the provider's "
@@ -134,7 +134,7 @@ def _dated_after(score_date: dt.date, result: PricesResult, priced: int) -> int:
             score_date,
             len(later),
             priced,
-            later[-1],
+            max(later),
             score_date,
         )
     return len(later)
