@@ -60,7 +60,9 @@ def _overview(nights: list[tuple[Night, Night | None]]) -> list[str]:
     return lines
 
 
-def _detail(night: Night, warm: Night | None, failed: list[dict[str, Any]]) -> list[str]:
+def _detail(
+    night: Night, warm: Night | None, failed: list[dict[str, Any]], configured: list[str]
+) -> list[str]:
     lines = [
         f"score date      {night.score_date}",
         f"market group    {night.market_group}",
@@ -83,13 +85,25 @@ def _detail(night: Night, warm: Night | None, failed: list[dict[str, Any]]) -> l
     if len(failed) > 20:
         lines.append(f"  … and {len(failed) - 20} more (overnight_job_runs.error_details)")
     if night.status in (NightStatus.PARTIAL, NightStatus.FAILED) and failed:
-        group = "" if night.market_group == "all" else f" --group {night.market_group}"
-        lines.append(
-            f"next            fix those users' data, then `scoring-pipeline retry-failed "
-            f"--date {night.score_date}{group}`{_url_note()} (or in the UI: asset scores → "
-            "Partitions → Materialize… → Failed and missing)"
-        )
+        lines.append(f"next            {_next_step(night, configured)}")
     return lines
+
+
+def _next_step(night: Night, configured: list[str]) -> str:
+    """How to recover a night's failed users: retry its failed batches, or, for a group the
+    deployment no longer configures (its assets and jobs are gone), score the date anew."""
+    if night.market_group not in configured:
+        return (
+            f"group {night.market_group} is no longer configured (now: {', '.join(configured)}), "
+            "so its batches cannot be retried: fix those users' data, then score the date with "
+            f"the configured groups: `scoring-pipeline score --date {night.score_date}`"
+        )
+    group = "" if night.market_group == "all" else f" --group {night.market_group}"
+    return (
+        f"fix those users' data, then `scoring-pipeline retry-failed "
+        f"--date {night.score_date}{group}`{_url_note()} (or in the UI: asset scores → "
+        "Partitions → Materialize… → Failed and missing)"
+    )
 
 
 def failed_user_line(failure: dict[str, Any]) -> str:
@@ -114,12 +128,16 @@ def _warming(conn: Connection, night: Night) -> Night | None:
     return find_night(conn, night.score_date, job_type=CACHE_WARM, market_group=night.market_group)
 
 
+def _configured_groups() -> list[str]:
+    from scoring_pipeline.definitions import market_groups
+
+    return [g.name for g in market_groups()]
+
+
 def _known_group(conn: Connection, name: str) -> None:
     """Refuse a group that is neither configured nor the group of a night already recorded
     (a deployment that moved to market groups still lists its nights of `all`)."""
-    from scoring_pipeline.definitions import market_groups
-
-    configured = [g.name for g in market_groups()]
+    configured = _configured_groups()
     if name in configured or recent_nights(conn, 1, market_group=name):
         return
     raise ConfigurationError(
@@ -149,10 +167,11 @@ def cmd_status(args: argparse.Namespace) -> int:
                 f"--date {score_date}` or its snapshots job"
             )
             return 1
+        configured = _configured_groups()
         for index, night in enumerate(found):
             failed = failed_users(conn, score_date, market_group=night.market_group)
             if index:
                 print()
-            for line in _detail(night, _warming(conn, night), failed):
+            for line in _detail(night, _warming(conn, night), failed, configured):
                 print(line)
     return 0

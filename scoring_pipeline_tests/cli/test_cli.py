@@ -371,6 +371,15 @@ def _status_of_a_partial_night(cli_env, clean_db, tmp_path):
     step = summary_value(detail, "next")
     assert f"`scoring-pipeline retry-failed --date {DATE}`" in step
     assert "with `--url URL` when the webserver is not at http://127.0.0.1:3000" in step
+    # Once the deployment moves to market groups, the night of `all` cannot be retried (its
+    # assets are gone): the next step says what can be done instead.
+    grouped = {**cli_env, "MARKET_GROUPS_FILE": str(PROJECT_ROOT / "market_groups.example.toml")}
+    step = summary_value(run(grouped, "status", "--date", DATE).stdout, "next")
+    assert step == (
+        "group all is no longer configured (now: us, br, eu), so its batches cannot be retried: "
+        "fix those users' data, then score the date with the configured groups: "
+        f"`scoring-pipeline score --date {DATE}`"
+    )
     none = run(cli_env, "status", "--date", "2026-01-01", check=False)
     assert none.returncode == 1 and "no night of 2026-01-01" in none.stdout
     # retry-failed says so too, rather than "every batch succeeded" (no webserver is asked).
