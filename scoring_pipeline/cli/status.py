@@ -14,6 +14,7 @@ from scoring_pipeline.runtime.dagster_api import DEFAULT_URL
 from scoring_pipeline.store.night.closing import failed_users
 from scoring_pipeline.store.night.model import (
     CACHE_WARM,
+    FIRST_CLOSED_AFTER_MS,
     Night,
     NightStatus,
     find_night,
@@ -27,10 +28,30 @@ def _when(value: dt.datetime | None) -> str:
     return value.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC") if value else "-"
 
 
+def _seconds(ms: float) -> str:
+    seconds = ms / 1000
+    if seconds < 600:
+        return f"{seconds:.1f} s"
+    return f"{seconds / 60:.0f} min" if seconds < 2 * 3600 else f"{seconds / 3600:.1f} h"
+
+
 def _took(night: Night) -> str:
+    """How long the night took until it first closed (a retry later closes it again)."""
     if night.completed_at is None:
         return "-"
-    return f"{(night.completed_at - night.started_at).total_seconds():.1f} s"
+    total = (night.completed_at - night.started_at).total_seconds() * 1000
+    return _seconds(float(night.metrics.get(FIRST_CLOSED_AFTER_MS, total)))
+
+
+def _completed(night: Night) -> str:
+    """When the night closed, how long it took, and when re-scored batches closed it again."""
+    if night.completed_at is None:
+        return "-"
+    took = _took(night)
+    total = (night.completed_at - night.started_at).total_seconds() * 1000
+    first = float(night.metrics.get(FIRST_CLOSED_AFTER_MS, total))
+    again = "" if total - first < 1000 else f"; closed again {_seconds(total)} after its start"
+    return f"{_when(night.completed_at)} (took {took}{again})"
 
 
 def _dashboards(warm: Night | None) -> str:
@@ -68,7 +89,7 @@ def _detail(
         f"market group    {night.market_group}",
         f"job status      {night.status.value}",
         f"started         {_when(night.started_at)}",
-        f"completed       {_when(night.completed_at)} ({_took(night)})",
+        f"completed       {_completed(night)}",
         f"users           {_figure(night, 'users_total')} in all: "
         f"{_figure(night, 'users_success')} scored, {_figure(night, 'users_failed')} failed, "
         f"{_figure(night, 'users_skipped') + _figure(night, 'users_skipped_no_criteria')} "

@@ -3,15 +3,19 @@ launches them): each batch lands, shows in the partitions UI and is checked on i
 that fails fails alone, and a run that dies leaves the batches it landed landed."""
 
 import datetime as dt
+import json
 
 import dagster as dg
 import pytest
+import sqlalchemy as sa
 
+from scoring_pipeline.cli.status import _completed, _took
 from scoring_pipeline.defs.assets.scores import scores
 from scoring_pipeline.defs.deployment import build_resources
 from scoring_pipeline.defs.partitions import scores_partition_key, scores_partitions
 from scoring_pipeline.defs.sensors import scoring_run_failure_sensor
 from scoring_pipeline.store import batch_write
+from scoring_pipeline.store.night.model import find_night
 from scoring_pipeline.store.night.outcomes import record_batch_run_died
 from scoring_pipeline_tests import factories as f
 from scoring_pipeline_tests.scenario import (
@@ -256,3 +260,40 @@ def test_a_run_refused_for_a_group_with_no_night_records_no_outcome(world, dagst
         )
     assert status is None
     assert not rows(world, "SELECT 1 FROM scoring_batch_results WHERE market_group = 'br'")
+
+
+def test_a_night_closed_again_by_a_retry_keeps_how_long_it_first_took(world, dagster_instance):
+    """A night re-closed by a re-scored batch hours later: `completed_at` and
+    `total_duration_ms` move, the night's own time (`first_closed_after_ms`) does not, and
+    `status` shows both rather than a "took" that grew with the retry."""
+    _night(world, dagster_instance, bad=(3,))
+    assert not batches(dagster_instance).success  # b0001 partial
+    [first] = rows(
+        world,
+        "SELECT metrics FROM overnight_job_runs WHERE job_type = 'scoring' AND score_date = :d",
+        d=DATE,
+    )
+    took = first.metrics["first_closed_after_ms"]
+    assert took == first.metrics["total_duration_ms"]
+    with world.begin() as conn:  # as if it had started two hours ago; user 3's rules fixed
+        conn.execute(
+            sa.text(
+                "UPDATE overnight_job_runs SET started_at = started_at - interval '2 hours' "
+                "WHERE job_type = 'scoring' AND score_date = :d"
+            ),
+            {"d": DATE},
+        )
+        conn.execute(
+            sa.text("UPDATE criteria_versions SET rules = CAST(:r AS jsonb) WHERE user_id = :u"),
+            {"r": json.dumps(rules()), "u": _uid(3)},
+        )
+    assert batch(dagster_instance, "b0001").success
+    with world.connect() as conn:
+        night = find_night(conn, dt.date.fromisoformat(DATE))
+    assert night is not None and night.status.value == "completed"
+    assert night.metrics["first_closed_after_ms"] == took
+    assert night.metrics["total_duration_ms"] >= 2 * 3600 * 1000
+    assert _took(night) == f"{took / 1000:.1f} s"
+    assert _completed(night).endswith(
+        f"(took {took / 1000:.1f} s; closed again 2.0 h after its start)"
+    )

@@ -20,6 +20,9 @@ from scoring_pipeline.store import month_partitions
 from scoring_pipeline.store import tables as t
 
 ALL_MARKETS = "all"
+# The night's `metrics` key of how long after its start it first closed (later closes, after
+# re-scored batches, move `completed_at` and `total_duration_ms`, not this).
+FIRST_CLOSED_AFTER_MS = "first_closed_after_ms"
 
 
 class NightStatus(StrEnum):
