@@ -11,24 +11,44 @@ warming), so its root span cannot be held open by one of them. The night's W3C `
 process that closes the night emits the root span itself, with the recorded ids, start and end.
 """
 
+import atexit
 import contextlib
+import logging
 import os
+import re
 import secrets
 import threading
-from collections.abc import Iterator, Mapping
+import time
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
+from urllib.parse import unquote
 
 from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+from scoring_pipeline.providers.redaction import redact
 
 ROOT_SPAN = "overnight-scoring-job"
 DEFAULT_SERVICE = "scoring-pipeline"
 TRACEPARENT = "traceparent"
+# How long a step waits for its spans to reach the collector (the SDK's flush has no timeout:
+# it blocks through the exporter's retries, `OTEL_EXPORTER_OTLP_TIMEOUT`, 10 s by default).
+FLUSH_WAIT_S = 2.0
+# While the collector fails, spans are dropped at once, and it is tried again this often.
+RETRY_AFTER_S = 30.0
+# The SDK's loggers that report each failed attempt: what they say is kept for the one line
+# the exporter guard writes, not logged attempt by attempt.
+_EXPORT_LOGGERS = (
+    "opentelemetry.exporter.otlp.common.http",
+    "opentelemetry.exporter.otlp.proto.http.trace_exporter",
+    "opentelemetry.sdk._shared_internal",
+)
 
+log = logging.getLogger(__name__)
 _lock = threading.Lock()
 _state: dict[str, Any] = {}
 
@@ -44,8 +64,114 @@ def enabled(env: Mapping[str, str] | None = None) -> bool:
     )
 
 
-def _provider() -> tuple[TracerProvider, SpanProcessor] | None:
-    """The process's provider and processor, built on first use when an exporter is set."""
+def _endpoint(env: Mapping[str, str]) -> str:
+    traces = env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+    if traces:
+        return traces
+    return env.get("OTEL_EXPORTER_OTLP_ENDPOINT", "").rstrip("/") + "/v1/traces"
+
+
+def _header_values(env: Mapping[str, str]) -> list[str]:
+    """The values of the OTLP headers (an API key, a bearer token): never shown."""
+    values: list[str] = []
+    for name in ("OTEL_EXPORTER_OTLP_HEADERS", "OTEL_EXPORTER_OTLP_TRACES_HEADERS"):
+        for pair in env.get(name, "").split(","):
+            _, _, value = pair.partition("=")
+            values.extend(v for v in (value.strip(), unquote(value.strip())) if v)
+    return values
+
+
+class _Attempts(logging.Filter):
+    """Keeps the last thing the SDK said about a failed export, instead of logging it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.last: str | None = None
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        # "Transient error %s encountered while exporting…": the error is what matters, and of
+        # a refused connection, its errno ("[Errno 111] Connection refused").
+        transient = str(record.msg).startswith("Transient error") and record.args
+        text = str(record.args[0]) if transient else record.getMessage()  # type: ignore[index]
+        errno = re.search(r"\[Errno -?\d+\] [^\"')]+", text)
+        self.last = errno.group(0) if errno else text
+        return False
+
+
+class GuardedExporter(SpanExporter):
+    """The OTLP exporter, kept from holding up a night while the collector fails.
+
+    The first failure is logged once (`traces: …`, with what the SDK said, secrets redacted);
+    then spans are dropped at once and steps stop waiting for their flush, and every
+    `RETRY_AFTER_S` one export tries the collector again; when it answers, a line says so."""
+
+    def __init__(self, inner: SpanExporter, endpoint: str, secret_values: Sequence[str]) -> None:
+        self._inner = inner
+        self._endpoint = endpoint
+        self._secrets = list(secret_values)
+        self._failing_since: float | None = None
+        self._tried_at = 0.0
+        self.dropped = 0
+        self._shut = False
+        self.attempts = _Attempts()
+        for name in _EXPORT_LOGGERS:
+            logging.getLogger(name).addFilter(self.attempts)
+
+    @property
+    def failing(self) -> bool:
+        return self._failing_since is not None
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        now = time.monotonic()
+        if self._failing_since is not None and now - self._tried_at < RETRY_AFTER_S:
+            self.dropped += len(spans)
+            return SpanExportResult.FAILURE
+        self._tried_at = now
+        try:
+            result = self._inner.export(spans)
+        except Exception as error:  # an exporter must not raise; if it does, it failed
+            self.attempts.last = f"{type(error).__name__}: {error}"
+            result = SpanExportResult.FAILURE
+        if result is SpanExportResult.SUCCESS:
+            if self._failing_since is not None:
+                log.warning(
+                    "traces: %s answers again (%d spans were dropped while it did not)",
+                    self._shown(self._endpoint),
+                    self.dropped,
+                )
+                self._failing_since, self.dropped = None, 0
+            return result
+        self.dropped += len(spans)
+        self.failed(self.attempts.last or "the export failed")
+        return result
+
+    def failed(self, reason: str) -> None:
+        """Stop waiting for the collector: the first failure of a streak is logged."""
+        if self._failing_since is None:
+            self._failing_since = self._tried_at = time.monotonic()
+            log.warning(
+                "traces: could not export to %s (%s); the night goes on, its spans are dropped "
+                "until the collector answers (tried again every %.0f s)",
+                self._shown(self._endpoint),
+                self._shown(reason),
+                RETRY_AFTER_S,
+            )
+
+    def _shown(self, text: str) -> str:
+        return redact(text, self._secrets)
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return self._inner.force_flush(timeout_millis)
+
+    def shutdown(self) -> None:
+        if not self._shut:  # at exit, perhaps after `_stop_retrying_if_failing`
+            self._shut = True
+            self._inner.shutdown()
+
+
+def _provider() -> tuple[TracerProvider, SpanProcessor, GuardedExporter] | None:
+    """The process's provider, processor and exporter, built on first use when an exporter is
+    set."""
     if not enabled():
         return None
     with _lock:
@@ -56,10 +182,39 @@ def _provider() -> tuple[TracerProvider, SpanProcessor] | None:
                 {} if os.environ.get("OTEL_SERVICE_NAME") else {"service.name": DEFAULT_SERVICE}
             )
             provider = TracerProvider(resource=Resource.create(attributes))
-            processor = BatchSpanProcessor(OTLPSpanExporter())
+            exporter = GuardedExporter(
+                OTLPSpanExporter(), _endpoint(os.environ), _header_values(os.environ)
+            )
+            processor = BatchSpanProcessor(exporter)
             provider.add_span_processor(processor)
-            _state.update(provider=provider, processor=processor, pid=os.getpid())
-        return _state["provider"], _state["processor"]
+            # Runs before the provider's own exit hook (registered earlier): with the collector
+            # failing, the exporter stops its retries, so the process exits without waiting.
+            atexit.register(_stop_retrying_if_failing, exporter)
+            _state.update(
+                provider=provider, processor=processor, exporter=exporter, pid=os.getpid()
+            )
+        return _state["provider"], _state["processor"], _state["exporter"]
+
+
+def _stop_retrying_if_failing(exporter: GuardedExporter) -> None:
+    if exporter.failing:
+        exporter.shutdown()
+
+
+def _flush(processor: SpanProcessor, exporter: GuardedExporter) -> None:
+    """Send what this process traced so far, waiting `FLUSH_WAIT_S` at most (none while the
+    collector fails): a step's spans leave before its process may be gone."""
+    if exporter.failing:
+        return
+    done = threading.Event()
+
+    def flush() -> None:
+        processor.force_flush()
+        done.set()
+
+    threading.Thread(target=flush, name="otel-flush", daemon=True).start()
+    if not done.wait(FLUSH_WAIT_S):
+        exporter.failed(exporter.attempts.last or f"no answer within {FLUSH_WAIT_S:.0f} s")
 
 
 def new_traceparent() -> str:
@@ -84,7 +239,7 @@ def step_span(
     if configured is None or parse_traceparent(traceparent) is None:
         yield None
         return
-    provider, processor = configured
+    provider, processor, exporter = configured
     parent = TraceContextTextMapPropagator().extract({TRACEPARENT: traceparent or ""})
     tracer = provider.get_tracer("scoring_pipeline")
     try:
@@ -93,7 +248,7 @@ def step_span(
         ) as span:
             yield span
     finally:
-        processor.force_flush()
+        _flush(processor, exporter)
 
 
 def emit_night_span(
@@ -110,7 +265,7 @@ def emit_night_span(
     span_context = parse_traceparent(traceparent)
     if configured is None or span_context is None:
         return False
-    provider, processor = configured
+    provider, processor, exporter = configured
     root = SpanContext(
         trace_id=span_context.trace_id,
         span_id=span_context.span_id,
@@ -129,5 +284,5 @@ def emit_night_span(
         end_time=end_ns,
     )
     processor.on_end(span)
-    processor.force_flush()
+    _flush(processor, exporter)
     return True

@@ -37,6 +37,10 @@ class Receiver:
     url: str
     spans: list[ReceivedSpan] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    # What it answers: 200 takes the spans; anything else (503: a collector that is down)
+    # refuses them. `posts` counts every export request, answered or refused.
+    status: int = 200
+    posts: int = 0
 
     def named(self, name: str) -> list[ReceivedSpan]:
         with self.lock:
@@ -47,6 +51,13 @@ def _handler(receiver: Receiver) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
             body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            with receiver.lock:
+                receiver.posts += 1
+            if receiver.status != 200:
+                self.send_response(receiver.status)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
             if self.headers.get("Content-Encoding") == "gzip":
                 body = gzip.decompress(body)
             request = ExportTraceServiceRequest.FromString(body)

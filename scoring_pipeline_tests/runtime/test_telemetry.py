@@ -1,11 +1,15 @@
 """Tracing of a night (SPEC §7): the `overnight-scoring-job` span and its children received over
 OTLP/HTTP by a local receiver that decodes the protobuf; nothing is set up without an exporter."""
 
+import logging
+import socket
+import time
+
 import pytest
 import sqlalchemy as sa
 
 from scoring_pipeline import telemetry
-from scoring_pipeline_tests.cli_helpers import run
+from scoring_pipeline_tests.cli_helpers import run, summary_value
 
 pytestmark = [pytest.mark.db, pytest.mark.slow]
 
@@ -91,3 +95,83 @@ def test_failed_users_make_the_night_span_an_error(cli_env, clean_db, otlp_recei
     (root,) = otlp_receiver.named(telemetry.ROOT_SPAN)
     assert root.status_code == 2  # ERROR
     assert "1 users" in root.status_message and root.attributes["users_failed"] == 1
+
+
+def test_a_night_with_its_collector_down_warns_once_and_completes(cli_env, clean_db, tmp_path):
+    # Nothing listens on the endpoint. The SDK retried every export for its whole timeout at the
+    # end of each step (51 s for a 150-user night, against 2 s without tracing) and printed each
+    # attempt; now the first failure is one `warning:` line and the steps stop waiting for it.
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {**cli_env, "OTEL_EXPORTER_OTLP_HEADERS": "authorization=Bearer%20s3cret-token"}
+    env["OTEL_EXPORTER_OTLP_ENDPOINT"] = f"http://otel:s3cret-pass@127.0.0.1:{port}"
+    run(env, "migrate")
+    run(env, "demo-data", "--users", "30", "--seed", "3", "--out", str(tmp_path / "demo"))
+    proc = run({**env, "SCORING_BATCH_SIZE": "10"}, "score", "--date", DATE)
+    assert summary_value(proc.stdout, "job status") == "completed"
+    traces = [line for line in proc.stderr.splitlines() if "traces" in line]
+    assert len(traces) == 1, proc.stderr
+    assert traces[0].startswith(
+        f"warning: traces: could not export to http://otel:***@127.0.0.1:{port}/v1/traces ("
+    ), traces[0]
+    assert "([Errno 111] Connection refused); the night goes on" in traces[0], traces[0]
+    assert "s3cret" not in proc.stderr and "s3cret" not in proc.stdout
+    assert "Transient error" not in proc.stderr and "Failed to export" not in proc.stderr
+
+
+@pytest.fixture
+def fresh_tracing(monkeypatch):
+    """A tracer provider of the test's own, shut down after it (the process keeps one)."""
+    monkeypatch.setattr(telemetry, "_state", {})
+    yield
+    state = telemetry._state
+    if "provider" in state:
+        state["exporter"].shutdown()  # its retries stop at once
+        state["provider"].shutdown()
+        for name in telemetry._EXPORT_LOGGERS:
+            logging.getLogger(name).removeFilter(state["exporter"].attempts)
+
+
+def test_steps_stop_waiting_for_a_failing_collector_and_resume_when_it_answers(
+    monkeypatch, otlp_receiver, fresh_tracing, caplog
+):
+    otlp_receiver.status = 503  # a collector that is down: every export refused, retried
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", f"{otlp_receiver.url}/v1/traces")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TIMEOUT", "1")
+    monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "50")
+    monkeypatch.setattr(telemetry, "RETRY_AFTER_S", 3600.0)
+    traceparent = telemetry.new_traceparent()
+    caplog.set_level(logging.WARNING)
+    with telemetry.step_span("first", traceparent):
+        pass
+    exporter = telemetry._state["exporter"]
+    _wait_for(lambda: exporter.failing and otlp_receiver.posts > 0)
+    _wait_for(lambda: not telemetry._state["processor"]._batch_processor._queue)
+    tried = otlp_receiver.posts
+    for n in range(5):  # no export is tried, so no step waits on one
+        with telemetry.step_span(f"step {n}", traceparent):
+            pass
+    _wait_for(lambda: exporter.dropped >= 6)  # the first step's span and these five
+    assert otlp_receiver.posts == tried
+    shown = [r.getMessage() for r in caplog.records if r.name.startswith(("opentelemetry", "scor"))]
+    assert len(shown) == 1 and shown[0].startswith(
+        f"traces: could not export to {otlp_receiver.url}/v1/traces ("
+    ), shown
+    # The collector is back: the next try sends the spans of the steps after it, and says so.
+    otlp_receiver.status = 200
+    monkeypatch.setattr(telemetry, "RETRY_AFTER_S", 0.0)
+    with telemetry.step_span("after", traceparent):
+        pass
+    _wait_for(lambda: bool(otlp_receiver.named("after")))
+    assert not exporter.failing
+    shown = [r.getMessage() for r in caplog.records if r.name == "scoring_pipeline.telemetry"]
+    assert shown[1].startswith(f"traces: {otlp_receiver.url}/v1/traces answers again ("), shown
+    assert otlp_receiver.named("first") == []  # dropped while it was down
+
+
+def _wait_for(condition, seconds: float = 30.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
