@@ -32,10 +32,14 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 
 def cmd_db_url(args: argparse.Namespace) -> int:
+    import sqlalchemy as sa
+
     from scoring_pipeline.store.db import dagster_storage_url, prepare_dagster_environment
 
     url = prepare_dagster_environment()
-    print(dagster_storage_url(url) if args.dagster else url)
+    shown = sa.make_url(dagster_storage_url(url) if args.dagster else url)
+    # A password is printed only when asked for: this output ends up in terminals and logs.
+    print(shown.render_as_string(hide_password=not args.show_password))
     return 0
 
 
@@ -102,10 +106,11 @@ def _print_prune_plan(
     for p in kept:
         print(f"kept {p.name}: current scores of {p.start:%Y-%m} still show its values")
     if doomed:
-        print(f"{len(doomed)} month partitions end on or before {before}:")
+        print(f"{len(doomed)} month partitions hold only days before {before}:")
     for p in doomed:
         rows = f"{p.rows:,}" if p.rows_exact else f"~{p.rows:,}"
-        print(f"  {p.name:<36} {p.start} .. {p.end}  {rows} rows  {p.bytes / 1e6:,.1f} MB")
+        last = p.end - dt.timedelta(days=1)  # the partition's bound is the next month's first day
+        print(f"  {p.name:<36} {p.start} .. {last}  {rows} rows  {p.bytes / 1e6:,.1f} MB")
     if any(stale.values()):
         print("Dagster's `scores` partitions of nights in those months (or pruned before):")
     for name, keys in stale.items():
@@ -149,7 +154,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
             }
             _print_prune_plan(before, [counted(conn, p) for p in doomed], kept, stale)
             if not doomed and not any(stale.values()):
-                print(f"nothing to prune: no month partition ends on or before {before}")
+                print(f"nothing to prune: no month partition holds only days before {before}")
                 return 0
             if not args.yes:
                 print("nothing dropped: run again with --yes to detach and drop them")

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import dagster as dg
 import sqlalchemy as sa
@@ -29,6 +29,9 @@ from scoring_pipeline.store.night.closing import close_night, failed_users
 from scoring_pipeline.store.night.model import ALL_MARKETS, find_night
 from scoring_pipeline.store.night.outcomes import record_batch_run_died, record_snapshots_run_died
 from scoring_pipeline.store.night.root_span import emit_root_span
+
+if TYPE_CHECKING:
+    from dagster_shared.error import SerializableErrorInfo
 
 SNAPSHOT_ASSETS = ("active_users", "exchange_rates", "prices")
 
@@ -66,7 +69,7 @@ class NightSummary:
             f"users failed    {self.users_failed}",
             f"users skipped   {self.users_skipped}",
             f"assets scored   {self.assets_scored}",
-            f"batches         {self.batches_total} ({self.batches_failed} failed)",
+            f"batches         {self._batches()}",
             f"duration        {self.duration_ms / 1000:.1f} s ("
             + ", ".join(f"{k} {v / 1000:.1f} s" for k, v in self.stages_ms.items())
             + ")",
@@ -75,6 +78,11 @@ class NightSummary:
             out.append(f"error           {self.error}")
         out.extend(failed_user_line(failure) for failure in self.failed_users[:20])
         return out
+
+    def _batches(self) -> str:
+        if self.error and not (self.users_success or self.users_failed):
+            return f"{self.batches_total} (none scored: the night failed before its batches)"
+        return f"{self.batches_total} ({self.batches_failed} failed)"
 
 
 def _step_errors(result: dg.ExecuteInProcessResult) -> str:
@@ -87,8 +95,23 @@ def _step_errors(result: dg.ExecuteInProcessResult) -> str:
         if data.user_failure_data is not None and data.user_failure_data.description:
             messages.append(data.user_failure_data.description.strip())
         else:
-            messages.append(data.error.message.strip() if data.error else "step failed")
+            cause = _cause(data.error) if data.error else "failed"
+            messages.append(f"stage {event.step_key}: {cause}" if event.step_key else cause)
     return "; ".join(messages) or "the run failed"
+
+
+def _cause(error: "SerializableErrorInfo") -> str:
+    """The error a step raised, not Dagster's wrapper of it ("Error occurred while executing
+    op …"): the project's own errors by their message, as the night records it; any other as
+    `ClassName: message`."""
+    while error.cls_name == "DagsterExecutionStepExecutionError" and error.cause is not None:
+        error = error.cause
+    message = error.message.strip()
+    # SerializableErrorInfo names the class with its module: "a.b.ProviderUnavailable: …".
+    qualified, sep, rest = message.partition(": ")
+    if sep and error.cls_name and qualified.endswith("." + error.cls_name):
+        return rest if qualified.startswith("scoring_pipeline.") else f"{error.cls_name}: {rest}"
+    return message
 
 
 @contextmanager

@@ -33,14 +33,19 @@ def build_parser() -> argparse.ArgumentParser:
     _add_setup_commands(sub)
     _add_night_commands(sub)
     _add_upkeep_commands(sub)
+    for command in sub.choices.values():  # `scoring-pipeline status --debug` works too
+        command.add_argument(
+            "--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks"
+        )
     return parser
 
 
 # argparse keeps the type of its subparsers' action private.
 def _add_setup_commands(sub: Any) -> None:
     p = sub.add_parser("migrate", help="apply the Alembic migrations")
-    p.add_argument("--revision", default="head", help="upgrade to REVISION (default: head)")
-    p.add_argument("--downgrade", metavar="REVISION", help="revert to REVISION (e.g. base)")
+    direction = p.add_mutually_exclusive_group()
+    direction.add_argument("--revision", default="head", help="upgrade to REVISION (default: head)")
+    direction.add_argument("--downgrade", metavar="REVISION", help="revert to REVISION (e.g. base)")
     p.set_defaults(func=cmd_migrate)
 
     p = sub.add_parser(
@@ -49,6 +54,11 @@ def _add_setup_commands(sub: Any) -> None:
         "DATABASE_URL is unset)",
     )
     p.add_argument("--dagster", action="store_true", help="the Dagster storage URL instead")
+    p.add_argument(
+        "--show-password",
+        action="store_true",
+        help="print the URL's password (shown as *** otherwise)",
+    )
     p.set_defaults(func=cmd_db_url)
 
     p = sub.add_parser("db-stop", help="stop the embedded PostgreSQL server")
@@ -65,7 +75,10 @@ def _add_setup_commands(sub: Any) -> None:
     )
     p.add_argument("--out", default="demo_data", help="folder for rates.json and prices.csv")
     p.add_argument(
-        "--instruments-per-market", type=int, default=100, help="instruments in each of 3 markets"
+        "--instruments-per-market",
+        type=at_least_one,
+        default=100,
+        help="instruments in each of 3 markets",
     )
     p.add_argument(
         "--replace",
@@ -80,16 +93,16 @@ def _add_night_commands(sub: Any) -> None:
     p.add_argument("--date", help="score date YYYY-MM-DD (default: today, UTC)")
     p.add_argument("--refresh", action="store_true", help="re-fetch the date's snapshots")
     p.add_argument("--group", help="one market group (default: every configured group)")
-    p.set_defaults(func=cmd_score, needs_schema=True)
+    p.set_defaults(func=cmd_score, needs_schema=True, needs_dagster=True)
 
     p = sub.add_parser("services", help="Dagster UI + daemon and run workers, until Ctrl-C")
     p.add_argument("--port", type=port_number, default=3000)
     p.add_argument("--workers", type=at_least_one, default=2, help="concurrent run workers")
-    p.set_defaults(func=cmd_services, needs_schema=True)
+    p.set_defaults(func=cmd_services, needs_schema=True, needs_dagster=True)
 
     p = sub.add_parser("worker", help="a Celery run worker (for deployments that scale out)")
     p.add_argument("--concurrency", type=at_least_one, default=2)
-    p.set_defaults(func=cmd_worker, needs_schema=True)
+    p.set_defaults(func=cmd_worker, needs_schema=True, needs_dagster=True)
 
     p = sub.add_parser(
         "daemon", help="the Dagster daemon, sensors every second (for separate deployments)"
@@ -99,7 +112,7 @@ def _add_night_commands(sub: Any) -> None:
         help="workspace file (default: the project's, which loads the code in a code server "
         "of the daemon's own; name a grpc_server there to share a running code server)",
     )
-    p.set_defaults(func=cmd_daemon, needs_schema=True)
+    p.set_defaults(func=cmd_daemon, needs_schema=True, needs_dagster=True)
 
     p = sub.add_parser(
         "status", help="the latest nights, or one date's night with its failed users"
@@ -116,7 +129,7 @@ def _add_night_commands(sub: Any) -> None:
     p.add_argument(
         "--url", help="Dagster webserver (default $DAGSTER_WEBSERVER_URL or http://127.0.0.1:3000)"
     )
-    p.set_defaults(func=cmd_retry_failed, needs_schema=True)
+    p.set_defaults(func=cmd_retry_failed, needs_schema=True, needs_dagster=True)
 
 
 def _add_upkeep_commands(sub: Any) -> None:
@@ -142,9 +155,13 @@ def _add_upkeep_commands(sub: Any) -> None:
         help="detach and drop whole months of history, events and metric values, and remove "
         "their nights' scores partitions from Dagster",
     )
-    p.add_argument("--before", required=True, help="drop the months that end on or before it")
+    p.add_argument(
+        "--before",
+        required=True,
+        help="drop the months whose every day is before it (2026-12-01: November and earlier)",
+    )
     p.add_argument("--yes", action="store_true", help="really drop them (else only list them)")
-    p.set_defaults(func=cmd_prune, needs_schema=True)
+    p.set_defaults(func=cmd_prune, needs_schema=True, needs_dagster=True)
 
     p = sub.add_parser("replay", help="recompute a calculation from its INPUTS_CAPTURED event")
     p.add_argument(
@@ -162,19 +179,25 @@ def _quiet_library_warnings() -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if not args.debug:
+    debug = args.debug or bool(os.environ.get("SCORING_DEBUG"))
+    own_dagster_url = os.environ.get("DAGSTER_PG_URL")  # else derived from DATABASE_URL
+    if not debug:
         _quiet_library_warnings()
     try:
         if getattr(args, "needs_schema", False):
             _require_current_schema()
+        if own_dagster_url and getattr(args, "needs_dagster", False):
+            from scoring_pipeline.store.db import check_dagster_storage
+
+            check_dagster_storage(own_dagster_url)
         return int(args.func(args))
     except (ScoringPipelineError, OSError, ValueError) as exc:
-        if args.debug:
+        if debug:
             raise
         print(f"scoring-pipeline: error: {_one_line(exc)}", file=sys.stderr)
         return 2
     except Exception as exc:  # the database or Dagster failing: still one clear line
-        if args.debug or os.environ.get("SCORING_DEBUG"):
+        if debug:
             raise
         print(f"scoring-pipeline: error: {type(exc).__name__}: {_one_line(exc)}", file=sys.stderr)
         return 2

@@ -11,7 +11,8 @@ from scoring_pipeline.cli.options import app_engine, chosen_groups, parse_date
 def cmd_score(args: argparse.Namespace) -> int:
     from scoring_pipeline.cli.in_process import project_warnings_on_stderr, run_night
 
-    score_date = parse_date(args.date) if args.date else dt.datetime.now(dt.UTC).date()
+    # `--date ""` (a script's unset variable) is refused, not taken for today's night.
+    score_date = parse_date(args.date) if args.date is not None else dt.datetime.now(dt.UTC).date()
     status = 0
     for group in chosen_groups(args):
         with project_warnings_on_stderr():
@@ -43,7 +44,8 @@ def cmd_retry_failed(args: argparse.Namespace) -> int:
             with engine.connect() as conn:
                 if find_night(conn, score_date, market_group=group.name) is None:
                     # Its batches would be refused (no night) and counted as failed by nobody.
-                    print(f"nothing to retry in group {group.name}: {score_date} has no night")
+                    if len(groups) > 1:  # else the closing line says it
+                        print(f"nothing to retry in group {group.name}: {score_date} has no night")
                     continue
                 batches = batches_to_retry(conn, score_date, market_group=group.name)
             nights += 1

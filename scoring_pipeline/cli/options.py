@@ -4,6 +4,7 @@ date, the market groups. Shared by the command modules; nothing here prints.
 
 import argparse
 import datetime as dt
+import re
 from typing import TYPE_CHECKING
 
 from scoring_pipeline.errors import ConfigurationError
@@ -41,8 +42,15 @@ def port_number(text: str) -> int:
     return value
 
 
+_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
+
+
 def parse_date(text: str, option: str = "--date") -> dt.date:
+    """A calendar date written YYYY-MM-DD (`fromisoformat` alone also takes 20261204 and
+    2026-W49-5, which an operator most likely did not mean)."""
     try:
+        if not _DATE.fullmatch(text):
+            raise ValueError(text)
         return dt.date.fromisoformat(text)
     except ValueError:
         raise ConfigurationError(f"{option} must be YYYY-MM-DD, got {text!r}") from None

@@ -183,9 +183,10 @@ def cmd_status(args: argparse.Namespace) -> int:
         found = recent_nights(conn, 1_000, score_date=score_date, market_group=args.group)
         if not found:
             which = f" in group {args.group}" if args.group else ""
+            only = f" --group {args.group}" if args.group else ""
             print(
                 f"no night of {score_date}{which}: start it with `scoring-pipeline score "
-                f"--date {score_date}` or its snapshots job"
+                f"--date {score_date}{only}` or its snapshots job"
             )
             return 1
         configured = _configured_groups()

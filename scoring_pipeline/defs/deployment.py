@@ -9,6 +9,7 @@ and the DSN go through `dg.EnvVar` so they resolve at launch and stay hidden in 
 import os
 from collections.abc import Mapping
 from typing import Any, TypeVar
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import dagster as dg
 import pydantic
@@ -52,6 +53,13 @@ def schedule_settings(env: Mapping[str, str] | None = None) -> tuple[str, str]:
     env = os.environ if env is None else env
     cron = env.get("OVERNIGHT_JOB_CRON", "").strip() or DEFAULT_CRON
     timezone = env.get("OVERNIGHT_JOB_TIMEZONE", "").strip() or DEFAULT_TIMEZONE
+    try:
+        ZoneInfo(timezone)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ConfigurationError(
+            f"OVERNIGHT_JOB_TIMEZONE: unknown timezone {timezone!r} (an IANA name, as UTC or "
+            "America/New_York; names are case-sensitive)"
+        ) from None
     return cron, timezone
 
 

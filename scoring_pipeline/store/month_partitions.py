@@ -175,7 +175,7 @@ def counted(conn: Connection, p: Partition) -> Partition:
 
 
 def prunable(conn: Connection, before: dt.date) -> tuple[list[Partition], list[Partition]]:
-    """The whole months that end on or before `before` (nothing of `before` itself or later),
+    """The whole months whose every day is before `before` (nothing of `before` itself or later),
     and apart those of them kept: metric values that current scores still show."""
     old = [p for p in partitions(conn) if p.end <= before]
     shown = {

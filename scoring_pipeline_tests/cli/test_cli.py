@@ -129,7 +129,13 @@ def test_score_exits_non_zero_when_the_night_fails(cli_env, clean_db, tmp_path):
     proc = run(cli_env, "score", "--date", DATE, check=False)
     assert proc.returncode == 1
     assert summary_value(proc.stdout, "job status") == "failed"
-    assert "rates" in summary_value(proc.stdout, "error")
+    # The provider's own error, as `status` shows it; not Dagster's "Error occurred while
+    # executing op" wrapper of it.
+    error = summary_value(proc.stdout, "error")
+    assert error.startswith(f"stage exchange_rates: every rates provider failed for {DATE}")
+    assert "cannot read" in error and "Dagster" not in error
+    batches = summary_value(proc.stdout, "batches")
+    assert batches.endswith("(none scored: the night failed before its batches)"), batches
     # Said once, in the summary: not again as Dagster's step and run failures on stderr.
     assert "Traceback" not in proc.stderr and "STEP_FAILURE" not in proc.stderr, proc.stderr
     with clean_db.connect() as conn:  # nothing was scored from missing inputs
@@ -380,13 +386,17 @@ def _status_of_a_partial_night(cli_env, clean_db, tmp_path):
         "fix those users' data, then score the date with the configured groups: "
         f"`scoring-pipeline score --date {DATE}`"
     )
+    none = run(grouped, "status", "--date", "2026-01-01", "--group", "us", check=False)
+    assert none.returncode == 1 and none.stdout.strip() == (
+        "no night of 2026-01-01 in group us: start it with `scoring-pipeline score --date "
+        "2026-01-01 --group us` or its snapshots job"
+    )
     none = run(cli_env, "status", "--date", "2026-01-01", check=False)
     assert none.returncode == 1 and "no night of 2026-01-01" in none.stdout
     # retry-failed says so too, rather than "every batch succeeded" (no webserver is asked).
     retry = run(cli_env, "retry-failed", "--date", "2026-01-01", check=False)
     assert retry.returncode == 1, retry.stderr
     assert retry.stdout.splitlines() == [
-        "nothing to retry in group all: 2026-01-01 has no night",
         "2026-01-01 has no night in group all: `scoring-pipeline status` lists the nights",
     ]
     unknown = run(cli_env, "status", "--group", "nope", check=False)
@@ -401,6 +411,13 @@ def _status_of_a_partial_night(cli_env, clean_db, tmp_path):
     replayed = run(cli_env, "replay", night_id, check=False)
     assert replayed.returncode != 0
     assert f"{night_id} is a night's correlation id" in replayed.stderr, replayed.stderr
+    # An empty date (a script's unset variable) is not today's night; only YYYY-MM-DD is a date
+    # (Python's fromisoformat also reads 20261127 and 2026-W48-5).
+    for command, day in (("score", ""), ("status", "20261127"), ("status", "2026-W48-5")):
+        refused = run(cli_env, command, "--date", day, check=False)
+        assert refused.returncode == 2 and refused.stderr.strip() == (
+            f"scoring-pipeline: error: --date must be YYYY-MM-DD, got {day!r}"
+        ), refused.stderr
     # A date that is no partition (after tomorrow, before the start) is named in one line.
     for day in ("2030-01-01", "2019-01-01"):
         future = run(cli_env, "score", "--date", day, check=False)
@@ -431,3 +448,23 @@ def test_demo_data_refuses_to_wipe_users_it_did_not_create(cli_env, clean_db, tm
     run(cli_env, "demo-data", "--users", "3", "--replace", "--out", str(tmp_path / "d"))
     with clean_db.connect() as conn:
         assert conn.execute(sa.text("SELECT count(*) FROM users")).scalar_one() == 3
+
+
+def test_a_bad_dagster_storage_url_is_one_line_naming_it(cli_env, clean_db):
+    # dagster-postgres retried ~14 s, printing a warning for each try, then said "too many
+    # retries for DB connection" without naming the variable.
+    run(cli_env, "migrate")
+    missing = (
+        sa.make_url(cli_env["DATABASE_URL"])
+        .set(drivername="postgresql+psycopg2", database="no_such_db_here", password="s3cretpw")
+        .render_as_string(hide_password=False)
+    )
+    for url, said in (
+        (missing, "DAGSTER_PG_URL: cannot connect to Dagster's storage: "),
+        ("not a url", "DAGSTER_PG_URL is not a valid database URL"),
+    ):
+        for command in (["prune", "--before", "2026-01-01"], ["score", "--date", "2026-01-01"]):
+            proc = run({**cli_env, "DAGSTER_PG_URL": url}, *command, check=False)
+            assert proc.returncode == 2 and proc.stdout == "", proc.stdout
+            assert proc.stderr.startswith(f"scoring-pipeline: error: {said}"), proc.stderr
+            assert proc.stderr.count("\n") == 1 and "s3cretpw" not in proc.stderr

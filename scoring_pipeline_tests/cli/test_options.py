@@ -15,6 +15,14 @@ from scoring_pipeline.cli.main import main
         (["services", "--workers", "two"], "argument --workers: must be a whole number, got 'two'"),
         (["services", "--port", "0"], "argument --port: must be at least 1, got 0"),
         (
+            ["demo-data", "--users", "5", "--instruments-per-market", "0"],
+            "argument --instruments-per-market: must be at least 1, got 0",
+        ),
+        (
+            ["migrate", "--revision", "0010", "--downgrade", "0009"],
+            "argument --downgrade: not allowed with argument --revision",
+        ),
+        (
             ["services", "--port", "70000"],
             "argument --port: must be a port number (1 – 65535), got 70000",
         ),
@@ -35,3 +43,36 @@ def test_the_defaults_and_a_valid_value_parse():
     assert parser.parse_args(["services", "--port", "3001"]).port == 3001
     assert parser.parse_args(["worker", "--concurrency", "3"]).concurrency == 3
     assert parser.parse_args(["bench", "--workers", "1"]).workers == 1
+
+
+def test_debug_goes_before_or_after_the_command():
+    from scoring_pipeline.cli.main import build_parser
+
+    parser = build_parser()
+    assert parser.parse_args(["--debug", "status"]).debug
+    assert parser.parse_args(["status", "--debug"]).debug
+    assert parser.parse_args(["prune", "--before", "2026-01-01", "--debug"]).debug
+    assert not parser.parse_args(["status"]).debug
+
+
+def test_the_groups_benchmark_refuses_the_options_it_would_ignore(capsys):
+    for extra in (["--nights", "3"], ["--keep"]):
+        assert main(["bench", "--groups", "us,br", *extra]) == 2
+        assert capsys.readouterr().err.strip() == (
+            "scoring-pipeline: error: --groups runs one night of each layout: without --nights "
+            "or --keep"
+        )
+
+
+def test_db_url_shows_a_password_only_when_asked(monkeypatch, capsys):
+    # What `prepare_dagster_environment` fills in is put back after the test.
+    for name in ("DAGSTER_PG_URL", "DAGSTER_HOME", "PGTZ", "DAGSTER_CELERY_BROKER_URL"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.delenv("DAGSTER_CELERY_BACKEND_URL", raising=False)
+    monkeypatch.setenv("DATABASE_URL", "postgresql://app:s3cret@db.internal:5432/scoring")
+    assert main(["db-url"]) == 0
+    assert capsys.readouterr().out == "postgresql://app:***@db.internal:5432/scoring\n"
+    assert main(["db-url", "--dagster"]) == 0
+    assert capsys.readouterr().out == "postgresql+psycopg2://app:***@db.internal:5432/scoring\n"
+    assert main(["db-url", "--show-password"]) == 0
+    assert capsys.readouterr().out == "postgresql://app:s3cret@db.internal:5432/scoring\n"

@@ -46,6 +46,8 @@ def test_jobs_schedule_and_sensor_are_registered():
         ("SCORING_BATCH_SIZE", "fifty"),
         ("SNAPSHOT_MAX_AGE_DAYS", "-1"),
         ("OVERNIGHT_JOB_CRON", "not a cron"),
+        ("OVERNIGHT_JOB_TIMEZONE", "Mars/Olympus"),
+        ("OVERNIGHT_JOB_TIMEZONE", "../etc/passwd"),
         ("RATES_PROVIDER", "ecb"),
         ("PRICES_PROVIDER", "bloomberg"),
         ("RATES_BASE_URL", "not a url"),

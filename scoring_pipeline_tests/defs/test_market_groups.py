@@ -121,6 +121,16 @@ def test_a_bad_file_fails_the_load_with_one_clear_error(tmp_path, text, message)
     assert message in str(raised.value)
 
 
+def test_a_file_that_is_not_utf8_is_named(tmp_path):
+    path = tmp_path / "groups.toml"
+    path.write_bytes(b"\xff\xfe[groups.us]\n")
+    with pytest.raises(ConfigurationError) as raised:
+        load_groups({GROUPS_FILE_VARIABLE: str(path)}, "0 4 * * *", "UTC", lambda: MARKETS)
+    assert (
+        str(raised.value) == f"MARKET_GROUPS_FILE={str(path)!r}: not UTF-8 text (byte 0: b'\\xff')"
+    )
+
+
 def test_a_missing_file_is_named(tmp_path):
     env = {GROUPS_FILE_VARIABLE: str(tmp_path / "absent.toml")}
     with pytest.raises(ConfigurationError, match="cannot read the file"):

@@ -223,6 +223,8 @@ def test_prune_lists_then_drops_whole_old_months_only_with_yes(world, dagster_in
     june = next(line for line in listed.splitlines() if "score_history_2025_06" in line)
     june_rows = rows(world, history)[0].n
     assert f" {june_rows:,} rows " in june or f" ~{june_rows:,} rows " in june
+    assert " 2025-06-01 .. 2025-06-30 " in june, june  # its days, the last one included
+    assert "month partitions hold only days before 2025-08-01:" in listed
     july = next(line for line in listed.splitlines() if "score_history_2025_07" in line)
     assert " 0 rows " in july or " ~0 rows " in july
     # Dagster's partitions of the pruned nights are listed too, and go with them.

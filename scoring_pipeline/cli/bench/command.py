@@ -18,6 +18,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
         raise ConfigurationError("--users must be at least 1")
     if args.nights < 1:
         raise ConfigurationError("--nights must be at least 1")
+    if args.groups and (args.nights != 1 or args.keep):
+        # The groups benchmark runs one night per layout on databases of its own.
+        raise ConfigurationError(
+            "--groups runs one night of each layout: without --nights or --keep"
+        )
     interrupt_on_sigterm()
     try:
         if args.groups:

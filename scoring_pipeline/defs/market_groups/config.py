@@ -80,6 +80,10 @@ def load_groups(
         raise ConfigurationError(f"{where}: cannot read the file: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigurationError(f"{where}: not valid TOML: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigurationError(
+            f"{where}: not UTF-8 text (byte {exc.start}: {exc.object[exc.start : exc.start + 1]!r})"
+        ) from None
     except pydantic.ValidationError as exc:
         first = exc.errors(include_url=False, include_input=False)[0]
         place = ".".join(str(p) for p in first["loc"])
