@@ -4,6 +4,7 @@ running Dagster), and `replay` (one calculation recomputed from its captured inp
 
 import argparse
 import datetime as dt
+import sys
 
 from scoring_pipeline.cli.options import app_engine, chosen_groups, parse_date
 
@@ -15,6 +16,9 @@ def cmd_score(args: argparse.Namespace) -> int:
     score_date = parse_date(args.date) if args.date is not None else dt.datetime.now(dt.UTC).date()
     status = 0
     for group in chosen_groups(args):
+        closed = group.closed_reason(score_date)
+        if closed is not None:  # the schedule would skip it; an operator may mean it
+            print(f"warning: {closed}; scoring it anyway, as asked", file=sys.stderr)
         with project_warnings_on_stderr():
             summary = run_night(score_date, refresh=args.refresh, echo=print, group=group.name)
         for line in summary.lines():

@@ -234,6 +234,14 @@ def test_score_one_market_group_and_refuse_an_unknown_one(cli_env, clean_db, tmp
             sa.text("SELECT DISTINCT market_group FROM overnight_job_runs")
         ).scalars()
         assert set(groups) == {"br"}
+    # A day its exchange is closed: the schedule skips it; asked for, it is scored, with a word.
+    closed = run(cli_env, "score", "--date", "2026-11-20", "--group", "br")
+    assert summary_value(closed.stdout, "job status") == "completed"
+    assert (
+        "warning: 2026-11-20 (Friday) is not a trading session of BVMF: no night for group br; "
+        "scoring it anyway, as asked"
+    ) in closed.stderr.splitlines(), closed.stderr
+    assert "not a trading session" not in proc.stderr
     unknown = run(cli_env, "score", "--date", DATE, "--group", "zz", check=False)
     assert unknown.returncode != 0 and unknown.stderr.strip().count("\n") == 0
     assert "no such market group" in unknown.stderr and "us, br, eu" in unknown.stderr
