@@ -179,7 +179,8 @@ class RatesProviderResource(_ProviderResource):
     def fetch_usd_rates(self, *, currencies: Sequence[str]) -> RatesSnapshot:
         """USD->X rates from the first provider with a usable answer."""
         chain: ProviderChain[RatesProvider] = self.chain()
-        return chain.ask(lambda p: p.fetch_usd_rates(currencies=currencies))
+        asked = len({c for c in currencies if c != "USD"}) if currencies else None
+        return chain.ask(lambda p: p.fetch_usd_rates(currencies=currencies), asked=asked)
 
 
 class PricesProviderResource(_ProviderResource):
@@ -201,7 +202,10 @@ class PricesProviderResource(_ProviderResource):
     ) -> PricesResult:
         """Quotes from the first provider with a usable answer."""
         chain: ProviderChain[PricesProvider] = self.chain()
-        return chain.ask(lambda p: p.fetch_prices(symbols=symbols, currencies=currencies))
+        return chain.ask(
+            lambda p: p.fetch_prices(symbols=symbols, currencies=currencies),
+            asked=len(set(symbols)),
+        )
 
 
 class ScoringSettingsResource(dg.ConfigurableResource):  # type: ignore[type-arg]

@@ -43,6 +43,17 @@ def check_rejected_share(result: RatesSnapshot | PricesResult, *, max_fraction: 
         )
 
 
+def check_answered(result: RatesSnapshot | PricesResult, *, asked: int | None) -> None:
+    """Raise ProviderPayloadError when the answer holds no value at all for what was asked
+    (`asked` values; None: whatever the provider knows): an empty answer (a prices file with
+    only its header, say) is unusable as a whole, not N symbols each missing."""
+    if asked == 0 or result.accepted_count or result.rejected:
+        return
+    what = "rate" if isinstance(result, RatesSnapshot) else "price"
+    of = f" for any of the {asked} asked" if asked is not None else ""
+    raise ProviderPayloadError(f"an empty answer: no {what}{of}", provider=result.source)
+
+
 class ProviderChain(Generic[_P]):
     """Providers of one kind, asked in order until one gives a usable answer."""
 
@@ -56,12 +67,14 @@ class ProviderChain(Generic[_P]):
     def __repr__(self) -> str:
         return f"ProviderChain({', '.join(repr(p) for p in self.providers)})"
 
-    def ask(self, call: Callable[[_P], _R]) -> _R:
-        """The first usable answer of ``call(provider)``, provider by provider."""
+    def ask(self, call: Callable[[_P], _R], *, asked: int | None = None) -> _R:
+        """The first usable answer of ``call(provider)``, provider by provider; `asked` is how
+        many values the call asks for (None: all the provider knows)."""
         errors: list[tuple[str, ProviderError]] = []
         for index, provider in enumerate(self.providers):
             try:
                 result = call(provider)
+                check_answered(result, asked=asked)
                 check_rejected_share(result, max_fraction=self.max_rejected_fraction)
                 return result
             except ProviderError as exc:

@@ -147,6 +147,21 @@ def test_score_exits_non_zero_when_the_night_fails(cli_env, clean_db, tmp_path):
             assert conn.execute(sa.text(sql)).scalar_one() == 0, sql
 
 
+def test_a_prices_answer_with_no_price_at_all_fails_the_night(cli_env, clean_db, tmp_path):
+    # A prices file with only its header: every instrument "not returned" made a `completed`
+    # night whose price rules all read missing_fundamental, and no warning.
+    run(cli_env, "migrate")
+    run(cli_env, "demo-data", "--users", "5", "--out", str(tmp_path / "demo"))
+    prices = Path(cli_env["PRICES_FILE"])
+    prices.write_text(prices.read_text().splitlines()[0] + "\n")
+    proc = run(cli_env, "score", "--date", DATE, check=False)
+    assert proc.returncode == 1
+    assert summary_value(proc.stdout, "job status") == "failed"
+    error = summary_value(proc.stdout, "error")
+    assert error.startswith(f"stage prices: every prices provider failed for {DATE}"), error
+    assert "(file: an empty answer: no price for any of the " in error, error
+
+
 def test_score_prints_the_providers_warnings_one_line_each(cli_env, clean_db, tmp_path):
     run(cli_env, "migrate")
     run(cli_env, "demo-data", "--users", "5", "--out", str(tmp_path / "demo"))
@@ -154,14 +169,31 @@ def test_score_prints_the_providers_warnings_one_line_each(cli_env, clean_db, tm
     header, first, *rest = prices.read_text().splitlines()
     symbol = first.split(",")[0]
     prices.write_text("\n".join([header, ",".join([symbol, "NaN", *first.split(",")[2:]]), *rest]))
+    # A currency the rates provider does not give, and a symbol the prices provider does not.
+    rates = Path(cli_env["RATES_FILE"])
+    rates.write_text(rates.read_text().replace('"BRL":', '"XXX":'))
+    gone = rest[-1].split(",")[0]
+    prices.write_text("\n".join(prices.read_text().splitlines()[:-1]) + "\n")
     proc = run(cli_env, "score", "--date", DATE)
-    assert summary_value(proc.stdout, "job status") == "completed"
+    # The users who score BRL instruments fail, naming the pair; the others are scored.
+    assert summary_value(proc.stdout, "job status") == "partial"
+    assert "no exchange rate for " in proc.stdout and "BRL in the snapshot" in proc.stdout
     lines = proc.stderr.strip().splitlines()
     assert lines == [line for line in lines if line.startswith("warning: ")], proc.stderr
     assert any("1 value(s) rejected" in line and symbol in line for line in lines), lines
     # The demo's provider files hold today's closes, so a past date freezes later ones: said.
     later = f"quotes are dated after it (up to {dt.datetime.now(dt.UTC).date()})"
     assert any(f"prices for {DATE}" in line and later in line for line in lines), lines
+    assert (
+        f"warning: rates for {DATE}: BRL not returned by file: the users who need it fail at "
+        "scoring; once the provider has it, re-materialise exchange_rates with refresh: true"
+    ) in lines, lines
+    assert any(
+        line.startswith(f"warning: prices for {DATE}: ")
+        and "symbols not returned by file, stored as missing: " in line
+        and gone in line
+        for line in lines
+    ), lines
 
 
 def _spawn(cli_env, log: Path, *args: str) -> subprocess.Popen[bytes]:

@@ -428,3 +428,35 @@ def test_invalid_base_url_does_not_echo_the_key():
         YahooPricesProvider(base_url=f"ftp://h/{SECRET}", api_key=SECRET)
 
     assert SECRET not in str(caught.value)
+
+
+def test_an_answer_with_no_value_at_all_goes_to_the_fallback(loopback, reply, fast_http, tmp_path):
+    # A provider that answers, but with nothing for any symbol asked (a prices file with only
+    # its header): every symbol "not returned" made a night of prices-less scores that read
+    # `completed`. It is an unusable answer: the fallback's is used, or the chain fails.
+    loopback.script(QUOTE, reply(200, {"quoteResponse": {"result": [], "error": None}}))
+    header_only = tmp_path / "prices.csv"
+    header_only.write_text("symbol,close,currency,price_date\n")
+    fallback = tmp_path / "fallback.csv"
+    fallback.write_text("symbol,close,currency,price_date\nIBM,150.5,USD,2026-11-26\n")
+    for primary in (
+        YahooPricesProvider(base_url=loopback.url, http_settings=fast_http),
+        FilePricesProvider(path=header_only),
+    ):
+        chain = _chain(primary, FilePricesProvider(path=fallback))
+        try:
+            result = chain.ask(lambda p: p.fetch_prices(symbols=["IBM", "MSFT"]), asked=2)
+        finally:
+            chain.close()
+        assert result.source == "file" and list(result.quotes) == ["IBM"]
+        assert result.missing == ["MSFT"]  # one missing symbol of an answer is no failure
+    alone = _chain(FilePricesProvider(path=header_only))
+    with pytest.raises(ProviderPayloadError) as caught:
+        alone.ask(lambda p: p.fetch_prices(symbols=["IBM", "MSFT"]), asked=2)
+    assert str(caught.value) == "file: an empty answer: no price for any of the 2 asked"
+    empty_rates = tmp_path / "rates.json"
+    empty_rates.write_text('{"base":"USD","date":"2026-11-26","rates":{}}')
+    with pytest.raises(ProviderPayloadError, match="an empty answer: no rate for any of the 1"):
+        _chain(FileRatesProvider(path=empty_rates)).ask(
+            lambda p: p.fetch_usd_rates(currencies=["EUR"]), asked=1
+        )

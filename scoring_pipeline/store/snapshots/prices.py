@@ -200,6 +200,7 @@ def snapshot_prices(
             **stored_rejections(conn, table, score_date, "symbol"),
         }
     counts = store_prices(conn, score_date, symbols, result, fetched_at=_now())
+    _warn_not_returned(score_date, result, len(symbols))
     return {
         "fetched": True,
         "reused_existing": False,
@@ -209,6 +210,19 @@ def snapshot_prices(
         **counts,
         **fetched_rejections(result.rejected, "prices", score_date),
     }
+
+
+def _warn_not_returned(score_date: dt.date, result: PricesResult, asked: int) -> None:
+    """Symbols the provider did not return are stored as missing (SPEC §8): said, with a few."""
+    if result.missing:
+        logger.warning(
+            "prices for %s: %d of %d symbols not returned by %s, stored as missing: %s",
+            score_date,
+            len(result.missing),
+            asked,
+            result.source,
+            ", ".join(result.missing[:5]) + (", …" if len(result.missing) > 5 else ""),
+        )
 
 
 def _snapshot_group_prices(
@@ -249,6 +263,7 @@ def _snapshot_group_prices(
         stale = stale_or_raise(conn, table, score_date, max_age_days, exc, "prices", wanted)
         return {**stale, **figures}
     counts = store_prices(conn, score_date, wanted, result, fetched_at=_now(), only_these=True)
+    _warn_not_returned(score_date, result, len(wanted))
     return {
         "fetched": True,
         "reused_existing": False,

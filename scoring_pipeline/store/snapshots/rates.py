@@ -13,7 +13,11 @@ from scoring_pipeline.errors import ProviderError
 from scoring_pipeline.providers.base import RatesSource
 from scoring_pipeline.providers.models import RatesSnapshot
 from scoring_pipeline.store import tables as t
-from scoring_pipeline.store.snapshots.rejections import fetched_rejections, stored_rejections
+from scoring_pipeline.store.snapshots.rejections import (
+    fetched_rejections,
+    logger,
+    stored_rejections,
+)
 from scoring_pipeline.store.snapshots.reuse import has_snapshot, stale_or_raise
 
 USD = "USD"
@@ -138,6 +142,16 @@ def snapshot_rates(
         }
     count = store_rates(conn, score_date, snapshot, fetched_at=_now())
     missing = sorted(set(currencies) - set(snapshot.rates) - set(snapshot.rejected))
+    if missing:
+        logger.warning(
+            "rates for %s: %s not returned by %s: the users who need %s fail at scoring; once "
+            "the provider has %s, re-materialise exchange_rates with refresh: true",
+            score_date,
+            ", ".join(missing),
+            snapshot.source,
+            "it" if len(missing) == 1 else "them",
+            "it" if len(missing) == 1 else "them",
+        )
     return {
         "fetched": True,
         "reused_existing": False,
