@@ -35,7 +35,7 @@ def cmd_retry_failed(args: argparse.Namespace) -> int:
     from scoring_pipeline.defs.partitions import scores_partition_key, scores_partitions_name
     from scoring_pipeline.runtime.dagster_api import DagsterApi
     from scoring_pipeline.store.night.model import find_night
-    from scoring_pipeline.store.night.outcomes import batches_to_retry
+    from scoring_pipeline.store.night.outcomes import batches_to_retry, failed_before_scoring
 
     score_date = parse_date(args.date)
     api = DagsterApi.from_env(args.url)
@@ -43,13 +43,28 @@ def cmd_retry_failed(args: argparse.Namespace) -> int:
     engine = app_engine()  # prepares the environment the definitions and the instance read
     asset_graph = defs().resolve_asset_graph()
     nights = 0
+    unscored = False
     with dg.DagsterInstance.get() as instance:
         for group in groups:
             with engine.connect() as conn:
-                if find_night(conn, score_date, market_group=group.name) is None:
+                night = find_night(conn, score_date, market_group=group.name)
+                if night is None:
                     # Its batches would be refused (no night) and counted as failed by nobody.
                     if len(groups) > 1:  # else the closing line says it
                         print(f"nothing to retry in group {group.name}: {score_date} has no night")
+                    continue
+                if failed_before_scoring(night):
+                    # No batch can score without the inputs that could not be frozen.
+                    unscored = True
+                    details = night.error_details or {}
+                    only = "" if len(groups) == 1 else f" --group {group.name}"
+                    print(
+                        f"nothing to retry in group {group.name}: the night of {score_date} "
+                        f"failed before scoring (stage {details.get('stage')}: "
+                        f"{details.get('message')}); once that is fixed, start it again with "
+                        f"`scoring-pipeline score --date {score_date}{only}`"
+                    )
+                    nights += 1
                     continue
                 batches = batches_to_retry(conn, score_date, market_group=group.name)
             nights += 1
@@ -91,7 +106,7 @@ def cmd_retry_failed(args: argparse.Namespace) -> int:
             + ": `scoring-pipeline status` lists the nights"
         )
         return 1
-    return 0
+    return 1 if unscored else 0
 
 
 def cmd_replay(args: argparse.Namespace) -> int:

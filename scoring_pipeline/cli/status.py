@@ -20,6 +20,7 @@ from scoring_pipeline.store.night.model import (
     find_night,
     recent_nights,
 )
+from scoring_pipeline.store.night.outcomes import failed_before_scoring
 
 RECENT = 10
 
@@ -107,6 +108,13 @@ def _detail(
         lines.append(f"  … and {len(failed) - 20} more (overnight_job_runs.error_details)")
     if night.status in (NightStatus.PARTIAL, NightStatus.FAILED) and failed:
         lines.append(f"next            {_next_step(night, configured)}")
+    elif failed_before_scoring(night):
+        group = "" if night.market_group == "all" else f" --group {night.market_group}"
+        lines.append(
+            "next            once its inputs can be fetched, start it again with "
+            f"`scoring-pipeline score --date {night.score_date}{group}` (its batches cannot "
+            "score without them: retrying them does nothing)"
+        )
     return lines
 
 

@@ -136,6 +136,22 @@ def test_score_exits_non_zero_when_the_night_fails(cli_env, clean_db, tmp_path):
     assert "cannot read" in error and "Dagster" not in error
     batches = summary_value(proc.stdout, "batches")
     assert batches.endswith("(none scored: the night failed before its batches)"), batches
+    step = summary_value(run(cli_env, "status", "--date", DATE).stdout, "next")
+    assert step.startswith(
+        "once its inputs can be fetched, start it again with `scoring-pipeline score --date "
+        f"{DATE}`"
+    ), step
+    # Retrying its batches cannot help (they would fail on the missing rates): said, exit 1,
+    # nothing launched (no webserver is asked).
+    retry = run(cli_env, "retry-failed", "--date", DATE, check=False)
+    assert retry.returncode == 1, retry.stderr
+    assert retry.stdout.startswith(
+        f"nothing to retry in group all: the night of {DATE} failed before scoring (stage "
+        f"exchange_rates: every rates provider failed for {DATE}"
+    ), retry.stdout
+    assert retry.stdout.rstrip().endswith(
+        f"once that is fixed, start it again with `scoring-pipeline score --date {DATE}`"
+    ), retry.stdout
     # Said once, in the summary: not again as Dagster's step and run failures on stderr.
     assert "Traceback" not in proc.stderr and "STEP_FAILURE" not in proc.stderr, proc.stderr
     with clean_db.connect() as conn:  # nothing was scored from missing inputs

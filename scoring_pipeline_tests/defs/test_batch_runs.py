@@ -16,6 +16,7 @@ from scoring_pipeline.defs.partitions import scores_partition_key, scores_partit
 from scoring_pipeline.defs.sensors import scoring_run_failure_sensor
 from scoring_pipeline.store import batch_write
 from scoring_pipeline.store.night.model import find_night
+from scoring_pipeline.store.night.opening import tick_skip_reason
 from scoring_pipeline.store.night.outcomes import record_batch_run_died
 from scoring_pipeline_tests import factories as f
 from scoring_pipeline_tests.scenario import (
@@ -297,3 +298,47 @@ def test_a_night_closed_again_by_a_retry_keeps_how_long_it_first_took(world, dag
     assert _completed(night).endswith(
         f"(took {took / 1000:.1f} s; closed again 2.0 h after its start)"
     )
+
+
+def test_a_batch_run_of_a_night_that_failed_before_scoring_keeps_the_nights_error(
+    world, dagster_instance, monkeypatch, tmp_path
+):
+    """The rates could not be frozen, so the night failed at `exchange_rates`. A batch run of
+    it (a "failed and missing" backfill, a retry) cannot score: its death must not count every
+    member failed, which replaced the night's own error with "run failed" and set
+    `users_processed`, so that no schedule tick would start the night again."""
+    for n in (1, 2):
+        f.user(
+            world,
+            user_id=_uid(n),
+            holdings=[("AAA", "USD")],
+            criteria=[("US_TECH", "stock", rules())],
+        )
+    forget_night_keys(dagster_instance)
+    monkeypatch.setenv("RATES_FILE", str(tmp_path / "gone.json"))
+    assert not snapshots(dagster_instance, raise_on_error=False).success
+    before = rows(
+        world,
+        "SELECT status, users_processed, error_details FROM overnight_job_runs "
+        "WHERE job_type = 'scoring' AND score_date = :d",
+        d=DATE,
+    )
+    assert before[0].status == "failed" and before[0].users_processed == 0
+    assert before[0].error_details["stage"] == "exchange_rates"
+    with world.begin() as conn:
+        status = record_batch_run_died(
+            conn, dt.date.fromisoformat(DATE), "b0000", "run-1", "run run-1 failure: Steps failed"
+        )
+    assert status is not None and status.value == "failed"
+    assert _outcomes(world) == {}
+    assert (
+        rows(
+            world,
+            "SELECT status, users_processed, error_details FROM overnight_job_runs "
+            "WHERE job_type = 'scoring' AND score_date = :d",
+            d=DATE,
+        )
+        == before
+    )
+    with world.connect() as conn:  # so the schedule may start it again
+        assert tick_skip_reason(conn, dt.date.fromisoformat(DATE)) is None

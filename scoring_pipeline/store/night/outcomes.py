@@ -115,6 +115,25 @@ def batches_landed_by_run(
     }
 
 
+def failed_before_scoring(night: Night) -> bool:
+    """The night failed before any user was scored (its snapshots could not be frozen)."""
+    return night.status is NightStatus.FAILED and night.users_processed == 0
+
+
+def _has_outcomes(conn: Connection, score_date: dt.date, market_group: str) -> bool:
+    return (
+        conn.execute(
+            sa.select(t.scoring_batch_results.c.batch_key)
+            .where(
+                t.scoring_batch_results.c.score_date == score_date,
+                t.scoring_batch_results.c.market_group == market_group,
+            )
+            .limit(1)
+        ).first()
+        is not None
+    )
+
+
 def record_batch_run_died(
     conn: Connection,
     score_date: dt.date,
@@ -138,6 +157,11 @@ def record_batch_run_died(
         # A batch of no night (a retry of a group whose night has not started): its run was
         # refused before it scored, and an outcome would show a night that does not exist.
         return None
+    if failed_before_scoring(night) and not _has_outcomes(conn, score_date, market_group):
+        # Its inputs could not be frozen (every provider down): a batch run cannot score
+        # without them. Counting every member failed would replace the night's own error with
+        # "run failed" and make it look scored, so that no schedule tick would start it again.
+        return night.status
     current = conn.execute(
         sa.select(
             t.scoring_batch_results.c.dagster_run_id, t.scoring_batch_results.c.updated_at
