@@ -2,6 +2,7 @@
 market group's markets), their criteria sets, the universes with prices and fundamentals, rates."""
 
 import datetime as dt
+import logging
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from decimal import Decimal
@@ -17,6 +18,9 @@ from scoring_pipeline.engine.metrics import InstrumentData
 from scoring_pipeline.store.market_scope import CRITERIA_IN_GROUP, markets_param, member_in_group
 from scoring_pipeline.store.snapshots.prices import load_prices
 from scoring_pipeline.store.snapshots.rates import load_rates
+
+
+logger = logging.getLogger("scoring_pipeline.inputs")
 
 
 def _load_users(
@@ -92,12 +96,20 @@ def _load_universes(
     prices = load_prices(conn, score_date, symbols)
     universes: dict[tuple[str, str], list[InstrumentData]] = defaultdict(list)
     dates: dict[str, dt.date] = {}
+    not_finite: list[str] = []
     for r in instruments:
         f = by_symbol.get(r.symbol)
         values: dict[str, Decimal | None] = {}
         if f is not None:
             dates[r.symbol] = f.data_date
-            values = {c: getattr(f, c) for c in FUNDAMENTAL_FIELDS if getattr(f, c) is not None}
+            for c in FUNDAMENTAL_FIELDS:
+                value = getattr(f, c)
+                if value is None:
+                    continue
+                if value.is_finite():
+                    values[c] = value
+                else:  # NUMERIC takes 'NaN' and 'Infinity': a value no rule can compare
+                    not_finite.append(f"{r.symbol} {c} {value}")
         price = prices.get(r.symbol)
         universes[(r.market, r.asset_type)].append(
             InstrumentData(
@@ -106,6 +118,14 @@ def _load_universes(
                 close=price.close if price else None,
                 fundamentals=values,
             )
+        )
+    if not_finite:
+        logger.warning(
+            "fundamentals of %s: %d value(s) are not finite numbers and count as missing (their "
+            "rules are skipped with missing_fundamental): %s",
+            score_date,
+            len(not_finite),
+            "; ".join(not_finite[:5]) + ("; …" if len(not_finite) > 5 else ""),
         )
     return universes, dates, dict(prices)
 

@@ -180,6 +180,31 @@ def test_instruments_without_fundamentals_score_with_missing_fundamental(
     assert job_run(world).status == "completed"
 
 
+def test_a_fundamental_that_is_not_a_number_counts_as_missing(world, dagster_instance, caplog):
+    # NUMERIC takes 'NaN': AAA's eps compared with 0 raised decimal.InvalidOperation, and every
+    # user scoring AAA failed with "[<class 'decimal.InvalidOperation'>]", naming nothing.
+    with world.begin() as conn:
+        conn.execute(sa.text("UPDATE instrument_fundamentals SET eps = 'NaN' WHERE symbol = 'AAA'"))
+    user = f.user(world, holdings=[("AAA", "USD")], criteria=[("US_TECH", "stock", rules())])
+    assert snapshots(dagster_instance).success
+    assert batch(dagster_instance).success
+    assert job_run(world).status == "completed"
+    (aaa,) = rows(
+        world,
+        "SELECT breakdown FROM asset_score_breakdowns WHERE user_id = :u AND symbol = 'AAA'",
+        u=user,
+    )
+    pe = aaa.breakdown[0]  # pe_ratio lt 15: no P/E without a number for eps
+    assert pe["skippedReason"] == "missing_fundamental" and pe["matched"] is False
+    assert aaa.breakdown[1]["matched"] is True  # roe 15 >= 10: the other fundamentals are used
+    warned = [r.getMessage() for r in caplog.records if r.name == "scoring_pipeline.inputs"]
+    assert warned and warned[0].endswith(
+        f"fundamentals of {DATE}: 1 value(s) are not finite numbers and count as missing "
+        "(their rules are skipped with missing_fundamental): AAA eps NaN"
+    ), warned
+    assert_event_invariants(world)
+
+
 def _rules_object() -> str:
     return json.dumps({"rules": rules()})
 
