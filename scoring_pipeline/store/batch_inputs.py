@@ -19,7 +19,6 @@ from scoring_pipeline.store.market_scope import CRITERIA_IN_GROUP, markets_param
 from scoring_pipeline.store.snapshots.prices import load_prices
 from scoring_pipeline.store.snapshots.rates import load_rates
 
-
 logger = logging.getLogger("scoring_pipeline.inputs")
 
 
