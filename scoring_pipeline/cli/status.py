@@ -107,7 +107,7 @@ def _detail(
     if len(failed) > 20:
         lines.append(f"  … and {len(failed) - 20} more (overnight_job_runs.error_details)")
     if night.status in (NightStatus.PARTIAL, NightStatus.FAILED) and failed:
-        lines.append(f"next            {_next_step(night, configured)}")
+        lines.append(f"next            {_next_step(night, configured, failed)}")
     elif failed_before_scoring(night):
         group = "" if night.market_group == "all" else f" --group {night.market_group}"
         lines.append(
@@ -118,7 +118,7 @@ def _detail(
     return lines
 
 
-def _next_step(night: Night, configured: list[str]) -> str:
+def _next_step(night: Night, configured: list[str], failed: list[dict[str, Any]]) -> str:
     """How to recover a night's failed users: retry its failed batches, or, for a group the
     deployment no longer configures (its assets and jobs are gone), score the date anew."""
     if night.market_group not in configured:
@@ -128,8 +128,14 @@ def _next_step(night: Night, configured: list[str]) -> str:
             f"the configured groups: `scoring-pipeline score --date {night.score_date}`"
         )
     group = "" if night.market_group == "all" else f" --group {night.market_group}"
+    fix = (
+        "their batch runs ended without scoring them (stage batch: a worker died, a run was "
+        "cancelled); retry them with"
+        if failed and all(f.get("stage") == "batch" for f in failed)
+        else "fix those users' data, then"
+    )
     return (
-        f"fix those users' data, then `scoring-pipeline retry-failed "
+        f"{fix} `scoring-pipeline retry-failed "
         f"--date {night.score_date}{group}`{_url_note()} (or in the UI: asset scores → "
         "Partitions → Materialize… → Failed and missing)"
     )

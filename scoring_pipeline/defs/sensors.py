@@ -106,7 +106,10 @@ def started_by(database: DatabaseResource, score_date: str, group: str, run_id: 
 def _failure_message(context: dg.RunStatusSensorContext) -> str:
     event = context.dagster_event
     message = event.message if event is not None and event.message else ""
-    return f"run {context.dagster_run.run_id} {context.dagster_run.status.value}: {message}"[:2000]
+    # Its first line: run monitoring appends the launcher's debug information (a dict of task
+    # ids) on the next lines, which every failed member of the batch would repeat.
+    first = message.strip().splitlines()[0] if message.strip() else ""
+    return f"run {context.dagster_run.run_id} {context.dagster_run.status.value}: {first}"[:2000]
 
 
 def _is_date(value: str | None) -> bool:

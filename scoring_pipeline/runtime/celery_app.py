@@ -1,6 +1,7 @@
 """The Celery app of the run workers: warm processes that execute Dagster runs.
 
-`dagster.yaml` sets Dagster's `CeleryRunLauncher`; the daemon hands each run to this app's
+`dagster.yaml` sets dagster-celery's launcher (`run_launcher.WatchedCeleryRunLauncher`); the
+daemon hands each run to this app's
 `execute_job` task, and a worker (`scoring-pipeline worker`) runs it in a pre-forked process that
 already imported Dagster and the code location, instead of a fresh process per run. The broker
 and result backend default to the application's PostgreSQL (no other server needed);
@@ -98,11 +99,16 @@ def _discard(_event: Any) -> None:
 
 def _on_kept_instance(body: Any, args: "ExecuteRunArgs | ResumeRunArgs") -> int:
     """A dagster-celery task's body (`_execute_run_command_body` or `_resume_run_command_body`)
-    on this process's kept instance."""
+    on this process's kept instance, the run tagged with this process first: the launcher's
+    health check finds a run whose worker is gone by it (`run_launcher`)."""
+    from scoring_pipeline.runtime.run_launcher import WORKER_TAG, worker_identity
+
+    instance = worker_instance()
+    instance.add_run_tags(args.run_id, {WORKER_TAG: worker_identity()})
     return int(
         body(
             run_id=args.run_id,
-            instance=worker_instance(),
+            instance=instance,
             write_stream_fn=_discard,
             set_exit_code_on_failure=args.set_exit_code_on_failure is not False,
         )

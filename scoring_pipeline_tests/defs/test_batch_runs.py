@@ -9,12 +9,13 @@ import dagster as dg
 import pytest
 import sqlalchemy as sa
 
-from scoring_pipeline.cli.status import _completed, _took
+from scoring_pipeline.cli.status import _completed, _next_step, _took
 from scoring_pipeline.defs.assets.scores import scores
 from scoring_pipeline.defs.deployment import build_resources
 from scoring_pipeline.defs.partitions import scores_partition_key, scores_partitions
 from scoring_pipeline.defs.sensors import scoring_run_failure_sensor
 from scoring_pipeline.store import batch_write
+from scoring_pipeline.store.night.closing import failed_users
 from scoring_pipeline.store.night.model import find_night
 from scoring_pipeline.store.night.opening import tick_skip_reason
 from scoring_pipeline.store.night.outcomes import record_batch_run_died
@@ -219,6 +220,17 @@ def test_a_run_that_dies_mid_range_keeps_what_it_landed(world, dagster_instance,
     }
     night = _night_row(world)
     assert (night.status, night.users_failed) == ("partial", 3)
+    # What `status` says: the run's failure in one line a user, and what to do about it.
+    day = dt.date.fromisoformat(DATE)
+    with world.connect() as conn:
+        found, failed = find_night(conn, day), failed_users(conn, day)
+    assert found is not None and {f["stage"] for f in failed} == {"batch"}
+    assert all("\n" not in f["error"]["message"] for f in failed)
+    step = _next_step(found, ["all"], failed)
+    assert step.startswith(
+        "their batch runs ended without scoring them (stage batch: a worker died, a run was "
+        f"cancelled); retry them with `scoring-pipeline retry-failed --date {DATE}`"
+    ), step
 
 
 def test_two_runs_of_a_failed_batch_keep_its_real_errors(world, dagster_instance):

@@ -249,7 +249,11 @@ def _check_service_logs(logs: Path) -> None:
     assert "Evaluating asset backfill" in daemon and "Overall backfill status" not in daemon
     worker = (logs / "worker.log").read_text()
     assert "batch b0000 of " + DATE in worker  # a run's summary line
-    assert "INFO/ForkPoolWorker" in worker and "WARNING/ForkPoolWorker" not in worker
+    assert "INFO/ForkPoolWorker" in worker
+    # A WARNING is a warning of the night's (the bad users' base currency has no rate), not a
+    # Dagster event relabelled by Celery.
+    warnings = [line for line in worker.splitlines() if "WARNING/ForkPoolWorker" in line]
+    assert all(f"rates for {DATE}: JPY not returned by file" in w for w in warnings), warnings
     assert "setup plugin alembic" not in worker
     assert " - dagster - DEBUG - " not in worker  # the events are in the runs' event logs
     for name in ("worker.log", "code-server.log", "daemon.log", "webserver.log"):

@@ -1,0 +1,67 @@
+"""The run launcher of `dagster.yaml`: dagster-celery's, with a health check that sees a run
+worker process that is gone.
+
+dagster-celery judges a run's worker by its Celery task's state. A prefork child that dies is
+seen by its Celery main process, which marks the task failed; but when the main process itself
+dies (killed, out of memory, its machine's supervisor stopping it), nothing ever updates the
+task: it stays STARTED, run monitoring reads "running" forever, and the run and its night stay
+`started`. So each run records which process executes it (`WORKER_TAG`: host, pid and the
+process's start time, set by the worker as the run starts), and while the task reads STARTED the
+launcher checks that this process still exists. It can tell only for a worker on its own host
+(the default deployment: `scoring-pipeline services`); for another host it trusts the task.
+"""
+
+import socket
+
+import psutil
+from dagster._core.launcher import CheckRunHealthResult, WorkerStatus
+from dagster._core.storage.dagster_run import DagsterRun
+from dagster_celery.launcher import CeleryRunLauncher
+
+WORKER_TAG = "scoring/run_worker"
+# Start times are compared to this precision (psutil reads them from /proc in clock ticks).
+_SAME_START = 0.05
+
+
+def worker_identity(pid: int | None = None) -> str:
+    """`host/pid/start time` of a process (this one by default): what `WORKER_TAG` holds."""
+    process = psutil.Process(pid)
+    return f"{socket.gethostname()}/{process.pid}/{process.create_time():.2f}"
+
+
+def worker_gone(identity: str | None) -> str | None:
+    """Why the process `identity` names no longer runs, or None when it does or this host
+    cannot tell (no identity, another host)."""
+    try:
+        host, pid_text, started_text = (identity or "").rsplit("/", 2)
+        pid, started = int(pid_text), float(started_text)
+    except ValueError:
+        return None
+    if host != socket.gethostname():
+        return None
+    gone = f"its run worker process {pid} on {host} is gone"
+    try:
+        process = psutil.Process(pid)
+        if abs(process.create_time() - started) > _SAME_START:
+            return f"{gone} (pid {pid} is another process now)"
+        if process.status() == psutil.STATUS_ZOMBIE:
+            return gone
+    except psutil.NoSuchProcess:
+        return gone
+    return None
+
+
+class WatchedCeleryRunLauncher(CeleryRunLauncher):
+    """dagster-celery's launcher; a STARTED task whose worker process is gone is a failed run."""
+
+    def check_run_worker_health(self, run: DagsterRun) -> CheckRunHealthResult:
+        health = super().check_run_worker_health(run)
+        if health.status != WorkerStatus.RUNNING:
+            return health
+        gone = worker_gone(run.tags.get(WORKER_TAG))
+        if gone is None:
+            return health
+        return CheckRunHealthResult(
+            WorkerStatus.FAILED,
+            f"{gone}, its Celery task still reads STARTED (its worker's main process died)",
+        )

@@ -1,0 +1,84 @@
+"""The run launcher's health check (`runtime/run_launcher.py`): a run whose Celery task still
+reads STARTED but whose worker process is gone is reported failed, so run monitoring fails it and
+the failure sensor closes its night (the worker's main process killed left it `started`)."""
+
+import subprocess
+import sys
+import uuid
+
+import dagster as dg
+import pytest
+from dagster._core.launcher import WorkerStatus
+from dagster_celery.launcher import DAGSTER_CELERY_TASK_ID_TAG
+
+from scoring_pipeline.runtime.run_launcher import (
+    WORKER_TAG,
+    WatchedCeleryRunLauncher,
+    worker_gone,
+    worker_identity,
+)
+from scoring_pipeline.store.db import dagster_storage_url
+
+pytestmark = pytest.mark.db
+
+
+@dg.op
+def _noop() -> None:
+    pass
+
+
+@dg.job
+def _a_job() -> None:
+    _noop()
+
+
+def test_a_started_task_whose_worker_process_is_gone_is_a_failed_run(
+    database_url, dagster_instance
+):
+    backend = f"db+{dagster_storage_url(database_url)}"
+    launcher = WatchedCeleryRunLauncher(
+        default_queue="dagster", broker="memory://", backend=backend
+    )
+    worker = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    task_id = str(uuid.uuid4())
+    run = dagster_instance.create_run_for_job(
+        _a_job,
+        tags={DAGSTER_CELERY_TASK_ID_TAG: task_id, WORKER_TAG: worker_identity(worker.pid)},
+        status=dg.DagsterRunStatus.STARTED,
+    )
+    elsewhere = dagster_instance.create_run_for_job(
+        _a_job,
+        tags={DAGSTER_CELERY_TASK_ID_TAG: task_id, WORKER_TAG: "another-host/1/1.00"},
+        status=dg.DagsterRunStatus.STARTED,
+    )
+    try:
+        launcher.celery.backend.store_result(task_id, None, "STARTED")  # as the worker does
+        assert launcher.check_run_worker_health(run).status == WorkerStatus.RUNNING
+        worker.kill()
+        worker.wait()
+        health = launcher.check_run_worker_health(run)
+        assert health.status == WorkerStatus.FAILED
+        assert health.msg == (
+            f"its run worker process {worker.pid} on {worker_identity().split('/')[0]} is gone, "
+            "its Celery task still reads STARTED (its worker's main process died)"
+        )
+        # A worker on another host: this one cannot tell, so the task's state stands.
+        assert launcher.check_run_worker_health(elsewhere).status == WorkerStatus.RUNNING
+        # A task that ended says so whatever the process: the health check asks no more.
+        launcher.celery.backend.store_result(task_id, 0, "SUCCESS")
+        assert launcher.check_run_worker_health(run).status == WorkerStatus.SUCCESS
+    finally:
+        worker.kill()
+        launcher.celery.backend.forget(task_id)
+        for r in (run, elsewhere):
+            dagster_instance.delete_run(r.run_id)
+
+
+def test_a_process_with_the_same_pid_but_another_start_is_not_the_worker():
+    me = worker_identity()
+    host, pid, started = me.rsplit("/", 2)
+    assert worker_gone(me) is None
+    assert worker_gone(f"{host}/{pid}/{float(started) - 60:.2f}") == (
+        f"its run worker process {pid} on {host} is gone (pid {pid} is another process now)"
+    )
+    assert worker_gone(None) is None and worker_gone("not an identity") is None
