@@ -51,9 +51,7 @@ def warm_dashboard_cache(
             database.engine().begin() as conn,
         ):
             result = warm_batch(conn, batch)
-            record_cache_warming(
-                conn, batch.score_date, len(result.failed), market_group=batch.market_group
-            )
+            record_cache_warming(conn, batch.score_date, market_group=batch.market_group)
         warmed += result.warmed
         failed.extend(result.failed)
         context.log.info(f"warmed {result.warmed} dashboards of {token}")

@@ -270,7 +270,8 @@ def warm_batch(conn: Connection, batch: PendingBatch) -> WarmResult:
         )
     if entries:
         _upsert(conn, entries)
-    _mark_warmed(conn, batch, row.outcome_seq, users)
+    # A user whose dashboard could not be built is not warm, whatever an earlier one shows.
+    _mark_warmed(conn, batch, row.outcome_seq, [e["u"] for e in entries])
     result.warmed = len(entries)
     return result
 

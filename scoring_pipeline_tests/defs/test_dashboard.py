@@ -354,3 +354,62 @@ def test_a_rescored_date_reopens_its_warming_with_a_job_started(world, dagster_i
         "JOB_STARTED": 2,
         "JOB_COMPLETED": 2,
     }
+
+
+def _warming(world):
+    return rows(
+        world,
+        "SELECT status, users_processed, users_failed FROM overnight_job_runs "
+        "WHERE job_type = 'cache_warm' AND score_date = :d",
+        d=DATE,
+    )[0]
+
+
+def _warm_what_is_pending(instance):
+    result = _sensor(instance)
+    assert isinstance(result, dg.SensorResult), result
+    for request in result.run_requests or []:
+        _warm(instance, request)
+
+
+def test_a_dashboard_that_cannot_be_built_is_not_warm_until_it_is(world, dagster_instance):
+    # A P/E-only set scores without a conversion, but a JPY dashboard needs a rate the date has
+    # not. The user's earlier dashboard of the same date counted as warm, and the warming's
+    # failures only ever added up, so that it read `completed` with users_failed 1 once fixed.
+    pe_only = [f.rule("pe_ratio", "lt", "15", 10)]
+    user = f.user(world, holdings=[("AAA", "USD")], criteria=[("US_TECH", "stock", pe_only)])
+    f.user(world, holdings=[("AAA", "USD")], criteria=[("US_TECH", "stock", rules())])
+    assert snapshots(dagster_instance).success
+    assert batch(dagster_instance).success
+    _warm_what_is_pending(dagster_instance)
+    assert tuple(_warming(world)) == ("completed", 2, 0)
+    for base, expected in (("JPY", ("partial", 1, 1)), ("USD", ("completed", 2, 0))):
+        with world.begin() as conn:
+            conn.execute(
+                sa.text("UPDATE users SET base_currency = :b WHERE id = :u"), {"b": base, "u": user}
+            )
+        assert batch(dagster_instance).success  # re-scored: warmed again
+        _warm_what_is_pending(dagster_instance)
+        assert tuple(_warming(world)) == expected, base
+
+
+def test_a_night_closed_by_the_failure_sensor_closes_its_warming(world, dagster_instance):
+    # b0000 lands and is warmed while b0001 is still to come; b0001's run then dies, and the
+    # failure sensor closes the night. No warm run follows (nothing of b0001 to warm), so the
+    # warming has to close with the night: it stayed `started`.
+    from scoring_pipeline.store.night.outcomes import record_batch_run_died
+
+    for _ in range(3):  # two a batch: b0000 and b0001
+        f.user(world, holdings=[("AAA", "USD")], criteria=[("US_TECH", "stock", rules())])
+    forget_night_keys(dagster_instance)
+    assert snapshots(dagster_instance).success
+    assert batch(dagster_instance, "b0000").success
+    _aged(world, "b0000")  # else it waits a few seconds for other batches to warm with
+    _warm_what_is_pending(dagster_instance)
+    assert _warming(world).status == "started"  # its night is not closed yet
+    with world.begin() as conn:
+        closed = record_batch_run_died(
+            conn, dt.date.fromisoformat(DATE), "b0001", "run-x", "run run-x failure: gone"
+        )
+    assert closed is not None and closed.value == "partial"
+    assert tuple(_warming(world)) == ("completed", 2, 0)

@@ -7,7 +7,6 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from scoring_pipeline.store import tables as t
 from scoring_pipeline.store.night.model import (
     ALL_MARKETS,
     CACHE_WARM,
@@ -21,14 +20,17 @@ from scoring_pipeline.store.night.model import (
 
 
 def _warming_figures(conn: Connection, score_date: dt.date, market_group: str) -> sa.Row[Any]:
-    """The group's scored users, batches still waiting for their warming, and warm users (as
-    each batch's warming counted them: one row per batch, not per user, to read)."""
+    """The group's scored users, batches still waiting for their warming, warm users (as each
+    batch's warming counted them: one row per batch, not per user, to read), and the users of
+    warmed batches whose dashboard could not be built."""
     return conn.execute(
         sa.text(
             "SELECT coalesce(sum(users_success), 0) AS scored, "
             "count(*) FILTER (WHERE users_success > 0 AND (warmed_seq IS NULL "
             "  OR warmed_seq < outcome_seq)) AS pending, "
-            "coalesce(sum(users_warm), 0) AS warm "
+            "coalesce(sum(users_warm), 0) AS warm, "
+            "coalesce(sum(greatest(users_success - users_warm, 0)) FILTER (WHERE "
+            "  warmed_seq >= outcome_seq), 0) AS failed "
             "FROM scoring_batch_results WHERE score_date = :d AND market_group = :g"
         ),
         {"d": score_date, "g": market_group},
@@ -36,10 +38,11 @@ def _warming_figures(conn: Connection, score_date: dt.date, market_group: str) -
 
 
 def record_cache_warming(
-    conn: Connection, score_date: dt.date, failed: int, *, market_group: str = ALL_MARKETS
+    conn: Connection, score_date: dt.date, *, market_group: str = ALL_MARKETS
 ) -> NightStatus:
     """Track the date's `cache_warm` night of a group: completed once every user the group
-    scored is warm.
+    scored is warm; `partial` (or `failed`) when some dashboards could not be built. Its figures
+    are those of the batches' latest outcomes, so a re-warm that succeeds clears a failure.
 
     Like the scoring night it opens with JOB_STARTED and closes with JOB_COMPLETED; a completed
     one that warms again before every re-scored batch is warm (its date re-scored) is re-opened
@@ -47,6 +50,7 @@ def record_cache_warming(
     night, created = ensure_night(conn, score_date, CACHE_WARM, market_group)
     figures = _warming_figures(conn, score_date, market_group)
     warm = int(figures.warm)
+    failed = int(figures.failed)
     scoring = find_night(conn, score_date, market_group=market_group)
     done = (
         figures.pending == 0 and scoring is not None and scoring.status is not NightStatus.STARTED
@@ -67,7 +71,7 @@ def record_cache_warming(
         **({"started_at": sa.func.now()} if reopened else {}),
         status=status.value,
         users_processed=warm,
-        users_failed=t.overnight_job_runs.c.users_failed + failed,
+        users_failed=failed,
         completed_at=sa.func.now() if done else None,
         metrics={**night.metrics, "users_warm": warm, "users_scored": int(figures.scored)},
     )
@@ -75,3 +79,12 @@ def record_cache_warming(
         extra = {"jobType": CACHE_WARM.value, "usersWarm": warm, "usersScored": int(figures.scored)}
         job_completed(conn, night, status, extra)
     return status
+
+
+def close_cache_warming(conn: Connection, score_date: dt.date, market_group: str) -> None:
+    """The scoring night just closed: its `cache_warm` night closes too when nothing is left to
+    warm. (A night closed by the failure sensor after its last warm run, its last batch failed,
+    gets no warm run after: its warming stayed `started`.)"""
+    warming = find_night(conn, score_date, job_type=CACHE_WARM, market_group=market_group)
+    if warming is not None and warming.status is NightStatus.STARTED:
+        record_cache_warming(conn, score_date, market_group=market_group)

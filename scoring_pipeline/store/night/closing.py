@@ -13,6 +13,7 @@ from sqlalchemy.engine import Connection
 
 from scoring_pipeline.store.market_scope import member_in_group
 from scoring_pipeline.store.membership import MEMBERSHIP_COUNTS
+from scoring_pipeline.store.night.cache_warming import close_cache_warming
 from scoring_pipeline.store.night.model import (
     ALL_MARKETS,
     FIRST_CLOSED_AFTER_MS,
@@ -180,4 +181,5 @@ def close_night(
         # The night's figures, as its root span reports them, in camelCase (SPEC §5).
         figures = {_camel(k): metrics.get(k) for k in NIGHT_SPAN_FIGURES if k != "score_date"}
         job_completed(conn, night, status, figures)
+        close_cache_warming(conn, score_date, market_group)
     return status
