@@ -184,13 +184,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not debug:
         _quiet_library_warnings()
     try:
+        return _run(args, debug, own_dagster_url)
+    except BrokenPipeError:
+        # `status | head`: the reader has what it wanted. Python would also complain when it
+        # flushes stdout at exit, so stdout goes to /dev/null first.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141  # a shell's status for a command stopped by SIGPIPE
+
+
+def _run(args: argparse.Namespace, debug: bool, own_dagster_url: str | None) -> int:
+    try:
         if getattr(args, "needs_schema", False):
             _require_current_schema()
         if own_dagster_url and getattr(args, "needs_dagster", False):
             from scoring_pipeline.store.db import check_dagster_storage
 
             check_dagster_storage(own_dagster_url)
-        return int(args.func(args))
+        status = int(args.func(args))
+        sys.stdout.flush()  # a reader gone shows here, not as Python's complaint at exit
+        return status
+    except BrokenPipeError:
+        raise  # not an error: see `main`
     except (ScoringPipelineError, OSError, ValueError) as exc:
         if debug:
             raise

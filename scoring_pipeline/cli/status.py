@@ -128,10 +128,19 @@ def _next_step(night: Night, configured: list[str], failed: list[dict[str, Any]]
             f"the configured groups: `scoring-pipeline score --date {night.score_date}`"
         )
     group = "" if night.market_group == "all" else f" --group {night.market_group}"
+    stages = {f.get("stage") for f in failed}
+    if stages == {"currency_conversion"}:
+        # The frozen rates lack a currency: a retry would use the same snapshot.
+        return (
+            "the date's frozen rates lack a currency they need: once the rates provider has it, "
+            f"`scoring-pipeline score --date {night.score_date}{group} --refresh` (fetches the "
+            "inputs again and re-scores the night; in the UI: materialise exchange_rates with "
+            "config refresh: true, then scores → Failed and missing)"
+        )
     fix = (
         "their batch runs ended without scoring them (stage batch: a worker died, a run was "
         "cancelled); retry them with"
-        if failed and all(f.get("stage") == "batch" for f in failed)
+        if stages == {"batch"}
         else "fix those users' data, then"
     )
     return (

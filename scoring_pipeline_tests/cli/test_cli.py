@@ -194,6 +194,11 @@ def test_score_prints_the_providers_warnings_one_line_each(cli_env, clean_db, tm
     # The users who score BRL instruments fail, naming the pair; the others are scored.
     assert summary_value(proc.stdout, "job status") == "partial"
     assert "no exchange rate for " in proc.stdout and "BRL in the snapshot" in proc.stdout
+    step = summary_value(run(cli_env, "status", "--date", DATE).stdout, "next")
+    assert step.startswith(
+        "the date's frozen rates lack a currency they need: once the rates provider has it, "
+        f"`scoring-pipeline score --date {DATE} --refresh`"
+    ), step  # not "fix those users' data, then retry-failed": a retry reads the same rates
     lines = proc.stderr.strip().splitlines()
     assert lines == [line for line in lines if line.startswith("warning: ")], proc.stderr
     assert any("1 value(s) rejected" in line and symbol in line for line in lines), lines

@@ -76,3 +76,19 @@ def test_db_url_shows_a_password_only_when_asked(monkeypatch, capsys):
     assert capsys.readouterr().out == "postgresql+psycopg2://app:***@db.internal:5432/scoring\n"
     assert main(["db-url", "--show-password"]) == 0
     assert capsys.readouterr().out == "postgresql://app:s3cret@db.internal:5432/scoring\n"
+
+
+def test_a_reader_that_stops_reading_is_no_error(tmp_path):
+    # `scoring-pipeline status | head`: it printed "error: [Errno 32] Broken pipe".
+    import os
+    import subprocess
+
+    from scoring_pipeline_tests.cli_helpers import CLI
+
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone before anything is written
+    env = {**os.environ, "DATABASE_URL": "postgresql://app@db.internal:5432/scoring"}
+    env["DAGSTER_HOME"] = str(tmp_path)
+    proc = subprocess.run([*CLI, "db-url"], stdout=write, stderr=subprocess.PIPE, env=env)
+    os.close(write)
+    assert proc.returncode == 141 and proc.stderr == b"", proc.stderr
