@@ -63,6 +63,13 @@ def recompute(inputs: dict[str, Any]) -> list[AssetScore]:
     return scores
 
 
+def _said(error: Any) -> str:
+    """A recorded `error` {type, message}, as one phrase."""
+    if not isinstance(error, dict):
+        return "no error was recorded"
+    return f"{error.get('type')}: {error.get('message')}"
+
+
 def replay_events(correlation_id: str, events: dict[str, dict[str, Any]]) -> ReplayResult:
     """Compare the recorded SCORES_COMPUTED with one recomputed from INPUTS_CAPTURED; `events`
     are the calculation's payloads by event type (`_userId` added), as the store reads them."""
@@ -75,12 +82,29 @@ def replay_events(correlation_id: str, events: dict[str, dict[str, Any]]) -> Rep
             f"{correlation_id} is a night's correlation id (its JOB_* events), not a "
             "calculation's: replay takes the correlation id of a user's CALC_STARTED"
         )
+    completed = events.get("CALC_COMPLETED") or {}
+    failure = completed.get("error") if completed.get("status") == "failed" else None
     if inputs is None:
+        if failure is not None or "CALC_COMPLETED" not in events:
+            raise ReplayError(
+                f"calculation {correlation_id} has no INPUTS_CAPTURED event: it failed before "
+                f"its inputs were captured ({_said(failure)})"
+            )
         raise ReplayError(
-            f"calculation {correlation_id} has no INPUTS_CAPTURED event (it failed before its "
-            "inputs were captured)"
+            f"calculation {correlation_id} completed, but its INPUTS_CAPTURED event is missing "
+            "from calculation_events (deleted?): it cannot be replayed"
         )
-    scores = recompute(inputs)
+    try:
+        scores = recompute(inputs)
+    except Exception as exc:
+        if failure is None:
+            raise
+        # A calculation that failed after capturing its inputs (a missing rate, say): its
+        # inputs fail the same way, which is all a replay can show.
+        raise ReplayError(
+            f"calculation {correlation_id} failed ({_said(failure)}); its captured inputs fail "
+            f"again when replayed: {exc}"
+        ) from exc
     recomputed = results_payload(correlation_id, scores)
     recorded = events.get("SCORES_COMPUTED")
     if recorded is not None and any("breakdown" in r for r in recorded.get("results", [])):

@@ -66,3 +66,50 @@ def test_replay_reproduces_compact_and_legacy_events_and_catches_tampering(world
     legacy[-1]["breakdown"][0]["points"] += 1
     _set_results(world, event.c, legacy)
     assert not _replay(world, event.c).reproduced
+
+
+def test_replay_of_failed_and_damaged_calculations_says_what_they_are(world, dagster_instance):
+    from scoring_pipeline.errors import ReplayError
+    from scoring_pipeline_tests import factories as f
+
+    # JPY has no rate on the date: the calculation fails at its conversion, inputs captured.
+    jpy = f.user(
+        world,
+        base_currency="JPY",
+        holdings=[("CCC", "EUR")],
+        criteria=[("EU_IND", "stock", [f.rule("revenue", "gt", "10", 10)])],
+    )
+    good = users_in_two_currencies(world, 1)[0]
+    assert snapshots(dagster_instance).success
+    batch(dagster_instance)
+
+    def calculation(user):
+        return rows(
+            world,
+            "SELECT correlation_id::text AS c FROM calculation_events "
+            "WHERE user_id = :u AND event_type = 'CALC_STARTED'",
+            u=user,
+        )[0].c
+
+    failed = calculation(jpy)
+    with world.connect() as conn, pytest.raises(ReplayError) as caught:
+        replay(conn, failed)
+    message = str(caught.value)  # it was the recomputation's bare error
+    assert message.startswith(f"calculation {failed} failed (") and "JPY" in message, message
+    assert "its captured inputs fail again when replayed: " in message, message
+
+    done = calculation(good)
+    with world.begin() as conn:
+        conn.execute(
+            sa.text(
+                "DELETE FROM calculation_events WHERE correlation_id = CAST(:c AS uuid) "
+                "AND event_type = 'INPUTS_CAPTURED'"
+            ),
+            {"c": done},
+        )
+    with world.connect() as conn, pytest.raises(ReplayError) as caught:
+        replay(conn, done)
+    assert str(caught.value) == (  # it said the calculation "failed before its inputs"
+        f"calculation {done} completed, but its INPUTS_CAPTURED event is missing from "
+        "calculation_events (deleted?): it cannot be replayed"
+    )
