@@ -47,6 +47,13 @@ class InvalidCriteriaError(UserCalculationError):
         self.rule = rule
 
 
+class InvalidHoldingError(UserCalculationError):
+    """A holding whose quantity is no finite number ('NaN', 'Infinity' in NUMERIC): the user's
+    dashboard cannot show a portfolio value."""
+
+    stage = "dashboard"
+
+
 class MissingRateError(UserCalculationError):
     """A conversion needs a currency that the date's exchange-rate snapshot does not hold."""
 

@@ -18,7 +18,7 @@ from sqlalchemy.engine import Connection
 
 from scoring_pipeline.engine.json_text import plain
 from scoring_pipeline.engine.metrics import SCORE_CONTEXT, rate_between
-from scoring_pipeline.errors import MissingRateError
+from scoring_pipeline.errors import InvalidHoldingError, MissingRateError
 from scoring_pipeline.store.planner import by_index
 from scoring_pipeline.store.snapshots.rates import load_rates
 
@@ -176,6 +176,10 @@ def portfolio_value(
     total = Decimal(0)
     unpriced: list[str] = []
     for h in holdings:
+        if h.quantity is not None and not Decimal(h.quantity).is_finite():
+            raise InvalidHoldingError(
+                f"holding {h.symbol}: quantity {h.quantity} is not a number (portfolio_assets)"
+            )
         if h.close is None:
             unpriced.append(h.symbol)
             continue
@@ -255,7 +259,7 @@ def warm_batch(conn: Connection, batch: PendingBatch) -> WarmResult:
                 usd_rates,
                 rates_as_of.isoformat() if rates_as_of else None,
             )
-        except MissingRateError as exc:  # this user's dashboard only; the others go on
+        except (MissingRateError, InvalidHoldingError) as exc:  # this user's only; others go on
             result.failed.append({"userId": user_id, "error": str(exc)})
             continue
         entries.append(

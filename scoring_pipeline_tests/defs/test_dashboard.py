@@ -413,3 +413,25 @@ def test_a_night_closed_by_the_failure_sensor_closes_its_warming(world, dagster_
         )
     assert closed is not None and closed.value == "partial"
     assert tuple(_warming(world)) == ("completed", 2, 0)
+
+
+def test_a_holding_that_is_not_a_number_leaves_only_its_users_dashboard_cold(
+    world, dagster_instance
+):
+    # NUMERIC takes 'NaN': the dashboard read portfolioValue "NaN".
+    odd = f.user(world, holdings=[("AAA", "USD")], criteria=[("US_TECH", "stock", rules())])
+    fine = f.user(world, holdings=[("AAA", "USD")], criteria=[("US_TECH", "stock", rules())])
+    with world.begin() as conn:
+        conn.execute(
+            sa.text(
+                "UPDATE portfolio_assets SET quantity = 'NaN' WHERE portfolio_id IN "
+                "(SELECT id FROM portfolios WHERE user_id = :u)"
+            ),
+            {"u": odd},
+        )
+    assert snapshots(dagster_instance).success
+    assert batch(dagster_instance).success  # the scores do not depend on the holdings' sizes
+    _warm_what_is_pending(dagster_instance)
+    cached = rows(world, "SELECT user_id::text AS u, payload FROM dashboard_cache")
+    assert [r.u for r in cached] == [fine] and cached[0].payload["portfolioValue"] == "300.00"
+    assert tuple(_warming(world)) == ("partial", 1, 1)
