@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import dagster as dg
 import sqlalchemy as sa
@@ -22,6 +22,7 @@ import sqlalchemy as sa
 from scoring_pipeline import telemetry
 from scoring_pipeline.cli.status import failed_user_line
 from scoring_pipeline.defs.partitions import scores_partition_key
+from scoring_pipeline.defs.step_errors import step_failure
 from scoring_pipeline.errors import ConfigurationError, NightInProgressError
 from scoring_pipeline.store.db import create_engine_for, prepare_dagster_environment
 from scoring_pipeline.store.membership import load_membership
@@ -29,9 +30,6 @@ from scoring_pipeline.store.night.closing import close_night, failed_users
 from scoring_pipeline.store.night.model import ALL_MARKETS, find_night
 from scoring_pipeline.store.night.outcomes import record_batch_run_died, record_snapshots_run_died
 from scoring_pipeline.store.night.root_span import emit_root_span
-
-if TYPE_CHECKING:
-    from dagster_shared.error import SerializableErrorInfo
 
 SNAPSHOT_ASSETS = ("active_users", "exchange_rates", "prices")
 
@@ -86,32 +84,9 @@ class NightSummary:
 
 
 def _step_errors(result: dg.ExecuteInProcessResult) -> str:
-    """Each failed step's error: a `dg.Failure`'s own description, else the error's message."""
-    messages = []
-    for event in result.all_events:
-        if not event.is_step_failure or event.step_failure_data is None:
-            continue
-        data = event.step_failure_data
-        if data.user_failure_data is not None and data.user_failure_data.description:
-            messages.append(data.user_failure_data.description.strip())
-        else:
-            cause = _cause(data.error) if data.error else "failed"
-            messages.append(f"stage {event.step_key}: {cause}" if event.step_key else cause)
+    """Each failed step's error: a `dg.Failure`'s own description, else the error's cause."""
+    messages = [m for e in result.all_events if (m := step_failure(e)) is not None]
     return "; ".join(messages) or "the run failed"
-
-
-def _cause(error: "SerializableErrorInfo") -> str:
-    """The error a step raised, not Dagster's wrapper of it ("Error occurred while executing
-    op …"): the project's own errors by their message, as the night records it; any other as
-    `ClassName: message`."""
-    while error.cls_name == "DagsterExecutionStepExecutionError" and error.cause is not None:
-        error = error.cause
-    message = error.message.strip()
-    # SerializableErrorInfo names the class with its module: "a.b.ProviderUnavailable: …".
-    qualified, sep, rest = message.partition(": ")
-    if sep and error.cls_name and qualified.endswith("." + error.cls_name):
-        return rest if qualified.startswith("scoring_pipeline.") else f"{error.cls_name}: {rest}"
-    return message
 
 
 @contextmanager

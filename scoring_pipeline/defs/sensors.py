@@ -33,6 +33,7 @@ from scoring_pipeline.defs.run_tags import (
     RANGE_START_TAG,
     runs_in_flight,
 )
+from scoring_pipeline.defs.step_errors import last_step_failure
 from scoring_pipeline.store.dashboard_cache import pending_batches
 from scoring_pipeline.store.membership import load_membership
 from scoring_pipeline.store.night.model import find_night
@@ -104,12 +105,16 @@ def started_by(database: DatabaseResource, score_date: str, group: str, run_id: 
 
 
 def _failure_message(context: dg.RunStatusSensorContext) -> str:
+    run = context.dagster_run
+    # The step's own error when a step failed (a database error in the write, say): "Steps
+    # failed: ['scores']" told an operator nothing. Else the run's failure, its first line:
+    # run monitoring appends the launcher's debug information (a dict of task ids) on the next
+    # lines, which every failed member of the batch would repeat.
+    step = last_step_failure(context.instance, run.run_id)
     event = context.dagster_event
     message = event.message if event is not None and event.message else ""
-    # Its first line: run monitoring appends the launcher's debug information (a dict of task
-    # ids) on the next lines, which every failed member of the batch would repeat.
     first = message.strip().splitlines()[0] if message.strip() else ""
-    return f"run {context.dagster_run.run_id} {context.dagster_run.status.value}: {first}"[:2000]
+    return f"run {run.run_id} {run.status.value}: {step or first}"[:2000]
 
 
 def _is_date(value: str | None) -> bool:

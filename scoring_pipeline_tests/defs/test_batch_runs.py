@@ -226,6 +226,10 @@ def test_a_run_that_dies_mid_range_keeps_what_it_landed(world, dagster_instance,
         found, failed = find_night(conn, day), failed_users(conn, day)
     assert found is not None and {f["stage"] for f in failed} == {"batch"}
     assert all("\n" not in f["error"]["message"] for f in failed)
+    # The step's own error, not "Steps failed: ['scores']".
+    assert {f["error"]["message"] for f in failed} == {
+        f"run {result.run_id} FAILURE: stage scores: connection to the server was lost"
+    }
     step = _next_step(found, ["all"], failed)
     assert step.startswith(
         "their batch runs ended without scoring them (stage batch: a worker died, a run was "

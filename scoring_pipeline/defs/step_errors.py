@@ -1,0 +1,48 @@
+"""What a failed step raised, in one line: the error itself, not Dagster's wrapper of it.
+
+The `score` command's summary and the failure sensor's record of a batch whose run died both
+say it, so that an operator reads the cause (a provider down, a database error) rather than
+"Error occurred while executing op" or "Steps failed: ['scores']"."""
+
+from typing import TYPE_CHECKING
+
+import dagster as dg
+
+if TYPE_CHECKING:
+    from dagster_shared.error import SerializableErrorInfo
+
+
+def error_cause(error: "SerializableErrorInfo") -> str:
+    """The error a step raised, not Dagster's wrapper of it ("Error occurred while executing
+    op …"): the project's own errors by their message, as the night records it; any other as
+    `ClassName: message`. Its first line only."""
+    while error.cls_name == "DagsterExecutionStepExecutionError" and error.cause is not None:
+        error = error.cause
+    message = (error.message.strip().splitlines() or [""])[0]
+    # SerializableErrorInfo names the class with its module: "a.b.ProviderUnavailable: …".
+    qualified, sep, rest = message.partition(": ")
+    if sep and error.cls_name and qualified.endswith("." + error.cls_name):
+        return rest if qualified.startswith("scoring_pipeline.") else f"{error.cls_name}: {rest}"
+    return message
+
+
+def step_failure(event: dg.DagsterEvent) -> str | None:
+    """`stage STEP: cause` of a STEP_FAILURE event, or None for another event."""
+    if not event.is_step_failure or event.step_failure_data is None:
+        return None
+    data = event.step_failure_data
+    if data.user_failure_data is not None and data.user_failure_data.description:
+        cause = data.user_failure_data.description.strip()
+    else:
+        cause = error_cause(data.error) if data.error else "failed"
+    return f"stage {event.step_key}: {cause}" if event.step_key else cause
+
+
+def last_step_failure(instance: dg.DagsterInstance, run_id: str) -> str | None:
+    """The run's last step failure, as `step_failure` says it (None when no step failed: a
+    worker killed, a run cancelled)."""
+    records = instance.get_records_for_run(
+        run_id, of_type=dg.DagsterEventType.STEP_FAILURE, ascending=False, limit=1
+    ).records
+    event = records[0].event_log_entry.dagster_event if records else None
+    return step_failure(event) if event is not None else None
