@@ -123,8 +123,10 @@ def _print_prune_plan(
 
 def cmd_prune(args: argparse.Namespace) -> int:
     import dagster as dg
+    import sqlalchemy as sa
 
     from scoring_pipeline.definitions import market_groups
+    from scoring_pipeline.defs.market_groups.group import former_group
     from scoring_pipeline.defs.partitions import night_partitions_before, remove_night_partitions
     from scoring_pipeline.store.month_partitions import counted, drop, partitions, prunable
 
@@ -135,9 +137,15 @@ def cmd_prune(args: argparse.Namespace) -> int:
             f"--before {before} is after today ({today}): it would drop this month's partitions"
         )
     engine = app_engine()  # prepares the environment the groups and the instance read
-    groups = market_groups()
+    configured = market_groups()
     with dg.DagsterInstance.get() as instance:
         with engine.begin() as conn:
+            # Groups no longer configured keep their nights' `scores` partitions in Dagster.
+            recorded = conn.execute(
+                sa.text("SELECT DISTINCT market_group FROM overnight_job_runs")
+            ).scalars()
+            known = {g.name for g in configured}
+            groups = [*configured, *(former_group(n) for n in sorted(set(recorded) - known))]
             doomed, kept = prunable(conn, before)
             history_left = [
                 p for p in partitions(conn) if p.table == "score_history" and p not in doomed

@@ -251,6 +251,27 @@ def test_prune_lists_then_drops_whole_old_months_only_with_yes(world, dagster_in
     finished = run(cli_env, "prune", "--before", "2025-08-01", "--yes").stdout
     assert "removed 1 `scores` partition of group all" in finished
     assert "dropped" not in finished and not night_keys("2025-06-12")
+    # A group no longer configured (the deployment moved off it) keeps its nights' keys in
+    # Dagster: they go too, as they do with its MARKET_GROUPS_FILE (it listed none without).
+    with world.begin() as conn:
+        conn.execute(
+            sa.text(
+                "INSERT INTO overnight_job_runs (id, job_type, score_date, market_group, status, "
+                "started_at, correlation_id) VALUES (gen_random_uuid(), 'scoring', "
+                "'2025-06-12', 'us', 'completed', now(), gen_random_uuid())"
+            )
+        )
+    former = "us_scoring_night_batches"
+    dagster_instance.add_dynamic_partitions(former, ["2025-06-12/b0000", "2025-06-12/b0001"])
+    try:
+        listed = run(cli_env, "prune", "--before", "2025-08-01").stdout
+        assert "group us: 2 batches of the nights 2025-06-12 .. 2025-06-12" in listed, listed
+        removed = run(cli_env, "prune", "--before", "2025-08-01", "--yes").stdout
+        assert "removed 2 `scores` partitions of group us" in removed, removed
+        assert dagster_instance.get_dynamic_partitions(former) == []
+    finally:
+        for key in dagster_instance.get_dynamic_partitions(former):
+            dagster_instance.delete_dynamic_partition(former, key)
     # The current scores are August's: their metric values are never pruned with the month.
     kept = run(cli_env, "prune", "--before", "2025-09-01").stdout
     assert "kept score_metric_values_2025_08" in kept

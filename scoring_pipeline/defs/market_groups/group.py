@@ -98,5 +98,13 @@ def default_group(cron: str, timezone: str) -> MarketGroup:
     return MarketGroup(name=DEFAULT_GROUP, markets=None, cron=cron, timezone=timezone)
 
 
+def former_group(name: str) -> MarketGroup:
+    """A group the deployment no longer configures, with a night recorded: for the names of
+    its Dagster objects only (its `scores` partitions, which `prune` still removes)."""
+    if name == DEFAULT_GROUP:
+        return default_group("0 4 * * *", "UTC")
+    return MarketGroup(name=name, markets=(), cron="0 4 * * *", timezone="UTC")
+
+
 # The default group with the default schedule: what the module-level definitions are built for.
 DEFAULT_GROUPS = {DEFAULT_GROUP: default_group("0 4 * * *", "UTC")}
