@@ -83,9 +83,10 @@ class NightSummary:
         return f"{self.batches_total} ({self.batches_failed} failed)"
 
 
-def _step_errors(result: dg.ExecuteInProcessResult) -> str:
-    """Each failed step's error: a `dg.Failure`'s own description, else the error's cause."""
-    messages = [m for e in result.all_events if (m := step_failure(e)) is not None]
+def _step_errors(result: dg.ExecuteInProcessResult, *, stage: bool = True) -> str:
+    """Each failed step's error: a `dg.Failure`'s own description, else the error's cause;
+    `stage STEP: ` before each unless `stage` is False."""
+    messages = [m for e in result.all_events if (m := step_failure(e, stage=stage)) is not None]
     return "; ".join(messages) or "the run failed"
 
 
@@ -177,7 +178,8 @@ def run_night(
         if night is not None and night.snapshot_run_id != snapshot.run_id:
             # Refused before it started the night (another run is starting or scoring it): the
             # night's row is that run's, not a summary of this command's.
-            raise NightInProgressError(f"{date_key} was not scored: {error}")
+            refusal = _step_errors(snapshot, stage=False)  # the refusal says where it is
+            raise NightInProgressError(f"{date_key} was not scored: {refusal}")
         emit_root_span(engine, score_date, market_group=group)
         return _summary(engine, score_date, group, stages, started, run_ids, error=error)
 

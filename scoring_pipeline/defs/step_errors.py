@@ -26,8 +26,9 @@ def error_cause(error: "SerializableErrorInfo") -> str:
     return message
 
 
-def step_failure(event: dg.DagsterEvent) -> str | None:
-    """`stage STEP: cause` of a STEP_FAILURE event, or None for another event."""
+def step_failure(event: dg.DagsterEvent, *, stage: bool = True) -> str | None:
+    """`stage STEP: cause` of a STEP_FAILURE event (the cause alone unless `stage`), or None
+    for another event."""
     if not event.is_step_failure or event.step_failure_data is None:
         return None
     data = event.step_failure_data
@@ -35,7 +36,7 @@ def step_failure(event: dg.DagsterEvent) -> str | None:
         cause = data.user_failure_data.description.strip()
     else:
         cause = error_cause(data.error) if data.error else "failed"
-    return f"stage {event.step_key}: {cause}" if event.step_key else cause
+    return f"stage {event.step_key}: {cause}" if stage and event.step_key else cause
 
 
 def last_step_failure(instance: dg.DagsterInstance, run_id: str) -> str | None:
