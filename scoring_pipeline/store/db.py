@@ -132,14 +132,15 @@ def resolve_database_url(env: Mapping[str, str] | None = None) -> str:
     return start_embedded_server(embedded_data_dir(env))
 
 
-def with_driver(url: str, driver: str) -> str:
-    """The same database URL with an explicit SQLAlchemy driver."""
+def with_driver(url: str, driver: str, variable: str = "DATABASE_URL") -> str:
+    """The same database URL with an explicit SQLAlchemy driver; a URL that is none, or not
+    PostgreSQL's, is refused naming `variable`."""
     try:
         parsed: URL = make_url(url)
     except Exception as exc:  # sqlalchemy raises ArgumentError; keep the DSN out of the message
-        raise ConfigurationError("DATABASE_URL is not a valid database URL") from exc
+        raise ConfigurationError(f"{variable} is not a valid database URL") from exc
     if parsed.get_backend_name() != "postgresql":
-        raise ConfigurationError("DATABASE_URL must point at PostgreSQL (postgresql://...)")
+        raise ConfigurationError(f"{variable} must point at PostgreSQL (postgresql://...)")
     return parsed.set(drivername=driver).render_as_string(hide_password=False)
 
 
@@ -190,22 +191,13 @@ def check_dagster_storage(url: str) -> None:
 
     from scoring_pipeline.providers.redaction import redact
 
-    try:
-        parsed = make_url(url)
-    except Exception:  # sqlalchemy's ArgumentError quotes the URL: keep it out
-        raise ConfigurationError("DAGSTER_PG_URL is not a valid database URL") from None
-    if parsed.get_backend_name() != "postgresql":
-        raise ConfigurationError(
-            "DAGSTER_PG_URL must point at PostgreSQL (postgresql+psycopg2://…)"
-        )
-    engine = sa.create_engine(
-        parsed.set(drivername=APP_DRIVER), poolclass=NullPool, connect_args={"connect_timeout": 10}
-    )
+    app_url = with_driver(url, APP_DRIVER, variable="DAGSTER_PG_URL")
+    engine = sa.create_engine(app_url, poolclass=NullPool, connect_args={"connect_timeout": 10})
     try:
         with engine.connect():
             pass
     except sa.exc.OperationalError as exc:
-        reason = redact(" ".join(str(exc.orig or exc).split()), [parsed.password])
+        reason = redact(" ".join(str(exc.orig or exc).split()), [make_url(app_url).password])
         raise ConfigurationError(
             f"DAGSTER_PG_URL: cannot connect to Dagster's storage: {reason}"
         ) from None
