@@ -13,6 +13,7 @@ from scoring_pipeline.errors import ConfigurationError
 from scoring_pipeline.runtime.dagster_api import DEFAULT_URL
 from scoring_pipeline.store.night.closing import failed_users
 from scoring_pipeline.store.night.model import (
+    ALL_MARKETS,
     CACHE_WARM,
     FIRST_CLOSED_AFTER_MS,
     Night,
@@ -36,23 +37,34 @@ def _seconds(ms: float) -> str:
     return f"{seconds / 60:.0f} min" if seconds < 2 * 3600 else f"{seconds / 3600:.1f} h"
 
 
+def _closed_after(night: Night) -> tuple[float, float] | None:
+    """How many ms after its start the night first closed and last closed (a retry closes it
+    again); None while it is open."""
+    if night.completed_at is None:
+        return None
+    last = (night.completed_at - night.started_at).total_seconds() * 1000
+    return float(night.metrics.get(FIRST_CLOSED_AFTER_MS, last)), last
+
+
 def _took(night: Night) -> str:
     """How long the night took until it first closed (a retry later closes it again)."""
-    if night.completed_at is None:
-        return "-"
-    total = (night.completed_at - night.started_at).total_seconds() * 1000
-    return _seconds(float(night.metrics.get(FIRST_CLOSED_AFTER_MS, total)))
+    closed = _closed_after(night)
+    return "-" if closed is None else _seconds(closed[0])
 
 
 def _completed(night: Night) -> str:
     """When the night closed, how long it took, and when re-scored batches closed it again."""
-    if night.completed_at is None:
+    closed = _closed_after(night)
+    if closed is None:
         return "-"
-    took = _took(night)
-    total = (night.completed_at - night.started_at).total_seconds() * 1000
-    first = float(night.metrics.get(FIRST_CLOSED_AFTER_MS, total))
-    again = "" if total - first < 1000 else f"; closed again {_seconds(total)} after its start"
-    return f"{_when(night.completed_at)} (took {took}{again})"
+    first, last = closed
+    again = "" if last - first < 1000 else f"; closed again {_seconds(last)} after its start"
+    return f"{_when(night.completed_at)} (took {_seconds(first)}{again})"
+
+
+def _group_option(night: Night) -> str:
+    """The `--group` option of a command on this night's group (none for the default one)."""
+    return "" if night.market_group == ALL_MARKETS else f" --group {night.market_group}"
 
 
 def _dashboards(warm: Night | None) -> str:
@@ -109,11 +121,10 @@ def _detail(
     if night.status in (NightStatus.PARTIAL, NightStatus.FAILED) and failed:
         lines.append(f"next            {_next_step(night, configured, failed)}")
     elif failed_before_scoring(night):
-        group = "" if night.market_group == "all" else f" --group {night.market_group}"
         lines.append(
             "next            once its inputs can be fetched, start it again with "
-            f"`scoring-pipeline score --date {night.score_date}{group}` (its batches cannot "
-            "score without them: retrying them does nothing)"
+            f"`scoring-pipeline score --date {night.score_date}{_group_option(night)}` (its "
+            "batches cannot score without them: retrying them does nothing)"
         )
     return lines
 
@@ -127,7 +138,7 @@ def _next_step(night: Night, configured: list[str], failed: list[dict[str, Any]]
             "so its batches cannot be retried: fix those users' data, then score the date with "
             f"the configured groups: `scoring-pipeline score --date {night.score_date}`"
         )
-    group = "" if night.market_group == "all" else f" --group {night.market_group}"
+    group = _group_option(night)
     stages = {f.get("stage") for f in failed}
     if stages == {"currency_conversion"}:
         # The frozen rates lack a currency: a retry would use the same snapshot.
@@ -178,10 +189,9 @@ def _configured_groups() -> list[str]:
     return [g.name for g in market_groups()]
 
 
-def _known_group(conn: Connection, name: str) -> None:
+def _known_group(conn: Connection, name: str, configured: list[str]) -> None:
     """Refuse a group that is neither configured nor the group of a night already recorded
     (a deployment that moved to market groups still lists its nights of `all`)."""
-    configured = _configured_groups()
     if name in configured or recent_nights(conn, 1, market_group=name):
         return
     raise ConfigurationError(
@@ -191,9 +201,11 @@ def _known_group(conn: Connection, name: str) -> None:
 
 def cmd_status(args: argparse.Namespace) -> int:
     engine = app_engine()
+    # Read once (the groups file, the markets table): for `--group` and a night's next step.
+    configured = _configured_groups() if args.group is not None or args.date is not None else []
     with engine.connect() as conn:
         if args.group is not None:
-            _known_group(conn, args.group)
+            _known_group(conn, args.group, configured)
         if args.date is None:
             nights = recent_nights(conn, RECENT, market_group=args.group)
             if not nights:
@@ -212,7 +224,6 @@ def cmd_status(args: argparse.Namespace) -> int:
                 f"--date {score_date}{only}` or its snapshots job"
             )
             return 1
-        configured = _configured_groups()
         for index, night in enumerate(found):
             failed = failed_users(conn, score_date, market_group=night.market_group)
             if index:
