@@ -120,20 +120,6 @@ def failed_before_scoring(night: Night) -> bool:
     return night.status is NightStatus.FAILED and night.users_processed == 0
 
 
-def _has_outcomes(conn: Connection, score_date: dt.date, market_group: str) -> bool:
-    return (
-        conn.execute(
-            sa.select(t.scoring_batch_results.c.batch_key)
-            .where(
-                t.scoring_batch_results.c.score_date == score_date,
-                t.scoring_batch_results.c.market_group == market_group,
-            )
-            .limit(1)
-        ).first()
-        is not None
-    )
-
-
 def record_batch_run_died(
     conn: Connection,
     score_date: dt.date,
@@ -157,10 +143,12 @@ def record_batch_run_died(
         # A batch of no night (a retry of a group whose night has not started): its run was
         # refused before it scored, and an outcome would show a night that does not exist.
         return None
-    if failed_before_scoring(night) and not _has_outcomes(conn, score_date, market_group):
+    if failed_before_scoring(night):
         # Its inputs could not be frozen (every provider down): a batch run cannot score
         # without them. Counting every member failed would replace the night's own error with
         # "run failed" and make it look scored, so that no schedule tick would start it again.
+        # (A night with outcomes of failed users has users_processed > 0: close_night counts
+        # them from the outcomes on every one.)
         return night.status
     current = conn.execute(
         sa.select(
