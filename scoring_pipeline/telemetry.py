@@ -109,7 +109,7 @@ class GuardedExporter(SpanExporter):
         self._inner = inner
         self._endpoint = endpoint
         self._secrets = list(secret_values)
-        self._failing_since: float | None = None
+        self._failing = False
         self._tried_at = 0.0
         self.dropped = 0
         self._shut = False
@@ -119,11 +119,11 @@ class GuardedExporter(SpanExporter):
 
     @property
     def failing(self) -> bool:
-        return self._failing_since is not None
+        return self._failing
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         now = time.monotonic()
-        if self._failing_since is not None and now - self._tried_at < RETRY_AFTER_S:
+        if self._failing and now - self._tried_at < RETRY_AFTER_S:
             self.dropped += len(spans)
             return SpanExportResult.FAILURE
         self._tried_at = now
@@ -133,13 +133,13 @@ class GuardedExporter(SpanExporter):
             self.attempts.last = f"{type(error).__name__}: {error}"
             result = SpanExportResult.FAILURE
         if result is SpanExportResult.SUCCESS:
-            if self._failing_since is not None:
+            if self._failing:
                 log.warning(
                     "traces: %s answers again (%d spans were dropped while it did not)",
                     self._shown(self._endpoint),
                     self.dropped,
                 )
-                self._failing_since, self.dropped = None, 0
+                self._failing, self.dropped = False, 0
             return result
         self.dropped += len(spans)
         self.failed(self.attempts.last or "the export failed")
@@ -147,8 +147,8 @@ class GuardedExporter(SpanExporter):
 
     def failed(self, reason: str) -> None:
         """Stop waiting for the collector: the first failure of a streak is logged."""
-        if self._failing_since is None:
-            self._failing_since = self._tried_at = time.monotonic()
+        if not self._failing:
+            self._failing, self._tried_at = True, time.monotonic()
             log.warning(
                 "traces: could not export to %s (%s); the night goes on, its spans are dropped "
                 "until the collector answers (tried again every %.0f s)",

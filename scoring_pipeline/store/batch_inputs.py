@@ -18,6 +18,7 @@ from scoring_pipeline.engine.metrics import InstrumentData
 from scoring_pipeline.store.market_scope import CRITERIA_IN_GROUP, markets_param, member_in_group
 from scoring_pipeline.store.snapshots.prices import load_prices
 from scoring_pipeline.store.snapshots.rates import load_rates
+from scoring_pipeline.store.snapshots.rejections import first_few
 
 logger = logging.getLogger("scoring_pipeline.inputs")
 
@@ -124,7 +125,7 @@ def _load_universes(
             "rules are skipped with missing_fundamental): %s",
             score_date,
             len(not_finite),
-            "; ".join(not_finite[:5]) + ("; …" if len(not_finite) > 5 else ""),
+            first_few(not_finite, "; "),
         )
     return universes, dates, dict(prices)
 

@@ -4,7 +4,7 @@ run works for."""
 
 import datetime as dt
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from zoneinfo import ZoneInfo
 
 from scoring_pipeline.defs.market_groups.calendars import is_session
@@ -101,9 +101,8 @@ def default_group(cron: str, timezone: str) -> MarketGroup:
 def former_group(name: str) -> MarketGroup:
     """A group the deployment no longer configures, with a night recorded: for the names of
     its Dagster objects only (its `scores` partitions, which `prune` still removes)."""
-    if name == DEFAULT_GROUP:
-        return default_group("0 4 * * *", "UTC")
-    return MarketGroup(name=name, markets=(), cron="0 4 * * *", timezone="UTC")
+    default = DEFAULT_GROUPS[DEFAULT_GROUP]
+    return default if name == DEFAULT_GROUP else replace(default, name=name, markets=())
 
 
 # The default group with the default schedule: what the module-level definitions are built for.

@@ -19,6 +19,7 @@ from scoring_pipeline.store.market_scope import markets_param, member_in_group
 from scoring_pipeline.store.snapshots.rejections import (
     NOT_RETURNED,
     fetched_rejections,
+    first_few,
     logger,
     stored_rejections,
 )
@@ -221,7 +222,7 @@ def _warn_not_returned(score_date: dt.date, result: PricesResult, asked: int) ->
             len(result.missing),
             asked,
             result.source,
-            ", ".join(result.missing[:5]) + (", …" if len(result.missing) > 5 else ""),
+            first_few(result.missing, ", "),
         )
 
 

@@ -143,14 +143,15 @@ def snapshot_rates(
     count = store_rates(conn, score_date, snapshot, fetched_at=_now())
     missing = sorted(set(currencies) - set(snapshot.rates) - set(snapshot.rejected))
     if missing:
+        them = "it" if len(missing) == 1 else "them"
         logger.warning(
             "rates for %s: %s not returned by %s: the users who need %s fail at scoring; once "
             "the provider has %s, re-materialise exchange_rates with refresh: true",
             score_date,
             ", ".join(missing),
             snapshot.source,
-            "it" if len(missing) == 1 else "them",
-            "it" if len(missing) == 1 else "them",
+            them,
+            them,
         )
     return {
         "fetched": True,

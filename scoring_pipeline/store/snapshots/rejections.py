@@ -17,6 +17,14 @@ logger = logging.getLogger("scoring_pipeline.snapshots")
 NOT_RETURNED = "not_returned"
 # How many rejected symbols or currencies the metadata and the job run's metrics list by name.
 REJECTED_LISTED = 20
+# How many a warning line names.
+WARNING_LISTED = 5
+
+
+def first_few(items: list[str], sep: str) -> str:
+    """The first `WARNING_LISTED` items, joined with `sep`, and "…" when there are more."""
+    shown = sep.join(items[:WARNING_LISTED])
+    return f"{shown}{sep}…" if len(items) > WARNING_LISTED else shown
 
 
 def stored_rejections(
