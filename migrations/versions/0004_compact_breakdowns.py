@@ -33,10 +33,12 @@ _OUTCOME = (
 )
 
 
-def _breakdown_view(name: str, table: str) -> str:
+def _breakdown_view(name: str, table: str, revisions: bool = False) -> str:
     """The canonical breakdown of each row of `table` (SPEC §4): one entry per rule in order,
-    ruleId, matched, points, then actualValue and skippedReason when not null."""
+    ruleId, matched, points, then actualValue and skippedReason when not null. With
+    `revisions` (migration 0011), each row shows the revision of metric values it names."""
     code = "substr(s.outcomes, r.n::int, 1)"
+    revision = " AND v.revision = s.values_revision" if revisions else ""
     return f"""
 CREATE VIEW {name} AS
 SELECT s.user_id, s.symbol, s.score_date, s.criteria_version_id, s.correlation_id,
@@ -57,7 +59,7 @@ SELECT s.user_id, s.symbol, s.score_date, s.criteria_version_id, s.correlation_i
 FROM {table} s
 JOIN criteria_versions c ON c.id = s.criteria_version_id
 LEFT JOIN score_metric_values v ON v.score_date = s.score_date AND v.symbol = s.symbol
-  AND v.base_currency = s.base_currency
+  AND v.base_currency = s.base_currency{revision}
 """
 
 
@@ -115,13 +117,16 @@ def _convert() -> None:
         "AND o.correlation_id = h.correlation_id"
     )
     # Each rule's actualValue under its metric's name, once per (date, symbol, base currency).
+    # Rules that are not an array (invalid criteria, stored as the app wrote them) have no
+    # scores, but the planner may expand every version's rules before the join.
     op.execute(
         "INSERT INTO score_metric_values (score_date, symbol, base_currency, metric_values) "
         "SELECT o.score_date, o.symbol, o.base_currency, "
         "jsonb_object_agg(r.rule->>'metric', b.e->'actualValue') "
         "FROM old_breakdowns o JOIN criteria_versions c ON c.id = o.criteria_version_id "
         "CROSS JOIN LATERAL jsonb_array_elements(o.breakdown) WITH ORDINALITY AS b(e, n) "
-        "JOIN LATERAL jsonb_array_elements(c.rules) WITH ORDINALITY AS r(rule, n) ON r.n = b.n "
+        "JOIN LATERAL jsonb_array_elements(CASE WHEN jsonb_typeof(c.rules) = 'array' "
+        "THEN c.rules END) WITH ORDINALITY AS r(rule, n) ON r.n = b.n "
         "WHERE b.e ? 'actualValue' "
         "GROUP BY o.score_date, o.symbol, o.base_currency"
     )

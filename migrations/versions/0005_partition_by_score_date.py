@@ -52,12 +52,22 @@ _INDEXES = (
     "CREATE INDEX ix_calculation_events_correlation_id ON calculation_events (correlation_id)",
     "CREATE INDEX ix_calculation_events_user_created ON calculation_events (user_id, created_at)",
 )
-# The score date of an event of the old table `o`: its calculation's or its night's.
-_EVENT_DATE = (
-    "coalesce((SELECT min(CAST(s.payload->>'scoreDate' AS date)) FROM calculation_events_old s "
-    "WHERE s.correlation_id = o.correlation_id AND s.payload ? 'scoreDate'), "
-    "(SELECT j.score_date FROM overnight_job_runs j WHERE j.correlation_id = o.correlation_id "
-    "LIMIT 1), CAST(o.created_at AT TIME ZONE 'UTC' AS date))"
+# Each old event's score date: its calculation's (the `scoreDate` of one of its events), else
+# its night's, else the UTC day it was written. The dates are looked up once per correlation id
+# and joined: a correlated subquery per event read every payload again for each event (time
+# grew with the square of the events: 42.7 s for 3,173).
+_EVENT_DATES = (
+    "CREATE TEMPORARY TABLE event_dates (correlation_id uuid PRIMARY KEY, score_date date "
+    "NOT NULL) ON COMMIT DROP",
+    "INSERT INTO event_dates SELECT correlation_id, min(CAST(payload->>'scoreDate' AS date)) "
+    "FROM calculation_events_old WHERE payload ? 'scoreDate' GROUP BY correlation_id",
+    "INSERT INTO event_dates SELECT correlation_id, min(score_date) FROM overnight_job_runs "
+    "GROUP BY correlation_id ON CONFLICT (correlation_id) DO NOTHING",
+    "ANALYZE event_dates",
+    "UPDATE calculation_events_old o SET score_date = d.score_date FROM event_dates d "
+    "WHERE d.correlation_id = o.correlation_id",
+    "UPDATE calculation_events_old SET score_date = CAST(created_at AT TIME ZONE 'UTC' AS date) "
+    "WHERE score_date IS NULL",
 )
 
 
@@ -116,7 +126,8 @@ def upgrade() -> None:
             "PARTITION BY RANGE (score_date)"
         )
     op.execute("ALTER TABLE calculation_events_old ADD COLUMN score_date date")
-    op.execute(f"UPDATE calculation_events_old o SET score_date = {_EVENT_DATE}")
+    for statement in _EVENT_DATES:
+        op.execute(statement)
     for table in _COLUMNS:
         _month_partitions(table)
     op.execute("INSERT INTO score_history SELECT * FROM score_history_old")

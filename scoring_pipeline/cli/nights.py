@@ -116,10 +116,17 @@ def cmd_replay(args: argparse.Namespace) -> int:
         result = replay(conn, args.correlation_id)
     results = result.recomputed["results"]
     print(f"calculation {result.correlation_id} (user {result.user_id}): {len(results)} results")
+    stored = result.stored_breakdowns
     if result.reproduced:
         print("replay reproduces SCORES_COMPUTED exactly")
+        print(
+            f"and the {stored} breakdowns stored for it (current scores and history) are the "
+            "recomputed ones"
+            if stored
+            else "no breakdown stored for it remains (replaced by a later night, or pruned)"
+        )
         return 0
     for difference in result.differences[:20]:
         print(f"  {difference}")
-    print("replay does NOT reproduce SCORES_COMPUTED")
+    print("replay does NOT reproduce what was stored (SCORES_COMPUTED or the stored breakdowns)")
     return 1

@@ -7,7 +7,7 @@ are compared with it.
 """
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
@@ -26,6 +26,9 @@ class ReplayResult:
     recorded: dict[str, Any] | None
     recomputed: dict[str, Any]
     differences: list[str]
+    # Each asset's canonical breakdown as recomputed (SPEC §4), to compare with stored ones.
+    breakdowns: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    stored_breakdowns: int = 0  # the stored breakdowns compared (`store.replay`)
 
 
 def recompute(inputs: dict[str, Any]) -> list[AssetScore]:
@@ -132,4 +135,5 @@ def replay_events(correlation_id: str, events: dict[str, dict[str, Any]]) -> Rep
         recorded=recorded,
         recomputed=recomputed,
         differences=differences,
+        breakdowns={score.symbol: score.breakdown for score in scores},
     )

@@ -22,6 +22,7 @@ SCORE_COLUMNS = (
     "calculated_at",
     "outcomes",
     "base_currency",
+    "values_revision",
 )
 HISTORY_COLUMNS = (
     "user_id",
@@ -33,6 +34,7 @@ HISTORY_COLUMNS = (
     "calculated_at",
     "outcomes",
     "base_currency",
+    "values_revision",
 )
 EVENT_COLUMNS = (
     "correlation_id",
@@ -57,28 +59,32 @@ class PreparedBatch:
     rows: int
 
 
-def prepare_batch(output: BatchOutput) -> PreparedBatch:
-    """Serialise every row once, in COPY's text format."""
+def prepare_batch(output: BatchOutput, revisions: dict[tuple[str, str], int]) -> PreparedBatch:
+    """Serialise every row once, in COPY's text format. `revisions`: the revision of metric
+    values each (symbol, base currency) of the batch shows, as `store/metric_values` stored
+    them (nearly always 1)."""
     date = output.score_date.isoformat()
     at = output.calculated_at.isoformat()
+    later = {pair: r for pair, r in revisions.items() if r != 1}
     scores_by_user: dict[str, list[str]] = {}
     history: list[str] = []
     for user in output.succeeded:
         lines = scores_by_user[user.user_id] = []
         prefix = f"{user.user_id}\t"
         suffix = f"\t{user.correlation_id}\t{at}\t"
-        base = f"\t{user.base_currency}\n"
+        base = f"\t{user.base_currency}\t"
         for s in user.scores:
             symbol = copy_field(s.symbol)
             score, maximum, percentage, *_json = s.texts  # plain decimal text: nothing to escape
+            revision = later.get((s.symbol, user.base_currency), 1) if later else 1
             lines.append(
                 f"{prefix}{symbol}\t{s.criteria_version_id}\t{score}\t{maximum}\t"
                 f"{NULL if percentage is None else percentage}\t"
-                f"{date}{suffix}{s.outcomes}{base}"
+                f"{date}{suffix}{s.outcomes}{base}{revision}\n"
             )
             history.append(
                 f"{prefix}{symbol}\t{date}\t{s.criteria_version_id}\t{score}{suffix}"
-                f"{s.outcomes}{base}"
+                f"{s.outcomes}{base}{revision}\n"
             )
     captured: list[str] = []
     computed: list[str] = []

@@ -3,7 +3,8 @@
 The transaction first takes an advisory lock on (score date, market group, batch), so two
 materialisations of the same batch serialise instead of interleaving; current scores are replaced
 per user and history per (user, date), never duplicated. The night's metric values go first, in
-their own short transaction. `persist_batch` is the whole write, as the scores IO manager does it.
+their own short transaction, and the rows name the revision of them they show. `persist_batch`
+is the whole write, as the scores IO manager does it.
 """
 
 import datetime as dt
@@ -26,7 +27,7 @@ from scoring_pipeline.store.batch_rows import (
 )
 from scoring_pipeline.store.copy import copy_text
 from scoring_pipeline.store.market_scope import markets_param, symbol_in_group
-from scoring_pipeline.store.metric_values import store_metric_values
+from scoring_pipeline.store.metric_values import store_metric_values, write_metric_values
 from scoring_pipeline.store.month_partitions import month_partition
 from scoring_pipeline.store.night.model import BatchOutcome, NightStatus
 from scoring_pipeline.store.night.outcomes import record_batch_outcome
@@ -190,8 +191,11 @@ def write_batch(
     timer: WriteTimer | None = None,
 ) -> WrittenRows:
     """Write the batch in the caller's transaction; returns row counts and the statuses.
-    `timer` gets the time of each part (lock, deletes, COPYs, outcome)."""
-    prepared = prepared or prepare_batch(output)
+    `prepared`: the rows as `persist_batch` serialised them after storing the metric values
+    they name; without it, the metric values are stored in this transaction first. `timer` gets
+    the time of each part (lock, deletes, COPYs, outcome)."""
+    if prepared is None:
+        prepared = prepare_batch(output, write_metric_values(conn, output).revisions)
     timer = timer or WriteTimer()
     # A batch with no user of the group still records its (empty) outcome: the asset refuses
     # batches of no night before it scores, and the night closes when every batch has one.
@@ -217,16 +221,19 @@ def write_batch(
 
 
 def persist_batch(engine: Engine, output: BatchOutput, *, run_id: str | None) -> BatchWrite:
-    """Serialise the batch, store the night's metric values, write the batch in one transaction,
-    then record the write's timings; a night this batch closed gets its root span after commit."""
-    started = time.perf_counter()
-    with gc_paused():
-        prepared = prepare_batch(output)
-    output.timings["serialize_ms"] = int((time.perf_counter() - started) * 1000)
-    started = time.perf_counter()
+    """Store the night's metric values, serialise the batch (its rows name the values'
+    revisions), write it in one transaction, then record the write's timings; a night this
+    batch closed gets its root span after commit."""
     timer = WriteTimer()
+    started = time.perf_counter()
     with timer.part("metric_values"):
         metric_values = store_metric_values(engine, output)
+    values_s = time.perf_counter() - started
+    started = time.perf_counter()
+    with gc_paused():
+        prepared = prepare_batch(output, metric_values.revisions)
+    output.timings["serialize_ms"] = int((time.perf_counter() - started) * 1000)
+    started = time.perf_counter() - values_s  # the write's time counts the metric values
     with engine.connect() as conn:
         with timer.part("begin"):
             transaction = conn.begin()
@@ -243,7 +250,7 @@ def persist_batch(engine: Engine, output: BatchOutput, *, run_id: str | None) ->
         _record_write_time(conn, output, write_ms, timer.timings())
     if rows.night_status not in (None, NightStatus.STARTED):
         emit_root_span(engine, output.score_date, market_group=output.market_group)
-    return BatchWrite(rows, metric_values, write_ms)
+    return BatchWrite(rows, metric_values.written, write_ms)
 
 
 def _record_write_time(

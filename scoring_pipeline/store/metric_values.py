@@ -1,7 +1,9 @@
 """The night's metric values (`score_metric_values`, SPEC §4 storage form): per score date,
-symbol and base currency, the exact metric texts every breakdown of that night shows."""
+symbol and base currency, the exact metric texts every breakdown of that night shows, in
+revisions that are never changed (a score names the one it was computed with)."""
 
 import datetime as dt
+from dataclasses import dataclass
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
@@ -9,71 +11,90 @@ from sqlalchemy.engine import Connection, Engine
 from scoring_pipeline.engine.batch import BatchOutput
 from scoring_pipeline.engine.json_text import dumps
 
-# score date -> (symbol, base currency) -> the values text this process stored or found stored.
-# Only a shortcut: a pair missing here is sent to the server, which applies the rule below.
-_KNOWN: dict[dt.date, dict[tuple[str, str], str]] = {}
+Pair = tuple[str, str]  # (symbol, base currency)
+
+
+@dataclass(frozen=True, slots=True)
+class StoredValues:
+    """What storing a batch's metric values did: the rows it inserted, and the revision whose
+    values each of the batch's pairs shows (what its scores' `values_revision` names)."""
+
+    written: int
+    revisions: dict[Pair, int]
+
+
+# score date -> (symbol, base currency) -> the values text this process stored or found stored,
+# and their revision. Only a shortcut: a pair missing here is sent to the server, which finds or
+# adds its revision.
+_KNOWN: dict[dt.date, dict[Pair, tuple[str, int]]] = {}
 KNOWN_DATES_KEPT = 8
 
 
-def store_metric_values(engine: Engine, output: BatchOutput) -> int:
+def store_metric_values(engine: Engine, output: BatchOutput) -> StoredValues:
     """`write_metric_values` in a short transaction of its own, sending only the pairs whose
     values this process has not already seen stored for the date (each batch of a night shows
     mostly the same ~2,400 pairs; sending them all again cost ~30 ms of server time a batch).
 
-    The pairs it would skip are looked up first (their keys only): if any is gone (its month
-    was pruned since), what this process knew of the date is forgotten and every pair is sent.
-    Returns the number of rows inserted or updated."""
+    The revisions it would take from what it knows are looked up first (their keys only): if
+    any is gone (its month was pruned since), what this process knew of the date is forgotten
+    and every pair is sent."""
     day = output.score_date
     if day not in _KNOWN and len(_KNOWN) >= KNOWN_DATES_KEPT:
         _KNOWN.clear()
     known = _KNOWN.setdefault(day, {})
-    skipped = [pair for pair, values in output.metric_values.items() if known.get(pair) == values]
+    revisions = {
+        pair: found[1]
+        for pair, values in output.metric_values.items()
+        if (found := known.get(pair)) is not None and found[0] == values
+    }
     with engine.begin() as conn:
-        if skipped and _stored_count(conn, day, skipped) < len(skipped):
+        if revisions and _stored_count(conn, day, revisions) < len(revisions):
             known.clear()
-            skipped = []
+            revisions = {}
         pending = {
-            pair: values
-            for pair, values in output.metric_values.items()
-            if known.get(pair) != values
+            pair: values for pair, values in output.metric_values.items() if pair not in revisions
         }
-        written = write_metric_values(conn, output, pending)
-    known.update(pending)  # committed
-    return written
+        stored = write_metric_values(conn, output, pending)
+    known.update((pair, (pending[pair], r)) for pair, r in stored.revisions.items())  # committed
+    return StoredValues(stored.written, {**revisions, **stored.revisions})
 
 
-def _stored_count(conn: Connection, day: dt.date, pairs: list[tuple[str, str]]) -> int:
-    # The pairs as one JSON text: two text[] parameters of ~2,400 items each cost psycopg ~3 ms
-    # of Python a batch to build, and the server twice as long as this to read.
+def _stored_count(conn: Connection, day: dt.date, revisions: dict[Pair, int]) -> int:
+    # The keys as one JSON text: text[] parameters of ~2,400 items each cost psycopg ~3 ms of
+    # Python a batch to build, and the server twice as long as this to read.
     return int(
         conn.execute(
             sa.text(
-                "SELECT count(*) FROM jsonb_array_elements(CAST(:pairs AS jsonb)) AS k "
+                "SELECT count(*) FROM jsonb_array_elements(CAST(:keys AS jsonb)) AS k "
                 "JOIN score_metric_values m ON m.score_date = :d AND m.symbol = k->>0 "
-                "AND m.base_currency = CAST(k->>1 AS char(3))"
+                "AND m.base_currency = CAST(k->>1 AS char(3)) "
+                "AND m.revision = CAST(k->>2 AS smallint)"
             ),
-            {"d": day, "pairs": dumps(pairs)},
+            {"d": day, "keys": dumps([[s, b, r] for (s, b), r in revisions.items()])},
         ).scalar_one()
     )
 
 
 def write_metric_values(
-    conn: Connection, output: BatchOutput, values: dict[tuple[str, str], str] | None = None
-) -> int:
+    conn: Connection, output: BatchOutput, values: dict[Pair, str] | None = None
+) -> StoredValues:
     """Store the night's metric texts the batch's scores show (SPEC §4 storage form), in the
-    caller's short transaction before the batch's own: they are facts of the date's frozen
-    inputs, the same whichever batch writes them, so batches never wait on each other's write.
-    A refreshed snapshot changes them, hence the update of a differing row.
+    caller's transaction, before the batch's rows are written (they name the revisions).
 
-    Every batch of a night shows mostly the same (symbol, base currency) pairs, so the rows
-    already stored with the same values are filtered out by a plain read first: an
-    `ON CONFLICT DO UPDATE` locks (writes) every conflicting row even when its WHERE leaves it
-    unchanged, which made each batch rewrite the night's rows and queue behind the other
-    worker's. `values` (default: all the batch's) are the pairs to send. Returns the number of
-    rows inserted or updated."""
+    Stored rows are never changed: a pair whose values equal a stored revision's (as JSON, key
+    order aside) takes that revision; a pair with no revision, or with differing values (a
+    refreshed snapshot, fundamentals changed before a retry), gets its next one. So a score
+    that is not re-scored keeps showing the values it was computed with. Writers of a date take
+    turns on an advisory lock so two of them never number the same revision twice; the lock is
+    taken only when there is something to send, which after a process's first batch of a night
+    is seldom. `values` (default: all the batch's) are the pairs to send."""
     values = output.metric_values if values is None else values
     if not values:
-        return 0
+        return StoredValues(0, {})
+    conn.execute(
+        sa.text("SELECT pg_advisory_xact_lock(hashtext('score_metric_values:' || :d))"),
+        {"d": output.score_date.isoformat()},
+    )
     # One JSON array of [symbol, base, values] sent as a single text: a text[] parameter of
     # the same ~1 MB (every JSON quote escaped for the array literal) took psycopg 10 times
     # longer to build than the server takes to parse this.
@@ -81,18 +102,24 @@ def write_metric_values(
         f"[{dumps(symbol)},{dumps(base)},{values[(symbol, base)]}]"
         for symbol, base in sorted(values)
     )
-    written = conn.execute(
+    result = conn.execute(
         sa.text(
-            "INSERT INTO score_metric_values (score_date, symbol, base_currency, metric_values) "
-            "SELECT :d, k.s, k.b, k.v FROM (SELECT e->>0 AS s, CAST(e->>1 AS char(3)) AS b, "
-            "e->2 AS v FROM jsonb_array_elements(CAST(:rows AS jsonb)) AS e) AS k "
-            "WHERE NOT EXISTS (SELECT 1 FROM score_metric_values m "
-            "WHERE m.score_date = :d AND m.symbol = k.s AND m.base_currency = k.b "
-            "AND m.metric_values = k.v) "
-            "ON CONFLICT (score_date, symbol, base_currency) DO UPDATE "
-            "SET metric_values = EXCLUDED.metric_values "
-            "WHERE score_metric_values.metric_values <> EXCLUDED.metric_values"
+            "WITH k AS (SELECT e->>0 AS s, CAST(e->>1 AS char(3)) AS b, e->2 AS v "
+            "FROM jsonb_array_elements(CAST(:rows AS jsonb)) AS e), "
+            "found AS (SELECT k.s, k.b, max(m.revision) AS r FROM k JOIN score_metric_values m "
+            "ON m.score_date = :d AND m.symbol = k.s AND m.base_currency = k.b "
+            "AND m.metric_values = k.v GROUP BY k.s, k.b), "
+            "added AS (INSERT INTO score_metric_values "
+            "(score_date, symbol, base_currency, revision, metric_values) "
+            "SELECT :d, k.s, k.b, 1 + coalesce((SELECT max(m.revision) FROM score_metric_values m "
+            "WHERE m.score_date = :d AND m.symbol = k.s AND m.base_currency = k.b), 0), k.v "
+            "FROM k WHERE NOT EXISTS (SELECT 1 FROM found f WHERE f.s = k.s AND f.b = k.b) "
+            "RETURNING symbol, base_currency, revision) "
+            "SELECT s, b, r, false AS added FROM found "
+            "UNION ALL SELECT symbol, base_currency, revision, true FROM added"
         ),
         {"d": output.score_date, "rows": f"[{rows}]"},
+    ).all()
+    return StoredValues(
+        sum(1 for r in result if r.added), {(r.s, r.b.strip()): int(r.r) for r in result}
     )
-    return int(written.rowcount)

@@ -2,6 +2,7 @@
 recomputed and compared by the engine (`engine.replay`)."""
 
 import json
+from dataclasses import replace
 from decimal import Decimal
 from typing import Any
 
@@ -13,8 +14,41 @@ from scoring_pipeline.errors import ReplayError
 
 
 def replay(conn: Connection, correlation_id: str) -> ReplayResult:
-    """Recompute the calculation `correlation_id` from its INPUTS_CAPTURED event."""
-    return replay_events(correlation_id, _events(conn, correlation_id))
+    """Recompute the calculation `correlation_id` from its INPUTS_CAPTURED event and compare it
+    with its SCORES_COMPUTED event and with the breakdowns stored for it, as the views rebuild
+    them: its current scores (unless a later night replaced them) and its history rows (unless
+    their month was pruned)."""
+    events = _events(conn, correlation_id)
+    result = replay_events(correlation_id, events)
+    score_date = (events.get("CALC_STARTED") or {}).get("scoreDate")
+    if result.user_id is None or score_date is None:
+        return result
+    differences: list[str] = []
+    compared = 0
+    for view in _STORED_BREAKDOWNS:
+        stored = conn.execute(
+            sa.text(
+                f"SELECT symbol, breakdown FROM {view} WHERE user_id = CAST(:u AS uuid) "
+                "AND score_date = CAST(:d AS date) AND correlation_id = CAST(:c AS uuid) "
+                "AND breakdown IS NOT NULL"  # null: a history row older than the compact form
+            ),
+            {"u": result.user_id, "d": score_date, "c": correlation_id},
+        ).all()
+        for row in stored:
+            compared += 1
+            recomputed = result.breakdowns.get(row.symbol)
+            if row.breakdown != recomputed:
+                differences.append(
+                    f"{row.symbol}: {view} shows {row.breakdown} != recomputed {recomputed}"
+                )
+    everything = result.differences + differences
+    return replace(
+        result, differences=everything, reproduced=not everything, stored_breakdowns=compared
+    )
+
+
+# The views that rebuild a stored score's canonical breakdown (SPEC §4).
+_STORED_BREAKDOWNS = ("asset_score_breakdowns", "score_history_breakdowns")
 
 
 def _events(conn: Connection, correlation_id: str) -> dict[str, dict[str, Any]]:

@@ -190,6 +190,8 @@ asset_scores = sa.Table(
     # whose metric values (`score_metric_values`) it shows. Readers use asset_score_breakdowns.
     sa.Column("outcomes", sa.Text, nullable=False),
     sa.Column("base_currency", sa.CHAR(3), nullable=False),
+    # The revision of those metric values the score was computed with (migration 0011).
+    sa.Column("values_revision", sa.SmallInteger, nullable=False, server_default="1"),
 )
 
 # Keyed by (user_id, symbol, score_date) through the trigger `score_history_unique_key`
@@ -207,6 +209,7 @@ score_history = sa.Table(
     sa.Column("calculated_at", _TZ, nullable=False),
     sa.Column("outcomes", sa.Text, nullable=True),  # null only for rows older than the form
     sa.Column("base_currency", sa.CHAR(3), nullable=True),
+    sa.Column("values_revision", sa.SmallInteger, nullable=False, server_default="1"),
     sa.Index("ix_score_history_user_date", "user_id", "score_date"),
     sa.Index("ix_score_history_user_symbol", "user_id", "symbol"),
     # Month partitions (month_partitions.py), created ahead by the nights, dropped by `prune`.
@@ -214,7 +217,9 @@ score_history = sa.Table(
 )
 
 # Per night: each instrument's metric texts for users of one base currency (the breakdowns'
-# `actualValue`, stored once instead of per user, asset and rule).
+# `actualValue`, stored once instead of per user, asset and rule). Rows are never changed:
+# differing values of a pair (a refreshed snapshot, fundamentals changed before a retry) are its
+# next revision, and each score names the revision it was computed with (migration 0011).
 score_metric_values = sa.Table(
     "score_metric_values",
     metadata,
@@ -222,6 +227,7 @@ score_metric_values = sa.Table(
     sa.Column("symbol", sa.Text, primary_key=True),
     sa.Column("base_currency", sa.CHAR(3), primary_key=True),
     sa.Column("metric_values", pg.JSONB, nullable=False),
+    sa.Column("revision", sa.SmallInteger, primary_key=True, server_default="1"),
     postgresql_partition_by="RANGE (score_date)",
 )
 

@@ -113,3 +113,92 @@ def test_replay_of_failed_and_damaged_calculations_says_what_they_are(world, dag
         f"calculation {done} completed, but its INPUTS_CAPTURED event is missing from "
         "calculation_events (deleted?): it cannot be replayed"
     )
+
+
+def test_scores_not_rescored_keep_showing_the_values_they_were_computed_with(
+    world, dagster_instance
+):
+    """A batch re-scored after a fundamental changed stores the new values as a new revision:
+    the other batch's scores (and every history row) still show, through the views, the
+    values their calculations used, and replay compares those stored breakdowns too."""
+    users_in_two_currencies(world, 4)  # batches of 2: b0000 and b0001
+    assert snapshots(dagster_instance).success
+    assert batch(dagster_instance, "b0000").success
+    assert batch(dagster_instance, "b0001").success
+
+    def shown(view, batch_key):
+        return {
+            (r.u, r.symbol): r.breakdown
+            for r in rows(
+                world,
+                f"SELECT v.user_id::text AS u, v.symbol, v.breakdown FROM {view} v "
+                "JOIN scoring_batches b ON b.user_id = v.user_id AND b.score_date = v.score_date "
+                "WHERE b.batch_key = :k",
+                k=batch_key,
+            )
+        }
+
+    def roe(breakdowns):
+        return {
+            entry.get("actualValue")
+            for (_, symbol), entries in breakdowns.items()
+            if symbol == "AAA"
+            for entry in entries
+            if entry["ruleId"] == entries[1]["ruleId"]  # the roe rule (second of rules())
+        }
+
+    before = {view: shown(view, "b0000") for view in _VIEWS}
+    assert roe(before["asset_score_breakdowns"]) == {"15"}
+    with world.begin() as conn:
+        conn.execute(sa.text("UPDATE instrument_fundamentals SET roe = 25 WHERE symbol = 'AAA'"))
+    assert batch(dagster_instance, "b0001").success  # re-materialised, as a retry does
+
+    for view in _VIEWS:
+        assert shown(view, "b0000") == before[view], view
+        assert roe(shown(view, "b0001")) == {"25"}, view
+    revisions = rows(
+        world,
+        "SELECT base_currency, array_agg(revision ORDER BY revision) AS r "
+        "FROM score_metric_values WHERE symbol = 'AAA' GROUP BY base_currency",
+    )
+    rescored = {
+        r.base_currency
+        for r in rows(
+            world,
+            "SELECT u.base_currency FROM users u JOIN scoring_batches b ON b.user_id = u.id "
+            "WHERE b.batch_key = 'b0001'",
+        )
+    }
+    assert {(r.base_currency, tuple(r.r)) for r in revisions} == {
+        (base, (1, 2) if base in rescored else (1,)) for base in ("USD", "EUR")
+    }
+
+    calculations = {
+        key: rows(
+            world,
+            "SELECT DISTINCT a.correlation_id::text AS c FROM asset_scores a "
+            "JOIN scoring_batches b ON b.user_id = a.user_id WHERE b.batch_key = :k",
+            k=key,
+        )[0].c
+        for key in ("b0000", "b0001")
+    }
+    for correlation_id in calculations.values():
+        result = _replay(world, correlation_id)
+        assert result.reproduced, result.differences
+        assert result.stored_breakdowns == 8  # 4 assets: current scores and history
+
+    # A stored score naming the wrong values is caught.
+    with world.begin() as conn:
+        conn.execute(
+            sa.text(
+                "UPDATE asset_scores SET values_revision = 2 "
+                "WHERE correlation_id = CAST(:c AS uuid) AND symbol = 'AAA'"
+            ),
+            {"c": calculations["b0000"]},
+        )
+    result = _replay(world, calculations["b0000"])
+    assert not result.reproduced
+    assert [d.split(" shows ")[0] for d in result.differences] == ["AAA: asset_score_breakdowns"]
+
+
+_VIEWS = ("asset_score_breakdowns", "score_history_breakdowns")

@@ -1,6 +1,6 @@
 """A batch's write of the night's metric values: rows already stored with the same values are
-neither rewritten nor locked (every batch of a night shows mostly the same ones), a differing
-value (a refreshed snapshot) is updated, a new one inserted."""
+neither rewritten nor locked (every batch of a night shows mostly the same ones); differing values
+(a refreshed snapshot) are the pair's next revision, and stored rows never change."""
 
 import datetime as dt
 
@@ -8,7 +8,7 @@ import pytest
 import sqlalchemy as sa
 
 from scoring_pipeline.engine.batch import BatchOutput
-from scoring_pipeline.store.metric_values import write_metric_values
+from scoring_pipeline.store.metric_values import StoredValues, write_metric_values
 from scoring_pipeline.store.month_partitions import ensure_partitions
 
 pytestmark = pytest.mark.db
@@ -28,20 +28,23 @@ def _output(values: dict[tuple[str, str], str]) -> BatchOutput:
     )
 
 
-def _stored(engine: sa.Engine) -> dict[tuple[str, str], tuple[str, str, str]]:
-    """(symbol, base) -> (values as text, xmin, xmax) of each stored row."""
+def _stored(engine: sa.Engine) -> dict[tuple[str, str, int], tuple[str, str, str]]:
+    """(symbol, base, revision) -> (values as text, xmin, xmax) of each stored row."""
     with engine.connect() as conn:
         rows = conn.execute(
             sa.text(
-                "SELECT symbol, base_currency, metric_values::text AS v, xmin::text AS xmin, "
-                "xmax::text AS xmax FROM score_metric_values WHERE score_date = :d"
+                "SELECT symbol, base_currency, revision, metric_values::text AS v, "
+                "xmin::text AS xmin, xmax::text AS xmax FROM score_metric_values "
+                "WHERE score_date = :d"
             ),
             {"d": DAY},
         ).all()
-    return {(r.symbol, r.base_currency): (r.v, r.xmin, r.xmax) for r in rows}
+    return {(r.symbol, r.base_currency, r.revision): (r.v, r.xmin, r.xmax) for r in rows}
 
 
-def test_metric_values_written_once_and_updated_only_when_they_differ(clean_db):
+def test_metric_values_written_once_and_never_changed_differing_ones_are_a_new_revision(
+    clean_db,
+):
     with clean_db.begin() as conn:
         ensure_partitions(conn, DAY)
     first = {
@@ -49,29 +52,44 @@ def test_metric_values_written_once_and_updated_only_when_they_differ(clean_db):
         ("AAA", "EUR"): '{"price":"10.50","pe_ratio":"7"}',
     }
     with clean_db.begin() as conn:
-        assert write_metric_values(conn, _output(first)) == 2
+        assert write_metric_values(conn, _output(first)) == StoredValues(
+            2, {("AAA", "USD"): 1, ("AAA", "EUR"): 1}
+        )
     stored = _stored(clean_db)
 
     # The next batch shows the same values, in another key order of the JSON: nothing is
     # written, and the stored rows are not even locked (no new xmax).
     same = {k: '{"pe_ratio":"7","price":"10.50"}' for k in first}
     with clean_db.begin() as conn:
-        assert write_metric_values(conn, _output(same)) == 0
+        assert write_metric_values(conn, _output(same)) == StoredValues(
+            0, {("AAA", "USD"): 1, ("AAA", "EUR"): 1}
+        )
     assert _stored(clean_db) == stored
     assert all(xmax == "0" for _, _, xmax in stored.values())
 
-    # A refreshed snapshot: the differing row is updated, a new pair inserted, the rest kept.
+    # A refreshed snapshot: the differing pair gets revision 2 beside revision 1, which the
+    # scores not re-scored still name; a new pair is inserted; the rest kept.
     changed = {
         ("AAA", "USD"): '{"price":"11.00","pe_ratio":"7"}',
         ("AAA", "EUR"): first[("AAA", "EUR")],
         ("BBB", "USD"): '{"price":"3"}',
     }
     with clean_db.begin() as conn:
-        assert write_metric_values(conn, _output(changed)) == 2
+        assert write_metric_values(conn, _output(changed)) == StoredValues(
+            2, {("AAA", "USD"): 2, ("AAA", "EUR"): 1, ("BBB", "USD"): 1}
+        )
     after = _stored(clean_db)
-    assert after[("AAA", "EUR")] == stored[("AAA", "EUR")]
-    assert after[("AAA", "USD")][0] == '{"price": "11.00", "pe_ratio": "7"}'
-    assert after[("BBB", "USD")][0] == '{"price": "3"}'
+    assert after[("AAA", "EUR", 1)] == stored[("AAA", "EUR", 1)]
+    assert after[("AAA", "USD", 1)] == stored[("AAA", "USD", 1)]
+    assert after[("AAA", "USD", 2)][0] == '{"price": "11.00", "pe_ratio": "7"}'
+    assert after[("BBB", "USD", 1)][0] == '{"price": "3"}'
+
+    # Back to the first values (a refresh undone): their revision is found, nothing written.
+    with clean_db.begin() as conn:
+        assert write_metric_values(conn, _output(first)) == StoredValues(
+            0, {("AAA", "USD"): 1, ("AAA", "EUR"): 1}
+        )
+    assert len(_stored(clean_db)) == 4
 
 
 def test_a_process_sends_only_pairs_it_has_not_seen_stored_and_forgets_a_pruned_date(
@@ -93,13 +111,18 @@ def test_a_process_sends_only_pairs_it_has_not_seen_stored_and_forgets_a_pruned_
         return write(conn, output, values)
 
     monkeypatch.setattr(metric_values, "write_metric_values", recording_write)
+    store = metric_values.store_metric_values
     first = {("AAA", "USD"): '{"price":"10.50"}', ("BBB", "USD"): '{"price":"3"}'}
-    assert metric_values.store_metric_values(clean_db, _output(first)) == 2
-    assert metric_values.store_metric_values(clean_db, _output(first)) == 0
+    assert store(clean_db, _output(first)) == StoredValues(2, dict.fromkeys(first, 1))
+    assert store(clean_db, _output(first)) == StoredValues(0, dict.fromkeys(first, 1))
     changed = {**first, ("AAA", "USD"): '{"price":"11.00"}', ("CCC", "EUR"): '{"price":"1"}'}
-    assert metric_values.store_metric_values(clean_db, _output(changed)) == 2
+    revisions = {("AAA", "USD"): 2, ("BBB", "USD"): 1, ("CCC", "EUR"): 1}
+    assert store(clean_db, _output(changed)) == StoredValues(2, revisions)
     assert sent == [set(first), set(), {("AAA", "USD"), ("CCC", "EUR")}]
-    assert _stored(clean_db)[("AAA", "USD")][0] == '{"price": "11.00"}'
+    assert _stored(clean_db)[("AAA", "USD", 2)][0] == '{"price": "11.00"}'
+    # The first values again (a refresh undone): sent, and the server finds their revision 1.
+    assert store(clean_db, _output(first)) == StoredValues(0, dict.fromkeys(first, 1))
+    assert sent[-1] == {("AAA", "USD")}
 
     # The date's rows are gone (as `prune` drops a month), and another market group's batch
     # stored pairs of its own since: everything is sent and stored again.
@@ -107,7 +130,7 @@ def test_a_process_sends_only_pairs_it_has_not_seen_stored_and_forgets_a_pruned_
         conn.execute(sa.text("DELETE FROM score_metric_values WHERE score_date = :d"), {"d": DAY})
     others = {(f"BR{i}", "USD"): '{"price":"1"}' for i in range(5)}
     with clean_db.begin() as conn:
-        assert metric_values.write_metric_values(conn, _output(others)) == 5
-    assert metric_values.store_metric_values(clean_db, _output(changed)) == 3
+        assert metric_values.write_metric_values(conn, _output(others)).written == 5
+    assert store(clean_db, _output(changed)) == StoredValues(3, dict.fromkeys(changed, 1))
     assert sent[-1] == set(changed)
-    assert set(_stored(clean_db)) == set(changed) | set(others)
+    assert {(s, b) for s, b, _ in _stored(clean_db)} == set(changed) | set(others)

@@ -88,7 +88,7 @@ def _history_line(user: str, symbol: str, day: dt.date) -> str:
     """A history row in COPY text (`HISTORY_COLUMNS`' order)."""
     return (
         f"{user}\t{symbol}\t{day}\t{uuid.uuid4()}\t2.5000\t{uuid.uuid4()}\t"
-        f"{day} 04:00:00+00\tPF\tUSD\n"
+        f"{day} 04:00:00+00\tPF\tUSD\t1\n"
     )
 
 

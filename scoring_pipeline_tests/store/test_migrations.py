@@ -46,7 +46,7 @@ def test_upgrade_creates_every_spec_table(fresh_engine):
     db.migrate(fresh_engine)
     names = set(sa.inspect(fresh_engine).get_table_names())
     assert SPEC_TABLES <= names
-    assert db.current_revision(fresh_engine) == db.head_revision() == "0010"
+    assert db.current_revision(fresh_engine) == db.head_revision() == "0011"
 
 
 def test_tables_match_migrated_schema(fresh_engine):
@@ -227,6 +227,28 @@ def test_upgrade_converts_stored_breakdowns_and_downgrade_restores_them(fresh_en
                         {"c": correlation, "u": uid, "p": json.dumps({"results": results})},
                     )
     assert len({json.dumps(b) for b in expected_current.values()}) > 2  # the values differ
+    # Invalid criteria as the app may store them (rules not an array): no scores to convert,
+    # and no obstacle to the conversion. With a night's worth of breakdowns (a few thousand),
+    # the planner expands every criteria version's rules before joining them to the scores.
+    invalid = f.user(engine, base_currency="USD", criteria=[("M", "stock", rules)])
+    symbol, bulk_breakdown = next(
+        (s, b) for (u, s), b in expected_current.items() if u == users["USD"]
+    )
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text("UPDATE criteria_versions SET rules = '\"not json [\"' WHERE user_id = :u"),
+            {"u": invalid},
+        )
+        conn.execute(
+            sa.text(
+                "INSERT INTO asset_scores SELECT a.user_id, 'BULK' || g, a.criteria_version_id, "
+                "a.score, a.max_possible_score, a.percentage, a.breakdown, a.score_date, "
+                "a.correlation_id, a.calculated_at FROM asset_scores a, "
+                "generate_series(1, 3000) AS g WHERE a.user_id = :u AND a.symbol = :s"
+            ),
+            {"u": users["USD"], "s": symbol},
+        )
+    expected_current |= {(users["USD"], f"BULK{g}"): bulk_breakdown for g in range(1, 3001)}
 
     db.migrate(engine)
 
@@ -244,7 +266,7 @@ def test_upgrade_converts_stored_breakdowns_and_downgrade_restores_them(fresh_en
     assert current == {(u, s, "2026-11-27"): b for (u, s), b in expected_current.items()}
     assert history == {
         **{(u, s, "2026-11-26"): b for (u, s), b in expected_past.items()},
-        **{(u, s, "2026-11-27"): b for (u, s), b in expected_current.items()},
+        **{(u, s, "2026-11-27"): b for (u, s), b in expected_current.items() if "BULK" not in s},
     }
     columns = {c["name"] for c in sa.inspect(engine).get_columns("asset_scores")}
     assert "breakdown" not in columns and {"outcomes", "base_currency"} <= columns
