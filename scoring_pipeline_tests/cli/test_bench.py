@@ -149,9 +149,11 @@ def test_bench_refuses_no_nights():
         bench_dates(dt.date(2026, 12, 1), 0)
 
 
-def test_nothing_written_at_once_is_not_measured(engine):
+def test_nothing_written_at_once_is_not_measured(clean_db):
     """One run worker, or a night of fewer than two batches, writes nothing at once: no figure,
-    and no look-alike table left behind."""
+    and no look-alike table left behind. (On the emptied database: another test's night of
+    that date made it measure two batches.)"""
+    engine = clean_db
     assert concurrent_copy(engine, DATE, connections=1) is None
     assert concurrent_copy(engine, DATE, connections=2) is None  # no batch on that date
     with engine.connect() as conn:

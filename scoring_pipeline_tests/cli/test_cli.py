@@ -190,7 +190,19 @@ def test_score_prints_the_providers_warnings_one_line_each(cli_env, clean_db, tm
     rates.write_text(rates.read_text().replace('"BRL":', '"XXX":'))
     gone = rest[-1].split(",")[0]
     prices.write_text("\n".join(prices.read_text().splitlines()[:-1]) + "\n")
-    proc = run(cli_env, "score", "--date", DATE)
+    # A NaN fundamental that every batch of the night reads (batches of 2 users).
+    with clean_db.begin() as conn:
+        nan = (
+            conn.execute(
+                sa.text(
+                    "UPDATE instrument_fundamentals SET roe = 'NaN' WHERE symbol = "
+                    "(SELECT min(symbol) FROM instrument_fundamentals) RETURNING symbol"
+                )
+            )
+            .scalars()
+            .first()
+        )
+    proc = run({**cli_env, "SCORING_BATCH_SIZE": "2"}, "score", "--date", DATE)
     # The users who score BRL instruments fail, naming the pair; the others are scored.
     assert summary_value(proc.stdout, "job status") == "partial"
     assert "no exchange rate for " in proc.stdout and "BRL in the snapshot" in proc.stdout
@@ -201,6 +213,8 @@ def test_score_prints_the_providers_warnings_one_line_each(cli_env, clean_db, tm
     ), step  # not "fix those users' data, then retry-failed": a retry reads the same rates
     lines = proc.stderr.strip().splitlines()
     assert lines == [line for line in lines if line.startswith("warning: ")], proc.stderr
+    assert len(set(lines)) == len(lines), lines  # each once, not once per batch
+    assert [line for line in lines if "not finite numbers" in line and nan in line], lines
     assert any("1 value(s) rejected" in line and symbol in line for line in lines), lines
     # The demo's provider files hold today's closes, so a past date freezes later ones: said.
     later = f"quotes are dated after it (up to {dt.datetime.now(dt.UTC).date()})"
