@@ -108,7 +108,8 @@ def batch(instance, batch_key="b0000", *, date=DATE, **kwargs):
 
 def batches(instance, first="b0000", last="b0002", *, date=DATE, **kwargs):
     """Materialise the batch partitions from `first` to `last` in one run (a partition range,
-    as the night's sensor launches them), with their asset checks."""
+    as the night's sensor launches them), with their asset checks, which must pass for every
+    batch that landed (`batch`'s rule)."""
     result = dg.materialize(
         [scores, scores_invariants],
         instance=instance,
@@ -120,6 +121,8 @@ def batches(instance, first="b0000", last="b0002", *, date=DATE, **kwargs):
         },
         **kwargs,
     )
+    for evaluation in result.get_asset_check_evaluations():
+        assert evaluation.passed, (evaluation.check_name, evaluation.metadata)
     return result
 
 

@@ -1,9 +1,11 @@
 """The SPEC §5 invariants of one batch of a night, as SQL over the app database.
 
-For the calculations of the batch's latest outcome (`scoring_batch_results`):
+For the calculations of the batch's latest outcome (`scoring_batch_results`; a batch with none
+violates `events`):
 - `events`: each calculation has exactly one complete event set in order — CALC_STARTED,
   INPUTS_CAPTURED, SCORES_COMPUTED, CALC_COMPLETED `success` — or a failed one — CALC_STARTED,
-  INPUTS_CAPTURED when captured, CALC_COMPLETED `failed` — matching the outcome;
+  INPUTS_CAPTURED when captured, CALC_COMPLETED `failed` — matching the outcome; the batch's
+  members' other calculations of the date (earlier scorings) are complete sets too;
 - `history`: `score_history` holds exactly one row per (user, symbol, date), equal to the
   user's successful calculation (symbol, criteria version, score, correlation id, outcomes);
 - `current`: the current scores of users not scored on a later date since are exactly that
@@ -72,6 +74,28 @@ SELECT c.user_id::text AS user_id, c.correlation_id::text AS correlation_id, c.e
 FROM calcs c LEFT JOIN calculation_events e ON e.correlation_id = c.correlation_id
 GROUP BY c.user_id, c.correlation_id, c.expected
 ORDER BY 1"""
+)
+
+# The batch members' other calculations of the date (earlier scorings of the batch, other
+# groups'): each must be a complete event set too (a partial one is damage: writes are atomic).
+_OTHER_CALCULATIONS = (
+    _CALCS
+    + """
+SELECT e.user_id::text AS user_id, e.correlation_id::text AS correlation_id,
+       array_agg(e.event_type ORDER BY e.id) AS events,
+       array_agg(e.payload->>'status' ORDER BY e.id)
+           FILTER (WHERE e.event_type = 'CALC_COMPLETED') AS statuses
+FROM calculation_events e
+WHERE e.score_date = :d
+  AND e.user_id IN (SELECT user_id FROM scoring_batches WHERE score_date = :d AND batch_key = :b)
+  AND e.correlation_id NOT IN (SELECT correlation_id FROM calcs)
+GROUP BY e.user_id, e.correlation_id
+ORDER BY 1, 2"""
+)
+
+_HAS_OUTCOME = (
+    "SELECT EXISTS (SELECT 1 FROM scoring_batch_results WHERE score_date = :d "
+    "AND market_group = :g AND batch_key = :b)"
 )
 
 # `history` and `current` in one statement: both compare stored rows with the calculations'
@@ -160,22 +184,33 @@ class InvariantReport:
 
 
 def _event_violations(conn: Connection, params: dict[str, Any]) -> tuple[int, list[Any]]:
+    if not conn.execute(sa.text(_HAS_OUTCOME), params).scalar_one():
+        # The check runs after the batch's write, which records an outcome even for a batch
+        # with no user of the group: with none, nothing of the batch can be checked.
+        return 0, [{"batch": params["b"], "error": "no outcome recorded for the batch"}]
     rows = conn.execute(sa.text(_EVENTS), params).all()
     wrong: list[dict[str, Any]] = []
     for r in rows:
         events = list(r.events)
         expected = [SUCCESS_EVENTS] if r.expected == "success" else list(FAILED_EVENTS)
         if events not in expected or r.statuses != [r.expected] or r.foreign_users:
-            wrong.append(
-                {
-                    "userId": r.user_id,
-                    "correlationId": r.correlation_id,
-                    "expected": r.expected,
-                    "events": events,
-                    "statuses": r.statuses,
-                }
-            )
+            wrong.append(_event_violation(r, r.expected, events))
+    for r in conn.execute(sa.text(_OTHER_CALCULATIONS), params):
+        events = list(r.events)
+        shape = "success" if events == SUCCESS_EVENTS else "failed"
+        if events not in [SUCCESS_EVENTS, *FAILED_EVENTS] or r.statuses != [shape]:
+            wrong.append(_event_violation(r, "a complete set (not in the outcome)", events))
     return len(rows), wrong
+
+
+def _event_violation(row: Any, expected: str, events: list[str]) -> dict[str, Any]:
+    return {
+        "userId": row.user_id,
+        "correlationId": row.correlation_id,
+        "expected": expected,
+        "events": events,
+        "statuses": row.statuses,
+    }
 
 
 def _plain(row: Any, columns: Sequence[str]) -> dict[str, Any]:

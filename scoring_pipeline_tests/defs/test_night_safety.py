@@ -15,6 +15,7 @@ from scoring_pipeline.definitions import defs
 from scoring_pipeline.defs.assets.scores import scores
 from scoring_pipeline.defs.deployment import build_resources
 from scoring_pipeline.defs.partitions import SCORES_PARTITIONS_NAME, scores_partition_key
+from scoring_pipeline.store.batch_invariants import SUCCESS_EVENTS
 from scoring_pipeline.store.membership import batch_keys_text, has_batch
 from scoring_pipeline.store.night.opening import fail_night, open_night
 from scoring_pipeline_tests import factories as f
@@ -257,6 +258,58 @@ def _check_results(instance, key):
             "current_invariant",
             {"symbol": "AAA", "stored_score": None},
         ),
+        (
+            "UPDATE score_history SET outcomes = translate(outcomes, 'mu', 'um') "
+            "WHERE symbol = 'AAA'",
+            "history_invariant",
+            {"symbol": "AAA", "expected_rows": 1, "stored_rows": 1, "equal": False},
+        ),
+        (
+            "UPDATE score_history SET correlation_id = gen_random_uuid() WHERE symbol = 'AAA'",
+            "history_invariant",
+            {"symbol": "AAA", "expected_rows": 1, "stored_rows": 1, "equal": False},
+        ),
+        (
+            "UPDATE score_history SET criteria_version_id = gen_random_uuid() WHERE symbol = 'AAA'",
+            "history_invariant",
+            {"symbol": "AAA", "expected_rows": 1, "stored_rows": 1, "equal": False},
+        ),
+        (
+            "UPDATE asset_scores SET outcomes = translate(outcomes, 'mu', 'um') "
+            "WHERE symbol = 'BBB'",
+            "current_invariant",
+            {"symbol": "BBB"},
+        ),
+        (
+            "UPDATE asset_scores SET max_possible_score = max_possible_score + 1 "
+            "WHERE symbol = 'BBB'",
+            "current_invariant",
+            {"symbol": "BBB"},
+        ),
+        (
+            "UPDATE asset_scores SET correlation_id = gen_random_uuid() WHERE symbol = 'BBB'",
+            "current_invariant",
+            {"symbol": "BBB"},
+        ),
+        (
+            "UPDATE calculation_events SET payload = jsonb_set(payload, '{status}', "
+            "'\"failed\"') WHERE event_type = 'CALC_COMPLETED'",
+            "events_invariant",
+            {"expected": "success", "statuses": ["failed"]},
+        ),
+        (  # one event of each calculation filed under another user
+            "UPDATE calculation_events SET user_id = gen_random_uuid() "
+            "WHERE event_type = 'SCORES_COMPUTED'",
+            "events_invariant",
+            {"expected": "success", "events": SUCCESS_EVENTS},
+        ),
+        (  # a partial event set of another calculation of the users' on that date
+            "INSERT INTO calculation_events (correlation_id, user_id, event_type, payload, "
+            "score_date) SELECT gen_random_uuid(), user_id, 'CALC_STARTED', '{}', score_date "
+            "FROM calculation_events WHERE event_type = 'CALC_STARTED'",
+            "events_invariant",
+            {"expected": "a complete set (not in the outcome)", "events": ["CALC_STARTED"]},
+        ),
     ],
 )
 def test_asset_checks_fail_on_a_corrupted_batch(
@@ -289,6 +342,55 @@ def test_asset_checks_fail_on_a_corrupted_batch(
         for v in violations:
             assert Decimal(v["expected_score"]).as_tuple().exponent == -4
             assert v["stored_score"] == (v["expected_score"] if v["symbol"] == "BBB" else None)
+
+
+def test_asset_checks_fail_on_a_batch_whose_outcome_is_gone(world, dagster_instance):
+    """Everything the checks compare hangs on the batch's outcome: with none, they cannot pass
+    by checking nothing."""
+    _users(world, 2)
+    assert snapshots(dagster_instance).success
+    assert batch(dagster_instance, "b0000").success
+    with world.begin() as conn:
+        conn.execute(sa.text("DELETE FROM scoring_batch_results"))
+    evaluations = _check_results(dagster_instance, scores_partition_key(DATE, "b0000"))
+    assert {name for name, e in evaluations.items() if not e.passed} == {"events_invariant"}
+    assert evaluations["events_invariant"].metadata["violations"].value == [
+        {"batch": "b0000", "error": "no outcome recorded for the batch"}
+    ]
+
+
+def test_the_events_invariant_of_a_failed_calculation(world, dagster_instance):
+    """A batch with a failed user fails its step, so Dagster skips its checks until it is
+    re-scored; the invariant itself still holds a failed calculation to its event set."""
+    from scoring_pipeline.store.batch_invariants import check_batch
+
+    good = _users(world, 1)[0]
+    bad = f.user(  # in b0000 with the good one (batches of 2)
+        world,
+        holdings=[("AAA", "USD")],
+        criteria=[("US_TECH", "stock", [f.rule("pe_ratio", "lt", "x", 1)])],
+    )
+    assert snapshots(dagster_instance).success
+    assert not batch(dagster_instance, "b0000").success  # the bad user's criteria fail
+
+    def events_report():
+        with world.connect() as conn:
+            return next(r for r in check_batch(conn, dt.date.fromisoformat(DATE), "b0000"))
+
+    report = events_report()
+    assert report.name == "events" and report.calculations == 2 and report.holds
+    with world.begin() as conn:
+        conn.execute(
+            sa.text(
+                "DELETE FROM calculation_events WHERE user_id = :u "
+                "AND event_type = 'CALC_COMPLETED'"
+            ),
+            {"u": bad},
+        )
+    (violation,) = events_report().violations
+    assert violation["userId"] == bad and violation["expected"] == "failed"
+    assert violation["events"] == ["CALC_STARTED"]  # validated before inputs are captured
+    assert good not in {v["userId"] for v in events_report().violations}
 
 
 def test_a_night_of_many_batches_is_named_by_its_first_and_last(world):

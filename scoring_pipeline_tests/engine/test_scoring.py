@@ -388,6 +388,7 @@ def test_pe_of_exactly_15_is_not_below_15(close: str, eps: str) -> None:
     )
     assert [e["matched"] for e in result.breakdown] == [False, True, False, True]
     assert entry(result)["actualValue"] == "15"
+    assert (float(close) / float(eps) == 15) is (close == "0.3")  # the others miss 15 as doubles
 
 
 @pytest.mark.parametrize(
@@ -397,6 +398,7 @@ def test_pe_of_exactly_15_is_not_below_15(close: str, eps: str) -> None:
         ({"close": "0.3", "book_value_per_share": "0.1"}, "pb_ratio", "equals", "3", "3"),
         ({"close": "0.3", "book_value_per_share": "0.1"}, "pb_ratio", "gte", "3", "3"),
         ({"close": "1", "dividends_per_share": "0.07"}, "dividend_yield", "lte", "7", "7.00"),
+        # Not a float boundary: about the text of an exact value, "10.0" (scale kept).
         ({"close": "3", "dividends_per_share": "0.3"}, "dividend_yield", "equals", "10", "10.0"),
         ({"close": "0.7", "eps": "0.1"}, "pe_ratio", "gte", "7", "7"),
         ({"close": "1.1", "shares_outstanding": "1.1"}, "market_cap", "lte", "1.21", "1.21"),
@@ -408,17 +410,21 @@ def test_decimal_exact_boundaries(
     result = score_one(instrument(**fields), rule(metric, op, value))
     assert entry(result)["matched"] is True
     assert entry(result)["actualValue"] == actual
-
-
-def test_float_would_fail_these_boundaries() -> None:
-    # The cases above are chosen because IEEE doubles disagree with exact decimals on them.
-    assert 0.57 / 0.038 < 15
-    assert 0.45 / 0.03 > 15
-    assert 0.1 * 3 != 0.3
-    assert 0.3 / 0.1 < 3
-    assert 0.07 / 1 * 100 > 7
-    assert 0.7 / 0.1 < 7
-    assert 1.1 * 1.1 > 1.21
+    # Each case but one is where IEEE doubles disagree: the same metric in floats misses the
+    # rule (the exception is the exact text case, marked above).
+    floats = {k: float(v) for k, v in fields.items()}
+    in_floats = {
+        "market_cap": lambda: floats["close"] * floats["shares_outstanding"],
+        "pb_ratio": lambda: floats["close"] / floats["book_value_per_share"],
+        "dividend_yield": lambda: floats["dividends_per_share"] / floats["close"] * 100,
+        "pe_ratio": lambda: floats["close"] / floats["eps"],
+    }[metric]()
+    compare = {
+        "equals": float.__eq__,
+        "gte": float.__ge__,
+        "lte": float.__le__,
+    }[op]
+    assert compare(in_floats, float(value)) is (actual == "10.0"), (in_floats, value)
 
 
 def test_dividend_yield_is_rounded_to_20_digits_half_up() -> None:

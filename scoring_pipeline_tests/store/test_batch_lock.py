@@ -1,0 +1,89 @@
+"""Two writes of the same batch at once take turns on the batch's advisory lock, the second
+replacing what the first wrote; and `retry-failed`'s choice of batches includes the ones a night
+has no outcome for yet."""
+
+import datetime as dt
+import threading
+
+import pytest
+
+from scoring_pipeline.engine.batch import BatchOutput, score_batch
+from scoring_pipeline.store.batch_inputs import load_batch_inputs
+from scoring_pipeline.store.batch_rows import prepare_batch
+from scoring_pipeline.store.batch_write import write_batch
+from scoring_pipeline.store.metric_values import store_metric_values
+from scoring_pipeline.store.night.outcomes import batches_to_retry
+from scoring_pipeline_tests.scenario import (
+    DATE,
+    batch,
+    rows,
+    snapshots,
+    users_in_two_currencies,
+)
+
+pytestmark = pytest.mark.db
+
+DAY = dt.date.fromisoformat(DATE)
+
+
+def _scored(world, batch_key: str) -> BatchOutput:
+    (job,) = rows(
+        world,
+        "SELECT correlation_id::text AS c FROM overnight_job_runs "
+        "WHERE score_date = :d AND job_type = 'scoring'",
+        d=DAY,
+    )
+    with world.connect() as conn:
+        inputs = load_batch_inputs(conn, DAY, batch_key)
+    return score_batch(inputs, score_date=DAY, batch=batch_key, job_correlation_id=job.c)
+
+
+def test_a_second_write_of_the_same_batch_waits_for_the_first_then_replaces_it(
+    world, dagster_instance
+):
+    users_in_two_currencies(world, 2)
+    assert snapshots(dagster_instance).success
+    outputs = [_scored(world, "b0000") for _ in range(2)]
+    # As `persist_batch` does: the metric values in their own transaction, so that only the
+    # batch's lock can make the second write wait.
+    prepared = [prepare_batch(o, store_metric_values(world, o).revisions) for o in outputs]
+    first = world.connect()
+    first.begin()
+    write_batch(first, outputs[0], run_id=None, prepared=prepared[0])
+    outcome: list[BaseException | None] = []
+
+    def second() -> None:
+        try:
+            with world.begin() as conn:
+                write_batch(conn, outputs[1], run_id=None, prepared=prepared[1])
+            outcome.append(None)
+        except BaseException as exc:  # noqa: BLE001 - reported to the test's thread
+            outcome.append(exc)
+
+    thread = threading.Thread(target=second)
+    thread.start()
+    thread.join(timeout=1.0)
+    assert thread.is_alive(), "the second write should wait for the first one's transaction"
+    first.commit()
+    first.close()
+    thread.join(timeout=30)
+    # Without the lock, the second write's COPY met the first's rows: a unique violation.
+    assert outcome == [None]
+    second_calculations = {u.correlation_id for u in outputs[1].succeeded}
+    for table in ("asset_scores", "score_history"):
+        stored = rows(world, f"SELECT correlation_id::text AS c, symbol FROM {table}")
+        assert {r.c for r in stored} == second_calculations, table
+        assert len(stored) == sum(len(u.scores) for u in outputs[1].succeeded), table
+
+
+def test_batches_to_retry_are_the_failed_and_those_with_no_outcome(world, dagster_instance):
+    users_in_two_currencies(world, 4)  # batches of 2: b0000 and b0001
+    assert snapshots(dagster_instance).success
+    with world.connect() as conn:
+        assert batches_to_retry(conn, DAY) == ["b0000", "b0001"]
+    assert batch(dagster_instance, "b0000").success
+    with world.connect() as conn:
+        assert batches_to_retry(conn, DAY) == ["b0001"]  # not scored yet: no outcome
+    assert batch(dagster_instance, "b0001").success
+    with world.connect() as conn:
+        assert batches_to_retry(conn, DAY) == []
