@@ -3,7 +3,6 @@ replacing what the first wrote; and `retry-failed`'s choice of batches includes 
 has no outcome for yet."""
 
 import datetime as dt
-import threading
 
 import pytest
 
@@ -13,6 +12,7 @@ from scoring_pipeline.store.batch_rows import prepare_batch
 from scoring_pipeline.store.batch_write import write_batch
 from scoring_pipeline.store.metric_values import store_metric_values
 from scoring_pipeline.store.night.outcomes import batches_to_retry
+from scoring_pipeline_tests.concurrency import second_writer_after_first
 from scoring_pipeline_tests.scenario import (
     DATE,
     batch,
@@ -47,28 +47,13 @@ def test_a_second_write_of_the_same_batch_waits_for_the_first_then_replaces_it(
     # As `persist_batch` does: the metric values in their own transaction, so that only the
     # batch's lock can make the second write wait.
     prepared = [prepare_batch(o, store_metric_values(world, o).revisions) for o in outputs]
-    first = world.connect()
-    first.begin()
-    write_batch(first, outputs[0], run_id=None, prepared=prepared[0])
-    outcome: list[BaseException | None] = []
-
-    def second() -> None:
-        try:
-            with world.begin() as conn:
-                write_batch(conn, outputs[1], run_id=None, prepared=prepared[1])
-            outcome.append(None)
-        except BaseException as exc:  # noqa: BLE001 - reported to the test's thread
-            outcome.append(exc)
-
-    thread = threading.Thread(target=second)
-    thread.start()
-    thread.join(timeout=1.0)
-    assert thread.is_alive(), "the second write should wait for the first one's transaction"
-    first.commit()
-    first.close()
-    thread.join(timeout=30)
+    outcome = second_writer_after_first(
+        world,
+        lambda conn: write_batch(conn, outputs[0], run_id=None, prepared=prepared[0]),
+        lambda conn: write_batch(conn, outputs[1], run_id=None, prepared=prepared[1]),
+    )
     # Without the lock, the second write's COPY met the first's rows: a unique violation.
-    assert outcome == [None]
+    assert outcome is None
     second_calculations = {u.correlation_id for u in outputs[1].succeeded}
     for table in ("asset_scores", "score_history"):
         stored = rows(world, f"SELECT correlation_id::text AS c, symbol FROM {table}")

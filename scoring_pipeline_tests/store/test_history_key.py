@@ -6,7 +6,6 @@ into the month partition, where no trigger fires, and checks its keys with the t
 function (migration 0010): refused alike."""
 
 import datetime as dt
-import threading
 import uuid
 
 import psycopg
@@ -18,6 +17,7 @@ from scoring_pipeline.store import db
 from scoring_pipeline.store.batch_write import copy_history
 from scoring_pipeline.store.copy import copy_text
 from scoring_pipeline.store.month_partitions import ensure_partitions, month_partition
+from scoring_pipeline_tests.concurrency import second_writer_after_first
 
 pytestmark = pytest.mark.db
 
@@ -106,30 +106,17 @@ def test_a_concurrent_writer_of_the_same_key_waits_then_is_refused(fresh_engine,
     through the parent table or COPYs into the month partition as the batch write does."""
     engine = _migrated(fresh_engine)
     user = str(uuid.uuid4())
-    outcome: list[BaseException | None] = []
-    first = engine.connect()
-    first.begin()
-    _insert(first, [(user, "AAA", DAY)])
 
-    def second() -> None:
-        try:
-            with engine.begin() as conn:
-                # Another session's date style: the lock's key must not depend on a date's text.
-                conn.execute(sa.text("SET LOCAL DateStyle = 'SQL, DMY'"))
-                write(conn, [(user, "AAA", DAY)])
-            outcome.append(None)
-        except BaseException as exc:  # noqa: BLE001 - reported to the test's thread
-            outcome.append(exc)
+    def second(conn: sa.Connection) -> None:
+        # Another session's date style: the lock's key must not depend on a date's text.
+        conn.execute(sa.text("SET LOCAL DateStyle = 'SQL, DMY'"))
+        write(conn, [(user, "AAA", DAY)])
 
-    thread = threading.Thread(target=second)
-    thread.start()
-    thread.join(timeout=1.0)
-    assert thread.is_alive(), "the second writer should wait for the first one's transaction"
-    first.commit()
-    first.close()
-    thread.join(timeout=30)
-    assert len(outcome) == 1 and isinstance(outcome[0], sa.exc.IntegrityError)
-    assert "violates the key" in str(outcome[0])
+    outcome = second_writer_after_first(
+        engine, lambda conn: _insert(conn, [(user, "AAA", DAY)]), second
+    )
+    assert isinstance(outcome, sa.exc.IntegrityError)
+    assert "violates the key" in str(outcome)
     assert _rows(engine) == [(user, "AAA", DAY)]
 
 
