@@ -290,3 +290,37 @@ def test_a_group_whose_prices_provider_is_down_reuses_only_its_own_symbols(
         "BBB": ("0.29", True),
         "CCC": ("10", False),
     }
+
+
+def test_a_group_asks_again_for_its_own_symbols_another_groups_night_stored_as_missing(
+    three_markets, dagster_instance, loopback, reply
+):
+    """Berlin's night asks for AAA too (a Berlin user holds it), and the provider leaves it out
+    then: New York's night must ask for it again, not reuse "not returned" for its own market."""
+    engine = three_markets
+    f.user(engine, holdings=[("AAA", "USD")], criteria=[("EU_IND", "stock", rules())])
+    f.user(engine, holdings=[("AAA", "USD")], criteria=[("US_TECH", "stock", rules())])
+    without_aaa = [mw.quote(s, p, c) for s, (p, c) in PRICES.items() if s != "AAA"]
+    loopback.script(mw.QUOTE, reply(200, {"quoteResponse": {"result": without_aaa, "error": None}}))
+    nights = build_nights(_groups())
+
+    def prices_of(name: str) -> dg.ExecuteInProcessResult:
+        result = dg.materialize(
+            [nights.active_users, nights.exchange_rates, nights.nights[name].prices],
+            partition_key=DATE,
+            instance=dagster_instance,
+            resources=build_resources(),
+            tags={GROUP_TAG: name},
+        )
+        assert result.success
+        return result
+
+    prices_of("eu")
+    (aaa,) = rows(engine, "SELECT close FROM price_snapshots WHERE symbol = 'AAA'")
+    assert aaa.close is None  # Berlin's night stored it as not returned
+    mw.script_providers(loopback, reply, PRICES, {"EUR": 0.5, "BRL": 5})
+    prices_of("us")
+    (aaa,) = rows(engine, "SELECT close FROM price_snapshots WHERE symbol = 'AAA'")
+    assert aaa.close == 30  # New York's own symbol, asked again and priced
+    asked = [r for r in loopback.requests_to(mw.QUOTE)]
+    assert "AAA" in str(asked[-1]), asked[-1]

@@ -243,7 +243,22 @@ def _snapshot_group_prices(
             )
         ).all()
     )
-    wanted = symbols if refresh else [s for s in symbols if s not in stored]
+    # Another group's night may have stored one of this group's own instruments unpriced (its
+    # users hold it, and the provider left it out then): ask for those again, or this group's
+    # night would score its own market without prices.
+    unpriced_own = set(
+        conn.execute(
+            sa.select(table.c.symbol)
+            .join(t.instruments, t.instruments.c.symbol == table.c.symbol)
+            .where(
+                table.c.score_date == score_date,
+                table.c.symbol.in_(symbols),
+                table.c.close.is_(None),
+                t.instruments.c.market.in_(markets),
+            )
+        ).scalars()
+    )
+    wanted = symbols if refresh else [s for s in symbols if s not in stored or s in unpriced_own]
     figures: dict[str, Any] = {
         "symbols": len(symbols),
         "reused_symbols": len(symbols) - len(wanted),
