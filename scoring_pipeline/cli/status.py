@@ -94,6 +94,17 @@ def _overview(nights: list[tuple[Night, Night | None]]) -> list[str]:
     return lines
 
 
+def _prices_line(night: Night) -> list[str]:
+    """How many of the night's needed symbols have no price (their assets are skipped)."""
+    if "prices_unpriced" not in night.metrics:
+        return []
+    stale = " (stale: reused from an earlier date)" if night.metrics.get("prices_stale") else ""
+    return [
+        f"prices          {_figure(night, 'prices_unpriced')} needed symbols without a price"
+        f"{stale}, {_figure(night, 'prices_rejected')} of them rejected"
+    ]
+
+
 def _detail(
     night: Night, warm: Night | None, failed: list[dict[str, Any]], configured: list[str]
 ) -> list[str]:
@@ -108,6 +119,7 @@ def _detail(
         f"{_figure(night, 'users_skipped') + _figure(night, 'users_skipped_no_criteria')} "
         "skipped",
         f"assets scored   {_figure(night, 'assets_scored')}",
+        *_prices_line(night),
         f"batches         {_figure(night, 'batches_total')} "
         f"({_figure(night, 'batches_failed')} failed)",
         f"dashboards      {_dashboards(warm)}",

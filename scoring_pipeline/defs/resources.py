@@ -23,7 +23,7 @@ from scoring_pipeline.providers.chain import ProviderChain
 from scoring_pipeline.providers.files import FilePricesProvider, FileRatesProvider
 from scoring_pipeline.providers.frankfurter import FrankfurterRatesProvider
 from scoring_pipeline.providers.http import HttpSettings
-from scoring_pipeline.providers.models import PricesResult, RatesSnapshot
+from scoring_pipeline.providers.models import PricesResult, RatesSnapshot, RequiredSymbols
 from scoring_pipeline.providers.yahoo import YahooPricesProvider
 from scoring_pipeline.store.db import create_engine_for, resolve_database_url
 
@@ -198,13 +198,19 @@ class PricesProviderResource(_ProviderResource):
         )
 
     def fetch_prices(
-        self, *, symbols: Sequence[str], currencies: Mapping[str, str] | None = None
+        self,
+        *,
+        symbols: Sequence[str],
+        currencies: Mapping[str, str] | None = None,
+        required: RequiredSymbols | None = None,
     ) -> PricesResult:
-        """Quotes from the first provider with a usable answer."""
+        """Quotes from the first provider with a usable answer (one pricing some of `required`
+        when given)."""
         chain: ProviderChain[PricesProvider] = self.chain()
         return chain.ask(
             lambda p: p.fetch_prices(symbols=symbols, currencies=currencies),
             asked=len(set(symbols)),
+            required=required,
         )
 
 

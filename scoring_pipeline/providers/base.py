@@ -17,6 +17,7 @@ from scoring_pipeline.providers.models import (
     PricesResult,
     QuoteOutcome,
     RatesSnapshot,
+    RequiredSymbols,
 )
 from scoring_pipeline.providers.values import RejectedValue, normalise_currency, shorten
 
@@ -82,10 +83,15 @@ class RatesSource(Protocol):
 
 
 class PricesSource(Protocol):
-    """Anything that fetches closing prices: a provider, or the resource chaining them."""
+    """What fetches the night's closing prices: the resource chaining the providers, asked for
+    an answer that prices some of `required` (a market group's own instruments) when given."""
 
     def fetch_prices(
-        self, *, symbols: Sequence[str], currencies: Mapping[str, str] | None = None
+        self,
+        *,
+        symbols: Sequence[str],
+        currencies: Mapping[str, str] | None = None,
+        required: RequiredSymbols | None = None,
     ) -> PricesResult: ...
 
 

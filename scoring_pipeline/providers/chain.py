@@ -20,6 +20,7 @@ from scoring_pipeline.providers.base import (
 from scoring_pipeline.providers.models import (
     PricesResult,
     RatesSnapshot,
+    RequiredSymbols,
 )
 
 logger = logging.getLogger("scoring_pipeline.providers")
@@ -43,15 +44,31 @@ def check_rejected_share(result: RatesSnapshot | PricesResult, *, max_fraction: 
         )
 
 
-def check_answered(result: RatesSnapshot | PricesResult, *, asked: int | None) -> None:
+def check_answered(
+    result: RatesSnapshot | PricesResult,
+    *,
+    asked: int | None,
+    required: RequiredSymbols | None = None,
+) -> None:
     """Raise ProviderPayloadError when the answer holds no value at all for what was asked
     (`asked` values; None: whatever the provider knows): an empty answer (a prices file with
-    only its header, say) is unusable as a whole, not N symbols each missing."""
-    if asked == 0 or result.accepted_count or result.rejected:
+    only its header, say) is unusable as a whole, not N symbols each missing. So is an answer
+    with no value for any of the `required` symbols: not empty, yet it leaves a market group's
+    whole market unpriced."""
+    if asked == 0:
         return
     what = "rate" if isinstance(result, RatesSnapshot) else "price"
-    of = f" for any of the {asked} asked" if asked is not None else ""
-    raise ProviderPayloadError(f"an empty answer: no {what}{of}", provider=result.source)
+    if not (result.accepted_count or result.rejected):
+        of = f" for any of the {asked} asked" if asked is not None else ""
+        raise ProviderPayloadError(f"an empty answer: no {what}{of}", provider=result.source)
+    if not required or not isinstance(result, PricesResult):
+        return
+    if required.symbols.isdisjoint(result.quotes) and required.symbols.isdisjoint(result.rejected):
+        raise ProviderPayloadError(
+            f"no {what} for any of the {len(required.symbols)} {required.what} asked (only for "
+            "other symbols): the answer leaves them all unpriced",
+            provider=result.source,
+        )
 
 
 class ProviderChain(Generic[_P]):
@@ -67,14 +84,21 @@ class ProviderChain(Generic[_P]):
     def __repr__(self) -> str:
         return f"ProviderChain({', '.join(repr(p) for p in self.providers)})"
 
-    def ask(self, call: Callable[[_P], _R], *, asked: int | None = None) -> _R:
+    def ask(
+        self,
+        call: Callable[[_P], _R],
+        *,
+        asked: int | None = None,
+        required: RequiredSymbols | None = None,
+    ) -> _R:
         """The first usable answer of ``call(provider)``, provider by provider; `asked` is how
-        many values the call asks for (None: all the provider knows)."""
+        many values the call asks for (None: all the provider knows), `required` what it must
+        price some of (`check_answered`)."""
         errors: list[tuple[str, ProviderError]] = []
         for index, provider in enumerate(self.providers):
             try:
                 result = call(provider)
-                check_answered(result, asked=asked)
+                check_answered(result, asked=asked, required=required)
                 check_rejected_share(result, max_fraction=self.max_rejected_fraction)
                 return result
             except ProviderError as exc:

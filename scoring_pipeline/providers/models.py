@@ -185,3 +185,11 @@ def describe_validation_error(exc: pydantic.ValidationError) -> str:
     where = ".".join(str(part) for part in errors[0]["loc"])
     message = errors[0]["msg"].removeprefix("Value error, ")
     return f"{where}: {message}" if where else message
+
+
+class RequiredSymbols(pydantic.BaseModel, frozen=True):
+    """Symbols asked of which an answer must price at least one to be usable, and what they are
+    (a market group's own instruments, asked with its users' held symbols of other markets)."""
+
+    symbols: frozenset[str]
+    what: str

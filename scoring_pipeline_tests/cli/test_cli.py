@@ -449,6 +449,13 @@ def _status_of_a_partial_night(cli_env, clean_db, tmp_path):
     detail = run(cli_env, "status", "--date", DATE).stdout
     assert summary_value(detail, "job status") == "partial"
     assert f"failed user {bad} (batch b0000, stage criteria_validation)" in detail
+    with clean_db.connect() as conn:
+        unpriced = conn.execute(
+            sa.text("SELECT count(*) FROM price_snapshots WHERE close IS NULL")
+        ).scalar_one()
+    assert summary_value(detail, "prices") == (
+        f"{unpriced} needed symbols without a price, 0 of them rejected"
+    )
     step = summary_value(detail, "next")
     assert f"`scoring-pipeline retry-failed --date {DATE}`" in step
     assert "with `--url URL` when the webserver is not at http://127.0.0.1:3000" in step

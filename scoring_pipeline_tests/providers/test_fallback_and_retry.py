@@ -22,6 +22,7 @@ from scoring_pipeline.providers.chain import ProviderChain
 from scoring_pipeline.providers.files import FilePricesProvider, FileRatesProvider
 from scoring_pipeline.providers.frankfurter import FrankfurterRatesProvider
 from scoring_pipeline.providers.http import HttpSettings, ProviderHttpClient
+from scoring_pipeline.providers.models import RequiredSymbols
 from scoring_pipeline.providers.redaction import redact
 from scoring_pipeline.providers.values import Rejection
 from scoring_pipeline.providers.yahoo import YahooPricesProvider
@@ -463,3 +464,26 @@ def test_an_answer_with_no_value_at_all_goes_to_the_fallback(loopback, reply, fa
         _chain(FileRatesProvider(path=empty_rates)).ask(
             lambda p: p.fetch_usd_rates(currencies=["EUR"]), asked=1
         )
+
+
+def test_an_answer_pricing_none_of_the_required_symbols_is_not_usable(tmp_path):
+    # A market group asks for its own instruments and its users' held symbols of other markets:
+    # an answer with only the latter is not empty, yet it leaves the group's market unpriced.
+    held_only = tmp_path / "held.csv"
+    held_only.write_text("symbol,close,currency,price_date\nIBM,150.5,USD,2026-11-26\n")
+    required = RequiredSymbols(symbols=frozenset({"SAP", "SIE"}), what="instruments of EU_IND")
+    chain = _chain(FilePricesProvider(path=held_only))
+    with pytest.raises(ProviderPayloadError) as caught:
+        chain.ask(
+            lambda p: p.fetch_prices(symbols=["IBM", "SAP", "SIE"]), asked=3, required=required
+        )
+    assert str(caught.value) == (
+        "file: no price for any of the 2 instruments of EU_IND asked (only for other symbols): "
+        "the answer leaves them all unpriced"
+    )
+    one_of_them = tmp_path / "one.csv"
+    one_of_them.write_text("symbol,close,currency,price_date\nSIE,90,EUR,2026-11-26\n")
+    result = _chain(FilePricesProvider(path=one_of_them)).ask(
+        lambda p: p.fetch_prices(symbols=["IBM", "SAP", "SIE"]), asked=3, required=required
+    )
+    assert list(result.quotes) == ["SIE"] and result.missing == ["IBM", "SAP"]

@@ -324,3 +324,86 @@ def test_a_group_asks_again_for_its_own_symbols_another_groups_night_stored_as_m
     assert aaa.close == 30  # New York's own symbol, asked again and priced
     asked = [r for r in loopback.requests_to(mw.QUOTE)]
     assert "AAA" in str(asked[-1]), asked[-1]
+
+
+def _prices_of(nights, instance, name: str) -> dg.ExecuteInProcessResult:
+    """A group's snapshots run (its night's start), failed or not."""
+    return dg.materialize(
+        [nights.active_users, nights.exchange_rates, nights.nights[name].prices],
+        partition_key=DATE,
+        instance=instance,
+        resources=build_resources(),
+        tags={GROUP_TAG: name},
+        raise_on_error=False,
+    )
+
+
+def test_an_answer_without_any_of_the_groups_own_instruments_is_not_usable(
+    three_markets, dagster_instance, loopback, reply
+):
+    """Berlin's night asks for CCC (its market) and AAA (held by its user): an answer with AAA
+    alone is not empty, yet it prices none of Berlin's market, so it must not close the night
+    `completed` with every EU_IND asset unpriced."""
+    engine = three_markets
+    f.user(engine, holdings=[("AAA", "USD")], criteria=[("EU_IND", "stock", rules())])
+    only_aaa = [mw.quote("AAA", 30)]
+    loopback.script(mw.QUOTE, reply(200, {"quoteResponse": {"result": only_aaa, "error": None}}))
+
+    result = _prices_of(build_nights(_groups()), dagster_instance, "eu")
+
+    assert not result.success
+    (night,) = rows(
+        engine,
+        "SELECT status, error_details FROM overnight_job_runs WHERE job_type = 'scoring' "
+        "AND market_group = 'eu'",
+    )
+    assert night.status == "failed" and night.error_details["stage"] == "prices"
+    assert "EU_IND" in night.error_details["message"], night.error_details
+    assert rows(engine, "SELECT symbol FROM price_snapshots") == []
+
+
+def test_the_fallback_answers_for_a_group_whose_primary_left_out_its_market(
+    three_markets, dagster_instance, loopback, reply, monkeypatch, tmp_path
+):
+    engine = three_markets
+    f.user(engine, holdings=[("AAA", "USD")], criteria=[("EU_IND", "stock", rules())])
+    files = f.provider_files(
+        tmp_path / "fallback",
+        rates={"EUR": "0.5"},
+        prices={"AAA": ("31", "USD"), "CCC": ("11", "EUR")},
+    )
+    monkeypatch.setenv("PRICES_FALLBACK_PROVIDER", "file")
+    monkeypatch.setenv("PRICES_FILE", files["PRICES_FILE"])
+    only_aaa = [mw.quote("AAA", 30)]
+    loopback.script(mw.QUOTE, reply(200, {"quoteResponse": {"result": only_aaa, "error": None}}))
+
+    result = _prices_of(build_nights(_groups()), dagster_instance, "eu")
+
+    assert result.success
+    stored = {
+        r.symbol: (str(r.close), r.source)
+        for r in rows(engine, "SELECT symbol, close, source FROM price_snapshots")
+    }
+    assert stored == {"AAA": ("31", "file"), "CCC": ("11", "file")}
+    metadata = result.asset_materializations_for_node("eu__prices")[0].metadata
+    assert metadata["source"].value == "file" and metadata["unpriced"].value == 0
+
+
+def test_a_groups_night_counts_its_unpriced_symbols(
+    three_markets, dagster_instance, loopback, reply
+):
+    engine = three_markets
+    f.user(engine, holdings=[("AAA", "USD")], criteria=[("US_TECH", "stock", rules())])
+    without_bbb = [mw.quote("AAA", 30)]
+    loopback.script(mw.QUOTE, reply(200, {"quoteResponse": {"result": without_bbb, "error": None}}))
+
+    result = _prices_of(build_nights(_groups()), dagster_instance, "us")
+
+    assert result.success
+    metadata = result.asset_materializations_for_node("us__prices")[0].metadata
+    assert metadata["unpriced"].value == 1
+    (night,) = rows(
+        engine,
+        "SELECT metrics FROM overnight_job_runs WHERE job_type = 'scoring' AND market_group = 'us'",
+    )
+    assert night.metrics["prices_unpriced"] == 1

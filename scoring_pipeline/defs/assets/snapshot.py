@@ -110,6 +110,8 @@ def _merge_figures(
             # Values rejected one by one (SPEC §8): how many, and the first by name.
             f"{figure}_rejected": summary.get("rejected", 0),
             f"{figure}_rejected_values": summary.get("rejected_values", {}),
+            # Needed symbols stored with no price (prices only): their assets are skipped.
+            **({f"{figure}_unpriced": summary["unpriced"]} if "unpriced" in summary else {}),
         },
         market_group=group,
     )

@@ -13,7 +13,7 @@ from sqlalchemy.engine import Connection
 
 from scoring_pipeline.errors import ProviderError
 from scoring_pipeline.providers.base import PricesSource
-from scoring_pipeline.providers.models import PricesResult
+from scoring_pipeline.providers.models import PricesResult, RequiredSymbols
 from scoring_pipeline.store import tables as t
 from scoring_pipeline.store.market_scope import markets_param, member_in_group
 from scoring_pipeline.store.snapshots.rejections import (
@@ -185,12 +185,19 @@ def snapshot_prices(
             "reused_existing": True,
             "symbols": total,
             "is_stale": bool(stale),
+            **_unpriced(conn, score_date),
             **stored_rejections(conn, table, score_date, "symbol"),
         }
     symbols = needed_symbols(conn, score_date)
     if not symbols:
         conn.execute(table.delete().where(table.c.score_date == score_date))
-        return {"fetched": False, "reused_existing": False, "is_stale": False, "symbols": 0}
+        return {
+            "fetched": False,
+            "reused_existing": False,
+            "is_stale": False,
+            "symbols": 0,
+            "unpriced": 0,
+        }
     try:
         result = provider.fetch_prices(
             symbols=symbols, currencies=instrument_currencies(conn, symbols)
@@ -198,6 +205,7 @@ def snapshot_prices(
     except ProviderError as exc:
         return {
             **stale_or_raise(conn, table, score_date, max_age_days, exc, "prices"),
+            **_unpriced(conn, score_date),
             **stored_rejections(conn, table, score_date, "symbol"),
         }
     counts = store_prices(conn, score_date, symbols, result, fetched_at=_now())
@@ -209,6 +217,7 @@ def snapshot_prices(
         "source": result.source,
         "missing_symbols": result.missing[:50],
         **counts,
+        **_unpriced(conn, score_date),
         **fetched_rejections(result.rejected, "prices", score_date),
     }
 
@@ -234,31 +243,15 @@ def _snapshot_group_prices(
     refresh: bool,
     markets: Sequence[str],
 ) -> dict[str, Any]:
-    table = t.price_snapshots
     symbols = needed_symbols(conn, score_date, markets)
-    stored = dict(
-        conn.execute(
-            sa.select(table.c.symbol, table.c.is_stale).where(
-                table.c.score_date == score_date, table.c.symbol.in_(symbols)
-            )
-        ).all()
-    )
+    known = _stored_of_group(conn, score_date, symbols, markets)
+    stored = {s: k.is_stale for s, k in known.items() if k.stored}
     # Another group's night may have stored one of this group's own instruments unpriced (its
     # users hold it, and the provider left it out then): ask for those again, or this group's
     # night would score its own market without prices.
-    unpriced_own = set(
-        conn.execute(
-            sa.select(table.c.symbol)
-            .join(t.instruments, t.instruments.c.symbol == table.c.symbol)
-            .where(
-                table.c.score_date == score_date,
-                table.c.symbol.in_(symbols),
-                table.c.close.is_(None),
-                t.instruments.c.market.in_(markets),
-            )
-        ).scalars()
-    )
-    wanted = symbols if refresh else [s for s in symbols if s not in stored or s in unpriced_own]
+    wanted = [
+        s for s in symbols if refresh or s not in stored or (known[s].own and known[s].unpriced)
+    ]
     figures: dict[str, Any] = {
         "symbols": len(symbols),
         "reused_symbols": len(symbols) - len(wanted),
@@ -269,15 +262,24 @@ def _snapshot_group_prices(
             "reused_existing": True,
             "is_stale": any(stored.values()),
             **figures,
-            **stored_rejections(conn, table, score_date, "symbol"),
+            **_unpriced(conn, score_date, symbols),
+            **stored_rejections(conn, t.price_snapshots, score_date, "symbol"),
         }
+    # An answer pricing none of the group's own instruments asked is not usable (the next
+    # provider is asked), though it may price its users' held symbols of other markets.
+    own = frozenset(s for s in wanted if known[s].own)
+    required = (
+        RequiredSymbols(symbols=own, what=f"instruments of {', '.join(markets)}") if own else None
+    )
     try:
         result = provider.fetch_prices(
-            symbols=wanted, currencies=instrument_currencies(conn, wanted)
+            symbols=wanted, currencies=instrument_currencies(conn, wanted), required=required
         )
     except ProviderError as exc:
-        stale = stale_or_raise(conn, table, score_date, max_age_days, exc, "prices", wanted)
-        return {**stale, **figures}
+        stale = stale_or_raise(
+            conn, t.price_snapshots, score_date, max_age_days, exc, "prices", wanted
+        )
+        return {**stale, **figures, **_unpriced(conn, score_date, symbols)}
     counts = store_prices(conn, score_date, wanted, result, fetched_at=_now(), only_these=True)
     _warn_not_returned(score_date, result, len(wanted))
     return {
@@ -288,5 +290,48 @@ def _snapshot_group_prices(
         "missing_symbols": result.missing[:50],
         **counts,
         **figures,
+        **_unpriced(conn, score_date, symbols),
         **fetched_rejections(result.rejected, "prices", score_date),
     }
+
+
+@dataclass(frozen=True, slots=True)
+class _Known:
+    """What the date's snapshot holds of one of a group's symbols, and whether it is one of the
+    group's own instruments (not a held symbol of another market)."""
+
+    stored: bool
+    is_stale: bool
+    unpriced: bool
+    own: bool
+
+
+def _stored_of_group(
+    conn: Connection, score_date: dt.date, symbols: list[str], markets: Sequence[str]
+) -> dict[str, _Known]:
+    found = conn.execute(
+        sa.text(
+            "SELECT s.symbol, p.symbol IS NOT NULL AS stored, "
+            "  coalesce(p.is_stale, false) AS is_stale, p.close IS NULL AS unpriced, "
+            "  coalesce(i.market = ANY(CAST(:m AS text[])), false) AS own "
+            "FROM unnest(CAST(:s AS text[])) AS s(symbol) "
+            "LEFT JOIN price_snapshots p ON p.score_date = :d AND p.symbol = s.symbol "
+            "LEFT JOIN instruments i ON i.symbol = s.symbol"
+        ),
+        {"d": score_date, "s": symbols, "m": list(markets)},
+    ).all()
+    return {r.symbol: _Known(r.stored, r.is_stale, r.unpriced, r.own) for r in found}
+
+
+def _unpriced(
+    conn: Connection, score_date: dt.date, symbols: Sequence[str] | None = None
+) -> dict[str, int]:
+    """How many of the date's needed symbols (`symbols`; None: the whole snapshot) are stored
+    with no price: their assets are skipped (`missing_price`), and `status` says how many."""
+    table = t.price_snapshots
+    query = sa.select(sa.func.count()).where(
+        table.c.score_date == score_date, table.c.close.is_(None)
+    )
+    if symbols is not None:
+        query = query.where(table.c.symbol.in_(symbols))
+    return {"unpriced": conn.execute(query).scalar_one()}
