@@ -132,7 +132,7 @@ def _detail(
         lines.append(f"  … and {len(failed) - 20} more (overnight_job_runs.error_details)")
     if night.status in (NightStatus.PARTIAL, NightStatus.FAILED) and failed:
         lines.append(f"next            {_next_step(night, configured, failed)}")
-    elif failed_before_scoring(night):
+    elif failed_before_scoring(night) and night.market_group in configured:
         lines.append(
             "next            once its inputs can be fetched, start it again with "
             f"`scoring-pipeline score --date {night.score_date}{_group_option(night)}` (its "

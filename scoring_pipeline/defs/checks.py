@@ -25,6 +25,7 @@ from scoring_pipeline.defs.market_groups.group import DEFAULT_GROUP, DEFAULT_GRO
 from scoring_pipeline.defs.partitions import parse_scores_partition_key
 from scoring_pipeline.defs.resources import DatabaseResource
 from scoring_pipeline.store.batch_invariants import check_batch
+from scoring_pipeline.store.night.model import find_night
 
 _DESCRIPTIONS = {
     "events": "Each calculation of the batch has one complete (or failed) event set, in order.",
@@ -54,7 +55,8 @@ def _specs(scores: dg.AssetsDefinition) -> list[dg.AssetCheckSpec]:
 def build_scores_invariants(
     group: MarketGroup, scores: dg.AssetsDefinition
 ) -> dg.AssetChecksDefinition:
-    """The invariant checks of a group's `scores`, over the group's markets' rows."""
+    """The invariant checks of a group's `scores`, over the rows of the markets its night of
+    the batch's date scores."""
 
     # can_subset: a ranged run's step evaluates every partition of its range itself (an
     # `AssetCheckResult` names only a single-partition step's key), as evaluations per key.
@@ -105,8 +107,10 @@ def batch_check_evaluations(
         score_date, batch = parse_scores_partition_key(key)
         started = time.perf_counter()
         with engine.connect() as conn:
+            night = find_night(conn, score_date, market_group=market_group)
+            scored = night.markets_or(markets) if night is not None else markets
             reports = check_batch(
-                conn, score_date, batch, market_group=market_group, markets=markets
+                conn, score_date, batch, market_group=market_group, markets=scored
             )
         elapsed_ms = int((time.perf_counter() - started) * 1000)
         target = _latest_materialization(instance, asset_key, key)

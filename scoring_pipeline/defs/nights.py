@@ -25,6 +25,7 @@ from scoring_pipeline.defs.assets.scores import build_scores
 from scoring_pipeline.defs.checks import build_scores_invariants
 from scoring_pipeline.defs.jobs import build_jobs
 from scoring_pipeline.defs.market_groups.group import MarketGroup, group_of_run
+from scoring_pipeline.defs.run_tags import selection_paths
 from scoring_pipeline.defs.schedules import build_group_schedule
 
 
@@ -58,16 +59,7 @@ class NightDefinitions:
     def night_of_run(self, run: dg.DagsterRun) -> GroupNight | None:
         """The group night a run works for (`group_of_run`), its asset selection telling the
         group of a UI materialisation or backfill of a group's `scores` or `prices`."""
-        selected = set(run.asset_selection or ())
-        asset_group = next(
-            (
-                name
-                for name, night in self.nights.items()
-                if selected & {night.scores.key, night.prices.key}
-            ),
-            None,
-        )
-        group = group_of_run(run.tags, self.groups, asset_group)
+        group = group_of_run(run.tags, self.groups, selection_paths(run))
         return self.nights[group.name] if group is not None else None
 
 

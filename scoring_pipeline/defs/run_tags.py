@@ -3,6 +3,7 @@ schedule meant it to start. The schedule, the batch sensor and the CLI set them;
 them."""
 
 import datetime as dt
+from collections.abc import Sequence
 
 import dagster as dg
 from sqlalchemy.engine import Engine
@@ -73,11 +74,23 @@ def run_traceparent(context: dg.AssetExecutionContext | dg.OpExecutionContext) -
     return context.run.tags.get(TRACEPARENT)
 
 
+def selection_paths(run: dg.DagsterRun) -> list[Sequence[str]]:
+    """The key paths of the assets a run was launched to materialise (its asset selection: set
+    by the UI's Materialize and by backfills; empty for an in-process `dg.materialize`)."""
+    return [key.path for key in run.asset_selection or ()]
+
+
+def executed_paths(context: dg.AssetExecutionContext) -> list[Sequence[str]]:
+    """The key paths of the assets the executing run materialises: its job's selection, which
+    is the run's asset selection in a run worker and the assets given to `dg.materialize`."""
+    return [key.path for key in context.job_def.asset_layer.selected_asset_keys]
+
+
 def run_group(
-    context: dg.AssetExecutionContext | dg.OpExecutionContext, groups: dict[str, MarketGroup]
+    context: dg.AssetExecutionContext, groups: dict[str, MarketGroup]
 ) -> MarketGroup | None:
     """The market group whose night the run belongs to (`group_of_run`), or None."""
-    return group_of_run(context.run.tags, groups)
+    return group_of_run(context.run.tags, groups, executed_paths(context))
 
 
 def night_traceparent(

@@ -36,7 +36,8 @@ from scoring_pipeline.defs.run_tags import (
 from scoring_pipeline.defs.step_errors import last_step_failure
 from scoring_pipeline.store.dashboard_cache import pending_batches
 from scoring_pipeline.store.membership import load_membership
-from scoring_pipeline.store.night.model import find_night
+from scoring_pipeline.store.night.model import NightStatus, recent_nights
+from scoring_pipeline.store.night.opening import fail_night
 from scoring_pipeline.store.night.outcomes import (
     batches_landed_by_run,
     record_batch_run_died,
@@ -97,11 +98,40 @@ def batch_run_requests(
     return requests
 
 
-def started_by(database: DatabaseResource, score_date: str, group: str, run_id: str) -> bool:
-    """Whether the group's night of the date was last (re)started by this run."""
-    with database.engine().connect() as conn:
-        night = find_night(conn, dt.date.fromisoformat(score_date), market_group=group)
-    return night is not None and night.snapshot_run_id == run_id
+def night_started_by(
+    database: DatabaseResource, nights: NightDefinitions, score_date: str, run_id: str
+) -> GroupNight | None:
+    """The group night of the date this run last (re)started (its `active_users` records the
+    run on the night it opens), or None: a backfill's run starts none, nor the asset graph's
+    prices alone, nor a run another has restarted the night after. A night of a group the code
+    location no longer configures (removed while its snapshots ran) has no batch job to launch:
+    it fails, saying so, rather than stay `started`."""
+    day = dt.date.fromisoformat(score_date)
+    removed: list[str] = []
+    with database.engine().begin() as conn:
+        started = [
+            n for n in recent_nights(conn, 1_000, score_date=day) if n.snapshot_run_id == run_id
+        ]
+        for night in started:
+            if night.market_group in nights.nights:
+                return nights.nights[night.market_group]
+            if night.status is NightStatus.STARTED:
+                removed.append(night.market_group)
+                fail_night(
+                    conn,
+                    day,
+                    stage="batch",
+                    error=(
+                        f"group {night.market_group} is no longer configured (now: "
+                        f"{', '.join(nights.nights)}): its batches cannot be launched; score "
+                        f"{day} with the configured groups (`scoring-pipeline score --date "
+                        f"{day}`)"
+                    ),
+                    market_group=night.market_group,
+                )
+    for group in removed:
+        emit_root_span(database.engine(), day, market_group=group)
+    return None
 
 
 def _failure_message(context: dg.RunStatusSensorContext) -> str:
@@ -259,12 +289,8 @@ def build_sensors(nights: NightDefinitions) -> list[dg.SensorDefinition]:
         score_date = run.tags.get(PARTITION_TAG)
         if score_date is None or not _is_date(score_date):
             return []  # a batch run, a warm run: no date's snapshots
-        night = nights.night_of_run(run)
+        night = night_started_by(database, nights, score_date, run.run_id)
         if night is None:
-            return []
-        if not started_by(database, score_date, night.group.name, run.run_id):
-            # Not the run that last (re)started the night: a backfill's (it starts none), the
-            # asset graph's prices alone, or a run another has restarted the night after.
             return []
         return batch_run_requests(
             context.instance,

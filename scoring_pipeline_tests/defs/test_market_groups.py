@@ -4,6 +4,7 @@ configuration unchanged. Tick times are Dagster's own (its cron iterator, the on
 uses), compared with `exchange_calendars`' session opens."""
 
 import datetime as dt
+import logging
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -287,3 +288,20 @@ def test_a_group_ahead_of_utc_finds_its_date_among_the_snapshot_partitions(tmp_p
         current_time=tick
     )
     assert keys[-1] == "2026-12-07"
+
+
+def test_markets_in_no_group_are_named_at_load(tmp_path, caplog):
+    """A market of the markets table in no group is scored by no night: said when the code
+    location loads, not found weeks later by its users."""
+    with caplog.at_level(logging.WARNING, logger="scoring_pipeline.defs.market_groups"):
+        _load(tmp_path, mw.THREE_GROUPS)
+    (warning,) = [r for r in caplog.records if "in no group" in r.getMessage()]
+    assert warning.getMessage() == (
+        "market groups: markets LATE, US_REITS are in no group of "
+        f"{GROUPS_FILE_VARIABLE}: no night scores the criteria sets targeting them"
+    )
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="scoring_pipeline.defs.market_groups"):
+        rest = '[groups.rest]\nmarkets = ["US_REITS", "LATE"]\nopens_at = 09:30:00\n'
+        _load(tmp_path, mw.THREE_GROUPS + rest)
+    assert "in no group" not in caplog.text

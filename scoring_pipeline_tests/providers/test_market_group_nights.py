@@ -6,6 +6,7 @@ equal those of the single default night over the same universe."""
 
 import datetime as dt
 import json
+from dataclasses import replace
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -407,3 +408,184 @@ def test_a_groups_night_counts_its_unpriced_symbols(
         "SELECT metrics FROM overnight_job_runs WHERE job_type = 'scoring' AND market_group = 'us'",
     )
     assert night.metrics["prices_unpriced"] == 1
+
+
+def test_a_groups_snapshot_assets_materialised_from_the_asset_graph_start_its_night(
+    three_markets, dagster_instance
+):
+    """The Catalog's Materialize of `active_users`, `exchange_rates` and `us/prices` (Dagster's
+    implicit asset job: no group tag) starts New York's night, as its snapshots job does, and
+    the group's sensor launches its batches; a selection of two groups' prices starts neither."""
+    engine = three_markets
+    for _ in range(3):
+        f.user(engine, holdings=[("AAA", "USD")], criteria=[("US_TECH", "stock", rules())])
+    nights = build_nights(_groups())
+    from scoring_pipeline.defs.sensors import build_sensors
+
+    (sensor,) = [s for s in build_sensors(nights) if s.name == "scoring_batches_sensor"]
+
+    def materialize(*prices):
+        # As the Catalog's Materialize does: a run of the selected assets, no tag of ours.
+        assets = [nights.active_users, nights.exchange_rates, *prices]
+        return dg.materialize(
+            [*nights.assets()],
+            selection=[a.key for a in assets],
+            partition_key=DATE,
+            instance=dagster_instance,
+            resources=build_resources(),
+            raise_on_error=False,
+        )
+
+    result = materialize(nights.nights["us"].prices)
+    assert result.success
+    (night,) = rows(
+        engine,
+        "SELECT market_group, status, metrics->>'dagster_snapshot_run_id' AS run_id "
+        "FROM overnight_job_runs WHERE job_type = 'scoring'",
+    )
+    assert (night.market_group, night.status, night.run_id) == ("us", "started", result.run_id)
+    resources = build_resources()
+    context = dg.build_run_status_sensor_context(
+        sensor_name=sensor.name,
+        dagster_event=result.get_run_success_event(),
+        dagster_instance=dagster_instance,
+        dagster_run=result.dagster_run,
+        resources={"database": resources["database"], "settings": resources["settings"]},
+    )
+    requests = sensor(context)
+    assert [r.job_name for r in requests] == [nights.nights["us"].batch_job.name]
+    assert requests[0].tags["dagster/asset_partition_range_start"] == scores_partition_key(
+        DATE, "b0000"
+    )
+
+    both = materialize(nights.nights["us"].prices, nights.nights["eu"].prices)
+    assert not both.success
+    (failure,) = [e for e in both.get_step_failure_events() if e.step_key == "active_users"]
+    assert (
+        "this run materialises the assets of groups us, eu: a run starts the night of one "
+        "group" in str(failure.step_failure_data.user_failure_data.description)
+    )
+    assert [
+        r.market_group
+        for r in rows(
+            engine, "SELECT market_group FROM overnight_job_runs WHERE job_type = 'scoring'"
+        )
+    ] == ["us"]
+
+
+def test_a_groups_refresh_keeps_the_membership_other_groups_nights_use(
+    three_markets, dagster_instance
+):
+    """`score --date D --group us --refresh` (status's advice when the rates lack a currency)
+    re-fetches the inputs; recomputing the date's shared membership would delete Berlin's
+    batch outcomes of the date and re-batch its users under its finished night."""
+    engine = three_markets
+    f.user(engine, holdings=[("AAA", "USD")], criteria=[("EU_IND", "stock", rules())])
+    f.user(engine, holdings=[("AAA", "USD")], criteria=[("US_TECH", "stock", rules())])
+    nights = build_nights(_groups())
+    _group_night(dagster_instance, nights, "eu")
+    outcomes = "SELECT score_date, batch_key, market_group FROM scoring_batch_results ORDER BY 2"
+    membership = "SELECT user_id, batch_key FROM scoring_batches ORDER BY 1"
+    eu_outcomes, before = rows(engine, outcomes), rows(engine, membership)
+    assert eu_outcomes and before
+    f.user(engine, holdings=[("AAA", "USD")], criteria=[("US_TECH", "stock", rules())])
+
+    refresh = {"config": {"refresh": True}}
+    result = dg.materialize(
+        [nights.active_users, nights.exchange_rates, nights.nights["us"].prices],
+        partition_key=DATE,
+        instance=dagster_instance,
+        resources=build_resources(),
+        tags={GROUP_TAG: "us"},
+        run_config={
+            "ops": {"active_users": refresh, "exchange_rates": refresh, "us__prices": refresh}
+        },
+    )
+
+    assert result.success
+    assert rows(engine, outcomes) == eu_outcomes and rows(engine, membership) == before
+    metadata = result.asset_materializations_for_node("active_users")[0].metadata
+    assert metadata["membership_reused"].value is True
+    assert metadata["membership_kept_for"].value == ["eu"]
+    assert (
+        rows(engine, "SELECT status FROM overnight_job_runs WHERE market_group = 'eu'")[0].status
+        == "completed"
+    )
+
+
+def test_a_retry_after_a_market_moved_groups_scores_the_markets_its_night_opened_with(
+    three_markets, dagster_instance
+):
+    """EU_IND moves from eu to us after the date's nights: a retry of us's night of that date
+    scores US_TECH alone, as the night did, and leaves eu's EU_IND rows of the date alone."""
+    engine = three_markets
+    user = f.user(
+        engine,
+        holdings=[("AAA", "USD")],
+        criteria=[
+            ("US_TECH", "stock", rules()),
+            ("EU_IND", "stock", [f.rule("revenue", "gt", "100", 3)]),
+        ],
+    )
+    groups = {g.name: g for g in _groups()}
+    nights = build_nights(list(groups.values()))
+    _group_night(dagster_instance, nights, "us")
+    _group_night(dagster_instance, nights, "eu")
+    before = _scores(engine)
+    moved = build_nights([replace(groups["us"], markets=("EU_IND", "US_TECH")), groups["br"]])
+
+    again = dg.materialize(
+        [moved.nights["us"].scores, moved.nights["us"].checks],
+        partition_key=scores_partition_key(DATE, "b0000"),
+        instance=dagster_instance,
+        resources=build_resources(),
+    )
+
+    assert again.success
+    for evaluation in again.get_asset_check_evaluations():
+        assert evaluation.passed, evaluation.metadata
+    after = _scores(engine)
+    assert set(after) == set(before)
+    assert after[(user, "CCC")] == before[(user, "CCC")]  # eu's row, not re-scored by us
+    assert after[(user, "AAA")][3] != before[(user, "AAA")][3]  # us's own, re-scored
+    (night,) = rows(
+        engine,
+        "SELECT users_processed, metrics->'markets' AS markets FROM overnight_job_runs "
+        "WHERE job_type = 'scoring' AND market_group = 'us'",
+    )
+    assert night.markets == ["US_TECH"] and night.users_processed == 1
+
+
+def test_a_night_started_by_a_group_removed_since_fails_saying_so(three_markets, dagster_instance):
+    """Berlin's snapshots run succeeds, then the deployment reloads without group eu: no batch
+    of its night can run, so the night fails saying why, rather than stay `started` with the
+    schedule's skip reason saying its batches are still running."""
+    engine = three_markets
+    f.user(engine, holdings=[("AAA", "USD")], criteria=[("EU_IND", "stock", rules())])
+    groups = {g.name: g for g in _groups()}
+    started = _prices_of(build_nights(list(groups.values())), dagster_instance, "eu")
+    assert started.success
+    without_eu = build_nights([groups["us"], groups["br"]])
+    from scoring_pipeline.defs.sensors import build_sensors
+
+    (sensor,) = [s for s in build_sensors(without_eu) if s.name == "scoring_batches_sensor"]
+    resources = build_resources()
+    context = dg.build_run_status_sensor_context(
+        sensor_name=sensor.name,
+        dagster_event=started.get_run_success_event(),
+        dagster_instance=dagster_instance,
+        dagster_run=started.dagster_run,
+        resources={"database": resources["database"], "settings": resources["settings"]},
+    )
+
+    assert sensor(context) == []
+
+    (night,) = rows(
+        engine,
+        "SELECT status, error_details FROM overnight_job_runs WHERE market_group = 'eu'",
+    )
+    assert night.status == "failed", night
+    assert night.error_details["message"] == (
+        "group eu is no longer configured (now: us, br): its batches cannot be launched; "
+        f"score {DATE} with the configured groups (`scoring-pipeline score --date {DATE}`)"
+    )

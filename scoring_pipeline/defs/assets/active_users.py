@@ -5,6 +5,7 @@ groups' runs reuse it. The run's group (see `market_groups.group.group_of_run`) 
 here, first step of its snapshots run, and its `scores` partitions made the date's batches.
 """
 
+import datetime as dt
 import time
 from typing import Any
 
@@ -21,17 +22,23 @@ from scoring_pipeline.defs.assets.snapshot import (
     score_date_of,
 )
 from scoring_pipeline.defs.batches_in_flight import night_in_progress
-from scoring_pipeline.defs.market_groups.group import DEFAULT_GROUPS, MarketGroup
+from scoring_pipeline.defs.market_groups.group import DEFAULT_GROUPS, MarketGroup, selected_groups
 from scoring_pipeline.defs.partitions import (
     register_night_batches,
     score_date_partitions_for,
     scores_partition_key,
 )
 from scoring_pipeline.defs.resources import DatabaseResource, ScoringSettingsResource
-from scoring_pipeline.defs.run_tags import LATE_TAG, SCHEDULED_FOR_TAG, run_group, run_traceparent
+from scoring_pipeline.defs.run_tags import (
+    LATE_TAG,
+    SCHEDULED_FOR_TAG,
+    executed_paths,
+    run_group,
+    run_traceparent,
+)
 from scoring_pipeline.store.membership import compute_membership, load_membership, store_membership
 from scoring_pipeline.store.night.closing import close_night
-from scoring_pipeline.store.night.model import find_night, merge_metrics
+from scoring_pipeline.store.night.model import find_night, merge_metrics, recent_nights
 from scoring_pipeline.store.night.opening import open_night
 from scoring_pipeline.store.night.root_span import emit_root_span
 from scoring_pipeline.store.snapshots.reuse import lock_snapshot
@@ -83,6 +90,37 @@ def _refuse_a_night_in_progress(
         )
 
 
+def _nights_using_membership(
+    conn: Connection, score_date: dt.date, group: MarketGroup | None
+) -> list[str]:
+    """The groups other than `group` with a night of the date: they use its membership."""
+    mine = group.name if group is not None else None
+    return [
+        night.market_group
+        for night in recent_nights(conn, 1_000, score_date=score_date)
+        if night.market_group != mine
+    ]
+
+
+def _refuse_several_groups(
+    context: dg.AssetExecutionContext, groups: dict[str, MarketGroup]
+) -> None:
+    """A run starts one group's night: one materialising several groups' prices from the asset
+    graph (the Catalog's select-all) would start none, and leave them all as they were."""
+    several = selected_groups(executed_paths(context), groups)
+    if len(several) < 2:
+        return
+    raise dg.Failure(
+        description=(
+            f"this run materialises the assets of groups {', '.join(several)}: a run starts the "
+            "night of one group. Materialise active_users and exchange_rates with one group's "
+            "prices, or launch each group's overnight_snapshots_job (<group>_overnight_"
+            "snapshots_job) for the date"
+        ),
+        allow_retries=False,
+    )
+
+
 def build_active_users(groups: dict[str, MarketGroup]) -> dg.AssetsDefinition:
     """The shared membership asset of a code location whose groups are `groups`."""
 
@@ -103,6 +141,8 @@ def build_active_users(groups: dict[str, MarketGroup]) -> dg.AssetsDefinition:
         started = time.perf_counter()
         group = run_group(context, groups)
         backfill = in_backfill(context)
+        if group is None and not backfill:
+            _refuse_several_groups(context, groups)
         if backfill:
             # A backfill never starts or restarts a night: no batch run follows it.
             refuse_a_date_with_no_night(database, score_date)
@@ -120,6 +160,16 @@ def build_active_users(groups: dict[str, MarketGroup]) -> dg.AssetsDefinition:
             if group is not None:
                 _refuse_a_night_in_progress(context, conn, group, membership.batch_keys)
             reused = bool(membership.members) and not config.refresh
+            kept_for = _nights_using_membership(conn, score_date, group) if config.refresh else []
+            if kept_for and membership.members:
+                # Shared by the date's groups: recomputed, it would delete their batch outcomes
+                # and re-batch their users under their nights. The inputs are still refreshed.
+                context.log.warning(
+                    f"refresh: the membership of {score_date} is kept, not recomputed: the "
+                    f"nights of {', '.join(kept_for)} of that date use it (their batch outcomes "
+                    "would be lost); users added since are scored from the next date"
+                )
+                reused = True
             if not reused:
                 membership = compute_membership(conn, settings.batch_size)
                 store_membership(conn, score_date, membership)
@@ -174,6 +224,7 @@ def build_active_users(groups: dict[str, MarketGroup]) -> dg.AssetsDefinition:
                     "scores_partitions_added": len(added),
                     "scores_partitions_removed": removed,
                     "membership_reused": reused,
+                    "membership_kept_for": kept_for,
                     "job_correlation_id": correlation_id,
                     "duration_ms": int((time.perf_counter() - started) * 1000),
                 }

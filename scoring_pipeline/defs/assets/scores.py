@@ -30,7 +30,7 @@ from scoring_pipeline.store import month_partitions
 from scoring_pipeline.store import tables as t
 from scoring_pipeline.store.batch_inputs import RunInputs, load_batch_inputs
 from scoring_pipeline.store.membership import batch_keys_text, has_batch
-from scoring_pipeline.store.night.model import find_night
+from scoring_pipeline.store.night.model import Night, find_night
 from scoring_pipeline.store.snapshots.reuse import has_snapshot
 
 # How many consecutive selected partitions a backfill's run scores (SCORING_BATCHES_PER_RUN's
@@ -65,7 +65,7 @@ def build_scores(group: MarketGroup, upstream: list[dg.AssetsDefinition]) -> dg.
         """Scores of the run's batches of users (one partition, or a range of a night's), from
         their date's frozen snapshots: each batch is scored as the IO manager writes it."""
         keys = list(context.partition_keys)
-        batches, refused = _night_batches(database, keys, group.name)
+        batches, refused, markets = _night_batches(database, keys, group)
         if len(keys) == 1 and refused:
             raise dg.Failure(description=refused[0].description, allow_retries=False)
 
@@ -73,7 +73,8 @@ def build_scores(group: MarketGroup, upstream: list[dg.AssetsDefinition]) -> dg.
 
         def score(score_date: dt.date, batch: str, correlation_id: str) -> BatchOutput:
             inputs = shared.setdefault(score_date, RunInputs())
-            return _score_batch(context, database, group, score_date, batch, correlation_id, inputs)
+            night = _NightScope(group.name, correlation_id, markets[score_date])
+            return _score_batch(context, database, night, score_date, batch, inputs)
 
         return RunBatches(batches=batches, refused=refused, score=score, ranged=len(keys) > 1)
 
@@ -106,56 +107,67 @@ class RunBatches:
 
 
 def _night_batches(
-    database: DatabaseResource, keys: list[str], group: str
-) -> tuple[list[tuple[dt.date, str, str]], list[RefusedBatch]]:
-    """(date, batch, the night's correlation id) of every key that is a batch of a night, and
-    the others refused with the reason."""
+    database: DatabaseResource, keys: list[str], group: MarketGroup
+) -> tuple[
+    list[tuple[dt.date, str, str]], list[RefusedBatch], dict[dt.date, tuple[str, ...] | None]
+]:
+    """(date, batch, the night's correlation id) of every key that is a batch of a night, the
+    others refused with the reason, and the markets each date's night scores."""
     batches: list[tuple[dt.date, str, str]] = []
     refused: list[RefusedBatch] = []
-    nights: dict[dt.date, str] = {}
+    nights: dict[dt.date, Night] = {}
     with database.engine().begin() as conn:
         for key in keys:
             try:
                 score_date, batch = _night_batch(key)
                 if score_date not in nights:
-                    nights[score_date] = _night_of_date(conn, score_date, batch, group)
-                _check_batch(conn, score_date, batch, group)
+                    nights[score_date] = _night_of_date(conn, score_date, batch, group.name)
+                _check_batch(conn, score_date, batch, group.name)
             except dg.Failure as exc:
                 refused.append(RefusedBatch(key, exc.description or str(exc)))
                 continue
-            batches.append((score_date, batch, nights[score_date]))
-    return batches, refused
+            batches.append((score_date, batch, nights[score_date].correlation_id))
+    markets = {d: night.markets_or(group.markets) for d, night in nights.items()}
+    return batches, refused, markets
+
+
+@dataclass(frozen=True)
+class _NightScope:
+    """The night a batch is scored for: its group, correlation id and markets."""
+
+    group: str
+    correlation_id: str
+    markets: tuple[str, ...] | None
 
 
 def _score_batch(
     context: dg.AssetExecutionContext,
     database: DatabaseResource,
-    group: MarketGroup,
+    night: _NightScope,
     score_date: dt.date,
     batch: str,
-    correlation_id: str,
     shared: RunInputs,
 ) -> BatchOutput:
     """Score one batch of the run, in its own span, and log what became of its users."""
-    traceparent = night_traceparent(context, database.engine(), score_date, group.name)
+    traceparent = night_traceparent(context, database.engine(), score_date, night.group)
     with (
         telemetry.step_span(
             "score-batch",
             traceparent,
-            {"score_date": str(score_date), "batch": batch, "market_group": group.name},
+            {"score_date": str(score_date), "batch": batch, "market_group": night.group},
         ) as span,
         database.engine().connect() as conn,
     ):
         started = time.perf_counter()
-        inputs = load_batch_inputs(conn, score_date, batch, group.markets, shared)
+        inputs = load_batch_inputs(conn, score_date, batch, night.markets, shared)
         output = score_batch(
             inputs,
             load_seconds=time.perf_counter() - started,
             score_date=score_date,
             batch=batch,
-            job_correlation_id=correlation_id,
-            market_group=group.name,
-            markets=group.markets,
+            job_correlation_id=night.correlation_id,
+            market_group=night.group,
+            markets=night.markets,
         )
         if span is not None:
             span.set_attributes(
@@ -172,7 +184,7 @@ def _score_batch(
             f"{error.get('type')}: {error.get('message')}"
         )
     context.log.info(
-        f"batch {batch} of {score_date} ({group.name}): {len(output.succeeded)} users "
+        f"batch {batch} of {score_date} ({night.group}): {len(output.succeeded)} users "
         f"scored, {len(output.failed)} failed, {len(output.users_skipped)} skipped, "
         f"{output.assets_scored} assets in {output.duration_ms} ms"
     )
@@ -186,8 +198,8 @@ def _night_batch(partition_key: str) -> tuple[dt.date, str]:
         raise dg.Failure(description=str(exc), allow_retries=False) from None
 
 
-def _night_of_date(conn: Connection, score_date: dt.date, batch: str, group: str) -> str:
-    """The correlation id of the date's night of the group, with its inputs frozen; a clear
+def _night_of_date(conn: Connection, score_date: dt.date, batch: str, group: str) -> Night:
+    """The date's night of the group, with its inputs frozen; a clear
     failure when there is none (never opens a night: only the date's snapshots run does)."""
     night = find_night(conn, score_date, market_group=group)
     if night is None:
@@ -208,7 +220,7 @@ def _night_of_date(conn: Connection, score_date: dt.date, batch: str, group: str
                 f"no {what} snapshot for {score_date}: materialise the date's "
                 "snapshots (the overnight_snapshots_job) before its batches"
             )
-    return night.correlation_id
+    return night
 
 
 def _check_batch(conn: Connection, score_date: dt.date, batch: str, group: str) -> None:

@@ -103,7 +103,22 @@ def load_groups(
         logger.warning("market groups: the markets table could not be read to check codes")
     groups = [_group(name, spec, known, where) for name, spec in parsed.groups.items()]
     _check_disjoint(groups, where)
+    if known is not None:
+        _warn_markets_in_no_group(groups, known)
     return groups
+
+
+def _warn_markets_in_no_group(groups: list[MarketGroup], known: Mapping[str, object]) -> None:
+    """A market of the table in no group is scored by no night: say so at load."""
+    grouped = {m for g in groups for m in g.markets or ()}
+    alone = sorted(set(known) - grouped)
+    if alone:
+        logger.warning(
+            "market groups: markets %s are in no group of %s: no night scores the criteria "
+            "sets targeting them",
+            ", ".join(alone),
+            GROUPS_FILE_VARIABLE,
+        )
 
 
 def _group(

@@ -3,7 +3,7 @@ keys of its Dagster objects; the default group of an unconfigured deployment, an
 run works for."""
 
 import datetime as dt
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from zoneinfo import ZoneInfo
 
@@ -79,17 +79,34 @@ class MarketGroup:
         )
 
 
+def selected_groups(
+    selected: Iterable[Sequence[str]], groups: Mapping[str, MarketGroup]
+) -> list[str]:
+    """The groups whose `prices` or `scores` are among the `selected` asset key paths (a run's
+    asset selection), in the order of `groups`."""
+    paths = {tuple(path) for path in selected}
+    return [
+        name
+        for name, group in groups.items()
+        if paths & {tuple(group.asset_key("prices")), tuple(group.asset_key("scores"))}
+    ]
+
+
 def group_of_run(
-    tags: Mapping[str, str], groups: Mapping[str, MarketGroup], asset_group: str | None = None
+    tags: Mapping[str, str],
+    groups: Mapping[str, MarketGroup],
+    selected: Iterable[Sequence[str]] = (),
 ) -> MarketGroup | None:
-    """The group whose night a run works for: its GROUP_TAG; else `asset_group`, the group of the
-    asset it materialises (UI materialisations and backfills run Dagster's implicit asset job,
-    which carries no tag of ours); else the default group when it is the only one; else none."""
+    """The group whose night a run works for: its GROUP_TAG; else the one group whose assets it
+    materialises (`selected`, its asset selection: UI materialisations and backfills run
+    Dagster's implicit asset job, which carries no tag of ours); else the default group when it
+    is the only one; else none (a run of several groups' assets works for none)."""
     tagged = tags.get(GROUP_TAG)
     if tagged is not None:
         return groups.get(tagged)
-    if asset_group is not None:
-        return groups.get(asset_group)
+    of_selection = selected_groups(selected, groups)
+    if len(of_selection) == 1:
+        return groups[of_selection[0]]
     only = list(groups.values())
     return only[0] if len(only) == 1 and only[0].is_default else None
 

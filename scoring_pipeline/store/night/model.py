@@ -68,6 +68,16 @@ class Night:
         value = (self.metrics or {}).get("dagster_snapshot_run_id")
         return str(value) if value else None
 
+    def markets_or(self, current: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        """The markets the night was opened with (None: every market): a retry of the night
+        scores and checks those, though a market has moved to another group since (whose
+        nights then score it); `current`, the group's markets now, for a night recorded before
+        nights kept them."""
+        if "markets" not in (self.metrics or {}):
+            return current
+        kept = self.metrics["markets"]
+        return tuple(kept) if kept is not None else None
+
 
 @dataclass(frozen=True, slots=True)
 class BatchOutcome:
