@@ -5,8 +5,17 @@ running Dagster), and `replay` (one calculation recomputed from its captured inp
 import argparse
 import datetime as dt
 import sys
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy.engine import Connection
 
 from scoring_pipeline.cli.options import app_engine, chosen_groups, parse_date
+
+if TYPE_CHECKING:
+    import dagster as dg
+
+    from scoring_pipeline.defs.market_groups.group import MarketGroup
+    from scoring_pipeline.runtime.dagster_api import DagsterApi
 
 
 def cmd_score(args: argparse.Namespace) -> int:
@@ -31,82 +40,125 @@ def cmd_retry_failed(args: argparse.Namespace) -> int:
     import dagster as dg
 
     from scoring_pipeline.definitions import defs
-    from scoring_pipeline.defs.batches_in_flight import partitions_being_scored
-    from scoring_pipeline.defs.partitions import scores_partition_key, scores_partitions_name
     from scoring_pipeline.runtime.dagster_api import DagsterApi
-    from scoring_pipeline.store.night.model import find_night
-    from scoring_pipeline.store.night.outcomes import batches_to_retry, failed_before_scoring
+    from scoring_pipeline.store.night.outcomes import lock_retries
 
     score_date = parse_date(args.date)
     api = DagsterApi.from_env(args.url)
     groups = chosen_groups(args)
     engine = app_engine()  # prepares the environment the definitions and the instance read
     asset_graph = defs().resolve_asset_graph()
-    nights = 0
-    unscored = False
+    found: list[str] = []
     with dg.DagsterInstance.get() as instance:
         for group in groups:
-            with engine.connect() as conn:
-                night = find_night(conn, score_date, market_group=group.name)
-                if night is None:
-                    # Its batches would be refused (no night) and counted as failed by nobody.
-                    if len(groups) > 1:  # else the closing line says it
-                        print(f"nothing to retry in group {group.name}: {score_date} has no night")
-                    continue
-                if failed_before_scoring(night):
-                    # No batch can score without the inputs that could not be frozen.
-                    unscored = True
-                    details = night.error_details or {}
-                    only = "" if len(groups) == 1 else f" --group {group.name}"
-                    print(
-                        f"nothing to retry in group {group.name}: the night of {score_date} "
-                        f"failed before scoring (stage {details.get('stage')}: "
-                        f"{details.get('message')}); once that is fixed, start it again with "
-                        f"`scoring-pipeline score --date {score_date}{only}`"
-                    )
-                    nights += 1
-                    continue
-                batches = batches_to_retry(conn, score_date, market_group=group.name)
-            nights += 1
-            if not batches:
-                print(
-                    f"nothing to retry in group {group.name}: every batch of {score_date} succeeded"
+            # Two retry-failed of one night take turns from the check to the launch: the
+            # second finds the first's backfill and leaves its batches to it.
+            with engine.begin() as conn:
+                lock_retries(conn, score_date, group.name)
+                found.append(
+                    _retry_group(conn, instance, api, asset_graph, group, score_date, len(groups))
                 )
-                continue
-            keys = {scores_partition_key(score_date, b): b for b in batches}
-            # A batch a run or an earlier retry is still scoring is left to it: retrying it now
-            # would score it twice at once (each write waits for the other, the result the same).
-            busy = partitions_being_scored(instance, group, asset_graph, keys)
-            if busy:
-                print(
-                    f"left to what is scoring them now in group {group.name} "
-                    f"({len(busy)} of {len(keys)} batches; run retry-failed again once it ends): "
-                    + ", ".join(f"{keys[k]} ({busy[k]})" for k in sorted(busy))
-                )
-            partitions = [k for k in keys if k not in busy]
-            if not partitions:
-                continue
-            # A night scored before the partitions became per-night batches has none registered.
-            for key in partitions:
-                api.add_dynamic_partition(scores_partitions_name(group), key)
-            backfill_id = api.launch_scores_backfill(
-                partitions,
-                title=f"retry failed batches of {score_date} ({group.name})",
-                asset_path=group.asset_key("scores"),
-            )
-            print(
-                f"backfill {backfill_id}: re-scoring {len(partitions)} "
-                f"{'batch' if len(partitions) == 1 else 'batches'} of {score_date} "
-                f"in group {group.name}: " + ", ".join(keys[k] for k in partitions)
-            )
-    if not nights:
+    if args.group is None:
+        found.extend(_former_groups_nights(engine, score_date, [g.name for g in groups]))
+    if not [f for f in found if f != _NO_NIGHT]:
         print(
             f"{score_date} has no night"
             + (f" in group {groups[0].name}" if len(groups) == 1 else "")
             + ": `scoring-pipeline status` lists the nights"
         )
         return 1
-    return 1 if unscored else 0
+    return 1 if _UNSCORED in found else 0
+
+
+_NO_NIGHT, _UNSCORED, _RETRIED = "no night", "failed before scoring", "retried"
+
+
+def _former_groups_nights(engine: Any, score_date: dt.date, configured: list[str]) -> list[str]:
+    """The date's unfinished nights of groups the deployment no longer configures, said: their
+    batches cannot be retried (their assets are gone), so the date is scored anew."""
+    from scoring_pipeline.store.night.model import NightStatus, recent_nights
+
+    with engine.connect() as conn:
+        nights = recent_nights(conn, 1_000, score_date=score_date)
+    found = []
+    for night in nights:
+        if night.market_group in configured or night.status is NightStatus.COMPLETED:
+            continue
+        print(
+            f"cannot retry group {night.market_group}: it is no longer configured (now: "
+            f"{', '.join(configured)}), and its night of {score_date} is {night.status.value} "
+            f"with {night.metrics.get('users_failed', 0)} failed users; fix their data, then "
+            f"score the date with the configured groups: `scoring-pipeline score --date "
+            f"{score_date}`"
+        )
+        found.append(_UNSCORED)
+    return found
+
+
+def _retry_group(
+    conn: Connection,
+    instance: "dg.DagsterInstance",
+    api: "DagsterApi",
+    asset_graph: Any,
+    group: "MarketGroup",
+    score_date: dt.date,
+    groups: int,
+) -> str:
+    """Backfill the failed batches of one group's night that nothing is scoring now; what was
+    found: no night, a night failed before scoring, or one retried (or with nothing to retry)."""
+    from scoring_pipeline.defs.batches_in_flight import partitions_being_scored
+    from scoring_pipeline.defs.partitions import scores_partition_key, scores_partitions_name
+    from scoring_pipeline.store.night.model import find_night
+    from scoring_pipeline.store.night.outcomes import batches_to_retry, failed_before_scoring
+
+    night = find_night(conn, score_date, market_group=group.name)
+    if night is None:
+        # Its batches would be refused (no night) and counted as failed by nobody.
+        if groups > 1:  # else the closing line says it
+            print(f"nothing to retry in group {group.name}: {score_date} has no night")
+        return _NO_NIGHT
+    if failed_before_scoring(night):
+        # No batch can score without the inputs that could not be frozen.
+        details = night.error_details or {}
+        only = "" if groups == 1 else f" --group {group.name}"
+        print(
+            f"nothing to retry in group {group.name}: the night of {score_date} "
+            f"failed before scoring (stage {details.get('stage')}: "
+            f"{details.get('message')}); once that is fixed, start it again with "
+            f"`scoring-pipeline score --date {score_date}{only}`"
+        )
+        return _UNSCORED
+    batches = batches_to_retry(conn, score_date, market_group=group.name)
+    if not batches:
+        print(f"nothing to retry in group {group.name}: every batch of {score_date} succeeded")
+        return _RETRIED
+    keys = {scores_partition_key(score_date, b): b for b in batches}
+    # A batch a run or an earlier retry is still scoring is left to it: retrying it now
+    # would score it twice at once (each write waits for the other, the result the same).
+    busy = partitions_being_scored(instance, group, asset_graph, keys)
+    if busy:
+        print(
+            f"left to what is scoring them now in group {group.name} "
+            f"({len(busy)} of {len(keys)} batches; run retry-failed again once it ends): "
+            + ", ".join(f"{keys[k]} ({busy[k]})" for k in sorted(busy))
+        )
+    partitions = [k for k in keys if k not in busy]
+    if not partitions:
+        return _RETRIED
+    # A night scored before the partitions became per-night batches has none registered.
+    for key in partitions:
+        api.add_dynamic_partition(scores_partitions_name(group), key)
+    backfill_id = api.launch_scores_backfill(
+        partitions,
+        title=f"retry failed batches of {score_date} ({group.name})",
+        asset_path=group.asset_key("scores"),
+    )
+    print(
+        f"backfill {backfill_id}: re-scoring {len(partitions)} "
+        f"{'batch' if len(partitions) == 1 else 'batches'} of {score_date} "
+        f"in group {group.name}: " + ", ".join(keys[k] for k in partitions)
+    )
+    return _RETRIED
 
 
 def cmd_replay(args: argparse.Namespace) -> int:

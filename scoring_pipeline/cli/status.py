@@ -67,6 +67,12 @@ def _group_option(night: Night) -> str:
     return "" if night.market_group == ALL_MARKETS else f" --group {night.market_group}"
 
 
+def _asset(night: Night, name: str) -> str:
+    """The UI name of one of the night's group's assets (`us/scores`; `scores` for the default
+    group)."""
+    return name if night.market_group == ALL_MARKETS else f"{night.market_group}/{name}"
+
+
 def _dashboards(warm: Night | None) -> str:
     if warm is None:
         return "not warmed yet"
@@ -158,7 +164,7 @@ def _next_step(night: Night, configured: list[str], failed: list[dict[str, Any]]
             "the date's frozen rates lack a currency they need: once the rates provider has it, "
             f"`scoring-pipeline score --date {night.score_date}{group} --refresh` (fetches the "
             "inputs again and re-scores the night; in the UI: materialise exchange_rates with "
-            "config refresh: true, then scores → Failed and missing)"
+            f"config refresh: true, then {_asset(night, 'scores')} → Failed and missing)"
         )
     fix = (
         "their batch runs ended without scoring them (stage batch: a worker died, a run was "
@@ -168,8 +174,8 @@ def _next_step(night: Night, configured: list[str], failed: list[dict[str, Any]]
     )
     return (
         f"{fix} `scoring-pipeline retry-failed "
-        f"--date {night.score_date}{group}`{_url_note()} (or in the UI: asset scores → "
-        "Partitions → Materialize… → Failed and missing)"
+        f"--date {night.score_date}{group}`{_url_note()} (or in the UI: asset "
+        f"{_asset(night, 'scores')} → Partitions → Materialize… → Failed and missing)"
     )
 
 

@@ -468,6 +468,13 @@ def _status_of_a_partial_night(cli_env, clean_db, tmp_path):
         "fix those users' data, then score the date with the configured groups: "
         f"`scoring-pipeline score --date {DATE}`"
     )
+    retry = run(grouped, "retry-failed", "--date", DATE, check=False)
+    assert retry.returncode == 1, retry.stderr
+    assert retry.stdout.splitlines()[-1] == (
+        "cannot retry group all: it is no longer configured (now: us, br, eu), and its night of "
+        f"{DATE} is partial with 1 failed users; fix their data, then score the date with the "
+        f"configured groups: `scoring-pipeline score --date {DATE}`"
+    )
     none = run(grouped, "status", "--date", "2026-01-01", "--group", "us", check=False)
     assert none.returncode == 1 and none.stdout.strip() == (
         "no night of 2026-01-01 in group us: start it with `scoring-pipeline score --date "

@@ -93,6 +93,11 @@ def test_a_second_tick_on_the_same_date_is_skipped_naming_the_night(world, dagst
         "WHERE event_type = 'CALC_STARTED' GROUP BY user_id",
     )
     assert [r.n for r in calculations] == [1, 1, 1]  # one calculation per user
+    # Its batches re-materialised from the UI with the same outcome: the night's figures are
+    # the same, so it is not closed again (a JOB_COMPLETED a batch, each with new timings).
+    for key in ("b0000", "b0001"):
+        assert batch(dagster_instance, key).success
+    assert _night_events(world, DATE) == [("JOB_STARTED", None), ("JOB_COMPLETED", "completed")]
 
 
 def test_a_tick_restarts_a_night_that_failed_before_scoring_only(world, dagster_instance):

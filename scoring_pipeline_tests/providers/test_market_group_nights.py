@@ -589,3 +589,40 @@ def test_a_night_started_by_a_group_removed_since_fails_saying_so(three_markets,
         "group eu is no longer configured (now: us, br): its batches cannot be launched; "
         f"score {DATE} with the configured groups (`scoring-pipeline score --date {DATE}`)"
     )
+
+
+def test_the_hints_of_a_groups_night_name_its_group(three_markets, dagster_instance):
+    """What an operator is told to do for group us's night names us: its commands carry
+    `--group us`, its UI asset is `us/scores`, its job `us_overnight_snapshots_job`."""
+    from scoring_pipeline.cli.status import _next_step
+    from scoring_pipeline.store.night.model import find_night
+    from scoring_pipeline.store.night.opening import tick_skip_reason
+
+    engine = three_markets
+    f.user(engine, holdings=[("AAA", "USD")], criteria=[("US_TECH", "stock", rules())])
+    nights = build_nights(_groups())
+    prices_alone = dg.materialize(
+        [nights.nights["us"].prices],
+        partition_key=DATE,
+        instance=dagster_instance,
+        resources=build_resources(),
+        tags={GROUP_TAG: "us"},
+        raise_on_error=False,
+    )
+    (failure,) = prices_alone.get_step_failure_events()
+    assert (
+        f"launching us_overnight_snapshots_job for that one date (a launch, not a backfill over "
+        f"dates), or `scoring-pipeline score --date {DATE} --group us`"
+    ) in str(failure.step_failure_data.user_failure_data.description)
+    _group_night(dagster_instance, nights, "us")
+    with engine.connect() as conn:
+        reason = tick_skip_reason(conn, dt.date.fromisoformat(DATE), market_group="us")
+        night = find_night(conn, dt.date.fromisoformat(DATE), market_group="us")
+    assert reason is not None and reason.endswith(
+        f"re-score it on purpose with `scoring-pipeline score --date {DATE} --group us` or "
+        f"retry its failed batches with `scoring-pipeline retry-failed --date {DATE} --group us`"
+    )
+    assert night is not None
+    step = _next_step(night, ["us", "br", "eu"], [{"stage": "criteria_validation"}])
+    assert f"`scoring-pipeline retry-failed --date {DATE} --group us`" in step
+    assert "asset us/scores → Partitions → Materialize… → Failed and missing" in step

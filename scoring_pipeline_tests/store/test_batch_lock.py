@@ -5,13 +5,14 @@ has no outcome for yet."""
 import datetime as dt
 
 import pytest
+import sqlalchemy as sa
 
 from scoring_pipeline.engine.batch import BatchOutput, score_batch
 from scoring_pipeline.store.batch_inputs import load_batch_inputs
 from scoring_pipeline.store.batch_rows import prepare_batch
 from scoring_pipeline.store.batch_write import write_batch
 from scoring_pipeline.store.metric_values import store_metric_values
-from scoring_pipeline.store.night.outcomes import batches_to_retry
+from scoring_pipeline.store.night.outcomes import batches_to_retry, lock_retries
 from scoring_pipeline_tests.concurrency import second_writer_after_first
 from scoring_pipeline_tests.scenario import (
     DATE,
@@ -72,3 +73,24 @@ def test_batches_to_retry_are_the_failed_and_those_with_no_outcome(world, dagste
     assert batch(dagster_instance, "b0001").success
     with world.connect() as conn:
         assert batches_to_retry(conn, DAY) == []
+
+
+def test_two_retries_of_one_night_take_turns_and_other_nights_do_not_wait(clean_db):
+    """`retry-failed` holds this lock from its check of what is being scored to its backfill's
+    launch: a second one of the same night waits, then finds that backfill."""
+    taken: list[str] = []
+    assert (
+        second_writer_after_first(
+            clean_db,
+            lambda conn: lock_retries(conn, DAY, "us"),
+            lambda conn: (lock_retries(conn, DAY, "us"), taken.append("second")),
+        )
+        is None
+    )
+    assert taken == ["second"]
+    with clean_db.begin() as held:
+        lock_retries(held, DAY, "us")
+        with clean_db.begin() as other:  # another group's night, another date: no wait
+            other.execute(sa.text("SET LOCAL lock_timeout = '1s'"))
+            lock_retries(other, DAY, "eu")
+            lock_retries(other, DAY + dt.timedelta(days=1), "us")

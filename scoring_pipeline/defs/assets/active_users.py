@@ -207,8 +207,8 @@ def build_active_users(groups: dict[str, MarketGroup]) -> dg.AssetsDefinition:
             + (f"; night of group {group.name} started" if group is not None else "")
             + (
                 f"; a backfill: the night of {score_date} is kept as it is, not re-scored (to "
-                "re-score the date, launch its snapshots job for it alone, or `scoring-pipeline "
-                "score --date`)"
+                "re-score the date, launch its group's snapshots job for it alone, or "
+                f"`scoring-pipeline score --date {score_date}`)"
                 if backfill
                 else ""
             )

@@ -16,6 +16,7 @@ from scoring_pipeline import telemetry
 from scoring_pipeline.defs.assets.active_users import active_users
 from scoring_pipeline.defs.assets.exchange_rates import exchange_rates
 from scoring_pipeline.defs.assets.prices import prices
+from scoring_pipeline.defs.job_names import SNAPSHOTS_JOB
 from scoring_pipeline.defs.market_groups.group import DEFAULT_GROUP, DEFAULT_GROUPS, MarketGroup
 from scoring_pipeline.defs.partitions import (
     NotABatchPartitionError,
@@ -217,10 +218,14 @@ def _night_of_date(conn: Connection, score_date: dt.date, batch: str, group: str
     ):
         if not has_snapshot(conn, table, score_date):
             raise SnapshotUnavailableError(
-                f"no {what} snapshot for {score_date}: materialise the date's "
-                "snapshots (the overnight_snapshots_job) before its batches"
+                f"no {what} snapshot for {score_date}: materialise the date's snapshots (the "
+                f"{_snapshots_job(group)}) before its batches"
             )
     return night
+
+
+def _snapshots_job(group: str) -> str:
+    return SNAPSHOTS_JOB if group == DEFAULT_GROUP else f"{group}_{SNAPSHOTS_JOB}"
 
 
 def _check_batch(conn: Connection, score_date: dt.date, batch: str, group: str) -> None:

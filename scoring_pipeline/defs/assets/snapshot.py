@@ -10,6 +10,7 @@ import dagster as dg
 from sqlalchemy.engine import Connection
 
 from scoring_pipeline import telemetry
+from scoring_pipeline.defs.job_names import SNAPSHOTS_JOB
 from scoring_pipeline.defs.market_groups.group import MarketGroup
 from scoring_pipeline.defs.resources import DatabaseResource
 from scoring_pipeline.defs.run_tags import night_traceparent
@@ -37,7 +38,9 @@ def in_backfill(context: dg.AssetExecutionContext) -> bool:
     return BACKFILL_TAG in context.run.tags
 
 
-def refuse_a_date_with_no_night(database: DatabaseResource, score_date: dt.date) -> None:
+def refuse_a_date_with_no_night(
+    database: DatabaseResource, score_date: dt.date, group: MarketGroup | None = None
+) -> None:
     """Refuse a date no night was ever started for: a backfill of the snapshot assets over
     dates (the UI's "Materialize all" with every partition, say), or the rates or prices alone,
     only re-freeze the inputs of started nights. A date never scored would get today's prices
@@ -45,13 +48,15 @@ def refuse_a_date_with_no_night(database: DatabaseResource, score_date: dt.date)
     with database.engine().connect() as conn:
         if has_a_night(conn, score_date):
             return
+    job = group.qualified(SNAPSHOTS_JOB) if group is not None else f"its group's {SNAPSHOTS_JOB}"
+    option = f" --group {group.name}" if group is not None and not group.is_default else ""
     raise dg.Failure(
         description=(
             f"{score_date} has no night: a backfill of the snapshot assets, or the rates or "
             "prices alone, do not start nights (they would freeze today's values as that "
-            "date's, and no batch would follow). Start the date's night by launching its "
-            "group's overnight_snapshots_job for that one date (a launch, not a backfill over "
-            f"dates), or `scoring-pipeline score --date {score_date}`."
+            f"date's, and no batch would follow). Start the date's night by launching {job} "
+            "for that one date (a launch, not a backfill over dates), or `scoring-pipeline "
+            f"score --date {score_date}{option}`."
         ),
         allow_retries=False,
     )
@@ -72,7 +77,7 @@ def materialize_snapshot(
     score_date = score_date_of(context)
     # The night's start (`active_users`, first in the same run) comes first; a run of the rates
     # or prices alone, or a backfill's, only re-freezes those of a night that was started.
-    refuse_a_date_with_no_night(database, score_date)
+    refuse_a_date_with_no_night(database, score_date, group)
     started = time.perf_counter()
     name = group.name if group is not None else ALL_MARKETS
     traceparent = night_traceparent(context, database.engine(), score_date, name)

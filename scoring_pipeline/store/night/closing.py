@@ -132,6 +132,10 @@ def _closing_status(figures: dict[str, Any]) -> NightStatus:
     return NightStatus.PARTIAL
 
 
+# Figures of a night's batches that say nothing of its outcome.
+_NOT_OUTCOME = frozenset({"batches_done", "process_users_ms"})
+
+
 def close_night(
     conn: Connection, score_date: dt.date, *, market_group: str = ALL_MARKETS
 ) -> NightStatus | None:
@@ -159,8 +163,10 @@ def close_night(
         "users_failed": figures["users_failed"],
     }
     status = night.status
+    # Closed with the same outcome (a batch re-scored with the same results): not closed
+    # again. Timings are no outcome: every re-score has new ones.
     unchanged = night.completed_at is not None and all(
-        night.metrics.get(k) == v for k, v in figures.items() if k != "batches_done"
+        night.metrics.get(k) == v for k, v in figures.items() if k not in _NOT_OUTCOME
     )
     if all_done and not unchanged:
         # Closing (again, when a re-scored batch changed the outcome): JOB_COMPLETED follows.

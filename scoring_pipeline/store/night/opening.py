@@ -78,11 +78,14 @@ def tick_skip_reason(
     if night.status is NightStatus.FAILED and night.users_processed == 0:
         return None
     since = (night.completed_at or night.started_at).isoformat(timespec="seconds")
+    options = f"--date {score_date}" + (
+        "" if market_group == ALL_MARKETS else f" --group {market_group}"
+    )
     hint = (
         "its batches are still running"
         if night.status is NightStatus.STARTED
-        else "re-score it on purpose with `scoring-pipeline score --date` or retry its failed "
-        "batches with `scoring-pipeline retry-failed`"
+        else f"re-score it on purpose with `scoring-pipeline score {options}` or retry its "
+        f"failed batches with `scoring-pipeline retry-failed {options}`"
     )
     return f"{night.name} is {night.status.value} (since {since}): {hint}"
 

@@ -208,6 +208,15 @@ def record_snapshots_run_died(
     return fail_night(conn, score_date, stage="snapshots", error=message, market_group=market_group)
 
 
+def lock_retries(conn: Connection, score_date: dt.date, market_group: str) -> None:
+    """Serialise the retries of one group's night until the transaction ends (`retry-failed`
+    run twice at once): the second finds the first's backfill instead of launching its own."""
+    conn.execute(
+        sa.text("SELECT pg_advisory_xact_lock(hashtext('retry-failed:' || :k))"),
+        {"k": f"{score_date.isoformat()}|{market_group}"},
+    )
+
+
 def batches_to_retry(
     conn: Connection, score_date: dt.date, *, market_group: str = ALL_MARKETS
 ) -> list[str]:
