@@ -74,6 +74,34 @@ def _group_night(instance, nights, name: str) -> None:
             assert evaluation.passed, (name, key, evaluation.metadata)
 
 
+def _batches_requested(nights, instance, result) -> list[dg.RunRequest]:
+    """What the code location's `scoring_batches_sensor` requests after a run succeeded."""
+    from scoring_pipeline.defs.sensors import build_sensors
+
+    (sensor,) = [s for s in build_sensors(nights) if s.name == "scoring_batches_sensor"]
+    resources = build_resources()
+    context = dg.build_run_status_sensor_context(
+        sensor_name=sensor.name,
+        dagster_event=result.get_run_success_event(),
+        dagster_instance=instance,
+        dagster_run=result.dagster_run,
+        resources={"database": resources["database"], "settings": resources["settings"]},
+    )
+    return sensor(context)
+
+
+def _us_and_eu_user(engine) -> str:
+    """A user holding AAA with criteria sets in US_TECH and in EU_IND."""
+    return f.user(
+        engine,
+        holdings=[("AAA", "USD")],
+        criteria=[
+            ("US_TECH", "stock", rules()),
+            ("EU_IND", "stock", [f.rule("revenue", "gt", "100", 3)]),
+        ],
+    )
+
+
 def _scores(engine) -> dict[tuple[str, str], tuple[object, ...]]:
     return {
         (str(r.user_id), r.symbol): (r.score, r.outcomes, str(r.criteria_version_id), r.cid)
@@ -89,14 +117,7 @@ def test_three_groups_score_one_date_each_its_own_markets(
     three_markets, dagster_instance, loopback
 ):
     engine = three_markets
-    us_eu = f.user(
-        engine,
-        holdings=[("AAA", "USD")],
-        criteria=[
-            ("US_TECH", "stock", rules()),
-            ("EU_IND", "stock", [f.rule("revenue", "gt", "100", 3)]),
-        ],
-    )
+    us_eu = _us_and_eu_user(engine)
     br = f.user(
         engine,
         base_currency="BRL",
@@ -165,14 +186,7 @@ def test_three_groups_score_one_date_each_its_own_markets(
 
 def test_re_scoring_one_group_replaces_only_its_markets(three_markets, dagster_instance):
     engine = three_markets
-    user = f.user(
-        engine,
-        holdings=[("AAA", "USD")],
-        criteria=[
-            ("US_TECH", "stock", rules()),
-            ("EU_IND", "stock", [f.rule("revenue", "gt", "100", 3)]),
-        ],
-    )
+    user = _us_and_eu_user(engine)
     nights = build_nights(_groups())
     _group_night(dagster_instance, nights, "us")
     _group_night(dagster_instance, nights, "eu")
@@ -420,9 +434,6 @@ def test_a_groups_snapshot_assets_materialised_from_the_asset_graph_start_its_ni
     for _ in range(3):
         f.user(engine, holdings=[("AAA", "USD")], criteria=[("US_TECH", "stock", rules())])
     nights = build_nights(_groups())
-    from scoring_pipeline.defs.sensors import build_sensors
-
-    (sensor,) = [s for s in build_sensors(nights) if s.name == "scoring_batches_sensor"]
 
     def materialize(*prices):
         # As the Catalog's Materialize does: a run of the selected assets, no tag of ours.
@@ -444,15 +455,7 @@ def test_a_groups_snapshot_assets_materialised_from_the_asset_graph_start_its_ni
         "FROM overnight_job_runs WHERE job_type = 'scoring'",
     )
     assert (night.market_group, night.status, night.run_id) == ("us", "started", result.run_id)
-    resources = build_resources()
-    context = dg.build_run_status_sensor_context(
-        sensor_name=sensor.name,
-        dagster_event=result.get_run_success_event(),
-        dagster_instance=dagster_instance,
-        dagster_run=result.dagster_run,
-        resources={"database": resources["database"], "settings": resources["settings"]},
-    )
-    requests = sensor(context)
+    requests = _batches_requested(nights, dagster_instance, result)
     assert [r.job_name for r in requests] == [nights.nights["us"].batch_job.name]
     assert requests[0].tags["dagster/asset_partition_range_start"] == scores_partition_key(
         DATE, "b0000"
@@ -519,14 +522,7 @@ def test_a_retry_after_a_market_moved_groups_scores_the_markets_its_night_opened
     """EU_IND moves from eu to us after the date's nights: a retry of us's night of that date
     scores US_TECH alone, as the night did, and leaves eu's EU_IND rows of the date alone."""
     engine = three_markets
-    user = f.user(
-        engine,
-        holdings=[("AAA", "USD")],
-        criteria=[
-            ("US_TECH", "stock", rules()),
-            ("EU_IND", "stock", [f.rule("revenue", "gt", "100", 3)]),
-        ],
-    )
+    user = _us_and_eu_user(engine)
     groups = {g.name: g for g in _groups()}
     nights = build_nights(list(groups.values()))
     _group_night(dagster_instance, nights, "us")
@@ -566,19 +562,8 @@ def test_a_night_started_by_a_group_removed_since_fails_saying_so(three_markets,
     started = _prices_of(build_nights(list(groups.values())), dagster_instance, "eu")
     assert started.success
     without_eu = build_nights([groups["us"], groups["br"]])
-    from scoring_pipeline.defs.sensors import build_sensors
 
-    (sensor,) = [s for s in build_sensors(without_eu) if s.name == "scoring_batches_sensor"]
-    resources = build_resources()
-    context = dg.build_run_status_sensor_context(
-        sensor_name=sensor.name,
-        dagster_event=started.get_run_success_event(),
-        dagster_instance=dagster_instance,
-        dagster_run=started.dagster_run,
-        resources={"database": resources["database"], "settings": resources["settings"]},
-    )
-
-    assert sensor(context) == []
+    assert _batches_requested(without_eu, dagster_instance, started) == []
 
     (night,) = rows(
         engine,
