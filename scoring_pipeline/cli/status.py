@@ -104,10 +104,13 @@ def _prices_line(night: Night) -> list[str]:
     """How many of the night's needed symbols have no price (their assets are skipped)."""
     if "prices_unpriced" not in night.metrics:
         return []
-    stale = " (stale: reused from an earlier date)" if night.metrics.get("prices_stale") else ""
+    unpriced, rejected = _figure(night, "prices_unpriced"), _figure(night, "prices_rejected")
+    named = list(night.metrics.get("prices_unpriced_symbols") or [])
+    which = f" ({', '.join(named)}{', …' if unpriced > len(named) else ''})" if named else ""
+    stale = "; stale: reused from an earlier date" if night.metrics.get("prices_stale") else ""
     return [
-        f"prices          {_figure(night, 'prices_unpriced')} needed symbols without a price"
-        f"{stale}, {_figure(night, 'prices_rejected')} of them rejected"
+        f"prices          {unpriced} of {_figure(night, 'prices_symbols')} needed symbols "
+        f"without a price{which}, {rejected or 'none'} of them rejected{stale}"
     ]
 
 
@@ -127,7 +130,11 @@ def _detail(
         f"assets scored   {_figure(night, 'assets_scored')}",
         *_prices_line(night),
         f"batches         {_figure(night, 'batches_total')} "
-        f"({_figure(night, 'batches_failed')} failed)",
+        + (
+            "(none scored: the night failed before its batches)"
+            if failed_before_scoring(night)
+            else f"({_figure(night, 'batches_failed')} failed)"
+        ),
         f"dashboards      {_dashboards(warm)}",
     ]
     details = night.error_details or {}

@@ -203,13 +203,14 @@ class PricesProviderResource(_ProviderResource):
         symbols: Sequence[str],
         currencies: Mapping[str, str] | None = None,
         required: RequiredSymbols | None = None,
+        expect_some: bool = True,
     ) -> PricesResult:
-        """Quotes from the first provider with a usable answer (one pricing some of `required`
-        when given)."""
+        """Quotes from the first provider with a usable answer: one with a value for some of
+        the symbols (unless not `expect_some`), and for some of `required` when given."""
         chain: ProviderChain[PricesProvider] = self.chain()
         return chain.ask(
             lambda p: p.fetch_prices(symbols=symbols, currencies=currencies),
-            asked=len(set(symbols)),
+            asked=len(set(symbols)) if expect_some else 0,
             required=required,
         )
 

@@ -84,7 +84,9 @@ class RatesSource(Protocol):
 
 class PricesSource(Protocol):
     """What fetches the night's closing prices: the resource chaining the providers, asked for
-    an answer that prices some of `required` (a market group's own instruments) when given."""
+    an answer with a value for some of the symbols (unless not `expect_some`: symbols asked
+    again that may all still be missing) and for some of `required` (a market group's own
+    instruments) when given."""
 
     def fetch_prices(
         self,
@@ -92,6 +94,7 @@ class PricesSource(Protocol):
         symbols: Sequence[str],
         currencies: Mapping[str, str] | None = None,
         required: RequiredSymbols | None = None,
+        expect_some: bool = True,
     ) -> PricesResult: ...
 
 

@@ -51,22 +51,20 @@ def check_answered(
     required: RequiredSymbols | None = None,
 ) -> None:
     """Raise ProviderPayloadError when the answer holds no value at all for what was asked
-    (`asked` values; None: whatever the provider knows): an empty answer (a prices file with
-    only its header, say) is unusable as a whole, not N symbols each missing. So is an answer
-    with no value for any of the `required` symbols: not empty, yet it leaves a market group's
-    whole market unpriced."""
-    if asked == 0:
-        return
+    (`asked` values; None: whatever the provider knows; 0: none is expected): an empty answer (a
+    prices file with only its header, say) is unusable as a whole, not N symbols each missing.
+    So is an answer with no value for any of the `required` symbols, though it has values for
+    others: it leaves a market group's whole market unpriced."""
     what = "rate" if isinstance(result, RatesSnapshot) else "price"
-    if not (result.accepted_count or result.rejected):
+    if asked != 0 and not (result.accepted_count or result.rejected):
         of = f" for any of the {asked} asked" if asked is not None else ""
         raise ProviderPayloadError(f"an empty answer: no {what}{of}", provider=result.source)
     if not required or not isinstance(result, PricesResult):
         return
     if required.symbols.isdisjoint(result.quotes) and required.symbols.isdisjoint(result.rejected):
         raise ProviderPayloadError(
-            f"no {what} for any of the {len(required.symbols)} {required.what} asked (only for "
-            "other symbols): the answer leaves them all unpriced",
+            f"no {what} for any of the {len(required.symbols)} {required.what} asked: the "
+            "answer leaves them all unpriced",
             provider=result.source,
         )
 

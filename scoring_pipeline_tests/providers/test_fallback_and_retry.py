@@ -478,8 +478,8 @@ def test_an_answer_pricing_none_of_the_required_symbols_is_not_usable(tmp_path):
             lambda p: p.fetch_prices(symbols=["IBM", "SAP", "SIE"]), asked=3, required=required
         )
     assert str(caught.value) == (
-        "file: no price for any of the 2 instruments of EU_IND asked (only for other symbols): "
-        "the answer leaves them all unpriced"
+        "file: no price for any of the 2 instruments of EU_IND asked: the answer leaves them "
+        "all unpriced"
     )
     one_of_them = tmp_path / "one.csv"
     one_of_them.write_text("symbol,close,currency,price_date\nSIE,90,EUR,2026-11-26\n")

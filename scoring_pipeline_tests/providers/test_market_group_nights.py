@@ -375,6 +375,18 @@ def test_an_answer_without_any_of_the_groups_own_instruments_is_not_usable(
     assert night.status == "failed" and night.error_details["stage"] == "prices"
     assert "EU_IND" in night.error_details["message"], night.error_details
     assert rows(engine, "SELECT symbol FROM price_snapshots") == []
+    from scoring_pipeline.cli.status import _detail
+    from scoring_pipeline.store.night.model import find_night
+
+    with engine.connect() as conn:
+        failed = find_night(conn, dt.date.fromisoformat(DATE), market_group="eu")
+    assert failed is not None
+    lines = _detail(failed, None, [], ["us", "br", "eu"])
+    assert "batches         1 (none scored: the night failed before its batches)" in lines
+    assert any(
+        line.startswith("error           stage prices: every prices provider failed")
+        for line in lines
+    ), lines
 
 
 def test_the_fallback_answers_for_a_group_whose_primary_left_out_its_market(
@@ -466,7 +478,9 @@ def test_a_groups_snapshot_assets_materialised_from_the_asset_graph_start_its_ni
     (failure,) = [e for e in both.get_step_failure_events() if e.step_key == "active_users"]
     assert (
         "this run materialises the assets of groups us, eu: a run starts the night of one "
-        "group" in str(failure.step_failure_data.user_failure_data.description)
+        "group. Materialise active_users and exchange_rates with one group's prices, or launch "
+        "us_overnight_snapshots_job and eu_overnight_snapshots_job for the date"
+        == str(failure.step_failure_data.user_failure_data.description)
     )
     assert [
         r.market_group
@@ -477,7 +491,7 @@ def test_a_groups_snapshot_assets_materialised_from_the_asset_graph_start_its_ni
 
 
 def test_a_groups_refresh_keeps_the_membership_other_groups_nights_use(
-    three_markets, dagster_instance
+    three_markets, dagster_instance, caplog
 ):
     """`score --date D --group us --refresh` (status's advice when the rates lack a currency)
     re-fetches the inputs; recomputing the date's shared membership would delete Berlin's
@@ -510,6 +524,12 @@ def test_a_groups_refresh_keeps_the_membership_other_groups_nights_use(
     metadata = result.asset_materializations_for_node("active_users")[0].metadata
     assert metadata["membership_reused"].value is True
     assert metadata["membership_kept_for"].value == ["eu"]
+    # Said through the project's logger: in the run's log, and on `score --refresh`'s stderr.
+    (kept,) = [r for r in caplog.records if r.name == "scoring_pipeline.membership"]
+    assert (
+        f"refresh: the membership of {DATE} is kept, not recomputed: the nights of eu of that "
+        "date use it"
+    ) in kept.getMessage()
     assert (
         rows(engine, "SELECT status FROM overnight_job_runs WHERE market_group = 'eu'")[0].status
         == "completed"
@@ -600,6 +620,18 @@ def test_the_hints_of_a_groups_night_name_its_group(three_markets, dagster_insta
         f"dates), or `scoring-pipeline score --date {DATE} --group us`"
     ) in str(failure.step_failure_data.user_failure_data.description)
     _group_night(dagster_instance, nights, "us")
+    # São Paulo's prices alone on that date: New York's night is no night of br's.
+    br_alone = dg.materialize(
+        [nights.nights["br"].prices],
+        partition_key=DATE,
+        instance=dagster_instance,
+        resources=build_resources(),
+        raise_on_error=False,
+    )
+    (failure,) = br_alone.get_step_failure_events()
+    assert str(failure.step_failure_data.user_failure_data.description).startswith(
+        f"{DATE} has no night of group br: "
+    )
     with engine.connect() as conn:
         reason = tick_skip_reason(conn, dt.date.fromisoformat(DATE), market_group="us")
         night = find_night(conn, dt.date.fromisoformat(DATE), market_group="us")
@@ -611,3 +643,32 @@ def test_the_hints_of_a_groups_night_name_its_group(three_markets, dagster_insta
     step = _next_step(night, ["us", "br", "eu"], [{"stage": "criteria_validation"}])
     assert f"`scoring-pipeline retry-failed --date {DATE} --group us`" in step
     assert "asset us/scores → Partitions → Materialize… → Failed and missing" in step
+
+
+def test_a_group_asking_again_only_for_its_unpriced_symbols_may_get_none_of_them(
+    three_markets, dagster_instance, loopback, reply
+):
+    """New York's night stores CCC (held by its user) unpriced; Berlin's night asks again for
+    CCC alone, and the provider still has no quote: the rest of Berlin's market is priced
+    (EEE, stored by New York's night), so the answer is usable and Berlin's night goes on."""
+    engine = three_markets
+    f.instrument(engine, "EEE", market="EU_IND", currency="EUR", eps="1", revenue="1000000")
+    f.user(
+        engine,
+        holdings=[("CCC", "EUR"), ("EEE", "EUR")],
+        criteria=[("US_TECH", "stock", rules())],
+    )
+    f.user(engine, holdings=[("AAA", "USD")], criteria=[("EU_IND", "stock", rules())])
+    no_ccc = [mw.quote(s, p, c) for s, (p, c) in PRICES.items() if s != "CCC"]
+    no_ccc.append(mw.quote("EEE", 20, "EUR"))
+    loopback.script(mw.QUOTE, reply(200, {"quoteResponse": {"result": no_ccc, "error": None}}))
+    nights = build_nights(_groups())
+    assert _prices_of(nights, dagster_instance, "us").success
+
+    eu = _prices_of(nights, dagster_instance, "eu")
+
+    assert eu.success
+    asked = [r.query["symbols"][0] for r in loopback.requests_to(mw.QUOTE)]
+    assert asked[-1] == "CCC"  # Berlin's own symbol stored unpriced, asked again
+    metadata = eu.asset_materializations_for_node("eu__prices")[0].metadata
+    assert metadata["unpriced"].value == 1

@@ -6,6 +6,7 @@ here, first step of its snapshots run, and its `scores` partitions made the date
 """
 
 import datetime as dt
+import logging
 import time
 from typing import Any
 
@@ -22,6 +23,7 @@ from scoring_pipeline.defs.assets.snapshot import (
     score_date_of,
 )
 from scoring_pipeline.defs.batches_in_flight import night_in_progress
+from scoring_pipeline.defs.job_names import SNAPSHOTS_JOB
 from scoring_pipeline.defs.market_groups.group import DEFAULT_GROUPS, MarketGroup, selected_groups
 from scoring_pipeline.defs.partitions import (
     register_night_batches,
@@ -42,6 +44,8 @@ from scoring_pipeline.store.night.model import find_night, merge_metrics, recent
 from scoring_pipeline.store.night.opening import open_night
 from scoring_pipeline.store.night.root_span import emit_root_span
 from scoring_pipeline.store.snapshots.reuse import lock_snapshot
+
+logger = logging.getLogger("scoring_pipeline.membership")
 
 
 def _int(value: str | None) -> int | None:
@@ -114,8 +118,9 @@ def _refuse_several_groups(
         description=(
             f"this run materialises the assets of groups {', '.join(several)}: a run starts the "
             "night of one group. Materialise active_users and exchange_rates with one group's "
-            "prices, or launch each group's overnight_snapshots_job (<group>_overnight_"
-            "snapshots_job) for the date"
+            "prices, or launch "
+            + " and ".join(groups[name].qualified(SNAPSHOTS_JOB) for name in several)
+            + " for the date"
         ),
         allow_retries=False,
     )
@@ -164,10 +169,13 @@ def build_active_users(groups: dict[str, MarketGroup]) -> dg.AssetsDefinition:
             if kept_for and membership.members:
                 # Shared by the date's groups: recomputed, it would delete their batch outcomes
                 # and re-batch their users under their nights. The inputs are still refreshed.
-                context.log.warning(
-                    f"refresh: the membership of {score_date} is kept, not recomputed: the "
-                    f"nights of {', '.join(kept_for)} of that date use it (their batch outcomes "
-                    "would be lost); users added since are scored from the next date"
+                # The project's logger: in the run's log, and on `score --refresh`'s stderr.
+                logger.warning(
+                    "refresh: the membership of %s is kept, not recomputed: the nights of %s of "
+                    "that date use it (their batch outcomes would be lost); users added since "
+                    "are scored from the next date",
+                    score_date,
+                    ", ".join(kept_for),
                 )
                 reused = True
             if not reused:

@@ -59,8 +59,9 @@ def build_prices(group: MarketGroup, active_users: dg.AssetsDefinition) -> dg.As
                 markets=markets,
             )
 
+        # A group's prices are its night's: refused on a date only other groups have one of.
         return materialize_snapshot(
-            context, database, step="prices", figure="prices", take=take, group=group
+            context, database, step="prices", figure="prices", take=take, group=group, of_group=True
         )
 
     return prices

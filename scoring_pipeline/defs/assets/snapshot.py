@@ -15,7 +15,7 @@ from scoring_pipeline.defs.market_groups.group import MarketGroup
 from scoring_pipeline.defs.resources import DatabaseResource
 from scoring_pipeline.defs.run_tags import night_traceparent
 from scoring_pipeline.errors import SnapshotUnavailableError
-from scoring_pipeline.store.night.model import ALL_MARKETS, has_a_night, merge_metrics
+from scoring_pipeline.store.night.model import ALL_MARKETS, find_night, has_a_night, merge_metrics
 from scoring_pipeline.store.night.opening import fail_night
 from scoring_pipeline.store.night.root_span import emit_root_span
 
@@ -39,20 +39,30 @@ def in_backfill(context: dg.AssetExecutionContext) -> bool:
 
 
 def refuse_a_date_with_no_night(
-    database: DatabaseResource, score_date: dt.date, group: MarketGroup | None = None
+    database: DatabaseResource,
+    score_date: dt.date,
+    group: MarketGroup | None = None,
+    *,
+    of_group: bool = False,
 ) -> None:
-    """Refuse a date no night was ever started for: a backfill of the snapshot assets over
-    dates (the UI's "Materialize all" with every partition, say), or the rates or prices alone,
-    only re-freeze the inputs of started nights. A date never scored would get today's prices
-    and rates as its own, and no batch run would follow."""
+    """Refuse a date no night was ever started for (of `group`, when `of_group`: a group's
+    prices are its night's): a backfill of the snapshot assets over dates (the UI's
+    "Materialize all" with every partition, say), or the rates or prices alone, only re-freeze
+    the inputs of started nights. A date never scored would get today's prices and rates as its
+    own, and no batch run would follow."""
+    own = of_group and group is not None
     with database.engine().connect() as conn:
-        if has_a_night(conn, score_date):
+        if own and group is not None:
+            if find_night(conn, score_date, market_group=group.name) is not None:
+                return
+        elif has_a_night(conn, score_date):
             return
     job = group.qualified(SNAPSHOTS_JOB) if group is not None else f"its group's {SNAPSHOTS_JOB}"
     option = f" --group {group.name}" if group is not None and not group.is_default else ""
+    of = f" of group {group.name}" if own and group is not None else ""
     raise dg.Failure(
         description=(
-            f"{score_date} has no night: a backfill of the snapshot assets, or the rates or "
+            f"{score_date} has no night{of}: a backfill of the snapshot assets, or the rates or "
             "prices alone, do not start nights (they would freeze today's values as that "
             f"date's, and no batch would follow). Start the date's night by launching {job} "
             "for that one date (a launch, not a backfill over dates), or `scoring-pipeline "
@@ -70,6 +80,7 @@ def materialize_snapshot(
     figure: str,
     take: Callable[[Connection], dict[str, Any]],
     group: MarketGroup | None,
+    of_group: bool = False,
 ) -> dg.MaterializeResult[None]:
     """The body shared by the rates and prices assets: take the date's snapshot in one
     transaction, record the fetch time and staleness on the group's night, or fail that night
@@ -77,7 +88,7 @@ def materialize_snapshot(
     score_date = score_date_of(context)
     # The night's start (`active_users`, first in the same run) comes first; a run of the rates
     # or prices alone, or a backfill's, only re-freezes those of a night that was started.
-    refuse_a_date_with_no_night(database, score_date, group)
+    refuse_a_date_with_no_night(database, score_date, group, of_group=of_group)
     started = time.perf_counter()
     name = group.name if group is not None else ALL_MARKETS
     traceparent = night_traceparent(context, database.engine(), score_date, name)
@@ -116,7 +127,15 @@ def _merge_figures(
             f"{figure}_rejected": summary.get("rejected", 0),
             f"{figure}_rejected_values": summary.get("rejected_values", {}),
             # Needed symbols stored with no price (prices only): their assets are skipped.
-            **({f"{figure}_unpriced": summary["unpriced"]} if "unpriced" in summary else {}),
+            **(
+                {
+                    f"{figure}_symbols": summary.get("symbols", 0),
+                    f"{figure}_unpriced": summary["unpriced"],
+                    f"{figure}_unpriced_symbols": summary.get("unpriced_symbols", []),
+                }
+                if "unpriced" in summary
+                else {}
+            ),
         },
         market_group=group,
     )

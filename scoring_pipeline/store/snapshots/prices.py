@@ -197,6 +197,7 @@ def snapshot_prices(
             "is_stale": False,
             "symbols": 0,
             "unpriced": 0,
+            "unpriced_symbols": [],
         }
     try:
         result = provider.fetch_prices(
@@ -265,15 +266,27 @@ def _snapshot_group_prices(
             **_unpriced(conn, score_date, symbols),
             **stored_rejections(conn, t.price_snapshots, score_date, "symbol"),
         }
-    # An answer pricing none of the group's own instruments asked is not usable (the next
-    # provider is asked), though it may price its users' held symbols of other markets.
+    asking = set(wanted)
+    # An answer that would leave the group's whole market unpriced is not usable (the next
+    # provider is asked), though it may price its users' held symbols of other markets: when
+    # none of its own instruments keeps a price of the date, the answer must price one.
     own = frozenset(s for s in wanted if known[s].own)
+    kept_own = any(
+        k.own and k.stored and not k.unpriced for s, k in known.items() if s not in asking
+    )
     required = (
-        RequiredSymbols(symbols=own, what=f"instruments of {', '.join(markets)}") if own else None
+        RequiredSymbols(symbols=own, what=f"instruments of {', '.join(markets)}")
+        if own and not kept_own
+        else None
     )
     try:
         result = provider.fetch_prices(
-            symbols=wanted, currencies=instrument_currencies(conn, wanted), required=required
+            symbols=wanted,
+            currencies=instrument_currencies(conn, wanted),
+            required=required,
+            # Symbols asked again only because an earlier night stored them unpriced may all
+            # still be missing: an empty answer to those alone is no failure.
+            expect_some=any(s not in stored for s in wanted),
         )
     except ProviderError as exc:
         stale = stale_or_raise(
@@ -325,13 +338,19 @@ def _stored_of_group(
 
 def _unpriced(
     conn: Connection, score_date: dt.date, symbols: Sequence[str] | None = None
-) -> dict[str, int]:
+) -> dict[str, Any]:
     """How many of the date's needed symbols (`symbols`; None: the whole snapshot) are stored
-    with no price: their assets are skipped (`missing_price`), and `status` says how many."""
+    with no price, and the first few: their assets are skipped, and `status` says so."""
     table = t.price_snapshots
-    query = sa.select(sa.func.count()).where(
-        table.c.score_date == score_date, table.c.close.is_(None)
+    query = (
+        sa.select(table.c.symbol)
+        .where(table.c.score_date == score_date, table.c.close.is_(None))
+        .order_by(table.c.symbol)
     )
     if symbols is not None:
         query = query.where(table.c.symbol.in_(symbols))
-    return {"unpriced": conn.execute(query).scalar_one()}
+    unpriced = list(conn.execute(query).scalars())
+    return {"unpriced": len(unpriced), "unpriced_symbols": unpriced[:_NAMED]}
+
+
+_NAMED = 5  # unpriced symbols named in the figures (all are in `price_snapshots`)
