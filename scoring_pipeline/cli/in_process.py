@@ -129,19 +129,39 @@ def project_warnings_on_stderr() -> Iterator[None]:
 _QUIET = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
 
 
-def _snapshot_run_config(refresh: bool, group: str) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Refresh:
+    """What a night's snapshots run fetches again (`score --refresh`): its group's prices, and
+    the date's shared rates and membership unless not `shared` (a later group of one command);
+    `every_group`: the membership is recomputed though other groups' nights of the date use it,
+    since the command re-scores every group's night after it."""
+
+    shared: bool = True
+    every_group: bool = False
+
+
+def refresh_plan(refresh: bool, groups: int, every_group: bool) -> list[Refresh | None]:
+    """Each group's `Refresh` of one `score` command over `groups` groups (every configured
+    group when `every_group`): the shared inputs are fetched again once, by the first."""
     if not refresh:
+        return [None] * groups
+    return [Refresh(shared=i == 0, every_group=every_group and i == 0) for i in range(groups)]
+
+
+def snapshot_run_config(refresh: Refresh | None, group: str) -> dict[str, Any]:
+    if refresh is None:
         return dict(_QUIET)
-    return {
-        **_QUIET,
-        "ops": {_op_name(name, group): {"config": {"refresh": True}} for name in SNAPSHOT_ASSETS},
-    }
+    assets = SNAPSHOT_ASSETS if refresh.shared else ("prices",)
+    ops: dict[str, Any] = {_op_name(name, group): {"config": {"refresh": True}} for name in assets}
+    if refresh.every_group:
+        ops["active_users"]["config"]["replace_membership"] = True
+    return {**_QUIET, "ops": ops}
 
 
 def run_night(
     score_date: dt.date,
     *,
-    refresh: bool = False,
+    refresh: Refresh | None = None,
     echo: Callable[[str], None] | None = None,
     group: str = ALL_MARKETS,
 ) -> NightSummary:
@@ -179,7 +199,7 @@ def run_night(
     snapshot = snapshots_job.execute_in_process(
         partition_key=date_key,
         instance=instance,
-        run_config=_snapshot_run_config(refresh, group),
+        run_config=snapshot_run_config(refresh, group),
         raise_on_error=False,
         tags=tags,
     )

@@ -91,7 +91,14 @@ def _add_setup_commands(sub: Any) -> None:
 def _add_night_commands(sub: Any) -> None:
     p = sub.add_parser("score", help="run a score date's whole scoring through Dagster")
     p.add_argument("--date", help="score date YYYY-MM-DD (default: today, UTC)")
-    p.add_argument("--refresh", action="store_true", help="re-fetch the date's snapshots")
+    p.add_argument(
+        "--refresh",
+        action="store_true",
+        help=(
+            "re-fetch the date's snapshots (the rates and membership once, then each group's "
+            "prices; with --group, the membership is kept if another group's night uses it)"
+        ),
+    )
     p.add_argument("--group", help="one market group (default: every configured group)")
     p.set_defaults(func=cmd_score, needs_schema=True, needs_dagster=True)
 

@@ -19,17 +19,19 @@ if TYPE_CHECKING:
 
 
 def cmd_score(args: argparse.Namespace) -> int:
-    from scoring_pipeline.cli.in_process import project_warnings_on_stderr, run_night
+    from scoring_pipeline.cli.in_process import project_warnings_on_stderr, refresh_plan, run_night
 
     # `--date ""` (a script's unset variable) is refused, not taken for today's night.
     score_date = parse_date(args.date) if args.date is not None else dt.datetime.now(dt.UTC).date()
     status = 0
-    for group in chosen_groups(args):
+    groups = chosen_groups(args)
+    plan = refresh_plan(args.refresh, len(groups), every_group=args.group is None)
+    for group, refresh in zip(groups, plan, strict=True):
         closed = group.closed_reason(score_date)
         if closed is not None:  # the schedule would skip it; an operator may mean it
             print(f"warning: {closed}; scoring it anyway, as asked", file=sys.stderr)
         with project_warnings_on_stderr():
-            summary = run_night(score_date, refresh=args.refresh, echo=print, group=group.name)
+            summary = run_night(score_date, refresh=refresh, echo=print, group=group.name)
         for line in summary.lines():
             print(line)
         status = max(status, 1 if summary.status == "failed" else 0)

@@ -104,7 +104,8 @@ def _prices_line(night: Night) -> list[str]:
     """How many of the night's needed symbols have no price (their assets are skipped)."""
     if "prices_unpriced" not in night.metrics:
         return []
-    unpriced, rejected = _figure(night, "prices_unpriced"), _figure(night, "prices_rejected")
+    unpriced = _figure(night, "prices_unpriced")
+    rejected = _figure(night, "prices_unpriced_rejected")  # of those unpriced, as they are
     named = list(night.metrics.get("prices_unpriced_symbols") or [])
     which = f" ({', '.join(named)}{', …' if unpriced > len(named) else ''})" if named else ""
     stale = "; stale: reused from an earlier date" if night.metrics.get("prices_stale") else ""

@@ -53,18 +53,19 @@ def check_answered(
     """Raise ProviderPayloadError when the answer holds no value at all for what was asked
     (`asked` values; None: whatever the provider knows; 0: none is expected): an empty answer (a
     prices file with only its header, say) is unusable as a whole, not N symbols each missing.
-    So is an answer with no value for any of the `required` symbols, though it has values for
-    others: it leaves a market group's whole market unpriced."""
+    So is an answer with no usable quote for any of the `required` symbols, though it has
+    values for others: it leaves a market group's whole market unpriced."""
     what = "rate" if isinstance(result, RatesSnapshot) else "price"
     if asked != 0 and not (result.accepted_count or result.rejected):
         of = f" for any of the {asked} asked" if asked is not None else ""
         raise ProviderPayloadError(f"an empty answer: no {what}{of}", provider=result.source)
     if not required or not isinstance(result, PricesResult):
         return
-    if required.symbols.isdisjoint(result.quotes) and required.symbols.isdisjoint(result.rejected):
+    # Only a quote prices one: a rejected value (a quote in another currency) does not.
+    if required.symbols.isdisjoint(result.quotes):
         raise ProviderPayloadError(
-            f"no {what} for any of the {len(required.symbols)} {required.what} asked: the "
-            "answer leaves them all unpriced",
+            f"no {what} for any of the {len(required.symbols)} {required.what} asked (left out "
+            "or rejected): the answer leaves them all unpriced",
             provider=result.source,
         )
 

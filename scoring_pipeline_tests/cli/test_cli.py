@@ -17,6 +17,7 @@ import sqlalchemy as sa
 
 from scoring_pipeline.runtime.services import free_port, private_deployment_env
 from scoring_pipeline.store.db import PROJECT_ROOT, head_revision
+from scoring_pipeline.store.night.outcomes import lock_retries
 from scoring_pipeline_tests.cli_helpers import CLI, run, summary_value
 
 pytestmark = [pytest.mark.db, pytest.mark.slow]
@@ -562,3 +563,60 @@ def test_a_bad_dagster_storage_url_is_one_line_naming_it(cli_env, clean_db):
             assert proc.returncode == 2 and proc.stdout == "", proc.stdout
             assert proc.stderr.startswith(f"scoring-pipeline: error: {said}"), proc.stderr
             assert proc.stderr.count("\n") == 1 and "s3cretpw" not in proc.stderr
+
+
+def test_retry_failed_waits_while_another_retry_of_the_night_checks_and_launches(cli_env, clean_db):
+    """Two `retry-failed` of one night take turns from the check of what is being scored to the
+    backfill's launch: with the night's retry lock held (another retry between its check and
+    its launch), the command waits on it, then goes on."""
+    run(cli_env, "migrate")
+    held = clean_db.connect()
+    transaction = held.begin()
+    lock_retries(held, dt.date(2026, 1, 2), "all")
+    proc = subprocess.Popen(
+        [*CLI, "retry-failed", "--date", "2026-01-02"],
+        env=cli_env,
+        cwd=cli_env["DAGSTER_HOME"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        waiting = 0
+        while not waiting:
+            assert proc.poll() is None, proc.communicate()  # it went on without the lock
+            assert time.monotonic() < deadline, "retry-failed never asked for the lock"
+            time.sleep(0.2)
+            with clean_db.connect() as conn:
+                waiting = conn.execute(
+                    sa.text(
+                        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+                    )
+                ).scalar_one()
+    finally:
+        transaction.rollback()
+        held.close()
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1, err
+    assert out.splitlines()[-1].startswith("2026-01-02 has no night in group all"), out
+
+
+def test_score_refresh_fetches_the_shared_inputs_again_once_a_command():
+    """`score --refresh` over every group: the first group's run fetches the rates and
+    recomputes the membership (every group's night is re-scored after it), the later ones only
+    their prices; `--group G --refresh` fetches all three, the membership kept if another
+    group's night uses it (`active_users`)."""
+    from scoring_pipeline.cli.in_process import refresh_plan, snapshot_run_config
+
+    first, later = refresh_plan(True, 2, every_group=True)
+    assert snapshot_run_config(first, "us")["ops"] == {
+        "active_users": {"config": {"refresh": True, "replace_membership": True}},
+        "exchange_rates": {"config": {"refresh": True}},
+        "us__prices": {"config": {"refresh": True}},
+    }
+    assert snapshot_run_config(later, "eu")["ops"] == {"eu__prices": {"config": {"refresh": True}}}
+    (one,) = refresh_plan(True, 1, every_group=False)
+    assert snapshot_run_config(one, "us")["ops"]["active_users"] == {"config": {"refresh": True}}
+    assert refresh_plan(False, 2, every_group=True) == [None, None]
+    assert "ops" not in snapshot_run_config(None, "us")

@@ -100,6 +100,28 @@ def test_a_second_tick_on_the_same_date_is_skipped_naming_the_night(world, dagst
     assert _night_events(world, DATE) == [("JOB_STARTED", None), ("JOB_COMPLETED", "completed")]
 
 
+def test_a_night_failed_after_it_closed_closes_again_when_its_batches_are_re_scored(
+    world, dagster_instance
+):
+    """A finished night marked failed since (a refresh of its inputs whose providers were down):
+    re-scoring its batches with the same results closes it again, `completed`, not left
+    `failed` because its figures did not change."""
+    _users(world, 3)
+    assert snapshots(dagster_instance).success
+    for key in ("b0000", "b0001"):
+        assert batch(dagster_instance, key).success
+    with world.begin() as conn:
+        fail_night(conn, dt.date.fromisoformat(DATE), stage="prices", error="providers down")
+    for key in ("b0000", "b0001"):
+        assert batch(dagster_instance, key).success
+    (night,) = rows(
+        world,
+        "SELECT status FROM overnight_job_runs WHERE job_type = 'scoring' AND score_date = :d",
+        d=DATE,
+    )
+    assert night.status == "completed"
+
+
 def test_a_tick_restarts_a_night_that_failed_before_scoring_only(world, dagster_instance):
     _users(world, 1)
     date = "2026-10-05"

@@ -478,8 +478,8 @@ def test_an_answer_pricing_none_of_the_required_symbols_is_not_usable(tmp_path):
             lambda p: p.fetch_prices(symbols=["IBM", "SAP", "SIE"]), asked=3, required=required
         )
     assert str(caught.value) == (
-        "file: no price for any of the 2 instruments of EU_IND asked: the answer leaves them "
-        "all unpriced"
+        "file: no price for any of the 2 instruments of EU_IND asked (left out or rejected): the "
+        "answer leaves them all unpriced"
     )
     one_of_them = tmp_path / "one.csv"
     one_of_them.write_text("symbol,close,currency,price_date\nSIE,90,EUR,2026-11-26\n")
@@ -487,3 +487,19 @@ def test_an_answer_pricing_none_of_the_required_symbols_is_not_usable(tmp_path):
         lambda p: p.fetch_prices(symbols=["IBM", "SAP", "SIE"]), asked=3, required=required
     )
     assert list(result.quotes) == ["SIE"] and result.missing == ["IBM", "SAP"]
+    # A rejected value prices nothing: the group's own instruments all refused (quoted in
+    # another currency than theirs), its users' held symbols priced, is no usable answer
+    # either, though the refused share (1 of 5) is within the limit (0.2).
+    refused = tmp_path / "refused.csv"
+    refused.write_text(
+        "symbol,close,currency,price_date\nIBM,150.5,USD,2026-11-26\nMSFT,400,USD,2026-11-26\n"
+        "AAPL,200,USD,2026-11-26\nNVDA,100,USD,2026-11-26\nSIE,90,USD,2026-11-26\n"
+    )
+    with pytest.raises(ProviderPayloadError, match="no price for any of the 1 instruments"):
+        _chain(FilePricesProvider(path=refused)).ask(
+            lambda p: p.fetch_prices(
+                symbols=["IBM", "MSFT", "AAPL", "NVDA", "SIE"], currencies={"SIE": "EUR"}
+            ),
+            asked=5,
+            required=RequiredSymbols(symbols=frozenset({"SIE"}), what="instruments of EU_IND"),
+        )

@@ -434,6 +434,16 @@ def test_a_groups_night_counts_its_unpriced_symbols(
         "SELECT metrics FROM overnight_job_runs WHERE job_type = 'scoring' AND market_group = 'us'",
     )
     assert night.metrics["prices_unpriced"] == 1
+    assert night.metrics["prices_unpriced_rejected"] == 0  # left out, not refused
+    from scoring_pipeline.cli.status import _prices_line
+    from scoring_pipeline.store.night.model import find_night
+
+    with engine.connect() as conn:
+        us = find_night(conn, dt.date.fromisoformat(DATE), market_group="us")
+    assert us is not None
+    assert _prices_line(us) == [
+        "prices          1 of 2 needed symbols without a price (BBB), none of them rejected"
+    ]
 
 
 def test_a_groups_snapshot_assets_materialised_from_the_asset_graph_start_its_night(
@@ -534,6 +544,21 @@ def test_a_groups_refresh_keeps_the_membership_other_groups_nights_use(
         rows(engine, "SELECT status FROM overnight_job_runs WHERE market_group = 'eu'")[0].status
         == "completed"
     )
+
+    # `score --refresh` over every group replaces it (its later groups' nights are re-scored
+    # by the same command): the user added since is a member, eu's outcomes are gone.
+    replace = {"config": {"refresh": True, "replace_membership": True}}
+    again = dg.materialize(
+        [nights.active_users, nights.exchange_rates, nights.nights["us"].prices],
+        partition_key=DATE,
+        instance=dagster_instance,
+        resources=build_resources(),
+        tags={GROUP_TAG: "us"},
+        run_config={"ops": {"active_users": replace}},
+    )
+    assert again.success
+    assert len(rows(engine, membership)) == len(before) + 1
+    assert rows(engine, outcomes) == []
 
 
 def test_a_retry_after_a_market_moved_groups_scores_the_markets_its_night_opened_with(
@@ -672,3 +697,31 @@ def test_a_group_asking_again_only_for_its_unpriced_symbols_may_get_none_of_them
     assert asked[-1] == "CCC"  # Berlin's own symbol stored unpriced, asked again
     metadata = eu.asset_materializations_for_node("eu__prices")[0].metadata
     assert metadata["unpriced"].value == 1
+
+
+def test_a_group_whose_market_keeps_prices_may_get_nothing_for_a_held_symbol_never_quoted(
+    three_markets, dagster_instance, loopback, reply
+):
+    """São Paulo's night stores AAA and BBB (its user holds them); New York's night then asks
+    only for XYZ, which its user holds and no provider quotes: an empty answer, yet its market
+    keeps its prices, so its night goes on (as it would had it run first)."""
+    engine = three_markets
+    f.user(
+        engine,
+        base_currency="BRL",
+        holdings=[("AAA", "USD"), ("BBB", "USD")],
+        criteria=[("BR_BANKS", "stock", rules())],
+    )
+    f.user(
+        engine, holdings=[("AAA", "USD"), ("XYZ", "USD")], criteria=[("US_TECH", "stock", rules())]
+    )
+    nights = build_nights(_groups())
+    assert _prices_of(nights, dagster_instance, "br").success
+
+    us = _prices_of(nights, dagster_instance, "us")
+
+    assert us.success
+    asked = [r.query["symbols"][0] for r in loopback.requests_to(mw.QUOTE)]
+    assert asked[-1] == "XYZ"
+    (xyz,) = rows(engine, "SELECT close, missing_reason FROM price_snapshots WHERE symbol = 'XYZ'")
+    assert (xyz.close, xyz.missing_reason) == (None, "not_returned")

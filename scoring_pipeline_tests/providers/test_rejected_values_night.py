@@ -131,6 +131,7 @@ def test_a_quote_in_another_currency_is_rejected_and_minor_units_are_converted(
     assert (stored["VOD.L"].close, stored["VOD.L"].currency) == (Decimal("72.505"), "GBP")
     assert stored["BBB"].close is None and stored["BBB"].missing_reason == "currency_mismatch"
     assert _metadata(result, "prices")["rejected_values"] == {"BBB": "currency_mismatch"}
+    assert _metadata(result, "prices")["unpriced_rejected"] == 1  # BBB, stored unpriced
 
 
 def test_a_payload_with_mostly_bad_quotes_goes_to_the_fallback(

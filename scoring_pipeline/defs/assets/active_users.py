@@ -17,7 +17,7 @@ from sqlalchemy.engine import Connection
 
 from scoring_pipeline import telemetry
 from scoring_pipeline.defs.assets.snapshot import (
-    SnapshotConfig,
+    MembershipConfig,
     in_backfill,
     refuse_a_date_with_no_night,
     score_date_of,
@@ -137,7 +137,7 @@ def build_active_users(groups: dict[str, MarketGroup]) -> dg.AssetsDefinition:
     )
     def active_users(
         context: dg.AssetExecutionContext,
-        config: SnapshotConfig,
+        config: MembershipConfig,
         database: DatabaseResource,
         settings: ScoringSettingsResource,
     ) -> dg.MaterializeResult[None]:
@@ -165,7 +165,11 @@ def build_active_users(groups: dict[str, MarketGroup]) -> dg.AssetsDefinition:
             if group is not None:
                 _refuse_a_night_in_progress(context, conn, group, membership.batch_keys)
             reused = bool(membership.members) and not config.refresh
-            kept_for = _nights_using_membership(conn, score_date, group) if config.refresh else []
+            kept_for = (
+                _nights_using_membership(conn, score_date, group)
+                if config.refresh and not config.replace_membership
+                else []
+            )
             if kept_for and membership.members:
                 # Shared by the date's groups: recomputed, it would delete their batch outcomes
                 # and re-batch their users under their nights. The inputs are still refreshed.

@@ -26,6 +26,14 @@ class SnapshotConfig(dg.Config):
     refresh: bool = False
 
 
+class MembershipConfig(SnapshotConfig):
+    """`refresh: true` recomputes the date's membership, unless another market group has a night
+    of the date (it uses it); `replace_membership: true` recomputes it even then, dropping those
+    nights' batch outcomes (`score --refresh` over every group, which re-scores them all)."""
+
+    replace_membership: bool = False
+
+
 def score_date_of(context: dg.AssetExecutionContext) -> dt.date:
     return dt.date.fromisoformat(context.partition_key)
 
@@ -132,6 +140,7 @@ def _merge_figures(
                     f"{figure}_symbols": summary.get("symbols", 0),
                     f"{figure}_unpriced": summary["unpriced"],
                     f"{figure}_unpriced_symbols": summary.get("unpriced_symbols", []),
+                    f"{figure}_unpriced_rejected": summary.get("unpriced_rejected", 0),
                 }
                 if "unpriced" in summary
                 else {}

@@ -165,8 +165,10 @@ def close_night(
     status = night.status
     # Closed with the same outcome (a batch re-scored with the same results): not closed
     # again. Timings are no outcome: every re-score has new ones.
-    unchanged = night.completed_at is not None and all(
-        night.metrics.get(k) == v for k, v in figures.items() if k not in _NOT_OUTCOME
+    unchanged = (
+        night.completed_at is not None
+        and night.status is _closing_status(figures)
+        and all(night.metrics.get(k) == v for k, v in figures.items() if k not in _NOT_OUTCOME)
     )
     if all_done and not unchanged:
         # Closing (again, when a re-scored batch changed the outcome): JOB_COMPLETED follows.

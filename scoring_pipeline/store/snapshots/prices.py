@@ -198,6 +198,7 @@ def snapshot_prices(
             "symbols": 0,
             "unpriced": 0,
             "unpriced_symbols": [],
+            "unpriced_rejected": 0,
         }
     try:
         result = provider.fetch_prices(
@@ -284,9 +285,10 @@ def _snapshot_group_prices(
             symbols=wanted,
             currencies=instrument_currencies(conn, wanted),
             required=required,
-            # Symbols asked again only because an earlier night stored them unpriced may all
-            # still be missing: an empty answer to those alone is no failure.
-            expect_some=any(s not in stored for s in wanted),
+            # When the group's market keeps prices of the date, the few symbols it still lacks
+            # (stored unpriced by an earlier night, or held symbols no provider knows) may all
+            # be missing: an empty answer is then no failure.
+            expect_some=not kept_own,
         )
     except ProviderError as exc:
         stale = stale_or_raise(
@@ -343,14 +345,19 @@ def _unpriced(
     with no price, and the first few: their assets are skipped, and `status` says so."""
     table = t.price_snapshots
     query = (
-        sa.select(table.c.symbol)
+        sa.select(table.c.symbol, table.c.missing_reason)
         .where(table.c.score_date == score_date, table.c.close.is_(None))
         .order_by(table.c.symbol)
     )
     if symbols is not None:
         query = query.where(table.c.symbol.in_(symbols))
-    unpriced = list(conn.execute(query).scalars())
-    return {"unpriced": len(unpriced), "unpriced_symbols": unpriced[:_NAMED]}
+    found = conn.execute(query).all()
+    return {
+        "unpriced": len(found),
+        "unpriced_symbols": [r.symbol for r in found[:_NAMED]],
+        # Of those, the ones whose value the provider gave and that were refused (SPEC §8).
+        "unpriced_rejected": sum(1 for r in found if r.missing_reason not in (None, NOT_RETURNED)),
+    }
 
 
 _NAMED = 5  # unpriced symbols named in the figures (all are in `price_snapshots`)
