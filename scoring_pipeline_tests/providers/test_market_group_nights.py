@@ -725,3 +725,35 @@ def test_a_group_whose_market_keeps_prices_may_get_nothing_for_a_held_symbol_nev
     assert asked[-1] == "XYZ"
     (xyz,) = rows(engine, "SELECT close, missing_reason FROM price_snapshots WHERE symbol = 'XYZ'")
     assert (xyz.close, xyz.missing_reason) == (None, "not_returned")
+
+
+def test_a_groups_refresh_fetches_its_own_markets_prices_not_those_of_other_markets(
+    three_markets, dagster_instance, loopback, reply
+):
+    """New York's user holds CCC (Berlin's market): a refresh of New York's prices fetches its
+    own instruments again, not CCC, whose price Berlin's finished night of the date scored with."""
+    engine = three_markets
+    f.user(engine, holdings=[("CCC", "EUR")], criteria=[("US_TECH", "stock", rules())])
+    f.user(engine, holdings=[("AAA", "USD")], criteria=[("EU_IND", "stock", rules())])
+    nights = build_nights(_groups())
+    _group_night(dagster_instance, nights, "us")
+    _group_night(dagster_instance, nights, "eu")
+    later = {"AAA": (31, "USD"), "BBB": (0.31, "USD"), "CCC": (11, "EUR")}
+    mw.script_providers(loopback, reply, later, {"EUR": 0.5, "BRL": 5})
+
+    refreshed = dg.materialize(
+        [nights.nights["us"].prices],
+        partition_key=DATE,
+        instance=dagster_instance,
+        resources=build_resources(),
+        tags={GROUP_TAG: "us"},
+        run_config={"ops": {"us__prices": {"config": {"refresh": True}}}},
+    )
+
+    assert refreshed.success
+    asked = [r.query["symbols"][0].split(",") for r in loopback.requests_to(mw.QUOTE)]
+    assert sorted(asked[-1]) == ["AAA", "BBB"]
+    closes = {
+        r.symbol: str(r.close) for r in rows(engine, "SELECT symbol, close FROM price_snapshots")
+    }
+    assert closes == {"AAA": "31", "BBB": "0.31", "CCC": "10"}

@@ -248,12 +248,7 @@ def _snapshot_group_prices(
     symbols = needed_symbols(conn, score_date, markets)
     known = _stored_of_group(conn, score_date, symbols, markets)
     stored = {s: k.is_stale for s, k in known.items() if k.stored}
-    # Another group's night may have stored one of this group's own instruments unpriced (its
-    # users hold it, and the provider left it out then): ask for those again, or this group's
-    # night would score its own market without prices.
-    wanted = [
-        s for s in symbols if refresh or s not in stored or (known[s].own and known[s].unpriced)
-    ]
+    wanted = [s for s in symbols if _ask(known[s], refresh)]
     figures: dict[str, Any] = {
         "symbols": len(symbols),
         "reused_symbols": len(symbols) - len(wanted),
@@ -300,7 +295,7 @@ def _snapshot_group_prices(
     return {
         "fetched": True,
         "reused_existing": False,
-        "is_stale": any(stored.values()) and not refresh,
+        "is_stale": any(stale for s, stale in stored.items() if s not in asking),
         "source": result.source,
         "missing_symbols": result.missing[:50],
         **counts,
@@ -308,6 +303,19 @@ def _snapshot_group_prices(
         **_unpriced(conn, score_date, symbols),
         **fetched_rejections(result.rejected, "prices", score_date),
     }
+
+
+def _ask(known: "_Known", refresh: bool) -> bool:
+    """Whether a group's night asks the provider for one of its symbols: one the date has no
+    row of; one of its own instruments another group's night stored unpriced (its users hold it,
+    and the provider left it out then: reused, this night would score its market without its
+    price); on `refresh`, its own instruments and any symbol still unpriced. The price of another
+    market's symbol the date has is kept: that market's group night scored with it."""
+    if not known.stored:
+        return True
+    if refresh:
+        return known.own or known.unpriced
+    return known.own and known.unpriced
 
 
 @dataclass(frozen=True, slots=True)
