@@ -341,15 +341,26 @@ def test_a_group_asks_again_for_its_own_symbols_another_groups_night_stored_as_m
     assert "AAA" in str(asked[-1]), asked[-1]
 
 
-def _prices_of(nights, instance, name: str) -> dg.ExecuteInProcessResult:
+def _prices_alone(nights, instance, name: str, run_config=None) -> dg.ExecuteInProcessResult:
+    """A run of a group's prices alone (no night started by it), failed or not."""
+    return _group_run([nights.nights[name].prices], instance, name, run_config)
+
+
+def _prices_of(nights, instance, name: str, run_config=None) -> dg.ExecuteInProcessResult:
     """A group's snapshots run (its night's start), failed or not."""
+    assets = [nights.active_users, nights.exchange_rates, nights.nights[name].prices]
+    return _group_run(assets, instance, name, run_config)
+
+
+def _group_run(assets, instance, name: str, run_config) -> dg.ExecuteInProcessResult:
     return dg.materialize(
-        [nights.active_users, nights.exchange_rates, nights.nights[name].prices],
+        assets,
         partition_key=DATE,
         instance=instance,
         resources=build_resources(),
         tags={GROUP_TAG: name},
         raise_on_error=False,
+        run_config=run_config,
     )
 
 
@@ -518,15 +529,11 @@ def test_a_groups_refresh_keeps_the_membership_other_groups_nights_use(
     f.user(engine, holdings=[("AAA", "USD")], criteria=[("US_TECH", "stock", rules())])
 
     refresh = {"config": {"refresh": True}}
-    result = dg.materialize(
-        [nights.active_users, nights.exchange_rates, nights.nights["us"].prices],
-        partition_key=DATE,
-        instance=dagster_instance,
-        resources=build_resources(),
-        tags={GROUP_TAG: "us"},
-        run_config={
-            "ops": {"active_users": refresh, "exchange_rates": refresh, "us__prices": refresh}
-        },
+    result = _prices_of(
+        nights,
+        dagster_instance,
+        "us",
+        {"ops": {"active_users": refresh, "exchange_rates": refresh, "us__prices": refresh}},
     )
 
     assert result.success
@@ -548,14 +555,7 @@ def test_a_groups_refresh_keeps_the_membership_other_groups_nights_use(
     # `score --refresh` over every group replaces it (its later groups' nights are re-scored
     # by the same command): the user added since is a member, eu's outcomes are gone.
     replace = {"config": {"refresh": True, "replace_membership": True}}
-    again = dg.materialize(
-        [nights.active_users, nights.exchange_rates, nights.nights["us"].prices],
-        partition_key=DATE,
-        instance=dagster_instance,
-        resources=build_resources(),
-        tags={GROUP_TAG: "us"},
-        run_config={"ops": {"active_users": replace}},
-    )
+    again = _prices_of(nights, dagster_instance, "us", {"ops": {"active_users": replace}})
     assert again.success
     assert len(rows(engine, membership)) == len(before) + 1
     assert rows(engine, outcomes) == []
@@ -631,14 +631,7 @@ def test_the_hints_of_a_groups_night_name_its_group(three_markets, dagster_insta
     engine = three_markets
     f.user(engine, holdings=[("AAA", "USD")], criteria=[("US_TECH", "stock", rules())])
     nights = build_nights(_groups())
-    prices_alone = dg.materialize(
-        [nights.nights["us"].prices],
-        partition_key=DATE,
-        instance=dagster_instance,
-        resources=build_resources(),
-        tags={GROUP_TAG: "us"},
-        raise_on_error=False,
-    )
+    prices_alone = _prices_alone(nights, dagster_instance, "us")
     (failure,) = prices_alone.get_step_failure_events()
     assert (
         f"launching us_overnight_snapshots_job for that one date (a launch, not a backfill over "
@@ -646,13 +639,7 @@ def test_the_hints_of_a_groups_night_name_its_group(three_markets, dagster_insta
     ) in str(failure.step_failure_data.user_failure_data.description)
     _group_night(dagster_instance, nights, "us")
     # São Paulo's prices alone on that date: New York's night is no night of br's.
-    br_alone = dg.materialize(
-        [nights.nights["br"].prices],
-        partition_key=DATE,
-        instance=dagster_instance,
-        resources=build_resources(),
-        raise_on_error=False,
-    )
+    br_alone = _prices_alone(nights, dagster_instance, "br")
     (failure,) = br_alone.get_step_failure_events()
     assert str(failure.step_failure_data.user_failure_data.description).startswith(
         f"{DATE} has no night of group br: "
@@ -741,14 +728,8 @@ def test_a_groups_refresh_fetches_its_own_markets_prices_not_those_of_other_mark
     later = {"AAA": (31, "USD"), "BBB": (0.31, "USD"), "CCC": (11, "EUR")}
     mw.script_providers(loopback, reply, later, {"EUR": 0.5, "BRL": 5})
 
-    refreshed = dg.materialize(
-        [nights.nights["us"].prices],
-        partition_key=DATE,
-        instance=dagster_instance,
-        resources=build_resources(),
-        tags={GROUP_TAG: "us"},
-        run_config={"ops": {"us__prices": {"config": {"refresh": True}}}},
-    )
+    refresh = {"ops": {"us__prices": {"config": {"refresh": True}}}}
+    refreshed = _prices_alone(nights, dagster_instance, "us", refresh)
 
     assert refreshed.success
     asked = [r.query["symbols"][0].split(",") for r in loopback.requests_to(mw.QUOTE)]
