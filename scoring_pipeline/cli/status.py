@@ -108,10 +108,15 @@ def _prices_line(night: Night) -> list[str]:
     rejected = _figure(night, "prices_unpriced_rejected")  # of those unpriced, as they are
     named = list(night.metrics.get("prices_unpriced_symbols") or [])
     which = f" ({', '.join(named)}{', …' if unpriced > len(named) else ''})" if named else ""
+    why = (
+        f": {unpriced - rejected} not returned by the provider, {rejected} refused as invalid"
+        if unpriced
+        else ""
+    )
     stale = "; stale: reused from an earlier date" if night.metrics.get("prices_stale") else ""
     return [
         f"prices          {unpriced} of {_figure(night, 'prices_symbols')} needed symbols "
-        f"without a price{which}, {rejected or 'none'} of them rejected{stale}"
+        f"without a price{which}{why}{stale}"
     ]
 
 

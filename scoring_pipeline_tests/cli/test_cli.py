@@ -459,8 +459,8 @@ def _status_of_a_partial_night(cli_env, clean_db, tmp_path):
         ).one()
     assert 0 < len(unpriced) <= 5, unpriced  # the demo's file leaves ~1 % unquoted
     assert summary_value(detail, "prices") == (
-        f"{len(unpriced)} of {total} needed symbols without a price ({', '.join(unpriced)}), "
-        "none of them rejected"
+        f"{len(unpriced)} of {total} needed symbols without a price ({', '.join(unpriced)}): "
+        f"{len(unpriced)} not returned by the provider, 0 refused as invalid"
     )
     step = summary_value(detail, "next")
     assert f"`scoring-pipeline retry-failed --date {DATE}`" in step

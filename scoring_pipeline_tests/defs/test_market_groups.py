@@ -305,3 +305,10 @@ def test_markets_in_no_group_are_named_at_load(tmp_path, caplog):
         rest = '[groups.rest]\nmarkets = ["US_REITS", "LATE"]\nopens_at = 09:30:00\n'
         _load(tmp_path, mw.THREE_GROUPS + rest)
     assert "in no group" not in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="scoring_pipeline.defs.market_groups"):
+        _load(tmp_path, mw.THREE_GROUPS + '[groups.reits]\nmarkets = ["US_REITS"]\n')
+    assert (
+        "market groups: market LATE is in no group of "
+        f"{GROUPS_FILE_VARIABLE}: no night scores the criteria sets targeting it"
+    ) in caplog.text

@@ -453,7 +453,8 @@ def test_a_groups_night_counts_its_unpriced_symbols(
         us = find_night(conn, dt.date.fromisoformat(DATE), market_group="us")
     assert us is not None
     assert _prices_line(us) == [
-        "prices          1 of 2 needed symbols without a price (BBB), none of them rejected"
+        "prices          1 of 2 needed symbols without a price (BBB): 1 not returned by the "
+        "provider, 0 refused as invalid"
     ]
 
 
@@ -557,6 +558,10 @@ def test_a_groups_refresh_keeps_the_membership_other_groups_nights_use(
     replace = {"config": {"refresh": True, "replace_membership": True}}
     again = _prices_of(nights, dagster_instance, "us", {"ops": {"active_users": replace}})
     assert again.success
+    assert (
+        f"refresh: the membership of {DATE} is recomputed; the nights of eu of that date used it"
+        in caplog.text
+    )
     assert len(rows(engine, membership)) == len(before) + 1
     assert rows(engine, outcomes) == []
 

@@ -182,6 +182,15 @@ def build_active_users(groups: dict[str, MarketGroup]) -> dg.AssetsDefinition:
                     ", ".join(kept_for),
                 )
                 reused = True
+            if not reused and config.replace_membership:
+                others = _nights_using_membership(conn, score_date, group)
+                if others:
+                    logger.warning(
+                        "refresh: the membership of %s is recomputed; the nights of %s of that "
+                        "date used it: their batch outcomes are dropped until they are re-scored",
+                        score_date,
+                        ", ".join(others),
+                    )
             if not reused:
                 membership = compute_membership(conn, settings.batch_size)
                 store_membership(conn, score_date, membership)

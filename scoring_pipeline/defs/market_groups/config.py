@@ -114,10 +114,12 @@ def _warn_markets_in_no_group(groups: list[MarketGroup], known: Mapping[str, obj
     alone = sorted(set(known) - grouped)
     if alone:
         logger.warning(
-            "market groups: markets %s are in no group of %s: no night scores the criteria "
-            "sets targeting them",
-            ", ".join(alone),
+            "market groups: %s %s in no group of %s: no night scores the criteria sets "
+            "targeting %s",
+            ("market " if len(alone) == 1 else "markets ") + ", ".join(alone),
+            "is" if len(alone) == 1 else "are",
             GROUPS_FILE_VARIABLE,
+            "it" if len(alone) == 1 else "them",
         )
 
 
