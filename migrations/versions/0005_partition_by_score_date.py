@@ -17,10 +17,7 @@ Revises: 0004
 Create Date: 2026-11-30
 """
 
-import importlib.util
-from pathlib import Path
-
-from alembic import op
+from alembic import context, op
 
 revision = "0005"
 down_revision = "0004"
@@ -71,25 +68,16 @@ _EVENT_DATES = (
 )
 
 
-def _views() -> object:
-    """Migration 0004, for its breakdown views (made again over the new tables)."""
-    path = Path(__file__).with_name("0004_compact_breakdowns.py")
-    spec = importlib.util.spec_from_file_location("compact_breakdowns_0004", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def _drop_views() -> None:
     op.execute("DROP VIEW score_history_breakdowns")
     op.execute("DROP VIEW asset_score_breakdowns")
 
 
 def _make_views() -> None:
-    views = _views()
-    op.execute(views._breakdown_view("asset_score_breakdowns", "asset_scores"))  # type: ignore[attr-defined]
-    op.execute(views._breakdown_view("score_history_breakdowns", "score_history"))  # type: ignore[attr-defined]
+    # Migration 0004, for its breakdown views (made again over the new tables).
+    views = context.script.get_revision("0004").module
+    op.execute(views._breakdown_view("asset_score_breakdowns", "asset_scores"))
+    op.execute(views._breakdown_view("score_history_breakdowns", "score_history"))
 
 
 def _month_partitions(table: str) -> None:

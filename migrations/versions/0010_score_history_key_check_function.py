@@ -22,10 +22,7 @@ Revises: 0009
 Create Date: 2026-12-03
 """
 
-import importlib.util
-from pathlib import Path
-
-from alembic import op
+from alembic import context, op
 
 revision = "0010"
 down_revision = "0009"
@@ -85,12 +82,7 @@ $$
 
 def _function_of_0008() -> str:
     """Migration 0008's trigger function, which the downgrade puts back."""
-    path = Path(__file__).with_name("0008_score_history_compact_keys.py")
-    spec = importlib.util.spec_from_file_location("score_history_compact_keys_0008", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    text: str = module._CHECK_FUNCTION
+    text: str = context.script.get_revision("0008").module._CHECK_FUNCTION
     return text.replace("CREATE FUNCTION", "CREATE OR REPLACE FUNCTION", 1)
 
 

@@ -16,11 +16,7 @@ Revises: 0010
 Create Date: 2026-12-04
 """
 
-import importlib.util
-from pathlib import Path
-from types import ModuleType
-
-from alembic import op
+from alembic import context, op
 
 revision = "0011"
 down_revision = "0010"
@@ -30,20 +26,11 @@ depends_on = None
 _VIEWS = (("asset_score_breakdowns", "asset_scores"), ("score_history_breakdowns", "score_history"))
 
 
-def _compact_breakdowns() -> ModuleType:
-    """Migration 0004, whose `_breakdown_view` makes the views."""
-    path = Path(__file__).with_name("0004_compact_breakdowns.py")
-    spec = importlib.util.spec_from_file_location("compact_breakdowns_0004", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def _views(revisions: bool) -> None:
     for name, _ in _VIEWS:
         op.execute(f"DROP VIEW {name}")
-    breakdowns = _compact_breakdowns()
+    # Migration 0004, whose `_breakdown_view` makes the views, as Alembic loaded it.
+    breakdowns = context.script.get_revision("0004").module
     for name, table in _VIEWS:
         op.execute(breakdowns._breakdown_view(name, table, revisions=revisions))
 
