@@ -25,7 +25,7 @@ def replay(conn: Connection, correlation_id: str) -> ReplayResult:
         return result
     differences: list[str] = []
     compared = 0
-    for view in _STORED_BREAKDOWNS:
+    for view in STORED_BREAKDOWNS:
         stored = conn.execute(
             sa.text(
                 f"SELECT symbol, breakdown FROM {view} WHERE user_id = CAST(:u AS uuid) "
@@ -48,7 +48,7 @@ def replay(conn: Connection, correlation_id: str) -> ReplayResult:
 
 
 # The views that rebuild a stored score's canonical breakdown (SPEC §4).
-_STORED_BREAKDOWNS = ("asset_score_breakdowns", "score_history_breakdowns")
+STORED_BREAKDOWNS = ("asset_score_breakdowns", "score_history_breakdowns")
 
 
 def _events(conn: Connection, correlation_id: str) -> dict[str, dict[str, Any]]:

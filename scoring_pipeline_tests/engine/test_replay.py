@@ -7,7 +7,7 @@ import json
 import pytest
 import sqlalchemy as sa
 
-from scoring_pipeline.store.replay import replay
+from scoring_pipeline.store.replay import STORED_BREAKDOWNS, replay
 from scoring_pipeline_tests.scenario import batch, rows, snapshots, users_in_two_currencies
 
 pytestmark = pytest.mark.db
@@ -147,13 +147,13 @@ def test_scores_not_rescored_keep_showing_the_values_they_were_computed_with(
             if entry["ruleId"] == entries[1]["ruleId"]  # the roe rule (second of rules())
         }
 
-    before = {view: shown(view, "b0000") for view in _VIEWS}
+    before = {view: shown(view, "b0000") for view in STORED_BREAKDOWNS}
     assert roe(before["asset_score_breakdowns"]) == {"15"}
     with world.begin() as conn:
         conn.execute(sa.text("UPDATE instrument_fundamentals SET roe = 25 WHERE symbol = 'AAA'"))
     assert batch(dagster_instance, "b0001").success  # re-materialised, as a retry does
 
-    for view in _VIEWS:
+    for view in STORED_BREAKDOWNS:
         assert shown(view, "b0000") == before[view], view
         assert roe(shown(view, "b0001")) == {"25"}, view
     revisions = rows(
@@ -199,6 +199,3 @@ def test_scores_not_rescored_keep_showing_the_values_they_were_computed_with(
     result = _replay(world, calculations["b0000"])
     assert not result.reproduced
     assert [d.split(" shows ")[0] for d in result.differences] == ["AAA: asset_score_breakdowns"]
-
-
-_VIEWS = ("asset_score_breakdowns", "score_history_breakdowns")
