@@ -66,16 +66,15 @@ def build_scores(group: MarketGroup, upstream: list[dg.AssetsDefinition]) -> dg.
         """Scores of the run's batches of users (one partition, or a range of a night's), from
         their date's frozen snapshots: each batch is scored as the IO manager writes it."""
         keys = list(context.partition_keys)
-        batches, refused, markets = _night_batches(database, keys, group)
+        batches, refused, nights = _night_batches(database, keys, group)
         if len(keys) == 1 and refused:
             raise dg.Failure(description=refused[0].description, allow_retries=False)
 
         shared: dict[dt.date, RunInputs] = {}  # what the run's batches of a date share
 
-        def score(score_date: dt.date, batch: str, correlation_id: str) -> BatchOutput:
+        def score(score_date: dt.date, batch: str) -> BatchOutput:
             inputs = shared.setdefault(score_date, RunInputs())
-            night = _NightScope(group.name, correlation_id, markets[score_date])
-            return _score_batch(context, database, night, score_date, batch, inputs)
+            return _score_batch(context, database, nights[score_date], score_date, batch, inputs)
 
         return RunBatches(batches=batches, refused=refused, score=score, ranged=len(keys) > 1)
 
@@ -96,45 +95,46 @@ class RunBatches:
     for it (so a batch is written, committed and visible before the next is scored, and a run
     holds one batch in memory), and the partitions it refused."""
 
-    batches: list[tuple[dt.date, str, str]]  # date, batch, the night's correlation id
+    batches: list[tuple[dt.date, str]]  # date, batch
     refused: list[RefusedBatch]
-    score: Callable[[dt.date, str, str], BatchOutput]
+    score: Callable[[dt.date, str], BatchOutput]
     ranged: bool
 
     def __iter__(self) -> Iterator[BatchOutput | RefusedBatch]:
         yield from self.refused
-        for score_date, batch, correlation_id in self.batches:
-            yield self.score(score_date, batch, correlation_id)
+        for score_date, batch in self.batches:
+            yield self.score(score_date, batch)
 
 
 def _night_batches(
     database: DatabaseResource, keys: list[str], group: MarketGroup
-) -> tuple[
-    list[tuple[dt.date, str, str]], list[RefusedBatch], dict[dt.date, tuple[str, ...] | None]
-]:
-    """(date, batch, the night's correlation id) of every key that is a batch of a night, the
-    others refused with the reason, and the markets each date's night scores."""
-    batches: list[tuple[dt.date, str, str]] = []
+) -> tuple[list[tuple[dt.date, str]], list[RefusedBatch], dict[dt.date, "_NightScope"]]:
+    """(date, batch) of every key that is a batch of a night, the others refused with the
+    reason, and the night each date's batches are scored for."""
+    batches: list[tuple[dt.date, str]] = []
     refused: list[RefusedBatch] = []
-    nights: dict[dt.date, Night] = {}
+    nights: dict[dt.date, _NightScope] = {}
     with database.engine().begin() as conn:
         for key in keys:
             try:
                 score_date, batch = _night_batch(key)
                 if score_date not in nights:
-                    nights[score_date] = _night_of_date(conn, score_date, batch, group.name)
+                    night = _night_of_date(conn, score_date, batch, group.name)
+                    nights[score_date] = _NightScope(
+                        group.name, night.correlation_id, night.markets_or(group.markets)
+                    )
                 _check_batch(conn, score_date, batch, group.name)
             except dg.Failure as exc:
                 refused.append(RefusedBatch(key, exc.description or str(exc)))
                 continue
-            batches.append((score_date, batch, nights[score_date].correlation_id))
-    markets = {d: night.markets_or(group.markets) for d, night in nights.items()}
-    return batches, refused, markets
+            batches.append((score_date, batch))
+    return batches, refused, nights
 
 
 @dataclass(frozen=True)
 class _NightScope:
-    """The night a batch is scored for: its group, correlation id and markets."""
+    """The night a batch is scored for: its group, correlation id, and the markets it opened
+    with (`Night.markets_or`)."""
 
     group: str
     correlation_id: str
