@@ -58,16 +58,17 @@ def refuse_a_date_with_no_night(
     "Materialize all" with every partition, say), or the rates or prices alone, only re-freeze
     the inputs of started nights. A date never scored would get today's prices and rates as its
     own, and no batch run would follow."""
-    own = of_group and group is not None
+    own = group if of_group else None
     with database.engine().connect() as conn:
-        if own and group is not None:
-            if find_night(conn, score_date, market_group=group.name) is not None:
-                return
-        elif has_a_night(conn, score_date):
-            return
+        if own is not None:
+            started = find_night(conn, score_date, market_group=own.name) is not None
+        else:
+            started = has_a_night(conn, score_date)
+    if started:
+        return
     job = group.qualified(SNAPSHOTS_JOB) if group is not None else f"its group's {SNAPSHOTS_JOB}"
     option = f" --group {group.name}" if group is not None and not group.is_default else ""
-    of = f" of group {group.name}" if own and group is not None else ""
+    of = f" of group {own.name}" if own is not None else ""
     raise dg.Failure(
         description=(
             f"{score_date} has no night{of}: a backfill of the snapshot assets, or the rates or "

@@ -196,9 +196,7 @@ def snapshot_prices(
             "reused_existing": False,
             "is_stale": False,
             "symbols": 0,
-            "unpriced": 0,
-            "unpriced_symbols": [],
-            "unpriced_rejected": 0,
+            **_unpriced(conn, score_date),  # none: the date's rows are deleted
         }
     try:
         result = provider.fetch_prices(
