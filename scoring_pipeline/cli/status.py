@@ -125,7 +125,7 @@ def _detail(
 ) -> list[str]:
     lines = [
         f"score date      {night.score_date}",
-        f"market group    {night.market_group}",
+        f"market group    {night.market_group}{_removed(night, configured)}",
         f"job status      {night.status.value}",
         f"started         {_when(night.started_at)}",
         f"completed       {_completed(night)}",
@@ -158,6 +158,14 @@ def _detail(
             "batches cannot score without them: retrying them does nothing)"
         )
     return lines
+
+
+def _removed(night: Night, configured: list[str]) -> str:
+    """Said of a night whose group the deployment no longer configures, whatever its status:
+    its assets and jobs are gone, so it is neither retried nor re-scored as a group of its own."""
+    if night.market_group in configured:
+        return ""
+    return f" (no longer configured; now: {', '.join(configured)})"
 
 
 def _next_step(night: Night, configured: list[str], failed: list[dict[str, Any]]) -> str:

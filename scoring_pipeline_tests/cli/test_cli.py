@@ -468,7 +468,12 @@ def _status_of_a_partial_night(cli_env, clean_db, tmp_path):
     # Once the deployment moves to market groups, the night of `all` cannot be retried (its
     # assets are gone): the next step says what can be done instead.
     grouped = {**cli_env, "MARKET_GROUPS_FILE": str(PROJECT_ROOT / "market_groups.example.toml")}
-    step = summary_value(run(grouped, "status", "--date", DATE).stdout, "next")
+    assert summary_value(detail, "market group") == "all"
+    grouped_detail = run(grouped, "status", "--date", DATE).stdout
+    assert summary_value(grouped_detail, "market group") == (
+        "all (no longer configured; now: us, br, eu)"
+    )
+    step = summary_value(grouped_detail, "next")
     assert step == (
         "group all is no longer configured (now: us, br, eu), so its batches cannot be retried: "
         "fix those users' data, then score the date with the configured groups: "

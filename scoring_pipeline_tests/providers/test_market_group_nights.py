@@ -566,6 +566,40 @@ def test_a_groups_refresh_keeps_the_membership_other_groups_nights_use(
     assert rows(engine, outcomes) == []
 
 
+def test_an_empty_membership_is_kept_by_the_dates_later_group_nights(
+    three_markets, dagster_instance, caplog
+):
+    """Berlin's night of a date found no active user: its membership is empty and its night
+    closed `completed` with no batch. A user made active since must not be batched under that
+    date by New York's later night (Berlin's completed night would then have batches with no
+    outcome): an empty membership is frozen like any other, for the groups and on refresh."""
+    engine = three_markets
+    nights = build_nights(_groups())
+    _group_night(dagster_instance, nights, "eu")
+    nights_sql = "SELECT market_group, status FROM overnight_job_runs ORDER BY 1"
+    assert [tuple(r) for r in rows(engine, nights_sql)] == [("eu", "completed")]
+    f.user(engine, holdings=[("AAA", "USD")], criteria=[("US_TECH", "stock", rules())])
+
+    us = _prices_of(nights, dagster_instance, "us")
+    assert us.success
+    metadata = us.asset_materializations_for_node("active_users")[0].metadata
+    assert metadata["membership_reused"].value is True and metadata["batches"].value == 0
+    assert rows(engine, "SELECT user_id FROM scoring_batches") == []
+    assert [tuple(r) for r in rows(engine, nights_sql)] == [
+        ("eu", "completed"),
+        ("us", "completed"),
+    ]
+
+    refresh = {"config": {"refresh": True}}
+    again = _prices_of(nights, dagster_instance, "us", {"ops": {"active_users": refresh}})
+    assert again.success
+    assert rows(engine, "SELECT user_id FROM scoring_batches") == []
+    assert again.asset_materializations_for_node("active_users")[0].metadata[
+        "membership_kept_for"
+    ].value == ["eu"]
+    assert f"refresh: the membership of {DATE} is kept" in caplog.text
+
+
 def test_a_retry_after_a_market_moved_groups_scores_the_markets_its_night_opened_with(
     three_markets, dagster_instance
 ):

@@ -164,13 +164,12 @@ def build_active_users(groups: dict[str, MarketGroup]) -> dg.AssetsDefinition:
             membership = load_membership(conn, score_date)
             if group is not None:
                 _refuse_a_night_in_progress(context, conn, group, membership.batch_keys)
-            reused = bool(membership.members) and not config.refresh
-            kept_for = (
-                _nights_using_membership(conn, score_date, group)
-                if config.refresh and not config.replace_membership
-                else []
-            )
-            if kept_for and membership.members:
+            others = _nights_using_membership(conn, score_date, group)
+            # Frozen once another group's night uses it, even empty: recomputed, a user made
+            # active since would be batched under that group's closed night with no outcome.
+            reused = bool(membership.members or others) and not config.refresh
+            kept_for = others if config.refresh and not config.replace_membership else []
+            if kept_for:
                 # Shared by the date's groups: recomputed, it would delete their batch outcomes
                 # and re-batch their users under their nights. The inputs are still refreshed.
                 # The project's logger: in the run's log, and on `score --refresh`'s stderr.
@@ -183,7 +182,6 @@ def build_active_users(groups: dict[str, MarketGroup]) -> dg.AssetsDefinition:
                 )
                 reused = True
             if not reused and config.replace_membership:
-                others = _nights_using_membership(conn, score_date, group)
                 if others:
                     logger.warning(
                         "refresh: the membership of %s is recomputed; the nights of %s of that "
