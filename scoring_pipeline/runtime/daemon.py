@@ -22,6 +22,8 @@ import warnings
 
 import dagster._daemon.sensor as sensor_daemon
 
+from scoring_pipeline.runtime.plain_logs import plain_unless_a_terminal
+
 SENSOR_LOOP_SECONDS = 1
 SENSOR_DAEMON_LOGGER = "dagster.daemon.SensorDaemon"
 BACKFILL_DAEMON_LOGGER = "dagster.daemon.BackfillDaemon"
@@ -101,6 +103,7 @@ def main() -> None:
     from dagster._daemon.cli import main as daemon_main
 
     import_before_threads()
+    plain_unless_a_terminal()
     use_sensor_loop_seconds()
     quiet_daemon_logs()
     quiet_launcher_notice()

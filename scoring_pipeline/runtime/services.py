@@ -105,6 +105,11 @@ LAUNCHER_NOTICE_MESSAGE = "Task name 'execute_job' is already registered"
 LAUNCHER_NOTICE = f"ignore:{LAUNCHER_NOTICE_MESSAGE}"
 
 
+# A Dagster console script started through `runtime/plain_logs`: its log lines without colour
+# codes when they go to a file.
+PLAIN_LOGS = [sys.executable, "-m", "scoring_pipeline.runtime.plain_logs"]
+
+
 def worker_command(concurrency: int) -> list[str]:
     return [
         str(BIN / "celery"),
@@ -134,7 +139,8 @@ def code_server_command(port: int) -> list[str]:
     """The code location served over gRPC on the loopback `port` (`dagster code-server start`:
     its UI "Reload" restarts the code it serves)."""
     return [
-        str(BIN / "dagster"),
+        *PLAIN_LOGS,
+        "dagster",
         "code-server",
         "start",
         "-h",
@@ -290,7 +296,8 @@ def running_services(
         services.processes["webserver"] = _spawn(
             "webserver",
             [
-                str(BIN / "dagster-webserver"),
+                *PLAIN_LOGS,
+                "dagster-webserver",
                 "-h",
                 "127.0.0.1",
                 "-p",

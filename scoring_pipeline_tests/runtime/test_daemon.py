@@ -1,9 +1,14 @@
 """The deployment's daemon sets the sensor daemon's loop period the loop reads, and keeps its
-log to what an operator reads."""
+log to what an operator reads, in plain lines."""
 
 import inspect
 import logging
+import os
+import re
+import subprocess
+import sys
 
+import coloredlogs
 import dagster._daemon.sensor as sensor_daemon
 import pytest
 
@@ -15,6 +20,7 @@ from scoring_pipeline.runtime.daemon import (
     quiet_daemon_logs,
     use_sensor_loop_seconds,
 )
+from scoring_pipeline.runtime.plain_logs import PlainFormatter, plain_unless_a_terminal
 
 
 def test_the_sensor_loop_period_is_set_where_the_loop_reads_it(monkeypatch):
@@ -98,3 +104,39 @@ def test_the_messages_it_leaves_out_are_the_daemons_own():
     for logger, expected in fragments.items():
         for fragment in expected:
             assert fragment in sources[logger], fragment
+
+
+_LOG_A_LINE = """
+import io, logging, sys
+from dagster._utils.log import configure_loggers
+from scoring_pipeline.runtime.plain_logs import plain_unless_a_terminal
+print(plain_unless_a_terminal(io.StringIO()), file=sys.stderr)
+configure_loggers(handler="default", formatter="colored", log_level="INFO")
+logging.getLogger("dagster.daemon.SensorDaemon").warning("Launching run for a_sensor")
+"""
+
+
+def test_dagsters_log_lines_are_plain_when_written_to_a_file():
+    """Dagster colours its lines whatever its output is; not a terminal, they are plain (a
+    process of its own: the swap is for the whole process)."""
+    done = subprocess.run(
+        [sys.executable, "-c", _LOG_A_LINE], capture_output=True, text=True, check=True
+    )
+    assert done.stderr.strip() == "True"
+    assert "\x1b[" not in done.stdout
+    assert re.fullmatch(
+        r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d [+-]\d{4} - dagster\.daemon\.SensorDaemon - WARNING - "
+        r"Launching run for a_sensor\n",
+        done.stdout,
+    ), done.stdout
+
+
+def test_dagsters_log_lines_keep_their_colours_on_a_terminal():
+    main, other = os.openpty()
+    try:
+        with os.fdopen(other, "w", closefd=False) as terminal:
+            assert plain_unless_a_terminal(terminal) is False
+    finally:
+        os.close(main)
+        os.close(other)
+    assert coloredlogs.ColoredFormatter is not PlainFormatter

@@ -240,7 +240,7 @@ def _check_service_logs(logs: Path) -> None:
     """What an operator reads in the service logs after the night: the daemon's log names the
     runs its sensors launched without a line per sensor evaluation; a run's output in the
     worker's log is INFO, not Celery's WARNING, without Dagster's DEBUG events; no process
-    repeats Dagster's beta notices or Celery's about dagster-celery's task."""
+    repeats Dagster's beta notices or Celery's about dagster-celery's task; no line is coloured."""
     daemon = (logs / "daemon.log").read_text()
     assert "Launching run for scoring_batches_sensor" in daemon
     assert "Checking for new runs for sensor" not in daemon
@@ -259,6 +259,14 @@ def _check_service_logs(logs: Path) -> None:
     for name in ("worker.log", "code-server.log", "daemon.log", "webserver.log"):
         text = (logs / name).read_text()
         assert "BetaWarning" not in text and "DuplicateTaskNameWarning" not in text, name
+        # Plain lines in a file: no colour codes around the timestamps and levels (but for the
+        # code server's gRPC child, which configures its logging apart: `runtime/plain_logs`).
+        lines = text.splitlines()
+        if name == "code-server.log":
+            lines = [line for line in lines if "code proxy server" in line]
+            assert lines, text
+        coloured = [line for line in lines if "\x1b[" in line]
+        assert not coloured, (name, coloured[:3])
 
 
 def _check_trace(engine, otlp):
