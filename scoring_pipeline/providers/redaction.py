@@ -15,6 +15,10 @@ from scoring_pipeline.errors import ProviderError
 _T = TypeVar("_T")
 
 REDACTED = "***"
+# How `values.shorten` ends a text it cut, and the shortest start of a secret cut there that is
+# redacted (a shorter one tells nothing of the key).
+_CUT = "..."
+_CUT_KEPT_MIN = 4
 # Query parameters whose value is redacted from any text: names that look like credentials.
 _SECRET_PARAM = re.compile(
     r"(?i)([?&;][^=&#\s]*(?:key|token|secret|passw|sig|auth|crumb|credential|session)[^=&#\s]*=)"
@@ -27,13 +31,18 @@ _BEARER = re.compile(r"(?i)(\bbearer\s+)[^\s'\",;]+")
 def redact(text: str, secrets: Iterable[str | None] = ()) -> str:
     """Return ``text`` without the given secrets and without credential-looking URL parts.
 
-    Each secret is scrubbed literally and in its URL-encoded forms; values of query parameters
+    Each secret is scrubbed literally and in its URL-encoded forms, and so is its start (4
+    characters or more) where a shortened text was cut after it ("..."); values of query parameters
     whose name looks like a credential (``api_key``, ``token``, ``sig``…), URL passwords and
     bearer tokens are replaced by ``***`` even when the secret is not known.
     """
     for secret in sorted({s for s in secrets if s}, key=len, reverse=True):
         for variant in (secret, quote(secret, safe=""), quote_plus(secret)):
             text = text.replace(variant, REDACTED)
+            # Payload text is shortened before the error carrying it is redacted: a secret the
+            # provider echoed may have been cut, and its start then ends with "...".
+            for kept in range(len(variant) - 1, _CUT_KEPT_MIN - 1, -1):
+                text = text.replace(variant[:kept] + _CUT, REDACTED + _CUT)
     text = _SECRET_PARAM.sub(rf"\g<1>{REDACTED}", text)
     text = _URL_USERINFO.sub(rf"\g<1>{REDACTED}@", text)
     return _BEARER.sub(rf"\g<1>{REDACTED}", text)

@@ -389,6 +389,30 @@ def test_yahoo_key_never_leaks_from_an_error_payload(loopback, reply, fast_http,
     _assert_secret_absent(caught.value, caplog)
 
 
+@pytest.mark.parametrize("kept", [30, 8, 4])
+def test_yahoo_key_cut_by_a_shortened_error_payload_never_leaks(
+    loopback, reply, fast_http, caplog, kept
+):
+    """The payload's error text is shortened to 200 characters before the error is redacted: a
+    key echoed where the cut falls ends in "...", and its first characters must not show."""
+    caplog.set_level(logging.DEBUG)
+    key = "pk-live-ABCDEFGHIJKLMNOPQRSTUVWXYZ012345"
+    # The message is repr()'d (a quote first) and cut to 197 characters, then "..." is added.
+    text = "x" * (196 - kept) + "key sent: " + key + " was refused"
+    text = text[len("key sent: ") :]
+    loopback.script(QUOTE, reply(200, {"quoteResponse": {"result": None, "error": text}}))
+    with YahooPricesProvider(base_url=loopback.url, api_key=key, http_settings=fast_http) as p:
+        with pytest.raises(ProviderPayloadError) as caught:
+            p.fetch_prices(symbols=["IBM"])
+
+    message = str(caught.value)
+    assert message.endswith("***...") and "quoteResponse.error" in message
+    assert key[:kept] not in message
+    _assert_secret_absent(caught.value, caplog, secret=key)
+    for text in [r.getMessage() for r in caplog.records]:
+        assert key[:kept] not in text
+
+
 def test_key_never_leaks_through_the_fallback(closed_port_url, fast_http, tmp_path, caplog):
     caplog.set_level(logging.DEBUG)
     primary = FrankfurterRatesProvider(
@@ -415,6 +439,11 @@ def test_key_never_leaks_through_the_fallback(closed_port_url, fast_http, tmp_pa
         ("key a/b+c in a%2Fb%2Bc or a%2Fb%2Bc", ["a/b+c"], "key *** in *** or ***"),
         ("plain text", ["", None], "plain text"),
         ("symbols=KEYS,TOKEN", [], "symbols=KEYS,TOKEN"),
+        # A key cut by a shortened message: its first characters before the "..." go too.
+        ("error: 'key sent: pk-live-ABCD...", ["pk-live-ABCDEFGH"], "error: 'key sent: ***..."),
+        ("error: 'sent pk-l...", ["pk-live-ABCDEFGH"], "error: 'sent ***..."),
+        ("error: 'sent pk-...", ["pk-live-ABCDEFGH"], "error: 'sent pk-..."),
+        ("pk-live-ABCD and more", ["pk-live-ABCDEFGH"], "pk-live-ABCD and more"),
     ],
 )
 def test_redact(text, secrets, expected):
