@@ -301,6 +301,38 @@ def test_stale_snapshot_reused_when_every_provider_fails(world, dagster_instance
     assert job.status == "failed" and "no rates snapshot" in json.dumps(job.error_details)
 
 
+def test_a_stale_copy_is_not_reused_as_a_snapshot_of_its_own_date(
+    world, dagster_instance, monkeypatch
+):
+    """Providers down for days in a row: each date reuses the last snapshot fetched (its age
+    is that date's), not the day before's stale copy of it, so the data ages out after
+    `SNAPSHOT_MAX_AGE_DAYS` (3) and the night then fails (found by a provider review: a week
+    of stale copies of copies scored on week-old prices)."""
+    f.user(world, holdings=[("AAA", "USD")], criteria=[("US_TECH", "stock", rules())])
+    assert snapshots(dagster_instance).success  # DATE has a fresh snapshot
+    monkeypatch.setenv("RATES_FILE", "/nonexistent/rates.json")
+    monkeypatch.setenv("PRICES_FILE", "/nonexistent/prices.csv")
+    day = dt.date.fromisoformat(DATE)
+    for after in (1, 2, 3):
+        later = (day + dt.timedelta(days=after)).isoformat()
+        result = snapshots(dagster_instance, partition_key=later)
+        assert result.success, later
+        for asset in ("exchange_rates", "prices"):
+            metadata = result.asset_materializations_for_node(asset)[0].metadata
+            assert metadata["is_stale"].value is True
+            assert metadata["stale_from"].value == DATE, (later, asset)
+    too_old = (day + dt.timedelta(days=4)).isoformat()
+    result = snapshots(dagster_instance, partition_key=too_old, raise_on_error=False)
+    assert not result.success
+    job = rows(
+        world,
+        "SELECT status, error_details FROM overnight_job_runs WHERE score_date = :d",
+        d=too_old,
+    )[0]
+    assert job.status == "failed"
+    assert "no rates snapshot of the last 3 days exists to reuse" in job.error_details["message"]
+
+
 def test_hostile_symbols_and_names_are_stored_exactly(world, dagster_instance):
     symbol = "Q'\"; DROP TABLE users;--\t\\N\nü€"
     f.instrument(world, symbol, market="US_TECH", currency="USD", eps="1", roe="20")

@@ -307,6 +307,66 @@ def test_a_group_whose_prices_provider_is_down_reuses_only_its_own_symbols(
     }
 
 
+def _stored_prices(engine, *prices) -> None:
+    with engine.begin() as conn:
+        for date, symbol, close, currency in prices:
+            conn.execute(
+                sa.text(
+                    "INSERT INTO price_snapshots (score_date, symbol, close, currency, "
+                    "price_date, source, fetched_at) VALUES (:d, :s, :c, :cu, :d, 'yahoo', now())"
+                ),
+                {"d": date, "s": symbol, "c": close, "cu": currency},
+            )
+
+
+def test_a_groups_stale_prices_come_from_a_date_that_priced_its_market(
+    three_markets, dagster_instance, loopback, reply
+):
+    """Berlin's provider is down. The day before has only New York's AAA (Berlin had no night
+    then); two days before has Berlin's CCC. The stale reuse takes the latter: the former
+    copied nothing of Berlin's, the prices step passed stale and every batch then failed
+    with "no price snapshot … materialise the date's snapshots" (a provider review)."""
+    engine = three_markets
+    f.user(engine, holdings=[("AAA", "USD")], criteria=[("EU_IND", "stock", rules())])
+    _stored_prices(engine, ("2026-11-25", "CCC", "9", "EUR"), ("2026-11-26", "AAA", "29", "USD"))
+    loopback.script(mw.QUOTE, reply(500))
+    nights = build_nights(_groups())
+
+    _group_night(dagster_instance, nights, "eu")  # its batches score and pass their checks
+
+    stored = rows(
+        engine,
+        "SELECT symbol, close, is_stale FROM price_snapshots WHERE score_date = :d",
+        d=DATE,
+    )
+    assert {r.symbol: (str(r.close), r.is_stale) for r in stored} == {"CCC": ("9", True)}
+    night = rows(engine, "SELECT status, metrics FROM overnight_job_runs WHERE market_group = 'eu'")
+    assert night[0].status == "completed" and night[0].metrics["prices_stale"] is True
+    assert {r.symbol for r in rows(engine, "SELECT symbol FROM asset_scores")} == {"CCC"}
+
+    # Four days later, nothing of Berlin's market is recent enough: the night fails, naming it.
+    later = "2026-11-29"
+    failed = dg.materialize(
+        [nights.active_users, nights.exchange_rates, nights.nights["eu"].prices],
+        partition_key=later,
+        instance=dagster_instance,
+        resources=build_resources(),
+        tags={GROUP_TAG: "eu"},
+        raise_on_error=False,
+    )
+    assert not failed.success
+    (night,) = rows(
+        engine,
+        "SELECT status, error_details FROM overnight_job_runs WHERE score_date = :d",
+        d=later,
+    )
+    assert night.status == "failed" and night.error_details["stage"] == "prices"
+    assert (
+        "no prices snapshot of the last 3 days with a price of the instruments of EU_IND "
+        "exists to reuse"
+    ) in night.error_details["message"]
+
+
 def test_a_group_asks_again_for_its_own_symbols_another_groups_night_stored_as_missing(
     three_markets, dagster_instance, loopback, reply
 ):

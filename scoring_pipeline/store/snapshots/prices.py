@@ -285,7 +285,15 @@ def _snapshot_group_prices(
         )
     except ProviderError as exc:
         stale = stale_or_raise(
-            conn, t.price_snapshots, score_date, max_age_days, exc, "prices", wanted
+            conn,
+            t.price_snapshots,
+            score_date,
+            max_age_days,
+            exc,
+            "prices",
+            symbols=wanted,
+            priced=sorted(own),
+            of=f"instruments of {', '.join(markets)}" if own else None,
         )
         return {**stale, **figures, **_unpriced(conn, score_date, symbols)}
     counts = store_prices(conn, score_date, wanted, result, fetched_at=_now(), only_these=True)

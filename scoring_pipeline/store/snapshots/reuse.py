@@ -32,14 +32,22 @@ def has_snapshot(conn: Connection, table: sa.Table, score_date: dt.date) -> bool
 
 
 def _latest_snapshot_date(
-    conn: Connection, table: sa.Table, score_date: dt.date, max_age_days: int
+    conn: Connection,
+    table: sa.Table,
+    score_date: dt.date,
+    max_age_days: int,
+    symbols: Sequence[str] | None,
 ) -> dt.date | None:
+    """The latest earlier date, at most `max_age_days` before, with rows fetched for it: a
+    stale row is a copy of an older date's, and its data is as old as that date. With
+    `symbols` (a market group's prices), the date must have a price of one of them."""
     oldest = score_date - dt.timedelta(days=max_age_days)
-    found = conn.execute(
-        sa.select(sa.func.max(table.c.score_date)).where(
-            table.c.score_date < score_date, table.c.score_date >= oldest
-        )
-    ).scalar()
+    query = sa.select(sa.func.max(table.c.score_date)).where(
+        table.c.score_date < score_date, table.c.score_date >= oldest, ~table.c.is_stale
+    )
+    if symbols is not None:
+        query = query.where(table.c.symbol.in_(list(symbols)), table.c.close.is_not(None))
+    found: dt.date | None = conn.execute(query).scalar()
     return found
 
 
@@ -49,13 +57,17 @@ def reuse_recent_snapshot(
     score_date: dt.date,
     max_age_days: int,
     symbols: Sequence[str] | None = None,
+    priced: Sequence[str] | None = None,
 ) -> dt.date | None:
-    """Copy the most recent earlier snapshot (≤ max_age_days old) to the date, flagged stale
-    (only `symbols` of a price snapshot when given: a market group's, the others' kept).
+    """Copy the most recent earlier snapshot (≤ max_age_days old, fetched for its date) to the
+    date, flagged stale (only `symbols` of a price snapshot when given: a market group's, the
+    others' kept). The snapshot must price one of `priced` (default: `symbols`): a group's own
+    instruments, not only the held symbols of other markets.
 
     Returns the date of the snapshot reused, or None when there is none recent enough.
     """
-    source_date = _latest_snapshot_date(conn, table, score_date, max_age_days)
+    chosen_by = priced if priced else symbols
+    source_date = _latest_snapshot_date(conn, table, score_date, max_age_days, chosen_by)
     if source_date is None:
         return None
     only = " AND symbol = ANY(CAST(:y AS text[]))" if symbols is not None else ""
@@ -66,7 +78,8 @@ def reuse_recent_snapshot(
     conn.execute(
         sa.text(
             f"INSERT INTO {table.name} (score_date, is_stale, {column_list}) "
-            f"SELECT :d, true, {column_list} FROM {table.name} WHERE score_date = :s{only}"
+            f"SELECT :d, true, {column_list} FROM {table.name} "
+            f"WHERE score_date = :s AND NOT is_stale{only}"
         ),
         params,
     )
@@ -81,14 +94,18 @@ def stale_or_raise(
     error: Exception,
     what: str,
     symbols: Sequence[str] | None = None,
+    priced: Sequence[str] | None = None,
+    of: str | None = None,
 ) -> dict[str, Any]:
     """Every provider failed: reuse the latest recent snapshot, flagged stale, and return the
-    figures saying so; or fail the snapshot when there is none recent enough."""
-    reused = reuse_recent_snapshot(conn, table, score_date, max_age_days, symbols)
+    figures saying so; or fail the snapshot when there is none recent enough (`of`: whose
+    prices it must hold, for the message)."""
+    reused = reuse_recent_snapshot(conn, table, score_date, max_age_days, symbols, priced)
     if reused is None:
+        holding = f" with a price of the {of}" if of else ""
         raise SnapshotUnavailableError(
             f"every {what} provider failed for {score_date} ({error}) and no {what} snapshot "
-            f"of the last {max_age_days} days exists to reuse; nothing can be scored"
+            f"of the last {max_age_days} days{holding} exists to reuse; nothing can be scored"
         ) from error
     return {
         "fetched": False,
