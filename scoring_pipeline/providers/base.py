@@ -5,6 +5,7 @@ Values are checked in ``values.py`` (the rules) and ``models.py`` (the models us
 
 import abc
 import json
+import logging
 import re
 from collections.abc import Mapping, Sequence
 from decimal import Decimal, InvalidOperation
@@ -18,8 +19,16 @@ from scoring_pipeline.providers.models import (
     QuoteOutcome,
     RatesSnapshot,
     RequiredSymbols,
+    is_conflicting,
 )
-from scoring_pipeline.providers.values import RejectedValue, normalise_currency, shorten
+from scoring_pipeline.providers.values import (
+    RejectedValue,
+    Rejection,
+    normalise_currency,
+    shorten,
+)
+
+logger = logging.getLogger("scoring_pipeline.providers")
 
 # A symbol travels in a comma-separated query value: no commas, whitespace or control characters.
 _BAD_SYMBOL = re.compile(r"[\s,\x00-\x1f\x7f]")
@@ -192,13 +201,30 @@ def _describe(outcome: QuoteOutcome) -> str:
 def merge_quote(
     outcomes: dict[str, QuoteOutcome], symbol: str, outcome: QuoteOutcome, *, provider: str
 ) -> None:
-    """File ``outcome`` under the upper-case ``symbol``; a disagreeing duplicate is a payload
-    error (which of two different quotes is right cannot be told)."""
-    seen = outcomes.setdefault(symbol.upper(), outcome)
-    if _comparable(seen) != _comparable(outcome):
-        raise ProviderPayloadError(
-            f"two different quotes for {symbol}: {_describe(seen)} and {_describe(outcome)}",
-            provider=provider,
+    """File ``outcome`` under the upper-case ``symbol``. A disagreeing duplicate makes the
+    symbol's value rejected as conflicting (which of two different quotes is right cannot be
+    told); the rest of the answer is used (SPEC §8: per value)."""
+    key = symbol.upper()
+    seen = outcomes.setdefault(key, outcome)
+    if _comparable(seen) == _comparable(outcome) or is_conflicting(seen):
+        return
+    outcomes[key] = RejectedValue(
+        key=symbol,
+        reason=Rejection.CONFLICTING,
+        detail=f"two different quotes: {_describe(seen)} and {_describe(outcome)}",
+    )
+
+
+def warn_unattributed(provider: str, left_out: int, items: int, what: str) -> None:
+    """Items of an answer that name no valid symbol are left out: counted, never echoed (their
+    text may be anything, a reflected credential included)."""
+    if left_out:
+        logger.warning(
+            "%s: left out %d of the %d %s that name no valid symbol",
+            provider,
+            left_out,
+            items,
+            what,
         )
 
 

@@ -30,6 +30,7 @@ from scoring_pipeline.providers.base import (
     requested_currencies,
     requested_symbols,
     select_rates,
+    warn_unattributed,
 )
 from scoring_pipeline.providers.frankfurter import parse_frankfurter_payload
 from scoring_pipeline.providers.models import (
@@ -99,12 +100,13 @@ def _csv_number(text: str) -> object:
 
 
 def _parse_row(
-    row: dict[str, str | None], where: str, provider: str, currencies: Mapping[str, str]
-) -> tuple[str, QuoteOutcome]:
+    row: dict[str, str | None], provider: str, currencies: Mapping[str, str]
+) -> tuple[str, QuoteOutcome] | None:
+    """The row's symbol and quote (or rejection); None for a row naming no valid symbol."""
     values = {column: (row.get(column) or "").strip() for column in PRICES_CSV_COLUMNS}
     symbol = values["symbol"]
     if not is_valid_symbol(symbol):
-        raise ProviderPayloadError(f"{where}: invalid symbol {shorten(symbol)}", provider=provider)
+        return None
     outcome = validate_quote(
         symbol=symbol,
         close=_csv_number(values["close"]),
@@ -137,18 +139,26 @@ def parse_prices_csv(
     reader.fieldnames = header
     expected = expected_by_upper(currencies)
     outcomes: dict[str, QuoteOutcome] = {}
+    rows = 0
+    unattributed: list[int] = []  # line numbers of rows naming no valid symbol
     try:
         for row in reader:
-            where = f"prices file {path}, line {reader.line_num}"
-            symbol, outcome = _parse_row(row, where, provider, expected)
-            try:
-                merge_quote(outcomes, symbol, outcome, provider=provider)
-            except ProviderPayloadError as exc:
-                problem = str(exc).removeprefix(f"{provider}: ")
-                raise ProviderPayloadError(f"{where}: {problem}", provider=provider) from None
+            rows += 1
+            parsed = _parse_row(row, provider, expected)
+            if parsed is None:
+                unattributed.append(reader.line_num)  # left out, the rest used (SPEC §8)
+            else:
+                merge_quote(outcomes, *parsed, provider=provider)
     except csv.Error as exc:
         problem = f"line {reader.line_num}: {exc}"
     else:
+        if unattributed and len(unattributed) == rows:
+            raise ProviderPayloadError(
+                f"prices file {path}, line {unattributed[0]}: invalid symbol (no row names a "
+                "valid one)",
+                provider=provider,
+            )
+        warn_unattributed(provider, len(unattributed), rows, f"rows of {path}")
         return outcomes
     raise ProviderPayloadError(f"prices file {path}: malformed CSV ({problem})", provider=provider)
 

@@ -6,6 +6,7 @@ as a whole (malformed, wrong shape) raises ProviderPayloadError; the share of re
 night tolerates is checked where providers are chained (``chain.py``).
 """
 
+import logging
 from collections.abc import Mapping
 from decimal import Decimal
 from typing import Any, Self
@@ -27,6 +28,8 @@ from scoring_pipeline.providers.values import (
     shorten,
     to_major_unit,
 )
+
+logger = logging.getLogger("scoring_pipeline.providers")
 
 
 class RatesSnapshot(pydantic.BaseModel, frozen=True):
@@ -62,27 +65,56 @@ def split_rates(
 ) -> tuple[dict[str, Decimal], dict[str, RejectedValue]]:
     """The rates of a payload's ``rates`` object that pass the checks, and the rejected ones.
 
-    A key that is not a currency code, or one currency given two different values (``eur`` and
-    ``EUR``), makes the whole payload unusable: ProviderPayloadError.
+    One currency given two different values (``eur`` and ``EUR``) is rejected as conflicting.
+    A key that is not a currency code (a crypto ticker, say) is left out with a warning that
+    counts, never echoes, them; only a non-empty object of such keys alone is misshapen:
+    ProviderPayloadError.
     """
     outcomes: dict[str, Decimal | RejectedValue] = {}
+    not_codes: list[object] = []
     for key, value in raw.items():
         try:
             currency = CURRENCY_ADAPTER.validate_python(key)
         except pydantic.ValidationError:
-            raise ProviderPayloadError(
-                f"invalid currency code {shorten(key)} in 'rates'", provider=provider
-            ) from None
+            not_codes.append(key)
+            continue
         outcome: Decimal | RejectedValue
         try:
             outcome = RATE_ADAPTER.validate_python(value)
         except pydantic.ValidationError as exc:
             outcome = rejection_from(exc, what="rate", key=currency)
-        if outcomes.setdefault(currency, outcome) != outcome:
-            raise ProviderPayloadError(f"two different rates for {currency}", provider=provider)
+        seen = outcomes.setdefault(currency, outcome)
+        if seen != outcome and not is_conflicting(seen):
+            outcomes[currency] = RejectedValue(
+                key=currency,
+                reason=Rejection.CONFLICTING,
+                detail=f"rate for {currency} given twice: {_rate_text(seen)} and "
+                f"{_rate_text(outcome)}",
+            )
+    if not_codes and not outcomes:
+        raise ProviderPayloadError(
+            f"invalid currency code {shorten(not_codes[0])} in 'rates'", provider=provider
+        )
+    if not_codes:
+        logger.warning(
+            "%s: left out %d of the %d keys of 'rates' that are not currency codes",
+            provider,
+            len(not_codes),
+            len(raw),
+        )
     rates = {c: o for c, o in outcomes.items() if isinstance(o, Decimal)}
     rejected = {c: o for c, o in outcomes.items() if isinstance(o, RejectedValue)}
     return rates, rejected
+
+
+def is_conflicting(outcome: object) -> bool:
+    """Whether a value was rejected for being given twice differently."""
+    return isinstance(outcome, RejectedValue) and outcome.reason is Rejection.CONFLICTING
+
+
+def _rate_text(outcome: Decimal | RejectedValue) -> str:
+    """A rate for a message: its number, or why it was rejected (never payload text)."""
+    return str(outcome) if isinstance(outcome, Decimal) else f"a rejected one ({outcome.reason})"
 
 
 class PriceQuote(pydantic.BaseModel, frozen=True):

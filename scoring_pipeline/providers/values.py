@@ -41,6 +41,9 @@ class Rejection(enum.StrEnum):
     INVALID_CURRENCY = "invalid_currency"
     CURRENCY_MISMATCH = "currency_mismatch"
     INVALID_DATE = "invalid_date"
+    # The answer gave the symbol or currency twice with different values: which is right
+    # cannot be told.
+    CONFLICTING = "conflicting"
 
 
 class RejectedValue(pydantic.BaseModel, frozen=True):

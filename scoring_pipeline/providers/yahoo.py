@@ -30,6 +30,7 @@ from scoring_pipeline.providers.base import (
     load_json,
     merge_quote,
     requested_symbols,
+    warn_unattributed,
 )
 from scoring_pipeline.providers.http import HttpSettings, ProviderHttpClient
 from scoring_pipeline.providers.models import (
@@ -64,18 +65,11 @@ def _price_date(raw_time: object) -> datetime.date | None:
 
 
 def _parse_item(
-    item: object, index: int, source: str, currencies: Mapping[str, str]
-) -> tuple[str, QuoteOutcome] | None:
-    if not isinstance(item, Mapping):
-        raise _fail(f"quoteResponse.result[{index}] is not an object", source)
-    symbol = item.get("symbol")
-    if not is_valid_symbol(symbol):
-        raise _fail(
-            f"quoteResponse.result[{index}] has an invalid symbol {shorten(symbol)}", source
-        )
+    item: Mapping[str, object], symbol: str, source: str, currencies: Mapping[str, str]
+) -> QuoteOutcome | None:
     if item.get("regularMarketPrice") is None:
         return None
-    outcome = validate_quote(
+    return validate_quote(
         symbol=symbol,
         close=item["regularMarketPrice"],
         currency=item.get("currency"),
@@ -83,7 +77,6 @@ def _parse_item(
         source=source,
         expected_currency=currencies.get(symbol.upper()),
     )
-    return symbol, outcome
 
 
 def parse_yahoo_payload(
@@ -111,10 +104,25 @@ def parse_yahoo_payload(
         raise _fail(f"quoteResponse.result is not a list but {type(results).__name__}", source)
     expected = expected_by_upper(currencies)
     outcomes: dict[str, QuoteOutcome] = {}
+    unattributed: list[int] = []
     for index, item in enumerate(results):
-        parsed = _parse_item(item, index, source, expected)
-        if parsed is not None:
-            merge_quote(outcomes, *parsed, provider=source)
+        symbol = item.get("symbol") if isinstance(item, Mapping) else None
+        if not isinstance(item, Mapping) or not is_valid_symbol(symbol):
+            unattributed.append(index)  # one item: left out, the rest used (SPEC §8)
+            continue
+        outcome = _parse_item(item, symbol, source, expected)
+        if outcome is not None:
+            merge_quote(outcomes, symbol, outcome, provider=source)
+    if unattributed and len(unattributed) == len(results):
+        # Not one item names a symbol: the answer is misshapen, not one bad item.
+        first = unattributed[0]
+        what = (
+            f"has an invalid symbol {shorten(results[first].get('symbol'))}"
+            if isinstance(results[first], Mapping)
+            else "is not an object"
+        )
+        raise _fail(f"quoteResponse.result[{first}] {what}", source)
+    warn_unattributed(source, len(unattributed), len(results), "results")
     return outcomes
 
 

@@ -5,6 +5,7 @@ while the other rows are used, minor units converted, and a malformed file refus
 naming the file and line."""
 
 import datetime
+import logging
 from decimal import Decimal
 
 import pytest
@@ -62,7 +63,7 @@ def test_missing_rates_file_is_unavailable(tmp_path):
     [
         ("{", "malformed JSON"),
         ('{"base":"USD","date":"2026-11-26"}', "no 'rates'"),
-        ('{"base":"USD","date":"2026-11-26","rates":{"EURO":1}}', "invalid currency code"),
+        ('{"base":"USD","date":"2026-11-26","rates":{"EURO":1,"US":2}}', "invalid currency code"),
         ('{"base":"USD","date":"2026-11-26","rates":[]}', "'rates' is not an object"),
     ],
 )
@@ -198,22 +199,46 @@ def test_minor_unit_prices_in_the_file_are_converted_exactly(tmp_path, row, clos
 
 
 @pytest.mark.parametrize(
-    ("row", "fragment"),
+    ("row", "detail"),
     [
-        ("AAPL,190,USD,2026-11-26", "two different quotes for AAPL"),
-        ("AAPL,NaN,USD,2026-11-26", "two different quotes for AAPL"),
-        (",10,USD,2026-11-26", "invalid symbol"),
+        ("AAPL,190,USD,2026-11-26", "two different quotes: 189.1234 USD on 2026-11-26 and 190 USD"),
+        ("AAPL,NaN,USD,2026-11-26", "two different quotes: 189.1234 USD on 2026-11-26 and a rej"),
     ],
 )
-def test_malformed_price_rows_are_refused_naming_line_and_symbol(tmp_path, row, fragment):
+def test_a_symbol_priced_twice_differently_is_rejected_the_rest_used(tmp_path, row, detail):
     path = tmp_path / "prices.csv"
     path.write_text(PRICES_CSV + row + "\n")
+
+    result = FilePricesProvider(path=path).fetch_prices(symbols=["AAPL", "PETR4.SA"])
+
+    assert result.rejected["AAPL"].reason is Rejection.CONFLICTING
+    assert result.rejected["AAPL"].detail.startswith(detail), result.rejected["AAPL"].detail
+    assert result.quotes["PETR4.SA"].close == Decimal("38.10")
+
+
+def test_rows_naming_no_valid_symbol_are_left_out_and_counted(tmp_path, caplog):
+    caplog.set_level(logging.WARNING)
+    path = tmp_path / "prices.csv"
+    path.write_text(PRICES_CSV + ",10,USD,2026-11-26\nA B,1,USD,2026-11-26\n")
+
+    result = FilePricesProvider(path=path).fetch_prices(symbols=["AAPL"])
+
+    assert result.quotes["AAPL"].close == Decimal("189.1234")
+    assert [r.getMessage() for r in caplog.records] == [
+        f"file: left out 2 of the 4 rows of {path} that name no valid symbol"
+    ]
+
+
+def test_a_prices_file_whose_rows_all_lack_a_symbol_is_refused(tmp_path):
+    path = tmp_path / "prices.csv"
+    path.write_text("symbol,close,currency,price_date\n,10,USD,2026-11-26\n")
 
     with pytest.raises(ProviderPayloadError) as caught:
         FilePricesProvider(path=path).fetch_prices(symbols=["AAPL"])
 
-    assert str(caught.value).startswith(f"file: prices file {path}, line 4: ")
-    assert fragment in str(caught.value)
+    assert str(caught.value) == (
+        f"file: prices file {path}, line 2: invalid symbol (no row names a valid one)"
+    )
 
 
 @pytest.mark.parametrize(

@@ -5,6 +5,7 @@ every bad rate (NaN, infinities, zero, negative, absurd, non-numeric) rejected a
 reason, naming the currency, while the other rates are used."""
 
 import datetime
+import logging
 from decimal import Decimal
 
 import pytest
@@ -108,6 +109,31 @@ def test_lower_case_answer_codes_are_normalised(loopback, reply, provider):
     assert provider.fetch_usd_rates(currencies=["EUR"]).rates["EUR"] == Decimal("0.9")
 
 
+def test_a_currency_given_twice_differently_is_rejected_the_rest_used(loopback, reply, provider):
+    body = b'{"base":"USD","date":"2026-11-27","rates":{"EUR":0.9,"eur":0.8,"GBP":0.75}}'
+    loopback.script(LATEST, reply(200, body))
+
+    snapshot = provider.fetch_usd_rates(currencies=["EUR", "GBP"])
+
+    assert snapshot.rates == {"USD": Decimal(1), "GBP": Decimal("0.75")}
+    assert snapshot.rejected["EUR"].reason is Rejection.CONFLICTING
+    assert snapshot.rejected["EUR"].detail == "rate for EUR given twice: 0.9 and 0.8"
+
+
+def test_keys_that_are_no_currency_code_are_left_out_and_counted(loopback, reply, provider, caplog):
+    """A crypto ticker in the table (`USDT`), or anything else: counted, never echoed."""
+    caplog.set_level(logging.WARNING)
+    body = b'{"base":"USD","date":"2026-11-27","rates":{"EUR":0.9,"USDT":1.0,"k-e-y":2}}'
+    loopback.script(LATEST, reply(200, body))
+
+    snapshot = provider.fetch_usd_rates(currencies=["EUR"])
+
+    assert snapshot.rates == {"USD": Decimal(1), "EUR": Decimal("0.9")}
+    assert [r.getMessage() for r in caplog.records] == [
+        "frankfurter: left out 2 of the 3 keys of 'rates' that are not currency codes"
+    ]
+
+
 def test_api_key_is_sent_as_bearer_header(loopback, reply, fast_http):
     loopback.script(LATEST, reply(200, _payload({"EUR": 0.9})))
     with FrankfurterRatesProvider(
@@ -150,7 +176,6 @@ def test_api_key_is_sent_as_bearer_header(loopback, reply, fast_http):
             b'{"base":"USD","date":"2026-11-27","rates":{"EUR":0.9,"EUR":0.8}}',
             "duplicate key 'EUR'",
         ),
-        (b'{"base":"USD","date":"2026-11-27","rates":{"EUR":0.9,"eur":0.8}}', "two different"),
         (b"[" * 100_000, "malformed JSON (RecursionError"),
         (
             b'{"base":"USD","date":"2026-11-27","rates":{"EUR":1e99999999999999999999}}',

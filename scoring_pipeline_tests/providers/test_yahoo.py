@@ -6,6 +6,7 @@ negative, absurd and non-numeric prices, bad currencies and times, a currency ot
 instrument's) rejected alone with its reason and the symbol, the other quotes being used."""
 
 import datetime
+import logging
 from decimal import Decimal
 
 import pytest
@@ -143,21 +144,30 @@ def test_identical_duplicates_are_accepted(loopback, reply, provider):
 
 
 @pytest.mark.parametrize(
-    "second",
+    ("second", "detail"),
     [
-        _item("IBM", price=11),
-        _item("IBM", currency="EUR"),
-        _item("IBM", time=LATE_EVENING + 86_400),
+        (_item("IBM", price=11), "two different quotes: 10 USD on {d} and 11 USD on {d}"),
+        (_item("IBM", 10, "EUR"), "two different quotes: 10 USD on {d} and 10 EUR on {d}"),
+        (_item("IBM", 10, time=LATE_EVENING + 86_400), "two different quotes: 10 USD on {d} and"),
     ],
 )
-def test_different_duplicates_are_refused(loopback, reply, provider, second):
-    loopback.script(QUOTE, reply(200, _answer(_item("IBM"), second)))
+def test_different_duplicates_are_rejected_as_conflicting(
+    loopback, reply, provider, second, detail
+):
+    """Which of two different quotes is right cannot be told: that symbol's value is rejected
+    (SPEC §8, per value), the rest of the answer is used."""
+    loopback.script(QUOTE, reply(200, _answer(_item("IBM", 10), second, _item("X", 5), second)))
 
-    with pytest.raises(ProviderPayloadError, match="yahoo: two different quotes for IBM"):
-        provider.fetch_prices(symbols=["IBM"])
+    result = provider.fetch_prices(symbols=["IBM", "X"])
+
+    assert result.quotes["X"].close == Decimal(5) and "IBM" not in result.quotes
+    rejected = result.rejected["IBM"]
+    assert rejected.reason is Rejection.CONFLICTING
+    day = result.quotes["X"].price_date.isoformat()
+    assert rejected.detail.startswith(detail.format(d=day)), rejected.detail
 
 
-def test_different_duplicates_across_chunks_are_refused(loopback, reply, fast_http):
+def test_different_duplicates_across_chunks_are_rejected(loopback, reply, fast_http):
     loopback.script(
         QUOTE,
         reply(200, _answer(_item("A", 1))),
@@ -166,8 +176,26 @@ def test_different_duplicates_across_chunks_are_refused(loopback, reply, fast_ht
     with YahooPricesProvider(
         base_url=loopback.url, http_settings=fast_http, max_symbols_per_request=1
     ) as provider:
-        with pytest.raises(ProviderPayloadError, match="two different quotes for A"):
-            provider.fetch_prices(symbols=["A", "B"])
+        result = provider.fetch_prices(symbols=["A", "B"])
+    assert result.rejected["A"].reason is Rejection.CONFLICTING
+    assert result.quotes["B"].close == Decimal(2)
+
+
+def test_results_naming_no_valid_symbol_are_left_out_and_counted(loopback, reply, provider, caplog):
+    """An item that cannot be told apart (no symbol, not an object) is one bad item, not a bad
+    answer; said by count, never echoed (it may carry anything)."""
+    caplog.set_level(logging.WARNING)
+    loopback.script(
+        QUOTE,
+        reply(200, _answer(_item("IBM"), {"regularMarketPrice": 1}, "secret-ish", {"symbol": ""})),
+    )
+
+    result = provider.fetch_prices(symbols=["IBM"])
+
+    assert result.quotes["IBM"].close == Decimal("10.5") and result.missing == []
+    assert [r.getMessage() for r in caplog.records] == [
+        "yahoo: left out 3 of the 4 results that name no valid symbol"
+    ]
 
 
 @pytest.mark.parametrize(
