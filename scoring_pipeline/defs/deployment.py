@@ -41,6 +41,7 @@ _PROVIDER_VARIABLES = {
     "backoff_seconds": "PROVIDER_BACKOFF_SECONDS",
     "backoff_max_seconds": "PROVIDER_BACKOFF_MAX_SECONDS",
     "max_rejected_fraction": "PROVIDER_MAX_REJECTED_FRACTION",
+    "max_data_age_days": "PROVIDER_MAX_DATA_AGE_DAYS",
 }
 _SETTINGS_VARIABLES = {
     "batch_size": "SCORING_BATCH_SIZE",

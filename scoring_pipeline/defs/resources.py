@@ -7,6 +7,7 @@ naming the variable. Clients are built lazily, on first use inside a run, never 
 definition time.
 """
 
+import datetime as dt
 import os
 from collections.abc import Mapping, Sequence
 from decimal import Decimal
@@ -19,7 +20,7 @@ from sqlalchemy.engine import Engine
 
 from scoring_pipeline.providers import frankfurter, yahoo
 from scoring_pipeline.providers.base import PricesProvider, RatesProvider
-from scoring_pipeline.providers.chain import ProviderChain
+from scoring_pipeline.providers.chain import DEFAULT_MAX_DATA_AGE_DAYS, ProviderChain
 from scoring_pipeline.providers.files import FilePricesProvider, FileRatesProvider
 from scoring_pipeline.providers.frankfurter import FrankfurterRatesProvider
 from scoring_pipeline.providers.http import HttpSettings
@@ -71,6 +72,7 @@ class _ProviderResource(dg.ConfigurableResource):  # type: ignore[type-arg]
     backoff_seconds: float = Field(default=0.5, ge=0, allow_inf_nan=False)
     backoff_max_seconds: float = Field(default=30.0, ge=0, allow_inf_nan=False)
     max_rejected_fraction: float = Field(default=0.2, ge=0, le=1)
+    max_data_age_days: int = Field(default=DEFAULT_MAX_DATA_AGE_DAYS, ge=1, le=3650)
 
     _chain: ProviderChain[Any] | None = PrivateAttr(default=None)
     # The provider names of each kind, the HTTP one first, and its default URL.
@@ -153,7 +155,9 @@ class _ProviderResource(dg.ConfigurableResource):  # type: ignore[type-arg]
         if self._chain is None:
             providers = [self._make(name, url) for name, url in self._choices()]
             self._chain = ProviderChain(
-                providers, max_rejected_fraction=Decimal(str(self.max_rejected_fraction))
+                providers,
+                max_rejected_fraction=Decimal(str(self.max_rejected_fraction)),
+                max_data_age_days=self.max_data_age_days,
             )
         return self._chain
 
@@ -176,11 +180,16 @@ class RatesProviderResource(_ProviderResource):
             base_url=base_url, api_key=self.api_key, http_settings=self._http_settings()
         )
 
-    def fetch_usd_rates(self, *, currencies: Sequence[str]) -> RatesSnapshot:
-        """USD->X rates from the first provider with a usable answer."""
+    def fetch_usd_rates(
+        self, *, currencies: Sequence[str], as_of: dt.date | None = None
+    ) -> RatesSnapshot:
+        """USD->X rates from the first provider with a usable answer (dated no more than
+        `max_data_age_days` before `as_of`, the score date)."""
         chain: ProviderChain[RatesProvider] = self.chain()
         asked = len({c for c in currencies if c != "USD"}) if currencies else None
-        return chain.ask(lambda p: p.fetch_usd_rates(currencies=currencies), asked=asked)
+        return chain.ask(
+            lambda p: p.fetch_usd_rates(currencies=currencies), asked=asked, as_of=as_of
+        )
 
 
 class PricesProviderResource(_ProviderResource):
@@ -204,14 +213,17 @@ class PricesProviderResource(_ProviderResource):
         currencies: Mapping[str, str] | None = None,
         required: RequiredSymbols | None = None,
         expect_some: bool = True,
+        as_of: dt.date | None = None,
     ) -> PricesResult:
         """Quotes from the first provider with a usable answer: one with a value for some of
-        the symbols (unless not `expect_some`), and for some of `required` when given."""
+        the symbols (unless not `expect_some`), and for some of `required` when given; a quote
+        dated more than `max_data_age_days` before `as_of` (the score date) is rejected."""
         chain: ProviderChain[PricesProvider] = self.chain()
         return chain.ask(
             lambda p: p.fetch_prices(symbols=symbols, currencies=currencies),
             asked=len(set(symbols)) if expect_some else 0,
             required=required,
+            as_of=as_of,
         )
 
 

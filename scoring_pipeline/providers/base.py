@@ -4,6 +4,7 @@ Values are checked in ``values.py`` (the rules) and ``models.py`` (the models us
 """
 
 import abc
+import datetime
 import json
 import logging
 import re
@@ -88,7 +89,9 @@ class _Closeable:
 class RatesSource(Protocol):
     """Anything that fetches USD-based rates: a provider, or the resource chaining them."""
 
-    def fetch_usd_rates(self, *, currencies: Sequence[str]) -> RatesSnapshot: ...
+    def fetch_usd_rates(
+        self, *, currencies: Sequence[str], as_of: datetime.date | None = None
+    ) -> RatesSnapshot: ...
 
 
 class PricesSource(Protocol):
@@ -104,6 +107,7 @@ class PricesSource(Protocol):
         currencies: Mapping[str, str] | None = None,
         required: RequiredSymbols | None = None,
         expect_some: bool = True,
+        as_of: datetime.date | None = None,
     ) -> PricesResult: ...
 
 

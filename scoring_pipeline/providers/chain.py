@@ -7,6 +7,7 @@ error is raised, or ProviderUnavailableError naming each provider and its error.
 exceptions (bugs) are not swallowed. The result's ``source`` is the provider that answered.
 """
 
+import datetime as dt
 import logging
 from collections.abc import Callable, Sequence
 from decimal import Decimal
@@ -22,6 +23,7 @@ from scoring_pipeline.providers.models import (
     RatesSnapshot,
     RequiredSymbols,
 )
+from scoring_pipeline.providers.values import RejectedValue, Rejection
 
 logger = logging.getLogger("scoring_pipeline.providers")
 
@@ -70,14 +72,57 @@ def check_answered(
         )
 
 
+# How many days before the score date a price or the rates may be dated (a long holiday of a
+# market, or its golden week, is shorter; a halted or delisted instrument's last trade is older).
+DEFAULT_MAX_DATA_AGE_DAYS = 10
+
+
+def check_dated(result: _R, *, as_of: dt.date | None, max_age_days: int) -> _R:
+    """The answer without what is dated more than `max_age_days` before `as_of` (the score
+    date; None: not checked). Such a price is rejected as a value (`too_old`), and counts in the
+    rejected share; rates so dated make the answer unusable as a whole (one date dates them
+    all): ProviderPayloadError, so the fallback or a recent snapshot is used."""
+    if as_of is None:
+        return result
+    oldest = as_of - dt.timedelta(days=max_age_days)
+    if isinstance(result, RatesSnapshot):
+        if result.rate_date < oldest:
+            raise ProviderPayloadError(
+                f"the rates are dated {result.rate_date}, {(as_of - result.rate_date).days} days "
+                f"before {as_of} (PROVIDER_MAX_DATA_AGE_DAYS is {max_age_days})",
+                provider=result.source,
+            )
+        return result
+    old = {s: q.price_date for s, q in result.quotes.items() if q.price_date < oldest}
+    if not old:
+        return result
+    too_old = {
+        symbol: RejectedValue(
+            key=symbol,
+            reason=Rejection.TOO_OLD,
+            detail=f"price of {symbol} is dated {day}, {(as_of - day).days} days before {as_of}",
+        )
+        for symbol, day in old.items()
+    }
+    quotes = {s: q for s, q in result.quotes.items() if s not in old}
+    return result.model_copy(update={"quotes": quotes, "rejected": {**result.rejected, **too_old}})
+
+
 class ProviderChain(Generic[_P]):
     """Providers of one kind, asked in order until one gives a usable answer."""
 
-    def __init__(self, providers: Sequence[_P], *, max_rejected_fraction: Decimal) -> None:
+    def __init__(
+        self,
+        providers: Sequence[_P],
+        *,
+        max_rejected_fraction: Decimal,
+        max_data_age_days: int = DEFAULT_MAX_DATA_AGE_DAYS,
+    ) -> None:
         if not providers:
             raise ValueError("a provider chain needs at least one provider")
         self.providers: tuple[_P, ...] = tuple(providers)
         self.max_rejected_fraction = max_rejected_fraction
+        self.max_data_age_days = max_data_age_days
         self.name = "+".join(p.name for p in self.providers)
 
     def __repr__(self) -> str:
@@ -89,14 +134,18 @@ class ProviderChain(Generic[_P]):
         *,
         asked: int | None = None,
         required: RequiredSymbols | None = None,
+        as_of: dt.date | None = None,
     ) -> _R:
         """The first usable answer of ``call(provider)``, provider by provider; `asked` is how
         many values the call asks for (None: all the provider knows), `required` what it must
-        price some of (`check_answered`)."""
+        price some of (`check_answered`), `as_of` the score date the values may not be dated
+        long before (`check_dated`)."""
         errors: list[tuple[str, ProviderError]] = []
         for index, provider in enumerate(self.providers):
             try:
-                result = call(provider)
+                result = check_dated(
+                    call(provider), as_of=as_of, max_age_days=self.max_data_age_days
+                )
                 check_answered(result, asked=asked, required=required)
                 check_rejected_share(result, max_fraction=self.max_rejected_fraction)
                 return result

@@ -44,6 +44,9 @@ class Rejection(enum.StrEnum):
     # The answer gave the symbol or currency twice with different values: which is right
     # cannot be told.
     CONFLICTING = "conflicting"
+    # Dated more than PROVIDER_MAX_DATA_AGE_DAYS before the score date: a halted or delisted
+    # instrument's last trade, not the date's close.
+    TOO_OLD = "too_old"
 
 
 class RejectedValue(pydantic.BaseModel, frozen=True):

@@ -236,3 +236,58 @@ def test_reusing_the_dates_snapshot_reports_its_rejections_again(
     metadata = _metadata(again, "prices")
     assert metadata["reused_existing"] is True
     assert metadata["rejected"] == 1 and metadata["rejected_values"] == {"BBB": "not_positive"}
+
+
+def test_a_quote_dated_long_before_the_score_date_is_rejected_as_too_old(
+    world, dagster_instance, loopback, reply, monkeypatch
+):
+    """A halted or delisted instrument's last trade, a year old, is not the date's close (a
+    provider review found it stored as fresh and scored); ten days old (a market's long
+    holiday) it still is."""
+    f.user(world, holdings=[("AAA", "USD")], criteria=[("US_TECH", "stock", rules())])
+    _use_yahoo(monkeypatch, loopback, PROVIDER_MAX_REJECTED_FRACTION="0.5")
+    ten_days = {**mw.quote("AAA", 30), "regularMarketTime": mw.NOON - 10 * 86_400}
+    a_year = {**mw.quote("BBB", 0.3), "regularMarketTime": mw.NOON - 365 * 86_400}
+    loopback.script(QUOTE, reply(200, {"quoteResponse": {"result": [ten_days, a_year]}}))
+
+    result = snapshots(dagster_instance)
+
+    assert result.success
+    stored = {
+        r.symbol: r
+        for r in rows(
+            world,
+            "SELECT symbol, close, price_date, missing_reason FROM price_snapshots "
+            "WHERE score_date = :d",
+            d=DATE,
+        )
+    }
+    assert str(stored["AAA"].price_date) == "2026-11-17" and stored["AAA"].close == Decimal(30)
+    assert stored["BBB"].close is None and stored["BBB"].missing_reason == "too_old"
+    assert _metadata(result, "prices")["rejected_values"] == {"BBB": "too_old"}
+    assert _metrics(world)["prices_rejected_values"] == {"BBB": "too_old"}
+
+
+def test_rates_dated_long_before_the_score_date_are_not_the_dates(
+    world, dagster_instance, loopback, reply, monkeypatch
+):
+    """A rates table is dated as a whole: a year old, the answer is unusable (the fallback,
+    then a recent snapshot; here neither, so the night fails saying why)."""
+    f.user(world, holdings=[("AAA", "USD")], criteria=[("US_TECH", "stock", rules())])
+    for key, value in mw.loopback_providers_env(loopback).items():
+        monkeypatch.setenv(key, value)
+    for proxy in mw.PROXIES:
+        monkeypatch.delenv(proxy, raising=False)
+    old = {"amount": 1, "base": "USD", "date": "2025-11-27", "rates": {"EUR": 0.5}}
+    loopback.script("/v1/latest", reply(200, old))
+
+    result = snapshots(dagster_instance, raise_on_error=False)
+
+    assert not result.success
+    (night,) = rows(world, "SELECT status, error_details FROM overnight_job_runs")
+    assert night.status == "failed" and night.error_details["stage"] == "exchange_rates"
+    assert (
+        "the rates are dated 2025-11-27, 365 days before 2026-11-27 (PROVIDER_MAX_DATA_AGE_DAYS "
+        "is 10)" in night.error_details["message"]
+    )
+    assert rows(world, "SELECT * FROM exchange_rate_snapshots") == []

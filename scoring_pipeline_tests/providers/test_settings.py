@@ -1,9 +1,10 @@
 """Provider settings as typed resource configuration, read from the environment once when the
 code location loads (``deployment.build_resources``): defaults, the file providers, fallbacks and
 their base URLs, API keys as ``dg.EnvVar`` (resolved at launch, never stored as values), the
-PROVIDER_* HTTP knobs and PROVIDER_MAX_REJECTED_FRACTION, every misconfiguration (unknown names,
-missing files, bad URLs and numbers, a fallback identical to its primary) refused with one
-ConfigurationError line naming the variable — plus configured providers answering over HTTP."""
+PROVIDER_* HTTP knobs, PROVIDER_MAX_REJECTED_FRACTION and PROVIDER_MAX_DATA_AGE_DAYS, every
+misconfiguration (unknown names, missing files, bad URLs and numbers, a fallback identical to its
+primary) refused with one ConfigurationError line naming the variable — plus configured providers
+answering over HTTP."""
 
 from decimal import Decimal
 
@@ -95,6 +96,7 @@ def test_http_knobs_and_rejected_share():
         "PROVIDER_BACKOFF_SECONDS": "0.1",
         "PROVIDER_BACKOFF_MAX_SECONDS": "4",
         "PROVIDER_MAX_REJECTED_FRACTION": "0.05",
+        "PROVIDER_MAX_DATA_AGE_DAYS": "5",
     }
 
     prices = _prices(env)
@@ -104,6 +106,8 @@ def test_http_knobs_and_rejected_share():
         timeout_seconds=2.5, max_retries=5, backoff_base_seconds=0.1, backoff_max_seconds=4.0
     )
     assert prices.chain().max_rejected_fraction == Decimal("0.05")
+    assert prices.chain().max_data_age_days == 5 == _rates(env).chain().max_data_age_days
+    assert _prices({}).chain().max_data_age_days == 10
     assert _rates(env).timeout_seconds == 2.5
 
 
@@ -127,6 +131,8 @@ def test_http_knobs_and_rejected_share():
         ({"PROVIDER_BACKOFF_MAX_SECONDS": "inf"}, "PROVIDER_BACKOFF_MAX_SECONDS='inf'"),
         ({"PROVIDER_MAX_REJECTED_FRACTION": "1.5"}, "PROVIDER_MAX_REJECTED_FRACTION='1.5'"),
         ({"PROVIDER_MAX_REJECTED_FRACTION": "-0.1"}, "PROVIDER_MAX_REJECTED_FRACTION='-0.1'"),
+        ({"PROVIDER_MAX_DATA_AGE_DAYS": "0"}, "PROVIDER_MAX_DATA_AGE_DAYS='0'"),
+        ({"PROVIDER_MAX_DATA_AGE_DAYS": "a week"}, "PROVIDER_MAX_DATA_AGE_DAYS='a week'"),
         (
             {"RATES_PROVIDER": "ecb"},
             "RATES_PROVIDER='ecb': is not a known provider; choose one of frankfurter, file",

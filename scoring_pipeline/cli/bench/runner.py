@@ -32,6 +32,7 @@ from scoring_pipeline.cli.bench.server_stats import (
     vacuum,
 )
 from scoring_pipeline.cli.bench.universe import new_universe
+from scoring_pipeline.providers.chain import DEFAULT_MAX_DATA_AGE_DAYS
 from scoring_pipeline.runtime.services import free_port, running_services
 from scoring_pipeline.store import db
 
@@ -59,6 +60,8 @@ def run_bench(
     url, engine, work, env = new_universe(
         users, seed, instruments_per_market, dates[0], server_url, echo
     )
+    # One provider file serves every night: its prices and rates are dated the first date.
+    env["PROVIDER_MAX_DATA_AGE_DAYS"] = str(max(DEFAULT_MAX_DATA_AGE_DAYS, nights))
     try:
         report = _first_night(users, engine, env, workers, dates[0], timeout, echo)
         if dates[1:]:

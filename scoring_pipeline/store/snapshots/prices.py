@@ -200,7 +200,7 @@ def snapshot_prices(
         }
     try:
         result = provider.fetch_prices(
-            symbols=symbols, currencies=instrument_currencies(conn, symbols)
+            symbols=symbols, currencies=instrument_currencies(conn, symbols), as_of=score_date
         )
     except ProviderError as exc:
         return {
@@ -282,6 +282,7 @@ def _snapshot_group_prices(
             # (stored unpriced by an earlier night, or held symbols no provider knows) may all
             # be missing: an empty answer is then no failure.
             expect_some=not kept_own,
+            as_of=score_date,
         )
     except ProviderError as exc:
         stale = stale_or_raise(

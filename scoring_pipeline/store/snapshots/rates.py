@@ -133,7 +133,7 @@ def snapshot_rates(
         }
     currencies = needed_currencies(conn)
     try:
-        snapshot = provider.fetch_usd_rates(currencies=currencies)
+        snapshot = provider.fetch_usd_rates(currencies=currencies, as_of=score_date)
     except ProviderError as exc:
         return {
             **stale_or_raise(conn, table, score_date, max_age_days, exc, "rates"),
