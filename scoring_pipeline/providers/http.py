@@ -25,6 +25,9 @@ logger = logging.getLogger("scoring_pipeline.providers")
 
 # Larger answers are refused rather than read into memory (a quote page of 50 symbols is ~50 kB).
 DEFAULT_MAX_RESPONSE_BYTES = 20_000_000
+# A request's whole answer must arrive within this many timeouts: httpx's timeout bounds each
+# read, so a provider dribbling its answer would otherwise hold the step as long as it sends.
+REQUEST_DEADLINE_TIMEOUTS = 3
 _USER_AGENT = "scoring-pipeline (httpx)"
 # Loggers of the HTTP stack that may print request URLs (httpx logs each request at INFO).
 # Logger filters are not inherited by child loggers, so httpcore's are listed one by one.
@@ -203,11 +206,12 @@ class ProviderHttpClient:
 
     def _attempt(self, url: str, params: Mapping[str, str] | None) -> bytes | _Failure:
         failure: _Failure
+        deadline = time.monotonic() + REQUEST_DEADLINE_TIMEOUTS * self.settings.timeout_seconds
         try:
             with self._http().stream("GET", url, params=params) as response:
                 status = response.status_code
                 if 200 <= status < 300:
-                    return self._read_limited(response)
+                    return self._read_limited(response, deadline)
                 if status == 429 or status >= 500:
                     retry_after = None
                     if status in (429, 503):
@@ -222,10 +226,17 @@ class ProviderHttpClient:
             failure = _Failure(f"{type(exc).__name__}: {exc}", retryable=False)
         return failure
 
-    def _read_limited(self, response: httpx.Response) -> bytes:
+    def _read_limited(self, response: httpx.Response, deadline: float) -> bytes | _Failure:
         chunks: list[bytes] = []
         size = 0
         for chunk in response.iter_bytes():
+            if time.monotonic() > deadline:
+                allowed = REQUEST_DEADLINE_TIMEOUTS * self.settings.timeout_seconds
+                return _Failure(
+                    f"timed out: the whole answer took longer than {allowed:g} s "
+                    f"({REQUEST_DEADLINE_TIMEOUTS} times the timeout)",
+                    retryable=True,
+                )
             size += len(chunk)
             if size > self._max_response_bytes:
                 raise ProviderPayloadError(

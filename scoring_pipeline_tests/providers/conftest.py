@@ -37,6 +37,7 @@ class Reply:
     headers: dict[str, str] = field(default_factory=dict)
     delay: float = 0.0
     disconnect: bool = False  # close the connection without answering
+    trickle: float = 0.0  # seconds between 10-byte pieces of the body (a provider dribbling)
 
     def encoded(self) -> tuple[bytes, dict[str, str]]:
         headers = dict(self.headers)
@@ -131,7 +132,13 @@ class LoopbackServer:
                         self.send_header(name, value)
                     self.send_header("Content-Length", str(len(body)))
                     self.end_headers()
-                    self.wfile.write(body)
+                    if not reply.trickle:
+                        self.wfile.write(body)
+                    for start in range(0, len(body) if reply.trickle else 0, 10):
+                        self.wfile.write(body[start : start + 10])
+                        self.wfile.flush()
+                        if server._stopping.wait(reply.trickle):
+                            return
                 except OSError:
                     pass  # the client gave up (timeout tests)
 

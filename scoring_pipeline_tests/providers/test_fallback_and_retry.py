@@ -413,6 +413,24 @@ def test_yahoo_key_cut_by_a_shortened_error_payload_never_leaks(
         assert key[:kept] not in text
 
 
+def test_an_answer_trickling_in_is_cut_at_the_requests_deadline(loopback, reply):
+    """Each read of a dribbling answer comes within the timeout, so the timeout alone would
+    wait as long as the provider keeps sending (a provider review held a fetch 7 s on a 1 s
+    timeout): a request's whole answer must arrive within 3 times the timeout."""
+    body = {"amount": 1, "base": "USD", "date": "2026-11-27", "rates": {"EUR": 0.9}} | {
+        "padding": "x" * 400
+    }
+    loopback.script(LATEST, reply(200, body, trickle=0.05))  # ~2.5 s in all, 50 ms apart
+    settings = HttpSettings(timeout_seconds=0.3, max_retries=1, backoff_base_seconds=0.01)
+    with FrankfurterRatesProvider(base_url=f"{loopback.url}/v1", http_settings=settings) as p:
+        with pytest.raises(ProviderUnavailableError) as caught:
+            p.fetch_usd_rates(currencies=["EUR"])
+
+    assert "timed out: the whole answer took longer than 0.9 s" in str(caught.value)
+    assert "after 2 attempts" in str(caught.value)
+    assert len(loopback.requests_to(LATEST)) == 2
+
+
 def test_key_never_leaks_through_the_fallback(closed_port_url, fast_http, tmp_path, caplog):
     caplog.set_level(logging.DEBUG)
     primary = FrankfurterRatesProvider(
