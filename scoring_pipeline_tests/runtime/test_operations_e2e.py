@@ -323,8 +323,11 @@ def test_run_worker_killed_mid_batch_is_failed_and_a_retry_finishes(
             "b0001's history write to block",
             lambda: _scalar(
                 engine,
+                # This database's only: another deployment's worker on the same server (an
+                # operator's, another test session's) must never be the one killed.
                 "SELECT application_name FROM pg_stat_activity WHERE wait_event_type = "
-                "'Lock' AND wait_event = 'advisory' AND pid <> pg_backend_pid()",
+                "'Lock' AND wait_event = 'advisory' AND pid <> pg_backend_pid() "
+                "AND datname = current_database() AND application_name LIKE 'scoring-pipeline:%'",
             ),
         )
         os.kill(int(app.split(":")[1]), signal.SIGKILL)
