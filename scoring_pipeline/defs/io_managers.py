@@ -5,6 +5,8 @@ from collections.abc import Iterator
 from typing import Any, NamedTuple
 
 import dagster as dg
+from dagster._core.errors import DagsterExecutionInterruptedError
+from dagster._utils import interrupts
 
 from scoring_pipeline.defs.assets.scores import RefusedBatch, RunBatches
 from scoring_pipeline.defs.checks import batch_check_evaluations
@@ -15,6 +17,16 @@ from scoring_pipeline.store.batch_write import BatchWrite, failed_user_entries, 
 
 # How many failed batches a ranged run's failure names in its description (all are in metadata).
 _NAMED = 5
+
+
+def _keep_the_interrupt() -> None:
+    """Leave the interrupt pending for Dagster's executor: a step with a retry policy turns an
+    interrupt into a retry, so the IO manager fails the step without one instead, and the
+    executor, finding the interrupt after the step, ends the run canceled (not failed, nor
+    SUCCESS over a forced cancellation). Dagster keeps a captured interrupt in this flag
+    (`dagster._utils.interrupts`, pinned with dagster): the e2e termination test fails if it
+    moves."""
+    interrupts._received_interrupt["received"] = True  # noqa: SLF001
 
 
 class Landed(NamedTuple):
@@ -53,6 +65,20 @@ class ScoresIOManager(dg.ConfigurableIOManager):
                         break
                     self._write(context, item, landed, failed)
                     del item
+        except DagsterExecutionInterruptedError:
+            # The run was terminated (its worker interrupts it): no retry of the step, which
+            # Dagster's retry policy would otherwise make of an interrupt; what landed stays,
+            # and the run ends canceled (`_keep_the_interrupt`).
+            if obj.ranged:
+                yield from self._landed_events(context, landed)
+            _keep_the_interrupt()
+            raise dg.Failure(
+                description=(
+                    f"the run was terminated while its batches were being scored: {len(landed)} "
+                    "landed, the others are left unscored (`scoring-pipeline retry-failed`)"
+                ),
+                allow_retries=False,
+            ) from None
         except Exception:
             # A run of several batches fails here as a whole (it may be retried): the batches
             # already committed keep their partitions materialised and checked.

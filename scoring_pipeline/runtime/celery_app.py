@@ -16,6 +16,7 @@ busy time in a night of short batch runs, and PostgreSQL backends started for ea
 import logging
 import os
 import re
+import threading
 from typing import TYPE_CHECKING, Any
 
 from celery import Celery
@@ -25,6 +26,8 @@ if TYPE_CHECKING:
     from dagster._grpc.types import ExecuteRunArgs, ResumeRunArgs
 
 from scoring_pipeline.store.db import prepare_dagster_environment
+
+logger = logging.getLogger("scoring_pipeline.runtime")
 
 QUEUE = "dagster"
 # How often an idle worker looks for a run in the PostgreSQL broker table. kombu's default (1 s)
@@ -97,22 +100,72 @@ def _discard(_event: Any) -> None:
     """Run events are already in the event log; the task returns only the exit code."""
 
 
+# How often a run's worker looks whether the run was terminated, and after how many polls a
+# run still going is interrupted again.
+CANCEL_POLL_SECONDS = 1.0
+INTERRUPT_AGAIN_POLLS = 2
+
+
+def _interrupt_when_canceled(instance: DagsterInstance, run_id: str, done: threading.Event) -> None:
+    """Interrupt this process's main thread (the run's) once the run reads CANCELING or
+    CANCELED, as Dagster's own run workers do on a termination, and again every 2 s while it
+    still runs: dagster-celery terminates by a Celery revoke, a broadcast the PostgreSQL broker
+    never delivers, so the UI's Terminate left the run going, and a forced one (marked CANCELED
+    at once) left it writing. The batch being written rolls back (`batch_write._roll_back`),
+    the scores IO manager fails its step without a retry and the run ends canceled. Outside a
+    run, the pool process ignores SIGINT (Celery's setting)."""
+    from dagster._core.storage.dagster_run import DagsterRunStatus
+    from dagster_shared.ipc import send_interrupt
+
+    stopping = (DagsterRunStatus.CANCELING, DagsterRunStatus.CANCELED)
+    polls_since_interrupt: int | None = None
+    while not done.wait(CANCEL_POLL_SECONDS):
+        if polls_since_interrupt is not None:
+            polls_since_interrupt += 1
+            if polls_since_interrupt < INTERRUPT_AGAIN_POLLS:
+                continue  # give the run time to unwind before interrupting it again
+        try:
+            run = instance.get_run_by_id(run_id)
+        except Exception:  # the storage briefly unreachable: look again at the next poll
+            logger.warning("run %s: could not read its status to see a termination", run_id)
+            continue
+        if run is None or run.status not in stopping or done.is_set():
+            continue
+        if polls_since_interrupt is None:
+            logger.info("run %s is %s: interrupting it", run_id, run.status.value)
+        send_interrupt()
+        polls_since_interrupt = 0
+
+
 def _on_kept_instance(body: Any, args: "ExecuteRunArgs | ResumeRunArgs") -> int:
     """A dagster-celery task's body (`_execute_run_command_body` or `_resume_run_command_body`)
     on this process's kept instance, the run tagged with this process first: the launcher's
-    health check finds a run whose worker is gone by it (`run_launcher`)."""
+    health check finds a run whose worker is gone by it (`run_launcher`). While it runs, a
+    thread watches for its termination (`_interrupt_when_canceled`)."""
     from scoring_pipeline.runtime.run_launcher import WORKER_TAG, worker_identity
 
     instance = worker_instance()
     instance.add_run_tags(args.run_id, {WORKER_TAG: worker_identity()})
-    return int(
-        body(
-            run_id=args.run_id,
-            instance=instance,
-            write_stream_fn=_discard,
-            set_exit_code_on_failure=args.set_exit_code_on_failure is not False,
-        )
+    done = threading.Event()
+    watcher = threading.Thread(
+        target=_interrupt_when_canceled,
+        args=(instance, args.run_id, done),
+        name=f"cancel-watch-{args.run_id[:8]}",
+        daemon=True,
     )
+    watcher.start()
+    try:
+        return int(
+            body(
+                run_id=args.run_id,
+                instance=instance,
+                write_stream_fn=_discard,
+                set_exit_code_on_failure=args.set_exit_code_on_failure is not False,
+            )
+        )
+    finally:
+        done.set()
+        watcher.join()
 
 
 def _register_tasks(app: Celery) -> None:

@@ -52,7 +52,20 @@ def worker_gone(identity: str | None) -> str | None:
 
 
 class WatchedCeleryRunLauncher(CeleryRunLauncher):
-    """dagster-celery's launcher; a STARTED task whose worker process is gone is a failed run."""
+    """dagster-celery's launcher; a STARTED task whose worker process is gone is a failed run,
+    and a terminated run is marked CANCELING for its worker to stop it."""
+
+    def terminate(self, run_id: str) -> bool:
+        """Mark the run CANCELING (as Dagster's own launchers do), which its run worker watches
+        for (`celery_app._interrupt_when_canceled`), then revoke its Celery task as
+        dagster-celery does. The revoke alone never reached the worker on the PostgreSQL
+        broker (a broadcast it does not deliver), and dagster-celery reports no CANCELING: the
+        UI's Terminate answered "success" and the run went on."""
+        run = self._instance.get_run_by_id(run_id)
+        if run is None or run.is_finished:
+            return False
+        self._instance.report_run_canceling(run)
+        return super().terminate(run_id)
 
     def check_run_worker_health(self, run: DagsterRun) -> CheckRunHealthResult:
         health = super().check_run_worker_health(run)

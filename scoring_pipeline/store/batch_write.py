@@ -237,10 +237,12 @@ def persist_batch(engine: Engine, output: BatchOutput, *, run_id: str | None) ->
     with engine.connect() as conn:
         with timer.part("begin"):
             transaction = conn.begin()
+        raw = conn.connection.driver_connection
+        backend_pid = raw.info.backend_pid if raw is not None else None
         try:
             rows = write_batch(conn, output, run_id=run_id, prepared=prepared, timer=timer)
         except BaseException:
-            transaction.rollback()
+            _roll_back(engine, conn, backend_pid, transaction)
             raise
         with timer.part("commit"):
             transaction.commit()
@@ -252,6 +254,29 @@ def persist_batch(engine: Engine, output: BatchOutput, *, run_id: str | None) ->
     if rows.night_status not in (None, NightStatus.STARTED):
         emit_root_span(engine, output.score_date, market_group=output.market_group)
     return BatchWrite(rows, metric_values.written, write_ms)
+
+
+def _roll_back(engine: Engine, conn: Connection, backend_pid: int | None, transaction: Any) -> None:
+    """Roll the batch's transaction back. Interrupted in the middle of a statement (a run
+    terminated while its write waits on a lock), the connection cannot, and SQLAlchemy drops
+    it, but its server session goes on waiting, holding the batch's lock: that statement is
+    cancelled on the server (by the session's pid, from another connection), so nothing of the
+    batch commits and the lock is let go at once. The caller raises the original error."""
+    try:
+        transaction.rollback()
+        if not conn.invalidated:
+            return
+    except BaseException:  # mid-statement: "another command is already in progress"
+        pass
+    if backend_pid is None:
+        return
+    try:
+        with engine.connect() as other:
+            other.execute(sa.text("SELECT pg_cancel_backend(:p)"), {"p": backend_pid})
+    except BaseException:  # the server unreachable: the session ends with the connection
+        pass
+    if not conn.invalidated:
+        conn.invalidate()
 
 
 def _record_write_time(

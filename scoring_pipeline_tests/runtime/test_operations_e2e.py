@@ -417,3 +417,104 @@ def _event_sets(engine):
     for r in rows:
         out.setdefault(r.u, []).append((r.status, r.n))
     return out
+
+
+_TERMINATE = """
+mutation Terminate($runId: String!, $policy: TerminateRunPolicy) {
+  terminateRun(runId: $runId, terminatePolicy: $policy) {
+    __typename
+    ... on PythonError { message }
+  }
+}
+"""
+_WAITING_ON_ADVISORY_LOCK = (
+    "SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+    "AND wait_event = 'advisory' AND pid <> pg_backend_pid() AND datname = current_database()"
+)
+_RUN_STATUS = """
+query Status($runId: ID!) { runOrError(runId: $runId) { ... on Run { status } } }
+"""
+
+
+@pytest.mark.parametrize("policy", ["SAFE_TERMINATE", "MARK_AS_CANCELED_IMMEDIATELY"])
+def test_a_batch_run_terminated_from_the_ui_stops_and_a_retry_scores_it_once(
+    services, clean_db, policy
+):
+    """The UI's Terminate (and its "Force termination immediately") while a batch run waits in
+    its write: the run worker stops the run, so it neither lands nor turns SUCCESS after it was
+    marked canceled, and a retry scores its users once. Before, dagster-celery's revoke never
+    reached the worker on the PostgreSQL broker: Terminate did nothing, and a forced one left
+    the run writing while a retry scored the same users again (an operator review)."""
+    engine = clean_db
+    _world(engine, services.files, 6)  # b0000: users 1-3, b0001: users 4-6
+    api = DagsterApi(services.url)
+    blocker = engine.connect()
+    blocker.execute(
+        sa.text(
+            "SELECT pg_advisory_xact_lock(hashtextextended(CAST(:u AS text), "
+            "CAST(:d AS date) - DATE '2000-01-01'))"
+        ),
+        {"u": _uid(4), "d": DATE},
+    )
+    try:
+        api.launch_job("overnight_snapshots_job", tags={"dagster/partition": DATE})
+        wait_for(
+            "b0001's history write to block",
+            lambda: _scalar(engine, _WAITING_ON_ADVISORY_LOCK),
+        )
+        (run,) = [
+            r
+            for r in runs(api, "scoring_batch_job", ["STARTED"])
+            if {t["key"]: t["value"] for t in r["tags"]}.get("scoring/score_date") == DATE
+        ]
+        answer = api.query(_TERMINATE, {"runId": run["runId"], "policy": policy})
+        assert answer["terminateRun"]["__typename"] == "TerminateRunSuccess", answer
+
+        def status() -> str:
+            return str(api.query(_RUN_STATUS, {"runId": run["runId"]})["runOrError"]["status"])
+
+        wait_for("the run to be canceled", lambda: status() == "CANCELED", timeout=60)
+        # A forced termination marks the run CANCELED at once: its worker then stops it, and
+        # the write waiting on the lock goes, before the lock is let go.
+        wait_for(
+            "the run's blocked write to be stopped",
+            lambda: not _scalar(engine, _WAITING_ON_ADVISORY_LOCK),
+            timeout=30,
+        )
+    finally:
+        blocker.rollback()
+        blocker.close()
+    # Its write had begun: once it may go on, nothing of it lands and the run stays canceled.
+    wait_for(
+        "the run's write to end",
+        lambda: (
+            not _scalar(
+                engine,
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                "AND state = 'active' AND query ILIKE '%score_history%' "
+                "AND pid <> pg_backend_pid()",
+            )
+        ),
+        timeout=30,
+    )
+    time.sleep(2)  # what a run still going would write now
+    assert status() == "CANCELED"
+    assert (
+        _scalar(
+            engine,
+            "SELECT count(*) FROM calculation_events WHERE user_id IN (:a, :b, :c)",
+            a=_uid(4),
+            b=_uid(5),
+            c=_uid(6),
+        )
+        == 0
+    )
+    job = wait_for("the night to close", lambda: _closed(engine), timeout=60)
+    assert job.status == "partial" and job.users_failed == 3
+
+    out = _retry(services)
+    assert "b0001" in out and "b0000" not in out
+    wait_for("the retried night to complete", lambda: _closed(engine, ("completed",)))
+    assert _event_sets(engine) == {_uid(n): [("success", 4)] for n in range(1, 7)}
+    # The night's last runs (its dashboards) done before the next test empties the tables.
+    wait_for("every dashboard warm", lambda: len(_users_warm(engine)) == 6, timeout=60)
