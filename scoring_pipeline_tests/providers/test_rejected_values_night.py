@@ -30,6 +30,19 @@ def _metrics(world) -> dict[str, object]:
     ].metrics
 
 
+def _stored_prices(world) -> dict[str, object]:
+    """The date's price snapshot rows by symbol."""
+    return {
+        r.symbol: r
+        for r in rows(
+            world,
+            "SELECT symbol, close, currency, price_date, missing_reason, source "
+            "FROM price_snapshots WHERE score_date = :d",
+            d=DATE,
+        )
+    }
+
+
 def _use_yahoo(monkeypatch, loopback, **extra: str) -> None:
     for key, value in {**mw.loopback_providers_env(loopback, rates=False), **extra}.items():
         monkeypatch.setenv(key, value)
@@ -66,15 +79,7 @@ def test_a_bad_quote_is_missing_with_its_reason_and_only_its_scores_change(
 
     assert result.success
     assert len(loopback.requests_to(QUOTE)) == 3  # 503, 429, then the answer
-    stored = {
-        r.symbol: r
-        for r in rows(
-            world,
-            "SELECT symbol, close, currency, missing_reason, source FROM price_snapshots "
-            "WHERE score_date = :d",
-            d=DATE,
-        )
-    }
+    stored = _stored_prices(world)
     assert stored["AAA"].close == Decimal(30) and stored["AAA"].missing_reason is None
     assert stored["BBB"].close is None and stored["BBB"].currency is None
     assert stored["BBB"].missing_reason == reason and stored["BBB"].source == "yahoo"
@@ -119,15 +124,7 @@ def test_a_quote_in_another_currency_is_rejected_and_minor_units_are_converted(
     result = snapshots(dagster_instance)
 
     assert result.success
-    stored = {
-        r.symbol: r
-        for r in rows(
-            world,
-            "SELECT symbol, close, currency, missing_reason FROM price_snapshots "
-            "WHERE score_date = :d",
-            d=DATE,
-        )
-    }
+    stored = _stored_prices(world)
     assert (stored["VOD.L"].close, stored["VOD.L"].currency) == (Decimal("72.505"), "GBP")
     assert stored["BBB"].close is None and stored["BBB"].missing_reason == "currency_mismatch"
     assert _metadata(result, "prices")["rejected_values"] == {"BBB": "currency_mismatch"}
@@ -253,15 +250,7 @@ def test_a_quote_dated_long_before_the_score_date_is_rejected_as_too_old(
     result = snapshots(dagster_instance)
 
     assert result.success
-    stored = {
-        r.symbol: r
-        for r in rows(
-            world,
-            "SELECT symbol, close, price_date, missing_reason FROM price_snapshots "
-            "WHERE score_date = :d",
-            d=DATE,
-        )
-    }
+    stored = _stored_prices(world)
     assert str(stored["AAA"].price_date) == "2026-11-17" and stored["AAA"].close == Decimal(30)
     assert stored["BBB"].close is None and stored["BBB"].missing_reason == "too_old"
     assert _metadata(result, "prices")["rejected_values"] == {"BBB": "too_old"}

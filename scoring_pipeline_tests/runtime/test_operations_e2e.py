@@ -298,6 +298,33 @@ def _check_trace(engine, otlp):
     assert all(s.parent_span_id == root_id for s in children)
 
 
+def _events_of_b0001(engine) -> int:
+    """How many calculation events b0001's users (4 to 6) have."""
+    return int(
+        _scalar(
+            engine,
+            "SELECT count(*) FROM calculation_events WHERE user_id IN (:a, :b, :c)",
+            a=_uid(4),
+            b=_uid(5),
+            c=_uid(6),
+        )
+    )
+
+
+def _hold_the_history_key_of(engine, user: str):
+    """A connection holding the advisory lock of `user`'s history key of DATE in an open
+    transaction: the write of the user's batch waits on it (roll it back to let go)."""
+    blocker = engine.connect()
+    blocker.execute(
+        sa.text(
+            "SELECT pg_advisory_xact_lock(hashtextextended(CAST(:u AS text), "
+            "CAST(:d AS date) - DATE '2000-01-01'))"
+        ),
+        {"u": user, "d": DATE},
+    )
+    return blocker
+
+
 def test_run_worker_killed_mid_batch_is_failed_and_a_retry_finishes(
     services, clean_db, dagster_instance
 ):
@@ -309,14 +336,7 @@ def test_run_worker_killed_mid_batch_is_failed_and_a_retry_finishes(
     engine = clean_db
     _world(engine, services.files, 6)  # b0000: users 1-3, b0001: users 4-6
     api = DagsterApi(services.url)
-    blocker = engine.connect()
-    blocker.execute(
-        sa.text(
-            "SELECT pg_advisory_xact_lock(hashtextextended(CAST(:u AS text), "
-            "CAST(:d AS date) - DATE '2000-01-01'))"
-        ),
-        {"u": _uid(4), "d": DATE},
-    )
+    blocker = _hold_the_history_key_of(engine, _uid(4))
     try:
         api.launch_job("overnight_snapshots_job", tags={"dagster/partition": DATE})
         app = wait_for(
@@ -350,16 +370,7 @@ def test_run_worker_killed_mid_batch_is_failed_and_a_retry_finishes(
     job = wait_for("the night to close", lambda: _closed(engine), timeout=60)
     assert job.status == "partial" and job.users_failed == 3
     assert _scalar(engine, "SELECT count(*) FROM score_history WHERE score_date = :d") == 6
-    assert (
-        _scalar(
-            engine,
-            "SELECT count(*) FROM calculation_events WHERE user_id IN (:a, :b, :c)",
-            a=_uid(4),
-            b=_uid(5),
-            c=_uid(6),
-        )
-        == 0
-    )  # the killed write left nothing
+    assert _events_of_b0001(engine) == 0  # the killed write left nothing
     statuses = wait_for(
         "partition statuses",
         lambda: s if (s := partition_statuses(api, DATE))["materialized"] else None,
@@ -448,14 +459,7 @@ def test_a_batch_run_terminated_from_the_ui_stops_and_a_retry_scores_it_once(
     engine = clean_db
     _world(engine, services.files, 6)  # b0000: users 1-3, b0001: users 4-6
     api = DagsterApi(services.url)
-    blocker = engine.connect()
-    blocker.execute(
-        sa.text(
-            "SELECT pg_advisory_xact_lock(hashtextextended(CAST(:u AS text), "
-            "CAST(:d AS date) - DATE '2000-01-01'))"
-        ),
-        {"u": _uid(4), "d": DATE},
-    )
+    blocker = _hold_the_history_key_of(engine, _uid(4))
     try:
         api.launch_job("overnight_snapshots_job", tags={"dagster/partition": DATE})
         wait_for(
@@ -499,16 +503,7 @@ def test_a_batch_run_terminated_from_the_ui_stops_and_a_retry_scores_it_once(
     )
     time.sleep(2)  # what a run still going would write now
     assert status() == "CANCELED"
-    assert (
-        _scalar(
-            engine,
-            "SELECT count(*) FROM calculation_events WHERE user_id IN (:a, :b, :c)",
-            a=_uid(4),
-            b=_uid(5),
-            c=_uid(6),
-        )
-        == 0
-    )
+    assert _events_of_b0001(engine) == 0
     job = wait_for("the night to close", lambda: _closed(engine), timeout=60)
     assert job.status == "partial" and job.users_failed == 3
 
