@@ -95,9 +95,14 @@ def _overview(nights: list[tuple[Night, Night | None]]) -> list[str]:
             f"{night.score_date.isoformat():<11} {night.market_group:<8} "
             f"{night.status.value:<10} {_figure(night, 'users_total'):>7} "
             f"{_figure(night, 'users_failed'):>7} {batches:>15}  {_took(night):>8}  "
-            f"{_dashboards(warm)}"
+            f"{_dashboards(warm)}" + ("  (stale inputs)" if _stale_inputs(night) else "")
         )
     return lines
+
+
+def _stale_inputs(night: Night) -> list[str]:
+    """The night's inputs reused stale from an earlier snapshot (every provider failed)."""
+    return [what for what in ("rates", "prices") if night.metrics.get(f"{what}_stale")]
 
 
 def _prices_line(night: Night) -> list[str]:
@@ -146,11 +151,28 @@ def _detail(
     details = night.error_details or {}
     if night.status is NightStatus.FAILED and details.get("stage"):
         lines.append(f"error           stage {details['stage']}: {details.get('message')}")
+    stale = _stale_inputs(night)
+    if stale:
+        lines.append(
+            f"stale inputs    {' and '.join(stale)}: every provider failed, an earlier "
+            "snapshot was reused"
+        )
     lines.extend(failed_user_line(failure) for failure in failed[:20])
-    if len(failed) > 20:
-        lines.append(f"  … and {len(failed) - 20} more (overnight_job_runs.error_details)")
+    # `failed` is the first 100 at most: the night's figure counts them all.
+    failed_in_all = max(_figure(night, "users_failed"), len(failed))
+    if failed_in_all > 20:
+        lines.append(
+            f"  … and {failed_in_all - 20} more (every one in "
+            "scoring_batch_results.failed_users of the date)"
+        )
     if night.status in (NightStatus.PARTIAL, NightStatus.FAILED) and failed:
         lines.append(f"next            {_next_step(night, configured, failed)}")
+    elif stale and night.status is NightStatus.COMPLETED and night.market_group in configured:
+        lines.append(
+            "next            once the providers answer, `scoring-pipeline score --date "
+            f"{night.score_date}{_group_option(night)} --refresh` fetches the inputs again and "
+            "re-scores the night"
+        )
     elif failed_before_scoring(night) and night.market_group in configured:
         lines.append(
             "next            once its inputs can be fetched, start it again with "

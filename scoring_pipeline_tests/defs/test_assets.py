@@ -283,6 +283,10 @@ def test_stale_snapshot_reused_when_every_provider_fails(world, dagster_instance
     assert metadata["is_stale"].value is True and metadata["stale_from"].value == DATE
     job = rows(world, "SELECT metrics FROM overnight_job_runs WHERE score_date = :d", d=later)
     assert job[0].metrics["rates_stale"] is True
+    # The reused prices are counted (status read "1 of 0 needed symbols" before).
+    prices_metadata = result.asset_materializations_for_node("prices")[0].metadata
+    assert prices_metadata["symbols"].value == len(stale_prices) > 0
+    assert job[0].metrics["prices_symbols"] == len(stale_prices)
     # An earlier date has no snapshot before it: the night fails clearly, nothing is scored.
     earlier = (dt.date.fromisoformat(DATE) - dt.timedelta(days=10)).isoformat()
     result = dg.materialize(
@@ -299,6 +303,26 @@ def test_stale_snapshot_reused_when_every_provider_fails(world, dagster_instance
         d=earlier,
     )[0]
     assert job.status == "failed" and "no rates snapshot" in json.dumps(job.error_details)
+
+
+def test_a_batch_whose_date_has_no_snapshot_fails_at_once_without_retries(world, dagster_instance):
+    """Its night was opened (`active_users`) but the rates and prices were never taken: a
+    retry of the step would find no snapshot either (an operator review saw three, 22 s)."""
+    f.user(world, holdings=[("AAA", "USD")], criteria=[("US_TECH", "stock", rules())])
+    opened = dg.materialize(
+        [active_users], partition_key=DATE, instance=dagster_instance, resources=build_resources()
+    )
+    assert opened.success
+
+    result = batch(dagster_instance)
+
+    assert not result.success
+    types = [e.event_type_value for e in result.all_events]
+    assert "STEP_UP_FOR_RETRY" not in types and types.count("STEP_FAILURE") == 1
+    (failure,) = [e for e in result.all_events if e.is_step_failure]
+    assert f"no exchange-rate snapshot for {DATE}: materialise the date's snapshots" in str(
+        failure.step_failure_data.user_failure_data.description
+    )
 
 
 def test_a_stale_copy_is_not_reused_as_a_snapshot_of_its_own_date(

@@ -26,7 +26,6 @@ from scoring_pipeline.defs.partitions import (
 from scoring_pipeline.defs.resources import DatabaseResource
 from scoring_pipeline.defs.run_tags import night_traceparent
 from scoring_pipeline.engine.batch import BatchOutput, score_batch
-from scoring_pipeline.errors import SnapshotUnavailableError
 from scoring_pipeline.store import month_partitions
 from scoring_pipeline.store import tables as t
 from scoring_pipeline.store.batch_inputs import RunInputs, load_batch_inputs
@@ -217,9 +216,13 @@ def _night_of_date(conn: Connection, score_date: dt.date, batch: str, group: str
         (t.price_snapshots, "price"),
     ):
         if not has_snapshot(conn, table, score_date):
-            raise SnapshotUnavailableError(
-                f"no {what} snapshot for {score_date}: materialise the date's snapshots (the "
-                f"{_snapshots_job(group)}) before its batches"
+            # Final: a retry of the step finds no snapshot either (it spent 22 s on three).
+            raise dg.Failure(
+                description=(
+                    f"no {what} snapshot for {score_date}: materialise the date's snapshots "
+                    f"(the {_snapshots_job(group)}) before its batches"
+                ),
+                allow_retries=False,
             )
     return night
 

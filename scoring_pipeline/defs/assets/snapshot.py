@@ -118,7 +118,16 @@ def materialize_snapshot(
             emit_root_span(database.engine(), score_date, market_group=group.name)
         raise
     if summary["is_stale"]:
-        context.log.warning(f"{step} for {score_date} are STALE: {summary}")
+        origin = summary.get("stale_from")
+        context.log.warning(
+            f"{step} for {score_date} are STALE: "
+            + (
+                f"every provider failed ({summary.get('provider_error')}); the snapshot of "
+                f"{origin} is reused"
+                if origin
+                else "the date's snapshot, kept, was reused from an earlier date"
+            )
+        )
     return dg.MaterializeResult(metadata=summary)
 
 

@@ -203,8 +203,13 @@ def snapshot_prices(
             symbols=symbols, currencies=instrument_currencies(conn, symbols), as_of=score_date
         )
     except ProviderError as exc:
+        reuse = stale_or_raise(conn, table, score_date, max_age_days, exc, "prices")
+        reused = conn.execute(
+            sa.select(sa.func.count()).where(table.c.score_date == score_date)
+        ).scalar_one()
         return {
-            **stale_or_raise(conn, table, score_date, max_age_days, exc, "prices"),
+            **reuse,
+            "symbols": reused,  # status: "N of <symbols> needed symbols without a price"
             **_unpriced(conn, score_date),
             **stored_rejections(conn, table, score_date, "symbol"),
         }

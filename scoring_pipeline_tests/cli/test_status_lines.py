@@ -1,0 +1,66 @@
+"""What `status` prints of a night, from the night's row alone (no database): stale inputs, and
+the count of failed users beyond those it lists."""
+
+import datetime as dt
+
+from scoring_pipeline.cli.status import _detail, _overview
+from scoring_pipeline.store.night.model import Night, NightStatus
+
+DAY = dt.date(2026, 12, 3)
+STARTED = dt.datetime(2026, 12, 3, 4, 0, tzinfo=dt.UTC)
+
+
+def _night(status: NightStatus, **metrics: object) -> Night:
+    return Night(
+        id="1",
+        job_type="scoring",
+        score_date=DAY,
+        market_group="all",
+        status=status,
+        correlation_id="c",
+        started_at=STARTED,
+        completed_at=STARTED + dt.timedelta(seconds=30),
+        users_processed=0,
+        error_details=None,
+        metrics={"users_total": 200, "batches_total": 4, **metrics},
+    )
+
+
+def test_a_night_scored_on_stale_inputs_says_so_and_what_to_run():
+    night = _night(
+        NightStatus.COMPLETED,
+        rates_stale=True,
+        prices_stale=True,
+        prices_symbols=296,
+        prices_unpriced=1,
+        prices_unpriced_symbols=["EU0090.EU"],
+    )
+
+    lines = _detail(night, None, [], ["all"])
+
+    assert (
+        "stale inputs    rates and prices: every provider failed, an earlier snapshot was "
+        "reused" in lines
+    )
+    assert lines[-1] == (
+        "next            once the providers answer, `scoring-pipeline score --date 2026-12-03 "
+        "--refresh` fetches the inputs again and re-scores the night"
+    )
+    assert any(line.startswith("prices          1 of 296 needed symbols") for line in lines)
+    assert _overview([(night, None)])[1].endswith("not warmed yet  (stale inputs)")
+    fresh = _night(NightStatus.COMPLETED)
+    assert not any("stale" in line for line in _detail(fresh, None, [], ["all"]))
+    assert not _overview([(fresh, None)])[1].endswith("(stale inputs)")
+
+
+def test_failed_users_beyond_those_listed_are_counted_from_the_nights_figure():
+    night = _night(NightStatus.PARTIAL, users_failed=150, batches_failed=3)
+    failed = [
+        {"userId": f"u{n}", "batch": "b0000", "stage": "batch", "error": {"message": "x"}}
+        for n in range(100)  # what `failed_users` returns at most
+    ]
+
+    lines = _detail(night, None, failed, ["all"])
+
+    assert sum(line.startswith("  failed user ") for line in lines) == 20
+    assert "  … and 130 more (every one in scoring_batch_results.failed_users of the date)" in lines
