@@ -6,7 +6,6 @@ Values are checked in ``values.py`` (the rules) and ``models.py`` (the models us
 import abc
 import datetime
 import json
-import logging
 import re
 from collections.abc import Mapping, Sequence
 from decimal import Decimal, InvalidOperation
@@ -28,8 +27,6 @@ from scoring_pipeline.providers.values import (
     normalise_currency,
     shorten,
 )
-
-logger = logging.getLogger("scoring_pipeline.providers")
 
 # A symbol travels in a comma-separated query value: no commas, whitespace or control characters.
 _BAD_SYMBOL = re.compile(r"[\s,\x00-\x1f\x7f]")
@@ -217,19 +214,6 @@ def merge_quote(
         reason=Rejection.CONFLICTING,
         detail=f"two different quotes: {_describe(seen)} and {_describe(outcome)}",
     )
-
-
-def warn_unattributed(provider: str, left_out: int, items: int, what: str) -> None:
-    """Items of an answer that name no valid symbol are left out: counted, never echoed (their
-    text may be anything, a reflected credential included)."""
-    if left_out:
-        logger.warning(
-            "%s: left out %d of the %d %s that name no valid symbol",
-            provider,
-            left_out,
-            items,
-            what,
-        )
 
 
 def build_prices_result(

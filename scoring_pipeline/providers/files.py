@@ -30,7 +30,6 @@ from scoring_pipeline.providers.base import (
     requested_currencies,
     requested_symbols,
     select_rates,
-    warn_unattributed,
 )
 from scoring_pipeline.providers.frankfurter import parse_frankfurter_payload
 from scoring_pipeline.providers.models import (
@@ -38,6 +37,7 @@ from scoring_pipeline.providers.models import (
     QuoteOutcome,
     RatesSnapshot,
     validate_quote,
+    warn_left_out,
 )
 from scoring_pipeline.providers.values import (
     shorten,
@@ -158,7 +158,9 @@ def parse_prices_csv(
                 "valid one)",
                 provider=provider,
             )
-        warn_unattributed(provider, len(unattributed), rows, f"rows of {path}")
+        warn_left_out(
+            provider, len(unattributed), rows, f"rows of {path} that name no valid symbol"
+        )
         return outcomes
     raise ProviderPayloadError(f"prices file {path}: malformed CSV ({problem})", provider=provider)
 

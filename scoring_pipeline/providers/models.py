@@ -95,16 +95,18 @@ def split_rates(
         raise ProviderPayloadError(
             f"invalid currency code {shorten(not_codes[0])} in 'rates'", provider=provider
         )
-    if not_codes:
-        logger.warning(
-            "%s: left out %d of the %d keys of 'rates' that are not currency codes",
-            provider,
-            len(not_codes),
-            len(raw),
-        )
+    warn_left_out(provider, len(not_codes), len(raw), "keys of 'rates' that are not currency codes")
     rates = {c: o for c, o in outcomes.items() if isinstance(o, Decimal)}
     rejected = {c: o for c, o in outcomes.items() if isinstance(o, RejectedValue)}
     return rates, rejected
+
+
+def warn_left_out(provider: str, left_out: int, items: int, what: str) -> None:
+    """Items of an answer that cannot be told apart (no valid symbol, no currency code) are
+    left out: counted, never echoed (their text may be anything, a reflected credential
+    included)."""
+    if left_out:
+        logger.warning("%s: left out %d of the %d %s", provider, left_out, items, what)
 
 
 def is_conflicting(outcome: object) -> bool:

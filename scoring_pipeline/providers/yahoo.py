@@ -30,13 +30,13 @@ from scoring_pipeline.providers.base import (
     load_json,
     merge_quote,
     requested_symbols,
-    warn_unattributed,
 )
 from scoring_pipeline.providers.http import HttpSettings, ProviderHttpClient
 from scoring_pipeline.providers.models import (
     PricesResult,
     QuoteOutcome,
     validate_quote,
+    warn_left_out,
 )
 from scoring_pipeline.providers.redaction import call_redacted
 from scoring_pipeline.providers.values import (
@@ -122,7 +122,7 @@ def parse_yahoo_payload(
             else "is not an object"
         )
         raise _fail(f"quoteResponse.result[{first}] {what}", source)
-    warn_unattributed(source, len(unattributed), len(results), "results")
+    warn_left_out(source, len(unattributed), len(results), "results that name no valid symbol")
     return outcomes
 
 
