@@ -8,7 +8,7 @@ import dagster as dg
 from dagster._core.errors import DagsterExecutionInterruptedError
 from dagster._utils import interrupts
 
-from scoring_pipeline.defs.assets.scores import RefusedBatch, RunBatches
+from scoring_pipeline.defs.assets.scores import EarlierBatch, RefusedBatch, RunBatches
 from scoring_pipeline.defs.checks import batch_check_evaluations
 from scoring_pipeline.defs.partitions import scores_partition_key
 from scoring_pipeline.defs.resources import DatabaseResource
@@ -36,6 +36,7 @@ class Landed(NamedTuple):
     market_group: str
     markets: tuple[str, ...] | None
     metadata: dict[str, Any]
+    earlier: bool = False  # landed by an earlier attempt, which recorded its events
 
 
 class ScoresIOManager(dg.ConfigurableIOManager):
@@ -115,13 +116,19 @@ class ScoresIOManager(dg.ConfigurableIOManager):
     def _write(
         self,
         context: dg.OutputContext,
-        item: BatchOutput | RefusedBatch,
+        item: BatchOutput | RefusedBatch | EarlierBatch,
         landed: list[Landed],
         failed: list[tuple[str, str, dict[str, Any]]],
     ) -> None:
         """Write one batch of the run; keep only its figures, in `landed` or `failed`."""
         if isinstance(item, RefusedBatch):
             failed.append((item.partition_key, item.description, {}))
+            return
+        if isinstance(item, EarlierBatch):
+            metadata = _earlier_metadata(item)
+            landed.append(
+                Landed(item.partition_key, item.market_group, item.markets, metadata, True)
+            )
             return
         written = persist_batch(self.database.engine(), item, run_id=context.run_id)
         metadata = _metadata(item, written)
@@ -138,6 +145,7 @@ class ScoresIOManager(dg.ConfigurableIOManager):
         """A failing run's landed batches: a materialisation of each partition with its own
         figures, then its asset checks (Dagster skips the check step of a failed step)."""
         step = context.step_context
+        landed = [batch for batch in landed if not batch.earlier]
         for batch in landed:
             yield dg.DagsterEvent.asset_materialization(
                 step,
@@ -187,6 +195,20 @@ def _run_metadata(landed: list[Landed]) -> dict[str, Any]:
         "batches_in_run": len(landed),
         **{f"run_{name}": sum(batch.metadata[name] for batch in landed) for name in _TOTALS},
         "batches": dg.MetadataValue.json({batch.partition: batch.metadata for batch in landed}),
+    }
+
+
+def _earlier_metadata(batch: EarlierBatch) -> dict[str, Any]:
+    """A batch an earlier attempt landed: its stored figures, and the run that wrote it."""
+    outcome = batch.outcome
+    return {
+        "users": outcome.users_total,
+        "users_success": outcome.users_success,
+        "users_failed": 0,
+        "users_skipped": outcome.users_skipped,
+        "assets_scored": outcome.assets_scored,
+        "duration_ms": outcome.duration_ms,
+        "landed_by_run": outcome.run_id,
     }
 
 

@@ -8,10 +8,12 @@ import json
 import dagster as dg
 import pytest
 import sqlalchemy as sa
+from dagster._core.storage.tags import RESUME_RETRY_TAG
 
 from scoring_pipeline.cli.status import _completed, _next_step, _took
 from scoring_pipeline.defs.assets.scores import scores
 from scoring_pipeline.defs.deployment import build_resources
+from scoring_pipeline.defs.job_names import BATCH_JOB
 from scoring_pipeline.defs.partitions import scores_partition_key, scores_partitions
 from scoring_pipeline.defs.sensors import scoring_run_failure_sensor
 from scoring_pipeline.store import batch_write
@@ -358,3 +360,113 @@ def test_a_batch_run_of_a_night_that_failed_before_scoring_keeps_the_nights_erro
     )
     with world.connect() as conn:  # so the schedule may start it again
         assert tick_skip_reason(conn, dt.date.fromisoformat(DATE)) is None
+
+
+def _calculations(world) -> dict[str, int]:
+    """How many calculations each user of the date has (CALC_STARTED events)."""
+    return {
+        str(r.user_id): r.n
+        for r in rows(
+            world,
+            "SELECT user_id, count(*) AS n FROM calculation_events WHERE score_date = :d "
+            "AND event_type = 'CALC_STARTED' GROUP BY user_id",
+            d=DATE,
+        )
+    }
+
+
+def _run_log(instance, run_id: str) -> list[str]:
+    return [entry.user_message for entry in instance.all_logs(run_id)]
+
+
+def test_a_step_retried_after_a_lost_connection_keeps_the_batches_it_landed(
+    world, dagster_instance, monkeypatch
+):
+    """The connection is lost in b0001's write: the retry policy runs the step again, which
+    scores b0001 and b0002 and keeps b0000 as the first attempt landed it: every user has one
+    calculation, not two, and the run's figures still count all three batches."""
+    _night(world, dagster_instance)
+    real = batch_write.persist_batch
+    written: list[str] = []
+
+    def persist(engine, output, *, run_id):
+        written.append(output.batch_key)
+        if written == ["b0000", "b0001"]:
+            raise sa.exc.OperationalError(
+                "COPY", {}, Exception("server closed the connection unexpectedly")
+            )
+        return real(engine, output, run_id=run_id)
+
+    monkeypatch.setattr("scoring_pipeline.defs.io_managers.persist_batch", persist)
+    result = batches(dagster_instance)
+    assert result.success
+    assert written == ["b0000", "b0001", "b0001", "b0002"]
+    assert _calculations(world) == {_uid(n): 1 for n in range(1, 6)}
+    assert _outcomes(world) == {
+        b: ("success", result.run_id, 0) for b in _statuses(dagster_instance)
+    }
+    assert set(_statuses(dagster_instance).values()) == {"MATERIALIZED"}
+    assert _night_row(world).status == "completed"
+    kept = f"batch b0000 of {DATE} (all) landed in run {result.run_id}"
+    assert any(m.startswith(kept) for m in _run_log(dagster_instance, result.run_id))
+    last = result.asset_materializations_for_node("scores")[-1].metadata
+    assert last["run_users_success"].value == 5  # type: ignore[attr-defined]
+    assert last["batches"].value[KEYS[0]]["landed_by_run"] == result.run_id  # type: ignore[attr-defined,index]
+
+
+def _batch_job() -> dg.JobDefinition:
+    """The code location's batch job, reconstructable (a re-execution needs the job by name)."""
+    from scoring_pipeline.definitions import defs
+
+    return defs().resolve_job_def(BATCH_JOB)
+
+
+def _execute(instance, **kwargs) -> tuple[bool, str]:
+    """Run the batch job as the daemon's workers do (success, run id)."""
+    with dg.execute_job(
+        dg.reconstructable(_batch_job), instance=instance, raise_on_error=False, **kwargs
+    ) as result:
+        return result.success, result.run_id
+
+
+def test_a_run_re_executed_from_failure_scores_only_the_batches_that_had_not_landed(
+    world, dagster_instance, monkeypatch
+):
+    """A night's ranged run failed on b0001 (a user's bad rules); once they are fixed, the
+    run's page "Re-execute from failure" runs the `scores` step again: it scores b0001 and
+    keeps b0000 and b0002, which the failed run landed. "Re-execute all steps" scores all."""
+    _night(world, dagster_instance, bad=(3,))  # user 3 is in b0001 with user 4
+    tags = {
+        "dagster/asset_partition_range_start": KEYS[0],
+        "dagster/asset_partition_range_end": KEYS[-1],
+    }
+    ok, failed = _execute(dagster_instance, tags=tags)
+    assert not ok
+    with world.begin() as conn:
+        conn.execute(
+            sa.text("UPDATE criteria_versions SET rules = CAST(:r AS jsonb) WHERE user_id = :u"),
+            {"r": json.dumps(rules()), "u": _uid(3)},
+        )
+    ok, retry = _execute(
+        dagster_instance,
+        reexecution_options=dg.ReexecutionOptions.from_failure(failed, dagster_instance),
+        # what the run page's "From failure" adds to its parent's tags (`execute_job` does not)
+        tags={**tags, RESUME_RETRY_TAG: "true"},
+    )
+    assert ok
+    assert _calculations(world) == {_uid(1): 1, _uid(2): 1, _uid(3): 2, _uid(4): 2, _uid(5): 1}
+    assert _outcomes(world) == {
+        "b0000": ("success", failed, 0),
+        "b0001": ("success", retry, 0),
+        "b0002": ("success", failed, 0),
+    }
+    assert set(_statuses(dagster_instance).values()) == {"MATERIALIZED"}
+    assert _night_row(world).status == "completed"
+
+    ok, _ = _execute(
+        dagster_instance,
+        reexecution_options=dg.ReexecutionOptions(parent_run_id=retry, step_selection=["scores"]),
+        tags=tags,
+    )
+    assert ok
+    assert _calculations(world) == {_uid(1): 2, _uid(2): 2, _uid(3): 3, _uid(4): 3, _uid(5): 2}

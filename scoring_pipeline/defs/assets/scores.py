@@ -7,9 +7,10 @@ the criteria sets of its markets and replacing only its markets' scores.
 import datetime as dt
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import dagster as dg
+from dagster._core.storage.tags import ASSET_RESUME_RETRY_TAG
 from sqlalchemy.engine import Connection
 
 from scoring_pipeline import telemetry
@@ -21,6 +22,7 @@ from scoring_pipeline.defs.market_groups.group import DEFAULT_GROUP, DEFAULT_GRO
 from scoring_pipeline.defs.partitions import (
     NotABatchPartitionError,
     parse_scores_partition_key,
+    scores_partition_key,
     scores_partitions_for,
 )
 from scoring_pipeline.defs.resources import DatabaseResource
@@ -31,6 +33,7 @@ from scoring_pipeline.store import tables as t
 from scoring_pipeline.store.batch_inputs import RunInputs, load_batch_inputs
 from scoring_pipeline.store.membership import batch_keys_text, has_batch
 from scoring_pipeline.store.night.model import Night, find_night
+from scoring_pipeline.store.night.outcomes import LandedOutcome, batches_landed_by_runs
 from scoring_pipeline.store.snapshots.reuse import has_snapshot
 
 # How many consecutive selected partitions a backfill's run scores (SCORING_BATCHES_PER_RUN's
@@ -49,8 +52,8 @@ def build_scores(group: MarketGroup, upstream: list[dg.AssetsDefinition]) -> dg.
         deps=[dg.AssetDep(asset, partition_mapping=dg.AllPartitionMapping()) for asset in upstream],
         io_manager_key="scores_io_manager",
         # A lost database connection (server restart, failover) retries the whole step: each
-        # batch's write is one transaction, so a retry re-scores the run's batches from clean
-        # (one already written is replaced by the same results). Failed users are a final
+        # batch's write is one transaction, so a retry scores again the batches that had not
+        # landed, and keeps those that had (`_landed_earlier`). Failed users are a final
         # `Failure`.
         retry_policy=dg.RetryPolicy(max_retries=3, delay=2.0, backoff=dg.Backoff.EXPONENTIAL),
         # UI backfills and `retry-failed`: consecutive selected partitions in runs of up to
@@ -68,6 +71,12 @@ def build_scores(group: MarketGroup, upstream: list[dg.AssetsDefinition]) -> dg.
         batches, refused, nights = _night_batches(database, keys, group)
         if len(keys) == 1 and refused:
             raise dg.Failure(description=refused[0].description, allow_retries=False)
+        earlier = _landed_earlier(context, database, batches, group.name)
+        for (score_date, batch), outcome in earlier.items():
+            context.log.info(
+                f"batch {batch} of {score_date} ({group.name}) landed in run {outcome.run_id} "
+                "(an earlier attempt of this step): not scored again"
+            )
 
         shared: dict[dt.date, RunInputs] = {}  # what the run's batches of a date share
 
@@ -75,7 +84,18 @@ def build_scores(group: MarketGroup, upstream: list[dg.AssetsDefinition]) -> dg.
             inputs = shared.setdefault(score_date, RunInputs())
             return _score_batch(context, database, nights[score_date], score_date, batch, inputs)
 
-        return RunBatches(batches=batches, refused=refused, score=score, ranged=len(keys) > 1)
+        return RunBatches(
+            batches=[b for b in batches if b not in earlier],
+            refused=refused,
+            score=score,
+            ranged=len(keys) > 1,
+            earlier=[
+                EarlierBatch(
+                    scores_partition_key(*key), outcome, group.name, nights[key[0]].markets
+                )
+                for key, outcome in earlier.items()
+            ],
+        )
 
     return scores
 
@@ -89,6 +109,17 @@ class RefusedBatch:
 
 
 @dataclass(frozen=True)
+class EarlierBatch:
+    """A batch of the run that an earlier attempt of its step landed with every user scored:
+    kept as it is, not scored again."""
+
+    partition_key: str
+    outcome: LandedOutcome
+    market_group: str
+    markets: tuple[str, ...] | None
+
+
+@dataclass(frozen=True)
 class RunBatches:
     """The `scores` output of one run: its batches, each scored only when the IO manager asks
     for it (so a batch is written, committed and visible before the next is scored, and a run
@@ -98,9 +129,11 @@ class RunBatches:
     refused: list[RefusedBatch]
     score: Callable[[dt.date, str], BatchOutput]
     ranged: bool
+    earlier: list[EarlierBatch] = field(default_factory=list)
 
-    def __iter__(self) -> Iterator[BatchOutput | RefusedBatch]:
+    def __iter__(self) -> Iterator[BatchOutput | RefusedBatch | EarlierBatch]:
         yield from self.refused
+        yield from self.earlier
         for score_date, batch in self.batches:
             yield self.score(score_date, batch)
 
@@ -128,6 +161,51 @@ def _night_batches(
                 continue
             batches.append((score_date, batch))
     return batches, refused, nights
+
+
+def _landed_earlier(
+    context: dg.AssetExecutionContext,
+    database: DatabaseResource,
+    batches: list[tuple[dt.date, str]],
+    group: str,
+) -> dict[tuple[dt.date, str], LandedOutcome]:
+    """The run's batches that an earlier attempt landed with every user scored: this run's
+    step before a retry (a transient error after some batches had landed), or the runs that
+    this one re-executes from failure. Scoring them again would add a second calculation of
+    the same results; a re-execution of all steps, or a new run, scores every batch."""
+    runs = _earlier_attempts(context)
+    by_date: dict[dt.date, list[str]] = {}
+    for score_date, batch in batches:
+        by_date.setdefault(score_date, []).append(batch)
+    if not runs or not by_date:
+        return {}
+    with database.engine().connect() as conn:
+        return {
+            (score_date, key): outcome
+            for score_date, keys in by_date.items()
+            for key, outcome in batches_landed_by_runs(
+                conn, score_date, keys, runs, market_group=group
+            ).items()
+        }
+
+
+def _earlier_attempts(context: dg.AssetExecutionContext) -> list[str]:
+    """The runs whose landed batches this step keeps: its own run when the step is retried,
+    and, for a re-execution from failure, every run it descends from."""
+    run: dg.DagsterRun | None = context.run
+    runs = [context.run.run_id] if context.retry_number > 0 else []
+    if run is None or not _from_failure(run):
+        return runs
+    while run is not None and run.parent_run_id is not None:
+        runs.append(run.parent_run_id)
+        run = context.instance.get_run_by_id(run.parent_run_id)
+    return runs
+
+
+def _from_failure(run: dg.DagsterRun) -> bool:
+    """A re-execution from failure, or from asset failure (the run page's re-execute menu, or
+    the run retry daemon): Dagster tags the run it creates so."""
+    return run.is_resume_retry or run.tags.get(ASSET_RESUME_RETRY_TAG) == "true"
 
 
 @dataclass(frozen=True)

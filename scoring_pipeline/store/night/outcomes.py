@@ -4,6 +4,7 @@ the last (`closing.close_night`), so a night never stays `started` once its runs
 """
 
 import datetime as dt
+from typing import NamedTuple
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
@@ -96,21 +97,61 @@ def batches_landed_by_run(
 ) -> dict[str, dict[str, int]]:
     """Of `batches`, those whose current outcome the run wrote with every user scored: their
     users and assets, by batch key."""
+    landed = batches_landed_by_runs(conn, score_date, batches, [run_id], market_group=market_group)
+    return {
+        key: {"users_success": row.users_success, "assets_scored": row.assets_scored}
+        for key, row in landed.items()
+    }
+
+
+class LandedOutcome(NamedTuple):
+    """A batch's stored outcome, every user scored: its figures and the run that wrote it."""
+
+    users_total: int
+    users_success: int
+    users_skipped: int
+    assets_scored: int
+    duration_ms: int
+    run_id: str
+
+
+def batches_landed_by_runs(
+    conn: Connection,
+    score_date: dt.date,
+    batches: list[str],
+    run_ids: list[str],
+    *,
+    market_group: str = ALL_MARKETS,
+) -> dict[str, LandedOutcome]:
+    """Of `batches`, those whose current outcome one of `run_ids` wrote with every user
+    scored, by batch key."""
+    c = t.scoring_batch_results.c
     rows = conn.execute(
         sa.select(
-            t.scoring_batch_results.c.batch_key,
-            t.scoring_batch_results.c.users_success,
-            t.scoring_batch_results.c.assets_scored,
+            c.batch_key,
+            c.users_total,
+            c.users_success,
+            c.users_skipped,
+            c.assets_scored,
+            c.duration_ms,
+            c.dagster_run_id,
         ).where(
-            t.scoring_batch_results.c.score_date == score_date,
-            t.scoring_batch_results.c.market_group == market_group,
-            t.scoring_batch_results.c.batch_key.in_(batches),
-            t.scoring_batch_results.c.dagster_run_id == run_id,
-            t.scoring_batch_results.c.status == "success",
+            c.score_date == score_date,
+            c.market_group == market_group,
+            c.batch_key.in_(batches),
+            c.dagster_run_id.in_(run_ids),
+            c.status == "success",
         )
     )
     return {
-        str(r.batch_key): {"users_success": r.users_success, "assets_scored": r.assets_scored}
+        str(r.batch_key): LandedOutcome(
+            r.users_total,
+            r.users_success,
+            r.users_skipped,
+            r.assets_scored,
+            r.duration_ms,
+            str(r.dagster_run_id),
+        )
         for r in rows
     }
 
