@@ -445,6 +445,15 @@ _WAITING_ON_ADVISORY_LOCK = (
 _RUN_STATUS = """
 query Status($runId: ID!) { runOrError(runId: $runId) { ... on Run { status } } }
 """
+_FROM_FAILURE = """
+mutation Reexecute($runId: String!) {
+  launchPipelineReexecution(reexecutionParams: {parentRunId: $runId, strategy: FROM_FAILURE}) {
+    __typename
+    ... on LaunchRunSuccess { run { runId } }
+    ... on PythonError { message }
+  }
+}
+"""
 
 
 @pytest.mark.parametrize("policy", ["SAFE_TERMINATE", "MARK_AS_CANCELED_IMMEDIATELY"])
@@ -453,9 +462,11 @@ def test_a_batch_run_terminated_from_the_ui_stops_and_a_retry_scores_it_once(
 ):
     """The UI's Terminate (and its "Force termination immediately") while a batch run waits in
     its write: the run worker stops the run, so it neither lands nor turns SUCCESS after it was
-    marked canceled, and a retry scores its users once. Before, dagster-celery's revoke never
-    reached the worker on the PostgreSQL broker: Terminate did nothing, and a forced one left
-    the run writing while a retry scored the same users again (an operator review)."""
+    marked canceled, and a retry scores its users once: `retry-failed` after the one, the run
+    page's "Re-execute from failure" after the other, which scores the batch the run did not
+    land and keeps the one it did. Before, dagster-celery's revoke never reached the worker on
+    the PostgreSQL broker: Terminate did nothing, and a forced one left the run writing while a
+    retry scored the same users again (an operator review)."""
     engine = clean_db
     _world(engine, services.files, 6)  # b0000: users 1-3, b0001: users 4-6
     api = DagsterApi(services.url)
@@ -507,9 +518,32 @@ def test_a_batch_run_terminated_from_the_ui_stops_and_a_retry_scores_it_once(
     job = wait_for("the night to close", lambda: _closed(engine), timeout=60)
     assert job.status == "partial" and job.users_failed == 3
 
-    out = _retry(services)
-    assert "b0001" in out and "b0000" not in out
+    if policy == "SAFE_TERMINATE":
+        out = _retry(services)
+        assert "b0001" in out and "b0000" not in out
+    else:
+        answer = api.query(_FROM_FAILURE, {"runId": run["runId"]})
+        launched = answer["launchPipelineReexecution"]
+        assert launched["__typename"] == "LaunchRunSuccess", answer
+        wait_for(
+            "the re-execution to succeed",
+            lambda: (
+                (
+                    api.query(_RUN_STATUS, {"runId": launched["run"]["runId"]})["runOrError"][
+                        "status"
+                    ]
+                    == "SUCCESS"
+                )
+                or None
+            ),
+        )
     wait_for("the retried night to complete", lambda: _closed(engine, ("completed",)))
     assert _event_sets(engine) == {_uid(n): [("success", 4)] for n in range(1, 7)}
+    statuses = wait_for(
+        "both partitions materialised",
+        lambda: s if not (s := partition_statuses(api, DATE))["failed"] else None,
+        timeout=60,
+    )
+    assert statuses["materialized"] == {"b0000", "b0001"}
     # The night's last runs (its dashboards) done before the next test empties the tables.
     wait_for("every dashboard warm", lambda: len(_users_warm(engine)) == 6, timeout=60)
