@@ -11,6 +11,8 @@ from sqlalchemy.engine import Connection
 from scoring_pipeline.cli.options import app_engine, parse_date
 from scoring_pipeline.errors import ConfigurationError
 from scoring_pipeline.runtime.dagster_api import DEFAULT_URL
+from scoring_pipeline.store import month_partitions
+from scoring_pipeline.store.month_partitions import Coverage
 from scoring_pipeline.store.night.closing import failed_users
 from scoring_pipeline.store.night.model import (
     ALL_MARKETS,
@@ -83,7 +85,15 @@ def _figure(night: Night, key: str) -> int:
     return int(night.metrics.get(key, 0) or 0)
 
 
-def _overview(nights: list[tuple[Night, Night | None]]) -> list[str]:
+_HISTORY_TABLES = ("score_history", "calculation_events")
+
+
+def _pruned(night: Night, coverage: Coverage) -> list[str]:
+    """The night's history tables whose month `prune` dropped."""
+    return coverage.dropped(night.score_date, _HISTORY_TABLES)
+
+
+def _overview(nights: list[tuple[Night, Night | None]], coverage: Coverage) -> list[str]:
     header = (
         f"{'score date':<11} {'group':<8} {'status':<10} {'users':>7} {'failed':>7} "
         f"{'batches failed':>15}  {'took':>8}  dashboards"
@@ -95,7 +105,9 @@ def _overview(nights: list[tuple[Night, Night | None]]) -> list[str]:
             f"{night.score_date.isoformat():<11} {night.market_group:<8} "
             f"{night.status.value:<10} {_figure(night, 'users_total'):>7} "
             f"{_figure(night, 'users_failed'):>7} {batches:>15}  {_took(night):>8}  "
-            f"{_dashboards(warm)}" + ("  (stale inputs)" if _stale_inputs(night) else "")
+            f"{_dashboards(warm)}"
+            + ("  (stale inputs)" if _stale_inputs(night) else "")
+            + ("  (pruned)" if _pruned(night, coverage) else "")
         )
     return lines
 
@@ -126,7 +138,11 @@ def _prices_line(night: Night) -> list[str]:
 
 
 def _detail(
-    night: Night, warm: Night | None, failed: list[dict[str, Any]], configured: list[str]
+    night: Night,
+    warm: Night | None,
+    failed: list[dict[str, Any]],
+    configured: list[str],
+    coverage: Coverage,
 ) -> list[str]:
     lines = [
         f"score date      {night.score_date}",
@@ -156,6 +172,12 @@ def _detail(
         lines.append(
             f"stale inputs    {' and '.join(stale)}: every provider failed, an earlier "
             "snapshot was reused"
+        )
+    pruned = _pruned(night, coverage)
+    if pruned:
+        lines.append(
+            f"pruned          its month of {' and '.join(pruned)} was dropped (`scoring-pipeline "
+            "prune`): the figures above stand, its calculations can no longer be replayed"
         )
     lines.extend(failed_user_line(failure) for failure in failed[:20])
     # `failed` is the first 100 at most: the night's figure counts them all.
@@ -272,7 +294,8 @@ def cmd_status(args: argparse.Namespace) -> int:
             if not nights:
                 print("no night has been started yet")
                 return 0
-            for line in _overview([(n, _warming(conn, n)) for n in nights]):
+            months = month_partitions.coverage(conn)
+            for line in _overview([(n, _warming(conn, n)) for n in nights], months):
                 print(line)
             return 0
         score_date = parse_date(args.date)
@@ -285,10 +308,11 @@ def cmd_status(args: argparse.Namespace) -> int:
                 f"--date {score_date}{only}` or its snapshots job"
             )
             return 1
+        months = month_partitions.coverage(conn)
         for index, night in enumerate(found):
             failed = failed_users(conn, score_date, market_group=night.market_group)
             if index:
                 print()
-            for line in _detail(night, _warming(conn, night), failed, configured):
+            for line in _detail(night, _warming(conn, night), failed, configured, months):
                 print(line)
     return 0

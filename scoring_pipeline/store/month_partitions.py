@@ -193,3 +193,30 @@ def drop(conn: Connection, doomed: list[Partition]) -> None:
     for p in doomed:
         conn.execute(sa.text(f'ALTER TABLE {p.table} DETACH PARTITION "{p.name}"'))
         conn.execute(sa.text(f'DROP TABLE "{p.name}"'))
+
+
+@dataclass(frozen=True)
+class Coverage:
+    """Which days the partitioned tables can hold: their month partitions, and the tables with
+    a DEFAULT partition (which takes any day)."""
+
+    months: tuple[Partition, ...]
+    with_default: frozenset[str]
+
+    def dropped(self, day: dt.date, tables: tuple[str, ...] = PARTITIONED_TABLES) -> list[str]:
+        """Of `tables`, those with no partition for `day`: its month was pruned (or never
+        made), so none of the day's rows are there."""
+        covered = {p.table for p in self.months if p.start <= day < p.end}
+        return [t for t in tables if t not in covered and t not in self.with_default]
+
+
+def coverage(conn: Connection) -> Coverage:
+    defaults = conn.execute(
+        sa.text(
+            "SELECT c.relname FROM pg_partitioned_table pt JOIN pg_class c ON c.oid = pt.partrelid "
+            "WHERE pt.partdefid <> 0 AND c.relname = ANY(:t) "
+            "AND c.relnamespace = to_regnamespace(current_schema())"
+        ),
+        {"t": list(PARTITIONED_TABLES)},
+    ).scalars()
+    return Coverage(tuple(partitions(conn)), frozenset(str(d) for d in defaults))

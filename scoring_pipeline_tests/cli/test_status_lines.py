@@ -4,10 +4,19 @@ the count of failed users beyond those it lists."""
 import datetime as dt
 
 from scoring_pipeline.cli.status import _detail, _overview
+from scoring_pipeline.store.month_partitions import Coverage, Partition
 from scoring_pipeline.store.night.model import Night, NightStatus
 
 DAY = dt.date(2026, 12, 3)
 STARTED = dt.datetime(2026, 12, 3, 4, 0, tzinfo=dt.UTC)
+DECEMBER = (dt.date(2026, 12, 1), dt.date(2027, 1, 1))
+KEPT = Coverage(
+    tuple(
+        Partition(table, f"{table}_2026_12", *DECEMBER, rows=1, bytes=8192)
+        for table in ("score_history", "calculation_events", "score_metric_values")
+    ),
+    frozenset(),
+)
 
 
 def _night(status: NightStatus, **metrics: object) -> Night:
@@ -36,7 +45,7 @@ def test_a_night_scored_on_stale_inputs_says_so_and_what_to_run():
         prices_unpriced_symbols=["EU0090.EU"],
     )
 
-    lines = _detail(night, None, [], ["all"])
+    lines = _detail(night, None, [], ["all"], KEPT)
 
     assert (
         "stale inputs    rates and prices: every provider failed, an earlier snapshot was "
@@ -47,10 +56,10 @@ def test_a_night_scored_on_stale_inputs_says_so_and_what_to_run():
         "--refresh` fetches the inputs again and re-scores the night"
     )
     assert any(line.startswith("prices          1 of 296 needed symbols") for line in lines)
-    assert _overview([(night, None)])[1].endswith("not warmed yet  (stale inputs)")
+    assert _overview([(night, None)], KEPT)[1].endswith("not warmed yet  (stale inputs)")
     fresh = _night(NightStatus.COMPLETED)
-    assert not any("stale" in line for line in _detail(fresh, None, [], ["all"]))
-    assert not _overview([(fresh, None)])[1].endswith("(stale inputs)")
+    assert not any("stale" in line for line in _detail(fresh, None, [], ["all"], KEPT))
+    assert not _overview([(fresh, None)], KEPT)[1].endswith("(stale inputs)")
 
 
 def test_failed_users_beyond_those_listed_are_counted_from_the_nights_figure():
@@ -60,7 +69,31 @@ def test_failed_users_beyond_those_listed_are_counted_from_the_nights_figure():
         for n in range(100)  # what `failed_users` returns at most
     ]
 
-    lines = _detail(night, None, failed, ["all"])
+    lines = _detail(night, None, failed, ["all"], KEPT)
 
     assert sum(line.startswith("  failed user ") for line in lines) == 20
     assert "  … and 130 more (every one in scoring_batch_results.failed_users of the date)" in lines
+
+
+def test_a_night_whose_month_was_pruned_says_its_calculations_are_gone():
+    night = _night(NightStatus.COMPLETED)
+    events_only = Coverage(
+        tuple(p for p in KEPT.months if p.table == "calculation_events"), frozenset()
+    )
+    for coverage, dropped in (
+        (Coverage((), frozenset()), "score_history and calculation_events"),
+        (events_only, "score_history"),
+    ):
+        lines = _detail(night, None, [], ["all"], coverage)
+        assert (
+            f"pruned          its month of {dropped} was dropped (`scoring-pipeline prune`): "
+            "the figures above stand, its calculations can no longer be replayed"
+        ) in lines
+        assert _overview([(night, None)], coverage)[1].endswith("not warmed yet  (pruned)")
+    # A DEFAULT partition takes any day: nothing was dropped.
+    defaults = Coverage((), frozenset({"score_history", "calculation_events"}))
+    assert not any(
+        line.startswith("pruned") for line in _detail(night, None, [], ["all"], defaults)
+    )
+    assert not any(line.startswith("pruned") for line in _detail(night, None, [], ["all"], KEPT))
+    assert not _overview([(night, None)], KEPT)[1].endswith("(pruned)")

@@ -447,12 +447,14 @@ def test_an_answer_without_any_of_the_groups_own_instruments_is_not_usable(
     assert "EU_IND" in night.error_details["message"], night.error_details
     assert rows(engine, "SELECT symbol FROM price_snapshots") == []
     from scoring_pipeline.cli.status import _detail
+    from scoring_pipeline.store.month_partitions import coverage
     from scoring_pipeline.store.night.model import find_night
 
     with engine.connect() as conn:
         failed = find_night(conn, dt.date.fromisoformat(DATE), market_group="eu")
+        months = coverage(conn)
     assert failed is not None
-    lines = _detail(failed, None, [], ["us", "br", "eu"])
+    lines = _detail(failed, None, [], ["us", "br", "eu"], months)
     assert "batches         1 (none scored: the night failed before its batches)" in lines
     assert any(
         line.startswith("error           stage prices: every prices provider failed")

@@ -243,6 +243,19 @@ def test_prune_lists_then_drops_whole_old_months_only_with_yes(world, dagster_in
     with world.connect() as conn:
         left = {p.name for p in partitions(conn)}
     assert not {n for n in left if n.endswith(("2025_06", "2025_07"))}
+    # `status` says which nights lost their history, in the list and in the detail.
+    overview = run(cli_env, "status").stdout.splitlines()
+    assert [line.endswith("(pruned)") for line in overview if line.startswith("2025-")] == [
+        False,  # 2025-08-20, newest first
+        True,
+    ], overview
+    detail = run(cli_env, "status", "--date", "2025-06-12").stdout
+    assert (
+        "pruned          its month of score_history and calculation_events was dropped "
+        "(`scoring-pipeline prune`): the figures above stand, its calculations can no longer "
+        "be replayed"
+    ) in detail, detail
+    assert "pruned" not in run(cli_env, "status", "--date", "2025-08-20").stdout
 
     again = run(cli_env, "prune", "--before", "2025-08-01", "--yes").stdout
     assert "nothing to prune" in again
