@@ -71,6 +71,10 @@ class ProviderError(ScoringPipelineError):
     def __init__(self, message: str, *, provider: str) -> None:
         super().__init__(f"{provider}: {message}")
         self.provider = provider
+        # An answer refused only for one rejected value (over the rejected share of a small
+        # answer): the snapshot's last resort when neither a fallback nor a recent snapshot
+        # can stand in, since one bad value never fails a night (SPEC §8). Set by the chain.
+        self.last_resort: object | None = None
 
 
 class ProviderUnavailableError(ProviderError):

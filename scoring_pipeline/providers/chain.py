@@ -3,7 +3,8 @@
 One class serves rates and prices alike. An answer counts only when it is usable as a whole: a
 ProviderError, or an answer with more than ``max_rejected_fraction`` of its values rejected
 (SPEC §8), moves on to the next provider. When every provider fails, a single provider's own
-error is raised, or ProviderUnavailableError naming each provider and its error. Other
+error is raised, or ProviderUnavailableError naming each provider and its error; either carries,
+as its `last_resort`, the first answer refused only for a single rejected value. Other
 exceptions (bugs) are not swallowed. The result's ``source`` is the provider that answered.
 """
 
@@ -33,17 +34,29 @@ _R = TypeVar("_R", RatesSnapshot, PricesResult)
 
 def check_rejected_share(result: RatesSnapshot | PricesResult, *, max_fraction: Decimal) -> None:
     """Raise ProviderPayloadError when more than ``max_fraction`` of the values given were
-    rejected (values not returned at all do not count)."""
+    rejected (values not returned at all do not count). An answer refused for a single
+    rejected value (an answer of fewer than 1 / max_fraction values) is the error's
+    `last_resort`: stored if nothing else can stand in for it (unless `max_fraction` is 0)."""
     rejected = len(result.rejected)
     total = rejected + result.accepted_count
     if rejected and Decimal(rejected) > max_fraction * total:
         what = "rates" if isinstance(result, RatesSnapshot) else "prices"
         first = "; ".join(value.detail for value in list(result.rejected.values())[:3])
-        raise ProviderPayloadError(
+        error = ProviderPayloadError(
             f"{rejected} of {total} {what} rejected, more than the {max_fraction} allowed "
             f"(PROVIDER_MAX_REJECTED_FRACTION): {first}",
             provider=result.source,
         )
+        if rejected == 1 and max_fraction > 0:  # 0: an operator who tolerates no rejection
+            error.last_resort = result
+        raise error
+
+
+def last_resort(error: ProviderError, kind: type[_R]) -> _R | None:
+    """The answer of `error`'s providers that was refused only for one rejected value, if any
+    (`check_rejected_share`)."""
+    answer = error.last_resort
+    return answer if isinstance(answer, kind) else None
 
 
 def check_answered(
@@ -166,9 +179,10 @@ class ProviderChain(Generic[_P]):
         described = "; ".join(
             f"{role} {name} ({error})" for role, (name, error) in zip(roles, errors, strict=True)
         )
-        raise ProviderUnavailableError(
-            f"every provider failed: {described}", provider=self.name
-        ) from errors[-1][1]
+        failed = ProviderUnavailableError(f"every provider failed: {described}", provider=self.name)
+        # The first provider's answer with one bad value, as every answer would be: in order.
+        failed.last_resort = next((e.last_resort for _, e in errors if e.last_resort), None)
+        raise failed from errors[-1][1]
 
     def close(self) -> None:
         """Close every provider, even when one of them fails to close."""

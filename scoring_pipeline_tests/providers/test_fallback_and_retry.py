@@ -18,11 +18,11 @@ from scoring_pipeline.errors import (
     ProviderPayloadError,
     ProviderUnavailableError,
 )
-from scoring_pipeline.providers.chain import ProviderChain
+from scoring_pipeline.providers.chain import ProviderChain, last_resort
 from scoring_pipeline.providers.files import FilePricesProvider, FileRatesProvider
 from scoring_pipeline.providers.frankfurter import FrankfurterRatesProvider
 from scoring_pipeline.providers.http import HttpSettings, ProviderHttpClient
-from scoring_pipeline.providers.models import RequiredSymbols
+from scoring_pipeline.providers.models import PricesResult, RatesSnapshot, RequiredSymbols
 from scoring_pipeline.providers.redaction import redact
 from scoring_pipeline.providers.values import Rejection
 from scoring_pipeline.providers.yahoo import YahooPricesProvider
@@ -550,3 +550,45 @@ def test_an_answer_pricing_none_of_the_required_symbols_is_not_usable(tmp_path):
             asked=5,
             required=RequiredSymbols(symbols=frozenset({"SIE"}), what="instruments of EU_IND"),
         )
+
+
+def _three_rates_one_bad() -> dict[str, object]:
+    return {"base": "USD", "date": "2026-11-27", "rates": {"EUR": 0.9, "GBP": -1, "JPY": 150}}
+
+
+def test_one_bad_value_of_a_small_answer_goes_to_the_fallback(loopback, reply, rates, tmp_path):
+    """1 of 3 is over the 0.2 share: the fallback is asked, as SPEC §8 says."""
+    loopback.script(LATEST, reply(200, _three_rates_one_bad()))
+    path = tmp_path / "rates.json"
+    path.write_text('{"base":"USD","date":"2026-11-26","rates":{"EUR":0.95,"GBP":0.8}}')
+
+    assert _rates_of(_chain(rates, FileRatesProvider(path=path)), ["EUR", "GBP"]).source == "file"
+
+
+def test_every_provider_failing_keeps_the_answer_refused_for_one_value_as_last_resort(
+    loopback, reply, rates, tmp_path
+):
+    """The chain's error carries the primary's answer refused only for its one rejected value
+    (the snapshot uses it when no recent snapshot can stand in); never an answer with two
+    rejected values, nor one refused under a share of 0 (no rejection tolerated)."""
+    loopback.script(LATEST, reply(200, _three_rates_one_bad()))
+    absent = FileRatesProvider(path=tmp_path / "absent.json")
+
+    with pytest.raises(ProviderUnavailableError) as caught:
+        _rates_of(_chain(rates, absent), ["EUR", "GBP", "JPY"])
+
+    answer = last_resort(caught.value, RatesSnapshot)
+    assert answer is not None and answer.source == "frankfurter"
+    assert answer.rates == {"EUR": Decimal("0.9"), "JPY": Decimal(150), "USD": Decimal(1)}
+    assert set(answer.rejected) == {"GBP"}
+    assert last_resort(caught.value, PricesResult) is None  # not an answer of that kind
+
+    loopback.script(LATEST, reply(200, _three_rates_one_bad()))
+    with pytest.raises(ProviderPayloadError) as strict:
+        _rates_of(_chain(rates, max_rejected_fraction=Decimal(0)), ["EUR", "GBP", "JPY"])
+    assert strict.value.last_resort is None
+
+    loopback.script(LATEST, reply(200, _five_rates(2)))
+    with pytest.raises(ProviderPayloadError) as two:
+        _rates_of(_chain(rates), ["EUR", "GBP", "JPY", "CHF", "BRL"])
+    assert two.value.last_resort is None

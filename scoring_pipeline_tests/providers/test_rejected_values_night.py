@@ -280,3 +280,79 @@ def test_rates_dated_long_before_the_score_date_are_not_the_dates(
         "is 10)" in night.error_details["message"]
     )
     assert rows(world, "SELECT * FROM exchange_rate_snapshots") == []
+
+
+def test_one_bad_rate_of_a_small_answer_never_fails_the_night(
+    world, dagster_instance, tmp_path, monkeypatch
+):
+    """1 of 2 rates rejected is over the default 0.2 share, so the answer is a provider failure
+    (SPEC §8): the fallback, then a recent snapshot. With neither, the answer is used with the
+    bad rate missing, since one bad value never fails a night (a provider review: the first
+    night of a deployment with two currencies failed on one NaN)."""
+    fine = f.user(
+        world,
+        base_currency="EUR",
+        holdings=[("CCC", "EUR")],
+        criteria=[("EU_IND", "stock", [f.rule("revenue", "gt", "10", 10)])],
+    )
+    f.user(  # needs the rate of JPY
+        world,
+        base_currency="JPY",
+        holdings=[("CCC", "EUR")],
+        criteria=[("EU_IND", "stock", [f.rule("revenue", "gt", "10", 10)])],
+    )
+    env = f.provider_files(
+        tmp_path / "rates", rates={"EUR": "0.5", "JPY": "NaN"}, prices={"CCC": ("10", "EUR")}
+    )
+    monkeypatch.setenv("RATES_FILE", env["RATES_FILE"])
+
+    result = snapshots(dagster_instance)
+
+    assert result.success
+    stored = rows(
+        world,
+        "SELECT quote_currency, rate, missing_reason, is_stale FROM exchange_rate_snapshots "
+        "WHERE score_date = :d ORDER BY 1",
+        d=DATE,
+    )
+    assert [tuple(r) for r in stored] == [
+        ("EUR", Decimal("0.5"), None, False),
+        ("JPY", None, "nan", False),
+        ("USD", Decimal(1), None, False),
+    ]
+    metadata = _metadata(result, "exchange_rates")
+    assert metadata["last_resort"] is True and metadata["rejected_values"] == {"JPY": "nan"}
+    assert "1 of 2 rates rejected, more than the 0.2 allowed" in str(metadata["provider_error"])
+    assert not batch(dagster_instance).success  # the JPY user failed, the other is scored
+    (scored,) = rows(world, "SELECT DISTINCT user_id::text AS u FROM asset_scores")
+    assert scored.u == fine
+
+
+def test_one_bad_quote_of_a_small_answer_goes_to_a_recent_snapshot_first(
+    world, dagster_instance, loopback, reply, monkeypatch
+):
+    """SPEC §8's order holds: an answer refused for its share of rejected values is replaced
+    by a recent snapshot when there is one; the answer with its one bad quote is the last
+    resort, used only with none."""
+    f.user(world, holdings=[("AAA", "USD")], criteria=[("US_TECH", "stock", rules())])
+    _use_yahoo(monkeypatch, loopback)  # the default share: 0.2
+    one_bad = {"quoteResponse": {"result": [mw.quote("AAA", 30), mw.quote("BBB", "abc")]}}
+    loopback.script(QUOTE, reply(200, one_bad))
+
+    first = snapshots(dagster_instance)
+
+    assert first.success
+    metadata = _metadata(first, "prices")
+    assert metadata["last_resort"] is True and metadata["rejected_values"] == {"BBB": "not_numeric"}
+    stored = _stored_prices(world)
+    assert stored["AAA"].close == Decimal(30) and stored["BBB"].missing_reason == "not_numeric"
+
+    # The next day, the same answer: the day before's snapshot (fresh) is reused, stale.
+    next_day = "2026-11-28"
+    later = {**one_bad}
+    loopback.script(QUOTE, reply(200, later))
+    again = snapshots(dagster_instance, partition_key=next_day)
+    assert again.success
+    metadata = _metadata(again, "prices")
+    assert metadata["is_stale"] is True and metadata["stale_from"] == DATE
+    assert "last_resort" not in metadata

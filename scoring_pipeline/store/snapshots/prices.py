@@ -23,7 +23,7 @@ from scoring_pipeline.store.snapshots.rejections import (
     logger,
     stored_rejections,
 )
-from scoring_pipeline.store.snapshots.reuse import has_snapshot, stale_or_raise
+from scoring_pipeline.store.snapshots.reuse import has_snapshot, stale_or_last_resort
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,21 +198,26 @@ def snapshot_prices(
             "symbols": 0,
             **_unpriced(conn, score_date),  # none: the date's rows are deleted
         }
+    resort: dict[str, Any] = {}
     try:
         result = provider.fetch_prices(
             symbols=symbols, currencies=instrument_currencies(conn, symbols), as_of=score_date
         )
     except ProviderError as exc:
-        reuse = stale_or_raise(conn, table, score_date, max_age_days, exc, "prices")
-        reused = conn.execute(
-            sa.select(sa.func.count()).where(table.c.score_date == score_date)
-        ).scalar_one()
-        return {
-            **reuse,
-            "symbols": reused,  # status: "N of <symbols> needed symbols without a price"
-            **_unpriced(conn, score_date),
-            **stored_rejections(conn, table, score_date, "symbol"),
-        }
+        reuse = stale_or_last_resort(
+            conn, table, score_date, max_age_days, exc, "prices", PricesResult
+        )
+        if not isinstance(reuse, PricesResult):
+            reused = conn.execute(
+                sa.select(sa.func.count()).where(table.c.score_date == score_date)
+            ).scalar_one()
+            return {
+                **reuse,
+                "symbols": reused,  # status: "N of <symbols> needed symbols without a price"
+                **_unpriced(conn, score_date),
+                **stored_rejections(conn, table, score_date, "symbol"),
+            }
+        result, resort = reuse, {"last_resort": True, "provider_error": str(exc)}
     counts = store_prices(conn, score_date, symbols, result, fetched_at=_now())
     _warn_not_returned(score_date, result, len(symbols))
     return {
@@ -224,6 +229,7 @@ def snapshot_prices(
         **counts,
         **_unpriced(conn, score_date),
         **fetched_rejections(result.rejected, "prices", score_date),
+        **resort,
     }
 
 
@@ -290,18 +296,21 @@ def _snapshot_group_prices(
             as_of=score_date,
         )
     except ProviderError as exc:
-        stale = stale_or_raise(
+        stale = stale_or_last_resort(
             conn,
             t.price_snapshots,
             score_date,
             max_age_days,
             exc,
             "prices",
+            PricesResult,
             symbols=wanted,
             priced=sorted(own),
             of=f"instruments of {', '.join(markets)}" if own else None,
         )
-        return {**stale, **figures, **_unpriced(conn, score_date, symbols)}
+        if not isinstance(stale, PricesResult):
+            return {**stale, **figures, **_unpriced(conn, score_date, symbols)}
+        result, figures = stale, {**figures, "last_resort": True, "provider_error": str(exc)}
     counts = store_prices(conn, score_date, wanted, result, fetched_at=_now(), only_these=True)
     _warn_not_returned(score_date, result, len(wanted))
     return {

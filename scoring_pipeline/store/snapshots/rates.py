@@ -18,7 +18,7 @@ from scoring_pipeline.store.snapshots.rejections import (
     logger,
     stored_rejections,
 )
-from scoring_pipeline.store.snapshots.reuse import has_snapshot, stale_or_raise
+from scoring_pipeline.store.snapshots.reuse import has_snapshot, stale_or_last_resort
 
 USD = "USD"
 
@@ -132,14 +132,20 @@ def snapshot_rates(
             **stored_rejections(conn, table, score_date, "quote_currency"),
         }
     currencies = needed_currencies(conn)
+    resort: dict[str, Any] = {}
     try:
         snapshot = provider.fetch_usd_rates(currencies=currencies, as_of=score_date)
     except ProviderError as exc:
-        return {
-            **stale_or_raise(conn, table, score_date, max_age_days, exc, "rates"),
-            "currencies": len(load_rates(conn, score_date)),
-            **stored_rejections(conn, table, score_date, "quote_currency"),
-        }
+        reused = stale_or_last_resort(
+            conn, table, score_date, max_age_days, exc, "rates", RatesSnapshot
+        )
+        if not isinstance(reused, RatesSnapshot):
+            return {
+                **reused,
+                "currencies": len(load_rates(conn, score_date)),
+                **stored_rejections(conn, table, score_date, "quote_currency"),
+            }
+        snapshot, resort = reused, {"last_resort": True, "provider_error": str(exc)}
     count = store_rates(conn, score_date, snapshot, fetched_at=_now())
     missing = sorted(set(currencies) - set(snapshot.rates) - set(snapshot.rejected))
     if missing:
@@ -162,4 +168,5 @@ def snapshot_rates(
         "rate_date": snapshot.rate_date.isoformat(),
         "missing_currencies": missing,
         **fetched_rejections(snapshot.rejected, "rates", score_date),
+        **resort,
     }

@@ -5,13 +5,20 @@ Shared by the rates and prices snapshots (and the membership's lock), whichever 
 """
 
 import datetime as dt
+import logging
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from scoring_pipeline.errors import SnapshotUnavailableError
+from scoring_pipeline.errors import ProviderError, SnapshotUnavailableError
+from scoring_pipeline.providers.chain import last_resort
+from scoring_pipeline.providers.models import PricesResult, RatesSnapshot
+
+logger = logging.getLogger("scoring_pipeline.snapshots")
+
+_R = TypeVar("_R", RatesSnapshot, PricesResult)
 
 
 def lock_snapshot(conn: Connection, score_date: dt.date, what: str) -> None:
@@ -114,3 +121,37 @@ def stale_or_raise(
         "stale_from": reused.isoformat(),
         "provider_error": str(error),
     }
+
+
+def stale_or_last_resort(
+    conn: Connection,
+    table: sa.Table,
+    score_date: dt.date,
+    max_age_days: int,
+    error: ProviderError,
+    what: str,
+    kind: type[_R],
+    **reuse: Any,
+) -> dict[str, Any] | _R:
+    """`stale_or_raise`; but with no recent snapshot to reuse, the providers' answer refused
+    only for one rejected value (`chain.last_resort`: a small answer, where one value is over
+    PROVIDER_MAX_REJECTED_FRACTION) is returned, to be stored as the date's answer with that
+    value missing: one bad value never fails a night (SPEC §8)."""
+    try:
+        return stale_or_raise(conn, table, score_date, max_age_days, error, what, **reuse)
+    except SnapshotUnavailableError:
+        answer = last_resort(error, kind)
+        if answer is None:
+            raise
+    logger.warning(
+        "every %s provider failed for %s (%s) and no %s snapshot of the last %d days exists to "
+        "reuse: %s's answer is used, its one rejected value stored as missing (one bad value "
+        "never fails a night)",
+        what,
+        score_date,
+        error,
+        what,
+        max_age_days,
+        answer.source,
+    )
+    return answer
