@@ -115,10 +115,35 @@ def _print_prune_plan(
         print("Dagster's `scores` partitions of nights in those months (or pruned before):")
     for name, keys in stale.items():
         if keys:
-            print(
-                f"  group {name}: {_count(len(keys), 'batch', 'batches')} of the nights "
-                f"{min(keys)[:10]} .. {max(keys)[:10]}"
+            oldest, newest = min(keys)[:10], max(keys)[:10]
+            nights = (
+                f"the night {oldest}" if oldest == newest else f"the nights {oldest} .. {newest}"
             )
+            print(f"  group {name}: {_count(len(keys), 'batch', 'batches')} of {nights}")
+
+
+def _print_current_scores_losing_history(conn: "Connection", doomed: list["Partition"]) -> None:
+    """Current scores dated in a month whose history goes: they still show (with their metric
+    values, which are kept), but their calculations can no longer be replayed."""
+    import sqlalchemy as sa
+
+    months = [p for p in doomed if p.table == "calculation_events"]
+    if not months:
+        return
+    dated = " OR ".join(f"(score_date >= :s{i} AND score_date < :e{i})" for i in range(len(months)))
+    params = {k: v for i, p in enumerate(months) for k, v in ((f"s{i}", p.start), (f"e{i}", p.end))}
+    found = conn.execute(
+        sa.text(
+            f"SELECT count(*) AS n, count(DISTINCT user_id) AS u FROM asset_scores WHERE {dated}"
+        ),
+        params,
+    ).one()
+    if found.n:
+        print(
+            f"{_count(found.n, 'current score', 'current scores')} of "
+            f"{_count(found.u, 'user', 'users')} are dated in those months (not scored since): "
+            "they keep showing, but their calculations can no longer be replayed"
+        )
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
@@ -134,7 +159,8 @@ def cmd_prune(args: argparse.Namespace) -> int:
     today = dt.datetime.now(dt.UTC).date()
     if before > today:
         raise ConfigurationError(
-            f"--before {before} is after today ({today}): it would drop this month's partitions"
+            f"--before {before} is after today ({today}): give today or an earlier date (prune "
+            "drops the whole months before it)"
         )
     engine = app_engine()  # prepares the environment the groups and the instance read
     configured = market_groups()
@@ -162,8 +188,12 @@ def cmd_prune(args: argparse.Namespace) -> int:
             }
             _print_prune_plan(before, [counted(conn, p) for p in doomed], kept, stale)
             if not doomed and not any(stale.values()):
-                print(f"nothing to prune: no month partition holds only days before {before}")
+                other = " other" if kept else ""
+                print(
+                    f"nothing to prune: no{other} month partition holds only days before {before}"
+                )
                 return 0
+            _print_current_scores_losing_history(conn, doomed)
             if not args.yes:
                 print("nothing dropped: run again with --yes to detach and drop them")
                 return 0

@@ -110,6 +110,7 @@ def _retry_group(
     found: no night, a night failed before scoring, or one retried (or with nothing to retry)."""
     from scoring_pipeline.defs.batches_in_flight import partitions_being_scored
     from scoring_pipeline.defs.partitions import scores_partition_key, scores_partitions_name
+    from scoring_pipeline.store.month_partitions import coverage
     from scoring_pipeline.store.night.model import find_night
     from scoring_pipeline.store.night.outcomes import batches_to_retry, failed_before_scoring
 
@@ -127,6 +128,17 @@ def _retry_group(
             f"nothing to retry in group {group.name}: the night of {score_date} "
             f"failed before scoring (stage {details.get('stage')}: "
             f"{details.get('message')}); once that is fixed, start it again with "
+            f"`scoring-pipeline score --date {score_date}{only}`"
+        )
+        return _UNSCORED
+    pruned = coverage(conn).dropped(score_date, ("score_history", "calculation_events"))
+    if pruned:
+        # Its history and events are gone: a retry would write its month back for a part of
+        # the night only (and register its batches in Dagster again).
+        only = "" if groups == 1 else f" --group {group.name}"
+        print(
+            f"nothing to retry in group {group.name}: the night of {score_date} was pruned (its "
+            f"month of {' and '.join(pruned)} was dropped); to score the date anew, "
             f"`scoring-pipeline score --date {score_date}{only}`"
         )
         return _UNSCORED

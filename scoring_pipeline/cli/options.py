@@ -48,12 +48,12 @@ _DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 def parse_date(text: str, option: str = "--date") -> dt.date:
     """A calendar date written YYYY-MM-DD (`fromisoformat` alone also takes 20261204 and
     2026-W49-5, which an operator most likely did not mean)."""
+    if not _DATE.fullmatch(text):
+        raise ConfigurationError(f"{option} must be YYYY-MM-DD, got {text!r}")
     try:
-        if not _DATE.fullmatch(text):
-            raise ValueError(text)
         return dt.date.fromisoformat(text)
-    except ValueError:
-        raise ConfigurationError(f"{option} must be YYYY-MM-DD, got {text!r}") from None
+    except ValueError as exc:  # 2026-11-31: the form is right, the day does not exist
+        raise ConfigurationError(f"{option} {text} is not a date ({exc})") from None
 
 
 def chosen_groups(args: argparse.Namespace) -> "list[MarketGroup]":

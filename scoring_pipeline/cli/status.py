@@ -187,7 +187,13 @@ def _detail(
             f"  … and {failed_in_all - 20} more (every one in "
             "scoring_batch_results.failed_users of the date)"
         )
-    if night.status in (NightStatus.PARTIAL, NightStatus.FAILED) and failed:
+    if pruned and night.status is not NightStatus.COMPLETED and night.market_group in configured:
+        lines.append(
+            "next            its batches cannot be retried (a retry would write back part of "
+            f"a pruned month); to score the date anew, `scoring-pipeline score --date "
+            f"{night.score_date}{_group_option(night)}`"
+        )
+    elif night.status in (NightStatus.PARTIAL, NightStatus.FAILED) and failed:
         lines.append(f"next            {_next_step(night, configured, failed)}")
     elif stale and night.status is NightStatus.COMPLETED and night.market_group in configured:
         lines.append(

@@ -88,12 +88,21 @@ class PendingWarm:
         )
 
 
+# The date's month of calculation_events exists (as `month_partitions` names them), or the table
+# takes any date (a DEFAULT partition).
+_MONTH_KEPT = (
+    "(to_regclass(format('calculation_events_%s', to_char(r.score_date, 'YYYY_MM'))) IS NOT NULL "
+    "OR EXISTS (SELECT 1 FROM pg_partitioned_table pt WHERE pt.partdefid <> 0 "
+    "AND pt.partrelid = to_regclass('calculation_events')))"
+)
+
+
 def pending_batches(
     conn: Connection, limit: int = 200, taken: frozenset[str] = frozenset()
 ) -> PendingWarm:
     """Batch outcomes with successful users that are not warmed at their latest sequence
-    (those whose `token` is in `taken`, a warm run's already, left out); a night is closed when
-    its scoring row is no longer `started` (or it has none)."""
+    (those whose `token` is in `taken`, a warm run's already, left out; those of a pruned month
+    too); a night is closed when its scoring row is no longer `started` (or it has none)."""
     rows = conn.execute(
         sa.text(
             "SELECT r.score_date, r.market_group, r.batch_key, r.outcome_seq, "
@@ -103,6 +112,8 @@ def pending_batches(
             "ON n.job_type = 'scoring' AND n.score_date = r.score_date "
             "AND n.market_group = r.market_group "
             "WHERE r.users_success > 0 AND (r.warmed_seq IS NULL OR r.warmed_seq < r.outcome_seq) "
+            # Not a night whose month `prune` dropped: warming it would write the month back.
+            f"AND {_MONTH_KEPT} "
             "ORDER BY r.outcome_seq LIMIT :n"
         ),
         {"n": limit + len(taken)},

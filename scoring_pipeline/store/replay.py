@@ -11,6 +11,7 @@ from sqlalchemy.engine import Connection
 
 from scoring_pipeline.engine.replay import ReplayResult, replay_events
 from scoring_pipeline.errors import ReplayError
+from scoring_pipeline.store.month_partitions import coverage
 
 
 def replay(conn: Connection, correlation_id: str) -> ReplayResult:
@@ -19,6 +20,8 @@ def replay(conn: Connection, correlation_id: str) -> ReplayResult:
     them: its current scores (unless a later night replaced them) and its history rows (unless
     their month was pruned)."""
     events = _events(conn, correlation_id)
+    if not events:
+        _refuse_pruned(conn, correlation_id)
     result = replay_events(correlation_id, events)
     score_date = (events.get("CALC_STARTED") or {}).get("scoreDate")
     if result.user_id is None or score_date is None:
@@ -44,6 +47,25 @@ def replay(conn: Connection, correlation_id: str) -> ReplayResult:
     everything = result.differences + differences
     return replace(
         result, differences=everything, reproduced=not everything, stored_breakdowns=compared
+    )
+
+
+def _refuse_pruned(conn: Connection, correlation_id: str) -> None:
+    """A calculation with no event left whose current scores still show it: its month was
+    pruned (only a clear error for an id an operator read off `asset_scores`)."""
+    shown = conn.execute(
+        sa.text(
+            "SELECT user_id::text AS u, score_date, count(*) AS n FROM asset_scores "
+            "WHERE correlation_id = CAST(:c AS uuid) GROUP BY 1, 2 LIMIT 1"
+        ),
+        {"c": correlation_id},
+    ).first()
+    if shown is None or not coverage(conn).dropped(shown.score_date, ("calculation_events",)):
+        return
+    raise ReplayError(
+        f"the events of calculation {correlation_id} (user {shown.u}, {shown.score_date}) were "
+        f"pruned with their month (`scoring-pipeline prune`): it can no longer be replayed; its "
+        f"{shown.n} current scores still show"
     )
 
 

@@ -97,3 +97,16 @@ def test_a_night_whose_month_was_pruned_says_its_calculations_are_gone():
     )
     assert not any(line.startswith("pruned") for line in _detail(night, None, [], ["all"], KEPT))
     assert not _overview([(night, None)], KEPT)[1].endswith("(pruned)")
+
+
+def test_a_pruned_night_with_failed_users_is_scored_anew_not_retried():
+    night = _night(NightStatus.PARTIAL, users_failed=1, batches_failed=1)
+    failed = [{"userId": "u1", "batch": "b0001", "stage": "criteria_validation", "error": {}}]
+
+    lines = _detail(night, None, failed, ["all"], Coverage((), frozenset()))
+
+    assert lines[-1] == (
+        "next            its batches cannot be retried (a retry would write back part of a "
+        "pruned month); to score the date anew, `scoring-pipeline score --date 2026-12-03`"
+    )
+    assert "retry-failed" in _detail(night, None, failed, ["all"], KEPT)[-1]

@@ -12,6 +12,7 @@ import sqlalchemy as sa
 
 from scoring_pipeline.defs.partitions import SCORES_PARTITIONS_NAME as PARTITIONS
 from scoring_pipeline.store import db
+from scoring_pipeline.store.dashboard_cache import pending_batches
 from scoring_pipeline.store.month_partitions import (
     PARTITIONED_TABLES,
     ensure_partitions,
@@ -229,7 +230,9 @@ def test_prune_lists_then_drops_whole_old_months_only_with_yes(world, dagster_in
     assert " 0 rows " in july or " ~0 rows " in july
     # Dagster's partitions of the pruned nights are listed too, and go with them.
     assert "Dagster's `scores` partitions of nights in those months" in listed
-    assert "group all: 1 batch of the nights 2025-06-12 .. 2025-06-12" in listed
+    assert "group all: 1 batch of the night 2025-06-12" in listed
+    # The user's current scores are August's: none is dated in the months that go.
+    assert "current score" not in listed
     assert "nothing dropped: run again with --yes" in listed
     assert [r.d for r in rows(world, history)] == ["2025-06-12", "2025-08-20"]
     assert night_keys("2025-06-12")
@@ -256,6 +259,19 @@ def test_prune_lists_then_drops_whole_old_months_only_with_yes(world, dagster_in
         "be replayed"
     ) in detail, detail
     assert "pruned" not in run(cli_env, "status", "--date", "2025-08-20").stdout
+    # Its batch is not warmed any more (a warm run would write its month back, a review
+    # found), nor retried; the kept night's is still to warm.
+    with world.connect() as conn:
+        pending = {str(b.score_date) for b in pending_batches(conn).batches}
+    assert pending == {"2025-08-20"}
+    retried = run(cli_env, "retry-failed", "--date", "2025-06-12", check=False)
+    assert retried.returncode == 1
+    assert retried.stdout.startswith(
+        "nothing to retry in group all: the night of 2025-06-12 was pruned (its month of "
+        "score_history and calculation_events was dropped); to score the date anew, "
+        "`scoring-pipeline score --date 2025-06-12`"
+    ), retried.stdout
+    assert not night_keys("2025-06-12")
 
     again = run(cli_env, "prune", "--before", "2025-08-01", "--yes").stdout
     assert "nothing to prune" in again
@@ -279,7 +295,7 @@ def test_prune_lists_then_drops_whole_old_months_only_with_yes(world, dagster_in
     dagster_instance.add_dynamic_partitions(former, keys)
     try:
         listed = run(cli_env, "prune", "--before", "2025-08-01").stdout
-        assert "group us: 2 batches of the nights 2025-06-12 .. 2025-06-12" in listed, listed
+        assert "group us: 2 batches of the night 2025-06-12" in listed, listed
         removed = run(cli_env, "prune", "--before", "2025-08-01", "--yes").stdout
         assert "removed 2 `scores` partitions of group us" in removed, removed
         assert not set(keys) & set(dagster_instance.get_dynamic_partitions(former))
@@ -290,12 +306,32 @@ def test_prune_lists_then_drops_whole_old_months_only_with_yes(world, dagster_in
     kept = run(cli_env, "prune", "--before", "2025-09-01").stdout
     assert "kept score_metric_values_2025_08" in kept
     assert "score_history_2025_08" in kept
+    # The user's current scores are August's: they keep showing, their history goes.
+    assert (
+        "2 current scores of 1 user are dated in those months (not scored since): they keep "
+        "showing, but their calculations can no longer be replayed"
+    ) in kept, kept
+    (shown,) = rows(world, "SELECT DISTINCT correlation_id::text AS c FROM asset_scores")
+    assert run(cli_env, "replay", shown.c).returncode == 0
+    run(cli_env, "prune", "--before", "2025-09-01", "--yes")
+    gone = run(cli_env, "replay", shown.c, check=False)
+    assert gone.returncode == 2 and gone.stderr.strip().startswith(
+        f"scoring-pipeline: error: the events of calculation {shown.c} (user "
+    ), gone.stderr
+    assert gone.stderr.strip().endswith(
+        ", 2025-08-20) were pruned with their month (`scoring-pipeline prune`): it can no longer "
+        "be replayed; its 2 current scores still show"
+    ), gone.stderr
 
     future = run(cli_env, "prune", "--before", "2999-01-01", check=False)
     assert future.returncode != 0 and future.stderr.strip().count("\n") == 0
-    assert "after today" in future.stderr
+    assert "is after today" in future.stderr and "give today or an earlier date" in future.stderr
     bad = run(cli_env, "prune", "--before", "01/08/2025", check=False)
     assert bad.returncode != 0 and "--before must be YYYY-MM-DD" in bad.stderr
+    no_day = run(cli_env, "prune", "--before", "2025-11-31", check=False)
+    assert no_day.returncode == 2 and no_day.stderr.strip() == (
+        "scoring-pipeline: error: --before 2025-11-31 is not a date (day is out of range for month)"
+    ), no_day.stderr
 
 
 def test_a_creator_that_waited_for_another_skips_the_months_it_made(world):
