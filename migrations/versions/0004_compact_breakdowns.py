@@ -10,8 +10,11 @@ canonical breakdown back, entry for entry.
 
 An existing database is converted: outcomes and metric values are read from the stored
 breakdowns of `asset_scores` and, for history rows, from their calculation's SCORES_COMPUTED
-event (history rows whose event is gone keep a null `outcomes`, and no breakdown). Downgrading
-writes `asset_scores.breakdown` back from the view.
+event (history rows whose event is gone keep a null `outcomes`, and no breakdown). A row's base
+currency is its calculation's, which its INPUTS_CAPTURED event recorded (the user's may have
+changed since: the breakdown's converted values are in the currency it was computed in); a row
+whose calculation has no such event left takes its user's. Downgrading writes
+`asset_scores.breakdown` back from the view.
 
 Revision ID: 0004
 Revises: 0003
@@ -85,9 +88,28 @@ def upgrade() -> None:
 
 def _convert() -> None:
     """Outcomes and metric values of the rows already stored, from their breakdowns."""
+    # The base currency each calculation was computed in, from its INPUTS_CAPTURED event: the
+    # user's may have changed since, and a breakdown's values are in the calculation's currency.
+    # (The subquery computes each payload's value once: its event is read whole from TOAST.)
+    op.execute(
+        "CREATE TEMPORARY TABLE calculation_currencies (correlation_id uuid PRIMARY KEY, "
+        "base_currency char(3) NOT NULL) ON COMMIT DROP"
+    )
+    op.execute(
+        "INSERT INTO calculation_currencies SELECT correlation_id, base_currency FROM ("
+        "SELECT correlation_id, payload->>'baseCurrency' AS base_currency "
+        "FROM calculation_events WHERE event_type = 'INPUTS_CAPTURED' OFFSET 0) e "
+        "WHERE base_currency ~ '^[A-Z]{3}$' ON CONFLICT (correlation_id) DO NOTHING"
+    )
+    op.execute("ANALYZE calculation_currencies")
+    # A score whose calculation has no such event left takes its user's currency.
     op.execute(
         "UPDATE asset_scores a SET base_currency = u.base_currency FROM users u "
         "WHERE u.id = a.user_id"
+    )
+    op.execute(
+        "UPDATE asset_scores a SET base_currency = c.base_currency FROM calculation_currencies c "
+        "WHERE c.correlation_id = a.correlation_id AND c.base_currency <> a.base_currency"
     )
     op.execute(
         f"UPDATE asset_scores a SET outcomes = (SELECT coalesce(string_agg({_OUTCOME}, '' "
@@ -99,9 +121,10 @@ def _convert() -> None:
         "SELECT a.user_id, a.symbol, a.score_date, a.criteria_version_id, a.base_currency, "
         "a.correlation_id, a.breakdown FROM asset_scores a "
         "UNION ALL "
-        "SELECT h.user_id, h.symbol, h.score_date, h.criteria_version_id, u.base_currency, "
-        "h.correlation_id, r->'breakdown' FROM score_history h "
-        "JOIN users u ON u.id = h.user_id "
+        "SELECT h.user_id, h.symbol, h.score_date, h.criteria_version_id, "
+        "coalesce(cc.base_currency, u.base_currency), h.correlation_id, r->'breakdown' "
+        "FROM score_history h JOIN users u ON u.id = h.user_id "
+        "LEFT JOIN calculation_currencies cc ON cc.correlation_id = h.correlation_id "
         "JOIN calculation_events e ON e.correlation_id = h.correlation_id "
         "AND e.event_type = 'SCORES_COMPUTED' "
         "CROSS JOIN LATERAL jsonb_array_elements(e.payload->'results') r "

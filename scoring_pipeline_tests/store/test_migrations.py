@@ -135,9 +135,10 @@ def test_migrate_is_idempotent_on_a_database_with_data(fresh_engine):
         assert conn.execute(sa.text("SELECT count(*) FROM markets")).scalar_one() == 1
 
 
-def _legacy_breakdowns(engine, user_id, base, close):
+def _legacy_breakdowns(engine, user_id, base, close, aaa=None):
     """Scores of the user's criteria set on two instruments, as the schema before 0004 stored
-    them (the canonical breakdown JSON); the engine's canonical text is what the view must give."""
+    them (the canonical breakdown JSON); the engine's canonical text is what the view must give.
+    `aaa`: the fundamentals of AAA (eps 2, revenue 7 unless given)."""
     with engine.connect() as conn:
         row = conn.execute(
             sa.text("SELECT id::text, rules::text FROM criteria_versions WHERE user_id = :u"),
@@ -148,7 +149,10 @@ def _legacy_breakdowns(engine, user_id, base, close):
     )
     instruments = [
         InstrumentData(
-            "AAA", "USD", Decimal(close), {"eps": Decimal("2"), "revenue": Decimal("7")}
+            "AAA",
+            "USD",
+            Decimal(close),
+            {"eps": Decimal("2"), "revenue": Decimal("7")} if aaa is None else aaa,
         ),
         InstrumentData("EEE", "EUR", None, {"roe": Decimal("0.10")}),
     ]
@@ -280,6 +284,181 @@ def test_upgrade_converts_stored_breakdowns_and_downgrade_restores_them(fresh_en
             )
         }
     assert restored == expected_current
+
+
+def _store_legacy_calculation(conn, uid, date, scores, *, base, at, current, events=True):
+    """One user's calculation as the code before 0004 stored it: its history rows of the date
+    and, when `current`, its asset_scores rows (both replacing the user's earlier ones, as a
+    re-score did), and its events: INPUTS_CAPTURED with the base currency it was computed in,
+    SCORES_COMPUTED with the canonical breakdowns (none when `events` is false: deleted since)."""
+    correlation = str(uuid.uuid4())
+    conn.execute(
+        sa.text("DELETE FROM score_history WHERE user_id = :u AND score_date = :d"),
+        {"u": uid, "d": date},
+    )
+    if current:
+        conn.execute(sa.text("DELETE FROM asset_scores WHERE user_id = :u"), {"u": uid})
+    for s in scores:
+        row = {
+            "u": uid,
+            "s": s.symbol,
+            "d": date,
+            "cv": s.criteria_version_id,
+            "sc": s.score,
+            "m": s.max_possible_score,
+            "p": s.percentage,
+            "b": s.breakdown_json,
+            "c": correlation,
+            "at": at,
+        }
+        conn.execute(
+            sa.text("INSERT INTO score_history VALUES (:u, :s, :d, :cv, :sc, :c, :at)"), row
+        )
+        if current:
+            conn.execute(
+                sa.text(
+                    "INSERT INTO asset_scores (user_id, symbol, criteria_version_id, score, "
+                    "max_possible_score, percentage, breakdown, score_date, correlation_id, "
+                    "calculated_at) VALUES (:u, :s, :cv, :sc, :m, :p, CAST(:b AS jsonb), :d, :c, "
+                    ":at)"
+                ),
+                row,
+            )
+    if events:
+        results = [
+            {
+                "assetId": s.symbol,
+                "criteriaVersionId": s.criteria_version_id,
+                "score": str(s.score),
+                "maxPossibleScore": str(s.max_possible_score),
+                "percentage": None if s.percentage is None else str(s.percentage),
+                "breakdown": s.breakdown,
+            }
+            for s in scores
+        ]
+        for kind, payload in (
+            ("INPUTS_CAPTURED", {"correlationId": correlation, "baseCurrency": base}),
+            ("SCORES_COMPUTED", {"correlationId": correlation, "results": results}),
+        ):
+            conn.execute(
+                sa.text(
+                    "INSERT INTO calculation_events (correlation_id, user_id, event_type, "
+                    "payload, created_at) VALUES (:c, :u, :k, CAST(:p AS jsonb), :at)"
+                ),
+                {"c": correlation, "u": uid, "k": kind, "p": json.dumps(payload), "at": at},
+            )
+    return correlation
+
+
+def _breakdown_views(engine):
+    """(current, history): each view's breakdowns by (user, symbol, score date)."""
+
+    def view(conn, name):
+        return {
+            (r.u, r.symbol, str(r.score_date)): r.breakdown
+            for r in conn.execute(
+                sa.text(f"SELECT user_id::text AS u, symbol, score_date, breakdown FROM {name}")
+            )
+        }
+
+    with engine.connect() as conn:
+        return view(conn, "asset_score_breakdowns"), view(conn, "score_history_breakdowns")
+
+
+def _restored_breakdowns(engine):
+    """asset_scores.breakdown by (user, symbol), after a downgrade below 0004."""
+    with engine.connect() as conn:
+        return {
+            (r.u, r.symbol): r.breakdown
+            for r in conn.execute(
+                sa.text("SELECT user_id::text AS u, symbol, breakdown FROM asset_scores")
+            )
+        }
+
+
+def _conversion_rules():
+    from scoring_pipeline_tests import factories as f
+
+    return [
+        f.rule("pe_ratio", "lt", "20", 10),
+        f.rule("revenue", "gt", "1", 5),  # converted to the base currency
+        f.rule("roe", "gte", "0.1", 3, required_fundamentals=["roe", "eps"]),
+        f.rule("price", "exists", None, 1),
+    ]
+
+
+def test_upgrade_takes_each_breakdowns_base_currency_from_its_calculation(fresh_engine):
+    """A user whose base currency changed after the old code scored them: the stored breakdowns
+    were computed in the old currency (their INPUTS_CAPTURED says so), and they keep its values
+    (not those of the users of the new currency); a calculation whose events are gone falls back
+    on the user's currency."""
+    from scoring_pipeline_tests import factories as f
+
+    engine = fresh_engine
+    db.migrate(engine, "0003")
+    f.market(engine, "M")
+    rules = _conversion_rules()
+    bases = {"usd": "USD", "eur": "EUR", "moved": "EUR", "no_events": "USD"}
+    users = {
+        n: f.user(engine, base_currency=b, criteria=[("M", "stock", rules)])
+        for n, b in bases.items()
+    }
+    expected_current, expected_history = {}, {}
+    with engine.begin() as conn:
+        for name, uid in users.items():
+            for date, close, at in (
+                ("2026-11-26", "30", "2026-11-26T04:00:00Z"),
+                ("2026-11-27", "31", "2026-11-27T04:00:00Z"),
+            ):
+                current = date == "2026-11-27"
+                scores = _legacy_breakdowns(engine, uid, bases[name], close)
+                _store_legacy_calculation(
+                    conn,
+                    uid,
+                    date,
+                    scores,
+                    base=bases[name],
+                    at=at,
+                    current=current,
+                    events=name != "no_events",
+                )
+                for s in scores:
+                    # Without its events, a past date's breakdown is gone (null in the view).
+                    kept = current or name != "no_events"
+                    expected_history[(uid, s.symbol, date)] = s.breakdown if kept else None
+                    if current:
+                        expected_current[(uid, s.symbol, date)] = s.breakdown
+        conn.execute(
+            sa.text("UPDATE users SET base_currency = 'USD' WHERE id = :u"), {"u": users["moved"]}
+        )
+    moved = {k: b for k, b in expected_current.items() if k[0] == users["moved"]}
+    usd = {(s, d): b for (u, s, d), b in expected_current.items() if u == users["usd"]}
+    assert any(b != usd[(s, d)] for (_, s, d), b in moved.items())  # EUR values, not USD ones
+
+    db.migrate(engine)
+
+    current, history = _breakdown_views(engine)
+    assert current == expected_current
+    assert history == expected_history
+    with engine.connect() as conn:
+        stored = {
+            (table, r.u, r.base_currency)
+            for table in ("asset_scores", "score_history")
+            for r in conn.execute(
+                sa.text(
+                    f"SELECT DISTINCT user_id::text AS u, base_currency FROM {table} "
+                    "WHERE outcomes IS NOT NULL"
+                )
+            )
+        }
+    assert stored == {
+        (table, uid, bases[name])
+        for table in ("asset_scores", "score_history")
+        for name, uid in users.items()
+    }
+
+    db.downgrade(engine, "0003")
+    assert _restored_breakdowns(engine) == {(u, s): b for (u, s, _), b in expected_current.items()}
 
 
 def test_upgrade_counts_the_warm_users_of_batches_warmed_before_it(fresh_engine):
