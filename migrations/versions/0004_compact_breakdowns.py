@@ -13,8 +13,12 @@ breakdowns of `asset_scores` and, for history rows, from their calculation's SCO
 event (history rows whose event is gone keep a null `outcomes`, and no breakdown). A row's base
 currency is its calculation's, which its INPUTS_CAPTURED event recorded (the user's may have
 changed since: the breakdown's converted values are in the currency it was computed in); a row
-whose calculation has no such event left takes its user's. Downgrading writes
-`asset_scores.breakdown` back from the view.
+whose calculation has no such event left takes its user's. A pair's stored breakdowns may
+disagree on a value (a batch re-scored by the old code after the fundamentals changed): each
+keeps its own, the pair's values that differ from its first becoming revisions 2, 3, … that
+wait, until migration 0011 gives `score_metric_values` its revisions, in
+`metric_values_revisions`, with the scores that show them in `scores_values_revisions` (the
+views read both). Downgrading writes `asset_scores.breakdown` back from the view.
 
 Revision ID: 0004
 Revises: 0003
@@ -36,12 +40,45 @@ _OUTCOME = (
 )
 
 
+# Until migration 0011 gives `score_metric_values` revisions, a (date, symbol, base currency)'s
+# values that differ from those it holds wait in `metric_values_revisions`, numbered 2, 3, … as
+# 0011 makes them revisions, and the scores (current or past) computed with them are listed in
+# `scores_values_revisions`; the views read them. Migration 0004 fills them from the stored
+# breakdowns (a batch re-scored after the fundamentals changed), 0011's downgrade from the
+# revisions. `IF NOT EXISTS`: a database converted before they existed has none yet.
+_REVISION_TABLES = (
+    "CREATE TABLE IF NOT EXISTS metric_values_revisions (score_date date NOT NULL, "
+    "symbol text NOT NULL, base_currency char(3) NOT NULL, revision smallint NOT NULL, "
+    "metric_values jsonb NOT NULL, PRIMARY KEY (score_date, symbol, base_currency, revision))",
+    "CREATE TABLE IF NOT EXISTS scores_values_revisions (user_id uuid NOT NULL, "
+    "symbol text NOT NULL, score_date date NOT NULL, correlation_id uuid NOT NULL, "
+    "revision smallint NOT NULL, PRIMARY KEY (user_id, symbol, score_date, correlation_id))",
+)
+
+
+def _revision_tables() -> None:
+    """The tables of the revisions after the first, which the views read before 0011."""
+    for statement in _REVISION_TABLES:
+        op.execute(statement)
+
+
 def _breakdown_view(name: str, table: str, revisions: bool = False) -> str:
     """The canonical breakdown of each row of `table` (SPEC §4): one entry per rule in order,
     ruleId, matched, points, then actualValue and skippedReason when not null. With
-    `revisions` (migration 0011), each row shows the revision of metric values it names."""
+    `revisions` (migration 0011), each row shows the revision of metric values it names;
+    without, the values of `score_metric_values`, or those of the revision listed for the row
+    in `scores_values_revisions` (`_revision_tables`, which must exist)."""
     code = "substr(s.outcomes, r.n::int, 1)"
-    revision = " AND v.revision = s.values_revision" if revisions else ""
+    if revisions:
+        values = "v.metric_values"
+        joins = " AND v.revision = s.values_revision"
+    else:
+        values = "(CASE WHEN sr.revision IS NULL THEN v.metric_values ELSE w.metric_values END)"
+        joins = """
+LEFT JOIN scores_values_revisions sr ON sr.user_id = s.user_id AND sr.symbol = s.symbol
+  AND sr.score_date = s.score_date AND sr.correlation_id = s.correlation_id
+LEFT JOIN metric_values_revisions w ON w.score_date = s.score_date AND w.symbol = s.symbol
+  AND w.base_currency = s.base_currency AND w.revision = sr.revision"""
     return f"""
 CREATE VIEW {name} AS
 SELECT s.user_id, s.symbol, s.score_date, s.criteria_version_id, s.correlation_id,
@@ -51,8 +88,8 @@ SELECT s.user_id, s.symbol, s.score_date, s.criteria_version_id, s.correlation_i
         'ruleId', r.rule->'id',
         'matched', {code} = 'm',
         'points', CASE WHEN {code} = 'm' THEN r.rule->'points' ELSE to_jsonb(0) END)
-      || CASE WHEN v.metric_values ? (r.rule->>'metric')
-           THEN jsonb_build_object('actualValue', v.metric_values->(r.rule->>'metric'))
+      || CASE WHEN {values} ? (r.rule->>'metric')
+           THEN jsonb_build_object('actualValue', {values}->(r.rule->>'metric'))
            ELSE '{{}}'::jsonb END
       || CASE WHEN {code} = 's'
            THEN '{{"skippedReason":"missing_fundamental"}}'::jsonb
@@ -62,7 +99,7 @@ SELECT s.user_id, s.symbol, s.score_date, s.criteria_version_id, s.correlation_i
 FROM {table} s
 JOIN criteria_versions c ON c.id = s.criteria_version_id
 LEFT JOIN score_metric_values v ON v.score_date = s.score_date AND v.symbol = s.symbol
-  AND v.base_currency = s.base_currency{revision}
+  AND v.base_currency = s.base_currency{joins}
 """
 
 
@@ -77,6 +114,7 @@ def upgrade() -> None:
     for table in ("asset_scores", "score_history"):
         op.add_column(table, sa.Column("outcomes", sa.Text, nullable=True))
         op.add_column(table, sa.Column("base_currency", sa.CHAR(3), nullable=True))
+    _revision_tables()
     _convert()
     op.drop_column("asset_scores", "breakdown")
     op.alter_column("asset_scores", "outcomes", nullable=False)
@@ -118,19 +156,20 @@ def _convert() -> None:
     # Every stored breakdown, current or past, with the rows it belongs to.
     op.execute(
         "CREATE TEMPORARY TABLE old_breakdowns ON COMMIT DROP AS "
+        "SELECT row_number() OVER () AS id, b.* FROM ("
         "SELECT a.user_id, a.symbol, a.score_date, a.criteria_version_id, a.base_currency, "
-        "a.correlation_id, a.breakdown FROM asset_scores a "
+        "a.correlation_id, a.calculated_at, a.breakdown FROM asset_scores a "
         "UNION ALL "
         "SELECT h.user_id, h.symbol, h.score_date, h.criteria_version_id, "
-        "coalesce(cc.base_currency, u.base_currency), h.correlation_id, r->'breakdown' "
-        "FROM score_history h JOIN users u ON u.id = h.user_id "
+        "coalesce(cc.base_currency, u.base_currency), h.correlation_id, h.calculated_at, "
+        "r->'breakdown' FROM score_history h JOIN users u ON u.id = h.user_id "
         "LEFT JOIN calculation_currencies cc ON cc.correlation_id = h.correlation_id "
         "JOIN calculation_events e ON e.correlation_id = h.correlation_id "
         "AND e.event_type = 'SCORES_COMPUTED' "
         "CROSS JOIN LATERAL jsonb_array_elements(e.payload->'results') r "
         "WHERE r->>'assetId' = h.symbol AND r ? 'breakdown' "
         "AND NOT EXISTS (SELECT 1 FROM asset_scores a WHERE a.user_id = h.user_id "
-        "AND a.symbol = h.symbol AND a.correlation_id = h.correlation_id)"
+        "AND a.symbol = h.symbol AND a.correlation_id = h.correlation_id)) b"
     )
     op.execute(
         f"UPDATE score_history h SET base_currency = o.base_currency, outcomes = (SELECT "
@@ -139,19 +178,157 @@ def _convert() -> None:
         "WHERE o.user_id = h.user_id AND o.symbol = h.symbol AND o.score_date = h.score_date "
         "AND o.correlation_id = h.correlation_id"
     )
-    # Each rule's actualValue under its metric's name, once per (date, symbol, base currency).
-    # Rules that are not an array (invalid criteria, stored as the app wrote them) have no
-    # scores, but the planner may expand every version's rules before the join.
+    _convert_metric_values()
     op.execute(
-        "INSERT INTO score_metric_values (score_date, symbol, base_currency, metric_values) "
-        "SELECT o.score_date, o.symbol, o.base_currency, "
-        "jsonb_object_agg(r.rule->>'metric', b.e->'actualValue') "
-        "FROM old_breakdowns o JOIN criteria_versions c ON c.id = o.criteria_version_id "
+        "DROP TABLE old_breakdowns, calculation_currencies, pair_values, differing, "
+        "differing_breakdowns, row_signatures, signature_revisions, revision_values"
+    )
+
+
+# An entry `b.e` of a stored breakdown `o.breakdown` and the rule `r.rule` it is for (`_entries`):
+# the rule's metric, and the entry's actualValue as `[actualValue]`, or `[]` when it has none.
+_METRIC = "r.rule->>'metric'"
+_VALUE = (
+    "CASE WHEN b.e ? 'actualValue' THEN jsonb_build_array(b.e->'actualValue') ELSE '[]'::jsonb END"
+)
+
+
+def _entries(table: str) -> str:
+    """Each entry of the breakdowns of `table` (like old_breakdowns, as `o`) with its rule. Rules
+    that are not an array (invalid criteria, stored as the app wrote them) have no scores, but
+    the planner may expand every version's rules before the join."""
+    return (
+        f"FROM {table} o JOIN criteria_versions c ON c.id = o.criteria_version_id "
         "CROSS JOIN LATERAL jsonb_array_elements(o.breakdown) WITH ORDINALITY AS b(e, n) "
         "JOIN LATERAL jsonb_array_elements(CASE WHEN jsonb_typeof(c.rules) = 'array' "
-        "THEN c.rules END) WITH ORDINALITY AS r(rule, n) ON r.n = b.n "
-        "WHERE b.e ? 'actualValue' "
-        "GROUP BY o.score_date, o.symbol, o.base_currency"
+        "THEN c.rules END) WITH ORDINALITY AS r(rule, n) ON r.n = b.n AND r.rule ? 'metric'"
+    )
+
+
+# The revisions of the pairs whose breakdowns disagree: each distinct signature (a breakdown's
+# values of the metrics that differ) goes, in the order the signatures were first computed, to
+# the first revision it agrees with (the same value, or none, wherever both have the metric),
+# else to a new one. A loop over the distinct signatures of those pairs, not over rows.
+_GROUP_SIGNATURES = """
+DO $$
+DECLARE
+  s record;
+  merged jsonb[];
+  n int;
+  i int;
+  pair_date date;
+  pair_symbol text;
+  pair_base char(3);
+BEGIN
+  FOR s IN
+    SELECT score_date, symbol, base_currency, signature FROM row_signatures
+    GROUP BY score_date, symbol, base_currency, signature
+    ORDER BY score_date, symbol, base_currency, min(calculated_at), count(*) DESC,
+      signature::text
+  LOOP
+    IF pair_date IS DISTINCT FROM s.score_date OR pair_symbol IS DISTINCT FROM s.symbol
+        OR pair_base IS DISTINCT FROM s.base_currency THEN
+      pair_date := s.score_date;
+      pair_symbol := s.symbol;
+      pair_base := s.base_currency;
+      merged := '{}';
+    END IF;
+    n := coalesce(array_length(merged, 1), 0);
+    i := 1;
+    WHILE i <= n AND EXISTS (
+        SELECT 1 FROM jsonb_each(s.signature) x JOIN jsonb_each(merged[i]) y ON y.key = x.key
+        WHERE y.value <> x.value) LOOP
+      i := i + 1;
+    END LOOP;
+    IF i > n THEN
+      merged := array_append(merged, s.signature);
+    ELSE
+      merged[i] := merged[i] || s.signature;
+    END IF;
+    INSERT INTO signature_revisions
+    VALUES (s.score_date, s.symbol, s.base_currency, s.signature, i);
+  END LOOP;
+END $$"""
+
+
+def _convert_metric_values() -> None:
+    """Each rule's actualValue under its metric's name, once per (date, symbol, base currency)
+    when its breakdowns agree; when they differ (a batch re-scored after the fundamentals
+    changed, say), once per revision, each breakdown keeping the values it was computed with."""
+    pair = "score_date, symbol, base_currency"
+
+    def same_pair(a: str, b: str) -> str:
+        return (
+            f"{a}.score_date = {b}.score_date AND {a}.symbol = {b}.symbol "
+            f"AND {a}.base_currency = {b}.base_currency"
+        )
+
+    # The distinct values of each (date, symbol, base currency, metric), then those that differ.
+    op.execute(
+        "CREATE TEMPORARY TABLE pair_values ON COMMIT DROP AS SELECT DISTINCT o.score_date, "
+        f"o.symbol, o.base_currency, {_METRIC} AS metric, {_VALUE} AS value "
+        f"{_entries('old_breakdowns')}"
+    )
+    op.execute(
+        f"CREATE TEMPORARY TABLE differing ON COMMIT DROP AS SELECT {pair}, metric "
+        f"FROM pair_values GROUP BY {pair}, metric HAVING count(*) > 1"
+    )
+    op.execute("ANALYZE differing")
+    op.execute(
+        "INSERT INTO score_metric_values (score_date, symbol, base_currency, metric_values) "
+        f"SELECT {pair}, jsonb_object_agg(metric, value->0) FROM pair_values p "
+        "WHERE value <> '[]'::jsonb AND NOT EXISTS (SELECT 1 FROM differing d "
+        f"WHERE {same_pair('d', 'p')}) GROUP BY {pair}"
+    )
+    # The breakdowns of the pairs whose values differ, each with its signature (none: its rules
+    # read none of the metrics that differ, and it shows revision 1).
+    op.execute(
+        "CREATE TEMPORARY TABLE differing_breakdowns ON COMMIT DROP AS SELECT o.* FROM "
+        f"old_breakdowns o WHERE EXISTS (SELECT 1 FROM differing d WHERE {same_pair('d', 'o')})"
+    )
+    op.execute(
+        "CREATE TEMPORARY TABLE row_signatures ON COMMIT DROP AS SELECT o.user_id, o.symbol, "
+        "o.score_date, o.correlation_id, o.base_currency, o.calculated_at, "
+        f"jsonb_object_agg({_METRIC}, {_VALUE}) AS signature {_entries('differing_breakdowns')} "
+        f"JOIN differing d ON {same_pair('d', 'o')} AND d.metric = {_METRIC} "
+        "GROUP BY o.id, o.user_id, o.symbol, o.score_date, o.correlation_id, o.base_currency, "
+        "o.calculated_at"
+    )
+    op.execute(
+        "CREATE TEMPORARY TABLE signature_revisions (score_date date, symbol text, "
+        "base_currency char(3), signature jsonb, revision smallint) ON COMMIT DROP"
+    )
+    op.execute(_GROUP_SIGNATURES)
+    # Each revision's values: the pair's values its breakdowns agree on, and the revision's own
+    # values of those that differ. (A revision may have none at all: `{}`, so that its rows
+    # do not show another's.)
+    op.execute(
+        "CREATE TEMPORARY TABLE revision_values ON COMMIT DROP AS "
+        "WITH own AS (SELECT s.score_date, s.symbol, s.base_currency, s.revision, "
+        "jsonb_object_agg(x.key, x.value->0) FILTER (WHERE x.value <> '[]'::jsonb) AS v "
+        "FROM signature_revisions s CROSS JOIN LATERAL jsonb_each(s.signature) x "
+        f"GROUP BY s.score_date, s.symbol, s.base_currency, s.revision), "
+        f"agreed AS (SELECT {pair}, jsonb_object_agg(metric, value->0) AS v FROM pair_values p "
+        "WHERE value <> '[]'::jsonb AND EXISTS (SELECT 1 FROM differing d WHERE "
+        f"{same_pair('d', 'p')}) AND NOT EXISTS (SELECT 1 FROM differing d WHERE "
+        f"{same_pair('d', 'p')} AND d.metric = p.metric) GROUP BY {pair}) "
+        "SELECT own.score_date, own.symbol, own.base_currency, own.revision, "
+        "coalesce(agreed.v, '{}'::jsonb) || coalesce(own.v, '{}'::jsonb) AS metric_values "
+        f"FROM own LEFT JOIN agreed ON {same_pair('agreed', 'own')}"
+    )
+    op.execute(
+        "INSERT INTO score_metric_values (score_date, symbol, base_currency, metric_values) "
+        f"SELECT {pair}, metric_values FROM revision_values WHERE revision = 1"
+    )
+    op.execute(
+        f"INSERT INTO metric_values_revisions SELECT {pair}, revision, metric_values "
+        "FROM revision_values WHERE revision > 1"
+    )
+    op.execute(
+        "INSERT INTO scores_values_revisions SELECT s.user_id, s.symbol, s.score_date, "
+        "s.correlation_id, r.revision FROM row_signatures s JOIN signature_revisions r "
+        f"ON {same_pair('r', 's')} AND r.signature = s.signature WHERE r.revision > 1 "
+        "ON CONFLICT DO NOTHING"
     )
 
 
@@ -166,6 +343,7 @@ def downgrade() -> None:
     op.execute("ALTER TABLE asset_scores SET (toast_tuple_target = 128)")
     op.execute("DROP VIEW score_history_breakdowns")
     op.execute("DROP VIEW asset_score_breakdowns")
+    op.execute("DROP TABLE scores_values_revisions, metric_values_revisions")
     for table in ("asset_scores", "score_history"):
         op.drop_column(table, "base_currency")
         op.drop_column(table, "outcomes")

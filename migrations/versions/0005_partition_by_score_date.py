@@ -74,8 +74,10 @@ def _drop_views() -> None:
 
 
 def _make_views() -> None:
-    # Migration 0004, for its breakdown views (made again over the new tables).
+    # Migration 0004, for its breakdown views (made again over the new tables) and the tables
+    # of the revisions of metric values they read.
     views = context.script.get_revision("0004").module
+    views._revision_tables()
     op.execute(views._breakdown_view("asset_score_breakdowns", "asset_scores"))
     op.execute(views._breakdown_view("score_history_breakdowns", "score_history"))
 

@@ -461,6 +461,103 @@ def test_upgrade_takes_each_breakdowns_base_currency_from_its_calculation(fresh_
     assert _restored_breakdowns(engine) == {(u, s): b for (u, s, _), b in expected_current.items()}
 
 
+def test_upgrade_keeps_differing_values_of_a_date_symbol_and_currency_as_revisions(fresh_engine):
+    """A batch re-scored by the old code after the fundamentals changed: the date's stored
+    breakdowns of one (symbol, base currency) hold differing values, and each keeps its own
+    through the views (one revision of metric values for each set of values that disagree; a
+    breakdown whose rules read none of the values that differ, or agree with one set, adds none).
+    Downgrading to 0010 and upgrading again keeps them, and so does the downgrade below 0004."""
+    from scoring_pipeline_tests import factories as f
+
+    engine = fresh_engine
+    db.migrate(engine, "0003")
+    f.market(engine, "M")
+    rules = _conversion_rules()
+    criteria = {
+        "full": rules,
+        "full_rescored": rules,
+        "pe_only": rules[:1],
+        "pe_only_rescored": rules[:1],
+        "roe_only": rules[2:],
+        "moved": rules,  # scored in EUR, then made a USD user; its events deleted since
+    }
+    users = {
+        n: f.user(engine, base_currency="USD", criteria=[("M", "stock", r)])
+        for n, r in criteria.items()
+    }
+    changed = {"eps": Decimal("3"), "revenue": Decimal("8")}  # fundamentals changed
+    expected_current, expected_history = {}, {}
+
+    def calculation(conn, name, date, at, aaa=None):
+        base = "EUR" if name == "moved" else "USD"
+        scores = _legacy_breakdowns(engine, users[name], base, "31", aaa)
+        current = date == "2026-11-27"
+        events = name != "moved"
+        _store_legacy_calculation(
+            conn, users[name], date, scores, base=base, at=at, current=current, events=events
+        )
+        for s in scores:
+            key = (users[name], s.symbol, date)
+            expected_history[key] = s.breakdown if events or current else None
+            if current:
+                expected_current[key] = s.breakdown
+
+    with engine.begin() as conn:
+        for name in users:
+            calculation(conn, name, "2026-11-26", "2026-11-26T04:00:00Z")
+            calculation(conn, name, "2026-11-27", "2026-11-27T04:00:00Z")
+        # The fundamentals change, and two batches of the date are scored again.
+        calculation(conn, "full_rescored", "2026-11-27", "2026-11-27T09:00:00Z", changed)
+        calculation(conn, "pe_only_rescored", "2026-11-27", "2026-11-27T10:00:00Z", {})
+    assert (
+        expected_current[(users["full"], "AAA", "2026-11-27")]
+        != (expected_current[(users["full_rescored"], "AAA", "2026-11-27")])
+    )
+
+    def revisions():
+        with engine.connect() as conn:
+            return dict(
+                conn.execute(
+                    sa.text(
+                        "SELECT score_date::text || ' ' || symbol || ' ' || base_currency, "
+                        "count(*) FROM score_metric_values GROUP BY 1"
+                    )
+                ).all()
+            )
+
+    def assert_views():
+        current, history = _breakdown_views(engine)
+        assert current == expected_current
+        assert history == expected_history
+
+    db.migrate(engine)
+
+    assert_views()
+    # 2026-11-27's AAA in USD: the night's values (pe_only agrees with them), moved's EUR revenue
+    # (its events gone, it is filed under its user's currency), the re-scored full's, and
+    # pe_only_rescored's missing pe_ratio. roe_only reads none of what differs.
+    assert revisions() == {
+        "2026-11-26 AAA USD": 1,
+        "2026-11-26 EEE USD": 1,
+        "2026-11-27 AAA USD": 4,
+        "2026-11-27 EEE USD": 1,
+    }
+    with engine.connect() as conn:
+        left = conn.execute(
+            sa.text("SELECT count(*) FROM pg_class WHERE relname LIKE '%values_revisions'")
+        ).scalar_one()
+    assert left == 0
+
+    db.downgrade(engine, "0010")
+    assert_views()
+    db.migrate(engine)
+    assert_views()
+    assert revisions()["2026-11-27 AAA USD"] == 4
+
+    db.downgrade(engine, "0003")
+    assert _restored_breakdowns(engine) == {(u, s): b for (u, s, _), b in expected_current.items()}
+
+
 def test_upgrade_counts_the_warm_users_of_batches_warmed_before_it(fresh_engine):
     db.migrate(fresh_engine, "0006")
     warm, cold = str(uuid.uuid4()), str(uuid.uuid4())
