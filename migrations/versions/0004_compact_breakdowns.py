@@ -18,7 +18,10 @@ disagree on a value (a batch re-scored by the old code after the fundamentals ch
 keeps its own, the pair's values that differ from its first becoming revisions 2, 3, … that
 wait, until migration 0011 gives `score_metric_values` its revisions, in
 `metric_values_revisions`, with the scores that show them in `scores_values_revisions` (the
-views read both). Downgrading writes `asset_scores.breakdown` back from the view.
+views read both). Downgrading writes `asset_scores.breakdown` back from the view, and the
+canonical breakdowns back into the SCORES_COMPUTED events written in the compact form (where
+the old schema keeps a past date's), so that upgrading again keeps the history of the nights
+scored in the compact form.
 
 Revision ID: 0004
 Revises: 0003
@@ -332,7 +335,30 @@ def _convert_metric_values() -> None:
     )
 
 
+# The old form of the SCORES_COMPUTED events written in the compact form: each result's canonical
+# breakdown, from its calculation's history row, in place of its outcomes. The old schema keeps
+# a past date's breakdowns there only (and its replay compares them); without them, the
+# history of the nights scored in the compact form would be lost below 0004, and upgrading again
+# would leave it null. An event is rewritten only when every result still has its history row
+# (a calculation re-scored since, or whose rows are gone, keeps its compact event: nothing
+# reads it below 0004 but the old replay, which cannot).
+_OLD_FORM_EVENTS = """
+UPDATE calculation_events e SET payload = jsonb_set(e.payload, '{results}', o.results)
+FROM (
+  SELECT e.id, jsonb_agg((r.result - 'outcomes') || jsonb_build_object('breakdown', h.breakdown)
+    ORDER BY r.n) AS results, count(h.breakdown) = count(*) AS complete
+  FROM calculation_events e
+  CROSS JOIN LATERAL jsonb_array_elements(e.payload->'results') WITH ORDINALITY AS r(result, n)
+  LEFT JOIN score_history_breakdowns h ON h.user_id = e.user_id
+    AND h.symbol = r.result->>'assetId' AND h.correlation_id = e.correlation_id
+  WHERE e.event_type = 'SCORES_COMPUTED' AND jsonb_typeof(e.payload->'results') = 'array'
+    AND e.payload->'results'->0 ? 'outcomes'
+  GROUP BY e.id) o
+WHERE o.id = e.id AND o.complete"""
+
+
 def downgrade() -> None:
+    op.execute(_OLD_FORM_EVENTS)
     op.add_column("asset_scores", sa.Column("breakdown", pg.JSONB, nullable=True))
     op.execute(
         "UPDATE asset_scores a SET breakdown = v.breakdown FROM asset_score_breakdowns v "

@@ -2,6 +2,7 @@
 the migrated database and the SQLAlchemy table definitions in `tables.py`, and the conversion of
 stored breakdowns to the compact form (and back) on a database with data."""
 
+import datetime as dt
 import json
 import uuid
 from decimal import Decimal
@@ -556,6 +557,154 @@ def test_upgrade_keeps_differing_values_of_a_date_symbol_and_currency_as_revisio
 
     db.downgrade(engine, "0003")
     assert _restored_breakdowns(engine) == {(u, s): b for (u, s, _), b in expected_current.items()}
+
+
+def test_downgrade_below_0004_and_upgrade_again_keeps_the_history_of_compact_nights(fresh_engine):
+    """Nights scored in the compact form keep their history breakdowns through `migrate
+    --downgrade 0001` and `migrate`: the downgrade writes each calculation's canonical
+    breakdowns back into its SCORES_COMPUTED event, where the old schema keeps a past date's
+    (the old code's replay reads them there), and 0004 converts them again, revisions included.
+    A calculation re-scored since (its rows replaced) keeps its compact event."""
+    from scoring_pipeline.engine.payloads import results_payload
+    from scoring_pipeline.store.month_partitions import ensure_partitions
+    from scoring_pipeline_tests import factories as f
+
+    engine = fresh_engine
+    db.migrate(engine)
+    f.market(engine, "M")
+    rules = _conversion_rules()
+    bases = {"usd": "USD", "eur": "EUR", "rescored": "USD"}
+    users = {
+        n: f.user(engine, base_currency=b, criteria=[("M", "stock", rules)])
+        for n, b in bases.items()
+    }
+    expected_current, expected_history, expected_events = {}, {}, {}
+    values: dict[tuple[str, str, str, int], dict[str, str]] = {}
+
+    def calculation(conn, name, date, at, revision=1, aaa=None):
+        """One calculation as the compact form stores it (the night's rows of the user
+        replaced), its events INPUTS_CAPTURED and SCORES_COMPUTED (outcomes)."""
+        uid, base, current = users[name], bases[name], date == "2026-11-27"
+        scores = _legacy_breakdowns(engine, uid, base, "31", aaa)
+        correlation = str(uuid.uuid4())
+        conn.execute(
+            sa.text("DELETE FROM score_history WHERE user_id = :u AND score_date = :d"),
+            {"u": uid, "d": date},
+        )
+        if current:
+            conn.execute(sa.text("DELETE FROM asset_scores WHERE user_id = :u"), {"u": uid})
+        for s in scores:
+            texts = {
+                r["metric"]: e["actualValue"]
+                for r, e in zip(rules, s.breakdown, strict=True)
+                if "actualValue" in e
+            }
+            values.setdefault((date, s.symbol, base, revision), {}).update(texts)
+            row = {
+                "u": uid,
+                "s": s.symbol,
+                "d": date,
+                "cv": s.criteria_version_id,
+                "sc": s.score,
+                "m": s.max_possible_score,
+                "p": s.percentage,
+                "c": correlation,
+                "at": at,
+                "o": s.outcomes,
+                "b": base,
+                "r": revision,
+            }
+            conn.execute(
+                sa.text(
+                    "INSERT INTO score_history (user_id, symbol, score_date, criteria_version_id, "
+                    "score, correlation_id, calculated_at, outcomes, base_currency, "
+                    "values_revision) VALUES (:u, :s, :d, :cv, :sc, :c, :at, :o, :b, :r)"
+                ),
+                row,
+            )
+            expected_history[(uid, s.symbol, date)] = s.breakdown
+            if current:
+                conn.execute(
+                    sa.text(
+                        "INSERT INTO asset_scores (user_id, symbol, criteria_version_id, score, "
+                        "max_possible_score, percentage, score_date, correlation_id, "
+                        "calculated_at, outcomes, base_currency, values_revision) VALUES (:u, "
+                        ":s, :cv, :sc, :m, :p, :d, :c, :at, :o, :b, :r)"
+                    ),
+                    row,
+                )
+                expected_current[(uid, s.symbol, date)] = s.breakdown
+        compact = results_payload(correlation, scores)
+        for kind, payload in (
+            ("INPUTS_CAPTURED", {"correlationId": correlation, "baseCurrency": base}),
+            ("SCORES_COMPUTED", compact),
+        ):
+            conn.execute(
+                sa.text(
+                    "INSERT INTO calculation_events (correlation_id, user_id, event_type, "
+                    "payload, created_at, score_date) VALUES (:c, :u, :k, CAST(:p AS jsonb), "
+                    ":at, :d)"
+                ),
+                {
+                    "c": correlation,
+                    "u": uid,
+                    "k": kind,
+                    "p": json.dumps(payload),
+                    "at": at,
+                    "d": date,
+                },
+            )
+        # The old form of the event: each result's breakdown in place of its outcomes.
+        old = [
+            {**{k: v for k, v in r.items() if k != "outcomes"}, "breakdown": s.breakdown}
+            for r, s in zip(compact["results"], scores, strict=True)
+        ]
+        expected_events[correlation] = old
+        return correlation
+
+    with engine.begin() as conn:
+        ensure_partitions(conn, dt.date(2026, 11, 26))
+        for name in users:
+            calculation(conn, name, "2026-11-26", "2026-11-26T04:00:00Z")
+            calculation(conn, name, "2026-11-27", "2026-11-27T04:00:00Z")
+        changed = {"eps": Decimal("3"), "revenue": Decimal("8")}
+        replaced = list(expected_events)[-1]
+        calculation(conn, "rescored", "2026-11-27", "2026-11-27T09:00:00Z", 2, changed)
+        for (date, symbol, base, revision), texts in values.items():
+            conn.execute(
+                sa.text(
+                    "INSERT INTO score_metric_values (score_date, symbol, base_currency, "
+                    "revision, metric_values) VALUES (:d, :s, :b, :r, CAST(:v AS jsonb))"
+                ),
+                {"d": date, "s": symbol, "b": base, "r": revision, "v": json.dumps(texts)},
+            )
+    compact_replaced = expected_events.pop(replaced)
+    assert _breakdown_views(engine) == (expected_current, expected_history)
+
+    db.downgrade(engine, "0001")
+    with engine.connect() as conn:
+        recorded = dict(
+            conn.execute(
+                sa.text(
+                    "SELECT correlation_id::text, payload->'results' FROM calculation_events "
+                    "WHERE event_type = 'SCORES_COMPUTED'"
+                )
+            ).all()
+        )
+    assert {c: recorded[c] for c in expected_events} == expected_events
+    assert all("outcomes" in r and "breakdown" not in r for r in recorded[replaced])
+    assert len(compact_replaced) == len(recorded[replaced])
+
+    db.migrate(engine)
+    assert _breakdown_views(engine) == (expected_current, expected_history)
+    with engine.connect() as conn:
+        revisions = conn.execute(
+            sa.text(
+                "SELECT count(*) FROM score_metric_values WHERE score_date = '2026-11-27' "
+                "AND symbol = 'AAA' AND base_currency = 'USD'"
+            )
+        ).scalar_one()
+    assert revisions == 2
 
 
 def test_upgrade_counts_the_warm_users_of_batches_warmed_before_it(fresh_engine):
