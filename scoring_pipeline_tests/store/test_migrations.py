@@ -287,31 +287,41 @@ def test_upgrade_converts_stored_breakdowns_and_downgrade_restores_them(fresh_en
     assert restored == expected_current
 
 
-def _store_legacy_calculation(conn, uid, date, scores, *, base, at, current, events=True):
-    """One user's calculation as the code before 0004 stored it: its history rows of the date
-    and, when `current`, its asset_scores rows (both replacing the user's earlier ones, as a
-    re-score did), and its events: INPUTS_CAPTURED with the base currency it was computed in,
-    SCORES_COMPUTED with the canonical breakdowns (none when `events` is false: deleted since)."""
-    correlation = str(uuid.uuid4())
+def _replace_rows_of(conn, uid, date, current) -> str:
+    """A new calculation of the user for the date: its earlier rows of the date (and, when
+    `current`, its current scores) deleted, as a re-score replaced them; its correlation id."""
     conn.execute(
         sa.text("DELETE FROM score_history WHERE user_id = :u AND score_date = :d"),
         {"u": uid, "d": date},
     )
     if current:
         conn.execute(sa.text("DELETE FROM asset_scores WHERE user_id = :u"), {"u": uid})
+    return str(uuid.uuid4())
+
+
+def _score_row(uid, s, date, correlation, at) -> dict:
+    """The parameters of a score's row common to every form: :u :s :d :cv :sc :m :p :c :at."""
+    return {
+        "u": uid,
+        "s": s.symbol,
+        "d": date,
+        "cv": s.criteria_version_id,
+        "sc": s.score,
+        "m": s.max_possible_score,
+        "p": s.percentage,
+        "c": correlation,
+        "at": at,
+    }
+
+
+def _store_legacy_calculation(conn, uid, date, scores, *, base, at, current, events=True):
+    """One user's calculation as the code before 0004 stored it: its history rows of the date
+    and, when `current`, its asset_scores rows (both replacing the user's earlier ones, as a
+    re-score did), and its events: INPUTS_CAPTURED with the base currency it was computed in,
+    SCORES_COMPUTED with the canonical breakdowns (none when `events` is false: deleted since)."""
+    correlation = _replace_rows_of(conn, uid, date, current)
     for s in scores:
-        row = {
-            "u": uid,
-            "s": s.symbol,
-            "d": date,
-            "cv": s.criteria_version_id,
-            "sc": s.score,
-            "m": s.max_possible_score,
-            "p": s.percentage,
-            "b": s.breakdown_json,
-            "c": correlation,
-            "at": at,
-        }
+        row = {**_score_row(uid, s, date, correlation, at), "b": s.breakdown_json}
         conn.execute(
             sa.text("INSERT INTO score_history VALUES (:u, :s, :d, :cv, :sc, :c, :at)"), row
         )
@@ -586,13 +596,7 @@ def test_downgrade_below_0004_and_upgrade_again_keeps_the_history_of_compact_nig
         replaced), its events INPUTS_CAPTURED and SCORES_COMPUTED (outcomes)."""
         uid, base, current = users[name], bases[name], date == "2026-11-27"
         scores = _legacy_breakdowns(engine, uid, base, "31", aaa)
-        correlation = str(uuid.uuid4())
-        conn.execute(
-            sa.text("DELETE FROM score_history WHERE user_id = :u AND score_date = :d"),
-            {"u": uid, "d": date},
-        )
-        if current:
-            conn.execute(sa.text("DELETE FROM asset_scores WHERE user_id = :u"), {"u": uid})
+        correlation = _replace_rows_of(conn, uid, date, current)
         for s in scores:
             texts = {
                 r["metric"]: e["actualValue"]
@@ -601,15 +605,7 @@ def test_downgrade_below_0004_and_upgrade_again_keeps_the_history_of_compact_nig
             }
             values.setdefault((date, s.symbol, base, revision), {}).update(texts)
             row = {
-                "u": uid,
-                "s": s.symbol,
-                "d": date,
-                "cv": s.criteria_version_id,
-                "sc": s.score,
-                "m": s.max_possible_score,
-                "p": s.percentage,
-                "c": correlation,
-                "at": at,
+                **_score_row(uid, s, date, correlation, at),
                 "o": s.outcomes,
                 "b": base,
                 "r": revision,
