@@ -24,6 +24,7 @@ from scoring_pipeline.cli.status import failed_user_line
 from scoring_pipeline.defs.partitions import scores_partition_key
 from scoring_pipeline.defs.step_errors import step_failure
 from scoring_pipeline.errors import ConfigurationError, NightInProgressError
+from scoring_pipeline.runtime.run_launcher import WORKER_TAG, worker_identity
 from scoring_pipeline.store.db import create_engine_for, prepare_dagster_environment
 from scoring_pipeline.store.membership import load_membership
 from scoring_pipeline.store.night.closing import close_night, failed_users
@@ -186,6 +187,8 @@ def run_night(
         "scoring/score_date": date_key,
         "scoring/trigger": "cli",
         telemetry.TRACEPARENT: telemetry.new_traceparent(),
+        # This process executes the runs: run monitoring fails them if it dies mid-run.
+        WORKER_TAG: worker_identity(),
     }
 
     snapshots_job = definitions.resolve_job_def(job_name(SNAPSHOTS_JOB))

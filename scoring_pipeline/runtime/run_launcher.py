@@ -9,6 +9,8 @@ task: it stays STARTED, run monitoring reads "running" forever, and the run and 
 process's start time, set by the worker as the run starts), and while the task reads STARTED the
 launcher checks that this process still exists. It can tell only for a worker on its own host
 (the default deployment: `scoring-pipeline services`); for another host it trusts the task.
+A run `scoring-pipeline score` executes in its own process has no task: that process is its
+worker (the command tags its runs so).
 """
 
 import socket
@@ -17,6 +19,7 @@ import psutil
 from dagster._core.launcher import CheckRunHealthResult, WorkerStatus
 from dagster._core.storage.dagster_run import DagsterRun
 from dagster_celery.launcher import CeleryRunLauncher
+from dagster_celery.tags import DAGSTER_CELERY_TASK_ID_TAG
 
 WORKER_TAG = "scoring/run_worker"
 # Start times are compared to this precision (psutil reads them from /proc in clock ticks).
@@ -68,6 +71,15 @@ class WatchedCeleryRunLauncher(CeleryRunLauncher):
         return super().terminate(run_id)
 
     def check_run_worker_health(self, run: DagsterRun) -> CheckRunHealthResult:
+        if DAGSTER_CELERY_TASK_ID_TAG not in run.tags:
+            # Not launched by this launcher: a run `scoring-pipeline score` executes in its own
+            # process (dagster-celery's check raised KeyError on it, each poll, in daemon.log).
+            gone = worker_gone(run.tags.get(WORKER_TAG))
+            if gone is None:
+                return CheckRunHealthResult(WorkerStatus.RUNNING, "executed in its own process")
+            return CheckRunHealthResult(
+                WorkerStatus.FAILED, f"{gone} (the in-process run of `scoring-pipeline score`)"
+            )
         health = super().check_run_worker_health(run)
         if health.status != WorkerStatus.RUNNING:
             return health

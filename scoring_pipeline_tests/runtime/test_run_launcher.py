@@ -82,3 +82,38 @@ def test_a_process_with_the_same_pid_but_another_start_is_not_the_worker():
         f"its run worker process {pid} on {host} is gone (pid {pid} is another process now)"
     )
     assert worker_gone(None) is None and worker_gone("not an identity") is None
+
+
+def test_a_run_executed_in_its_own_process_is_watched_by_that_process(
+    database_url, dagster_instance
+):
+    """`scoring-pipeline score` executes its runs in its own process, with no Celery task (an
+    operator review: dagster-celery's check raised KeyError on them, an ERROR with a traceback
+    in daemon.log every poll while `score` ran beside the services). The process that runs them
+    is their worker: running, they are; gone, they failed."""
+    backend = f"db+{dagster_storage_url(database_url)}"
+    launcher = WatchedCeleryRunLauncher(
+        default_queue="dagster", broker="memory://", backend=backend
+    )
+    command = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    run = dagster_instance.create_run_for_job(
+        _a_job,
+        tags={WORKER_TAG: worker_identity(command.pid)},
+        status=dg.DagsterRunStatus.STARTED,
+    )
+    untagged = dagster_instance.create_run_for_job(_a_job, status=dg.DagsterRunStatus.STARTED)
+    try:
+        assert launcher.check_run_worker_health(run).status == WorkerStatus.RUNNING
+        assert launcher.check_run_worker_health(untagged).status == WorkerStatus.RUNNING
+        command.kill()
+        command.wait()
+        health = launcher.check_run_worker_health(run)
+        assert health.status == WorkerStatus.FAILED
+        assert health.msg == (
+            f"its run worker process {command.pid} on {worker_identity().split('/')[0]} is gone "
+            "(the in-process run of `scoring-pipeline score`)"
+        )
+    finally:
+        command.kill()
+        for r in (run, untagged):
+            dagster_instance.delete_run(r.run_id)
