@@ -10,6 +10,7 @@ from decimal import Decimal
 import dagster as dg
 import pytest
 import sqlalchemy as sa
+from dagster._core.storage.tags import PARENT_RUN_ID_TAG, ROOT_RUN_ID_TAG
 
 from scoring_pipeline.definitions import defs
 from scoring_pipeline.defs.assets.scores import scores
@@ -554,8 +555,21 @@ def test_a_backfill_of_the_snapshots_starts_no_night(world, dagster_instance):
     assert [r.status for r in closed] == ["completed"]
     events = "SELECT count(*) AS n FROM calculation_events WHERE event_type = 'JOB_STARTED'"
     started = rows(world, events)[0].n
-    assert snapshots(dagster_instance, tags=backfill).success  # the frozen inputs, kept
+    kept = snapshots(dagster_instance, tags=backfill)
+    assert kept.success  # the frozen inputs, kept
     assert rows(world, nights) == closed and rows(world, events)[0].n == started
+    # Its run re-executed from its run page (which drops the backfill's tag): still a backfill's
+    # (an operator review: it restarted the night, and every user was scored again).
+    for parent, day in ((kept.run_id, DATE), (refused.run_id, old)):
+        again = snapshots(
+            dagster_instance,
+            partition_key=day,
+            tags={ROOT_RUN_ID_TAG: parent, PARENT_RUN_ID_TAG: parent},
+            raise_on_error=False,
+        )
+        assert again.success == (day == DATE)
+    assert rows(world, nights) == closed and rows(world, events)[0].n == started
+    assert rows(world, inputs, d=old)[0].n == 0
 
 
 def test_a_night_being_started_or_scored_is_not_restarted(world, dagster_instance):

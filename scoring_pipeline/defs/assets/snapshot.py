@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 import dagster as dg
+from dagster._core.storage.tags import ROOT_RUN_ID_TAG
 from sqlalchemy.engine import Connection
 
 from scoring_pipeline import telemetry
@@ -43,7 +44,15 @@ BACKFILL_TAG = "dagster/backfill"
 
 
 def in_backfill(context: dg.AssetExecutionContext) -> bool:
-    return BACKFILL_TAG in context.run.tags
+    """A run of a backfill, or a re-execution of one (its run page's Re-execute: Dagster drops
+    the backfill's tag from the new run, which then started or restarted the date's night, an
+    operator review found)."""
+    run = context.run
+    if BACKFILL_TAG in run.tags:
+        return True
+    root = run.root_run_id or run.tags.get(ROOT_RUN_ID_TAG)
+    original = context.instance.get_run_by_id(root) if root else None
+    return original is not None and BACKFILL_TAG in original.tags
 
 
 def refuse_a_date_with_no_night(
