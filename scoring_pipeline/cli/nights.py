@@ -108,10 +108,10 @@ def _retry_group(
 ) -> str:
     """Backfill the failed batches of one group's night that nothing is scoring now; what was
     found: no night, a night failed before scoring, or one retried (or with nothing to retry)."""
-    from scoring_pipeline.defs.batches_in_flight import partitions_being_scored
+    from scoring_pipeline.defs.batches_in_flight import night_being_started, partitions_being_scored
     from scoring_pipeline.defs.partitions import scores_partition_key, scores_partitions_name
     from scoring_pipeline.store.month_partitions import coverage
-    from scoring_pipeline.store.night.model import find_night
+    from scoring_pipeline.store.night.model import NightStatus, find_night
     from scoring_pipeline.store.night.outcomes import batches_to_retry, failed_before_scoring
 
     night = find_night(conn, score_date, market_group=group.name)
@@ -142,6 +142,19 @@ def _retry_group(
             f"`scoring-pipeline score --date {score_date}{only}`"
         )
         return _UNSCORED
+    starting = (
+        night_being_started(instance, night.snapshot_run_id)
+        if night.status is NightStatus.STARTED
+        else None
+    )
+    if starting is not None:
+        # Its batches have no outcome yet: each would count as failed and be scored twice.
+        print(
+            f"nothing to retry in group {group.name} yet: the night of {score_date} is still "
+            f"being started by {starting}, whose end launches its batches; run retry-failed "
+            "again once they have run"
+        )
+        return _RETRIED
     batches = batches_to_retry(conn, score_date, market_group=group.name)
     if not batches:
         print(f"nothing to retry in group {group.name}: every batch of {score_date} succeeded")

@@ -107,3 +107,22 @@ def night_in_progress(
     )
     more = f"; and {len(by_scorer) - 3} more runs or backfills" if len(by_scorer) > 3 else ""
     return f"its batches are being scored ({shown}{more})"
+
+
+def night_being_started(
+    instance: dg.DagsterInstance, snapshot_run_id: str | None, *, created: float | None = None
+) -> str | None:
+    """The run starting a night (its snapshots run, `snapshot_run_id`) when it has not ended
+    yet, or, with `created` (a run's creation time), had not ended when that run was created:
+    `run <id>`, else None. A batch of that night scored then would read snapshots not frozen yet
+    (or another group's prices of the date), and the night's own batch runs follow its end."""
+    if snapshot_run_id is None:
+        return None
+    record = instance.get_run_record_by_id(snapshot_run_id)
+    if record is None:
+        return None
+    if record.dagster_run.status in _UNFINISHED:
+        return f"run {snapshot_run_id}"
+    if created is not None and record.end_time is not None and created < record.end_time:
+        return f"run {snapshot_run_id}"
+    return None

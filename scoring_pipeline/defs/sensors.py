@@ -6,7 +6,9 @@ import datetime as dt
 import hashlib
 
 import dagster as dg
+from sqlalchemy.engine import Connection
 
+from scoring_pipeline.defs.batches_in_flight import night_being_started
 from scoring_pipeline.defs.cache_warming import (
     CLOSING_LANE,
     LANE_TAG,
@@ -36,7 +38,7 @@ from scoring_pipeline.defs.run_tags import (
 from scoring_pipeline.defs.step_errors import last_step_failure
 from scoring_pipeline.store.dashboard_cache import pending_batches
 from scoring_pipeline.store.membership import load_membership
-from scoring_pipeline.store.night.model import NightStatus, recent_nights
+from scoring_pipeline.store.night.model import NightStatus, find_night, recent_nights
 from scoring_pipeline.store.night.opening import fail_night
 from scoring_pipeline.store.night.outcomes import (
     batches_landed_by_run,
@@ -155,6 +157,23 @@ def _is_date(value: str | None) -> bool:
     return True
 
 
+def _launched_while_starting(
+    instance: dg.DagsterInstance,
+    conn: Connection,
+    day: dt.date,
+    group: str,
+    created: dt.datetime | None,
+) -> bool:
+    """The batch run was created while the run starting its night had not ended: it scored
+    nothing of that night (`scores` refuses it), so its end says nothing of the night's users
+    (counted failed, they closed the night `failed` before its own batches ran)."""
+    night = find_night(conn, day, market_group=group)
+    if night is None or night.status is not NightStatus.STARTED:
+        return False
+    when = created.timestamp() if created is not None else None
+    return night_being_started(instance, night.snapshot_run_id, created=when) is not None
+
+
 def close_night_after_run_ended(
     context: dg.RunStatusSensorContext, database: DatabaseResource, nights: NightDefinitions
 ) -> None:
@@ -188,6 +207,9 @@ def close_night_after_run_ended(
                     closed, batch = parse_scores_partition_key(partition)
                 except NotABatchPartitionError:
                     continue  # not a partition of ours (a key added by hand): no night
+                if _launched_while_starting(context.instance, conn, closed, group, created):
+                    # Refused (`scores`): the night's own batch runs follow its snapshots run.
+                    continue
                 # Each batch the run wrote keeps its outcome; the others count as failed.
                 record_batch_run_died(
                     conn,

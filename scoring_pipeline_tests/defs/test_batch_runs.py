@@ -470,3 +470,63 @@ def test_a_run_re_executed_from_failure_scores_only_the_batches_that_had_not_lan
     )
     assert ok
     assert _calculations(world) == {_uid(1): 2, _uid(2): 2, _uid(3): 3, _uid(4): 3, _uid(5): 2}
+
+
+def test_a_batch_run_launched_while_its_night_is_being_started_scores_nothing(
+    world, dagster_instance
+):
+    """`retry-failed`, or a "Failed and missing" backfill, while the night's snapshots run is
+    still running (an operator review: the batches, with no outcome yet, were all backfilled;
+    a run of them failed on "no price snapshot", counted every user failed and closed the night
+    `failed`, or scored every user a second time after the night's own runs). Now retry-failed
+    leaves the night to its snapshots run, a batch run refuses to score, and its end records
+    nothing; once the snapshots run has ended, the night's batches score as usual."""
+    from scoring_pipeline.cli.nights import _retry_group
+    from scoring_pipeline.definitions import defs
+    from scoring_pipeline.defs.market_groups.group import DEFAULT_GROUP, DEFAULT_GROUPS
+    from scoring_pipeline.runtime.dagster_api import DagsterApi
+    from scoring_pipeline.store.night.model import merge_metrics
+
+    _night(world, dagster_instance)
+    day = dt.date.fromisoformat(DATE)
+    with world.connect() as conn:
+        night = find_night(conn, day)
+    assert night is not None and night.snapshot_run_id is not None
+    real = night.snapshot_run_id
+    starting = dagster_instance.create_run_for_job(
+        defs().resolve_job_def("overnight_snapshots_job"),
+        tags={"dagster/partition": DATE},
+        status=dg.DagsterRunStatus.STARTED,
+    )
+    try:
+        with world.begin() as conn:
+            merge_metrics(conn, day, {"dagster_snapshot_run_id": starting.run_id})
+        with world.begin() as conn:
+            said = _retry_group(
+                conn,
+                dagster_instance,
+                DagsterApi("http://127.0.0.1:9"),  # never asked: nothing is launched
+                defs().resolve_asset_graph(),
+                DEFAULT_GROUPS[DEFAULT_GROUP],
+                day,
+                1,
+            )
+        assert said == "retried"  # nothing to retry yet, nothing launched
+
+        result = batches(dagster_instance)
+        assert not result.success
+        assert (
+            f"the night of {DATE} (group all) is still being started by run {starting.run_id}: "
+            "its batches are launched when that run ends; nothing was scored"
+        ) in _failure_message(result)
+        assert not rows(world, "SELECT 1 FROM asset_scores")
+        _failure_sensor_sees(dagster_instance, result.run_id)
+        assert _outcomes(world) == {}
+        assert _night_row(world).status == "started"
+    finally:
+        with world.begin() as conn:
+            merge_metrics(conn, day, {"dagster_snapshot_run_id": real})
+        dagster_instance.delete_run(starting.run_id)
+    done = batches(dagster_instance)  # the night's own run, after its snapshots run ended
+    assert done.success
+    assert _night_row(world).status == "completed"

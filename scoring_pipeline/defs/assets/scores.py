@@ -17,6 +17,7 @@ from scoring_pipeline import telemetry
 from scoring_pipeline.defs.assets.active_users import active_users
 from scoring_pipeline.defs.assets.exchange_rates import exchange_rates
 from scoring_pipeline.defs.assets.prices import prices
+from scoring_pipeline.defs.batches_in_flight import night_being_started
 from scoring_pipeline.defs.job_names import SNAPSHOTS_JOB
 from scoring_pipeline.defs.market_groups.group import DEFAULT_GROUP, DEFAULT_GROUPS, MarketGroup
 from scoring_pipeline.defs.partitions import (
@@ -32,7 +33,7 @@ from scoring_pipeline.store import month_partitions
 from scoring_pipeline.store import tables as t
 from scoring_pipeline.store.batch_inputs import RunInputs, load_batch_inputs
 from scoring_pipeline.store.membership import batch_keys_text, has_batch
-from scoring_pipeline.store.night.model import Night, find_night
+from scoring_pipeline.store.night.model import Night, NightStatus, find_night
 from scoring_pipeline.store.night.outcomes import LandedOutcome, batches_landed_by_runs
 from scoring_pipeline.store.snapshots.reuse import has_snapshot
 
@@ -68,7 +69,7 @@ def build_scores(group: MarketGroup, upstream: list[dg.AssetsDefinition]) -> dg.
         """Scores of the run's batches of users (one partition, or a range of a night's), from
         their date's frozen snapshots: each batch is scored as the IO manager writes it."""
         keys = list(context.partition_keys)
-        batches, refused, nights = _night_batches(database, keys, group)
+        batches, refused, nights = _night_batches(database, keys, group, context.instance)
         if len(keys) == 1 and refused:
             raise dg.Failure(description=refused[0].description, allow_retries=False)
         earlier = _landed_earlier(context, database, batches, group.name)
@@ -139,7 +140,7 @@ class RunBatches:
 
 
 def _night_batches(
-    database: DatabaseResource, keys: list[str], group: MarketGroup
+    database: DatabaseResource, keys: list[str], group: MarketGroup, instance: dg.DagsterInstance
 ) -> tuple[list[tuple[dt.date, str]], list[RefusedBatch], dict[dt.date, "_NightScope"]]:
     """(date, batch) of every key that is a batch of a night, the others refused with the
     reason, and the night each date's batches are scored for."""
@@ -151,7 +152,7 @@ def _night_batches(
             try:
                 score_date, batch = _night_batch(key)
                 if score_date not in nights:
-                    night = _night_of_date(conn, score_date, batch, group.name)
+                    night = _night_of_date(conn, score_date, batch, group.name, instance)
                     nights[score_date] = _NightScope(
                         group.name, night.correlation_id, night.markets_or(group.markets)
                     )
@@ -276,15 +277,34 @@ def _night_batch(partition_key: str) -> tuple[dt.date, str]:
         raise dg.Failure(description=str(exc), allow_retries=False) from None
 
 
-def _night_of_date(conn: Connection, score_date: dt.date, batch: str, group: str) -> Night:
+def _night_of_date(
+    conn: Connection, score_date: dt.date, batch: str, group: str, instance: dg.DagsterInstance
+) -> Night:
     """The date's night of the group, with its inputs frozen; a clear
-    failure when there is none (never opens a night: only the date's snapshots run does)."""
+    failure when there is none (never opens a night: only the date's snapshots run does), or
+    while the run starting it has not frozen them yet."""
     night = find_night(conn, score_date, market_group=group)
     if night is None:
         raise dg.Failure(
             description=(
                 f"{score_date}/{batch} belongs to no night: {score_date} has no night of group "
                 f"{group} (run the group's snapshots job for it first); nothing was scored"
+            ),
+            allow_retries=False,
+        )
+    starting = (
+        night_being_started(instance, night.snapshot_run_id)
+        if night.status is NightStatus.STARTED
+        else None
+    )
+    if starting is not None:
+        # A retry or a backfill launched while the night starts: the run starting it has not
+        # frozen the date's inputs yet (another group's prices of the date may be there), and
+        # the night's own batch runs follow its end.
+        raise dg.Failure(
+            description=(
+                f"the night of {score_date} (group {group}) is still being started by "
+                f"{starting}: its batches are launched when that run ends; nothing was scored"
             ),
             allow_retries=False,
         )
