@@ -32,6 +32,18 @@ def _a_job() -> None:
     _noop()
 
 
+HOST = worker_identity().split("/")[0]
+
+
+def _failed_once_killed(launcher, run, process: subprocess.Popen) -> str:
+    """Kill `process`, the run's worker: the health check then reports the run failed (why)."""
+    process.kill()
+    process.wait()
+    health = launcher.check_run_worker_health(run)
+    assert health.status == WorkerStatus.FAILED
+    return str(health.msg)
+
+
 def test_a_started_task_whose_worker_process_is_gone_is_a_failed_run(
     database_url, dagster_instance
 ):
@@ -54,12 +66,8 @@ def test_a_started_task_whose_worker_process_is_gone_is_a_failed_run(
     try:
         launcher.celery.backend.store_result(task_id, None, "STARTED")  # as the worker does
         assert launcher.check_run_worker_health(run).status == WorkerStatus.RUNNING
-        worker.kill()
-        worker.wait()
-        health = launcher.check_run_worker_health(run)
-        assert health.status == WorkerStatus.FAILED
-        assert health.msg == (
-            f"its run worker process {worker.pid} on {worker_identity().split('/')[0]} is gone, "
+        assert _failed_once_killed(launcher, run, worker) == (
+            f"its run worker process {worker.pid} on {HOST} is gone, "
             "its Celery task still reads STARTED (its worker's main process died)"
         )
         # A worker on another host: this one cannot tell, so the task's state stands.
@@ -105,12 +113,8 @@ def test_a_run_executed_in_its_own_process_is_watched_by_that_process(
     try:
         assert launcher.check_run_worker_health(run).status == WorkerStatus.RUNNING
         assert launcher.check_run_worker_health(untagged).status == WorkerStatus.RUNNING
-        command.kill()
-        command.wait()
-        health = launcher.check_run_worker_health(run)
-        assert health.status == WorkerStatus.FAILED
-        assert health.msg == (
-            f"its run worker process {command.pid} on {worker_identity().split('/')[0]} is gone "
+        assert _failed_once_killed(launcher, run, command) == (
+            f"its run worker process {command.pid} on {HOST} is gone "
             "(the in-process run of `scoring-pipeline score`)"
         )
     finally:
