@@ -530,3 +530,26 @@ def test_a_batch_run_launched_while_its_night_is_being_started_scores_nothing(
     done = batches(dagster_instance)  # the night's own run, after its snapshots run ended
     assert done.success
     assert _night_row(world).status == "completed"
+
+
+def test_a_re_score_of_a_batch_that_succeeded_dying_leaves_its_success(
+    world, dagster_instance, monkeypatch
+):
+    """An optional re-score of a landed batch (its partition re-materialised) that dies, or is
+    terminated, before it lands: its write was rolled back, so the batch's users keep the scores
+    of its success, which stays its outcome (an operator review: they were counted failed, and
+    the completed night went `partial`)."""
+    _night(world, dagster_instance)
+    night = batches(dagster_instance)
+    assert night.success and _night_row(world).status == "completed"
+
+    def persist(engine, output, *, run_id):
+        raise dg.Failure("the run was terminated while writing", allow_retries=False)
+
+    monkeypatch.setattr("scoring_pipeline.defs.io_managers.persist_batch", persist)
+    again = batch(dagster_instance, "b0001")
+    assert not again.success
+    _failure_sensor_sees(dagster_instance, again.run_id)
+    assert _outcomes(world)["b0001"] == ("success", night.run_id, 0)
+    row = _night_row(world)
+    assert (row.status, row.users_failed) == ("completed", 0)

@@ -175,10 +175,12 @@ def record_batch_run_died(
     users), every member of the batch counts as failed; then the night closes if it was last.
     Nothing is recorded for a date with no night of the group.
 
-    An outcome another run wrote after this run was created (`run_created`) is newer than
-    anything this run could tell and stays: two runs of the same batch at once (two backfills
-    of a night's failed batches, launched from two tabs) both write, one after the other, and
-    the one whose outcome was replaced must not turn the batch's real errors into "run failed"."""
+    A success another run wrote stays (this run's write of the batch, if any, was rolled back:
+    its users keep those scores). So does any outcome another run wrote after this run was
+    created (`run_created`), newer than anything this run could tell: two runs of the same
+    batch at once (two backfills of a night's failed batches, launched from two tabs) both
+    write, one after the other, and the one whose outcome was replaced must not turn the
+    batch's real errors into "run failed"."""
     night = find_night(conn, score_date, market_group=market_group)
     if night is None:
         # A batch of no night (a retry of a group whose night has not started): its run was
@@ -193,7 +195,9 @@ def record_batch_run_died(
         return night.status
     current = conn.execute(
         sa.select(
-            t.scoring_batch_results.c.dagster_run_id, t.scoring_batch_results.c.updated_at
+            t.scoring_batch_results.c.dagster_run_id,
+            t.scoring_batch_results.c.updated_at,
+            t.scoring_batch_results.c.status,
         ).where(
             t.scoring_batch_results.c.score_date == score_date,
             t.scoring_batch_results.c.market_group == market_group,
@@ -204,8 +208,13 @@ def record_batch_run_died(
     newer = (
         current is not None
         and written != run_id
-        and run_created is not None
-        and current.updated_at >= run_created
+        and (
+            (run_created is not None and current.updated_at >= run_created)
+            # A re-score of a batch that had succeeded: the dead run's write was rolled back,
+            # so its users keep the scores of that success (an operator review: terminating an
+            # optional re-score counted them failed, and the completed night went `partial`).
+            or current.status == "success"
+        )
     )
     members = _batch_members(conn, score_date, batch, _markets(night))
     if written != run_id and members and not newer:
