@@ -110,8 +110,8 @@ def _retry_group(
     found: no night, a night failed before scoring, or one retried (or with nothing to retry)."""
     from scoring_pipeline.defs.batches_in_flight import night_being_started, partitions_being_scored
     from scoring_pipeline.defs.partitions import scores_partition_key, scores_partitions_name
-    from scoring_pipeline.store.month_partitions import coverage
-    from scoring_pipeline.store.night.model import NightStatus, find_night
+    from scoring_pipeline.store.month_partitions import HISTORY_TABLES, coverage
+    from scoring_pipeline.store.night.model import find_night
     from scoring_pipeline.store.night.outcomes import batches_to_retry, failed_before_scoring
 
     night = find_night(conn, score_date, market_group=group.name)
@@ -131,7 +131,7 @@ def _retry_group(
             f"`scoring-pipeline score --date {score_date}{only}`"
         )
         return _UNSCORED
-    pruned = coverage(conn).dropped(score_date, ("score_history", "calculation_events"))
+    pruned = coverage(conn).dropped(score_date, HISTORY_TABLES)
     if pruned:
         # Its history and events are gone: a retry would write its month back for a part of
         # the night only (and register its batches in Dagster again).
@@ -142,11 +142,7 @@ def _retry_group(
             f"`scoring-pipeline score --date {score_date}{only}`"
         )
         return _UNSCORED
-    starting = (
-        night_being_started(instance, night.snapshot_run_id)
-        if night.status is NightStatus.STARTED
-        else None
-    )
+    starting = night_being_started(instance, night)
     if starting is not None:
         # Its batches have no outcome yet: each would count as failed and be scored twice.
         print(

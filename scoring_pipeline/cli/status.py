@@ -12,7 +12,7 @@ from scoring_pipeline.cli.options import app_engine, parse_date
 from scoring_pipeline.errors import ConfigurationError
 from scoring_pipeline.runtime.dagster_api import DEFAULT_URL
 from scoring_pipeline.store import month_partitions
-from scoring_pipeline.store.month_partitions import Coverage
+from scoring_pipeline.store.month_partitions import HISTORY_TABLES, Coverage
 from scoring_pipeline.store.night.closing import failed_users
 from scoring_pipeline.store.night.model import (
     ALL_MARKETS,
@@ -85,12 +85,9 @@ def _figure(night: Night, key: str) -> int:
     return int(night.metrics.get(key, 0) or 0)
 
 
-_HISTORY_TABLES = ("score_history", "calculation_events")
-
-
 def _pruned(night: Night, coverage: Coverage) -> list[str]:
     """The night's history tables whose month `prune` dropped."""
-    return coverage.dropped(night.score_date, _HISTORY_TABLES)
+    return coverage.dropped(night.score_date, HISTORY_TABLES)
 
 
 def _overview(nights: list[tuple[Night, Night | None]], coverage: Coverage) -> list[str]:

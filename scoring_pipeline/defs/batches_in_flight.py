@@ -15,6 +15,7 @@ from scoring_pipeline.defs.job_names import BATCH_JOB
 from scoring_pipeline.defs.market_groups.group import MarketGroup
 from scoring_pipeline.defs.partitions import parse_scores_partition_key, run_partitions
 from scoring_pipeline.defs.run_tags import IN_FLIGHT
+from scoring_pipeline.store.night.model import Night, NightStatus
 
 # A run being cancelled may still be writing its batch.
 _UNFINISHED = [*IN_FLIGHT, dg.DagsterRunStatus.CANCELING]
@@ -110,13 +111,14 @@ def night_in_progress(
 
 
 def night_being_started(
-    instance: dg.DagsterInstance, snapshot_run_id: str | None, *, created: float | None = None
+    instance: dg.DagsterInstance, night: Night, *, created: float | None = None
 ) -> str | None:
-    """The run starting a night (its snapshots run, `snapshot_run_id`) when it has not ended
-    yet, or, with `created` (a run's creation time), had not ended when that run was created:
-    `run <id>`, else None. A batch of that night scored then would read snapshots not frozen yet
-    (or another group's prices of the date), and the night's own batch runs follow its end."""
-    if snapshot_run_id is None:
+    """The run starting an open night (its snapshots run) when it has not ended yet, or, with
+    `created` (a run's creation time), had not ended when that run was created: `run <id>`,
+    else None. A batch of that night scored then would read snapshots not frozen yet (or
+    another group's prices of the date), and the night's own batch runs follow its end."""
+    snapshot_run_id = night.snapshot_run_id
+    if night.status is not NightStatus.STARTED or snapshot_run_id is None:
         return None
     record = instance.get_run_record_by_id(snapshot_run_id)
     if record is None:

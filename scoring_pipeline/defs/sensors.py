@@ -168,10 +168,10 @@ def _launched_while_starting(
     nothing of that night (`scores` refuses it), so its end says nothing of the night's users
     (counted failed, they closed the night `failed` before its own batches ran)."""
     night = find_night(conn, day, market_group=group)
-    if night is None or night.status is not NightStatus.STARTED:
+    if night is None:
         return False
     when = created.timestamp() if created is not None else None
-    return night_being_started(instance, night.snapshot_run_id, created=when) is not None
+    return night_being_started(instance, night, created=when) is not None
 
 
 def close_night_after_run_ended(

@@ -17,6 +17,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 PARTITIONED_TABLES = ("score_history", "calculation_events", "score_metric_values")
+# What a night's month keeps of its calculations: gone with it, they can no longer be replayed.
+HISTORY_TABLES = ("score_history", "calculation_events")
 _BOUNDS = re.compile(r"FROM \('(\d{4}-\d{2}-\d{2})'\) TO \('(\d{4}-\d{2}-\d{2})'\)")
 
 

@@ -33,7 +33,7 @@ from scoring_pipeline.store import month_partitions
 from scoring_pipeline.store import tables as t
 from scoring_pipeline.store.batch_inputs import RunInputs, load_batch_inputs
 from scoring_pipeline.store.membership import batch_keys_text, has_batch
-from scoring_pipeline.store.night.model import Night, NightStatus, find_night
+from scoring_pipeline.store.night.model import Night, find_night
 from scoring_pipeline.store.night.outcomes import LandedOutcome, batches_landed_by_runs
 from scoring_pipeline.store.snapshots.reuse import has_snapshot
 
@@ -292,11 +292,7 @@ def _night_of_date(
             ),
             allow_retries=False,
         )
-    starting = (
-        night_being_started(instance, night.snapshot_run_id)
-        if night.status is NightStatus.STARTED
-        else None
-    )
+    starting = night_being_started(instance, night)
     if starting is not None:
         # A retry or a backfill launched while the night starts: the run starting it has not
         # frozen the date's inputs yet (another group's prices of the date may be there), and
