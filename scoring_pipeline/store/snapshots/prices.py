@@ -204,20 +204,20 @@ def snapshot_prices(
             symbols=symbols, currencies=instrument_currencies(conn, symbols), as_of=score_date
         )
     except ProviderError as exc:
-        reuse = stale_or_last_resort(
+        figures, answer = stale_or_last_resort(
             conn, table, score_date, max_age_days, exc, "prices", PricesResult
         )
-        if not isinstance(reuse, PricesResult):
+        if answer is None:
             reused = conn.execute(
                 sa.select(sa.func.count()).where(table.c.score_date == score_date)
             ).scalar_one()
             return {
-                **reuse,
+                **figures,
                 "symbols": reused,  # status: "N of <symbols> needed symbols without a price"
                 **_unpriced(conn, score_date),
                 **stored_rejections(conn, table, score_date, "symbol"),
             }
-        result, resort = reuse, {"last_resort": True, "provider_error": str(exc)}
+        result, resort = answer, figures
     counts = store_prices(conn, score_date, symbols, result, fetched_at=_now())
     _warn_not_returned(score_date, result, len(symbols))
     return {
@@ -296,7 +296,7 @@ def _snapshot_group_prices(
             as_of=score_date,
         )
     except ProviderError as exc:
-        stale = stale_or_last_resort(
+        reuse, answer = stale_or_last_resort(
             conn,
             t.price_snapshots,
             score_date,
@@ -308,9 +308,9 @@ def _snapshot_group_prices(
             priced=sorted(own),
             of=f"instruments of {', '.join(markets)}" if own else None,
         )
-        if not isinstance(stale, PricesResult):
-            return {**stale, **figures, **_unpriced(conn, score_date, symbols)}
-        result, figures = stale, {**figures, "last_resort": True, "provider_error": str(exc)}
+        if answer is None:
+            return {**reuse, **figures, **_unpriced(conn, score_date, symbols)}
+        result, figures = answer, {**figures, **reuse}
     counts = store_prices(conn, score_date, wanted, result, fetched_at=_now(), only_these=True)
     _warn_not_returned(score_date, result, len(wanted))
     return {

@@ -136,16 +136,16 @@ def snapshot_rates(
     try:
         snapshot = provider.fetch_usd_rates(currencies=currencies, as_of=score_date)
     except ProviderError as exc:
-        reused = stale_or_last_resort(
+        figures, answer = stale_or_last_resort(
             conn, table, score_date, max_age_days, exc, "rates", RatesSnapshot
         )
-        if not isinstance(reused, RatesSnapshot):
+        if answer is None:
             return {
-                **reused,
+                **figures,
                 "currencies": len(load_rates(conn, score_date)),
                 **stored_rejections(conn, table, score_date, "quote_currency"),
             }
-        snapshot, resort = reused, {"last_resort": True, "provider_error": str(exc)}
+        snapshot, resort = answer, figures
     count = store_rates(conn, score_date, snapshot, fetched_at=_now())
     missing = sorted(set(currencies) - set(snapshot.rates) - set(snapshot.rejected))
     if missing:

@@ -132,13 +132,14 @@ def stale_or_last_resort(
     what: str,
     kind: type[_R],
     **reuse: Any,
-) -> dict[str, Any] | _R:
-    """`stale_or_raise`; but with no recent snapshot to reuse, the providers' answer refused
-    only for one rejected value (`chain.last_resort`: a small answer, where one value is over
-    PROVIDER_MAX_REJECTED_FRACTION) is returned, to be stored as the date's answer with that
-    value missing: one bad value never fails a night (SPEC §8)."""
+) -> tuple[dict[str, Any], _R | None]:
+    """`stale_or_raise`'s figures, and None; but with no recent snapshot to reuse, the
+    providers' answer refused only for one rejected value (`chain.last_resort`: a small answer,
+    where one value is over PROVIDER_MAX_REJECTED_FRACTION), to be stored as the date's answer
+    with that value missing (one bad value never fails a night, SPEC §8), with the figures that
+    say so."""
     try:
-        return stale_or_raise(conn, table, score_date, max_age_days, error, what, **reuse)
+        return stale_or_raise(conn, table, score_date, max_age_days, error, what, **reuse), None
     except SnapshotUnavailableError:
         answer = last_resort(error, kind)
         if answer is None:
@@ -154,4 +155,4 @@ def stale_or_last_resort(
         max_age_days,
         answer.source,
     )
-    return answer
+    return {"last_resort": True, "provider_error": str(error)}, answer
