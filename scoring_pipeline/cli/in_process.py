@@ -8,11 +8,8 @@ without writing an outcome is recorded as failed so the night never stays `start
 """
 
 import datetime as dt
-import logging
-import sys
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -89,39 +86,6 @@ def _step_errors(result: dg.ExecuteInProcessResult, *, stage: bool = True) -> st
     `stage STEP: ` before each unless `stage` is False."""
     messages = [m for e in result.all_events if (m := step_failure(e, stage=stage)) is not None]
     return "; ".join(messages) or "the run failed"
-
-
-class _Once(logging.Filter):
-    """Each message once: every batch of a night warns of the same date's bad inputs (a NaN
-    fundamental, say), which a night in process printed once per batch."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._seen: set[str] = set()
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        if message in self._seen:
-            return False
-        self._seen.add(message)
-        return True
-
-
-@contextmanager
-def project_warnings_on_stderr() -> Iterator[None]:
-    """The project's own warnings (a provider's retries, fallbacks and rejected values, secrets
-    already redacted) on stderr, one line each and each once, while a command runs nights in
-    process: the runs' console logger keeps quiet (`_QUIET`)."""
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setLevel(logging.WARNING)
-    handler.setFormatter(logging.Formatter("warning: %(message)s"))
-    handler.addFilter(_Once())
-    logger = logging.getLogger("scoring_pipeline")
-    logger.addHandler(handler)
-    try:
-        yield
-    finally:
-        logger.removeHandler(handler)
 
 
 # The CLI prints its own progress and summary, the steps' errors included (`_step_errors`):

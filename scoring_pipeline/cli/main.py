@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from scoring_pipeline.cli.bench.command import cmd_bench
+from scoring_pipeline.cli.console import project_warnings_on_stderr
 from scoring_pipeline.cli.database import (
     cmd_db_stop,
     cmd_db_url,
@@ -191,7 +192,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not debug:
         _quiet_library_warnings()
     try:
-        return _run(args, debug, own_dagster_url)
+        with project_warnings_on_stderr():
+            return _run(args, debug, own_dagster_url)
     except BrokenPipeError:
         # `status | head`: the reader has what it wanted. Python would also complain when it
         # flushes stdout at exit, so stdout goes to /dev/null first.

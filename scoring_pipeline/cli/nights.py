@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 
 
 def cmd_score(args: argparse.Namespace) -> int:
-    from scoring_pipeline.cli.in_process import project_warnings_on_stderr, refresh_plan, run_night
+    from scoring_pipeline.cli.in_process import refresh_plan, run_night
 
     # `--date ""` (a script's unset variable) is refused, not taken for today's night.
     score_date = parse_date(args.date) if args.date is not None else dt.datetime.now(dt.UTC).date()
@@ -30,8 +30,7 @@ def cmd_score(args: argparse.Namespace) -> int:
         closed = group.closed_reason(score_date)
         if closed is not None:  # the schedule would skip it; an operator may mean it
             print(f"warning: {closed}; scoring it anyway, as asked", file=sys.stderr)
-        with project_warnings_on_stderr():
-            summary = run_night(score_date, refresh=refresh, echo=print, group=group.name)
+        summary = run_night(score_date, refresh=refresh, echo=print, group=group.name)
         for line in summary.lines():
             print(line)
         status = max(status, 1 if summary.status == "failed" else 0)

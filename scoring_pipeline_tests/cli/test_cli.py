@@ -315,6 +315,24 @@ def test_score_one_market_group_and_refuse_an_unknown_one(cli_env, clean_db, tmp
     assert "no such market group" in unknown.stderr and "us, br, eu" in unknown.stderr
 
 
+def test_a_market_in_no_group_is_warned_of_once_a_command(cli_env, clean_db, tmp_path):
+    # The groups are loaded more than once by `score` (the command, then the night's
+    # definitions): the warning printed bare (Python's last-resort handler), then again.
+    run(cli_env, "migrate")
+    run(cli_env, "demo-data", "--users", "4", "--out", str(tmp_path / "demo"))
+    groups = tmp_path / "groups.toml"
+    groups.write_text('[groups.br]\nmarkets = ["BR_BANKS"]\ncalendar = "BVMF"\n')
+    cli_env["MARKET_GROUPS_FILE"] = str(groups)
+    expected = (
+        "warning: market groups: markets EU_INDUSTRIALS, US_TECH are in no group of "
+        "MARKET_GROUPS_FILE: no night scores the criteria sets targeting them"
+    )
+    for args in (("score", "--date", DATE, "--group", "br"), ("status", "--date", DATE)):
+        proc = run(cli_env, *args)
+        mentions = [line for line in proc.stderr.splitlines() if "in no group" in line]
+        assert mentions == [expected], proc.stderr
+
+
 def test_the_daemon_command_runs_the_sensor_daemon_until_sigterm(cli_env, clean_db, tmp_path):
     # For deployments that run the daemon apart from the webserver: it heartbeats into the
     # instance's storage (the deployment's database), sensors included, and stops on SIGTERM.

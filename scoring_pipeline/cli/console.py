@@ -1,0 +1,43 @@
+"""What a command prints besides its own output: the project's warnings, one line each."""
+
+import logging
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+
+class _Once(logging.Filter):
+    """Each message once: every batch of a night warns of the same date's bad inputs (a NaN
+    fundamental, say), and a command loads the market groups more than once (each load warns
+    of the markets in no group)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._seen: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if message in self._seen:
+            return False
+        self._seen.add(message)
+        return True
+
+
+@contextmanager
+def project_warnings_on_stderr() -> Iterator[None]:
+    """The project's own warnings (a provider's retries, fallbacks and rejected values, the
+    market groups' configuration; secrets already redacted) on stderr as `warning: …`, one
+    line each and each once, for the whole command. Without it, a warning logged before a
+    command installed its own handler went out bare through Python's last-resort handler, and
+    again with `warning:` once it had. A night run in process keeps the runs' console logger
+    quiet (`in_process._QUIET`): these lines are what it prints of the runs' warnings."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setLevel(logging.WARNING)
+    handler.setFormatter(logging.Formatter("warning: %(message)s"))
+    handler.addFilter(_Once())
+    logger = logging.getLogger("scoring_pipeline")
+    logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
