@@ -75,10 +75,21 @@ def _asset(night: Night, name: str) -> str:
     return name if night.market_group == ALL_MARKETS else f"{night.market_group}/{name}"
 
 
-def _dashboards(warm: Night | None) -> str:
+def _dashboards(night: Night, warm: Night | None) -> str:
     if warm is None:
         return "not warmed yet"
-    return f"{warm.status.value}, {warm.metrics.get('users_warm', warm.users_processed)} warm"
+    text = f"{warm.status.value}, {warm.metrics.get('users_warm', warm.users_processed)} warm"
+    if warm.started_at < night.started_at:
+        # The night was started again (`score`, a tick after a failed start) since this warming:
+        # it is an earlier attempt's, until this one's batches land.
+        return f"none warmed since the night was started again (before: {text})"
+    return text
+
+
+def _counted(night: Night) -> bool:
+    """Whether the night's users and batches are counted: at its first batch outcome (a night
+    being started, or started again, has none yet)."""
+    return "users_total" in night.metrics or night.status is not NightStatus.STARTED
 
 
 def _figure(night: Night, key: str) -> int:
@@ -100,9 +111,10 @@ def _overview(nights: list[tuple[Night, Night | None]], coverage: Coverage) -> l
         batches = f"{_figure(night, 'batches_failed')}/{_figure(night, 'batches_total')}"
         lines.append(
             f"{night.score_date.isoformat():<11} {night.market_group:<8} "
-            f"{night.status.value:<10} {_figure(night, 'users_total'):>7} "
-            f"{_figure(night, 'users_failed'):>7} {batches:>15}  {_took(night):>8}  "
-            f"{_dashboards(warm)}"
+            f"{night.status.value:<10} "
+            f"{_figure(night, 'users_total') if _counted(night) else '…':>7} "
+            f"{_figure(night, 'users_failed'):>7} {batches if _counted(night) else '…':>15}  "
+            f"{_took(night):>8}  {_dashboards(night, warm)}"
             + ("  (stale inputs)" if _stale_inputs(night) else "")
             + ("  (pruned)" if _pruned(night, coverage) else "")
         )
@@ -147,19 +159,21 @@ def _detail(
         f"job status      {night.status.value}",
         f"started         {_when(night.started_at)}",
         f"completed       {_completed(night)}",
-        f"users           {_figure(night, 'users_total')} in all: "
-        f"{_figure(night, 'users_success')} scored, {_figure(night, 'users_failed')} failed, "
-        f"{_figure(night, 'users_skipped') + _figure(night, 'users_skipped_no_criteria')} "
-        "skipped",
+        _users_line(night),
         f"assets scored   {_figure(night, 'assets_scored')}",
         *_prices_line(night),
-        f"batches         {_figure(night, 'batches_total')} "
+        "batches         "
         + (
-            "(none scored: the night failed before its batches)"
-            if failed_before_scoring(night)
-            else f"({_figure(night, 'batches_failed')} failed)"
+            "not counted yet"
+            if not _counted(night)
+            else f"{_figure(night, 'batches_total')} "
+            + (
+                "(none scored: the night failed before its batches)"
+                if failed_before_scoring(night)
+                else f"({_figure(night, 'batches_failed')} failed)"
+            )
         ),
-        f"dashboards      {_dashboards(warm)}",
+        f"dashboards      {_dashboards(night, warm)}",
     ]
     details = night.error_details or {}
     if night.status is NightStatus.FAILED and details.get("stage"):
@@ -205,6 +219,20 @@ def _detail(
             "batches cannot score without them: retrying them does nothing)"
         )
     return lines
+
+
+def _users_line(night: Night) -> str:
+    if not _counted(night):
+        return (
+            "users           not counted yet: the night's users and batches are counted when "
+            "its first batch lands"
+        )
+    return (
+        f"users           {_figure(night, 'users_total')} in all: "
+        f"{_figure(night, 'users_success')} scored, {_figure(night, 'users_failed')} failed, "
+        f"{_figure(night, 'users_skipped') + _figure(night, 'users_skipped_no_criteria')} "
+        "skipped"
+    )
 
 
 def _removed(night: Night, configured: list[str]) -> str:

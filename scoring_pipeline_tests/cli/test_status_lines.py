@@ -1,6 +1,7 @@
 """What `status` prints of a night, from the night's row alone (no database): stale inputs, and
 the count of failed users beyond those it lists."""
 
+import dataclasses
 import datetime as dt
 
 from scoring_pipeline.cli.status import _detail, _overview
@@ -110,3 +111,56 @@ def test_a_pruned_night_with_failed_users_is_scored_anew_not_retried():
         "pruned month); to score the date anew, `scoring-pipeline score --date 2026-12-03`"
     )
     assert "retry-failed" in _detail(night, None, failed, ["all"], KEPT)[-1]
+
+
+def test_a_night_started_again_is_not_counted_yet_and_names_the_earlier_warming():
+    """A night started again (`score` on a scored date, a tick after a failed start) has its
+    figures zeroed until its first batch lands: not "0 users in all", and the date's warming is
+    the earlier attempt's until this one's batches are warm."""
+    again = Night(
+        id="1",
+        job_type="scoring",
+        score_date=DAY,
+        market_group="all",
+        status=NightStatus.STARTED,
+        correlation_id="c",
+        started_at=STARTED + dt.timedelta(hours=2),
+        completed_at=None,
+        users_processed=0,
+        error_details=None,
+        metrics={"markets": None},
+    )
+    earlier_warming = Night(
+        id="2",
+        job_type="cache_warm",
+        score_date=DAY,
+        market_group="all",
+        status=NightStatus.COMPLETED,
+        correlation_id="w",
+        started_at=STARTED + dt.timedelta(seconds=5),
+        completed_at=STARTED + dt.timedelta(seconds=40),
+        users_processed=200,
+        error_details=None,
+        metrics={"users_warm": 200},
+    )
+
+    lines = _detail(again, earlier_warming, [], ["all"], KEPT)
+
+    assert (
+        "users           not counted yet: the night's users and batches are counted when its "
+        "first batch lands"
+    ) in lines
+    assert "batches         not counted yet" in lines
+    assert (
+        "dashboards      none warmed since the night was started again (before: completed, "
+        "200 warm)"
+    ) in lines
+    row = _overview([(again, earlier_warming)], KEPT)[1].split()
+    assert row[3:6] == ["…", "0", "…"], row
+    # Once counted, and for a warming of this attempt, the figures and the warming as they are.
+    counted = _night(NightStatus.STARTED, users_success=50, users_failed=0)
+    warming = dataclasses.replace(earlier_warming, started_at=STARTED + dt.timedelta(minutes=1))
+    lines = _detail(counted, warming, [], ["all"], KEPT)
+    assert "users           200 in all: 50 scored, 0 failed, 0 skipped" in lines
+    assert "batches         4 (0 failed)" in lines
+    assert "dashboards      completed, 200 warm" in lines
