@@ -117,30 +117,18 @@ def test_a_night_started_again_is_not_counted_yet_and_names_the_earlier_warming(
     """A night started again (`score` on a scored date, a tick after a failed start) has its
     figures zeroed until its first batch lands: not "0 users in all", and the date's warming is
     the earlier attempt's until this one's batches are warm."""
-    again = Night(
-        id="1",
-        job_type="scoring",
-        score_date=DAY,
-        market_group="all",
-        status=NightStatus.STARTED,
-        correlation_id="c",
+    again = dataclasses.replace(
+        _night(NightStatus.STARTED),
         started_at=STARTED + dt.timedelta(hours=2),
         completed_at=None,
-        users_processed=0,
-        error_details=None,
         metrics={"markets": None},
     )
-    earlier_warming = Night(
+    earlier_warming = dataclasses.replace(
+        _night(NightStatus.COMPLETED),
         id="2",
         job_type="cache_warm",
-        score_date=DAY,
-        market_group="all",
-        status=NightStatus.COMPLETED,
         correlation_id="w",
-        started_at=STARTED + dt.timedelta(seconds=5),
-        completed_at=STARTED + dt.timedelta(seconds=40),
         users_processed=200,
-        error_details=None,
         metrics={"users_warm": 200},
     )
 
