@@ -170,7 +170,7 @@ def _convert() -> None:
         "JOIN calculation_events e ON e.correlation_id = h.correlation_id "
         "AND e.event_type = 'SCORES_COMPUTED' "
         "CROSS JOIN LATERAL jsonb_array_elements(e.payload->'results') r "
-        "WHERE r->>'assetId' = h.symbol AND r ? 'breakdown' "
+        "WHERE r->>'assetId' = h.symbol AND jsonb_typeof(r->'breakdown') = 'array' "
         "AND NOT EXISTS (SELECT 1 FROM asset_scores a WHERE a.user_id = h.user_id "
         "AND a.symbol = h.symbol AND a.correlation_id = h.correlation_id)) b"
     )
@@ -335,8 +335,9 @@ def _convert_metric_values() -> None:
     )
 
 
-# The old form of the SCORES_COMPUTED events written in the compact form: each result's canonical
-# breakdown, from its calculation's history row, in place of its outcomes. The old schema keeps
+# The old form of the SCORES_COMPUTED events written in the compact form (under `breakdown`, or
+# `outcomes` before 2026-12-04): each result's canonical breakdown, from its calculation's history
+# row, in place of its outcomes. The old schema keeps
 # a past date's breakdowns there only (and its replay compares them); without them, the
 # history of the nights scored in the compact form would be lost below 0004, and upgrading again
 # would leave it null. An event is rewritten only when every result still has its history row
@@ -352,7 +353,8 @@ FROM (
   LEFT JOIN score_history_breakdowns h ON h.user_id = e.user_id
     AND h.symbol = r.result->>'assetId' AND h.correlation_id = e.correlation_id
   WHERE e.event_type = 'SCORES_COMPUTED' AND jsonb_typeof(e.payload->'results') = 'array'
-    AND e.payload->'results'->0 ? 'outcomes'
+    AND (e.payload->'results'->0 ? 'outcomes'
+      OR jsonb_typeof(e.payload->'results'->0->'breakdown') = 'string')
   GROUP BY e.id) o
 WHERE o.id = e.id AND o.complete"""
 

@@ -211,13 +211,14 @@ def _symbol_json(symbol: str) -> str:
 
 
 def results_json(correlation_id: str, scores: list[AssetScore]) -> str:
-    """SCORES_COMPUTED as JSON text, each breakdown in its compact form (equal to
-    `results_payload`): the canonical one is rebuilt from it and INPUTS_CAPTURED (replay)."""
-    # `{"score":…,"assetId":…,"outcomes":…,"percentage":…,"maxPossibleScore":…,
+    """SCORES_COMPUTED as JSON text, each result's `breakdown` in its compact form (the rules'
+    outcomes, SPEC §5; equal to `results_payload`): the canonical one is rebuilt from it and
+    INPUTS_CAPTURED (replay)."""
+    # `{"score":…,"assetId":…,"breakdown":…,"percentage":…,"maxPossibleScore":…,
     # "criteriaVersionId":…}`: keys in `jsonb`'s order, the score's and the criteria set's
     # parts made once per total (`ResultTexts`).
     parts = [
-        f'{s.texts.json_head}{_symbol_json(s.symbol)},"outcomes":"{s.outcomes}"{s.texts.json_tail}'
+        f'{s.texts.json_head}{_symbol_json(s.symbol)},"breakdown":"{s.outcomes}"{s.texts.json_tail}'
         for s in scores
     ]
     return f'{{"results":[{",".join(parts)}],"correlationId":"{correlation_id}"}}'
@@ -233,7 +234,7 @@ def results_payload(correlation_id: str, scores: list[AssetScore]) -> dict[str, 
                 "score": plain(s.score),
                 "maxPossibleScore": plain(s.max_possible_score),
                 "percentage": plain(s.percentage),
-                "outcomes": s.outcomes,
+                "breakdown": s.outcomes,
             }
             for s in scores
         ],

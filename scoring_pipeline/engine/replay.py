@@ -1,9 +1,11 @@
 """Replay: recompute a calculation from its INPUTS_CAPTURED event alone (SPEC §5).
 
-SCORES_COMPUTED holds each breakdown in its compact form (one outcome character per rule); the
-recomputation gives the outcomes and the canonical breakdown they stand for (`AssetScore.
-breakdown`). Events recorded before the compact form carry the canonical breakdown itself, and
-are compared with it.
+SCORES_COMPUTED holds each result's `breakdown` in its compact form (one outcome character per
+rule); the recomputation gives the outcomes and the canonical breakdown they stand for
+(`AssetScore.breakdown`). Events recorded before the compact form carry the canonical breakdown
+itself (a list), and are compared with it; events recorded between the compact form and
+2026-12-04 carry the compact form under `outcomes` instead of `breakdown`, and are compared
+under that key.
 """
 
 import json
@@ -73,6 +75,18 @@ def _said(error: Any) -> str:
     return f"{error.get('type')}: {error.get('message')}"
 
 
+def _recorded_form(recorded: dict[str, Any] | None) -> str:
+    """How a recorded SCORES_COMPUTED holds its breakdowns (one form for all its results):
+    "compact" (`breakdown`, a string of outcomes), "canonical" (`breakdown`, a list: recorded
+    before the compact form) or "outcomes" (the compact form under `outcomes`)."""
+    results = (recorded or {}).get("results") or []
+    if any("outcomes" in r for r in results):
+        return "outcomes"
+    if any(isinstance(r.get("breakdown"), list) for r in results):
+        return "canonical"
+    return "compact"
+
+
 def replay_events(correlation_id: str, events: dict[str, dict[str, Any]]) -> ReplayResult:
     """Compare the recorded SCORES_COMPUTED with one recomputed from INPUTS_CAPTURED; `events`
     are the calculation's payloads by event type (`_userId` added), as the store reads them."""
@@ -110,11 +124,12 @@ def replay_events(correlation_id: str, events: dict[str, dict[str, Any]]) -> Rep
         ) from exc
     recomputed = results_payload(correlation_id, scores)
     recorded = events.get("SCORES_COMPUTED")
-    if recorded is not None and any("breakdown" in r for r in recorded.get("results", [])):
-        # Recorded before the compact form: compare the canonical breakdowns themselves.
-        for result, score in zip(recomputed["results"], scores, strict=True):
-            del result["outcomes"]
+    form = _recorded_form(recorded)
+    for result, score in zip(recomputed["results"], scores, strict=True):
+        if form == "canonical":  # recorded before the compact form: the breakdowns themselves
             result["breakdown"] = score.breakdown
+        elif form == "outcomes":  # the compact form as first recorded, under `outcomes`
+            result["outcomes"] = result.pop("breakdown")
     differences: list[str] = []
     if recorded is None:
         differences.append("no SCORES_COMPUTED event was recorded (the calculation failed)")

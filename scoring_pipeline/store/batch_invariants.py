@@ -54,7 +54,10 @@ expected AS (
     SELECT c.user_id, c.correlation_id, x->>'assetId' AS symbol,
            CAST(x->>'criteriaVersionId' AS uuid) AS cv, CAST(x->>'score' AS numeric) AS score,
            CAST(x->>'maxPossibleScore' AS numeric) AS max_score,
-           CAST(x->>'percentage' AS numeric) AS percentage, x->>'outcomes' AS outcomes
+           CAST(x->>'percentage' AS numeric) AS percentage,
+           -- the compact breakdown (SPEC §5); under `outcomes` in events before 2026-12-04
+           CASE WHEN jsonb_typeof(x->'breakdown') = 'string' THEN x->>'breakdown'
+                ELSE x->>'outcomes' END AS outcomes
     FROM calcs c
     JOIN calculation_events e ON e.correlation_id = c.correlation_id
         AND e.event_type = 'SCORES_COMPUTED'

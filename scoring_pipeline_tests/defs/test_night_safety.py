@@ -372,6 +372,41 @@ def test_asset_checks_fail_on_a_corrupted_batch(
             assert v["stored_score"] == (v["expected_score"] if v["symbol"] == "BBB" else None)
 
 
+def test_asset_checks_read_the_compact_breakdown_of_events_recorded_before_2026_12_04(
+    world, dagster_instance
+):
+    """SCORES_COMPUTED carries the compact breakdown under `breakdown` (SPEC §5); events recorded
+    until 2026-12-04 carry it under `outcomes`. A batch re-checked later is compared under
+    either key: its checks pass, and a changed outcome in the older form is still caught."""
+    _users(world, 2)
+    assert snapshots(dagster_instance).success
+    assert batch(dagster_instance, "b0000").success
+    to_outcomes = (
+        "UPDATE calculation_events SET payload = jsonb_set(payload, '{results}', ("
+        "SELECT jsonb_agg((r - 'breakdown') || jsonb_build_object('outcomes', VALUE) "
+        "ORDER BY n) FROM jsonb_array_elements(payload->'results') WITH ORDINALITY AS x(r, n))) "
+        "WHERE event_type = 'SCORES_COMPUTED'"
+    )
+    key = scores_partition_key(DATE, "b0000")
+    with world.begin() as conn:
+        conn.execute(sa.text(to_outcomes.replace("VALUE", "r->'breakdown'")))
+    evaluations = _check_results(dagster_instance, key)
+    assert {name for name, e in evaluations.items() if not e.passed} == set()
+    with world.begin() as conn:  # the outcomes of every result changed
+        conn.execute(
+            sa.text(
+                to_outcomes.replace("r - 'breakdown'", "r - 'outcomes'").replace(
+                    "VALUE", "translate(r->>'outcomes', 'mu', 'um')"
+                )
+            )
+        )
+    evaluations = _check_results(dagster_instance, key)
+    assert {name for name, e in evaluations.items() if not e.passed} == {
+        "history_invariant",
+        "current_invariant",
+    }
+
+
 def test_asset_checks_fail_on_a_batch_whose_outcome_is_gone(world, dagster_instance):
     """Everything the checks compare hangs on the batch's outcome: with none, they cannot pass
     by checking nothing."""

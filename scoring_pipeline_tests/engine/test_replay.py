@@ -1,6 +1,7 @@
-"""Replay (SPEC §5) of a stored calculation: the compact SCORES_COMPUTED is reproduced exactly
-from INPUTS_CAPTURED, so is an event recorded before the compact form (canonical breakdowns),
-and a tampered event of either form is caught."""
+"""Replay (SPEC §5) of a stored calculation: the compact SCORES_COMPUTED (each result's
+`breakdown` a string of outcomes) is reproduced exactly from INPUTS_CAPTURED, so are events
+recorded in the earlier forms (canonical breakdowns; the compact form under `outcomes`), and a
+tampered event of any form is caught."""
 
 import json
 
@@ -41,14 +42,36 @@ def test_replay_reproduces_compact_and_legacy_events_and_catches_tampering(world
         u=user,
     )
     results = event.payload["results"]
-    assert all(set(r) >= {"outcomes", "score"} and "breakdown" not in r for r in results)
+    # SPEC §5's keys: `breakdown` in its compact form, one outcome character per rule.
+    assert all(
+        set(r)
+        == {"assetId", "criteriaVersionId", "score", "maxPossibleScore", "percentage"}
+        | {"breakdown"}
+        and isinstance(r["breakdown"], str)
+        and set(r["breakdown"]) <= set("mus")
+        for r in results
+    ), results
     assert _replay(world, event.c).reproduced
 
+    def flipped(outcomes: str) -> str:
+        return "".join("m" if c != "m" else "u" for c in outcomes)
+
     tampered = [dict(r) for r in results]
-    tampered[0]["outcomes"] = "".join("m" if c != "m" else "u" for c in tampered[0]["outcomes"])
+    tampered[0]["breakdown"] = flipped(tampered[0]["breakdown"])
     _set_results(world, event.c, tampered)
     result = _replay(world, event.c)
     assert not result.reproduced and tampered[0]["assetId"] in result.differences[0]
+
+    # As recorded from the compact form until 2026-12-04: the outcomes under `outcomes`.
+    earlier = [
+        {k: v for k, v in r.items() if k != "breakdown"} | {"outcomes": r["breakdown"]}
+        for r in results
+    ]
+    _set_results(world, event.c, earlier)
+    assert _replay(world, event.c).reproduced
+    earlier[0]["outcomes"] = flipped(earlier[0]["outcomes"])
+    _set_results(world, event.c, earlier)
+    assert not _replay(world, event.c).reproduced
 
     # The same calculation as recorded before the compact form: canonical breakdowns.
     canonical = {
@@ -58,7 +81,7 @@ def test_replay_reproduces_compact_and_legacy_events_and_catches_tampering(world
         )
     }
     legacy = [
-        {k: v for k, v in r.items() if k != "outcomes"} | {"breakdown": canonical[r["assetId"]]}
+        {k: v for k, v in r.items() if k != "breakdown"} | {"breakdown": canonical[r["assetId"]]}
         for r in results
     ]
     _set_results(world, event.c, legacy)

@@ -61,10 +61,10 @@ def test_result_texts_are_the_decimals_plain_text(rules):
         assert s.texts.score == format(s.score, "f")
         assert s.texts.maximum == format(s.max_possible_score, "f")
         assert s.texts.percentage == plain(s.percentage)
-        assert json.loads(f'{s.texts.json_head}"X","outcomes":"m"{s.texts.json_tail}') == {
+        assert json.loads(f'{s.texts.json_head}"X","breakdown":"m"{s.texts.json_tail}') == {
             "score": plain(s.score),
             "assetId": "X",
-            "outcomes": "m",
+            "breakdown": "m",
             "maxPossibleScore": plain(s.max_possible_score),
             "percentage": plain(s.percentage),
             "criteriaVersionId": s.criteria_version_id,

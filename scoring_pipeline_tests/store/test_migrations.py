@@ -574,7 +574,9 @@ def test_downgrade_below_0004_and_upgrade_again_keeps_the_history_of_compact_nig
     --downgrade 0001` and `migrate`: the downgrade writes each calculation's canonical
     breakdowns back into its SCORES_COMPUTED event, where the old schema keeps a past date's
     (the old code's replay reads them there), and 0004 converts them again, revisions included.
-    A calculation re-scored since (its rows replaced) keeps its compact event."""
+    A calculation re-scored since (its rows replaced) keeps its compact event. The compact form
+    is converted under either of its keys: `breakdown` (SPEC §5), and `outcomes`, as events were
+    recorded until 2026-12-04 (the user `eur`'s here)."""
     from scoring_pipeline.engine.payloads import results_payload
     from scoring_pipeline.store.month_partitions import ensure_partitions
     from scoring_pipeline_tests import factories as f
@@ -593,7 +595,7 @@ def test_downgrade_below_0004_and_upgrade_again_keeps_the_history_of_compact_nig
 
     def calculation(conn, name, date, at, revision=1, aaa=None):
         """One calculation as the compact form stores it (the night's rows of the user
-        replaced), its events INPUTS_CAPTURED and SCORES_COMPUTED (outcomes)."""
+        replaced), its events INPUTS_CAPTURED and SCORES_COMPUTED (compact)."""
         uid, base, current = users[name], bases[name], date == "2026-11-27"
         scores = _legacy_breakdowns(engine, uid, base, "31", aaa)
         correlation = _replace_rows_of(conn, uid, date, current)
@@ -631,6 +633,11 @@ def test_downgrade_below_0004_and_upgrade_again_keeps_the_history_of_compact_nig
                 )
                 expected_current[(uid, s.symbol, date)] = s.breakdown
         compact = results_payload(correlation, scores)
+        if name == "eur":  # the compact form as recorded until 2026-12-04
+            compact["results"] = [
+                {**{k: v for k, v in r.items() if k != "breakdown"}, "outcomes": r["breakdown"]}
+                for r in compact["results"]
+            ]
         for kind, payload in (
             ("INPUTS_CAPTURED", {"correlationId": correlation, "baseCurrency": base}),
             ("SCORES_COMPUTED", compact),
@@ -688,7 +695,8 @@ def test_downgrade_below_0004_and_upgrade_again_keeps_the_history_of_compact_nig
             ).all()
         )
     assert {c: recorded[c] for c in expected_events} == expected_events
-    assert all("outcomes" in r and "breakdown" not in r for r in recorded[replaced])
+    # Kept compact (the history row of that calculation was replaced).
+    assert all(isinstance(r["breakdown"], str) for r in recorded[replaced])
     assert len(compact_replaced) == len(recorded[replaced])
 
     db.migrate(engine)
