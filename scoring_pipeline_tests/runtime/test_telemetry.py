@@ -97,6 +97,32 @@ def test_failed_users_make_the_night_span_an_error(cli_env, clean_db, otlp_recei
     assert "1 users" in root.status_message and root.attributes["users_failed"] == 1
 
 
+def test_a_night_failed_before_scoring_reports_its_duration(
+    cli_env, clean_db, otlp_receiver, tmp_path
+):
+    # The rates provider's file is gone and no earlier snapshot can stand in: the night fails
+    # at its rates step. Its span said `total_duration_ms` 0 (and `metrics` had none) while the
+    # span itself, and `status`, gave the night its real time.
+    env = _night(cli_env, otlp_receiver, tmp_path, 10)
+    (tmp_path / "demo" / "rates.json").unlink()
+    proc = run(env, "score", "--date", DATE, check=False)
+    assert summary_value(proc.stdout, "job status") == "failed", proc.stdout
+    _wait_for(lambda: bool(otlp_receiver.named(telemetry.ROOT_SPAN)))
+    (root,) = otlp_receiver.named(telemetry.ROOT_SPAN)
+    assert root.status_code == 2 and root.attributes["job_status"] == "failed"
+    with clean_db.connect() as conn:
+        night = conn.execute(
+            sa.text(
+                "SELECT (metrics->>'total_duration_ms')::int AS recorded, "
+                "floor(extract(epoch FROM completed_at - started_at) * 1000)::int AS lasted "
+                "FROM overnight_job_runs"
+            )
+        ).one()
+    assert night.lasted > 0
+    assert night.recorded == night.lasted
+    assert root.attributes["total_duration_ms"] == night.lasted
+
+
 def test_a_night_with_its_collector_down_warns_once_and_completes(cli_env, clean_db, tmp_path):
     # Nothing listens on the endpoint. The SDK retried every export for its whole timeout at the
     # end of each step (51 s for a 150-user night, against 2 s without tracing) and printed each

@@ -113,12 +113,19 @@ def fail_night(
     # Several snapshot steps may fail in one night: keep every error, the first one on top.
     previous = night.error_details if night.status is NightStatus.FAILED else None
     errors = [*(previous or {}).get("errors", []), details]
+    completed_at = dt.datetime.now(dt.UTC)
+    # The night's own time, as a closed night records it: the root span and `status` report it.
+    metrics = {
+        **night.metrics,
+        "total_duration_ms": int((completed_at - night.started_at).total_seconds() * 1000),
+    }
     update_night(
         conn,
         night,
         status=NightStatus.FAILED.value,
-        completed_at=sa.func.now(),
+        completed_at=completed_at,
         error_details={**(previous or details), "errors": errors},
+        metrics=metrics,
     )
     job_completed(conn, night, NightStatus.FAILED, {"error": details})
     return True
