@@ -178,10 +178,7 @@ def _provider() -> tuple[TracerProvider, SpanProcessor, GuardedExporter] | None:
         if "provider" not in _state or _state.get("pid") != os.getpid():
             from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
-            attributes = (
-                {} if os.environ.get("OTEL_SERVICE_NAME") else {"service.name": DEFAULT_SERVICE}
-            )
-            provider = TracerProvider(resource=Resource.create(attributes))
+            provider = TracerProvider(resource=_resource())
             exporter = GuardedExporter(
                 OTLPSpanExporter(), _endpoint(os.environ), _header_values(os.environ)
             )
@@ -194,6 +191,15 @@ def _provider() -> tuple[TracerProvider, SpanProcessor, GuardedExporter] | None:
                 provider=provider, processor=processor, exporter=exporter, pid=os.getpid()
             )
         return _state["provider"], _state["processor"], _state["exporter"]
+
+
+def _resource() -> Resource:
+    """The standard resource (`OTEL_SERVICE_NAME`, `OTEL_RESOURCE_ATTRIBUTES`), named
+    `DEFAULT_SERVICE` only when neither names the service (the SDK says `unknown_service`)."""
+    resource = Resource.create()
+    if str(resource.attributes.get("service.name", "")).startswith("unknown_service"):
+        resource = resource.merge(Resource({"service.name": DEFAULT_SERVICE}))
+    return resource
 
 
 def _stop_retrying_if_failing(exporter: GuardedExporter) -> None:

@@ -202,3 +202,33 @@ def _wait_for(condition, seconds: float = 30.0) -> None:
     while not condition():
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.02)
+
+
+@pytest.mark.parametrize(
+    ("service_name", "resource_attributes", "expected"),
+    [
+        (None, None, "scoring-pipeline"),
+        ("from-service-name", None, "from-service-name"),
+        # A deployment naming its services in OTEL_RESOURCE_ATTRIBUTES (a Kubernetes manifest,
+        # say) had its name replaced by the default.
+        (None, "service.name=from-resource,deployment.environment=prod", "from-resource"),
+        ("from-service-name", "service.name=from-resource", "from-service-name"),
+    ],
+)
+def test_the_service_is_named_by_the_standard_variables(
+    monkeypatch, otlp_receiver, fresh_tracing, service_name, resource_attributes, expected
+):
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", otlp_receiver.url)
+    for name, value in (
+        ("OTEL_SERVICE_NAME", service_name),
+        ("OTEL_RESOURCE_ATTRIBUTES", resource_attributes),
+    ):
+        if value is None:
+            monkeypatch.delenv(name, raising=False)
+        else:
+            monkeypatch.setenv(name, value)
+    with telemetry.step_span("named", telemetry.new_traceparent()):
+        pass
+    _wait_for(lambda: bool(otlp_receiver.named("named")))
+    (span,) = otlp_receiver.named("named")
+    assert span.service_name == expected
