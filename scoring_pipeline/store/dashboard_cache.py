@@ -10,7 +10,7 @@ import datetime as dt
 import json
 from collections import defaultdict
 from dataclasses import dataclass, field
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 import sqlalchemy as sa
@@ -24,6 +24,7 @@ from scoring_pipeline.store.snapshots.rates import load_rates
 
 TOP_ASSETS = 10
 CACHE_TTL = dt.timedelta(hours=24)
+_CENT = Decimal("0.01")
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,6 +203,19 @@ def portfolio_value(
     return total, sorted(unpriced)
 
 
+def _to_the_cent(value: Decimal, base_currency: str) -> str | None:
+    """The portfolio value to the cent, as plain text. A value of 10^18 or more has no cents
+    within the context's 20 digits: only an absurd quantity (a typo in the app) gets there, and
+    that user's dashboard is not built, like a quantity that is no number."""
+    try:
+        return plain(value.quantize(_CENT, context=SCORE_CONTEXT))
+    except InvalidOperation:
+        raise InvalidHoldingError(
+            f"portfolio value {value} {base_currency} is too large to show to the cent "
+            "(check the quantities in portfolio_assets)"
+        ) from None
+
+
 def _payload(
     user_id: str,
     correlation_id: str,
@@ -218,9 +232,7 @@ def _payload(
         "userId": user_id,
         "scoreDate": score_date.isoformat(),
         "baseCurrency": base_currency,
-        "portfolioValue": plain(value.quantize(Decimal("0.01"), context=SCORE_CONTEXT))
-        if value is not None
-        else None,
+        "portfolioValue": _to_the_cent(value, base_currency) if value is not None else None,
         "unpricedSymbols": unpriced,
         "topAssets": [{"criteriaVersionId": cv, "assets": assets} for cv, assets in top.items()],
         "dataFreshness": {

@@ -372,6 +372,37 @@ def _warm_what_is_pending(instance):
         _warm(instance, request)
 
 
+def test_a_portfolio_value_too_large_to_show_leaves_only_its_users_dashboard_cold(
+    world, dagster_instance
+):
+    # A finite but absurd quantity (a typo in the app): 10^20 × 30 USD does not fit the 20
+    # significant digits of the score context to the cent. Quantizing it raised
+    # decimal.InvalidOperation out of the warm run, so no dashboard of any of its batches was
+    # warmed, and the sensor's next request for the same batches (same run key) was skipped.
+    odd = f.user(world, holdings=[("AAA", "USD")], criteria=[("US_TECH", "stock", rules())])
+    fine = f.user(world, holdings=[("AAA", "USD")], criteria=[("US_TECH", "stock", rules())])
+    with world.begin() as conn:
+        conn.execute(
+            sa.text(
+                "UPDATE portfolio_assets SET quantity = 1e20 WHERE portfolio_id IN "
+                "(SELECT id FROM portfolios WHERE user_id = :u)"
+            ),
+            {"u": odd},
+        )
+    assert snapshots(dagster_instance).success
+    assert batch(dagster_instance).success
+    result = _sensor(dagster_instance)
+    assert isinstance(result, dg.SensorResult), result
+    (request,) = result.run_requests or []
+    warmed = _warm(dagster_instance, request)
+    cached = rows(world, "SELECT user_id::text AS u, payload FROM dashboard_cache")
+    assert [r.u for r in cached] == [fine] and cached[0].payload["portfolioValue"] == "300.00"
+    assert tuple(_warming(world)) == ("partial", 1, 1)
+    (output,) = [e for e in warmed.all_node_events if e.is_successful_output]
+    (failure,) = output.step_output_data.metadata["failed_users"].value
+    assert failure["userId"] == odd and "too large" in failure["error"], failure
+
+
 def test_a_dashboard_that_cannot_be_built_is_not_warm_until_it_is(world, dagster_instance):
     # A P/E-only set scores without a conversion, but a JPY dashboard needs a rate the date has
     # not. The user's earlier dashboard of the same date counted as warm, and the warming's
