@@ -1,6 +1,8 @@
 """The dashboard cache job: warms the users of the batch outcomes a sensor hands it."""
 
+import hashlib
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import dagster as dg
@@ -86,3 +88,39 @@ WARM_RUNS_AT_CLOSE = 2  # warm runs at once at most: the lane's one and a closin
 def dashboard_cache_job() -> None:
     """Warm the dashboard cache of the users of newly landed (or re-scored) batches."""
     warm_dashboard_cache()
+
+
+# Every warm run of the same batch outcomes carries their hash in this tag.
+WARM_KEY_TAG = "scoring/warm_key"
+# Dagster skips a sensor's request whose run key an earlier run used, whatever became of that
+# run: a warm run that failed or was cancelled (a lost database, a terminated run) is requested
+# again under a new run key, up to this many runs of the same batch outcomes in all.
+WARM_ATTEMPTS = 3
+
+
+@dataclass(frozen=True)
+class WarmKey:
+    """The run key of the next warm run of some batch outcomes, and their failed warm runs."""
+
+    key: str
+    run_key: str
+    failed_runs: list[str]  # newest first
+
+    @property
+    def exhausted(self) -> bool:
+        return len(self.failed_runs) >= WARM_ATTEMPTS
+
+
+def warm_key(instance: dg.DagsterInstance, tokens: list[str]) -> WarmKey:
+    """The run key that names exactly these outcomes (a re-scored batch has a new sequence
+    number), with the number of their failed or cancelled warm runs after it, if any."""
+    key = hashlib.sha1("\n".join(tokens).encode()).hexdigest()
+    ended = instance.get_runs(
+        filters=dg.RunsFilter(
+            job_name=dashboard_cache_job.name,
+            tags={WARM_KEY_TAG: key},
+            statuses=[dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED],
+        )
+    )
+    failed = [run.run_id for run in ended]
+    return WarmKey(key, f"warm:{key}" + (f":{len(failed)}" if failed else ""), failed)

@@ -3,7 +3,6 @@ keep a night truthful when one of its runs fails or is cancelled. One of each fo
 group of the code location (`build_sensors`)."""
 
 import datetime as dt
-import hashlib
 
 import dagster as dg
 from sqlalchemy.engine import Connection
@@ -12,8 +11,10 @@ from scoring_pipeline.defs.batches_in_flight import night_being_started
 from scoring_pipeline.defs.cache_warming import (
     CLOSING_LANE,
     LANE_TAG,
+    WARM_KEY_TAG,
     WARM_RUNS_AT_CLOSE,
     dashboard_cache_job,
+    warm_key,
     warm_run_config,
     warm_run_tokens,
 )
@@ -395,14 +396,19 @@ def dashboard_cache_sensor(
     if not pending.due:
         return dg.SkipReason(pending.wait_reason())
     tokens = [p.token for p in pending.batches]
-    # The run key names exactly these outcomes: a re-scored batch has a new sequence number.
-    run_key = "warm:" + hashlib.sha1("\n".join(tokens).encode()).hexdigest()
+    warm = warm_key(context.instance, tokens)
+    if warm.exhausted:
+        return dg.SkipReason(
+            f"the warm runs of {len(tokens)} landed batch(es) failed {len(warm.failed_runs)} "
+            f"times (the last: run {warm.failed_runs[0]}, whose log says why); they are "
+            "requested again once another batch lands or one of them is re-scored"
+        )
     return dg.SensorResult(
         run_requests=[
             dg.RunRequest(
-                run_key=run_key,
+                run_key=warm.run_key,
                 run_config=warm_run_config(tokens),
-                tags={BATCHES_TAG: str(len(tokens)), **tags},
+                tags={BATCHES_TAG: str(len(tokens)), WARM_KEY_TAG: warm.key, **tags},
             )
         ]
     )

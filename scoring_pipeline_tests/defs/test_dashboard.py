@@ -9,7 +9,12 @@ import dagster as dg
 import pytest
 import sqlalchemy as sa
 
-from scoring_pipeline.defs.cache_warming import CLOSING_LANE, LANE_TAG, dashboard_cache_job
+from scoring_pipeline.defs.cache_warming import (
+    CLOSING_LANE,
+    LANE_TAG,
+    WARM_ATTEMPTS,
+    dashboard_cache_job,
+)
 from scoring_pipeline.defs.deployment import build_resources
 from scoring_pipeline.defs.sensors import dashboard_cache_sensor
 from scoring_pipeline.store.dashboard_cache import (
@@ -401,6 +406,106 @@ def test_a_portfolio_value_too_large_to_show_leaves_only_its_users_dashboard_col
     (output,) = [e for e in warmed.all_node_events if e.is_successful_output]
     (failure,) = output.step_output_data.metadata["failed_users"].value
     assert failure["userId"] == odd and "too large" in failure["error"], failure
+
+
+def _run_as_the_daemon_would(instance, request):
+    """Execute a sensor's warm request with the tags the daemon gives its run (its run key)."""
+    return dashboard_cache_job.execute_in_process(
+        run_config=request.run_config,
+        instance=instance,
+        resources=build_resources(),
+        tags={**request.tags, "dagster/run_key": request.run_key},
+        raise_on_error=False,
+    )
+
+
+@pytest.fixture
+def refuse_dashboard_writes(world):
+    """Call it to make the database refuse every dashboard write; never left behind."""
+    yield lambda: _refuse_dashboard_writes(world)
+    with world.begin() as conn:
+        conn.execute(sa.text("DROP TRIGGER IF EXISTS rv_refuse ON dashboard_cache"))
+
+
+def _refuse_dashboard_writes(world):
+    with world.begin() as conn:
+        conn.execute(
+            sa.text(
+                "CREATE OR REPLACE FUNCTION rv_refuse() RETURNS trigger LANGUAGE plpgsql AS "
+                "$$BEGIN RAISE EXCEPTION 'refused for the test'; END$$"
+            )
+        )
+        conn.execute(sa.text("DROP TRIGGER IF EXISTS rv_refuse ON dashboard_cache"))
+        conn.execute(
+            sa.text(
+                "CREATE TRIGGER rv_refuse BEFORE INSERT ON dashboard_cache "
+                "FOR EACH ROW EXECUTE FUNCTION rv_refuse()"
+            )
+        )
+
+
+def test_a_warm_run_that_failed_is_retried_and_warms_the_night(
+    world, dagster_instance, refuse_dashboard_writes
+):
+    user = f.user(world, holdings=[("AAA", "USD")], criteria=[("US_TECH", "stock", rules())])
+    assert snapshots(dagster_instance).success
+    assert batch(dagster_instance).success
+    # The database refuses the dashboards' writes for a while (a trigger stands in for a lost
+    # server). The sensor asked again for the same batches under the same run key, which
+    # Dagster skips once a run used it, whatever became of that run: the night's dashboards
+    # stayed cold ("Skipping 1 run for sensor dashboard_cache_sensor already completed with
+    # run keys") until another batch landed.
+    refuse_dashboard_writes()
+    result = _sensor(dagster_instance)
+    assert isinstance(result, dg.SensorResult), result
+    (failing,) = result.run_requests or []
+    assert not _run_as_the_daemon_would(dagster_instance, failing).success
+    with world.begin() as conn:
+        conn.execute(sa.text("DROP TRIGGER rv_refuse ON dashboard_cache"))
+    # The database is back: the same batches are asked for again, under a run key Dagster has
+    # not seen, and their dashboards are warmed.
+    result = _sensor(dagster_instance)
+    assert isinstance(result, dg.SensorResult), result
+    (again,) = result.run_requests or []
+    assert again.run_key != failing.run_key
+    assert again.run_config == failing.run_config
+    assert _run_as_the_daemon_would(dagster_instance, again).success
+    assert [r.u for r in rows(world, "SELECT user_id::text AS u FROM dashboard_cache")] == [user]
+    assert tuple(_warming(world)) == ("completed", 1, 0)
+
+
+def test_warm_runs_that_keep_failing_are_asked_for_a_few_times_then_named(
+    world, dagster_instance, refuse_dashboard_writes
+):
+    # The database refuses the dashboards' writes (a trigger stands in for a lost server): each
+    # failed warm run is asked for again under a new run key, WARM_ATTEMPTS runs in all.
+    user = f.user(world, holdings=[("AAA", "USD")], criteria=[("US_TECH", "stock", rules())])
+    assert snapshots(dagster_instance).success
+    assert batch(dagster_instance).success
+    refuse_dashboard_writes()
+    used: list[str] = []
+    for _ in range(WARM_ATTEMPTS):
+        result = _sensor(dagster_instance)
+        assert isinstance(result, dg.SensorResult), result
+        (request,) = result.run_requests or []
+        assert request.run_key not in used
+        used.append(request.run_key)
+        assert not _run_as_the_daemon_would(dagster_instance, request).success
+    # As many failed runs as it may take: the sensor says so instead of asking without end.
+    skipped = _sensor(dagster_instance)
+    assert isinstance(skipped, dg.SkipReason)
+    assert f"failed {WARM_ATTEMPTS} times" in (skipped.skip_message or "")
+    assert rows(world, "SELECT user_id FROM dashboard_cache") == []
+    with world.begin() as conn:
+        conn.execute(sa.text("DROP TRIGGER rv_refuse ON dashboard_cache"))
+    # Another batch outcome (the batch re-scored) is a new set to warm, under a key of its own.
+    assert batch(dagster_instance).success
+    result = _sensor(dagster_instance)
+    assert isinstance(result, dg.SensorResult), result
+    (request,) = result.run_requests or []
+    assert request.run_key not in used
+    assert _run_as_the_daemon_would(dagster_instance, request).success
+    assert [r.u for r in rows(world, "SELECT user_id::text AS u FROM dashboard_cache")] == [user]
 
 
 def test_a_dashboard_that_cannot_be_built_is_not_warm_until_it_is(world, dagster_instance):
