@@ -90,8 +90,10 @@ def dashboard_cache_job() -> None:
     warm_dashboard_cache()
 
 
-# Every warm run of the same batch outcomes carries their hash in this tag.
+# Every warm run of the same batch outcomes carries their hash in this tag; the daemon sets
+# Dagster's run key tag on a sensor's run.
 WARM_KEY_TAG = "scoring/warm_key"
+RUN_KEY_TAG = "dagster/run_key"
 # Dagster skips a sensor's request whose run key an earlier run used, whatever became of that
 # run: a warm run that failed or was cancelled (a lost database, a terminated run) is requested
 # again under a new run key, up to this many runs of the same batch outcomes in all.
@@ -115,12 +117,19 @@ def warm_key(instance: dg.DagsterInstance, tokens: list[str]) -> WarmKey:
     """The run key that names exactly these outcomes (a re-scored batch has a new sequence
     number), with the number of their failed or cancelled warm runs after it, if any."""
     key = hashlib.sha1("\n".join(tokens).encode()).hexdigest()
-    ended = instance.get_runs(
-        filters=dg.RunsFilter(
-            job_name=dashboard_cache_job.name,
-            tags={WARM_KEY_TAG: key},
-            statuses=[dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED],
+    first = f"warm:{key}"
+    # The first run's key finds a run requested before `WARM_KEY_TAG` was set, too.
+    records = [
+        record
+        for tags in ({WARM_KEY_TAG: key}, {RUN_KEY_TAG: first})
+        for record in instance.get_run_records(
+            filters=dg.RunsFilter(
+                job_name=dashboard_cache_job.name,
+                tags=tags,
+                statuses=[dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED],
+            )
         )
-    )
-    failed = [run.run_id for run in ended]
-    return WarmKey(key, f"warm:{key}" + (f":{len(failed)}" if failed else ""), failed)
+    ]
+    ended = {r.dagster_run.run_id: r.create_timestamp for r in records}
+    failed = sorted(ended, key=lambda run_id: ended[run_id], reverse=True)
+    return WarmKey(key, first + (f":{len(failed)}" if failed else ""), failed)

@@ -13,6 +13,7 @@ from scoring_pipeline.defs.cache_warming import (
     CLOSING_LANE,
     LANE_TAG,
     WARM_ATTEMPTS,
+    WARM_KEY_TAG,
     dashboard_cache_job,
 )
 from scoring_pipeline.defs.deployment import build_resources
@@ -408,13 +409,14 @@ def test_a_portfolio_value_too_large_to_show_leaves_only_its_users_dashboard_col
     assert failure["userId"] == odd and "too large" in failure["error"], failure
 
 
-def _run_as_the_daemon_would(instance, request):
+def _run_as_the_daemon_would(instance, request, dropped_tag=None):
     """Execute a sensor's warm request with the tags the daemon gives its run (its run key)."""
+    tags = {k: v for k, v in request.tags.items() if k != dropped_tag}
     return dashboard_cache_job.execute_in_process(
         run_config=request.run_config,
         instance=instance,
         resources=build_resources(),
-        tags={**request.tags, "dagster/run_key": request.run_key},
+        tags={**tags, "dagster/run_key": request.run_key},
         raise_on_error=False,
     )
 
@@ -444,8 +446,10 @@ def _refuse_dashboard_writes(world):
         )
 
 
+# A run requested by the earlier sensor carries no WARM_KEY_TAG: its run key finds it.
+@pytest.mark.parametrize("dropped_tag", [None, WARM_KEY_TAG])
 def test_a_warm_run_that_failed_is_retried_and_warms_the_night(
-    world, dagster_instance, refuse_dashboard_writes
+    world, dagster_instance, refuse_dashboard_writes, dropped_tag
 ):
     user = f.user(world, holdings=[("AAA", "USD")], criteria=[("US_TECH", "stock", rules())])
     assert snapshots(dagster_instance).success
@@ -459,7 +463,7 @@ def test_a_warm_run_that_failed_is_retried_and_warms_the_night(
     result = _sensor(dagster_instance)
     assert isinstance(result, dg.SensorResult), result
     (failing,) = result.run_requests or []
-    assert not _run_as_the_daemon_would(dagster_instance, failing).success
+    assert not _run_as_the_daemon_would(dagster_instance, failing, dropped_tag).success
     with world.begin() as conn:
         conn.execute(sa.text("DROP TRIGGER rv_refuse ON dashboard_cache"))
     # The database is back: the same batches are asked for again, under a run key Dagster has
