@@ -27,6 +27,7 @@ from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
@@ -35,6 +36,8 @@ from scoring_pipeline.providers.redaction import redact
 ROOT_SPAN = "overnight-scoring-job"
 DEFAULT_SERVICE = "scoring-pipeline"
 TRACEPARENT = "traceparent"
+# The instrumentation scope of every span of the night, the root's included.
+SCOPE = "scoring_pipeline"
 # How long a step waits for its spans to reach the collector (the SDK's flush has no timeout:
 # it blocks through the exporter's retries, `OTEL_EXPORTER_OTLP_TIMEOUT`, 10 s by default).
 FLUSH_WAIT_S = 2.0
@@ -247,7 +250,7 @@ def step_span(
         return
     provider, processor, exporter = configured
     parent = TraceContextTextMapPropagator().extract({TRACEPARENT: traceparent or ""})
-    tracer = provider.get_tracer("scoring_pipeline")
+    tracer = provider.get_tracer(SCOPE)
     try:
         with tracer.start_as_current_span(
             name, context=parent, attributes=dict(attributes or {})
@@ -288,6 +291,7 @@ def emit_night_span(
         status=Status(StatusCode.OK if ok else StatusCode.ERROR, None if ok else description),
         start_time=start_ns,
         end_time=end_ns,
+        instrumentation_scope=InstrumentationScope(SCOPE),
     )
     processor.on_end(span)
     _flush(processor, exporter)

@@ -25,6 +25,7 @@ class ReceivedSpan:
     status_code: int  # 0 unset, 1 ok, 2 error
     status_message: str
     service_name: str
+    scope_name: str = ""
 
 
 def _value(v: Any) -> Any:
@@ -76,6 +77,7 @@ def _handler(receiver: Receiver) -> type[BaseHTTPRequestHandler]:
                                     status_code=span.status.code,
                                     status_message=span.status.message,
                                     service_name=str(resource.get("service.name")),
+                                    scope_name=ss.scope.name,
                                 )
                             )
             payload = ExportTraceServiceResponse().SerializeToString()

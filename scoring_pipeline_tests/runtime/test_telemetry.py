@@ -73,6 +73,9 @@ def test_night_span_with_children_over_otlp(cli_env, clean_db, otlp_receiver, tm
     for child in children:
         assert child.trace_id == root.trace_id
         assert child.parent_span_id == root.span_id
+    # The root span is built by hand: it had no instrumentation scope (an empty name, which
+    # the OpenTelemetry specification calls invalid), its children the tracer's.
+    assert {s.scope_name for s in otlp_receiver.spans} == {telemetry.SCOPE}
     with clean_db.connect() as conn:
         traceparent = conn.execute(
             sa.text("SELECT metrics->>'traceparent' FROM overnight_job_runs")
