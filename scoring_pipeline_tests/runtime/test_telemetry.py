@@ -126,6 +126,34 @@ def test_a_night_failed_before_scoring_reports_its_duration(
     assert root.attributes["total_duration_ms"] == night.lasted
 
 
+def test_a_failed_rates_step_reports_how_long_the_providers_took(
+    cli_env, clean_db, otlp_receiver, tmp_path
+):
+    # The rates API accepts the connection and never answers: the step fails after its timeout.
+    # The failed night's span said `fetch_rates_ms` 0, as if nothing had been tried.
+    env = _night(cli_env, otlp_receiver, tmp_path, 10)
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        env = {
+            **env,
+            "RATES_PROVIDER": "frankfurter",
+            "RATES_BASE_URL": f"http://127.0.0.1:{silent.getsockname()[1]}/v1",
+            "PROVIDER_TIMEOUT_SECONDS": "0.3",
+            "PROVIDER_MAX_RETRIES": "0",
+        }
+        proc = run(env, "score", "--date", DATE, check=False)
+    assert summary_value(proc.stdout, "job status") == "failed", proc.stdout
+    _wait_for(lambda: bool(otlp_receiver.named(telemetry.ROOT_SPAN)))
+    (root,) = otlp_receiver.named(telemetry.ROOT_SPAN)
+    with clean_db.connect() as conn:
+        recorded = conn.execute(
+            sa.text("SELECT (metrics->>'fetch_rates_ms')::int FROM overnight_job_runs")
+        ).scalar_one()
+    assert recorded is not None and recorded >= 300
+    assert root.attributes["fetch_rates_ms"] == recorded
+
+
 def test_a_night_with_its_collector_down_warns_once_and_completes(cli_env, clean_db, tmp_path):
     # Nothing listens on the endpoint. The SDK retried every export for its whole timeout at the
     # end of each step (51 s for a 150-user night, against 2 s without tracing) and printed each

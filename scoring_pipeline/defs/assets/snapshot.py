@@ -123,6 +123,10 @@ def materialize_snapshot(
     except SnapshotUnavailableError as exc:
         if group is not None:
             with database.engine().begin() as conn:
+                # How long the providers took to fail (timeouts, retries): the failed night's
+                # root span reports it.
+                elapsed = int((time.perf_counter() - started) * 1000)
+                merge_metrics(conn, score_date, {timing: elapsed}, market_group=group.name)
                 fail_night(conn, score_date, stage=step, error=exc, market_group=group.name)
             emit_root_span(database.engine(), score_date, market_group=group.name)
         raise
