@@ -167,7 +167,7 @@ class GuardedExporter(SpanExporter):
         return self._inner.force_flush(timeout_millis)
 
     def shutdown(self) -> None:
-        if not self._shut:  # at exit, perhaps after `_stop_retrying_if_failing`
+        if not self._shut:  # at exit, perhaps after `_shut_down_at_exit`
             self._shut = True
             self._inner.shutdown()
 
@@ -181,15 +181,16 @@ def _provider() -> tuple[TracerProvider, SpanProcessor, GuardedExporter] | None:
         if "provider" not in _state or _state.get("pid") != os.getpid():
             from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
-            provider = TracerProvider(resource=_resource())
+            # Shut down by `_shut_down_at_exit`, not by the SDK's own exit hook: that one waits
+            # for an export in flight, as long as `OTEL_EXPORTER_OTLP_TIMEOUT` to a collector
+            # that accepts connections and never answers (`score` ended 7 s after its summary).
+            provider = TracerProvider(resource=_resource(), shutdown_on_exit=False)
             exporter = GuardedExporter(
                 OTLPSpanExporter(), _endpoint(os.environ), _header_values(os.environ)
             )
             processor = BatchSpanProcessor(exporter)
             provider.add_span_processor(processor)
-            # Runs before the provider's own exit hook (registered earlier): with the collector
-            # failing, the exporter stops its retries, so the process exits without waiting.
-            atexit.register(_stop_retrying_if_failing, exporter)
+            atexit.register(_shut_down_at_exit, provider, exporter)
             _state.update(
                 provider=provider, processor=processor, exporter=exporter, pid=os.getpid()
             )
@@ -205,9 +206,21 @@ def _resource() -> Resource:
     return resource
 
 
-def _stop_retrying_if_failing(exporter: GuardedExporter) -> None:
-    if exporter.failing:
-        exporter.shutdown()
+def _shut_down_at_exit(provider: TracerProvider, exporter: GuardedExporter) -> None:
+    """Send the spans left, waiting `FLUSH_WAIT_S` at most (none while the collector fails),
+    then let the process go: the exporter's thread is a daemon, an export in flight dies with
+    it."""
+    if not exporter.failing:
+        done = threading.Event()
+
+        def shut_down() -> None:
+            provider.shutdown()
+            done.set()
+
+        threading.Thread(target=shut_down, name="otel-shutdown", daemon=True).start()
+        if done.wait(FLUSH_WAIT_S):
+            return
+    exporter.shutdown()  # no retry of what is in flight
 
 
 def _flush(processor: SpanProcessor, exporter: GuardedExporter) -> None:

@@ -3,13 +3,14 @@ OTLP/HTTP by a local receiver that decodes the protobuf; nothing is set up witho
 
 import logging
 import socket
+import subprocess
 import time
 
 import pytest
 import sqlalchemy as sa
 
 from scoring_pipeline import telemetry
-from scoring_pipeline_tests.cli_helpers import run, summary_value
+from scoring_pipeline_tests.cli_helpers import CLI, run, summary_value
 
 pytestmark = [pytest.mark.db, pytest.mark.slow]
 
@@ -175,6 +176,38 @@ def test_a_night_with_its_collector_down_warns_once_and_completes(cli_env, clean
     assert "([Errno 111] Connection refused); the night goes on" in traces[0], traces[0]
     assert "s3cret" not in proc.stderr and "s3cret" not in proc.stdout
     assert "Transient error" not in proc.stderr and "Failed to export" not in proc.stderr
+
+
+def test_a_collector_that_never_answers_does_not_hold_the_command_at_exit(
+    cli_env, clean_db, tmp_path
+):
+    # The collector accepts connections (the kernel's backlog) and never answers. Each step
+    # waited its 2 s once, but at exit the SDK's hook waited for the export in flight until
+    # OTEL_EXPORTER_OTLP_TIMEOUT: `score` ended 7 s after its summary with the default 10 s.
+    env = {**cli_env, "OTEL_EXPORTER_OTLP_TIMEOUT": "30"}
+    run(env, "migrate")
+    run(env, "demo-data", "--users", "10", "--seed", "3", "--out", str(tmp_path / "demo"))
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(64)
+        env["OTEL_EXPORTER_OTLP_ENDPOINT"] = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        with subprocess.Popen(
+            [*CLI, "score", "--date", DATE],
+            env=env,
+            cwd=env["DAGSTER_HOME"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        ) as proc:
+            assert proc.stdout is not None
+            summary_at = None
+            for line in proc.stdout:
+                if line.startswith("duration"):
+                    summary_at = time.monotonic()
+            proc.wait(timeout=120)
+            exited_at = time.monotonic()
+    assert proc.returncode == 0 and summary_at is not None
+    assert exited_at - summary_at < telemetry.FLUSH_WAIT_S + 3.0, exited_at - summary_at
 
 
 @pytest.fixture
