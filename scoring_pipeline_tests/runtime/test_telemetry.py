@@ -114,6 +114,7 @@ def test_a_night_failed_before_scoring_reports_its_duration(
     _wait_for(lambda: bool(otlp_receiver.named(telemetry.ROOT_SPAN)))
     (root,) = otlp_receiver.named(telemetry.ROOT_SPAN)
     assert root.status_code == 2 and root.attributes["job_status"] == "failed"
+    assert set(NAMED) <= set(root.attributes), sorted(root.attributes)
     with clean_db.connect() as conn:
         night = conn.execute(
             sa.text(

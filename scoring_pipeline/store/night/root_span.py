@@ -58,14 +58,9 @@ def emit_root_span(
             job_status=night.status.value,
             market_group=night.market_group,
         )
-        for key in (
-            "users_total",
-            "users_success",
-            "users_failed",
-            "assets_scored",
-            "fetch_rates_ms",
-            "total_duration_ms",
-        ):
+        # Every figure SPEC §7 names is on the span, 0 when the night did not get that far (a
+        # night failed before scoring had no `process_users_ms` nor `batches_failed`).
+        for key in NIGHT_SPAN_FIGURES:
             if attributes.get(key) is None:
                 attributes[key] = 0
         emitted = telemetry.emit_night_span(
