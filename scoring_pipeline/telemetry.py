@@ -273,6 +273,12 @@ def step_span(
         _flush(processor, exporter)
 
 
+def set_error(span: trace.Span | None, description: str) -> None:
+    """Mark a step's span ERROR with what went wrong (a no-op when tracing is off)."""
+    if span is not None:
+        span.set_status(Status(StatusCode.ERROR, description))
+
+
 def emit_night_span(
     traceparent: str | None,
     *,

@@ -99,6 +99,13 @@ def test_failed_users_make_the_night_span_an_error(cli_env, clean_db, otlp_recei
     (root,) = otlp_receiver.named(telemetry.ROOT_SPAN)
     assert root.status_code == 2  # ERROR
     assert "1 users" in root.status_message and root.attributes["users_failed"] == 1
+    # The failed user's batch is an ERROR too (it was unset, like the batches that succeeded).
+    batches = otlp_receiver.named("score-batch")
+    failed = [s for s in batches if s.status_code == 2]
+    assert len(failed) == 1, [(s.attributes, s.status_code) for s in batches]
+    assert failed[0].attributes["users_failed"] == 1
+    assert failed[0].status_message.startswith("1 of "), failed[0].status_message
+    assert "stage criteria_validation" in failed[0].status_message
 
 
 def test_a_night_failed_before_scoring_reports_its_duration(

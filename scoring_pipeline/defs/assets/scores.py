@@ -256,6 +256,14 @@ def _score_batch(
                     "assets_scored": output.assets_scored,
                 }
             )
+        if output.failed:
+            # The batch fails in Dagster: its span says so too, where a trace shows the night.
+            telemetry.set_error(
+                span,
+                f"{len(output.failed)} of {len(output.succeeded) + len(output.failed)} users "
+                f"failed (first: user {output.failed[0].user_id} at stage "
+                f"{output.failed[0].stage})",
+            )
     for user in output.failed:
         error = user.error or {}
         context.log.error(
