@@ -5,6 +5,8 @@ benchmark, which need the real daemon launching real runs.
 """
 
 import contextlib
+import errno
+import fcntl
 import io
 import os
 import shutil
@@ -20,6 +22,7 @@ from typing import TYPE_CHECKING
 
 import httpx
 
+from scoring_pipeline.errors import ScoringPipelineError
 from scoring_pipeline.runtime.dagster_api import LOCATION
 from scoring_pipeline.store.db import PROJECT_ROOT, prepare_dagster_environment
 
@@ -250,6 +253,46 @@ def stop(services: Services, grace: float = 15.0) -> None:
 
 
 @contextlib.contextmanager
+def _sole_services(log_dir: Path) -> Iterator[None]:
+    """Hold `log_dir/services.lock` while the services run: a second `services` on the same
+    DAGSTER_HOME would rewrite the workspace file the first's webserver and daemon reload (its
+    sensors then stop for good once the second's code server is gone) and run a second daemon
+    on the same instance. The lock goes with this process, however it ends."""
+    path = log_dir / "services.lock"
+    with path.open("a+") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            holder = lock.read().strip() or "unknown"
+            raise ScoringPipelineError(
+                f"scoring-pipeline services already runs with DAGSTER_HOME={log_dir.parent} "
+                f"(pid {holder}): stop it first, or give this one a DAGSTER_HOME of its own"
+            ) from None
+        lock.truncate(0)
+        lock.write(f"{os.getpid()}\n")
+        lock.flush()
+        yield
+
+
+def _require_free_port(port: int) -> None:
+    """The webserver's port must be free before anything starts: else the webserver alone
+    dies, after the other services started (and another webserver answers on that port)."""
+    with socket.socket() as s:
+        # As the webserver binds: a port whose last connections are only closing is free.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE:
+                raise
+            raise ScoringPipelineError(
+                f"port {port} is already in use on 127.0.0.1 (another webserver?): "
+                "choose another with --port"
+            ) from None
+
+
+@contextlib.contextmanager
 def running_services(
     *,
     port: int = 3000,
@@ -270,6 +313,21 @@ def running_services(
     log_dir.mkdir(parents=True, exist_ok=True)
     url = f"http://127.0.0.1:{port}"
     services = Services(url=url)
+    with _sole_services(log_dir):
+        _require_free_port(port)
+        yield from _started(services, port, workers, log_dir, env, timeout)
+
+
+def _started(
+    services: Services,
+    port: int,
+    workers: int,
+    log_dir: Path,
+    env: dict[str, str],
+    timeout: float,
+) -> Iterator[Services]:
+    """Start every service of `running_services`, yield them, stop them whatever happens."""
+    url = services.url
     try:
         # Each service's PostgreSQL sessions carry its name (pg_stat_activity.application_name)
         # unless the operator named them; the app's own sessions name themselves.
