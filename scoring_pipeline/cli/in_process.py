@@ -8,6 +8,9 @@ without writing an outcome is recorded as failed so the night never stays `start
 """
 
 import datetime as dt
+import signal
+import socket
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -54,6 +57,8 @@ class NightSummary:
     failed_users: list[dict[str, Any]] = field(default_factory=list)
     error: str | None = None
     run_ids: list[str] = field(default_factory=list)
+    # Stopped by Ctrl-C or SIGTERM: the batch in flight was rolled back and no later one ran.
+    interrupted: bool = False
 
     def lines(self) -> list[str]:
         out = [
@@ -79,6 +84,70 @@ class NightSummary:
         if self.error and not (self.users_success or self.users_failed):
             return f"{self.batches_total} (none scored: the night failed before its batches)"
         return f"{self.batches_total} ({self.batches_failed} failed)"
+
+
+INTERRUPTED = "interrupted: scoring-pipeline score was stopped (Ctrl-C or SIGTERM)"
+
+
+class _StopRequests:
+    """Ctrl-C and SIGTERM received while a night runs in this process.
+
+    Dagster takes SIGINT (and SIGTERM) over while it executes a run: a signal during a step
+    interrupts the step, and one outside the step's own code (its IO manager's write, the
+    run's own events) is noted, then forgotten when the run ends. The command went on with the
+    next batch either way, so Ctrl-C never stopped it. Here every such signal is seen: the
+    interpreter writes each signal's number to the wakeup socket whatever Python handler is
+    installed, and between runs this handler notes it."""
+
+    def __init__(self) -> None:
+        self.received = False
+        self._active = threading.current_thread() is threading.main_thread()
+        self._reader, self._writer = socket.socketpair()
+        for end in (self._reader, self._writer):
+            end.setblocking(False)
+        self._handlers: dict[int, Any] = {}
+        self._wakeup = -1
+
+    def __enter__(self) -> "_StopRequests":
+        if self._active:  # signal handlers belong to the main thread
+            self._wakeup = signal.set_wakeup_fd(self._writer.fileno(), warn_on_full_buffer=False)
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self._handlers[signum] = signal.signal(signum, self._note)
+        return self
+
+    def _note(self, signum: int, frame: object) -> None:
+        self.received = True
+
+    def requested(self) -> bool:
+        """Whether Ctrl-C or SIGTERM has come since the night started."""
+        try:
+            while data := self._reader.recv(256):
+                self.received |= signal.SIGINT in data or signal.SIGTERM in data
+        except BlockingIOError:
+            pass
+        return self.received
+
+    def __exit__(self, *exc: object) -> None:
+        if self._active:
+            for signum, handler in self._handlers.items():
+                signal.signal(signum, handler)
+            signal.set_wakeup_fd(self._wakeup)
+        self._reader.close()
+        self._writer.close()
+
+
+def _interrupted(result: dg.ExecuteInProcessResult) -> bool:
+    """Whether the run stopped because this process was interrupted: Dagster turns Ctrl-C in
+    a step into a failed step (DagsterExecutionInterruptedError) and returns, so a loop of runs
+    would go on with the next one."""
+    for event in result.all_events:
+        data = event.step_failure_data if event.is_step_failure else None
+        error = data.error if data is not None else None
+        while error is not None:
+            if error.cls_name in ("DagsterExecutionInterruptedError", "KeyboardInterrupt"):
+                return True
+            error = error.cause
+    return False
 
 
 def _step_errors(result: dg.ExecuteInProcessResult, *, stage: bool = True) -> str:
@@ -130,7 +199,22 @@ def run_night(
     echo: Callable[[str], None] | None = None,
     group: str = ALL_MARKETS,
 ) -> NightSummary:
-    """Run a group's snapshots then every batch of the date; return the night's summary."""
+    """Run a group's snapshots then every batch of the date; return the night's summary.
+
+    Ctrl-C or SIGTERM stops it after the run in flight (a batch interrupted in its step is
+    rolled back): the batches not scored count as failed and the night closes, `interrupted`."""
+    with _StopRequests() as stop:
+        return _run_night(score_date, refresh, say=echo or (lambda _: None), group=group, stop=stop)
+
+
+def _run_night(
+    score_date: dt.date,
+    refresh: Refresh | None,
+    *,
+    say: Callable[[str], None],
+    group: str,
+    stop: _StopRequests,
+) -> NightSummary:
     from scoring_pipeline.definitions import defs
     from scoring_pipeline.defs.job_names import BATCH_JOB, SNAPSHOTS_JOB
     from scoring_pipeline.defs.market_groups.group import DEFAULT_GROUP
@@ -138,7 +222,6 @@ def run_night(
     def job_name(name: str) -> str:
         return name if group == DEFAULT_GROUP else f"{group}_{name}"
 
-    say = echo or (lambda _: None)
     url = prepare_dagster_environment()
     engine = create_engine_for(url)
     definitions = defs()
@@ -173,7 +256,8 @@ def run_night(
     run_ids.append(snapshot.run_id)
     stages["snapshots"] = int((time.perf_counter() - started) * 1000)
     if not snapshot.success:
-        error = _step_errors(snapshot)
+        interrupted = _interrupted(snapshot) or stop.requested()
+        error = INTERRUPTED if _interrupted(snapshot) else _step_errors(snapshot)
         with engine.begin() as conn:
             record_snapshots_run_died(
                 conn, score_date, error, run_id=snapshot.run_id, market_group=group
@@ -185,13 +269,19 @@ def run_night(
             refusal = _step_errors(snapshot, stage=False)  # the refusal says where it is
             raise NightInProgressError(f"{date_key} was not scored: {refusal}")
         emit_root_span(engine, score_date, market_group=group)
-        return _summary(engine, score_date, group, stages, started, run_ids, error=error)
+        summary = _summary(engine, score_date, group, stages, started, run_ids, error=error)
+        summary.interrupted = interrupted
+        return summary
 
     with engine.connect() as conn:
         batches = load_membership(conn, score_date).batch_keys
     batch_job = definitions.resolve_job_def(job_name(BATCH_JOB))
     scoring_started = time.perf_counter()
-    for index, batch in enumerate(batches, start=1):
+    interrupted = stop.requested()  # after the snapshots: none of the batches is scored
+    if interrupted:
+        with engine.begin() as conn:
+            _count_not_scored(conn, score_date, batches, snapshot.run_id, group)
+    for index, batch in enumerate(batches if not interrupted else [], start=1):
         result = batch_job.execute_in_process(
             partition_key=scores_partition_key(date_key, batch),
             instance=instance,
@@ -200,18 +290,44 @@ def run_night(
             tags=tags,
         )
         run_ids.append(result.run_id)
-        if not result.success:
+        interrupted = _interrupted(result) or stop.requested()
+        if not result.success or interrupted:
             with engine.begin() as conn:
-                record_batch_run_died(
-                    conn, score_date, batch, result.run_id, _step_errors(result), market_group=group
-                )
+                if not result.success:
+                    error = INTERRUPTED if _interrupted(result) else _step_errors(result)
+                    record_batch_run_died(
+                        conn, score_date, batch, result.run_id, error, market_group=group
+                    )
+                if interrupted:
+                    _count_not_scored(conn, score_date, batches[index:], result.run_id, group)
+        if interrupted:
+            say(f"interrupted at batch {index}/{len(batches)}: the later batches not scored")
+            break
         if index % 10 == 0 or index == len(batches):
             say(f"scored {index}/{len(batches)} batches")
     stages["scoring"] = int((time.perf_counter() - scoring_started) * 1000)
     with engine.begin() as conn:
         close_night(conn, score_date, market_group=group)
     emit_root_span(engine, score_date, market_group=group)
-    return _summary(engine, score_date, group, stages, started, run_ids)
+    summary = _summary(engine, score_date, group, stages, started, run_ids)
+    summary.interrupted = interrupted
+    return summary
+
+
+def _count_not_scored(
+    conn: sa.Connection, score_date: dt.date, batches: list[str], run_id: str, group: str
+) -> None:
+    """Batches an interrupted `score` did not get to count as failed (one that had succeeded
+    before keeps that success), so the night closes and `retry-failed` re-scores them."""
+    for batch in batches:
+        record_batch_run_died(
+            conn,
+            score_date,
+            batch,
+            run_id,
+            f"not scored: {INTERRUPTED} before this batch",
+            market_group=group,
+        )
 
 
 def _summary(

@@ -33,6 +33,16 @@ def cmd_score(args: argparse.Namespace) -> int:
         summary = run_night(score_date, refresh=refresh, echo=print, group=group.name)
         for line in summary.lines():
             print(line)
+        if summary.interrupted:
+            only = "" if args.group is None else f" --group {group.name}"
+            print(
+                f"scoring-pipeline: interrupted: the night of {score_date} ({group.name}) is "
+                f"{summary.status}, its unscored batches counted failed; re-score them with "
+                f"`scoring-pipeline retry-failed --date {score_date}{only}` (services running) "
+                f"or `scoring-pipeline score --date {score_date}{only}`",
+                file=sys.stderr,
+            )
+            return 130  # a shell's status for a command stopped by Ctrl-C
         status = max(status, 1 if summary.status == "failed" else 0)
     return status
 

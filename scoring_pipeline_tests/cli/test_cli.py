@@ -434,6 +434,64 @@ def test_score_refuses_a_date_whose_batches_are_being_scored(
         dagster_instance.delete_run(scoring.run_id)
 
 
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_score_stopped_mid_night_stops_and_closes_the_night_with_the_rest_failed(
+    cli_env, clean_db, tmp_path, signum
+):
+    # Ctrl-C of `score` went into Dagster's run in flight: one batch failed "interrupted" (or
+    # none, when the signal came outside its step), then the command scored every later batch
+    # and exited 0. SIGTERM (a supervisor's stop) killed it, leaving the night `started`.
+    run(cli_env, "migrate")
+    run(cli_env, "demo-data", "--users", "600", "--out", str(tmp_path / "demo"))
+    env = {**cli_env, "SCORING_BATCH_SIZE": "20"}  # 30 batches
+    proc = subprocess.Popen(
+        [*CLI, "score", "--date", DATE],
+        env=env,
+        cwd=env["DAGSTER_HOME"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    landed = "SELECT count(*) FROM scoring_batch_results WHERE status = 'success'"
+    try:
+        deadline = time.monotonic() + 120
+        while _scalar(clean_db, landed) < 2:
+            assert proc.poll() is None and time.monotonic() < deadline, "no batch landed"
+            time.sleep(0.05)
+        proc.send_signal(signum)
+        stdout, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, (proc.returncode, stderr[-2000:])
+    assert "Traceback" not in stderr, stderr
+    last = stderr.strip().splitlines()[-1]
+    assert last.startswith(
+        f"scoring-pipeline: interrupted: the night of {DATE} (all) is partial, its unscored "
+        "batches counted failed; re-score them with `scoring-pipeline retry-failed --date "
+        f"{DATE}`"
+    ), stderr
+    assert summary_value(stdout, "job status") == "partial"
+    scored = _scalar(clean_db, landed)
+    assert 2 <= scored < 30
+    # Every batch has its outcome (none left without one), and the night is closed.
+    assert _scalar(clean_db, "SELECT count(*) FROM scoring_batch_results") == 30
+    night = "SELECT status FROM overnight_job_runs WHERE job_type = 'scoring'"
+    assert _scalar(clean_db, night) == "partial"
+    # The command stopped right after the signal: the unscored batches say why.
+    failed = _scalar(
+        clean_db,
+        "SELECT count(*) FROM scoring_batch_results WHERE status = 'failed' "
+        "AND failed_users::text LIKE '%scoring-pipeline score was stopped%'",
+    )
+    assert failed >= 30 - scored - 1
+
+
+def _scalar(engine, sql):
+    with engine.connect() as conn:
+        return conn.execute(sa.text(sql)).scalar_one()
+
+
 def test_status_lists_the_nights_and_details_one_with_its_failed_users(
     cli_env, clean_db, dagster_instance, tmp_path
 ):
