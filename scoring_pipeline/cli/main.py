@@ -20,7 +20,7 @@ from scoring_pipeline.cli.database import (
     cmd_prune,
 )
 from scoring_pipeline.cli.nights import cmd_replay, cmd_retry_failed, cmd_score
-from scoring_pipeline.cli.options import at_least_one, port_number
+from scoring_pipeline.cli.options import at_least_one, port_number, require_dagster_home
 from scoring_pipeline.cli.serve import cmd_daemon, cmd_services, cmd_worker
 from scoring_pipeline.cli.status import cmd_status
 from scoring_pipeline.errors import ScoringPipelineError
@@ -206,6 +206,11 @@ def _run(args: argparse.Namespace, debug: bool, own_dagster_url: str | None) -> 
     try:
         if getattr(args, "needs_schema", False):
             _require_current_schema()
+        if getattr(args, "needs_dagster", False):
+            from scoring_pipeline.store.db import prepare_dagster_environment
+
+            prepare_dagster_environment()  # DAGSTER_HOME defaults to the project folder
+            require_dagster_home()
         if own_dagster_url and getattr(args, "needs_dagster", False):
             from scoring_pipeline.store.db import check_dagster_storage
 

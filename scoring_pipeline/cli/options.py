@@ -4,7 +4,9 @@ date, the market groups. Shared by the command modules; nothing here prints.
 
 import argparse
 import datetime as dt
+import os
 import re
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from scoring_pipeline.errors import ConfigurationError
@@ -20,6 +22,26 @@ def app_engine() -> "Engine":
     from scoring_pipeline.store.db import create_engine_for, prepare_dagster_environment
 
     return create_engine_for(prepare_dagster_environment())
+
+
+def require_dagster_home() -> None:
+    """`DAGSTER_HOME` must hold the project's `dagster.yaml`: in a folder without one, Dagster
+    silently keeps its runs, schedules and event log in SQLite files there, apart from the
+    services' PostgreSQL instance (a `score` the UI never shows, whose check for a night being
+    scored looks at the wrong instance). Call once the environment is prepared."""
+    from scoring_pipeline.store.db import PROJECT_ROOT
+
+    home = os.environ.get("DAGSTER_HOME", "")
+    where = f"DAGSTER_HOME={home!r}"
+    if not Path(home).is_absolute():
+        raise ConfigurationError(f"{where} must be an absolute path to a folder")
+    if not Path(home).is_dir():
+        raise ConfigurationError(f"{where} is not an existing folder")
+    if not (Path(home) / "dagster.yaml").is_file():
+        raise ConfigurationError(
+            f"{where} has no dagster.yaml (Dagster would keep this instance in SQLite files "
+            f"there): copy the project's, `cp {PROJECT_ROOT / 'dagster.yaml'} {home}/`"
+        )
 
 
 def at_least_one(text: str) -> int:

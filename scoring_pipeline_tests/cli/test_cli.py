@@ -100,6 +100,31 @@ def test_errors_are_one_line_with_non_zero_status(cli_env, clean_db, tmp_path):
     assert "Traceback" not in unknown.stderr
 
 
+def test_a_dagster_home_without_the_projects_dagster_yaml_is_refused(cli_env, clean_db, tmp_path):
+    # A DAGSTER_HOME folder without dagster.yaml: `score` ran on a SQLite instance Dagster made
+    # there, apart from the services' PostgreSQL one (its runs in no UI), and exited 0.
+    run(cli_env, "migrate")
+    run(cli_env, "demo-data", "--users", "5", "--out", str(tmp_path / "demo"))
+    empty = tmp_path / "empty_home"
+    empty.mkdir()
+    for args in (("score", "--date", DATE), ("retry-failed", "--date", DATE)):
+        proc = run({**cli_env, "DAGSTER_HOME": str(empty)}, *args, check=False)
+        assert proc.returncode == 2, (args, proc.stdout, proc.stderr)
+        assert proc.stderr.strip() == (
+            f"scoring-pipeline: error: DAGSTER_HOME='{empty}' has no dagster.yaml (Dagster "
+            "would keep this instance in SQLite files there): copy the project's, "
+            f"`cp {PROJECT_ROOT / 'dagster.yaml'} {empty}/`"
+        )
+    assert list(empty.iterdir()) == []  # no instance of its own was made there
+    with clean_db.connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM overnight_job_runs")).scalar_one() == 0
+    relative = run({**cli_env, "DAGSTER_HOME": "dh"}, "score", "--date", DATE, check=False)
+    assert relative.returncode == 2
+    assert relative.stderr.strip() == (
+        "scoring-pipeline: error: DAGSTER_HOME='dh' must be an absolute path to a folder"
+    )
+
+
 def test_commands_refuse_a_database_not_at_this_codes_migration(databases, tmp_path):
     env = private_deployment_env(databases.create(), tmp_path / "home", tmp_path / "demo")
     nobody = "00000000-0000-4000-8000-000000000000"
