@@ -194,6 +194,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with project_warnings_on_stderr():
             return _run(args, debug, own_dagster_url)
+    except KeyboardInterrupt:
+        # Ctrl-C (services and score stop their own way first): one line, not a traceback;
+        # what the command was writing is rolled back with its transaction.
+        if debug:
+            raise
+        print("scoring-pipeline: interrupted", file=sys.stderr)
+        return 130  # a shell's status for a command stopped by Ctrl-C
     except BrokenPipeError:
         # `status | head`: the reader has what it wanted. Python would also complain when it
         # flushes stdout at exit, so stdout goes to /dev/null first.

@@ -125,6 +125,36 @@ def test_a_dagster_home_without_the_projects_dagster_yaml_is_refused(cli_env, cl
     )
 
 
+def test_ctrl_c_is_one_line_and_leaves_nothing_half_written(cli_env, clean_db, tmp_path):
+    # Ctrl-C of demo-data printed Python's traceback of wherever it was.
+    run(cli_env, "migrate")
+    proc = subprocess.Popen(
+        [*CLI, "demo-data", "--users", "500000", "--out", str(tmp_path / "demo")],
+        env=cli_env,
+        cwd=cli_env["DAGSTER_HOME"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    session = "SELECT count(*) FROM pg_stat_activity WHERE application_name = :name"
+    try:
+        deadline = time.monotonic() + 60
+        # demo-data has its transaction open: it is writing (a new connection each look, as
+        # pg_stat_activity keeps one snapshot a transaction).
+        while _scalar(clean_db, session, name=f"scoring-pipeline:{proc.pid}") == 0:
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130
+    assert stderr.strip() == "scoring-pipeline: interrupted", stderr
+    with clean_db.connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM users")).scalar_one() == 0
+
+
 def test_commands_refuse_a_database_not_at_this_codes_migration(databases, tmp_path):
     env = private_deployment_env(databases.create(), tmp_path / "home", tmp_path / "demo")
     nobody = "00000000-0000-4000-8000-000000000000"
@@ -512,9 +542,9 @@ def test_score_stopped_mid_night_stops_and_closes_the_night_with_the_rest_failed
     assert failed >= 30 - scored - 1
 
 
-def _scalar(engine, sql):
+def _scalar(engine, sql, **params):
     with engine.connect() as conn:
-        return conn.execute(sa.text(sql)).scalar_one()
+        return conn.execute(sa.text(sql), params).scalar_one()
 
 
 def test_status_lists_the_nights_and_details_one_with_its_failed_users(
