@@ -332,6 +332,17 @@ def cmd_status(args: argparse.Namespace) -> int:
         score_date = parse_date(args.date)
         found = recent_nights(conn, 1_000, score_date=score_date, market_group=args.group)
         if not found:
+            from scoring_pipeline.defs.partitions import SCORE_DATE_START
+
+            today = dt.datetime.now(dt.UTC).date()
+            first = dt.date.fromisoformat(SCORE_DATE_START)
+            if not first <= score_date <= today + dt.timedelta(days=1):
+                # `score --date` would refuse it: no night of it can be started.
+                print(
+                    f"no night of {score_date}: score dates run from {SCORE_DATE_START} to "
+                    f"today ({today}, UTC)"
+                )
+                return 1
             which = f" in group {args.group}" if args.group else ""
             only = f" --group {args.group}" if args.group else ""
             print(

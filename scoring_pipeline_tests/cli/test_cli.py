@@ -624,6 +624,15 @@ def _status_of_a_partial_night(cli_env, clean_db, tmp_path):
     )
     none = run(cli_env, "status", "--date", "2026-01-01", check=False)
     assert none.returncode == 1 and "no night of 2026-01-01" in none.stdout
+    # A date `score` refuses is not offered to it.
+    for never in ("1999-12-31", "2099-01-01"):
+        none = run(cli_env, "status", "--date", never, check=False)
+        assert none.returncode == 1 and none.stdout.strip() == (
+            f"no night of {never}: score dates run from 2025-01-01 to today "
+            f"({dt.datetime.now(dt.UTC).date()}, UTC)"
+        )
+        refused = run(cli_env, "score", "--date", never, check=False)
+        assert refused.returncode == 2 and "not a score date" in refused.stderr
     # retry-failed says so too, rather than "every batch succeeded" (no webserver is asked).
     retry = run(cli_env, "retry-failed", "--date", "2026-01-01", check=False)
     assert retry.returncode == 1, retry.stderr
