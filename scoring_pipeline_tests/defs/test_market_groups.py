@@ -99,6 +99,10 @@ def test_explicit_settings_win_and_closed_days_may_run(tmp_path):
             '[groups.a]\nmarkets = ["US_TECH"]\n[groups.b]\nmarkets = ["US_TECH"]\n',
             "market US_TECH is in groups a and b",
         ),
+        (
+            '[groups.us]\nmarkets = ["US_TECH", "US_TECH"]\n',
+            "group us lists market US_TECH more than once",
+        ),
         ('[groups.us]\nmarkets = ["US_TECH"]\ncalendar = "XXXX"\n', "unknown exchange calendar"),
         ('[groups.us]\nmarkets = ["US_TECH"]\ntimezone = "Mars/Base"\n', "unknown timezone"),
         ('[groups.all]\nmarkets = ["US_TECH"]\n', "group name 'all'"),

@@ -131,6 +131,11 @@ def _group(
             f"{where}: group name {name!r} must be lower-case letters, digits and _ "
             f"(at most 30, starting with a letter), and not {DEFAULT_GROUP!r}"
         )
+    twice = sorted({m for m in spec.markets if spec.markets.count(m) > 1})
+    if twice:
+        raise ConfigurationError(
+            f"{where}: group {name} lists market {twice[0]} more than once: name each market once"
+        )
     if known is not None:
         unknown = [m for m in spec.markets if m not in known]
         if unknown:
