@@ -236,5 +236,7 @@ class ScoringSettingsResource(dg.ConfigurableResource):  # type: ignore[type-arg
     # batch still commits, lands and shows in the partitions UI on its own; the run's fixed
     # Dagster cost is paid once for all of them (docs/design.md, "Runs of several batches").
     batches_per_run: int = Field(default=10, gt=0, le=200)
-    snapshot_max_age_days: int = Field(default=3, gt=0)
+    # Bounded like PROVIDER_MAX_DATA_AGE_DAYS: a larger value overflowed the date arithmetic
+    # of the stale-snapshot fallback, failing the night just when every provider was down.
+    snapshot_max_age_days: int = Field(default=3, gt=0, le=3650)
     market_group: str = "all"
