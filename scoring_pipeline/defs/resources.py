@@ -67,10 +67,12 @@ class _ProviderResource(dg.ConfigurableResource):  # type: ignore[type-arg]
     fallback_provider: str | None = None
     fallback_base_url: str | None = None
     api_key: str | None = None
-    timeout_seconds: float = Field(default=10.0, gt=0, allow_inf_nan=False)
+    # Bounded: a huge timeout or backoff (1e300) passed the load, then failed every fetch
+    # with "OverflowError: timestamp out of range for platform time_t".
+    timeout_seconds: float = Field(default=10.0, gt=0, le=600, allow_inf_nan=False)
     max_retries: int = Field(default=3, ge=0, le=20)
-    backoff_seconds: float = Field(default=0.5, ge=0, allow_inf_nan=False)
-    backoff_max_seconds: float = Field(default=30.0, ge=0, allow_inf_nan=False)
+    backoff_seconds: float = Field(default=0.5, ge=0, le=3600, allow_inf_nan=False)
+    backoff_max_seconds: float = Field(default=30.0, ge=0, le=3600, allow_inf_nan=False)
     max_rejected_fraction: float = Field(default=0.2, ge=0, le=1)
     max_data_age_days: int = Field(default=DEFAULT_MAX_DATA_AGE_DAYS, ge=1, le=3650)
 
