@@ -20,7 +20,12 @@ from scoring_pipeline.cli.database import (
     cmd_prune,
 )
 from scoring_pipeline.cli.nights import cmd_replay, cmd_retry_failed, cmd_score
-from scoring_pipeline.cli.options import at_least_one, port_number, require_dagster_home
+from scoring_pipeline.cli.options import (
+    at_least_one,
+    port_number,
+    require_dagster_home,
+    run_workers,
+)
 from scoring_pipeline.cli.serve import cmd_daemon, cmd_services, cmd_worker
 from scoring_pipeline.cli.status import cmd_status
 from scoring_pipeline.errors import ScoringPipelineError
@@ -105,11 +110,11 @@ def _add_night_commands(sub: Any) -> None:
 
     p = sub.add_parser("services", help="Dagster UI + daemon and run workers, until Ctrl-C")
     p.add_argument("--port", type=port_number, default=3000)
-    p.add_argument("--workers", type=at_least_one, default=2, help="concurrent run workers")
+    p.add_argument("--workers", type=run_workers, default=2, help="concurrent run workers")
     p.set_defaults(func=cmd_services, needs_schema=True, needs_dagster=True)
 
     p = sub.add_parser("worker", help="a Celery run worker (for deployments that scale out)")
-    p.add_argument("--concurrency", type=at_least_one, default=2)
+    p.add_argument("--concurrency", type=run_workers, default=2, help="run worker processes")
     p.set_defaults(func=cmd_worker, needs_schema=True, needs_dagster=True)
 
     p = sub.add_parser(
@@ -143,7 +148,7 @@ def _add_night_commands(sub: Any) -> None:
 def _add_upkeep_commands(sub: Any) -> None:
     p = sub.add_parser("bench", help="a whole night through the daemon on a fresh database")
     p.add_argument("--users", type=int, default=1000)
-    p.add_argument("--workers", type=at_least_one, default=2, help="concurrent run workers")
+    p.add_argument("--workers", type=run_workers, default=2, help="concurrent run workers")
     p.add_argument("--out", default="bench_out", help="folder for the JSON report")
     p.add_argument("--keep", action="store_true", help="keep the benchmark database")
     p.add_argument(

@@ -56,6 +56,19 @@ def at_least_one(text: str) -> int:
     return value
 
 
+# Each run worker is a process of ~250 MB: a count beyond this is a typo, not a machine.
+MAX_RUN_WORKERS = 64
+
+
+def run_workers(text: str) -> int:
+    """A number of run worker processes, 1 – MAX_RUN_WORKERS (Celery forks every one at once:
+    `--workers 20000` would fork twenty thousand processes)."""
+    value = at_least_one(text)
+    if value > MAX_RUN_WORKERS:
+        raise argparse.ArgumentTypeError(f"must be at most {MAX_RUN_WORKERS}, got {value}")
+    return value
+
+
 def port_number(text: str) -> int:
     """A TCP port to listen on, 1 – 65535."""
     value = at_least_one(text)

@@ -35,6 +35,25 @@ def test_counts_and_ports_out_of_range_are_refused(argv, message, capsys):
     assert message in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["services", "--workers", "20000"], "argument --workers: must be at most 64, got 20000"),
+        (["worker", "--concurrency", "65"], "argument --concurrency: must be at most 64, got 65"),
+        (["bench", "--workers", "1000"], "argument --workers: must be at most 64, got 1000"),
+    ],
+)
+def test_run_worker_counts_beyond_a_machine_are_refused(argv, message, capsys):
+    # Celery forks every worker at once: `services --workers 20000` forked until the kernel's
+    # OOM killer stopped it. Parsed only (a regression must not start the services here).
+    from scoring_pipeline.cli.main import build_parser
+
+    with pytest.raises(SystemExit) as exited:
+        build_parser().parse_args(argv)
+    assert exited.value.code == 2
+    assert message in capsys.readouterr().err
+
+
 def test_the_defaults_and_a_valid_value_parse():
     from scoring_pipeline.cli.main import build_parser
 
