@@ -4,6 +4,7 @@ running Dagster), and `replay` (one calculation recomputed from its captured inp
 
 import argparse
 import datetime as dt
+import os
 import sys
 from typing import TYPE_CHECKING, Any
 
@@ -30,9 +31,9 @@ def cmd_score(args: argparse.Namespace) -> int:
         closed = group.closed_reason(score_date)
         if closed is not None:  # the schedule would skip it; an operator may mean it
             print(f"warning: {closed}; scoring it anyway, as asked", file=sys.stderr)
-        summary = run_night(score_date, refresh=refresh, echo=print, group=group.name)
+        summary = run_night(score_date, refresh=refresh, echo=_progress, group=group.name)
         for line in summary.lines():
-            print(line)
+            _progress(line)  # the next group's night is scored whoever reads
         if summary.interrupted:
             only = "" if args.group is None else f" --group {group.name}"
             print(
@@ -45,6 +46,17 @@ def cmd_score(args: argparse.Namespace) -> int:
             return 130  # a shell's status for a command stopped by Ctrl-C
         status = max(status, 1 if summary.status == "failed" else 0)
     return status
+
+
+def _progress(line: str) -> None:
+    """A progress line of `score`. A reader gone (`score | head -3`) does not stop the night
+    halfway, its later batches unscored and the night left `started`: the night goes on, its
+    output to /dev/null."""
+    try:
+        print(line, flush=True)
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
 
 
 def cmd_retry_failed(args: argparse.Namespace) -> int:

@@ -542,6 +542,41 @@ def test_score_stopped_mid_night_stops_and_closes_the_night_with_the_rest_failed
     assert failed >= 30 - scored - 1
 
 
+def test_score_whose_reader_goes_away_still_scores_the_whole_night(cli_env, clean_db, tmp_path):
+    # `score --date D | head -3`: the first progress line after head had gone raised
+    # BrokenPipeError out of the night, which stayed `started` with its later batches unscored.
+    run(cli_env, "migrate")
+    run(cli_env, "demo-data", "--users", "400", "--out", str(tmp_path / "demo"))
+    env = {**cli_env, "SCORING_BATCH_SIZE": "10"}  # 40 batches: progress lines at 10, 20, …
+    proc = subprocess.Popen(
+        [*CLI, "score", "--date", DATE],
+        env=env,
+        cwd=env["DAGSTER_HOME"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        first = proc.stdout.readline()
+        assert first.startswith(f"freezing the inputs of {DATE}"), first
+        proc.stdout.close()  # the reader goes, as `head -1` does
+        proc.wait(timeout=300)
+        assert proc.stderr is not None
+        stderr = proc.stderr.read()  # a few warning lines: the pipe does not fill
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        if proc.stderr is not None:
+            proc.stderr.close()
+    assert "Traceback" not in stderr, stderr
+    night = "SELECT status FROM overnight_job_runs WHERE job_type = 'scoring'"
+    assert _scalar(clean_db, night) == "completed"
+    landed = "SELECT count(*) FROM scoring_batch_results WHERE status = 'success'"
+    assert _scalar(clean_db, landed) == 40
+    assert proc.returncode == 0, stderr
+
+
 def _scalar(engine, sql, **params):
     with engine.connect() as conn:
         return conn.execute(sa.text(sql), params).scalar_one()
