@@ -118,7 +118,14 @@ def test_a_dagster_home_without_the_projects_dagster_yaml_is_refused(cli_env, cl
     assert list(empty.iterdir()) == []  # no instance of its own was made there
     with clean_db.connect() as conn:
         assert conn.execute(sa.text("SELECT count(*) FROM overnight_job_runs")).scalar_one() == 0
-    relative = run({**cli_env, "DAGSTER_HOME": "dh"}, "score", "--date", DATE, check=False)
+    relative = subprocess.run(  # `run` works in DAGSTER_HOME, which here is no folder
+        [*CLI, "score", "--date", DATE],
+        env={**cli_env, "DAGSTER_HOME": "dh"},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert relative.returncode == 2
     assert relative.stderr.strip() == (
         "scoring-pipeline: error: DAGSTER_HOME='dh' must be an absolute path to a folder"
