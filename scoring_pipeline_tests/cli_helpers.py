@@ -26,6 +26,18 @@ def run(env, *args, check=True):
     return proc
 
 
+def started(env, *args, stderr=subprocess.PIPE):
+    """The command in the background, its stdout (and by default stderr) piped as text."""
+    return subprocess.Popen(
+        [*CLI, *args],
+        env=env,
+        cwd=env["DAGSTER_HOME"],
+        stdout=subprocess.PIPE,
+        stderr=stderr,
+        text=True,
+    )
+
+
 def summary_value(stdout: str, label: str) -> str:
     match = re.search(rf"^{label}\s+(.+)$", stdout, re.MULTILINE)
     assert match, f"{label!r} not in summary:\n{stdout}"

@@ -18,7 +18,7 @@ import sqlalchemy as sa
 from scoring_pipeline.runtime.services import free_port, private_deployment_env
 from scoring_pipeline.store.db import PROJECT_ROOT, head_revision
 from scoring_pipeline.store.night.outcomes import lock_retries
-from scoring_pipeline_tests.cli_helpers import CLI, run, summary_value
+from scoring_pipeline_tests.cli_helpers import CLI, run, started, summary_value
 
 pytestmark = [pytest.mark.db, pytest.mark.slow]
 
@@ -135,14 +135,7 @@ def test_a_dagster_home_without_the_projects_dagster_yaml_is_refused(cli_env, cl
 def test_ctrl_c_is_one_line_and_leaves_nothing_half_written(cli_env, clean_db, tmp_path):
     # Ctrl-C of demo-data printed Python's traceback of wherever it was.
     run(cli_env, "migrate")
-    proc = subprocess.Popen(
-        [*CLI, "demo-data", "--users", "500000", "--out", str(tmp_path / "demo")],
-        env=cli_env,
-        cwd=cli_env["DAGSTER_HOME"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = started(cli_env, "demo-data", "--users", "500000", "--out", str(tmp_path / "demo"))
     session = "SELECT count(*) FROM pg_stat_activity WHERE application_name = :name"
     try:
         deadline = time.monotonic() + 60
@@ -506,14 +499,7 @@ def test_score_stopped_mid_night_stops_and_closes_the_night_with_the_rest_failed
     run(cli_env, "migrate")
     run(cli_env, "demo-data", "--users", "600", "--out", str(tmp_path / "demo"))
     env = {**cli_env, "SCORING_BATCH_SIZE": "20"}  # 30 batches
-    proc = subprocess.Popen(
-        [*CLI, "score", "--date", DATE],
-        env=env,
-        cwd=env["DAGSTER_HOME"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = started(env, "score", "--date", DATE)
     landed = "SELECT count(*) FROM scoring_batch_results WHERE status = 'success'"
     try:
         deadline = time.monotonic() + 120
@@ -555,14 +541,7 @@ def test_score_whose_reader_goes_away_still_scores_the_whole_night(cli_env, clea
     run(cli_env, "migrate")
     run(cli_env, "demo-data", "--users", "400", "--out", str(tmp_path / "demo"))
     env = {**cli_env, "SCORING_BATCH_SIZE": "10"}  # 40 batches: progress lines at 10, 20, …
-    proc = subprocess.Popen(
-        [*CLI, "score", "--date", DATE],
-        env=env,
-        cwd=env["DAGSTER_HOME"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = started(env, "score", "--date", DATE)
     try:
         assert proc.stdout is not None
         first = proc.stdout.readline()
@@ -760,14 +739,7 @@ def test_retry_failed_waits_while_another_retry_of_the_night_checks_and_launches
     held = clean_db.connect()
     transaction = held.begin()
     lock_retries(held, dt.date(2026, 1, 2), "all")
-    proc = subprocess.Popen(
-        [*CLI, "retry-failed", "--date", "2026-01-02"],
-        env=cli_env,
-        cwd=cli_env["DAGSTER_HOME"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = started(cli_env, "retry-failed", "--date", "2026-01-02")
     try:
         deadline = time.monotonic() + 120
         waiting = 0

@@ -10,7 +10,7 @@ import pytest
 import sqlalchemy as sa
 
 from scoring_pipeline import telemetry
-from scoring_pipeline_tests.cli_helpers import CLI, run, summary_value
+from scoring_pipeline_tests.cli_helpers import run, started, summary_value
 
 pytestmark = [pytest.mark.db, pytest.mark.slow]
 
@@ -199,14 +199,7 @@ def test_a_collector_that_never_answers_does_not_hold_the_command_at_exit(
         silent.bind(("127.0.0.1", 0))
         silent.listen(64)
         env["OTEL_EXPORTER_OTLP_ENDPOINT"] = f"http://127.0.0.1:{silent.getsockname()[1]}"
-        with subprocess.Popen(
-            [*CLI, "score", "--date", DATE],
-            env=env,
-            cwd=env["DAGSTER_HOME"],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            text=True,
-        ) as proc:
+        with started(env, "score", "--date", DATE, stderr=subprocess.DEVNULL) as proc:
             assert proc.stdout is not None
             summary_at = None
             for line in proc.stdout:
