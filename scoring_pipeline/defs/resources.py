@@ -233,7 +233,10 @@ class ScoringSettingsResource(dg.ConfigurableResource):  # type: ignore[type-arg
     """Settings of a night: batch size, batches per run, how old a snapshot may be reused, the
     market group."""
 
-    batch_size: int = Field(default=50, gt=0)
+    # A run worker holds one batch's output at a time (~7 MB of rows and events for 50 users of
+    # the benchmark's universe): 1,000 users keep a worker well under 1 GB, where 1e20 (a typo)
+    # made one batch of every user and held the whole night in one process.
+    batch_size: int = Field(default=50, gt=0, le=1000)
     # How many of a night's consecutive batch partitions one sensor-launched run scores: each
     # batch still commits, lands and shows in the partitions UI on its own; the run's fixed
     # Dagster cost is paid once for all of them (docs/design.md, "Runs of several batches").

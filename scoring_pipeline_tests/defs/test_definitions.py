@@ -44,6 +44,7 @@ def test_jobs_schedule_and_sensor_are_registered():
     [
         ("SCORING_BATCH_SIZE", "0"),
         ("SCORING_BATCH_SIZE", "fifty"),
+        ("SCORING_BATCH_SIZE", "100000000000000000000"),
         ("SNAPSHOT_MAX_AGE_DAYS", "-1"),
         ("SNAPSHOT_MAX_AGE_DAYS", "99999999999"),
         ("OVERNIGHT_JOB_CRON", "not a cron"),
