@@ -109,6 +109,10 @@ def test_explicit_settings_win_and_closed_days_may_run(tmp_path):
         ('[groups.US]\nmarkets = ["US_TECH"]\n', "group name 'US'"),
         ("[groups.us]\nmarkets = []\n", "groups.us.markets"),
         ('[groups.us]\nmarkets = ["US_TECH"]\nlead = 3\n', "groups.us.lead"),
+        (
+            '[groups.us]\nmarkets = ["US_TECH"]\nrun_on_closed_days = "yes"\n',
+            "groups.us.run_on_closed_days",
+        ),
         ("[groups.us\n", "not valid TOML"),
         (
             '[groups.us]\nmarkets = ["US_TECH", "LATE"]\n',

@@ -51,7 +51,8 @@ class _GroupFile(pydantic.BaseModel, extra="forbid"):
     timezone: str | None = None
     opens_at: dt.time | None = None
     lead_minutes: int = pydantic.Field(default=DEFAULT_LEAD_MINUTES, ge=0, lt=24 * 60)
-    run_on_closed_days: bool = False
+    # TOML's own true/false only: pydantic would read the string "yes" (or "on", "1") as true.
+    run_on_closed_days: pydantic.StrictBool = False
 
 
 class _File(pydantic.BaseModel, extra="forbid"):
