@@ -256,8 +256,9 @@ def _run_night(
     run_ids.append(snapshot.run_id)
     stages["snapshots"] = int((time.perf_counter() - started) * 1000)
     if not snapshot.success:
-        interrupted = _interrupted(snapshot) or stop.requested()
-        error = INTERRUPTED if _interrupted(snapshot) else _step_errors(snapshot)
+        stopped = _interrupted(snapshot)
+        interrupted = stopped or stop.requested()
+        error = INTERRUPTED if stopped else _step_errors(snapshot)
         with engine.begin() as conn:
             record_snapshots_run_died(
                 conn, score_date, error, run_id=snapshot.run_id, market_group=group
@@ -290,11 +291,12 @@ def _run_night(
             tags=tags,
         )
         run_ids.append(result.run_id)
-        interrupted = _interrupted(result) or stop.requested()
+        stopped = _interrupted(result)
+        interrupted = stopped or stop.requested()
         if not result.success or interrupted:
             with engine.begin() as conn:
                 if not result.success:
-                    error = INTERRUPTED if _interrupted(result) else _step_errors(result)
+                    error = INTERRUPTED if stopped else _step_errors(result)
                     record_batch_run_died(
                         conn, score_date, batch, result.run_id, error, market_group=group
                     )
