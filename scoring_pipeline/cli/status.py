@@ -108,12 +108,13 @@ def _overview(nights: list[tuple[Night, Night | None]], coverage: Coverage) -> l
     )
     lines = [header]
     for night, warm in nights:
+        counted = _counted(night)
         batches = f"{_figure(night, 'batches_failed')}/{_figure(night, 'batches_total')}"
         lines.append(
             f"{night.score_date.isoformat():<11} {night.market_group:<8} "
             f"{night.status.value:<10} "
-            f"{_figure(night, 'users_total') if _counted(night) else '…':>7} "
-            f"{_figure(night, 'users_failed'):>7} {batches if _counted(night) else '…':>15}  "
+            f"{_figure(night, 'users_total') if counted else '…':>7} "
+            f"{_figure(night, 'users_failed'):>7} {batches if counted else '…':>15}  "
             f"{_took(night):>8}  {_dashboards(night, warm)}"
             + ("  (stale inputs)" if _stale_inputs(night) else "")
             + ("  (pruned)" if _pruned(night, coverage) else "")
@@ -162,17 +163,7 @@ def _detail(
         _users_line(night),
         f"assets scored   {_figure(night, 'assets_scored')}",
         *_prices_line(night),
-        "batches         "
-        + (
-            "not counted yet"
-            if not _counted(night)
-            else f"{_figure(night, 'batches_total')} "
-            + (
-                "(none scored: the night failed before its batches)"
-                if failed_before_scoring(night)
-                else f"({_figure(night, 'batches_failed')} failed)"
-            )
-        ),
+        _batches_line(night),
         f"dashboards      {_dashboards(night, warm)}",
     ]
     details = night.error_details or {}
@@ -232,6 +223,20 @@ def _users_line(night: Night) -> str:
         f"{_figure(night, 'users_success')} scored, {_figure(night, 'users_failed')} failed, "
         f"{_figure(night, 'users_skipped') + _figure(night, 'users_skipped_no_criteria')} "
         "skipped"
+    )
+
+
+def _batches_line(night: Night) -> str:
+    if not _counted(night):
+        return "batches         not counted yet"
+    if failed_before_scoring(night):
+        return (
+            f"batches         {_figure(night, 'batches_total')} "
+            "(none scored: the night failed before its batches)"
+        )
+    return (
+        f"batches         {_figure(night, 'batches_total')} "
+        f"({_figure(night, 'batches_failed')} failed)"
     )
 
 
@@ -332,12 +337,12 @@ def cmd_status(args: argparse.Namespace) -> int:
         score_date = parse_date(args.date)
         found = recent_nights(conn, 1_000, score_date=score_date, market_group=args.group)
         if not found:
-            from scoring_pipeline.defs.partitions import SCORE_DATE_START
+            from scoring_pipeline.defs.partitions import SCORE_DATE_START, score_dates_ahead_of_utc
 
-            today = dt.datetime.now(dt.UTC).date()
-            first = dt.date.fromisoformat(SCORE_DATE_START)
-            if not first <= score_date <= today + dt.timedelta(days=1):
-                # `score --date` would refuse it: no night of it can be started.
+            # The widest score dates any code location has (up to tomorrow in UTC, for a group
+            # ahead of UTC): `score --date` refuses a date beyond them, no night can be started.
+            if not score_dates_ahead_of_utc.has_partition_key(score_date.isoformat()):
+                today = dt.datetime.now(dt.UTC).date()
                 print(
                     f"no night of {score_date}: score dates run from {SCORE_DATE_START} to "
                     f"today ({today}, UTC)"
