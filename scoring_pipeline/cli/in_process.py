@@ -10,6 +10,7 @@ without writing an outcome is recorded as failed so the night never stays `start
 import datetime as dt
 import signal
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -18,6 +19,7 @@ from typing import Any
 
 import dagster as dg
 import sqlalchemy as sa
+from dagster._core.errors import DagsterExecutionInterruptedError
 
 from scoring_pipeline import telemetry
 from scoring_pipeline.cli.status import failed_user_line
@@ -107,13 +109,25 @@ class _StopRequests:
             end.setblocking(False)
         self._handlers: dict[int, Any] = {}
         self._wakeup = -1
+        self._unraisable = sys.unraisablehook
 
     def __enter__(self) -> "_StopRequests":
         if self._active:  # signal handlers belong to the main thread
             self._wakeup = signal.set_wakeup_fd(self._writer.fileno(), warn_on_full_buffer=False)
             for signum in (signal.SIGINT, signal.SIGTERM):
                 self._handlers[signum] = signal.signal(signum, self._note)
+        self._unraisable = sys.unraisablehook
+        sys.unraisablehook = self._unraisable_interrupt
         return self
+
+    def _unraisable_interrupt(self, unraisable: Any) -> None:
+        """Dagster's handler raises its interrupt wherever the signal lands; inside a weakref
+        callback or a finaliser Python cannot raise it and prints "Exception ignored in …" with
+        a traceback. The signal is seen anyway (the wakeup socket): not printed."""
+        if isinstance(unraisable.exc_value, KeyboardInterrupt | DagsterExecutionInterruptedError):
+            self.received = True
+            return
+        self._unraisable(unraisable)
 
     def _note(self, signum: int, frame: object) -> None:
         self.received = True
@@ -128,6 +142,7 @@ class _StopRequests:
         return self.received
 
     def __exit__(self, *exc: object) -> None:
+        sys.unraisablehook = self._unraisable
         if self._active:
             for signum, handler in self._handlers.items():
                 signal.signal(signum, handler)
