@@ -135,6 +135,27 @@ def test_a_night_failed_before_scoring_reports_its_duration(
     assert root.attributes["total_duration_ms"] == night.lasted
 
 
+def test_a_night_scored_on_stale_inputs_says_so_on_its_span(
+    cli_env, clean_db, otlp_receiver, tmp_path
+):
+    # The next date's providers are gone: its night reuses this date's snapshot (SPEC §8).
+    # `status` flagged it "(stale inputs)"; the span, what a trace backend alerts on, did not.
+    env = _night(cli_env, otlp_receiver, tmp_path, 10)
+    run(env, "score", "--date", DATE)
+    (tmp_path / "demo" / "rates.json").unlink()
+    (tmp_path / "demo" / "prices.csv").unlink()
+    proc = run(env, "score", "--date", "2026-11-28")
+    assert summary_value(proc.stdout, "job status") == "completed", proc.stdout
+    by_date = {s.attributes["score_date"]: s for s in otlp_receiver.named(telemetry.ROOT_SPAN)}
+    assert set(by_date) == {DATE, "2026-11-28"}
+    assert (by_date[DATE].attributes["rates_stale"], by_date[DATE].attributes["prices_stale"]) == (
+        False,
+        False,
+    )
+    stale = by_date["2026-11-28"].attributes
+    assert (stale["rates_stale"], stale["prices_stale"]) == (True, True), stale
+
+
 def test_a_failed_rates_step_reports_how_long_the_providers_took(
     cli_env, clean_db, otlp_receiver, tmp_path
 ):

@@ -57,6 +57,10 @@ def emit_root_span(
             score_date=score_date.isoformat(),
             job_status=night.status.value,
             market_group=night.market_group,
+            # Scored on an earlier date's snapshot because every provider failed (SPEC §8):
+            # what `status` flags "(stale inputs)".
+            rates_stale=bool(night.metrics.get("rates_stale")),
+            prices_stale=bool(night.metrics.get("prices_stale")),
         )
         # Every figure SPEC §7 names is on the span, 0 when the night did not get that far (a
         # night failed before scoring had no `process_users_ms` nor `batches_failed`).
