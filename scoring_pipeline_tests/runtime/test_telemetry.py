@@ -119,7 +119,8 @@ def test_a_night_failed_before_scoring_reports_its_duration(
     proc = run(env, "score", "--date", DATE, check=False)
     assert summary_value(proc.stdout, "job status") == "failed", proc.stdout
     _wait_for(lambda: bool(otlp_receiver.named(telemetry.ROOT_SPAN)))
-    (root,) = otlp_receiver.named(telemetry.ROOT_SPAN)
+    # The latest: the prices step, after the failed rates step, emits it again with its figure.
+    *_, root = otlp_receiver.named(telemetry.ROOT_SPAN)
     assert root.status_code == 2 and root.attributes["job_status"] == "failed"
     assert set(NAMED) <= set(root.attributes), sorted(root.attributes)
     with clean_db.connect() as conn:
@@ -175,13 +176,35 @@ def test_a_failed_rates_step_reports_how_long_the_providers_took(
         proc = run(env, "score", "--date", DATE, check=False)
     assert summary_value(proc.stdout, "job status") == "failed", proc.stdout
     _wait_for(lambda: bool(otlp_receiver.named(telemetry.ROOT_SPAN)))
-    (root,) = otlp_receiver.named(telemetry.ROOT_SPAN)
+    # The latest: the prices step, after the failed rates step, emits it again with its figure.
+    *_, root = otlp_receiver.named(telemetry.ROOT_SPAN)
     with clean_db.connect() as conn:
         recorded = conn.execute(
             sa.text("SELECT (metrics->>'fetch_rates_ms')::int FROM overnight_job_runs")
         ).scalar_one()
     assert recorded is not None and recorded >= 300
     assert root.attributes["fetch_rates_ms"] == recorded
+
+
+def test_a_figure_landing_after_the_night_failed_reaches_its_span(
+    cli_env, clean_db, otlp_receiver, tmp_path
+):
+    # The rates file is gone: the night fails at its rates step and emits its root span; the
+    # prices step, next, takes the date's prices. Its `fetch_prices_ms` reached `metrics` but
+    # the span had gone out with 0.
+    env = _night(cli_env, otlp_receiver, tmp_path, 10)
+    (tmp_path / "demo" / "rates.json").unlink()
+    proc = run(env, "score", "--date", DATE, check=False)
+    assert summary_value(proc.stdout, "job status") == "failed", proc.stdout
+    _wait_for(lambda: bool(otlp_receiver.named(telemetry.ROOT_SPAN)))
+    with clean_db.connect() as conn:
+        recorded = conn.execute(
+            sa.text("SELECT (metrics->>'fetch_prices_ms')::int FROM overnight_job_runs")
+        ).scalar_one()
+    assert recorded is not None and recorded > 0
+    latest = otlp_receiver.named(telemetry.ROOT_SPAN)[-1]
+    assert latest.attributes["fetch_prices_ms"] == recorded
+    assert latest.attributes["job_status"] == "failed" and latest.status_code == 2
 
 
 def test_a_night_with_its_collector_down_warns_once_and_completes(cli_env, clean_db, tmp_path):

@@ -130,6 +130,10 @@ def materialize_snapshot(
                 fail_night(conn, score_date, stage=step, error=exc, market_group=group.name)
             emit_root_span(database.engine(), score_date, market_group=group.name)
         raise
+    if group is not None:
+        # The night may have failed at the other snapshot step meanwhile: its root span, emitted
+        # then, gets this step's figure (a no-op for a night still open).
+        emit_root_span(database.engine(), score_date, market_group=group.name)
     if summary["is_stale"]:
         origin = summary.get("stale_from")
         context.log.warning(

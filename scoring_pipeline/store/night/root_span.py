@@ -3,10 +3,13 @@ the commit that closed the night; and `night_traceparent`, the trace the night's
 """
 
 import datetime as dt
+import hashlib
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from scoring_pipeline.engine.json_text import dumps
 from scoring_pipeline.store.night.closing import NIGHT_SPAN_FIGURES
 from scoring_pipeline.store.night.model import (
     ALL_MARKETS,
@@ -40,7 +43,8 @@ def _span_description(night: Night) -> str:
 def emit_root_span(
     engine: sa.Engine, score_date: dt.date, *, market_group: str = ALL_MARKETS
 ) -> bool:
-    """Emit the night's `overnight-scoring-job` span once per closing (call after the commit)."""
+    """Emit the night's `overnight-scoring-job` span once per closing and content (call after
+    the commit); False when tracing is off, the night is open, or the span would be the same."""
     from scoring_pipeline import telemetry
 
     if not telemetry.enabled():
@@ -49,10 +53,7 @@ def emit_root_span(
         night = find_night(conn, score_date, market_group=market_group, lock=True)
         if night is None or night.status is NightStatus.STARTED or night.completed_at is None:
             return False
-        closed = night.completed_at.isoformat()
-        if night.metrics.get("span_emitted_for") == closed:
-            return False
-        attributes = {k: night.metrics.get(k) for k in NIGHT_SPAN_FIGURES}
+        attributes: dict[str, Any] = {k: night.metrics.get(k) for k in NIGHT_SPAN_FIGURES}
         attributes.update(
             score_date=score_date.isoformat(),
             job_status=night.status.value,
@@ -67,14 +68,26 @@ def emit_root_span(
         for key in NIGHT_SPAN_FIGURES:
             if attributes.get(key) is None:
                 attributes[key] = 0
+        description = _span_description(night)
+        # Emitted once per closing and content: a figure that lands after the night closed
+        # (the other snapshot step of a night failed at one) re-emits it with the same ids,
+        # which backends keep as the latest.
+        emitted_for = (
+            f"{night.completed_at.isoformat()} "
+            + hashlib.sha256(dumps([attributes, description]).encode()).hexdigest()[:16]
+        )
+        if night.metrics.get("span_emitted_for") == emitted_for:
+            return False
         emitted = telemetry.emit_night_span(
             night.metrics.get("traceparent"),
             start_ns=int(night.started_at.timestamp() * 1e9),
             end_ns=int(night.completed_at.timestamp() * 1e9),
             attributes=attributes,
             ok=night.status is NightStatus.COMPLETED,
-            description=_span_description(night),
+            description=description,
         )
         if emitted:
-            merge_metrics(conn, score_date, {"span_emitted_for": closed}, market_group=market_group)
+            merge_metrics(
+                conn, score_date, {"span_emitted_for": emitted_for}, market_group=market_group
+            )
         return emitted
