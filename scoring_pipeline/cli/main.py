@@ -25,6 +25,7 @@ from scoring_pipeline.cli.options import (
     port_number,
     require_dagster_home,
     run_workers,
+    webserver_url,
 )
 from scoring_pipeline.cli.serve import cmd_daemon, cmd_services, cmd_worker
 from scoring_pipeline.cli.status import cmd_status
@@ -140,7 +141,9 @@ def _add_night_commands(sub: Any) -> None:
     p.add_argument("--date", required=True, help="score date YYYY-MM-DD")
     p.add_argument("--group", help="one market group (default: every configured group)")
     p.add_argument(
-        "--url", help="Dagster webserver (default $DAGSTER_WEBSERVER_URL or http://127.0.0.1:3000)"
+        "--url",
+        type=webserver_url,
+        help="Dagster webserver (default $DAGSTER_WEBSERVER_URL or http://127.0.0.1:3000)",
     )
     p.set_defaults(func=cmd_retry_failed, needs_schema=True, needs_dagster=True)
 

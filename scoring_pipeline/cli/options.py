@@ -77,6 +77,20 @@ def port_number(text: str) -> int:
     return value
 
 
+def webserver_url(text: str) -> str:
+    """The Dagster webserver's http(s) URL (`retry-failed --url`); an empty one (a script's
+    unset variable) or one with no scheme or host is refused before anything is read."""
+    from scoring_pipeline.providers.redaction import redact
+    from scoring_pipeline.runtime.dagster_api import DEFAULT_URL, is_webserver_url
+
+    if not is_webserver_url(text.rstrip("/")):
+        raise argparse.ArgumentTypeError(
+            f"must be the Dagster webserver's http(s) URL (e.g. {DEFAULT_URL}), "
+            f"got {redact(text)!r}"
+        )
+    return text
+
+
 _DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 
 

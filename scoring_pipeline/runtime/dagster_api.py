@@ -58,13 +58,42 @@ class DagsterApiError(ScoringPipelineError):
     """The Dagster webserver could not be reached or refused the request."""
 
 
+def is_webserver_url(url: str) -> bool:
+    """An http(s) URL with a host: what the webserver's address can be."""
+    try:
+        parsed = httpx.URL(url)
+    except (httpx.InvalidURL, ValueError):
+        return False
+    return parsed.scheme in ("http", "https") and bool(parsed.host)
+
+
+def checked_webserver_url(value: str, source: str) -> str:
+    """`value` without its trailing slash when it is the webserver's URL; else a
+    `DagsterApiError` naming `source` (a password in it shown as ***)."""
+    url = value.rstrip("/")
+    if not is_webserver_url(url):
+        raise DagsterApiError(
+            f"{source} {redact(url)!r} is not the Dagster webserver's http(s) URL "
+            f"(e.g. {DEFAULT_URL})"
+        )
+    return url
+
+
 @dataclass(frozen=True)
 class DagsterApi:
     url: str
 
     @classmethod
     def from_env(cls, url: str | None = None) -> "DagsterApi":
-        return cls((url or os.environ.get("DAGSTER_WEBSERVER_URL") or DEFAULT_URL).rstrip("/"))
+        """The webserver at `url` (`--url`), else `DAGSTER_WEBSERVER_URL` (empty is unset), else
+        the default; a value that is no http(s) URL with a host is refused, naming its source,
+        before the command reads or launches anything."""
+        if url is not None:
+            return cls(checked_webserver_url(url, "--url"))
+        given = os.environ.get("DAGSTER_WEBSERVER_URL") or None
+        if given is None:
+            return cls(DEFAULT_URL)
+        return cls(checked_webserver_url(given, "DAGSTER_WEBSERVER_URL"))
 
     @property
     def shown_url(self) -> str:

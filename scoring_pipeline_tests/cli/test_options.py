@@ -54,6 +54,31 @@ def test_run_worker_counts_beyond_a_machine_are_refused(argv, message, capsys):
     assert message in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("url", ["notaurl", "127.0.0.1:3000", "ftp://ops@host", "", "http://"])
+def test_a_webserver_url_that_is_none_is_refused_before_anything_is_read(url, capsys):
+    # It was read only once a failed batch was found to retry: on a night with nothing to
+    # retry, `--url notaurl` passed unnoticed (and the next night's retry failed on it).
+    from scoring_pipeline.cli.main import build_parser
+
+    with pytest.raises(SystemExit) as exited:
+        build_parser().parse_args(["retry-failed", "--date", "2026-11-27", "--url", url])
+    assert exited.value.code == 2
+    assert "argument --url: must be the Dagster webserver's http(s) URL" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("url", ["notaurl", "localhost:3000"])
+def test_a_webserver_variable_that_is_no_url_is_named(url, monkeypatch):
+    from scoring_pipeline.runtime.dagster_api import DagsterApi, DagsterApiError
+
+    monkeypatch.setenv("DAGSTER_WEBSERVER_URL", url)
+    with pytest.raises(DagsterApiError, match=f"DAGSTER_WEBSERVER_URL '{url}' is not"):
+        DagsterApi.from_env(None)
+    monkeypatch.setenv("DAGSTER_WEBSERVER_URL", "")  # empty: unset, the default
+    assert DagsterApi.from_env(None).url == "http://127.0.0.1:3000"
+    monkeypatch.setenv("DAGSTER_WEBSERVER_URL", "https://ops:s3cret@dagster.internal/")
+    assert DagsterApi.from_env(None).url == "https://ops:s3cret@dagster.internal"
+
+
 def test_the_defaults_and_a_valid_value_parse():
     from scoring_pipeline.cli.main import build_parser
 
@@ -62,6 +87,8 @@ def test_the_defaults_and_a_valid_value_parse():
     assert parser.parse_args(["services", "--port", "3001"]).port == 3001
     assert parser.parse_args(["worker", "--concurrency", "3"]).concurrency == 3
     assert parser.parse_args(["bench", "--workers", "1"]).workers == 1
+    retry = ["retry-failed", "--date", "2026-11-27", "--url", "http://127.0.0.1:3001/"]
+    assert parser.parse_args(retry).url == "http://127.0.0.1:3001/"
 
 
 def test_debug_goes_before_or_after_the_command():
