@@ -8,10 +8,12 @@ import dagster as dg
 from dagster._core.errors import DagsterExecutionInterruptedError
 from dagster._utils import interrupts
 
+from scoring_pipeline import telemetry
 from scoring_pipeline.defs.assets.scores import EarlierBatch, RefusedBatch, RunBatches
 from scoring_pipeline.defs.checks import batch_check_evaluations
 from scoring_pipeline.defs.partitions import scores_partition_key
 from scoring_pipeline.defs.resources import DatabaseResource
+from scoring_pipeline.defs.run_tags import night_traceparent
 from scoring_pipeline.engine.batch import BatchOutput, gc_paused
 from scoring_pipeline.store.batch_write import BatchWrite, failed_user_entries, persist_batch
 
@@ -130,7 +132,7 @@ class ScoresIOManager(dg.ConfigurableIOManager):
                 Landed(item.partition_key, item.market_group, item.markets, metadata, True)
             )
             return
-        written = persist_batch(self.database.engine(), item, run_id=context.run_id)
+        written = self._persist(context, item)
         metadata = _metadata(item, written)
         if item.failed:
             # The successful users are committed above; the partition must show failed.
@@ -138,6 +140,36 @@ class ScoresIOManager(dg.ConfigurableIOManager):
             failed.append((_partition(item), _failed_users_text(item, metadata), metadata))
         else:
             landed.append(Landed(_partition(item), item.market_group, item.markets, metadata))
+
+    def _persist(self, context: dg.OutputContext, item: BatchOutput) -> BatchWrite:
+        """Write the batch in its `write-batch` span, beside its `score-batch` one: the write
+        is most of a batch's time, and a write that fails or is rolled back (its run
+        terminated) is an ERROR there, where the scoring's span said its users succeeded."""
+        engine = self.database.engine()
+        traceparent = night_traceparent(context, engine, item.score_date, item.market_group)
+        attributes = {
+            "score_date": str(item.score_date),
+            "batch": item.batch_key,
+            "market_group": item.market_group,
+        }
+        with telemetry.step_span("write-batch", traceparent, attributes) as span:
+            try:
+                written = persist_batch(engine, item, run_id=context.run_id)
+            except DagsterExecutionInterruptedError:
+                # Not an `Exception`: the span would end unset (an error is made ERROR with
+                # its message by the span itself).
+                telemetry.set_error(span, "the run was terminated: the batch's write rolled back")
+                raise
+            if span is not None:
+                span.set_attributes(
+                    {
+                        "write_ms": written.write_ms,
+                        "asset_scores": written.rows.asset_scores,
+                        "score_history": written.rows.score_history,
+                        "calculation_events": written.rows.calculation_events,
+                    }
+                )
+        return written
 
     def _landed_events(
         self, context: dg.OutputContext, landed: list[Landed]

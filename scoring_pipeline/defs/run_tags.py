@@ -94,14 +94,17 @@ def run_group(
 
 
 def night_traceparent(
-    context: dg.AssetExecutionContext | dg.OpExecutionContext,
+    context: dg.AssetExecutionContext | dg.OpExecutionContext | dg.OutputContext,
     engine: Engine,
     score_date: dt.date,
     market_group: str = ALL_MARKETS,
 ) -> str | None:
     """The run's trace context, else the one the date's night recorded when it started (a run
     launched by hand or by a backfill carries none)."""
-    tagged = run_traceparent(context)
+    if isinstance(context, dg.OutputContext):  # an IO manager's: the run is its step's
+        tagged = context.step_context.dagster_run.tags.get(TRACEPARENT)
+    else:
+        tagged = run_traceparent(context)
     if tagged:
         return tagged
     with engine.connect() as conn:

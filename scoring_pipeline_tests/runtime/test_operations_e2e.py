@@ -470,6 +470,7 @@ def test_a_batch_run_terminated_from_the_ui_stops_and_a_retry_scores_it_once(
     engine = clean_db
     _world(engine, services.files, 6)  # b0000: users 1-3, b0001: users 4-6
     api = DagsterApi(services.url)
+    spans_before = len(services.otlp.spans)
     blocker = _hold_the_history_key_of(engine, _uid(4))
     try:
         api.launch_job("overnight_snapshots_job", tags={"dagster/partition": DATE})
@@ -515,6 +516,21 @@ def test_a_batch_run_terminated_from_the_ui_stops_and_a_retry_scores_it_once(
     time.sleep(2)  # what a run still going would write now
     assert status() == "CANCELED"
     assert _events_of_b0001(engine) == 0
+    # The trace says so: the batch's `write-batch` span is an ERROR (its `score-batch` span,
+    # ended before the write, says its users succeeded; there was no span of the write).
+    stopped = wait_for(
+        "the terminated write's span",
+        lambda: [
+            s
+            for s in services.otlp.spans[spans_before:]
+            if s.name == "write-batch" and s.attributes.get("batch") == "b0001"
+        ]
+        or None,
+        timeout=30,
+    )
+    assert [(s.status_code, s.status_message) for s in stopped] == [
+        (2, "the run was terminated: the batch's write rolled back")
+    ]
     job = wait_for("the night to close", lambda: _closed(engine), timeout=60)
     assert job.status == "partial" and job.users_failed == 3
 

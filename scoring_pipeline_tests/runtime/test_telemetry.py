@@ -71,6 +71,11 @@ def test_night_span_with_children_over_otlp(cli_env, clean_db, otlp_receiver, tm
     children = [s for s in otlp_receiver.spans if s.name != telemetry.ROOT_SPAN]
     assert {s.name for s in children} >= {"active_users", "exchange_rates", "prices", "score-batch"}
     assert len([s for s in children if s.name == "score-batch"]) == 3
+    # Each batch's write, most of its time, has its own span beside its scoring's.
+    writes = [s for s in children if s.name == "write-batch"]
+    assert sorted(s.attributes["batch"] for s in writes) == ["b0000", "b0001", "b0002"]
+    assert sum(s.attributes["asset_scores"] for s in writes) == root.attributes["assets_scored"]
+    assert all(s.status_code == 0 and s.attributes["write_ms"] >= 0 for s in writes)
     for child in children:
         assert child.trace_id == root.trace_id
         assert child.parent_span_id == root.span_id
@@ -134,6 +139,38 @@ def test_a_night_failed_before_scoring_reports_its_duration(
     assert night.lasted > 0
     assert night.recorded == night.lasted
     assert root.attributes["total_duration_ms"] == night.lasted
+
+
+def test_a_write_that_fails_is_an_error_span_and_its_retry_is_not(
+    cli_env, clean_db, otlp_receiver, tmp_path
+):
+    # The batch's first write fails (a statement trigger on asset_scores, once: a sequence is
+    # not rolled back); the step's retry writes it. The trace showed only the scoring's span,
+    # which said every user succeeded.
+    env = _night(cli_env, otlp_receiver, tmp_path, 10)
+    with clean_db.begin() as conn:
+        conn.execute(sa.text("CREATE SEQUENCE write_attempts"))
+        conn.execute(
+            sa.text(
+                "CREATE FUNCTION fail_first_write() RETURNS trigger LANGUAGE plpgsql AS $$ "
+                "BEGIN IF nextval('write_attempts') = 1 THEN "
+                "RAISE EXCEPTION 'disk full (a test)'; END IF; RETURN NULL; END $$"
+            )
+        )
+        conn.execute(
+            sa.text(
+                "CREATE TRIGGER fail_first_write BEFORE INSERT ON asset_scores "
+                "FOR EACH STATEMENT EXECUTE FUNCTION fail_first_write()"
+            )
+        )
+    proc = run(env, "score", "--date", DATE)
+    assert summary_value(proc.stdout, "job status") == "completed", proc.stdout
+    writes = otlp_receiver.named("write-batch")
+    assert [s.status_code for s in writes] == [2, 0], [
+        (s.status_message, s.attributes) for s in writes
+    ]
+    assert "disk full (a test)" in writes[0].status_message
+    assert writes[1].attributes["asset_scores"] > 0
 
 
 def test_a_night_scored_on_stale_inputs_says_so_on_its_span(
