@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import dagster as dg
 from sqlalchemy.engine import Engine
 
+from scoring_pipeline import telemetry
 from scoring_pipeline.defs.market_groups.group import MarketGroup, group_of_run
 from scoring_pipeline.store.night import root_span
 from scoring_pipeline.store.night.model import ALL_MARKETS
@@ -100,7 +101,10 @@ def night_traceparent(
     market_group: str = ALL_MARKETS,
 ) -> str | None:
     """The run's trace context, else the one the date's night recorded when it started (a run
-    launched by hand or by a backfill carries none)."""
+    launched by hand or by a backfill carries none); None when tracing is off (no span to
+    open, so no lookup of the night for a run carrying none)."""
+    if not telemetry.enabled():
+        return None
     if isinstance(context, dg.OutputContext):  # an IO manager's: the run is its step's
         tagged = context.step_context.dagster_run.tags.get(TRACEPARENT)
     else:
