@@ -12,6 +12,7 @@ the order that wastes no alignment padding, then attached (`_compact_columns`).
 import datetime as dt
 import re
 from dataclasses import dataclass, replace
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
@@ -78,19 +79,31 @@ def month_partition(conn: Connection, table: str, day: dt.date) -> str | None:
     """The month partition of `table` that holds `day`, as `ensure_partitions` makes them, or None
     when there is none of that name and those bounds (a DEFAULT partition or one made by hand
     then takes the rows through the parent table)."""
+    found = _of_month_partition(conn, table, day, "c.relname")
+    return str(found) if found is not None else None
+
+
+def month_partition_storage(conn: Connection, table: str, day: dt.date) -> int | None:
+    """The filenode of `month_partition`'s table (new once the month is dropped and made again,
+    or truncated), or None when there is no such partition."""
+    node = _of_month_partition(conn, table, day, "pg_relation_filenode(c.oid)")
+    return int(node) if node is not None else None
+
+
+def _of_month_partition(conn: Connection, table: str, day: dt.date, what: str) -> Any:
+    """`what` (an expression of `c`, the partition's pg_class row) of `month_partition`'s
+    table, or None, in one catalog read."""
     start, end = month_of(day)
-    name = partition_name(table, start)
     # The bounds are compared as the server prints them, in the session's DateStyle both.
-    found = conn.execute(
+    return conn.execute(
         sa.text(
-            "SELECT c.relname FROM pg_class c JOIN pg_inherits i ON i.inhrelid = c.oid "
+            f"SELECT {what} FROM pg_class c JOIN pg_inherits i ON i.inhrelid = c.oid "
             "WHERE c.oid = to_regclass(:n) AND i.inhparent = CAST(:t AS regclass) "
             "AND pg_get_expr(c.relpartbound, c.oid) = "
             "format('FOR VALUES FROM (%L) TO (%L)', CAST(:s AS date), CAST(:e AS date))"
         ),
-        {"n": name, "t": table, "s": start, "e": end},
+        {"n": partition_name(table, start), "t": table, "s": start, "e": end},
     ).scalar_one_or_none()
-    return name if found is not None else None
 
 
 _ALIGNMENT = {"d": 8, "i": 4, "s": 2, "c": 1}

@@ -520,12 +520,14 @@ def test_a_batch_run_terminated_from_the_ui_stops_and_a_retry_scores_it_once(
     # ended before the write, says its users succeeded; there was no span of the write).
     stopped = wait_for(
         "the terminated write's span",
-        lambda: [
-            s
-            for s in services.otlp.spans[spans_before:]
-            if s.name == "write-batch" and s.attributes.get("batch") == "b0001"
-        ]
-        or None,
+        lambda: (
+            [
+                s
+                for s in services.otlp.spans[spans_before:]
+                if s.name == "write-batch" and s.attributes.get("batch") == "b0001"
+            ]
+            or None
+        ),
         timeout=30,
     )
     assert [(s.status_code, s.status_message) for s in stopped] == [

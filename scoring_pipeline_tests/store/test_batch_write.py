@@ -9,7 +9,12 @@ import sqlalchemy as sa
 
 from scoring_pipeline.engine.batch import BatchOutput
 from scoring_pipeline.store.metric_values import StoredValues, write_metric_values
-from scoring_pipeline.store.month_partitions import ensure_partitions
+from scoring_pipeline.store.month_partitions import (
+    drop,
+    ensure_partitions,
+    month_partition,
+    partitions,
+)
 
 pytestmark = pytest.mark.db
 
@@ -96,8 +101,8 @@ def test_a_process_sends_only_pairs_it_has_not_seen_stored_and_forgets_a_pruned_
     clean_db, monkeypatch
 ):
     """`store_metric_values` remembers what it stored for a date, so the night's next batches
-    send only new or changed pairs; when pairs it would skip are gone (their month pruned), it
-    sends all again and the rows are back."""
+    send only new or changed pairs; when pairs it would skip are gone (their month pruned and
+    made again, or truncated), it sends all again and the rows are back."""
     import scoring_pipeline.store.metric_values as metric_values
 
     with clean_db.begin() as conn:
@@ -124,13 +129,22 @@ def test_a_process_sends_only_pairs_it_has_not_seen_stored_and_forgets_a_pruned_
     assert store(clean_db, _output(first)) == StoredValues(0, dict.fromkeys(first, 1))
     assert sent[-1] == {("AAA", "USD")}
 
-    # The date's rows are gone (as `prune` drops a month), and another market group's batch
+    # The date's month is dropped (`prune`) and made again, and another market group's batch
     # stored pairs of its own since: everything is sent and stored again.
     with clean_db.begin() as conn:
-        conn.execute(sa.text("DELETE FROM score_metric_values WHERE score_date = :d"), {"d": DAY})
+        month = month_partition(conn, "score_metric_values", DAY)
+        drop(conn, [p for p in partitions(conn) if p.name == month])
+        ensure_partitions(conn, DAY)
     others = {(f"BR{i}", "USD"): '{"price":"1"}' for i in range(5)}
     with clean_db.begin() as conn:
         assert metric_values.write_metric_values(conn, _output(others)).written == 5
     assert store(clean_db, _output(changed)) == StoredValues(3, dict.fromkeys(changed, 1))
     assert sent[-1] == set(changed)
     assert {(s, b) for s, b, _ in _stored(clean_db)} == set(changed) | set(others)
+    # Truncated (as the tests empty the tables between them): sent and stored again too.
+    assert store(clean_db, _output(changed)) == StoredValues(0, dict.fromkeys(changed, 1))
+    assert sent[-1] == set()
+    with clean_db.begin() as conn:
+        conn.execute(sa.text("TRUNCATE score_metric_values"))
+    assert store(clean_db, _output(changed)) == StoredValues(3, dict.fromkeys(changed, 1))
+    assert sent[-1] == set(changed)
