@@ -311,7 +311,9 @@ def _run_night(
         if not result.success or interrupted:
             with engine.begin() as conn:
                 if not result.success:
-                    error = INTERRUPTED if stopped else _step_errors(result)
+                    # A stop that landed in the IO manager's write reads as the step's own
+                    # failure ("the run was terminated…"): its users were stopped all the same.
+                    error = INTERRUPTED if interrupted else _step_errors(result)
                     record_batch_run_died(
                         conn, score_date, batch, result.run_id, error, market_group=group
                     )

@@ -15,6 +15,7 @@ import psutil
 import pytest
 import sqlalchemy as sa
 
+from scoring_pipeline.cli.in_process import INTERRUPTED
 from scoring_pipeline.runtime.services import free_port, private_deployment_env
 from scoring_pipeline.store.db import PROJECT_ROOT, head_revision
 from scoring_pipeline.store.night.outcomes import lock_retries
@@ -526,13 +527,67 @@ def test_score_stopped_mid_night_stops_and_closes_the_night_with_the_rest_failed
     assert _scalar(clean_db, "SELECT count(*) FROM scoring_batch_results") == 30
     night = "SELECT status FROM overnight_job_runs WHERE job_type = 'scoring'"
     assert _scalar(clean_db, night) == "partial"
-    # The command stopped right after the signal: the unscored batches say why.
+    # The command stopped right after the signal: the unscored batches say why, the one being
+    # scored or written too (it read the step's failure, "the run was terminated…").
     failed = _scalar(
         clean_db,
         "SELECT count(*) FROM scoring_batch_results WHERE status = 'failed' "
         "AND failed_users::text LIKE '%scoring-pipeline score was stopped%'",
     )
-    assert failed >= 30 - scored - 1
+    assert failed == 30 - scored
+
+
+def test_score_stopped_while_a_batch_is_written_says_its_users_were_stopped(
+    cli_env, clean_db, tmp_path
+):
+    # Ctrl-C while the first batch's write waits (here on the history keys' locks, which a
+    # connection holds): the write is rolled back, and that batch's users read the step's
+    # failure, "the run was terminated while its batches were being scored", where the later
+    # batches' said `score` was stopped.
+    run(cli_env, "migrate")
+    run(cli_env, "demo-data", "--users", "60", "--out", str(tmp_path / "demo"))
+    env = {**cli_env, "SCORING_BATCH_SIZE": "20"}  # 3 batches
+    blocker = clean_db.connect()
+    blocker.execute(
+        sa.text(
+            "SELECT pg_advisory_xact_lock(hashtextextended(CAST(id AS text), "
+            "CAST(:d AS date) - DATE '2000-01-01')) FROM users"
+        ),
+        {"d": DATE},
+    )
+    waiting = (
+        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+        "AND wait_event = 'advisory' AND datname = current_database()"
+    )
+    proc = started(env, "score", "--date", DATE)
+    try:
+        deadline = time.monotonic() + 120
+        while not _scalar(clean_db, waiting):
+            assert proc.poll() is None and time.monotonic() < deadline, "no write waited"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=120)
+    finally:
+        blocker.rollback()
+        blocker.close()
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, (proc.returncode, stderr[-2000:])
+    assert summary_value(stdout, "job status") == "failed", stdout
+    with clean_db.connect() as conn:
+        outcomes = conn.execute(
+            sa.text("SELECT batch_key, status, failed_users FROM scoring_batch_results ORDER BY 1")
+        ).all()
+    rows = [
+        (r.batch_key, r.status, {u["error"]["message"] for u in r.failed_users}) for r in outcomes
+    ]
+    assert [(key, status) for key, status, _ in rows] == [
+        ("b0000", "failed"),
+        ("b0001", "failed"),
+        ("b0002", "failed"),
+    ]
+    assert rows[0][2] == {INTERRUPTED}, rows[0]
+    assert rows[1][2] == rows[2][2] == {f"not scored: {INTERRUPTED} before this batch"}
 
 
 def test_score_whose_reader_goes_away_still_scores_the_whole_night(cli_env, clean_db, tmp_path):
