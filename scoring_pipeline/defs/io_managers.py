@@ -129,7 +129,7 @@ class ScoresIOManager(dg.ConfigurableIOManager):
         if isinstance(item, EarlierBatch):
             metadata = _earlier_metadata(item)
             landed.append(
-                Landed(item.partition_key, item.market_group, item.markets, metadata, True)
+                Landed(item.partition_key, item.market_group, item.markets, metadata, item.recorded)
             )
             return
         written = self._persist(context, item)

@@ -12,6 +12,8 @@ from dagster._core.storage.tags import RESUME_RETRY_TAG
 
 from scoring_pipeline.cli.status import _completed, _next_step, _took
 from scoring_pipeline.defs.assets.scores import scores
+from scoring_pipeline.defs.assets.snapshot import BACKFILL_TAG
+from scoring_pipeline.defs.checks import scores_invariants
 from scoring_pipeline.defs.deployment import build_resources
 from scoring_pipeline.defs.job_names import BATCH_JOB
 from scoring_pipeline.defs.partitions import scores_partition_key, scores_partitions
@@ -553,3 +555,77 @@ def test_a_re_score_of_a_batch_that_succeeded_dying_leaves_its_success(
     assert _outcomes(world)["b0001"] == ("success", night.run_id, 0)
     row = _night_row(world)
     assert (row.status, row.users_failed) == ("completed", 0)
+
+
+def _shown(instance) -> dict[str, str]:
+    """What the partitions view shows of each batch (a wiped asset has no status at all)."""
+    found = instance.get_status_by_partition(scores.key, KEYS, scores_partitions) or {}
+    return {k.split("/")[1]: (found[k].value if found.get(k) else "MISSING") for k in KEYS}
+
+
+def _backfill_run(instance, backfill_id: str):
+    """A run of a UI backfill over the night's three batches (Dagster tags it with its
+    backfill), with its asset checks, which must pass for every batch that landed."""
+    result = dg.materialize(
+        [scores, scores_invariants],
+        instance=instance,
+        resources=build_resources(),
+        raise_on_error=False,
+        tags={
+            BACKFILL_TAG: backfill_id,
+            "dagster/asset_partition_range_start": KEYS[0],
+            "dagster/asset_partition_range_end": KEYS[-1],
+        },
+    )
+    for evaluation in result.get_asset_check_evaluations():
+        assert evaluation.passed, (evaluation.check_name, evaluation.metadata)
+    return result
+
+
+def test_a_failed_and_missing_backfill_after_a_wipe_scores_only_the_failed_batches(
+    world, dagster_instance
+):
+    """The asset's *Wipe materializations* leaves every batch Missing, so *Failed and missing*
+    selects every batch of every night (an operator review: it re-scored both nights, every
+    user a second time, a completed night turned `partial` by today's criteria). The backfill
+    scores only the batches without a success, and records the others again from their
+    outcomes, whether another batch of its run fails or not."""
+    _night(world, dagster_instance, bad=(3,))  # user 3 is in b0001 with user 4
+    night_run = batches(dagster_instance)
+    assert not night_run.success
+    assert set(_shown(dagster_instance).values()) == {"MATERIALIZED", "FAILED"}
+    dagster_instance.wipe_assets([scores.key])
+    assert set(_shown(dagster_instance).values()) == {"MISSING"}
+
+    first = _backfill_run(dagster_instance, "wiped-1")
+    assert not first.success  # user 3 still fails
+    assert _calculations(world) == {_uid(1): 1, _uid(2): 1, _uid(3): 2, _uid(4): 2, _uid(5): 1}
+    assert _shown(dagster_instance) == {
+        "b0000": "MATERIALIZED",
+        "b0001": "FAILED",
+        "b0002": "MATERIALIZED",
+    }
+    kept = f"batch b0000 of {DATE} (all) landed in run {night_run.run_id} with every user"
+    assert any(m.startswith(kept) for m in _run_log(dagster_instance, first.run_id))
+
+    dagster_instance.wipe_assets([scores.key])
+    with world.begin() as conn:
+        conn.execute(
+            sa.text("UPDATE criteria_versions SET rules = CAST(:r AS jsonb) WHERE user_id = :u"),
+            {"r": json.dumps(rules()), "u": _uid(3)},
+        )
+    second = _backfill_run(dagster_instance, "wiped-2")
+    assert second.success
+    assert _calculations(world) == {_uid(1): 1, _uid(2): 1, _uid(3): 3, _uid(4): 3, _uid(5): 1}
+    assert _outcomes(world) == {
+        "b0000": ("success", night_run.run_id, 0),
+        "b0001": ("success", second.run_id, 0),
+        "b0002": ("success", night_run.run_id, 0),
+    }
+    assert set(_shown(dagster_instance).values()) == {"MATERIALIZED"}
+    assert _night_row(world).status == "completed"
+
+    # Materialised again, a landed batch is re-scored, as any backfill of it re-scores it.
+    third = _backfill_run(dagster_instance, "again")
+    assert third.success
+    assert _calculations(world) == {_uid(1): 2, _uid(2): 2, _uid(3): 4, _uid(4): 4, _uid(5): 2}

@@ -17,6 +17,7 @@ from scoring_pipeline import telemetry
 from scoring_pipeline.defs.assets.active_users import active_users
 from scoring_pipeline.defs.assets.exchange_rates import exchange_rates
 from scoring_pipeline.defs.assets.prices import prices
+from scoring_pipeline.defs.assets.snapshot import BACKFILL_TAG
 from scoring_pipeline.defs.batches_in_flight import night_being_started
 from scoring_pipeline.defs.job_names import SNAPSHOTS_JOB
 from scoring_pipeline.defs.market_groups.group import DEFAULT_GROUP, DEFAULT_GROUPS, MarketGroup
@@ -78,6 +79,13 @@ def build_scores(group: MarketGroup, upstream: list[dg.AssetsDefinition]) -> dg.
                 f"batch {batch} of {score_date} ({group.name}) landed in run {outcome.run_id} "
                 "(an earlier attempt of this step): not scored again"
             )
+        wiped = _landed_but_wiped(context, database, batches, group.name, set(earlier))
+        for (score_date, batch), outcome in wiped.items():
+            context.log.info(
+                f"batch {batch} of {score_date} ({group.name}) landed in run {outcome.run_id} "
+                "with every user scored, and its materialisation was wiped: recorded again "
+                "from its outcome, not scored again (materialise it once more to re-score it)"
+            )
 
         shared: dict[dt.date, RunInputs] = {}  # what the run's batches of a date share
 
@@ -86,7 +94,7 @@ def build_scores(group: MarketGroup, upstream: list[dg.AssetsDefinition]) -> dg.
             return _score_batch(context, database, nights[score_date], score_date, batch, inputs)
 
         return RunBatches(
-            batches=[b for b in batches if b not in earlier],
+            batches=[b for b in batches if b not in earlier and b not in wiped],
             refused=refused,
             score=score,
             ranged=len(keys) > 1,
@@ -95,6 +103,16 @@ def build_scores(group: MarketGroup, upstream: list[dg.AssetsDefinition]) -> dg.
                     scores_partition_key(*key), outcome, group.name, nights[key[0]].markets
                 )
                 for key, outcome in earlier.items()
+            ]
+            + [
+                EarlierBatch(
+                    scores_partition_key(*key),
+                    outcome,
+                    group.name,
+                    nights[key[0]].markets,
+                    recorded=False,
+                )
+                for key, outcome in wiped.items()
             ],
         )
 
@@ -118,6 +136,8 @@ class EarlierBatch:
     outcome: LandedOutcome
     market_group: str
     markets: tuple[str, ...] | None
+    # False for a batch whose materialisation was wiped: the run records it again.
+    recorded: bool = True
 
 
 @dataclass(frozen=True)
@@ -188,6 +208,45 @@ def _landed_earlier(
                 conn, score_date, keys, runs, market_group=group
             ).items()
         }
+
+
+def _landed_but_wiped(
+    context: dg.AssetExecutionContext,
+    database: DatabaseResource,
+    batches: list[tuple[dt.date, str]],
+    group: str,
+    kept: set[tuple[dt.date, str]],
+) -> dict[tuple[dt.date, str], LandedOutcome]:
+    """A backfill's batches that landed with every user scored but whose partition Dagster no
+    longer holds a materialisation of (the asset's *Wipe materializations*): a "Failed and
+    missing" backfill then selects every batch of every night, and scoring them again would
+    re-score each night with today's criteria. They are recorded again instead."""
+    if context.run.tags.get(BACKFILL_TAG) is None:
+        return {}  # a run of the night, or one launched by hand for its partitions
+    by_date: dict[dt.date, list[str]] = {}
+    for score_date, batch in batches:
+        if (score_date, batch) not in kept:
+            by_date.setdefault(score_date, []).append(batch)
+    if not by_date:
+        return {}
+    with database.engine().connect() as conn:
+        landed = {
+            (score_date, key): outcome
+            for score_date, keys in by_date.items()
+            for key, outcome in batches_landed_by_runs(
+                conn, score_date, keys, None, market_group=group
+            ).items()
+        }
+    return {
+        key: outcome
+        for key, outcome in landed.items()
+        if not context.instance.fetch_materializations(
+            dg.AssetRecordsFilter(
+                asset_key=context.asset_key, asset_partitions=[scores_partition_key(*key)]
+            ),
+            limit=1,
+        ).records
+    }
 
 
 def _earlier_attempts(context: dg.AssetExecutionContext) -> list[str]:
