@@ -49,6 +49,7 @@ from dagster_postgres.utils import create_pg_engine, pg_url_from_config
 from sqlalchemy.engine import Connection, Engine
 
 from scoring_pipeline.errors import ConfigurationError
+from scoring_pipeline.store.db import dagster_storage_url
 
 POOL_SIZE = 2  # connections the process keeps open
 MAX_OVERFLOW = 12  # more, opened only while calls overlap (the daemon's threads)
@@ -199,6 +200,10 @@ class PooledPostgresStorage(DagsterPostgresStorage):
     def __init__(
         self, postgres_url: str, should_autocreate_tables: bool = True, inst_data: Any = None
     ) -> None:
+        # psycopg2, whatever the URL names (or `postgres_db:` builds): on SQLAlchemy 2.1 a bare
+        # `postgresql://` is psycopg 3, whose connections the webserver's pool
+        # (`optimize_for_webserver`) finds closed: every page was an Internal Server Error.
+        postgres_url = dagster_storage_url(postgres_url, variable="DAGSTER_PG_URL")
         self.postgres_url = postgres_url
         self.should_autocreate_tables = should_autocreate_tables
         self._inst_data = inst_data

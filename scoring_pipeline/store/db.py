@@ -161,9 +161,9 @@ def create_engine_for(url: str, **kwargs: object) -> Engine:
     )
 
 
-def dagster_storage_url(url: str) -> str:
+def dagster_storage_url(url: str, variable: str = "DATABASE_URL") -> str:
     """The URL Dagster's instance storage uses for the same database (psycopg2 driver)."""
-    return with_driver(url, DAGSTER_DRIVER)
+    return with_driver(url, DAGSTER_DRIVER, variable=variable)
 
 
 def prepare_dagster_environment(env: dict[str, str] | None = None) -> str:

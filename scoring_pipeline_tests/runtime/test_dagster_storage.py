@@ -3,6 +3,7 @@ call as dagster-postgres does), replaces a connection the server dropped, and cl
 the instance is disposed. Measured on a database of its own, so other tests' connections never
 count."""
 
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -290,3 +291,29 @@ def test_the_project_instance_runs_the_daemons_a_night_needs_and_no_others(
         assert lane == [{"key": "scoring/lane", "value": "dashboard", "limit": 1}]
         assert dashboard_cache_job.tags["scoring/lane"] == "dashboard"
     assert project["compute_logs"]["class"] == "NoOpComputeLogManager"
+
+
+def test_a_storage_url_naming_no_driver_serves_the_webserver(own_database):
+    """`DAGSTER_PG_URL=postgresql://…` (an operator's own, as the README's table suggests): on
+    SQLAlchemy 2.1 that is psycopg 3, and the webserver's instance (`optimize_for_webserver`)
+    then found its connections closed, so every page of the UI was an Internal Server Error
+    (an operator review). The storage uses psycopg2 whatever the URL names."""
+    url, _ = own_database
+    bare = sa.make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+    answers: list[object] = []
+    with dg.instance_for_test(overrides={"storage": storage_config(bare)}) as instance:
+        instance.optimize_for_webserver(statement_timeout=5000, pool_recycle=3600, max_overflow=20)
+
+        def index_page() -> None:  # what the webserver's index page asks first
+            try:
+                answers.append(instance.run_storage.get_run_storage_id())
+            except sa.exc.OperationalError as exc:
+                answers.append(exc)
+
+        index_page()
+        other = threading.Thread(target=index_page)  # a request on another thread
+        other.start()
+        other.join()
+    assert len(answers) == 2
+    assert all(isinstance(a, str) for a in answers), answers
+    assert answers[0] == answers[1]
