@@ -30,6 +30,8 @@ from scoring_pipeline.store.night.opening import tick_skip_reason
 from scoring_pipeline.telemetry import TRACEPARENT, new_traceparent
 
 SCORE_DATE_TAG = "scoring/score_date"
+# How far ahead of this process's clock a tick may be and still be due (another machine's).
+_CLOCK_SKEW = dt.timedelta(minutes=1)
 
 
 def build_overnight_schedule(
@@ -92,6 +94,16 @@ def _build(group: MarketGroup, job: Any) -> dg.ScheduleDefinition:
         if closed:
             return dg.SkipReason(closed)
         score_date = day.isoformat()
+        ahead = scheduled - dt.datetime.now(dt.UTC)
+        if ahead > _CLOCK_SKEW:
+            # The daemon evaluates a tick once its time has come: only the UI's "Preview tick
+            # result" evaluates one ahead, and its "Launch all" started that night early (a
+            # future date on today's prices), after which the real tick found it and skipped.
+            return dg.SkipReason(
+                f"this tick ({scheduled.isoformat()}, night {score_date} of {group.name}) has "
+                "not come yet: it starts the night at its time, not from a preview; to start "
+                f"{score_date} now on purpose, launch {job.name} for it"
+            )
         in_flight = run_in_flight(context.instance, job.name, {PARTITION_TAG: score_date})
         if in_flight:
             return dg.SkipReason(

@@ -706,3 +706,29 @@ def test_the_checks_run_alone_without_a_partition_say_how_to_check_a_batch(dagst
         assert "Materialize" in (description or "")
     finally:
         dagster_instance.delete_run(result.run_id)
+
+
+def test_a_tick_previewed_before_its_time_starts_no_night(world, dagster_instance):
+    """The schedule's "Preview tick result" evaluates any tick, tomorrow's included, and its
+    "Launch all" launches what it requested (an operator review: tomorrow's night was started
+    at once on today's prices, and the real tick then skipped it as started). A tick whose time
+    has not come is skipped saying so; once it has, it starts the night."""
+    _users(world, 2)
+    d = defs()
+    schedule = d.resolve_schedule_def("overnight_scoring_schedule")
+    now = dt.datetime.now(dt.UTC)
+    for tick, due in ((now + dt.timedelta(hours=2), False), (now - dt.timedelta(hours=2), True)):
+        with dg.build_schedule_context(
+            instance=dagster_instance,
+            scheduled_execution_time=tick,
+            repository_def=d.get_repository_def(),
+            resources=_schedule_resources(),
+        ) as context:
+            result = schedule.evaluate_tick(context)
+        if due:
+            (request,) = result.run_requests or []
+            assert request.partition_key == tick.date().isoformat()
+        else:
+            assert not result.run_requests
+            assert result.skip_message and "has not come yet" in result.skip_message
+    assert not rows(world, "SELECT 1 FROM overnight_job_runs")
