@@ -31,7 +31,7 @@ from scoring_pipeline.telemetry import TRACEPARENT, new_traceparent
 
 SCORE_DATE_TAG = "scoring/score_date"
 # How far ahead of this process's clock a tick may be and still be due (another machine's).
-_CLOCK_SKEW = dt.timedelta(minutes=1)
+_CLOCK_SKEW = dt.timedelta(minutes=5)
 
 
 def build_overnight_schedule(
