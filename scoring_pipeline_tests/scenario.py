@@ -106,10 +106,10 @@ def batch(instance, batch_key="b0000", *, date=DATE, **kwargs):
     return result
 
 
-def batches(instance, first="b0000", last="b0002", *, date=DATE, **kwargs):
+def batches(instance, first="b0000", last="b0002", *, date=DATE, tags=None, **kwargs):
     """Materialise the batch partitions from `first` to `last` in one run (a partition range,
-    as the night's sensor launches them), with their asset checks, which must pass for every
-    batch that landed (`batch`'s rule)."""
+    as the night's sensor launches them, or a UI backfill with its tag in `tags`), with their
+    asset checks, which must pass for every batch that landed (`batch`'s rule)."""
     result = dg.materialize(
         [scores, scores_invariants],
         instance=instance,
@@ -118,6 +118,7 @@ def batches(instance, first="b0000", last="b0002", *, date=DATE, **kwargs):
         tags={
             "dagster/asset_partition_range_start": scores_partition_key(date, first),
             "dagster/asset_partition_range_end": scores_partition_key(date, last),
+            **(tags or {}),
         },
         **kwargs,
     )

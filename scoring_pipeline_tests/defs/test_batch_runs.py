@@ -13,7 +13,6 @@ from dagster._core.storage.tags import RESUME_RETRY_TAG
 from scoring_pipeline.cli.status import _completed, _next_step, _took
 from scoring_pipeline.defs.assets.scores import scores
 from scoring_pipeline.defs.assets.snapshot import BACKFILL_TAG
-from scoring_pipeline.defs.checks import scores_invariants
 from scoring_pipeline.defs.deployment import build_resources
 from scoring_pipeline.defs.job_names import BATCH_JOB
 from scoring_pipeline.defs.partitions import scores_partition_key, scores_partitions
@@ -566,20 +565,7 @@ def _shown(instance) -> dict[str, str]:
 def _backfill_run(instance, backfill_id: str):
     """A run of a UI backfill over the night's three batches (Dagster tags it with its
     backfill), with its asset checks, which must pass for every batch that landed."""
-    result = dg.materialize(
-        [scores, scores_invariants],
-        instance=instance,
-        resources=build_resources(),
-        raise_on_error=False,
-        tags={
-            BACKFILL_TAG: backfill_id,
-            "dagster/asset_partition_range_start": KEYS[0],
-            "dagster/asset_partition_range_end": KEYS[-1],
-        },
-    )
-    for evaluation in result.get_asset_check_evaluations():
-        assert evaluation.passed, (evaluation.check_name, evaluation.metadata)
-    return result
+    return batches(instance, tags={BACKFILL_TAG: backfill_id})
 
 
 def test_a_failed_and_missing_backfill_after_a_wipe_scores_only_the_failed_batches(

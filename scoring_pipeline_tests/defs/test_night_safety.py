@@ -45,13 +45,14 @@ def _users(world, count):
     ]
 
 
-def _tick(instance, date):
+def _tick(instance, date, *, at=None):
+    """The schedule's tick of `date` at 04:00 UTC, or at the time `at`."""
     d = defs()
     schedule = d.resolve_schedule_def("overnight_scoring_schedule")
     # As a context manager: the evaluation opens its own instance from the ref, and must close it.
     with dg.build_schedule_context(
         instance=instance,
-        scheduled_execution_time=dt.datetime.fromisoformat(f"{date}T04:00:00+00:00"),
+        scheduled_execution_time=at or dt.datetime.fromisoformat(f"{date}T04:00:00+00:00"),
         repository_def=d.get_repository_def(),
         resources=_schedule_resources(),
     ) as context:
@@ -714,17 +715,9 @@ def test_a_tick_previewed_before_its_time_starts_no_night(world, dagster_instanc
     at once on today's prices, and the real tick then skipped it as started). A tick whose time
     has not come is skipped saying so; once it has, it starts the night."""
     _users(world, 2)
-    d = defs()
-    schedule = d.resolve_schedule_def("overnight_scoring_schedule")
     now = dt.datetime.now(dt.UTC)
     for tick, due in ((now + dt.timedelta(hours=2), False), (now - dt.timedelta(hours=2), True)):
-        with dg.build_schedule_context(
-            instance=dagster_instance,
-            scheduled_execution_time=tick,
-            repository_def=d.get_repository_def(),
-            resources=_schedule_resources(),
-        ) as context:
-            result = schedule.evaluate_tick(context)
+        result = _tick(dagster_instance, None, at=tick)
         if due:
             (request,) = result.run_requests or []
             assert request.partition_key == tick.date().isoformat()
