@@ -137,14 +137,46 @@ def _interrupt_when_canceled(instance: DagsterInstance, run_id: str, done: threa
         polls_since_interrupt = 0
 
 
+def _of_a_canceled_backfill(instance: DagsterInstance, run_id: str) -> bool:
+    """Mark canceled, instead of executing, a run handed to this worker after its backfill was
+    cancelled. Dagster's cancellation terminates a backfill's queued and started runs and then
+    waits for the others: a run still STARTING (dequeued, waiting in the broker for a free
+    worker) is not terminated, so every such run (up to the instance's 8 at once, 10 batches
+    each) went on to score after the backfill page's *Cancel backfill*."""
+    from dagster._core.execution.backfill import BulkActionStatus
+    from dagster._core.storage.dagster_run import DagsterRunStatus
+    from dagster._core.storage.tags import BACKFILL_ID_TAG
+
+    run = instance.get_run_by_id(run_id)
+    if run is None or run.status != DagsterRunStatus.STARTING:
+        return False
+    backfill_id = run.tags.get(BACKFILL_ID_TAG)
+    backfill = instance.get_backfill(backfill_id) if backfill_id else None
+    if backfill is None or backfill.status not in (
+        BulkActionStatus.CANCELING,
+        BulkActionStatus.CANCELED,
+    ):
+        return False
+    message = (
+        f"Not started: backfill {backfill_id} was cancelled while this run waited for a run worker"
+    )
+    logger.info("run %s: %s", run_id, message)
+    instance.report_run_canceling(run, message=message)
+    instance.report_run_canceled(run, message=message)
+    return True
+
+
 def _on_kept_instance(body: Any, args: "ExecuteRunArgs | ResumeRunArgs") -> int:
     """A dagster-celery task's body (`_execute_run_command_body` or `_resume_run_command_body`)
     on this process's kept instance, the run tagged with this process first: the launcher's
     health check finds a run whose worker is gone by it (`run_launcher`). While it runs, a
-    thread watches for its termination (`_interrupt_when_canceled`)."""
+    thread watches for its termination (`_interrupt_when_canceled`). A run of a backfill cancelled
+    while it waited for a worker is not executed (`_of_a_canceled_backfill`)."""
     from scoring_pipeline.runtime.run_launcher import WORKER_TAG, worker_identity
 
     instance = worker_instance()
+    if _of_a_canceled_backfill(instance, args.run_id):
+        return 0
     instance.add_run_tags(args.run_id, {WORKER_TAG: worker_identity()})
     done = threading.Event()
     watcher = threading.Thread(

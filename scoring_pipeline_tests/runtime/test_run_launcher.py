@@ -1,16 +1,22 @@
 """The run launcher's health check (`runtime/run_launcher.py`): a run whose Celery task still
 reads STARTED but whose worker process is gone is reported failed, so run monitoring fails it and
-the failure sensor closes its night (the worker's main process killed left it `started`)."""
+the failure sensor closes its night (the worker's main process killed left it `started`). And
+the run worker (`runtime/celery_app.py`) does not execute a run whose backfill was cancelled
+while the run waited for it."""
 
+import os
 import subprocess
 import sys
+import time
 import uuid
+from types import SimpleNamespace
 
 import dagster as dg
 import pytest
 from dagster._core.launcher import WorkerStatus
 from dagster_celery.launcher import DAGSTER_CELERY_TASK_ID_TAG
 
+from scoring_pipeline.runtime import celery_app
 from scoring_pipeline.runtime.run_launcher import (
     WORKER_TAG,
     WatchedCeleryRunLauncher,
@@ -121,3 +127,67 @@ def test_a_run_executed_in_its_own_process_is_watched_by_that_process(
         command.kill()
         for r in (run, untagged):
             dagster_instance.delete_run(r.run_id)
+
+
+def test_a_run_of_a_backfill_cancelled_while_it_waited_for_a_worker_is_not_executed(
+    dagster_instance, monkeypatch
+):
+    """The backfill page's *Cancel backfill* terminates the backfill's queued and started runs,
+    not those still STARTING, handed to the broker and waiting for a free run worker (a UI
+    review: 5 runs, 50 batches, were scored after the cancel, the last 34 s after it). A worker
+    that picks up such a run marks it canceled instead of executing it; a run of a backfill
+    still going, or of none, is executed."""
+    from dagster._core.execution.backfill import BulkActionStatus, PartitionBackfill
+
+    monkeypatch.setattr(celery_app, "_instance", (os.getpid(), dagster_instance))
+    executed: list[str] = []
+
+    def body(*, run_id: str, **_: object) -> int:
+        executed.append(run_id)
+        return 0
+
+    def handed_to_a_worker(backfill_status: BulkActionStatus | None) -> dg.DagsterRun:
+        tags = {}
+        if backfill_status is not None:
+            backfill_id = uuid.uuid4().hex[:8]
+            dagster_instance.add_backfill(
+                PartitionBackfill(
+                    backfill_id=backfill_id,
+                    status=backfill_status,
+                    from_failure=False,
+                    tags={},
+                    backfill_timestamp=time.time(),
+                )
+            )
+            tags = {"dagster/backfill": backfill_id}
+        run = dagster_instance.create_run_for_job(
+            _a_job, tags=tags, status=dg.DagsterRunStatus.STARTING
+        )
+        args = SimpleNamespace(run_id=run.run_id, set_exit_code_on_failure=True)
+        assert celery_app._on_kept_instance(body, args) == 0
+        return run
+
+    runs = {
+        status: handed_to_a_worker(status)
+        for status in (BulkActionStatus.CANCELING, BulkActionStatus.CANCELED)
+    }
+    going = handed_to_a_worker(BulkActionStatus.REQUESTED)
+    alone = handed_to_a_worker(None)
+    try:
+        assert executed == [going.run_id, alone.run_id]
+        for run in runs.values():
+            after = dagster_instance.get_run_by_id(run.run_id)
+            assert after is not None and after.status == dg.DagsterRunStatus.CANCELED
+            messages = [
+                e.message
+                for e in dagster_instance.all_logs(
+                    run.run_id, of_type=dg.DagsterEventType.RUN_CANCELED
+                )
+            ]
+            assert messages == [
+                f"Not started: backfill {run.tags['dagster/backfill']} was cancelled while "
+                "this run waited for a run worker"
+            ]
+    finally:
+        for run in [*runs.values(), going, alone]:
+            dagster_instance.delete_run(run.run_id)
