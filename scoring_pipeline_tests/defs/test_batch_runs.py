@@ -556,6 +556,37 @@ def test_a_re_score_of_a_batch_that_succeeded_dying_leaves_its_success(
     assert (row.status, row.users_failed) == ("completed", 0)
 
 
+def test_a_re_score_of_a_partial_batch_dying_keeps_its_outcome(
+    world, dagster_instance, monkeypatch
+):
+    """A re-score of a batch with a failed user (a "Failed and missing" backfill) cancelled or
+    dead before it lands: its write was rolled back, so the batch's other users keep their
+    scores and its failed user the real error (a UI review: a backfill cancelled from its page
+    counted every member of its 50 unreached batches failed at stage `batch`, 500 users where
+    50 had failed, and the failed users' own errors were gone)."""
+    _night(world, dagster_instance, bad=(3,))  # user 3 is in b0001 with user 4
+    night = batches(dagster_instance)
+    assert _outcomes(world)["b0001"] == ("partial", night.run_id, 1)
+
+    def persist(engine, output, *, run_id):
+        raise dg.Failure("the run was terminated while writing", allow_retries=False)
+
+    monkeypatch.setattr("scoring_pipeline.defs.io_managers.persist_batch", persist)
+    again = batch(dagster_instance, "b0001")
+    assert not again.success
+    _failure_sensor_sees(dagster_instance, again.run_id)
+    assert _outcomes(world)["b0001"] == ("partial", night.run_id, 1)
+    (failed,) = rows(
+        world,
+        "SELECT jsonb_array_elements(failed_users) AS u FROM scoring_batch_results "
+        "WHERE score_date = :d AND batch_key = 'b0001'",
+        d=DATE,
+    )
+    assert failed.u["userId"] == _uid(3) and failed.u["stage"] != "batch"
+    row = _night_row(world)
+    assert (row.status, row.users_failed) == ("partial", 1)
+
+
 def _shown(instance) -> dict[str, str]:
     """What the partitions view shows of each batch (a wiped asset has no status at all)."""
     found = instance.get_status_by_partition(scores.key, KEYS, scores_partitions) or {}

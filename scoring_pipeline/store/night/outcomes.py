@@ -178,12 +178,12 @@ def record_batch_run_died(
     users), every member of the batch counts as failed; then the night closes if it was last.
     Nothing is recorded for a date with no night of the group.
 
-    A success another run wrote stays (this run's write of the batch, if any, was rolled back:
-    its users keep those scores). So does any outcome another run wrote after this run was
-    created (`run_created`), newer than anything this run could tell: two runs of the same
-    batch at once (two backfills of a night's failed batches, launched from two tabs) both
-    write, one after the other, and the one whose outcome was replaced must not turn the
-    batch's real errors into "run failed"."""
+    A success, or a partial outcome, another run wrote stays (this run's write of the batch, if
+    any, was rolled back: its users keep those scores, its failed users their errors). So does
+    any outcome another run wrote after this run was created (`run_created`), newer than
+    anything this run could tell: two runs of the same batch at once (two backfills of a
+    night's failed batches, launched from two tabs) both write, one after the other, and the
+    one whose outcome was replaced must not turn the batch's real errors into "run failed"."""
     night = find_night(conn, score_date, market_group=market_group)
     if night is None:
         # A batch of no night (a retry of a group whose night has not started): its run was
@@ -213,10 +213,13 @@ def record_batch_run_died(
         and written != run_id
         and (
             (run_created is not None and current.updated_at >= run_created)
-            # A re-score of a batch that had succeeded: the dead run's write was rolled back,
-            # so its users keep the scores of that success (an operator review: terminating an
-            # optional re-score counted them failed, and the completed night went `partial`).
-            or current.status == "success"
+            # A re-score of a batch that had landed: the dead run's write was rolled back, so
+            # its users keep the scores of that outcome, and its failed users their errors (an
+            # operator review: terminating an optional re-score counted them failed, and the
+            # completed night went `partial`; a UI review: a cancelled "Failed and missing"
+            # backfill counted every member of a batch with one failed user failed, at stage
+            # `batch`, the real error gone).
+            or current.status in ("success", "partial")
         )
     )
     members = _batch_members(conn, score_date, batch, _markets(night))
