@@ -533,6 +533,19 @@ def test_a_batch_run_launched_while_its_night_is_being_started_scores_nothing(
     assert _night_row(world).status == "completed"
 
 
+def _a_re_score_that_dies(instance, monkeypatch, key: str) -> None:
+    """Re-score batch `key` in a run whose write never lands (as a terminated run's is rolled
+    back), then let the failure sensor see that run, as the daemon does."""
+
+    def persist(engine, output, *, run_id):
+        raise dg.Failure("the run was terminated while writing", allow_retries=False)
+
+    monkeypatch.setattr("scoring_pipeline.defs.io_managers.persist_batch", persist)
+    again = batch(instance, key)
+    assert not again.success
+    _failure_sensor_sees(instance, again.run_id)
+
+
 def test_a_re_score_of_a_batch_that_succeeded_dying_leaves_its_success(
     world, dagster_instance, monkeypatch
 ):
@@ -543,14 +556,7 @@ def test_a_re_score_of_a_batch_that_succeeded_dying_leaves_its_success(
     _night(world, dagster_instance)
     night = batches(dagster_instance)
     assert night.success and _night_row(world).status == "completed"
-
-    def persist(engine, output, *, run_id):
-        raise dg.Failure("the run was terminated while writing", allow_retries=False)
-
-    monkeypatch.setattr("scoring_pipeline.defs.io_managers.persist_batch", persist)
-    again = batch(dagster_instance, "b0001")
-    assert not again.success
-    _failure_sensor_sees(dagster_instance, again.run_id)
+    _a_re_score_that_dies(dagster_instance, monkeypatch, "b0001")
     assert _outcomes(world)["b0001"] == ("success", night.run_id, 0)
     row = _night_row(world)
     assert (row.status, row.users_failed) == ("completed", 0)
@@ -567,14 +573,7 @@ def test_a_re_score_of_a_partial_batch_dying_keeps_its_outcome(
     _night(world, dagster_instance, bad=(3,))  # user 3 is in b0001 with user 4
     night = batches(dagster_instance)
     assert _outcomes(world)["b0001"] == ("partial", night.run_id, 1)
-
-    def persist(engine, output, *, run_id):
-        raise dg.Failure("the run was terminated while writing", allow_retries=False)
-
-    monkeypatch.setattr("scoring_pipeline.defs.io_managers.persist_batch", persist)
-    again = batch(dagster_instance, "b0001")
-    assert not again.success
-    _failure_sensor_sees(dagster_instance, again.run_id)
+    _a_re_score_that_dies(dagster_instance, monkeypatch, "b0001")
     assert _outcomes(world)["b0001"] == ("partial", night.run_id, 1)
     (failed,) = rows(
         world,
