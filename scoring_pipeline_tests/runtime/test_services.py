@@ -2,6 +2,7 @@
 already in use, and a second `services` on the same DAGSTER_HOME (whose workspace file the
 first's webserver and daemon reload)."""
 
+import datetime as dt
 import socket
 
 import pytest
@@ -45,3 +46,23 @@ def test_a_second_services_on_the_same_dagster_home_is_refused_and_the_first_run
     # Once the first has stopped, the DAGSTER_HOME is free again.
     with running_services(port=free_port(), workers=1, env=dict(env)) as again:
         assert all(again.alive().values())
+
+
+def test_a_private_deployment_never_ticks_in_a_run_of_its_own(database_url, tmp_path):
+    # With the default 04:00 UTC cron, a CI run across 04:00 had the daemon of the end-to-end
+    # tests' deployment start the day's night beside the tests' own (two tests failed: every
+    # user scored twice; two nights where one was launched), as it would beside a benchmark.
+    from dagster._utils.schedules import cron_string_iterator
+
+    from scoring_pipeline.runtime.services import PRIVATE_CRON
+
+    base = {"OVERNIGHT_JOB_CRON": "0 4 * * *"}  # the operator's, not inherited
+    env = private_deployment_env(database_url, tmp_path / "home", tmp_path / "files", base)
+    assert env["OVERNIGHT_JOB_CRON"] == PRIVATE_CRON
+    start = dt.datetime(2026, 12, 5, 3, 59, tzinfo=dt.UTC).timestamp()
+    ticks = cron_string_iterator(start, PRIVATE_CRON, "UTC")
+    assert next(ticks).isoformat() == "2027-01-01T04:00:00+00:00"
+    # A test of the schedule gives its own.
+    cron = {"OVERNIGHT_JOB_CRON": "* * * * *"}
+    mine = private_deployment_env(database_url, tmp_path / "h2", tmp_path / "files", base, **cron)
+    assert mine["OVERNIGHT_JOB_CRON"] == "* * * * *"
