@@ -306,8 +306,7 @@ def _run_night(
             tags=tags,
         )
         run_ids.append(result.run_id)
-        stopped = _interrupted(result)
-        interrupted = stopped or stop.requested()
+        interrupted = _interrupted(result) or stop.requested()
         if not result.success or interrupted:
             with engine.begin() as conn:
                 if not result.success:

@@ -47,13 +47,14 @@ def store_metric_values(engine: Engine, output: BatchOutput) -> StoredValues:
     with engine.begin() as conn:
         storage = month_partition_storage(conn, "score_metric_values", day)
         seen = _KNOWN.get(key)
-        if seen is None or seen[0] != storage:
-            if key not in _KNOWN and len(_KNOWN) >= KNOWN_DATES_KEPT:
-                _KNOWN.clear()
-            seen = (storage, {}) if storage is not None else (0, {})
+        if storage is not None and seen is not None and seen[0] == storage:
+            known = seen[1]
+        else:  # new to this process, its month made anew, or no month partition to watch
+            known = {}
             if storage is not None:
-                _KNOWN[key] = seen
-        known = seen[1]
+                if key not in _KNOWN and len(_KNOWN) >= KNOWN_DATES_KEPT:
+                    _KNOWN.clear()
+                _KNOWN[key] = (storage, known)
         revisions = {
             pair: found[1]
             for pair, values in output.metric_values.items()

@@ -195,10 +195,21 @@ def _landed_earlier(
     this one re-executes from failure. Scoring them again would add a second calculation of
     the same results; a re-execution of all steps, or a new run, scores every batch."""
     runs = _earlier_attempts(context)
+    return _landed_by(database, batches, runs, group) if runs else {}
+
+
+def _landed_by(
+    database: DatabaseResource,
+    batches: list[tuple[dt.date, str]],
+    runs: list[str] | None,
+    group: str,
+) -> dict[tuple[dt.date, str], LandedOutcome]:
+    """Of `batches`, those whose outcome one of `runs` (None: any run) wrote with every user
+    scored, date by date."""
     by_date: dict[dt.date, list[str]] = {}
     for score_date, batch in batches:
         by_date.setdefault(score_date, []).append(batch)
-    if not runs or not by_date:
+    if not by_date:
         return {}
     with database.engine().connect() as conn:
         return {
@@ -223,20 +234,7 @@ def _landed_but_wiped(
     re-score each night with today's criteria. They are recorded again instead."""
     if context.run.tags.get(BACKFILL_TAG) is None:
         return {}  # a run of the night, or one launched by hand for its partitions
-    by_date: dict[dt.date, list[str]] = {}
-    for score_date, batch in batches:
-        if (score_date, batch) not in kept:
-            by_date.setdefault(score_date, []).append(batch)
-    if not by_date:
-        return {}
-    with database.engine().connect() as conn:
-        landed = {
-            (score_date, key): outcome
-            for score_date, keys in by_date.items()
-            for key, outcome in batches_landed_by_runs(
-                conn, score_date, keys, None, market_group=group
-            ).items()
-        }
+    landed = _landed_by(database, [b for b in batches if b not in kept], None, group)
     return {
         key: outcome
         for key, outcome in landed.items()

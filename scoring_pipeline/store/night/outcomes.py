@@ -126,9 +126,7 @@ def batches_landed_by_runs(
     """Of `batches`, those whose current outcome one of `run_ids` (None: any run) wrote with
     every user scored, by batch key."""
     c = t.scoring_batch_results.c
-    by_run = [
-        c.dagster_run_id.in_(run_ids) if run_ids is not None else c.dagster_run_id.isnot(None)
-    ]
+    by_run = c.dagster_run_id.in_(run_ids) if run_ids is not None else c.dagster_run_id.isnot(None)
     rows = conn.execute(
         sa.select(
             c.batch_key,
@@ -142,7 +140,7 @@ def batches_landed_by_runs(
             c.score_date == score_date,
             c.market_group == market_group,
             c.batch_key.in_(batches),
-            *by_run,
+            by_run,
             c.status == "success",
         )
     )
