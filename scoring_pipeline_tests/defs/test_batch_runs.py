@@ -586,6 +586,30 @@ def test_a_re_score_of_a_partial_batch_dying_keeps_its_outcome(
     assert (row.status, row.users_failed) == ("partial", 1)
 
 
+def test_a_re_score_of_a_batch_whose_every_user_failed_dying_keeps_its_outcome(
+    world, dagster_instance, monkeypatch
+):
+    """A batch that landed with every user failed (outcome `failed`, each user's own stage and
+    error) re-scored by a run that dies: the outcome stays, as a partial one does; it used to be
+    replaced by every member failed at stage `batch` with the dead run's message, the real
+    errors gone."""
+    _night(world, dagster_instance, bad=(3, 4))  # b0001 holds users 3 and 4
+    night = batches(dagster_instance)
+    assert _outcomes(world)["b0001"] == ("failed", night.run_id, 2)
+    _a_re_score_that_dies(dagster_instance, monkeypatch, "b0001")
+    assert _outcomes(world)["b0001"] == ("failed", night.run_id, 2)
+    stages = rows(
+        world,
+        "SELECT e->>'userId' AS u, e->>'stage' AS stage FROM scoring_batch_results, "
+        "jsonb_array_elements(failed_users) AS e WHERE score_date = :d AND batch_key = 'b0001'",
+        d=DATE,
+    )
+    assert {r.u for r in stages} == {_uid(3), _uid(4)}
+    assert "batch" not in {r.stage for r in stages}
+    row = _night_row(world)
+    assert (row.status, row.users_failed) == ("partial", 2)
+
+
 def _shown(instance) -> dict[str, str]:
     """What the partitions view shows of each batch (a wiped asset has no status at all)."""
     found = instance.get_status_by_partition(scores.key, KEYS, scores_partitions) or {}

@@ -4,7 +4,7 @@ the last (`closing.close_night`), so a night never stays `started` once its runs
 """
 
 import datetime as dt
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
@@ -162,6 +162,12 @@ def failed_before_scoring(night: Night) -> bool:
     return night.status is NightStatus.FAILED and night.users_processed == 0
 
 
+def _landed_failures(failed_users: list[dict[str, Any]] | None) -> bool:
+    """Whether an outcome's failed users were recorded by a write that landed: each failed at
+    a stage of its own, never the whole batch's (`batch`, what a dead run records)."""
+    return bool(failed_users) and all(u.get("stage") != "batch" for u in failed_users or [])
+
+
 def record_batch_run_died(
     conn: Connection,
     score_date: dt.date,
@@ -176,8 +182,9 @@ def record_batch_run_died(
     users), every member of the batch counts as failed; then the night closes if it was last.
     Nothing is recorded for a date with no night of the group.
 
-    A success, or a partial outcome, another run wrote stays (this run's write of the batch, if
-    any, was rolled back: its users keep those scores, its failed users their errors). So does
+    A success, a partial outcome, or a failed one whose users failed at their own stages, that
+    another run wrote stays (this run's write of the batch, if any, was rolled back: its users
+    keep those scores, its failed users their errors). So does
     any outcome another run wrote after this run was created (`run_created`), newer than
     anything this run could tell: two runs of the same batch at once (two backfills of a
     night's failed batches, launched from two tabs) both write, one after the other, and the
@@ -199,6 +206,7 @@ def record_batch_run_died(
             t.scoring_batch_results.c.dagster_run_id,
             t.scoring_batch_results.c.updated_at,
             t.scoring_batch_results.c.status,
+            t.scoring_batch_results.c.failed_users,
         ).where(
             t.scoring_batch_results.c.score_date == score_date,
             t.scoring_batch_results.c.market_group == market_group,
@@ -216,8 +224,11 @@ def record_batch_run_died(
             # operator review: terminating an optional re-score counted them failed, and the
             # completed night went `partial`; a UI review: a cancelled "Failed and missing"
             # backfill counted every member of a batch with one failed user failed, at stage
-            # `batch`, the real error gone).
+            # `batch`, the real error gone). A `failed` outcome too, when its users failed at
+            # their own stages (the batch landed, every user failing): one at stage `batch` is
+            # an earlier dead run's, and this run's failure is as good as it.
             or current.status in ("success", "partial")
+            or (current.status == "failed" and _landed_failures(current.failed_users))
         )
     )
     members = _batch_members(conn, score_date, batch, _markets(night))
