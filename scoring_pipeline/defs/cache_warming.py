@@ -36,29 +36,47 @@ def warm_run_tokens(run: dg.DagsterRun) -> list[str]:
 def warm_dashboard_cache(
     context: dg.OpExecutionContext, config: WarmCacheConfig, database: DatabaseResource
 ) -> dg.Output[int]:
-    """Upserts `dashboard_cache` for every successfully scored user of the given batches."""
+    """Upserts `dashboard_cache` for every successfully scored user of the given batches, each
+    batch in a transaction of its own. A batch that cannot be warmed (an error that is not one
+    user's) does not hold back the others: they are warmed, then the run fails with the first
+    such error, and the sensor asks again for that batch alone."""
     started = time.perf_counter()
     warmed = 0
     failed: list[dict[str, str]] = []
+    broken: list[tuple[str, Exception]] = []
     for token in config.batches:
         batch = PendingBatch.from_token(token)
-        with database.engine().connect() as conn:
-            traceparent = night_traceparent(conn, batch.score_date, market_group=batch.market_group)
-        with (
-            telemetry.step_span(
-                "cache-warm",
-                traceparent,
-                {"score_date": str(batch.score_date), "batch": batch.batch_key},
-            ),
-            database.engine().begin() as conn,
-        ):
-            result = warm_batch(conn, batch)
-            record_cache_warming(conn, batch.score_date, market_group=batch.market_group)
+        try:
+            with database.engine().connect() as conn:
+                traceparent = night_traceparent(
+                    conn, batch.score_date, market_group=batch.market_group
+                )
+            with (
+                telemetry.step_span(
+                    "cache-warm",
+                    traceparent,
+                    {"score_date": str(batch.score_date), "batch": batch.batch_key},
+                ),
+                database.engine().begin() as conn,
+            ):
+                result = warm_batch(conn, batch)
+                record_cache_warming(conn, batch.score_date, market_group=batch.market_group)
+        except Exception as error:
+            name = f"batch {batch.batch_key} of {batch.score_date} ({batch.market_group})"
+            context.log.error(f"{name} not warmed: {type(error).__name__}: {error}")
+            broken.append((name, error))
+            continue
         warmed += result.warmed
         failed.extend(result.failed)
         context.log.info(f"warmed {result.warmed} dashboards of {token}")
     for failure in failed:
         context.log.error(f"dashboard of user {failure['userId']} not warmed: {failure['error']}")
+    if broken:
+        context.log.error(
+            f"{len(broken)} of {len(config.batches)} batch(es) not warmed, the others were "
+            f"({warmed} dashboards): {', '.join(name for name, _ in broken)}"
+        )
+        raise broken[0][1]
     return dg.Output(
         warmed,
         metadata={

@@ -3,6 +3,7 @@ instance, payload contents (portfolio value across currencies, top assets with t
 users left cold, re-scored batches re-warmed, and the `cache_warm` job run."""
 
 import datetime as dt
+import logging
 from decimal import Decimal
 
 import dagster as dg
@@ -24,7 +25,15 @@ from scoring_pipeline.store.dashboard_cache import (
     PendingWarm,
 )
 from scoring_pipeline_tests import factories as f
-from scoring_pipeline_tests.scenario import DATE, batch, forget_night_keys, rows, rules, snapshots
+from scoring_pipeline_tests.scenario import (
+    DATE,
+    batch,
+    batches,
+    forget_night_keys,
+    rows,
+    rules,
+    snapshots,
+)
 
 pytestmark = pytest.mark.db
 
@@ -520,6 +529,61 @@ def test_warm_runs_that_keep_failing_are_asked_for_a_few_times_then_named(
     assert request.run_key not in used
     assert _run_as_the_daemon_would(dagster_instance, request).success
     assert [r.u for r in rows(world, "SELECT user_id::text AS u FROM dashboard_cache")] == [user]
+
+
+def test_a_batch_that_cannot_be_warmed_does_not_hold_back_the_others(world, dagster_instance):
+    """A warm run of two batches, one of which cannot be warmed (the database refuses its
+    user's dashboard: an error that is not one user's): the other batch is warmed, the run
+    fails with the refused batch's error, and the sensor then asks for that batch alone. The
+    batches after a broken one used to stay cold as long as it failed, and for good once its
+    runs were spent, until another batch landed."""
+    ids = [f"00000000-0000-4000-8000-{n:012d}" for n in range(1, 5)]  # b0000: 1, 2; b0001: 3, 4
+    for uid in ids:
+        f.user(
+            world, user_id=uid, holdings=[("AAA", "USD")], criteria=[("US_TECH", "stock", rules())]
+        )
+    forget_night_keys(dagster_instance)
+    assert snapshots(dagster_instance).success
+    assert batches(dagster_instance, "b0000", "b0001").success
+    with world.begin() as conn:
+        conn.execute(
+            sa.text(
+                "CREATE FUNCTION rv_refuse_one() RETURNS trigger LANGUAGE plpgsql AS $$BEGIN "
+                f"IF NEW.user_id = '{ids[0]}' THEN RAISE EXCEPTION 'refused for the test'; "
+                "END IF; RETURN NEW; END$$"
+            )
+        )
+        conn.execute(
+            sa.text(
+                "CREATE TRIGGER rv_refuse_one BEFORE INSERT ON dashboard_cache "
+                "FOR EACH ROW EXECUTE FUNCTION rv_refuse_one()"
+            )
+        )
+    result = _sensor(dagster_instance)
+    assert isinstance(result, dg.SensorResult), result
+    (request,) = result.run_requests or []
+    assert request.tags["scoring/batches"] == "2"
+    run = _run_as_the_daemon_would(dagster_instance, request)
+    assert not run.success
+    warm = {r.u for r in rows(world, "SELECT user_id::text AS u FROM dashboard_cache")}
+    assert warm == set(ids[2:])  # b0001's; b0000's transaction was rolled back
+    logged = [
+        e.message
+        for e in dagster_instance.all_logs(run.run_id)
+        if e.level == logging.ERROR and "not warmed" in e.message
+    ]
+    assert any(m.startswith(f"batch b0000 of {DATE} (all) not warmed") for m in logged), logged
+    assert any(m.startswith("1 of 2 batch(es) not warmed, the others were") for m in logged)
+    with world.begin() as conn:
+        conn.execute(sa.text("DROP TRIGGER rv_refuse_one ON dashboard_cache"))
+    # Asked again: the broken batch alone, which is now warmed.
+    result = _sensor(dagster_instance)
+    assert isinstance(result, dg.SensorResult), result
+    (again,) = result.run_requests or []
+    assert again.tags["scoring/batches"] == "1"
+    assert _run_as_the_daemon_would(dagster_instance, again).success
+    warm = {r.u for r in rows(world, "SELECT user_id::text AS u FROM dashboard_cache")}
+    assert warm == set(ids)
 
 
 def test_a_dashboard_that_cannot_be_built_is_not_warm_until_it_is(world, dagster_instance):
