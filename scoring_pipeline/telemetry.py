@@ -254,9 +254,14 @@ def parse_traceparent(value: str | None) -> SpanContext | None:
 
 @contextlib.contextmanager
 def step_span(
-    name: str, traceparent: str | None, attributes: Mapping[str, Any] | None = None
+    name: str,
+    traceparent: str | None,
+    attributes: Mapping[str, Any] | None = None,
+    *,
+    start_ns: int | None = None,
 ) -> Iterator[trace.Span | None]:
-    """A child span of the night's root span, exported when this step ends."""
+    """A child span of the night's root span, exported when this step ends; `start_ns`: when
+    the step began, if before the span opens (epoch nanoseconds)."""
     configured = _provider()
     if configured is None or parse_traceparent(traceparent) is None:
         yield None
@@ -266,7 +271,7 @@ def step_span(
     tracer = provider.get_tracer(SCOPE)
     try:
         with tracer.start_as_current_span(
-            name, context=parent, attributes=dict(attributes or {})
+            name, context=parent, attributes=dict(attributes or {}), start_time=start_ns
         ) as span:
             yield span
     finally:

@@ -6,11 +6,17 @@ import socket
 import subprocess
 import time
 
+import dagster as dg
 import pytest
 import sqlalchemy as sa
 
 from scoring_pipeline import telemetry
+from scoring_pipeline.definitions import defs
+from scoring_pipeline.defs.assets.snapshot import BACKFILL_TAG
+from scoring_pipeline.defs.partitions import scores_partition_key
+from scoring_pipeline_tests import factories as f
 from scoring_pipeline_tests.cli_helpers import run, started, summary_value
+from scoring_pipeline_tests.scenario import batch, forget_night_keys, rules, snapshots
 
 pytestmark = [pytest.mark.db, pytest.mark.slow]
 
@@ -320,6 +326,33 @@ def test_steps_stop_waiting_for_a_failing_collector_and_resume_when_it_answers(
     shown = [r.getMessage() for r in caplog.records if r.name == "scoring_pipeline.telemetry"]
     assert shown[1].startswith(f"traces: {otlp_receiver.url}/v1/traces answers again ("), shown
     assert otlp_receiver.named("first") == []  # dropped while it was down
+
+
+def test_a_refused_restart_and_a_snapshots_backfill_leave_no_trace_without_a_root(
+    world, dagster_instance, otlp_receiver, fresh_tracing, monkeypatch
+):
+    """Every span belongs to a night's trace. A restart refused because the night's batches are
+    being scored opens no span, and a snapshots backfill's membership step joins the date's
+    night (each used to open an `active_users` span under a new trace whose root was never
+    emitted: a trace without a root in the collector)."""
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", otlp_receiver.url)
+    f.user(world, holdings=[("AAA", "USD")], criteria=[("US_TECH", "stock", rules())])
+    forget_night_keys(dagster_instance)
+    assert snapshots(dagster_instance).success
+    scoring = dagster_instance.create_run_for_job(
+        defs().resolve_job_def("scoring_batch_job"),
+        tags={"dagster/partition": scores_partition_key(DATE, "b0000")},
+        status=dg.DagsterRunStatus.STARTED,
+    )
+    assert not snapshots(dagster_instance, raise_on_error=False).success  # refused
+    dagster_instance.report_run_canceled(scoring)
+    assert batch(dagster_instance).success  # the night closes: its root span is emitted
+    assert snapshots(dagster_instance, tags={BACKFILL_TAG: "snapshots-again"}).success
+    _wait_for(lambda: len(otlp_receiver.named("prices")) == 2)
+    (root,) = {s.trace_id: s for s in otlp_receiver.named(telemetry.ROOT_SPAN)}.values()
+    assert {s.trace_id for s in otlp_receiver.spans} == {root.trace_id}
+    steps = otlp_receiver.named("active_users")
+    assert len(steps) == 2 and {s.parent_span_id for s in steps} == {root.span_id}
 
 
 def _latest_root(receiver):

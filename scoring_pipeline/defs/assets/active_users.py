@@ -5,6 +5,7 @@ groups' runs reuse it. The run's group (see `market_groups.group.group_of_run`) 
 here, first step of its snapshots run, and its `scores` partitions made the date's batches.
 """
 
+import contextlib
 import datetime as dt
 import logging
 import time
@@ -35,6 +36,7 @@ from scoring_pipeline.defs.run_tags import (
     LATE_TAG,
     SCHEDULED_FOR_TAG,
     executed_paths,
+    night_traceparent,
     run_group,
     run_traceparent,
 )
@@ -148,22 +150,34 @@ def build_active_users(groups: dict[str, MarketGroup]) -> dg.AssetsDefinition:
         backfill = in_backfill(context)
         if group is None and not backfill:
             _refuse_several_groups(context, groups)
+        step_started_ns = time.time_ns()
         if backfill:
-            # A backfill never starts or restarts a night: no batch run follows it.
+            # A backfill never starts or restarts a night: no batch run follows it. Its span
+            # joins the trace of the date's night of every market, if there is one.
             refuse_a_date_with_no_night(database, score_date)
             group = None
-        # The night's trace: from the launching run's tags, or a new one for a hand-started night.
-        traceparent = run_traceparent(context) or telemetry.new_traceparent()
+            traceparent = night_traceparent(context, database.engine(), score_date)
+        else:
+            # The night's trace: from the launching run's tags, or a new one for a night
+            # started by hand.
+            traceparent = run_traceparent(context) or telemetry.new_traceparent()
         correlation_id = None
-        with (
-            telemetry.step_span("active_users", traceparent, {"score_date": str(score_date)}),
-            database.engine().begin() as conn,
-        ):
+        with database.engine().begin() as conn, contextlib.ExitStack() as step:
             # One membership per date, however many groups' runs start at once.
             lock_snapshot(conn, score_date, "membership")
             membership = load_membership(conn, score_date)
             if group is not None:
                 _refuse_a_night_in_progress(context, conn, group, membership.batch_keys)
+            # The span opens once the night is this run's, dated from the step's start: a
+            # refused restart's would be the only span of a trace whose root is never emitted.
+            step.enter_context(
+                telemetry.step_span(
+                    "active_users",
+                    traceparent,
+                    {"score_date": str(score_date)},
+                    start_ns=step_started_ns,
+                )
+            )
             others = _nights_using_membership(conn, score_date, group)
             # Frozen once another group's night uses it, even empty: recomputed, a user made
             # active since would be batched under that group's closed night with no outcome.
