@@ -88,6 +88,11 @@ class ScoresIOManager(dg.ConfigurableIOManager):
             if obj.ranged:
                 yield from self._landed_events(context, landed)
             raise
+        finally:
+            # A batch that failed to write lets go of its scoring turn (`RunBatches.__iter__`).
+            close = getattr(batches, "close", None)
+            if close is not None:
+                close()
         if not obj.ranged:
             if failed:
                 key, description, metadata = failed[0]

@@ -4,11 +4,13 @@ that fails fails alone, and a run that dies leaves the batches it landed landed.
 
 import datetime as dt
 import json
+import multiprocessing
+from typing import Any
 
 import dagster as dg
 import pytest
 import sqlalchemy as sa
-from dagster._core.storage.tags import RESUME_RETRY_TAG
+from dagster._core.storage.tags import PARENT_RUN_ID_TAG, RESUME_RETRY_TAG, ROOT_RUN_ID_TAG
 
 from scoring_pipeline.cli.status import _completed, _next_step, _took
 from scoring_pipeline.defs.assets.scores import scores
@@ -471,6 +473,98 @@ def test_a_run_re_executed_from_failure_scores_only_the_batches_that_had_not_lan
     )
     assert ok
     assert _calculations(world) == {_uid(1): 2, _uid(2): 2, _uid(3): 3, _uid(4): 3, _uid(5): 2}
+
+
+def _failed_range_then_fixed(world, instance) -> tuple[dict[str, str], str]:
+    """A night's ranged run that failed on b0001 (user 3's bad rules), the rules fixed since:
+    the run's tags and id."""
+    _night(world, instance, bad=(3,))  # user 3 is in b0001 with user 4
+    tags = {
+        "dagster/asset_partition_range_start": KEYS[0],
+        "dagster/asset_partition_range_end": KEYS[-1],
+    }
+    ok, failed = _execute(instance, tags=tags)
+    assert not ok
+    with world.begin() as conn:
+        conn.execute(
+            sa.text("UPDATE criteria_versions SET rules = CAST(:r AS jsonb) WHERE user_id = :u"),
+            {"r": json.dumps(rules()), "u": _uid(3)},
+        )
+    return tags, failed
+
+
+def _from_failure(instance, tags: dict[str, str], parent: str) -> tuple[bool, str]:
+    """The Runs page's *Re-execute from failure* of run `parent` (a run of no re-execution)."""
+    return _execute(
+        instance,
+        reexecution_options=dg.ReexecutionOptions.from_failure(parent, instance),
+        # what the UI adds to its parent's tags (`execute_job` does not): the run group's
+        tags={**tags, RESUME_RETRY_TAG: "true", ROOT_RUN_ID_TAG: parent, PARENT_RUN_ID_TAG: parent},
+    )
+
+
+def test_a_failed_run_re_executed_from_failure_twice_scores_its_failed_batch_once(
+    world, dagster_instance
+):
+    """The Runs page's *Re-execute … from failure* clicked twice on the same failed run (an
+    operator review: the second re-execution scored b0001 again although the first had landed
+    it, a third calculation of the same results; with every failed run selected, a failed run
+    and its failed re-execution were re-executed side by side and scored the same batches at
+    once). A re-execution from failure keeps what any run of its run group landed."""
+    tags, failed = _failed_range_then_fixed(world, dagster_instance)
+    ok, first = _from_failure(dagster_instance, tags, failed)
+    assert ok
+    ok, second = _from_failure(dagster_instance, tags, failed)
+    assert ok
+    assert _calculations(world) == {_uid(1): 1, _uid(2): 1, _uid(3): 2, _uid(4): 2, _uid(5): 1}
+    assert _outcomes(world)["b0001"] == ("success", first, 0)
+    kept = f"batch b0001 of {DATE} (all) landed in run {first}"
+    assert any(m.startswith(kept) for m in _run_log(dagster_instance, second))
+    assert set(_statuses(dagster_instance).values()) == {"MATERIALIZED"}
+    assert _night_row(world).status == "completed"
+
+
+def _re_execute_in_a_process(
+    instance_ref: Any, start: Any, tags: dict[str, str], parent: str, results: Any
+) -> None:
+    """In a fresh process (a run worker): re-execute `parent` from failure once the other
+    process is ready too (the barrier `start`)."""
+    instance = dg.DagsterInstance.from_ref(instance_ref)
+    try:
+        start.wait(timeout=60)
+        results.put(_from_failure(instance, tags, parent))
+    finally:
+        instance.dispose()
+
+
+def test_two_re_executions_of_a_failed_run_at_once_score_its_failed_batch_once(
+    world, dagster_instance
+):
+    """The Runs page's bulk *Re-execute … from failure* with a failed run and its failed
+    re-execution both selected: two runs re-score the same failed batches side by side (on
+    two run workers; they both scored them, a calculation each). They take turns on b0001
+    (`scoring_turn`), and the later one keeps what the earlier landed."""
+    tags, failed = _failed_range_then_fixed(world, dagster_instance)
+    ctx = multiprocessing.get_context("spawn")
+    start, results = ctx.Barrier(2), ctx.Queue()
+    workers = [
+        ctx.Process(
+            target=_re_execute_in_a_process,
+            args=(dagster_instance.get_ref(), start, tags, failed, results),
+        )
+        for _ in range(2)
+    ]
+    for worker in workers:
+        worker.start()
+    runs = [results.get(timeout=120) for _ in range(2)]
+    for worker in workers:
+        worker.join(timeout=60)
+        assert worker.exitcode == 0
+    assert [ok for ok, _ in runs] == [True, True]
+    assert _calculations(world) == {_uid(1): 1, _uid(2): 1, _uid(3): 2, _uid(4): 2, _uid(5): 1}
+    status, landed_by, _ = _outcomes(world)["b0001"]
+    assert status == "success" and landed_by in {run for _, run in runs}
+    assert _night_row(world).status == "completed"
 
 
 def test_a_batch_run_launched_while_its_night_is_being_started_scores_nothing(

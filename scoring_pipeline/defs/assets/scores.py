@@ -7,6 +7,7 @@ the criteria sets of its markets and replacing only its markets' scores.
 import datetime as dt
 import time
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 
 import dagster as dg
@@ -36,6 +37,7 @@ from scoring_pipeline.store.batch_inputs import RunInputs, load_batch_inputs
 from scoring_pipeline.store.membership import batch_keys_text, has_batch
 from scoring_pipeline.store.night.model import Night, find_night
 from scoring_pipeline.store.night.outcomes import LandedOutcome, batches_landed_by_runs
+from scoring_pipeline.store.scoring_turn import scoring_turn
 from scoring_pipeline.store.snapshots.reuse import has_snapshot
 
 # How many consecutive selected partitions a backfill's run scores (SCORING_BATCHES_PER_RUN's
@@ -89,14 +91,24 @@ def build_scores(group: MarketGroup, upstream: list[dg.AssetsDefinition]) -> dg.
 
         shared: dict[dt.date, RunInputs] = {}  # what the run's batches of a date share
 
-        def score(score_date: dt.date, batch: str) -> BatchOutput:
+        def score(score_date: dt.date, batch: str) -> BatchOutput | EarlierBatch:
+            night = nights[score_date]
+            landed = _landed_meanwhile(context, database, score_date, batch, group.name)
+            if landed is not None:
+                return EarlierBatch(
+                    scores_partition_key(score_date, batch), landed, group.name, night.markets
+                )
             inputs = shared.setdefault(score_date, RunInputs())
-            return _score_batch(context, database, nights[score_date], score_date, batch, inputs)
+            return _score_batch(context, database, night, score_date, batch, inputs)
+
+        def turn(score_date: dt.date, batch: str) -> AbstractContextManager[None]:
+            return scoring_turn(database.engine(), score_date, group.name, batch)
 
         return RunBatches(
             batches=[b for b in batches if b not in earlier and b not in wiped],
             refused=refused,
             score=score,
+            turn=turn,
             ranged=len(keys) > 1,
             earlier=[
                 EarlierBatch(
@@ -148,15 +160,18 @@ class RunBatches:
 
     batches: list[tuple[dt.date, str]]  # date, batch
     refused: list[RefusedBatch]
-    score: Callable[[dt.date, str], BatchOutput]
+    score: Callable[[dt.date, str], BatchOutput | EarlierBatch]
     ranged: bool
+    # The batch's scoring turn (`scoring_turn`), held while it is scored and written.
+    turn: Callable[[dt.date, str], AbstractContextManager[None]]
     earlier: list[EarlierBatch] = field(default_factory=list)
 
     def __iter__(self) -> Iterator[BatchOutput | RefusedBatch | EarlierBatch]:
         yield from self.refused
         yield from self.earlier
         for score_date, batch in self.batches:
-            yield self.score(score_date, batch)
+            with self.turn(score_date, batch):
+                yield self.score(score_date, batch)  # the IO manager writes it before resuming
 
 
 def _night_batches(
@@ -196,6 +211,30 @@ def _landed_earlier(
     the same results; a re-execution of all steps, or a new run, scores every batch."""
     runs = _earlier_attempts(context)
     return _landed_by(database, batches, runs, group) if runs else {}
+
+
+def _landed_meanwhile(
+    context: dg.AssetExecutionContext,
+    database: DatabaseResource,
+    score_date: dt.date,
+    batch: str,
+    group: str,
+) -> LandedOutcome | None:
+    """The batch's outcome if, since the step started, a run whose landed batches this step
+    keeps (`_earlier_attempts`: for a re-execution from failure, every run of its run group)
+    landed it with every user scored, the log saying so; else None (score it). Asked in the
+    batch's scoring turn, so a re-execution that waited for another to score the batch keeps
+    what that one landed."""
+    runs = _earlier_attempts(context)
+    if not runs:
+        return None
+    outcome = _landed_by(database, [(score_date, batch)], runs, group).get((score_date, batch))
+    if outcome is not None:
+        context.log.info(
+            f"batch {batch} of {score_date} ({group}) landed in run {outcome.run_id} (a run "
+            "re-executing the same failed run) since this run started: not scored again"
+        )
+    return outcome
 
 
 def _landed_by(
@@ -249,15 +288,22 @@ def _landed_but_wiped(
 
 def _earlier_attempts(context: dg.AssetExecutionContext) -> list[str]:
     """The runs whose landed batches this step keeps: its own run when the step is retried,
-    and, for a re-execution from failure, every run it descends from."""
+    and, for a re-execution from failure, every run of its run group (the runs it descends
+    from, and the other re-executions of them: the Runs page's bulk *Re-execute … from
+    failure* re-executes a failed run and its failed re-executions alike, and clicked twice,
+    the same failed run twice)."""
     run: dg.DagsterRun | None = context.run
     runs = [context.run.run_id] if context.retry_number > 0 else []
     if run is None or not _from_failure(run):
         return runs
+    this = run.run_id
     while run is not None and run.parent_run_id is not None:
         runs.append(run.parent_run_id)
         run = context.instance.get_run_by_id(run.parent_run_id)
-    return runs
+    # The run group is kept in tags, which the UI's and the retry daemon's re-executions set.
+    group = context.instance.get_run_group(this)
+    family = [r.run_id for r in group[1]] if group is not None else []
+    return runs + [run_id for run_id in family if run_id not in runs and run_id != this]
 
 
 def _from_failure(run: dg.DagsterRun) -> bool:
