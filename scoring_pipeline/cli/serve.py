@@ -18,10 +18,13 @@ def _interrupt(signum: int, frame: object) -> None:
 def interrupt_on_sigterm() -> None:
     """A supervisor (systemd, Kubernetes, `timeout`) stops a command with SIGTERM: raise
     KeyboardInterrupt, as Ctrl-C does, so the services it started are stopped on the way out
-    instead of left running without it."""
+    instead of left running without it. SIGINT too, even when the command started with it
+    ignored: a shell starts a background command (`… services &`) so, and `kill -INT` of it
+    then did nothing."""
     import signal
 
     signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def cmd_services(args: argparse.Namespace) -> int:

@@ -288,8 +288,10 @@ def test_score_prints_the_providers_warnings_one_line_each(cli_env, clean_db, tm
     ), lines
 
 
-def _spawn(cli_env, log: Path, *args: str) -> subprocess.Popen[bytes]:
-    """The command in the background, in a process group of its own, its output in `log`."""
+def _spawn(cli_env, log: Path, *args: str, sigint_ignored: bool = False) -> subprocess.Popen[bytes]:
+    """The command in the background, in a process group of its own, its output in `log`;
+    with `sigint_ignored`, as a shell starts a background command (`services … &`): SIGINT
+    ignored from the start."""
     with log.open("wb") as out:
         return subprocess.Popen(
             [*CLI, *args],
@@ -298,6 +300,9 @@ def _spawn(cli_env, log: Path, *args: str) -> subprocess.Popen[bytes]:
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=(lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+            if sigint_ignored
+            else None,
         )
 
 
@@ -309,12 +314,28 @@ def _wait_while_running(proc, log: Path, ready, timeout: float = 180) -> None:
         time.sleep(0.5)
 
 
-def test_services_stop_with_everything_they_started_on_sigterm(cli_env, tmp_path):
+@pytest.mark.parametrize(
+    "stop",
+    [signal.SIGTERM, signal.SIGINT],
+    ids=["sigterm", "sigint-to-a-background-command"],
+)
+def test_services_stop_with_everything_they_started_on_sigterm(cli_env, tmp_path, stop):
     # As a supervisor stops it (systemd, Kubernetes, `timeout`): no webserver, daemon, code
-    # server or run worker may outlive the command.
+    # server or run worker may outlive the command. And `kill -INT` of `services … &` (an
+    # operator review: a shell starts a background command with SIGINT ignored, so it went on
+    # running, its night with it, until SIGTERM).
     port = free_port()
     log = tmp_path / "services.out"
-    proc = _spawn(cli_env, log, "services", "--port", str(port), "--workers", "1")
+    proc = _spawn(
+        cli_env,
+        log,
+        "services",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+        sigint_ignored=stop == signal.SIGINT,
+    )
 
     def answers() -> bool:
         with contextlib.suppress(httpx.HTTPError):
@@ -325,7 +346,7 @@ def test_services_stop_with_everything_they_started_on_sigterm(cli_env, tmp_path
         _wait_while_running(proc, log, answers)
         started = psutil.Process(proc.pid).children(recursive=True)
         assert len(started) >= 5  # worker main + pool, webserver, daemon, their code servers
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(stop)
         assert proc.wait(timeout=60) == 0, log.read_text()
         _, alive = psutil.wait_procs(started, timeout=30)
         assert alive == [], [p.cmdline()[:4] for p in alive]
