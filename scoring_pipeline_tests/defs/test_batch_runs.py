@@ -524,6 +524,32 @@ def test_a_failed_run_re_executed_from_failure_twice_scores_its_failed_batch_onc
     assert _night_row(world).status == "completed"
 
 
+def test_a_re_execution_from_failure_that_fails_again_keeps_the_landed_batches_materialised(
+    world, dagster_instance
+):
+    """A ranged run failed on b0001; re-executed from failure before user 3's rules are fixed,
+    it fails again (an operator review: the batches its parent had landed, b0000 and b0002,
+    then read Failed in the *Partitions* view, as Dagster reads the partitions a failed run
+    planned and did not materialise, and *Failed and missing* re-scored them). The
+    re-execution records them again from their outcome."""
+    _night(world, dagster_instance, bad=(3,))
+    tags = {
+        "dagster/asset_partition_range_start": KEYS[0],
+        "dagster/asset_partition_range_end": KEYS[-1],
+    }
+    ok, failed = _execute(dagster_instance, tags=tags)
+    assert not ok
+    ok, again = _from_failure(dagster_instance, tags, failed)
+    assert not ok
+    assert _statuses(dagster_instance) == {
+        "b0000": "MATERIALIZED",
+        "b0001": "FAILED",
+        "b0002": "MATERIALIZED",
+    }
+    assert _calculations(world) == {_uid(1): 1, _uid(2): 1, _uid(3): 2, _uid(4): 2, _uid(5): 1}
+    assert _outcomes(world)["b0000"] == ("success", failed, 0)
+
+
 def _re_execute_in_a_process(
     instance_ref: Any, start: Any, tags: dict[str, str], parent: str, results: Any
 ) -> None:

@@ -96,7 +96,11 @@ def build_scores(group: MarketGroup, upstream: list[dg.AssetsDefinition]) -> dg.
             landed = _landed_meanwhile(context, database, score_date, batch, group.name)
             if landed is not None:
                 return EarlierBatch(
-                    scores_partition_key(score_date, batch), landed, group.name, night.markets
+                    scores_partition_key(score_date, batch),
+                    landed,
+                    group.name,
+                    night.markets,
+                    recorded=landed.run_id == context.run.run_id,
                 )
             inputs = shared.setdefault(score_date, RunInputs())
             return _score_batch(context, database, night, score_date, batch, inputs)
@@ -112,7 +116,11 @@ def build_scores(group: MarketGroup, upstream: list[dg.AssetsDefinition]) -> dg.
             ranged=len(keys) > 1,
             earlier=[
                 EarlierBatch(
-                    scores_partition_key(*key), outcome, group.name, nights[key[0]].markets
+                    scores_partition_key(*key),
+                    outcome,
+                    group.name,
+                    nights[key[0]].markets,
+                    recorded=outcome.run_id == context.run.run_id,
                 )
                 for key, outcome in earlier.items()
             ]
@@ -148,7 +156,9 @@ class EarlierBatch:
     outcome: LandedOutcome
     market_group: str
     markets: tuple[str, ...] | None
-    # False for a batch whose materialisation was wiped: the run records it again.
+    # False for a batch this run must record again: its materialisation was wiped, or another
+    # run landed it (a re-execution plans its whole range anew, and a failing one's partitions
+    # that it does not materialise read Failed, "Failed and missing" then re-scoring them).
     recorded: bool = True
 
 
