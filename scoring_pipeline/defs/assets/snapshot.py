@@ -36,6 +36,18 @@ class MembershipConfig(SnapshotConfig):
 
 
 def score_date_of(context: dg.AssetExecutionContext) -> dt.date:
+    """The run's score date; a run launched with no partition (the launchpad's *Launch run*
+    with none selected) fails saying how to start a night, not with Dagster's "Cannot access
+    partition_key for a non-partitioned run"."""
+    if not context.has_partition_key:
+        raise dg.Failure(
+            description=(
+                f"{context.job_name} was launched with no partition: its snapshots are frozen "
+                "for one score date. Launch it with the date as its partition (e.g. "
+                "2026-11-27), or run `scoring-pipeline score --date 2026-11-27`"
+            ),
+            allow_retries=False,
+        )
     return dt.date.fromisoformat(context.partition_key)
 
 
