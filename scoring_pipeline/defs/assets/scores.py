@@ -71,8 +71,6 @@ def build_scores(group: MarketGroup, upstream: list[dg.AssetsDefinition]) -> dg.
     def scores(context: dg.AssetExecutionContext, database: DatabaseResource) -> RunBatches:
         """Scores of the run's batches of users (one partition, or a range of a night's), from
         their date's frozen snapshots: each batch is scored as the IO manager writes it."""
-        if not (context.has_partition_key or context.has_partition_key_range):
-            raise dg.Failure(description=_NO_PARTITION, allow_retries=False)
         keys = list(context.partition_keys)
         batches, refused, nights = _night_batches(database, keys, group, context.instance)
         if len(keys) == 1 and refused:
@@ -139,16 +137,6 @@ def build_scores(group: MarketGroup, upstream: list[dg.AssetsDefinition]) -> dg.
         )
 
     return scores
-
-
-# A batch run launched with no partition (the launchpad's *Launch run* with none selected):
-# Dagster's own error was "Cannot access partition_key for a non-partitioned run".
-_NO_PARTITION = (
-    "this run has no partition: a batch run scores batches of a started night, each a "
-    "partition such as 2026-11-27/b0000 (the asset's Partitions view lists them). Launch it "
-    "with one, or a range of one night's, or re-score a night's failed batches with "
-    "*Failed and missing* or `scoring-pipeline retry-failed --date D`"
-)
 
 
 @dataclass(frozen=True)
