@@ -342,6 +342,7 @@ def test_services_stop_with_everything_they_started_on_sigterm(cli_env, tmp_path
             return httpx.get(f"http://127.0.0.1:{port}/server_info", timeout=2).is_success
         return False
 
+    started: list[psutil.Process] = []
     try:
         _wait_while_running(proc, log, answers)
         started = psutil.Process(proc.pid).children(recursive=True)
@@ -359,6 +360,9 @@ def test_services_stop_with_everything_they_started_on_sigterm(cli_env, tmp_path
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
+        for child in started:  # each service runs in a process group of its own
+            with contextlib.suppress(psutil.NoSuchProcess):
+                child.kill()
 
 
 def test_score_one_market_group_and_refuse_an_unknown_one(cli_env, clean_db, tmp_path):
