@@ -519,7 +519,11 @@ def test_a_failed_run_re_executed_from_failure_twice_scores_its_failed_batch_onc
     assert _calculations(world) == {_uid(1): 1, _uid(2): 1, _uid(3): 2, _uid(4): 2, _uid(5): 1}
     assert _outcomes(world)["b0001"] == ("success", first, 0)
     kept = f"batch b0001 of {DATE} (all) landed in run {first}"
-    assert any(m.startswith(kept) for m in _run_log(dagster_instance, second))
+    second_log = _run_log(dagster_instance, second)
+    assert f"{kept} (another re-execution of the same run): not scored again" in second_log
+    # The batches the failed run itself landed, as any re-execution of it says.
+    parent = f"batch b0000 of {DATE} (all) landed in run {failed}"
+    assert f"{parent} (an earlier attempt of this step): not scored again" in second_log
     assert set(_statuses(dagster_instance).values()) == {"MATERIALIZED"}
     assert _night_row(world).status == "completed"
 

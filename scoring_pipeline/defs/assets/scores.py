@@ -79,7 +79,7 @@ def build_scores(group: MarketGroup, upstream: list[dg.AssetsDefinition]) -> dg.
         for (score_date, batch), outcome in earlier.items():
             context.log.info(
                 f"batch {batch} of {score_date} ({group.name}) landed in run {outcome.run_id} "
-                "(an earlier attempt of this step): not scored again"
+                f"({_kept_from(context, outcome.run_id)}): not scored again"
             )
         wiped = _landed_but_wiped(context, database, batches, group.name, set(earlier))
         for (score_date, batch), outcome in wiped.items():
@@ -302,18 +302,32 @@ def _earlier_attempts(context: dg.AssetExecutionContext) -> list[str]:
     from, and the other re-executions of them: the Runs page's bulk *Re-execute … from
     failure* re-executes a failed run and its failed re-executions alike, and clicked twice,
     the same failed run twice)."""
-    run: dg.DagsterRun | None = context.run
     runs = [context.run.run_id] if context.retry_number > 0 else []
-    if run is None or not _from_failure(run):
+    if not _from_failure(context.run):
         return runs
-    this = run.run_id
-    while run is not None and run.parent_run_id is not None:
-        runs.append(run.parent_run_id)
-        run = context.instance.get_run_by_id(run.parent_run_id)
+    this = context.run.run_id
+    runs += _lineage(context)[1:]
     # The run group is kept in tags, which the UI's and the retry daemon's re-executions set.
     group = context.instance.get_run_group(this)
     family = [r.run_id for r in group[1]] if group is not None else []
     return runs + [run_id for run_id in family if run_id not in runs and run_id != this]
+
+
+def _lineage(context: dg.AssetExecutionContext) -> list[str]:
+    """The run, then the runs it re-executes, nearest first (up to one deleted since)."""
+    runs = [context.run.run_id]
+    run: dg.DagsterRun | None = context.run
+    while run is not None and run.parent_run_id is not None:
+        runs.append(run.parent_run_id)
+        run = context.instance.get_run_by_id(run.parent_run_id)
+    return runs
+
+
+def _kept_from(context: dg.AssetExecutionContext, run_id: str) -> str:
+    """How the step's log names the run whose landed batch it keeps."""
+    if run_id in _lineage(context):
+        return "an earlier attempt of this step"
+    return "another re-execution of the same run"
 
 
 def _from_failure(run: dg.DagsterRun) -> bool:
