@@ -26,11 +26,15 @@ logger = logging.getLogger("scoring_pipeline.inputs")
 def _load_users(
     conn: Connection, score_date: dt.date, batch: str, markets: Sequence[str] | None
 ) -> list[UserRow]:
-    """The batch's members; for a market group, those with an active criteria set in it."""
+    """The batch's members; for a market group, those with an active criteria set in it.
+
+    A member whose user row is gone since the membership was frozen (deleted, or `demo-data`
+    run during the night) has no base currency and no criteria: it is counted skipped, as a
+    member whose criteria were deactivated since, so the night's figures still add up."""
     rows = conn.execute(
         sa.text(
-            "SELECT b.user_id, u.base_currency FROM scoring_batches b "
-            "JOIN users u ON u.id = b.user_id "
+            "SELECT b.user_id, coalesce(u.base_currency, '') AS base_currency "
+            "FROM scoring_batches b LEFT JOIN users u ON u.id = b.user_id "
             f"WHERE b.score_date = :d AND b.batch_key = :b AND {member_in_group()} "
             "ORDER BY b.user_id"
         ),

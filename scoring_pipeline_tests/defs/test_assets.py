@@ -382,3 +382,44 @@ def test_hostile_symbols_and_names_are_stored_exactly(world, dagster_instance):
     )
     assert symbol in [r["assetId"] for r in events[0].payload["results"]]
     assert rows(world, "SELECT count(*) AS n FROM users")[0].n == 1  # nothing was executed
+
+
+def test_members_deleted_after_the_membership_was_frozen_are_counted_skipped(
+    world, dagster_instance
+):
+    """`demo-data` (or any delete) after the date's membership was frozen: the members whose user
+    row is gone are counted skipped, so the night's figures add up (they counted nowhere: a
+    re-score of the date after `demo-data` read "200 in all: 0 scored, 0 failed, 0 skipped")."""
+    users = [
+        f.user(world, holdings=[("AAA", "USD")], criteria=[("US_TECH", "stock", rules())])
+        for _ in range(3)
+    ]
+    assert snapshots(dagster_instance).success
+    gone = sorted(users)[:2]  # both in b0000
+    with world.begin() as conn:  # what demo-data's TRUNCATE … CASCADE does to them
+        for sql in (
+            "DELETE FROM portfolio_assets WHERE portfolio_id IN "
+            "(SELECT id FROM portfolios WHERE user_id = ANY(CAST(:u AS uuid[])))",
+            "DELETE FROM portfolios WHERE user_id = ANY(CAST(:u AS uuid[]))",
+            "DELETE FROM criteria_versions WHERE user_id = ANY(CAST(:u AS uuid[]))",
+            "DELETE FROM users WHERE id = ANY(CAST(:u AS uuid[]))",
+        ):
+            conn.execute(sa.text(sql), {"u": gone})
+    for key in ("b0000", "b0001"):
+        assert batch(dagster_instance, key).success
+    outcome = rows(
+        world,
+        "SELECT users_total, users_success, users_failed, users_skipped "
+        "FROM scoring_batch_results WHERE score_date = :d AND batch_key = 'b0000'",
+        d=DATE,
+    )[0]
+    assert tuple(outcome) == (2, 0, 0, 2)
+    job = rows(
+        world,
+        "SELECT status, users_processed, users_failed, metrics FROM overnight_job_runs "
+        "WHERE score_date = :d AND job_type = 'scoring'",
+        d=DATE,
+    )[0]
+    assert job.status == "completed"
+    figures = {k: job.metrics[k] for k in ("users_total", "users_success", "users_skipped")}
+    assert figures == {"users_total": 3, "users_success": 1, "users_skipped": 2}
