@@ -59,6 +59,7 @@ def cmd_demo_data(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     with app_engine().begin() as conn:
         if not args.replace:
+            _refuse_to_replace_under_a_night(conn)
             _refuse_to_wipe_real_users(conn)
         counts = generate(
             conn,
@@ -92,6 +93,30 @@ def _refuse_to_wipe_real_users(conn: "Connection") -> None:
             f"the database holds {_count(others, 'user', 'users')} that demo-data did not "
             "create; demo-data replaces every user, criteria set, portfolio, instrument and "
             "market: run it again with --replace to wipe them"
+        )
+
+
+def _refuse_to_replace_under_a_night(conn: "Connection") -> None:
+    """demo-data replaces the users a night being scored reads batch by batch (its later batches
+    would find none of their frozen members): refuse while a night is `started`. The lock is
+    the one TRUNCATE takes: a night opening now waits for this transaction, one that opened
+    before is seen."""
+    import sqlalchemy as sa
+
+    conn.execute(sa.text("LOCK TABLE users IN ACCESS EXCLUSIVE MODE"))
+    night = conn.execute(
+        sa.text(
+            "SELECT score_date, market_group, started_at FROM overnight_job_runs "
+            "WHERE job_type = 'scoring' AND status = 'started' ORDER BY started_at DESC LIMIT 1"
+        )
+    ).first()
+    if night is not None:
+        raise ConfigurationError(
+            f"the night of {night.score_date} ({night.market_group}) is being scored (started "
+            f"{night.started_at:%Y-%m-%d %H:%M:%S %Z}): demo-data would replace its users, "
+            "criteria and instruments under it; run it once the night has ended "
+            "(`scoring-pipeline status`; a night whose services were stopped ends when they run "
+            "again), or with --replace to replace them anyway"
         )
 
 

@@ -90,7 +90,8 @@ def _add_setup_commands(sub: Any) -> None:
     p.add_argument(
         "--replace",
         action="store_true",
-        help="also when the database holds users demo-data did not create (they are deleted)",
+        help="also when the database holds users demo-data did not create (they are deleted), "
+        "or while a night is being scored",
     )
     p.set_defaults(func=cmd_demo_data, needs_schema=True)
 

@@ -791,6 +791,38 @@ def test_demo_data_refuses_to_wipe_users_it_did_not_create(cli_env, clean_db, tm
         assert conn.execute(sa.text("SELECT count(*) FROM users")).scalar_one() == 3
 
 
+def test_demo_data_refuses_while_a_night_is_being_scored(cli_env, clean_db, tmp_path):
+    # An operator review ran demo-data while the services scored a night: it replaced the
+    # users under it, and the night's later batches scored none of their frozen members.
+    run(cli_env, "migrate")
+    run(cli_env, "demo-data", "--users", "3", "--out", str(tmp_path / "demo"))
+    with clean_db.begin() as conn:
+        conn.execute(
+            sa.text(
+                "INSERT INTO overnight_job_runs (id, job_type, score_date, market_group, status, "
+                "started_at, correlation_id) VALUES (gen_random_uuid(), 'scoring', "
+                "'2026-11-27', 'all', 'started', now(), gen_random_uuid())"
+            )
+        )
+        before = conn.execute(sa.text("SELECT array_agg(id ORDER BY id) FROM users")).scalar_one()
+    refused = run(cli_env, "demo-data", "--users", "4", "--out", str(tmp_path / "d"), check=False)
+    assert refused.returncode == 2 and refused.stderr.strip().count("\n") == 0, refused.stderr
+    assert "the night of 2026-11-27 (all) is being scored" in refused.stderr
+    assert "--replace" in refused.stderr
+    with clean_db.connect() as conn:
+        after = conn.execute(sa.text("SELECT array_agg(id ORDER BY id) FROM users")).scalar_one()
+    assert after == before  # nothing replaced
+    with clean_db.begin() as conn:
+        conn.execute(sa.text("UPDATE overnight_job_runs SET status = 'completed'"))
+    run(cli_env, "demo-data", "--users", "4", "--out", str(tmp_path / "d"))
+    with clean_db.begin() as conn:
+        conn.execute(sa.text("UPDATE overnight_job_runs SET status = 'started'"))
+    # A night left `started` by services stopped for good: --replace replaces anyway.
+    run(cli_env, "demo-data", "--users", "5", "--replace", "--out", str(tmp_path / "d"))
+    with clean_db.connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM users")).scalar_one() == 5
+
+
 def test_a_bad_dagster_storage_url_is_one_line_naming_it(cli_env, clean_db):
     # dagster-postgres retried ~14 s, printing a warning for each try, then said "too many
     # retries for DB connection" without naming the variable.
