@@ -253,11 +253,20 @@ def _alembic_config(connection: sa.Connection | None = None) -> "Config":
     return config
 
 
+def _lock_migrations(conn: sa.Connection) -> None:
+    """Two `migrate` at once (a deploy script and an operator) take turns: the second waits for
+    the first's transaction, then finds the revision it left (both created the version table,
+    and the second failed on PostgreSQL's unique type names). Every migration runs in the one
+    transaction of `migrate`, so the lock is held until its commit."""
+    conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext('scoring:migrations'))"))
+
+
 def migrate(engine: Engine, revision: str = "head") -> None:
     """Apply the Alembic migrations up to `revision` (default: the newest)."""
     from alembic import command
 
     with engine.begin() as conn:
+        _lock_migrations(conn)
         command.upgrade(_alembic_config(conn), revision)
 
 
@@ -266,6 +275,7 @@ def downgrade(engine: Engine, revision: str) -> None:
     from alembic import command
 
     with engine.begin() as conn:
+        _lock_migrations(conn)
         command.downgrade(_alembic_config(conn), revision)
 
 

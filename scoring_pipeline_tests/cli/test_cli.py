@@ -823,6 +823,19 @@ def test_demo_data_refuses_while_a_night_is_being_scored(cli_env, clean_db, tmp_
         assert conn.execute(sa.text("SELECT count(*) FROM users")).scalar_one() == 5
 
 
+def test_migrate_run_three_times_at_once_on_a_fresh_database_takes_turns(fresh_engine, tmp_path):
+    # `migrate` in two terminals at once (a deploy script and an operator): the second failed
+    # with "IntegrityError: … UniqueViolation … scoring_alembic_version" (both created the
+    # tables); now each waits for the one migrating and finds the database at its revision.
+    url = fresh_engine.url.render_as_string(hide_password=False)
+    env = private_deployment_env(url, tmp_path / "dagster_home", tmp_path / "demo")
+    procs = [started(env, "migrate") for _ in range(3)]
+    outcomes = [(proc.wait(timeout=300), *proc.communicate()) for proc in procs]
+    for status, stdout, stderr in outcomes:
+        assert status == 0, stderr
+        assert stdout == f"database at revision {head_revision()}\n"
+
+
 def test_a_bad_dagster_storage_url_is_one_line_naming_it(cli_env, clean_db):
     # dagster-postgres retried ~14 s, printing a warning for each try, then said "too many
     # retries for DB connection" without naming the variable.
