@@ -92,6 +92,29 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+# prctl(2)'s option that has the kernel signal a process when its parent dies (Linux only).
+_PR_SET_PDEATHSIG = 1
+
+
+def _stops_with(parent: int) -> Callable[[], None] | None:
+    """What a service runs before its program: SIGTERM, its own way of stopping, once `parent`
+    (the `services` command) is gone, however it ended. Killed with SIGKILL (an OOM kill, a
+    forced stop), the command stops nothing itself, and its services ran on without it: the
+    webserver holding its port, the daemon ticking beside the next `services`' own."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+
+    def stop_with_parent() -> None:
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        if os.getppid() != parent:  # gone before the signal was asked for
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return stop_with_parent
+
+
 def _spawn(
     name: str, args: list[str], env: dict[str, str], log_dir: Path
 ) -> subprocess.Popen[bytes]:
@@ -103,6 +126,7 @@ def _spawn(
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # its own process group: stopped as a whole
+            preexec_fn=_stops_with(os.getpid()),
         )
 
 

@@ -365,6 +365,44 @@ def test_services_stop_with_everything_they_started_on_sigterm(cli_env, tmp_path
                 child.kill()
 
 
+def test_services_killed_with_sigkill_leave_nothing_running(cli_env, tmp_path):
+    # An operator review: `kill -9` of `services` (an OOM kill, a supervisor's forced stop) left
+    # the webserver, daemon, code server and run workers running without it, holding its port
+    # ("port P is already in use … choose another with --port") and, with another port, ticking
+    # beside the next services' daemon on the same instance. Each now stops when it is gone.
+    port = free_port()
+    log = tmp_path / "services.out"
+    proc = _spawn(cli_env, log, "services", "--port", str(port), "--workers", "1")
+
+    def answers() -> bool:
+        with contextlib.suppress(httpx.HTTPError):
+            return httpx.get(f"http://127.0.0.1:{port}/server_info", timeout=2).is_success
+        return False
+
+    started: list[psutil.Process] = []
+    try:
+        _wait_while_running(proc, log, answers)
+        started = psutil.Process(proc.pid).children(recursive=True)
+        assert len(started) >= 5  # worker main + pool, webserver, daemon, their code servers
+        proc.kill()
+        proc.wait(timeout=10)
+        _, alive = psutil.wait_procs(started, timeout=60)
+        assert alive == [], [p.cmdline()[:4] for p in alive]
+        # The port and the DAGSTER_HOME are free for the next services.
+        again = _spawn(cli_env, tmp_path / "again.out", "services", "--port", str(port))
+        try:
+            _wait_while_running(again, tmp_path / "again.out", answers)
+            again.send_signal(signal.SIGTERM)
+            assert again.wait(timeout=60) == 0
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(again.pid, signal.SIGKILL)
+    finally:
+        for child in started:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                child.kill()
+
+
 def test_score_one_market_group_and_refuse_an_unknown_one(cli_env, clean_db, tmp_path):
     run(cli_env, "migrate")
     run(cli_env, "demo-data", "--users", "12", "--out", str(tmp_path / "demo"))
