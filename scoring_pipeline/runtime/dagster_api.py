@@ -82,6 +82,7 @@ def checked_webserver_url(value: str, source: str) -> str:
 @dataclass(frozen=True)
 class DagsterApi:
     url: str
+    timeout: float = 60.0  # seconds for the webserver's answer to each request
 
     @classmethod
     def from_env(cls, url: str | None = None) -> "DagsterApi":
@@ -105,8 +106,17 @@ class DagsterApi:
             response = httpx.post(
                 f"{self.url}/graphql",
                 json={"query": document, "variables": variables},
-                timeout=60.0,
+                timeout=self.timeout,
             )
+        except (httpx.ReadTimeout, httpx.WriteTimeout) as exc:
+            # The request reached a webserver that did not answer in time (an overloaded one):
+            # it may still carry it out, so this is no "start it".
+            raise DagsterApiError(
+                f"the Dagster webserver at {self.shown_url} did not answer within "
+                f"{self.timeout:g} s ({type(exc).__name__}): it may still carry it out (see its "
+                "Runs and Backfills pages); `scoring-pipeline retry-failed` run again leaves the "
+                "batches a backfill is scoring to it"
+            ) from None
         except httpx.HTTPError as exc:
             raise DagsterApiError(
                 f"no Dagster webserver answering at {self.shown_url} ({type(exc).__name__}); "
