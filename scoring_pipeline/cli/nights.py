@@ -129,7 +129,11 @@ def _retry_group(
 ) -> str:
     """Backfill the failed batches of one group's night that nothing is scoring now; what was
     found: no night, a night failed before scoring, or one retried (or with nothing to retry)."""
-    from scoring_pipeline.defs.batches_in_flight import night_being_started, partitions_being_scored
+    from scoring_pipeline.defs.batches_in_flight import (
+        batch_ranges,
+        night_being_started,
+        partitions_being_scored,
+    )
     from scoring_pipeline.defs.partitions import scores_partition_key, scores_partitions_name
     from scoring_pipeline.store.month_partitions import HISTORY_TABLES, coverage
     from scoring_pipeline.store.night.model import find_night
@@ -184,7 +188,10 @@ def _retry_group(
         print(
             f"left to what is scoring them now in group {group.name} "
             f"({len(busy)} of {len(keys)} batches; run retry-failed again once it ends): "
-            + ", ".join(f"{keys[k]} ({busy[k]})" for k in sorted(busy))
+            + "; ".join(
+                f"{batch_ranges(keys[k] for k in busy if busy[k] == scorer)} ({scorer})"
+                for scorer in sorted(set(busy.values()))
+            )
         )
     partitions = [k for k in keys if k not in busy]
     if not partitions:

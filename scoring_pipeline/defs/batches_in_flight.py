@@ -21,6 +21,19 @@ from scoring_pipeline.store.night.model import Night, NightStatus
 _UNFINISHED = [*IN_FLIGHT, dg.DagsterRunStatus.CANCELING]
 
 
+def batch_ranges(batches: Iterable[str]) -> str:
+    """Batch keys as a reader takes them in: consecutive ones as a range (`b0000..b0009, b0012`;
+    a run scores a range), so a message naming two runs' batches stays one short line."""
+    numbered = sorted({(int(b[1:]), b) if b[1:].isdigit() else (-1, b) for b in batches})
+    spans: list[list[tuple[int, str]]] = []
+    for number, key in numbered:
+        if spans and number >= 0 and spans[-1][-1][0] == number - 1:
+            spans[-1].append((number, key))
+        else:
+            spans.append([(number, key)])
+    return ", ".join(s[0][1] if len(s) == 1 else f"{s[0][1]}..{s[-1][1]}" for s in spans)
+
+
 def _run_keys(instance: dg.DagsterInstance, group: MarketGroup, run: dg.DagsterRun) -> list[str]:
     """The group's `scores` partitions a run scores: its partition, or its range's."""
     scores = dg.AssetKey(group.asset_key("scores"))
@@ -102,8 +115,7 @@ def night_in_progress(
     for key in sorted(busy):
         by_scorer.setdefault(busy[key], []).append(parse_scores_partition_key(key)[1])
     shown = "; ".join(
-        f"{scorer} scores {', '.join(batches[:10])}"
-        + (f" and {len(batches) - 10} more" if len(batches) > 10 else "")
+        f"{scorer} scores {batch_ranges(batches)}"
         for scorer, batches in list(by_scorer.items())[:3]
     )
     more = f"; and {len(by_scorer) - 3} more runs or backfills" if len(by_scorer) > 3 else ""

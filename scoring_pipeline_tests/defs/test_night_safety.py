@@ -747,3 +747,17 @@ def test_a_tick_previewed_before_its_time_starts_no_night(world, dagster_instanc
             assert not result.run_requests
             assert result.skip_message and "has not come yet" in result.skip_message
     assert not rows(world, "SELECT 1 FROM overnight_job_runs")
+
+
+def test_the_batches_being_scored_are_named_as_ranges():
+    """An operator review: `score --date D` during D's night named each of two runs' ten batches
+    one by one, and the command's one-line error was cut at 500 characters in the middle of
+    its advice ("… re-scores only failed b"). A run scores a range: it is named as one."""
+    from scoring_pipeline.defs.batches_in_flight import batch_ranges
+
+    run = [f"b{n:04d}" for n in range(20, 30)]
+    assert batch_ranges(run) == "b0020..b0029"
+    assert batch_ranges(["b0008", "b0000", "b0001", "b0002", "b0005", "b0007"]) == (
+        "b0000..b0002, b0005, b0007..b0008"
+    )
+    assert batch_ranges(["b0000"]) == "b0000"
