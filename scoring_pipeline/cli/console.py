@@ -30,14 +30,21 @@ def project_warnings_on_stderr() -> Iterator[None]:
     line each and each once, for the whole command. Without it, a warning logged before a
     command installed its own handler went out bare through Python's last-resort handler, and
     again with `warning:` once it had. A night run in process keeps the runs' console logger
-    quiet (`in_process._QUIET`): these lines are what it prints of the runs' warnings."""
+    quiet (`in_process._QUIET`): these lines are what it prints of the runs' warnings.
+
+    They do not go on to the root logger: a library that logs through it (dagster-postgres'
+    "Retrying failed database creation") has Python give it a stderr handler, which printed
+    each of them a second time. Dagster's own handlers (`managed_python_loggers`) sit on the
+    project's logger itself."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setLevel(logging.WARNING)
     handler.setFormatter(logging.Formatter("warning: %(message)s"))
     handler.addFilter(_Once())
     logger = logging.getLogger("scoring_pipeline")
     logger.addHandler(handler)
+    propagated, logger.propagate = logger.propagate, False
     try:
         yield
     finally:
         logger.removeHandler(handler)
+        logger.propagate = propagated

@@ -138,3 +138,28 @@ def test_a_reader_that_stops_reading_is_no_error(tmp_path):
     proc = subprocess.run([*CLI, "db-url"], stdout=write, stderr=subprocess.PIPE, env=env)
     os.close(write)
     assert proc.returncode == 141 and proc.stderr == b"", proc.stderr
+
+
+def test_a_warning_is_printed_once_when_a_library_configured_the_root_logger(capsys):
+    # An operator review: two commands creating Dagster's storage at once on a new database
+    # printed every later warning twice ("warning: prices for D: …" and "WARNING:scoring_
+    # pipeline.snapshots:…"): dagster-postgres logs "Retrying failed database creation" through
+    # the root logger, and Python then gives the root logger a stderr handler of its own.
+    import logging
+
+    from scoring_pipeline.cli.console import project_warnings_on_stderr
+
+    root = logging.getLogger()
+    before = list(root.handlers)
+    root.handlers = []  # as in a command (pytest's own capture handlers aside)
+    try:
+        with project_warnings_on_stderr():
+            logging.warning("Retrying failed database creation")  # as dagster-postgres does
+            logging.getLogger("scoring_pipeline.snapshots").warning("prices for D: 1 missing")
+        err = capsys.readouterr().err.splitlines()
+        assert err.count("warning: prices for D: 1 missing") == 1
+        assert [line for line in err if "prices for D" in line] == [
+            "warning: prices for D: 1 missing"
+        ]
+    finally:
+        root.handlers = before
