@@ -26,7 +26,7 @@ from scoring_pipeline.cli.status import failed_user_line
 from scoring_pipeline.defs.partitions import scores_partition_key
 from scoring_pipeline.defs.step_errors import step_failure
 from scoring_pipeline.errors import ConfigurationError, NightInProgressError
-from scoring_pipeline.runtime.run_launcher import WORKER_TAG, worker_identity
+from scoring_pipeline.runtime.run_launcher import WORKER_TAG, worker_gone, worker_identity
 from scoring_pipeline.store.db import create_engine_for, prepare_dagster_environment
 from scoring_pipeline.store.membership import load_membership
 from scoring_pipeline.store.night.closing import close_night, failed_users
@@ -207,6 +207,29 @@ def snapshot_run_config(refresh: Refresh | None, group: str) -> dict[str, Any]:
     return {**_QUIET, "ops": ops}
 
 
+def fail_runs_of_killed_commands(instance: dg.DagsterInstance) -> list[str]:
+    """Fail the runs an earlier `score` left STARTED when it was killed (SIGKILL, a lost
+    session): what run monitoring does when the services run (`run_launcher`'s health check of
+    a run's own process). Without the services nothing did, and the night's next `score` was
+    refused for good: "its batches are being scored (run R …) … Wait until that ends". Only
+    the runs of a process on this host that is gone; says which it failed."""
+    said = []
+    filters = dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED], tags={"scoring/trigger": "cli"})
+    for run in instance.get_runs(filters=filters):
+        gone = worker_gone(run.tags.get(WORKER_TAG))
+        if gone is None:
+            continue
+        partition = run.tags.get("dagster/partition", "")
+        said.append(
+            f"failed the run {run.run_id} ({run.job_name} {partition}) whose "
+            f"`scoring-pipeline score` is gone: {gone}"
+        )
+        instance.report_run_failed(
+            run, f"{gone} (the in-process run of `scoring-pipeline score`, killed)"
+        )
+    return said
+
+
 def run_night(
     score_date: dt.date,
     *,
@@ -241,6 +264,8 @@ def _run_night(
     engine = create_engine_for(url)
     definitions = defs()
     instance = dg.DagsterInstance.get()
+    for failed in fail_runs_of_killed_commands(instance):
+        print(f"warning: {failed}", file=sys.stderr)
     started = time.perf_counter()
     stages: dict[str, int] = {}
     run_ids: list[str] = []

@@ -653,6 +653,52 @@ def test_score_stopped_while_a_batch_is_written_says_its_users_were_stopped(
     assert rows[1][2] == rows[2][2] == {f"not scored: {INTERRUPTED} before this batch"}
 
 
+def test_score_after_a_score_killed_mid_batch_scores_the_night_again(cli_env, clean_db, tmp_path):
+    # An operator review: `score` killed with SIGKILL (an OOM kill, a closed SSH session's
+    # kill) while a batch ran left that run STARTED and the night `started`; without the
+    # services' run monitoring nothing ever failed the run, and every later `score --date D`
+    # was refused ("its batches are being scored (run R scores b0000)… Wait until that ends").
+    run(cli_env, "migrate")
+    run(cli_env, "demo-data", "--users", "60", "--out", str(tmp_path / "demo"))
+    env = {**cli_env, "SCORING_BATCH_SIZE": "20"}  # 3 batches
+    blocker = clean_db.connect()  # the first batch's write waits: killed in the middle of it
+    blocker.execute(
+        sa.text(
+            "SELECT pg_advisory_xact_lock(hashtextextended(CAST(id AS text), "
+            "CAST(:d AS date) - DATE '2000-01-01')) FROM users"
+        ),
+        {"d": DATE},
+    )
+    waiting = (
+        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+        "AND wait_event = 'advisory' AND datname = current_database()"
+    )
+    proc = started(env, "score", "--date", DATE)
+    try:
+        deadline = time.monotonic() + 120
+        while not _scalar(clean_db, waiting):
+            assert proc.poll() is None and time.monotonic() < deadline, "no write waited"
+            time.sleep(0.05)
+        proc.kill()
+        proc.communicate(timeout=60)
+    finally:
+        blocker.rollback()
+        blocker.close()
+        if proc.poll() is None:
+            proc.kill()
+    night = "SELECT status FROM overnight_job_runs WHERE job_type = 'scoring'"
+    assert _scalar(clean_db, night) == "started"
+    again = run(env, "score", "--date", DATE, check=False)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert summary_value(again.stdout, "job status") == "completed"
+    assert summary_value(again.stdout, "users success") == "60"
+    assert "failed the run" in again.stderr and "whose `scoring-pipeline score` is gone" in (
+        again.stderr
+    ), again.stderr
+    history = "SELECT count(*) - count(DISTINCT (user_id, symbol)) FROM score_history"
+    assert _scalar(clean_db, history) == 0
+
+
 def test_score_whose_reader_goes_away_still_scores_the_whole_night(cli_env, clean_db, tmp_path):
     # `score --date D | head -3`: the first progress line after head had gone raised
     # BrokenPipeError out of the night, which stayed `started` with its later batches unscored.
