@@ -6,6 +6,7 @@ library is imported when they run, so `--help` stays quick.
 
 import argparse
 import datetime as dt
+import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -98,10 +99,14 @@ def _refuse_to_wipe_real_users(conn: "Connection") -> None:
 
 def _refuse_to_replace_under_a_night(conn: "Connection") -> None:
     """demo-data replaces the users a night being scored reads batch by batch (its later batches
-    would find none of their frozen members): refuse while a night is `started`. The lock is
-    the one TRUNCATE takes: a night opening now waits for this transaction, one that opened
-    before is seen."""
+    would find none of their frozen members): refuse while a night is `started` and a run works
+    on it. The lock is the one TRUNCATE takes: a night opening now waits for this transaction,
+    one that opened before is seen. A night left `started` by a `score` that was killed is not
+    being scored: its runs are failed (as the next `score` does), and `make demo` goes on."""
+    import dagster as dg
     import sqlalchemy as sa
+
+    from scoring_pipeline.cli.in_process import fail_runs_of_killed_commands
 
     conn.execute(sa.text("LOCK TABLE users IN ACCESS EXCLUSIVE MODE"))
     night = conn.execute(
@@ -110,13 +115,33 @@ def _refuse_to_replace_under_a_night(conn: "Connection") -> None:
             "WHERE job_type = 'scoring' AND status = 'started' ORDER BY started_at DESC LIMIT 1"
         )
     ).first()
-    if night is not None:
+    if night is None:
+        return
+    with dg.DagsterInstance.get() as instance:
+        for failed in fail_runs_of_killed_commands(instance):
+            print(f"warning: {failed}", file=sys.stderr)
+        in_flight = [
+            run
+            for run in instance.get_runs(
+                filters=dg.RunsFilter(
+                    statuses=[
+                        dg.DagsterRunStatus.QUEUED,
+                        dg.DagsterRunStatus.STARTING,
+                        dg.DagsterRunStatus.STARTED,
+                        dg.DagsterRunStatus.CANCELING,
+                    ]
+                )
+            )
+            if run.job_name != "dashboard_cache_job"
+        ]
+    if in_flight:
         raise ConfigurationError(
             f"the night of {night.score_date} ({night.market_group}) is being scored (started "
-            f"{night.started_at:%Y-%m-%d %H:%M:%S %Z}): demo-data would replace its users, "
-            "criteria and instruments under it; run it once the night has ended "
-            "(`scoring-pipeline status`; a night whose services were stopped ends when they run "
-            "again), or with --replace to replace them anyway"
+            f"{night.started_at:%Y-%m-%d %H:%M:%S %Z}; run {in_flight[0].run_id} is "
+            f"{in_flight[0].status.value.lower()}): demo-data would replace its users, criteria "
+            "and instruments under it; run it once the night has ended (`scoring-pipeline "
+            "status`; runs of services that were stopped end when they run again), or with "
+            "--replace to replace them anyway"
         )
 
 

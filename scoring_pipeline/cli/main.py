@@ -93,7 +93,7 @@ def _add_setup_commands(sub: Any) -> None:
         help="also when the database holds users demo-data did not create (they are deleted), "
         "or while a night is being scored",
     )
-    p.set_defaults(func=cmd_demo_data, needs_schema=True)
+    p.set_defaults(func=cmd_demo_data, needs_schema=True, needs_dagster=True)
 
 
 def _add_night_commands(sub: Any) -> None:

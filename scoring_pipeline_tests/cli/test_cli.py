@@ -879,32 +879,46 @@ def test_demo_data_refuses_while_a_night_is_being_scored(cli_env, clean_db, tmp_
     # An operator review ran demo-data while the services scored a night: it replaced the
     # users under it, and the night's later batches scored none of their frozen members.
     run(cli_env, "migrate")
-    run(cli_env, "demo-data", "--users", "3", "--out", str(tmp_path / "demo"))
-    with clean_db.begin() as conn:
-        conn.execute(
-            sa.text(
-                "INSERT INTO overnight_job_runs (id, job_type, score_date, market_group, status, "
-                "started_at, correlation_id) VALUES (gen_random_uuid(), 'scoring', "
-                "'2026-11-27', 'all', 'started', now(), gen_random_uuid())"
-            )
-        )
-        before = conn.execute(sa.text("SELECT array_agg(id ORDER BY id) FROM users")).scalar_one()
-    refused = run(cli_env, "demo-data", "--users", "4", "--out", str(tmp_path / "d"), check=False)
-    assert refused.returncode == 2 and refused.stderr.strip().count("\n") == 0, refused.stderr
-    assert "the night of 2026-11-27 (all) is being scored" in refused.stderr
-    assert "--replace" in refused.stderr
-    with clean_db.connect() as conn:
-        after = conn.execute(sa.text("SELECT array_agg(id ORDER BY id) FROM users")).scalar_one()
-    assert after == before  # nothing replaced
-    with clean_db.begin() as conn:
-        conn.execute(sa.text("UPDATE overnight_job_runs SET status = 'completed'"))
-    run(cli_env, "demo-data", "--users", "4", "--out", str(tmp_path / "d"))
-    with clean_db.begin() as conn:
-        conn.execute(sa.text("UPDATE overnight_job_runs SET status = 'started'"))
-    # A night left `started` by services stopped for good: --replace replaces anyway.
-    run(cli_env, "demo-data", "--users", "5", "--replace", "--out", str(tmp_path / "d"))
-    with clean_db.connect() as conn:
-        assert conn.execute(sa.text("SELECT count(*) FROM users")).scalar_one() == 5
+    run(cli_env, "demo-data", "--users", "60", "--out", str(tmp_path / "demo"))
+    env = {**cli_env, "SCORING_BATCH_SIZE": "20"}  # 3 batches
+    ids = [str(i) for i in _scalar(clean_db, "SELECT array_agg(id) FROM users")]
+    blocker = clean_db.connect()  # the first batch's write waits: the night is being scored
+    blocker.execute(  # (holding no lock on `users`, which demo-data takes)
+        sa.text(
+            "SELECT pg_advisory_xact_lock(hashtextextended(u, "
+            "CAST(:d AS date) - DATE '2000-01-01')) FROM unnest(CAST(:ids AS text[])) u"
+        ),
+        {"d": DATE, "ids": ids},
+    )
+    waiting = (
+        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+        "AND wait_event = 'advisory' AND datname = current_database()"
+    )
+    users = "SELECT array_agg(id ORDER BY id) FROM users"
+    before = _scalar(clean_db, users)
+    proc = started(env, "score", "--date", DATE)
+    try:
+        deadline = time.monotonic() + 120
+        while not _scalar(clean_db, waiting):
+            assert proc.poll() is None and time.monotonic() < deadline, "no write waited"
+            time.sleep(0.05)
+        refused = run(env, "demo-data", "--users", "4", "--out", str(tmp_path / "d"), check=False)
+        assert refused.returncode == 2 and refused.stderr.strip().count("\n") == 0, refused
+        assert f"the night of {DATE} (all) is being scored" in refused.stderr
+        assert "--replace" in refused.stderr
+        assert _scalar(clean_db, users) == before  # nothing replaced
+        proc.kill()  # a night left `started` by a killed `score` is no night being scored
+        proc.communicate(timeout=60)
+    finally:
+        blocker.rollback()
+        blocker.close()
+        if proc.poll() is None:
+            proc.kill()
+    night = "SELECT status FROM overnight_job_runs WHERE job_type = 'scoring'"
+    assert _scalar(clean_db, night) == "started"
+    replaced = run(env, "demo-data", "--users", "5", "--out", str(tmp_path / "d"))
+    assert "whose `scoring-pipeline score` is gone" in replaced.stderr, replaced.stderr
+    assert _scalar(clean_db, "SELECT count(*) FROM users") == 5
 
 
 def test_migrate_run_three_times_at_once_on_a_fresh_database_takes_turns(fresh_engine, tmp_path):
