@@ -600,23 +600,23 @@ def test_score_stopped_mid_night_stops_and_closes_the_night_with_the_rest_failed
     assert failed == 30 - scored
 
 
-def test_score_stopped_while_a_batch_is_written_says_its_users_were_stopped(
-    cli_env, clean_db, tmp_path
-):
-    # Ctrl-C while the first batch's write waits (here on the history keys' locks, which a
-    # connection holds): the write is rolled back, and that batch's users read the step's
-    # failure, "the run was terminated while its batches were being scored", where the later
-    # batches' said `score` was stopped.
+@contextlib.contextmanager
+def _score_with_its_first_write_waiting(cli_env, clean_db, tmp_path):
+    """`score --date DATE` of 60 demo users in 3 batches whose first write waits on the history
+    keys' locks, which a connection holds (taken by user id: it holds no lock on `users`).
+    Yields the command's environment and process; on the way out the locks are let go and the
+    process is killed if it still runs."""
     run(cli_env, "migrate")
     run(cli_env, "demo-data", "--users", "60", "--out", str(tmp_path / "demo"))
     env = {**cli_env, "SCORING_BATCH_SIZE": "20"}  # 3 batches
+    ids = [str(i) for i in _scalar(clean_db, "SELECT array_agg(id) FROM users")]
     blocker = clean_db.connect()
     blocker.execute(
         sa.text(
-            "SELECT pg_advisory_xact_lock(hashtextextended(CAST(id AS text), "
-            "CAST(:d AS date) - DATE '2000-01-01')) FROM users"
+            "SELECT pg_advisory_xact_lock(hashtextextended(u, "
+            "CAST(:d AS date) - DATE '2000-01-01')) FROM unnest(CAST(:ids AS text[])) u"
         ),
-        {"d": DATE},
+        {"d": DATE, "ids": ids},
     )
     waiting = (
         "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
@@ -628,13 +628,24 @@ def test_score_stopped_while_a_batch_is_written_says_its_users_were_stopped(
         while not _scalar(clean_db, waiting):
             assert proc.poll() is None and time.monotonic() < deadline, "no write waited"
             time.sleep(0.05)
-        proc.send_signal(signal.SIGINT)
-        stdout, stderr = proc.communicate(timeout=120)
+        yield env, proc
     finally:
         blocker.rollback()
         blocker.close()
         if proc.poll() is None:
             proc.kill()
+
+
+def test_score_stopped_while_a_batch_is_written_says_its_users_were_stopped(
+    cli_env, clean_db, tmp_path
+):
+    # Ctrl-C while the first batch's write waits (here on the history keys' locks, which a
+    # connection holds): the write is rolled back, and that batch's users read the step's
+    # failure, "the run was terminated while its batches were being scored", where the later
+    # batches' said `score` was stopped.
+    with _score_with_its_first_write_waiting(cli_env, clean_db, tmp_path) as (_, proc):
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 130, (proc.returncode, stderr[-2000:])
     assert summary_value(stdout, "job status") == "failed", stdout
     with clean_db.connect() as conn:
@@ -658,34 +669,9 @@ def test_score_after_a_score_killed_mid_batch_scores_the_night_again(cli_env, cl
     # kill) while a batch ran left that run STARTED and the night `started`; without the
     # services' run monitoring nothing ever failed the run, and every later `score --date D`
     # was refused ("its batches are being scored (run R scores b0000)… Wait until that ends").
-    run(cli_env, "migrate")
-    run(cli_env, "demo-data", "--users", "60", "--out", str(tmp_path / "demo"))
-    env = {**cli_env, "SCORING_BATCH_SIZE": "20"}  # 3 batches
-    blocker = clean_db.connect()  # the first batch's write waits: killed in the middle of it
-    blocker.execute(
-        sa.text(
-            "SELECT pg_advisory_xact_lock(hashtextextended(CAST(id AS text), "
-            "CAST(:d AS date) - DATE '2000-01-01')) FROM users"
-        ),
-        {"d": DATE},
-    )
-    waiting = (
-        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
-        "AND wait_event = 'advisory' AND datname = current_database()"
-    )
-    proc = started(env, "score", "--date", DATE)
-    try:
-        deadline = time.monotonic() + 120
-        while not _scalar(clean_db, waiting):
-            assert proc.poll() is None and time.monotonic() < deadline, "no write waited"
-            time.sleep(0.05)
-        proc.kill()
+    with _score_with_its_first_write_waiting(cli_env, clean_db, tmp_path) as (env, proc):
+        proc.kill()  # in the middle of the first batch's write
         proc.communicate(timeout=60)
-    finally:
-        blocker.rollback()
-        blocker.close()
-        if proc.poll() is None:
-            proc.kill()
     night = "SELECT status FROM overnight_job_runs WHERE job_type = 'scoring'"
     assert _scalar(clean_db, night) == "started"
     again = run(env, "score", "--date", DATE, check=False)
@@ -878,30 +864,9 @@ def test_demo_data_refuses_to_wipe_users_it_did_not_create(cli_env, clean_db, tm
 def test_demo_data_refuses_while_a_night_is_being_scored(cli_env, clean_db, tmp_path):
     # An operator review ran demo-data while the services scored a night: it replaced the
     # users under it, and the night's later batches scored none of their frozen members.
-    run(cli_env, "migrate")
-    run(cli_env, "demo-data", "--users", "60", "--out", str(tmp_path / "demo"))
-    env = {**cli_env, "SCORING_BATCH_SIZE": "20"}  # 3 batches
-    ids = [str(i) for i in _scalar(clean_db, "SELECT array_agg(id) FROM users")]
-    blocker = clean_db.connect()  # the first batch's write waits: the night is being scored
-    blocker.execute(  # (holding no lock on `users`, which demo-data takes)
-        sa.text(
-            "SELECT pg_advisory_xact_lock(hashtextextended(u, "
-            "CAST(:d AS date) - DATE '2000-01-01')) FROM unnest(CAST(:ids AS text[])) u"
-        ),
-        {"d": DATE, "ids": ids},
-    )
-    waiting = (
-        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
-        "AND wait_event = 'advisory' AND datname = current_database()"
-    )
     users = "SELECT array_agg(id ORDER BY id) FROM users"
-    before = _scalar(clean_db, users)
-    proc = started(env, "score", "--date", DATE)
-    try:
-        deadline = time.monotonic() + 120
-        while not _scalar(clean_db, waiting):
-            assert proc.poll() is None and time.monotonic() < deadline, "no write waited"
-            time.sleep(0.05)
+    with _score_with_its_first_write_waiting(cli_env, clean_db, tmp_path) as (env, proc):
+        before = _scalar(clean_db, users)
         refused = run(env, "demo-data", "--users", "4", "--out", str(tmp_path / "d"), check=False)
         assert refused.returncode == 2 and refused.stderr.strip().count("\n") == 0, refused
         assert f"the night of {DATE} (all) is being scored" in refused.stderr
@@ -909,11 +874,6 @@ def test_demo_data_refuses_while_a_night_is_being_scored(cli_env, clean_db, tmp_
         assert _scalar(clean_db, users) == before  # nothing replaced
         proc.kill()  # a night left `started` by a killed `score` is no night being scored
         proc.communicate(timeout=60)
-    finally:
-        blocker.rollback()
-        blocker.close()
-        if proc.poll() is None:
-            proc.kill()
     night = "SELECT status FROM overnight_job_runs WHERE job_type = 'scoring'"
     assert _scalar(clean_db, night) == "started"
     replaced = run(env, "demo-data", "--users", "5", "--out", str(tmp_path / "d"))
