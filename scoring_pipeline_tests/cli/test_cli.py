@@ -8,7 +8,9 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 import httpx
 import psutil
@@ -314,16 +316,18 @@ def _wait_while_running(proc, log: Path, ready, timeout: float = 180) -> None:
         time.sleep(0.5)
 
 
-@pytest.mark.parametrize(
-    "stop",
-    [signal.SIGTERM, signal.SIGINT],
-    ids=["sigterm", "sigint-to-a-background-command"],
-)
-def test_services_stop_with_everything_they_started_on_sigterm(cli_env, tmp_path, stop):
-    # As a supervisor stops it (systemd, Kubernetes, `timeout`): no webserver, daemon, code
-    # server or run worker may outlive the command. And `kill -INT` of `services … &` (an
-    # operator review: a shell starts a background command with SIGINT ignored, so it went on
-    # running, its night with it, until SIGTERM).
+class _Services(NamedTuple):
+    proc: subprocess.Popen[bytes]
+    log: Path
+    started: list[psutil.Process]  # the webserver, daemon, code servers and run workers
+    answers: Callable[[], bool]  # the webserver answers on its port
+    port: int
+
+
+@contextlib.contextmanager
+def _services_answering(cli_env, tmp_path, *, sigint_ignored: bool = False) -> Iterator[_Services]:
+    """`scoring-pipeline services` with one run worker, once its webserver answers; whatever
+    it started is killed on the way out."""
     port = free_port()
     log = tmp_path / "services.out"
     proc = _spawn(
@@ -334,7 +338,7 @@ def test_services_stop_with_everything_they_started_on_sigterm(cli_env, tmp_path
         str(port),
         "--workers",
         "1",
-        sigint_ignored=stop == signal.SIGINT,
+        sigint_ignored=sigint_ignored,
     )
 
     def answers() -> bool:
@@ -347,16 +351,7 @@ def test_services_stop_with_everything_they_started_on_sigterm(cli_env, tmp_path
         _wait_while_running(proc, log, answers)
         started = psutil.Process(proc.pid).children(recursive=True)
         assert len(started) >= 5  # worker main + pool, webserver, daemon, their code servers
-        proc.send_signal(stop)
-        assert proc.wait(timeout=60) == 0, log.read_text()
-        _, alive = psutil.wait_procs(started, timeout=30)
-        assert alive == [], [p.cmdline()[:4] for p in alive]
-        # Each stopped its own way, not killed at the deadline: the code server through its API
-        # (it ignores signals), the worker's main process stopping its own pool.
-        logs = Path(cli_env["DAGSTER_HOME"]) / "service-logs"
-        assert "Shutting down Dagster code proxy server" in (logs / "code-server.log").read_text()
-        worker = (logs / "worker.log").read_text()
-        assert "Warm shutdown" in worker and "exited with 'signal 15" not in worker, worker
+        yield _Services(proc, log, started, answers, port)
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
@@ -365,42 +360,48 @@ def test_services_stop_with_everything_they_started_on_sigterm(cli_env, tmp_path
                 child.kill()
 
 
+@pytest.mark.parametrize(
+    "stop",
+    [signal.SIGTERM, signal.SIGINT],
+    ids=["sigterm", "sigint-to-a-background-command"],
+)
+def test_services_stop_with_everything_they_started_on_sigterm(cli_env, tmp_path, stop):
+    # As a supervisor stops it (systemd, Kubernetes, `timeout`): no webserver, daemon, code
+    # server or run worker may outlive the command. And `kill -INT` of `services … &` (an
+    # operator review: a shell starts a background command with SIGINT ignored, so it went on
+    # running, its night with it, until SIGTERM).
+    with _services_answering(cli_env, tmp_path, sigint_ignored=stop == signal.SIGINT) as services:
+        services.proc.send_signal(stop)
+        assert services.proc.wait(timeout=60) == 0, services.log.read_text()
+        _, alive = psutil.wait_procs(services.started, timeout=30)
+        assert alive == [], [p.cmdline()[:4] for p in alive]
+        # Each stopped its own way, not killed at the deadline: the code server through its API
+        # (it ignores signals), the worker's main process stopping its own pool.
+        logs = Path(cli_env["DAGSTER_HOME"]) / "service-logs"
+        assert "Shutting down Dagster code proxy server" in (logs / "code-server.log").read_text()
+        worker = (logs / "worker.log").read_text()
+        assert "Warm shutdown" in worker and "exited with 'signal 15" not in worker, worker
+
+
 def test_services_killed_with_sigkill_leave_nothing_running(cli_env, tmp_path):
     # An operator review: `kill -9` of `services` (an OOM kill, a supervisor's forced stop) left
     # the webserver, daemon, code server and run workers running without it, holding its port
     # ("port P is already in use … choose another with --port") and, with another port, ticking
     # beside the next services' daemon on the same instance. Each now stops when it is gone.
-    port = free_port()
-    log = tmp_path / "services.out"
-    proc = _spawn(cli_env, log, "services", "--port", str(port), "--workers", "1")
-
-    def answers() -> bool:
-        with contextlib.suppress(httpx.HTTPError):
-            return httpx.get(f"http://127.0.0.1:{port}/server_info", timeout=2).is_success
-        return False
-
-    started: list[psutil.Process] = []
-    try:
-        _wait_while_running(proc, log, answers)
-        started = psutil.Process(proc.pid).children(recursive=True)
-        assert len(started) >= 5  # worker main + pool, webserver, daemon, their code servers
-        proc.kill()
-        proc.wait(timeout=10)
-        _, alive = psutil.wait_procs(started, timeout=60)
+    with _services_answering(cli_env, tmp_path) as services:
+        services.proc.kill()
+        services.proc.wait(timeout=10)
+        _, alive = psutil.wait_procs(services.started, timeout=60)
         assert alive == [], [p.cmdline()[:4] for p in alive]
         # The port and the DAGSTER_HOME are free for the next services.
-        again = _spawn(cli_env, tmp_path / "again.out", "services", "--port", str(port))
+        again = _spawn(cli_env, tmp_path / "again.out", "services", "--port", str(services.port))
         try:
-            _wait_while_running(again, tmp_path / "again.out", answers)
+            _wait_while_running(again, tmp_path / "again.out", services.answers)
             again.send_signal(signal.SIGTERM)
             assert again.wait(timeout=60) == 0
         finally:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(again.pid, signal.SIGKILL)
-    finally:
-        for child in started:
-            with contextlib.suppress(psutil.NoSuchProcess):
-                child.kill()
 
 
 def test_score_one_market_group_and_refuse_an_unknown_one(cli_env, clean_db, tmp_path):
