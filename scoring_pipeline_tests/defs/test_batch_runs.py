@@ -432,24 +432,31 @@ def _execute(instance, **kwargs) -> tuple[bool, str]:
         return result.success, result.run_id
 
 
-def test_a_run_re_executed_from_failure_scores_only_the_batches_that_had_not_landed(
-    world, dagster_instance, monkeypatch
-):
-    """A night's ranged run failed on b0001 (a user's bad rules); once they are fixed, the
-    run's page "Re-execute from failure" runs the `scores` step again: it scores b0001 and
-    keeps b0000 and b0002, which the failed run landed. "Re-execute all steps" scores all."""
-    _night(world, dagster_instance, bad=(3,))  # user 3 is in b0001 with user 4
+def _failed_range_then_fixed(world, instance) -> tuple[dict[str, str], str]:
+    """A night's ranged run that failed on b0001 (user 3's bad rules), the rules fixed since:
+    the run's tags and id."""
+    _night(world, instance, bad=(3,))  # user 3 is in b0001 with user 4
     tags = {
         "dagster/asset_partition_range_start": KEYS[0],
         "dagster/asset_partition_range_end": KEYS[-1],
     }
-    ok, failed = _execute(dagster_instance, tags=tags)
+    ok, failed = _execute(instance, tags=tags)
     assert not ok
     with world.begin() as conn:
         conn.execute(
             sa.text("UPDATE criteria_versions SET rules = CAST(:r AS jsonb) WHERE user_id = :u"),
             {"r": json.dumps(rules()), "u": _uid(3)},
         )
+    return tags, failed
+
+
+def test_a_run_re_executed_from_failure_scores_only_the_batches_that_had_not_landed(
+    world, dagster_instance, monkeypatch
+):
+    """A night's ranged run failed on b0001 (a user's bad rules); once they are fixed, the
+    run's page "Re-execute from failure" runs the `scores` step again: it scores b0001 and
+    keeps b0000 and b0002, which the failed run landed. "Re-execute all steps" scores all."""
+    tags, failed = _failed_range_then_fixed(world, dagster_instance)
     ok, retry = _execute(
         dagster_instance,
         reexecution_options=dg.ReexecutionOptions.from_failure(failed, dagster_instance),
@@ -473,24 +480,6 @@ def test_a_run_re_executed_from_failure_scores_only_the_batches_that_had_not_lan
     )
     assert ok
     assert _calculations(world) == {_uid(1): 2, _uid(2): 2, _uid(3): 3, _uid(4): 3, _uid(5): 2}
-
-
-def _failed_range_then_fixed(world, instance) -> tuple[dict[str, str], str]:
-    """A night's ranged run that failed on b0001 (user 3's bad rules), the rules fixed since:
-    the run's tags and id."""
-    _night(world, instance, bad=(3,))  # user 3 is in b0001 with user 4
-    tags = {
-        "dagster/asset_partition_range_start": KEYS[0],
-        "dagster/asset_partition_range_end": KEYS[-1],
-    }
-    ok, failed = _execute(instance, tags=tags)
-    assert not ok
-    with world.begin() as conn:
-        conn.execute(
-            sa.text("UPDATE criteria_versions SET rules = CAST(:r AS jsonb) WHERE user_id = :u"),
-            {"r": json.dumps(rules()), "u": _uid(3)},
-        )
-    return tags, failed
 
 
 def _from_failure(instance, tags: dict[str, str], parent: str) -> tuple[bool, str]:
