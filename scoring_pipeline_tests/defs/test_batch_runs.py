@@ -5,14 +5,20 @@ that fails fails alone, and a run that dies leaves the batches it landed landed.
 import datetime as dt
 import json
 import multiprocessing
+import time
+import uuid
 from typing import Any
 
 import dagster as dg
 import pytest
 import sqlalchemy as sa
+from dagster._core.execution.backfill import BulkActionStatus, PartitionBackfill
 from dagster._core.storage.tags import PARENT_RUN_ID_TAG, RESUME_RETRY_TAG, ROOT_RUN_ID_TAG
 
 from scoring_pipeline.cli.status import _completed, _next_step, _took
+from scoring_pipeline.defs.assets.active_users import active_users
+from scoring_pipeline.defs.assets.exchange_rates import exchange_rates
+from scoring_pipeline.defs.assets.prices import prices
 from scoring_pipeline.defs.assets.scores import scores
 from scoring_pipeline.defs.assets.snapshot import BACKFILL_TAG
 from scoring_pipeline.defs.deployment import build_resources
@@ -782,3 +788,57 @@ def test_a_failed_and_missing_backfill_after_a_wipe_scores_only_the_failed_batch
     third = _backfill_run(dagster_instance, "again")
     assert third.success
     assert _calculations(world) == {_uid(1): 2, _uid(2): 2, _uid(3): 4, _uid(4): 4, _uid(5): 2}
+
+
+def test_a_backfill_of_the_snapshots_and_scores_keeps_the_nights_landed_batches(
+    world, dagster_instance
+):
+    """The asset graph's *Materialize all* with one date typed is a backfill of the snapshot
+    assets and `scores`, whose `scores` partitions are then every batch of every night (the
+    edge is `AllPartitionMapping`; an operator review: 80 batches of two dates and two groups
+    re-scored with today's criteria, one date typed). A backfill of the snapshot assets keeps
+    the nights as they are: its `scores` runs record the batches that landed with every user
+    scored from their outcomes and score only the others (a failed batch, retried)."""
+    _night(world, dagster_instance, bad=(3,))  # user 3 is in b0001 with user 4
+    night_run = batches(dagster_instance)
+    assert not night_run.success
+    with world.begin() as conn:
+        conn.execute(
+            sa.text("UPDATE criteria_versions SET rules = CAST(:r AS jsonb) WHERE user_id = :u"),
+            {"r": json.dumps(rules()), "u": _uid(3)},
+        )
+    backfill_id = f"graph{uuid.uuid4().hex[:8]}"
+    dagster_instance.add_backfill(
+        PartitionBackfill(
+            backfill_id=backfill_id,
+            status=BulkActionStatus.REQUESTED,
+            from_failure=False,
+            tags={},
+            backfill_timestamp=time.time(),
+            asset_selection=[active_users.key, exchange_rates.key, prices.key, scores.key],
+        )
+    )
+    try:
+        run = _backfill_run(dagster_instance, backfill_id)
+    finally:  # nothing in progress left for later tests to see
+        done = dagster_instance.get_backfill(backfill_id)
+        dagster_instance.update_backfill(done.with_status(BulkActionStatus.COMPLETED_SUCCESS))
+    assert run.success
+    assert _calculations(world) == {_uid(1): 1, _uid(2): 1, _uid(3): 2, _uid(4): 2, _uid(5): 1}
+    assert _outcomes(world) == {
+        "b0000": ("success", night_run.run_id, 0),
+        "b0001": ("success", run.run_id, 0),
+        "b0002": ("success", night_run.run_id, 0),
+    }
+    assert set(_shown(dagster_instance).values()) == {"MATERIALIZED"}
+    assert _night_row(world).status == "completed"
+    kept = (
+        f"batch b0000 of {DATE} (all) landed in run {night_run.run_id} with every user scored, "
+        f"and backfill {backfill_id} also materialises the snapshot assets"
+    )
+    assert any(m.startswith(kept) for m in _run_log(dagster_instance, run.run_id))
+
+    # A backfill of `scores` alone still re-scores what it selects.
+    again = _backfill_run(dagster_instance, "scores-alone")
+    assert again.success
+    assert _calculations(world) == {_uid(1): 2, _uid(2): 2, _uid(3): 3, _uid(4): 3, _uid(5): 2}

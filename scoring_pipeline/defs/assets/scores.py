@@ -47,6 +47,7 @@ BACKFILL_BATCHES_PER_RUN = 10
 
 def build_scores(group: MarketGroup, upstream: list[dg.AssetsDefinition]) -> dg.AssetsDefinition:
     """The group's batch-partitioned scores, downstream of the date's snapshot assets."""
+    snapshot_keys = {asset.key for asset in upstream}
 
     @dg.asset(
         key=group.asset_key("scores"),
@@ -81,12 +82,22 @@ def build_scores(group: MarketGroup, upstream: list[dg.AssetsDefinition]) -> dg.
                 f"batch {batch} of {score_date} ({group.name}) landed in run {outcome.run_id} "
                 f"({_kept_from(context, outcome.run_id)}): not scored again"
             )
-        wiped = _landed_but_wiped(context, database, batches, group.name, set(earlier))
+        with_snapshots = _backfill_with_snapshots(context, snapshot_keys)
+        wiped = _landed_but_wiped(
+            context, database, batches, group.name, set(earlier), every=with_snapshots is not None
+        )
         for (score_date, batch), outcome in wiped.items():
+            why = (
+                f"and backfill {with_snapshots} also materialises the snapshot assets, which "
+                "never re-score a night: recorded from its outcome, not scored again "
+                f"(materialise {context.asset_key.to_user_string()} alone to re-score it)"
+                if with_snapshots
+                else "and its materialisation was wiped: recorded again from its outcome, not "
+                "scored again (materialise it once more to re-score it)"
+            )
             context.log.info(
                 f"batch {batch} of {score_date} ({group.name}) landed in run {outcome.run_id} "
-                "with every user scored, and its materialisation was wiped: recorded again "
-                "from its outcome, not scored again (materialise it once more to re-score it)"
+                f"with every user scored, {why}"
             )
 
         shared: dict[dt.date, RunInputs] = {}  # what the run's batches of a date share
@@ -270,20 +281,41 @@ def _landed_by(
         }
 
 
+def _backfill_with_snapshots(
+    context: dg.AssetExecutionContext, snapshot_keys: set[dg.AssetKey]
+) -> str | None:
+    """The run's backfill when it also materialises this asset's snapshot assets: the asset
+    graph's *Materialize all*, even with one date typed, plans every `scores` partition of every
+    night downstream of that date (`AllPartitionMapping`), which re-scored every night of every
+    date (an operator review). Such a backfill keeps the nights as they are."""
+    backfill_id = context.run.tags.get(BACKFILL_TAG)
+    if backfill_id is None:
+        return None
+    backfill = context.instance.get_backfill(backfill_id)
+    selection = set(backfill.asset_selection or ()) if backfill is not None else set()
+    return backfill_id if selection & snapshot_keys else None
+
+
 def _landed_but_wiped(
     context: dg.AssetExecutionContext,
     database: DatabaseResource,
     batches: list[tuple[dt.date, str]],
     group: str,
     kept: set[tuple[dt.date, str]],
+    *,
+    every: bool = False,
 ) -> dict[tuple[dt.date, str], LandedOutcome]:
     """A backfill's batches that landed with every user scored but whose partition Dagster no
     longer holds a materialisation of (the asset's *Wipe materializations*): a "Failed and
     missing" backfill then selects every batch of every night, and scoring them again would
-    re-score each night with today's criteria. They are recorded again instead."""
+    re-score each night with today's criteria. They are recorded again instead; with `every`
+    (a backfill of the snapshot assets too, `_backfill_with_snapshots`), every batch that
+    landed with every user scored is."""
     if context.run.tags.get(BACKFILL_TAG) is None:
         return {}  # a run of the night, or one launched by hand for its partitions
     landed = _landed_by(database, [b for b in batches if b not in kept], None, group)
+    if every:
+        return landed
     return {
         key: outcome
         for key, outcome in landed.items()
