@@ -839,3 +839,27 @@ def test_a_groups_refresh_fetches_its_own_markets_prices_not_those_of_other_mark
         r.symbol: str(r.close) for r in rows(engine, "SELECT symbol, close FROM price_snapshots")
     }
     assert closes == {"AAA": "31", "BBB": "0.31", "CCC": "10"}
+
+
+def test_a_groups_snapshots_run_launched_with_no_partition_names_its_group(
+    three_markets, dagster_instance
+):
+    """The launchpad's *Launch run* of `us_overnight_snapshots_job` with no partition: the
+    failure's command starts that group's night (an operator review: it said `score --date D`,
+    which starts every group's night of the date)."""
+    nights = build_nights(_groups())
+    result = dg.materialize(
+        [nights.active_users, nights.exchange_rates, nights.nights["us"].prices],
+        instance=dagster_instance,
+        resources=build_resources(),
+        tags={GROUP_TAG: "us"},
+        raise_on_error=False,
+    )
+    try:
+        assert not result.success
+        failure = result.failure_data_for_node("active_users")
+        description = (failure.user_failure_data.description if failure else None) or ""
+        assert "no partition" in description, description
+        assert "--group us`" in description, description
+    finally:
+        dagster_instance.delete_run(result.run_id)

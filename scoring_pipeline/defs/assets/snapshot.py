@@ -12,7 +12,7 @@ from sqlalchemy.engine import Connection
 
 from scoring_pipeline import telemetry
 from scoring_pipeline.defs.job_names import SNAPSHOTS_JOB
-from scoring_pipeline.defs.market_groups.group import MarketGroup
+from scoring_pipeline.defs.market_groups.group import DEFAULT_GROUP, GROUP_TAG, MarketGroup
 from scoring_pipeline.defs.resources import DatabaseResource
 from scoring_pipeline.defs.run_tags import night_traceparent
 from scoring_pipeline.errors import SnapshotUnavailableError
@@ -40,11 +40,15 @@ def score_date_of(context: dg.AssetExecutionContext) -> dt.date:
     with none selected) fails saying how to start a night, not with Dagster's "Cannot access
     partition_key for a non-partitioned run"."""
     if not context.has_partition_key:
+        # A configured group's job carries its group: `score --date D` alone starts every
+        # group's night of the date.
+        group = context.run.tags.get(GROUP_TAG)
+        option = f" --group {group}" if group and group != DEFAULT_GROUP else ""
         raise dg.Failure(
             description=(
                 f"{context.job_name} was launched with no partition: its snapshots are frozen "
                 "for one score date. Launch it with the date as its partition (e.g. "
-                "2026-11-27), or run `scoring-pipeline score --date 2026-11-27`"
+                f"2026-11-27), or run `scoring-pipeline score --date 2026-11-27{option}`"
             ),
             allow_retries=False,
         )
