@@ -6,7 +6,6 @@ library is imported when they run, so `--help` stays quick.
 
 import argparse
 import datetime as dt
-import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -118,8 +117,7 @@ def _refuse_to_replace_under_a_night(conn: "Connection") -> None:
     if night is None:
         return
     with dg.DagsterInstance.get() as instance:
-        for failed in fail_runs_of_killed_commands(instance):
-            print(f"warning: {failed}", file=sys.stderr)
+        fail_runs_of_killed_commands(instance)
         in_flight = [
             run
             for run in instance.get_runs(

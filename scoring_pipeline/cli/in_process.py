@@ -207,27 +207,26 @@ def snapshot_run_config(refresh: Refresh | None, group: str) -> dict[str, Any]:
     return {**_QUIET, "ops": ops}
 
 
-def fail_runs_of_killed_commands(instance: dg.DagsterInstance) -> list[str]:
+def fail_runs_of_killed_commands(instance: dg.DagsterInstance) -> None:
     """Fail the runs an earlier `score` left STARTED when it was killed (SIGKILL, a lost
     session): what run monitoring does when the services run (`run_launcher`'s health check of
     a run's own process). Without the services nothing did, and the night's next `score` was
     refused for good: "its batches are being scored (run R …) … Wait until that ends". Only
-    the runs of a process on this host that is gone; says which it failed."""
-    said = []
+    the runs of a process on this host that is gone; a `warning:` line on stderr names each."""
     filters = dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED], tags={"scoring/trigger": "cli"})
     for run in instance.get_runs(filters=filters):
         gone = worker_gone(run.tags.get(WORKER_TAG))
         if gone is None:
             continue
         partition = run.tags.get("dagster/partition", "")
-        said.append(
-            f"failed the run {run.run_id} ({run.job_name} {partition}) whose "
-            f"`scoring-pipeline score` is gone: {gone}"
-        )
         instance.report_run_failed(
             run, f"{gone} (the in-process run of `scoring-pipeline score`, killed)"
         )
-    return said
+        print(
+            f"warning: failed the run {run.run_id} ({run.job_name} {partition}) whose "
+            f"`scoring-pipeline score` is gone: {gone}",
+            file=sys.stderr,
+        )
 
 
 def run_night(
@@ -264,8 +263,7 @@ def _run_night(
     engine = create_engine_for(url)
     definitions = defs()
     instance = dg.DagsterInstance.get()
-    for failed in fail_runs_of_killed_commands(instance):
-        print(f"warning: {failed}", file=sys.stderr)
+    fail_runs_of_killed_commands(instance)
     started = time.perf_counter()
     stages: dict[str, int] = {}
     run_ids: list[str] = []
