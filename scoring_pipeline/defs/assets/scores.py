@@ -77,10 +77,16 @@ def build_scores(group: MarketGroup, upstream: list[dg.AssetsDefinition]) -> dg.
         if len(keys) == 1 and refused:
             raise dg.Failure(description=refused[0].description, allow_retries=False)
         earlier = _landed_earlier(context, database, batches, group.name)
+        lineage = _lineage(context) if earlier else []
         for (score_date, batch), outcome in earlier.items():
+            kept_from = (
+                "an earlier attempt of this step"
+                if outcome.run_id in lineage
+                else "another re-execution of the same run"
+            )
             context.log.info(
                 f"batch {batch} of {score_date} ({group.name}) landed in run {outcome.run_id} "
-                f"({_kept_from(context, outcome.run_id)}): not scored again"
+                f"({kept_from}): not scored again"
             )
         with_snapshots = _backfill_with_snapshots(context, snapshot_keys)
         wiped = _landed_but_wiped(
@@ -102,19 +108,21 @@ def build_scores(group: MarketGroup, upstream: list[dg.AssetsDefinition]) -> dg.
 
         shared: dict[dt.date, RunInputs] = {}  # what the run's batches of a date share
 
+        def kept(key: tuple[dt.date, str], outcome: LandedOutcome, recorded: bool) -> EarlierBatch:
+            """A batch that landed before, not scored again (`recorded`: this run holds its
+            materialisation; otherwise it records the batch again)."""
+            return EarlierBatch(
+                scores_partition_key(*key), outcome, group.name, nights[key[0]].markets, recorded
+            )
+
+        this_run = context.run.run_id
+
         def score(score_date: dt.date, batch: str) -> BatchOutput | EarlierBatch:
-            night = nights[score_date]
             landed = _landed_meanwhile(context, database, score_date, batch, group.name)
             if landed is not None:
-                return EarlierBatch(
-                    scores_partition_key(score_date, batch),
-                    landed,
-                    group.name,
-                    night.markets,
-                    recorded=landed.run_id == context.run.run_id,
-                )
+                return kept((score_date, batch), landed, landed.run_id == this_run)
             inputs = shared.setdefault(score_date, RunInputs())
-            return _score_batch(context, database, night, score_date, batch, inputs)
+            return _score_batch(context, database, nights[score_date], score_date, batch, inputs)
 
         def turn(score_date: dt.date, batch: str) -> AbstractContextManager[None]:
             return scoring_turn(database.engine(), score_date, group.name, batch)
@@ -125,26 +133,8 @@ def build_scores(group: MarketGroup, upstream: list[dg.AssetsDefinition]) -> dg.
             score=score,
             turn=turn,
             ranged=len(keys) > 1,
-            earlier=[
-                EarlierBatch(
-                    scores_partition_key(*key),
-                    outcome,
-                    group.name,
-                    nights[key[0]].markets,
-                    recorded=outcome.run_id == context.run.run_id,
-                )
-                for key, outcome in earlier.items()
-            ]
-            + [
-                EarlierBatch(
-                    scores_partition_key(*key),
-                    outcome,
-                    group.name,
-                    nights[key[0]].markets,
-                    recorded=False,
-                )
-                for key, outcome in wiped.items()
-            ],
+            earlier=[kept(key, o, o.run_id == this_run) for key, o in earlier.items()]
+            + [kept(key, o, False) for key, o in wiped.items()],
         )
 
     return scores
@@ -353,13 +343,6 @@ def _lineage(context: dg.AssetExecutionContext) -> list[str]:
         runs.append(run.parent_run_id)
         run = context.instance.get_run_by_id(run.parent_run_id)
     return runs
-
-
-def _kept_from(context: dg.AssetExecutionContext, run_id: str) -> str:
-    """How the step's log names the run whose landed batch it keeps."""
-    if run_id in _lineage(context):
-        return "an earlier attempt of this step"
-    return "another re-execution of the same run"
 
 
 def _from_failure(run: dg.DagsterRun) -> bool:
