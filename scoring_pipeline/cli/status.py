@@ -23,7 +23,7 @@ from scoring_pipeline.store.night.model import (
     find_night,
     recent_nights,
 )
-from scoring_pipeline.store.night.outcomes import failed_before_scoring
+from scoring_pipeline.store.night.outcomes import RUN_DIED_STAGE, failed_before_scoring
 
 RECENT = 10
 
@@ -270,7 +270,7 @@ def _next_step(night: Night, configured: list[str], failed: list[dict[str, Any]]
     fix = (
         "their batch runs ended without scoring them (stage batch: a worker died, a run was "
         "cancelled); retry them with"
-        if stages == {"batch"}
+        if stages == {RUN_DIED_STAGE}
         else "fix those users' data, then"
     )
     return (

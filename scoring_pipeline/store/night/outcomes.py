@@ -162,10 +162,17 @@ def failed_before_scoring(night: Night) -> bool:
     return night.status is NightStatus.FAILED and night.users_processed == 0
 
 
+# The stage of each member of a batch whose run ended without writing it (a worker died, a run
+# was cancelled); a write that landed records each failed user's own stage.
+RUN_DIED_STAGE = "batch"
+
+
 def _landed_failures(failed_users: list[dict[str, Any]] | None) -> bool:
     """Whether an outcome's failed users were recorded by a write that landed: each failed at
-    a stage of its own, never the whole batch's (`batch`, what a dead run records)."""
-    return bool(failed_users) and all(u.get("stage") != "batch" for u in failed_users or [])
+    a stage of its own, never `RUN_DIED_STAGE`."""
+    if not failed_users:
+        return False
+    return all(u.get("stage") != RUN_DIED_STAGE for u in failed_users)
 
 
 def record_batch_run_died(
@@ -245,7 +252,9 @@ def record_batch_run_died(
                 users_skipped=0,
                 assets_scored=0,
                 duration_ms=0,
-                failed_users=[{"userId": u, "stage": "batch", "error": error} for u in members],
+                failed_users=[
+                    {"userId": u, "stage": RUN_DIED_STAGE, "error": error} for u in members
+                ],
                 run_id=run_id,
                 market_group=market_group,
             ),
