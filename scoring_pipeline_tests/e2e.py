@@ -1,7 +1,7 @@
 """Helpers of the end-to-end tests: real Dagster services on the test database, GraphQL reads."""
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -58,6 +58,27 @@ def wait_for(what: str, check: Callable[[], T | None], timeout: float = 180.0) -
             return value
         time.sleep(0.5)
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def let_ticks_pass(schedules: Iterable[tuple[str, str]], window: float = 600.0) -> float:
+    """Wait until no tick of `schedules` ((cron, timezone)) is due in the next `window` seconds;
+    returns the seconds waited. Call it before the services start: a daemon with no schedule
+    history starts each schedule from now (it catches up no earlier tick), so a test's own
+    deployment whose schedules tick at real times (market groups' opening times) never starts
+    tonight's night beside the test's."""
+    from dagster._utils.schedules import cron_string_iterator
+
+    crons = list(schedules)
+    waited = 0.0
+    while True:
+        now = time.time()
+        due = [next(cron_string_iterator(now, cron, tz)).timestamp() for cron, tz in crons]
+        soon = [t for t in due if t < now + window]
+        if not soon:
+            return waited
+        pause = max(soon) + 5 - now
+        time.sleep(pause)
+        waited += pause
 
 
 def partition_statuses(api: DagsterApi, score_date: str | None = None) -> dict[str, set[str]]:

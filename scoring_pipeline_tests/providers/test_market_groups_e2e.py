@@ -11,12 +11,18 @@ import subprocess
 import pytest
 import sqlalchemy as sa
 
+from scoring_pipeline.defs.market_groups.config import load_groups
 from scoring_pipeline.runtime.dagster_api import LOCATION, REPOSITORY, DagsterApi
-from scoring_pipeline.runtime.services import free_port, private_deployment_env, running_services
+from scoring_pipeline.runtime.services import (
+    PRIVATE_CRON,
+    free_port,
+    private_deployment_env,
+    running_services,
+)
 from scoring_pipeline_tests import factories as f
 from scoring_pipeline_tests import market_world as mw
 from scoring_pipeline_tests.cli_helpers import CLI
-from scoring_pipeline_tests.e2e import runs, wait_for
+from scoring_pipeline_tests.e2e import let_ticks_pass, runs, wait_for
 from scoring_pipeline_tests.scenario import rules
 
 _UNFINISHED = ("QUEUED", "NOT_STARTED", "STARTING", "STARTED", "CANCELING")
@@ -90,6 +96,14 @@ def test_three_groups_through_the_daemon(clean_db, database_url, tmp_path, loopb
         env.pop(key, None)
     env.update(mw.loopback_providers_env(loopback))
     env["MARKET_GROUPS_FILE"] = str(tmp_path / "groups.toml")
+    # The groups' schedules tick at their markets' real opening times on weekdays: one due while
+    # the services run would start today's night of its group beside the test's date.
+    markets = {
+        r.code: (r.timezone, r.opens_at)
+        for r in _rows(engine, "SELECT code, timezone, opens_at FROM markets")
+    }
+    groups = load_groups(env, PRIVATE_CRON, "UTC", lambda: markets)
+    let_ticks_pass((g.cron, g.timezone) for g in groups)
     with running_services(port=free_port(), workers=2, env=env) as services:
         api = DagsterApi(services.url)
         # Next ticks as the UI shows them: New York's crosses the end of DST on 2026-11-01.
