@@ -20,13 +20,27 @@ from typing import Any
 import dagster as dg
 import sqlalchemy as sa
 from dagster._core.errors import DagsterExecutionInterruptedError
+from dagster._core.remote_origin import (
+    ManagedGrpcPythonEnvCodeLocationOrigin,
+    RemoteJobOrigin,
+    RemoteRepositoryOrigin,
+)
+from dagster._core.types.loadable_target_origin import LoadableTargetOrigin
 
 from scoring_pipeline import telemetry
 from scoring_pipeline.cli.status import failed_user_line
 from scoring_pipeline.defs.partitions import scores_partition_key
 from scoring_pipeline.defs.step_errors import step_failure
 from scoring_pipeline.errors import ConfigurationError, NightInProgressError
-from scoring_pipeline.runtime.run_launcher import WORKER_TAG, worker_gone, worker_identity
+from scoring_pipeline.runtime.dagster_api import LOCATION, REPOSITORY
+from scoring_pipeline.runtime.run_launcher import (
+    CLI_TRIGGER,
+    TRIGGER_TAG,
+    WORKER_TAG,
+    executed_by_score,
+    worker_gone,
+    worker_identity,
+)
 from scoring_pipeline.store.db import create_engine_for, prepare_dagster_environment
 from scoring_pipeline.store.membership import load_membership
 from scoring_pipeline.store.night.closing import close_night, failed_users
@@ -207,14 +221,38 @@ def snapshot_run_config(refresh: Refresh | None, group: str) -> dict[str, Any]:
     return {**_QUIET, "ops": ops}
 
 
+# The code location of workspace.yaml, which the webserver and the daemon load.
+_CODE_LOCATION = ManagedGrpcPythonEnvCodeLocationOrigin(
+    LoadableTargetOrigin(module_name="scoring_pipeline.definitions", attribute="defs"),
+    location_name=LOCATION,
+)
+
+
+def own_by_code_location(instance: dg.DagsterInstance, run_id: str) -> None:
+    """Record the code location as the origin of a run this process executed, as the runs the
+    webserver and the daemon launch have it, so the UI can re-execute it (its run page, the Runs
+    page's bulk action), from failure too: `execute_in_process` records no origin, and Dagster
+    refused with "CheckError: Expected non-None value: None". The re-execution is launched by
+    name (code location, repository, job); this is how Dagster's own `dagster run
+    migrate-repository` moves runs to a code location. Called once the run has ended: it
+    rewrites the run's record."""
+    run = instance.get_run_by_id(run_id)
+    if run is None or run.remote_job_origin is not None or not run.is_finished:
+        return
+    origin = RemoteJobOrigin(RemoteRepositoryOrigin(_CODE_LOCATION, REPOSITORY), run.job_name)
+    instance.run_storage.replace_job_origin(run, origin)
+
+
 def fail_runs_of_killed_commands(instance: dg.DagsterInstance) -> None:
     """Fail the runs an earlier `score` left STARTED when it was killed (SIGKILL, a lost
     session): what run monitoring does when the services run (`run_launcher`'s health check of
     a run's own process). Without the services nothing did, and the night's next `score` was
     refused for good: "its batches are being scored (run R …) … Wait until that ends". Only
     the runs of a process on this host that is gone; a `warning:` line on stderr names each."""
-    filters = dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED], tags={"scoring/trigger": "cli"})
+    filters = dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED], tags={TRIGGER_TAG: CLI_TRIGGER})
     for run in instance.get_runs(filters=filters):
+        if not executed_by_score(run):
+            continue  # a re-execution of one from the UI: run monitoring watches its worker
         gone = worker_gone(run.tags.get(WORKER_TAG))
         if gone is None:
             continue
@@ -222,6 +260,7 @@ def fail_runs_of_killed_commands(instance: dg.DagsterInstance) -> None:
         instance.report_run_failed(
             run, f"{gone} (the in-process run of `scoring-pipeline score`, killed)"
         )
+        own_by_code_location(instance, run.run_id)
         print(
             f"warning: failed the run {run.run_id} ({run.job_name} {partition}) whose "
             f"`scoring-pipeline score` is gone: {gone}",
@@ -270,7 +309,7 @@ def _run_night(
     date_key = score_date.isoformat()
     tags = {
         "scoring/score_date": date_key,
-        "scoring/trigger": "cli",
+        TRIGGER_TAG: CLI_TRIGGER,
         telemetry.TRACEPARENT: telemetry.new_traceparent(),
         # This process executes the runs: run monitoring fails them if it dies mid-run.
         WORKER_TAG: worker_identity(),
@@ -292,6 +331,7 @@ def _run_night(
         tags=tags,
     )
     run_ids.append(snapshot.run_id)
+    own_by_code_location(instance, snapshot.run_id)
     stages["snapshots"] = int((time.perf_counter() - started) * 1000)
     if not snapshot.success:
         stopped = _interrupted(snapshot)
@@ -329,6 +369,7 @@ def _run_night(
             tags=tags,
         )
         run_ids.append(result.run_id)
+        own_by_code_location(instance, result.run_id)
         interrupted = _interrupted(result) or stop.requested()
         if not result.success or interrupted:
             with engine.begin() as conn:

@@ -37,6 +37,7 @@ from scoring_pipeline.defs.run_tags import (
     runs_in_flight,
 )
 from scoring_pipeline.defs.step_errors import last_step_failure
+from scoring_pipeline.runtime.run_launcher import executed_by_score
 from scoring_pipeline.store.dashboard_cache import pending_batches
 from scoring_pipeline.store.membership import load_membership
 from scoring_pipeline.store.night.model import NightStatus, find_night, recent_nights
@@ -185,8 +186,8 @@ def close_night_after_run_ended(
     """
     run = context.dagster_run
     night = nights.night_of_run(run)
-    if run.job_name == dashboard_cache_job.name or night is None:
-        return
+    if run.job_name == dashboard_cache_job.name or night is None or executed_by_score(run):
+        return  # `scoring-pipeline score` records its own runs' ends
     partitions = run_partitions(context.instance, run, night.group)
     if not partitions:
         return
@@ -309,6 +310,8 @@ def build_sensors(nights: NightDefinitions) -> list[dg.SensorDefinition]:
         `dagster_snapshot_run_id`): a backfill's never does, nor one superseded by a later
         start of the same night."""
         run = context.dagster_run
+        if executed_by_score(run):
+            return []  # `scoring-pipeline score` scores the night's batches itself
         score_date = run.tags.get(PARTITION_TAG)
         if score_date is None or not _is_date(score_date):
             return []  # a batch run, a warm run: no date's snapshots

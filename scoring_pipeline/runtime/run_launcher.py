@@ -22,6 +22,10 @@ from dagster_celery.launcher import CeleryRunLauncher
 from dagster_celery.tags import DAGSTER_CELERY_TASK_ID_TAG
 
 WORKER_TAG = "scoring/run_worker"
+# What started a run (schedule, cli, retry-failed); `cli`: `scoring-pipeline score`, which
+# executes its runs in its own process.
+TRIGGER_TAG = "scoring/trigger"
+CLI_TRIGGER = "cli"
 # Start times are compared to this precision (psutil reads them from /proc in clock ticks).
 _SAME_START = 0.05
 
@@ -30,6 +34,14 @@ def worker_identity(pid: int | None = None) -> str:
     """`host/pid/start time` of a process (this one by default): what `WORKER_TAG` holds."""
     process = psutil.Process(pid)
     return f"{socket.gethostname()}/{process.pid}/{process.create_time():.2f}"
+
+
+def executed_by_score(run: DagsterRun) -> bool:
+    """A run `scoring-pipeline score` executed in its own process: the command scores the
+    night's batches and records its runs' ends itself, so the sensors leave its runs alone. A
+    re-execution of one from the UI keeps its tags but is launched to the run workers, with a
+    Celery task, like any other run."""
+    return run.tags.get(TRIGGER_TAG) == CLI_TRIGGER and DAGSTER_CELERY_TASK_ID_TAG not in run.tags
 
 
 def worker_gone(identity: str | None) -> str | None:

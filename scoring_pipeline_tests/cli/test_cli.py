@@ -18,6 +18,7 @@ import pytest
 import sqlalchemy as sa
 
 from scoring_pipeline.cli.in_process import INTERRUPTED
+from scoring_pipeline.runtime.dagster_api import LOCATION, REPOSITORY
 from scoring_pipeline.runtime.services import free_port, private_deployment_env
 from scoring_pipeline.store.db import PROJECT_ROOT, head_revision
 from scoring_pipeline.store.night.outcomes import lock_retries
@@ -665,11 +666,14 @@ def test_score_stopped_while_a_batch_is_written_says_its_users_were_stopped(
     assert rows[1][2] == rows[2][2] == {f"not scored: {INTERRUPTED} before this batch"}
 
 
-def test_score_after_a_score_killed_mid_batch_scores_the_night_again(cli_env, clean_db, tmp_path):
+def test_score_after_a_score_killed_mid_batch_scores_the_night_again(
+    cli_env, clean_db, tmp_path, dagster_instance
+):
     # An operator review: `score` killed with SIGKILL (an OOM kill, a closed SSH session's
     # kill) while a batch ran left that run STARTED and the night `started`; without the
     # services' run monitoring nothing ever failed the run, and every later `score --date D`
     # was refused ("its batches are being scored (run R scores b0000)… Wait until that ends").
+    before = {r.run_id for r in dagster_instance.get_runs()}
     with _score_with_its_first_write_waiting(cli_env, clean_db, tmp_path) as (env, proc):
         proc.kill()  # in the middle of the first batch's write
         proc.communicate(timeout=60)
@@ -684,6 +688,14 @@ def test_score_after_a_score_killed_mid_batch_scores_the_night_again(cli_env, cl
     ), again.stderr
     history = "SELECT count(*) - count(DISTINCT (user_id, symbol)) FROM score_history"
     assert _scalar(clean_db, history) == 0
+    # Every run of both commands, the killed one's included, names the code location: the UI
+    # can re-execute them (`execute_in_process` records no origin).
+    ran = [r for r in dagster_instance.get_runs() if r.run_id not in before]
+    assert len(ran) >= 4 and all(r.is_finished for r in ran)
+    assert {
+        (o.location_name, o.repository_origin.repository_name) if o else None
+        for o in (r.remote_job_origin for r in ran)
+    } == {(LOCATION, REPOSITORY)}
 
 
 def test_score_whose_reader_goes_away_still_scores_the_whole_night(cli_env, clean_db, tmp_path):

@@ -25,6 +25,7 @@ from scoring_pipeline.defs.deployment import build_resources
 from scoring_pipeline.defs.job_names import BATCH_JOB
 from scoring_pipeline.defs.partitions import scores_partition_key, scores_partitions
 from scoring_pipeline.defs.sensors import scoring_run_failure_sensor
+from scoring_pipeline.runtime.run_launcher import CLI_TRIGGER, TRIGGER_TAG
 from scoring_pipeline.store import batch_write
 from scoring_pipeline.store.night.closing import failed_users
 from scoring_pipeline.store.night.model import find_night
@@ -191,6 +192,26 @@ def test_a_range_over_a_key_of_no_night_scores_the_others(world, dagster_instanc
     assert f"{stray}: {stray} belongs to no night" in message
     assert {m.partition for m in result.asset_materializations_for_node("scores")} == set(KEYS)
     assert _night_row(world).status == "completed"  # the stray key is no batch of it
+
+
+def test_the_failure_sensor_leaves_the_runs_of_score_to_it(world, dagster_instance, monkeypatch):
+    """A batch run `scoring-pipeline score` executed in its own process records its end itself
+    (it counts what the run did not land failed, then closes the night): the failure sensor,
+    which sees it in the code location (the UI can re-execute it), leaves it alone."""
+    _night(world, dagster_instance)
+    real = batch_write.persist_batch
+
+    def persist(engine, output, *, run_id):
+        if output.batch_key == "b0001":
+            raise dg.Failure("connection to the server was lost", allow_retries=False)
+        return real(engine, output, run_id=run_id)
+
+    monkeypatch.setattr("scoring_pipeline.defs.io_managers.persist_batch", persist)
+    result = batches(dagster_instance, tags={TRIGGER_TAG: CLI_TRIGGER})
+    assert not result.success
+    _failure_sensor_sees(dagster_instance, result.run_id)
+    assert _outcomes(world) == {"b0000": ("success", result.run_id, 0)}
+    assert _night_row(world).status == "started"
 
 
 def test_a_run_that_dies_mid_range_keeps_what_it_landed(world, dagster_instance, monkeypatch):

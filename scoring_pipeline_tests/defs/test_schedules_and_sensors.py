@@ -6,10 +6,12 @@ from zoneinfo import ZoneInfo
 
 import dagster as dg
 import pytest
+from dagster_celery.tags import DAGSTER_CELERY_TASK_ID_TAG
 
 from scoring_pipeline.definitions import defs
 from scoring_pipeline.defs.deployment import build_resources
 from scoring_pipeline.defs.partitions import scores_partition_key
+from scoring_pipeline.runtime.run_launcher import CLI_TRIGGER, TRIGGER_TAG
 from scoring_pipeline_tests import factories as f
 from scoring_pipeline_tests.scenario import batches_requested, forget_night_keys
 
@@ -103,6 +105,30 @@ def test_sensor_requests_the_nights_batches_after_snapshots(
         assert request.tags.get("scoring/batch_range") == (
             None if first == last else expected_range
         )
+
+
+@pytest.mark.db
+def test_sensor_leaves_the_nights_of_score_to_it_but_not_their_re_executions(
+    clean_db, app_env, tmp_path, monkeypatch, dagster_instance
+):
+    """`scoring-pipeline score` scores a night's batches itself: its snapshots run (executed in
+    its own process, tagged `cli`) launches none, though the UI sees it in the code location
+    (it can be re-executed). A re-execution of it from the UI keeps its tags but is launched to
+    the run workers (a Celery task): the night's batches are then the sensor's."""
+    _sensor_world(clean_db, tmp_path, monkeypatch, users=3)
+    forget_night_keys(dagster_instance, "2026-11-27")
+    job = defs().resolve_job_def("overnight_snapshots_job")
+    cli = {TRIGGER_TAG: CLI_TRIGGER}
+    result = job.execute_in_process(partition_key="2026-11-27", instance=dagster_instance, tags=cli)
+    assert batches_requested(dagster_instance, result) == []
+    relaunched = job.execute_in_process(
+        partition_key="2026-11-27",
+        instance=dagster_instance,
+        tags={**cli, DAGSTER_CELERY_TASK_ID_TAG: "a-task"},
+    )
+    key = lambda b: scores_partition_key("2026-11-27", b)  # noqa: E731
+    requests = batches_requested(dagster_instance, relaunched)
+    assert [_targets(r) for r in requests] == [(key("b0000"), key("b0001"))]
 
 
 def _targets(request: dg.RunRequest) -> tuple[str, str]:

@@ -3,6 +3,7 @@ PostgreSQL storage: a batch with bad users fails while the others land and get w
 `scoring-pipeline retry-failed` re-scores exactly that batch and the night becomes `completed`;
 a run worker killed mid-batch is marked failed and the night is not left `started`."""
 
+import json
 import os
 import signal
 import subprocess
@@ -564,4 +565,53 @@ def test_a_batch_run_terminated_from_the_ui_stops_and_a_retry_scores_it_once(
     )
     assert statuses["materialized"] == {"b0000", "b0001"}
     # The night's last runs (its dashboards) done before the next test empties the tables.
+    wait_for("every dashboard warm", lambda: len(_users_warm(engine)) == 6, timeout=60)
+
+
+def test_a_failed_batch_run_of_score_is_re_executed_from_failure_in_the_ui(services, clean_db):
+    """A night run with `scoring-pipeline score` (its runs executed in the command's process)
+    beside the services: its failed batch run is re-executed from failure as the UI does it
+    (run page, or the Runs page's bulk action), once the user's criteria are mended. Before,
+    Dagster refused with "CheckError: Expected non-None value: None": the command's runs named
+    no code location to launch a re-execution from (an operator review)."""
+    engine = clean_db
+    _world(engine, services.files, 6, bad=(5,))  # b0001: users 4, 5 (bad), 6
+    proc = subprocess.run(
+        [sys.executable, "-m", "scoring_pipeline.cli", "score", "--date", DATE],
+        env=services.env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert "job status      partial" in proc.stdout, proc.stdout + proc.stderr
+    api = DagsterApi(services.url)
+    (failed,) = [
+        r
+        for r in runs(api, "scoring_batch_job", ["FAILURE"])
+        if {t["key"]: t["value"] for t in r["tags"]}.get("dagster/partition") == f"{DATE}/b0001"
+    ]
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text("UPDATE criteria_versions SET rules = CAST(:r AS jsonb) WHERE user_id = :u"),
+            {"r": json.dumps([f.rule("pe_ratio", "lt", "15", 10)]), "u": _uid(5)},
+        )
+    answer = api.query(_FROM_FAILURE, {"runId": failed["runId"]})
+    launched = answer["launchPipelineReexecution"]
+    assert launched["__typename"] == "LaunchRunSuccess", answer
+    wait_for(
+        "the re-execution to succeed",
+        lambda: (
+            (
+                api.query(_RUN_STATUS, {"runId": launched["run"]["runId"]})["runOrError"]["status"]
+                == "SUCCESS"
+            )
+            or None
+        ),
+    )
+    job = wait_for("the night to complete", lambda: _closed(engine, ("completed",)))
+    assert job.users_failed == 0
+    # b0001 scored again (it had not landed with every user), b0000 kept.
+    sets = _event_sets(engine)
+    assert sets[_uid(5)] == [("failed", 2), ("success", 4)]
+    assert {n: len(sets[_uid(n)]) for n in range(1, 7)} == {1: 1, 2: 1, 3: 1, 4: 2, 5: 2, 6: 2}
     wait_for("every dashboard warm", lambda: len(_users_warm(engine)) == 6, timeout=60)
