@@ -194,11 +194,8 @@ def test_a_range_over_a_key_of_no_night_scores_the_others(world, dagster_instanc
     assert _night_row(world).status == "completed"  # the stray key is no batch of it
 
 
-def test_the_failure_sensor_leaves_the_runs_of_score_to_it(world, dagster_instance, monkeypatch):
-    """A batch run `scoring-pipeline score` executed in its own process records its end itself
-    (it counts what the run did not land failed, then closes the night): the failure sensor,
-    which sees it in the code location (the UI can re-execute it), leaves it alone."""
-    _night(world, dagster_instance)
+def _b0001_write_fails(monkeypatch) -> None:
+    """b0001's write fails for good (a lost connection, final: the step is not retried)."""
     real = batch_write.persist_batch
 
     def persist(engine, output, *, run_id):
@@ -207,6 +204,14 @@ def test_the_failure_sensor_leaves_the_runs_of_score_to_it(world, dagster_instan
         return real(engine, output, run_id=run_id)
 
     monkeypatch.setattr("scoring_pipeline.defs.io_managers.persist_batch", persist)
+
+
+def test_the_failure_sensor_leaves_the_runs_of_score_to_it(world, dagster_instance, monkeypatch):
+    """A batch run `scoring-pipeline score` executed in its own process records its end itself
+    (it counts what the run did not land failed, then closes the night): the failure sensor,
+    which sees it in the code location (the UI can re-execute it), leaves it alone."""
+    _night(world, dagster_instance)
+    _b0001_write_fails(monkeypatch)
     result = batches(dagster_instance, tags={TRIGGER_TAG: CLI_TRIGGER})
     assert not result.success
     _failure_sensor_sees(dagster_instance, result.run_id)
@@ -219,14 +224,7 @@ def test_a_run_that_dies_mid_range_keeps_what_it_landed(world, dagster_instance,
     retried) stops the run: the batch before it stays materialised and checked; the failure
     sensor then counts the batches the run did not land as failed, and the night closes."""
     _night(world, dagster_instance)
-    real = batch_write.persist_batch
-
-    def persist(engine, output, *, run_id):
-        if output.batch_key == "b0001":
-            raise dg.Failure("connection to the server was lost", allow_retries=False)
-        return real(engine, output, run_id=run_id)
-
-    monkeypatch.setattr("scoring_pipeline.defs.io_managers.persist_batch", persist)
+    _b0001_write_fails(monkeypatch)
     result = batches(dagster_instance)
     assert not result.success
     assert [m.partition for m in result.asset_materializations_for_node("scores")] == KEYS[:1]

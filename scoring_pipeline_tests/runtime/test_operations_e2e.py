@@ -457,6 +457,20 @@ mutation Reexecute($runId: String!) {
 """
 
 
+def _re_executed_from_failure(api: DagsterApi, run_id: str) -> None:
+    """Re-execute the run from failure as the UI does, and wait for that run to succeed."""
+    answer = api.query(_FROM_FAILURE, {"runId": run_id})
+    launched = answer["launchPipelineReexecution"]
+    assert launched["__typename"] == "LaunchRunSuccess", answer
+    child = launched["run"]["runId"]
+    wait_for(
+        "the re-execution to succeed",
+        lambda: (
+            api.query(_RUN_STATUS, {"runId": child})["runOrError"]["status"] == "SUCCESS" or None
+        ),
+    )
+
+
 @pytest.mark.parametrize("policy", ["SAFE_TERMINATE", "MARK_AS_CANCELED_IMMEDIATELY"])
 def test_a_batch_run_terminated_from_the_ui_stops_and_a_retry_scores_it_once(
     services, clean_db, policy
@@ -541,21 +555,7 @@ def test_a_batch_run_terminated_from_the_ui_stops_and_a_retry_scores_it_once(
         out = _retry(services)
         assert "b0001" in out and "b0000" not in out
     else:
-        answer = api.query(_FROM_FAILURE, {"runId": run["runId"]})
-        launched = answer["launchPipelineReexecution"]
-        assert launched["__typename"] == "LaunchRunSuccess", answer
-        wait_for(
-            "the re-execution to succeed",
-            lambda: (
-                (
-                    api.query(_RUN_STATUS, {"runId": launched["run"]["runId"]})["runOrError"][
-                        "status"
-                    ]
-                    == "SUCCESS"
-                )
-                or None
-            ),
-        )
+        _re_executed_from_failure(api, run["runId"])
     wait_for("the retried night to complete", lambda: _closed(engine, ("completed",)))
     assert _event_sets(engine) == {_uid(n): [("success", 4)] for n in range(1, 7)}
     statuses = wait_for(
@@ -595,19 +595,7 @@ def test_a_failed_batch_run_of_score_is_re_executed_from_failure_in_the_ui(servi
             sa.text("UPDATE criteria_versions SET rules = CAST(:r AS jsonb) WHERE user_id = :u"),
             {"r": json.dumps([f.rule("pe_ratio", "lt", "15", 10)]), "u": _uid(5)},
         )
-    answer = api.query(_FROM_FAILURE, {"runId": failed["runId"]})
-    launched = answer["launchPipelineReexecution"]
-    assert launched["__typename"] == "LaunchRunSuccess", answer
-    wait_for(
-        "the re-execution to succeed",
-        lambda: (
-            (
-                api.query(_RUN_STATUS, {"runId": launched["run"]["runId"]})["runOrError"]["status"]
-                == "SUCCESS"
-            )
-            or None
-        ),
-    )
+    _re_executed_from_failure(api, failed["runId"])
     job = wait_for("the night to complete", lambda: _closed(engine, ("completed",)))
     assert job.users_failed == 0
     # b0001 scored again (it had not landed with every user), b0000 kept.
