@@ -139,7 +139,9 @@ def with_driver(url: str, driver: str, variable: str = "DATABASE_URL") -> str:
         parsed: URL = make_url(url)
     except Exception as exc:  # sqlalchemy raises ArgumentError; keep the DSN out of the message
         raise ConfigurationError(f"{variable} is not a valid database URL") from exc
-    if parsed.get_backend_name() != "postgresql":
+    # `postgres://` is PostgreSQL's other scheme (libpq's, and many hosts' URLs): SQLAlchemy
+    # knows only `postgresql`, and the driver is set here anyway.
+    if parsed.get_backend_name() not in ("postgresql", "postgres"):
         raise ConfigurationError(f"{variable} must point at PostgreSQL (postgresql://...)")
     return parsed.set(drivername=driver).render_as_string(hide_password=False)
 
@@ -179,8 +181,12 @@ def prepare_dagster_environment(env: dict[str, str] | None = None) -> str:
     env.setdefault("DAGSTER_HOME", str(PROJECT_ROOT))
     env.setdefault("PGTZ", "UTC")
     # Celery run workers: broker and results on the same PostgreSQL unless set otherwise.
-    env.setdefault("DAGSTER_CELERY_BROKER_URL", f"sqla+{env['DAGSTER_PG_URL']}")
-    env.setdefault("DAGSTER_CELERY_BACKEND_URL", f"db+{env['DAGSTER_PG_URL']}")
+    try:  # the same driver as Dagster's storage, whatever scheme DAGSTER_PG_URL was given in
+        celery_url = dagster_storage_url(env["DAGSTER_PG_URL"], variable="DAGSTER_PG_URL")
+    except ConfigurationError:  # refused, naming it, by the commands that use Dagster
+        celery_url = env["DAGSTER_PG_URL"]
+    env.setdefault("DAGSTER_CELERY_BROKER_URL", f"sqla+{celery_url}")
+    env.setdefault("DAGSTER_CELERY_BACKEND_URL", f"db+{celery_url}")
     return url
 
 

@@ -927,6 +927,26 @@ def test_a_bad_dagster_storage_url_is_one_line_naming_it(cli_env, clean_db):
             assert proc.stderr.count("\n") == 1 and "s3cretpw" not in proc.stderr
 
 
+def test_a_postgres_scheme_url_works_like_postgresql(cli_env, clean_db, tmp_path):
+    # `postgres://` is PostgreSQL's own other scheme (libpq, Heroku, Render and many hosts
+    # hand it out): every command refused it, "DATABASE_URL must point at PostgreSQL".
+    url = sa.make_url(cli_env["DATABASE_URL"]).set(drivername="postgres", password="s3cretpw")
+    env = {**cli_env, "DATABASE_URL": url.render_as_string(hide_password=False)}
+    assert env["DATABASE_URL"].startswith("postgres://")
+
+    assert run(env, "migrate").stdout == f"database at revision {head_revision()}\n"
+    shown = run(env, "db-url").stdout
+    assert shown.startswith("postgres") and "s3cretpw" not in shown
+    run(env, "demo-data", "--users", "3", "--out", str(tmp_path / "demo"))
+    proc = run(env, "score", "--date", DATE)
+    assert summary_value(proc.stdout, "job status") == "completed"
+    assert DATE in run(env, "status").stdout
+    # Dagster's own storage URL of that scheme is taken too (the Celery broker's default with it).
+    own = {**env, "DAGSTER_PG_URL": env["DATABASE_URL"]}
+    assert run(own, "status", "--date", DATE).returncode == 0
+    assert run(own, "score", "--date", DATE).returncode == 0
+
+
 def test_retry_failed_waits_while_another_retry_of_the_night_checks_and_launches(cli_env, clean_db):
     """Two `retry-failed` of one night take turns from the check of what is being scored to the
     backfill's launch: with the night's retry lock held (another retry between its check and
