@@ -20,11 +20,19 @@ if TYPE_CHECKING:
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
-    from scoring_pipeline.store.db import current_revision, downgrade, migrate
+    from scoring_pipeline.store.db import current_revision, downgrade, migrate, passed_revision
 
     engine = app_engine()
     if args.downgrade:
         downgrade(engine, args.downgrade)
+    elif (current := passed_revision(engine, args.revision)) is not None:
+        # Alembic's upgrade to an older revision does nothing: say so instead of a bare
+        # "database at revision 0011" that reads as if it had gone there.
+        print(
+            f"database at revision {current}, already past {args.revision}: nothing to "
+            f"upgrade (`scoring-pipeline migrate --downgrade {args.revision}` goes back to it)"
+        )
+        return 0
     else:
         migrate(engine, args.revision)
     print(f"database at revision {current_revision(engine) or 'base'}")

@@ -276,6 +276,23 @@ def migrate(engine: Engine, revision: str = "head") -> None:
         command.upgrade(_alembic_config(conn), revision)
 
 
+def passed_revision(engine: Engine, revision: str) -> str | None:
+    """The database's revision when it is already past `revision` (an upgrade to it would do
+    nothing: Alembic only upgrades), else None."""
+    from alembic.util.exc import CommandError
+
+    current = current_revision(engine)
+    if current is None or revision in ("head", "heads", current):
+        return None
+    scripts = _scripts()
+    try:
+        target = scripts.get_revision(revision)
+        ancestors = {r.revision for r in scripts.walk_revisions("base", current)}
+    except CommandError:  # an unknown revision: the upgrade itself says so
+        return None
+    return current if target is not None and target.revision in ancestors else None
+
+
 def downgrade(engine: Engine, revision: str) -> None:
     """Revert the Alembic migrations down to `revision` (`base` removes every table)."""
     from alembic import command

@@ -177,6 +177,13 @@ def test_commands_refuse_a_database_not_at_this_codes_migration(databases, tmp_p
     assert older.returncode == 2
     assert f"at migration 0006 and this code needs {head_revision()}" in older.stderr
     run(env, "migrate")
+    # An upgrade to a revision the database has passed does nothing, and says so (it printed
+    # "database at revision 0011", as if it had gone back to 0006).
+    passed = run(env, "migrate", "--revision", "0006").stdout
+    assert passed == (
+        f"database at revision {head_revision()}, already past 0006: nothing to upgrade "
+        "(`scoring-pipeline migrate --downgrade 0006` goes back to it)\n"
+    )
     # At this code's migration the command runs (and finds no such calculation).
     current = run(env, "replay", nobody, check=False)
     assert current.returncode == 2 and "no calculation" in current.stderr
