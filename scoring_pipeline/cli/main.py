@@ -78,14 +78,21 @@ def _add_setup_commands(sub: Any) -> None:
     )
     p.add_argument("--users", type=int, required=True, help="how many users to create")
     p.add_argument(
-        "--seed", type=int, default=42, help="random seed (the same seed, the same data)"
+        "--seed",
+        type=int,
+        default=42,
+        help="random seed (the same seed, the same data; default: 42)",
     )
-    p.add_argument("--out", default="demo_data", help="folder for rates.json and prices.csv")
+    p.add_argument(
+        "--out",
+        default="demo_data",
+        help="folder for rates.json and prices.csv (default: demo_data)",
+    )
     p.add_argument(
         "--instruments-per-market",
         type=at_least_one,
         default=100,
-        help="instruments in each of 3 markets",
+        help="instruments in each of 3 markets (default: 100)",
     )
     p.add_argument(
         "--replace",
@@ -111,12 +118,21 @@ def _add_night_commands(sub: Any) -> None:
     p.set_defaults(func=cmd_score, needs_schema=True, needs_dagster=True)
 
     p = sub.add_parser("services", help="Dagster UI + daemon and run workers, until Ctrl-C")
-    p.add_argument("--port", type=port_number, default=3000)
-    p.add_argument("--workers", type=run_workers, default=2, help="concurrent run workers")
+    p.add_argument(
+        "--port", type=port_number, default=3000, help="port of the Dagster UI (default: 3000)"
+    )
+    p.add_argument(
+        "--workers", type=run_workers, default=2, help="concurrent run workers (1 – 64, default: 2)"
+    )
     p.set_defaults(func=cmd_services, needs_schema=True, needs_dagster=True)
 
     p = sub.add_parser("worker", help="a Celery run worker (for deployments that scale out)")
-    p.add_argument("--concurrency", type=run_workers, default=2, help="run worker processes")
+    p.add_argument(
+        "--concurrency",
+        type=run_workers,
+        default=2,
+        help="run worker processes (1 – 64, default: 2)",
+    )
     p.set_defaults(func=cmd_worker, needs_schema=True, needs_dagster=True)
 
     p = sub.add_parser(
@@ -151,15 +167,20 @@ def _add_night_commands(sub: Any) -> None:
 
 def _add_upkeep_commands(sub: Any) -> None:
     p = sub.add_parser("bench", help="a whole night through the daemon on a fresh database")
-    p.add_argument("--users", type=int, default=1000)
-    p.add_argument("--workers", type=run_workers, default=2, help="concurrent run workers")
-    p.add_argument("--out", default="bench_out", help="folder for the JSON report")
+    p.add_argument("--users", type=int, default=1000, help="users to score (default: 1000)")
+    p.add_argument(
+        "--workers", type=run_workers, default=2, help="concurrent run workers (1 – 64, default: 2)"
+    )
+    p.add_argument(
+        "--out", default="bench_out", help="folder for the JSON report (default: bench_out)"
+    )
     p.add_argument("--keep", action="store_true", help="keep the benchmark database")
     p.add_argument(
         "--nights",
         type=int,
         default=1,
-        help="nights in a row on the same database (the later ones measure what a night adds)",
+        help="nights in a row on the same database (the later ones measure what a night adds; "
+        "default: 1)",
     )
     p.add_argument(
         "--groups",

@@ -163,3 +163,27 @@ def test_a_warning_is_printed_once_when_a_library_configured_the_root_logger(cap
         ]
     finally:
         root.handlers = before
+
+
+def test_the_help_names_the_default_of_every_option_that_has_one():
+    # `--help` is what an operator reads first: `services --help` showed `--port PORT` with no
+    # word and `--workers WORKERS  concurrent run workers`, where the README reads
+    # `services [--port 3000] [--workers 2]`; bench's and demo-data's defaults were unsaid too.
+    import argparse
+
+    from scoring_pipeline.cli.main import build_parser
+
+    parser = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    unsaid = [
+        f"{name} {action.option_strings[0]} (default {action.default})"
+        for name, command in commands.choices.items()
+        for action in command._actions
+        if action.option_strings
+        and action.default not in (None, False, argparse.SUPPRESS)
+        and f"default: {action.default}" not in (action.help or "")
+    ]
+    assert unsaid == []
+    services = commands.choices["services"].format_help()
+    assert "port of the Dagster UI (default: 3000)" in services
+    assert "concurrent run workers (1 – 64, default: 2)" in services
