@@ -98,6 +98,22 @@ def register_night_batches(
     return added, removed
 
 
+def unregister_night_batches(
+    instance: dg.DagsterInstance, score_date: dt.date, group: MarketGroup
+) -> list[str]:
+    """Remove the date's `scores` partitions of the group (a night that failed for want of its
+    inputs: its batches cannot score, and "Failed and missing" would launch them to fail);
+    returns the keys removed. Starting the night again registers them anew."""
+    prefix = scores_partition_key(score_date, "")
+    keys = [
+        k
+        for k in instance.get_dynamic_partitions(scores_partitions_name(group))
+        if k.startswith(prefix)
+    ]
+    remove_night_partitions(instance, group, keys)
+    return keys
+
+
 def night_runs(
     instance: dg.DagsterInstance,
     group: MarketGroup,

@@ -3,6 +3,7 @@ per night, `scores` partitions are exactly the batches of started nights, a part
 belongs to no night never opens one, and the asset checks catch a corrupted batch."""
 
 import datetime as dt
+import os
 import uuid
 import warnings
 from decimal import Decimal
@@ -205,6 +206,30 @@ def test_a_partition_of_no_night_opens_none(world, dagster_instance, date):
         assert f"the night of {DATE} has batches b0000;" in (description or "")
     assert rows(world, "SELECT job_type, status, completed_at FROM overnight_job_runs") == before
     assert not rows(world, "SELECT 1 FROM calculation_events WHERE user_id IS NOT NULL")
+
+
+def test_a_night_that_failed_for_want_of_its_inputs_leaves_no_batches_to_backfill(
+    world, dagster_instance, monkeypatch
+):
+    # Its batches read Missing for good, and the UI's "Failed and missing" (the README's
+    # retry) launched them with the night's real failures: each failed at once, "no
+    # exchange-rate snapshot for D", and the backfill ended failed.
+    date = "2026-10-13"
+    _users(world, 5)
+    rates_file = os.environ["RATES_FILE"]
+    monkeypatch.setenv("RATES_FILE", "/nonexistent/rates.json")  # the only provider is down
+    assert not snapshots(dagster_instance, partition_key=date, raise_on_error=False).success
+    night = rows(world, "SELECT status FROM overnight_job_runs WHERE score_date = :d", d=date)
+    assert [r.status for r in night] == ["failed"]
+    keys = dagster_instance.get_dynamic_partitions(SCORES_PARTITIONS_NAME)
+    assert [k for k in keys if k.startswith(f"{date}/")] == []
+    # Started again once the provider answers, the night registers its batches anew.
+    monkeypatch.setenv("RATES_FILE", rates_file)
+    assert snapshots(dagster_instance, partition_key=date).success
+    keys = dagster_instance.get_dynamic_partitions(SCORES_PARTITIONS_NAME)
+    assert [k for k in keys if k.startswith(f"{date}/")] == [
+        scores_partition_key(date, b) for b in ("b0000", "b0001", "b0002")
+    ]
 
 
 def test_scores_partitions_are_the_batches_of_started_nights(world, dagster_instance):

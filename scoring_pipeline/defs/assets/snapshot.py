@@ -13,11 +13,13 @@ from sqlalchemy.engine import Connection
 from scoring_pipeline import telemetry
 from scoring_pipeline.defs.job_names import SNAPSHOTS_JOB
 from scoring_pipeline.defs.market_groups.group import DEFAULT_GROUP, GROUP_TAG, MarketGroup
+from scoring_pipeline.defs.partitions import unregister_night_batches
 from scoring_pipeline.defs.resources import DatabaseResource
 from scoring_pipeline.defs.run_tags import night_traceparent
 from scoring_pipeline.errors import SnapshotUnavailableError
 from scoring_pipeline.store.night.model import ALL_MARKETS, find_night, has_a_night, merge_metrics
 from scoring_pipeline.store.night.opening import fail_night
+from scoring_pipeline.store.night.outcomes import failed_before_scoring
 from scoring_pipeline.store.night.root_span import emit_root_span
 
 
@@ -144,7 +146,19 @@ def materialize_snapshot(
                 elapsed = int((time.perf_counter() - started) * 1000)
                 merge_metrics(conn, score_date, {timing: elapsed}, market_group=group.name)
                 fail_night(conn, score_date, stage=step, error=exc, market_group=group.name)
+                night = find_night(conn, score_date, market_group=group.name)
             emit_root_span(database.engine(), score_date, market_group=group.name)
+            if night is not None and failed_before_scoring(night):
+                # Its batches cannot score without the inputs: unregistered, they no longer
+                # read Missing for "Failed and missing" to launch (each failed at once, "no
+                # exchange-rate snapshot"); starting the night again registers them anew.
+                removed = unregister_night_batches(context.instance, score_date, group)
+                if removed:
+                    context.log.info(
+                        f"the night of {score_date} (group {group.name}) failed before its "
+                        f"batches: its {len(removed)} scores partitions are unregistered until "
+                        "it is started again"
+                    )
         raise
     if group is not None:
         # The night may have failed at the other snapshot step meanwhile: its root span, emitted
