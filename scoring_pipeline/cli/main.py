@@ -53,7 +53,7 @@ def _add_setup_commands(sub: Any) -> None:
     direction = p.add_mutually_exclusive_group()
     direction.add_argument("--revision", default="head", help="upgrade to REVISION (default: head)")
     direction.add_argument("--downgrade", metavar="REVISION", help="revert to REVISION (e.g. base)")
-    p.set_defaults(func=cmd_migrate)
+    p.set_defaults(func=cmd_migrate, needs_database=True)
 
     p = sub.add_parser(
         "db-url",
@@ -219,11 +219,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     debug = args.debug or bool(os.environ.get("SCORING_DEBUG"))
     own_dagster_url = os.environ.get("DAGSTER_PG_URL")  # else derived from DATABASE_URL
+    own_database = bool(os.environ.get("DATABASE_URL", "").strip())  # else the embedded server
     if not debug:
         _quiet_library_warnings()
     try:
         with project_warnings_on_stderr():
-            return _run(args, debug, own_dagster_url)
+            return _run(args, debug, own_dagster_url, own_database)
     except KeyboardInterrupt:
         # Ctrl-C (services and score stop their own way first): one line, not a traceback;
         # what the command was writing is rolled back with its transaction.
@@ -239,8 +240,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 141  # a shell's status for a command stopped by SIGPIPE
 
 
-def _run(args: argparse.Namespace, debug: bool, own_dagster_url: str | None) -> int:
+def _run(
+    args: argparse.Namespace, debug: bool, own_dagster_url: str | None, own_database: bool
+) -> int:
     try:
+        if getattr(args, "needs_schema", False) or getattr(args, "needs_database", False):
+            from scoring_pipeline.store.db import check_app_database, prepare_dagster_environment
+
+            check_app_database(prepare_dagster_environment(), given=own_database)
         if getattr(args, "needs_schema", False):
             _require_current_schema()
         if getattr(args, "needs_dagster", False):

@@ -190,12 +190,19 @@ def prepare_dagster_environment(env: dict[str, str] | None = None) -> str:
     return url
 
 
+def cannot_connect(exc: sa.exc.OperationalError, url: str, where: str) -> ConfigurationError:
+    """The one line of a failed connection: `where` (the variable) and the server's reason,
+    without SQLAlchemy's wrapper and link, and never the URL's password."""
+    from scoring_pipeline.providers.redaction import redact
+
+    reason = redact(" ".join(str(exc.orig or exc).split()), [make_url(url).password])
+    return ConfigurationError(f"{where}: {reason}")
+
+
 def check_dagster_storage(url: str) -> None:
     """Connect once to `DAGSTER_PG_URL` (an operator's own, apart from `DATABASE_URL`): a bad
     one is then one line naming it, not dagster-postgres's ~14 s of retries and warnings."""
     from sqlalchemy.pool import NullPool
-
-    from scoring_pipeline.providers.redaction import redact
 
     app_url = with_driver(url, APP_DRIVER, variable="DAGSTER_PG_URL")
     engine = sa.create_engine(app_url, poolclass=NullPool, connect_args={"connect_timeout": 10})
@@ -203,10 +210,29 @@ def check_dagster_storage(url: str) -> None:
         with engine.connect():
             pass
     except sa.exc.OperationalError as exc:
-        reason = redact(" ".join(str(exc.orig or exc).split()), [make_url(app_url).password])
-        raise ConfigurationError(
-            f"DAGSTER_PG_URL: cannot connect to Dagster's storage: {reason}"
-        ) from None
+        where = "DAGSTER_PG_URL: cannot connect to Dagster's storage"
+        raise cannot_connect(exc, app_url, where) from None
+    finally:
+        engine.dispose()
+
+
+def check_app_database(url: str, *, given: bool) -> None:
+    """Connect once to the application database: a wrong password, host, port or database
+    name is then one line naming `DATABASE_URL` (`given`) or the embedded server, not
+    SQLAlchemy's wrapped error with its link."""
+    from sqlalchemy.pool import NullPool
+
+    engine = create_engine_for(url, poolclass=NullPool)
+    try:
+        with engine.connect():
+            pass
+    except sa.exc.OperationalError as exc:
+        where = (
+            "DATABASE_URL: cannot connect to the application database"
+            if given
+            else "the embedded PostgreSQL: cannot connect to it"
+        )
+        raise cannot_connect(exc, url, where) from None
     finally:
         engine.dispose()
 

@@ -934,6 +934,28 @@ def test_a_bad_dagster_storage_url_is_one_line_naming_it(cli_env, clean_db):
             assert proc.stderr.count("\n") == 1 and "s3cretpw" not in proc.stderr
 
 
+def test_a_database_url_that_cannot_connect_is_one_line_naming_it(cli_env, clean_db):
+    # A wrong password, database or port printed SQLAlchemy's wrapper, "OperationalError:
+    # (psycopg.OperationalError) connection failed: … (Background on this error at:
+    # https://sqlalche.me/…)", naming no variable; DAGSTER_PG_URL's said which one.
+    given = sa.make_url(cli_env["DATABASE_URL"]).set(password="s3cretpw")
+    closed = given.set(host="127.0.0.1", port=free_port())
+    for url, reason in (
+        (given.set(database="no_such_db_here"), 'database "no_such_db_here" does not exist'),
+        (closed, "Connection refused"),
+    ):
+        env = {**cli_env, "DATABASE_URL": url.render_as_string(hide_password=False)}
+        for command in (["migrate"], ["status"], ["score", "--date", DATE]):
+            proc = run(env, *command, check=False)
+            assert proc.returncode == 2 and proc.stdout == "", proc.stdout
+            assert proc.stderr.startswith(
+                "scoring-pipeline: error: DATABASE_URL: cannot connect to the application "
+                "database: connection failed: "
+            ), proc.stderr
+            assert reason in proc.stderr and "sqlalche.me" not in proc.stderr
+            assert proc.stderr.count("\n") == 1 and "s3cretpw" not in proc.stderr
+
+
 def test_a_postgres_scheme_url_works_like_postgresql(cli_env, clean_db, tmp_path):
     # `postgres://` is PostgreSQL's own other scheme (libpq, Heroku, Render and many hosts
     # hand it out): every command refused it, "DATABASE_URL must point at PostgreSQL".
