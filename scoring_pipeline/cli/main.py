@@ -217,7 +217,7 @@ def _quiet_library_warnings() -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    debug = args.debug or bool(os.environ.get("SCORING_DEBUG"))
+    debug = args.debug or _switched_on(os.environ.get("SCORING_DEBUG", ""))
     own_dagster_url = os.environ.get("DAGSTER_PG_URL")  # else derived from DATABASE_URL
     own_database = bool(os.environ.get("DATABASE_URL", "").strip())  # else the embedded server
     if not debug:
@@ -288,6 +288,12 @@ def _require_current_schema() -> None:
         require_current_schema(engine)
     finally:
         engine.dispose()
+
+
+def _switched_on(value: str) -> bool:
+    """A yes/no variable (`SCORING_DEBUG`): `0`, `false`, `no`, `off` and empty are off (any
+    value turned tracebacks on, `SCORING_DEBUG=0` too)."""
+    return value.strip().lower() not in ("", "0", "false", "no", "off")
 
 
 def _one_line(exc: BaseException) -> str:

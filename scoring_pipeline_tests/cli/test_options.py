@@ -187,3 +187,19 @@ def test_the_help_names_the_default_of_every_option_that_has_one():
     services = commands.choices["services"].format_help()
     assert "port of the Dagster UI (default: 3000)" in services
     assert "concurrent run workers (1 – 64, default: 2)" in services
+
+
+@pytest.mark.parametrize(("value", "traceback"), [("0", False), ("off", False), ("1", True)])
+def test_scoring_debug_set_to_0_is_off(value, traceback, monkeypatch, capsys):
+    # The README's `SCORING_DEBUG=1` turns tracebacks on; any value did, `SCORING_DEBUG=0` too.
+    # A URL that is not PostgreSQL's is refused before any connection.
+    monkeypatch.setenv("DATABASE_URL", "mysql://someone@db.example/app")
+    monkeypatch.setenv("SCORING_DEBUG", value)
+    if traceback:
+        with pytest.raises(Exception, match="must point at PostgreSQL"):
+            main(["db-url"])
+        return
+    assert main(["db-url"]) == 2
+    assert capsys.readouterr().err == (
+        "scoring-pipeline: error: DATABASE_URL must point at PostgreSQL (postgresql://...)\n"
+    )
