@@ -100,19 +100,34 @@ def _former_groups_nights(engine: Any, score_date: dt.date, configured: list[str
     """The date's unfinished nights of groups the deployment no longer configures, said: their
     batches cannot be retried (their assets are gone), so the date is scored anew."""
     from scoring_pipeline.store.night.model import NightStatus, recent_nights
+    from scoring_pipeline.store.night.outcomes import failed_before_scoring
 
     with engine.connect() as conn:
         nights = recent_nights(conn, 1_000, score_date=score_date)
     found = []
     for night in nights:
-        if night.market_group in configured or night.status is NightStatus.COMPLETED:
+        if night.market_group in configured:
             continue
+        former = (
+            f"group {night.market_group}: it is no longer configured (now: {', '.join(configured)})"
+        )
+        if night.status is NightStatus.COMPLETED:
+            # The date has a night, with nothing to retry: not "has no night".
+            print(f"nothing to retry in {former}, and its night of {score_date} completed")
+            found.append(_RETRIED)
+            continue
+        if failed_before_scoring(night):
+            details = night.error_details or {}
+            why = f"failed before scoring (stage {details.get('stage')}: {details.get('message')})"
+            fix = "once that is fixed,"
+        else:
+            why = (
+                f"is {night.status.value} with {night.metrics.get('users_failed', 0)} failed users"
+            )
+            fix = "fix their data, then"
         print(
-            f"cannot retry group {night.market_group}: it is no longer configured (now: "
-            f"{', '.join(configured)}), and its night of {score_date} is {night.status.value} "
-            f"with {night.metrics.get('users_failed', 0)} failed users; fix their data, then "
-            f"score the date with the configured groups: `scoring-pipeline score --date "
-            f"{score_date}`"
+            f"cannot retry {former}, and its night of {score_date} {why}; {fix} score the date "
+            f"with the configured groups: `scoring-pipeline score --date {score_date}`"
         )
         found.append(_UNSCORED)
     return found

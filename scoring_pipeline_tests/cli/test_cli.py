@@ -808,6 +808,22 @@ def _status_of_a_partial_night(cli_env, clean_db, tmp_path):
         f"{DATE} is partial with 1 failed users; fix their data, then score the date with the "
         f"configured groups: `scoring-pipeline score --date {DATE}`"
     )
+    # A completed night of that group: nothing to retry, said so (it said the date "has no
+    # night", exit 1, though `status` lists it).
+    with clean_db.begin() as conn:
+        conn.execute(
+            sa.text("UPDATE criteria_versions SET is_active = false WHERE user_id = :u"), {"u": bad}
+        )
+    earlier = "2026-11-26"
+    assert (
+        summary_value(run(cli_env, "score", "--date", earlier).stdout, "job status") == "completed"
+    )
+    retry = run(grouped, "retry-failed", "--date", earlier, check=False)
+    assert retry.returncode == 0, retry.stdout
+    assert retry.stdout.splitlines()[-1] == (
+        "nothing to retry in group all: it is no longer configured (now: us, br, eu), and its "
+        f"night of {earlier} completed"
+    )
     none = run(grouped, "status", "--date", "2026-01-01", "--group", "us", check=False)
     assert none.returncode == 1 and none.stdout.strip() == (
         "no night of 2026-01-01 in group us: start it with `scoring-pipeline score --date "
