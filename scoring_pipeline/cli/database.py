@@ -64,6 +64,14 @@ def cmd_demo_data(args: argparse.Namespace) -> int:
 
     if args.users < 1:
         raise ConfigurationError("--users must be at least 1")
+    try:  # before anything is replaced: the provider files go there
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise ConfigurationError(f"--out {args.out}: is a file, not a folder") from None
+    except OSError as exc:
+        raise ConfigurationError(
+            f"--out {args.out}: cannot make the folder: {exc.strerror}"
+        ) from None
     started = time.perf_counter()
     with app_engine().begin() as conn:
         if not args.replace:

@@ -972,6 +972,21 @@ def test_a_database_url_that_cannot_connect_is_one_line_naming_it(cli_env, clean
             assert proc.stderr.count("\n") == 1 and "s3cretpw" not in proc.stderr
 
 
+def test_demo_data_refuses_an_out_that_is_no_folder_before_replacing_anything(
+    cli_env, clean_db, tmp_path
+):
+    # It said "[Errno 17] File exists: '…'" (the database's transaction rolled back).
+    run(cli_env, "migrate")
+    run(cli_env, "demo-data", "--users", "2", "--out", str(tmp_path / "demo"))
+    taken = tmp_path / "a_file"
+    taken.write_text("")
+    proc = run(cli_env, "demo-data", "--users", "3", "--out", str(taken), check=False)
+    assert proc.returncode == 2
+    assert proc.stderr == f"scoring-pipeline: error: --out {taken}: is a file, not a folder\n"
+    with clean_db.connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM users")).scalar_one() == 2
+
+
 def test_a_postgres_scheme_url_works_like_postgresql(cli_env, clean_db, tmp_path):
     # `postgres://` is PostgreSQL's own other scheme (libpq, Heroku, Render and many hosts
     # hand it out): every command refused it, "DATABASE_URL must point at PostgreSQL".
