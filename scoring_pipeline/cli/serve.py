@@ -8,7 +8,7 @@ import os
 import time
 from pathlib import Path
 
-from scoring_pipeline.errors import ScoringPipelineError
+from scoring_pipeline.errors import ConfigurationError, ScoringPipelineError
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -62,5 +62,27 @@ def cmd_daemon(args: argparse.Namespace) -> int:
     from scoring_pipeline.store.db import prepare_dagster_environment
 
     prepare_dagster_environment()
-    command = daemon_command(Path(args.workspace) if args.workspace else None)
+    workspace = _workspace_file(args.workspace) if args.workspace else None
+    command = daemon_command(workspace)
     os.execv(command[0], command)
+
+
+def _workspace_file(given: str) -> Path:
+    """`--workspace FILE` checked before the daemon replaces this process: a missing file or
+    one that is no workspace is one line naming the option, not the daemon's usage text for a
+    command the operator did not type, or its traceback."""
+    import yaml
+
+    path = Path(given)
+    try:
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigurationError(f"--workspace {given}: cannot read it: {exc.strerror}") from None
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        reason = " ".join(str(exc).split())
+        raise ConfigurationError(f"--workspace {given}: not YAML: {reason}") from None
+    if not isinstance(loaded, dict) or "load_from" not in loaded:
+        raise ConfigurationError(
+            f"--workspace {given}: not a Dagster workspace file (it has no load_from list)"
+        )
+    return path

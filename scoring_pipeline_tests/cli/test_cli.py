@@ -987,6 +987,26 @@ def test_demo_data_refuses_an_out_that_is_no_folder_before_replacing_anything(
         assert conn.execute(sa.text("SELECT count(*) FROM users")).scalar_one() == 2
 
 
+def test_daemon_refuses_a_workspace_file_that_is_none_in_one_line(cli_env, clean_db, tmp_path):
+    # The README's `scoring-pipeline daemon --workspace FILE`: a missing file printed the
+    # daemon's click usage for "python -m scoring_pipeline.runtime.daemon run", a command the
+    # operator never typed, and a file that is no YAML an 88-line traceback.
+    run(cli_env, "migrate")
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("load_from: [\n")
+    other = tmp_path / "other.yaml"
+    other.write_text("storage: {}\n")
+    for path, said in (
+        (tmp_path / "missing.yaml", "cannot read it: No such file or directory"),
+        (broken, "not YAML: "),
+        (other, "not a Dagster workspace file (it has no load_from list)"),
+    ):
+        proc = run(cli_env, "daemon", "--workspace", str(path), check=False)
+        assert proc.returncode == 2, proc.stderr
+        assert proc.stderr.startswith(f"scoring-pipeline: error: --workspace {path}: {said}")
+        assert proc.stderr.count("\n") == 1, proc.stderr
+
+
 def test_a_postgres_scheme_url_works_like_postgresql(cli_env, clean_db, tmp_path):
     # `postgres://` is PostgreSQL's own other scheme (libpq, Heroku, Render and many hosts
     # hand it out): every command refused it, "DATABASE_URL must point at PostgreSQL".
