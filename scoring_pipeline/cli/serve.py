@@ -28,8 +28,10 @@ def interrupt_on_sigterm() -> None:
 
 
 def cmd_services(args: argparse.Namespace) -> int:
+    from scoring_pipeline.runtime.celery_app import check_celery_urls
     from scoring_pipeline.runtime.services import running_services
 
+    check_celery_urls()
     interrupt_on_sigterm()
     try:
         with running_services(port=args.port, workers=args.workers) as services:
@@ -49,19 +51,23 @@ def cmd_services(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
+    from scoring_pipeline.runtime.celery_app import check_celery_urls
     from scoring_pipeline.runtime.services import worker_command
     from scoring_pipeline.store.db import prepare_dagster_environment
 
     prepare_dagster_environment()
+    check_celery_urls()
     command = worker_command(args.concurrency)
     os.execv(command[0], command)
 
 
 def cmd_daemon(args: argparse.Namespace) -> int:
+    from scoring_pipeline.runtime.celery_app import check_celery_urls
     from scoring_pipeline.runtime.services import daemon_command
     from scoring_pipeline.store.db import prepare_dagster_environment
 
     prepare_dagster_environment()
+    check_celery_urls()  # the daemon hands runs to the broker
     workspace = _workspace_file(args.workspace) if args.workspace else None
     command = daemon_command(workspace)
     os.execv(command[0], command)

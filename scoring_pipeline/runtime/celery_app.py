@@ -41,6 +41,42 @@ def broker_urls() -> tuple[str, str]:
     return os.environ["DAGSTER_CELERY_BROKER_URL"], os.environ["DAGSTER_CELERY_BACKEND_URL"]
 
 
+def check_celery_urls() -> None:
+    """The broker's and result backend's URLs must be ones Celery can load (a known transport,
+    its client library installed): else one line naming the variable, before a service starts,
+    not each service's traceback ("'NoneType' object has no attribute 'Redis'" for a Redis URL
+    without the `redis` package)."""
+    from celery.app.backends import by_url
+    from kombu.connection import Connection
+
+    from scoring_pipeline.errors import ConfigurationError
+    from scoring_pipeline.providers.redaction import redact
+
+    broker, backend = broker_urls()
+    for variable, url, load in (
+        ("DAGSTER_CELERY_BROKER_URL", broker, lambda u: Connection(u).transport),  # type: ignore[no-untyped-call]
+        ("DAGSTER_CELERY_BACKEND_URL", backend, by_url),
+    ):
+        try:
+            load(url)
+        except Exception as exc:  # kombu and celery raise KeyError, ImportError, AttributeError
+            reason = " ".join(f"{type(exc).__name__}: {exc}".split())
+            if url.startswith(("redis:", "rediss:")):
+                reason += "; Redis needs its client: `.venv/bin/pip install redis`"
+            raise ConfigurationError(
+                f"{variable}={redact(url, [_password(url)])!r}: Celery cannot use it ({reason})"
+            ) from None
+
+
+def _password(url: str) -> str | None:
+    from urllib.parse import urlsplit
+
+    try:
+        return urlsplit(url).password
+    except ValueError:
+        return None
+
+
 # The SQLAlchemy transport passes transport options to create_engine: dagster-celery's defaults
 # (retry knobs meant for AMQP) must not reach it.
 # The code location every run loads first (workspace.yaml, `[tool.dagster]` in pyproject.toml).

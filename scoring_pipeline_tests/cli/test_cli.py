@@ -1007,6 +1007,24 @@ def test_daemon_refuses_a_workspace_file_that_is_none_in_one_line(cli_env, clean
         assert proc.stderr.count("\n") == 1, proc.stderr
 
 
+def test_a_celery_url_it_cannot_load_is_one_line_naming_it(cli_env, clean_db):
+    # The README's "set DAGSTER_CELERY_BROKER_URL (e.g. redis://…)": a transport Celery cannot
+    # load (a typo; Redis without its client, which is not installed) was each service's
+    # traceback ("KeyError: 'No such transport: reddis'", "'NoneType' object has no attribute
+    # 'Redis'"), `worker` exiting 1.
+    run(cli_env, "migrate")
+    typo = "reddis://someone:s3cretpw@127.0.0.1:6379/0"
+    for variable in ("DAGSTER_CELERY_BROKER_URL", "DAGSTER_CELERY_BACKEND_URL"):
+        for command in (["worker"], ["services", "--port", str(free_port())]):
+            proc = run({**cli_env, variable: typo}, *command, check=False)
+            assert proc.returncode == 2, proc.stderr
+            assert proc.stderr.startswith(
+                f"scoring-pipeline: error: {variable}='reddis://someone:***@127.0.0.1:6379/0': "
+                "Celery cannot use it ("
+            ), proc.stderr
+            assert proc.stderr.count("\n") == 1 and "s3cretpw" not in proc.stderr
+
+
 def test_a_postgres_scheme_url_works_like_postgresql(cli_env, clean_db, tmp_path):
     # `postgres://` is PostgreSQL's own other scheme (libpq, Heroku, Render and many hosts
     # hand it out): every command refused it, "DATABASE_URL must point at PostgreSQL".
