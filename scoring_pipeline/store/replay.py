@@ -60,7 +60,28 @@ def _refuse_pruned(conn: Connection, correlation_id: str) -> None:
         ),
         {"c": correlation_id},
     ).first()
-    if shown is None or not coverage(conn).dropped(shown.score_date, ("calculation_events",)):
+    months = coverage(conn)
+    if shown is None:
+        # No current score shows it: it may still be one of a pruned night's, which nothing
+        # records per calculation any more; say that such nights exist, not only "no such id".
+        dates = conn.execute(
+            sa.text(
+                "SELECT DISTINCT score_date FROM overnight_job_runs WHERE job_type = 'scoring' "
+                "ORDER BY score_date"
+            )
+        ).scalars()
+        gone = [d for d in dates if months.dropped(d, ("calculation_events",))]
+        if gone:
+            nights = (
+                f"{gone[0]}" if len(gone) == 1 else f"{len(gone)} nights, {gone[0]} … {gone[-1]}"
+            )
+            raise ReplayError(
+                f"no calculation with correlation id {correlation_id}: none is left, and the "
+                f"events of the pruned nights ({nights}) are gone with their months "
+                "(`scoring-pipeline prune`); a calculation of theirs can no longer be replayed"
+            )
+        return
+    if not months.dropped(shown.score_date, ("calculation_events",)):
         return
     raise ReplayError(
         f"the events of calculation {correlation_id} (user {shown.u}, {shown.score_date}) were "

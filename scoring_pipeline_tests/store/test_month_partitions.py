@@ -237,8 +237,22 @@ def test_prune_lists_then_drops_whole_old_months_only_with_yes(world, dagster_in
     assert [r.d for r in rows(world, history)] == ["2025-06-12", "2025-08-20"]
     assert night_keys("2025-06-12")
 
+    (june_calculation,) = rows(
+        world,
+        "SELECT correlation_id::text AS c FROM calculation_events "
+        "WHERE score_date = '2025-06-12' AND event_type = 'CALC_STARTED'",
+    )
     dropped = run(cli_env, "prune", "--before", "2025-08-01", "--yes").stdout
     assert "dropped" in dropped and "removed 1 `scores` partition of group all" in dropped
+    # The README's "`replay` of one of its calculations says its events were pruned": one
+    # whose current scores a later night replaced said only "no calculation with correlation
+    # id …", as for an id that never was.
+    gone = run(cli_env, "replay", june_calculation.c, check=False)
+    assert gone.returncode == 2 and gone.stderr == (
+        f"scoring-pipeline: error: no calculation with correlation id {june_calculation.c}: "
+        "none is left, and the events of the pruned nights (2025-06-12) are gone with their "
+        "months (`scoring-pipeline prune`); a calculation of theirs can no longer be replayed\n"
+    ), gone.stderr
     assert not night_keys("2025-06-12") and night_keys("2025-08-20")
     assert [r.d for r in rows(world, history)] == ["2025-08-20"]
     events = "SELECT DISTINCT score_date::text AS d FROM calculation_events ORDER BY 1"
