@@ -92,27 +92,29 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-# prctl(2)'s option that has the kernel signal a process when its parent dies (Linux only).
-_PR_SET_PDEATHSIG = 1
+# Run before a service's own program, in a Python of its own: ask the kernel (prctl(2)'s
+# PR_SET_PDEATHSIG, option 1, kept across exec) to send SIGTERM once the parent is gone, then
+# become the program. A `preexec_fn` did this in the forked child before: Python warns it is not
+# safe with threads, and a test's `services` hung for good in fork, its webserver never started.
+_STOP_WITH_PARENT = """
+import ctypes, os, signal, sys
+parent, program = int(sys.argv[1]), sys.argv[2:]
+ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM, 0, 0, 0)
+if os.getppid() != parent:
+    sys.exit(128 + signal.SIGTERM)
+os.execvp(program[0], program)
+"""
 
 
-def _stops_with(parent: int) -> Callable[[], None] | None:
-    """What a service runs before its program: SIGTERM, its own way of stopping, once `parent`
-    (the `services` command) is gone, however it ended. Killed with SIGKILL (an OOM kill, a
-    forced stop), the command stops nothing itself, and its services ran on without it: the
-    webserver holding its port, the daemon ticking beside the next `services`' own."""
+def _stopping_with_this_process(args: list[str]) -> list[str]:
+    """`args` run so that the service gets SIGTERM, its own way of stopping, once this process
+    (the `services` command) is gone, however it ended (Linux; elsewhere `args` as they are).
+    Killed with SIGKILL (an OOM kill, a forced stop), the command stops nothing itself, and its
+    services ran on without it: the webserver holding its port, the daemon ticking beside the
+    next `services`' own."""
     if not sys.platform.startswith("linux"):
-        return None
-    import ctypes
-
-    libc = ctypes.CDLL(None, use_errno=True)
-
-    def stop_with_parent() -> None:
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-        if os.getppid() != parent:  # gone before the signal was asked for
-            os.kill(os.getpid(), signal.SIGTERM)
-
-    return stop_with_parent
+        return args
+    return [sys.executable, "-I", "-c", _STOP_WITH_PARENT, str(os.getpid()), *args]
 
 
 def _spawn(
@@ -120,13 +122,12 @@ def _spawn(
 ) -> subprocess.Popen[bytes]:
     with (log_dir / f"{name}.log").open("ab") as log:  # the child keeps its own descriptor
         return subprocess.Popen(
-            args,
+            _stopping_with_this_process(args),
             env=env,
             cwd=PROJECT_ROOT,
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # its own process group: stopped as a whole
-            preexec_fn=_stops_with(os.getpid()),
         )
 
 
