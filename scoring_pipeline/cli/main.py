@@ -27,7 +27,7 @@ from scoring_pipeline.cli.options import (
     run_workers,
     webserver_url,
 )
-from scoring_pipeline.cli.serve import cmd_daemon, cmd_services, cmd_worker
+from scoring_pipeline.cli.serve import cmd_daemon, cmd_services, cmd_worker, interrupt_on_sigterm
 from scoring_pipeline.cli.status import cmd_status
 from scoring_pipeline.errors import ScoringPipelineError
 
@@ -214,9 +214,22 @@ def _quiet_library_warnings() -> None:
     warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
 
 
+# The commands whose work is statements on the database in this process: SIGTERM (a supervisor,
+# `timeout`, a deploy job cancelled) stops them as Ctrl-C does. The driver then cancels the
+# statement in flight and the transaction is rolled back; killed outright, the statement went
+# on in the server, holding its locks (the migrations' lock and the tables'), with nobody to
+# commit it. `score` and `services` handle both signals their own way; `worker` and `daemon`
+# are Celery's and Dagster's.
+_STOPPED_AS_BY_CTRL_C = frozenset(
+    {"migrate", "demo-data", "prune", "status", "replay", "retry-failed"}
+)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command in _STOPPED_AS_BY_CTRL_C:
+        interrupt_on_sigterm()
     debug = args.debug or _switched_on(os.environ.get("SCORING_DEBUG", ""))
     own_dagster_url = os.environ.get("DAGSTER_PG_URL")  # else derived from DATABASE_URL
     own_database = bool(os.environ.get("DATABASE_URL", "").strip())  # else the embedded server
