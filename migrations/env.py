@@ -15,6 +15,8 @@ def _run(connection: Connection) -> None:
         connection=connection,
         version_table=VERSION_TABLE,
         transaction_per_migration=True,
+        # `scoring-pipeline migrate` says each migration as it is applied.
+        on_version_apply=context.config.attributes.get("on_version_apply", ()),
     )
     with context.begin_transaction():
         context.run_migrations()

@@ -24,7 +24,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
     engine = app_engine()
     if args.downgrade:
-        downgrade(engine, args.downgrade)
+        took = downgrade(engine, args.downgrade, echo=_say)
     elif (current := passed_revision(engine, args.revision)) is not None:
         # Alembic's upgrade to an older revision does nothing: say so instead of a bare
         # "database at revision 0011" that reads as if it had gone there.
@@ -34,9 +34,14 @@ def cmd_migrate(args: argparse.Namespace) -> int:
         )
         return 0
     else:
-        migrate(engine, args.revision)
-    print(f"database at revision {current_revision(engine) or 'base'}")
+        took = migrate(engine, args.revision, echo=_say)
+    print(f"database at revision {current_revision(engine) or 'base'}{took}")
     return 0
+
+
+def _say(line: str) -> None:
+    """A progress line of a long command, out at once (its output may be a pipe or a log)."""
+    print(line, flush=True)
 
 
 def cmd_db_url(args: argparse.Namespace) -> int:

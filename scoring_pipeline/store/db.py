@@ -7,7 +7,8 @@ daemon, the webserver); `scoring-pipeline db-stop` stops it.
 """
 
 import os
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -285,21 +286,113 @@ def _alembic_config(connection: sa.Connection | None = None) -> "Config":
     return config
 
 
-def _lock_migrations(conn: sa.Connection) -> None:
+_MIGRATIONS_LOCK = "hashtext('scoring:migrations')"
+
+
+def _lock_migrations(conn: sa.Connection, echo: Callable[[str], None]) -> None:
     """Two `migrate` at once (a deploy script and an operator) take turns: the second waits for
     the first's transaction, then finds the revision it left (both created the version table,
     and the second failed on PostgreSQL's unique type names). Every migration runs in the one
-    transaction of `migrate`, so the lock is held until its commit."""
-    conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext('scoring:migrations'))"))
+    transaction of `migrate`, so the lock is held until its commit. The one waiting says so,
+    naming the session it waits for (it said nothing until the first had finished)."""
+    if conn.execute(sa.text(f"SELECT pg_try_advisory_xact_lock({_MIGRATIONS_LOCK})")).scalar():
+        return
+    holder = conn.execute(
+        sa.text(
+            "SELECT a.pid, a.application_name, a.xact_start FROM pg_locks l "
+            "JOIN pg_stat_activity a ON a.pid = l.pid WHERE l.locktype = 'advisory' "
+            f"AND l.granted AND l.objid = ({_MIGRATIONS_LOCK}::bigint & 4294967295)::oid "
+            "AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
+            "LIMIT 1"
+        )
+    ).first()
+    who = (
+        "another session"
+        if holder is None
+        else f"session {holder.pid}"
+        + (f" ({holder.application_name})" if holder.application_name else "")
+        + (
+            f", in its transaction since {holder.xact_start:%H:%M:%S %Z}"
+            if holder.xact_start
+            else ""
+        )
+    )
+    echo(f"waiting for {who}, which holds the migrations' lock (another `migrate`)…")
+    conn.execute(sa.text(f"SELECT pg_advisory_xact_lock({_MIGRATIONS_LOCK})"))
 
 
-def migrate(engine: Engine, revision: str = "head") -> None:
-    """Apply the Alembic migrations up to `revision` (default: the newest)."""
+def _migrations(n: int) -> str:
+    return f"{n} migration" if n == 1 else f"{n} migrations"
+
+
+class _MigrationProgress:
+    """Says each migration as it starts and how long it took: on a database with months of data
+    one can take minutes, and `migrate` said nothing until the end."""
+
+    def __init__(self, echo: Callable[[str], None]) -> None:
+        self.echo = echo
+        self.steps: list[tuple[str, str]] = []
+        self.done = 0
+        self.started = self.step_started = 0.0
+
+    def plan(self, conn: sa.Connection, target: str, *, upgrade: bool) -> None:
+        from alembic.runtime.migration import MigrationContext
+
+        context = MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE})
+        current = context.get_current_revision()
+        scripts = _scripts()
+        if upgrade:
+            found = list(scripts.iterate_revisions(target, current or "base"))[::-1]
+        else:
+            found = list(scripts.iterate_revisions(current or "base", target))
+        self.steps = [(r.revision, " ".join((r.doc or "").split()).rstrip(".")) for r in found]
+        if not self.steps:
+            return
+        way = "migrating" if upgrade else "reverting"
+        frm = current or "base"
+        self.echo(
+            f"{way} the database from {frm}: {_migrations(len(self.steps))}, in one "
+            f"transaction (stopped before the end, it stays at {frm})"
+        )
+        self.started = time.perf_counter()
+        self._start(0)
+
+    def _start(self, index: int) -> None:
+        self.step_started = time.perf_counter()
+        revision, doc = self.steps[index]
+        self.echo(f"  {revision} {doc}…")
+
+    def applied(self, **_alembic_args: object) -> None:
+        """Alembic's `on_version_apply`: one step is done, the next starts."""
+        revision, _ = self.steps[self.done]
+        self.echo(f"  {revision} done in {time.perf_counter() - self.step_started:.1f} s")
+        self.done += 1
+        if self.done < len(self.steps):
+            self._start(self.done)
+
+    def summary(self) -> str:
+        if not self.steps:
+            return ""
+        took = time.perf_counter() - self.started
+        return f" ({_migrations(len(self.steps))} in {took:.1f} s)"
+
+
+def migrate(
+    engine: Engine, revision: str = "head", echo: Callable[[str], None] = lambda _line: None
+) -> str:
+    """Apply the Alembic migrations up to `revision` (default: the newest); `echo` gets a line
+    when it waits for another `migrate` and for each migration. Returns how many ran and how
+    long they took, for the summary (empty when there was nothing to do)."""
     from alembic import command
 
+    progress = _MigrationProgress(echo)
     with engine.begin() as conn:
-        _lock_migrations(conn)
-        command.upgrade(_alembic_config(conn), revision)
+        _lock_migrations(conn, echo)
+        progress.plan(conn, revision, upgrade=True)
+        config = _alembic_config(conn)
+        config.attributes["on_version_apply"] = progress.applied
+        command.upgrade(config, revision)
+    return progress.summary()
 
 
 def passed_revision(engine: Engine, revision: str) -> str | None:
@@ -319,13 +412,20 @@ def passed_revision(engine: Engine, revision: str) -> str | None:
     return current if target is not None and target.revision in ancestors else None
 
 
-def downgrade(engine: Engine, revision: str) -> None:
+def downgrade(
+    engine: Engine, revision: str, echo: Callable[[str], None] = lambda _line: None
+) -> str:
     """Revert the Alembic migrations down to `revision` (`base` removes every table)."""
     from alembic import command
 
+    progress = _MigrationProgress(echo)
     with engine.begin() as conn:
-        _lock_migrations(conn)
-        command.downgrade(_alembic_config(conn), revision)
+        _lock_migrations(conn, echo)
+        progress.plan(conn, revision, upgrade=False)
+        config = _alembic_config(conn)
+        config.attributes["on_version_apply"] = progress.applied
+        command.downgrade(config, revision)
+    return progress.summary()
 
 
 def current_revision(engine: Engine) -> str | None:

@@ -1,6 +1,7 @@
 """The commands that take long or touch much data, as an operator runs them: stopped half-way,
 run twice at once, and what they say while they work."""
 
+import select
 import signal
 import time
 
@@ -25,6 +26,13 @@ def _wait_until(engine: sa.Engine, proc, sql: str, **params: object) -> None:
         assert proc.poll() is None, proc.communicate()
         assert time.monotonic() < deadline, "the command never got there"
         time.sleep(0.05)
+
+
+def _line_within(proc, seconds: float) -> str:
+    """The command's next line of stdout, or "" when it says nothing for that long."""
+    assert proc.stdout is not None
+    ready, _, _ = select.select([proc.stdout], [], [], seconds)
+    return proc.stdout.readline() if ready else ""
 
 
 def test_migrate_stopped_with_sigterm_leaves_no_statement_running_on_the_server(
@@ -59,3 +67,47 @@ def test_migrate_stopped_with_sigterm_leaves_no_statement_running_on_the_server(
     assert current_revision(fresh_engine) == "0010"  # rolled back whole
     run(env, "migrate")
     assert current_revision(fresh_engine) == head_revision()
+
+
+def test_migrate_says_whom_it_waits_for_then_each_migration_as_it_runs(fresh_engine, tmp_path):
+    # `migrate` said nothing until it had finished: a second one waiting on the first (a deploy
+    # script and an operator), or an upgrade of a database holding months of data, looked hung.
+    url = fresh_engine.url.render_as_string(hide_password=False)
+    env = private_deployment_env(url, tmp_path / "dagster_home", tmp_path / "demo")
+    run(env, "migrate", "--revision", "0009")
+    other = fresh_engine.connect()
+    held = other.begin()
+    other.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext('scoring:migrations'))"))
+    holder = other.execute(sa.text("SELECT pg_backend_pid()")).scalar_one()
+    proc = started(env, "migrate")
+    try:
+        _wait_until(
+            fresh_engine,
+            proc,
+            f"{SESSION} AND wait_event_type = 'Lock'",
+            name=f"scoring-pipeline:{proc.pid}",
+        )
+        waiting = _line_within(proc, 30)
+        assert waiting.startswith(f"waiting for session {holder} (scoring-pipeline:"), waiting
+        assert "which holds the migrations' lock (another `migrate`)" in waiting
+        held.rollback()
+        stdout, stderr = proc.communicate(timeout=120)
+    finally:
+        if held.is_active:
+            held.rollback()
+        other.close()
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, stderr
+    lines = stdout.splitlines()
+    assert lines[0] == (
+        "migrating the database from 0009: 2 migrations, in one transaction (stopped before "
+        "the end, it stays at 0009)"
+    )
+    assert lines[1].startswith("  0010 ") and lines[1].endswith("…")
+    assert lines[2].startswith("  0010 done in ") and lines[2].endswith(" s")
+    assert lines[3].startswith("  0011 ") and lines[4].startswith("  0011 done in ")
+    assert lines[5].startswith(f"database at revision {head_revision()} (2 migrations in ")
+    assert len(lines) == 6
+    # Nothing left to do: one line, as before.
+    assert run(env, "migrate").stdout == f"database at revision {head_revision()}\n"
