@@ -94,6 +94,13 @@ class NightSummary:
         if self.error:
             out.append(f"error           {self.error}")
         out.extend(failed_user_line(failure) for failure in self.failed_users[:20])
+        if self.users_failed > 20:
+            # Only the first 20 are listed: an interrupted 20,000-user night has thousands.
+            only = "" if self.market_group == ALL_MARKETS else f" --group {self.market_group}"
+            out.append(
+                f"  … and {self.users_failed - 20:,} more failed users (`scoring-pipeline status "
+                f"--date {self.score_date}{only}`)"
+            )
         return out
 
     def _batches(self) -> str:

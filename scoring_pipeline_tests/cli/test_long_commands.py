@@ -1,12 +1,15 @@
 """The commands that take long or touch much data, as an operator runs them: stopped half-way,
 run twice at once, and what they say while they work."""
 
+import datetime as dt
 import select
 import signal
 import time
+from dataclasses import replace
 
 import sqlalchemy as sa
 
+from scoring_pipeline.cli.in_process import NightSummary
 from scoring_pipeline.runtime.services import private_deployment_env
 from scoring_pipeline.store.db import current_revision, head_revision
 from scoring_pipeline_tests.cli_helpers import run, started
@@ -111,3 +114,30 @@ def test_migrate_says_whom_it_waits_for_then_each_migration_as_it_runs(fresh_eng
     assert len(lines) == 6
     # Nothing left to do: one line, as before.
     assert run(env, "migrate").stdout == f"database at revision {head_revision()}\n"
+
+
+def test_scores_summary_says_how_many_failed_users_it_does_not_list():
+    # `score` stopped a third of the way into a 20,000-user night listed 20 failed users and
+    # said nothing of the other 13,830 (`status` did: "… and 13830 more").
+    failures = [
+        {"userId": f"u{i}", "batch": "b0123", "stage": "batch", "error": {"message": "interrupted"}}
+        for i in range(20)
+    ]
+    night = NightSummary(
+        score_date=dt.date(2026, 11, 15),
+        status="partial",
+        users_total=20_000,
+        users_success=6_150,
+        users_failed=13_850,
+        failed_users=failures,
+    )
+    lines = night.lines()
+    assert sum(line.startswith("  failed user ") for line in lines) == 20
+    assert lines[-1] == (
+        "  … and 13,830 more failed users (`scoring-pipeline status --date 2026-11-15`)"
+    )
+    grouped = replace(night, market_group="us", users_failed=21, failed_users=failures)
+    assert grouped.lines()[-1] == (
+        "  … and 1 more failed users (`scoring-pipeline status --date 2026-11-15 --group us`)"
+    )
+    assert replace(night, users_failed=20).lines()[-1].startswith("  failed user u19 ")
