@@ -14,6 +14,7 @@ from scoring_pipeline.cli.options import app_engine, parse_date
 from scoring_pipeline.errors import ConfigurationError
 
 if TYPE_CHECKING:
+    import dagster as dg
     from sqlalchemy.engine import Connection
 
     from scoring_pipeline.store.month_partitions import Partition
@@ -215,6 +216,68 @@ def _print_current_scores_losing_history(conn: "Connection", doomed: list["Parti
         )
 
 
+def _nights_being_scored_before(
+    conn: "Connection", instance: "dg.DagsterInstance", first_kept: dt.date
+) -> str | None:
+    """Why `prune` must not drop the months before `first_kept` now: a run (a night's batch or
+    snapshots, a retry, a backfill) is scoring one of their dates, so the rest of its night
+    would find its month and its `scores` partitions gone. None when nothing is. The runs of a
+    killed `score` are not scoring anything: they are failed first, as `score` and `demo-data`
+    do."""
+    import sqlalchemy as sa
+
+    from scoring_pipeline.cli.in_process import fail_runs_of_killed_commands
+    from scoring_pipeline.defs.run_tags import runs_in_flight
+
+    night = conn.execute(
+        sa.text(
+            "SELECT score_date, market_group FROM overnight_job_runs WHERE job_type = 'scoring' "
+            "AND status = 'started' AND score_date < :first ORDER BY score_date LIMIT 1"
+        ),
+        {"first": first_kept},
+    ).first()
+
+    def scoring() -> list[tuple["dg.DagsterRun", dt.date]]:
+        found = []
+        for run in runs_in_flight(instance, job_name=None):
+            if run.job_name == "dashboard_cache_job":
+                continue  # writes the cache, none of the months prune drops
+            day = _date_of_run(run)
+            if day is not None and day < first_kept:
+                found.append((run, day))
+        return found
+
+    in_flight = scoring()
+    if in_flight:
+        fail_runs_of_killed_commands(instance)
+        in_flight = scoring()
+    if not in_flight:
+        return None
+    run, day = in_flight[0]
+    what = (
+        f"the night of {night.score_date} ({night.market_group}) is being scored"
+        if night is not None and night.score_date == day
+        else f"{day} is being scored (a retry or a backfill)"
+    )
+    return (
+        f"{what} (run {run.run_id} of {run.job_name} is {run.status.value.lower()}): prune "
+        f"would drop its month under it, and the rest of the night would fail; run it once "
+        f"the night has ended (`scoring-pipeline status`)"
+    )
+
+
+def _date_of_run(run: "dg.DagsterRun") -> dt.date | None:
+    """The score date a run works on, from its partition tags (`2026-11-15/b0119`, a range of
+    them, or a snapshot's `2026-11-15`); None for a run of no date."""
+    for tag in ("dagster/partition", "dagster/asset_partition_range_start"):
+        value = run.tags.get(tag, "")
+        try:
+            return dt.date.fromisoformat(value[:10])
+        except ValueError:
+            continue
+    return None
+
+
 def cmd_prune(args: argparse.Namespace) -> int:
     import dagster as dg
     import sqlalchemy as sa
@@ -263,10 +326,22 @@ def cmd_prune(args: argparse.Namespace) -> int:
                 )
                 return 0
             _print_current_scores_losing_history(conn, doomed)
+            first_kept = before.replace(day=1)
+            busy = _nights_being_scored_before(conn, instance, first_kept)
             if not args.yes:
+                if busy is not None:
+                    print(f"not now: {busy}")
                 print("nothing dropped: run again with --yes to detach and drop them")
                 return 0
+            if busy is not None:
+                raise ConfigurationError(f"nothing dropped: {busy}")
             drop(conn, doomed)
+            # Checked again once the months are detached: their tables' locks are held until
+            # the commit, so a night of theirs starting now waits, then finds its month made
+            # anew; one that started while the drop waited for its locks is seen.
+            busy = _nights_being_scored_before(conn, instance, first_kept)
+            if busy is not None:
+                raise ConfigurationError(f"nothing dropped: {busy}")
         # The drop is committed: the nights' partition keys go after it (a rerun finishes them).
         if doomed:
             print(f"dropped {len(doomed)} partitions")

@@ -31,12 +31,12 @@ NEVER_SUBMITTED_AFTER = dt.timedelta(minutes=5)
 
 def runs_in_flight(
     instance: dg.DagsterInstance,
-    job_name: str,
+    job_name: str | None,
     tags: dict[str, str] | None = None,
     limit: int | None = None,
 ) -> list[dg.DagsterRun]:
-    """The job's runs (with these tags) that are queued or running, newest first; not a run
-    left NOT_STARTED for longer than `NEVER_SUBMITTED_AFTER`."""
+    """The job's runs (every job's with None) with these tags that are queued or running,
+    newest first; not a run left NOT_STARTED for longer than `NEVER_SUBMITTED_AFTER`."""
     filters = dg.RunsFilter(job_name=job_name, tags=tags or {}, statuses=IN_FLIGHT)
     stale_before = dt.datetime.now(dt.UTC) - NEVER_SUBMITTED_AFTER
     runs = [

@@ -917,6 +917,41 @@ def test_demo_data_refuses_while_a_night_is_being_scored(cli_env, clean_db, tmp_
     assert _scalar(clean_db, "SELECT count(*) FROM users") == 5
 
 
+def test_prune_refuses_the_month_of_a_night_being_scored(cli_env, clean_db, tmp_path):
+    # A scale review ran `prune --before 2026-12-01 --yes` while `score --date 2026-11-15`
+    # re-scored a 20,000-user night: November's history and events were dropped under it with
+    # the night's `scores` partitions, and `score` died at its next batch with
+    # "DagsterUnknownPartitionError: Could not find a partition with key `2026-11-15/b0119`",
+    # the night left `started`. Now prune refuses while a run scores a date of those months.
+    months = (
+        "SELECT count(*) FROM pg_class WHERE relkind = 'r' AND relname IN "
+        "('score_history_2026_11', 'calculation_events_2026_11')"
+    )
+    with _score_with_its_first_write_waiting(cli_env, clean_db, tmp_path) as (env, proc):
+        assert _scalar(clean_db, months) == 2
+        listed = run(env, "prune", "--before", "2026-12-01")
+        assert f"not now: the night of {DATE} (all) is being scored (run " in listed.stdout
+        pruning = started(env, "prune", "--before", "2026-12-01", "--yes")
+        try:
+            _, stderr = pruning.communicate(timeout=120)
+        finally:
+            if pruning.poll() is None:
+                pruning.kill()
+        assert pruning.returncode == 2, stderr
+        assert stderr.startswith(
+            f"scoring-pipeline: error: nothing dropped: the night of {DATE} (all) is being "
+            "scored (run "
+        ), stderr
+        assert "run it once the night has ended" in stderr
+        assert _scalar(clean_db, months) == 2
+        proc.kill()  # a `score` killed: its runs are no night being scored
+        proc.communicate(timeout=60)
+    scored = run(env, "score", "--date", DATE)
+    assert summary_value(scored.stdout, "job status") == "completed", scored.stdout
+    dropped = run(env, "prune", "--before", "2026-12-01", "--yes")
+    assert "not now" not in dropped.stdout and _scalar(clean_db, months) == 0
+
+
 def test_migrate_run_three_times_at_once_on_a_fresh_database_takes_turns(fresh_engine, tmp_path):
     # `migrate` in two terminals at once (a deploy script and an operator): the second failed
     # with "IntegrityError: … UniqueViolation … scoring_alembic_version" (both created the
