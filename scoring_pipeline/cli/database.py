@@ -181,6 +181,8 @@ def _print_prune_plan(
         rows = f"{p.rows:,}" if p.rows_exact else f"~{p.rows:,}"
         last = p.end - dt.timedelta(days=1)  # the partition's bound is the next month's first day
         print(f"  {p.name:<36} {p.start} .. {last}  {rows} rows  {p.bytes / 1e6:,.1f} MB")
+    if len(doomed) > 1:
+        print(f"  in all{'':<30} {'':<24}  {_rows_and_size(doomed, '  ')}")
     if any(stale.values()):
         print("Dagster's `scores` partitions of nights in those months (or pruned before):")
     for name, keys in stale.items():
@@ -190,6 +192,13 @@ def _print_prune_plan(
                 f"the night {oldest}" if oldest == newest else f"the nights {oldest} .. {newest}"
             )
             print(f"  group {name}: {_count(len(keys), 'batch', 'batches')} of {nights}")
+
+
+def _rows_and_size(months: list["Partition"], between: str = ", ") -> str:
+    """The rows and disk size of month partitions ("~" when a row count is the planner's)."""
+    rows = sum(p.rows for p in months)
+    about = "" if all(p.rows_exact for p in months) else "~"
+    return f"{about}{rows:,} rows{between}{sum(p.bytes for p in months) / 1e6:,.1f} MB"
 
 
 def _print_current_scores_losing_history(conn: "Connection", doomed: list["Partition"]) -> None:
@@ -318,7 +327,8 @@ def cmd_prune(args: argparse.Namespace) -> int:
                 )
                 for group in groups
             }
-            _print_prune_plan(before, [counted(conn, p) for p in doomed], kept, stale)
+            doomed = [counted(conn, p) for p in doomed]
+            _print_prune_plan(before, doomed, kept, stale)
             if not doomed and not any(stale.values()):
                 other = " other" if kept else ""
                 print(
@@ -344,7 +354,15 @@ def cmd_prune(args: argparse.Namespace) -> int:
                 raise ConfigurationError(f"nothing dropped: {busy}")
         # The drop is committed: the nights' partition keys go after it (a rerun finishes them).
         if doomed:
-            print(f"dropped {len(doomed)} partitions")
+            # What the disk got back: the dropped tables' files go at the commit.
+            with engine.connect() as conn:
+                now = conn.execute(
+                    sa.text("SELECT pg_database_size(current_database())")
+                ).scalar_one()
+            print(
+                f"dropped {_count(len(doomed), 'partition', 'partitions')}: "
+                f"{_rows_and_size(doomed)} freed (the database is now {now / 1e6:,.1f} MB)"
+            )
         for group in groups:
             keys = stale[group.name]
             if not keys:

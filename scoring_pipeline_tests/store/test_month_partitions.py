@@ -4,6 +4,7 @@ migration 0005 converts a database with data (and back), a night creates its mon
 
 import datetime as dt
 import json
+import re
 import threading
 import time
 
@@ -242,8 +243,26 @@ def test_prune_lists_then_drops_whole_old_months_only_with_yes(world, dagster_in
         "SELECT correlation_id::text AS c FROM calculation_events "
         "WHERE score_date = '2025-06-12' AND event_type = 'CALC_STARTED'",
     )
+    # The plan adds up what goes, and the drop says what the disk got back (it said "dropped
+    # 6 partitions"): the listed sizes, and the database's size after.
+    sizes = [
+        float(line.split()[-2].replace(",", ""))
+        for line in listed.splitlines()
+        if line.startswith("  ") and line.endswith(" MB") and "in all" not in line
+    ]
+    in_all = next(line for line in listed.splitlines() if line.startswith("  in all "))
+    in_all_mb = float(in_all.split()[-2].replace(",", ""))
+    assert len(sizes) == 6 and abs(in_all_mb - sum(sizes)) <= 0.05 * len(sizes), in_all
     dropped = run(cli_env, "prune", "--before", "2025-08-01", "--yes").stdout
-    assert "dropped" in dropped and "removed 1 `scores` partition of group all" in dropped
+    freed = re.search(
+        r"^dropped 6 partitions: ~?[0-9,]+ rows, ([0-9,.]+) MB freed "
+        r"\(the database is now ([0-9,.]+) MB\)$",
+        dropped,
+        re.MULTILINE,
+    )
+    assert freed is not None, dropped
+    assert float(freed.group(1).replace(",", "")) == in_all_mb, (freed, in_all)
+    assert "removed 1 `scores` partition of group all" in dropped
     # The README's "`replay` of one of its calculations says its events were pruned": one
     # whose current scores a later night replaced said only "no calculation with correlation
     # id …", as for an id that never was.
