@@ -83,16 +83,23 @@ def cmd_demo_data(args: argparse.Namespace) -> int:
         if not args.replace:
             _refuse_to_replace_under_a_night(conn)
             _refuse_to_wipe_real_users(conn)
+        # Tens of thousands of users take a minute or so: say what is under way.
+        _say(
+            f"demo data: replacing the users, criteria sets, portfolios, instruments and markets "
+            f"with {_count(args.users, 'user', 'users')} (one transaction: stopped before the "
+            "end, nothing is replaced)…"
+        )
         counts = generate(
             conn,
             users=args.users,
             seed=args.seed,
             out_dir=Path(args.out),
             instruments_per_market=args.instruments_per_market,
+            echo=_say,
         )
     print(
-        f"demo data: {counts['users']} users, {counts['criteria_sets']} criteria sets, "
-        f"{counts['instruments']} instruments, {counts['holdings']} holdings "
+        f"demo data: {counts['users']:,} users, {counts['criteria_sets']:,} criteria sets, "
+        f"{counts['instruments']:,} instruments, {counts['holdings']:,} holdings "
         f"in {time.perf_counter() - started:.1f} s; provider files in {args.out}/"
     )
     return 0

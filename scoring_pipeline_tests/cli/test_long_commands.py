@@ -141,3 +141,16 @@ def test_scores_summary_says_how_many_failed_users_it_does_not_list():
         "  … and 1 more failed users (`scoring-pipeline status --date 2026-11-15 --group us`)"
     )
     assert replace(night, users_failed=20).lines()[-1].startswith("  failed user u19 ")
+
+
+def test_demo_data_says_what_it_is_doing_before_it_is_done(cli_env, tmp_path):
+    # demo-data of 20,000 users said nothing for 20 s (50,000: about a minute), then one line.
+    run(cli_env, "migrate")
+    lines = run(cli_env, "demo-data", "--users", "5", "--out", str(tmp_path / "d")).stdout
+    first, writing, done = lines.splitlines()
+    assert first == (
+        "demo data: replacing the users, criteria sets, portfolios, instruments and markets with "
+        "5 users (one transaction: stopped before the end, nothing is replaced)…"
+    )
+    assert writing.startswith("  writing 5 users, ") and " holdings…" in writing, writing
+    assert done.startswith("demo data: 5 users, "), done
