@@ -301,6 +301,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
     from scoring_pipeline.definitions import market_groups
     from scoring_pipeline.defs.market_groups.group import former_group
     from scoring_pipeline.defs.partitions import night_partitions_before, remove_night_partitions
+    from scoring_pipeline.store.db import lock_saying_whom_it_waits_for
     from scoring_pipeline.store.month_partitions import counted, drop, partitions, prunable
 
     before = parse_date(args.before, "--before")
@@ -314,6 +315,13 @@ def cmd_prune(args: argparse.Namespace) -> int:
     configured = market_groups()
     with dg.DagsterInstance.get() as instance:
         with engine.begin() as conn:
+            if args.yes:
+                # Two prunes at once take turns, the second planning from what the first left:
+                # both planned the same months, and the second failed on its first DETACH with
+                # "UndefinedTable: relation … does not exist".
+                lock_saying_whom_it_waits_for(
+                    conn, "scoring:prune", "prune lock (another `prune`)", _say
+                )
             # Groups no longer configured keep their nights' `scores` partitions in Dagster.
             recorded = conn.execute(
                 sa.text("SELECT DISTINCT market_group FROM overnight_job_runs")

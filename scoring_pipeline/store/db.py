@@ -286,7 +286,32 @@ def _alembic_config(connection: sa.Connection | None = None) -> "Config":
     return config
 
 
-_MIGRATIONS_LOCK = "hashtext('scoring:migrations')"
+def lock_saying_whom_it_waits_for(
+    conn: sa.Connection, name: str, what: str, echo: Callable[[str], None]
+) -> None:
+    """Take the transaction's advisory lock `name`; when another session holds it, `echo`
+    first names that session (pid, its command, since when) and `what` it is, then wait."""
+    key = f"hashtext('{name}')"
+    if conn.execute(sa.text(f"SELECT pg_try_advisory_xact_lock({key})")).scalar():
+        return
+    holder = conn.execute(
+        sa.text(
+            "SELECT a.pid, a.application_name, a.xact_start FROM pg_locks l "
+            "JOIN pg_stat_activity a ON a.pid = l.pid WHERE l.locktype = 'advisory' "
+            f"AND l.granted AND l.objid = ({key}::bigint & 4294967295)::oid "
+            "AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
+            "LIMIT 1"
+        )
+    ).first()
+    who = "another session"
+    if holder is not None:
+        who = f"session {holder.pid}"
+        if holder.application_name:
+            who += f" ({holder.application_name})"
+        if holder.xact_start:
+            who += f", in its transaction since {holder.xact_start:%H:%M:%S %Z}"
+    echo(f"waiting for {who}, which holds the {what}…")
+    conn.execute(sa.text(f"SELECT pg_advisory_xact_lock({key})"))
 
 
 def _lock_migrations(conn: sa.Connection, echo: Callable[[str], None]) -> None:
@@ -295,30 +320,9 @@ def _lock_migrations(conn: sa.Connection, echo: Callable[[str], None]) -> None:
     and the second failed on PostgreSQL's unique type names). Every migration runs in the one
     transaction of `migrate`, so the lock is held until its commit. The one waiting says so,
     naming the session it waits for (it said nothing until the first had finished)."""
-    if conn.execute(sa.text(f"SELECT pg_try_advisory_xact_lock({_MIGRATIONS_LOCK})")).scalar():
-        return
-    holder = conn.execute(
-        sa.text(
-            "SELECT a.pid, a.application_name, a.xact_start FROM pg_locks l "
-            "JOIN pg_stat_activity a ON a.pid = l.pid WHERE l.locktype = 'advisory' "
-            f"AND l.granted AND l.objid = ({_MIGRATIONS_LOCK}::bigint & 4294967295)::oid "
-            "AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
-            "LIMIT 1"
-        )
-    ).first()
-    who = (
-        "another session"
-        if holder is None
-        else f"session {holder.pid}"
-        + (f" ({holder.application_name})" if holder.application_name else "")
-        + (
-            f", in its transaction since {holder.xact_start:%H:%M:%S %Z}"
-            if holder.xact_start
-            else ""
-        )
+    lock_saying_whom_it_waits_for(
+        conn, "scoring:migrations", "migrations' lock (another `migrate`)", echo
     )
-    echo(f"waiting for {who}, which holds the migrations' lock (another `migrate`)…")
-    conn.execute(sa.text(f"SELECT pg_advisory_xact_lock({_MIGRATIONS_LOCK})"))
 
 
 def _migrations(n: int) -> str:

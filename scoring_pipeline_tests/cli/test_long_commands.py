@@ -12,6 +12,7 @@ import sqlalchemy as sa
 from scoring_pipeline.cli.in_process import NightSummary
 from scoring_pipeline.runtime.services import private_deployment_env
 from scoring_pipeline.store.db import current_revision, head_revision
+from scoring_pipeline.store.month_partitions import drop, ensure_partitions, prunable
 from scoring_pipeline_tests.cli_helpers import run, started
 
 SESSION = "SELECT count(*) FROM pg_stat_activity WHERE application_name = :name"
@@ -154,3 +155,41 @@ def test_demo_data_says_what_it_is_doing_before_it_is_done(cli_env, tmp_path):
     )
     assert writing.startswith("  writing 5 users, ") and " holdings…" in writing, writing
     assert done.startswith("demo data: 5 users, "), done
+
+
+def test_a_second_prune_at_once_waits_then_plans_from_what_the_first_left(
+    cli_env, clean_db, tmp_path
+):
+    # Two `prune --before 2026-12-01 --yes` at once on a 20,000-user database: both planned the
+    # same months, and the second, once the first had committed, failed with "ProgrammingError:
+    # (psycopg.errors.UndefinedTable) relation "score_metric_values_2026_10" does not exist".
+    run(cli_env, "migrate")
+    with clean_db.begin() as conn:
+        ensure_partitions(conn, dt.date(2025, 6, 12))  # June and July 2025
+    other = clean_db.connect()
+    first = other.begin()  # another prune, between its plan and its commit
+    other.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext('scoring:prune'))"))
+    doomed, _ = prunable(other, dt.date(2025, 8, 1))
+    assert len(doomed) == 6
+    drop(other, doomed)
+    proc = started(cli_env, "prune", "--before", "2025-08-01", "--yes")
+    try:
+        _wait_until(
+            clean_db,
+            proc,
+            f"{SESSION} AND wait_event_type = 'Lock'",
+            name=f"scoring-pipeline:{proc.pid}",
+        )
+        waiting = _line_within(proc, 30)
+        assert waiting.startswith("waiting for session "), waiting
+        assert "which holds the prune lock (another `prune`)" in waiting
+        first.commit()
+        stdout, stderr = proc.communicate(timeout=120)
+    finally:
+        if first.is_active:
+            first.rollback()
+        other.close()
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, stderr
+    assert "nothing to prune: no month partition holds only days before 2025-08-01" in stdout
