@@ -44,7 +44,7 @@ from scoring_pipeline.runtime.run_launcher import (
 from scoring_pipeline.store.db import create_engine_for, prepare_dagster_environment
 from scoring_pipeline.store.membership import load_membership
 from scoring_pipeline.store.night.closing import close_night, failed_users
-from scoring_pipeline.store.night.model import ALL_MARKETS, find_night
+from scoring_pipeline.store.night.model import ALL_MARKETS, Night, NightStatus, find_night
 from scoring_pipeline.store.night.outcomes import record_batch_run_died, record_snapshots_run_died
 from scoring_pipeline.store.night.root_span import emit_root_span
 
@@ -170,6 +170,26 @@ class _StopRequests:
             signal.set_wakeup_fd(self._wakeup)
         self._reader.close()
         self._writer.close()
+
+
+def earlier_night_line(night: Night) -> str:
+    """What `score --date D` found of the date's night before it scores it again: a second run
+    after a stopped or failed one said nothing of it, and re-scored every batch."""
+    m = night.metrics or {}
+    scored = f"{int(m.get('users_success') or 0):,} of {int(m.get('users_total') or 0):,} users"
+    batches = f"{int(m.get('batches_failed') or 0):,} of {int(m.get('batches_total') or 0):,}"
+    started = f"{night.started_at.astimezone(dt.UTC):%Y-%m-%d %H:%M} UTC"
+    only = "" if night.market_group == ALL_MARKETS else f" --group {night.market_group}"
+    found = f"found the night of {night.score_date} ({night.market_group}), started {started}: "
+    if night.status is NightStatus.STARTED:
+        return found + f"not closed, {scored} scored so far; scoring it again"
+    line = found + f"{night.status.value}, {scored} scored, {batches} batches failed; "
+    if night.status is NightStatus.COMPLETED:
+        return line + "scoring every batch again"
+    return line + (
+        "scoring every batch again (`scoring-pipeline retry-failed --date "
+        f"{night.score_date}{only}` re-scores only the failed ones, through the services)"
+    )
 
 
 def _interrupted(result: dg.ExecuteInProcessResult) -> bool:
@@ -329,6 +349,10 @@ def _run_night(
         raise ConfigurationError(
             f"--date {date_key}: not a score date (they run from {keys[0]} to {keys[-1]})"
         )
+    with engine.connect() as conn:
+        earlier = find_night(conn, score_date, market_group=group)
+    if earlier is not None:
+        say(earlier_night_line(earlier))
     say(f"freezing the inputs of {date_key} for group {group} (users, rates, prices)…")
     snapshot = snapshots_job.execute_in_process(
         partition_key=date_key,

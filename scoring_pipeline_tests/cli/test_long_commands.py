@@ -9,10 +9,11 @@ from dataclasses import replace
 
 import sqlalchemy as sa
 
-from scoring_pipeline.cli.in_process import NightSummary
+from scoring_pipeline.cli.in_process import NightSummary, earlier_night_line
 from scoring_pipeline.runtime.services import private_deployment_env
 from scoring_pipeline.store.db import current_revision, head_revision
 from scoring_pipeline.store.month_partitions import drop, ensure_partitions, prunable
+from scoring_pipeline.store.night.model import NightStatus, find_night
 from scoring_pipeline_tests.cli_helpers import run, started
 
 SESSION = "SELECT count(*) FROM pg_stat_activity WHERE application_name = :name"
@@ -193,3 +194,41 @@ def test_a_second_prune_at_once_waits_then_plans_from_what_the_first_left(
             proc.kill()
     assert proc.returncode == 0, stderr
     assert "nothing to prune: no month partition holds only days before 2025-08-01" in stdout
+
+
+def test_score_again_says_what_it_found_of_the_dates_night(cli_env, clean_db, tmp_path):
+    # `score --date D` after a night stopped a third of the way (20,000 users, 277 of 400
+    # batches failed) began "freezing the inputs of D…" and re-scored all 400 batches without a
+    # word of the night it found, nor that `retry-failed` re-scores only the failed ones.
+    run(cli_env, "migrate")
+    run(cli_env, "demo-data", "--users", "30", "--out", str(tmp_path / "demo"))
+    env = {**cli_env, "SCORING_BATCH_SIZE": "20"}  # 2 batches
+    date = "2026-11-27"
+    first = run(env, "score", "--date", date).stdout
+    assert first.startswith(f"freezing the inputs of {date} "), first
+    again = run(env, "score", "--date", date).stdout.splitlines()
+    assert again[0].startswith(f"found the night of {date} (all), started "), again[0]
+    assert again[0].endswith(
+        ": completed, 30 of 30 users scored, 0 of 2 batches failed; scoring every batch again"
+    ), again[0]
+    assert again[1].startswith(f"freezing the inputs of {date} ")
+
+    with clean_db.connect() as conn:
+        night = find_night(conn, dt.date.fromisoformat(date))
+    assert night is not None
+    partial = replace(
+        night,
+        status=NightStatus.PARTIAL,
+        market_group="us",
+        metrics={**night.metrics, "users_success": 6_150, "users_total": 20_000}
+        | {"batches_failed": 277, "batches_total": 400},
+    )
+    assert earlier_night_line(partial).endswith(
+        ": partial, 6,150 of 20,000 users scored, 277 of 400 batches failed; scoring every "
+        f"batch again (`scoring-pipeline retry-failed --date {date} --group us` re-scores only "
+        "the failed ones, through the services)"
+    )
+    unclosed = replace(partial, status=NightStatus.STARTED)
+    assert earlier_night_line(unclosed).endswith(
+        ": not closed, 6,150 of 20,000 users scored so far; scoring it again"
+    )
