@@ -1,4 +1,5 @@
-"""What a command prints besides its own output: the project's warnings, one line each."""
+"""What a command prints besides its own output: the project's warnings, one line each; and
+the small helpers of its own lines (a progress line out at once, a counted noun)."""
 
 import logging
 import sys
@@ -48,3 +49,13 @@ def project_warnings_on_stderr() -> Iterator[None]:
     finally:
         logger.removeHandler(handler)
         logger.propagate = propagated
+
+
+def say(line: str) -> None:
+    """A progress line of a long command, out at once (its output may be a pipe or a log)."""
+    print(line, flush=True)
+
+
+def count_of(n: int, one: str, many: str) -> str:
+    """`n` with its noun: "1 user", "13,850 users"."""
+    return f"{n:,} {one if n == 1 else many}"

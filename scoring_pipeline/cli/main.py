@@ -17,7 +17,6 @@ from scoring_pipeline.cli.database import (
     cmd_db_url,
     cmd_demo_data,
     cmd_migrate,
-    cmd_prune,
 )
 from scoring_pipeline.cli.nights import cmd_replay, cmd_retry_failed, cmd_score
 from scoring_pipeline.cli.options import (
@@ -27,6 +26,7 @@ from scoring_pipeline.cli.options import (
     run_workers,
     webserver_url,
 )
+from scoring_pipeline.cli.prune import cmd_prune
 from scoring_pipeline.cli.serve import cmd_daemon, cmd_services, cmd_worker, interrupt_on_sigterm
 from scoring_pipeline.cli.status import cmd_status
 from scoring_pipeline.errors import ScoringPipelineError
