@@ -73,17 +73,18 @@ def _print_current_scores_losing_history(conn: "Connection", doomed: list["Parti
 
 
 def _nights_being_scored_before(
-    conn: "Connection", instance: "dg.DagsterInstance", first_kept: dt.date
+    conn: "Connection", instance: "dg.DagsterInstance", first_kept: dt.date, *, dropping: bool
 ) -> str | None:
     """Why `prune` must not drop the months before `first_kept` now: a run (a night's batch or
     snapshots, a retry, a backfill) is scoring one of their dates, so the rest of its night
     would find its month and its `scores` partitions gone. None when nothing is. The runs of a
-    killed `score` are not scoring anything: they are failed first, as `score` and `demo-data`
-    do."""
+    killed `score` are not scoring anything: when `dropping`, they are failed first, as `score`
+    and `demo-data` do; a listing only leaves them out."""
     import sqlalchemy as sa
 
     from scoring_pipeline.cli.in_process import fail_runs_of_killed_commands
     from scoring_pipeline.defs.run_tags import runs_in_flight
+    from scoring_pipeline.runtime.run_launcher import WORKER_TAG, worker_gone
 
     night = conn.execute(
         sa.text(
@@ -98,13 +99,15 @@ def _nights_being_scored_before(
         for run in runs_in_flight(instance, job_name=None):
             if run.job_name == "dashboard_cache_job":
                 continue  # writes the cache, none of the months prune drops
+            if not dropping and worker_gone(run.tags.get(WORKER_TAG)) is not None:
+                continue  # a killed `score`'s run
             day = _date_of_run(run)
             if day is not None and day < first_kept:
                 found.append((run, day))
         return found
 
     in_flight = scoring()
-    if in_flight:
+    if in_flight and dropping:
         fail_runs_of_killed_commands(instance)
         in_flight = scoring()
     if not in_flight:
@@ -192,7 +195,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
                 return 0
             _print_current_scores_losing_history(conn, doomed)
             first_kept = before.replace(day=1)
-            busy = _nights_being_scored_before(conn, instance, first_kept)
+            busy = _nights_being_scored_before(conn, instance, first_kept, dropping=args.yes)
             if not args.yes:
                 if busy is not None:
                     print(f"not now: {busy}")
@@ -204,7 +207,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
             # Checked again once the months are detached: their tables' locks are held until
             # the commit, so a night of theirs starting now waits, then finds its month made
             # anew; one that started while the drop waited for its locks is seen.
-            busy = _nights_being_scored_before(conn, instance, first_kept)
+            busy = _nights_being_scored_before(conn, instance, first_kept, dropping=True)
             if busy is not None:
                 raise ConfigurationError(f"nothing dropped: {busy}")
         # The drop is committed: the nights' partition keys go after it (a rerun finishes them).

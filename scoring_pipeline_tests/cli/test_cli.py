@@ -946,6 +946,10 @@ def test_prune_refuses_the_month_of_a_night_being_scored(cli_env, clean_db, tmp_
         assert _scalar(clean_db, months) == 2
         proc.kill()  # a `score` killed: its runs are no night being scored
         proc.communicate(timeout=60)
+    # A listing leaves the killed command's run out, and leaves it as it is (`--yes` or the
+    # next `score` fails it).
+    listed = run(env, "prune", "--before", "2026-12-01")
+    assert "not now" not in listed.stdout and "warning" not in listed.stderr, listed
     scored = run(env, "score", "--date", DATE)
     assert summary_value(scored.stdout, "job status") == "completed", scored.stdout
     dropped = run(env, "prune", "--before", "2026-12-01", "--yes")
