@@ -23,7 +23,8 @@ def _print_prune_plan(
     for p in kept:
         print(f"kept {p.name}: current scores of {p.start:%Y-%m} still show its values")
     if doomed:
-        print(f"{len(doomed)} month partitions hold only days before {before}:")
+        months = count_of(len(doomed), "month partition holds", "month partitions hold")
+        print(f"{months} only days before {before}:")
     for p in doomed:
         rows = f"{p.rows:,}" if p.rows_exact else f"~{p.rows:,}"
         last = p.end - dt.timedelta(days=1)  # the partition's bound is the next month's first day

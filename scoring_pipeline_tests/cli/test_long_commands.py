@@ -232,3 +232,16 @@ def test_score_again_says_what_it_found_of_the_dates_night(cli_env, clean_db, tm
     assert earlier_night_line(unclosed).endswith(
         ": not closed, 6,150 of 20,000 users scored so far; scoring it again"
     )
+
+
+def test_prune_of_one_month_partition_says_it_in_the_singular(cli_env, clean_db):
+    # `prune --before 2026-11-20` on the scale review's database: "1 month partitions hold only
+    # days before 2026-11-20:".
+    run(cli_env, "migrate")
+    with clean_db.begin() as conn:
+        ensure_partitions(conn, dt.date(2025, 6, 12))  # June and July 2025
+        doomed, _ = prunable(conn, dt.date(2025, 8, 1))
+        drop(conn, [p for p in doomed if p.name != "score_history_2025_06"])
+    listed = run(cli_env, "prune", "--before", "2025-08-01").stdout
+    assert "\n1 month partition holds only days before 2025-08-01:\n" in f"\n{listed}", listed
+    assert "  in all" not in listed  # one month: its own line is the total
