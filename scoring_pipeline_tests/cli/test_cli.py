@@ -997,7 +997,8 @@ def test_a_database_url_that_cannot_connect_is_one_line_naming_it(cli_env, clean
     # (psycopg.OperationalError) connection failed: … (Background on this error at:
     # https://sqlalche.me/…)", naming no variable; DAGSTER_PG_URL's said which one.
     given = sa.make_url(cli_env["DATABASE_URL"]).set(password="s3cretpw")
-    closed = given.set(host="127.0.0.1", port=free_port())
+    # A closed TCP port (the embedded server's URL names its socket folder in `?host=`).
+    closed = given.difference_update_query(["host"]).set(host="127.0.0.1", port=free_port())
     for url, reason in (
         (given.set(database="no_such_db_here"), 'database "no_such_db_here" does not exist'),
         (closed, "Connection refused"),
