@@ -387,16 +387,7 @@ def migrate(
     """Apply the Alembic migrations up to `revision` (default: the newest); `echo` gets a line
     when it waits for another `migrate` and for each migration. Returns how many ran and how
     long they took, for the summary (empty when there was nothing to do)."""
-    from alembic import command
-
-    progress = _MigrationProgress(echo)
-    with engine.begin() as conn:
-        _lock_migrations(conn, echo)
-        progress.plan(conn, revision, upgrade=True)
-        config = _alembic_config(conn)
-        config.attributes["on_version_apply"] = progress.applied
-        command.upgrade(config, revision)
-    return progress.summary()
+    return _run_migrations(engine, revision, echo, upgrade=True)
 
 
 def passed_revision(engine: Engine, revision: str) -> str | None:
@@ -420,15 +411,23 @@ def downgrade(
     engine: Engine, revision: str, echo: Callable[[str], None] = lambda _line: None
 ) -> str:
     """Revert the Alembic migrations down to `revision` (`base` removes every table)."""
+    return _run_migrations(engine, revision, echo, upgrade=False)
+
+
+def _run_migrations(
+    engine: Engine, revision: str, echo: Callable[[str], None], *, upgrade: bool
+) -> str:
+    """Alembic's upgrade or downgrade to `revision` in one transaction, after the migrations'
+    lock, saying each migration; the summary `migrate` prints."""
     from alembic import command
 
     progress = _MigrationProgress(echo)
     with engine.begin() as conn:
         _lock_migrations(conn, echo)
-        progress.plan(conn, revision, upgrade=False)
+        progress.plan(conn, revision, upgrade=upgrade)
         config = _alembic_config(conn)
         config.attributes["on_version_apply"] = progress.applied
-        command.downgrade(config, revision)
+        (command.upgrade if upgrade else command.downgrade)(config, revision)
     return progress.summary()
 
 
