@@ -20,24 +20,18 @@ from typing import Any
 import dagster as dg
 import sqlalchemy as sa
 from dagster._core.errors import DagsterExecutionInterruptedError
-from dagster._core.remote_origin import (
-    ManagedGrpcPythonEnvCodeLocationOrigin,
-    RemoteJobOrigin,
-    RemoteRepositoryOrigin,
-)
-from dagster._core.types.loadable_target_origin import LoadableTargetOrigin
 
 from scoring_pipeline import telemetry
 from scoring_pipeline.cli.status import failed_user_line
 from scoring_pipeline.defs.partitions import scores_partition_key
 from scoring_pipeline.defs.step_errors import step_failure
 from scoring_pipeline.errors import ConfigurationError, NightInProgressError
-from scoring_pipeline.runtime.dagster_api import LOCATION, REPOSITORY
 from scoring_pipeline.runtime.run_launcher import (
     CLI_TRIGGER,
     TRIGGER_TAG,
     WORKER_TAG,
     executed_by_score,
+    record_code_location_origin,
     worker_gone,
     worker_identity,
 )
@@ -248,26 +242,12 @@ def snapshot_run_config(refresh: Refresh | None, group: str) -> dict[str, Any]:
     return {**_QUIET, "ops": ops}
 
 
-# The code location of workspace.yaml, which the webserver and the daemon load.
-_CODE_LOCATION = ManagedGrpcPythonEnvCodeLocationOrigin(
-    LoadableTargetOrigin(module_name="scoring_pipeline.definitions", attribute="defs"),
-    location_name=LOCATION,
-)
-
-
 def own_by_code_location(instance: dg.DagsterInstance, run_id: str) -> None:
-    """Record the code location as the origin of a run this process executed, as the runs the
-    webserver and the daemon launch have it, so the UI can re-execute it (its run page, the Runs
-    page's bulk action), from failure too: `execute_in_process` records no origin, and Dagster
-    refused with "CheckError: Expected non-None value: None". The re-execution is launched by
-    name (code location, repository, job); this is how Dagster's own `dagster run
-    migrate-repository` moves runs to a code location. Called once the run has ended: it
-    rewrites the run's record."""
+    """Record the code location as the origin of a run this process executed, once the run
+    has ended (`run_launcher.own_by_code_location`: so the UI can re-execute it)."""
     run = instance.get_run_by_id(run_id)
-    if run is None or run.remote_job_origin is not None or not run.is_finished:
-        return
-    origin = RemoteJobOrigin(RemoteRepositoryOrigin(_CODE_LOCATION, REPOSITORY), run.job_name)
-    instance.run_storage.replace_job_origin(run, origin)
+    if run is not None and run.is_finished:
+        record_code_location_origin(instance, run)
 
 
 def fail_runs_of_killed_commands(instance: dg.DagsterInstance) -> None:

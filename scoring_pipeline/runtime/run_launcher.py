@@ -10,16 +10,26 @@ process's start time, set by the worker as the run starts), and while the task r
 launcher checks that this process still exists. It can tell only for a worker on its own host
 (the default deployment: `scoring-pipeline services`); for another host it trusts the task.
 A run `scoring-pipeline score` executes in its own process has no task: that process is its
-worker (the command tags its runs so).
+worker (the command tags its runs so). When that process is gone, the run is recorded as the
+code location's before run monitoring fails it, so the UI can re-execute it.
 """
 
 import socket
 
+import dagster as dg
 import psutil
 from dagster._core.launcher import CheckRunHealthResult, WorkerStatus
+from dagster._core.remote_origin import (
+    ManagedGrpcPythonEnvCodeLocationOrigin,
+    RemoteJobOrigin,
+    RemoteRepositoryOrigin,
+)
 from dagster._core.storage.dagster_run import DagsterRun
+from dagster._core.types.loadable_target_origin import LoadableTargetOrigin
 from dagster_celery.launcher import CeleryRunLauncher
 from dagster_celery.tags import DAGSTER_CELERY_TASK_ID_TAG
+
+from scoring_pipeline.runtime.dagster_api import LOCATION, REPOSITORY
 
 WORKER_TAG = "scoring/run_worker"
 # What started a run (schedule, cli, retry-failed); `cli`: `scoring-pipeline score`, which
@@ -42,6 +52,27 @@ def executed_by_score(run: DagsterRun) -> bool:
     re-execution of one from the UI keeps its tags but is launched to the run workers, with a
     Celery task, like any other run."""
     return run.tags.get(TRIGGER_TAG) == CLI_TRIGGER and DAGSTER_CELERY_TASK_ID_TAG not in run.tags
+
+
+# The code location of workspace.yaml, which the webserver and the daemon load.
+_CODE_LOCATION = ManagedGrpcPythonEnvCodeLocationOrigin(
+    LoadableTargetOrigin(module_name="scoring_pipeline.definitions", attribute="defs"),
+    location_name=LOCATION,
+)
+
+
+def record_code_location_origin(instance: dg.DagsterInstance, run: DagsterRun) -> None:
+    """Record the code location as the origin of a run `scoring-pipeline score` executed, as
+    the runs the webserver and the daemon launch have it, so the UI can re-execute it (its run
+    page, the Runs page's bulk action), from failure too: `execute_in_process` records no
+    origin, and Dagster refused with "CheckError: Expected non-None value: None". The
+    re-execution is launched by name (code location, repository, job); this is how Dagster's
+    own `dagster run migrate-repository` moves runs to a code location. It rewrites the run's
+    record: only for a run whose process no longer writes it (ended, or gone)."""
+    if run.remote_job_origin is not None:
+        return
+    origin = RemoteJobOrigin(RemoteRepositoryOrigin(_CODE_LOCATION, REPOSITORY), run.job_name)
+    instance.run_storage.replace_job_origin(run, origin)
 
 
 def worker_gone(identity: str | None) -> str | None:
@@ -82,6 +113,17 @@ class WatchedCeleryRunLauncher(CeleryRunLauncher):
         self._instance.report_run_canceling(run)
         return super().terminate(run_id)
 
+    def get_run_worker_debug_info(
+        self, run: DagsterRun, include_container_logs: bool | None = True
+    ) -> str | None:
+        """What run monitoring adds to a failed run's message; dagster-celery's raised KeyError
+        on a run with no Celery task (the in-process runs of `score`): an ERROR with its
+        traceback in daemon.log each time such a run was failed."""
+        if DAGSTER_CELERY_TASK_ID_TAG not in run.tags:
+            worker = run.tags.get(WORKER_TAG, "unknown")
+            return f"executed in its own process by `scoring-pipeline score` ({worker})"
+        return super().get_run_worker_debug_info(run, include_container_logs)
+
     def check_run_worker_health(self, run: DagsterRun) -> CheckRunHealthResult:
         if DAGSTER_CELERY_TASK_ID_TAG not in run.tags:
             # Not launched by this launcher: a run `scoring-pipeline score` executes in its own
@@ -89,6 +131,11 @@ class WatchedCeleryRunLauncher(CeleryRunLauncher):
             gone = worker_gone(run.tags.get(WORKER_TAG))
             if gone is None:
                 return CheckRunHealthResult(WorkerStatus.RUNNING, "executed in its own process")
+            # Run monitoring fails it next, as the command's next `score` would have: re-read,
+            # so the record rewritten is the latest (its status is untouched by the rewrite).
+            latest = self._instance.get_run_by_id(run.run_id)
+            if latest is not None and latest.status == dg.DagsterRunStatus.STARTED:
+                record_code_location_origin(self._instance, latest)
             return CheckRunHealthResult(
                 WorkerStatus.FAILED, f"{gone} (the in-process run of `scoring-pipeline score`)"
             )

@@ -4,6 +4,7 @@ the failure sensor closes its night (the worker's main process killed left it `s
 the run worker (`runtime/celery_app.py`) does not execute a run whose backfill was cancelled
 while the run waited for it."""
 
+import logging
 import os
 import subprocess
 import sys
@@ -17,6 +18,7 @@ from dagster._core.launcher import WorkerStatus
 from dagster_celery.launcher import DAGSTER_CELERY_TASK_ID_TAG
 
 from scoring_pipeline.runtime import celery_app
+from scoring_pipeline.runtime.dagster_storage import storage_config
 from scoring_pipeline.runtime.run_launcher import (
     WORKER_TAG,
     WatchedCeleryRunLauncher,
@@ -119,6 +121,7 @@ def test_a_run_executed_in_its_own_process_is_watched_by_that_process(
     try:
         assert launcher.check_run_worker_health(run).status == WorkerStatus.RUNNING
         assert launcher.check_run_worker_health(untagged).status == WorkerStatus.RUNNING
+        launcher.register_instance(dagster_instance)
         assert _failed_once_killed(launcher, run, command) == (
             f"its run worker process {command.pid} on {HOST} is gone "
             "(the in-process run of `scoring-pipeline score`)"
@@ -127,6 +130,64 @@ def test_a_run_executed_in_its_own_process_is_watched_by_that_process(
         command.kill()
         for r in (run, untagged):
             dagster_instance.delete_run(r.run_id)
+
+
+def test_run_monitoring_fails_a_killed_score_run_as_the_code_locations(
+    database_url, project_instance_config, caplog
+):
+    """A `score` killed mid-run, its run failed by the services' run monitoring before any
+    next `score` saw it (a review: that run kept no origin, so the UI could not re-execute it,
+    the run page had no *Re-execute* and the bulk action answered HTTP 500). Dagster's own
+    monitoring pass, with the project's launcher, fails it and it names the code location;
+    its status and tags are the failed run's. The monitor logs no error doing it (it logged
+    dagster-celery's KeyError for the run's missing Celery task, with its traceback)."""
+    from dagster._daemon.monitoring.run_monitoring import monitor_started_run
+
+    from scoring_pipeline.runtime.dagster_api import LOCATION, REPOSITORY
+    from scoring_pipeline.runtime.run_launcher import CLI_TRIGGER, TRIGGER_TAG
+
+    backend = f"db+{dagster_storage_url(database_url)}"
+    overrides = {
+        "storage": storage_config(dagster_storage_url(database_url)),
+        "run_launcher": {
+            "module": "scoring_pipeline.runtime.run_launcher",
+            "class": "WatchedCeleryRunLauncher",
+            "config": {"default_queue": "dagster", "broker": "memory://", "backend": backend},
+        },
+        "run_monitoring": project_instance_config["run_monitoring"],
+    }
+    command = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    with dg.instance_for_test(overrides=overrides) as instance:
+        tags = {WORKER_TAG: worker_identity(command.pid), TRIGGER_TAG: CLI_TRIGGER}
+        run = instance.create_run_for_job(_a_job, tags=tags, status=dg.DagsterRunStatus.STARTED)
+        try:
+            assert run.remote_job_origin is None  # as `execute_in_process` records it
+            monitor = logging.getLogger("test-run-monitoring")
+            monitor_started_run(instance, None, instance.get_run_record_by_id(run.run_id), monitor)
+            assert instance.get_run_by_id(run.run_id).status == dg.DagsterRunStatus.STARTED
+            assert instance.get_run_by_id(run.run_id).remote_job_origin is None
+
+            command.kill()
+            command.wait()
+            monitor_started_run(instance, None, instance.get_run_record_by_id(run.run_id), monitor)
+            failed = instance.get_run_by_id(run.run_id)
+            assert failed.status == dg.DagsterRunStatus.FAILURE
+            errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+            assert errors == []
+            failure = instance.all_logs(run.run_id, of_type=dg.DagsterEventType.RUN_FAILURE)
+            why = f"executed in its own process by `scoring-pipeline score` ({tags[WORKER_TAG]})"
+            assert why in failure[-1].message
+            origin = failed.remote_job_origin
+            assert origin is not None and origin.job_name == _a_job.name
+            assert origin.repository_origin.repository_name == REPOSITORY
+            assert origin.repository_origin.code_location_origin.location_name == LOCATION
+            assert failed.tags[TRIGGER_TAG] == CLI_TRIGGER
+            # Listed among the failed runs too (the runs table's status), as the Runs page does.
+            failures = dg.RunsFilter(run_ids=[run.run_id], statuses=[dg.DagsterRunStatus.FAILURE])
+            assert [r.run_id for r in instance.get_runs(failures)] == [run.run_id]
+        finally:
+            command.kill()
+            instance.delete_run(run.run_id)
 
 
 def test_a_run_of_a_backfill_cancelled_while_it_waited_for_a_worker_is_not_executed(
