@@ -603,3 +603,55 @@ def test_a_failed_batch_run_of_score_is_re_executed_from_failure_in_the_ui(servi
     assert sets[_uid(5)] == [("failed", 2), ("success", 4)]
     assert {n: len(sets[_uid(n)]) for n in range(1, 7)} == {1: 1, 2: 1, 3: 1, 4: 2, 5: 2, 6: 2}
     wait_for("every dashboard warm", lambda: len(_users_warm(engine)) == 6, timeout=60)
+
+
+def test_a_run_of_a_killed_score_failed_by_run_monitoring_is_re_executed_in_the_ui(
+    services, clean_db
+):
+    """`score` killed (SIGKILL) while b0001's write waits, with the services running and no
+    next `score`: run monitoring fails that run, and the UI re-executes it from failure. Before,
+    a run failed that way named no code location, and Dagster refused to re-execute it
+    ("CheckError: Expected non-None value: None"); only the next `score` recorded one."""
+    engine = clean_db
+    _world(engine, services.files, 6)  # b0000: users 1-3, b0001: users 4-6
+    api = DagsterApi(services.url)
+    blocker = _hold_the_history_key_of(engine, _uid(4))
+    command = [sys.executable, "-m", "scoring_pipeline.cli", "score", "--date", DATE]
+    proc = subprocess.Popen(
+        command, env=services.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        wait_for(
+            "b0001's history write to block",
+            lambda: (
+                _scalar(
+                    engine,
+                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                    "AND wait_event = 'advisory' AND pid <> pg_backend_pid() "
+                    "AND datname = current_database()",
+                )
+                or None
+            ),
+        )
+        proc.kill()
+        proc.wait(timeout=60)
+    finally:
+        blocker.rollback()
+        blocker.close()
+        if proc.poll() is None:
+            proc.kill()
+
+    def failed_b0001() -> list[dict]:
+        return [
+            r
+            for r in runs(api, "scoring_batch_job", ["FAILURE"])
+            if {t["key"]: t["value"] for t in r["tags"]}.get("dagster/partition") == f"{DATE}/b0001"
+        ]
+
+    (failed,) = wait_for("run monitoring to fail the run", lambda: failed_b0001() or None)
+    assert _events_of_b0001(engine) == 0  # the killed write left nothing
+    _re_executed_from_failure(api, failed["runId"])
+    job = wait_for("the night to complete", lambda: _closed(engine, ("completed",)))
+    assert job.users_failed == 0
+    assert _event_sets(engine) == {_uid(n): [("success", 4)] for n in range(1, 7)}
+    wait_for("every dashboard warm", lambda: len(_users_warm(engine)) == 6, timeout=60)
