@@ -655,3 +655,10 @@ def test_a_run_of_a_killed_score_failed_by_run_monitoring_is_re_executed_in_the_
     assert job.users_failed == 0
     assert _event_sets(engine) == {_uid(n): [("success", 4)] for n in range(1, 7)}
     wait_for("every dashboard warm", lambda: len(_users_warm(engine)) == 6, timeout=60)
+
+
+def test_the_ui_opens_on_no_newsletter_dialog(services):
+    """Dagster's first-visit dialog ("Join the Dagster community", an e-mail field for its
+    newsletter) covered the run page an operator opened in a fresh browser (a UI review)."""
+    api = DagsterApi(services.url)
+    assert api.query("query { shouldShowNux }", {}) == {"shouldShowNux": False}
