@@ -8,7 +8,7 @@ from typing import Any
 
 from sqlalchemy.engine import Connection
 
-from scoring_pipeline.cli.options import app_engine, parse_date
+from scoring_pipeline.cli.options import app_engine, parse_date, require_dagster_home
 from scoring_pipeline.errors import ConfigurationError
 from scoring_pipeline.runtime.dagster_api import DEFAULT_URL
 from scoring_pipeline.store import month_partitions
@@ -153,6 +153,7 @@ def _detail(
     failed: list[dict[str, Any]],
     configured: list[str],
     coverage: Coverage,
+    score_gone: str | None = None,
 ) -> list[str]:
     lines = [
         f"score date      {night.score_date}",
@@ -202,6 +203,12 @@ def _detail(
             "next            once the providers answer, `scoring-pipeline score --date "
             f"{night.score_date}{_group_option(night)} --refresh` fetches the inputs again and "
             "re-scores the night"
+        )
+    elif night.status is NightStatus.STARTED and score_gone and night.market_group in configured:
+        lines.append(
+            "next            the `scoring-pipeline score` that started it stopped without "
+            f"closing it ({score_gone}): `scoring-pipeline score --date {night.score_date}"
+            f"{_group_option(night)}` scores the night again"
         )
     elif failed_before_scoring(night) and night.market_group in configured:
         lines.append(
@@ -297,6 +304,24 @@ def _url_note() -> str:
     return f", with `--url URL` when the webserver is not at {DEFAULT_URL}"
 
 
+def _score_gone(night: Night) -> str | None:
+    """For an open night that `scoring-pipeline score` started: why that command no longer
+    runs (killed, its session lost), or None. Its night stays `started` until the next `score`
+    of the date: the services' sensors leave the runs of `score` to it."""
+    if night.status is not NightStatus.STARTED or night.snapshot_run_id is None:
+        return None
+    try:
+        require_dagster_home()  # else Dagster would open an instance of SQLite files there
+    except ConfigurationError:
+        return None
+    import dagster as dg
+
+    from scoring_pipeline.runtime.run_launcher import score_gone
+
+    with dg.DagsterInstance.get() as instance:
+        return score_gone(instance, night.snapshot_run_id)
+
+
 def _warming(conn: Connection, night: Night) -> Night | None:
     """The `cache_warm` night that follows a scoring night."""
     return find_night(conn, night.score_date, job_type=CACHE_WARM, market_group=night.market_group)
@@ -360,6 +385,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             failed = failed_users(conn, score_date, market_group=night.market_group)
             if index:
                 print()
-            for line in _detail(night, _warming(conn, night), failed, configured, months):
+            warm, gone = _warming(conn, night), _score_gone(night)
+            for line in _detail(night, warm, failed, configured, months, gone):
                 print(line)
     return 0

@@ -97,6 +97,16 @@ def worker_gone(identity: str | None) -> str | None:
     return None
 
 
+def score_gone(instance: dg.DagsterInstance, run_id: str | None) -> str | None:
+    """Why the `scoring-pipeline score` that executed run `run_id` no longer runs (killed, its
+    session lost), or None: it runs, the run is not one `score` executed, or this host cannot
+    tell (`worker_gone`)."""
+    run = instance.get_run_by_id(run_id) if run_id else None
+    if run is None or not executed_by_score(run):
+        return None
+    return worker_gone(run.tags.get(WORKER_TAG))
+
+
 class WatchedCeleryRunLauncher(CeleryRunLauncher):
     """dagster-celery's launcher; a STARTED task whose worker process is gone is a failed run,
     and a terminated run is marked CANCELING for its worker to stop it."""

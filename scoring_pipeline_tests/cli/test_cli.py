@@ -682,10 +682,21 @@ def test_score_after_a_score_killed_mid_batch_scores_the_night_again(
     # was refused ("its batches are being scored (run R scores b0000)… Wait until that ends").
     before = {r.run_id for r in dagster_instance.get_runs()}
     with _score_with_its_first_write_waiting(cli_env, clean_db, tmp_path) as (env, proc):
+        running = run(env, "status", "--date", DATE).stdout
         proc.kill()  # in the middle of the first batch's write
         proc.communicate(timeout=60)
     night = "SELECT status FROM overnight_job_runs WHERE job_type = 'scoring'"
     assert _scalar(clean_db, night) == "started"
+    # `status` says the night's command is gone, and how to score it again (it read `started`
+    # as if the night were being scored); not while that command runs.
+    assert "job status      started" in running and "next" not in running, running
+    killed = run(env, "status", "--date", DATE).stdout
+    assert (
+        f"next            the `scoring-pipeline score` that started it stopped without closing "
+        f"it (its run worker process {proc.pid} on "
+    ) in killed and f"`scoring-pipeline score --date {DATE}` scores the night again" in killed, (
+        killed
+    )
     again = run(env, "score", "--date", DATE, check=False)
     assert again.returncode == 0, again.stderr[-2000:]
     assert summary_value(again.stdout, "job status") == "completed"
