@@ -118,6 +118,7 @@ def _overview(nights: list[tuple[Night, Night | None]], coverage: Coverage) -> l
             f"{_took(night):>8}  {_dashboards(night, warm)}"
             + ("  (stale inputs)" if _stale_inputs(night) else "")
             + ("  (pruned)" if _pruned(night, coverage) else "")
+            + ("  (its `score` is gone: see `status --date`)" if _score_gone(night) else "")
         )
     return lines
 

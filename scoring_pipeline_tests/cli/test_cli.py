@@ -697,6 +697,10 @@ def test_score_after_a_score_killed_mid_batch_scores_the_night_again(
     ) in killed and f"`scoring-pipeline score --date {DATE}` scores the night again" in killed, (
         killed
     )
+    overview = run(env, "status").stdout.splitlines()
+    assert overview[1].startswith(DATE) and overview[1].endswith(
+        "  (its `score` is gone: see `status --date`)"
+    ), overview
     again = run(env, "score", "--date", DATE, check=False)
     assert again.returncode == 0, again.stderr[-2000:]
     assert summary_value(again.stdout, "job status") == "completed"
