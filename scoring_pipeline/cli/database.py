@@ -41,12 +41,15 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 def cmd_db_url(args: argparse.Namespace) -> int:
     import sqlalchemy as sa
 
+    from scoring_pipeline.providers.redaction import redact
     from scoring_pipeline.store.db import dagster_storage_url, prepare_dagster_environment
 
     url = prepare_dagster_environment()
     shown = sa.make_url(dagster_storage_url(url) if args.dagster else url)
     # A password is printed only when asked for: this output ends up in terminals and logs.
-    print(shown.render_as_string(hide_password=not args.show_password))
+    text = shown.render_as_string(hide_password=not args.show_password)
+    # libpq's other place for it, the query (`?password=…`), which SQLAlchemy prints as it is.
+    print(text if args.show_password else redact(text))
     return 0
 
 
