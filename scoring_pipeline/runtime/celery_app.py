@@ -57,10 +57,21 @@ def check_celery_urls() -> None:
         ("DAGSTER_CELERY_BROKER_URL", broker, lambda u: Connection(u).transport),  # type: ignore[no-untyped-call]
         ("DAGSTER_CELERY_BACKEND_URL", backend, by_url),
     ):
+        if "://" not in url:
+            # kombu takes such a value for the host name of its default transport (AMQP), and
+            # the worker printed it, password and all, in its banner and in every "Cannot
+            # connect to amqp://guest:**@<the value>" line; Celery, for a backend module's name,
+            # in its error. No URL form to redact a password from: the value is not shown.
+            raise ConfigurationError(
+                f"{variable} is not a URL (no scheme://): give "
+                "scheme://[user:password@]host[:port]/... (its value is not shown: it may hold "
+                "a password)"
+            )
         try:
             load(url)
         except Exception as exc:  # kombu and celery raise KeyError, ImportError, AttributeError
-            reason = " ".join(f"{type(exc).__name__}: {exc}".split())
+            # The library's message may quote the URL: redacted as the URL itself is.
+            reason = redact(" ".join(f"{type(exc).__name__}: {exc}".split()), [_password(url)])
             if url.startswith(("redis:", "rediss:")):
                 reason += "; Redis needs its client: `.venv/bin/pip install redis`"
             raise ConfigurationError(

@@ -1,0 +1,73 @@
+"""The password of a Celery URL (`DAGSTER_CELERY_BROKER_URL`, `DAGSTER_CELERY_BACKEND_URL`)
+never reaches what the commands print or the run worker's log, whatever shape the URL has."""
+
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from scoring_pipeline.runtime.services import free_port
+from scoring_pipeline_tests.cli_helpers import CLI
+
+pytestmark = [pytest.mark.db, pytest.mark.slow]
+
+PASSWORD = "celeryPW-5e0b7a"
+VARIABLES = ("DAGSTER_CELERY_BROKER_URL", "DAGSTER_CELERY_BACKEND_URL")
+
+
+def _until_it_exits(env: dict[str, str], *args: str, timeout: float = 90) -> tuple[int, str]:
+    """Run the command; its status and output. One still running after `timeout` (a worker
+    that took the URL) is stopped with its process group, and that is a failure."""
+    proc = subprocess.Popen(
+        [*CLI, *args],
+        env=env,
+        cwd=env["DAGSTER_HOME"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        output, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        output, _ = proc.communicate()
+        logs = _service_logs(Path(env["DAGSTER_HOME"]))
+        pytest.fail(f"{args} took the URL and ran on:\n{output[-3000:]}\n{logs[-3000:]}")
+    return proc.returncode, output
+
+
+def _service_logs(home: Path) -> str:
+    return "".join(p.read_text(errors="replace") for p in (home / "service-logs").glob("*.log"))
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        # One slash short: kombu read it as the host name of its default transport (AMQP).
+        f"sqla+postgresql:/postgres:{PASSWORD}@127.0.0.1:5432/scoring",
+        # No scheme at all.
+        f"postgres:{PASSWORD}@127.0.0.1:5432/scoring",
+    ],
+)
+def test_a_celery_url_with_no_scheme_slashes_is_refused_without_its_password(
+    cli_env, clean_db, url
+):
+    # As the broker, `worker` and `services` took it: the worker's banner read "transport:
+    # amqp://guest:**@postgres%3AceleryPW-…%40127.0.0.1…:5672//" and so did each of its
+    # "consumer: Cannot connect to …" lines, every few seconds, in worker.log. As the backend,
+    # the refusal quoted it twice: the value, and "ModuleNotFoundError: No module named
+    # 'postgres:celeryPW-…@127'".
+    for variable in VARIABLES:
+        for command in (["worker", "--concurrency", "1"], ["services", "--port", str(free_port())]):
+            status, output = _until_it_exits({**cli_env, variable: url}, *command)
+            assert status == 2, output
+            assert output.startswith(
+                f"scoring-pipeline: error: {variable} is not a URL (no scheme://): give "
+                "scheme://[user:password@]host[:port]/..."
+            ), output
+            assert output.count("\n") == 1, output
+            assert PASSWORD not in output
+            assert PASSWORD not in _service_logs(Path(cli_env["DAGSTER_HOME"]))
