@@ -144,6 +144,14 @@ def with_driver(url: str, driver: str, variable: str = "DATABASE_URL") -> str:
     # knows only `postgresql`, and the driver is set here anyway.
     if parsed.get_backend_name() not in ("postgresql", "postgres"):
         raise ConfigurationError(f"{variable} must point at PostgreSQL (postgresql://...)")
+    if "@" in (parsed.host or ""):
+        # A password's '@' left as it is: SQLAlchemy ends the password at the first '@' and
+        # takes the rest of it for the host name, which `db-url` and the "cannot connect"
+        # errors ("failed to resolve host '<rest of the password>@127.0.0.1'") then printed.
+        raise ConfigurationError(
+            f"{variable} has an '@' in its password or user name: percent-encode it as %40 "
+            "(the value is not shown)"
+        )
     return parsed.set(drivername=driver).render_as_string(hide_password=False)
 
 

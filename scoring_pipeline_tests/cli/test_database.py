@@ -25,3 +25,32 @@ def test_db_url_hides_a_password_given_in_the_query_too(cli_env, clean_db):
         assert PASSWORD not in shown, shown
         # Asked for, it is printed as given (the README's `export DAGSTER_PG_URL=$(…)`).
         assert f"password={PASSWORD}" in run(env, *args, "--show-password").stdout
+
+
+def test_a_password_with_an_unencoded_at_sign_is_refused_without_showing_it(cli_env, clean_db):
+    # `postgresql://postgres:ab@cd-…@127.0.0.1/db`: SQLAlchemy ends the password at the first
+    # '@' and took "cd-…@127.0.0.1" for the host, so `db-url` printed the password's tail
+    # ("postgres:***@cd-…@127.0.0.1") and so did every command that connects, in "failed to
+    # resolve host 'cd-…@127.0.0.1'" (DAGSTER_PG_URL's check as well).
+    tail = "atPW-91d0e4"
+    given = sa.make_url(cli_env["DATABASE_URL"]).set(password=None)
+    user = given.username
+    bad = given.render_as_string().replace(f"://{user}@", f"://{user}:ab@{tail}@", 1)
+    assert f":ab@{tail}@" in bad
+    for variable, commands in (
+        ("DATABASE_URL", (["db-url"], ["db-url", "--dagster"], ["status"], ["migrate"])),
+        ("DAGSTER_PG_URL", (["prune", "--before", "2026-01-01"],)),
+    ):
+        for command in commands:
+            proc = run({**cli_env, variable: bad}, *command, check=False)
+            assert proc.returncode == 2 and proc.stdout == "", proc.stdout
+            assert proc.stderr == (
+                f"scoring-pipeline: error: {variable} has an '@' in its password or user name: "
+                "percent-encode it as %40 (the value is not shown)\n"
+            ), proc.stderr
+    # Percent-encoded, it is a password like any other.
+    encoded = given.set(password=f"ab@{tail}").render_as_string(hide_password=False)
+    assert f":ab%40{tail}@" in encoded
+    assert run({**cli_env, "DATABASE_URL": encoded}, "status").returncode == 0
+    shown = run({**cli_env, "DATABASE_URL": encoded}, "db-url").stdout
+    assert tail not in shown and f"{user}:***@" in shown
