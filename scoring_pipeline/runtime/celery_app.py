@@ -67,6 +67,15 @@ def check_celery_urls() -> None:
                 "scheme://[user:password@]host[:port]/... (its value is not shown: it may hold "
                 "a password)"
             )
+        if _netloc(url).count("@") > 1:
+            # A password's '@' left as it is: SQLAlchemy (the `sqla+` broker, the `db+`
+            # backend) ends the password at the first '@' and takes the rest for the host, and
+            # the worker logged "failed to resolve host '<rest of the password>@…'" several
+            # times a second.
+            raise ConfigurationError(
+                f"{variable} has an '@' in its password or user name: percent-encode it as %40 "
+                "(the value is not shown)"
+            )
         try:
             load(url)
         except Exception as exc:  # kombu and celery raise KeyError, ImportError, AttributeError
@@ -86,6 +95,16 @@ def _password(url: str) -> str | None:
         return urlsplit(url).password
     except ValueError:
         return None
+
+
+def _netloc(url: str) -> str:
+    """What is between `scheme://` and the path: user, password, host and port."""
+    from urllib.parse import urlsplit
+
+    try:
+        return urlsplit(url).netloc
+    except ValueError:
+        return ""
 
 
 # The SQLAlchemy transport passes transport options to create_engine: dagster-celery's defaults

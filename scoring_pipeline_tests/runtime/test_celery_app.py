@@ -71,3 +71,21 @@ def test_a_celery_url_with_no_scheme_slashes_is_refused_without_its_password(
             assert output.count("\n") == 1, output
             assert PASSWORD not in output
             assert PASSWORD not in _service_logs(Path(cli_env["DAGSTER_HOME"]))
+
+
+def test_a_celery_url_whose_password_holds_an_unencoded_at_sign_is_refused(cli_env, clean_db):
+    # `sqla+postgresql://postgres:ab@<rest>@host/db`: SQLAlchemy (the `sqla+` broker, the `db+`
+    # backend) ends the password at the first '@' and took "<rest>@host" for the host name:
+    # the worker logged "failed to resolve host '<rest>@127.0.0.1'" several times a second
+    # (138 lines in 25 s), or, as the backend, in the traceback it exited with.
+    tail = "atPW-c4e2b8"
+    for variable, scheme in zip(VARIABLES, ("sqla+postgresql", "db+postgresql"), strict=True):
+        url = f"{scheme}://postgres:ab@{tail}@127.0.0.1:5432/scoring"
+        for command in (["worker", "--concurrency", "1"], ["services", "--port", str(free_port())]):
+            status, output = _until_it_exits({**cli_env, variable: url}, *command)
+            assert status == 2, output
+            assert output == (
+                f"scoring-pipeline: error: {variable} has an '@' in its password or user name: "
+                "percent-encode it as %40 (the value is not shown)\n"
+            ), output
+            assert tail not in _service_logs(Path(cli_env["DAGSTER_HOME"]))
