@@ -89,12 +89,13 @@ def check_celery_urls() -> None:
 
 
 def _password(url: str) -> str | None:
-    from urllib.parse import urlsplit
-
-    try:
-        return urlsplit(url).password
-    except ValueError:
-        return None
+    """The URL's password as written in it, up to the last '@': also one with a '/', '?' or
+    '#' left unencoded, where `urlsplit` ends the host part early and finds no password (the
+    refusal printed such a password whole)."""
+    _, scheme_end, rest = url.partition("://")
+    userinfo, at, _ = rest.rpartition("@")
+    user, colon, password = userinfo.partition(":")
+    return password if scheme_end and at and colon and password else None
 
 
 def _netloc(url: str) -> str:

@@ -89,3 +89,20 @@ def test_a_celery_url_whose_password_holds_an_unencoded_at_sign_is_refused(cli_e
                 "percent-encode it as %40 (the value is not shown)\n"
             ), output
             assert tail not in _service_logs(Path(cli_env["DAGSTER_HOME"]))
+
+
+def test_a_refused_celery_url_shows_a_password_with_an_unencoded_slash_as_stars(cli_env, clean_db):
+    # `reddis://user:ab/<rest>@host…` (a typo of the transport; a '/' in the password left as
+    # it is): `urlsplit` ends the host part at that '/' and finds no password, so the refusal
+    # printed the URL as it was, password and all.
+    tail = "slashPW-0d7f3a"
+    url = f"reddis://someone:ab/{tail}@127.0.0.1:6379/0"
+    for variable in VARIABLES:
+        for command in (["worker", "--concurrency", "1"], ["services", "--port", str(free_port())]):
+            status, output = _until_it_exits({**cli_env, variable: url}, *command)
+            assert status == 2, output
+            assert output.startswith(
+                f"scoring-pipeline: error: {variable}='reddis://someone:***@127.0.0.1:6379/0': "
+                "Celery cannot use it ("
+            ), output
+            assert output.count("\n") == 1 and tail not in output, output
