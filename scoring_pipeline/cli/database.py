@@ -6,6 +6,7 @@ library is imported when they run, so `--help` stays quick.
 """
 
 import argparse
+import os
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -45,7 +46,9 @@ def cmd_db_url(args: argparse.Namespace) -> int:
     from scoring_pipeline.store.db import dagster_storage_url, prepare_dagster_environment
 
     url = prepare_dagster_environment()
-    shown = sa.make_url(dagster_storage_url(url) if args.dagster else url)
+    if args.dagster:  # the operator's DAGSTER_PG_URL when set (it was ignored), with its driver
+        url = dagster_storage_url(os.environ["DAGSTER_PG_URL"], variable="DAGSTER_PG_URL")
+    shown = sa.make_url(url)
     # A password is printed only when asked for: this output ends up in terminals and logs.
     text = shown.render_as_string(hide_password=not args.show_password)
     # libpq's other place for it, the query (`?password=…`), which SQLAlchemy prints as it is.

@@ -54,3 +54,17 @@ def test_a_password_with_an_unencoded_at_sign_is_refused_without_showing_it(cli_
     assert run({**cli_env, "DATABASE_URL": encoded}, "status").returncode == 0
     shown = run({**cli_env, "DATABASE_URL": encoded}, "db-url").stdout
     assert tail not in shown and f"{user}:***@" in shown
+
+
+def test_db_url_dagster_prints_the_dagster_pg_url_the_operator_set(cli_env, clean_db):
+    # `db-url --dagster` printed the storage URL derived from DATABASE_URL even when the
+    # operator had set DAGSTER_PG_URL elsewhere (the README exports what it prints for the
+    # `dagster` CLI, which would then use the wrong database).
+    storage = sa.make_url(cli_env["DATABASE_URL"]).set(database="elsewhere_db")
+    given = storage.set(drivername="postgresql").render_as_string(hide_password=False)
+    env = {**cli_env, "DAGSTER_PG_URL": given}
+    shown = sa.make_url(run(env, "db-url", "--dagster", "--show-password").stdout.strip())
+    assert shown.database == "elsewhere_db" and shown.drivername == "postgresql+psycopg2", shown
+    # Unset, it is DATABASE_URL's database, as before.
+    default = sa.make_url(run(cli_env, "db-url", "--dagster", "--show-password").stdout.strip())
+    assert default.database == sa.make_url(cli_env["DATABASE_URL"]).database
