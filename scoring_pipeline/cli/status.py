@@ -311,16 +311,22 @@ def _score_gone(night: Night) -> str | None:
     of the date: the services' sensors leave the runs of `score` to it."""
     if night.status is not NightStatus.STARTED or night.snapshot_run_id is None:
         return None
-    try:
-        require_dagster_home()  # else Dagster would open an instance of SQLite files there
-    except ConfigurationError:
-        return None
     import dagster as dg
 
     from scoring_pipeline.runtime.run_launcher import score_gone
+    from scoring_pipeline.store.db import check_dagster_storage
 
-    with dg.DagsterInstance.get() as instance:
-        return score_gone(instance, night.snapshot_run_id)
+    try:
+        require_dagster_home()  # else Dagster would open an instance of SQLite files there
+        # Once, quickly: dagster-postgres retries a storage it cannot reach for ~14 s, warning.
+        check_dagster_storage(os.environ["DAGSTER_PG_URL"])
+    except ConfigurationError:
+        return None
+    try:
+        with dg.DagsterInstance.get() as instance:
+            return score_gone(instance, night.snapshot_run_id)
+    except Exception:  # noqa: BLE001 - Dagster's storage apart and unreachable: the night's
+        return None  # figures are the application database's, and are shown without the hint
 
 
 def _warming(conn: Connection, night: Night) -> Night | None:

@@ -697,6 +697,14 @@ def test_score_after_a_score_killed_mid_batch_scores_the_night_again(
     ) in killed and f"`scoring-pipeline score --date {DATE}` scores the night again" in killed, (
         killed
     )
+    # Dagster's storage kept apart and unreachable: the night's figures, without the hint.
+    closed = sa.make_url(env["DATABASE_URL"]).set(host="127.0.0.1", port=1, query={})
+    apart = {**env, "DAGSTER_PG_URL": closed.render_as_string(hide_password=False)}
+    unhinted = run(apart, "status", "--date", DATE)
+    assert "job status      started" in unhinted.stdout and "next" not in unhinted.stdout, (
+        unhinted.stdout + unhinted.stderr
+    )
+    assert unhinted.stderr == ""  # nor dagster-postgres's warnings as it retried, for ~14 s
     overview = run(env, "status").stdout.splitlines()
     assert overview[1].startswith(DATE) and overview[1].endswith(
         "  (its `score` is gone: see `status --date`)"
