@@ -86,6 +86,33 @@ def check_celery_urls() -> None:
             raise ConfigurationError(
                 f"{variable}={redact(url, [_password(url)])!r}: Celery cannot use it ({reason})"
             ) from None
+        _check_reachable(variable, url)
+
+
+def _check_reachable(variable: str, url: str) -> None:
+    """Connect once to the broker (a database's `sqla+`, or kombu's: AMQP, Redis) and to a
+    result backend on a database (`db+`) or Redis: one that cannot be reached is one line
+    naming the variable. The services said "started" while each
+    run worker logged "Connection to broker lost" several times a second and restarted, and no
+    run the daemon handed to the broker was ever executed."""
+    from kombu.connection import Connection
+
+    from scoring_pipeline.errors import ConfigurationError
+    from scoring_pipeline.providers.redaction import redact
+    from scoring_pipeline.store.db import check_connects
+
+    which = "broker" if variable == "DAGSTER_CELERY_BROKER_URL" else "result backend"
+    where = f"{variable}: cannot connect to the Celery {which}"
+    scheme = url.split("://", 1)[0]
+    if scheme.startswith(("sqla+", "db+")):
+        check_connects(url.split("+", 1)[1], where)
+    elif which == "broker" or scheme in ("redis", "rediss"):  # kombu's (AMQP, Redis, …)
+        try:
+            with Connection(url, connect_timeout=10) as conn:  # type: ignore[no-untyped-call]
+                conn.ensure_connection(max_retries=1)
+        except Exception as exc:  # noqa: BLE001 - kombu's OperationalError, redis's errors
+            reason = redact(" ".join(str(exc).split()), [_password(url)])
+            raise ConfigurationError(f"{where}: {reason}") from None
 
 
 def _password(url: str) -> str | None:

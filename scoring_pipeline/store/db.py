@@ -208,21 +208,28 @@ def cannot_connect(exc: sa.exc.OperationalError, url: str, where: str) -> Config
     return ConfigurationError(f"{where}: {reason}")
 
 
-def check_dagster_storage(url: str) -> None:
-    """Connect once to `DAGSTER_PG_URL` (an operator's own, apart from `DATABASE_URL`): a bad
-    one is then one line naming it, not dagster-postgres's ~14 s of retries and warnings."""
+def check_connects(url: str, where: str) -> None:
+    """Connect once to the SQLAlchemy URL `url` (10 s at most to PostgreSQL): else one line,
+    `where` and the server's reason (`cannot_connect`)."""
     from sqlalchemy.pool import NullPool
 
-    app_url = with_driver(url, APP_DRIVER, variable="DAGSTER_PG_URL")
-    engine = sa.create_engine(app_url, poolclass=NullPool, connect_args={"connect_timeout": 10})
+    parsed = make_url(url)
+    timeout = {"connect_timeout": 10} if parsed.get_backend_name() == "postgresql" else {}
+    engine = sa.create_engine(parsed, poolclass=NullPool, connect_args=timeout)
     try:
         with engine.connect():
             pass
     except sa.exc.OperationalError as exc:
-        where = "DAGSTER_PG_URL: cannot connect to Dagster's storage"
-        raise cannot_connect(exc, app_url, where) from None
+        raise cannot_connect(exc, url, where) from None
     finally:
         engine.dispose()
+
+
+def check_dagster_storage(url: str) -> None:
+    """Connect once to `DAGSTER_PG_URL` (an operator's own, apart from `DATABASE_URL`): a bad
+    one is then one line naming it, not dagster-postgres's ~14 s of retries and warnings."""
+    app_url = with_driver(url, APP_DRIVER, variable="DAGSTER_PG_URL")
+    check_connects(app_url, "DAGSTER_PG_URL: cannot connect to Dagster's storage")
 
 
 def check_app_database(url: str, *, given: bool) -> None:

@@ -106,3 +106,34 @@ def test_a_refused_celery_url_shows_a_password_with_an_unencoded_slash_as_stars(
                 "Celery cannot use it ("
             ), output
             assert output.count("\n") == 1 and tail not in output, output
+
+
+def test_a_broker_or_backend_that_cannot_be_reached_is_one_line_before_anything_starts(
+    cli_env, clean_db
+):
+    # A broker on a closed port: `services` said "started" while each run worker logged
+    # "Connection to broker lost. Trying to re-establish the connection…" several times a
+    # second and restarted, and no run the daemon handed to the broker was ever executed.
+    closed = f"127.0.0.1:{free_port()}"
+    cases = [
+        (
+            "DAGSTER_CELERY_BROKER_URL",
+            f"sqla+postgresql://postgres:{PASSWORD}@{closed}/s",
+            "broker",
+        ),
+        ("DAGSTER_CELERY_BROKER_URL", f"amqp://guest:{PASSWORD}@{closed}//", "broker"),
+        (
+            "DAGSTER_CELERY_BACKEND_URL",
+            f"db+postgresql://postgres:{PASSWORD}@{closed}/s",
+            "result backend",
+        ),
+    ]
+    for variable, url, which in cases:
+        for command in (["worker", "--concurrency", "1"], ["services", "--port", str(free_port())]):
+            status, output = _until_it_exits({**cli_env, variable: url}, *command)
+            assert status == 2, output
+            assert output.startswith(
+                f"scoring-pipeline: error: {variable}: cannot connect to the Celery {which}: "
+            ), output
+            assert output.count("\n") == 1 and PASSWORD not in output, output
+            assert not (Path(cli_env["DAGSTER_HOME"]) / "service-logs" / "worker.log").exists()
