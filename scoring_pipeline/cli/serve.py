@@ -29,9 +29,10 @@ def interrupt_on_sigterm() -> None:
 
 def cmd_services(args: argparse.Namespace) -> int:
     from scoring_pipeline.runtime.celery_app import check_celery_urls
-    from scoring_pipeline.runtime.services import running_services
+    from scoring_pipeline.runtime.services import check_connection_room, running_services
 
     check_celery_urls()
+    check_connection_room(args.workers, "--workers", with_dagster_services=True)
     interrupt_on_sigterm()
     try:
         with running_services(port=args.port, workers=args.workers) as services:
@@ -52,11 +53,12 @@ def cmd_services(args: argparse.Namespace) -> int:
 
 def cmd_worker(args: argparse.Namespace) -> int:
     from scoring_pipeline.runtime.celery_app import check_celery_urls
-    from scoring_pipeline.runtime.services import worker_command
+    from scoring_pipeline.runtime.services import check_connection_room, worker_command
     from scoring_pipeline.store.db import prepare_dagster_environment
 
     prepare_dagster_environment()
     check_celery_urls()
+    check_connection_room(args.concurrency, "--concurrency", with_dagster_services=False)
     command = worker_command(args.concurrency)
     os.execv(command[0], command)
 

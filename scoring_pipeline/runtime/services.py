@@ -285,6 +285,62 @@ def stop(services: Services, grace: float = 15.0) -> None:
         proc.wait()
 
 
+# PostgreSQL sessions at the peak of a night of single-batch runs (4 run workers, 300 users):
+# each run worker process 5 (the app's pool 2, Dagster's storage 2, Celery's result backend 1),
+# kept open between its runs; the webserver 2, the daemon 3 and the code server 2; a worker's
+# main process 1 (the broker).
+SESSIONS_PER_RUN_WORKER = 5
+SESSIONS_OF_WORKER_MAIN = 1
+SESSIONS_OF_DAGSTER_SERVICES = 7
+
+
+def check_connection_room(workers: int, option: str, *, with_dagster_services: bool) -> None:
+    """Refuse to start `workers` run workers (and the webserver, daemon and code server) that
+    the database server could not give their sessions: else each run past the limit failed
+    its batches with "too many connections" and the rest of the night queued behind runs stuck
+    starting. Counted when Dagster's storage and Celery share the app's server and role (the
+    default); another server's limits are its own."""
+    from scoring_pipeline.store.db import connection_room
+
+    app_url = prepare_dagster_environment()
+    if not _same_server_and_role(app_url, os.environ["DAGSTER_PG_URL"]):
+        return
+    fixed = SESSIONS_OF_WORKER_MAIN + (SESSIONS_OF_DAGSTER_SERVICES if with_dagster_services else 0)
+    needed = fixed + SESSIONS_PER_RUN_WORKER * workers
+    room = connection_room(app_url)
+    if needed <= room.free:
+        return
+    fitting = (room.free - fixed) // SESSIONS_PER_RUN_WORKER
+    what_to_do = (
+        f"run at most {option} {fitting}, or raise that limit"
+        if fitting >= 1
+        else "not one run worker fits: end idle sessions or raise that limit"
+    )
+    raise ScoringPipelineError(
+        f"{option} {workers} needs up to {needed} PostgreSQL sessions "
+        f"({SESSIONS_PER_RUN_WORKER} a run worker, {fixed} for the "
+        + ("webserver, daemon, code server and " if with_dagster_services else "")
+        + f"worker's main process), but only {room.free} more can open ({room.limit}): "
+        f'runs past it would fail their batches with "too many connections"; {what_to_do}'
+    )
+
+
+def _same_server_and_role(app_url: str, storage_url: str) -> bool:
+    from sqlalchemy.engine import make_url
+
+    try:
+        app, storage = make_url(app_url), make_url(storage_url)
+    except Exception:  # a bad DAGSTER_PG_URL is refused, naming it, before this
+        return False
+    return (app.host, app.port, app.username, app.database, app.query.get("host")) == (
+        storage.host,
+        storage.port,
+        storage.username,
+        storage.database,
+        storage.query.get("host"),
+    )
+
+
 @contextlib.contextmanager
 def _sole_services(log_dir: Path) -> Iterator[None]:
     """Hold `log_dir/services.lock` while the services run: a second `services` on the same

@@ -9,6 +9,7 @@ daemon, the webserver); `scoring-pipeline db-stop` stops it.
 import os
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -251,6 +252,78 @@ def check_app_database(url: str, *, given: bool) -> None:
         raise cannot_connect(exc, url, where) from None
     finally:
         engine.dispose()
+
+
+@dataclass(frozen=True)
+class ConnectionRoom:
+    """How many more sessions `url`'s role may open on its database, and what limits it."""
+
+    free: int
+    limit: str  # the tightest limit, as an operator would change it
+
+
+_CONNECTION_ROOM = """
+SELECT current_setting('max_connections')::int AS server_max,
+       current_setting('superuser_reserved_connections')::int
+         + coalesce(current_setting('reserved_connections', true)::int, 0) AS reserved,
+       count(*) FILTER (WHERE a.client) AS server_used,
+       r.rolname, r.rolsuper, r.rolconnlimit,
+       count(*) FILTER (WHERE a.client AND a.usename = r.rolname) AS role_used,
+       d.datname, d.datconnlimit,
+       count(*) FILTER (WHERE a.client AND a.datname = d.datname) AS database_used
+FROM pg_roles r
+JOIN pg_database d ON d.datname = current_database()
+CROSS JOIN (
+    -- another role's sessions show no backend_type to a role that is not a superuser
+    SELECT usename, datname,
+           backend_type = 'client backend' OR (backend_type IS NULL AND usesysid IS NOT NULL)
+             AS client
+    FROM pg_stat_activity
+) a
+WHERE r.rolname = current_user
+GROUP BY r.rolname, r.rolsuper, r.rolconnlimit, d.datname, d.datconnlimit
+"""
+
+
+def connection_room(url: str) -> ConnectionRoom:
+    """The sessions `url` may still open: the server's `max_connections` (less the slots kept
+    for superusers), the role's and the database's `CONNECTION LIMIT` (superusers are exempt
+    from all three), each less the sessions it already counts (this check's own excepted)."""
+    from sqlalchemy.pool import NullPool
+
+    engine = create_engine_for(url, poolclass=NullPool)
+    try:
+        with engine.connect() as conn:
+            row = conn.execute(sa.text(_CONNECTION_ROOM)).one()
+    finally:
+        engine.dispose()
+    reserved = 0 if row.rolsuper else row.reserved
+    limits = [
+        (
+            row.server_max - reserved - (row.server_used - 1),
+            f"the server's max_connections {row.server_max}"
+            + (f" ({reserved} kept for superusers)" if reserved else "")
+            + f", {row.server_used - 1} in use",
+        )
+    ]
+    if not row.rolsuper and row.rolconnlimit >= 0:
+        limits.append(
+            (
+                row.rolconnlimit - (row.role_used - 1),
+                f"role {row.rolname}'s CONNECTION LIMIT {row.rolconnlimit}, "
+                f"{row.role_used - 1} in use",
+            )
+        )
+    if not row.rolsuper and row.datconnlimit >= 0:
+        limits.append(
+            (
+                row.datconnlimit - (row.database_used - 1),
+                f"database {row.datname}'s CONNECTION LIMIT {row.datconnlimit}, "
+                f"{row.database_used - 1} in use",
+            )
+        )
+    free, limit = min(limits, key=lambda pair: pair[0])
+    return ConnectionRoom(free=max(free, 0), limit=limit)
 
 
 def create_database(server_url: str, prefix: str, options: str = "") -> str:

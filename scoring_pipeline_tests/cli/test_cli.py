@@ -1159,3 +1159,71 @@ def test_score_refresh_fetches_the_shared_inputs_again_once_a_command():
     assert snapshot_run_config(one, "us")["ops"]["active_users"] == {"config": {"refresh": True}}
     assert refresh_plan(False, 2, every_group=True) == [None, None]
     assert "ops" not in snapshot_run_config(None, "us")
+
+
+@pytest.fixture
+def role_of_15_sessions(clean_db, database_url) -> Iterator[str]:
+    """`database_url` for a role that may open 15 sessions (`CONNECTION LIMIT 15`), as on a
+    shared server whose operator gave the pipeline a share of `max_connections`."""
+    from sqlalchemy.engine import make_url
+
+    role = f"{make_url(database_url).database}_limited"
+    with clean_db.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.execute(
+            sa.text(f"CREATE ROLE {role} LOGIN CONNECTION LIMIT 15 IN ROLE pg_read_all_data")
+        )
+    try:
+        yield (
+            make_url(database_url)
+            .set(username=role, password=None)
+            .render_as_string(hide_password=False)
+        )
+    finally:
+        with clean_db.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            conn.execute(
+                sa.text(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = :r"
+                ),
+                {"r": role},
+            )
+            conn.execute(sa.text(f"DROP ROLE {role}"))
+
+
+@pytest.mark.parametrize(
+    "command",
+    [("services", "--workers", "3", "--port", "{port}"), ("worker", "--concurrency", "3")],
+    ids=["services", "worker"],
+)
+def test_run_workers_the_servers_connections_cannot_serve_are_refused(
+    command, role_of_15_sessions, tmp_path
+):
+    # An operator review at the limits: `services --workers 32` on a role with CONNECTION
+    # LIMIT 40 (or 64 on the stock server's max_connections 100) started; each run worker
+    # process holds ~5 sessions, so the runs past the limit failed their batches with
+    # "FATAL: too many connections for role" and the night crawled for minutes, runs stuck
+    # starting. Now refused before anything starts, naming the limit and what fits.
+    env = private_deployment_env(role_of_15_sessions, tmp_path / "home", tmp_path / "demo")
+    args = [a.format(port=free_port()) for a in command]
+    proc = started(env, *args)
+    try:
+        stdout, stderr = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGINT)  # it started: stop what it started
+        stdout, stderr = proc.communicate(timeout=60)
+        pytest.fail(f"{args[0]} started with 3 run workers on 15 sessions: {stdout}")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    option = args[1]
+    fixed = 8 if args[0] == "services" else 1
+    assert proc.returncode == 2, (stdout, stderr)
+    assert stderr.count("\n") == 1 and "Traceback" not in stderr, stderr
+    assert stderr.startswith(
+        f"scoring-pipeline: error: {option} 3 needs up to {15 + fixed} PostgreSQL sessions "
+    ), stderr
+    assert "CONNECTION LIMIT 15, 0 in use" in stderr, stderr
+    if args[0] == "services":
+        assert stderr.rstrip().endswith(f"run at most {option} 1, or raise that limit"), stderr
+    else:
+        assert stderr.rstrip().endswith(f"run at most {option} 2, or raise that limit"), stderr
+    assert "Dagster UI" not in stdout
