@@ -4,6 +4,7 @@ The `score` command's summary and the failure sensor's record of a batch whose r
 say it, so that an operator reads the cause (a provider down, a database error) rather than
 "Error occurred while executing op" or "Steps failed: ['scores']"."""
 
+import re
 from typing import TYPE_CHECKING
 
 import dagster as dg
@@ -16,14 +17,40 @@ def error_cause(error: "SerializableErrorInfo") -> str:
     """The error a step raised, not Dagster's wrapper of it ("Error occurred while executing
     op …"): the project's own errors by their message, as the night records it; any other as
     `ClassName: message`. Its first line only."""
-    while error.cls_name == "DagsterExecutionStepExecutionError" and error.cause is not None:
+    retries = ""
+    while error.cls_name in _WRAPPERS and error.cause is not None:
+        tries = re.search(r"max_retries of (\d+)", error.message)
+        if tries:  # RetryRequestedFromPolicy's "Exceeded max_retries of 3"
+            retries = f" (tried {int(tries.group(1)) + 1} times)"
         error = error.cause
     message = (error.message.strip().splitlines() or [""])[0]
     # SerializableErrorInfo names the class with its module: "a.b.ProviderUnavailable: …".
     qualified, sep, rest = message.partition(": ")
     if sep and error.cls_name and qualified.endswith("." + error.cls_name):
-        return rest if qualified.startswith("scoring_pipeline.") else f"{error.cls_name}: {rest}"
-    return message
+        message = rest if qualified.startswith("scoring_pipeline.") else f"{error.cls_name}: {rest}"
+    return message + retries + _what_to_do(message)
+
+
+# Dagster's wrappers of what a step raised: its execution error, and the error of a step that
+# failed every try of its retry policy ("Exceeded max_retries of 3", the cause under it: every
+# batch whose write the database kept refusing read only that).
+_WRAPPERS = ("DagsterExecutionStepExecutionError", "RetryRequestedFromPolicy")
+
+
+def _what_to_do(message: str) -> str:
+    """What to do about a database error whose cause is a setting of the server's."""
+    if "canceling statement due to statement timeout" in message:
+        return (
+            "; the server's statement_timeout for this role or database is shorter than the "
+            "batch's write: raise it (ALTER ROLE … SET statement_timeout) or lower "
+            "SCORING_BATCH_SIZE"
+        )
+    if "canceling statement due to lock timeout" in message:
+        return (
+            "; the server's lock_timeout for this role or database ended the write's wait for "
+            "another session's lock: see who holds it (pg_locks), or raise lock_timeout"
+        )
+    return ""
 
 
 def step_failure(event: dg.DagsterEvent, *, stage: bool = True) -> str | None:

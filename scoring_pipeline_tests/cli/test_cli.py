@@ -5,6 +5,7 @@ four ordered events per user, `replay`, and one-line errors with a non-zero exit
 import contextlib
 import datetime as dt
 import os
+import re
 import signal
 import subprocess
 import time
@@ -1227,3 +1228,58 @@ def test_run_workers_the_servers_connections_cannot_serve_are_refused(
     else:
         assert stderr.rstrip().endswith(f"run at most {option} 2, or raise that limit"), stderr
     assert "Dagster UI" not in stdout
+
+
+def test_a_write_the_database_refuses_on_every_try_names_its_cause(cli_env, clean_db, tmp_path):
+    # An operator review at the limits: with `statement_timeout` (or `lock_timeout`) set on the
+    # pipeline's role shorter than a batch's write, every user of the batch read "stage scores:
+    # Exceeded max_retries of 3", Dagster's retry policy's words, in `score`'s summary, `status`
+    # and the failure sensor's record; the database's error was only on the run's page. Here
+    # the database's `lock_timeout` ends the write's wait for the history keys' locks, which
+    # another session holds, on each of the step's 4 tries.
+    from sqlalchemy.engine import make_url
+
+    run(cli_env, "migrate")
+    run(cli_env, "demo-data", "--users", "20", "--out", str(tmp_path / "demo"))
+    database = make_url(cli_env["DATABASE_URL"]).database
+    ids = [str(i) for i in _scalar(clean_db, "SELECT array_agg(id) FROM users")]
+    with clean_db.connect() as blocker:
+        blocker.execute(
+            sa.text(
+                "SELECT pg_advisory_xact_lock(hashtextextended(u, "
+                "CAST(:d AS date) - DATE '2000-01-01')) FROM unnest(CAST(:ids AS text[])) u"
+            ),
+            {"d": DATE, "ids": ids},
+        )
+        blocker.execute(sa.text(f"ALTER DATABASE {database} SET lock_timeout = '200ms'"))
+        blocker.commit()  # ALTER DATABASE is transactional: the locks go with it, taken again
+        blocker.execute(
+            sa.text(
+                "SELECT pg_advisory_xact_lock(hashtextextended(u, "
+                "CAST(:d AS date) - DATE '2000-01-01')) FROM unnest(CAST(:ids AS text[])) u"
+            ),
+            {"d": DATE, "ids": ids},
+        )
+        try:
+            proc = run(cli_env, "score", "--date", DATE, check=False)
+        finally:
+            blocker.rollback()
+            blocker.execute(sa.text(f"ALTER DATABASE {database} RESET lock_timeout"))
+            blocker.commit()
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert summary_value(proc.stdout, "users failed") == "20"
+    expected = re.compile(
+        r"stage scores: OperationalError: \(psycopg\.errors\.LockNotAvailable\) canceling "
+        r"statement due to lock timeout \(tried 4 times\); the server's lock_timeout for this "
+        r"role or database ended the write's wait for another session's lock: see who holds it "
+        r"\(pg_locks\), or raise lock_timeout"
+    )
+    with clean_db.connect() as conn:
+        recorded = conn.execute(
+            sa.text("SELECT failed_users FROM scoring_batch_results WHERE score_date = :d"),
+            {"d": DATE},
+        ).scalar_one()
+    messages = {u["error"]["message"] for u in recorded}
+    assert len(messages) == 1 and expected.fullmatch(messages.pop()), recorded[0]
+    assert expected.search(proc.stdout), proc.stdout[-2000:]
+    assert "max_retries" not in proc.stdout
