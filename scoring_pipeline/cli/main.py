@@ -260,7 +260,11 @@ def _run(
         if getattr(args, "needs_schema", False) or getattr(args, "needs_database", False):
             from scoring_pipeline.store.db import check_app_database, prepare_dagster_environment
 
-            check_app_database(prepare_dagster_environment(), given=own_database)
+            check_app_database(
+                prepare_dagster_environment(),
+                given=own_database,
+                writes=getattr(args, "needs_dagster", False),  # it writes Dagster's instance
+            )
         if getattr(args, "needs_schema", False):
             _require_current_schema()
         if getattr(args, "needs_dagster", False):

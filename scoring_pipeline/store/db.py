@@ -233,25 +233,38 @@ def check_dagster_storage(url: str) -> None:
     check_connects(app_url, "DAGSTER_PG_URL: cannot connect to Dagster's storage")
 
 
-def check_app_database(url: str, *, given: bool) -> None:
+def check_app_database(url: str, *, given: bool, writes: bool = False) -> None:
     """Connect once to the application database: a wrong password, host, port or database
     name is then one line naming `DATABASE_URL` (`given`) or the embedded server, not
-    SQLAlchemy's wrapped error with its link."""
+    SQLAlchemy's wrapped error with its link. For a command that `writes`, a database that
+    only takes read-only transactions (a standby, `default_transaction_read_only`) is refused
+    the same way: its first write failed with the SQL statement and its parameters."""
     from sqlalchemy.pool import NullPool
 
+    where = "DATABASE_URL" if given else "the embedded PostgreSQL"
     engine = create_engine_for(url, poolclass=NullPool)
     try:
-        with engine.connect():
-            pass
+        with engine.connect() as conn:
+            standby, read_only = conn.execute(
+                sa.text("SELECT pg_is_in_recovery(), current_setting('transaction_read_only')")
+            ).one()
     except sa.exc.OperationalError as exc:
-        where = (
-            "DATABASE_URL: cannot connect to the application database"
-            if given
-            else "the embedded PostgreSQL: cannot connect to it"
-        )
-        raise cannot_connect(exc, url, where) from None
+        what = "cannot connect to the application database" if given else "cannot connect to it"
+        raise cannot_connect(exc, url, f"{where}: {what}") from None
     finally:
         engine.dispose()
+    if writes and standby:
+        raise ConfigurationError(
+            f"{where}: the server is a standby (in recovery) and takes no writes: point "
+            "DATABASE_URL at the primary"
+        )
+    if writes and read_only == "on":
+        database = make_url(with_driver(url, APP_DRIVER)).database
+        raise ConfigurationError(
+            f"{where}: database {database} takes read-only transactions only "
+            "(default_transaction_read_only is on for it or for this role): reset it "
+            f"(ALTER DATABASE {database} RESET default_transaction_read_only, or ALTER ROLE)"
+        )
 
 
 @dataclass(frozen=True)

@@ -1283,3 +1283,44 @@ def test_a_write_the_database_refuses_on_every_try_names_its_cause(cli_env, clea
     assert len(messages) == 1 and expected.fullmatch(messages.pop()), recorded[0]
     assert expected.search(proc.stdout), proc.stdout[-2000:]
     assert "max_retries" not in proc.stdout
+
+
+def test_a_read_only_database_is_refused_in_one_line_by_the_commands_that_write(
+    cli_env, clean_db, tmp_path
+):
+    # An operator review at the limits: with `default_transaction_read_only` on for the
+    # database (a maintenance window, or a URL left on a standby), `score` stopped on its
+    # first write with "InternalError: (psycopg2.errors.ReadOnlySqlTransaction) cannot execute
+    # INSERT in a read-only transaction [SQL: INSERT INTO snapshots …] [parameters: …]", cut
+    # at 500 characters, and `services` printed "Dagster UI on …; daemon and 2 run workers
+    # started", then "worker stopped; see their logs under DAGSTER_HOME/service-logs".
+    from sqlalchemy.engine import make_url
+
+    run(cli_env, "migrate")
+    database = make_url(cli_env["DATABASE_URL"]).database
+    with clean_db.connect().execution_options(isolation_level="AUTOCOMMIT") as admin:
+        admin.execute(sa.text(f"ALTER DATABASE {database} SET default_transaction_read_only = on"))
+        try:
+            refused = {
+                command[0]: run(cli_env, *command, check=False)
+                for command in (
+                    ("score", "--date", DATE),
+                    ("services", "--port", str(free_port())),
+                    ("demo-data", "--users", "5", "--out", str(tmp_path / "demo")),
+                )
+            }
+            status = run(cli_env, "status", check=False)
+            migrate = run(cli_env, "migrate", check=False)  # at its revision: nothing to write
+        finally:
+            admin.execute(sa.text(f"ALTER DATABASE {database} RESET default_transaction_read_only"))
+    for command, proc in refused.items():
+        assert proc.returncode == 2, (command, proc.stderr[-2000:])
+        assert proc.stderr == (
+            f"scoring-pipeline: error: DATABASE_URL: database {database} takes read-only "
+            "transactions only (default_transaction_read_only is on for it or for this role): "
+            f"reset it (ALTER DATABASE {database} RESET default_transaction_read_only, or ALTER "
+            "ROLE)\n"
+        ), (command, proc.stderr[-2000:])
+    assert status.returncode == 0, status.stderr  # reading still works
+    assert migrate.returncode == 0, migrate.stderr
+    run(cli_env, "demo-data", "--users", "5", "--out", str(tmp_path / "demo"))  # writable again
