@@ -76,6 +76,10 @@ def _asset(night: Night, name: str) -> str:
 
 
 def _dashboards(night: Night, warm: Night | None) -> str:
+    if warm is None and night.status is not NightStatus.STARTED and not _scored_any(night):
+        # No warm run follows a night with no user scored (0 active users, or every one
+        # failed): "not warmed yet" read as if the dashboards were still to come.
+        return "none to warm (no user scored)"
     if warm is None:
         return "not warmed yet"
     text = f"{warm.status.value}, {warm.metrics.get('users_warm', warm.users_processed)} warm"
@@ -94,6 +98,12 @@ def _counted(night: Night) -> bool:
 
 def _figure(night: Night, key: str) -> int:
     return int(night.metrics.get(key, 0) or 0)
+
+
+def _scored_any(night: Night) -> bool:
+    """Whether the night scored a user (as far as its figures say: a night without them
+    counts as having scored)."""
+    return "users_success" not in night.metrics or _figure(night, "users_success") > 0
 
 
 def _pruned(night: Night, coverage: Coverage) -> list[str]:

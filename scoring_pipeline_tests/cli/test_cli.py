@@ -1324,3 +1324,22 @@ def test_a_read_only_database_is_refused_in_one_line_by_the_commands_that_write(
     assert status.returncode == 0, status.stderr  # reading still works
     assert migrate.returncode == 0, migrate.stderr
     run(cli_env, "demo-data", "--users", "5", "--out", str(tmp_path / "demo"))  # writable again
+
+
+def test_a_night_with_no_active_user_has_no_dashboards_to_warm(cli_env, clean_db, tmp_path):
+    # An operator review at the limits: a night of 0 active users (the only user's holdings
+    # gone) closes `completed` with no batch, and no warm run ever follows it, through the
+    # services too; `status` said its dashboards were "not warmed yet", for good.
+    run(cli_env, "migrate")
+    run(cli_env, "demo-data", "--users", "1", "--out", str(tmp_path / "demo"))
+    with clean_db.begin() as conn:
+        conn.execute(sa.text("DELETE FROM portfolio_assets"))
+    score = run(cli_env, "score", "--date", DATE)
+    assert summary_value(score.stdout, "users total") == "0"
+    assert summary_value(score.stdout, "job status") == "completed"
+    overview = run(cli_env, "status").stdout.splitlines()
+    assert overview[1].startswith(DATE) and overview[1].endswith(
+        "  none to warm (no user scored)"
+    ), overview
+    detail = run(cli_env, "status", "--date", DATE).stdout
+    assert summary_value(detail, "dashboards") == "none to warm (no user scored)"
