@@ -45,7 +45,8 @@ from typing import Any
 
 from dagster_postgres import DagsterPostgresStorage, PostgresEventLogStorage, PostgresRunStorage
 from dagster_postgres.schedule_storage import PostgresScheduleStorage
-from dagster_postgres.utils import create_pg_engine, pg_url_from_config
+from dagster_postgres.utils import create_pg_engine, pg_url_from_config, set_pg_statement_timeout
+from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine
 
 from scoring_pipeline.errors import ConfigurationError
@@ -115,9 +116,40 @@ def dispose_engines() -> None:
         engine.dispose()
 
 
+class _WebserverPool:
+    """`optimize_for_webserver` as dagster-postgres has it (the webserver's own pool: one
+    connection kept, Dagster's statement timeout), with `pool_pre_ping`: without it a
+    connection the server ended (`idle_session_timeout`, a restart, `pg_terminate_backend`)
+    was handed to the next request, which answered HTTP 500 (a launch from `retry-failed` or
+    the benchmark, a page of the UI), once per dead connection."""
+
+    postgres_url: str
+    _engine: Engine
+
+    def optimize_for_webserver(
+        self, statement_timeout: int, pool_recycle: int, max_overflow: int
+    ) -> None:
+        kwargs: dict[str, Any] = {
+            "isolation_level": "AUTOCOMMIT",
+            "pool_size": 1,
+            "pool_recycle": pool_recycle,
+            "max_overflow": max_overflow,
+            "pool_pre_ping": True,
+        }
+        options = self._engine.url.query.get("options")
+        if options:
+            kwargs["connect_args"] = {"options": options}
+        self._engine = create_pg_engine(self.postgres_url, None, **kwargs)
+        event.listen(
+            self._engine,
+            "connect",
+            lambda connection, _: set_pg_statement_timeout(connection, statement_timeout),
+        )
+
+
 # The stores keep their engine in `_engine` (dagster-postgres 0.29, pinned with dagster), and
 # `optimize_for_webserver` swaps it the same way.
-class PooledScheduleStorage(PostgresScheduleStorage):
+class PooledScheduleStorage(_WebserverPool, PostgresScheduleStorage):
     def __init__(self, postgres_url: str, should_autocreate_tables: bool = True) -> None:
         self._probes = _this_process().probes  # the parent's constructor already probes
         super().__init__(postgres_url, should_autocreate_tables)
@@ -140,7 +172,7 @@ class PooledScheduleStorage(PostgresScheduleStorage):
         return self._probes.present(f"index {migration_name}", lambda: stock(migration_name))
 
 
-class PooledRunStorage(PostgresRunStorage):
+class PooledRunStorage(_WebserverPool, PostgresRunStorage):
     def __init__(
         self,
         postgres_url: str,
@@ -177,7 +209,7 @@ class PooledRunStorage(PostgresRunStorage):
             self._schedule_storage.dispose()
 
 
-class PooledEventLogStorage(PostgresEventLogStorage):
+class PooledEventLogStorage(_WebserverPool, PostgresEventLogStorage):
     def __init__(self, postgres_url: str, should_autocreate_tables: bool = True) -> None:
         self._probes = _this_process().probes  # the parent's constructor already probes
         super().__init__(postgres_url, should_autocreate_tables)

@@ -317,3 +317,37 @@ def test_a_storage_url_naming_no_driver_serves_the_webserver(own_database):
     assert len(answers) == 2
     assert all(isinstance(a, str) for a in answers), answers
     assert answers[0] == answers[1]
+
+
+def test_the_webservers_connections_the_server_ended_are_replaced(own_database):
+    """The webserver's instance builds a pool of its own (`optimize_for_webserver`): an
+    operator review at the limits, with `idle_session_timeout` set on the role, found its kept
+    connection ended by the server between two requests, and the next request (a launch from
+    `retry-failed`) answered HTTP 500; so after a restart or a `pg_terminate_backend`. Each
+    dead connection is now found on checkout and replaced."""
+    url, probe = own_database
+    with dg.instance_for_test(overrides={"storage": storage_config(url)}) as instance:
+        instance.optimize_for_webserver(statement_timeout=5000, pool_recycle=3600, max_overflow=20)
+        stores = {
+            "runs": lambda: instance.run_storage.get_run_storage_id(),
+            "event log": lambda: instance.event_log_storage.get_asset_records(),
+            "schedules": lambda: instance.schedule_storage.all_instigator_state(),
+        }
+        for read in stores.values():
+            read()
+        with probe.connect() as conn:
+            ended = conn.execute(
+                sa.text(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND pid <> pg_backend_pid() "
+                    "AND backend_type = 'client backend'"
+                )
+            ).scalar_one()
+        assert ended >= 1
+        failed = {}
+        for name, read in stores.items():
+            try:
+                read()
+            except sa.exc.OperationalError as exc:
+                failed[name] = str(exc.orig).splitlines()[0]
+    assert failed == {}
