@@ -287,8 +287,8 @@ def stop(services: Services, grace: float = 15.0) -> None:
 
 # PostgreSQL sessions at the peak of a night of single-batch runs (4 run workers, 300 users):
 # each run worker process 5 (the app's pool 2, Dagster's storage 2, Celery's result backend 1),
-# kept open between its runs; the webserver 2, the daemon 3 and the code server 2; a worker's
-# main process 1 (the broker).
+# pools that keep them open between its runs; the webserver 2, the daemon 3 and the code server
+# 2; a worker's main process 1 (the broker). A figure measured, not a bound (docs/hardening.md).
 SESSIONS_PER_RUN_WORKER = 5
 SESSIONS_OF_WORKER_MAIN = 1
 SESSIONS_OF_DAGSTER_SERVICES = 7
