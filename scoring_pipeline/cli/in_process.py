@@ -244,7 +244,7 @@ def snapshot_run_config(refresh: Refresh | None, group: str) -> dict[str, Any]:
 
 def own_by_code_location(instance: dg.DagsterInstance, run_id: str) -> None:
     """Record the code location as the origin of a run this process executed, once the run
-    has ended (`run_launcher.own_by_code_location`: so the UI can re-execute it)."""
+    has ended (`run_launcher.record_code_location_origin`: so the UI can re-execute it)."""
     run = instance.get_run_by_id(run_id)
     if run is not None and run.is_finished:
         record_code_location_origin(instance, run)
