@@ -25,7 +25,7 @@ from dagster import DagsterInstance
 if TYPE_CHECKING:
     from dagster._grpc.types import ExecuteRunArgs, ResumeRunArgs
 
-from scoring_pipeline.store.db import prepare_dagster_environment
+from scoring_pipeline.store.db import prepare_dagster_environment, unencoded_at_sign
 
 logger = logging.getLogger("scoring_pipeline.runtime")
 
@@ -72,15 +72,11 @@ def check_celery_urls() -> None:
             # backend) ends the password at the first '@' and takes the rest for the host, and
             # the worker logged "failed to resolve host '<rest of the password>@…'" several
             # times a second.
-            raise ConfigurationError(
-                f"{variable} has an '@' in its password or user name: percent-encode it as %40 "
-                "(the value is not shown)"
-            )
+            raise unencoded_at_sign(variable)
         try:
             load(url)
         except Exception as exc:  # kombu and celery raise KeyError, ImportError, AttributeError
-            # The library's message may quote the URL: redacted as the URL itself is.
-            reason = redact(" ".join(f"{type(exc).__name__}: {exc}".split()), [_password(url)])
+            reason = _reason(f"{type(exc).__name__}: {exc}", url)
             if url.startswith(("redis:", "rediss:")):
                 reason += "; Redis needs its client: `.venv/bin/pip install redis`"
             raise ConfigurationError(
@@ -92,13 +88,12 @@ def check_celery_urls() -> None:
 def _check_reachable(variable: str, url: str) -> None:
     """Connect once to the broker (a database's `sqla+`, or kombu's: AMQP, Redis) and to a
     result backend on a database (`db+`) or Redis: one that cannot be reached is one line
-    naming the variable. The services said "started" while each
-    run worker logged "Connection to broker lost" several times a second and restarted, and no
-    run the daemon handed to the broker was ever executed."""
+    naming the variable. The services said "started" while each run worker logged "Connection
+    to broker lost" several times a second and restarted, and no run the daemon handed to the
+    broker was ever executed."""
     from kombu.connection import Connection
 
     from scoring_pipeline.errors import ConfigurationError
-    from scoring_pipeline.providers.redaction import redact
     from scoring_pipeline.store.db import check_connects
 
     which = "broker" if variable == "DAGSTER_CELERY_BROKER_URL" else "result backend"
@@ -111,8 +106,14 @@ def _check_reachable(variable: str, url: str) -> None:
             with Connection(url, connect_timeout=10) as conn:  # type: ignore[no-untyped-call]
                 conn.ensure_connection(max_retries=1)
         except Exception as exc:  # noqa: BLE001 - kombu's OperationalError, redis's errors
-            reason = redact(" ".join(str(exc).split()), [_password(url)])
-            raise ConfigurationError(f"{where}: {reason}") from None
+            raise ConfigurationError(f"{where}: {_reason(str(exc), url)}") from None
+
+
+def _reason(message: str, url: str) -> str:
+    """A library's error on one line; it may quote the URL, so redacted as the URL itself is."""
+    from scoring_pipeline.providers.redaction import redact
+
+    return redact(" ".join(message.split()), [_password(url)])
 
 
 def _password(url: str) -> str | None:

@@ -134,6 +134,15 @@ def resolve_database_url(env: Mapping[str, str] | None = None) -> str:
     return start_embedded_server(embedded_data_dir(env))
 
 
+def unencoded_at_sign(variable: str) -> ConfigurationError:
+    """The refusal of a URL in `variable` whose user name or password holds an '@' left as it
+    is (the app's and Dagster's URLs, Celery's): without its value, which it may leak."""
+    return ConfigurationError(
+        f"{variable} has an '@' in its password or user name: percent-encode it as %40 "
+        "(the value is not shown)"
+    )
+
+
 def with_driver(url: str, driver: str, variable: str = "DATABASE_URL") -> str:
     """The same database URL with an explicit SQLAlchemy driver; a URL that is none, or not
     PostgreSQL's, is refused naming `variable`."""
@@ -149,10 +158,7 @@ def with_driver(url: str, driver: str, variable: str = "DATABASE_URL") -> str:
         # A password's '@' left as it is: SQLAlchemy ends the password at the first '@' and
         # takes the rest of it for the host name, which `db-url` and the "cannot connect"
         # errors ("failed to resolve host '<rest of the password>@127.0.0.1'") then printed.
-        raise ConfigurationError(
-            f"{variable} has an '@' in its password or user name: percent-encode it as %40 "
-            "(the value is not shown)"
-        )
+        raise unencoded_at_sign(variable)
     return parsed.set(drivername=driver).render_as_string(hide_password=False)
 
 
