@@ -18,6 +18,7 @@ from scoring_pipeline.cli.database import (
     cmd_demo_data,
     cmd_migrate,
 )
+from scoring_pipeline.cli.interrupts import interrupt_on_sigterm
 from scoring_pipeline.cli.nights import cmd_replay, cmd_retry_failed, cmd_score
 from scoring_pipeline.cli.options import (
     at_least_one,
@@ -27,7 +28,7 @@ from scoring_pipeline.cli.options import (
     webserver_url,
 )
 from scoring_pipeline.cli.prune import cmd_prune
-from scoring_pipeline.cli.serve import cmd_daemon, cmd_services, cmd_worker, interrupt_on_sigterm
+from scoring_pipeline.cli.serve import cmd_daemon, cmd_services, cmd_worker
 from scoring_pipeline.cli.status import cmd_status
 from scoring_pipeline.errors import ScoringPipelineError
 

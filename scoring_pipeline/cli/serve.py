@@ -8,23 +8,8 @@ import os
 import time
 from pathlib import Path
 
+from scoring_pipeline.cli.interrupts import interrupt_on_sigterm
 from scoring_pipeline.errors import ConfigurationError, ScoringPipelineError
-
-
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
-def interrupt_on_sigterm() -> None:
-    """A supervisor (systemd, Kubernetes, `timeout`) stops a command with SIGTERM: raise
-    KeyboardInterrupt, as Ctrl-C does, so the services it started are stopped on the way out
-    instead of left running without it. SIGINT too, even when the command started with it
-    ignored: a shell starts a background command (`… services &`) so, and `kill -INT` of it
-    then did nothing."""
-    import signal
-
-    signal.signal(signal.SIGTERM, _interrupt)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def cmd_services(args: argparse.Namespace) -> int:

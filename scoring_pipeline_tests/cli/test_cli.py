@@ -154,8 +154,7 @@ def test_ctrl_c_is_one_line_and_leaves_nothing_half_written(cli_env, clean_db, t
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert proc.returncode == 130
-    assert stderr.strip() == "scoring-pipeline: interrupted", stderr
+    assert (proc.returncode, stderr.strip()) == (130, "scoring-pipeline: interrupted"), stderr
     with clean_db.connect() as conn:
         assert conn.execute(sa.text("SELECT count(*) FROM users")).scalar_one() == 0
 

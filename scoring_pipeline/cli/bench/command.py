@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from scoring_pipeline.cli.serve import interrupt_on_sigterm
+from scoring_pipeline.cli.interrupts import interrupt_on_sigterm
 from scoring_pipeline.errors import ConfigurationError
 
 
