@@ -4,6 +4,7 @@ never reaches what the commands print or the run worker's log, whatever shape th
 import os
 import signal
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -39,6 +40,15 @@ def _until_it_exits(env: dict[str, str], *args: str, timeout: float = 90) -> tup
     return proc.returncode, output
 
 
+def _refusals(env: dict[str, str], variable: str, url: str) -> Iterator[str]:
+    """What `worker`, then `services`, print as they refuse to start with `variable`=`url`;
+    each must exit 2."""
+    for command in (["worker", "--concurrency", "1"], ["services", "--port", str(free_port())]):
+        status, output = _until_it_exits({**env, variable: url}, *command)
+        assert status == 2, (command, output)
+        yield output
+
+
 def _service_logs(home: Path) -> str:
     return "".join(p.read_text(errors="replace") for p in (home / "service-logs").glob("*.log"))
 
@@ -61,9 +71,7 @@ def test_a_celery_url_with_no_scheme_slashes_is_refused_without_its_password(
     # the refusal quoted it twice: the value, and "ModuleNotFoundError: No module named
     # 'postgres:celeryPW-…@127'".
     for variable in VARIABLES:
-        for command in (["worker", "--concurrency", "1"], ["services", "--port", str(free_port())]):
-            status, output = _until_it_exits({**cli_env, variable: url}, *command)
-            assert status == 2, output
+        for output in _refusals(cli_env, variable, url):
             assert output.startswith(
                 f"scoring-pipeline: error: {variable} is not a URL (no scheme://): give "
                 "scheme://[user:password@]host[:port]/..."
@@ -81,9 +89,7 @@ def test_a_celery_url_whose_password_holds_an_unencoded_at_sign_is_refused(cli_e
     tail = "atPW-c4e2b8"
     for variable, scheme in zip(VARIABLES, ("sqla+postgresql", "db+postgresql"), strict=True):
         url = f"{scheme}://postgres:ab@{tail}@127.0.0.1:5432/scoring"
-        for command in (["worker", "--concurrency", "1"], ["services", "--port", str(free_port())]):
-            status, output = _until_it_exits({**cli_env, variable: url}, *command)
-            assert status == 2, output
+        for output in _refusals(cli_env, variable, url):
             assert output == (
                 f"scoring-pipeline: error: {variable} has an '@' in its password or user name: "
                 "percent-encode it as %40 (the value is not shown)\n"
@@ -98,9 +104,7 @@ def test_a_refused_celery_url_shows_a_password_with_an_unencoded_slash_as_stars(
     tail = "slashPW-0d7f3a"
     url = f"reddis://someone:ab/{tail}@127.0.0.1:6379/0"
     for variable in VARIABLES:
-        for command in (["worker", "--concurrency", "1"], ["services", "--port", str(free_port())]):
-            status, output = _until_it_exits({**cli_env, variable: url}, *command)
-            assert status == 2, output
+        for output in _refusals(cli_env, variable, url):
             assert output.startswith(
                 f"scoring-pipeline: error: {variable}='reddis://someone:***@127.0.0.1:6379/0': "
                 "Celery cannot use it ("
@@ -129,9 +133,7 @@ def test_a_broker_or_backend_that_cannot_be_reached_is_one_line_before_anything_
         ),
     ]
     for variable, url, which in cases:
-        for command in (["worker", "--concurrency", "1"], ["services", "--port", str(free_port())]):
-            status, output = _until_it_exits({**cli_env, variable: url}, *command)
-            assert status == 2, output
+        for output in _refusals(cli_env, variable, url):
             assert output.startswith(
                 f"scoring-pipeline: error: {variable}: cannot connect to the Celery {which}: "
             ), output
