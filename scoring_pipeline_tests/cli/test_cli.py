@@ -140,23 +140,25 @@ def test_a_dagster_home_without_the_projects_dagster_yaml_is_refused(cli_env, cl
 def test_ctrl_c_is_one_line_and_leaves_nothing_half_written(cli_env, clean_db, tmp_path):
     # Ctrl-C of demo-data printed Python's traceback of wherever it was.
     run(cli_env, "migrate")
+    run(cli_env, "demo-data", "--users", "3", "--out", str(tmp_path / "small"))
+    tables = "SELECT (SELECT count(*) FROM users), (SELECT count(*) FROM instruments)"
+    before = _row(clean_db, tables)
     proc = started(cli_env, "demo-data", "--users", "500000", "--out", str(tmp_path / "demo"))
-    session = "SELECT count(*) FROM pg_stat_activity WHERE application_name = :name"
     try:
-        deadline = time.monotonic() + 60
-        # demo-data has its transaction open: it is writing (a new connection each look, as
-        # pg_stat_activity keeps one snapshot a transaction).
-        while _scalar(clean_db, session, name=f"scoring-pipeline:{proc.pid}") == 0:
-            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr
-            time.sleep(0.05)
+        # Its transaction has emptied the tables and written the instruments, and it draws
+        # the users: interrupted there.
+        assert proc.stdout is not None
+        drawing = next((line for line in proc.stdout if line.startswith("  drew ")), None)
+        assert drawing is not None, proc.communicate(timeout=60)
         proc.send_signal(signal.SIGINT)
         _, stderr = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()
     assert (proc.returncode, stderr.strip()) == (130, "scoring-pipeline: interrupted"), stderr
-    with clean_db.connect() as conn:
-        assert conn.execute(sa.text("SELECT count(*) FROM users")).scalar_one() == 0
+    assert _row(clean_db, tables) == before  # rolled back: the earlier demo data is all there
+    session = "SELECT count(*) FROM pg_stat_activity WHERE application_name = :name"
+    assert _scalar(clean_db, session, name=f"scoring-pipeline:{proc.pid}") == 0
 
 
 def test_commands_refuse_a_database_not_at_this_codes_migration(databases, tmp_path):
@@ -759,6 +761,11 @@ def test_score_whose_reader_goes_away_still_scores_the_whole_night(cli_env, clea
 def _scalar(engine, sql, **params):
     with engine.connect() as conn:
         return conn.execute(sa.text(sql), params).scalar_one()
+
+
+def _row(engine, sql):
+    with engine.connect() as conn:
+        return tuple(conn.execute(sa.text(sql)).one())
 
 
 def test_status_lists_the_nights_and_details_one_with_its_failed_users(
