@@ -1,6 +1,6 @@
 """Ctrl-C and SIGTERM stop a command as KeyboardInterrupt, wherever in its work they land."""
 
-import _thread
+import logging
 import signal
 import sys
 import threading
@@ -19,13 +19,16 @@ def _args(signum: int) -> tuple[str, ...]:
 
 
 def _run_from_a_string(frame: FrameType | None) -> bool:
-    """Whether the main thread runs code that exec() or eval() compiled from a string (its
-    file is "<string>"): dataclasses and namedtuple make their methods so, while modules are
-    imported. A KeyboardInterrupt that leaves such an exec() sets a flag in CPython 3.11 that
-    makes `python -m …` end by SIGINT after the command has caught it, printed "interrupted"
-    and returned 130: the status was -2, at random, as the interrupt landed there or not."""
+    """Whether the main thread runs the module-level code of an exec() or eval() of a string
+    (file "<string>", code "<module>"): dataclasses and namedtuple make their methods so while
+    modules are imported. A KeyboardInterrupt that leaves such an exec() sets a flag in CPython
+    3.11 that makes `python -m …` end by SIGINT after the command has caught it, printed
+    "interrupted" and returned 130: the status was -2, at random, as the interrupt landed there
+    or not. A function that exec() defined and that runs later (alembic's `op.execute`) is not
+    such code; nor is `python -c`'s own, with nothing under it."""
     while frame is not None:
-        if frame.f_code.co_filename == "<string>":
+        code = frame.f_code
+        if code.co_filename == "<string>" and code.co_name == "<module>" and frame.f_back:
             return True
         frame = frame.f_back
     return False
@@ -44,6 +47,7 @@ class _Interrupts:
     def __init__(self) -> None:
         self.previous_hook = sys.unraisablehook
         self.in_hook = False
+        self.raised = False
 
     def handler(self, signum: int, frame: FrameType | None) -> None:
         # Raised in the hook, the hook would fail and the interrupt be lost again; raised in
@@ -51,6 +55,7 @@ class _Interrupts:
         if self.in_hook or _run_from_a_string(frame):
             self.redeliver(signum)
             return
+        self.raised = True
         # KeyboardInterrupt itself: uncaught (`--debug`), it ends the process as SIGINT would.
         raise KeyboardInterrupt(*_args(signum))
 
@@ -66,11 +71,23 @@ class _Interrupts:
             self.in_hook = False
 
     def redeliver(self, signum: int) -> None:
+        """The signal again, to the main thread, in a moment: a signal, so that a system call
+        the main thread waits in (a statement waiting on a lock) is interrupted too."""
+        main = threading.main_thread().ident
+        assert main is not None
+
         def later() -> None:
             time.sleep(_REDELIVERY_DELAY_S)
-            _thread.interrupt_main(signal.Signals(signum))
+            signal.pthread_kill(main, signum)
 
         threading.Thread(target=later, name="interrupt-redelivery", daemon=True).start()
+
+    def after_an_interrupt(self, record: logging.LogRecord) -> bool:
+        """A logging filter for psycopg: once the interrupt is raised, its warnings about the
+        connection it left mid-statement ("error ignored in rollback … another command is
+        already in progress") are not the operator's business: the server rolls back the
+        transaction as the connection closes, and the command says "interrupted"."""
+        return not self.raised
 
 
 def interrupt_on_sigterm() -> None:
@@ -82,5 +99,6 @@ def interrupt_on_sigterm() -> None:
     again just after (`_Interrupts`)."""
     interrupts = _Interrupts()
     sys.unraisablehook = interrupts.unraisable
+    logging.getLogger("psycopg").addFilter(interrupts.after_an_interrupt)
     signal.signal(signal.SIGTERM, interrupts.handler)
     signal.signal(signal.SIGINT, interrupts.handler)

@@ -155,6 +155,7 @@ def test_ctrl_c_is_one_line_and_leaves_nothing_half_written(cli_env, clean_db, t
     finally:
         if proc.poll() is None:
             proc.kill()
+            proc.communicate()
     assert (proc.returncode, stderr.strip()) == (130, "scoring-pipeline: interrupted"), stderr
     assert _row(clean_db, tables) == before  # rolled back: the earlier demo data is all there
     session = "SELECT count(*) FROM pg_stat_activity WHERE application_name = :name"

@@ -69,6 +69,7 @@ def test_migrate_stopped_with_sigterm_leaves_no_statement_running_on_the_server(
         blocker.close()
         if proc.poll() is None:
             proc.kill()
+            proc.communicate()
     assert current_revision(fresh_engine) == "0010"  # rolled back whole
     run(env, "migrate")
     assert current_revision(fresh_engine) == head_revision()
