@@ -38,6 +38,18 @@ def started(env, *args, stderr=subprocess.PIPE):
     )
 
 
+def reap(proc: subprocess.Popen) -> None:
+    """Kill the command if it still runs (a test failed or timed out while it ran) and reap it,
+    its pipes closed: a process left behind failed a later, unrelated test with its
+    ResourceWarning."""
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait()
+    for pipe in (proc.stdin, proc.stdout, proc.stderr):
+        if pipe is not None:
+            pipe.close()
+
+
 def summary_value(stdout: str, label: str) -> str:
     match = re.search(rf"^{label}\s+(.+)$", stdout, re.MULTILINE)
     assert match, f"{label!r} not in summary:\n{stdout}"

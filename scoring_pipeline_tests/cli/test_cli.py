@@ -23,7 +23,7 @@ from scoring_pipeline.runtime.dagster_api import LOCATION, REPOSITORY
 from scoring_pipeline.runtime.services import free_port, private_deployment_env
 from scoring_pipeline.store.db import PROJECT_ROOT, head_revision
 from scoring_pipeline.store.night.outcomes import lock_retries
-from scoring_pipeline_tests.cli_helpers import CLI, run, started, summary_value
+from scoring_pipeline_tests.cli_helpers import CLI, reap, run, started, summary_value
 
 pytestmark = [pytest.mark.db, pytest.mark.slow]
 
@@ -153,9 +153,7 @@ def test_ctrl_c_is_one_line_and_leaves_nothing_half_written(cli_env, clean_db, t
         proc.send_signal(signal.SIGINT)
         _, stderr = proc.communicate(timeout=60)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
+        reap(proc)
     assert (proc.returncode, stderr.strip()) == (130, "scoring-pipeline: interrupted"), stderr
     assert _row(clean_db, tables) == before  # rolled back: the earlier demo data is all there
     # Its session ends with it (the server notices the closed connection in a moment).
@@ -589,8 +587,7 @@ def test_score_stopped_mid_night_stops_and_closes_the_night_with_the_rest_failed
         proc.send_signal(signum)
         stdout, stderr = proc.communicate(timeout=120)
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        reap(proc)
     assert proc.returncode == 130, (proc.returncode, stderr[-2000:])
     assert "Traceback" not in stderr, stderr
     last = stderr.strip().splitlines()[-1]
@@ -648,8 +645,7 @@ def _score_with_its_first_write_waiting(cli_env, clean_db, tmp_path):
     finally:
         blocker.rollback()
         blocker.close()
-        if proc.poll() is None:
-            proc.kill()
+        reap(proc)
 
 
 def test_score_stopped_while_a_batch_is_written_says_its_users_were_stopped(
@@ -751,10 +747,7 @@ def test_score_whose_reader_goes_away_still_scores_the_whole_night(cli_env, clea
         assert proc.stderr is not None
         stderr = proc.stderr.read()  # a few warning lines: the pipe does not fill
     finally:
-        if proc.poll() is None:
-            proc.kill()
-        if proc.stderr is not None:
-            proc.stderr.close()
+        reap(proc)
     assert "Traceback" not in stderr, stderr
     night = "SELECT status FROM overnight_job_runs WHERE job_type = 'scoring'"
     assert _scalar(clean_db, night) == "completed"
@@ -970,8 +963,7 @@ def test_prune_refuses_the_month_of_a_night_being_scored(cli_env, clean_db, tmp_
         try:
             _, stderr = pruning.communicate(timeout=120)
         finally:
-            if pruning.poll() is None:
-                pruning.kill()
+            reap(pruning)
         assert pruning.returncode == 2, stderr
         assert stderr.startswith(
             f"scoring-pipeline: error: nothing dropped: the night of {DATE} (all) is being "
@@ -1224,8 +1216,7 @@ def test_run_workers_the_servers_connections_cannot_serve_are_refused(
         stdout, stderr = proc.communicate(timeout=60)
         pytest.fail(f"{args[0]} started with 3 run workers on 15 sessions: {stdout}")
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        reap(proc)
     option = args[1]
     fixed = 8 if args[0] == "services" else 1
     assert proc.returncode == 2, (stdout, stderr)

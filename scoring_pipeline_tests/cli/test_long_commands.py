@@ -14,7 +14,7 @@ from scoring_pipeline.runtime.services import private_deployment_env
 from scoring_pipeline.store.db import current_revision, head_revision
 from scoring_pipeline.store.month_partitions import drop, ensure_partitions, prunable
 from scoring_pipeline.store.night.model import NightStatus, find_night
-from scoring_pipeline_tests.cli_helpers import run, started
+from scoring_pipeline_tests.cli_helpers import reap, run, started
 
 SESSION = "SELECT count(*) FROM pg_stat_activity WHERE application_name = :name"
 
@@ -67,9 +67,7 @@ def test_migrate_stopped_with_sigterm_leaves_no_statement_running_on_the_server(
     finally:
         held.rollback()
         blocker.close()
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
+        reap(proc)
     assert current_revision(fresh_engine) == "0010"  # rolled back whole
     run(env, "migrate")
     assert current_revision(fresh_engine) == head_revision()
@@ -102,8 +100,7 @@ def test_migrate_says_whom_it_waits_for_then_each_migration_as_it_runs(fresh_eng
         if held.is_active:
             held.rollback()
         other.close()
-        if proc.poll() is None:
-            proc.kill()
+        reap(proc)
     assert proc.returncode == 0, stderr
     lines = stdout.splitlines()
     assert lines[0] == (
@@ -191,8 +188,7 @@ def test_a_second_prune_at_once_waits_then_plans_from_what_the_first_left(
         if first.is_active:
             first.rollback()
         other.close()
-        if proc.poll() is None:
-            proc.kill()
+        reap(proc)
     assert proc.returncode == 0, stderr
     assert "nothing to prune: no month partition holds only days before 2025-08-01" in stdout
 

@@ -17,6 +17,7 @@ import sqlalchemy as sa
 from scoring_pipeline.defs.partitions import SCORES_PARTITIONS_NAME
 from scoring_pipeline.runtime.dagster_api import DagsterApi
 from scoring_pipeline_tests import factories as f
+from scoring_pipeline_tests.cli_helpers import reap
 from scoring_pipeline_tests.e2e import latest_check_statuses, partition_statuses, runs, wait_for
 
 pytestmark = [pytest.mark.db, pytest.mark.slow]
@@ -638,8 +639,7 @@ def test_a_run_of_a_killed_score_failed_by_run_monitoring_is_re_executed_in_the_
     finally:
         blocker.rollback()
         blocker.close()
-        if proc.poll() is None:
-            proc.kill()
+        reap(proc)
 
     def failed_b0001() -> list[dict]:
         return [

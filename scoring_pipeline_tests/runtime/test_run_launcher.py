@@ -26,6 +26,7 @@ from scoring_pipeline.runtime.run_launcher import (
     worker_identity,
 )
 from scoring_pipeline.store.db import dagster_storage_url
+from scoring_pipeline_tests.cli_helpers import reap
 
 pytestmark = pytest.mark.db
 
@@ -84,7 +85,7 @@ def test_a_started_task_whose_worker_process_is_gone_is_a_failed_run(
         launcher.celery.backend.store_result(task_id, 0, "SUCCESS")
         assert launcher.check_run_worker_health(run).status == WorkerStatus.SUCCESS
     finally:
-        worker.kill()
+        reap(worker)
         launcher.celery.backend.forget(task_id)
         for r in (run, elsewhere):
             dagster_instance.delete_run(r.run_id)
@@ -127,7 +128,7 @@ def test_a_run_executed_in_its_own_process_is_watched_by_that_process(
             "(the in-process run of `scoring-pipeline score`)"
         )
     finally:
-        command.kill()
+        reap(command)
         for r in (run, untagged):
             dagster_instance.delete_run(r.run_id)
 
@@ -186,7 +187,7 @@ def test_run_monitoring_fails_a_killed_score_run_as_the_code_locations(
             failures = dg.RunsFilter(run_ids=[run.run_id], statuses=[dg.DagsterRunStatus.FAILURE])
             assert [r.run_id for r in instance.get_runs(failures)] == [run.run_id]
         finally:
-            command.kill()
+            reap(command)
             instance.delete_run(run.run_id)
 
 
