@@ -124,6 +124,11 @@ class GuardedExporter(SpanExporter):
     def failing(self) -> bool:
         return self._failing
 
+    def retry_due(self) -> bool:
+        """Whether the next export tries the collector (it is not failing, or its next try
+        is due)."""
+        return not self._failing or time.monotonic() - self._tried_at >= RETRY_AFTER_S
+
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         now = time.monotonic()
         if self._failing and now - self._tried_at < RETRY_AFTER_S:
@@ -223,10 +228,11 @@ def _shut_down_at_exit(provider: TracerProvider, exporter: GuardedExporter) -> N
     exporter.shutdown()  # no retry of what is in flight
 
 
-def _flush(processor: SpanProcessor, exporter: GuardedExporter) -> None:
+def _flush(processor: SpanProcessor, exporter: GuardedExporter, *, retry: bool = False) -> None:
     """Send what this process traced so far, waiting `FLUSH_WAIT_S` at most (none while the
-    collector fails): a step's spans leave before its process may be gone."""
-    if exporter.failing:
+    collector fails, unless `retry` and its next try is due): a step's spans leave before its
+    process may be gone."""
+    if exporter.failing and not (retry and exporter.retry_due()):
         return
     done = threading.Event()
 
@@ -292,12 +298,14 @@ def emit_night_span(
     attributes: Mapping[str, Any],
     ok: bool,
     description: str,
-) -> bool:
-    """Emit the night's root span with its reserved ids; False when tracing is off."""
+) -> bool | None:
+    """Emit the night's root span with its reserved ids: True once the collector has taken
+    it, False when it has not (down, refusing, or silent for `FLUSH_WAIT_S`: the caller keeps
+    it to send again), None when tracing is off or the night has no trace."""
     configured = _provider()
     span_context = parse_traceparent(traceparent)
     if configured is None or span_context is None:
-        return False
+        return None
     provider, processor, exporter = configured
     root = SpanContext(
         trace_id=span_context.trace_id,
@@ -318,5 +326,11 @@ def emit_night_span(
         instrumentation_scope=InstrumentationScope(SCOPE),
     )
     processor.on_end(span)
-    _flush(processor, exporter)
-    return True
+    # Waited for even while the collector fails, when its next try is due: the report of a
+    # night is kept until the collector takes it, so whether it did matters.
+    _flush(processor, exporter, retry=True)
+    # Flushed with every span queued before it, or not taken: a failed export, a flush past
+    # its wait, or a collector failing with its next try not yet due (the span is dropped;
+    # should the processor's next export send it after all, sending it again later repeats
+    # its ids, which backends keep as the latest).
+    return not exporter.failing

@@ -40,7 +40,7 @@ from scoring_pipeline.store.membership import load_membership
 from scoring_pipeline.store.night.closing import close_night, failed_users
 from scoring_pipeline.store.night.model import ALL_MARKETS, Night, NightStatus, find_night
 from scoring_pipeline.store.night.outcomes import record_batch_run_died, record_snapshots_run_died
-from scoring_pipeline.store.night.root_span import emit_root_span
+from scoring_pipeline.store.night.root_span import emit_root_span, send_pending_root_spans
 
 SNAPSHOT_ASSETS = ("active_users", "exchange_rates", "prices")
 
@@ -359,6 +359,7 @@ def _run_night(
             refusal = _step_errors(snapshot, stage=False)  # the refusal says where it is
             raise NightInProgressError(f"{date_key} was not scored: {refusal}")
         emit_root_span(engine, score_date, market_group=group)
+        _send_pending_reports(engine, score_date, group, say)
         summary = _summary(engine, score_date, group, stages, started, run_ids, error=error)
         summary.interrupted = interrupted
         return summary
@@ -402,9 +403,26 @@ def _run_night(
     with engine.begin() as conn:
         close_night(conn, score_date, market_group=group)
     emit_root_span(engine, score_date, market_group=group)
+    _send_pending_reports(engine, score_date, group, say)
     summary = _summary(engine, score_date, group, stages, started, run_ids)
     summary.interrupted = interrupted
     return summary
+
+
+def _send_pending_reports(
+    engine: sa.Engine, score_date: dt.date, group: str, say: Callable[[str], None]
+) -> None:
+    """Send the reports (root spans) of earlier nights that the collector did not take when
+    they closed, as the services' `night_report_sensor` does: where `score` alone runs the
+    nights, they go out with the next one's, or stay pending while the collector fails."""
+    earlier = [
+        (day, g)
+        for day, g in send_pending_root_spans(engine).sent
+        if (day, g) != (score_date, group)
+    ]
+    if earlier:
+        nights = ", ".join(f"{day} ({g})" for day, g in earlier)
+        say(f"sent the report of the night of {nights}, which the collector had not taken")
 
 
 def _count_not_scored(

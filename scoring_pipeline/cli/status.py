@@ -24,6 +24,7 @@ from scoring_pipeline.store.night.model import (
     recent_nights,
 )
 from scoring_pipeline.store.night.outcomes import RUN_DIED_STAGE, failed_before_scoring
+from scoring_pipeline.store.night.root_span import PENDING as PENDING_REPORT
 
 RECENT = 10
 
@@ -186,6 +187,12 @@ def _detail(
         lines.append(
             f"stale inputs    {' and '.join(stale)}: every provider failed, an earlier "
             "snapshot was reused"
+        )
+    if night.metrics.get(PENDING_REPORT) is not None:
+        lines.append(
+            "report          not taken by the OpenTelemetry collector when the night closed; "
+            "sent again every 30 s by the services' night_report_sensor, and by the next "
+            "`scoring-pipeline score`"
         )
     pruned = _pruned(night, coverage)
     if pruned:

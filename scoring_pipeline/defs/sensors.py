@@ -47,8 +47,12 @@ from scoring_pipeline.store.night.outcomes import (
     record_batch_run_died,
     record_snapshots_run_died,
 )
-from scoring_pipeline.store.night.root_span import emit_root_span
-from scoring_pipeline.telemetry import TRACEPARENT
+from scoring_pipeline.store.night.root_span import (
+    PENDING_KEPT,
+    emit_root_span,
+    send_pending_root_spans,
+)
+from scoring_pipeline.telemetry import RETRY_AFTER_S, TRACEPARENT, enabled
 
 
 def batch_run_requests(
@@ -364,6 +368,7 @@ def build_sensors(nights: NightDefinitions) -> list[dg.SensorDefinition]:
         dashboard_cache_sensor,
         scoring_run_failure_sensor,
         scoring_run_canceled_sensor,
+        night_report_sensor,
     ]
 
 
@@ -417,10 +422,45 @@ def dashboard_cache_sensor(
     )
 
 
+def _nights(keys: list[tuple[dt.date, str]]) -> str:
+    return ", ".join(f"{day} ({group})" for day, group in keys)
+
+
+@dg.sensor(
+    name="night_report_sensor",
+    description=(
+        "Sends again the OpenTelemetry report (root span) of a night closed in the last "
+        f"{PENDING_KEPT.days} days that the collector did not take when it closed (down, "
+        f"refusing, silent), every {RETRY_AFTER_S:.0f} s until it does; idle when tracing is off."
+    ),
+    minimum_interval_seconds=int(RETRY_AFTER_S),
+    default_status=dg.DefaultSensorStatus.RUNNING,
+)
+def night_report_sensor(
+    context: dg.SensorEvaluationContext, database: DatabaseResource
+) -> dg.SkipReason:
+    """A night's report is sent as it closes; one the collector did not take was lost (the
+    trace had its steps and no root). It waits in the night's metrics, and this sends it."""
+    if not enabled():
+        return dg.SkipReason("tracing is off: no night report to send")
+    reports = send_pending_root_spans(database.engine())
+    said = []
+    if reports.sent:
+        said.append(f"sent the report of the night of {_nights(reports.sent)}")
+        context.log.info(said[-1])
+    if reports.pending:
+        said.append(
+            f"the collector did not take the report of the night of {_nights(reports.pending)}"
+            f"; tried again in {RETRY_AFTER_S:.0f} s"
+        )
+    return dg.SkipReason("; ".join(said) or "no night's report is waiting to be sent")
+
+
 # The default configuration's sensors, as the tests and tools import them.
 (
     scoring_batches_sensor,
     _,
     scoring_run_failure_sensor,
     scoring_run_canceled_sensor,
+    _,
 ) = build_sensors(build_nights(list(DEFAULT_GROUPS.values())))

@@ -4,8 +4,9 @@ Dagster's sensor daemon evaluates the sensors in a loop that waits until 5 s hav
 the loop began (`dagster._daemon.sensor.MIN_INTERVAL_LOOP_TIME`), whatever a sensor's
 `minimum_interval_seconds` asks. A night waits on a sensor twice (its batches start when the
 snapshots run has succeeded; the last dashboards are warmed after the last batch lands), so a
-1,000-user night spent ~2.5 s of its ~15 s waiting for each. Every sensor here asks for 1 s, and
-a loop of them costs the daemon and the code server a few milliseconds.
+1,000-user night spent ~2.5 s of its ~15 s waiting for each. Every sensor a night waits on asks
+for 1 s (the night reports' sensor, 30 s), and a loop of them costs the daemon and the code
+server a few milliseconds.
 
 Each evaluation also logs two INFO lines ("Checking for new runs for sensor: …", "Sensor … skipped:
 …"): every second for four sensors, ~700,000 lines a day in the daemon's log, saying nothing that

@@ -32,7 +32,7 @@ def test_jobs_schedule_and_sensor_are_registered():
     assert d.resolve_schedule_def("overnight_scoring_schedule").cron_schedule == "0 4 * * *"
     assert d.resolve_sensor_def("scoring_batches_sensor")
     # What the UI's Automation page shows beside each name.
-    assert len(list(d.sensors or [])) == 4 and d.schedules
+    assert len(list(d.sensors or [])) == 5 and d.schedules
     for sensor in d.sensors or []:
         assert sensor.description, sensor.name
     for schedule in d.schedules or []:

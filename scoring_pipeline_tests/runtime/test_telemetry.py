@@ -13,7 +13,9 @@ import sqlalchemy as sa
 from scoring_pipeline import telemetry
 from scoring_pipeline.definitions import defs
 from scoring_pipeline.defs.assets.snapshot import BACKFILL_TAG
+from scoring_pipeline.defs.deployment import build_resources
 from scoring_pipeline.defs.partitions import scores_partition_key
+from scoring_pipeline.defs.sensors import night_report_sensor
 from scoring_pipeline_tests import factories as f
 from scoring_pipeline_tests.cli_helpers import run, started, summary_value
 from scoring_pipeline_tests.scenario import batch, forget_night_keys, rules, snapshots
@@ -353,6 +355,91 @@ def test_a_refused_restart_and_a_snapshots_backfill_leave_no_trace_without_a_roo
     assert {s.trace_id for s in otlp_receiver.spans} == {root.trace_id}
     steps = otlp_receiver.named("active_users")
     assert len(steps) == 2 and {s.parent_span_id for s in steps} == {root.span_id}
+
+
+def _metrics(engine, score_date: str) -> dict:
+    with engine.connect() as conn:
+        return conn.execute(
+            sa.text("SELECT metrics FROM overnight_job_runs WHERE score_date = :d"),
+            {"d": score_date},
+        ).scalar_one()
+
+
+def test_a_night_report_the_collector_did_not_take_goes_with_the_next_score(
+    cli_env, clean_db, otlp_receiver, tmp_path
+):
+    # The collector refused every export while the night closed (a deploy restarting it): the
+    # night's root span was dropped for good, its trace left with steps and no root. It is now
+    # kept pending in the night's metrics, `status` says so, and the next `score` sends it.
+    otlp_receiver.status = 503
+    env = {**_night(cli_env, otlp_receiver, tmp_path, 10), "OTEL_EXPORTER_OTLP_TIMEOUT": "1"}
+    first = run(env, "score", "--date", DATE)
+    assert summary_value(first.stdout, "job status") == "completed"
+    assert "traces: could not export" in first.stderr
+    pending = _metrics(clean_db, DATE)
+    assert pending["span_pending"] and "span_emitted_for" not in pending, pending
+    report = "report          not taken by the OpenTelemetry collector when the night closed"
+    assert report in run(env, "status", "--date", DATE).stdout
+    assert otlp_receiver.named(telemetry.ROOT_SPAN) == []
+
+    otlp_receiver.status = 200
+    later = "2026-11-28"
+    second = run(env, "score", "--date", later)
+    assert (
+        f"sent the report of the night of {DATE} (all), which the collector had not taken"
+        in second.stdout
+    ), second.stdout
+    roots = {s.attributes["score_date"]: s for s in otlp_receiver.named(telemetry.ROOT_SPAN)}
+    assert sorted(roots) == [DATE, later]
+    traceparent = pending["traceparent"].split("-")
+    assert [roots[DATE].trace_id, roots[DATE].span_id] == traceparent[1:3]
+    scored = roots[DATE].attributes
+    assert scored["users_success"] == scored["users_total"] > 0 and roots[DATE].status_code == 1
+    sent = _metrics(clean_db, DATE)
+    assert "span_pending" not in sent and sent["span_emitted_for"] == pending["span_pending"]
+    assert report not in run(env, "status", "--date", DATE).stdout
+    # Sent once: a third night sends only its own.
+    run(env, "score", "--date", "2026-11-29")
+    assert len(otlp_receiver.named(telemetry.ROOT_SPAN)) == 3
+
+
+def test_the_report_sensor_sends_a_night_report_once_the_collector_takes_it(
+    world, dagster_instance, otlp_receiver, fresh_tracing, monkeypatch
+):
+    otlp_receiver.status = 503
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", otlp_receiver.url)
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TIMEOUT", "1")
+    monkeypatch.setattr(telemetry, "RETRY_AFTER_S", 0.0)  # every evaluation tries the collector
+    f.user(world, holdings=[("AAA", "USD")], criteria=[("US_TECH", "stock", rules())])
+    forget_night_keys(dagster_instance)
+    assert snapshots(dagster_instance).success
+    assert batch(dagster_instance).success  # the night closes: its report is not taken
+
+    def evaluate() -> str:
+        context = dg.build_sensor_context(
+            instance=dagster_instance, resources={"database": build_resources()["database"]}
+        )
+        skipped = night_report_sensor(context)
+        assert isinstance(skipped, dg.SkipReason)
+        return str(skipped.skip_message)
+
+    assert _metrics(world, DATE)["span_pending"]
+    tried = otlp_receiver.posts
+    assert evaluate() == (
+        f"the collector did not take the report of the night of {DATE} (all); tried again in 30 s"
+    )
+    assert otlp_receiver.posts > tried and otlp_receiver.named(telemetry.ROOT_SPAN) == []
+    otlp_receiver.status = 200
+    assert evaluate() == f"sent the report of the night of {DATE} (all)"
+    (root,) = otlp_receiver.named(telemetry.ROOT_SPAN)
+    metrics = _metrics(world, DATE)
+    assert metrics["traceparent"].split("-")[1] == root.trace_id
+    assert "span_pending" not in metrics
+    posts = otlp_receiver.posts
+    assert evaluate() == "no night's report is waiting to be sent"
+    assert otlp_receiver.posts == posts
+    monkeypatch.delenv("OTEL_EXPORTER_OTLP_ENDPOINT")
+    assert evaluate() == "tracing is off: no night report to send"
 
 
 def _latest_root(receiver):

@@ -22,7 +22,8 @@ Nothing outside this package writes `overnight_job_runs` or the JOB_* events, or
   outcome: `completed` (no failure), `partial` (some users or batches failed) or `failed`
   (nothing succeeded); JOB_COMPLETED carries the figures — and `failed_users`.
 - `root_span`: `emit_root_span` (the `overnight-scoring-job` span, once per closing, after the
-  commit) and `night_traceparent`.
+  commit; one the collector did not take is kept pending), `send_pending_root_spans` and
+  `night_traceparent`.
 - `cache_warming`: `record_cache_warming`, the `cache_warm` night that follows the scoring night.
 
 Re-scoring a batch updates its outcome and closes the night again, so a retried `partial` night

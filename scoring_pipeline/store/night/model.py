@@ -8,6 +8,7 @@ Only the modules of `scoring_pipeline.store.night` call the helpers: they are th
 
 import datetime as dt
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -218,14 +219,23 @@ def merge_metrics(
     *,
     job_type: str = SCORING,
     market_group: str = ALL_MARKETS,
+    without: Sequence[str] = (),
 ) -> None:
-    """Merge figures (fetch timings, staleness, …) into the night's `metrics` (if it exists)."""
+    """Merge figures (fetch timings, staleness, …) into the night's `metrics` (if it exists),
+    the keys `without` removed."""
     conn.execute(
         sa.text(
-            "UPDATE overnight_job_runs SET metrics = coalesce(metrics, '{}'::jsonb) || "
-            "CAST(:m AS jsonb) WHERE job_type = :jt AND score_date = :d AND market_group = :g"
+            "UPDATE overnight_job_runs SET metrics = (coalesce(metrics, '{}'::jsonb) "
+            "- CAST(:w AS text[])) || CAST(:m AS jsonb) "
+            "WHERE job_type = :jt AND score_date = :d AND market_group = :g"
         ),
-        {"m": dumps(metrics), "jt": job_type, "d": score_date, "g": market_group},
+        {
+            "m": dumps(metrics),
+            "w": list(without),
+            "jt": job_type,
+            "d": score_date,
+            "g": market_group,
+        },
     )
 
 
