@@ -422,7 +422,8 @@ def _send_pending_reports(
     ]
     if earlier:
         nights = ", ".join(f"{day} ({g})" for day, g in earlier)
-        say(f"sent the report of the night of {nights}, which the collector had not taken")
+        reports = "the reports of the nights" if len(earlier) > 1 else "the report of the night"
+        say(f"sent {reports} of {nights}, which the collector had not taken")
 
 
 def _count_not_scored(

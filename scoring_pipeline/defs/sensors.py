@@ -422,8 +422,14 @@ def dashboard_cache_sensor(
     )
 
 
-def _nights(keys: list[tuple[dt.date, str]]) -> str:
-    return ", ".join(f"{day} ({group})" for day, group in keys)
+def _reports(keys: list[tuple[dt.date, str]]) -> str:
+    """The report of the night of D (group), or the reports of the nights of D (group), …"""
+    nights = ", ".join(f"{day} ({group})" for day, group in keys)
+    return (
+        f"the reports of the nights of {nights}"
+        if len(keys) > 1
+        else f"the report of the night of {nights}"
+    )
 
 
 @dg.sensor(
@@ -446,12 +452,12 @@ def night_report_sensor(
     reports = send_pending_root_spans(database.engine())
     said = []
     if reports.sent:
-        said.append(f"sent the report of the night of {_nights(reports.sent)}")
+        said.append(f"sent {_reports(reports.sent)}")
         context.log.info(said[-1])
     if reports.pending:
         said.append(
-            f"the collector did not take the report of the night of {_nights(reports.pending)}"
-            f"; tried again in {RETRY_AFTER_S:.0f} s"
+            f"the collector did not take {_reports(reports.pending)}; tried again in "
+            f"{RETRY_AFTER_S:.0f} s"
         )
     return dg.SkipReason("; ".join(said) or "no night's report is waiting to be sent")
 
