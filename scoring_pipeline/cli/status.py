@@ -25,6 +25,7 @@ from scoring_pipeline.store.night.model import (
 )
 from scoring_pipeline.store.night.outcomes import RUN_DIED_STAGE, failed_before_scoring
 from scoring_pipeline.store.night.root_span import PENDING as PENDING_REPORT
+from scoring_pipeline.store.night.root_span import PENDING_KEPT
 
 RECENT = 10
 
@@ -189,11 +190,7 @@ def _detail(
             "snapshot was reused"
         )
     if night.metrics.get(PENDING_REPORT) is not None:
-        lines.append(
-            "report          not taken by the OpenTelemetry collector when the night closed; "
-            "sent again every 30 s by the services' night_report_sensor, and by the next "
-            "`scoring-pipeline score`"
-        )
+        lines.append(f"report          {_pending_report(night)}")
     pruned = _pruned(night, coverage)
     if pruned:
         lines.append(
@@ -235,6 +232,20 @@ def _detail(
             "batches cannot score without them: retrying them does nothing)"
         )
     return lines
+
+
+def _pending_report(night: Night) -> str:
+    """What becomes of a night's report (root span) that the collector did not take."""
+    line = "not taken by the OpenTelemetry collector when the night closed; "
+    closed = night.completed_at
+    if closed is not None and closed < dt.datetime.now(dt.UTC) - PENDING_KEPT:
+        return (
+            line + f"no longer sent (only nights closed in the last {PENDING_KEPT.days} days are)"
+        )
+    return line + (
+        "sent again every 30 s by the services' night_report_sensor, and by the next "
+        "`scoring-pipeline score`"
+    )
 
 
 def _users_line(night: Night) -> str:

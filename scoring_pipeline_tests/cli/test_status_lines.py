@@ -152,3 +152,21 @@ def test_a_night_started_again_is_not_counted_yet_and_names_the_earlier_warming(
     assert "users           200 in all: 50 scored, 0 failed, 0 skipped" in lines
     assert "batches         4 (0 failed)" in lines
     assert "dashboards      completed, 200 warm" in lines
+
+
+def test_a_report_the_collector_did_not_take_says_whether_it_is_still_sent():
+    recent = dataclasses.replace(
+        _night(NightStatus.COMPLETED, span_pending="x"),
+        completed_at=dt.datetime.now(dt.UTC) - dt.timedelta(days=6, hours=23),
+    )
+    (line,) = [line for line in _detail(recent, None, [], ["all"], KEPT) if "report" in line]
+    assert line == (
+        "report          not taken by the OpenTelemetry collector when the night closed; sent "
+        "again every 30 s by the services' night_report_sensor, and by the next "
+        "`scoring-pipeline score`"
+    )
+    old = dataclasses.replace(recent, completed_at=recent.completed_at - dt.timedelta(hours=2))
+    (line,) = [line for line in _detail(old, None, [], ["all"], KEPT) if "report" in line]
+    assert line.endswith("; no longer sent (only nights closed in the last 7 days are)"), line
+    taken = _night(NightStatus.COMPLETED, span_emitted_for="x")
+    assert not any("report" in line for line in _detail(taken, None, [], ["all"], KEPT))
