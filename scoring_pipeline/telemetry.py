@@ -130,11 +130,10 @@ class GuardedExporter(SpanExporter):
         return not self._failing or time.monotonic() - self._tried_at >= RETRY_AFTER_S
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        now = time.monotonic()
-        if self._failing and now - self._tried_at < RETRY_AFTER_S:
+        if not self.retry_due():
             self.dropped += len(spans)
             return SpanExportResult.FAILURE
-        self._tried_at = now
+        self._tried_at = time.monotonic()
         try:
             result = self._inner.export(spans)
         except Exception as error:  # an exporter must not raise; if it does, it failed

@@ -40,7 +40,11 @@ from scoring_pipeline.store.membership import load_membership
 from scoring_pipeline.store.night.closing import close_night, failed_users
 from scoring_pipeline.store.night.model import ALL_MARKETS, Night, NightStatus, find_night
 from scoring_pipeline.store.night.outcomes import record_batch_run_died, record_snapshots_run_died
-from scoring_pipeline.store.night.root_span import emit_root_span, send_pending_root_spans
+from scoring_pipeline.store.night.root_span import (
+    emit_root_span,
+    reports_of,
+    send_pending_root_spans,
+)
 
 SNAPSHOT_ASSETS = ("active_users", "exchange_rates", "prices")
 
@@ -421,9 +425,7 @@ def _send_pending_reports(
         if (day, g) != (score_date, group)
     ]
     if earlier:
-        nights = ", ".join(f"{day} ({g})" for day, g in earlier)
-        reports = "the reports of the nights" if len(earlier) > 1 else "the report of the night"
-        say(f"sent {reports} of {nights}, which the collector had not taken")
+        say(f"sent {reports_of(earlier)}, which the collector had not taken")
 
 
 def _count_not_scored(

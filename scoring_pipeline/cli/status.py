@@ -26,6 +26,7 @@ from scoring_pipeline.store.night.model import (
 from scoring_pipeline.store.night.outcomes import RUN_DIED_STAGE, failed_before_scoring
 from scoring_pipeline.store.night.root_span import PENDING as PENDING_REPORT
 from scoring_pipeline.store.night.root_span import PENDING_KEPT
+from scoring_pipeline.telemetry import RETRY_AFTER_S
 
 RECENT = 10
 
@@ -243,8 +244,8 @@ def _pending_report(night: Night) -> str:
             line + f"no longer sent (only nights closed in the last {PENDING_KEPT.days} days are)"
         )
     return line + (
-        "sent again every 30 s by the services' night_report_sensor, and by the next "
-        "`scoring-pipeline score`"
+        f"sent again every {RETRY_AFTER_S:.0f} s by the services' night_report_sensor, and by "
+        "the next `scoring-pipeline score`"
     )
 
 

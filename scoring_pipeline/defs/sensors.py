@@ -50,6 +50,7 @@ from scoring_pipeline.store.night.outcomes import (
 from scoring_pipeline.store.night.root_span import (
     PENDING_KEPT,
     emit_root_span,
+    reports_of,
     send_pending_root_spans,
 )
 from scoring_pipeline.telemetry import RETRY_AFTER_S, TRACEPARENT, enabled
@@ -422,16 +423,6 @@ def dashboard_cache_sensor(
     )
 
 
-def _reports(keys: list[tuple[dt.date, str]]) -> str:
-    """The report of the night of D (group), or the reports of the nights of D (group), …"""
-    nights = ", ".join(f"{day} ({group})" for day, group in keys)
-    return (
-        f"the reports of the nights of {nights}"
-        if len(keys) > 1
-        else f"the report of the night of {nights}"
-    )
-
-
 @dg.sensor(
     name="night_report_sensor",
     description=(
@@ -452,11 +443,11 @@ def night_report_sensor(
     reports = send_pending_root_spans(database.engine())
     said = []
     if reports.sent:
-        said.append(f"sent {_reports(reports.sent)}")
+        said.append(f"sent {reports_of(reports.sent)}")
         context.log.info(said[-1])
     if reports.pending:
         said.append(
-            f"the collector did not take {_reports(reports.pending)}; tried again in "
+            f"the collector did not take {reports_of(reports.pending)}; tried again in "
             f"{RETRY_AFTER_S:.0f} s"
         )
     return dg.SkipReason("; ".join(said) or "no night's report is waiting to be sent")

@@ -138,6 +138,15 @@ class PendingReports:
     pending: list[tuple[dt.date, str]]
 
 
+def reports_of(nights: list[tuple[dt.date, str]]) -> str:
+    """The nights' reports named, as messages say: the report of the night of D (group), or
+    the reports of the nights of D (group), D' (group'), …"""
+    named = ", ".join(f"{day} ({group})" for day, group in nights)
+    if len(nights) > 1:
+        return f"the reports of the nights of {named}"
+    return f"the report of the night of {named}"
+
+
 def pending_root_spans(conn: Connection, since: dt.datetime) -> list[tuple[dt.date, str]]:
     """(score date, market group) of the closed nights since `since` whose root span the
     collector did not take, oldest closing first."""
