@@ -137,6 +137,17 @@ def forget_night_keys(instance, date=DATE):
     )
 
 
+def refused_before_any_step(result: dg.ExecuteInProcessResult) -> str:
+    """The error of a run refused as its resources started (no step ran): what its
+    RESOURCE_INIT_FAILURE event says, as the run's page shows it."""
+    events = result.all_events
+    assert not [e for e in events if e.event_type_value == "STEP_START"]
+    (failure,) = [e for e in events if e.event_type_value == "RESOURCE_INIT_FAILURE"]
+    error = failure.engine_event_data.error
+    assert error is not None
+    return error.message
+
+
 def rows(engine, sql, **params):
     with engine.connect() as conn:
         return conn.execute(sa.text(sql), params).all()

@@ -6,16 +6,32 @@ from typing import Any, NamedTuple
 
 import dagster as dg
 from dagster._core.errors import DagsterExecutionInterruptedError
+from dagster._core.storage.tags import ASSET_PARTITION_RANGE_START_TAG, PARTITION_NAME_TAG
 from dagster._utils import interrupts
 
 from scoring_pipeline import telemetry
-from scoring_pipeline.defs.assets.scores import EarlierBatch, RefusedBatch, RunBatches
+from scoring_pipeline.defs.assets.scores import (
+    EarlierBatch,
+    RefusedBatch,
+    RunBatches,
+    no_partition_failure,
+)
 from scoring_pipeline.defs.checks import batch_check_evaluations
+from scoring_pipeline.defs.market_groups.group import GROUP_TAG
 from scoring_pipeline.defs.partitions import scores_partition_key
 from scoring_pipeline.defs.resources import DatabaseResource
 from scoring_pipeline.defs.run_tags import night_traceparent
 from scoring_pipeline.engine.batch import BatchOutput, gc_paused
 from scoring_pipeline.store.batch_write import BatchWrite, failed_user_entries, persist_batch
+
+# The step of the default group's `scores`; a configured group's is `<group>__scores`
+# (Dagster's step key of an asset: its key's path joined by "__").
+_SCORES_STEP = dg.AssetKey("scores").to_python_identifier()
+
+
+def _scores_step(key: str) -> bool:
+    return key == _SCORES_STEP or key.endswith(f"__{_SCORES_STEP}")
+
 
 # How many failed batches a ranged run's failure names in its description (all are in metadata).
 _NAMED = 5
@@ -46,6 +62,18 @@ class ScoresIOManager(dg.ConfigurableIOManager):
     atomically, in its own transaction, before the next batch is scored."""
 
     database: dg.ResourceDependency[DatabaseResource]
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        """Refuse a run of the batches with no partition before any step: Dagster reads the
+        upstream snapshots' versions for the batch's partitions before the asset's code runs,
+        and raised its "Cannot access partition_key for a non-partitioned run" there. A run of
+        the checks alone is left to them: they say how to check a batch (`checks`)."""
+        run = context.dagster_run
+        if run is None or {PARTITION_NAME_TAG, ASSET_PARTITION_RANGE_START_TAG} & set(run.tags):
+            return
+        steps = run.step_keys_to_execute
+        if steps is None or any(_scores_step(key) for key in steps):
+            raise no_partition_failure(run.job_name, run.tags.get(GROUP_TAG))
 
     # A generator: Dagster stores the events it yields as they come (declared `-> None` by
     # `IOManager`, but a generator `handle_output` is how an IO manager yields events).

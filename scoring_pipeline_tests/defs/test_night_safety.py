@@ -26,6 +26,7 @@ from scoring_pipeline_tests.scenario import (
     batch,
     batches_requested,
     forget_night_keys,
+    refused_before_any_step,
     rows,
     rules,
     snapshots,
@@ -752,6 +753,25 @@ def test_a_snapshots_run_launched_with_no_partition_says_how_to_start_a_night(da
         failure = result.failure_data_for_node("active_users")
         description = (failure.user_failure_data.description if failure else None) or ""
         assert "no partition" in description and "score --date" in description, description
+    finally:
+        dagster_instance.delete_run(result.run_id)
+
+
+def test_a_batch_run_launched_with_no_partition_says_how_to_score_batches(world, dagster_instance):
+    """The launchpad's *Launch run* of the batch job with no partition selected, on a date whose
+    snapshots are materialised: Dagster reads their versions for the run's partitions before
+    the asset's code runs, and failed with "Cannot access partition_key for a non-partitioned
+    run" (docs/hardening.md). The scores IO manager refuses the run as it starts, saying how
+    to score batches."""
+    _users(world, 2)
+    assert snapshots(dagster_instance).success
+    job = defs().resolve_job_def("scoring_batch_job")
+    result = job.execute_in_process(instance=dagster_instance, raise_on_error=False)
+    try:
+        assert not result.success
+        message = refused_before_any_step(result)
+        assert "scoring_batch_job was launched with no partition" in message, message
+        assert "retry-failed --date 2026-11-27`" in message, message
     finally:
         dagster_instance.delete_run(result.run_id)
 

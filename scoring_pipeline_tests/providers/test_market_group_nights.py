@@ -21,7 +21,14 @@ from scoring_pipeline.defs.nights import build_nights
 from scoring_pipeline.defs.partitions import scores_partition_key
 from scoring_pipeline_tests import factories as f
 from scoring_pipeline_tests import market_world as mw
-from scoring_pipeline_tests.scenario import DATE, batch, rows, rules, snapshots
+from scoring_pipeline_tests.scenario import (
+    DATE,
+    batch,
+    refused_before_any_step,
+    rows,
+    rules,
+    snapshots,
+)
 
 pytestmark = pytest.mark.db
 
@@ -861,5 +868,25 @@ def test_a_groups_snapshots_run_launched_with_no_partition_names_its_group(
         description = (failure.user_failure_data.description if failure else None) or ""
         assert "no partition" in description, description
         assert "--group us`" in description, description
+    finally:
+        dagster_instance.delete_run(result.run_id)
+
+
+def test_a_groups_batch_run_launched_with_no_partition_names_its_group(
+    three_markets, dagster_instance
+):
+    """The launchpad's *Launch run* of `us_scoring_batch_job` with no partition fails saying
+    how to re-score that group's batches, not with Dagster's partition error."""
+    nights = build_nights(_groups())
+    us = nights.nights["us"]
+    job = dg.Definitions(
+        assets=[us.scores], jobs=[us.batch_job], resources=build_resources()
+    ).resolve_job_def(us.batch_job.name)
+    result = job.execute_in_process(instance=dagster_instance, raise_on_error=False)
+    try:
+        assert not result.success
+        message = refused_before_any_step(result)
+        assert f"{us.batch_job.name} was launched with no partition" in message, message
+        assert "retry-failed --date 2026-11-27 --group us`" in message, message
     finally:
         dagster_instance.delete_run(result.run_id)

@@ -420,6 +420,23 @@ def _score_batch(
     return output
 
 
+def no_partition_failure(job_name: str, group: str | None) -> dg.Failure:
+    """Why a run of the batches launched with no partition (the launchpad's *Launch run* of
+    the batch job with none selected) cannot score, and how to score batches; it failed with
+    Dagster's "Cannot access partition_key for a non-partitioned run", retried 3 times."""
+    option = f" --group {group}" if group and group != DEFAULT_GROUP else ""
+    return dg.Failure(
+        description=(
+            f"{job_name} was launched with no partition: it scores batches of a night, one "
+            "(score date × batch) partition each (e.g. 2026-11-27/b0001). Select the batches "
+            "to score as its partitions, re-score a night's failed batches from the asset's "
+            "Partitions tab (Failed and missing), or run `scoring-pipeline retry-failed "
+            f"--date 2026-11-27{option}`"
+        ),
+        allow_retries=False,
+    )
+
+
 def _night_batch(partition_key: str) -> tuple[dt.date, str]:
     try:
         return parse_scores_partition_key(partition_key)
