@@ -38,7 +38,13 @@ from scoring_pipeline.runtime.run_launcher import (
 from scoring_pipeline.store.db import create_engine_for, prepare_dagster_environment
 from scoring_pipeline.store.membership import load_membership
 from scoring_pipeline.store.night.closing import close_night, failed_users
-from scoring_pipeline.store.night.model import ALL_MARKETS, Night, NightStatus, find_night
+from scoring_pipeline.store.night.model import (
+    ALL_MARKETS,
+    Night,
+    NightStatus,
+    find_night,
+    group_option,
+)
 from scoring_pipeline.store.night.outcomes import record_batch_run_died, record_snapshots_run_died
 from scoring_pipeline.store.night.root_span import (
     emit_root_span,
@@ -94,7 +100,7 @@ class NightSummary:
         out.extend(failed_user_line(failure) for failure in self.failed_users[:20])
         if self.users_failed > 20:
             # Only the first 20 are listed: an interrupted 20,000-user night has thousands.
-            only = "" if self.market_group == ALL_MARKETS else f" --group {self.market_group}"
+            only = group_option(self.market_group)
             out.append(
                 f"  … and {self.users_failed - 20:,} more failed users (`scoring-pipeline status "
                 f"--date {self.score_date}{only}`)"
@@ -177,7 +183,7 @@ def earlier_night_line(night: Night) -> str:
     scored = f"{int(m.get('users_success') or 0):,} of {int(m.get('users_total') or 0):,} users"
     batches = f"{int(m.get('batches_failed') or 0):,} of {int(m.get('batches_total') or 0):,}"
     started = f"{night.started_at.astimezone(dt.UTC):%Y-%m-%d %H:%M} UTC"
-    only = "" if night.market_group == ALL_MARKETS else f" --group {night.market_group}"
+    only = group_option(night.market_group)
     found = f"found the night of {night.score_date} ({night.market_group}), started {started}: "
     if night.status is NightStatus.STARTED:
         return found + f"not closed, {scored} scored so far; scoring it again"

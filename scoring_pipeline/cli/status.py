@@ -21,6 +21,7 @@ from scoring_pipeline.store.night.model import (
     Night,
     NightStatus,
     find_night,
+    group_option,
     recent_nights,
 )
 from scoring_pipeline.store.night.outcomes import RUN_DIED_STAGE, failed_before_scoring
@@ -69,7 +70,7 @@ def _completed(night: Night) -> str:
 
 def _group_option(night: Night) -> str:
     """The `--group` option of a command on this night's group (none for the default one)."""
-    return "" if night.market_group == ALL_MARKETS else f" --group {night.market_group}"
+    return group_option(night.market_group)
 
 
 def _asset(night: Night, name: str) -> str:

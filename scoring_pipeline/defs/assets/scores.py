@@ -35,7 +35,7 @@ from scoring_pipeline.store import month_partitions
 from scoring_pipeline.store import tables as t
 from scoring_pipeline.store.batch_inputs import RunInputs, load_batch_inputs
 from scoring_pipeline.store.membership import batch_keys_text, has_batch
-from scoring_pipeline.store.night.model import Night, find_night
+from scoring_pipeline.store.night.model import Night, find_night, group_option
 from scoring_pipeline.store.night.outcomes import LandedOutcome, batches_landed_by_runs
 from scoring_pipeline.store.scoring_turn import scoring_turn
 from scoring_pipeline.store.snapshots.reuse import has_snapshot
@@ -424,7 +424,7 @@ def no_partition_failure(job_name: str, group: str | None) -> dg.Failure:
     """Why a run of the batches launched with no partition (the launchpad's *Launch run* of
     the batch job with none selected) cannot score, and how to score batches; it failed with
     Dagster's "Cannot access partition_key for a non-partitioned run", retried 3 times."""
-    option = f" --group {group}" if group and group != DEFAULT_GROUP else ""
+    option = group_option(group)
     return dg.Failure(
         description=(
             f"{job_name} was launched with no partition: it scores batches of a night, one "

@@ -12,12 +12,18 @@ from sqlalchemy.engine import Connection
 
 from scoring_pipeline import telemetry
 from scoring_pipeline.defs.job_names import SNAPSHOTS_JOB
-from scoring_pipeline.defs.market_groups.group import DEFAULT_GROUP, GROUP_TAG, MarketGroup
+from scoring_pipeline.defs.market_groups.group import GROUP_TAG, MarketGroup
 from scoring_pipeline.defs.partitions import unregister_night_batches
 from scoring_pipeline.defs.resources import DatabaseResource
 from scoring_pipeline.defs.run_tags import night_traceparent
 from scoring_pipeline.errors import SnapshotUnavailableError
-from scoring_pipeline.store.night.model import ALL_MARKETS, find_night, has_a_night, merge_metrics
+from scoring_pipeline.store.night.model import (
+    ALL_MARKETS,
+    find_night,
+    group_option,
+    has_a_night,
+    merge_metrics,
+)
 from scoring_pipeline.store.night.opening import fail_night
 from scoring_pipeline.store.night.outcomes import failed_before_scoring
 from scoring_pipeline.store.night.root_span import emit_root_span
@@ -44,8 +50,7 @@ def score_date_of(context: dg.AssetExecutionContext) -> dt.date:
     if not context.has_partition_key:
         # A configured group's job carries its group: `score --date D` alone starts every
         # group's night of the date.
-        group = context.run.tags.get(GROUP_TAG)
-        option = f" --group {group}" if group and group != DEFAULT_GROUP else ""
+        option = group_option(context.run.tags.get(GROUP_TAG))
         raise dg.Failure(
             description=(
                 f"{context.job_name} was launched with no partition: its snapshots are frozen "
@@ -94,7 +99,7 @@ def refuse_a_date_with_no_night(
     if started:
         return
     job = group.qualified(SNAPSHOTS_JOB) if group is not None else f"its group's {SNAPSHOTS_JOB}"
-    option = f" --group {group.name}" if group is not None and not group.is_default else ""
+    option = group_option(group.name if group is not None else None)
     of = f" of group {own.name}" if own is not None else ""
     raise dg.Failure(
         description=(

@@ -21,6 +21,14 @@ from scoring_pipeline.store import month_partitions
 from scoring_pipeline.store import tables as t
 
 ALL_MARKETS = "all"
+
+
+def group_option(market_group: str | None) -> str:
+    """The `--group` option of a command on a night of `market_group` (none for the default
+    group, nor when the group is unknown)."""
+    return "" if not market_group or market_group == ALL_MARKETS else f" --group {market_group}"
+
+
 # The night's `metrics` key of how long after its start it first closed (later closes, after
 # re-scored batches, move `completed_at` and `total_duration_ms`, not this).
 FIRST_CLOSED_AFTER_MS = "first_closed_after_ms"

@@ -14,6 +14,7 @@ from scoring_pipeline.store.night.model import (
     NightStatus,
     ensure_night,
     find_night,
+    group_option,
     job_completed,
     job_started,
     update_night,
@@ -78,9 +79,7 @@ def tick_skip_reason(
     if night.status is NightStatus.FAILED and night.users_processed == 0:
         return None
     since = (night.completed_at or night.started_at).isoformat(timespec="seconds")
-    options = f"--date {score_date}" + (
-        "" if market_group == ALL_MARKETS else f" --group {market_group}"
-    )
+    options = f"--date {score_date}" + group_option(market_group)
     hint = (
         "its batches are still running"
         if night.status is NightStatus.STARTED
