@@ -3,6 +3,7 @@ figures account for every row written (the benchmark's own correctness, not its 
 
 import datetime as dt
 import math
+import os
 
 import pytest
 import sqlalchemy as sa
@@ -91,6 +92,11 @@ def test_bench_night_accounts_for_every_row(server_url):
     )
     # The sampled processes are a part of what the whole machine spent over the same night.
     assert report.machine_cpu_s >= 0.95 * sum(report.cpu_s.values()) > 0
+    # ... over the time it was sampled: the busy share of the cores is a share, and the night's
+    # own work alone makes it more than nothing.
+    assert report.machine_wall_s >= 0.95 * f["end_to_end_s"]
+    assert 0 < report.machine_busy_share <= 1.02
+    assert 0 <= report.machine_steal_s <= report.machine_wall_s * (os.cpu_count() or 1)
 
     # The later nights score the same universe on the following dates. The first of them adds
     # a second version of every current score (the replaced rows' space is only free once
@@ -115,6 +121,8 @@ def test_bench_night_accounts_for_every_row(server_url):
     assert f"benchmark: {USERS} users, {f['batches']} batches" in text
     assert "write stage / raw COPY" in text
     assert "the whole machine (also short-lived processes, anything else)" in text
+    assert f"the cores busy over the night (share of {os.cpu_count()})" in text
+    assert "taken by the hypervisor meanwhile (steal: the host busy elsewhere)" in text
     assert (
         f"{third['score_date']} (night 3 of its month): {third['assets_scored']:,} assets scored"
         in text

@@ -21,6 +21,8 @@ class BenchReport:
     rss_mb: dict[str, float] = field(default_factory=dict)
     cpu_s: dict[str, float] = field(default_factory=dict)
     machine_cpu_s: float = 0.0
+    machine_steal_s: float = 0.0  # what the hypervisor took from the machine's cores meanwhile
+    machine_wall_s: float = 0.0  # how long the machine's CPU time was counted
     runs: dict[str, int] = field(default_factory=dict)
     # Nights after the first, on the same database: what each added on disk.
     later_nights: list[dict[str, Any]] = field(default_factory=list)
@@ -34,6 +36,12 @@ class BenchReport:
     def machine_cpu_seconds_per_1000_users(self) -> float:
         """The whole machine's busy CPU time during the night, per 1,000 users."""
         return self.machine_cpu_s * 1000 / max(self.users, 1)
+
+    @property
+    def machine_busy_share(self) -> float:
+        """The share of the machine's cores that were busy while the night was sampled (the
+        raw COPY and the other floors are measured after it, on an idle machine)."""
+        return self.machine_cpu_s / max(self.machine_wall_s * (os.cpu_count() or 1), 1e-9)
 
     def lines(self) -> list[str]:
         f = self.figures
@@ -105,6 +113,14 @@ class BenchReport:
         out.append(
             f"{'  the whole machine (also short-lived processes, anything else)':<66}"
             f"{self.machine_cpu_seconds_per_1000_users:>8.1f} s"
+        )
+        out.append(
+            f"{'  the cores busy over the night (share of ' + str(os.cpu_count()) + ')':<66}"
+            f"{100 * self.machine_busy_share:>8.0f} %"
+        )
+        out.append(
+            f"{'  taken by the hypervisor meanwhile (steal: the host busy elsewhere)':<66}"
+            f"{self.machine_steal_s:>8.1f} s"
         )
         out.append("runs by job:")
         for job, count in sorted(self.runs.items()):
@@ -183,6 +199,8 @@ def save(report: BenchReport, directory: Path) -> Path:
             "cpu_s": report.cpu_s,
             "cpu_seconds_per_1000_users": report.cpu_seconds_per_1000_users,
             "machine_cpu_seconds_per_1000_users": report.machine_cpu_seconds_per_1000_users,
+            "machine_busy_share": report.machine_busy_share,
+            "machine_steal_s": report.machine_steal_s,
             "runs": report.runs,
             "later_nights": report.later_nights,
         },

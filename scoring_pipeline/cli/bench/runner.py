@@ -120,6 +120,8 @@ def _first_night(
         rss_mb=dict(sampler.peaks),
         cpu_s=sampler.cpu_seconds,
         machine_cpu_s=sampler.machine_cpu_s,
+        machine_steal_s=sampler.machine_steal_s,
+        machine_wall_s=sampler.wall_s,
         runs={job: len(times) for job, times in runs.items()},
     )
     report.figures = night_figures(engine, score_date, runs)

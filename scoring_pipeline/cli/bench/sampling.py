@@ -48,7 +48,11 @@ class RssSampler:
         # samples miss, processes that start and end between two refreshes, and anything else
         # running.
         self.machine_cpu_s = 0.0
-        self._machine_start = 0.0
+        self.machine_steal_s = 0.0
+        self._machine_start = (0.0, 0.0)
+        # How long the sampling lasted: the machine's busy share is its CPU time over this.
+        self.wall_s = 0.0
+        self._wall_start = 0.0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -142,7 +146,8 @@ class RssSampler:
             self._stop.wait(self.interval)
 
     def __enter__(self) -> "RssSampler":
-        self._machine_start = _machine_busy_seconds()
+        self._machine_start = _machine_seconds()
+        self._wall_start = time.monotonic()
         self._started_at = _process_clock_now()
         self._thread.start()
         return self
@@ -150,7 +155,10 @@ class RssSampler:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
-        self.machine_cpu_s = _machine_busy_seconds() - self._machine_start
+        busy, steal = _machine_seconds()
+        self.machine_cpu_s = busy - self._machine_start[0]
+        self.machine_steal_s = steal - self._machine_start[1]
+        self.wall_s = time.monotonic() - self._wall_start
 
 
 def _process_clock_now() -> float:
@@ -169,12 +177,15 @@ def _process_clock_now() -> float:
     return time.time()
 
 
-def _machine_busy_seconds() -> float:
-    """CPU time the machine's cores spent on anything but idling or waiting for I/O."""
+def _machine_seconds() -> tuple[float, float]:
+    """CPU time the machine's cores spent on anything but idling, waiting for I/O or being
+    taken by the hypervisor (Linux counts a guest's time in `user` too); and the time the
+    hypervisor took (`steal`: the host's other work, which slows everything on this one)."""
     import psutil
 
     times = psutil.cpu_times()
-    return float(sum(times) - times.idle - getattr(times, "iowait", 0.0))
+    other = sum(getattr(times, name, 0.0) for name in ("iowait", "steal", "guest", "guest_nice"))
+    return float(sum(times) - times.idle - other), float(getattr(times, "steal", 0.0))
 
 
 def server_processes(engine: Engine) -> "Callable[[], set[int]]":
