@@ -8,11 +8,14 @@ from dataclasses import dataclass, replace
 from zoneinfo import ZoneInfo
 
 from scoring_pipeline.defs.market_groups.calendars import is_session
+from scoring_pipeline.store.night.model import ALL_MARKETS
 
 # The market group a run works for: a tag of every job of the group (schedule, sensor, CLI and
 # UI launches of the job alike).
 GROUP_TAG = "scoring/market_group"
-DEFAULT_GROUP = "all"
+# The group of an unconfigured deployment scores every market: the store's name for such a
+# night, so a night's `market_group` and the group's name are one value.
+DEFAULT_GROUP = ALL_MARKETS
 DEFAULT_LEAD_MINUTES = 120
 
 
