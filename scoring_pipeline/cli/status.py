@@ -68,11 +68,6 @@ def _completed(night: Night) -> str:
     return f"{_when(night.completed_at)} (took {_seconds(first)}{again})"
 
 
-def _group_option(night: Night) -> str:
-    """The `--group` option of a command on this night's group (none for the default one)."""
-    return group_option(night.market_group)
-
-
 def _asset(night: Night, name: str) -> str:
     """The UI name of one of the night's group's assets (`us/scores`; `scores` for the default
     group)."""
@@ -207,30 +202,28 @@ def _detail(
             f"  … and {failed_in_all - 20} more (every one in "
             "scoring_batch_results.failed_users of the date)"
         )
+    # The command that scores this night anew (its group's own, for a configured group).
+    score = f"scoring-pipeline score --date {night.score_date}{group_option(night.market_group)}"
     if pruned and night.status is not NightStatus.COMPLETED and night.market_group in configured:
         lines.append(
             "next            its batches cannot be retried (a retry would write back part of "
-            f"a pruned month); to score the date anew, `scoring-pipeline score --date "
-            f"{night.score_date}{_group_option(night)}`"
+            f"a pruned month); to score the date anew, `{score}`"
         )
     elif night.status in (NightStatus.PARTIAL, NightStatus.FAILED) and failed:
         lines.append(f"next            {_next_step(night, configured, failed)}")
     elif stale and night.status is NightStatus.COMPLETED and night.market_group in configured:
         lines.append(
-            "next            once the providers answer, `scoring-pipeline score --date "
-            f"{night.score_date}{_group_option(night)} --refresh` fetches the inputs again and "
-            "re-scores the night"
+            f"next            once the providers answer, `{score} --refresh` fetches the inputs "
+            "again and re-scores the night"
         )
     elif night.status is NightStatus.STARTED and score_gone and night.market_group in configured:
         lines.append(
             "next            the `scoring-pipeline score` that started it stopped without "
-            f"closing it ({score_gone}): `scoring-pipeline score --date {night.score_date}"
-            f"{_group_option(night)}` scores the night again"
+            f"closing it ({score_gone}): `{score}` scores the night again"
         )
     elif failed_before_scoring(night) and night.market_group in configured:
         lines.append(
-            "next            once its inputs can be fetched, start it again with "
-            f"`scoring-pipeline score --date {night.score_date}{_group_option(night)}` (its "
+            f"next            once its inputs can be fetched, start it again with `{score}` (its "
             "batches cannot score without them: retrying them does nothing)"
         )
     return lines
@@ -295,7 +288,7 @@ def _next_step(night: Night, configured: list[str], failed: list[dict[str, Any]]
             "so its batches cannot be retried: fix those users' data, then score the date with "
             f"the configured groups: `scoring-pipeline score --date {night.score_date}`"
         )
-    group = _group_option(night)
+    group = group_option(night.market_group)
     stages = {f.get("stage") for f in failed}
     if stages == {"currency_conversion"}:
         # The frozen rates lack a currency: a retry would use the same snapshot.
