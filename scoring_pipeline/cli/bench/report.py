@@ -12,6 +12,9 @@ from typing import Any
 
 from scoring_pipeline.cli.bench.floors import COPY_TABLES
 
+# The machine's cores: what its busy share is a share of.
+CORES = os.cpu_count() or 1
+
 
 @dataclass
 class BenchReport:
@@ -41,7 +44,7 @@ class BenchReport:
     def machine_busy_share(self) -> float:
         """The share of the machine's cores that were busy while the night was sampled (the
         raw COPY and the other floors are measured after it, on an idle machine)."""
-        return self.machine_cpu_s / max(self.machine_wall_s * (os.cpu_count() or 1), 1e-9)
+        return self.machine_cpu_s / max(self.machine_wall_s * CORES, 1e-9)
 
     def lines(self) -> list[str]:
         f = self.figures
@@ -115,7 +118,7 @@ class BenchReport:
             f"{self.machine_cpu_seconds_per_1000_users:>8.1f} s"
         )
         out.append(
-            f"{'  the cores busy over the night (share of ' + str(os.cpu_count()) + ')':<66}"
+            f"{'  the cores busy over the night (share of ' + str(CORES) + ')':<66}"
             f"{100 * self.machine_busy_share:>8.0f} %"
         )
         out.append(
@@ -192,7 +195,7 @@ def save(report: BenchReport, directory: Path) -> Path:
         {
             "users": report.users,
             "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-            "machine": f"{os.cpu_count()} cores",
+            "machine": f"{CORES} cores",
             "figures": report.figures,
             "tables": report.tables,
             "rss_mb": report.rss_mb,
